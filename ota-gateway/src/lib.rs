@@ -1,0 +1,4 @@
+//! ota-gateway: Updraft's data plane.
+
+pub mod config;
+pub mod version;
