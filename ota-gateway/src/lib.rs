@@ -1,4 +1,87 @@
 //! ota-gateway: Updraft's data plane.
+//!
+//! Serves firmware to devices (OtaFlux-compatible and a JSON channel API) from a
+//! verified, content-addressed disk cache filled from OCI registries. The binary
+//! is a thin wrapper around [`serve`]; tests drive [`app`] and [`admin_app`].
 
+pub mod admin;
+pub mod cache;
 pub mod config;
+pub mod download;
+pub mod error;
+pub mod fetch;
+pub mod firmware;
+pub mod metrics;
+pub mod oci;
+pub mod reload;
+pub mod rollout;
+pub mod signing;
+pub mod state;
+pub mod unpack;
 pub mod version;
+
+use std::future::IntoFuture;
+use std::path::PathBuf;
+
+use axum::Router;
+
+pub use error::Error;
+pub use oci::{list_tags, resolve_digest, select_layer, select_manifest};
+pub use state::AppState;
+
+/// The public router: device API and downloads, with request metrics.
+pub fn app(state: AppState) -> Router {
+    let metrics = state.metrics().clone();
+    firmware::router()
+        .layer(axum::middleware::from_fn_with_state(metrics, metrics::track))
+        .with_state(state)
+}
+
+/// The admin router: `/healthz`, `/readyz`, `/metrics`.
+pub fn admin_app(state: AppState) -> Router {
+    admin::router().with_state(state)
+}
+
+/// Loads the config file, then serves the public and admin listeners until
+/// SIGTERM or Ctrl-C, reloading the file when it changes.
+pub async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
+    let config = config::GatewayConfig::load(&config_path)?;
+    let (listen, admin_listen) = (config.listen.clone(), config.admin_listen.clone());
+    let state = AppState::from_config(config).map_err(anyhow::Error::msg)?;
+    tokio::spawn(reload::Watcher::new(config_path, state.clone()).run());
+    let public = tokio::net::TcpListener::bind(&listen).await.map_err(|e| anyhow::anyhow!("listen {listen}: {e}"))?;
+    let admin =
+        tokio::net::TcpListener::bind(&admin_listen).await.map_err(|e| anyhow::anyhow!("listen {admin_listen}: {e}"))?;
+    tracing::info!(%listen, %admin_listen, "serving");
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(());
+    let stopped = |mut rx: tokio::sync::watch::Receiver<()>| async move {
+        let _ = rx.changed().await;
+    };
+    let public = axum::serve(public, app(state.clone())).with_graceful_shutdown(stopped(stop_rx.clone()));
+    let admin = axum::serve(admin, admin_app(state)).with_graceful_shutdown(stopped(stop_rx));
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: finishing requests in flight");
+        let _ = stop_tx.send(());
+    });
+    let (a, b) = tokio::join!(public.into_future(), admin.into_future());
+    a?;
+    b?;
+    Ok(())
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}

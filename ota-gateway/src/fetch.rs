@@ -1,0 +1,277 @@
+//! Fetching artifacts from registries into the cache: by digest, verified while
+//! streaming, unpacked on a blocking thread, one fetch per artifact however many
+//! requests want it.
+
+use std::collections::HashMap;
+use std::io::{self, BufWriter};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::future::{BoxFuture, FutureExt, Shared};
+use futures::StreamExt;
+use oci_client::manifest::{OciDescriptor, OciImageManifest, OciManifest};
+use oci_client::{Client, Reference};
+use tokio::sync::{mpsc, Semaphore};
+
+use crate::cache::{artifact_key, Cache, Payload};
+use crate::config::{ArtifactConfig, PinnedArtifact, SourceConfig};
+use crate::metrics::Metrics;
+use crate::oci::{self, OciError};
+use crate::unpack::{self, ChannelReader, Digesting};
+
+/// How long a failed fetch is reported before the next request retries it.
+const RETRY_FAILED_AFTER: Duration = Duration::from_secs(5);
+/// Concurrent fetches (prefetch of a large config must not starve the registry).
+const MAX_CONCURRENT_FETCHES: usize = 4;
+
+/// One artifact to fetch: where, which manifest, and how to take the payload out.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Job {
+    pub source: SourceConfig,
+    pub digest: String,
+    pub artifact: ArtifactConfig,
+}
+
+impl Job {
+    pub fn new(source: &SourceConfig, pinned: &PinnedArtifact, artifact: &ArtifactConfig) -> Self {
+        Self { source: source.clone(), digest: pinned.digest.clone(), artifact: artifact.clone() }
+    }
+
+    /// The cache index key.
+    pub fn key(&self) -> String {
+        artifact_key(&self.digest, &self.artifact)
+    }
+}
+
+/// Where an artifact stands.
+pub enum Status {
+    Ready(Arc<Payload>),
+    Fetching,
+    Failed(String),
+}
+
+type FetchFuture = Shared<BoxFuture<'static, Result<Arc<Payload>, String>>>;
+
+/// Fetches artifacts into the cache, sharing one client and one fetch per key.
+pub struct Fetcher {
+    client: RwLock<(Vec<String>, Client)>,
+    cache: Arc<Cache>,
+    metrics: Arc<Metrics>,
+    inflight: Mutex<HashMap<String, FetchFuture>>,
+    failures: Mutex<HashMap<String, (Instant, String)>>,
+    permits: Semaphore,
+}
+
+impl Fetcher {
+    pub fn new(cache: Arc<Cache>, metrics: Arc<Metrics>) -> Self {
+        Self {
+            client: RwLock::new((Vec::new(), oci::build_client([]))),
+            cache,
+            metrics,
+            inflight: Mutex::default(),
+            failures: Mutex::default(),
+            permits: Semaphore::new(MAX_CONCURRENT_FETCHES),
+        }
+    }
+
+    pub fn cache(&self) -> &Arc<Cache> {
+        &self.cache
+    }
+
+    /// The shared client, rebuilt only when the set of plain-HTTP registries changes
+    /// (a reload that adds one), so tokens and connections survive reloads.
+    pub fn client_for<'a>(&self, sources: impl IntoIterator<Item = &'a SourceConfig>) -> Client {
+        let insecure = oci::insecure_registries(sources);
+        if let Some(client) = self.client.read().ok().filter(|c| c.0 == insecure).map(|c| c.1.clone()) {
+            return client;
+        }
+        let mut guard = self.client.write().expect("client lock");
+        if guard.0 != insecure {
+            *guard = (insecure.clone(), oci::build_client(insecure));
+        }
+        guard.1.clone()
+    }
+
+    /// The shared client as last built.
+    pub fn client(&self) -> Client {
+        self.client.read().expect("client lock").1.clone()
+    }
+
+    /// Where the artifact stands, starting a fetch when it is neither cached, nor
+    /// being fetched, nor recently failed. Never waits.
+    pub fn status(self: &Arc<Self>, job: &Job) -> Status {
+        let key = job.key();
+        match self.cache.lookup(&key) {
+            Ok(Some(payload)) => return Status::Ready(payload),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot map a cached payload; fetching it again"),
+        }
+        if self.inflight.lock().expect("inflight lock").contains_key(&key) {
+            return Status::Fetching;
+        }
+        if let Some((at, reason)) = self.failures.lock().expect("failures lock").get(&key) {
+            if at.elapsed() < RETRY_FAILED_AFTER {
+                return Status::Failed(reason.clone());
+            }
+        }
+        drop(self.start(job.clone()));
+        Status::Fetching
+    }
+
+    /// Fetches the artifact (or joins the fetch under way) and waits for it.
+    pub async fn fetch(self: &Arc<Self>, job: Job) -> Result<Arc<Payload>, String> {
+        if let Ok(Some(payload)) = self.cache.lookup(&job.key()) {
+            return Ok(payload);
+        }
+        self.start(job).await
+    }
+
+    fn start(self: &Arc<Self>, job: Job) -> FetchFuture {
+        let key = job.key();
+        let mut inflight = self.inflight.lock().expect("inflight lock");
+        if let Some(running) = inflight.get(&key) {
+            return running.clone();
+        }
+        let this = self.clone();
+        let task = tokio::spawn(async move { this.run(job).await });
+        let shared = async move { task.await.unwrap_or_else(|e| Err(format!("fetch task failed: {e}"))) }.boxed().shared();
+        inflight.insert(key, shared.clone());
+        shared
+    }
+
+    /// The fetch task: fetch, record the outcome, leave the in-flight map.
+    async fn run(self: Arc<Self>, job: Job) -> Result<Arc<Payload>, String> {
+        let key = job.key();
+        let _permit = self.permits.acquire().await.expect("semaphore never closed");
+        let started = Instant::now();
+        let result = self.fetch_verified(&job).await.map_err(|e| e.to_string());
+        match &result {
+            Ok(p) => {
+                tracing::info!(digest = %job.digest, sha256 = %p.summary.sha256, size = p.summary.size,
+                    elapsed_ms = started.elapsed().as_millis() as u64, "fetched and cached");
+                self.failures.lock().expect("failures lock").remove(&key);
+            }
+            Err(reason) => {
+                tracing::error!(digest = %job.digest, registry = %job.source.registry,
+                    repository = %job.source.repository, %reason, "fetch failed");
+                self.failures.lock().expect("failures lock").insert(key.clone(), (Instant::now(), reason.clone()));
+            }
+        }
+        self.metrics.registry_result(&job.source.registry, result.is_ok());
+        self.inflight.lock().expect("inflight lock").remove(&key);
+        result
+    }
+
+    async fn fetch_verified(&self, job: &Job) -> Result<Arc<Payload>, FetchError> {
+        let client = self.client();
+        let auth = oci::registry_auth(&job.source)?;
+        let reference = Reference::with_digest(job.source.registry.clone(), job.source.repository.clone(), job.digest.clone());
+        let registry = |e| OciError::Registry { registry: job.source.registry.clone(), source: e };
+        // HEAD first: a missing manifest fails before anything is downloaded.
+        client.fetch_manifest_digest(&reference, &auth).await.map_err(registry)?;
+        let manifest = pull_image_manifest(&client, &reference, &auth, &job.artifact).await?;
+        let layer = oci::select_layer(&manifest, &job.artifact)?.clone();
+        let (file, summary) = self.download(&client, &reference, &layer, &job.artifact).await?;
+        let cache = self.cache.clone();
+        let key = job.key();
+        let payload = tokio::task::spawn_blocking(move || cache.commit(&key, file, summary)).await??;
+        Ok(payload)
+    }
+
+    /// Streams the layer through verification and unpacking into a temp file.
+    async fn download(
+        &self,
+        client: &Client,
+        reference: &Reference,
+        layer: &OciDescriptor,
+        artifact: &ArtifactConfig,
+    ) -> Result<(tempfile::NamedTempFile, unpack::Summary), FetchError> {
+        let registry = |e| OciError::Registry { registry: reference.registry().to_owned(), source: e };
+        let stream = client.pull_blob_stream(reference, layer).await.map_err(registry)?;
+        let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(16);
+        let file = self.cache.temp_file()?;
+        let artifact = artifact.clone();
+        let writer = tokio::task::spawn_blocking(move || {
+            let mut out = Digesting::new(BufWriter::with_capacity(256 * 1024, file));
+            unpack::unpack(ChannelReader::new(rx), &artifact, &mut out)?;
+            let (summary, buffered) = out.finish()?;
+            let file = buffered.into_inner().map_err(|e| e.into_error())?;
+            Ok::<_, io::Error>((file, summary))
+        });
+        let fed = feed(stream, tx, u64::try_from(layer.size).unwrap_or(0)).await;
+        let written = writer.await?;
+        // A stream error explains a writer error ("broken pipe"), so report it first.
+        fed?;
+        Ok(written?)
+    }
+}
+
+/// Sends the verified stream to the writer; the writer sees an error instead of
+/// a clean end whenever the body is short, long, or fails its digest.
+async fn feed(
+    mut stream: oci_client::client::SizedStream,
+    tx: mpsc::Sender<io::Result<Bytes>>,
+    expected: u64,
+) -> Result<(), FetchError> {
+    let mut received = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = match chunk {
+            Ok(chunk) => chunk,
+            Err(e) => {
+                let reason = e.to_string();
+                let _ = tx.send(Err(e)).await;
+                return Err(FetchError::Blob(reason));
+            }
+        };
+        received += chunk.len() as u64;
+        if received > expected {
+            let _ = tx.send(Err(io::Error::other("blob longer than its descriptor"))).await;
+            return Err(FetchError::Blob(format!("blob longer than the {expected} bytes its descriptor says")));
+        }
+        if tx.send(Ok(chunk)).await.is_err() {
+            // The writer stopped (unpack error); its own error says why.
+            return Ok(());
+        }
+    }
+    if received != expected {
+        let _ = tx.send(Err(io::Error::other("blob truncated"))).await;
+        return Err(FetchError::Blob(format!("blob truncated: {received} of {expected} bytes")));
+    }
+    Ok(())
+}
+
+/// Pulls the manifest by digest; for an image index, picks the entry the artifact
+/// config selects and pulls that.
+async fn pull_image_manifest(
+    client: &Client,
+    reference: &Reference,
+    auth: &oci_client::secrets::RegistryAuth,
+    artifact: &ArtifactConfig,
+) -> Result<OciImageManifest, FetchError> {
+    let registry = |e| OciError::Registry { registry: reference.registry().to_owned(), source: e };
+    let (manifest, _) = client.pull_manifest(reference, auth).await.map_err(registry)?;
+    let index = match manifest {
+        OciManifest::Image(image) => return Ok(image),
+        OciManifest::ImageIndex(index) => index,
+    };
+    let entry = oci::select_manifest(&index, artifact)?;
+    let child = reference.clone_with_digest(entry.digest.clone());
+    match client.pull_manifest(&child, auth).await.map_err(registry)? {
+        (OciManifest::Image(image), _) => Ok(image),
+        (OciManifest::ImageIndex(_), _) => Err(FetchError::Blob(format!("{} is a nested index", entry.digest))),
+    }
+}
+
+/// Why a fetch failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error(transparent)]
+    Oci(#[from] OciError),
+    #[error("blob: {0}")]
+    Blob(String),
+    #[error("unpack or cache: {0}")]
+    Io(#[from] io::Error),
+    #[error("task: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}

@@ -1,0 +1,121 @@
+//! Prometheus metrics of the gateway, and the tower middleware that counts HTTP
+//! requests by matched route (never the raw path: device ids would explode the
+//! label space).
+
+use std::sync::Arc;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, Method};
+use axum::middleware::Next;
+use axum::response::Response;
+use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+
+/// Every metric the gateway exports, registered in its own registry.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    pub requests: IntCounterVec,
+    pub bytes_sent: IntCounterVec,
+    pub cache_hits: IntCounter,
+    pub cache_misses: IntCounter,
+    pub cache_evictions: IntCounter,
+    pub cache_bytes: IntGauge,
+    pub fetch_errors: IntCounterVec,
+    pub registry_up: IntGaugeVec,
+    pub config_reloads: IntCounterVec,
+    pub checkins: IntCounterVec,
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry.register(Box::new(metric.clone())).expect("unique metric");
+    metric
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let metric = IntCounter::new(name, help).expect("valid metric");
+    registry.register(Box::new(metric.clone())).expect("unique metric");
+    metric
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let r = Registry::new_custom(Some("updraft_gateway".into()), None).expect("valid prefix");
+        let cache_bytes = IntGauge::new("cache_bytes", "Bytes of payloads in the disk cache").expect("valid metric");
+        r.register(Box::new(cache_bytes.clone())).expect("unique metric");
+        let registry_up =
+            IntGaugeVec::new(Opts::new("registry_up", "1 when the last request to the registry succeeded"), &["registry"])
+                .expect("valid metric");
+        r.register(Box::new(registry_up.clone())).expect("unique metric");
+        Self {
+            requests: counter_vec(&r, "http_requests_total", "HTTP requests by matched route and status", &[
+                "route", "method", "status",
+            ]),
+            bytes_sent: counter_vec(&r, "http_sent_bytes_total", "Response body bytes by matched route", &["route"]),
+            cache_hits: counter(&r, "cache_hits_total", "Requests answered from a cached payload"),
+            cache_misses: counter(&r, "cache_misses_total", "Requests that found the payload not cached"),
+            cache_evictions: counter(&r, "cache_evictions_total", "Payloads evicted to stay within the byte budget"),
+            fetch_errors: counter_vec(&r, "fetch_errors_total", "Failed fetches or resolutions by registry", &["registry"]),
+            config_reloads: counter_vec(&r, "config_reloads_total", "Config file loads by result", &["result"]),
+            checkins: counter_vec(&r, "device_checkins_total", "Devices checking in, by channel and reported version", &[
+                "channel", "version",
+            ]),
+            cache_bytes,
+            registry_up,
+            registry: r,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding cannot fail");
+        String::from_utf8(buf).expect("text exposition is UTF-8")
+    }
+
+    /// Records whether a registry answered.
+    pub fn registry_result(&self, registry: &str, ok: bool) {
+        self.registry_up.with_label_values(&[registry]).set(i64::from(ok));
+        if !ok {
+            self.fetch_errors.with_label_values(&[registry]).inc();
+        }
+    }
+
+    /// Counts a device check-in. The reported version becomes a label only when it is
+    /// a plausible version, so devices cannot grow the label space at will.
+    pub fn checkin(&self, channel: &str, reported: Option<&str>) {
+        let version = match reported {
+            None => "unknown",
+            Some(v) if v.len() <= 64 && semver::Version::parse(v.trim_start_matches('v')).is_ok() => v,
+            Some(_) => "invalid",
+        };
+        self.checkins.with_label_values(&[channel, version]).inc();
+    }
+}
+
+/// Middleware: counts each request by matched route, method and status, and the
+/// response body bytes (from Content-Length) by route.
+pub async fn track(State(metrics): State<Arc<Metrics>>, request: Request, next: Next) -> Response {
+    let route = request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned());
+    let method = request.method().clone();
+    let response = next.run(request).await;
+    let route = route.as_deref().unwrap_or("unmatched");
+    let status = response.status();
+    metrics.requests.with_label_values(&[route, method.as_str(), status.as_str()]).inc();
+    if method != Method::HEAD {
+        let sent = response
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        metrics.bytes_sent.with_label_values(&[route]).inc_by(sent);
+    }
+    response
+}

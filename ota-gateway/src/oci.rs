@@ -1,0 +1,278 @@
+//! Talking to OCI registries: one shared client, credentials from a docker
+//! `config.json`, and the pure choices of which manifest and which layer hold the
+//! firmware. The operator reuses [`list_tags`], [`resolve_digest`],
+//! [`select_manifest`] and [`select_layer`] so both sides agree on what a channel
+//! means.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::manifest::{ImageIndexEntry, OciDescriptor, OciImageIndex, OciImageManifest};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+use serde::Deserialize;
+
+use crate::config::{ArtifactConfig, SourceConfig};
+
+/// Why talking to a registry or interpreting its answer failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OciError {
+    #[error("registry {registry}: {source}")]
+    Registry { registry: String, source: oci_client::errors::OciDistributionError },
+    #[error("docker config {path}: {reason}")]
+    Credentials { path: String, reason: String },
+    #[error("{0}")]
+    Select(String),
+    #[error("invalid reference: {0}")]
+    Reference(String),
+}
+
+/// Builds the one client the process shares (it caches bearer tokens per
+/// repository). `insecure` lists the registries reached over plain HTTP.
+pub fn build_client(insecure: impl IntoIterator<Item = String>) -> Client {
+    let insecure: Vec<String> = insecure.into_iter().collect();
+    let protocol = if insecure.is_empty() { ClientProtocol::Https } else { ClientProtocol::HttpsExcept(insecure) };
+    Client::new(ClientConfig {
+        protocol,
+        // Image indexes are resolved by `select_manifest`, never by the host's platform.
+        platform_resolver: None,
+        connect_timeout: Some(Duration::from_secs(5)),
+        read_timeout: Some(Duration::from_secs(30)),
+        user_agent: concat!("updraft-ota-gateway/", env!("CARGO_PKG_VERSION")),
+        ..Default::default()
+    })
+}
+
+/// The registries of `sources` that are reached over plain HTTP, sorted and unique.
+pub fn insecure_registries<'a>(sources: impl IntoIterator<Item = &'a SourceConfig>) -> Vec<String> {
+    let mut hosts: Vec<String> = sources.into_iter().filter(|s| s.insecure).map(|s| s.registry.clone()).collect();
+    hosts.sort();
+    hosts.dedup();
+    hosts
+}
+
+/// The shape of a docker `config.json` that matters here.
+#[derive(Deserialize)]
+struct DockerConfig {
+    #[serde(default)]
+    auths: std::collections::BTreeMap<String, DockerAuth>,
+}
+
+#[derive(Deserialize)]
+struct DockerAuth {
+    auth: Option<String>,
+    username: Option<String>,
+    password: Option<String>,
+    #[serde(rename = "identitytoken")]
+    identity_token: Option<String>,
+}
+
+/// Credentials for `source`: from its docker config when one is named and it has an
+/// entry for the registry, anonymous otherwise.
+pub fn registry_auth(source: &SourceConfig) -> Result<RegistryAuth, OciError> {
+    let Some(path) = &source.docker_config else { return Ok(RegistryAuth::Anonymous) };
+    let fail = |reason: String| OciError::Credentials { path: path.display().to_string(), reason };
+    let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+    auth_from_docker_config(&text, &source.registry).map_err(fail)
+}
+
+/// Parses a docker config and picks the entry for `registry` (keys may carry a
+/// scheme and a path, e.g. `https://index.docker.io/v1/`).
+pub fn auth_from_docker_config(text: &str, registry: &str) -> Result<RegistryAuth, String> {
+    let config: DockerConfig = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    let wanted = normalize_registry(registry);
+    let Some(entry) = config.auths.iter().find(|(k, _)| normalize_registry(k) == wanted).map(|(_, v)| v) else {
+        return Ok(RegistryAuth::Anonymous);
+    };
+    if let Some(token) = &entry.identity_token {
+        return Ok(RegistryAuth::Bearer(token.clone()));
+    }
+    if let (Some(user), Some(pass)) = (&entry.username, &entry.password) {
+        return Ok(RegistryAuth::Basic(user.clone(), pass.clone()));
+    }
+    let Some(encoded) = &entry.auth else { return Ok(RegistryAuth::Anonymous) };
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .map_err(|e| format!("auths.{registry}.auth is not base64: {e}"))?;
+    let decoded = String::from_utf8(decoded).map_err(|_| format!("auths.{registry}.auth is not UTF-8"))?;
+    let (user, pass) = decoded.split_once(':').ok_or_else(|| format!("auths.{registry}.auth is not user:password"))?;
+    Ok(RegistryAuth::Basic(user.to_owned(), pass.to_owned()))
+}
+
+/// `https://index.docker.io/v1/` → `docker.io`; `ghcr.io` → `ghcr.io`.
+fn normalize_registry(key: &str) -> String {
+    let host = key.trim_start_matches("https://").trim_start_matches("http://");
+    let host = host.split('/').next().unwrap_or(host).to_ascii_lowercase();
+    match host.as_str() {
+        "index.docker.io" | "registry-1.docker.io" => "docker.io".into(),
+        _ => host,
+    }
+}
+
+fn reference(source: &SourceConfig, tag: &str) -> Reference {
+    Reference::with_tag(source.registry.clone(), source.repository.clone(), tag.to_owned())
+}
+
+fn registry_error(source: &SourceConfig) -> impl FnOnce(oci_client::errors::OciDistributionError) -> OciError + '_ {
+    move |e| OciError::Registry { registry: source.registry.clone(), source: e }
+}
+
+/// All tags of the source's repository, following pagination.
+pub async fn list_tags(client: &Client, source: &SourceConfig) -> Result<Vec<String>, OciError> {
+    const PAGE: usize = 1000;
+    let auth = registry_auth(source)?;
+    let image = reference(source, "latest");
+    let mut tags: Vec<String> = Vec::new();
+    loop {
+        let last = tags.last().cloned();
+        let page = client.list_tags(&image, &auth, Some(PAGE), last.as_deref()).await.map_err(registry_error(source))?;
+        let full = page.tags.len() >= PAGE;
+        tags.extend(page.tags);
+        if !full {
+            return Ok(tags);
+        }
+    }
+}
+
+/// The manifest digest a tag points at, with a HEAD request (no manifest download).
+pub async fn resolve_digest(client: &Client, source: &SourceConfig, tag: &str) -> Result<String, OciError> {
+    let auth = registry_auth(source)?;
+    client.fetch_manifest_digest(&reference(source, tag), &auth).await.map_err(registry_error(source))
+}
+
+/// Picks the manifest of an image index that matches the artifact's `platform`
+/// (`os/arch[/variant]`) and `annotations`. Without criteria only a one-entry index
+/// is accepted: taking "the first" of several would be a guess.
+pub fn select_manifest<'a>(index: &'a OciImageIndex, artifact: &ArtifactConfig) -> Result<&'a ImageIndexEntry, OciError> {
+    let matching: Vec<&ImageIndexEntry> =
+        index.manifests.iter().filter(|m| platform_matches(m, artifact) && annotations_match(m, artifact)).collect();
+    let criteria = || {
+        let platform = artifact.platform.as_deref().unwrap_or("any");
+        format!("platform {platform}, annotations {:?}", artifact.annotations)
+    };
+    match matching.as_slice() {
+        [one] => Ok(one),
+        [] => Err(OciError::Select(format!("no manifest of the index matches {}", criteria()))),
+        many => Err(OciError::Select(format!(
+            "{} manifests of the index match {}; set artifact.platform or artifact.annotations to pick one",
+            many.len(),
+            criteria()
+        ))),
+    }
+}
+
+fn platform_matches(entry: &ImageIndexEntry, artifact: &ArtifactConfig) -> bool {
+    let Some(wanted) = &artifact.platform else { return true };
+    let Some(p) = &entry.platform else { return false };
+    let mut parts = wanted.split('/');
+    let (os, arch, variant) = (parts.next(), parts.next(), parts.next());
+    os == Some(p.os.to_string().as_str())
+        && arch == Some(p.architecture.to_string().as_str())
+        && variant.is_none_or(|v| p.variant.as_deref() == Some(v))
+}
+
+fn annotations_match(entry: &ImageIndexEntry, artifact: &ArtifactConfig) -> bool {
+    artifact.annotations.iter().all(|(k, v)| entry.annotations.as_ref().and_then(|a| a.get(k)) == Some(v))
+}
+
+/// Picks the layer holding the firmware: the one with `artifact.mediaType` when set,
+/// otherwise the manifest's single layer. Ambiguity is an error, never a guess.
+pub fn select_layer<'a>(manifest: &'a OciImageManifest, artifact: &ArtifactConfig) -> Result<&'a OciDescriptor, OciError> {
+    let candidates: Vec<&OciDescriptor> = match &artifact.media_type {
+        Some(wanted) => manifest.layers.iter().filter(|l| &l.media_type == wanted).collect(),
+        None => manifest.layers.iter().collect(),
+    };
+    let media_types = || manifest.layers.iter().map(|l| l.media_type.as_str()).collect::<Vec<_>>().join(", ");
+    match (candidates.as_slice(), &artifact.media_type) {
+        ([one], _) => Ok(one),
+        ([], Some(wanted)) => Err(OciError::Select(format!("no layer has media type {wanted} (layers: {})", media_types()))),
+        ([], None) => Err(OciError::Select("the manifest has no layers".into())),
+        (many, Some(wanted)) => Err(OciError::Select(format!("{} layers have media type {wanted}", many.len()))),
+        (many, None) => Err(OciError::Select(format!(
+            "the manifest has {} layers ({}); set artifact.mediaType to pick one",
+            many.len(),
+            media_types()
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn index() -> OciImageIndex {
+        serde_json::from_value(serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [
+                {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": "sha256:aa", "size": 1,
+                 "platform": {"os": "linux", "architecture": "amd64"}},
+                {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": "sha256:bb", "size": 1,
+                 "platform": {"os": "linux", "architecture": "arm", "variant": "v7"},
+                 "annotations": {"board": "rev-b"}},
+                {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": "sha256:cc", "size": 1,
+                 "platform": {"os": "linux", "architecture": "arm", "variant": "v6"}}
+            ]
+        }))
+        .unwrap()
+    }
+
+    fn manifest(layers: &[&str]) -> OciImageManifest {
+        let layers: Vec<_> = layers
+            .iter()
+            .enumerate()
+            .map(|(i, mt)| serde_json::json!({"mediaType": mt, "digest": format!("sha256:{i}"), "size": 1}))
+            .collect();
+        serde_json::from_value(serde_json::json!({
+            "schemaVersion": 2,
+            "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": "sha256:e", "size": 2},
+            "layers": layers
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn picks_manifest_by_platform_and_annotation() {
+        let idx = index();
+        let by = |platform: Option<&str>, ann: &[(&str, &str)]| {
+            let artifact = ArtifactConfig {
+                platform: platform.map(Into::into),
+                annotations: ann.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+                ..Default::default()
+            };
+            select_manifest(&idx, &artifact).map(|m| m.digest.clone())
+        };
+        assert_eq!(by(Some("linux/amd64"), &[]).unwrap(), "sha256:aa");
+        assert_eq!(by(Some("linux/arm/v6"), &[]).unwrap(), "sha256:cc");
+        assert_eq!(by(None, &[("board", "rev-b")]).unwrap(), "sha256:bb");
+        assert!(by(Some("linux/arm"), &[]).unwrap_err().to_string().contains("2 manifests"));
+        assert!(by(None, &[]).unwrap_err().to_string().contains("3 manifests"));
+        assert!(by(Some("linux/riscv64"), &[]).unwrap_err().to_string().contains("no manifest"));
+    }
+
+    #[test]
+    fn picks_layer_by_media_type() {
+        let m = manifest(&["application/x-bin", "text/plain"]);
+        let with = |mt: Option<&str>| ArtifactConfig { media_type: mt.map(Into::into), ..Default::default() };
+        assert_eq!(select_layer(&m, &with(Some("text/plain"))).unwrap().digest, "sha256:1");
+        assert!(select_layer(&m, &with(None)).unwrap_err().to_string().contains("2 layers"));
+        assert!(select_layer(&m, &with(Some("x/y"))).unwrap_err().to_string().contains("no layer"));
+        let single = manifest(&["application/x-bin"]);
+        assert_eq!(select_layer(&single, &with(None)).unwrap().digest, "sha256:0");
+    }
+
+    #[test]
+    fn docker_config_auth_forms() {
+        let b64 = base64::engine::general_purpose::STANDARD.encode("bob:s3cr:et");
+        let text = format!(
+            r#"{{"auths": {{"https://index.docker.io/v1/": {{"auth": "{b64}"}},
+                "ghcr.io": {{"username": "u", "password": "p"}}}}}}"#
+        );
+        assert!(matches!(auth_from_docker_config(&text, "docker.io").unwrap(),
+            RegistryAuth::Basic(u, p) if u == "bob" && p == "s3cr:et"));
+        assert!(matches!(auth_from_docker_config(&text, "ghcr.io").unwrap(), RegistryAuth::Basic(u, _) if u == "u"));
+        assert!(matches!(auth_from_docker_config(&text, "quay.io").unwrap(), RegistryAuth::Anonymous));
+        assert!(auth_from_docker_config(r#"{"auths": {"x": {"auth": "!!"}}}"#, "x").is_err());
+    }
+}

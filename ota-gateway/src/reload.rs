@@ -1,0 +1,143 @@
+//! Keeping the live config in step with the file, and (standalone mode) channels
+//! in step with their registry's tags.
+//!
+//! The file is polled, not watched: kubelet updates a mounted ConfigMap by swapping
+//! a symlink, which inotify on the file misses. Each poll stats the resolved path;
+//! when identity, size or mtime changed, the content is read and, if it differs
+//! from what was last seen, parsed and applied. A bad file is logged and counted;
+//! the last good config keeps serving.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use crate::config::{GatewayConfig, PinnedArtifact};
+use crate::state::{AppState, Channel};
+use crate::version::{parse_duration, parse_range, select_latest};
+use crate::oci;
+
+/// How often the config file is checked.
+pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What identifies one version of the file without reading it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime_ns: i128,
+}
+
+fn stamp(path: &Path) -> Option<Stamp> {
+    let m = std::fs::metadata(path).ok()?;
+    Some(Stamp { dev: m.dev(), ino: m.ino(), len: m.len(), mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()) })
+}
+
+/// Watches one config file and applies its changes.
+pub struct Watcher {
+    path: PathBuf,
+    state: AppState,
+    stamp: Option<Stamp>,
+    /// SHA-256 of the content last applied or rejected.
+    seen: [u8; 32],
+}
+
+impl Watcher {
+    /// A watcher for a file whose content `state` already serves.
+    pub fn new(path: PathBuf, state: AppState) -> Self {
+        let stamp = stamp(&path);
+        let seen = std::fs::read(&path).map(|b| Sha256::digest(&b).into()).unwrap_or_default();
+        Self { path, state, stamp, seen }
+    }
+
+    /// Polls forever.
+    pub async fn run(mut self) {
+        let mut tick = tokio::time::interval(POLL_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.poll();
+        }
+    }
+
+    /// One check; returns whether a new config was applied.
+    pub fn poll(&mut self) -> bool {
+        let now = stamp(&self.path);
+        if now == self.stamp {
+            return false;
+        }
+        self.stamp = now;
+        let Ok(content) = std::fs::read(&self.path) else {
+            tracing::warn!(path = %self.path.display(), "config file unreadable; keeping the last good config");
+            return false;
+        };
+        let digest: [u8; 32] = Sha256::digest(&content).into();
+        if digest == self.seen {
+            return false;
+        }
+        self.seen = digest;
+        match self.load(&content) {
+            Ok(()) => {
+                self.state.metrics().config_reloads.with_label_values(&["applied"]).inc();
+                tracing::info!(path = %self.path.display(), "config reloaded");
+                true
+            }
+            Err(reason) => {
+                self.state.metrics().config_reloads.with_label_values(&["rejected"]).inc();
+                tracing::error!(path = %self.path.display(), %reason, "new config rejected; keeping the last good config");
+                false
+            }
+        }
+    }
+
+    fn load(&self, content: &[u8]) -> Result<(), String> {
+        let config: GatewayConfig =
+            serde_yaml::from_slice(content).map_err(|e| format!("{}: {e}", self.path.display()))?;
+        let live = self.state.snapshot();
+        if config.listen != live.config.listen || config.admin_listen != live.config.admin_listen {
+            tracing::warn!("listen addresses change on restart only");
+        }
+        self.state.apply(config)
+    }
+}
+
+/// Spawns the standalone resolver of a policy channel. It stops by itself once the
+/// channel leaves the live config.
+pub fn spawn_resolver(state: AppState, channel: Weak<Channel>) {
+    tokio::spawn(async move {
+        loop {
+            let Some(live) = state.is_live(&channel) else { return };
+            let interval = live.config.policy.as_ref().and_then(|p| parse_duration(&p.interval).ok());
+            if let Err(reason) = resolve_once(&state, &live).await {
+                state.metrics().registry_result(&live.config.source.registry, false);
+                tracing::warn!(channel = %live.name(), %reason, "cannot resolve the channel's version; keeping what it has");
+            }
+            drop(live);
+            tokio::time::sleep(interval.unwrap_or(Duration::from_secs(300))).await;
+        }
+    });
+}
+
+/// Lists tags, picks the newest the policy allows, resolves its digest and, when
+/// it is new, makes it the channel's `current`.
+pub async fn resolve_once(state: &AppState, channel: &Arc<Channel>) -> Result<(), String> {
+    let policy = channel.config.policy.as_ref().ok_or("channel has no policy")?;
+    let source = &channel.config.source;
+    let client = state.fetcher().client();
+    let tags = oci::list_tags(&client, source).await.map_err(|e| e.to_string())?;
+    let range = parse_range(&policy.range)?;
+    let selected = select_latest(tags.iter().map(String::as_str), &range, policy.prerelease, true)
+        .ok_or_else(|| format!("no tag of {} matches {:?}", source.repository, policy.range))?;
+    let digest = oci::resolve_digest(&client, source, &selected.tag).await.map_err(|e| e.to_string())?;
+    state.metrics().registry_result(&source.registry, true);
+    let pinned = PinnedArtifact { version: selected.version.to_string(), tag: selected.tag, digest };
+    if channel.advance(pinned.clone()) {
+        tracing::info!(channel = %channel.name(), version = %pinned.version, digest = %pinned.digest, "resolved a new version");
+        state.refresh_protection();
+        state.prefetch();
+    }
+    Ok(())
+}
