@@ -294,14 +294,21 @@ print_env() {
   echo "export PATH=$KUBE_BIN:$CACHE/bin:\$PATH"
 }
 
+# One `up`/`install`/`tools` at a time: test processes started in parallel all call `up`.
+lock() {
+  mkdir -p "$CACHE"
+  exec 9>"$CACHE/cluster.lock"
+  flock 9
+}
+
 case "${1:-up}" in
-  up) up ;;
+  up) lock; up ;;
   down) down ;;
-  reset) down; rm -rf "$STATE"; up ;;
+  reset) lock; down; rm -rf "$STATE"; up ;;
   status) status ;;
   env) print_env ;;
-  install) install_all ;;
-  registry) registry_only ;;
-  tools) install_tools ;;
+  install) lock; install_all ;;
+  registry) lock; registry_only ;;
+  tools) lock; install_tools ;;
   *) die "unknown command '$1' (use: up, down, reset, status, env, registry, install, tools)" ;;
 esac

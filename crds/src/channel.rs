@@ -1,0 +1,182 @@
+//! FirmwareChannel: a line of firmware for one device type from one OCI repository.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::common::{default_gateway, OciSource};
+
+/// A line of firmware for one device type, resolved from the tags of one OCI repository
+/// and served by an OtaGateway.
+#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "updraft.dev",
+    version = "v1alpha1",
+    kind = "FirmwareChannel",
+    namespaced,
+    status = "FirmwareChannelStatus",
+    shortname = "fwc",
+    category = "updraft",
+    doc = "A line of firmware for one device type, resolved from an OCI repository's tags and served by an OtaGateway.",
+    printcolumn(name = "Device", type_ = "string", json_path = ".spec.device", priority = 1),
+    printcolumn(name = "Latest", type_ = "string", json_path = ".status.latest.version"),
+    printcolumn(name = "Previous", type_ = "string", json_path = ".status.previous.version", priority = 1),
+    printcolumn(name = "Rollout", type_ = "integer", json_path = ".spec.rollout.percentage"),
+    printcolumn(name = "Gateway", type_ = "string", json_path = ".spec.gatewayRef", priority = 1),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct FirmwareChannelSpec {
+    /// Name of the OtaGateway (same namespace) that serves this channel. Default `default`.
+    #[serde(default = "default_gateway")]
+    pub gateway_ref: String,
+    /// Device id devices send as `/version?device=ID` (OtaFlux API). Default: the
+    /// channel's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    /// The OCI repository whose tags are the firmware versions.
+    pub source: OciSource,
+    /// Which tag is the latest firmware.
+    #[serde(default)]
+    pub version: VersionPolicy,
+    /// Which layer of the artifact holds the binary and how to unpack it.
+    #[serde(default)]
+    pub artifact: ArtifactSelector,
+    /// Staged rollout of a new version.
+    #[serde(default)]
+    pub rollout: Rollout,
+    /// How often the registry is checked for new tags, e.g. `30s`, `5m`, `1h`. Default `5m`.
+    #[serde(default = "default_interval")]
+    pub interval: String,
+    /// Stop checking the registry; devices keep getting what status says.
+    #[serde(default)]
+    pub suspend: bool,
+}
+
+/// Which tag of the repository is the latest firmware.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VersionPolicy {
+    /// Semver range the version must satisfy, e.g. `>=1.2.0, <2` or `^1.4`
+    /// (npm-style space-separated comparators are accepted too). Default `*`.
+    #[serde(default = "default_range")]
+    pub range: String,
+    /// Allow pre-release versions such as `1.3.0-rc.1`. Default false.
+    #[serde(default)]
+    pub prerelease: bool,
+    /// Accept tags written with a `v` prefix (`v1.2.3`). Default true.
+    #[serde(default = "default_true")]
+    pub allow_v_prefix: bool,
+    /// Pin to one tag (`v1.2.3`) or manifest digest (`sha256:…`); wins over `range`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin: Option<String>,
+}
+
+impl Default for VersionPolicy {
+    fn default() -> Self {
+        Self { range: default_range(), prerelease: false, allow_v_prefix: true, pin: None }
+    }
+}
+
+/// Which layer holds the binary and how to unpack it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ArtifactSelector {
+    /// Media type of the layer holding the firmware. Default: the artifact's single layer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media_type: Option<String>,
+    /// How the layer's bytes become the firmware binary. Default `raw`.
+    #[serde(default)]
+    pub unpack: Unpack,
+    /// With `unpack: tar`, the path of the binary inside the archive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// For an image index, the `os/arch[/variant]` of the manifest to use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
+}
+
+/// How a layer becomes the binary.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Unpack {
+    /// The layer is the binary.
+    #[default]
+    Raw,
+    /// gzip-compressed binary.
+    Gzip,
+    /// zstd-compressed binary.
+    Zstd,
+    /// A tar archive (optionally gzip or zstd compressed); `path` names the binary.
+    Tar,
+}
+
+/// Staged rollout of the latest version.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Rollout {
+    /// Percentage of devices (by a stable hash of their unique id) that get `latest`;
+    /// the others, and devices without an id until 100, get `previous`. Default 100.
+    #[serde(default = "default_percentage")]
+    #[schemars(range(min = 0, max = 100))]
+    pub percentage: i32,
+}
+
+impl Default for Rollout {
+    fn default() -> Self {
+        Self { percentage: default_percentage() }
+    }
+}
+
+/// What the operator resolved for the channel.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FirmwareChannelStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// The version devices in the rollout get.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latest: Option<ResolvedVersion>,
+    /// The version before `latest`; devices outside the rollout keep getting it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<ResolvedVersion>,
+    /// URL devices use to check for this channel's firmware.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// `Ready`, `Reconciling` and `Stalled` (kstatus).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// One resolved firmware version, pinned by digest.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResolvedVersion {
+    /// Semantic version without the `v` prefix.
+    pub version: String,
+    /// The tag it was resolved from.
+    pub tag: String,
+    /// Manifest digest devices get, `sha256:…`.
+    pub digest: String,
+    /// Size in bytes of the selected layer as the registry reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<i64>,
+    /// When the operator first resolved this version.
+    pub resolved_at: Time,
+}
+
+fn default_range() -> String {
+    "*".into()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_interval() -> String {
+    "5m".into()
+}
+fn default_percentage() -> i32 {
+    100
+}

@@ -1,0 +1,141 @@
+//! OtaGateway: one deployment of the gateway binary.
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::common::SecretKeyRef;
+
+/// A deployment of the Updraft gateway that serves the FirmwareChannels, ImageStreams and
+/// ArtifactMirrors attached to it. The operator creates its ConfigMap, Deployment and
+/// Service, all owned by it.
+#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "updraft.dev",
+    version = "v1alpha1",
+    kind = "OtaGateway",
+    namespaced,
+    status = "OtaGatewayStatus",
+    shortname = "otagw",
+    category = "updraft",
+    doc = "A deployment of the Updraft gateway serving the channels, streams and mirrors attached to it.",
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Replicas", type_ = "integer", json_path = ".status.readyReplicas"),
+    printcolumn(name = "URL", type_ = "string", json_path = ".status.url"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct OtaGatewaySpec {
+    /// Number of gateway pods. Default 1.
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 0))]
+    pub replicas: i32,
+    /// Gateway container image. Defaults to the image the operator was started with
+    /// (`--gateway-image`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Compute resources of the gateway container. Defaults to requests of 50m CPU and
+    /// 64Mi memory, and a 256Mi memory limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// How the gateway is exposed.
+    #[serde(default)]
+    pub service: GatewayService,
+    /// The on-disk cache of verified payloads.
+    #[serde(default)]
+    pub cache: GatewayCache,
+    /// Secret key holding a PKCS#8 PEM ed25519 private key; when set, the gateway signs
+    /// the JSON firmware manifests it serves and publishes the public key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_key_secret: Option<SecretKeyRef>,
+    /// Secret key holding the bearer token that uploads (simplestreams, artifact store)
+    /// must present. Uploads are refused when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload_token_secret: Option<SecretKeyRef>,
+}
+
+/// The Service in front of the gateway pods.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayService {
+    /// Service type: `ClusterIP`, `NodePort` or `LoadBalancer`. Default `ClusterIP`.
+    #[serde(default = "default_service_type", rename = "type")]
+    pub type_: String,
+    /// Port devices connect to. Default 8080.
+    #[serde(default = "default_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+}
+
+impl Default for GatewayService {
+    fn default() -> Self {
+        Self { type_: default_service_type(), port: default_port() }
+    }
+}
+
+/// Cache size and where it lives.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayCache {
+    /// Byte budget of the cache, as a quantity (e.g. `2Gi`); least recently used payloads
+    /// are evicted beyond it. Default `1Gi`.
+    #[serde(default = "default_cache_size")]
+    pub size: Quantity,
+    /// Name of a PersistentVolumeClaim to keep the cache on. Default: an emptyDir sized
+    /// to `size`, so the cache is refilled from the registry after a pod restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistent_volume_claim: Option<String>,
+}
+
+impl Default for GatewayCache {
+    fn default() -> Self {
+        Self { size: default_cache_size(), persistent_volume_claim: None }
+    }
+}
+
+/// What the operator observed of the gateway.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OtaGatewayStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Gateway pods that pass their readiness probe.
+    #[serde(default)]
+    pub ready_replicas: i32,
+    /// In-cluster URL of the gateway's Service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Resources whose configuration this gateway serves.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attached: Vec<AttachedResource>,
+    /// `Ready`, `Reconciling` and `Stalled` (kstatus).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// A resource rendered into the gateway's configuration.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AttachedResource {
+    /// `FirmwareChannel`, `ImageStream` or `ArtifactMirror`.
+    pub kind: String,
+    /// Name in the gateway's namespace.
+    pub name: String,
+}
+
+fn default_replicas() -> i32 {
+    1
+}
+fn default_service_type() -> String {
+    "ClusterIP".into()
+}
+fn default_port() -> i32 {
+    8080
+}
+fn default_cache_size() -> Quantity {
+    Quantity("1Gi".into())
+}
