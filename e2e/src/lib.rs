@@ -1,1 +1,121 @@
+//! The harness of Updraft's end-to-end tests.
+//!
+//! [`cluster()`] starts the local control plane once per test process through
+//! `e2e/scripts/cluster.sh up` (etcd, kube-apiserver 1.20, kube-controller-manager and
+//! an OCI registry on loopback; idempotent, so parallel test processes share it) and
+//! exports `KUBECONFIG`, `UPDRAFT_REGISTRY` and the PATH with the matching `kubectl`.
 
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+
+/// What `cluster.sh up` exported.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    pub kubeconfig: PathBuf,
+    /// `host:port` of the plain-HTTP OCI registry.
+    pub registry: String,
+    /// The registry's storage directory.
+    pub registry_dir: PathBuf,
+}
+
+/// The repository's top directory.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("e2e sits in the workspace").to_owned()
+}
+
+/// Runs `cluster.sh <command>` and applies the `export` lines it prints to this process.
+pub fn cluster_script(command: &str) -> Vec<(String, String)> {
+    let script = repo_root().join("e2e/scripts/cluster.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .arg(command)
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    assert!(out.status.success(), "`{} {command}` failed (its messages are above)", script.display());
+    let exports: Vec<(String, String)> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("export "))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| {
+            let v = v.replace("$PATH", &std::env::var("PATH").unwrap_or_default());
+            (k.to_owned(), v)
+        })
+        .collect();
+    for (k, v) in &exports {
+        // Tests in one process agree on these values; set once under the OnceLock.
+        unsafe { std::env::set_var(k, v) };
+    }
+    exports
+}
+
+/// Starts (or reuses) the local control plane and registry.
+pub fn cluster() -> &'static Cluster {
+    static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+    CLUSTER.get_or_init(|| {
+        let exports = cluster_script("up");
+        let get = |k: &str| {
+            exports.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()).unwrap_or_else(|| panic!("cluster.sh printed no {k}"))
+        };
+        Cluster {
+            kubeconfig: get("KUBECONFIG").into(),
+            registry: get("UPDRAFT_REGISTRY"),
+            registry_dir: get("UPDRAFT_REGISTRY_DIR").into(),
+        }
+    })
+}
+
+/// The result of a `kubectl` run.
+#[derive(Debug)]
+pub struct Kubectl {
+    pub success: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Kubectl {
+    fn from(o: Output) -> Self {
+        Self {
+            success: o.status.success(),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+impl Kubectl {
+    /// Panics with kubectl's messages unless it succeeded; returns stdout.
+    pub fn ok(self) -> String {
+        assert!(self.success, "kubectl failed:\n{}\n{}", self.stdout, self.stderr);
+        self.stdout
+    }
+}
+
+/// Runs the cluster's `kubectl` (1.20, from the cache) with `args`, feeding `stdin`.
+pub fn kubectl(args: &[&str], stdin: Option<&str>) -> Kubectl {
+    let cluster = cluster();
+    let mut cmd = Command::new("kubectl");
+    cmd.args(args).env("KUBECONFIG", &cluster.kubeconfig).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+    let mut child = cmd.spawn().expect("kubectl runs (cluster.sh puts it on PATH)");
+    if let Some(input) = stdin {
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    }
+    child.wait_with_output().unwrap().into()
+}
+
+/// Installs (server-side applies) Updraft's CRDs and waits until they are served.
+pub fn install_crds() {
+    let crds = repo_root().join("crds/crds.yaml");
+    kubectl(&["apply", "--server-side", "--force-conflicts", "-f", crds.to_str().unwrap()], None).ok();
+    kubectl(&["wait", "--for=condition=Established", "--timeout=30s", "crd", "-l", "", "--all"], None).ok();
+}
+
+/// A fresh namespace named `prefix-<random>`, so tests never see each other's objects.
+pub fn namespace(prefix: &str) -> String {
+    let name = format!("{prefix}-{:08x}", rand::random::<u32>());
+    kubectl(&["create", "namespace", &name], None).ok();
+    name
+}
