@@ -1,0 +1,51 @@
+//! The operator's errors. Each variant's [`Error::metric_label`] is the `error` label of
+//! `updraft_operator_reconcile_errors_total`, and [`Error::is_permanent`] decides the
+//! error policy: a bad spec waits for a change, anything else backs off and retries.
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The spec cannot work as written; fixed only by editing it.
+    #[error("invalid spec: {0}")]
+    InvalidSpec(String),
+    /// The registry could not be reached or refused the request.
+    #[error("registry unreachable: {0}")]
+    RegistryUnreachable(String),
+    /// The registry answered, but no tag or artifact fits the spec (yet).
+    #[error("{0}")]
+    NoMatchingVersion(String),
+    /// A referenced Secret is missing or malformed.
+    #[error("credentials: {0}")]
+    Credentials(String),
+    /// The Kubernetes API refused a read or write.
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+}
+
+impl Error {
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::InvalidSpec(_) => "invalid_spec",
+            Error::RegistryUnreachable(_) => "registry_unreachable",
+            Error::NoMatchingVersion(_) => "no_matching_version",
+            Error::Credentials(_) => "credentials",
+            Error::Kube(_) => "kube_api",
+        }
+    }
+
+    /// The `reason` of the condition that reports this error.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::InvalidSpec(_) => "InvalidSpec",
+            Error::RegistryUnreachable(_) => "RegistryUnreachable",
+            Error::NoMatchingVersion(_) => "NoMatchingVersion",
+            Error::Credentials(_) => "CredentialsError",
+            Error::Kube(_) => "KubernetesApiError",
+        }
+    }
+
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, Error::InvalidSpec(_))
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

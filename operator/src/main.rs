@@ -1,0 +1,54 @@
+//! `updraft-operator`: runs Updraft's controllers against the cluster in `KUBECONFIG`
+//! (or the in-cluster service account).
+
+use clap::Parser;
+use updraft_operator::run::{run, Settings};
+use updraft_operator::telemetry::{self, LogFormat};
+
+/// Updraft's Kubernetes operator: resolves FirmwareChannel versions from OCI registry
+/// metadata and runs an ota-gateway Deployment for every OtaGateway.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Image of the gateway containers, for OtaGateways that name none.
+    #[arg(long, env = "UPDRAFT_GATEWAY_IMAGE", default_value = concat!("ghcr.io/updraft-dev/ota-gateway:", env!("CARGO_PKG_VERSION")))]
+    gateway_image: String,
+    /// Address of the admin server (/metrics, /healthz, /readyz).
+    #[arg(long, env = "UPDRAFT_ADMIN_ADDR", default_value = "0.0.0.0:8081")]
+    admin_addr: std::net::SocketAddr,
+    /// Watch only this namespace (default: all namespaces).
+    #[arg(long, env = "UPDRAFT_WATCH_NAMESPACE")]
+    namespace: Option<String>,
+    /// Elect a leader with a Lease so several replicas can run; only the leader reconciles.
+    #[arg(long, env = "UPDRAFT_LEADER_ELECT", default_value_t = false)]
+    leader_elect: bool,
+    /// Namespace of the leader-election Lease (default: the pod's namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    /// Identity in the Lease and in events (default: the pod name or host name).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Log format.
+    #[arg(long, env = "UPDRAFT_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
+    /// Log level, when RUST_LOG is unset (error, warn, info, debug, trace).
+    #[arg(long, env = "UPDRAFT_LOG_LEVEL", default_value = "info")]
+    log_level: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    telemetry::init(args.log_format, &args.log_level);
+    let identity = args.identity.unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "updraft-operator".into())
+    });
+    run(Settings {
+        gateway_image: args.gateway_image,
+        admin_addr: args.admin_addr,
+        namespace: args.namespace,
+        leader_election: args.leader_elect.then_some(args.lease_namespace),
+        identity,
+    })
+    .await
+}

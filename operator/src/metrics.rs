@@ -1,0 +1,82 @@
+//! The operator's Prometheus metrics, served on the admin port.
+
+use prometheus::{Encoder, HistogramOpts, HistogramTimer, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    reconcile_duration: HistogramVec,
+    reconciles: IntCounterVec,
+    reconcile_errors: IntCounterVec,
+    resolved_version: IntGaugeVec,
+    registry_checks: IntCounterVec,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let registry = Registry::new_custom(Some("updraft_operator".into()), None).expect("valid prefix");
+        let reconcile_duration = HistogramVec::new(
+            HistogramOpts::new("reconcile_duration_seconds", "Time one reconcile took, by controller")
+                .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            &["controller"],
+        )
+        .unwrap();
+        let reconciles = IntCounterVec::new(Opts::new("reconciles_total", "Reconciles run, by controller"), &["controller"]).unwrap();
+        let reconcile_errors = IntCounterVec::new(
+            Opts::new("reconcile_errors_total", "Reconciles that ended in an error, by controller and error kind"),
+            &["controller", "error"],
+        )
+        .unwrap();
+        let resolved_version = IntGaugeVec::new(
+            Opts::new("resolved_version_info", "The version each FirmwareChannel resolved (value 1)"),
+            &["namespace", "channel", "version"],
+        )
+        .unwrap();
+        let registry_checks = IntCounterVec::new(
+            Opts::new("registry_checks_total", "Registry metadata checks, by result"),
+            &["result"],
+        )
+        .unwrap();
+        for m in [
+            Box::new(reconcile_duration.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(reconciles.clone()),
+            Box::new(reconcile_errors.clone()),
+            Box::new(resolved_version.clone()),
+            Box::new(registry_checks.clone()),
+        ] {
+            registry.register(m).expect("metric names are unique");
+        }
+        Self { registry, reconcile_duration, reconciles, reconcile_errors, resolved_version, registry_checks }
+    }
+}
+
+impl Metrics {
+    /// Counts a reconcile and returns a timer that observes its duration when dropped.
+    pub fn reconcile(&self, controller: &str) -> HistogramTimer {
+        self.reconciles.with_label_values(&[controller]).inc();
+        self.reconcile_duration.with_label_values(&[controller]).start_timer()
+    }
+
+    pub fn error(&self, controller: &str, error: &crate::Error) {
+        self.reconcile_errors.with_label_values(&[controller, error.metric_label()]).inc();
+    }
+
+    pub fn registry_check(&self, ok: bool) {
+        self.registry_checks.with_label_values(&[if ok { "ok" } else { "error" }]).inc();
+    }
+
+    /// Records the version a channel now serves, dropping the series of the one before.
+    pub fn resolved(&self, namespace: &str, channel: &str, old: Option<&str>, new: &str) {
+        if let Some(old) = old.filter(|o| *o != new) {
+            let _ = self.resolved_version.remove_label_values(&[namespace, channel, old]);
+        }
+        self.resolved_version.with_label_values(&[namespace, channel, new]).set(1);
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding cannot fail");
+        String::from_utf8(buf).expect("Prometheus text is UTF-8")
+    }
+}
