@@ -314,14 +314,21 @@ impl AppState {
         self.cache().protect(keys);
     }
 
-    /// Starts fetching every release that is not cached yet.
+    /// Starts fetching every release that is not cached yet, and prepares its
+    /// answers as soon as it is, so steady state never waits for a registry.
     pub fn prefetch(&self) {
         for channel in self.snapshot().channels.iter() {
             let releases = channel.releases();
             for release in [releases.current, releases.previous].into_iter().flatten() {
-                if !release.is_ready() {
-                    let _ = self.ready(channel, &release);
+                if release.is_ready() {
+                    continue;
                 }
+                let (state, channel) = (self.clone(), channel.clone());
+                tokio::spawn(async move {
+                    if state.fetcher().fetch(release.job.clone()).await.is_ok() {
+                        let _ = state.ready(&channel, &release);
+                    }
+                });
             }
         }
     }

@@ -1,0 +1,288 @@
+//! Shared helpers of the integration tests: the real registry (started once per
+//! test process through the project script), pushing with the real `oras` CLI,
+//! an in-process gateway, and a throttling TCP proxy for slow-registry cases.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use ota_gateway::config::{ArtifactConfig, ChannelConfig, GatewayConfig, PinnedArtifact, SourceConfig};
+use ota_gateway::AppState;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
+
+/// The shared registry: address and storage directory.
+pub struct Registry {
+    pub addr: String,
+    pub dir: PathBuf,
+}
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_owned()
+}
+
+/// Starts (or reuses) the registry with `e2e/scripts/cluster.sh registry` and makes
+/// sure `oras` is installed. Panics with the script's output when it fails.
+pub fn registry() -> &'static Registry {
+    static REGISTRY: OnceLock<Registry> = OnceLock::new();
+    REGISTRY.get_or_init(|| {
+        let script = workspace().join("e2e/scripts/cluster.sh");
+        let out = Command::new("bash").arg(&script).arg("registry").output().expect("run cluster.sh");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "`{} registry` failed:\n{stdout}\n{}",
+            script.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let export = |name: &str| {
+            stdout
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("export {name}=")))
+                .unwrap_or_else(|| panic!("cluster.sh printed no {name}:\n{stdout}"))
+                .to_owned()
+        };
+        ensure_oras(&script);
+        Registry { addr: export("UPDRAFT_REGISTRY"), dir: export("UPDRAFT_REGISTRY_DIR").into() }
+    })
+}
+
+fn ensure_oras(script: &Path) {
+    if Command::new("oras").arg("version").output().is_ok_and(|o| o.status.success()) {
+        return;
+    }
+    // `tools` also installs helm, which may fail on its own; only oras matters here.
+    let out = Command::new("bash").arg(script).arg("tools").output().expect("run cluster.sh tools");
+    let ok = Command::new("oras").arg("version").output().is_ok_and(|o| o.status.success());
+    assert!(ok, "oras is not installed and `cluster.sh tools` did not install it:\n{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A repository name no other test (or earlier run) uses.
+pub fn unique_repo(name: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!("test/{name}-{}-{nanos}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Random bytes, so no two tests (or runs) share a blob in the registry's storage.
+pub fn random_bytes(len: usize) -> Vec<u8> {
+    let mut data = vec![0u8; len];
+    rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut data);
+    data
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `oras push --plain-http REGISTRY/REPO:TAG file:mediatype…` from `dir`; returns
+/// the manifest digest.
+pub fn oras_push(registry: &str, repo: &str, tag: &str, dir: &Path, files: &[(&str, &str)]) -> String {
+    let mut cmd = Command::new("oras");
+    cmd.current_dir(dir).args(["push", "--plain-http", &format!("{registry}/{repo}:{tag}")]);
+    for (file, media_type) in files {
+        cmd.arg(format!("{file}:{media_type}"));
+    }
+    run(&mut cmd);
+    resolve(registry, repo, tag)
+}
+
+/// The digest a tag points at, per `oras resolve`.
+pub fn resolve(registry: &str, repo: &str, tag: &str) -> String {
+    run(Command::new("oras").args(["resolve", "--plain-http", &format!("{registry}/{repo}:{tag}")])).trim().to_owned()
+}
+
+/// Writes `data` to `dir/name` and pushes it as the single layer of `repo:tag`.
+pub fn push_file(registry: &str, repo: &str, tag: &str, dir: &Path, name: &str, media_type: &str, data: &[u8]) -> String {
+    std::fs::write(dir.join(name), data).unwrap();
+    oras_push(registry, repo, tag, dir, &[(name, media_type)])
+}
+
+/// Pushes an OCI image index over existing manifests with `oras manifest push`.
+/// Each entry: manifest digest, platform JSON (or null), annotations JSON (or null).
+pub fn push_index(registry: &str, repo: &str, tag: &str, dir: &Path, entries: &[(&str, serde_json::Value, serde_json::Value)]) -> String {
+    let manifests: Vec<serde_json::Value> = entries
+        .iter()
+        .map(|(digest, platform, annotations)| {
+            let raw = run(Command::new("oras").args(["manifest", "fetch", "--plain-http", &format!("{registry}/{repo}@{digest}")]));
+            let mut entry = serde_json::json!({
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": digest,
+                "size": raw.len(),
+            });
+            if !platform.is_null() {
+                entry["platform"] = platform.clone();
+            }
+            if !annotations.is_null() {
+                entry["annotations"] = annotations.clone();
+            }
+            entry
+        })
+        .collect();
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": manifests,
+    });
+    let path = dir.join(format!("index-{tag}.json"));
+    std::fs::write(&path, serde_json::to_vec(&index).unwrap()).unwrap();
+    run(Command::new("oras").args([
+        "manifest",
+        "push",
+        "--plain-http",
+        "--media-type",
+        "application/vnd.oci.image.index.v1+json",
+        &format!("{registry}/{repo}:{tag}"),
+    ])
+    .arg(&path));
+    resolve(registry, repo, tag)
+}
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+/// A pinned channel over `registry/repo`.
+pub fn channel(name: &str, registry: &str, repo: &str, current: (&str, &str, &str)) -> ChannelConfig {
+    ChannelConfig {
+        name: name.into(),
+        device: None,
+        source: SourceConfig { registry: registry.into(), repository: repo.into(), insecure: true, docker_config: None },
+        artifact: ArtifactConfig::default(),
+        current: Some(pinned(current)),
+        previous: None,
+        policy: None,
+        rollout: 100,
+    }
+}
+
+/// `(version, tag, digest)` → a pinned artifact.
+pub fn pinned((version, tag, digest): (&str, &str, &str)) -> PinnedArtifact {
+    PinnedArtifact { version: version.into(), tag: tag.into(), digest: digest.into() }
+}
+
+/// A config with a cache in `cache_dir` and the given channels.
+pub fn config(cache_dir: &Path, channels: Vec<ChannelConfig>) -> GatewayConfig {
+    let mut c = GatewayConfig { channels, ..Default::default() };
+    c.cache.dir = cache_dir.to_owned();
+    c.listen = "127.0.0.1:0".into();
+    c.admin_listen = "127.0.0.1:0".into();
+    c
+}
+
+/// A gateway served in-process on ephemeral ports.
+pub struct Gateway {
+    pub url: String,
+    pub admin_url: String,
+    pub state: AppState,
+    pub http: reqwest::Client,
+}
+
+impl Gateway {
+    pub async fn start(config: GatewayConfig) -> Self {
+        let state = AppState::from_config(config).expect("config applies");
+        Self::serve(state).await
+    }
+
+    pub async fn serve(state: AppState) -> Self {
+        let public = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", public.local_addr().unwrap());
+        let admin_url = format!("http://{}", admin.local_addr().unwrap());
+        tokio::spawn(axum::serve(public, ota_gateway::app(state.clone())).into_future());
+        tokio::spawn(axum::serve(admin, ota_gateway::admin_app(state.clone())).into_future());
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
+        Self { url, admin_url, state, http }
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.http.get(format!("{}{path}", self.url)).send().await.unwrap()
+    }
+
+    /// Polls `path` until it answers 200 (the artifact got fetched), at most 60 s.
+    pub async fn wait_ok(&self, path: &str) -> reqwest::Response {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let r = self.get(path).await;
+            if r.status() == 200 {
+                return r;
+            }
+            assert!(Instant::now() < deadline, "{path} still answers {} after 60 s: {}", r.status(), r.text().await.unwrap());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.http.get(format!("{}/metrics", self.admin_url)).send().await.unwrap().text().await.unwrap()
+    }
+}
+
+use std::future::IntoFuture;
+
+/// A TCP proxy in front of the registry that can hold traffic (paused) or
+/// throttle it, to make a fetch observable while it is under way.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    paused: watch::Sender<bool>,
+}
+
+impl Proxy {
+    /// Starts paused when `paused`; `bytes_per_sec` 0 means unthrottled.
+    pub async fn start(upstream: &str, paused: bool, bytes_per_sec: u64) -> Arc<Proxy> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (tx, rx) = watch::channel(paused);
+        let proxy = Arc::new(Proxy { addr: listener.local_addr().unwrap(), paused: tx });
+        let upstream = upstream.to_owned();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let (upstream, rx) = (upstream.clone(), rx.clone());
+                tokio::spawn(async move {
+                    let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else { return };
+                    let (cr, cw) = client.into_split();
+                    let (sr, sw) = server.into_split();
+                    tokio::join!(pipe(cr, sw, rx.clone(), 0), pipe(sr, cw, rx, bytes_per_sec));
+                });
+            }
+        });
+        proxy
+    }
+
+    pub fn resume(&self) {
+        self.paused.send_replace(false);
+    }
+}
+
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut paused: watch::Receiver<bool>,
+    bytes_per_sec: u64,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let _ = paused.wait_for(|p| !p).await;
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+        if bytes_per_sec > 0 {
+            tokio::time::sleep(Duration::from_secs_f64(n as f64 / bytes_per_sec as f64)).await;
+        }
+    }
+    let _ = to.shutdown().await;
+}
