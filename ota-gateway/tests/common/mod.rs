@@ -286,3 +286,58 @@ async fn pipe(
     }
     let _ = to.shutdown().await;
 }
+
+/// A free TCP port on loopback (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A registry process of a test's own (own port and storage), killed on drop, for
+/// cases that stop the registry without disturbing the shared one.
+pub struct OwnRegistry {
+    pub addr: String,
+    pub dir: PathBuf,
+    child: std::process::Child,
+}
+
+impl OwnRegistry {
+    pub async fn start(dir: &Path) -> Self {
+        registry(); // installs docker-registry and oras
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let storage = dir.join("storage");
+        let config = dir.join("registry.yml");
+        std::fs::write(
+            &config,
+            format!("version: 0.1\nlog: {{level: warn}}\nstorage: {{filesystem: {{rootdirectory: {}}}}}\nhttp: {{addr: {addr}}}\n", storage.display()),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.join("registry.log")).unwrap();
+        let child = Command::new("docker-registry")
+            .args(["serve"])
+            .arg(&config)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start docker-registry");
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while http.get(format!("http://{addr}/v2/")).send().await.is_err() {
+            assert!(Instant::now() < deadline, "own registry on {addr} did not start; see {}", dir.join("registry.log").display());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Self { addr, dir: storage, child }
+    }
+
+    /// Kills the registry (SIGKILL) and waits for it to exit.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for OwnRegistry {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
