@@ -1,0 +1,150 @@
+#!/usr/bin/env bash
+# Serving benchmark of ota-gateway against nginx (the bar), same machine, same run,
+# same payload files, wrk on loopback. Prints ratios (gateway / nginx) and the
+# gateway's memory while 32 clients download a 1 GiB payload.
+#
+#   bash ota-gateway/bench/bench.sh            # from the workspace root
+#
+# Needs: the registry and tools from e2e/scripts/cluster.sh (installed if missing).
+# Env: DURATION (wrk seconds, default 10), THREADS (wrk threads, default 2).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+DURATION="${DURATION:-10}"
+THREADS="${THREADS:-2}"
+WORK="$(mktemp -d /tmp/updraft-bench.XXXXXX)"
+GW_PORT=18080 GW_ADMIN=18090 NGINX_PORT=18081
+say() { printf '\033[1m[bench]\033[0m %s\n' "$*" >&2; }
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+say "building the release binary"
+(cd "$ROOT" && cargo build --release -q -p ota-gateway)
+BIN="$ROOT/target/release/ota-gateway"
+
+say "starting the registry"
+eval "$(bash "$ROOT/e2e/scripts/cluster.sh" registry)"
+for tool in oras wrk nginx curl; do
+  command -v "$tool" >/dev/null || bash "$ROOT/e2e/scripts/cluster.sh" tools || true
+  command -v "$tool" >/dev/null || { echo "missing $tool" >&2; exit 1; }
+done
+
+say "pushing 1 MiB, 64 MiB and 1 GiB payloads"
+repo="bench/fw-$$-$(date +%s)"
+mkdir -p "$WORK/push"
+declare -A DIGEST
+for size in 1M 64M 1G; do
+  head -c "$size" /dev/urandom >"$WORK/push/fw-$size.bin"
+  (cd "$WORK/push" && oras push --plain-http "$UPDRAFT_REGISTRY/$repo:$size" "fw-$size.bin:application/octet-stream" >/dev/null)
+  DIGEST[$size]=$(oras resolve --plain-http "$UPDRAFT_REGISTRY/$repo:$size")
+done
+
+cat >"$WORK/gateway.yaml" <<YAML
+listen: 127.0.0.1:$GW_PORT
+adminListen: 127.0.0.1:$GW_ADMIN
+cache: {dir: $WORK/cache, maxBytes: 4294967296}
+channels:
+$(for size in 1M 64M 1G; do
+  printf -- '- name: fw-%s\n  source: {registry: "%s", repository: %s, insecure: true}\n  current: {version: 1.0.0, tag: "%s", digest: "%s"}\n' \
+    "$size" "$UPDRAFT_REGISTRY" "$repo" "$size" "${DIGEST[$size]}"
+done)
+YAML
+
+say "starting the gateway"
+RUST_LOG=warn "$BIN" --config "$WORK/gateway.yaml" >"$WORK/gateway.log" 2>&1 &
+GW_PID=$!; pids+=("$GW_PID")
+for size in 1M 64M 1G; do
+  until [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$GW_PORT/version?device=fw-$size")" = 200 ]; do sleep 0.5; done
+done
+
+say "starting nginx over the gateway's cached payload files"
+mkdir -p "$WORK/www" "$WORK/nginx"
+for size in 1M 64M 1G; do
+  sha=$(sha256sum "$WORK/push/fw-$size.bin" | cut -d' ' -f1)
+  ln -s "$WORK/cache/blobs/$sha" "$WORK/www/fw-$size.bin"
+done
+curl -s "http://127.0.0.1:$GW_PORT/version?device=fw-1M" >"$WORK/www/version.txt"
+cat >"$WORK/nginx/nginx.conf" <<CONF
+worker_processes auto;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  sendfile on;
+  tcp_nopush on;
+  tcp_nodelay on;
+  keepalive_timeout 65;
+  keepalive_requests 1000000;
+  open_file_cache max=1000 inactive=60s;
+  open_file_cache_valid 60s;
+  default_type application/octet-stream;
+  client_body_temp_path $WORK/nginx; proxy_temp_path $WORK/nginx; fastcgi_temp_path $WORK/nginx;
+  uwsgi_temp_path $WORK/nginx; scgi_temp_path $WORK/nginx;
+  server {
+    listen 127.0.0.1:$NGINX_PORT;
+    root $WORK/www;
+    location = /version.txt { default_type text/plain; }
+  }
+}
+CONF
+nginx -c "$WORK/nginx/nginx.conf" -g 'daemon off;' &
+pids+=("$!")
+until curl -sf -o /dev/null "http://127.0.0.1:$NGINX_PORT/version.txt"; do sleep 0.2; done
+cmp <(curl -s "http://127.0.0.1:$NGINX_PORT/fw-1M.bin") "$WORK/push/fw-1M.bin"
+cmp <(curl -s "http://127.0.0.1:$GW_PORT/firmware?device=fw-1M") "$WORK/push/fw-1M.bin"
+
+# wrk URL CONNECTIONS → "requests/s bytes/s"
+run_wrk() {
+  wrk -t"$THREADS" -c"$2" -d"${DURATION}s" "$1" | awk '
+    /Requests\/sec/ {r=$2}
+    /Transfer\/sec/ {v=$2; u=substr(v, length(v)-1); n=substr(v, 1, length(v)-2);
+      m = (u=="GB") ? 1073741824 : (u=="MB") ? 1048576 : (u=="KB") ? 1024 : 1; b=n*m}
+    END {printf "%.0f %.0f\n", r, b}'
+}
+
+declare -A RESULT
+bench() { # name gateway-url nginx-url connections
+  say "wrk $1: gateway"
+  RESULT[$1-gw]=$(run_wrk "$2" "$4")
+  say "wrk $1: nginx"
+  RESULT[$1-ng]=$(run_wrk "$3" "$4")
+}
+bench version "http://127.0.0.1:$GW_PORT/version?device=fw-1M" "http://127.0.0.1:$NGINX_PORT/version.txt" 64
+bench 1MiB "http://127.0.0.1:$GW_PORT/firmware?device=fw-1M" "http://127.0.0.1:$NGINX_PORT/fw-1M.bin" 64
+bench 64MiB "http://127.0.0.1:$GW_PORT/firmware?device=fw-64M" "http://127.0.0.1:$NGINX_PORT/fw-64M.bin" 64
+
+say "memory while 32 clients download the 1 GiB payload"
+status() { awk -v k="$1:" '$1 == k {print $2}' "/proc/$GW_PID/status"; }
+before_anon=$(status RssAnon)
+dl=()
+for _ in $(seq 32); do
+  curl -s -o /dev/null "http://127.0.0.1:$GW_PORT/firmware?device=fw-1G" & dl+=("$!")
+done
+max_anon=0 max_file=0 max_rss=0
+while :; do
+  running=0
+  for p in "${dl[@]}"; do kill -0 "$p" 2>/dev/null && { running=1; break; }; done
+  ((running)) || break
+  a=$(status RssAnon); f=$(status RssFile); r=$(status VmRSS)
+  ((a > max_anon)) && max_anon=$a; ((f > max_file)) && max_file=$f; ((r > max_rss)) && max_rss=$r
+  sleep 0.2
+done
+wait "${dl[@]}" 2>/dev/null || true
+
+echo
+echo "| benchmark (wrk -t$THREADS, ${DURATION}s, loopback) | gateway | nginx | ratio |"
+echo "|---|---|---|---|"
+row() { # label key field(1=req/s,2=bytes/s) unit-divisor unit
+  local gw ng
+  gw=$(echo "${RESULT[$2-gw]}" | cut -d' ' -f"$3"); ng=$(echo "${RESULT[$2-ng]}" | cut -d' ' -f"$3")
+  awk -v l="$1" -v g="$gw" -v n="$ng" -v d="$4" -v u="$5" \
+    'BEGIN {printf "| %s | %.0f %s | %.0f %s | %.2fx |\n", l, g/d, u, n/d, u, (n > 0 ? g/n : 0)}'
+}
+row "/version, 64 connections (nginx: same body as a static file)" version 1 1 "req/s"
+row "/firmware 1 MiB, 64 connections" 1MiB 2 1048576 "MiB/s"
+row "/firmware 64 MiB, 64 connections" 64MiB 2 1048576 "MiB/s"
+echo
+echo "Gateway memory, 32 concurrent downloads of a 1 GiB payload (peak, /proc/PID/status):"
+echo "RssAnon ${max_anon} kB (before: ${before_anon} kB), RssFile ${max_file} kB, VmRSS ${max_rss} kB"
