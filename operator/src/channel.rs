@@ -14,7 +14,7 @@ use tracing::{info, instrument, warn};
 use updraft_crds::conditions::{self, set_condition, NewCondition, READY, RECONCILING, STALLED};
 use updraft_crds::{FirmwareChannel, FirmwareChannelSpec, FirmwareChannelStatus, OtaGateway, ResolvedVersion};
 
-use crate::context::{apply_status, backoff, Context};
+use crate::context::{apply_status, backoff, Context, Failure};
 use crate::error::{Error, Result};
 use crate::render::{self, attach};
 use crate::resolve::{validate_source, Resolution, ResolveRequest};
@@ -35,7 +35,7 @@ pub async fn reconcile(channel: Arc<FirmwareChannel>, ctx: Arc<Context>) -> Resu
         Ok(interval) => interval,
         Err(message) => return stall(&api, &channel, &ctx, status, message).await,
     };
-    set_condition(&mut status.conditions, NewCondition::new(STALLED, false, "SpecValid", ""), generation);
+    set_condition(&mut status.conditions, NewCondition::new(STALLED, false, "SpecValid", "the spec is valid"), generation);
 
     let outcome = match ctx.check_wait(&channel) {
         _ if channel.spec.suspend => None,
@@ -50,8 +50,10 @@ pub async fn reconcile(channel: Arc<FirmwareChannel>, ctx: Arc<Context>) -> Resu
         Some(Err(e)) => Some(e),
         None => None,
     };
-    set_registry_condition(&mut status, error.as_ref(), generation);
-    set_ready(&channel, &ctx, &mut status, error.as_ref());
+    // This pass's error, or the last check's when this pass did not ask the registry.
+    let failure = ctx.last_failure(&channel);
+    set_registry_condition(&mut status, failure.as_ref(), generation);
+    set_ready(&channel, &ctx, &mut status, failure.as_ref());
 
     if status != old {
         apply_status(&api, &channel, &status).await?;
@@ -121,7 +123,7 @@ async fn stall(
     let conditions = &mut status.conditions;
     set_condition(conditions, NewCondition::new(STALLED, true, "InvalidSpec", message.clone()), generation);
     set_condition(conditions, NewCondition::new(READY, false, "InvalidSpec", message.clone()), generation);
-    set_condition(conditions, NewCondition::new(RECONCILING, false, "InvalidSpec", ""), generation);
+    set_condition(conditions, NewCondition::new(RECONCILING, false, "InvalidSpec", "waiting for the spec to change"), generation);
     if Some(&status) != channel.status.as_ref() {
         apply_status(api, channel, &status).await?;
     }
@@ -136,7 +138,7 @@ async fn stall(
 /// Asks the registry which artifact the channel should serve now.
 async fn check_registry(channel: &FirmwareChannel, ctx: &Context, interval: Duration) -> Result<Resolution> {
     let result = resolve(channel, ctx).await;
-    ctx.checked(channel, result.is_ok(), interval);
+    ctx.checked(channel, result.as_ref().err().map(Failure::from), interval);
     ctx.metrics.registry_check(result.is_ok());
     result
 }
@@ -180,11 +182,11 @@ async fn record_resolution(channel: &FirmwareChannel, ctx: &Context, status: &mu
     ctx.event(channel, false, "NewVersion", note).await;
 }
 
-fn set_registry_condition(status: &mut FirmwareChannelStatus, error: Option<&Error>, generation: Option<i64>) {
-    let condition = match error {
-        Some(e @ Error::RegistryUnreachable(_)) => NewCondition::new(REGISTRY_REACHABLE, false, e.reason(), e.to_string()),
+fn set_registry_condition(status: &mut FirmwareChannelStatus, failure: Option<&Failure>, generation: Option<i64>) {
+    let condition = match failure {
+        Some(f) if f.unreachable => NewCondition::new(REGISTRY_REACHABLE, false, f.reason, f.message.clone()),
         _ if conditions::find(&status.conditions, REGISTRY_REACHABLE).is_some() || status.latest.is_some() => {
-            NewCondition::new(REGISTRY_REACHABLE, true, "Reachable", "")
+            NewCondition::new(REGISTRY_REACHABLE, true, "Reachable", "the last registry check succeeded")
         }
         _ => return,
     };
@@ -193,7 +195,7 @@ fn set_registry_condition(status: &mut FirmwareChannelStatus, error: Option<&Err
 
 /// `Ready` and `Reconciling` from what is known now: a resolved version, the gateway,
 /// device-id conflicts and the last error.
-fn set_ready(channel: &FirmwareChannel, ctx: &Context, status: &mut FirmwareChannelStatus, error: Option<&Error>) {
+fn set_ready(channel: &FirmwareChannel, ctx: &Context, status: &mut FirmwareChannelStatus, failure: Option<&Failure>) {
     let generation = channel.metadata.generation;
     let ns = channel.namespace().unwrap_or_default();
     let gateway_name = &channel.spec.gateway_ref;
@@ -204,23 +206,27 @@ fn set_ready(channel: &FirmwareChannel, ctx: &Context, status: &mut FirmwareChan
         .conflicts
         .remove(&channel.name_any());
 
-    let (ready, reason, message) = match (&status.latest, error, gateway, conflict) {
-        (None, Some(e), _, _) => (false, e.reason(), e.to_string()),
+    let (ready, reason, message) = match (&status.latest, failure, gateway, conflict) {
+        (None, Some(f), _, _) => (false, f.reason, f.message.clone()),
         (None, None, _, _) if channel.spec.suspend => (false, "Suspended", "suspended before a version was resolved".into()),
         (None, None, _, _) => (false, "Resolving", "waiting for the first registry check".into()),
         (Some(_), _, None, _) => (false, "GatewayNotFound", missing_gateway(gateway_name, &ns)),
         (Some(_), _, _, Some(conflict)) => (false, "DeviceConflict", conflict),
-        (Some(latest), error, Some(_), None) => {
+        (Some(latest), _, Some(_), None) => {
             let mut message = format!("serving {} ({}) through gateway {gateway_name:?}", latest.version, latest.digest);
-            if let Some(e) = error {
-                message.push_str(&format!("; last registry check failed: {e}"));
+            if let Some(f) = failure {
+                message.push_str(&format!("; last registry check failed: {}", f.message));
             }
             (true, "Resolved", message)
         }
     };
     set_condition(&mut status.conditions, NewCondition::new(READY, ready, reason, message), generation);
-    let retrying = status.latest.is_none() && error.is_some_and(|e| !e.is_permanent());
-    let reconciling = NewCondition::new(RECONCILING, retrying, if retrying { "RetryingAfterError" } else { "Idle" }, "");
+    let retrying = status.latest.is_none() && failure.is_some();
+    let reconciling = if retrying {
+        NewCondition::new(RECONCILING, true, "RetryingAfterError", "retrying the registry with growing backoff")
+    } else {
+        NewCondition::new(RECONCILING, false, "Idle", "nothing to do until the next registry check")
+    };
     set_condition(&mut status.conditions, reconciling, generation);
 }
 

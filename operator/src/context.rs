@@ -31,11 +31,29 @@ pub struct Context {
     checks: Mutex<HashMap<ObjectRef<FirmwareChannel>, Check>>,
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Check {
     generation: Option<i64>,
     next: Instant,
     failures: u32,
+    /// What the last check failed with, until one succeeds: passes that do not ask the
+    /// registry (watch events between checks) report the same state, so conditions
+    /// do not flap.
+    failure: Option<Failure>,
+}
+
+/// The last failed registry check of a channel, as its conditions report it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    pub reason: &'static str,
+    pub message: String,
+    pub unreachable: bool,
+}
+
+impl From<&crate::Error> for Failure {
+    fn from(e: &crate::Error) -> Self {
+        Self { reason: e.reason(), message: e.to_string(), unreachable: matches!(e, crate::Error::RegistryUnreachable(_)) }
+    }
 }
 
 /// Backoff after `failures` consecutive failures: 5s, 10s, 20s… up to 5 minutes.
@@ -68,14 +86,23 @@ impl Context {
         check.next.checked_duration_since(Instant::now())
     }
 
-    /// Records a registry check; returns the failures in a row (0 after a success).
-    pub fn checked(&self, channel: &FirmwareChannel, ok: bool, interval: Duration) -> u32 {
+    /// Records a registry check and when the next one is due: after the interval, or
+    /// after a backoff that grows with the failures in a row.
+    pub fn checked(&self, channel: &FirmwareChannel, failure: Option<Failure>, interval: Duration) {
         let mut checks = self.checks.lock().expect("checks lock");
         let key = ObjectRef::from(channel);
-        let failures = if ok { 0 } else { checks.get(&key).map_or(0, |c| c.failures) + 1 };
-        let wait = if ok { interval } else { backoff(failures).min(interval) };
-        checks.insert(key, Check { generation: channel.metadata.generation, next: Instant::now() + wait, failures });
-        failures
+        let failures = match failure {
+            None => 0,
+            Some(_) => checks.get(&key).map_or(0, |c| c.failures) + 1,
+        };
+        let wait = if failure.is_none() { interval } else { backoff(failures).min(interval) };
+        let check = Check { generation: channel.metadata.generation, next: Instant::now() + wait, failures, failure };
+        checks.insert(key, check);
+    }
+
+    /// How the last registry check of `channel` failed, if it did.
+    pub fn last_failure(&self, channel: &FirmwareChannel) -> Option<Failure> {
+        self.checks.lock().expect("checks lock").get(&ObjectRef::from(channel)).and_then(|c| c.failure.clone())
     }
 
     pub fn failures(&self, channel: &FirmwareChannel) -> u32 {

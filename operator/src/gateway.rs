@@ -99,11 +99,12 @@ fn set_conditions(status: &mut OtaGatewayStatus, spec: &OtaGatewaySpec, generati
     let ready = status.ready_replicas >= spec.replicas;
     let message = format!("{}/{} replicas ready, serving {channels} channels", status.ready_replicas, spec.replicas);
     let conditions = &mut status.conditions;
-    set_condition(conditions, NewCondition::new(STALLED, false, "SpecValid", ""), generation);
+    set_condition(conditions, NewCondition::new(STALLED, false, "SpecValid", "the spec is valid"), generation);
     let reason = if ready { "ReplicasReady" } else { "ReplicasNotReady" };
     set_condition(conditions, NewCondition::new(READY, ready, reason, message.clone()), generation);
     let reason = if ready { "Idle" } else { "WaitingForReplicas" };
-    set_condition(conditions, NewCondition::new(RECONCILING, !ready, reason, if ready { String::new() } else { message }), generation);
+    let detail = if ready { "all replicas ready".to_owned() } else { message };
+    set_condition(conditions, NewCondition::new(RECONCILING, !ready, reason, detail), generation);
 }
 
 /// Server-side applies one child object (force, one field manager) and returns it as

@@ -1,0 +1,118 @@
+//! The project's binaries and helper processes, started by tests and stopped on drop.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use crate::{cluster, repo_root};
+
+/// Path of a workspace binary in the debug target dir, built once per test process.
+pub fn binary(package: &str, bin: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--bins", "-p", "updraft-operator", "-p", "ota-gateway"])
+            .current_dir(repo_root())
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "building the operator and gateway binaries failed");
+    });
+    let _ = package;
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("target"));
+    target.join("debug").join(bin)
+}
+
+/// A child process killed (and reaped) when dropped; its output goes to a log file.
+pub struct Proc {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(mut cmd: Command, log: &Path) -> Proc {
+        let file = std::fs::File::create(log).unwrap();
+        cmd.stdout(file.try_clone().unwrap()).stderr(file).stdin(Stdio::null());
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+        Proc { child, log: log.to_owned() }
+    }
+
+    /// The process's output so far, for failure messages.
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Polls `f` every 200 ms until it returns `Some`, or panics after `timeout` with `what`.
+pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A temporary directory for one test, under the target dir, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(prefix: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("updraft-{prefix}-{:08x}", rand::random::<u32>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs the operator binary against the local cluster, watching one namespace.
+pub fn operator(namespace: &str, dir: &Path) -> Proc {
+    let cluster = cluster();
+    let mut cmd = Command::new(binary("updraft-operator", "updraft-operator"));
+    cmd.args(["--namespace", namespace, "--admin-addr", &format!("127.0.0.1:{}", free_port())])
+        .args(["--gateway-image", "updraft/ota-gateway:e2e"])
+        .env("KUBECONFIG", &cluster.kubeconfig)
+        .env("RUST_LOG", "info,updraft_operator=debug");
+    Proc::spawn(cmd, &dir.join("operator.log"))
+}
+
+/// Pushes `file` as a single-layer OCI artifact to `repository:tag` of the cluster's
+/// registry with the real `oras` client; returns the manifest digest.
+pub fn oras_push(repository: &str, tag: &str, file: &Path, media_type: &str) -> String {
+    let cluster = cluster();
+    let dir = file.parent().unwrap();
+    let name = file.file_name().unwrap().to_str().unwrap();
+    let out = Command::new("oras")
+        .args(["push", "--plain-http", &format!("{}/{repository}:{tag}", cluster.registry), &format!("{name}:{media_type}")])
+        .current_dir(dir)
+        .output()
+        .expect("oras runs (cluster.sh tools installs it)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "oras push failed: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("Digest: "))
+        .unwrap_or_else(|| panic!("oras printed no digest: {stdout}"))
+        .trim()
+        .to_owned()
+}

@@ -1,0 +1,327 @@
+//! The operator end to end: the real operator binary against kube-apiserver 1.20 (with
+//! kube-controller-manager for garbage collection) and a real OCI registry; then the
+//! gateway binary run locally from the ConfigMap the operator rendered.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use e2e::procs::{binary, free_port, operator, oras_push, wait_for, Proc, TempDir};
+use e2e::{cluster, install_crds, kubectl, namespace};
+use serde_json::Value;
+
+const MEDIA_TYPE: &str = "application/vnd.updraft.firmware.v1+octet-stream";
+const WAIT: Duration = Duration::from_secs(60);
+
+/// One test's world: a namespace, an operator watching it, a scratch dir, a repository.
+struct World {
+    ns: String,
+    dir: TempDir,
+    operator: Proc,
+    repository: String,
+}
+
+impl World {
+    fn new(name: &str) -> World {
+        install_crds();
+        let ns = namespace(name);
+        let dir = TempDir::new(name);
+        let operator = operator(&ns, &dir.0);
+        let repository = format!("e2e/{ns}/firmware");
+        World { ns, dir, operator, repository }
+    }
+
+    fn apply(&self, yaml: &str) {
+        kubectl(&["apply", "--server-side", "-n", &self.ns, "-f", "-"], Some(yaml)).ok();
+    }
+
+    fn get(&self, what: &str) -> Option<Value> {
+        let out = kubectl(&["get", "-n", &self.ns, what, "-o", "json"], None);
+        out.success.then(|| serde_json::from_str(&out.stdout).unwrap())
+    }
+
+    /// Waits until `what`'s JSON satisfies `pred`, then returns it.
+    fn wait(&self, what: &str, description: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let mut last = Value::Null;
+        let found = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            wait_for(WAIT, description, || {
+                let v = self.get(what)?;
+                last = v.clone();
+                pred(&v).then_some(v)
+            })
+        }));
+        found.unwrap_or_else(|_| {
+            panic!("{what}: {description} never happened; last seen:\n{last:#}\noperator log:\n{}", self.operator.output())
+        })
+    }
+
+    /// Pushes a firmware file of `size` pseudo-random bytes as `tag`; returns its bytes.
+    fn push(&self, tag: &str, size: usize) -> Vec<u8> {
+        let bytes: Vec<u8> = (0..size).map(|i| (i as u32).wrapping_mul(2654435761).rotate_left(tag.len() as u32) as u8).collect();
+        let file = self.dir.0.join(format!("fw-{tag}.bin"));
+        std::fs::write(&file, &bytes).unwrap();
+        oras_push(&self.repository, tag, &file, MEDIA_TYPE);
+        bytes
+    }
+
+    fn channel_yaml(&self, name: &str, extra: &str) -> String {
+        format!(
+            "apiVersion: updraft.dev/v1alpha1\nkind: FirmwareChannel\nmetadata: {{name: {name}}}\nspec:\n  device: {name}-dev\n  interval: 2s\n  source: {{registry: \"{}\", repository: \"{}\", insecure: true}}\n{extra}",
+            cluster().registry,
+            self.repository
+        )
+    }
+}
+
+const GATEWAY: &str = "apiVersion: updraft.dev/v1alpha1\nkind: OtaGateway\nmetadata: {name: default}\nspec: {}\n";
+
+fn condition<'a>(v: &'a Value, type_: &str) -> Option<&'a Value> {
+    v["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == type_)
+}
+
+fn is(v: &Value, type_: &str, status: &str) -> bool {
+    condition(v, type_).is_some_and(|c| c["status"] == status && c["observedGeneration"] == v["metadata"]["generation"])
+}
+
+#[test]
+fn channel_resolves_new_versions_and_pins() {
+    let w = World::new("op-resolve");
+    w.push("v1.0.0", 4096);
+    w.push("1.1.0-rc.1", 4096);
+    w.push("not-a-version", 64);
+    w.apply(GATEWAY);
+    w.apply(&w.channel_yaml("esp32", ""));
+
+    let ch = w.wait("fwc/esp32", "latest = 1.0.0 and Ready", |v| {
+        v["status"]["latest"]["version"] == "1.0.0" && is(v, "Ready", "True")
+    });
+    assert_eq!(ch["status"]["latest"]["tag"], "v1.0.0");
+    assert_eq!(ch["status"]["latest"]["size"], 4096);
+    assert!(ch["status"]["previous"].is_null());
+    assert!(is(&ch, "Stalled", "False"));
+    assert_eq!(ch["status"]["url"], format!("http://default.{}.svc:8080/api/v1/channels/esp32", w.ns));
+
+    // A newer push moves latest to previous.
+    w.push("1.2.0", 5000);
+    let ch = w.wait("fwc/esp32", "latest = 1.2.0", |v| v["status"]["latest"]["version"] == "1.2.0");
+    assert_eq!(ch["status"]["previous"]["version"], "1.0.0");
+    // One NewVersion event per new version; the recorder folds repeats into a series.
+    let events: Value = serde_json::from_str(&kubectl(&["get", "events.events.k8s.io", "-n", &w.ns, "-o", "json"], None).ok()).unwrap();
+    let new_versions: u64 = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["reason"] == "NewVersion" && e["regarding"]["name"] == "esp32")
+        .map(|e| e["series"]["count"].as_u64().unwrap_or(1))
+        .sum();
+    assert_eq!(new_versions, 2, "expected NewVersion events for 1.0.0 and 1.2.0: {events:#}");
+
+    // Pre-releases only when allowed.
+    w.apply(&w.channel_yaml("esp32", "  version: {prerelease: true, range: \">=1.0.0, <1.2.0\"}\n"));
+    w.wait("fwc/esp32", "latest = 1.1.0-rc.1", |v| v["status"]["latest"]["version"] == "1.1.0-rc.1");
+
+    // A pin wins over the range.
+    w.apply(&w.channel_yaml("esp32", "  version: {pin: v1.0.0}\n"));
+    let ch = w.wait("fwc/esp32", "latest = pinned 1.0.0", |v| v["status"]["latest"]["version"] == "1.0.0" && is(v, "Ready", "True"));
+    assert_eq!(ch["status"]["latest"]["tag"], "v1.0.0");
+
+    // The gateway's rendered config pins the digest status shows.
+    let rendered = |v: &Value| -> Value { serde_yaml::from_str(v["data"]["gateway.yaml"].as_str().unwrap_or("{}")).unwrap() };
+    let cm = w.wait("configmap/default-config", "the pinned digest rendered", |v| {
+        rendered(v)["channels"][0]["current"]["digest"] == ch["status"]["latest"]["digest"]
+    });
+    let config = rendered(&cm);
+    assert_eq!(config["channels"][0]["current"]["version"], "1.0.0");
+    assert_eq!(config["channels"][0]["previous"]["version"], "1.1.0-rc.1");
+    assert_eq!(config["channels"][0]["device"], "esp32-dev");
+}
+
+#[test]
+fn invalid_spec_stalls_until_fixed() {
+    let w = World::new("op-invalid");
+    w.push("1.0.0", 100);
+    w.apply(GATEWAY);
+    w.apply(&w.channel_yaml("bad", "  version: {range: \">=banana\"}\n"));
+    let ch = w.wait("fwc/bad", "Stalled", |v| is(v, "Stalled", "True"));
+    let stalled = condition(&ch, "Stalled").unwrap();
+    assert_eq!(stalled["reason"], "InvalidSpec");
+    assert!(stalled["message"].as_str().unwrap().contains("version.range"), "{stalled}");
+    assert!(is(&ch, "Ready", "False"));
+    assert_eq!(ch["status"]["observedGeneration"], ch["metadata"]["generation"]);
+    let events = kubectl(&["get", "events.events.k8s.io", "-n", &w.ns, "-o", "json"], None).ok();
+    assert!(events.contains("InvalidSpec"), "no InvalidSpec event: {events}");
+
+    w.apply(&w.channel_yaml("bad", "  version: {range: \">=1.0.0\"}\n"));
+    w.wait("fwc/bad", "recovered", |v| is(v, "Stalled", "False") && is(v, "Ready", "True"));
+}
+
+#[test]
+fn missing_gateway_and_unreachable_registry_are_explained() {
+    let w = World::new("op-explain");
+    w.push("1.0.0", 100);
+    w.apply(&w.channel_yaml("orphan", "  gatewayRef: nowhere\n"));
+    let ch = w.wait("fwc/orphan", "Ready=False GatewayNotFound", |v| {
+        condition(v, "Ready").is_some_and(|c| c["reason"] == "GatewayNotFound")
+    });
+    let message = condition(&ch, "Ready").unwrap()["message"].as_str().unwrap().to_owned();
+    assert!(message.contains("\"nowhere\"") && message.contains("kubectl apply"), "{message}");
+    assert_eq!(ch["status"]["latest"]["version"], "1.0.0", "still resolved");
+
+    // Creating the gateway makes the channel Ready (by watch, not by polling).
+    w.apply(&GATEWAY.replace("name: default", "name: nowhere"));
+    w.wait("fwc/orphan", "Ready once the gateway exists", |v| is(v, "Ready", "True"));
+
+    let unreachable = "apiVersion: updraft.dev/v1alpha1\nkind: FirmwareChannel\nmetadata: {name: down}\nspec:\n  interval: 2s\n  source: {registry: \"127.0.0.1:9\", repository: x/y, insecure: true}\n";
+    w.apply(unreachable);
+    let ch = w.wait("fwc/down", "RegistryUnreachable", |v| {
+        condition(v, "Ready").is_some_and(|c| c["reason"] == "RegistryUnreachable")
+    });
+    assert!(is(&ch, "Reconciling", "True"), "a transient error keeps Reconciling: {ch:#}");
+    assert!(is(&ch, "Stalled", "False"), "an unreachable registry is not a bad spec: {ch:#}");
+}
+
+#[test]
+fn registry_outage_keeps_the_last_resolved_version() {
+    let w = World::new("op-outage");
+    // A registry of this test's own, so stopping it disturbs nobody.
+    let port = free_port();
+    let storage = w.dir.0.join("registry");
+    let config = w.dir.0.join("registry.yml");
+    std::fs::write(
+        &config,
+        format!("version: 0.1\nlog: {{level: warn}}\nstorage: {{filesystem: {{rootdirectory: {}}}}}\nhttp: {{addr: 127.0.0.1:{port}}}\n", storage.display()),
+    )
+    .unwrap();
+    let mut registry_cmd = Command::new("docker-registry");
+    registry_cmd.args(["serve", config.to_str().unwrap()]);
+    let registry = Proc::spawn(registry_cmd, &w.dir.0.join("registry.log"));
+    wait_for(Duration::from_secs(10), "private registry", || std::net::TcpStream::connect(("127.0.0.1", port)).ok());
+    let file = w.dir.0.join("fw.bin");
+    std::fs::write(&file, b"firmware").unwrap();
+    let out = Command::new("oras")
+        .args(["push", "--plain-http", &format!("127.0.0.1:{port}/fw/outage:1.0.0"), &format!("fw.bin:{MEDIA_TYPE}")])
+        .current_dir(&w.dir.0)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    w.apply(GATEWAY);
+    w.apply(&format!(
+        "apiVersion: updraft.dev/v1alpha1\nkind: FirmwareChannel\nmetadata: {{name: outage}}\nspec:\n  interval: 2s\n  source: {{registry: \"127.0.0.1:{port}\", repository: fw/outage, insecure: true}}\n"
+    ));
+    w.wait("fwc/outage", "resolved", |v| v["status"]["latest"]["version"] == "1.0.0" && is(v, "Ready", "True"));
+    drop(registry);
+
+    let ch = w.wait("fwc/outage", "RegistryReachable=False", |v| is(v, "RegistryReachable", "False"));
+    assert_eq!(ch["status"]["latest"]["version"], "1.0.0", "the last resolved version stays");
+    assert!(is(&ch, "Ready", "True"), "still serving: {ch:#}");
+    let message = condition(&ch, "Ready").unwrap()["message"].as_str().unwrap();
+    assert!(message.contains("last registry check failed"), "{message}");
+}
+
+#[test]
+fn workloads_are_owned_and_garbage_collected() {
+    let w = World::new("op-gc");
+    w.apply(GATEWAY);
+    let gw = w.wait("otagw/default", "status written", |v| v["status"]["observedGeneration"] == v["metadata"]["generation"]);
+    assert_eq!(gw["status"]["url"], format!("http://default.{}.svc:8080", w.ns));
+    let uid = gw["metadata"]["uid"].as_str().unwrap().to_owned();
+    for what in ["configmap/default-config", "deployment/default", "service/default"] {
+        let obj = w.wait(what, "created", |_| true);
+        let owner = &obj["metadata"]["ownerReferences"][0];
+        assert_eq!(owner["uid"], uid.as_str(), "{what} is not owned by the OtaGateway");
+        assert_eq!(owner["controller"], true);
+        assert_eq!(obj["metadata"]["managedFields"][0]["manager"], "updraft-operator", "{what} not server-side applied");
+    }
+    let svc = w.get("service/default").unwrap();
+    assert!(svc["spec"]["ports"].as_array().unwrap().iter().all(|p| p["protocol"] == "TCP"));
+    let deploy = w.get("deployment/default").unwrap();
+    let container = &deploy["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["image"], "updraft/ota-gateway:e2e");
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    // The Deployment controller made a ReplicaSet (no kubelet: its pods never run).
+    w.wait("replicasets", "a ReplicaSet", |v| v["items"].as_array().is_some_and(|i| !i.is_empty()));
+    let gw = w.get("otagw/default").unwrap();
+    assert!(is(&gw, "Ready", "False"), "no pods run here, so the gateway is not ready: {gw:#}");
+    assert!(condition(&gw, "Ready").unwrap()["message"].as_str().unwrap().contains("0/1 replicas ready"));
+
+    kubectl(&["delete", "-n", &w.ns, "otagw/default", "--wait=true"], None).ok();
+    for what in ["configmap/default-config", "deployment/default", "service/default"] {
+        wait_for(WAIT, &format!("{what} garbage-collected"), || w.get(what).is_none().then_some(()));
+    }
+}
+
+#[test]
+fn steady_state_makes_no_writes() {
+    let w = World::new("op-idle");
+    w.push("1.0.0", 256);
+    w.apply(GATEWAY);
+    w.apply(&w.channel_yaml("idle", ""));
+    w.wait("fwc/idle", "Ready", |v| is(v, "Ready", "True"));
+    w.wait("configmap/default-config", "rendered", |v| v["data"]["gateway.yaml"].as_str().is_some_and(|y| y.contains("idle")));
+    std::thread::sleep(Duration::from_secs(3)); // let the last watch events settle
+    let versions = || -> Vec<(String, String)> {
+        ["fwc/idle", "otagw/default", "configmap/default-config", "deployment/default", "service/default"]
+            .iter()
+            .map(|w_| (w_.to_string(), w.get(w_).unwrap()["metadata"]["resourceVersion"].as_str().unwrap().to_owned()))
+            .collect()
+    };
+    let before = versions();
+    // The channel checks its registry every 2 s: 30 checks in a minute, none may write.
+    std::thread::sleep(Duration::from_secs(60));
+    assert_eq!(before, versions(), "objects were rewritten while nothing changed");
+    let metrics_checks = w.operator.output().matches("registry check failed").count();
+    assert_eq!(metrics_checks, 0, "{}", w.operator.output());
+}
+
+#[test]
+fn gateway_serves_what_the_operator_rendered() {
+    let w = World::new("op-serve");
+    let firmware = w.push("2.3.4", 70_000);
+    w.apply(GATEWAY);
+    w.apply(&w.channel_yaml("stm32", ""));
+    w.wait("fwc/stm32", "Ready", |v| is(v, "Ready", "True"));
+    let cm = w.wait("configmap/default-config", "rendered", |v| {
+        v["data"]["gateway.yaml"].as_str().is_some_and(|y| y.contains("2.3.4"))
+    });
+
+    // No kubelet here: run the gateway binary locally from the rendered ConfigMap, with
+    // only the listeners and cache directory moved to this machine.
+    let (port, admin) = (free_port(), free_port());
+    let mut config: Value = serde_yaml::from_str(cm["data"]["gateway.yaml"].as_str().unwrap()).unwrap();
+    config["listen"] = format!("127.0.0.1:{port}").into();
+    config["adminListen"] = format!("127.0.0.1:{admin}").into();
+    config["cache"]["dir"] = w.dir.0.join("cache").to_str().unwrap().into();
+    let config_path = w.dir.0.join("gateway.yaml");
+    std::fs::write(&config_path, serde_yaml::to_string(&config).unwrap()).unwrap();
+    let mut cmd = Command::new(binary("ota-gateway", "ota-gateway"));
+    cmd.args(["--config", config_path.to_str().unwrap()]);
+    let gateway = Proc::spawn(cmd, &w.dir.0.join("gateway.log"));
+
+    let base = format!("http://127.0.0.1:{port}");
+    let version = wait_for(WAIT, "the gateway answers /version", || {
+        let out = curl(&[&format!("{base}/version?device=stm32-dev")]);
+        (out.0 == 200).then_some(out.1)
+    });
+    let crc = crc32fast::hash(&firmware);
+    assert_eq!(String::from_utf8(version).unwrap(), format!("2.3.4\n{crc}\n{}", firmware.len()), "{}", gateway.output());
+    let (status, body) = curl(&[&format!("{base}/firmware?device=stm32-dev")]);
+    assert_eq!(status, 200);
+    assert!(body == firmware, "the device got different bytes than were pushed");
+    assert_eq!(curl(&[&format!("{base}/version?device=unknown")]).0, 404);
+}
+
+/// A simulated device: `curl`, returning the status and body.
+fn curl(args: &[&str]) -> (u16, Vec<u8>) {
+    let out_file = std::env::temp_dir().join(format!("updraft-curl-{:08x}", rand::random::<u32>()));
+    let out = Command::new("curl")
+        .args(["-s", "-o", out_file.to_str().unwrap(), "-w", "%{http_code}"])
+        .args(args)
+        .output()
+        .unwrap();
+    let status = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0);
+    let body = std::fs::read(&out_file).unwrap_or_default();
+    let _ = std::fs::remove_file(&out_file);
+    let _ = Path::new(&out_file);
+    (status, body)
+}
