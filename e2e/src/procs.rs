@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use crate::{cluster, repo_root};
 
 /// Path of a workspace binary in the debug target dir, built once per test process.
-pub fn binary(package: &str, bin: &str) -> PathBuf {
+pub fn binary(bin: &str) -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
         let status = Command::new(env!("CARGO"))
@@ -19,7 +19,6 @@ pub fn binary(package: &str, bin: &str) -> PathBuf {
             .expect("cargo runs");
         assert!(status.success(), "building the operator and gateway binaries failed");
     });
-    let _ = package;
     let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("target"));
     target.join("debug").join(bin)
 }
@@ -85,16 +84,20 @@ impl Drop for TempDir {
     }
 }
 
-/// Runs the operator binary against the local cluster, watching one namespace.
-pub fn operator(namespace: &str, dir: &Path) -> Proc {
+/// The operator binary against the local cluster, watching one namespace; `extra`
+/// adds flags. Returns the process and its admin port.
+pub fn operator(namespace: &str, dir: &Path, name: &str, extra: &[&str]) -> (Proc, u16) {
     let cluster = cluster();
-    let mut cmd = Command::new(binary("updraft-operator", "updraft-operator"));
-    cmd.args(["--namespace", namespace, "--admin-addr", &format!("127.0.0.1:{}", free_port())])
+    let admin = free_port();
+    let mut cmd = Command::new(binary("updraft-operator"));
+    cmd.args(["--namespace", namespace, "--admin-addr", &format!("127.0.0.1:{admin}")])
         .args(["--gateway-image", "updraft/ota-gateway:e2e"])
+        .args(extra)
         .env("KUBECONFIG", &cluster.kubeconfig)
         .env("RUST_LOG", "info,updraft_operator=debug");
-    Proc::spawn(cmd, &dir.join("operator.log"))
+    (Proc::spawn(cmd, &dir.join(format!("{name}.log"))), admin)
 }
+
 
 /// Pushes `file` as a single-layer OCI artifact to `repository:tag` of the cluster's
 /// registry with the real `oras` client; returns the manifest digest.

@@ -18,6 +18,7 @@ struct World {
     ns: String,
     dir: TempDir,
     operator: Proc,
+    admin: u16,
     repository: String,
 }
 
@@ -26,9 +27,9 @@ impl World {
         install_crds();
         let ns = namespace(name);
         let dir = TempDir::new(name);
-        let operator = operator(&ns, &dir.0);
+        let (operator, admin) = operator(&ns, &dir.0, "operator", &[]);
         let repository = format!("e2e/{ns}/firmware");
-        World { ns, dir, operator, repository }
+        World { ns, dir, operator, admin, repository }
     }
 
     fn apply(&self, yaml: &str) {
@@ -62,6 +63,16 @@ impl World {
         std::fs::write(&file, &bytes).unwrap();
         oras_push(&self.repository, tag, &file, MEDIA_TYPE);
         bytes
+    }
+
+    /// A sample from the operator's `/metrics`, 0 when absent.
+    fn metric(&self, series: &str) -> f64 {
+        let (_, body) = curl(&[&format!("http://127.0.0.1:{}/metrics", self.admin)]);
+        String::from_utf8_lossy(&body)
+            .lines()
+            .find(|l| l.starts_with(series))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0.0)
     }
 
     fn channel_yaml(&self, name: &str, extra: &str) -> String {
@@ -267,11 +278,14 @@ fn steady_state_makes_no_writes() {
             .collect()
     };
     let before = versions();
-    // The channel checks its registry every 2 s: 30 checks in a minute, none may write.
+    let checks_before = w.metric("updraft_operator_registry_checks_total{result=\"ok\"}");
+    // The channel checks its registry every 2 s: ~30 checks in a minute, none may write.
     std::thread::sleep(Duration::from_secs(60));
     assert_eq!(before, versions(), "objects were rewritten while nothing changed");
-    let metrics_checks = w.operator.output().matches("registry check failed").count();
-    assert_eq!(metrics_checks, 0, "{}", w.operator.output());
+    let checks = w.metric("updraft_operator_registry_checks_total{result=\"ok\"}") - checks_before;
+    assert!(checks >= 20.0, "only {checks} registry checks in a minute at a 2 s interval");
+    assert!(w.metric("updraft_operator_reconcile_duration_seconds_count{controller=\"firmwarechannel\"}") >= checks);
+    assert_eq!(w.metric(&format!("updraft_operator_resolved_version_info{{channel=\"idle\",namespace=\"{}\",version=\"1.0.0\"}}", w.ns)), 1.0);
 }
 
 #[test]
@@ -294,7 +308,7 @@ fn gateway_serves_what_the_operator_rendered() {
     config["cache"]["dir"] = w.dir.0.join("cache").to_str().unwrap().into();
     let config_path = w.dir.0.join("gateway.yaml");
     std::fs::write(&config_path, serde_yaml::to_string(&config).unwrap()).unwrap();
-    let mut cmd = Command::new(binary("ota-gateway", "ota-gateway"));
+    let mut cmd = Command::new(binary("ota-gateway"));
     cmd.args(["--config", config_path.to_str().unwrap()]);
     let gateway = Proc::spawn(cmd, &w.dir.0.join("gateway.log"));
 
@@ -309,6 +323,45 @@ fn gateway_serves_what_the_operator_rendered() {
     assert_eq!(status, 200);
     assert!(body == firmware, "the device got different bytes than were pushed");
     assert_eq!(curl(&[&format!("{base}/version?device=unknown")]).0, 404);
+}
+
+#[test]
+fn leader_election_lets_one_replica_reconcile_and_hands_over() {
+    install_crds();
+    let ns = namespace("op-leader");
+    let dir = TempDir::new("op-leader");
+    let flags = |id: &'static str| ["--leader-elect", "--lease-namespace", "LEASE_NS", "--identity", id];
+    let spawn = |id: &'static str| {
+        let args: Vec<&str> = flags(id).iter().map(|a| if *a == "LEASE_NS" { ns.as_str() } else { a }).collect();
+        operator(&ns, &dir.0, id, &args)
+    };
+    let (first, first_admin) = spawn("replica-a");
+    wait_for(WAIT, "replica-a leads", || first.output().contains("acquired leadership").then_some(()));
+    let (second, second_admin) = spawn("replica-b");
+    wait_for(WAIT, "replica-b stands by", || second.output().contains("standing by").then_some(()));
+    let lease = kubectl(&["get", "lease", "-n", &ns, "updraft-operator", "-o", "jsonpath={.spec.holderIdentity}"], None).ok();
+    assert_eq!(lease, "replica-a");
+
+    // Only the leader reconciles.
+    kubectl(&["apply", "--server-side", "-n", &ns, "-f", "-"], Some(GATEWAY)).ok();
+    wait_for(WAIT, "the leader renders the gateway", || kubectl(&["get", "-n", &ns, "configmap/default-config"], None).success.then_some(()));
+    let reconciles = |port: u16| -> u64 {
+        let (_, body) = curl(&[&format!("http://127.0.0.1:{port}/metrics")]);
+        String::from_utf8_lossy(&body)
+            .lines()
+            .find(|l| l.starts_with("updraft_operator_reconciles_total{controller=\"otagateway\"}"))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    assert!(reconciles(first_admin) >= 1, "the leader did not reconcile");
+    assert_eq!(reconciles(second_admin), 0, "the standby reconciled");
+    assert_eq!(curl(&[&format!("http://127.0.0.1:{second_admin}/readyz")]).0, 200, "a standby is ready");
+
+    // The standby takes over when the leader dies (its lease expires after 15 s).
+    drop(first);
+    wait_for(Duration::from_secs(45), "replica-b takes over", || second.output().contains("acquired leadership").then_some(()));
+    let lease = kubectl(&["get", "lease", "-n", &ns, "updraft-operator", "-o", "jsonpath={.spec.holderIdentity}"], None).ok();
+    assert_eq!(lease, "replica-b");
 }
 
 /// A simulated device: `curl`, returning the status and body.
