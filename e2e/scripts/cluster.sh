@@ -143,13 +143,22 @@ install_tools() {
 
 # ---------------------------------------------------------------- processes
 
-pid_alive() { [ -f "$STATE/$1.pid" ] && kill -0 "$(cat "$STATE/$1.pid")" 2>/dev/null; }
+# Alive and still the program we started (a PID file can outlive a reboot, and the PID
+# be reused by something else).
+pid_alive() {
+  local pid
+  [ -f "$STATE/$1.pid" ] || return 1
+  pid=$(cat "$STATE/$1.pid")
+  kill -0 "$pid" 2>/dev/null && [ "$(cat "$STATE/$1.cmd" 2>/dev/null)" = "$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)" ]
+}
 
 start() { # name, then the command
   local name=$1; shift
   if pid_alive "$name"; then say "$name already running (pid $(cat "$STATE/$name.pid"))"; return 0; fi
   setsid "$@" >"$LOG/$name.log" 2>&1 < /dev/null &
   echo $! >"$STATE/$name.pid"
+  sleep 0.1
+  tr '\0' ' ' <"/proc/$!/cmdline" >"$STATE/$name.cmd" 2>/dev/null || true
   say "started $name (pid $!, log $LOG/$name.log)"
 }
 
