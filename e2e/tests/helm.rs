@@ -1,0 +1,360 @@
+//! The Helm chart with the real `helm` client against kube-apiserver 1.20: install from
+//! the chart directory and from an OCI registry, least-privilege RBAC checked by the API
+//! server's authorizer, upgrade, uninstall keeping the CRDs, the values schema, a server
+//! dry run of the rendered chart, and the GitOps sample folder.
+
+use std::collections::BTreeMap;
+
+use e2e::helm::{can_i, chart_dir, exists, helm, Release};
+use e2e::procs::TempDir;
+use e2e::{cluster, install_crds, kubectl, namespace, repo_root};
+
+const CRDS: [&str; 4] =
+    ["otagateways.updraft.dev", "firmwarechannels.updraft.dev", "imagestreams.updraft.dev", "artifactmirrors.updraft.dev"];
+
+fn chart() -> String {
+    chart_dir().to_str().unwrap().to_owned()
+}
+
+/// The operator Deployment of `release` as JSON.
+fn deployment(release: &Release) -> serde_json::Value {
+    let json = kubectl(&["get", "deployment", &release.name, "-n", &release.namespace, "-o", "json"], None).ok();
+    serde_json::from_str(&json).unwrap()
+}
+
+fn container_args(deployment: &serde_json::Value) -> Vec<String> {
+    deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .expect("the operator container has args")
+        .iter()
+        .map(|a| a.as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn chart_crds_are_the_generated_crds() {
+    let generated = std::fs::read(repo_root().join("crds/crds.yaml")).unwrap();
+    let packaged = std::fs::read(chart_dir().join("crds/crds.yaml")).unwrap();
+    assert!(
+        generated == packaged,
+        "charts/updraft/crds/crds.yaml differs from crds/crds.yaml; run: cp crds/crds.yaml charts/updraft/crds/crds.yaml"
+    );
+}
+
+#[test]
+fn chart_app_version_is_the_workspace_version() {
+    let chart: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(chart_dir().join("Chart.yaml")).unwrap()).unwrap();
+    assert_eq!(chart["appVersion"].as_str(), Some(env!("CARGO_PKG_VERSION")), "Chart.yaml appVersion must follow the workspace version");
+}
+
+#[test]
+fn lint_is_clean() {
+    cluster();
+    let out = helm(&["lint", "--strict", &chart()]);
+    assert!(out.success, "helm lint failed:\n{}{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("1 chart(s) linted, 0 chart(s) failed"), "{}", out.stdout);
+    for level in ["[WARNING]", "[ERROR]"] {
+        assert!(!out.stdout.contains(level), "helm lint: {}", out.stdout);
+    }
+}
+
+#[test]
+fn install_from_directory_grants_least_privilege_upgrades_and_uninstalls_keeping_crds() {
+    let ns = namespace("helm-dir");
+    let release = Release::new(&ns);
+    let out = release.run("install", &chart(), &[]);
+    assert!(out.success, "helm install failed:\n{}{}", out.stdout, out.stderr);
+
+    // CRDs (from the chart's crds/, or already there from another test), then the rest.
+    for crd in CRDS {
+        assert!(exists(&["crd", crd]), "CRD {crd} missing after install");
+    }
+    let cluster_name = format!("{}-{ns}", release.name);
+    assert!(exists(&["serviceaccount", &release.name, "-n", &ns]));
+    assert!(exists(&["clusterrole", &cluster_name]));
+    assert!(exists(&["clusterrolebinding", &cluster_name]));
+    assert!(exists(&["role", &format!("{}-leader-election", release.name), "-n", &ns]));
+    assert!(exists(&["service", &format!("{}-metrics", release.name), "-n", &ns]));
+
+    let d = deployment(&release);
+    assert_eq!(d["spec"]["replicas"], 1);
+    let args = container_args(&d);
+    for expected in ["--leader-elect", "--log-level=info", "--log-format=json", "--admin-addr=0.0.0.0:8081"] {
+        assert!(args.iter().any(|a| a == expected), "{expected} missing from {args:?}");
+    }
+    assert!(args.contains(&"--gateway-image=ghcr.io/updraft-dev/ota-gateway:0.1.0".to_owned()), "{args:?}");
+    assert!(!args.iter().any(|a| a.starts_with("--namespace")), "watches all namespaces by default: {args:?}");
+    let container = &d["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["image"], "ghcr.io/updraft-dev/operator:0.1.0");
+    let env: BTreeMap<&str, &str> = container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| Some((e["name"].as_str()?, e["valueFrom"]["fieldRef"]["fieldPath"].as_str()?)))
+        .collect();
+    assert_eq!(env.get("POD_NAME"), Some(&"metadata.name"));
+    assert_eq!(env.get("POD_NAMESPACE"), Some(&"metadata.namespace"));
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(container["ports"][0]["containerPort"], 8081);
+
+    // What the operator needs, asked as its ServiceAccount, in a namespace it does not
+    // live in (cluster-wide binding) and in its own.
+    let sa = release.service_account_user();
+    let other = namespace("helm-dir-other");
+    for n in [ns.as_str(), other.as_str()] {
+        for question in [
+            &["patch", "firmwarechannels.updraft.dev", "--subresource=status"][..],
+            &["patch", "otagateways.updraft.dev", "--subresource=status"],
+            &["patch", "imagestreams.updraft.dev", "--subresource=status"],
+            &["patch", "artifactmirrors.updraft.dev", "--subresource=status"],
+            &["list", "firmwarechannels.updraft.dev"],
+            &["watch", "otagateways.updraft.dev"],
+            &["get", "artifactmirrors.updraft.dev"],
+            &["create", "events.events.k8s.io"],
+            &["patch", "events.events.k8s.io"],
+            &["create", "events"],
+            &["create", "deployments.apps"],
+            &["patch", "deployments.apps"],
+            &["watch", "deployments.apps"],
+            &["create", "configmaps"],
+            &["patch", "services"],
+            &["get", "secrets/registry-credentials"],
+        ] {
+            let mut q = question.to_vec();
+            q.extend(["-n", n]);
+            assert!(can_i(&sa, &q), "the operator cannot {q:?}");
+        }
+        // ...and what it must not do.
+        for question in [
+            &["list", "secrets"][..],
+            &["watch", "secrets"],
+            &["create", "secrets"],
+            &["update", "secrets/registry-credentials"],
+            &["patch", "secrets/registry-credentials"],
+            &["delete", "secrets/registry-credentials"],
+            &["patch", "firmwarechannels.updraft.dev"],
+            &["update", "firmwarechannels.updraft.dev", "--subresource=status"],
+            &["delete", "otagateways.updraft.dev"],
+            &["delete", "deployments.apps"],
+            &["update", "deployments.apps"],
+            &["create", "pods"],
+            &["create", "rolebindings.rbac.authorization.k8s.io"],
+        ] {
+            let mut q = question.to_vec();
+            q.extend(["-n", n]);
+            assert!(!can_i(&sa, &q), "the operator may {q:?}");
+        }
+    }
+    for crd_question in [["delete", "customresourcedefinitions.apiextensions.k8s.io"], ["update", "customresourcedefinitions.apiextensions.k8s.io"]] {
+        assert!(!can_i(&sa, &crd_question), "the operator may {crd_question:?}");
+    }
+    // Leader election: its own Lease in its own namespace, nothing else.
+    assert!(can_i(&sa, &["create", "leases.coordination.k8s.io", "-n", &ns]));
+    assert!(can_i(&sa, &["get", "leases.coordination.k8s.io/updraft-operator", "-n", &ns]));
+    assert!(can_i(&sa, &["update", "leases.coordination.k8s.io/updraft-operator", "-n", &ns]));
+    assert!(!can_i(&sa, &["update", "leases.coordination.k8s.io/kube-controller-manager", "-n", &ns]));
+    assert!(!can_i(&sa, &["update", "leases.coordination.k8s.io/updraft-operator", "-n", &other]));
+    assert!(!can_i(&sa, &["delete", "leases.coordination.k8s.io/updraft-operator", "-n", &ns]));
+
+    // A resource made while installed, to see what uninstall keeps.
+    let channel = "apiVersion: updraft.dev/v1alpha1\nkind: FirmwareChannel\nmetadata: {name: kept}\nspec:\n  source: {registry: 127.0.0.1:15000, repository: fw/kept}\n";
+    kubectl(&["apply", "--server-side", "-n", &ns, "-f", "-"], Some(channel)).ok();
+
+    // Upgrade with changed values: the Deployment follows.
+    let generation = d["metadata"]["generation"].as_i64().unwrap();
+    let out = release.run("upgrade", &chart(), &["--set", "logging.level=debug", "--set", "replicaCount=2"]);
+    assert!(out.success, "helm upgrade failed:\n{}{}", out.stdout, out.stderr);
+    let d = deployment(&release);
+    assert_eq!(d["spec"]["replicas"], 2);
+    assert!(d["metadata"]["generation"].as_i64().unwrap() > generation);
+    let args = container_args(&d);
+    assert!(args.contains(&"--log-level=debug".to_owned()) && !args.contains(&"--log-level=info".to_owned()), "{args:?}");
+    let status: serde_json::Value = serde_json::from_str(&helm(&["status", &release.name, "-n", &ns, "-o", "json"]).ok()).unwrap();
+    assert_eq!(status["version"], 2, "the upgrade is revision 2");
+    assert_eq!(status["info"]["status"], "deployed");
+
+    // An upgrade the chart refuses changes nothing.
+    let out = release.run("upgrade", &chart(), &["--set", "replicaCount=3", "--set", "leaderElection.enabled=false"]);
+    assert!(!out.success && out.stderr.contains("replicaCount > 1 needs leaderElection.enabled"), "{}", out.stderr);
+    assert_eq!(deployment(&release)["spec"]["replicas"], 2);
+
+    // Uninstall removes what the chart templated and keeps the CRDs, so resources survive.
+    let out = helm(&["uninstall", &release.name, "-n", &ns]);
+    assert!(out.success, "helm uninstall failed:\n{}{}", out.stdout, out.stderr);
+    assert!(!exists(&["deployment", &release.name, "-n", &ns]));
+    assert!(!exists(&["serviceaccount", &release.name, "-n", &ns]));
+    assert!(!exists(&["clusterrole", &cluster_name]));
+    assert!(!exists(&["clusterrolebinding", &cluster_name]));
+    assert!(!exists(&["role", &format!("{}-leader-election", release.name), "-n", &ns]));
+    assert!(!exists(&["service", &format!("{}-metrics", release.name), "-n", &ns]));
+    for crd in CRDS {
+        assert!(exists(&["crd", crd]), "uninstall removed CRD {crd}");
+    }
+    assert!(exists(&["firmwarechannel", "kept", "-n", &ns]), "uninstall must not take users' resources with it");
+}
+
+#[test]
+fn install_from_oci_registry_watching_one_namespace() {
+    let cluster = cluster();
+    let dir = TempDir::new("helm-oci");
+    let out = helm(&["package", &chart(), "--destination", dir.0.to_str().unwrap()]);
+    assert!(out.success, "helm package failed:\n{}{}", out.stdout, out.stderr);
+    let package = dir.0.join(format!("updraft-{}.tgz", env!("CARGO_PKG_VERSION")));
+    assert!(package.is_file(), "helm package wrote no {}: {}", package.display(), out.stdout);
+    let registry = format!("oci://{}/charts", cluster.registry);
+    let out = helm(&["push", package.to_str().unwrap(), &registry, "--plain-http"]);
+    assert!(out.success, "helm push failed:\n{}{}", out.stdout, out.stderr);
+    let pushed = format!("{}{}", out.stdout, out.stderr);
+    assert!(pushed.contains("Digest: sha256:"), "{pushed}");
+
+    let ns = namespace("helm-oci");
+    let watched = namespace("helm-oci-watched");
+    let elsewhere = namespace("helm-oci-elsewhere");
+    let release = Release::new(&ns);
+    let reference = format!("{registry}/updraft");
+    let watch = format!("watchNamespace={watched}");
+    let out = release.run(
+        "install",
+        &reference,
+        &["--version", env!("CARGO_PKG_VERSION"), "--plain-http", "--set", &watch, "--set", "defaultGateway.enabled=true"],
+    );
+    assert!(out.success, "helm install from {reference} failed:\n{}{}", out.stdout, out.stderr);
+    let list: serde_json::Value = serde_json::from_str(&helm(&["list", "-n", &ns, "-o", "json"]).ok()).unwrap();
+    assert_eq!(list[0]["chart"], format!("updraft-{}", env!("CARGO_PKG_VERSION")), "{list}");
+    assert_eq!(list[0]["status"], "deployed");
+
+    let args = container_args(&deployment(&release));
+    assert!(args.contains(&format!("--namespace={watched}")), "{args:?}");
+    // Bound in the watched namespace only, not cluster-wide.
+    let cluster_name = format!("{}-{ns}", release.name);
+    assert!(exists(&["rolebinding", &cluster_name, "-n", &watched]));
+    assert!(!exists(&["clusterrolebinding", &cluster_name]));
+    let sa = release.service_account_user();
+    assert!(can_i(&sa, &["list", "firmwarechannels.updraft.dev", "-n", &watched]));
+    assert!(can_i(&sa, &["patch", "deployments.apps", "-n", &watched]));
+    assert!(!can_i(&sa, &["list", "firmwarechannels.updraft.dev", "-n", &elsewhere]));
+    assert!(!can_i(&sa, &["get", "secrets/anything", "-n", &elsewhere]));
+    assert!(!can_i(&sa, &["list", "firmwarechannels.updraft.dev", "--all-namespaces"]));
+    assert!(can_i(&sa, &["update", "leases.coordination.k8s.io/updraft-operator", "-n", &ns]), "the Lease lives in the release namespace");
+
+    // The default gateway, in the watched namespace, with the CRD's defaults applied.
+    let gw = kubectl(&["get", "otagateway", "default", "-n", &watched, "-o", "jsonpath={.spec.replicas} {.spec.service.port}"], None).ok();
+    assert_eq!(gw, "1 8080");
+
+    let out = helm(&["uninstall", &release.name, "-n", &ns]);
+    assert!(out.success, "{}", out.stderr);
+    assert!(!exists(&["rolebinding", &cluster_name, "-n", &watched]));
+    assert!(!exists(&["otagateway", "default", "-n", &watched]), "the chart's own OtaGateway goes with it");
+}
+
+#[test]
+fn a_typo_in_values_fails_install_with_the_schema_message() {
+    let ns = namespace("helm-typo");
+    let release = Release::new(&ns);
+    let dir = TempDir::new("helm-typo");
+
+    let out = release.run("install", &chart(), &["--set", "logging.levle=debug"]);
+    assert!(!out.success, "a misspelt nested value was accepted");
+    assert!(out.stderr.contains("values don't meet the specifications of the schema"), "{}", out.stderr);
+    assert!(out.stderr.contains("logging: Additional property levle is not allowed"), "{}", out.stderr);
+
+    let values = dir.0.join("values.yaml");
+    std::fs::write(&values, "replicas: 2\nimage:\n  repository: example.com/operator\n").unwrap();
+    let out = release.run("install", &chart(), &["-f", values.to_str().unwrap()]);
+    assert!(!out.success, "a misspelt top-level value was accepted");
+    assert!(out.stderr.contains("Additional property replicas is not allowed"), "{}", out.stderr);
+
+    let out = release.run("install", &chart(), &["--set", "logging.format=xml"]);
+    assert!(!out.success && out.stderr.contains("logging.format"), "an unknown log format was accepted: {}", out.stderr);
+
+    let out = release.run("install", &chart(), &["--set", "replicaCount=two"]);
+    assert!(!out.success && out.stderr.contains("replicaCount"), "a non-number replicaCount was accepted: {}", out.stderr);
+
+    // Nothing was installed.
+    assert!(!helm(&["status", &release.name, "-n", &ns]).success);
+    assert!(!exists(&["deployment", &release.name, "-n", &ns]));
+}
+
+#[test]
+fn rendered_chart_passes_a_server_side_dry_run() {
+    install_crds();
+    let ns = namespace("helm-template");
+    let chart = chart();
+    let template = |extra: &[&str]| {
+        let mut args = vec!["template", "updraft", &chart, "--namespace", &ns];
+        args.extend_from_slice(extra);
+        let out = helm(&args);
+        assert!(out.success, "helm template failed:\n{}", out.stderr);
+        out.stdout
+    };
+    let all_on = ["--set", "defaultGateway.enabled=true", "--set", "networkPolicy.enabled=true", "--set", "replicaCount=2"];
+    let rendered = template(&all_on);
+    let out = kubectl(&["apply", "--dry-run=server", "-f", "-"], Some(&rendered)).ok();
+    for kind in [
+        "serviceaccount/",
+        "clusterrole.rbac.authorization.k8s.io/",
+        "clusterrolebinding.rbac.authorization.k8s.io/",
+        "role.rbac.authorization.k8s.io/",
+        "rolebinding.rbac.authorization.k8s.io/",
+        "service/",
+        "deployment.apps/",
+        "networkpolicy.networking.k8s.io/",
+        "otagateway.updraft.dev/",
+    ] {
+        assert!(out.lines().any(|l| l.starts_with(kind) && l.ends_with("(server dry run)")), "{kind} not in the dry run:\n{out}");
+    }
+    // Nothing was written.
+    assert!(!exists(&["deployment", "updraft", "-n", &ns]));
+
+    // Optional objects appear only when asked for.
+    let defaults = template(&[]);
+    for kind in ["kind: ServiceMonitor", "kind: NetworkPolicy", "kind: OtaGateway"] {
+        assert!(!defaults.contains(kind), "{kind} rendered by default");
+    }
+    let monitored = template(&["--set", "serviceMonitor.enabled=true"]);
+    assert!(monitored.contains("kind: ServiceMonitor") && monitored.contains("apiVersion: monitoring.coreos.com/v1"));
+    let no_leader = template(&["--set", "leaderElection.enabled=false"]);
+    assert!(!no_leader.contains("--leader-elect") && !no_leader.contains("kind: Role\n"), "{no_leader}");
+}
+
+#[test]
+fn gitops_sample_applies_server_side_and_reapplies_without_writes() {
+    install_crds();
+    let folder = repo_root().join("charts/gitops-sample");
+    let folder = folder.to_str().unwrap();
+    let out = kubectl(&["apply", "--server-side", "-f", folder], None).ok();
+    for object in [
+        "namespace/updraft-fleet",
+        "otagateway.updraft.dev/default",
+        "firmwarechannel.updraft.dev/esp32-stable",
+        "firmwarechannel.updraft.dev/esp32-beta",
+        "imagestream.updraft.dev/lab",
+        "artifactmirror.updraft.dev/router-releases-to-wan",
+    ] {
+        assert!(out.contains(object), "{object} not applied:\n{out}");
+    }
+    let versions = || {
+        let namespace = kubectl(&["get", "namespace", "updraft-fleet", "-o", "json"], None).ok();
+        let json = kubectl(&["get", "-n", "updraft-fleet", "otagateways,firmwarechannels,imagestreams,artifactmirrors", "-o", "json"], None);
+        let list: serde_json::Value = serde_json::from_str(&json.ok()).unwrap();
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .chain([&serde_json::from_str::<serde_json::Value>(&namespace).unwrap()])
+            .map(|o| {
+                let key = format!("{}/{}", o["kind"].as_str().unwrap(), o["metadata"]["name"].as_str().unwrap());
+                (key, o["metadata"]["resourceVersion"].as_str().unwrap().to_owned())
+            })
+            .collect::<BTreeMap<_, _>>()
+    };
+    let before = versions();
+    assert_eq!(before.len(), 6, "{before:?}");
+    kubectl(&["apply", "--server-side", "-f", folder], None).ok();
+    assert_eq!(versions(), before, "re-applying the sample wrote to the API server");
+
+    // The fields survived as written (none pruned by the schema).
+    let beta = kubectl(&["get", "fwc/esp32-beta", "-n", "updraft-fleet", "-o", "jsonpath={.spec.version.prerelease} {.spec.rollout.percentage}"], None).ok();
+    assert_eq!(beta, "true 20");
+}
