@@ -4,9 +4,10 @@
 //! dry run of the rendered chart, and the GitOps sample folder.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use e2e::helm::{can_i, chart_dir, exists, helm, Release};
-use e2e::procs::TempDir;
+use e2e::procs::{wait_for, TempDir};
 use e2e::{cluster, install_crds, kubectl, namespace, repo_root};
 
 const CRDS: [&str; 4] =
@@ -156,6 +157,19 @@ fn install_from_directory_grants_least_privilege_upgrades_and_uninstalls_keeping
     assert!(!can_i(&sa, &["update", "leases.coordination.k8s.io/kube-controller-manager", "-n", &ns]));
     assert!(!can_i(&sa, &["update", "leases.coordination.k8s.io/updraft-operator", "-n", &other]));
     assert!(!can_i(&sa, &["delete", "leases.coordination.k8s.io/updraft-operator", "-n", &ns]));
+
+    // People bound to the built-in roles get the four kinds through aggregation (done
+    // by kube-controller-manager, a moment after install).
+    let (editor, viewer) = (format!("editor-{ns}"), format!("viewer-{ns}"));
+    kubectl(&["create", "rolebinding", "editor", "--clusterrole=edit", "--user", &editor, "-n", &ns], None).ok();
+    kubectl(&["create", "rolebinding", "viewer", "--clusterrole=view", "--user", &viewer, "-n", &ns], None).ok();
+    wait_for(Duration::from_secs(30), "the edit and view roles to aggregate Updraft's kinds", || {
+        (can_i(&editor, &["create", "firmwarechannels.updraft.dev", "-n", &ns])
+            && can_i(&viewer, &["list", "otagateways.updraft.dev", "-n", &ns]))
+        .then_some(())
+    });
+    assert!(!can_i(&viewer, &["create", "firmwarechannels.updraft.dev", "-n", &ns]));
+    assert!(!can_i(&editor, &["create", "firmwarechannels.updraft.dev", "-n", &other]));
 
     // A resource made while installed, to see what uninstall keeps.
     let channel = "apiVersion: updraft.dev/v1alpha1\nkind: FirmwareChannel\nmetadata: {name: kept}\nspec:\n  source: {registry: 127.0.0.1:15000, repository: fw/kept}\n";
