@@ -34,7 +34,7 @@ say() { printf '\033[1m[images]\033[0m %s\n' "$*" >&2; }
 die() { printf '\033[31m[images] error:\033[0m %s\n' "$*" >&2; exit 1; }
 
 case "$MODE" in build | push) ;; *) die "unknown command '$MODE' (use: build, push)" ;; esac
-for tool in jq sha256sum gzip tar ldd; do command -v "$tool" >/dev/null || die "$tool is missing"; done
+for tool in sha256sum gzip tar ldd stat; do command -v "$tool" >/dev/null || die "$tool is missing"; done
 [ "$MODE" = build ] || command -v skopeo >/dev/null || die "skopeo is missing (bash e2e/scripts/cluster.sh tools)"
 
 case "$(uname -m)" in
@@ -50,6 +50,9 @@ say "cargo build --release (a no-op when the binaries are current)"
 cargo build --release --locked -p updraft-operator -p ota-gateway --bins >&2
 
 sha() { sha256sum "$1" | cut -d' ' -f1; }
+
+# The manifest digest an image layout's index.json names.
+manifest_digest() { grep -o '"digest":"sha256:[0-9a-f]*"' "$1/index.json" | head -n1 | cut -d'"' -f4; }
 
 # Moves FILE into the layout's blob store; prints its digest.
 blob() {
@@ -83,7 +86,7 @@ build() {
   local name=$1 bin=$2 layout="$OUT/$1" tag stamp
   [ -x "$bin" ] || die "$bin was not built"
   tag="${UPDRAFT_IMAGE_TAG:-$("$bin" --version | awk '{print $2}')}"
-  [ -n "$tag" ] || die "$bin --version printed no version"
+  [[ "$tag" =~ ^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$ ]] || die "'$tag' is not an image tag"
   stamp="binary=$(sha "$bin") recipe=$RECIPE arch=$ARCH tag=$tag"
   if [ -f "$layout/.stamp" ] && [ "$(cat "$layout/.stamp")" = "$stamp" ] && [ -f "$layout/index.json" ]; then
     STATE=unchanged
@@ -113,46 +116,30 @@ build() {
   local layer_size; layer_size=$(stat -c %s "$work/layer.tar.gz")
   local layer; layer=$(blob "$layout" "$work/layer.tar.gz")
 
-  jq -cn --arg arch "$ARCH" --arg entry "/usr/local/bin/$bin_name" --arg diff "sha256:$diff_id" \
-    --arg version "$tag" --arg title "$name" '{
-      created: "1970-01-01T00:00:00Z",
-      architecture: $arch,
-      os: "linux",
-      config: {
-        User: "65532:65532",
-        Entrypoint: [$entry],
-        Env: ["PATH=/usr/local/bin:/usr/bin:/bin", "SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt"],
-        WorkingDir: "/",
-        Labels: {
-          "org.opencontainers.image.title": $title,
-          "org.opencontainers.image.version": $version,
-          "org.opencontainers.image.source": "https://github.com/updraft-dev/updraft",
-          "org.opencontainers.image.licenses": "Apache-2.0"
-        }
-      },
-      rootfs: {type: "layers", diff_ids: [$diff]},
-      history: [{created: "1970-01-01T00:00:00Z", created_by: "e2e/scripts/images.sh"}]
-    }' >"$work/config.json"
+  # JSON by hand (no jq on a fresh machine); every value here is a plain token.
+  printf '%s' '{"created":"1970-01-01T00:00:00Z","architecture":"'"$ARCH"'","os":"linux",' \
+    '"config":{"User":"65532:65532","Entrypoint":["/usr/local/bin/'"$bin_name"'"],' \
+    '"Env":["PATH=/usr/local/bin:/usr/bin:/bin","SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt"],' \
+    '"WorkingDir":"/","Labels":{"org.opencontainers.image.title":"'"$name"'",' \
+    '"org.opencontainers.image.version":"'"$tag"'",' \
+    '"org.opencontainers.image.source":"https://github.com/updraft-dev/updraft",' \
+    '"org.opencontainers.image.licenses":"Apache-2.0"}},' \
+    '"rootfs":{"type":"layers","diff_ids":["sha256:'"$diff_id"'"]},' \
+    '"history":[{"created":"1970-01-01T00:00:00Z","created_by":"e2e/scripts/images.sh"}]}' >"$work/config.json"
   local config_size; config_size=$(stat -c %s "$work/config.json")
   local config; config=$(blob "$layout" "$work/config.json")
 
-  jq -cn --arg config "sha256:$config" --argjson config_size "$config_size" \
-    --arg layer "sha256:$layer" --argjson layer_size "$layer_size" '{
-      schemaVersion: 2,
-      mediaType: "application/vnd.oci.image.manifest.v1+json",
-      config: {mediaType: "application/vnd.oci.image.config.v1+json", digest: $config, size: $config_size},
-      layers: [{mediaType: "application/vnd.oci.image.layer.v1.tar+gzip", digest: $layer, size: $layer_size}]
-    }' >"$work/manifest.json"
+  printf '%s' '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json",' \
+    '"config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:'"$config"'","size":'"$config_size"'},' \
+    '"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:'"$layer"'","size":'"$layer_size"'}]}' \
+    >"$work/manifest.json"
   local manifest_size; manifest_size=$(stat -c %s "$work/manifest.json")
   local manifest; manifest=$(blob "$layout" "$work/manifest.json")
 
   echo '{"imageLayoutVersion":"1.0.0"}' >"$layout/oci-layout"
-  jq -cn --arg digest "sha256:$manifest" --argjson size "$manifest_size" --arg tag "$tag" '{
-      schemaVersion: 2,
-      mediaType: "application/vnd.oci.image.index.v1+json",
-      manifests: [{mediaType: "application/vnd.oci.image.manifest.v1+json", digest: $digest, size: $size,
-                   annotations: {"org.opencontainers.image.ref.name": $tag}}]
-    }' >"$layout/index.json"
+  printf '%s' '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json",' \
+    '"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:'"$manifest"'",' \
+    '"size":'"$manifest_size"',"annotations":{"org.opencontainers.image.ref.name":"'"$tag"'"}}]}' >"$layout/index.json"
   echo "$stamp" >"$layout/.stamp"
   rm -rf "$work"
   STATE=built
@@ -162,7 +149,7 @@ build() {
 # push NAME: copies $OUT/NAME to the registry unless it holds that manifest already.
 push() {
   local name=$1 layout="$OUT/$1" digest remote
-  digest=$(jq -r '.manifests[0].digest' "$layout/index.json")
+  digest=$(manifest_digest "$layout")
   local ref="$REGISTRY/$PREFIX/$name:$TAG"
   remote=$(skopeo inspect --raw --tls-verify=false "docker://$ref" 2>/dev/null | sha256sum | cut -d' ' -f1 || true)
   if [ "sha256:$remote" = "$digest" ]; then
@@ -183,5 +170,5 @@ for pair in operator:updraft-operator ota-gateway:ota-gateway; do
   build "$name" "$TARGET/release/${pair#*:}"
   PUSHED=-
   [ "$MODE" = push ] && push "$name"
-  echo "$name $REGISTRY/$PREFIX/$name:$TAG $(jq -r '.manifests[0].digest' "$OUT/$name/index.json") $STATE $PUSHED"
+  echo "$name $REGISTRY/$PREFIX/$name:$TAG $(manifest_digest "$OUT/$name") $STATE $PUSHED"
 done
