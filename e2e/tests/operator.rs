@@ -29,6 +29,8 @@ impl World {
         let dir = TempDir::new(name);
         let (operator, admin) = operator(&ns, &dir.0, "operator", &[]);
         let repository = format!("e2e/{ns}/firmware");
+        // Ready once its caches are filled (without leader election, straight away).
+        wait_for(WAIT, "operator /readyz", || (curl(&[&format!("http://127.0.0.1:{admin}/readyz")]).0 == 200).then_some(()));
         World { ns, dir, operator, admin, repository }
     }
 

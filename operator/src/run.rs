@@ -111,11 +111,18 @@ async fn controllers(client: Client, metrics: Metrics, ready: Arc<AtomicBool>, s
 
     let gateway_store = ctx.gateways.clone();
     tokio::spawn(async move {
-        let (a, b) = tokio::join!(channel_store.wait_until_ready(), gateway_store.wait_until_ready());
-        if a.is_ok() && b.is_ok() {
-            info!("caches synced");
-            ready.store(true, Ordering::Relaxed);
+        // The controllers wait on the same stores; a waiter that is not the last to poll
+        // may not be woken, so ask again every second until both are filled.
+        loop {
+            let both = async { channel_store.wait_until_ready().await.is_ok() && gateway_store.wait_until_ready().await.is_ok() };
+            match tokio::time::timeout(Duration::from_secs(1), both).await {
+                Ok(true) => break,
+                Ok(false) => return, // the controllers stopped before their caches filled
+                Err(_elapsed) => continue,
+            }
         }
+        info!("caches synced");
+        ready.store(true, Ordering::Relaxed);
     });
 
     let channel_run = channels
