@@ -48,7 +48,7 @@ kubectl create namespace "$ns" >/dev/null
 
 # Every write to a watched object is one watch event (ADDED for creations, MODIFIED after).
 for kind in firmwarechannels otagateways configmaps deployments services; do
-  kubectl get "$kind" -n "$ns" --watch --output-watch-events -o name >"$work/watch-$kind.txt" 2>/dev/null &
+  kubectl get "$kind" -n "$ns" --watch --output-watch-events -o json >"$work/watch-$kind.json" 2>/dev/null &
   pids+=($!)
 done
 sleep 1
@@ -69,7 +69,23 @@ while (( ready < CHANNELS )); do
 done
 echo >&2
 sleep 3 # let the gateway's last re-render land
-modified() { grep -c '^MODIFIED' "$work/watch-$1.txt" || true; }
+modified() { # MODIFIED watch events so far (kubectl prints one JSON document per event)
+  python3 - "$work/watch-$1.json" <<'PY'
+import json, sys
+text, dec, i, n = open(sys.argv[1]).read(), json.JSONDecoder(), 0, 0
+while True:
+    while i < len(text) and text[i].isspace():
+        i += 1
+    if i >= len(text):
+        break
+    try:
+        event, i = dec.raw_decode(text, i)
+    except ValueError:
+        break  # a document still being written
+    n += event.get("type") == "MODIFIED"
+print(n)
+PY
+}
 channel_writes=$(modified firmwarechannels)
 owned_writes=$(( $(modified otagateways) + $(modified configmaps) + $(modified deployments) + $(modified services) ))
 rss_kib=$(awk '/VmRSS/ {print $2}' "/proc/$op/status")

@@ -5,13 +5,13 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kube::api::{Patch, PatchParams};
+use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::{Api, Resource, ResourceExt};
 use serde::{de::DeserializeOwned, Serialize};
 use tracing::instrument;
 use updraft_crds::conditions::{self, set_condition, NewCondition, READY, RECONCILING, STALLED};
-use updraft_crds::{AttachedResource, OtaGateway, OtaGatewaySpec, OtaGatewayStatus};
+use updraft_crds::{AttachedResource, FirmwareChannel, OtaGateway, OtaGatewaySpec, OtaGatewayStatus};
 
 use crate::context::{apply_status, backoff, Context, FIELD_MANAGER};
 use crate::error::{Error, Result};
@@ -44,9 +44,10 @@ pub async fn reconcile(gateway: Arc<OtaGateway>, ctx: Arc<Context>) -> Result<Ac
 
     // Render from every channel attached to this gateway, in one pass: two channels can
     // never overwrite each other's part of the configuration.
-    let channels = ctx.channels.state();
-    let siblings = channels.iter().map(|c| c.as_ref()).filter(|c| c.namespace().as_deref() == Some(&ns));
-    let attachment = render::attach(&gateway.name_any(), siblings);
+    // A consistent list, not the channel controller's cache: that cache is fed by another
+    // watch than the one that triggered this reconcile, and may not have seen the change yet.
+    let channels = Api::<FirmwareChannel>::namespaced(ctx.client.clone(), &ns).list(&ListParams::default()).await?;
+    let attachment = render::attach(&gateway.name_any(), channels.items.iter());
     let config = render::gateway_config(&gateway, &attachment.served);
     let secrets: BTreeSet<String> = attachment
         .served
