@@ -13,11 +13,13 @@ ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 DURATION="${DURATION:-10}"
 THREADS="${THREADS:-2}"
 WORK="$(mktemp -d /tmp/updraft-bench.XXXXXX)"
-GW_PORT=18080 GW_ADMIN=18090 NGINX_PORT=18081
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+GW_PORT=$(free_port) GW_ADMIN=$(free_port) NGINX_PORT=$(free_port)
 say() { printf '\033[1m[bench]\033[0m %s\n' "$*" >&2; }
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
 trap cleanup EXIT
+trap "exit 130" INT TERM
 
 say "building the release binary"
 (cd "$ROOT" && cargo build --release -q -p ota-gateway)
@@ -55,7 +57,10 @@ say "starting the gateway"
 RUST_LOG=warn "$BIN" --config "$WORK/gateway.yaml" >"$WORK/gateway.log" 2>&1 &
 GW_PID=$!; pids+=("$GW_PID")
 for size in 1M 64M 1G; do
-  until [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$GW_PORT/version?device=fw-$size")" = 200 ]; do sleep 0.5; done
+  until [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$GW_PORT/version?device=fw-$size")" = 200 ]; do
+    kill -0 "$GW_PID" 2>/dev/null || { cat "$WORK/gateway.log" >&2; exit 1; }
+    sleep 0.5
+  done
 done
 
 say "starting nginx over the gateway's cached payload files"
@@ -66,6 +71,7 @@ for size in 1M 64M 1G; do
 done
 curl -s "http://127.0.0.1:$GW_PORT/version?device=fw-1M" >"$WORK/www/version.txt"
 cat >"$WORK/nginx/nginx.conf" <<CONF
+user $(id -un);
 worker_processes auto;
 pid $WORK/nginx/nginx.pid;
 error_log $WORK/nginx/error.log warn;
@@ -90,8 +96,11 @@ http {
 }
 CONF
 nginx -c "$WORK/nginx/nginx.conf" -g 'daemon off;' &
-pids+=("$!")
-until curl -sf -o /dev/null "http://127.0.0.1:$NGINX_PORT/version.txt"; do sleep 0.2; done
+NGINX_PID=$!; pids+=("$NGINX_PID")
+until curl -sf -o /dev/null "http://127.0.0.1:$NGINX_PORT/version.txt"; do
+  kill -0 "$NGINX_PID" 2>/dev/null || { echo "nginx failed to start" >&2; exit 1; }
+  sleep 0.2
+done
 cmp <(curl -s "http://127.0.0.1:$NGINX_PORT/fw-1M.bin") "$WORK/push/fw-1M.bin"
 cmp <(curl -s "http://127.0.0.1:$GW_PORT/firmware?device=fw-1M") "$WORK/push/fw-1M.bin"
 

@@ -23,6 +23,7 @@ pub mod version;
 use std::future::IntoFuture;
 use std::path::PathBuf;
 
+use axum::serve::ListenerExt as _;
 use axum::Router;
 
 pub use error::Error;
@@ -50,6 +51,12 @@ pub async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
     let state = AppState::from_config(config).map_err(anyhow::Error::msg)?;
     tokio::spawn(reload::Watcher::new(config_path, state.clone()).run());
     let public = tokio::net::TcpListener::bind(&listen).await.map_err(|e| anyhow::anyhow!("listen {listen}: {e}"))?;
+    // Responses are written whole; Nagle would only hold back their last segment.
+    let public = public.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     let admin =
         tokio::net::TcpListener::bind(&admin_listen).await.map_err(|e| anyhow::anyhow!("listen {admin_listen}: {e}"))?;
     tracing::info!(%listen, %admin_listen, "serving");

@@ -30,10 +30,14 @@ async fn upgrade_check_answers() {
     let pending = check(r#"{"version": "2.0.0", "id": "dev-1"}"#).await.unwrap();
     assert_eq!(pending.status(), 202);
     assert_eq!(pending.headers()["retry-after"], "5");
-    assert_eq!(gw.get("/version?device=esp32").await.status(), 503);
+    let waiting = futures::future::join_all((0..10).map(|_| gw.get("/firmware?device=esp32"))).await;
+    assert!(waiting.iter().all(|r| r.status() == 503 && r.headers()["retry-after"] == "5"));
 
     proxy.resume();
     gw.wait_ok("/api/v1/channels/esp32").await;
+    let log = std::fs::read_to_string(reg.dir.parent().unwrap().join("logs/registry.log")).unwrap();
+    let blob_gets = log.lines().filter(|l| l.contains(&format!("GET /v2/{repo}/blobs/"))).count();
+    assert_eq!(blob_gets, 1, "concurrent requests shared one fetch");
     let update = check(r#"{"version": "2.0.0", "id": "dev-1"}"#).await.unwrap();
     assert_eq!(update.status(), 200);
     let info: serde_json::Value = update.json().await.unwrap();
