@@ -21,18 +21,28 @@ bin=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys;
 work=$(mktemp -d /tmp/updraft-scale.XXXXXX)
 ns=scale-$(date +%s)
 pids=()
+pushes=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; kubectl delete ns "$ns" --wait=false >/dev/null 2>&1 || true; }
 trap cleanup EXIT
 
 say "pushing 2 versions to each of $REPOS repositories"
 head -c 4096 /dev/urandom >"$work/fw.bin"
-for r in $(seq 1 "$REPOS"); do
+push_repo() { # both versions of one repository, one after the other (same blob)
+  local v
   for v in 1.0.0 1.1.0; do
-    (cd "$work" && oras push --plain-http "$UPDRAFT_REGISTRY/scale/fw$r:$v" fw.bin:application/vnd.updraft.firmware.v1) >/dev/null &
+    (cd "$work" && oras push --plain-http "$UPDRAFT_REGISTRY/scale/fw$1:$v" fw.bin:application/vnd.updraft.firmware.v1) >/dev/null \
+      || { echo "oras push scale/fw$1:$v failed" >&2; return 1; }
   done
-  (( r % 10 == 0 )) && wait
+}
+for r in $(seq 1 "$REPOS"); do
+  push_repo "$r" &
+  pushes+=($!)
+  if (( r % 10 == 0 )); then
+    for p in "${pushes[@]}"; do wait "$p" || exit 1; done
+    pushes=()
+  fi
 done
-wait
+for p in "${pushes[@]}"; do wait "$p" || exit 1; done
 
 kubectl create namespace "$ns" >/dev/null
 {
@@ -69,22 +79,8 @@ while (( ready < CHANNELS )); do
 done
 echo >&2
 sleep 3 # let the gateway's last re-render land
-modified() { # MODIFIED watch events so far (kubectl prints one JSON document per event)
-  python3 - "$work/watch-$1.json" <<'PY'
-import json, sys
-text, dec, i, n = open(sys.argv[1]).read(), json.JSONDecoder(), 0, 0
-while True:
-    while i < len(text) and text[i].isspace():
-        i += 1
-    if i >= len(text):
-        break
-    try:
-        event, i = dec.raw_decode(text, i)
-    except ValueError:
-        break  # a document still being written
-    n += event.get("type") == "MODIFIED"
-print(n)
-PY
+modified() { # MODIFIED watch events so far (kubectl prints one JSON document a line)
+  grep -c '^{"type":"MODIFIED"' "$work/watch-$1.json" || true
 }
 channel_writes=$(modified firmwarechannels)
 owned_writes=$(( $(modified otagateways) + $(modified configmaps) + $(modified deployments) + $(modified services) ))

@@ -5,13 +5,13 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::{Api, Resource, ResourceExt};
 use serde::{de::DeserializeOwned, Serialize};
 use tracing::instrument;
 use updraft_crds::conditions::{self, set_condition, NewCondition, READY, RECONCILING, STALLED};
-use updraft_crds::{AttachedResource, FirmwareChannel, OtaGateway, OtaGatewaySpec, OtaGatewayStatus};
+use updraft_crds::{AttachedResource, OtaGateway, OtaGatewaySpec, OtaGatewayStatus};
 
 use crate::context::{apply_status, backoff, Context, FIELD_MANAGER};
 use crate::error::{Error, Result};
@@ -44,10 +44,10 @@ pub async fn reconcile(gateway: Arc<OtaGateway>, ctx: Arc<Context>) -> Result<Ac
 
     // Render from every channel attached to this gateway, in one pass: two channels can
     // never overwrite each other's part of the configuration.
-    // A consistent list, not the channel controller's cache: that cache is fed by another
-    // watch than the one that triggered this reconcile, and may not have seen the change yet.
-    let channels = Api::<FirmwareChannel>::namespaced(ctx.client.clone(), &ns).list(&ListParams::default()).await?;
-    let attachment = render::attach(&gateway.name_any(), channels.items.iter());
+    // The shared channel cache: the change that triggered this reconcile is in it.
+    let channels = ctx.channels.state();
+    let siblings = channels.iter().map(|c| c.as_ref()).filter(|c| c.namespace().as_deref() == Some(&ns));
+    let attachment = render::attach(&gateway.name_any(), siblings);
     let config = render::gateway_config(&gateway, &attachment.served);
     let secrets: BTreeSet<String> = attachment
         .served
@@ -108,8 +108,14 @@ fn set_conditions(status: &mut OtaGatewayStatus, spec: &OtaGatewaySpec, generati
     set_condition(conditions, NewCondition::new(RECONCILING, !ready, reason, detail), generation);
 }
 
+/// Annotation holding a hash of the applied object, so an unchanged object is not
+/// applied again.
+pub const APPLIED_HASH: &str = "updraft.dev/applied-hash";
+
 /// Server-side applies one child object (force, one field manager) and returns it as
-/// the API server now has it. An unchanged object is not written again.
+/// the API server now has it. An object whose last apply was identical is not applied
+/// again: on 1.20, applying unchanged content to a Deployment still rewrites its
+/// managedFields timestamp, and that write would trigger the next reconcile.
 async fn apply<K>(ctx: &Context, ns: &str, obj: &K) -> Result<K>
 where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
@@ -119,6 +125,21 @@ where
         + std::fmt::Debug,
 {
     let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
+    let hash = applied_hash(obj);
+    if let Some(live) = api.get_opt(&obj.name_any()).await? {
+        if live.annotations().get(APPLIED_HASH) == Some(&hash) {
+            return Ok(live);
+        }
+    }
+    let mut obj = obj.clone();
+    obj.annotations_mut().insert(APPLIED_HASH.into(), hash);
     let params = PatchParams::apply(FIELD_MANAGER).force();
-    Ok(api.patch(&obj.name_any(), &params, &Patch::Apply(obj)).await?)
+    Ok(api.patch(&obj.name_any(), &params, &Patch::Apply(&obj)).await?)
+}
+
+/// SHA-256 (first 16 hex digits) of the object's JSON.
+fn applied_hash<K: Serialize>(obj: &K) -> String {
+    use sha2::Digest;
+    let json = serde_json::to_vec(obj).expect("Kubernetes objects serialize");
+    hex::encode(&sha2::Sha256::digest(&json)[..8])
 }

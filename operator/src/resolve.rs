@@ -8,7 +8,7 @@ use oci_client::manifest::OciManifest;
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use ota_gateway::config::ArtifactConfig;
-use ota_gateway::oci::{select_layer, select_manifest, OciError};
+use ota_gateway::oci::{list_repository_tags, select_layer, select_manifest, OciError};
 use ota_gateway::version::{parse_range, parse_tag, select_latest};
 use updraft_crds::channel::VersionPolicy;
 use updraft_crds::{OciSource, ResolvedVersion};
@@ -87,7 +87,7 @@ impl OciResolver {
                 (version, tag.to_owned())
             }
             None => {
-                let tags = list_tags(client, source, &request.auth).await.map_err(unreachable)?;
+                let tags = list_repository_tags(client, &reference(source, "latest"), &request.auth).await.map_err(unreachable)?;
                 let range = parse_range(&request.policy.range).map_err(Error::InvalidSpec)?;
                 let selected = select_latest(tags.iter().map(String::as_str), &range, request.policy.prerelease, request.policy.allow_v_prefix)
                     .ok_or_else(|| no_match(source, request.policy, tags.len()))?;
@@ -156,21 +156,6 @@ fn by_digest(source: &OciSource, digest: &str) -> Reference {
 
 fn short_digest(digest: &str) -> String {
     digest.trim_start_matches("sha256:").chars().take(12).collect()
-}
-
-/// All tags of the repository, following the registry's pagination.
-async fn list_tags(client: &Client, source: &OciSource, auth: &RegistryAuth) -> Result<Vec<String>, oci_client::errors::OciDistributionError> {
-    const PAGE: usize = 1000;
-    let image = reference(source, "latest");
-    let mut tags: Vec<String> = Vec::new();
-    loop {
-        let page = client.list_tags(&image, auth, Some(PAGE), tags.last().map(String::as_str)).await?;
-        let full = page.tags.len() >= PAGE;
-        tags.extend(page.tags);
-        if !full {
-            return Ok(tags);
-        }
-    }
 }
 
 /// Validates what resolution will need from a spec, so a bad spec is reported as

@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::{reflector, watcher, WatchStreamExt};
 use kube::{Api, Client, ResourceExt};
 use tracing::info;
 use updraft_crds::{FirmwareChannel, OtaGateway};
@@ -73,25 +73,39 @@ async fn controllers(client: Client, metrics: Metrics, ready: Arc<AtomicBool>, s
     let ns = &settings.namespace;
     let config = watcher::Config::default();
 
-    let channels = Controller::new(api::<FirmwareChannel>(&client, ns), config.clone());
-    let channel_store = channels.store();
-    let channels_of_gateway = channel_store.clone();
-    let channels = channels.watches(api::<OtaGateway>(&client, ns), config.clone(), move |gw: OtaGateway| {
-        // A gateway appearing, changing or going away changes its channels' readiness.
-        let (name, namespace) = (gw.name_any(), gw.namespace());
-        channels_of_gateway
-            .state()
-            .into_iter()
-            .filter(|c| c.spec.gateway_ref == name && c.namespace() == namespace)
-            .map(|c| ObjectRef::from(c.as_ref()))
-            .collect::<Vec<_>>()
-    });
+    // One watch of FirmwareChannels feeds one cache and triggers both controllers, and a
+    // trigger arrives only after the cache holds the change: the gateway controller never
+    // renders from a cache older than the event that woke it.
+    let (channel_store, writer) = reflector::store_shared(1024);
+    let channel_events = writer.subscribe().expect("a shared store has subscribers");
+    let gateway_events = writer.subscribe().expect("a shared store has subscribers");
+    let channel_watch = watcher(api::<FirmwareChannel>(&client, ns), config.clone())
+        .default_backoff()
+        .reflect_shared(writer)
+        .for_each(|_| futures::future::ready(()));
 
+    let channels_of_gateway = channel_store.clone();
+    let channels = Controller::for_shared_stream(channel_events, channel_store.clone()).watches(
+        api::<OtaGateway>(&client, ns),
+        config.clone(),
+        move |gw: OtaGateway| {
+            // A gateway appearing, changing or going away changes its channels' readiness.
+            let (name, namespace) = (gw.name_any(), gw.namespace());
+            channels_of_gateway
+                .state()
+                .into_iter()
+                .filter(|c| c.spec.gateway_ref == name && c.namespace() == namespace)
+                .map(|c| ObjectRef::from(c.as_ref()))
+                .collect::<Vec<_>>()
+        },
+    );
+
+    let managed = || config.clone().labels("app.kubernetes.io/managed-by=updraft-operator");
     let gateways = Controller::new(api::<OtaGateway>(&client, ns), config.clone())
-        .owns(api::<ConfigMap>(&client, ns), config.clone().labels("app.kubernetes.io/managed-by=updraft-operator"))
-        .owns(api::<Service>(&client, ns), config.clone().labels("app.kubernetes.io/managed-by=updraft-operator"))
-        .owns(api::<Deployment>(&client, ns), config.clone().labels("app.kubernetes.io/managed-by=updraft-operator"))
-        .watches(api::<FirmwareChannel>(&client, ns), config.clone(), |ch: FirmwareChannel| {
+        .owns(api::<ConfigMap>(&client, ns), managed())
+        .owns(api::<Service>(&client, ns), managed())
+        .owns(api::<Deployment>(&client, ns), managed())
+        .watches_shared_stream(gateway_events, |ch: Arc<FirmwareChannel>| {
             let namespace = ch.namespace().unwrap_or_default();
             Some(ObjectRef::<OtaGateway>::new(&ch.spec.gateway_ref).within(&namespace))
         })
@@ -134,7 +148,10 @@ async fn controllers(client: Client, metrics: Metrics, ready: Arc<AtomicBool>, s
         .run(gateway::reconcile, gateway::error_policy, ctx)
         .for_each(|_| futures::future::ready(()));
     info!("controllers started");
-    tokio::join!(channel_run, gateway_run);
+    tokio::select! {
+        _ = async { tokio::join!(channel_run, gateway_run) } => {}
+        () = channel_watch => {}
+    }
     info!("controllers stopped");
     Ok(())
 }

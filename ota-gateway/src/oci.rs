@@ -120,13 +120,21 @@ fn registry_error(source: &SourceConfig) -> impl FnOnce(oci_client::errors::OciD
 
 /// All tags of the source's repository, following pagination.
 pub async fn list_tags(client: &Client, source: &SourceConfig) -> Result<Vec<String>, OciError> {
-    const PAGE: usize = 1000;
     let auth = registry_auth(source)?;
-    let image = reference(source, "latest");
+    list_repository_tags(client, &reference(source, "latest"), &auth).await.map_err(registry_error(source))
+}
+
+/// All tags of `image`'s repository with the given credentials, following the
+/// registry's pagination. The operator calls this with credentials from a Secret.
+pub async fn list_repository_tags(
+    client: &Client,
+    image: &Reference,
+    auth: &RegistryAuth,
+) -> Result<Vec<String>, oci_client::errors::OciDistributionError> {
+    const PAGE: usize = 1000;
     let mut tags: Vec<String> = Vec::new();
     loop {
-        let last = tags.last().cloned();
-        let page = client.list_tags(&image, &auth, Some(PAGE), last.as_deref()).await.map_err(registry_error(source))?;
+        let page = client.list_tags(image, auth, Some(PAGE), tags.last().map(String::as_str)).await?;
         let full = page.tags.len() >= PAGE;
         tags.extend(page.tags);
         if !full {
