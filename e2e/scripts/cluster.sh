@@ -117,7 +117,7 @@ install_all() {
 
 install_tools() {
   mkdir -p "$CACHE"
-  apt_install skopeo wrk nginx-light unzip zstd python3-venv
+  apt_install skopeo wrk nginx-light unzip zstd python3-venv apache2-utils
   if ! command -v oras >/dev/null; then
     add_pinned_suites
     [ -z "$apt_updated" ] && { apt-get update -qq >"$CACHE/apt-update.log" 2>&1 || die "apt-get update failed"; apt_updated=1; }

@@ -197,26 +197,8 @@ fn missing_gateway_and_unreachable_registry_are_explained() {
 fn registry_outage_keeps_the_last_resolved_version() {
     let w = World::new("op-outage");
     // A registry of this test's own, so stopping it disturbs nobody.
-    let port = free_port();
-    let storage = w.dir.0.join("registry");
-    let config = w.dir.0.join("registry.yml");
-    std::fs::write(
-        &config,
-        format!("version: 0.1\nlog: {{level: warn}}\nstorage: {{filesystem: {{rootdirectory: {}}}}}\nhttp: {{addr: 127.0.0.1:{port}}}\n", storage.display()),
-    )
-    .unwrap();
-    let mut registry_cmd = Command::new("docker-registry");
-    registry_cmd.args(["serve", config.to_str().unwrap()]);
-    let registry = Proc::spawn(registry_cmd, &w.dir.0.join("registry.log"));
-    wait_for(Duration::from_secs(10), "private registry", || std::net::TcpStream::connect(("127.0.0.1", port)).ok());
-    let file = w.dir.0.join("fw.bin");
-    std::fs::write(&file, b"firmware").unwrap();
-    let out = Command::new("oras")
-        .args(["push", "--plain-http", &format!("127.0.0.1:{port}/fw/outage:1.0.0"), &format!("fw.bin:{MEDIA_TYPE}")])
-        .current_dir(&w.dir.0)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (registry, port) = private_registry(&w, "");
+    oras_push_to(&w, &format!("127.0.0.1:{port}/fw/outage:1.0.0"), &[]);
 
     w.apply(GATEWAY);
     w.apply(&format!(
@@ -230,6 +212,72 @@ fn registry_outage_keeps_the_last_resolved_version() {
     assert!(is(&ch, "Ready", "True"), "still serving: {ch:#}");
     let message = condition(&ch, "Ready").unwrap()["message"].as_str().unwrap();
     assert!(message.contains("last registry check failed"), "{message}");
+}
+
+/// A registry of the test's own on a free port; `extra` is appended to its config.
+fn private_registry(w: &World, extra: &str) -> (Proc, u16) {
+    let port = free_port();
+    let storage = w.dir.0.join(format!("registry-{port}"));
+    let config = w.dir.0.join(format!("registry-{port}.yml"));
+    std::fs::write(
+        &config,
+        format!("version: 0.1\nlog: {{level: warn}}\nstorage: {{filesystem: {{rootdirectory: {}}}}}\nhttp: {{addr: 127.0.0.1:{port}}}\n{extra}", storage.display()),
+    )
+    .unwrap();
+    let mut cmd = Command::new("docker-registry");
+    cmd.args(["serve", config.to_str().unwrap()]);
+    let registry = Proc::spawn(cmd, &w.dir.0.join(format!("registry-{port}.log")));
+    wait_for(Duration::from_secs(10), "private registry", || std::net::TcpStream::connect(("127.0.0.1", port)).ok());
+    (registry, port)
+}
+
+/// Pushes a small firmware to `reference` with `oras`, passing `flags` (e.g. credentials).
+fn oras_push_to(w: &World, reference: &str, flags: &[&str]) {
+    std::fs::write(w.dir.0.join("fw.bin"), b"firmware").unwrap();
+    let out = Command::new("oras")
+        .args(["push", "--plain-http"])
+        .args(flags)
+        .args([reference, &format!("fw.bin:{MEDIA_TYPE}")])
+        .current_dir(&w.dir.0)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "oras push {reference}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn registry_credentials_come_from_the_named_secret() {
+    let w = World::new("op-creds");
+    let htpasswd = Command::new("htpasswd").args(["-Bbn", "updraft", "s3cret"]).output().expect("htpasswd (apache2-utils)");
+    let htpasswd_file = w.dir.0.join("htpasswd");
+    std::fs::write(&htpasswd_file, &htpasswd.stdout).unwrap();
+    let auth = format!("auth: {{htpasswd: {{realm: updraft, path: {}}}}}\n", htpasswd_file.display());
+    let (_registry, port) = private_registry(&w, &auth);
+    let registry = format!("127.0.0.1:{port}");
+    oras_push_to(&w, &format!("{registry}/fw/private:1.0.0"), &["-u", "updraft", "-p", "s3cret"]);
+
+    w.apply(GATEWAY);
+    w.apply(&format!(
+        "apiVersion: updraft.dev/v1alpha1\nkind: FirmwareChannel\nmetadata: {{name: private}}\nspec:\n  interval: 2s\n  source: {{registry: \"{registry}\", repository: fw/private, insecure: true, credentialsSecret: regcred}}\n"
+    ));
+    let ch = w.wait("fwc/private", "CredentialsError", |v| condition(v, "Ready").is_some_and(|c| c["reason"] == "CredentialsError"));
+    let message = condition(&ch, "Ready").unwrap()["message"].as_str().unwrap().to_owned();
+    assert!(message.contains("\"regcred\" not found"), "{message}");
+
+    kubectl(
+        &["create", "secret", "docker-registry", "regcred", "-n", &w.ns, &format!("--docker-server={registry}"), "--docker-username=updraft", "--docker-password=s3cret"],
+        None,
+    )
+    .ok();
+    w.wait("fwc/private", "resolved with the Secret's credentials", |v| {
+        v["status"]["latest"]["version"] == "1.0.0" && is(v, "Ready", "True")
+    });
+    // The gateway gets the same Secret, mounted where its rendered config points.
+    let deploy = w.wait("deployment/default", "the credentials mounted", |v| v.to_string().contains("regcred"));
+    let volumes = deploy["spec"]["template"]["spec"]["volumes"].as_array().unwrap();
+    assert!(volumes.iter().any(|v| v["secret"]["secretName"] == "regcred"), "{volumes:#?}");
+    w.wait("configmap/default-config", "the config points at the mounted Secret", |v| {
+        v["data"]["gateway.yaml"].as_str().is_some_and(|y| y.contains("dockerConfig: /etc/updraft/credentials/regcred/.dockerconfigjson"))
+    });
 }
 
 #[test]

@@ -78,7 +78,8 @@ pub fn error_policy(channel: Arc<FirmwareChannel>, error: &Error, ctx: Arc<Conte
     if error.is_permanent() {
         return Action::await_change();
     }
-    Action::requeue(backoff(ctx.failures(&channel).max(1)))
+    // The failed check recorded when the next one is due (backoff, capped at the interval).
+    Action::requeue(ctx.check_wait(&channel).unwrap_or_else(|| backoff(1)))
 }
 
 /// Checks what the schema cannot; returns the registry check interval.

@@ -105,9 +105,6 @@ impl Context {
         self.checks.lock().expect("checks lock").get(&ObjectRef::from(channel)).and_then(|c| c.failure.clone())
     }
 
-    pub fn failures(&self, channel: &FirmwareChannel) -> u32 {
-        self.checks.lock().expect("checks lock").get(&ObjectRef::from(channel)).map_or(0, |c| c.failures)
-    }
 
     pub fn forget(&self, channel: &FirmwareChannel) {
         self.checks.lock().expect("checks lock").remove(&ObjectRef::from(channel));
