@@ -337,7 +337,7 @@ pub fn quantity_bytes(q: &Quantity) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use updraft_crds::{FirmwareChannelSpec, FirmwareChannelStatus, OciSource, OtaGatewaySpec};
+    use updraft_crds::{FirmwareChannelSpec, FirmwareChannelStatus, OtaGatewaySpec};
 
     const DIGEST_A: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
     const DIGEST_B: &str = "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
