@@ -43,6 +43,9 @@ pub fn admin_app(state: AppState) -> Router {
     admin::router().with_state(state)
 }
 
+/// Socket send buffer of device connections (the kernel caps it at `net.core.wmem_max`).
+const SEND_BUFFER: usize = 4 << 20;
+
 /// Loads the config file, then serves the public and admin listeners until
 /// SIGTERM or Ctrl-C, reloading the file when it changes.
 pub async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
@@ -51,10 +54,14 @@ pub async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
     let state = AppState::from_config(config).map_err(anyhow::Error::msg)?;
     tokio::spawn(reload::Watcher::new(config_path, state.clone()).run());
     let public = tokio::net::TcpListener::bind(&listen).await.map_err(|e| anyhow::anyhow!("listen {listen}: {e}"))?;
-    // Responses are written whole; Nagle would only hold back their last segment.
+    // Responses are written whole; Nagle would only hold back their last segment. A
+    // send buffer that holds a typical firmware lets one write hand over a whole body.
     let public = public.tap_io(|tcp| {
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+        if let Err(e) = socket2::SockRef::from(&*tcp).set_send_buffer_size(SEND_BUFFER) {
+            tracing::debug!(error = %e, "cannot set SO_SNDBUF");
         }
     });
     let admin =
