@@ -155,7 +155,8 @@ pid_alive() {
 start() { # name, then the command
   local name=$1; shift
   if pid_alive "$name"; then say "$name already running (pid $(cat "$STATE/$name.pid"))"; return 0; fi
-  setsid "$@" >"$LOG/$name.log" 2>&1 < /dev/null &
+  # 9>&-: the daemon must not inherit (and so hold) the lock of this script.
+  setsid "$@" >"$LOG/$name.log" 2>&1 </dev/null 9>&- &
   echo $! >"$STATE/$name.pid"
   sleep 0.1
   tr '\0' ' ' <"/proc/$!/cmdline" >"$STATE/$name.cmd" 2>/dev/null || true
