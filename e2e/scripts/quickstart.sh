@@ -39,8 +39,11 @@ kubectl wait --for=condition=Established --timeout=30s crd --all >/dev/null
 
 say "pushing ESP32 firmware 1.0.0 and 1.1.0 to $UPDRAFT_REGISTRY/firmware/esp32 with oras"
 for v in v1.0.0 1.1.0 2.0.0-beta.1; do
-  head -c $((200000 + ${#v} * 1000)) /dev/urandom >"$run/esp32-$v.bin"
-  (cd "$run" && oras push --plain-http "$UPDRAFT_REGISTRY/firmware/esp32:$v" "esp32-$v.bin:application/vnd.updraft.firmware.v1") >/dev/null
+  # Deterministic bytes per version: a re-run pushes the same digests.
+  python3 -c 'import hashlib,sys; v=sys.argv[1].encode(); sys.stdout.buffer.write(b"".join(hashlib.sha256(v+i.to_bytes(4,"big")).digest() for i in range(6400)))' "$v" >"$run/esp32-$v.bin"
+  pushed=$(cd "$run" && oras push --plain-http "$UPDRAFT_REGISTRY/firmware/esp32:$v" "esp32-$v.bin:application/vnd.updraft.firmware.v1" \
+    | sed -n 's/^Digest: //p')
+  [ "$v" = 1.1.0 ] && expected=$pushed # the newest release within the sample's range
 done
 
 say "starting the operator (watching namespace $ns; log $run/operator.log)"
@@ -52,9 +55,16 @@ say "applying the samples into namespace $ns"
 kubectl apply --server-side -n "$ns" -f crds/samples/
 kubectl wait -n "$ns" --for=condition=Ready --timeout=60s fwc/esp32-stable \
   || die "the channel did not become Ready; see $run/operator.log"
+for _ in $(seq 150); do # a re-run may find the status of an earlier run for a moment
+  [ "$(kubectl get fwc -n "$ns" esp32-stable -o jsonpath='{.status.latest.digest}')" = "$expected" ] && break
+  sleep 0.2
+done
+[ "$(kubectl get fwc -n "$ns" esp32-stable -o jsonpath='{.status.latest.digest}')" = "$expected" ] \
+  || die "the channel did not resolve 1.1.0 ($expected); see $run/operator.log"
 
-for _ in $(seq 100); do
-  kubectl get configmap -n "$ns" default-config -o jsonpath='{.data.gateway\.yaml}' 2>/dev/null | grep -q esp32-stable && break
+digest=$expected
+for _ in $(seq 100); do # until the gateway config pins what the channel's status says
+  kubectl get configmap -n "$ns" default-config -o jsonpath='{.data.gateway\.yaml}' 2>/dev/null | grep -q "$digest" && break
   sleep 0.2
 done
 
