@@ -2,7 +2,6 @@
 //! kube-controller-manager for garbage collection) and a real OCI registry; then the
 //! gateway binary run locally from the ConfigMap the operator rendered.
 
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -425,6 +424,5 @@ fn curl(args: &[&str]) -> (u16, Vec<u8>) {
     let status = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0);
     let body = std::fs::read(&out_file).unwrap_or_default();
     let _ = std::fs::remove_file(&out_file);
-    let _ = Path::new(&out_file);
     (status, body)
 }
