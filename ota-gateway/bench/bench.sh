@@ -6,12 +6,17 @@
 #   bash ota-gateway/bench/bench.sh            # from the workspace root
 #
 # Needs: the registry and tools from e2e/scripts/cluster.sh (installed if missing).
-# Env: DURATION (wrk seconds, default 10), THREADS (wrk threads, default 2).
+# Env: DURATION (wrk seconds, default 10), THREADS (wrk threads, default 2),
+#      ROUNDS (default 3: gateway and nginx alternate, the table shows medians),
+#      MEMORY=0 to skip the 1 GiB memory run.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 DURATION="${DURATION:-10}"
 THREADS="${THREADS:-2}"
+ROUNDS="${ROUNDS:-3}"
+MEMORY="${MEMORY:-1}"
+SIZES="1M 64M"; [ "$MEMORY" = 1 ] && SIZES="$SIZES 1G"
 WORK="$(mktemp -d /tmp/updraft-bench.XXXXXX)"
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 GW_PORT=$(free_port) GW_ADMIN=$(free_port) NGINX_PORT=$(free_port)
@@ -32,11 +37,11 @@ for tool in oras wrk nginx curl; do
   command -v "$tool" >/dev/null || { echo "missing $tool" >&2; exit 1; }
 done
 
-say "pushing 1 MiB, 64 MiB and 1 GiB payloads"
+say "pushing payloads: $SIZES"
 repo="bench/fw-$$-$(date +%s)"
 mkdir -p "$WORK/push"
 declare -A DIGEST
-for size in 1M 64M 1G; do
+for size in $SIZES; do
   head -c "$size" /dev/urandom >"$WORK/push/fw-$size.bin"
   (cd "$WORK/push" && oras push --plain-http "$UPDRAFT_REGISTRY/$repo:$size" "fw-$size.bin:application/octet-stream" >/dev/null)
   DIGEST[$size]=$(oras resolve --plain-http "$UPDRAFT_REGISTRY/$repo:$size")
@@ -47,7 +52,7 @@ listen: 127.0.0.1:$GW_PORT
 adminListen: 127.0.0.1:$GW_ADMIN
 cache: {dir: $WORK/cache, maxBytes: 4294967296}
 channels:
-$(for size in 1M 64M 1G; do
+$(for size in $SIZES; do
   printf -- '- name: fw-%s\n  source: {registry: "%s", repository: %s, insecure: true}\n  current: {version: 1.0.0, tag: "%s", digest: "%s"}\n' \
     "$size" "$UPDRAFT_REGISTRY" "$repo" "$size" "${DIGEST[$size]}"
 done)
@@ -56,7 +61,7 @@ YAML
 say "starting the gateway"
 RUST_LOG=warn "$BIN" --config "$WORK/gateway.yaml" >"$WORK/gateway.log" 2>&1 &
 GW_PID=$!; pids+=("$GW_PID")
-for size in 1M 64M 1G; do
+for size in $SIZES; do
   until [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$GW_PORT/version?device=fw-$size")" = 200 ]; do
     kill -0 "$GW_PID" 2>/dev/null || { cat "$WORK/gateway.log" >&2; exit 1; }
     sleep 0.5
@@ -65,7 +70,7 @@ done
 
 say "starting nginx over the gateway's cached payload files"
 mkdir -p "$WORK/www" "$WORK/nginx"
-for size in 1M 64M 1G; do
+for size in $SIZES; do
   sha=$(sha256sum "$WORK/push/fw-$size.bin" | cut -d' ' -f1)
   ln -s "$WORK/cache/blobs/$sha" "$WORK/www/fw-$size.bin"
 done
@@ -113,17 +118,22 @@ run_wrk() {
     END {printf "%.0f %.0f\n", r, b}'
 }
 
+# Each round runs the gateway then nginx on the same URL set; every sample is kept.
 declare -A RESULT
 bench() { # name gateway-url nginx-url connections
-  say "wrk $1: gateway"
-  RESULT[$1-gw]=$(run_wrk "$2" "$4")
-  say "wrk $1: nginx"
-  RESULT[$1-ng]=$(run_wrk "$3" "$4")
+  say "round $round/$ROUNDS, wrk $1: gateway"
+  RESULT[$1-gw]+="$(run_wrk "$2" "$4")"$'\n'
+  say "round $round/$ROUNDS, wrk $1: nginx"
+  RESULT[$1-ng]+="$(run_wrk "$3" "$4")"$'\n'
 }
-bench version "http://127.0.0.1:$GW_PORT/version?device=fw-1M" "http://127.0.0.1:$NGINX_PORT/version.txt" 64
-bench 1MiB "http://127.0.0.1:$GW_PORT/firmware?device=fw-1M" "http://127.0.0.1:$NGINX_PORT/fw-1M.bin" 64
-bench 64MiB "http://127.0.0.1:$GW_PORT/firmware?device=fw-64M" "http://127.0.0.1:$NGINX_PORT/fw-64M.bin" 64
+for round in $(seq "$ROUNDS"); do
+  bench version "http://127.0.0.1:$GW_PORT/version?device=fw-1M" "http://127.0.0.1:$NGINX_PORT/version.txt" 64
+  bench 1MiB "http://127.0.0.1:$GW_PORT/firmware?device=fw-1M" "http://127.0.0.1:$NGINX_PORT/fw-1M.bin" 64
+  bench 64MiB "http://127.0.0.1:$GW_PORT/firmware?device=fw-64M" "http://127.0.0.1:$NGINX_PORT/fw-64M.bin" 64
+done
 
+max_anon=- max_file=- max_rss=- before_anon=-
+if [ "$MEMORY" = 1 ]; then
 say "memory while 32 clients download the 1 GiB payload"
 status() { awk -v k="$1:" '$1 == k {print $2}' "/proc/$GW_PID/status"; }
 before_anon=$(status RssAnon)
@@ -141,15 +151,20 @@ while :; do
   sleep 0.2
 done
 wait "${dl[@]}" 2>/dev/null || true
+fi
 
 echo
-echo "| benchmark (wrk -t$THREADS, ${DURATION}s, loopback) | gateway | nginx | ratio |"
-echo "|---|---|---|---|"
+echo "| benchmark (wrk -t$THREADS, ${DURATION}s, loopback, median of $ROUNDS) | gateway | nginx | ratio | ratio per round |"
+echo "|---|---|---|---|---|"
+median() { sort -g | awk '{v[NR]=$1} END {print (NR % 2) ? v[(NR+1)/2] : (v[NR/2] + v[NR/2+1]) / 2}'; }
 row() { # label key field(1=req/s,2=bytes/s) unit-divisor unit
-  local gw ng
-  gw=$(echo "${RESULT[$2-gw]}" | cut -d' ' -f"$3"); ng=$(echo "${RESULT[$2-ng]}" | cut -d' ' -f"$3")
-  awk -v l="$1" -v g="$gw" -v n="$ng" -v d="$4" -v u="$5" \
-    'BEGIN {printf "| %s | %.0f %s | %.0f %s | %.2fx |\n", l, g/d, u, n/d, u, (n > 0 ? g/n : 0)}'
+  local gw ng per
+  gw=$(echo -n "${RESULT[$2-gw]}" | cut -d' ' -f"$3" | median)
+  ng=$(echo -n "${RESULT[$2-ng]}" | cut -d' ' -f"$3" | median)
+  per=$(paste -d' ' <(echo -n "${RESULT[$2-gw]}" | cut -d' ' -f"$3") <(echo -n "${RESULT[$2-ng]}" | cut -d' ' -f"$3") |
+    awk '{printf "%s%.2f", (NR > 1 ? " " : ""), ($2 > 0 ? $1/$2 : 0)}')
+  awk -v l="$1" -v g="$gw" -v n="$ng" -v d="$4" -v u="$5" -v p="$per" \
+    'BEGIN {printf "| %s | %.0f %s | %.0f %s | %.2fx | %s |\n", l, g/d, u, n/d, u, (n > 0 ? g/n : 0), p}'
 }
 row "/version, 64 connections (nginx: same body as a static file)" version 1 1 "req/s"
 row "/firmware 1 MiB, 64 connections" 1MiB 2 1048576 "MiB/s"

@@ -313,16 +313,11 @@ fn write_atomically(tmp_dir: &Path, path: &Path, data: &[u8]) -> io::Result<()> 
     Ok(())
 }
 
-/// Maps a payload file read-only. Empty files cannot be mapped and need not be.
+/// Maps a payload file read-only; device connections send its slices with `sendfile`.
 fn map_file(path: &Path) -> io::Result<Bytes> {
-    let file = File::open(path)?;
-    if file.metadata()?.len() == 0 {
-        return Ok(Bytes::new());
-    }
-    // SAFETY: files under blobs/ are written once (to a temp file, then renamed) and
-    // never modified afterwards; eviction unlinks them, which keeps the mapping valid.
-    let map = unsafe { memmap2::Mmap::map(&file)? };
-    Ok(Bytes::from_owner(map))
+    // Files under blobs/ are written once (to a temp file, then renamed) and never
+    // modified afterwards; eviction unlinks them, which keeps the mapping valid.
+    crate::sendfile::map_payload(File::open(path)?)
 }
 
 fn is_sha256_hex(s: &str) -> bool {

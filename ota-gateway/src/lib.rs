@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod oci;
 pub mod reload;
 pub mod rollout;
+pub mod sendfile;
 pub mod signing;
 pub mod state;
 pub mod unpack;
@@ -23,11 +24,11 @@ pub mod version;
 use std::future::IntoFuture;
 use std::path::PathBuf;
 
-use axum::serve::ListenerExt as _;
 use axum::Router;
 
 pub use error::Error;
 pub use oci::{list_tags, resolve_digest, select_layer, select_manifest};
+pub use sendfile::DeviceListener;
 pub use state::AppState;
 
 /// The public router: device API and downloads, with request metrics.
@@ -43,9 +44,6 @@ pub fn admin_app(state: AppState) -> Router {
     admin::router().with_state(state)
 }
 
-/// Socket send buffer of device connections (the kernel caps it at `net.core.wmem_max`).
-const SEND_BUFFER: usize = 4 << 20;
-
 /// Loads the config file, then serves the public and admin listeners until
 /// SIGTERM or Ctrl-C, reloading the file when it changes.
 pub async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
@@ -53,17 +51,7 @@ pub async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
     let (listen, admin_listen) = (config.listen.clone(), config.admin_listen.clone());
     let state = AppState::from_config(config).map_err(anyhow::Error::msg)?;
     tokio::spawn(reload::Watcher::new(config_path, state.clone()).run());
-    let public = tokio::net::TcpListener::bind(&listen).await.map_err(|e| anyhow::anyhow!("listen {listen}: {e}"))?;
-    // Responses are written whole; Nagle would only hold back their last segment. A
-    // send buffer that holds a typical firmware lets one write hand over a whole body.
-    let public = public.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-        if let Err(e) = socket2::SockRef::from(&*tcp).set_send_buffer_size(SEND_BUFFER) {
-            tracing::debug!(error = %e, "cannot set SO_SNDBUF");
-        }
-    });
+    let public = DeviceListener::bind(&listen).await.map_err(|e| anyhow::anyhow!("listen {listen}: {e}"))?;
     let admin =
         tokio::net::TcpListener::bind(&admin_listen).await.map_err(|e| anyhow::anyhow!("listen {admin_listen}: {e}"))?;
     tracing::info!(%listen, %admin_listen, "serving");

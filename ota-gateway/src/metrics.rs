@@ -24,6 +24,9 @@ pub struct Metrics {
     pub registry_up: IntGaugeVec,
     pub config_reloads: IntCounterVec,
     pub checkins: IntCounterVec,
+    /// Mirrors [`crate::sendfile::bytes_sent`], brought up to date on each render.
+    zero_copy_bytes: IntCounter,
+    render_lock: Arc<std::sync::Mutex<()>>,
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -66,6 +69,8 @@ impl Metrics {
             checkins: counter_vec(&r, "device_checkins_total", "Devices checking in, by channel and reported version", &[
                 "channel", "version",
             ]),
+            zero_copy_bytes: counter(&r, "sendfile_bytes_total", "Payload bytes sent with sendfile, without a copy"),
+            render_lock: Arc::default(),
             cache_bytes,
             registry_up,
             registry: r,
@@ -74,6 +79,11 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
+        {
+            let _one_at_a_time = self.render_lock.lock().unwrap_or_else(|e| e.into_inner());
+            let behind = crate::sendfile::bytes_sent().saturating_sub(self.zero_copy_bytes.get());
+            self.zero_copy_bytes.inc_by(behind);
+        }
         let mut buf = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding cannot fail");
         String::from_utf8(buf).expect("text exposition is UTF-8")

@@ -109,6 +109,15 @@ async fn downloads_follow_http_semantics() {
     assert_eq!(part.headers()["content-length"], "10");
     assert_eq!(&part.bytes().await.unwrap()[..], &firmware[10..20]);
 
+    // Large bodies leave through sendfile from the cache file, at the range's offset.
+    let sent_before = ota_gateway::sendfile::bytes_sent();
+    let middle = gw.http.get(&url).header("range", "bytes=20000-89999").send().await.unwrap();
+    assert_eq!(middle.status(), 206);
+    assert_eq!(&middle.bytes().await.unwrap()[..], &firmware[20_000..90_000]);
+    let whole = gw.http.get(&url).send().await.unwrap();
+    assert_eq!(&whole.bytes().await.unwrap()[..], &firmware[..]);
+    assert!(ota_gateway::sendfile::bytes_sent() - sent_before >= 170_000, "downloads did not use sendfile");
+
     let tail = gw.http.get(&url).header("range", "bytes=-5").send().await.unwrap();
     assert_eq!(&tail.bytes().await.unwrap()[..], &firmware[firmware.len() - 5..]);
 
@@ -137,9 +146,11 @@ async fn downloads_follow_http_semantics() {
     assert_eq!(gw.get("/firmware?device=nope").await.status(), 404);
 
     let metrics = gw.metrics().await;
-    assert!(metrics.contains(r#"updraft_gateway_http_requests_total{method="GET",route="/firmware",status="206"} 2"#), "{metrics}");
+    assert!(metrics.contains(r#"updraft_gateway_http_requests_total{method="GET",route="/firmware",status="206"} 3"#), "{metrics}");
     assert!(metrics.contains(r#"updraft_gateway_http_requests_total{method="GET",route="/version",status="400"} 1"#), "{metrics}");
     assert!(metrics.contains("updraft_gateway_cache_hits_total"));
+    let zero_copy = metrics.lines().find_map(|l| l.strip_prefix("updraft_gateway_sendfile_bytes_total ")).unwrap();
+    assert!(zero_copy.parse::<u64>().unwrap() >= 170_000, "{metrics}");
 }
 
 /// 1000 device ids at 30%: about 300 get the new version, each id always the same;

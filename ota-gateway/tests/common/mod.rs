@@ -197,7 +197,7 @@ impl Gateway {
     }
 
     pub async fn serve(state: AppState) -> Self {
-        let public = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let public = ota_gateway::DeviceListener::bind("127.0.0.1:0").await.unwrap();
         let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", public.local_addr().unwrap());
         let admin_url = format!("http://{}", admin.local_addr().unwrap());

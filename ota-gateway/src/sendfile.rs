@@ -1,0 +1,336 @@
+//! Zero-copy downloads: payload bodies leave through `sendfile(2)`.
+//!
+//! A cached payload is a read-only memory map of an immutable file ([`map_payload`]),
+//! and a download's body is a slice of that map. hyper only ever sees byte slices, so
+//! it would `writev` them, copying every body into the socket. Instead, each mapped
+//! payload registers its address range and file, and device connections
+//! ([`DeviceListener`]) recognise a slice lying inside a registered range: they send
+//! it with `sendfile` from the file at the matching offset, which hands page-cache
+//! pages to the socket without a copy. Everything else is written as usual.
+//!
+//! Soundness rests on two facts: payload files are never modified once renamed into
+//! the cache (eviction unlinks them; the open descriptor keeps the data), and a
+//! slice handed to a write borrows the mapping, so the mapping and the descriptor
+//! registered with it outlive the `sendfile` call.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, IoSlice};
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::RwLock;
+use std::task::{ready, Context, Poll};
+
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Slices shorter than this are copied: a lookup and a second syscall cost more than
+/// copying a few pages.
+const MIN_SENDFILE: usize = 16 * 1024;
+
+/// Socket send buffer of device connections (the kernel caps it at `net.core.wmem_max`):
+/// one `sendfile` can then hand over a typical firmware whole.
+const SEND_BUFFER: usize = 4 << 20;
+
+/// Bytes sent with `sendfile` since start (exported as a metric).
+static SENT: AtomicU64 = AtomicU64::new(0);
+
+/// Bytes device connections have sent with `sendfile`, without a copy.
+pub fn bytes_sent() -> u64 {
+    SENT.load(Ordering::Relaxed)
+}
+
+/// Live payload mappings: start address → (length, file descriptor).
+static REGIONS: RwLock<BTreeMap<usize, (usize, RawFd)>> = RwLock::new(BTreeMap::new());
+
+/// A payload file mapped read-only and registered for `sendfile`.
+struct MappedPayload {
+    map: memmap2::Mmap,
+    // Closed only after the region is unregistered (fields drop after `Drop::drop`).
+    _file: File,
+}
+
+impl MappedPayload {
+    fn start(&self) -> usize {
+        self.map.as_ptr() as usize
+    }
+}
+
+impl AsRef<[u8]> for MappedPayload {
+    fn as_ref(&self) -> &[u8] {
+        &self.map
+    }
+}
+
+impl Drop for MappedPayload {
+    fn drop(&mut self) {
+        REGIONS.write().unwrap_or_else(|e| e.into_inner()).remove(&self.start());
+    }
+}
+
+/// Maps an immutable payload file and returns it as `Bytes` whose slices device
+/// connections send with `sendfile`. Empty files cannot be mapped and need not be.
+///
+/// The caller guarantees that the file is never written again (cache blobs are
+/// written to a temp file, synced and renamed; eviction only unlinks them).
+pub fn map_payload(file: File) -> io::Result<Bytes> {
+    if file.metadata()?.len() == 0 {
+        return Ok(Bytes::new());
+    }
+    // SAFETY: the file is immutable (see above); unlinking it keeps the mapping valid.
+    let map = unsafe { memmap2::Mmap::map(&file)? };
+    let payload = MappedPayload { map, _file: file };
+    REGIONS
+        .write()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(payload.start(), (payload.map.len(), payload._file.as_raw_fd()));
+    Ok(Bytes::from_owner(payload))
+}
+
+/// The file and offset behind `slice`, if it lies inside a registered payload mapping.
+fn region_of(slice: &[u8]) -> Option<(RawFd, i64)> {
+    let addr = slice.as_ptr() as usize;
+    let regions = REGIONS.read().unwrap_or_else(|e| e.into_inner());
+    let (&start, &(len, fd)) = regions.range(..=addr).next_back()?;
+    (addr + slice.len() <= start + len).then(|| (fd, (addr - start) as i64))
+}
+
+/// Accepts device connections: no Nagle delay (responses are written whole), a large
+/// send buffer, and payload bodies sent with `sendfile`.
+pub struct DeviceListener(TcpListener);
+
+impl DeviceListener {
+    pub async fn bind(addr: &str) -> io::Result<Self> {
+        TcpListener::bind(addr).await.map(Self)
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.0.local_addr()
+    }
+}
+
+impl From<TcpListener> for DeviceListener {
+    fn from(listener: TcpListener) -> Self {
+        Self(listener)
+    }
+}
+
+impl axum::serve::Listener for DeviceListener {
+    type Io = DeviceStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            match self.0.accept().await {
+                Ok((tcp, addr)) => {
+                    if let Err(e) = tcp.set_nodelay(true) {
+                        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+                    }
+                    if let Err(e) = socket2::SockRef::from(&tcp).set_send_buffer_size(SEND_BUFFER) {
+                        tracing::debug!(error = %e, "cannot set SO_SNDBUF");
+                    }
+                    return (DeviceStream(tcp), addr);
+                }
+                // Out of descriptors or a connection reset before accept: keep serving
+                // the connections we have, as axum's own listener does.
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        self.0.local_addr()
+    }
+}
+
+/// A device connection whose writes send payload slices with `sendfile`.
+pub struct DeviceStream(TcpStream);
+
+impl AsyncRead for DeviceStream {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for DeviceStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        self.poll_write_vectored(cx, &[IoSlice::new(buf)])
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let tcp = &self.0;
+        loop {
+            ready!(tcp.poll_write_ready(cx))?;
+            // `try_io` clears the readiness on WouldBlock, so the next poll waits.
+            match tcp.try_io(Interest::WRITABLE, || write_slices(tcp.as_raw_fd(), bufs)) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                result => return Poll::Ready(result),
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+/// Writes `bufs` in order to the non-blocking socket `sock`: runs of ordinary slices
+/// with one `sendmsg`, payload slices with `sendfile`. Returns the bytes written;
+/// WouldBlock (or another error) only when nothing was written.
+fn write_slices(sock: RawFd, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+    let mut written = 0;
+    let mut rest = bufs;
+    while !rest.is_empty() {
+        let split = rest.iter().position(|b| b.len() >= MIN_SENDFILE && region_of(b).is_some());
+        let (plain, mapped) = rest.split_at(split.unwrap_or(rest.len()));
+        let step = if !plain.is_empty() {
+            // Headers followed by a payload: MSG_MORE keeps them for the payload's
+            // first segment instead of sending a small packet of their own.
+            let want: usize = plain.iter().map(|b| b.len()).sum();
+            let more = !mapped.is_empty();
+            send_plain(sock, plain, more).map(|n| (n, n == want, plain.len()))
+        } else {
+            let (fd, offset) = region_of(&mapped[0]).expect("checked above");
+            send_file(sock, fd, offset, mapped[0].len()).map(|n| (n, n == mapped[0].len(), 1))
+        };
+        match step {
+            Ok((n, complete, consumed)) => {
+                written += n;
+                if !complete {
+                    return Ok(written);
+                }
+                rest = &rest[consumed..];
+            }
+            Err(_) if written > 0 => return Ok(written),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(written)
+}
+
+fn send_plain(sock: RawFd, bufs: &[IoSlice<'_>], more: bool) -> io::Result<usize> {
+    let iov = &bufs[..bufs.len().min(libc::UIO_MAXIOV as usize)];
+    // SAFETY: msghdr is plain data; an all-zero value is valid and we set the iovec.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    // IoSlice is ABI-compatible with iovec on Unix.
+    msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
+    msg.msg_iovlen = iov.len() as _;
+    let flags = libc::MSG_NOSIGNAL | if more { libc::MSG_MORE } else { 0 };
+    // SAFETY: `msg` points at live slices for the duration of the call.
+    let n = unsafe { libc::sendmsg(sock, &msg, flags) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+fn send_file(sock: RawFd, file: RawFd, offset: i64, len: usize) -> io::Result<usize> {
+    let mut offset = offset as libc::off_t;
+    // SAFETY: both descriptors are open for the duration of the call (see module docs).
+    let n = unsafe { libc::sendfile(sock, file, &mut offset, len) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    SENT.fetch_add(n as u64, Ordering::Relaxed);
+    Ok(n as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write as _;
+
+    fn payload(len: usize) -> (tempfile::NamedTempFile, Bytes, Vec<u8>) {
+        let data: Vec<u8> = (0..len).map(|i| (i * 7 + i / 251) as u8).collect();
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        file.write_all(&data).unwrap();
+        let bytes = map_payload(File::open(file.path()).unwrap()).unwrap();
+        (file, bytes, data)
+    }
+
+    #[test]
+    fn slices_of_a_mapping_are_found_with_their_offset() {
+        let (_file, bytes, _) = payload(100_000);
+        let fd = region_of(&bytes).unwrap().0;
+        assert_eq!(region_of(&bytes.slice(4096..50_000)), Some((fd, 4096)));
+        assert_eq!(region_of(&bytes[99_999..]), Some((fd, 99_999)));
+        assert_eq!(region_of(&vec![0u8; 100_000]), None);
+        assert_eq!(map_payload(tempfile::tempfile().unwrap()).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn dropping_the_last_slice_unregisters_the_mapping() {
+        let (_file, bytes, _) = payload(100_000);
+        let start = bytes.as_ptr() as usize;
+        let tail = bytes.slice(50_000..);
+        drop(bytes);
+        assert!(REGIONS.read().unwrap().contains_key(&start));
+        drop(tail);
+        assert!(!REGIONS.read().unwrap().contains_key(&start));
+    }
+
+    /// Headers, a mapped body and a trailer arrive byte-exact through a real socket
+    /// pair, including when the receiver is slow and writes are partial.
+    #[tokio::test]
+    async fn mixed_writes_arrive_in_order() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let (_file, bytes, data) = payload(3 << 20);
+        let listener = DeviceListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let reader = tokio::spawn(async move {
+            let mut client = TcpStream::connect(addr).await.unwrap();
+            let mut received = Vec::new();
+            let mut chunk = vec![0u8; 7919];
+            loop {
+                let n = client.read(&mut chunk).await.unwrap();
+                if n == 0 {
+                    break received;
+                }
+                received.extend_from_slice(&chunk[..n]);
+                tokio::task::yield_now().await;
+            }
+        });
+        let mut listener = listener;
+        let sent_before = bytes_sent();
+        let (mut stream, _) = axum::serve::Listener::accept(&mut listener).await;
+        let body = bytes.slice(1000..);
+        let mut parts = [&b"HTTP/1.1 200 OK\r\n\r\n"[..], &body[..], &b"trailer"[..]];
+        let mut expected = b"HTTP/1.1 200 OK\r\n\r\n".to_vec();
+        expected.extend_from_slice(&data[1000..]);
+        expected.extend_from_slice(b"trailer");
+        // Write the way hyper does: vectored, advancing over partial writes.
+        while parts.iter().any(|p| !p.is_empty()) {
+            let slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
+            let mut n = stream.write_vectored(&slices).await.unwrap();
+            for part in parts.iter_mut() {
+                let take = n.min(part.len());
+                *part = &part[take..];
+                n -= take;
+            }
+        }
+        stream.shutdown().await.unwrap();
+        drop(stream);
+        let received = reader.await.unwrap();
+        assert_eq!(received.len(), expected.len());
+        assert!(received == expected, "bytes differ");
+        assert!(bytes_sent() - sent_before >= body.len() as u64, "the body did not go through sendfile");
+    }
+}
