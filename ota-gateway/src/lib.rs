@@ -47,6 +47,10 @@ pub fn admin_app(state: AppState) -> Router {
 /// Loads the config file, then serves the public and admin listeners until
 /// SIGTERM or Ctrl-C, reloading the file when it changes.
 pub async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
+    match sendfile::raise_open_file_limit() {
+        Ok(limit) => tracing::debug!(limit, "open file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open file limit"),
+    }
     let config = config::GatewayConfig::load(&config_path)?;
     let (listen, admin_listen) = (config.listen.clone(), config.admin_listen.clone());
     let state = AppState::from_config(config).map_err(anyhow::Error::msg)?;

@@ -90,6 +90,26 @@ pub fn map_payload(file: File) -> io::Result<Bytes> {
     Ok(Bytes::from_owner(payload))
 }
 
+/// Raises the soft limit on open files to the hard limit: each payload in use keeps
+/// its file open for `sendfile`, next to one descriptor per connection. Returns the
+/// limit now in force.
+pub fn raise_open_file_limit() -> io::Result<u64> {
+    // SAFETY: plain libc calls on a stack value.
+    unsafe {
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(limit.rlim_cur as u64)
+    }
+}
+
 /// The file and offset behind `slice`, if it lies inside a registered payload mapping.
 fn region_of(slice: &[u8]) -> Option<(RawFd, i64)> {
     let addr = slice.as_ptr() as usize;
