@@ -140,12 +140,6 @@ impl DeviceListener {
     }
 }
 
-impl From<TcpListener> for DeviceListener {
-    fn from(listener: TcpListener) -> Self {
-        Self(listener)
-    }
-}
-
 impl axum::serve::Listener for DeviceListener {
     type Io = DeviceStream;
     type Addr = SocketAddr;
@@ -227,31 +221,42 @@ fn write_slices(sock: RawFd, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
     let mut written = 0;
     let mut rest = bufs;
     while !rest.is_empty() {
-        let split = rest.iter().position(|b| (MIN_SENDFILE..=MAX_SENDFILE).contains(&b.len()) && region_of(b).is_some());
-        let (plain, mapped) = rest.split_at(split.unwrap_or(rest.len()));
-        let step = if !plain.is_empty() {
+        let payload = rest.iter().enumerate().find_map(|(i, b)| sendable(b).map(|region| (i, region)));
+        let (plain, tail) = rest.split_at(payload.map_or(rest.len(), |(i, _)| i));
+        if !plain.is_empty() {
             // Headers followed by a payload: MSG_MORE keeps them for the payload's
             // first segment instead of sending a small packet of their own.
-            let want: usize = plain.iter().map(|b| b.len()).sum();
-            let more = !mapped.is_empty();
-            send_plain(sock, plain, more).map(|n| (n, n == want, plain.len()))
-        } else {
-            let (fd, offset) = region_of(&mapped[0]).expect("checked above");
-            send_file(sock, fd, offset, mapped[0].len()).map(|n| (n, n == mapped[0].len(), 1))
-        };
-        match step {
-            Ok((n, complete, consumed)) => {
-                written += n;
-                if !complete {
-                    return Ok(written);
-                }
-                rest = &rest[consumed..];
+            let want = plain.iter().map(|b| b.len()).sum();
+            if let Some(done) = settle(&mut written, send_plain(sock, plain, payload.is_some()), want) {
+                return done;
             }
-            Err(_) if written > 0 => return Ok(written),
-            Err(e) => return Err(e),
         }
+        let Some((_, (fd, offset))) = payload else { break };
+        if let Some(done) = settle(&mut written, send_file(sock, fd, offset, tail[0].len()), tail[0].len()) {
+            return done;
+        }
+        rest = &tail[1..];
     }
     Ok(written)
+}
+
+/// The file and offset to send `slice` from, when it is a payload slice worth a
+/// `sendfile` (see [`MIN_SENDFILE`] and [`MAX_SENDFILE`]).
+fn sendable(slice: &[u8]) -> Option<(RawFd, i64)> {
+    (MIN_SENDFILE..=MAX_SENDFILE).contains(&slice.len()).then(|| region_of(slice)).flatten()
+}
+
+/// Adds one write of `want` bytes to `written`. `Some` ends the call: the write was
+/// partial, or it failed (reported only when nothing was written before it).
+fn settle(written: &mut usize, result: io::Result<usize>, want: usize) -> Option<io::Result<usize>> {
+    match result {
+        Ok(n) => {
+            *written += n;
+            (n < want).then_some(Ok(*written))
+        }
+        Err(_) if *written > 0 => Some(Ok(*written)),
+        Err(e) => Some(Err(e)),
+    }
 }
 
 fn send_plain(sock: RawFd, bufs: &[IoSlice<'_>], more: bool) -> io::Result<usize> {
