@@ -24,9 +24,6 @@ pub struct Metrics {
     pub registry_up: IntGaugeVec,
     pub config_reloads: IntCounterVec,
     pub checkins: IntCounterVec,
-    /// Mirrors [`crate::sendfile::bytes_sent`], brought up to date on each render.
-    zero_copy_bytes: IntCounter,
-    render_lock: Arc<std::sync::Mutex<()>>,
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -56,6 +53,7 @@ impl Metrics {
             IntGaugeVec::new(Opts::new("registry_up", "1 when the last request to the registry succeeded"), &["registry"])
                 .expect("valid metric");
         r.register(Box::new(registry_up.clone())).expect("unique metric");
+        r.register(Box::new(crate::sendfile::SENT.clone())).expect("unique metric");
         Self {
             requests: counter_vec(&r, "http_requests_total", "HTTP requests by matched route and status", &[
                 "route", "method", "status",
@@ -69,8 +67,6 @@ impl Metrics {
             checkins: counter_vec(&r, "device_checkins_total", "Devices checking in, by channel and reported version", &[
                 "channel", "version",
             ]),
-            zero_copy_bytes: counter(&r, "sendfile_bytes_total", "Payload bytes sent with sendfile, without a copy"),
-            render_lock: Arc::default(),
             cache_bytes,
             registry_up,
             registry: r,
@@ -79,11 +75,6 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
-        {
-            let _one_at_a_time = self.render_lock.lock().unwrap_or_else(|e| e.into_inner());
-            let behind = crate::sendfile::bytes_sent().saturating_sub(self.zero_copy_bytes.get());
-            self.zero_copy_bytes.inc_by(behind);
-        }
         let mut buf = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding cannot fail");
         String::from_utf8(buf).expect("text exposition is UTF-8")

@@ -20,11 +20,11 @@ use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::RwLock;
+use std::sync::{LazyLock, RwLock};
 use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
+use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -43,12 +43,15 @@ const MAX_SENDFILE: usize = 8 << 20;
 /// one `sendfile` can then hand over a typical firmware whole.
 const SEND_BUFFER: usize = 4 << 20;
 
-/// Bytes sent with `sendfile` since start (exported as a metric).
-static SENT: AtomicU64 = AtomicU64::new(0);
+/// Bytes device connections have sent with `sendfile`, without a copy. One process-wide
+/// counter: every [`crate::metrics::Metrics`] registry exports it.
+pub static SENT: LazyLock<IntCounter> = LazyLock::new(|| {
+    IntCounter::new("sendfile_bytes_total", "Payload bytes sent with sendfile, without a copy").expect("valid metric")
+});
 
-/// Bytes device connections have sent with `sendfile`, without a copy.
+/// Bytes device connections have sent with `sendfile` since start.
 pub fn bytes_sent() -> u64 {
-    SENT.load(Ordering::Relaxed)
+    SENT.get()
 }
 
 /// Live payload mappings: start address → (length, file descriptor).
@@ -282,7 +285,7 @@ fn send_file(sock: RawFd, file: RawFd, offset: i64, len: usize) -> io::Result<us
     if n < 0 {
         return Err(io::Error::last_os_error());
     }
-    SENT.fetch_add(n as u64, Ordering::Relaxed);
+    SENT.inc_by(n as u64);
     Ok(n as usize)
 }
 
