@@ -98,11 +98,6 @@ impl Cache {
         Ok(cache)
     }
 
-    /// The cache directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     fn blob_path(&self, sha256: &str) -> PathBuf {
         self.dir.join("blobs").join(sha256)
     }
@@ -116,7 +111,7 @@ impl Cache {
         for item in fs::read_dir(self.dir.join("blobs"))? {
             let path = item?.path();
             let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
-            if !is_sha256_hex(&name) {
+            if !crate::config::is_sha256_hex(&name) {
                 if !name.strip_suffix(".meta").is_some_and(|b| self.blob_path(b).exists()) {
                     remove_any(&path)?;
                 }
@@ -318,10 +313,6 @@ fn map_file(path: &Path) -> io::Result<Bytes> {
     // Files under blobs/ are written once (to a temp file, then renamed) and never
     // modified afterwards; eviction unlinks them, which keeps the mapping valid.
     crate::sendfile::map_payload(File::open(path)?)
-}
-
-fn is_sha256_hex(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 fn remove_any(path: &Path) -> io::Result<()> {

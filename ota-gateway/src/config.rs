@@ -221,8 +221,12 @@ impl GatewayConfig {
 
 /// `sha256:` followed by 64 lowercase hex digits.
 pub fn is_digest(s: &str) -> bool {
-    s.strip_prefix("sha256:")
-        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+    s.strip_prefix("sha256:").is_some_and(is_sha256_hex)
+}
+
+/// Whether `s` is 64 lowercase hex digits: a SHA-256 as digests and cache names spell it.
+pub fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 fn default_listen() -> String {

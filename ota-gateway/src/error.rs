@@ -33,8 +33,6 @@ pub enum Error {
     /// The channel has nothing resolved yet (standalone mode before the first tag list).
     #[error("channel {0:?} has no resolved version yet")]
     NotResolved(String),
-    #[error("internal error: {0}")]
-    Internal(String),
 }
 
 impl Error {
@@ -46,7 +44,6 @@ impl Error {
             Error::Fetching { .. } | Error::NotResolved(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Upstream(_) => StatusCode::BAD_GATEWAY,
             Error::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
-            Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 

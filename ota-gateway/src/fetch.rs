@@ -167,9 +167,8 @@ impl Fetcher {
         let client = self.client();
         let auth = oci::registry_auth(&job.source)?;
         let reference = Reference::with_digest(job.source.registry.clone(), job.source.repository.clone(), job.digest.clone());
-        let registry = |e| OciError::Registry { registry: job.source.registry.clone(), source: e };
         // HEAD first: a missing manifest fails before anything is downloaded.
-        client.fetch_manifest_digest(&reference, &auth).await.map_err(registry)?;
+        client.fetch_manifest_digest(&reference, &auth).await.map_err(oci::registry_error(&job.source))?;
         let manifest = pull_image_manifest(&client, &reference, &auth, &job.artifact).await?;
         let layer = oci::select_layer(&manifest, &job.artifact)?.clone();
         let (file, summary) = self.download(&client, &reference, &layer, &job.artifact).await?;

@@ -27,7 +27,6 @@ use std::path::PathBuf;
 use axum::Router;
 
 pub use error::Error;
-pub use oci::{list_tags, resolve_digest, select_layer, select_manifest};
 pub use sendfile::DeviceListener;
 pub use state::AppState;
 

@@ -114,7 +114,7 @@ fn reference(source: &SourceConfig, tag: &str) -> Reference {
     Reference::with_tag(source.registry.clone(), source.repository.clone(), tag.to_owned())
 }
 
-fn registry_error(source: &SourceConfig) -> impl FnOnce(oci_client::errors::OciDistributionError) -> OciError + '_ {
+pub(crate) fn registry_error(source: &SourceConfig) -> impl FnOnce(oci_client::errors::OciDistributionError) -> OciError + '_ {
     move |e| OciError::Registry { registry: source.registry.clone(), source: e }
 }
 
