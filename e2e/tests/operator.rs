@@ -139,8 +139,11 @@ fn channel_resolves_new_versions_and_pins() {
 
     // The gateway's rendered config pins the digest status shows.
     let rendered = |v: &Value| -> Value { serde_yaml::from_str(v["data"]["gateway.yaml"].as_str().unwrap_or("{}")).unwrap() };
+    // Both digests: the config from the test's start also had 1.0.0 as current.
     let cm = w.wait("configmap/default-config", "the pinned digest rendered", |v| {
-        rendered(v)["channels"][0]["current"]["digest"] == ch["status"]["latest"]["digest"]
+        let channel = &rendered(v)["channels"][0];
+        channel["current"]["digest"] == ch["status"]["latest"]["digest"]
+            && channel["previous"]["digest"] == ch["status"]["previous"]["digest"]
     });
     let config = rendered(&cm);
     assert_eq!(config["channels"][0]["current"]["version"], "1.0.0");
