@@ -44,7 +44,7 @@ pub struct Attachment<'a> {
 /// Which of `channels` (one namespace) attach to the gateway named `gateway`.
 pub fn attach<'a>(gateway: &str, channels: impl IntoIterator<Item = &'a FirmwareChannel>) -> Attachment<'a> {
     let mut mine: Vec<&FirmwareChannel> = channels.into_iter().filter(|c| c.spec.gateway_ref == gateway).collect();
-    mine.sort_by(|a, b| a.name_any().cmp(&b.name_any()));
+    mine.sort_by_cached_key(|c| c.name_any());
     let mut attachment = Attachment::default();
     let mut devices: BTreeMap<String, String> = BTreeMap::new();
     for channel in mine {
@@ -72,7 +72,7 @@ pub fn gateway_config(gateway: &OtaGateway, served: &[&FirmwareChannel]) -> Gate
         listen: format!("0.0.0.0:{HTTP_PORT}"),
         admin_listen: format!("0.0.0.0:{ADMIN_PORT}"),
         public_url: None,
-        cache: CacheConfig { dir: CACHE_DIR.into(), max_bytes: quantity_bytes(&gateway.spec.cache.size).unwrap_or(1 << 30) },
+        cache: CacheConfig { dir: CACHE_DIR.into(), max_bytes: quantity_bytes(&gateway.spec.cache.size).unwrap_or(CacheConfig::default().max_bytes) },
         signing_key_file: gateway.spec.signing_key_secret.as_ref().map(|k| format!("{SIGNING_DIR}/{}", k.key).into()),
         channels: served.iter().filter_map(|c| channel_config(c)).collect(),
     }

@@ -4,11 +4,10 @@
 
 use futures::future::BoxFuture;
 use oci_client::client::{ClientConfig, ClientProtocol};
-use oci_client::manifest::OciManifest;
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use ota_gateway::config::ArtifactConfig;
-use ota_gateway::oci::{list_repository_tags, select_layer, select_manifest, OciError};
+use ota_gateway::oci::{list_repository_tags, pull_image_manifest, select_layer, OciError};
 use ota_gateway::version::{parse_range, parse_tag, select_latest};
 use updraft_crds::channel::VersionPolicy;
 use updraft_crds::{OciSource, ResolvedVersion};
@@ -77,9 +76,6 @@ impl OciResolver {
     async fn resolve_now(&self, request: ResolveRequest<'_>) -> Result<Resolution> {
         let source = request.source;
         let client = self.client(source);
-        let unreachable = |e: oci_client::errors::OciDistributionError| {
-            Error::RegistryUnreachable(format!("{}: {e}", source.reference()))
-        };
         let (version, tag) = match request.policy.pin.as_deref() {
             Some(digest) if digest.starts_with("sha256:") => (String::new(), String::new()),
             Some(tag) => {
@@ -87,7 +83,7 @@ impl OciResolver {
                 (version, tag.to_owned())
             }
             None => {
-                let tags = list_repository_tags(client, &reference(source, "latest"), &request.auth).await.map_err(unreachable)?;
+                let tags = list_repository_tags(client, &reference(source, "latest"), &request.auth).await.map_err(unreachable(source))?;
                 let range = parse_range(&request.policy.range).map_err(Error::InvalidSpec)?;
                 let selected = select_latest(tags.iter().map(String::as_str), &range, request.policy.prerelease, request.policy.allow_v_prefix)
                     .ok_or_else(|| no_match(source, request.policy, tags.len()))?;
@@ -99,7 +95,7 @@ impl OciResolver {
             _ => client
                 .fetch_manifest_digest(&reference(source, &tag), &request.auth)
                 .await
-                .map_err(unreachable)?,
+                .map_err(unreachable(source))?,
         };
         if let Some(known) = request.known.filter(|k| k.digest == digest && (tag.is_empty() || k.tag == tag)) {
             return Ok(Resolution { version: known.version.clone(), tag: known.tag.clone(), digest, size: known.size });
@@ -119,22 +115,20 @@ impl OciResolver {
         digest: &str,
         artifact: &ArtifactConfig,
     ) -> Result<(i64, Option<String>)> {
-        let unreachable = |e: oci_client::errors::OciDistributionError| {
-            Error::RegistryUnreachable(format!("{}: {e}", source.reference()))
-        };
         let unusable = |e: OciError| Error::NoMatchingVersion(format!("{}@{digest}: {e}", source.reference()));
-        let (manifest, _) = client.pull_manifest(&by_digest(source, digest), auth).await.map_err(unreachable)?;
-        let manifest = match manifest {
-            OciManifest::Image(m) => m,
-            OciManifest::ImageIndex(index) => {
-                let entry = select_manifest(&index, artifact).map_err(unusable)?;
-                client.pull_image_manifest(&by_digest(source, &entry.digest), auth).await.map_err(unreachable)?.0
-            }
-        };
+        let manifest = pull_image_manifest(client, &by_digest(source, digest), auth, artifact).await.map_err(|e| match e {
+            OciError::Registry { source: e, .. } => unreachable(source)(e),
+            other => unusable(other),
+        })?;
         let layer = select_layer(&manifest, artifact).map_err(unusable)?;
         let version = manifest.annotations.as_ref().and_then(|a| a.get("org.opencontainers.image.version")).cloned();
         Ok((layer.size, version))
     }
+}
+
+/// Turns a registry error into `RegistryUnreachable`, naming the repository.
+fn unreachable(source: &OciSource) -> impl Fn(oci_client::errors::OciDistributionError) -> Error + '_ {
+    move |e| Error::RegistryUnreachable(format!("{}: {e}", source.reference()))
 }
 
 fn no_match(source: &OciSource, policy: &VersionPolicy, tag_count: usize) -> Error {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::future::{BoxFuture, FutureExt, Shared};
 use futures::StreamExt;
-use oci_client::manifest::{OciDescriptor, OciImageManifest, OciManifest};
+use oci_client::manifest::OciDescriptor;
 use oci_client::{Client, Reference};
 use tokio::sync::{mpsc, Semaphore};
 
@@ -169,7 +169,7 @@ impl Fetcher {
         let reference = Reference::with_digest(job.source.registry.clone(), job.source.repository.clone(), job.digest.clone());
         // HEAD first: a missing manifest fails before anything is downloaded.
         client.fetch_manifest_digest(&reference, &auth).await.map_err(oci::registry_error(&job.source))?;
-        let manifest = pull_image_manifest(&client, &reference, &auth, &job.artifact).await?;
+        let manifest = oci::pull_image_manifest(&client, &reference, &auth, &job.artifact).await?;
         let layer = oci::select_layer(&manifest, &job.artifact)?.clone();
         let (file, summary) = self.download(&client, &reference, &layer, &job.artifact).await?;
         let cache = self.cache.clone();
@@ -238,28 +238,6 @@ async fn feed(
         return Err(FetchError::Blob(format!("blob truncated: {received} of {expected} bytes")));
     }
     Ok(())
-}
-
-/// Pulls the manifest by digest; for an image index, picks the entry the artifact
-/// config selects and pulls that.
-async fn pull_image_manifest(
-    client: &Client,
-    reference: &Reference,
-    auth: &oci_client::secrets::RegistryAuth,
-    artifact: &ArtifactConfig,
-) -> Result<OciImageManifest, FetchError> {
-    let registry = |e| OciError::Registry { registry: reference.registry().to_owned(), source: e };
-    let (manifest, _) = client.pull_manifest(reference, auth).await.map_err(registry)?;
-    let index = match manifest {
-        OciManifest::Image(image) => return Ok(image),
-        OciManifest::ImageIndex(index) => index,
-    };
-    let entry = oci::select_manifest(&index, artifact)?;
-    let child = reference.clone_with_digest(entry.digest.clone());
-    match client.pull_manifest(&child, auth).await.map_err(registry)? {
-        (OciManifest::Image(image), _) => Ok(image),
-        (OciManifest::ImageIndex(_), _) => Err(FetchError::Blob(format!("{} is a nested index", entry.digest))),
-    }
 }
 
 /// Why a fetch failed.

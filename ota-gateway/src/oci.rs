@@ -1,14 +1,13 @@
 //! Talking to OCI registries: one shared client, credentials from a docker
 //! `config.json`, and the pure choices of which manifest and which layer hold the
-//! firmware. The operator reuses [`list_tags`], [`resolve_digest`],
-//! [`select_manifest`] and [`select_layer`] so both sides agree on what a channel
-//! means.
+//! firmware. The operator reuses [`list_repository_tags`], [`pull_image_manifest`]
+//! and [`select_layer`] so both sides agree on what a channel means.
 
 use std::time::Duration;
 
 use base64::Engine as _;
 use oci_client::client::{ClientConfig, ClientProtocol};
-use oci_client::manifest::{ImageIndexEntry, OciDescriptor, OciImageIndex, OciImageManifest};
+use oci_client::manifest::{ImageIndexEntry, OciDescriptor, OciImageIndex, OciImageManifest, OciManifest};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use serde::Deserialize;
@@ -26,6 +25,28 @@ pub enum OciError {
     Select(String),
     #[error("invalid reference: {0}")]
     Reference(String),
+}
+
+/// Pulls the manifest at `reference` (by digest); for an image index, picks the entry
+/// the artifact config selects ([`select_manifest`]) and pulls that.
+pub async fn pull_image_manifest(
+    client: &Client,
+    reference: &Reference,
+    auth: &RegistryAuth,
+    artifact: &ArtifactConfig,
+) -> Result<OciImageManifest, OciError> {
+    let registry = |e| OciError::Registry { registry: reference.registry().to_owned(), source: e };
+    let (manifest, _) = client.pull_manifest(reference, auth).await.map_err(registry)?;
+    let index = match manifest {
+        OciManifest::Image(image) => return Ok(image),
+        OciManifest::ImageIndex(index) => index,
+    };
+    let entry = select_manifest(&index, artifact)?;
+    let child = reference.clone_with_digest(entry.digest.clone());
+    match client.pull_manifest(&child, auth).await.map_err(registry)? {
+        (OciManifest::Image(image), _) => Ok(image),
+        (OciManifest::ImageIndex(_), _) => Err(OciError::Select(format!("{} is a nested index", entry.digest))),
+    }
 }
 
 /// Builds the one client the process shares (it caches bearer tokens per
