@@ -28,14 +28,13 @@ trap "exit 130" INT TERM
 
 say "building the release binary"
 (cd "$ROOT" && cargo build --release -q -p ota-gateway)
-BIN="$ROOT/target/release/ota-gateway"
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/ota-gateway"
 
 say "starting the registry"
 eval "$(bash "$ROOT/e2e/scripts/cluster.sh" registry)"
-for tool in oras wrk nginx curl; do
-  command -v "$tool" >/dev/null || bash "$ROOT/e2e/scripts/cluster.sh" tools || true
-  command -v "$tool" >/dev/null || { echo "missing $tool" >&2; exit 1; }
-done
+have_tools() { for tool in oras wrk nginx curl; do command -v "$tool" >/dev/null || return 1; done; }
+have_tools || bash "$ROOT/e2e/scripts/cluster.sh" tools
+have_tools || { echo "missing one of: oras wrk nginx curl" >&2; exit 1; }
 
 say "pushing payloads: $SIZES"
 repo="bench/fw-$$-$(date +%s)"
@@ -43,8 +42,9 @@ mkdir -p "$WORK/push"
 declare -A DIGEST
 for size in $SIZES; do
   head -c "$size" /dev/urandom >"$WORK/push/fw-$size.bin"
-  (cd "$WORK/push" && oras push --plain-http "$UPDRAFT_REGISTRY/$repo:$size" "fw-$size.bin:application/octet-stream" >/dev/null)
-  DIGEST[$size]=$(oras resolve --plain-http "$UPDRAFT_REGISTRY/$repo:$size")
+  DIGEST[$size]=$(cd "$WORK/push" && oras push --plain-http "$UPDRAFT_REGISTRY/$repo:$size" "fw-$size.bin:application/octet-stream" |
+    awk '$1 == "Digest:" {print $2}')
+  [ -n "${DIGEST[$size]}" ] || { echo "oras push printed no digest" >&2; exit 1; }
 done
 
 cat >"$WORK/gateway.yaml" <<YAML
