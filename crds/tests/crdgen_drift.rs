@@ -20,6 +20,11 @@ fn crds_yaml_is_what_crdgen_prints() {
 }
 
 #[test]
+fn the_charts_crds_are_what_crdgen_prints() {
+    assert_matches_generated("../charts/updraft/crds/crds.yaml");
+}
+
+#[test]
 fn every_kind_is_namespaced_with_status_and_short_name() {
     for crd in updraft_crds::crds() {
         assert_eq!(crd.spec.scope, "Namespaced", "{}", crd.spec.names.kind);

@@ -110,11 +110,15 @@ pub fn kubectl(args: &[&str], stdin: Option<&str>) -> Kubectl {
     child.wait_with_output().unwrap().into()
 }
 
-/// Installs (server-side applies) Updraft's CRDs and waits until they are served.
+/// Installs (server-side applies) Updraft's CRDs and waits until they are served;
+/// once per test process.
 pub fn install_crds() {
-    let crds = repo_root().join("crds/crds.yaml");
-    kubectl(&["apply", "--server-side", "--force-conflicts", "-f", crds.to_str().unwrap()], None).ok();
-    kubectl(&["wait", "--for=condition=Established", "--timeout=30s", "crd", "-l", "", "--all"], None).ok();
+    static INSTALLED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    INSTALLED.get_or_init(|| {
+        let crds = repo_root().join("crds/crds.yaml");
+        kubectl(&["apply", "--server-side", "--force-conflicts", "-f", crds.to_str().unwrap()], None).ok();
+        kubectl(&["wait", "--for=condition=Established", "--timeout=30s", "crd", "--all"], None).ok();
+    });
 }
 
 /// A fresh namespace named `prefix-<random>`, so tests never see each other's objects.

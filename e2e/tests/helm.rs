@@ -33,16 +33,6 @@ fn container_args(deployment: &serde_json::Value) -> Vec<String> {
 }
 
 #[test]
-fn chart_crds_are_the_generated_crds() {
-    let generated = std::fs::read(repo_root().join("crds/crds.yaml")).unwrap();
-    let packaged = std::fs::read(chart_dir().join("crds/crds.yaml")).unwrap();
-    assert!(
-        generated == packaged,
-        "charts/updraft/crds/crds.yaml differs from crds/crds.yaml; run: cp crds/crds.yaml charts/updraft/crds/crds.yaml"
-    );
-}
-
-#[test]
 fn chart_app_version_is_the_workspace_version() {
     let chart: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(chart_dir().join("Chart.yaml")).unwrap()).unwrap();
     assert_eq!(chart["appVersion"].as_str(), Some(env!("CARGO_PKG_VERSION")), "Chart.yaml appVersion must follow the workspace version");
