@@ -13,7 +13,11 @@ pub const STALLED: &str = "Stalled";
 
 /// `"True"` or `"False"`.
 pub fn status_str(value: bool) -> &'static str {
-    if value { "True" } else { "False" }
+    if value {
+        "True"
+    } else {
+        "False"
+    }
 }
 
 /// A condition about to be set, without a timestamp.
@@ -59,8 +63,14 @@ pub fn set_condition_at(
 ) -> bool {
     let status = status_str(new.status);
     match conditions.iter_mut().find(|c| c.type_ == new.type_) {
-        Some(c) if c.status == status && c.reason == new.reason && c.message == new.message
-            && c.observed_generation == generation => false,
+        Some(c)
+            if c.status == status
+                && c.reason == new.reason
+                && c.message == new.message
+                && c.observed_generation == generation =>
+        {
+            false
+        }
         Some(c) => {
             if c.status != status {
                 c.last_transition_time = Time(now);

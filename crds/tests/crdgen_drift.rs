@@ -31,7 +31,11 @@ fn every_kind_is_namespaced_with_status_and_short_name() {
         assert_eq!(crd.spec.group, "updraft.dev");
         let version = &crd.spec.versions[0];
         assert_eq!(version.name, "v1alpha1");
-        assert!(version.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some(), "{} has no status subresource", crd.spec.names.kind);
+        assert!(
+            version.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some(),
+            "{} has no status subresource",
+            crd.spec.names.kind
+        );
         assert!(crd.spec.names.short_names.as_ref().is_some_and(|s| !s.is_empty()));
         let columns: Vec<_> = version.additional_printer_columns.iter().flatten().map(|c| c.name.as_str()).collect();
         assert!(columns.contains(&"Ready") && columns.contains(&"Age"), "{columns:?}");

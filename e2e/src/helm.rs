@@ -47,7 +47,15 @@ impl Release {
     /// The ServiceAccount user the operator's pods run as.
     pub fn service_account_user(&self) -> String {
         let sa = kubectl(
-            &["get", "deployment", &self.name, "-n", &self.namespace, "-o", "jsonpath={.spec.template.spec.serviceAccountName}"],
+            &[
+                "get",
+                "deployment",
+                &self.name,
+                "-n",
+                &self.namespace,
+                "-o",
+                "jsonpath={.spec.template.spec.serviceAccountName}",
+            ],
             None,
         )
         .ok();
@@ -83,6 +91,10 @@ pub fn exists(args: &[&str]) -> bool {
     if out.success {
         return true;
     }
-    assert!(out.stderr.contains("NotFound") || out.stderr.contains("not found"), "kubectl get {args:?}: {}", out.stderr);
+    assert!(
+        out.stderr.contains("NotFound") || out.stderr.contains("not found"),
+        "kubectl get {args:?}: {}",
+        out.stderr
+    );
     false
 }

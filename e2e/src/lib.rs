@@ -60,7 +60,11 @@ pub fn cluster() -> &'static Cluster {
         let exports = cluster_script("up");
         cluster_script("tools");
         let get = |k: &str| {
-            exports.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()).unwrap_or_else(|| panic!("cluster.sh printed no {k}"))
+            exports
+                .iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_else(|| panic!("cluster.sh printed no {k}"))
         };
         Cluster {
             kubeconfig: get("KUBECONFIG").into(),

@@ -98,7 +98,6 @@ pub fn operator(namespace: &str, dir: &Path, name: &str, extra: &[&str]) -> (Pro
     (Proc::spawn(cmd, &dir.join(format!("{name}.log"))), admin)
 }
 
-
 /// Pushes `file` as a single-layer OCI artifact to `repository:tag` of the cluster's
 /// registry with the real `oras` client; returns the manifest digest.
 pub fn oras_push(repository: &str, tag: &str, file: &Path, media_type: &str) -> String {
@@ -106,7 +105,12 @@ pub fn oras_push(repository: &str, tag: &str, file: &Path, media_type: &str) -> 
     let dir = file.parent().unwrap();
     let name = file.file_name().unwrap().to_str().unwrap();
     let out = Command::new("oras")
-        .args(["push", "--plain-http", &format!("{}/{repository}:{tag}", cluster.registry), &format!("{name}:{media_type}")])
+        .args([
+            "push",
+            "--plain-http",
+            &format!("{}/{repository}:{tag}", cluster.registry),
+            &format!("{name}:{media_type}"),
+        ])
         .current_dir(dir)
         .output()
         .expect("oras runs (cluster.sh tools installs it)");

@@ -23,9 +23,11 @@ fn samples_apply_and_read_back_with_defaults() {
         assert!(out.contains(&format!("{kind}.updraft.dev/")), "{kind} not applied: {out}");
     }
     // A second apply of the same files changes nothing.
-    let before = kubectl(&["get", "-n", &ns, "fwc/esp32-stable", "-o", "jsonpath={.metadata.resourceVersion}"], None).ok();
+    let before =
+        kubectl(&["get", "-n", &ns, "fwc/esp32-stable", "-o", "jsonpath={.metadata.resourceVersion}"], None).ok();
     kubectl(&["apply", "--server-side", "-n", &ns, "-f", samples.to_str().unwrap()], None).ok();
-    let after = kubectl(&["get", "-n", &ns, "fwc/esp32-stable", "-o", "jsonpath={.metadata.resourceVersion}"], None).ok();
+    let after =
+        kubectl(&["get", "-n", &ns, "fwc/esp32-stable", "-o", "jsonpath={.metadata.resourceVersion}"], None).ok();
     assert_eq!(before, after, "re-applying the samples must not write");
 
     // Defaults come from the schema, applied by the API server.
@@ -93,7 +95,8 @@ fn schema_rejects_malformed_resources() {
     let err = rejected(&ns, &out_of_range);
     assert!(err.contains("spec.rollout.percentage") && err.contains("less than or equal to 100"), "{err}");
 
-    let missing_source = "apiVersion: updraft.dev/v1alpha1\nkind: FirmwareChannel\nmetadata: {name: nosource}\nspec: {device: esp32}\n";
+    let missing_source =
+        "apiVersion: updraft.dev/v1alpha1\nkind: FirmwareChannel\nmetadata: {name: nosource}\nspec: {device: esp32}\n";
     let err = rejected(&ns, missing_source);
     assert!(err.contains("spec.source") && err.contains("Required value"), "{err}");
 

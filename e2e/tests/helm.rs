@@ -10,8 +10,12 @@ use e2e::helm::{can_i, chart_dir, exists, helm, Release};
 use e2e::procs::{wait_for, TempDir};
 use e2e::{cluster, install_crds, kubectl, namespace, repo_root};
 
-const CRDS: [&str; 4] =
-    ["otagateways.updraft.dev", "firmwarechannels.updraft.dev", "imagestreams.updraft.dev", "artifactmirrors.updraft.dev"];
+const CRDS: [&str; 4] = [
+    "otagateways.updraft.dev",
+    "firmwarechannels.updraft.dev",
+    "imagestreams.updraft.dev",
+    "artifactmirrors.updraft.dev",
+];
 
 fn chart() -> String {
     chart_dir().to_str().unwrap().to_owned()
@@ -34,8 +38,13 @@ fn container_args(deployment: &serde_json::Value) -> Vec<String> {
 
 #[test]
 fn chart_app_version_is_the_workspace_version() {
-    let chart: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(chart_dir().join("Chart.yaml")).unwrap()).unwrap();
-    assert_eq!(chart["appVersion"].as_str(), Some(env!("CARGO_PKG_VERSION")), "Chart.yaml appVersion must follow the workspace version");
+    let chart: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(chart_dir().join("Chart.yaml")).unwrap()).unwrap();
+    assert_eq!(
+        chart["appVersion"].as_str(),
+        Some(env!("CARGO_PKG_VERSION")),
+        "Chart.yaml appVersion must follow the workspace version"
+    );
 }
 
 #[test]
@@ -137,7 +146,10 @@ fn install_from_directory_grants_least_privilege_upgrades_and_uninstalls_keeping
             assert!(!can_i(&sa, &q), "the operator may {q:?}");
         }
     }
-    for crd_question in [["delete", "customresourcedefinitions.apiextensions.k8s.io"], ["update", "customresourcedefinitions.apiextensions.k8s.io"]] {
+    for crd_question in [
+        ["delete", "customresourcedefinitions.apiextensions.k8s.io"],
+        ["update", "customresourcedefinitions.apiextensions.k8s.io"],
+    ] {
         assert!(!can_i(&sa, &crd_question), "the operator may {crd_question:?}");
     }
     // Leader election: its own Lease in its own namespace, nothing else.
@@ -173,8 +185,12 @@ fn install_from_directory_grants_least_privilege_upgrades_and_uninstalls_keeping
     assert_eq!(d["spec"]["replicas"], 2);
     assert!(d["metadata"]["generation"].as_i64().unwrap() > generation);
     let args = container_args(&d);
-    assert!(args.contains(&"--log-level=debug".to_owned()) && !args.contains(&"--log-level=info".to_owned()), "{args:?}");
-    let status: serde_json::Value = serde_json::from_str(&helm(&["status", &release.name, "-n", &ns, "-o", "json"]).ok()).unwrap();
+    assert!(
+        args.contains(&"--log-level=debug".to_owned()) && !args.contains(&"--log-level=info".to_owned()),
+        "{args:?}"
+    );
+    let status: serde_json::Value =
+        serde_json::from_str(&helm(&["status", &release.name, "-n", &ns, "-o", "json"]).ok()).unwrap();
     assert_eq!(status["version"], 2, "the upgrade is revision 2");
     assert_eq!(status["info"]["status"], "deployed");
 
@@ -221,7 +237,15 @@ fn install_from_oci_registry_watching_one_namespace() {
     let out = release.run(
         "install",
         &reference,
-        &["--version", env!("CARGO_PKG_VERSION"), "--plain-http", "--set", &watch, "--set", "defaultGateway.enabled=true"],
+        &[
+            "--version",
+            env!("CARGO_PKG_VERSION"),
+            "--plain-http",
+            "--set",
+            &watch,
+            "--set",
+            "defaultGateway.enabled=true",
+        ],
     );
     assert!(out.success, "helm install from {reference} failed:\n{}{}", out.stdout, out.stderr);
     let list: serde_json::Value = serde_json::from_str(&helm(&["list", "-n", &ns, "-o", "json"]).ok()).unwrap();
@@ -240,10 +264,17 @@ fn install_from_oci_registry_watching_one_namespace() {
     assert!(!can_i(&sa, &["list", "firmwarechannels.updraft.dev", "-n", &elsewhere]));
     assert!(!can_i(&sa, &["get", "secrets/anything", "-n", &elsewhere]));
     assert!(!can_i(&sa, &["list", "firmwarechannels.updraft.dev", "--all-namespaces"]));
-    assert!(can_i(&sa, &["update", "leases.coordination.k8s.io/updraft-operator", "-n", &ns]), "the Lease lives in the release namespace");
+    assert!(
+        can_i(&sa, &["update", "leases.coordination.k8s.io/updraft-operator", "-n", &ns]),
+        "the Lease lives in the release namespace"
+    );
 
     // The default gateway, in the watched namespace, with the CRD's defaults applied.
-    let gw = kubectl(&["get", "otagateway", "default", "-n", &watched, "-o", "jsonpath={.spec.replicas} {.spec.service.port}"], None).ok();
+    let gw = kubectl(
+        &["get", "otagateway", "default", "-n", &watched, "-o", "jsonpath={.spec.replicas} {.spec.service.port}"],
+        None,
+    )
+    .ok();
     assert_eq!(gw, "1 8080");
 
     let out = helm(&["uninstall", &release.name, "-n", &ns]);
@@ -270,10 +301,18 @@ fn a_typo_in_values_fails_install_with_the_schema_message() {
     assert!(out.stderr.contains("Additional property replicas is not allowed"), "{}", out.stderr);
 
     let out = release.run("install", &chart(), &["--set", "logging.format=xml"]);
-    assert!(!out.success && out.stderr.contains("logging.format"), "an unknown log format was accepted: {}", out.stderr);
+    assert!(
+        !out.success && out.stderr.contains("logging.format"),
+        "an unknown log format was accepted: {}",
+        out.stderr
+    );
 
     let out = release.run("install", &chart(), &["--set", "replicaCount=two"]);
-    assert!(!out.success && out.stderr.contains("replicaCount"), "a non-number replicaCount was accepted: {}", out.stderr);
+    assert!(
+        !out.success && out.stderr.contains("replicaCount"),
+        "a non-number replicaCount was accepted: {}",
+        out.stderr
+    );
 
     // Nothing was installed.
     assert!(!helm(&["status", &release.name, "-n", &ns]).success);
@@ -292,7 +331,8 @@ fn rendered_chart_passes_a_server_side_dry_run() {
         assert!(out.success, "helm template failed:\n{}", out.stderr);
         out.stdout
     };
-    let all_on = ["--set", "defaultGateway.enabled=true", "--set", "networkPolicy.enabled=true", "--set", "replicaCount=2"];
+    let all_on =
+        ["--set", "defaultGateway.enabled=true", "--set", "networkPolicy.enabled=true", "--set", "replicaCount=2"];
     let rendered = template(&all_on);
     let out = kubectl(&["apply", "--dry-run=server", "-f", "-"], Some(&rendered)).ok();
     for kind in [
@@ -306,7 +346,10 @@ fn rendered_chart_passes_a_server_side_dry_run() {
         "networkpolicy.networking.k8s.io/",
         "otagateway.updraft.dev/",
     ] {
-        assert!(out.lines().any(|l| l.starts_with(kind) && l.ends_with("(server dry run)")), "{kind} not in the dry run:\n{out}");
+        assert!(
+            out.lines().any(|l| l.starts_with(kind) && l.ends_with("(server dry run)")),
+            "{kind} not in the dry run:\n{out}"
+        );
     }
     // Nothing was written.
     assert!(!exists(&["deployment", "updraft", "-n", &ns]));
@@ -340,7 +383,10 @@ fn gitops_sample_applies_server_side_and_reapplies_without_writes() {
     }
     let versions = || {
         let namespace = kubectl(&["get", "namespace", "updraft-fleet", "-o", "json"], None).ok();
-        let json = kubectl(&["get", "-n", "updraft-fleet", "otagateways,firmwarechannels,imagestreams,artifactmirrors", "-o", "json"], None);
+        let json = kubectl(
+            &["get", "-n", "updraft-fleet", "otagateways,firmwarechannels,imagestreams,artifactmirrors", "-o", "json"],
+            None,
+        );
         let list: serde_json::Value = serde_json::from_str(&json.ok()).unwrap();
         list["items"]
             .as_array()
@@ -359,6 +405,17 @@ fn gitops_sample_applies_server_side_and_reapplies_without_writes() {
     assert_eq!(versions(), before, "re-applying the sample wrote to the API server");
 
     // The fields survived as written (none pruned by the schema).
-    let beta = kubectl(&["get", "fwc/esp32-beta", "-n", "updraft-fleet", "-o", "jsonpath={.spec.version.prerelease} {.spec.rollout.percentage}"], None).ok();
+    let beta = kubectl(
+        &[
+            "get",
+            "fwc/esp32-beta",
+            "-n",
+            "updraft-fleet",
+            "-o",
+            "jsonpath={.spec.version.prerelease} {.spec.rollout.percentage}",
+        ],
+        None,
+    )
+    .ok();
     assert_eq!(beta, "true 20");
 }

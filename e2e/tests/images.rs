@@ -40,14 +40,25 @@ fn images_sh() -> Vec<Image> {
         .map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
             assert_eq!(f.len(), 5, "unexpected images.sh line {l:?}");
-            Image { name: f[0].into(), reference: f[1].into(), digest: f[2].into(), built: f[3].into(), pushed: f[4].into() }
+            Image {
+                name: f[0].into(),
+                reference: f[1].into(),
+                digest: f[2].into(),
+                built: f[3].into(),
+                pushed: f[4].into(),
+            }
         })
         .collect()
 }
 
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(out.status.success(), "{cmd:?} failed:\n{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -115,13 +126,18 @@ fn command_in(rootfs: &Path, bin: &str, args: &[&str]) -> Command {
             .map(|d| rootfs.join(d).display().to_string())
             .collect();
         let mut cmd = Command::new(loader);
-        cmd.args(["--inhibit-cache", "--library-path", &libs.join(":")]).arg(rootfs.join("usr/local/bin").join(bin)).args(args);
+        cmd.args(["--inhibit-cache", "--library-path", &libs.join(":")])
+            .arg(rootfs.join("usr/local/bin").join(bin))
+            .args(args);
         cmd
     }
 }
 
 fn http_status(url: &str) -> Option<String> {
-    let out = Command::new("curl").args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "2", url]).output().ok()?;
+    let out = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "2", url])
+        .output()
+        .ok()?;
     Some(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
@@ -148,7 +164,11 @@ fn images_are_pushed_pulled_back_and_run_from_their_own_root_filesystem() {
         assert_eq!(config["config"]["Labels"]["org.opencontainers.image.version"], version);
 
         let out = command_in(&rootfs, bin, &["--version"]).output().unwrap();
-        assert!(out.status.success(), "{bin} --version from the image failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{bin} --version from the image failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("{bin} {version}"));
     }
 
@@ -190,7 +210,12 @@ fn images_are_pushed_pulled_back_and_run_from_their_own_root_filesystem() {
         .to_owned();
     for (reference, image) in [(operator_ref, &images[0]), (gateway_ref, &images[1])] {
         assert_eq!(reference, image.reference);
-        let raw = run(Command::new("skopeo").args(["inspect", "--raw", "--tls-verify=false", &format!("docker://{reference}")]));
+        let raw = run(Command::new("skopeo").args([
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{reference}"),
+        ]));
         use sha2::Digest;
         assert_eq!(format!("sha256:{}", hex::encode(sha2::Sha256::digest(raw.as_bytes()))), image.digest);
     }
@@ -206,7 +231,10 @@ fn serve_from_images(dir: &Path) {
 
     let rootfs = dir.join("rootfs-operator");
     let kubeconfig = std::fs::read_to_string(&cluster.kubeconfig).unwrap();
-    let ca_line = kubeconfig.lines().find(|l| l.trim_start().starts_with("certificate-authority:")).expect("kubeconfig has a CA file");
+    let ca_line = kubeconfig
+        .lines()
+        .find(|l| l.trim_start().starts_with("certificate-authority:"))
+        .expect("kubeconfig has a CA file");
     let ca_path = ca_line.split_once(':').unwrap().1.trim();
     let run_dir = rootfs.join("run/updraft");
     std::fs::create_dir_all(&run_dir).unwrap();
@@ -223,10 +251,16 @@ fn serve_from_images(dir: &Path) {
     let operator = Proc::spawn(cmd, &dir.join("operator.log"));
     // It takes the Lease, as the chart runs it: a write over TLS with the service's identity.
     wait_for(Duration::from_secs(60), "the operator from its image to take the Lease", || {
-        let holder = kubectl(&["get", "lease", "updraft-operator", "-n", &ns, "-o", "jsonpath={.spec.holderIdentity}"], None);
+        let holder =
+            kubectl(&["get", "lease", "updraft-operator", "-n", &ns, "-o", "jsonpath={.spec.holderIdentity}"], None);
         (holder.success && holder.stdout == identity && operator.output().contains("controllers started")).then_some(())
     });
-    assert_eq!(http_status(&format!("http://127.0.0.1:{admin}/healthz")).as_deref(), Some("200"), "{}", operator.output());
+    assert_eq!(
+        http_status(&format!("http://127.0.0.1:{admin}/healthz")).as_deref(),
+        Some("200"),
+        "{}",
+        operator.output()
+    );
     drop(operator);
 
     let rootfs = dir.join("rootfs-ota-gateway");
@@ -234,7 +268,10 @@ fn serve_from_images(dir: &Path) {
     let config = format!("listen: 127.0.0.1:{http}\nadminListen: 127.0.0.1:{admin}\ncache:\n  dir: /tmp/cache\n  maxBytes: 1048576\nchannels: []\n");
     std::fs::create_dir_all(rootfs.join("etc/updraft")).unwrap();
     std::fs::write(rootfs.join("etc/updraft/gateway.yaml"), config).unwrap();
-    let gateway = Proc::spawn(command_in(&rootfs, "ota-gateway", &["--config", "/etc/updraft/gateway.yaml"]), &dir.join("gateway.log"));
+    let gateway = Proc::spawn(
+        command_in(&rootfs, "ota-gateway", &["--config", "/etc/updraft/gateway.yaml"]),
+        &dir.join("gateway.log"),
+    );
     wait_for(Duration::from_secs(30), "the gateway from its image to answer /healthz", || {
         (http_status(&format!("http://127.0.0.1:{admin}/healthz")).as_deref() == Some("200")).then_some(())
     });

@@ -29,7 +29,9 @@ impl World {
         let (operator, admin) = operator(&ns, &dir.0, "operator", &[]);
         let repository = format!("e2e/{ns}/firmware");
         // Ready once its caches are filled (without leader election, straight away).
-        wait_for(WAIT, "operator /readyz", || (curl(&[&format!("http://127.0.0.1:{admin}/readyz")]).0 == 200).then_some(()));
+        wait_for(WAIT, "operator /readyz", || {
+            (curl(&[&format!("http://127.0.0.1:{admin}/readyz")]).0 == 200).then_some(())
+        });
         World { ns, dir, operator, admin, repository }
     }
 
@@ -53,13 +55,17 @@ impl World {
             })
         }));
         found.unwrap_or_else(|_| {
-            panic!("{what}: {description} never happened; last seen:\n{last:#}\noperator log:\n{}", self.operator.output())
+            panic!(
+                "{what}: {description} never happened; last seen:\n{last:#}\noperator log:\n{}",
+                self.operator.output()
+            )
         })
     }
 
     /// Pushes a firmware file of `size` pseudo-random bytes as `tag`; returns its bytes.
     fn push(&self, tag: &str, size: usize) -> Vec<u8> {
-        let bytes: Vec<u8> = (0..size).map(|i| (i as u32).wrapping_mul(2654435761).rotate_left(tag.len() as u32) as u8).collect();
+        let bytes: Vec<u8> =
+            (0..size).map(|i| (i as u32).wrapping_mul(2654435761).rotate_left(tag.len() as u32) as u8).collect();
         let file = self.dir.0.join(format!("fw-{tag}.bin"));
         std::fs::write(&file, &bytes).unwrap();
         oras_push(&self.repository, tag, &file, MEDIA_TYPE);
@@ -118,7 +124,8 @@ fn channel_resolves_new_versions_and_pins() {
     let ch = w.wait("fwc/esp32", "latest = 1.2.0", |v| v["status"]["latest"]["version"] == "1.2.0");
     assert_eq!(ch["status"]["previous"]["version"], "1.0.0");
     // One NewVersion event per new version; the recorder folds repeats into a series.
-    let events: Value = serde_json::from_str(&kubectl(&["get", "events.events.k8s.io", "-n", &w.ns, "-o", "json"], None).ok()).unwrap();
+    let events: Value =
+        serde_json::from_str(&kubectl(&["get", "events.events.k8s.io", "-n", &w.ns, "-o", "json"], None).ok()).unwrap();
     let new_versions: u64 = events["items"]
         .as_array()
         .unwrap()
@@ -134,11 +141,14 @@ fn channel_resolves_new_versions_and_pins() {
 
     // A pin wins over the range.
     w.apply(&w.channel_yaml("esp32", "  version: {pin: v1.0.0}\n"));
-    let ch = w.wait("fwc/esp32", "latest = pinned 1.0.0", |v| v["status"]["latest"]["version"] == "1.0.0" && is(v, "Ready", "True"));
+    let ch = w.wait("fwc/esp32", "latest = pinned 1.0.0", |v| {
+        v["status"]["latest"]["version"] == "1.0.0" && is(v, "Ready", "True")
+    });
     assert_eq!(ch["status"]["latest"]["tag"], "v1.0.0");
 
     // The gateway's rendered config pins the digest status shows.
-    let rendered = |v: &Value| -> Value { serde_yaml::from_str(v["data"]["gateway.yaml"].as_str().unwrap_or("{}")).unwrap() };
+    let rendered =
+        |v: &Value| -> Value { serde_yaml::from_str(v["data"]["gateway.yaml"].as_str().unwrap_or("{}")).unwrap() };
     // Both digests: the config from the test's start also had 1.0.0 as current.
     let cm = w.wait("configmap/default-config", "the pinned digest rendered", |v| {
         let channel = &rendered(v)["channels"][0];
@@ -249,7 +259,8 @@ fn oras_push_to(w: &World, reference: &str, flags: &[&str]) {
 #[test]
 fn registry_credentials_come_from_the_named_secret() {
     let w = World::new("op-creds");
-    let htpasswd = Command::new("htpasswd").args(["-Bbn", "updraft", "s3cret"]).output().expect("htpasswd (apache2-utils)");
+    let htpasswd =
+        Command::new("htpasswd").args(["-Bbn", "updraft", "s3cret"]).output().expect("htpasswd (apache2-utils)");
     let htpasswd_file = w.dir.0.join("htpasswd");
     std::fs::write(&htpasswd_file, &htpasswd.stdout).unwrap();
     let auth = format!("auth: {{htpasswd: {{realm: updraft, path: {}}}}}\n", htpasswd_file.display());
@@ -261,12 +272,24 @@ fn registry_credentials_come_from_the_named_secret() {
     w.apply(&format!(
         "apiVersion: updraft.dev/v1alpha1\nkind: FirmwareChannel\nmetadata: {{name: private}}\nspec:\n  interval: 2s\n  source: {{registry: \"{registry}\", repository: fw/private, insecure: true, credentialsSecret: regcred}}\n"
     ));
-    let ch = w.wait("fwc/private", "CredentialsError", |v| condition(v, "Ready").is_some_and(|c| c["reason"] == "CredentialsError"));
+    let ch = w.wait("fwc/private", "CredentialsError", |v| {
+        condition(v, "Ready").is_some_and(|c| c["reason"] == "CredentialsError")
+    });
     let message = condition(&ch, "Ready").unwrap()["message"].as_str().unwrap().to_owned();
     assert!(message.contains("\"regcred\" not found"), "{message}");
 
     kubectl(
-        &["create", "secret", "docker-registry", "regcred", "-n", &w.ns, &format!("--docker-server={registry}"), "--docker-username=updraft", "--docker-password=s3cret"],
+        &[
+            "create",
+            "secret",
+            "docker-registry",
+            "regcred",
+            "-n",
+            &w.ns,
+            &format!("--docker-server={registry}"),
+            "--docker-username=updraft",
+            "--docker-password=s3cret",
+        ],
         None,
     )
     .ok();
@@ -278,7 +301,9 @@ fn registry_credentials_come_from_the_named_secret() {
     let volumes = deploy["spec"]["template"]["spec"]["volumes"].as_array().unwrap();
     assert!(volumes.iter().any(|v| v["secret"]["secretName"] == "regcred"), "{volumes:#?}");
     w.wait("configmap/default-config", "the config points at the mounted Secret", |v| {
-        v["data"]["gateway.yaml"].as_str().is_some_and(|y| y.contains("dockerConfig: /etc/updraft/credentials/regcred/.dockerconfigjson"))
+        v["data"]["gateway.yaml"]
+            .as_str()
+            .is_some_and(|y| y.contains("dockerConfig: /etc/updraft/credentials/regcred/.dockerconfigjson"))
     });
 }
 
@@ -286,7 +311,8 @@ fn registry_credentials_come_from_the_named_secret() {
 fn workloads_are_owned_and_garbage_collected() {
     let w = World::new("op-gc");
     w.apply(GATEWAY);
-    let gw = w.wait("otagw/default", "status written", |v| v["status"]["observedGeneration"] == v["metadata"]["generation"]);
+    let gw =
+        w.wait("otagw/default", "status written", |v| v["status"]["observedGeneration"] == v["metadata"]["generation"]);
     assert_eq!(gw["status"]["url"], format!("http://default.{}.svc:8080", w.ns));
     let uid = gw["metadata"]["uid"].as_str().unwrap().to_owned();
     for what in ["configmap/default-config", "deployment/default", "service/default"] {
@@ -294,7 +320,10 @@ fn workloads_are_owned_and_garbage_collected() {
         let owner = &obj["metadata"]["ownerReferences"][0];
         assert_eq!(owner["uid"], uid.as_str(), "{what} is not owned by the OtaGateway");
         assert_eq!(owner["controller"], true);
-        assert_eq!(obj["metadata"]["managedFields"][0]["manager"], "updraft-operator", "{what} not server-side applied");
+        assert_eq!(
+            obj["metadata"]["managedFields"][0]["manager"], "updraft-operator",
+            "{what} not server-side applied"
+        );
     }
     let svc = w.get("service/default").unwrap();
     assert!(svc["spec"]["ports"].as_array().unwrap().iter().all(|p| p["protocol"] == "TCP"));
@@ -321,7 +350,9 @@ fn steady_state_makes_no_writes() {
     w.apply(GATEWAY);
     w.apply(&w.channel_yaml("idle", ""));
     w.wait("fwc/idle", "Ready", |v| is(v, "Ready", "True"));
-    w.wait("configmap/default-config", "rendered", |v| v["data"]["gateway.yaml"].as_str().is_some_and(|y| y.contains("idle")));
+    w.wait("configmap/default-config", "rendered", |v| {
+        v["data"]["gateway.yaml"].as_str().is_some_and(|y| y.contains("idle"))
+    });
     std::thread::sleep(Duration::from_secs(3)); // let the last watch events settle
     let versions = || -> Vec<(String, String)> {
         ["fwc/idle", "otagw/default", "configmap/default-config", "deployment/default", "service/default"]
@@ -337,7 +368,13 @@ fn steady_state_makes_no_writes() {
     let checks = w.metric("updraft_operator_registry_checks_total{result=\"ok\"}") - checks_before;
     assert!(checks >= 20.0, "only {checks} registry checks in a minute at a 2 s interval");
     assert!(w.metric("updraft_operator_reconcile_duration_seconds_count{controller=\"firmwarechannel\"}") >= checks);
-    assert_eq!(w.metric(&format!("updraft_operator_resolved_version_info{{channel=\"idle\",namespace=\"{}\",version=\"1.0.0\"}}", w.ns)), 1.0);
+    assert_eq!(
+        w.metric(&format!(
+            "updraft_operator_resolved_version_info{{channel=\"idle\",namespace=\"{}\",version=\"1.0.0\"}}",
+            w.ns
+        )),
+        1.0
+    );
 }
 
 #[test]
@@ -370,7 +407,12 @@ fn gateway_serves_what_the_operator_rendered() {
         (out.0 == 200).then_some(out.1)
     });
     let crc = crc32fast::hash(&firmware);
-    assert_eq!(String::from_utf8(version).unwrap(), format!("2.3.4\n{crc}\n{}", firmware.len()), "{}", gateway.output());
+    assert_eq!(
+        String::from_utf8(version).unwrap(),
+        format!("2.3.4\n{crc}\n{}", firmware.len()),
+        "{}",
+        gateway.output()
+    );
     let (status, body) = curl(&[&format!("{base}/firmware?device=stm32-dev")]);
     assert_eq!(status, 200);
     assert!(body == firmware, "the device got different bytes than were pushed");
@@ -391,12 +433,15 @@ fn leader_election_lets_one_replica_reconcile_and_hands_over() {
     wait_for(WAIT, "replica-a leads", || first.output().contains("acquired leadership").then_some(()));
     let (second, second_admin) = spawn("replica-b");
     wait_for(WAIT, "replica-b stands by", || second.output().contains("standing by").then_some(()));
-    let lease = kubectl(&["get", "lease", "-n", &ns, "updraft-operator", "-o", "jsonpath={.spec.holderIdentity}"], None).ok();
+    let lease =
+        kubectl(&["get", "lease", "-n", &ns, "updraft-operator", "-o", "jsonpath={.spec.holderIdentity}"], None).ok();
     assert_eq!(lease, "replica-a");
 
     // Only the leader reconciles.
     kubectl(&["apply", "--server-side", "-n", &ns, "-f", "-"], Some(GATEWAY)).ok();
-    wait_for(WAIT, "the leader renders the gateway", || kubectl(&["get", "-n", &ns, "configmap/default-config"], None).success.then_some(()));
+    wait_for(WAIT, "the leader renders the gateway", || {
+        kubectl(&["get", "-n", &ns, "configmap/default-config"], None).success.then_some(())
+    });
     let reconciles = |port: u16| -> u64 {
         let (_, body) = curl(&[&format!("http://127.0.0.1:{port}/metrics")]);
         String::from_utf8_lossy(&body)
@@ -411,8 +456,11 @@ fn leader_election_lets_one_replica_reconcile_and_hands_over() {
 
     // The standby takes over when the leader dies (its lease expires after 15 s).
     drop(first);
-    wait_for(Duration::from_secs(45), "replica-b takes over", || second.output().contains("acquired leadership").then_some(()));
-    let lease = kubectl(&["get", "lease", "-n", &ns, "updraft-operator", "-o", "jsonpath={.spec.holderIdentity}"], None).ok();
+    wait_for(Duration::from_secs(45), "replica-b takes over", || {
+        second.output().contains("acquired leadership").then_some(())
+    });
+    let lease =
+        kubectl(&["get", "lease", "-n", &ns, "updraft-operator", "-o", "jsonpath={.spec.holderIdentity}"], None).ok();
     assert_eq!(lease, "replica-b");
 }
 

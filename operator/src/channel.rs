@@ -9,8 +9,8 @@ use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 use oci_client::secrets::RegistryAuth;
-use ota_gateway::version::{parse_duration, parse_range};
 use tracing::{info, instrument, warn};
+use updraft_core::version::{parse_duration, parse_range};
 use updraft_crds::conditions::{self, set_condition, NewCondition, READY, RECONCILING, STALLED};
 use updraft_crds::{FirmwareChannel, FirmwareChannelSpec, FirmwareChannelStatus, OtaGateway, ResolvedVersion};
 
@@ -35,7 +35,11 @@ pub async fn reconcile(channel: Arc<FirmwareChannel>, ctx: Arc<Context>) -> Resu
         Ok(interval) => interval,
         Err(message) => return stall(&api, &channel, &ctx, status, message).await,
     };
-    set_condition(&mut status.conditions, NewCondition::new(STALLED, false, "SpecValid", "the spec is valid"), generation);
+    set_condition(
+        &mut status.conditions,
+        NewCondition::new(STALLED, false, "SpecValid", "the spec is valid"),
+        generation,
+    );
 
     let outcome = match ctx.check_wait(&channel) {
         _ if channel.spec.suspend => None,
@@ -60,7 +64,12 @@ pub async fn reconcile(channel: Arc<FirmwareChannel>, ctx: Arc<Context>) -> Resu
     }
     if let Some(latest) = &status.latest {
         let old_version = old.latest.as_ref().map(|l| l.version.as_str());
-        ctx.metrics.resolved(&channel.namespace().unwrap_or_default(), &channel.name_any(), old_version, &latest.version);
+        ctx.metrics.resolved(
+            &channel.namespace().unwrap_or_default(),
+            &channel.name_any(),
+            old_version,
+            &latest.version,
+        );
     }
     match error {
         Some(e) => {
@@ -88,7 +97,7 @@ pub fn validate(spec: &FirmwareChannelSpec) -> Result<Duration, String> {
     parse_range(&spec.version.range).map_err(|e| format!("version.range: {e}"))?;
     let interval = parse_duration(&spec.interval).map_err(|e| format!("interval: {e}"))?;
     if let Some(pin) = spec.version.pin.as_deref() {
-        if pin.starts_with("sha256:") && !ota_gateway::config::is_digest(pin) {
+        if pin.starts_with("sha256:") && !updraft_core::config::is_digest(pin) {
             return Err(format!("version.pin {pin:?} is not a digest (sha256:<64 lowercase hex>)"));
         }
         if pin.is_empty() || pin.contains(['/', ':', ' ']) && !pin.starts_with("sha256:") {
@@ -124,7 +133,11 @@ async fn stall(
     let conditions = &mut status.conditions;
     set_condition(conditions, NewCondition::new(STALLED, true, "InvalidSpec", message.clone()), generation);
     set_condition(conditions, NewCondition::new(READY, false, "InvalidSpec", message.clone()), generation);
-    set_condition(conditions, NewCondition::new(RECONCILING, false, "InvalidSpec", "waiting for the spec to change"), generation);
+    set_condition(
+        conditions,
+        NewCondition::new(RECONCILING, false, "InvalidSpec", "waiting for the spec to change"),
+        generation,
+    );
     if Some(&status) != channel.status.as_ref() {
         apply_status(api, channel, &status).await?;
     }
@@ -157,19 +170,26 @@ async fn resolve(channel: &FirmwareChannel, ctx: &Context) -> Result<Resolution>
 async fn registry_auth(channel: &FirmwareChannel, ctx: &Context) -> Result<RegistryAuth> {
     let Some(name) = &channel.spec.source.credentials_secret else { return Ok(RegistryAuth::Anonymous) };
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &channel.namespace().unwrap_or_default());
-    let secret = secrets.get_opt(name).await?.ok_or_else(|| Error::Credentials(format!("Secret {name:?} not found")))?;
+    let secret =
+        secrets.get_opt(name).await?.ok_or_else(|| Error::Credentials(format!("Secret {name:?} not found")))?;
     let bytes = secret
         .data
         .as_ref()
         .and_then(|d| d.get(".dockerconfigjson"))
         .ok_or_else(|| Error::Credentials(format!("Secret {name:?} has no .dockerconfigjson key")))?;
-    let text = std::str::from_utf8(&bytes.0).map_err(|_| Error::Credentials(format!("Secret {name:?} is not UTF-8")))?;
-    ota_gateway::oci::auth_from_docker_config(text, &channel.spec.source.registry)
+    let text =
+        std::str::from_utf8(&bytes.0).map_err(|_| Error::Credentials(format!("Secret {name:?} is not UTF-8")))?;
+    updraft_core::oci::auth_from_docker_config(text, &channel.spec.source.registry)
         .map_err(|e| Error::Credentials(format!("Secret {name:?}: {e}")))
 }
 
 /// A new digest moves `latest` to `previous` and emits an event.
-async fn record_resolution(channel: &FirmwareChannel, ctx: &Context, status: &mut FirmwareChannelStatus, r: Resolution) {
+async fn record_resolution(
+    channel: &FirmwareChannel,
+    ctx: &Context,
+    status: &mut FirmwareChannelStatus,
+    r: Resolution,
+) {
     if status.latest.as_ref().is_some_and(|l| l.digest == r.digest && l.tag == r.tag) {
         return;
     }
@@ -178,7 +198,13 @@ async fn record_resolution(channel: &FirmwareChannel, ctx: &Context, status: &mu
         None => format!("resolved {} ({})", r.version, r.digest),
     };
     info!(version = %r.version, digest = %r.digest, "new version");
-    let new = ResolvedVersion { version: r.version, tag: r.tag, digest: r.digest, size: r.size, resolved_at: conditions::now() };
+    let new = ResolvedVersion {
+        version: r.version,
+        tag: r.tag,
+        digest: r.digest,
+        size: r.size,
+        resolved_at: conditions::now(),
+    };
     status.previous = status.latest.replace(new);
     ctx.event(channel, false, "NewVersion", note).await;
 }
@@ -201,20 +227,25 @@ fn set_ready(channel: &FirmwareChannel, ctx: &Context, status: &mut FirmwareChan
     let ns = channel.namespace().unwrap_or_default();
     let gateway_name = &channel.spec.gateway_ref;
     let gateway = ctx.gateways.get(&ObjectRef::<OtaGateway>::new(gateway_name).within(&ns));
-    status.url = gateway.as_ref().map(|gw| format!("{}/api/v1/channels/{}", render::service_url(gw), channel.name_any()));
+    status.url =
+        gateway.as_ref().map(|gw| format!("{}/api/v1/channels/{}", render::service_url(gw), channel.name_any()));
     let siblings = ctx.channels.state();
-    let conflict = attach(gateway_name, siblings.iter().map(|c| c.as_ref()).filter(|c| c.namespace() == channel.namespace()))
-        .conflicts
-        .remove(&channel.name_any());
+    let conflict =
+        attach(gateway_name, siblings.iter().map(|c| c.as_ref()).filter(|c| c.namespace() == channel.namespace()))
+            .conflicts
+            .remove(&channel.name_any());
 
     let (ready, reason, message) = match (&status.latest, failure, gateway, conflict) {
         (None, Some(f), _, _) => (false, f.reason, f.message.clone()),
-        (None, None, _, _) if channel.spec.suspend => (false, "Suspended", "suspended before a version was resolved".into()),
+        (None, None, _, _) if channel.spec.suspend => {
+            (false, "Suspended", "suspended before a version was resolved".into())
+        }
         (None, None, _, _) => (false, "Resolving", "waiting for the first registry check".into()),
         (Some(_), _, None, _) => (false, "GatewayNotFound", missing_gateway(gateway_name, &ns)),
         (Some(_), _, _, Some(conflict)) => (false, "DeviceConflict", conflict),
         (Some(latest), _, Some(_), None) => {
-            let mut message = format!("serving {} ({}) through gateway {gateway_name:?}", latest.version, latest.digest);
+            let mut message =
+                format!("serving {} ({}) through gateway {gateway_name:?}", latest.version, latest.digest);
             if let Some(f) = failure {
                 message.push_str(&format!("; last registry check failed: {}", f.message));
             }
@@ -263,8 +294,11 @@ mod tests {
         let err = |p| validate(&spec(p)).unwrap_err();
         assert!(err(serde_json::json!({"version": {"range": ">=banana"}})).starts_with("version.range"));
         assert!(err(serde_json::json!({"interval": "often"})).starts_with("interval"));
-        assert!(err(serde_json::json!({"source": {"registry": "https://r", "repository": "x"}})).contains("source.registry"));
-        assert!(err(serde_json::json!({"source": {"registry": "r", "repository": "UPPER"}})).contains("source.repository"));
+        assert!(err(serde_json::json!({"source": {"registry": "https://r", "repository": "x"}}))
+            .contains("source.registry"));
+        assert!(
+            err(serde_json::json!({"source": {"registry": "r", "repository": "UPPER"}})).contains("source.repository")
+        );
         assert!(err(serde_json::json!({"version": {"pin": "sha256:abc"}})).contains("not a digest"));
         assert!(err(serde_json::json!({"artifact": {"unpack": "tar"}})).contains("artifact.path"));
         assert!(err(serde_json::json!({"device": "esp 32"})).contains("device"));

@@ -52,7 +52,11 @@ pub struct Failure {
 
 impl From<&crate::Error> for Failure {
     fn from(e: &crate::Error) -> Self {
-        Self { reason: e.reason(), message: e.to_string(), unreachable: matches!(e, crate::Error::RegistryUnreachable(_)) }
+        Self {
+            reason: e.reason(),
+            message: e.to_string(),
+            unreachable: matches!(e, crate::Error::RegistryUnreachable(_)),
+        }
     }
 }
 
@@ -104,7 +108,6 @@ impl Context {
     pub fn last_failure(&self, channel: &FirmwareChannel) -> Option<Failure> {
         self.checks.lock().expect("checks lock").get(&ObjectRef::from(channel)).and_then(|c| c.failure.clone())
     }
-
 
     pub fn forget(&self, channel: &FirmwareChannel) {
         self.checks.lock().expect("checks lock").remove(&ObjectRef::from(channel));

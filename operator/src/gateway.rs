@@ -30,8 +30,16 @@ pub async fn reconcile(gateway: Arc<OtaGateway>, ctx: Arc<Context>) -> Result<Ac
 
     if let Err(message) = validate(&gateway.spec) {
         let stalled = !conditions::is_true(&old.conditions, STALLED);
-        set_condition(&mut status.conditions, NewCondition::new(STALLED, true, "InvalidSpec", message.clone()), generation);
-        set_condition(&mut status.conditions, NewCondition::new(READY, false, "InvalidSpec", message.clone()), generation);
+        set_condition(
+            &mut status.conditions,
+            NewCondition::new(STALLED, true, "InvalidSpec", message.clone()),
+            generation,
+        );
+        set_condition(
+            &mut status.conditions,
+            NewCondition::new(READY, false, "InvalidSpec", message.clone()),
+            generation,
+        );
         if status != old {
             apply_status(&api, &gateway, &status).await?;
         }
@@ -49,11 +57,8 @@ pub async fn reconcile(gateway: Arc<OtaGateway>, ctx: Arc<Context>) -> Result<Ac
     let siblings = channels.iter().map(|c| c.as_ref()).filter(|c| c.namespace().as_deref() == Some(&ns));
     let attachment = render::attach(&gateway.name_any(), siblings);
     let config = render::gateway_config(&gateway, &attachment.served);
-    let secrets: BTreeSet<String> = attachment
-        .served
-        .iter()
-        .filter_map(|c| c.spec.source.credentials_secret.clone())
-        .collect();
+    let secrets: BTreeSet<String> =
+        attachment.served.iter().filter_map(|c| c.spec.source.credentials_secret.clone()).collect();
     let secrets: Vec<String> = secrets.into_iter().collect();
 
     apply(&ctx, &ns, &render::config_map(&gateway, &config)).await?;
@@ -82,7 +87,11 @@ pub async fn reconcile(gateway: Arc<OtaGateway>, ctx: Arc<Context>) -> Result<Ac
 pub fn error_policy(_gateway: Arc<OtaGateway>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.error(CONTROLLER, error);
     tracing::warn!(%error, "gateway reconcile failed");
-    if error.is_permanent() { Action::await_change() } else { Action::requeue(backoff(2)) }
+    if error.is_permanent() {
+        Action::await_change()
+    } else {
+        Action::requeue(backoff(2))
+    }
 }
 
 /// Checks what the schema cannot.

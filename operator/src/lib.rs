@@ -15,6 +15,5 @@ pub mod metrics;
 pub mod render;
 pub mod resolve;
 pub mod run;
-pub mod telemetry;
 
 pub use error::{Error, Result};

@@ -2,8 +2,8 @@
 //! (or the in-cluster service account).
 
 use clap::Parser;
+use updraft_core::telemetry::{self, LogFormat};
 use updraft_operator::run::{run, Settings};
-use updraft_operator::telemetry::{self, LogFormat};
 
 /// Updraft's Kubernetes operator: resolves FirmwareChannel versions from OCI registry
 /// metadata and runs an ota-gateway Deployment for every OtaGateway.
@@ -39,9 +39,11 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    telemetry::init(args.log_format, &args.log_level);
+    telemetry::init(args.log_format, &format!("{},kube_runtime=warn", args.log_level));
     let identity = args.identity.unwrap_or_else(|| {
-        std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "updraft-operator".into())
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "updraft-operator".into())
     });
     run(Settings {
         gateway_image: args.gateway_image,

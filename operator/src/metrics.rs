@@ -1,6 +1,8 @@
 //! The operator's Prometheus metrics, served on the admin port.
 
-use prometheus::{Encoder, HistogramOpts, HistogramTimer, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramTimer, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -21,7 +23,9 @@ impl Default for Metrics {
             &["controller"],
         )
         .unwrap();
-        let reconciles = IntCounterVec::new(Opts::new("reconciles_total", "Reconciles run, by controller"), &["controller"]).unwrap();
+        let reconciles =
+            IntCounterVec::new(Opts::new("reconciles_total", "Reconciles run, by controller"), &["controller"])
+                .unwrap();
         let reconcile_errors = IntCounterVec::new(
             Opts::new("reconcile_errors_total", "Reconciles that ended in an error, by controller and error kind"),
             &["controller", "error"],
@@ -32,11 +36,9 @@ impl Default for Metrics {
             &["namespace", "channel", "version"],
         )
         .unwrap();
-        let registry_checks = IntCounterVec::new(
-            Opts::new("registry_checks_total", "Registry metadata checks, by result"),
-            &["result"],
-        )
-        .unwrap();
+        let registry_checks =
+            IntCounterVec::new(Opts::new("registry_checks_total", "Registry metadata checks, by result"), &["result"])
+                .unwrap();
         for m in [
             Box::new(reconcile_duration.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(reconciles.clone()),

@@ -14,8 +14,8 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
-use ota_gateway::config::{
-    ArtifactConfig, CacheConfig, ChannelConfig, GatewayConfig, PinnedArtifact, SourceConfig, Unpack,
+use updraft_core::config::{
+    ArtifactConfig, CacheConfig, ChannelConfig, GatewayConfig, PinnedArtifact, SourceConfig, Unpack, CONFIG_VERSION,
 };
 use updraft_crds::channel::{ArtifactSelector, Unpack as SpecUnpack};
 use updraft_crds::{FirmwareChannel, OtaGateway, ResolvedVersion};
@@ -50,7 +50,8 @@ pub fn attach<'a>(gateway: &str, channels: impl IntoIterator<Item = &'a Firmware
     for channel in mine {
         let device = device_id(channel);
         if let Some(owner) = devices.get(&device) {
-            let why = format!("device id {device:?} is already served by FirmwareChannel {owner:?} on gateway {gateway:?}");
+            let why =
+                format!("device id {device:?} is already served by FirmwareChannel {owner:?} on gateway {gateway:?}");
             attachment.conflicts.insert(channel.name_any(), why);
             continue;
         }
@@ -69,10 +70,14 @@ pub fn device_id(channel: &FirmwareChannel) -> String {
 /// resolved version yet are left out: the gateway only serves what status pins.
 pub fn gateway_config(gateway: &OtaGateway, served: &[&FirmwareChannel]) -> GatewayConfig {
     GatewayConfig {
+        version: CONFIG_VERSION,
         listen: format!("0.0.0.0:{HTTP_PORT}"),
         admin_listen: format!("0.0.0.0:{ADMIN_PORT}"),
         public_url: None,
-        cache: CacheConfig { dir: CACHE_DIR.into(), max_bytes: quantity_bytes(&gateway.spec.cache.size).unwrap_or(CacheConfig::default().max_bytes) },
+        cache: CacheConfig {
+            dir: CACHE_DIR.into(),
+            max_bytes: quantity_bytes(&gateway.spec.cache.size).unwrap_or(CacheConfig::default().max_bytes),
+        },
         signing_key_file: gateway.spec.signing_key_secret.as_ref().map(|k| format!("{SIGNING_DIR}/{}", k.key).into()),
         channels: served.iter().filter_map(|c| channel_config(c)).collect(),
     }
@@ -180,7 +185,10 @@ pub fn service(gateway: &OtaGateway) -> Service {
         spec: Some(ServiceSpec {
             type_: Some(gateway.spec.service.type_.clone()),
             selector: Some(selector(gateway)),
-            ports: Some(vec![port("http", gateway.spec.service.port, HTTP_PORT), port("admin", ADMIN_PORT, ADMIN_PORT)]),
+            ports: Some(vec![
+                port("http", gateway.spec.service.port, HTTP_PORT),
+                port("admin", ADMIN_PORT, ADMIN_PORT),
+            ]),
             ..Default::default()
         }),
         ..Default::default()
@@ -216,7 +224,11 @@ pub fn deployment(gateway: &OtaGateway, default_image: &str, credential_secrets:
         mounts.push(mount("signing-key", SIGNING_DIR));
     }
     let probe = |path: &str| Probe {
-        http_get: Some(HTTPGetAction { path: Some(path.into()), port: IntOrString::String("admin".into()), ..Default::default() }),
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("admin".into()),
+            ..Default::default()
+        }),
         period_seconds: Some(10),
         ..Default::default()
     };
@@ -268,7 +280,10 @@ fn cache_volume(gateway: &OtaGateway) -> Volume {
     match &cache.persistent_volume_claim {
         Some(claim) => Volume {
             name: "cache".into(),
-            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource { claim_name: claim.clone(), read_only: None }),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: claim.clone(),
+                read_only: None,
+            }),
             ..Default::default()
         },
         None => Volume {
@@ -301,7 +316,10 @@ fn container_port(name: &str, port: i32) -> ContainerPort {
 
 fn default_resources() -> ResourceRequirements {
     ResourceRequirements {
-        requests: Some(BTreeMap::from([("cpu".into(), Quantity("50m".into())), ("memory".into(), Quantity("64Mi".into()))])),
+        requests: Some(BTreeMap::from([
+            ("cpu".into(), Quantity("50m".into())),
+            ("memory".into(), Quantity("64Mi".into())),
+        ])),
         limits: Some(BTreeMap::from([("memory".into(), Quantity("256Mi".into()))])),
         ..Default::default()
     }
@@ -379,7 +397,8 @@ mod tests {
     fn attach_sorts_filters_and_reports_device_conflicts() {
         let mut other = channel("other-gw", None, None);
         other.spec.gateway_ref = "lab".into();
-        let channels = [channel("b", Some("esp32"), None), channel("a", Some("esp32"), None), channel("c", None, None), other];
+        let channels =
+            [channel("b", Some("esp32"), None), channel("a", Some("esp32"), None), channel("c", None, None), other];
         let attachment = attach("default", channels.iter());
         let names: Vec<_> = attachment.served.iter().map(|c| c.name_any()).collect();
         assert_eq!(names, ["a", "c"]);
@@ -412,7 +431,8 @@ mod tests {
         let deploy = deployment(&gateway(), "updraft/ota-gateway:dev", &["regcred".into()]);
         let pod = deploy.spec.template.spec.unwrap();
         let mounts = pod.containers[0].volume_mounts.clone().unwrap();
-        let mount = mounts.iter().find(|m| path.starts_with(&m.mount_path) && m.mount_path.contains("regcred")).unwrap();
+        let mount =
+            mounts.iter().find(|m| path.starts_with(&m.mount_path) && m.mount_path.contains("regcred")).unwrap();
         let volume = pod.volumes.unwrap().into_iter().find(|v| v.name == mount.name).unwrap();
         assert_eq!(volume.secret.unwrap().secret_name.as_deref(), Some("regcred"));
     }

@@ -3,12 +3,12 @@
 //! check that the artifact has the layer the spec asks for). Payloads are never pulled.
 
 use futures::future::BoxFuture;
-use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::client::ClientProtocol;
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
-use ota_gateway::config::ArtifactConfig;
-use ota_gateway::oci::{list_repository_tags, pull_image_manifest, select_layer, OciError};
-use ota_gateway::version::{parse_range, parse_tag, select_latest};
+use updraft_core::config::ArtifactConfig;
+use updraft_core::oci::{self, pull_image_manifest, select_layer, OciError};
+use updraft_core::version::{resolve_latest, ResolveError, Rule};
 use updraft_crds::channel::VersionPolicy;
 use updraft_crds::{OciSource, ResolvedVersion};
 
@@ -46,19 +46,15 @@ pub struct OciResolver {
     http: Client,
 }
 
+/// How the operator introduces itself to registries.
+const USER_AGENT: &str = concat!("updraft-operator/", env!("CARGO_PKG_VERSION"));
+
 impl Default for OciResolver {
     fn default() -> Self {
-        let client = |protocol| {
-            Client::new(ClientConfig {
-                protocol,
-                platform_resolver: None,
-                connect_timeout: Some(std::time::Duration::from_secs(5)),
-                read_timeout: Some(std::time::Duration::from_secs(20)),
-                user_agent: concat!("updraft-operator/", env!("CARGO_PKG_VERSION")),
-                ..Default::default()
-            })
-        };
-        Self { https: client(ClientProtocol::Https), http: client(ClientProtocol::Http) }
+        Self {
+            https: oci::build_client(USER_AGENT, ClientProtocol::Https),
+            http: oci::build_client(USER_AGENT, ClientProtocol::Http),
+        }
     }
 }
 
@@ -70,38 +66,41 @@ impl Resolver for OciResolver {
 
 impl OciResolver {
     fn client(&self, source: &OciSource) -> &Client {
-        if source.insecure { &self.http } else { &self.https }
+        if source.insecure {
+            &self.http
+        } else {
+            &self.https
+        }
     }
 
     async fn resolve_now(&self, request: ResolveRequest<'_>) -> Result<Resolution> {
-        let source = request.source;
+        let (source, policy) = (request.source, request.policy);
         let client = self.client(source);
-        let (version, tag) = match request.policy.pin.as_deref() {
-            Some(digest) if digest.starts_with("sha256:") => (String::new(), String::new()),
-            Some(tag) => {
-                let version = parse_tag(tag, request.policy.allow_v_prefix).map(|v| v.to_string()).unwrap_or_else(|| tag.to_owned());
-                (version, tag.to_owned())
-            }
-            None => {
-                let tags = list_repository_tags(client, &reference(source, "latest"), &request.auth).await.map_err(unreachable(source))?;
-                let range = parse_range(&request.policy.range).map_err(Error::InvalidSpec)?;
-                let selected = select_latest(tags.iter().map(String::as_str), &range, request.policy.prerelease, request.policy.allow_v_prefix)
-                    .ok_or_else(|| no_match(source, request.policy, tags.len()))?;
-                (selected.version.to_string(), selected.tag)
-            }
+        let rule = Rule {
+            range: &policy.range,
+            prerelease: policy.prerelease,
+            allow_v_prefix: policy.allow_v_prefix,
+            pin: policy.pin.as_deref(),
         };
-        let digest = match request.policy.pin.as_deref() {
-            Some(digest) if digest.starts_with("sha256:") => digest.to_owned(),
-            _ => client
-                .fetch_manifest_digest(&reference(source, &tag), &request.auth)
-                .await
-                .map_err(unreachable(source))?,
-        };
+        let resolved = resolve_latest(client, &source.registry, &source.repository, &request.auth, rule)
+            .await
+            .map_err(|e| match e {
+                ResolveError::Registry(e) => Error::RegistryUnreachable(format!("{}: {e}", source.reference())),
+                ResolveError::InvalidRule(reason) => Error::InvalidSpec(reason),
+                no_match @ ResolveError::NoMatch { .. } => Error::NoMatchingVersion(no_match.to_string()),
+            })?;
+        let digest = resolved.digest.clone();
+        let tag = resolved.tag.clone();
         if let Some(known) = request.known.filter(|k| k.digest == digest && (tag.is_empty() || k.tag == tag)) {
             return Ok(Resolution { version: known.version.clone(), tag: known.tag.clone(), digest, size: known.size });
         }
-        let (size, annotated_version) = self.layer_size(client, source, &request.auth, &digest, &request.artifact).await?;
-        let version = if version.is_empty() { annotated_version.unwrap_or_else(|| short_digest(&digest)) } else { version };
+        let (size, annotated_version) =
+            self.layer_size(client, source, &request.auth, &digest, &request.artifact).await?;
+        let version = match (&resolved.version, tag.is_empty()) {
+            (Some(v), _) => v.clone(),
+            (None, false) => tag.clone(),
+            (None, true) => annotated_version.unwrap_or_else(|| resolved.display_version()),
+        };
         Ok(Resolution { version, tag, digest, size: Some(size) })
     }
 
@@ -116,40 +115,21 @@ impl OciResolver {
         artifact: &ArtifactConfig,
     ) -> Result<(i64, Option<String>)> {
         let unusable = |e: OciError| Error::NoMatchingVersion(format!("{}@{digest}: {e}", source.reference()));
-        let manifest = pull_image_manifest(client, &by_digest(source, digest), auth, artifact).await.map_err(|e| match e {
-            OciError::Registry { source: e, .. } => unreachable(source)(e),
+        let manifest = pull_image_manifest(
+            client,
+            &oci::digest_reference(&source.registry, &source.repository, digest),
+            auth,
+            artifact,
+        )
+        .await
+        .map_err(|e| match e {
+            OciError::Registry { source: e, .. } => Error::RegistryUnreachable(format!("{}: {e}", source.reference())),
             other => unusable(other),
         })?;
         let layer = select_layer(&manifest, artifact).map_err(unusable)?;
         let version = manifest.annotations.as_ref().and_then(|a| a.get("org.opencontainers.image.version")).cloned();
         Ok((layer.size, version))
     }
-}
-
-/// Turns a registry error into `RegistryUnreachable`, naming the repository.
-fn unreachable(source: &OciSource) -> impl Fn(oci_client::errors::OciDistributionError) -> Error + '_ {
-    move |e| Error::RegistryUnreachable(format!("{}: {e}", source.reference()))
-}
-
-fn no_match(source: &OciSource, policy: &VersionPolicy, tag_count: usize) -> Error {
-    let pre = if policy.prerelease { "" } else { " (pre-releases excluded)" };
-    Error::NoMatchingVersion(format!(
-        "none of the {tag_count} tags of {} satisfies range {:?}{pre}",
-        source.reference(),
-        policy.range
-    ))
-}
-
-fn reference(source: &OciSource, tag: &str) -> Reference {
-    Reference::with_tag(source.registry.clone(), source.repository.clone(), tag.to_owned())
-}
-
-fn by_digest(source: &OciSource, digest: &str) -> Reference {
-    Reference::with_digest(source.registry.clone(), source.repository.clone(), digest.to_owned())
-}
-
-fn short_digest(digest: &str) -> String {
-    digest.trim_start_matches("sha256:").chars().take(12).collect()
 }
 
 /// Validates what resolution will need from a spec, so a bad spec is reported as

@@ -69,7 +69,12 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     }
 }
 
-async fn controllers(client: Client, metrics: Metrics, ready: Arc<AtomicBool>, settings: &Settings) -> anyhow::Result<()> {
+async fn controllers(
+    client: Client,
+    metrics: Metrics,
+    ready: Arc<AtomicBool>,
+    settings: &Settings,
+) -> anyhow::Result<()> {
     let ns = &settings.namespace;
     let config = watcher::Config::default();
 
@@ -128,7 +133,9 @@ async fn controllers(client: Client, metrics: Metrics, ready: Arc<AtomicBool>, s
         // The controllers wait on the same stores; a waiter that is not the last to poll
         // may not be woken, so ask again every second until both are filled.
         loop {
-            let both = async { channel_store.wait_until_ready().await.is_ok() && gateway_store.wait_until_ready().await.is_ok() };
+            let both = async {
+                channel_store.wait_until_ready().await.is_ok() && gateway_store.wait_until_ready().await.is_ok()
+            };
             match tokio::time::timeout(Duration::from_secs(1), both).await {
                 Ok(true) => break,
                 Ok(false) => return, // the controllers stopped before their caches filled

@@ -26,9 +26,9 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::config::ArtifactConfig;
 use crate::metrics::Metrics;
 use crate::unpack::Summary;
+use updraft_core::config::ArtifactConfig;
 
 /// A cached payload, ready to serve.
 #[derive(Debug)]
@@ -93,7 +93,8 @@ impl Cache {
             tracing::info!(path = %path.display(), "removing a partial payload left by an earlier run");
             remove_any(&path)?;
         }
-        let cache = Self { dir: dir.to_owned(), max_bytes: AtomicU64::new(max_bytes), state: Mutex::default(), metrics };
+        let cache =
+            Self { dir: dir.to_owned(), max_bytes: AtomicU64::new(max_bytes), state: Mutex::default(), metrics };
         cache.scan()?;
         Ok(cache)
     }
@@ -111,7 +112,7 @@ impl Cache {
         for item in fs::read_dir(self.dir.join("blobs"))? {
             let path = item?.path();
             let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
-            if !crate::config::is_sha256_hex(&name) {
+            if !updraft_core::config::is_sha256_hex(&name) {
                 if !name.strip_suffix(".meta").is_some_and(|b| self.blob_path(b).exists()) {
                     remove_any(&path)?;
                 }

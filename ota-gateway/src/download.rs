@@ -79,10 +79,9 @@ pub fn respond(headers: &HeaderMap, ready: &Ready) -> Result<Response, Error> {
         .header(header::CONTENT_TYPE, "application/octet-stream")
         .header(header::CONTENT_DISPOSITION, ready.disposition.clone());
     let response = match range {
-        RangeRequest::Full => builder
-            .status(StatusCode::OK)
-            .header(header::CONTENT_LENGTH, size)
-            .body(Body::from(bytes.clone())),
+        RangeRequest::Full => {
+            builder.status(StatusCode::OK).header(header::CONTENT_LENGTH, size).body(Body::from(bytes.clone()))
+        }
         RangeRequest::Partial { start, end } => builder
             .status(StatusCode::PARTIAL_CONTENT)
             .header(header::CONTENT_LENGTH, end - start + 1)

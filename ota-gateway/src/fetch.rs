@@ -15,10 +15,10 @@ use oci_client::{Client, Reference};
 use tokio::sync::{mpsc, Semaphore};
 
 use crate::cache::{artifact_key, Cache, Payload};
-use crate::config::{ArtifactConfig, PinnedArtifact, SourceConfig};
 use crate::metrics::Metrics;
-use crate::oci::{self, OciError};
 use crate::unpack::{self, ChannelReader, Digesting};
+use updraft_core::config::{ArtifactConfig, PinnedArtifact, SourceConfig};
+use updraft_core::oci::{self, OciError};
 
 /// How long a failed fetch is reported before the next request retries it.
 const RETRY_FAILED_AFTER: Duration = Duration::from_secs(5);
@@ -53,6 +53,9 @@ pub enum Status {
 
 type FetchFuture = Shared<BoxFuture<'static, Result<Arc<Payload>, String>>>;
 
+/// How the gateway introduces itself to registries.
+const USER_AGENT: &str = concat!("updraft-ota-gateway/", env!("CARGO_PKG_VERSION"));
+
 /// Fetches artifacts into the cache, sharing one client and one fetch per key.
 pub struct Fetcher {
     client: RwLock<(Vec<String>, Client)>,
@@ -66,7 +69,7 @@ pub struct Fetcher {
 impl Fetcher {
     pub fn new(cache: Arc<Cache>, metrics: Arc<Metrics>) -> Self {
         Self {
-            client: RwLock::new((Vec::new(), oci::build_client([]))),
+            client: RwLock::new((Vec::new(), oci::build_client(USER_AGENT, oci::protocol_for(Vec::new())))),
             cache,
             metrics,
             inflight: Mutex::default(),
@@ -88,7 +91,7 @@ impl Fetcher {
         }
         let mut guard = self.client.write().expect("client lock");
         if guard.0 != insecure {
-            *guard = (insecure.clone(), oci::build_client(insecure));
+            *guard = (insecure.clone(), oci::build_client(USER_AGENT, oci::protocol_for(insecure)));
         }
         guard.1.clone()
     }
@@ -135,7 +138,8 @@ impl Fetcher {
         }
         let this = self.clone();
         let task = tokio::spawn(async move { this.run(job).await });
-        let shared = async move { task.await.unwrap_or_else(|e| Err(format!("fetch task failed: {e}"))) }.boxed().shared();
+        let shared =
+            async move { task.await.unwrap_or_else(|e| Err(format!("fetch task failed: {e}"))) }.boxed().shared();
         inflight.insert(key, shared.clone());
         shared
     }
@@ -166,9 +170,9 @@ impl Fetcher {
     async fn fetch_verified(&self, job: &Job) -> Result<Arc<Payload>, FetchError> {
         let client = self.client();
         let auth = oci::registry_auth(&job.source)?;
-        let reference = Reference::with_digest(job.source.registry.clone(), job.source.repository.clone(), job.digest.clone());
+        let reference = oci::digest_reference(&job.source.registry, &job.source.repository, &job.digest);
         // HEAD first: a missing manifest fails before anything is downloaded.
-        client.fetch_manifest_digest(&reference, &auth).await.map_err(oci::registry_error(&job.source))?;
+        client.fetch_manifest_digest(&reference, &auth).await.map_err(oci::registry_error(&job.source.registry))?;
         let manifest = oci::pull_image_manifest(&client, &reference, &auth, &job.artifact).await?;
         let layer = oci::select_layer(&manifest, &job.artifact)?.clone();
         let (file, summary) = self.download(&client, &reference, &layer, &job.artifact).await?;

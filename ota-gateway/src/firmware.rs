@@ -223,8 +223,12 @@ fn accepted() -> Response {
 #[instrument(level = "debug", skip_all)]
 async fn public_key(State(state): State<AppState>) -> Response {
     match &state.snapshot().signer {
-        Some(signer) => ([(header::CONTENT_TYPE, "application/x-pem-file")], signer.public_pem().to_owned()).into_response(),
-        None => (StatusCode::NOT_FOUND, Json(serde_json::json!({ "error": "no signing key configured" }))).into_response(),
+        Some(signer) => {
+            ([(header::CONTENT_TYPE, "application/x-pem-file")], signer.public_pem().to_owned()).into_response()
+        }
+        None => {
+            (StatusCode::NOT_FOUND, Json(serde_json::json!({ "error": "no signing key configured" }))).into_response()
+        }
     }
 }
 

@@ -6,20 +6,17 @@
 
 pub mod admin;
 pub mod cache;
-pub mod config;
 pub mod download;
 pub mod error;
 pub mod fetch;
 pub mod firmware;
 pub mod metrics;
-pub mod oci;
 pub mod reload;
 pub mod rollout;
 pub mod sendfile;
 pub mod signing;
 pub mod state;
 pub mod unpack;
-pub mod version;
 
 use std::future::IntoFuture;
 use std::path::PathBuf;
@@ -33,9 +30,7 @@ pub use state::AppState;
 /// The public router: device API and downloads, with request metrics.
 pub fn app(state: AppState) -> Router {
     let metrics = state.metrics().clone();
-    firmware::router()
-        .layer(axum::middleware::from_fn_with_state(metrics, metrics::track))
-        .with_state(state)
+    firmware::router().layer(axum::middleware::from_fn_with_state(metrics, metrics::track)).with_state(state)
 }
 
 /// The admin router: `/healthz`, `/readyz`, `/metrics`.
@@ -50,13 +45,14 @@ pub async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
         Ok(limit) => tracing::debug!(limit, "open file limit"),
         Err(e) => tracing::warn!(error = %e, "cannot raise the open file limit"),
     }
-    let config = config::GatewayConfig::load(&config_path)?;
+    let config = updraft_core::config::GatewayConfig::load(&config_path)?;
     let (listen, admin_listen) = (config.listen.clone(), config.admin_listen.clone());
     let state = AppState::from_config(config).map_err(anyhow::Error::msg)?;
     tokio::spawn(reload::Watcher::new(config_path, state.clone()).run());
     let public = DeviceListener::bind(&listen).await.map_err(|e| anyhow::anyhow!("listen {listen}: {e}"))?;
-    let admin =
-        tokio::net::TcpListener::bind(&admin_listen).await.map_err(|e| anyhow::anyhow!("listen {admin_listen}: {e}"))?;
+    let admin = tokio::net::TcpListener::bind(&admin_listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("listen {admin_listen}: {e}"))?;
     tracing::info!(%listen, %admin_listen, "serving");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(());
     let stopped = |mut rx: tokio::sync::watch::Receiver<()>| async move {

@@ -2,8 +2,8 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, ValueEnum};
-use tracing_subscriber::EnvFilter;
+use clap::Parser;
+use updraft_core::telemetry::{self, LogFormat};
 
 /// Caches, verifies and serves firmware from OCI registries to devices.
 ///
@@ -16,30 +16,13 @@ struct Args {
     #[arg(long, short, env = "UPDRAFT_GATEWAY_CONFIG", value_name = "FILE")]
     config: PathBuf,
     /// Log line format.
-    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, env = "UPDRAFT_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
-}
-
-fn init_tracing(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    init_tracing(args.log_format);
+    telemetry::init(args.log_format, "info");
     ota_gateway::serve(args.config).await
 }

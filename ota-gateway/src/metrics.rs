@@ -49,24 +49,37 @@ impl Metrics {
         let r = Registry::new_custom(Some("updraft_gateway".into()), None).expect("valid prefix");
         let cache_bytes = IntGauge::new("cache_bytes", "Bytes of payloads in the disk cache").expect("valid metric");
         r.register(Box::new(cache_bytes.clone())).expect("unique metric");
-        let registry_up =
-            IntGaugeVec::new(Opts::new("registry_up", "1 when the last request to the registry succeeded"), &["registry"])
-                .expect("valid metric");
+        let registry_up = IntGaugeVec::new(
+            Opts::new("registry_up", "1 when the last request to the registry succeeded"),
+            &["registry"],
+        )
+        .expect("valid metric");
         r.register(Box::new(registry_up.clone())).expect("unique metric");
         r.register(Box::new(crate::sendfile::SENT.clone())).expect("unique metric");
         Self {
-            requests: counter_vec(&r, "http_requests_total", "HTTP requests by matched route and status", &[
-                "route", "method", "status",
-            ]),
+            requests: counter_vec(
+                &r,
+                "http_requests_total",
+                "HTTP requests by matched route and status",
+                &["route", "method", "status"],
+            ),
             bytes_sent: counter_vec(&r, "http_sent_bytes_total", "Response body bytes by matched route", &["route"]),
             cache_hits: counter(&r, "cache_hits_total", "Requests answered from a cached payload"),
             cache_misses: counter(&r, "cache_misses_total", "Requests that found the payload not cached"),
             cache_evictions: counter(&r, "cache_evictions_total", "Payloads evicted to stay within the byte budget"),
-            fetch_errors: counter_vec(&r, "fetch_errors_total", "Failed fetches or resolutions by registry", &["registry"]),
+            fetch_errors: counter_vec(
+                &r,
+                "fetch_errors_total",
+                "Failed fetches or resolutions by registry",
+                &["registry"],
+            ),
             config_reloads: counter_vec(&r, "config_reloads_total", "Config file loads by result", &["result"]),
-            checkins: counter_vec(&r, "device_checkins_total", "Devices checking in, by channel and reported version", &[
-                "channel", "version",
-            ]),
+            checkins: counter_vec(
+                &r,
+                "device_checkins_total",
+                "Devices checking in, by channel and reported version",
+                &["channel", "version"],
+            ),
             cache_bytes,
             registry_up,
             registry: r,

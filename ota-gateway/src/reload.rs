@@ -14,10 +14,10 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use crate::config::{GatewayConfig, PinnedArtifact};
 use crate::state::{AppState, Channel};
-use crate::version::{parse_duration, parse_range, select_latest};
-use crate::oci;
+use updraft_core::config::{GatewayConfig, PinnedArtifact};
+use updraft_core::oci;
+use updraft_core::version::{parse_duration, resolve_latest};
 
 /// How often the config file is checked.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -33,7 +33,12 @@ struct Stamp {
 
 fn stamp(path: &Path) -> Option<Stamp> {
     let m = std::fs::metadata(path).ok()?;
-    Some(Stamp { dev: m.dev(), ino: m.ino(), len: m.len(), mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()) })
+    Some(Stamp {
+        dev: m.dev(),
+        ino: m.ino(),
+        len: m.len(),
+        mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+    })
 }
 
 /// Watches one config file and applies its changes.
@@ -94,8 +99,7 @@ impl Watcher {
     }
 
     fn load(&self, content: &[u8]) -> Result<(), String> {
-        let config: GatewayConfig =
-            serde_yaml::from_slice(content).map_err(|e| format!("{}: {e}", self.path.display()))?;
+        let config = GatewayConfig::parse(content).map_err(|e| format!("{}: {e}", self.path.display()))?;
         let live = self.state.snapshot();
         if config.listen != live.config.listen || config.admin_listen != live.config.admin_listen {
             tracing::warn!("listen addresses change on restart only");
@@ -121,19 +125,18 @@ pub fn spawn_resolver(state: AppState, channel: Weak<Channel>) {
     });
 }
 
-/// Lists tags, picks the newest the policy allows, resolves its digest and, when
-/// it is new, makes it the channel's `current`.
+/// Resolves the channel's policy with the resolver the operator uses and, when the
+/// result is new, makes it the channel's `current`.
 pub async fn resolve_once(state: &AppState, channel: &Arc<Channel>) -> Result<(), String> {
     let policy = channel.config.policy.as_ref().ok_or("channel has no policy")?;
     let source = &channel.config.source;
     let client = state.fetcher().client();
-    let tags = oci::list_tags(&client, source).await.map_err(|e| e.to_string())?;
-    let range = parse_range(&policy.range)?;
-    let selected = select_latest(tags.iter().map(String::as_str), &range, policy.prerelease, true)
-        .ok_or_else(|| format!("no tag of {} matches {:?}", source.repository, policy.range))?;
-    let digest = oci::resolve_digest(&client, source, &selected.tag).await.map_err(|e| e.to_string())?;
+    let auth = oci::registry_auth(source).map_err(|e| e.to_string())?;
+    let resolved = resolve_latest(&client, &source.registry, &source.repository, &auth, policy.rule())
+        .await
+        .map_err(|e| e.to_string())?;
     state.metrics().registry_result(&source.registry, true);
-    let pinned = PinnedArtifact { version: selected.version.to_string(), tag: selected.tag, digest };
+    let pinned = PinnedArtifact { version: resolved.display_version(), tag: resolved.tag, digest: resolved.digest };
     if channel.advance(pinned.clone()) {
         tracing::info!(channel = %channel.name(), version = %pinned.version, digest = %pinned.digest, "resolved a new version");
         state.refresh_protection();

@@ -52,9 +52,8 @@ mod tests {
 
     #[test]
     fn thirty_percent_of_a_thousand() {
-        let current = (0..1000)
-            .filter(|i| choose("esp32", Some(&format!("device-{i}")), 30, true) == Side::Current)
-            .count();
+        let current =
+            (0..1000).filter(|i| choose("esp32", Some(&format!("device-{i}")), 30, true) == Side::Current).count();
         assert!((250..=350).contains(&current), "{current} devices got current");
     }
 

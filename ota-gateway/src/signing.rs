@@ -51,8 +51,10 @@ impl Signer25519 {
 
     pub fn from_pem(pem: &str) -> Result<Self, String> {
         let key = SigningKey::from_pkcs8_pem(pem).map_err(|e| format!("not a PKCS#8 ed25519 key: {e}"))?;
-        let public_pem =
-            key.verifying_key().to_public_key_pem(LineEnding::LF).map_err(|e| format!("cannot encode public key: {e}"))?;
+        let public_pem = key
+            .verifying_key()
+            .to_public_key_pem(LineEnding::LF)
+            .map_err(|e| format!("cannot encode public key: {e}"))?;
         Ok(Self { key, public_pem })
     }
 

@@ -17,12 +17,12 @@ use prometheus::IntCounter;
 use serde::Serialize;
 
 use crate::cache::{Cache, Payload};
-use crate::config::{ChannelConfig, GatewayConfig, PinnedArtifact};
 use crate::error::Error;
 use crate::fetch::{Fetcher, Job, Status};
 use crate::metrics::Metrics;
 use crate::rollout::{self, Side};
 use crate::signing::{SignedFields, Signer25519};
+use updraft_core::config::{ChannelConfig, GatewayConfig, PinnedArtifact};
 
 /// What a client is told to wait while a payload is fetched.
 pub const RETRY_AFTER: Duration = Duration::from_secs(5);
@@ -113,7 +113,12 @@ pub struct FirmwareInfo<'a> {
 }
 
 impl Channel {
-    fn new(config: ChannelConfig, gateway: &GatewayConfig, signer: Option<Arc<Signer25519>>, metrics: &Metrics) -> Self {
+    fn new(
+        config: ChannelConfig,
+        gateway: &GatewayConfig,
+        signer: Option<Arc<Signer25519>>,
+        metrics: &Metrics,
+    ) -> Self {
         let release = |p: &Option<PinnedArtifact>| p.as_ref().map(|p| Arc::new(Release::new(&config, p)));
         let releases = Releases { current: release(&config.current), previous: release(&config.previous) };
         let otaflux_checkins = metrics.checkins.with_label_values(&[config.name.as_str(), "unknown"]);
@@ -206,7 +211,11 @@ impl Channel {
 
 impl Release {
     fn new(channel: &ChannelConfig, pinned: &PinnedArtifact) -> Self {
-        Self { pinned: pinned.clone(), job: Job::new(&channel.source, pinned, &channel.artifact), ready: OnceLock::new() }
+        Self {
+            pinned: pinned.clone(),
+            job: Job::new(&channel.source, pinned, &channel.artifact),
+            ready: OnceLock::new(),
+        }
     }
 
     /// Whether the payload is cached and the answers prepared.

@@ -11,7 +11,7 @@ use bytes::{Buf, Bytes};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
-use crate::config::{ArtifactConfig, Unpack};
+use updraft_core::config::{ArtifactConfig, Unpack};
 
 /// Size, CRC32 (IEEE) and SHA-256 of a payload.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,8 +38,7 @@ impl<W: Write> Digesting<W> {
     /// The summary and the inner writer, flushed.
     pub fn finish(mut self) -> io::Result<(Summary, W)> {
         self.inner.flush()?;
-        let summary =
-            Summary { size: self.size, crc32: self.crc.finalize(), sha256: hex::encode(self.sha.finalize()) };
+        let summary = Summary { size: self.size, crc32: self.crc.finalize(), sha256: hex::encode(self.sha.finalize()) };
         Ok((summary, self.inner))
     }
 }

@@ -23,9 +23,7 @@ async fn upgrade_check_answers() {
     let proxy = Proxy::start(&reg.addr, true, 0).await;
     let c = channel("esp32", &proxy.addr.to_string(), &repo, ("2.1.0", "v2.1.0", &digest));
     let gw = Gateway::start(config(&work.path().join("cache"), vec![c])).await;
-    let check = |body: &'static str| {
-        gw.http.post(format!("{}/api/v1/channels/esp32/check", gw.url)).body(body).send()
-    };
+    let check = |body: &'static str| gw.http.post(format!("{}/api/v1/channels/esp32/check", gw.url)).body(body).send();
 
     let pending = check(r#"{"version": "2.0.0", "id": "dev-1"}"#).await.unwrap();
     assert_eq!(pending.status(), 202);
@@ -60,7 +58,10 @@ async fn upgrade_check_answers() {
     let unknown = gw.http.post(format!("{}/api/v1/channels/nope/check", gw.url)).body("{}").send().await.unwrap();
     assert_eq!(unknown.status(), 404);
     let metrics = gw.metrics().await;
-    assert!(metrics.contains(r#"updraft_gateway_device_checkins_total{channel="esp32",version="2.0.0"} 2"#), "{metrics}");
+    assert!(
+        metrics.contains(r#"updraft_gateway_device_checkins_total{channel="esp32",version="2.0.0"} 2"#),
+        "{metrics}"
+    );
 }
 
 /// Channel list and info; the signature verifies with the served public key over
@@ -75,7 +76,8 @@ async fn channel_info_is_signed() {
     let key = SigningKey::generate(&mut rand::rngs::OsRng);
     let key_file = work.path().join("signing.pem");
     std::fs::write(&key_file, key.to_pkcs8_pem(LineEnding::LF).unwrap().as_bytes()).unwrap();
-    let mut cfg = config(&work.path().join("cache"), vec![channel("rp2040", &reg.addr, &repo, ("1.0.0", "1.0.0", &digest))]);
+    let mut cfg =
+        config(&work.path().join("cache"), vec![channel("rp2040", &reg.addr, &repo, ("1.0.0", "1.0.0", &digest))]);
     cfg.signing_key_file = Some(key_file);
     cfg.public_url = Some("https://ota.example.com/".into());
     let gw = Gateway::start(cfg).await;
@@ -87,7 +89,13 @@ async fn channel_info_is_signed() {
     let public = VerifyingKey::from_public_key_pem(&pem).unwrap();
     assert_eq!(public, key.verifying_key());
     let sha = sha256_hex(&firmware);
-    let fields = SignedFields { channel: "rp2040", crc32: crc32fast::hash(&firmware), sha256: &sha, size: 4096, version: "1.0.0" };
+    let fields = SignedFields {
+        channel: "rp2040",
+        crc32: crc32fast::hash(&firmware),
+        sha256: &sha,
+        size: 4096,
+        version: "1.0.0",
+    };
     let raw = base64::engine::general_purpose::STANDARD.decode(info["signature"].as_str().unwrap()).unwrap();
     public.verify(&fields.canonical_json(), &Signature::from_slice(&raw).unwrap()).unwrap();
 

@@ -25,7 +25,9 @@ fn start_gateway(config: &Path, log: &Path) -> Child {
 
 fn files_in(dir: &Path) -> Vec<(String, u64)> {
     std::fs::read_dir(dir)
-        .map(|d| d.flatten().map(|e| (e.file_name().to_string_lossy().into_owned(), e.metadata().unwrap().len())).collect())
+        .map(|d| {
+            d.flatten().map(|e| (e.file_name().to_string_lossy().into_owned(), e.metadata().unwrap().len())).collect()
+        })
         .unwrap_or_default()
 }
 

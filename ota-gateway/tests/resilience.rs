@@ -7,9 +7,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::*;
-use ota_gateway::config::GatewayConfig;
 use ota_gateway::reload::Watcher;
-use ota_gateway::version::VersionPolicy;
+use updraft_core::config::GatewayConfig;
+use updraft_core::version::VersionPolicy;
 
 const RAW: &str = "application/vnd.updraft.firmware.v1";
 
@@ -118,7 +118,8 @@ async fn corrupted_blob_is_never_served() {
     let blob = reg.dir.join(format!("docker/registry/v2/blobs/sha256/{}/{hex}/data", &hex[..2]));
     std::fs::write(&blob, random_bytes(firmware.len())).unwrap();
     let cache = work.path().join("cache");
-    let gw = Gateway::start(config(&cache, vec![channel("esp32", &reg.addr, &repo, ("1.0.0", "1.0.0", &digest))])).await;
+    let gw =
+        Gateway::start(config(&cache, vec![channel("esp32", &reg.addr, &repo, ("1.0.0", "1.0.0", &digest))])).await;
 
     assert_eq!(poll_until_not_503(&gw, "/firmware?device=esp32").await, 502);
     assert_eq!(gw.get("/version?device=esp32").await.status(), 502);
@@ -140,7 +141,8 @@ async fn standalone_policy_resolves_from_tags() {
     push_file(&reg.addr, &repo, "v2.0.0", work.path(), "d.bin", RAW, &random_bytes(10));
     let mut c = channel("esp32", &reg.addr, &repo, ("", "", ""));
     c.current = None;
-    c.policy = Some(VersionPolicy { range: "^1".into(), prerelease: false, interval: "1h".into() });
+    c.policy =
+        Some(VersionPolicy { range: "^1".into(), prerelease: false, interval: "1h".into(), ..Default::default() });
     let gw = Gateway::start(config(&work.path().join("cache"), vec![c])).await;
     let body = gw.wait_ok("/version?device=esp32").await.text().await.unwrap();
     assert_eq!(body, format!("1.4.0\n{}\n2000", crc32fast::hash(&newest)));

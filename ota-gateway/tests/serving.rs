@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 
 use common::*;
-use ota_gateway::config::{ArtifactConfig, Unpack};
+use updraft_core::config::{ArtifactConfig, Unpack};
 
 const RAW: &str = "application/vnd.updraft.firmware.v1";
 
@@ -19,12 +19,13 @@ async fn serves_every_packing_byte_exact() {
     let firmware = random_bytes(300_000);
     let repo = unique_repo("packing");
     let mut channels = Vec::new();
-    let mut add = |name: &str, tag: &str, version: &str, file: &str, media_type: &str, data: &[u8], artifact: ArtifactConfig| {
-        let digest = push_file(&reg.addr, &repo, tag, work.path(), file, media_type, data);
-        let mut c = channel(name, &reg.addr, &repo, (version, tag, &digest));
-        c.artifact = artifact;
-        channels.push(c);
-    };
+    let mut add =
+        |name: &str, tag: &str, version: &str, file: &str, media_type: &str, data: &[u8], artifact: ArtifactConfig| {
+            let digest = push_file(&reg.addr, &repo, tag, work.path(), file, media_type, data);
+            let mut c = channel(name, &reg.addr, &repo, (version, tag, &digest));
+            c.artifact = artifact;
+            channels.push(c);
+        };
     let unpack = |u: Unpack| ArtifactConfig { unpack: u, ..Default::default() };
     add("raw", "v1.0.0", "1.0.0", "fw.bin", RAW, &firmware, unpack(Unpack::Raw));
     add("gzip", "1.0.1", "1.0.1", "fw.bin.gz", "application/gzip", &gzip(&firmware), unpack(Unpack::Gzip));
@@ -39,9 +40,14 @@ async fn serves_every_packing_byte_exact() {
     let gw = Gateway::start(config(&work.path().join("cache"), channels)).await;
     let expected_sha = sha256_hex(&firmware);
     let expected_crc = crc32fast::hash(&firmware);
-    for (device, version) in
-        [("raw", "1.0.0"), ("gzip", "1.0.1"), ("zstd", "1.0.2"), ("pre", "2.0.0-rc.1"), ("tar", "1.0.3"), ("index", "3.0.0")]
-    {
+    for (device, version) in [
+        ("raw", "1.0.0"),
+        ("gzip", "1.0.1"),
+        ("zstd", "1.0.2"),
+        ("pre", "2.0.0-rc.1"),
+        ("tar", "1.0.3"),
+        ("index", "3.0.0"),
+    ] {
         let r = gw.wait_ok(&format!("/version?device={device}")).await;
         assert_eq!(r.headers()["content-type"], "text/plain");
         let body = r.text().await.unwrap();
@@ -56,13 +62,24 @@ async fn serves_every_packing_byte_exact() {
 
 /// An index with two platforms; the channel asks for linux/arm64 by platform and
 /// annotation, so picking the first entry would be wrong.
-fn index_channel(registry: &str, repo: &str, dir: &std::path::Path, firmware: &[u8]) -> ota_gateway::config::ChannelConfig {
+fn index_channel(
+    registry: &str,
+    repo: &str,
+    dir: &std::path::Path,
+    firmware: &[u8],
+) -> updraft_core::config::ChannelConfig {
     let decoy = push_file(registry, repo, "amd64", dir, "decoy.bin", RAW, &random_bytes(1000));
     let arm = push_file(registry, repo, "arm64", dir, "arm.bin", RAW, firmware);
-    let digest = push_index(registry, repo, "3.0.0", dir, &[
-        (&decoy, serde_json::json!({"os": "linux", "architecture": "amd64"}), serde_json::Value::Null),
-        (&arm, serde_json::json!({"os": "linux", "architecture": "arm64"}), serde_json::json!({"board": "rev-b"})),
-    ]);
+    let digest = push_index(
+        registry,
+        repo,
+        "3.0.0",
+        dir,
+        &[
+            (&decoy, serde_json::json!({"os": "linux", "architecture": "amd64"}), serde_json::Value::Null),
+            (&arm, serde_json::json!({"os": "linux", "architecture": "arm64"}), serde_json::json!({"board": "rev-b"})),
+        ],
+    );
     let mut c = channel("index", registry, repo, ("3.0.0", "3.0.0", &digest));
     c.artifact = ArtifactConfig {
         platform: Some("linux/arm64".into()),
@@ -98,7 +115,11 @@ async fn downloads_follow_http_semantics() {
     let firmware = random_bytes(100_000);
     let repo = unique_repo("http");
     let digest = push_file(&reg.addr, &repo, "v1.2.3", work.path(), "fw.bin", RAW, &firmware);
-    let gw = Gateway::start(config(&work.path().join("cache"), vec![channel("esp32", &reg.addr, &repo, ("1.2.3", "v1.2.3", &digest))])).await;
+    let gw = Gateway::start(config(
+        &work.path().join("cache"),
+        vec![channel("esp32", &reg.addr, &repo, ("1.2.3", "v1.2.3", &digest))],
+    ))
+    .await;
     gw.wait_ok("/version?device=esp32").await;
     let url = format!("{}/firmware?device=esp32", gw.url);
     let etag = format!("\"{}\"", sha256_hex(&firmware));
@@ -130,7 +151,8 @@ async fn downloads_follow_http_semantics() {
     assert_eq!(cached.headers()["etag"], etag.as_str());
     assert!(cached.bytes().await.unwrap().is_empty());
 
-    let stale_range = gw.http.get(&url).header("range", "bytes=0-0").header("if-range", "\"other\"").send().await.unwrap();
+    let stale_range =
+        gw.http.get(&url).header("range", "bytes=0-0").header("if-range", "\"other\"").send().await.unwrap();
     assert_eq!(stale_range.status(), 200, "If-Range mismatch sends the whole payload");
 
     let head = gw.http.head(&url).send().await.unwrap();
@@ -146,8 +168,14 @@ async fn downloads_follow_http_semantics() {
     assert_eq!(gw.get("/firmware?device=nope").await.status(), 404);
 
     let metrics = gw.metrics().await;
-    assert!(metrics.contains(r#"updraft_gateway_http_requests_total{method="GET",route="/firmware",status="206"} 3"#), "{metrics}");
-    assert!(metrics.contains(r#"updraft_gateway_http_requests_total{method="GET",route="/version",status="400"} 1"#), "{metrics}");
+    assert!(
+        metrics.contains(r#"updraft_gateway_http_requests_total{method="GET",route="/firmware",status="206"} 3"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"updraft_gateway_http_requests_total{method="GET",route="/version",status="400"} 1"#),
+        "{metrics}"
+    );
     assert!(metrics.contains("updraft_gateway_cache_hits_total"));
     let zero_copy = metrics.lines().find_map(|l| l.strip_prefix("updraft_gateway_sendfile_bytes_total ")).unwrap();
     assert!(zero_copy.parse::<u64>().unwrap() >= 170_000, "{metrics}");

@@ -10,11 +10,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use ota_gateway::config::{ArtifactConfig, ChannelConfig, GatewayConfig, PinnedArtifact, SourceConfig};
 use ota_gateway::AppState;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
+use updraft_core::config::{ArtifactConfig, ChannelConfig, GatewayConfig, PinnedArtifact, SourceConfig};
 
 /// The shared registry: address and storage directory.
 pub struct Registry {
@@ -59,7 +59,11 @@ fn ensure_oras(script: &Path) {
     // `tools` also installs helm, which may fail on its own; only oras matters here.
     let out = Command::new("bash").arg(script).arg("tools").output().expect("run cluster.sh tools");
     let ok = Command::new("oras").arg("version").output().is_ok_and(|o| o.status.success());
-    assert!(ok, "oras is not installed and `cluster.sh tools` did not install it:\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        ok,
+        "oras is not installed and `cluster.sh tools` did not install it:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A repository name no other test (or earlier run) uses.
@@ -105,18 +109,37 @@ pub fn resolve(registry: &str, repo: &str, tag: &str) -> String {
 }
 
 /// Writes `data` to `dir/name` and pushes it as the single layer of `repo:tag`.
-pub fn push_file(registry: &str, repo: &str, tag: &str, dir: &Path, name: &str, media_type: &str, data: &[u8]) -> String {
+pub fn push_file(
+    registry: &str,
+    repo: &str,
+    tag: &str,
+    dir: &Path,
+    name: &str,
+    media_type: &str,
+    data: &[u8],
+) -> String {
     std::fs::write(dir.join(name), data).unwrap();
     oras_push(registry, repo, tag, dir, &[(name, media_type)])
 }
 
 /// Pushes an OCI image index over existing manifests with `oras manifest push`.
 /// Each entry: manifest digest, platform JSON (or null), annotations JSON (or null).
-pub fn push_index(registry: &str, repo: &str, tag: &str, dir: &Path, entries: &[(&str, serde_json::Value, serde_json::Value)]) -> String {
+pub fn push_index(
+    registry: &str,
+    repo: &str,
+    tag: &str,
+    dir: &Path,
+    entries: &[(&str, serde_json::Value, serde_json::Value)],
+) -> String {
     let manifests: Vec<serde_json::Value> = entries
         .iter()
         .map(|(digest, platform, annotations)| {
-            let raw = run(Command::new("oras").args(["manifest", "fetch", "--plain-http", &format!("{registry}/{repo}@{digest}")]));
+            let raw = run(Command::new("oras").args([
+                "manifest",
+                "fetch",
+                "--plain-http",
+                &format!("{registry}/{repo}@{digest}"),
+            ]));
             let mut entry = serde_json::json!({
                 "mediaType": "application/vnd.oci.image.manifest.v1+json",
                 "digest": digest,
@@ -138,15 +161,16 @@ pub fn push_index(registry: &str, repo: &str, tag: &str, dir: &Path, entries: &[
     });
     let path = dir.join(format!("index-{tag}.json"));
     std::fs::write(&path, serde_json::to_vec(&index).unwrap()).unwrap();
-    run(Command::new("oras").args([
-        "manifest",
-        "push",
-        "--plain-http",
-        "--media-type",
-        "application/vnd.oci.image.index.v1+json",
-        &format!("{registry}/{repo}:{tag}"),
-    ])
-    .arg(&path));
+    run(Command::new("oras")
+        .args([
+            "manifest",
+            "push",
+            "--plain-http",
+            "--media-type",
+            "application/vnd.oci.image.index.v1+json",
+            &format!("{registry}/{repo}:{tag}"),
+        ])
+        .arg(&path));
     resolve(registry, repo, tag)
 }
 
@@ -159,7 +183,12 @@ pub fn channel(name: &str, registry: &str, repo: &str, current: (&str, &str, &st
     ChannelConfig {
         name: name.into(),
         device: None,
-        source: SourceConfig { registry: registry.into(), repository: repo.into(), insecure: true, docker_config: None },
+        source: SourceConfig {
+            registry: registry.into(),
+            repository: repo.into(),
+            insecure: true,
+            docker_config: None,
+        },
         artifact: ArtifactConfig::default(),
         current: Some(pinned(current)),
         previous: None,
@@ -219,7 +248,12 @@ impl Gateway {
             if r.status() == 200 {
                 return r;
             }
-            assert!(Instant::now() < deadline, "{path} still answers {} after 60 s: {}", r.status(), r.text().await.unwrap());
+            assert!(
+                Instant::now() < deadline,
+                "{path} still answers {} after 60 s: {}",
+                r.status(),
+                r.text().await.unwrap()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -323,7 +357,11 @@ impl OwnRegistry {
         let http = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(20);
         while http.get(format!("http://{addr}/v2/")).send().await.is_err() {
-            assert!(Instant::now() < deadline, "own registry on {addr} did not start; see {}", dir.join("registry.log").display());
+            assert!(
+                Instant::now() < deadline,
+                "own registry on {addr} did not start; see {}",
+                dir.join("registry.log").display()
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         Self { addr, dir: storage, child }

@@ -12,10 +12,22 @@ use serde::{Deserialize, Serialize};
 
 use crate::version::VersionPolicy;
 
+/// The newest format of `gateway.yaml` this build reads and writes.
+///
+/// The operator and the gateway ship together. When the operator renders a newer
+/// format than a gateway understands, the gateway refuses the file with a message
+/// naming both versions: at start it exits, on reload it keeps serving the last good
+/// config. New sections are omitted from the file while empty, so a config that uses
+/// nothing new stays readable by a gateway one release older.
+pub const CONFIG_VERSION: u32 = 1;
+
 /// The whole file.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct GatewayConfig {
+    /// Format version of this file ([`CONFIG_VERSION`]). Default 1.
+    #[serde(default = "default_version")]
+    pub version: u32,
     /// Public listener (device API, downloads). Default `0.0.0.0:8080`.
     #[serde(default = "default_listen")]
     pub listen: String,
@@ -35,6 +47,20 @@ pub struct GatewayConfig {
     /// The firmware channels served, by unique name.
     #[serde(default)]
     pub channels: Vec<ChannelConfig>,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            version: CONFIG_VERSION,
+            listen: default_listen(),
+            admin_listen: default_admin_listen(),
+            public_url: None,
+            cache: CacheConfig::default(),
+            signing_key_file: None,
+            channels: Vec::new(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -154,18 +180,39 @@ pub enum ConfigError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("{path}: {source}")]
     Parse { path: PathBuf, source: serde_yaml::Error },
+    #[error("{0}")]
+    Syntax(serde_yaml::Error),
+    #[error(
+        "config format version {found} is newer than this gateway reads ({CONFIG_VERSION}); \
+         run the gateway image of the same release as the operator"
+    )]
+    TooNew { found: u64 },
     #[error("invalid config: {0}")]
     Invalid(String),
 }
 
 impl GatewayConfig {
+    /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-        let config: Self = serde_yaml::from_str(&text)
-            .map_err(|source| ConfigError::Parse { path: path.to_owned(), source })?;
+        let text = std::fs::read(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let config = Self::parse(&text).map_err(|e| match e {
+            ConfigError::Syntax(source) => ConfigError::Parse { path: path.to_owned(), source },
+            other => other,
+        })?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// Parses a config (not yet validated). A file of a newer format is refused by its
+    /// version before an unknown key could make the message obscure.
+    pub fn parse(text: &[u8]) -> Result<Self, ConfigError> {
+        let value: serde_yaml::Value = serde_yaml::from_slice(text).map_err(ConfigError::Syntax)?;
+        if let Some(found) = value.get("version").and_then(serde_yaml::Value::as_u64) {
+            if found > u64::from(CONFIG_VERSION) {
+                return Err(ConfigError::TooNew { found });
+            }
+        }
+        serde_yaml::from_value(value).map_err(ConfigError::Syntax)
     }
 
     pub fn to_yaml(&self) -> String {
@@ -193,16 +240,16 @@ impl GatewayConfig {
                     return invalid(format!("channel {:?}: set either current or policy, not both", c.name))
                 }
                 (None, None) => {
-                    return invalid(format!("channel {:?}: needs current (pinned) or policy (resolve from tags)", c.name))
+                    return invalid(format!(
+                        "channel {:?}: needs current (pinned) or policy (resolve from tags)",
+                        c.name
+                    ))
                 }
                 _ => {}
             }
             for pinned in c.current.iter().chain(&c.previous) {
                 if !is_digest(&pinned.digest) {
-                    return invalid(format!(
-                        "channel {:?}: digest {:?} is not sha256:<64 hex>",
-                        c.name, pinned.digest
-                    ));
+                    return invalid(format!("channel {:?}: digest {:?} is not sha256:<64 hex>", c.name, pinned.digest));
                 }
             }
             if let Some(policy) = &c.policy {
@@ -229,6 +276,9 @@ pub fn is_sha256_hex(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
+fn default_version() -> u32 {
+    CONFIG_VERSION
+}
 fn default_listen() -> String {
     "0.0.0.0:8080".into()
 }
@@ -289,6 +339,16 @@ mod tests {
         let mut c: GatewayConfig = serde_yaml::from_str(&pinned_yaml()).unwrap();
         c.channels[0].current = None;
         assert!(c.validate().unwrap_err().to_string().contains("needs current"));
+    }
+
+    #[test]
+    fn a_newer_format_is_refused_by_its_version() {
+        let newer = format!("version: {}\nstreams: []\n", CONFIG_VERSION + 1);
+        let err = GatewayConfig::parse(newer.as_bytes()).unwrap_err().to_string();
+        assert!(err.contains("newer than this gateway reads"), "{err}");
+        let current = GatewayConfig::parse(pinned_yaml().as_bytes()).unwrap();
+        assert_eq!(current.version, CONFIG_VERSION);
+        assert!(current.to_yaml().starts_with("version: 1\n"));
     }
 
     #[test]

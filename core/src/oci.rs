@@ -49,20 +49,28 @@ pub async fn pull_image_manifest(
     }
 }
 
-/// Builds the one client the process shares (it caches bearer tokens per
-/// repository). `insecure` lists the registries reached over plain HTTP.
-pub fn build_client(insecure: impl IntoIterator<Item = String>) -> Client {
-    let insecure: Vec<String> = insecure.into_iter().collect();
-    let protocol = if insecure.is_empty() { ClientProtocol::Https } else { ClientProtocol::HttpsExcept(insecure) };
+/// Builds the one client a process shares (it caches bearer tokens per repository).
+/// `user_agent` names the process; `protocol` says which registries are reached over
+/// plain HTTP ([`protocol_for`]).
+pub fn build_client(user_agent: &'static str, protocol: ClientProtocol) -> Client {
     Client::new(ClientConfig {
         protocol,
         // Image indexes are resolved by `select_manifest`, never by the host's platform.
         platform_resolver: None,
         connect_timeout: Some(Duration::from_secs(5)),
         read_timeout: Some(Duration::from_secs(30)),
-        user_agent: concat!("updraft-ota-gateway/", env!("CARGO_PKG_VERSION")),
+        user_agent,
         ..Default::default()
     })
+}
+
+/// HTTPS everywhere except the registries in `insecure`.
+pub fn protocol_for(insecure: Vec<String>) -> ClientProtocol {
+    if insecure.is_empty() {
+        ClientProtocol::Https
+    } else {
+        ClientProtocol::HttpsExcept(insecure)
+    }
 }
 
 /// The registries of `sources` that are reached over plain HTTP, sorted and unique.
@@ -131,18 +139,19 @@ fn normalize_registry(key: &str) -> String {
     }
 }
 
-fn reference(source: &SourceConfig, tag: &str) -> Reference {
-    Reference::with_tag(source.registry.clone(), source.repository.clone(), tag.to_owned())
+/// `registry/repository:tag`.
+pub fn tag_reference(registry: &str, repository: &str, tag: &str) -> Reference {
+    Reference::with_tag(registry.to_owned(), repository.to_owned(), tag.to_owned())
 }
 
-pub(crate) fn registry_error(source: &SourceConfig) -> impl FnOnce(oci_client::errors::OciDistributionError) -> OciError + '_ {
-    move |e| OciError::Registry { registry: source.registry.clone(), source: e }
+/// `registry/repository@digest`.
+pub fn digest_reference(registry: &str, repository: &str, digest: &str) -> Reference {
+    Reference::with_digest(registry.to_owned(), repository.to_owned(), digest.to_owned())
 }
 
-/// All tags of the source's repository, following pagination.
-pub async fn list_tags(client: &Client, source: &SourceConfig) -> Result<Vec<String>, OciError> {
-    let auth = registry_auth(source)?;
-    list_repository_tags(client, &reference(source, "latest"), &auth).await.map_err(registry_error(source))
+/// Wraps a client error with the registry it came from.
+pub fn registry_error(registry: &str) -> impl FnOnce(oci_client::errors::OciDistributionError) -> OciError + '_ {
+    move |e| OciError::Registry { registry: registry.to_owned(), source: e }
 }
 
 /// All tags of `image`'s repository with the given credentials, following the
@@ -164,16 +173,13 @@ pub async fn list_repository_tags(
     }
 }
 
-/// The manifest digest a tag points at, with a HEAD request (no manifest download).
-pub async fn resolve_digest(client: &Client, source: &SourceConfig, tag: &str) -> Result<String, OciError> {
-    let auth = registry_auth(source)?;
-    client.fetch_manifest_digest(&reference(source, tag), &auth).await.map_err(registry_error(source))
-}
-
 /// Picks the manifest of an image index that matches the artifact's `platform`
 /// (`os/arch[/variant]`) and `annotations`. Without criteria only a one-entry index
 /// is accepted: taking "the first" of several would be a guess.
-pub fn select_manifest<'a>(index: &'a OciImageIndex, artifact: &ArtifactConfig) -> Result<&'a ImageIndexEntry, OciError> {
+pub fn select_manifest<'a>(
+    index: &'a OciImageIndex,
+    artifact: &ArtifactConfig,
+) -> Result<&'a ImageIndexEntry, OciError> {
     let matching: Vec<&ImageIndexEntry> =
         index.manifests.iter().filter(|m| platform_matches(m, artifact) && annotations_match(m, artifact)).collect();
     let criteria = || {
@@ -207,7 +213,10 @@ fn annotations_match(entry: &ImageIndexEntry, artifact: &ArtifactConfig) -> bool
 
 /// Picks the layer holding the firmware: the one with `artifact.mediaType` when set,
 /// otherwise the manifest's single layer. Ambiguity is an error, never a guess.
-pub fn select_layer<'a>(manifest: &'a OciImageManifest, artifact: &ArtifactConfig) -> Result<&'a OciDescriptor, OciError> {
+pub fn select_layer<'a>(
+    manifest: &'a OciImageManifest,
+    artifact: &ArtifactConfig,
+) -> Result<&'a OciDescriptor, OciError> {
     let candidates: Vec<&OciDescriptor> = match &artifact.media_type {
         Some(wanted) => manifest.layers.iter().filter(|l| &l.media_type == wanted).collect(),
         None => manifest.layers.iter().collect(),
@@ -215,7 +224,9 @@ pub fn select_layer<'a>(manifest: &'a OciImageManifest, artifact: &ArtifactConfi
     let media_types = || manifest.layers.iter().map(|l| l.media_type.as_str()).collect::<Vec<_>>().join(", ");
     match (candidates.as_slice(), &artifact.media_type) {
         ([one], _) => Ok(one),
-        ([], Some(wanted)) => Err(OciError::Select(format!("no layer has media type {wanted} (layers: {})", media_types()))),
+        ([], Some(wanted)) => {
+            Err(OciError::Select(format!("no layer has media type {wanted} (layers: {})", media_types())))
+        }
         ([], None) => Err(OciError::Select("the manifest has no layers".into())),
         (many, Some(wanted)) => Err(OciError::Select(format!("{} layers have media type {wanted}", many.len()))),
         (many, None) => Err(OciError::Select(format!(

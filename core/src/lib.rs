@@ -1,0 +1,19 @@
+//! updraft-core: what Updraft's operator and gateway must agree on, in one place.
+//!
+//! - [`config`]: the gateway's configuration file, which the operator renders and the
+//!   gateway reads;
+//! - [`version`]: version policy and [`version::resolve_latest`], the one resolver both
+//!   the operator (FirmwareChannel status) and the gateway (standalone channels) call;
+//! - [`oci`]: the shared registry client, credentials, and which manifest and layer
+//!   hold an artifact;
+//! - [`telemetry`]: the log set-up both binaries share.
+//!
+//! No server and no Kubernetes client live here: both sides depend on this crate, and it
+//! depends on neither.
+
+#![deny(unsafe_code)]
+
+pub mod config;
+pub mod oci;
+pub mod telemetry;
+pub mod version;
