@@ -2,16 +2,24 @@
 # Updraft's whole test suite, from a fresh machine: installs what the tests need,
 # starts the local control plane and registry (cluster.sh), then runs every test of
 # the workspace (unit, gateway-against-registry, operator end-to-end, conformance).
+# Formatting (seconds) is checked before anything is installed; clippy (about one
+# `cargo check` of the workspace) gates the test build.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 start=$(date +%s)
 step() { printf '\033[1m[test]\033[0m %s (%ss)\n' "$*" "$(( $(date +%s) - start ))" >&2; }
+
+step "format: cargo fmt --check (rustfmt.toml)"
+cargo fmt --all --check
 
 step "local control plane and registry"
 bash e2e/scripts/cluster.sh up >/dev/null
 step "client tools (oras, skopeo, nginx, wrk, helm)"
 bash e2e/scripts/cluster.sh tools
 eval "$(bash e2e/scripts/cluster.sh env)"
+
+step "lints: cargo clippy --all-targets -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "cargo test --workspace"
 cargo test --workspace --locked "$@"
