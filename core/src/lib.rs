@@ -6,6 +6,8 @@
 //!   the operator (FirmwareChannel status) and the gateway (standalone channels) call;
 //! - [`oci`]: the shared registry client, credentials, and which manifest and layer
 //!   hold an artifact;
+//! - [`cosign`]: cosign signature verification of a release's manifest digest, which
+//!   both sides run before pinning a release;
 //! - [`telemetry`]: the log set-up both binaries share.
 //!
 //! No server and no Kubernetes client live here: both sides depend on this crate, and it
@@ -14,6 +16,7 @@
 #![deny(unsafe_code)]
 
 pub mod config;
+pub mod cosign;
 pub mod oci;
 pub mod telemetry;
 pub mod version;

@@ -1,0 +1,386 @@
+//! Cosign signature verification: is a release's manifest digest signed by a trusted key?
+//!
+//! A FirmwareChannel (operator) and a standalone channel (gateway) pin a release only when
+//! [`Verifier::verify`] says so, and both call this one implementation. It looks in both
+//! places cosign puts signatures:
+//!
+//! 1. the tag scheme of cosign 2 (`specs/SIGNATURE_SPEC.md`): a manifest at tag
+//!    `sha256-<hex>.sig` whose simple-signing layers carry the signature in the
+//!    `dev.cosignproject.cosign/signature` annotation;
+//! 2. OCI 1.1 referrers of the digest carrying a sigstore bundle (cosign 3,
+//!    `specs/BUNDLE_SPEC.md`), from the referrers API or, on a registry without one (it
+//!    answers 404), from the referrers tag schema's index at tag `sha256-<hex>`.
+//!
+//! Verification is key-based (ECDSA P-256, as `cosign generate-key-pair` makes); a
+//! transparency log is not consulted. Keyless trust (Fulcio certificates, Rekor) needs
+//! the public internet and is left for another [`Trust`] variant.
+//!
+//! Only registry metadata and small blobs (payloads, bundles) are read: never the
+//! release itself.
+
+mod keys;
+mod payload;
+
+use oci_client::errors::{OciDistributionError, OciErrorCode};
+use oci_client::manifest::ImageIndexEntry;
+use oci_client::manifest::{OciDescriptor, OciManifest};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+
+use keys::Keys;
+pub use keys::{KeyError, PublicKey, Trust};
+use payload::Check;
+pub use payload::{BUNDLE_MEDIA_TYPE_PREFIX, IN_TOTO_PAYLOAD_TYPE, SIGN_PREDICATE_TYPE, SIMPLE_SIGNING_TYPE};
+
+use crate::oci::{self, OciError};
+
+/// Media type of a simple-signing payload layer.
+pub const SIMPLE_SIGNING_MEDIA_TYPE: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
+/// The layer annotation holding a tag-scheme signature (base64 DER).
+pub const SIGNATURE_ANNOTATION: &str = "dev.cosignproject.cosign/signature";
+/// The artifact type (and layer media type) of a sigstore bundle, v0.3.
+pub const BUNDLE_MEDIA_TYPE: &str = "application/vnd.dev.sigstore.bundle.v0.3+json";
+
+/// Payloads and bundles are small (a few KiB); a bigger blob is not read.
+const MAX_BLOB: i64 = 1 << 20;
+/// At most this many bundle referrers are examined for one digest.
+const MAX_REFERRERS: usize = 32;
+
+/// Checks signatures against a fixed set of trusted keys. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Verifier {
+    keys: Keys,
+}
+
+/// Where a verified signature was found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scheme {
+    /// A simple-signing payload at tag `sha256-<hex>.sig` (cosign 2).
+    Tag,
+    /// A sigstore bundle referring to the digest (cosign 3).
+    Bundle,
+}
+
+impl std::fmt::Display for Scheme {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Scheme::Tag => "tag signature",
+            Scheme::Bundle => "sigstore bundle",
+        })
+    }
+}
+
+/// A signature that verified.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verified {
+    /// The name of the key it verified with.
+    pub key: String,
+    pub scheme: Scheme,
+    /// The digest of the manifest that carries the signature.
+    pub signature: String,
+}
+
+/// Why a digest is not verified. Each variant names the digest it is about.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    /// Neither a `.sig` tag nor a bundle referrer exists for the digest.
+    #[error("no cosign signature for {digest}")]
+    NoSignature { digest: String },
+    /// Signatures exist, and none verifies with a trusted key.
+    #[error(
+        "{found} signature(s) for {digest}, none verifies with the trusted keys ({keys}): signed with another key, or altered after signing"
+    )]
+    WrongKey { digest: String, found: usize, keys: String },
+    /// A trusted key signed another digest (a signature copied from another release).
+    #[error("the signature found for {wanted} is a trusted signature of {signed}")]
+    OtherDigest { signed: String, wanted: String },
+    /// The signature material is malformed or inconsistent.
+    #[error("the signature for {digest} is tampered: {reason}")]
+    Tampered { digest: String, reason: String },
+    /// The registry did not answer, or refused; retrying may help.
+    #[error(transparent)]
+    Registry(#[from] OciError),
+    /// The digest asked about is not `sha256:<64 hex>`.
+    #[error("{0:?} is not a sha256:<64 hex> digest")]
+    InvalidDigest(String),
+}
+
+impl VerifyError {
+    /// A CamelCase reason for a `Verified=False` condition and its event.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            VerifyError::NoSignature { .. } => "NoSignature",
+            VerifyError::WrongKey { .. } => "WrongKey",
+            VerifyError::OtherDigest { .. } => "OtherDigest",
+            VerifyError::Tampered { .. } => "Tampered",
+            VerifyError::Registry(_) => "RegistryError",
+            VerifyError::InvalidDigest(_) => "InvalidDigest",
+        }
+    }
+
+    /// Whether asking again later may give another answer (the registry failed), as
+    /// opposed to the signatures being what they are until someone pushes new ones.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, VerifyError::Registry(_))
+    }
+}
+
+/// One piece of signature material and what it said.
+struct Found {
+    scheme: Scheme,
+    /// Digest of the manifest carrying it.
+    manifest: String,
+    check: Check,
+}
+
+impl Verifier {
+    /// A verifier trusting each of `trust` (at least one).
+    pub fn new(trust: Vec<Trust>) -> Result<Self, KeyError> {
+        Ok(Self { keys: Keys::new(trust)? })
+    }
+
+    /// A verifier trusting PEM public keys, each `(name, pem)`.
+    pub fn from_pems<'a>(pems: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<Self, KeyError> {
+        let trust = pems.into_iter().map(|(name, pem)| PublicKey::from_pem(name, pem).map(Trust::Key));
+        Self::new(trust.collect::<Result<_, _>>()?)
+    }
+
+    /// The trusted keys' names, comma-separated.
+    pub fn key_names(&self) -> String {
+        self.keys.names()
+    }
+
+    /// Verifies that `digest` (a manifest of `registry/repository`) carries a signature
+    /// by a trusted key, in either place cosign puts them. The first signature that
+    /// verifies wins. Otherwise the error says why, preferring the most telling
+    /// failure: a registry error (retry), a trusted signature of another digest,
+    /// tampered material, signatures by other keys, and last no signature at all.
+    pub async fn verify(
+        &self,
+        client: &Client,
+        registry: &str,
+        repository: &str,
+        auth: &RegistryAuth,
+        digest: &str,
+    ) -> Result<Verified, VerifyError> {
+        if !crate::config::is_digest(digest) {
+            return Err(VerifyError::InvalidDigest(digest.to_owned()));
+        }
+        let mut found = Vec::new();
+        let mut registry_error = None;
+        let sources = [Scheme::Tag, Scheme::Bundle];
+        for scheme in sources {
+            let result = match scheme {
+                Scheme::Tag => self.tag_signatures(client, registry, repository, auth, digest).await,
+                Scheme::Bundle => self.bundle_signatures(client, registry, repository, auth, digest).await,
+            };
+            match result {
+                Ok(more) => found.extend(more),
+                Err(e) => registry_error = registry_error.or(Some(e)),
+            }
+            if let Some(verified) = first_verified(&found) {
+                return Ok(verified);
+            }
+        }
+        Err(conclude(&self.keys, found, registry_error, digest))
+    }
+
+    /// The simple-signing payloads at tag `sha256-<hex>.sig`, checked.
+    async fn tag_signatures(
+        &self,
+        client: &Client,
+        registry: &str,
+        repository: &str,
+        auth: &RegistryAuth,
+        digest: &str,
+    ) -> Result<Vec<Found>, OciError> {
+        let tag = format!("{}.sig", digest.replace(':', "-"));
+        let reference = oci::tag_reference(registry, repository, &tag);
+        let (manifest, manifest_digest) = match client.pull_manifest(&reference, auth).await {
+            Ok(m) => m,
+            Err(e) if is_not_found(&e) => return Ok(Vec::new()),
+            Err(e) => return Err(oci::registry_error(registry)(e)),
+        };
+        let found = |check| Found { scheme: Scheme::Tag, manifest: manifest_digest.clone(), check };
+        let OciManifest::Image(image) = manifest else {
+            return Ok(vec![found(Check::Tampered(format!(
+                "tag {tag} holds an image index, not a signature manifest"
+            )))]);
+        };
+        let layers: Vec<&OciDescriptor> =
+            image.layers.iter().filter(|l| l.media_type == SIMPLE_SIGNING_MEDIA_TYPE).collect();
+        if layers.is_empty() {
+            return Ok(vec![found(Check::Tampered(format!("tag {tag} has no {SIMPLE_SIGNING_MEDIA_TYPE} layer")))]);
+        }
+        let mut checks = Vec::with_capacity(layers.len());
+        for layer in layers {
+            let signature = layer.annotations.as_ref().and_then(|a| a.get(SIGNATURE_ANNOTATION));
+            let check = match pull_small_blob(client, &reference, layer, registry).await? {
+                Ok(payload) => {
+                    payload::check_simple_signing(&self.keys, &payload, signature.map(String::as_str), digest)
+                }
+                Err(tampered) => tampered,
+            };
+            checks.push(found(check));
+        }
+        Ok(checks)
+    }
+
+    /// The sigstore bundles referring to `digest`, checked.
+    async fn bundle_signatures(
+        &self,
+        client: &Client,
+        registry: &str,
+        repository: &str,
+        auth: &RegistryAuth,
+        digest: &str,
+    ) -> Result<Vec<Found>, OciError> {
+        // `pull_referrers` takes no credentials: it uses those stored for the registry.
+        client.store_auth_if_needed(registry, auth).await;
+        let subject = oci::digest_reference(registry, repository, digest);
+        // The referrers API, or on a 404 the referrers tag schema (`sha256-<hex>`).
+        let index = client.pull_referrers(&subject, None).await.map_err(oci::registry_error(registry))?;
+        let bundles = index.manifests.iter().filter(|m| is_bundle(m)).take(MAX_REFERRERS);
+        let mut checks = Vec::new();
+        for entry in bundles {
+            let reference = subject.clone_with_digest(entry.digest.clone());
+            let found = |check| Found { scheme: Scheme::Bundle, manifest: entry.digest.clone(), check };
+            let manifest = match client.pull_manifest(&reference, auth).await {
+                Ok((OciManifest::Image(image), _)) => image,
+                Ok((OciManifest::ImageIndex(_), _)) => {
+                    checks.push(found(Check::Tampered(format!("referrer {} is an index", entry.digest))));
+                    continue;
+                }
+                Err(e) => return Err(oci::registry_error(registry)(e)),
+            };
+            for layer in manifest.layers.iter().filter(|l| l.media_type.starts_with(BUNDLE_MEDIA_TYPE_PREFIX)) {
+                let check = match pull_small_blob(client, &reference, layer, registry).await? {
+                    Ok(bundle) => payload::check_bundle(&self.keys, &bundle, digest),
+                    Err(tampered) => tampered,
+                };
+                checks.push(found(check));
+            }
+        }
+        Ok(checks)
+    }
+}
+
+fn is_bundle(entry: &ImageIndexEntry) -> bool {
+    entry.artifact_type.as_deref().is_some_and(|t| t.starts_with(BUNDLE_MEDIA_TYPE_PREFIX))
+}
+
+fn first_verified(found: &[Found]) -> Option<Verified> {
+    found.iter().find_map(|f| match &f.check {
+        Check::Verified { key } => Some(Verified { key: key.clone(), scheme: f.scheme, signature: f.manifest.clone() }),
+        _ => None,
+    })
+}
+
+/// The error for a digest none of whose signature material verified.
+fn conclude(keys: &Keys, found: Vec<Found>, registry: Option<OciError>, digest: &str) -> VerifyError {
+    if let Some(e) = registry {
+        return VerifyError::Registry(e);
+    }
+    let signatures: Vec<Check> = found.into_iter().map(|f| f.check).filter(|c| *c != Check::NotASignature).collect();
+    if let Some(signed) = signatures.iter().find_map(|c| match c {
+        Check::OtherDigest { signed } => Some(signed.clone()),
+        _ => None,
+    }) {
+        return VerifyError::OtherDigest { signed, wanted: digest.to_owned() };
+    }
+    if let Some(reason) = signatures.iter().find_map(|c| match c {
+        Check::Tampered(reason) => Some(reason.clone()),
+        _ => None,
+    }) {
+        return VerifyError::Tampered { digest: digest.to_owned(), reason };
+    }
+    if signatures.is_empty() {
+        return VerifyError::NoSignature { digest: digest.to_owned() };
+    }
+    VerifyError::WrongKey { digest: digest.to_owned(), found: signatures.len(), keys: keys.names() }
+}
+
+/// Pulls a payload or bundle blob. The outer error is the registry failing; the inner
+/// one is material that cannot be trusted (too big, or not matching its digest).
+async fn pull_small_blob(
+    client: &Client,
+    reference: &Reference,
+    layer: &OciDescriptor,
+    registry: &str,
+) -> Result<Result<Vec<u8>, Check>, OciError> {
+    if !(0..=MAX_BLOB).contains(&layer.size) {
+        return Ok(Err(Check::Tampered(format!("blob {} declares {} bytes", layer.digest, layer.size))));
+    }
+    let mut out = Vec::with_capacity(layer.size as usize);
+    match client.pull_blob(reference, layer, &mut out).await {
+        Ok(()) if out.len() as i64 == layer.size => Ok(Ok(out)),
+        Ok(()) => Ok(Err(Check::Tampered(format!(
+            "blob {} is {} bytes, its descriptor says {}",
+            layer.digest,
+            out.len(),
+            layer.size
+        )))),
+        Err(OciDistributionError::DigestError(e)) => {
+            Ok(Err(Check::Tampered(format!("blob {} does not match its digest: {e}", layer.digest))))
+        }
+        Err(e) => Err(oci::registry_error(registry)(e)),
+    }
+}
+
+/// Whether a manifest pull failed because there is no such manifest (or repository).
+fn is_not_found(e: &OciDistributionError) -> bool {
+    match e {
+        OciDistributionError::ImageManifestNotFoundError(_) => true,
+        OciDistributionError::ServerError { code: 404, .. } => true,
+        OciDistributionError::RegistryError { envelope, .. } => envelope.errors.iter().any(|e| {
+            matches!(e.code, OciErrorCode::ManifestUnknown | OciErrorCode::NameUnknown | OciErrorCode::NotFound)
+        }),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::keys::testkey::TestKey;
+    use super::*;
+
+    const WANTED: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+
+    fn found(check: Check) -> Found {
+        Found { scheme: Scheme::Tag, manifest: "sha256:aa".into(), check }
+    }
+
+    fn keys() -> Keys {
+        Keys::new(vec![Trust::Key(TestKey::new(1).public("ours"))]).unwrap()
+    }
+
+    #[test]
+    fn concludes_with_the_most_telling_failure() {
+        let reason = |found: Vec<Found>| conclude(&keys(), found, None, WANTED).reason();
+        assert_eq!(reason(vec![]), "NoSignature");
+        assert_eq!(reason(vec![found(Check::NotASignature)]), "NoSignature");
+        assert_eq!(reason(vec![found(Check::WrongKey), found(Check::NotASignature)]), "WrongKey");
+        assert_eq!(reason(vec![found(Check::WrongKey), found(Check::Tampered("x".into()))]), "Tampered");
+        let other = Check::OtherDigest { signed: "sha256:22".into() };
+        assert_eq!(reason(vec![found(Check::Tampered("x".into())), found(other)]), "OtherDigest");
+        let registry = OciError::Select("down".into());
+        assert_eq!(conclude(&keys(), vec![found(Check::WrongKey)], Some(registry), WANTED).reason(), "RegistryError");
+        let wrong = conclude(&keys(), vec![found(Check::WrongKey), found(Check::WrongKey)], None, WANTED);
+        assert_eq!(wrong.to_string(), format!("2 signature(s) for {WANTED}, none verifies with the trusted keys (ours): signed with another key, or altered after signing"));
+    }
+
+    #[test]
+    fn first_verified_names_key_scheme_and_manifest() {
+        let verified = first_verified(&[found(Check::WrongKey), found(Check::Verified { key: "ours".into() })]);
+        assert_eq!(verified, Some(Verified { key: "ours".into(), scheme: Scheme::Tag, signature: "sha256:aa".into() }));
+    }
+
+    #[tokio::test]
+    async fn refuses_a_malformed_digest_before_asking_the_registry() {
+        let verifier = Verifier::from_pems([("ours", TestKey::new(1).public_pem().as_str())]).unwrap();
+        let client = Client::new(Default::default());
+        let err =
+            verifier.verify(&client, "registry.invalid", "fw", &RegistryAuth::Anonymous, "latest").await.unwrap_err();
+        assert!(matches!(err, VerifyError::InvalidDigest(d) if d == "latest"));
+    }
+}
