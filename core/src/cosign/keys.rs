@@ -22,6 +22,9 @@ pub enum KeyError {
     /// A verifier needs at least one key.
     #[error("no key to verify signatures with")]
     Empty,
+    /// A key set (a Secret) lacks the key asked for, or holds no `*.pub` key at all.
+    #[error("{source_name} has no key {key:?}")]
+    Missing { source_name: String, key: String },
 }
 
 /// One trusted public key: what `cosign sign --key` signs for.

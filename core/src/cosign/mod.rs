@@ -21,11 +21,14 @@
 mod keys;
 mod payload;
 
+use std::path::PathBuf;
+
 use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::manifest::ImageIndexEntry;
 use oci_client::manifest::{OciDescriptor, OciManifest};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
+use serde::{Deserialize, Serialize};
 
 use keys::Keys;
 pub use keys::{KeyError, PublicKey, Trust};
@@ -45,6 +48,23 @@ pub const BUNDLE_MEDIA_TYPE: &str = "application/vnd.dev.sigstore.bundle.v0.3+js
 const MAX_BLOB: i64 = 1 << 20;
 /// At most this many bundle referrers are examined for one digest.
 const MAX_REFERRERS: usize = 32;
+
+/// A standalone channel's signature requirement in `gateway.yaml` (`policy.verify`): a
+/// resolved release is pinned only when it verifies with one of these keys.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VerifyConfig {
+    /// PEM public key files (`cosign.pub`); a signature by any one of them will do.
+    pub public_key_files: Vec<PathBuf>,
+}
+
+impl VerifyConfig {
+    /// Reads the key files into a verifier (at least one file).
+    pub fn verifier(&self) -> Result<Verifier, KeyError> {
+        let trust = self.public_key_files.iter().map(|path| PublicKey::from_file(path).map(Trust::Key));
+        Verifier::new(trust.collect::<Result<_, _>>()?)
+    }
+}
 
 /// Checks signatures against a fixed set of trusted keys. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -142,6 +162,36 @@ impl Verifier {
     /// A verifier trusting PEM public keys, each `(name, pem)`.
     pub fn from_pems<'a>(pems: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<Self, KeyError> {
         let trust = pems.into_iter().map(|(name, pem)| PublicKey::from_pem(name, pem).map(Trust::Key));
+        Self::new(trust.collect::<Result<_, _>>()?)
+    }
+
+    /// A verifier from a set of named entries, as a Kubernetes Secret holds them (like
+    /// Flux's `verify.secretRef`): the entry `key` when given, otherwise every entry whose
+    /// name ends in `.pub`. `source_name` (e.g. `Secret ns/cosign-keys`) names the set in
+    /// errors; each key is named `source_name/entry`.
+    pub fn from_key_set<'a>(
+        source_name: &str,
+        entries: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+        key: Option<&str>,
+    ) -> Result<Self, KeyError> {
+        let missing =
+            || KeyError::Missing { source_name: source_name.to_owned(), key: key.unwrap_or("*.pub").to_owned() };
+        let chosen: Vec<(&str, &[u8])> = entries
+            .into_iter()
+            .filter(|(name, _)| match key {
+                Some(key) => *name == key,
+                None => name.ends_with(".pub"),
+            })
+            .collect();
+        if chosen.is_empty() {
+            return Err(missing());
+        }
+        let trust = chosen.into_iter().map(|(name, bytes)| {
+            let name = format!("{source_name}/{name}");
+            let pem = std::str::from_utf8(bytes)
+                .map_err(|_| KeyError::Pem { name: name.clone(), reason: "not UTF-8".into() })?;
+            PublicKey::from_pem(name, pem).map(Trust::Key)
+        });
         Self::new(trust.collect::<Result<_, _>>()?)
     }
 
@@ -367,6 +417,36 @@ mod tests {
         assert_eq!(conclude(&keys(), vec![found(Check::WrongKey)], Some(registry), WANTED).reason(), "RegistryError");
         let wrong = conclude(&keys(), vec![found(Check::WrongKey), found(Check::WrongKey)], None, WANTED);
         assert_eq!(wrong.to_string(), format!("2 signature(s) for {WANTED}, none verifies with the trusted keys (ours): signed with another key, or altered after signing"));
+    }
+
+    #[test]
+    fn key_sets_pick_the_named_entry_or_every_pub_entry() {
+        let (a, b) = (TestKey::new(1), TestKey::new(2));
+        let (a_pem, b_pem) = (a.public_pem(), b.public_pem());
+        let entries = [("a.pub", a_pem.as_bytes()), ("b.pub", b_pem.as_bytes()), ("notes.txt", b"hello".as_slice())];
+        let all = Verifier::from_key_set("Secret ns/keys", entries, None).unwrap();
+        assert_eq!(all.key_names(), "Secret ns/keys/a.pub, Secret ns/keys/b.pub");
+        let one = Verifier::from_key_set("Secret ns/keys", entries, Some("b.pub")).unwrap();
+        assert_eq!(one.key_names(), "Secret ns/keys/b.pub");
+        let err = Verifier::from_key_set("Secret ns/keys", entries, Some("c.pub")).unwrap_err();
+        assert_eq!(err.to_string(), "Secret ns/keys has no key \"c.pub\"");
+        let err = Verifier::from_key_set("Secret ns/keys", [("x", b"y".as_slice())], None).unwrap_err();
+        assert_eq!(err.to_string(), "Secret ns/keys has no key \"*.pub\"");
+        let err = Verifier::from_key_set("Secret ns/keys", entries, Some("notes.txt")).unwrap_err();
+        assert!(matches!(err, KeyError::Pem { ref name, .. } if name == "Secret ns/keys/notes.txt"), "{err}");
+    }
+
+    #[test]
+    fn verify_config_reads_its_key_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cosign.pub");
+        std::fs::write(&path, TestKey::new(1).public_pem()).unwrap();
+        let config: VerifyConfig = serde_yaml::from_str(&format!("publicKeyFiles: [{}]", path.display())).unwrap();
+        assert_eq!(config.verifier().unwrap().key_names(), path.display().to_string());
+        assert!(matches!(VerifyConfig { public_key_files: vec![] }.verifier(), Err(KeyError::Empty)));
+        let missing = VerifyConfig { public_key_files: vec![dir.path().join("nope.pub")] };
+        assert!(matches!(missing.verifier(), Err(KeyError::Read { .. })));
+        assert!(serde_yaml::from_str::<VerifyConfig>("publicKeyFile: x").is_err());
     }
 
     #[test]
