@@ -69,8 +69,8 @@ struct State {
     index: HashMap<String, String>,
     total: u64,
     clock: u64,
-    /// Artifact keys in use by the live config.
-    protected: HashSet<String>,
+    /// Artifact keys in use, by the surface that pins them.
+    protected: HashMap<&'static str, HashSet<String>>,
 }
 
 /// The cache; one per process, shared.
@@ -224,9 +224,10 @@ impl Cache {
         self.metrics.cache_bytes.set(state.total as i64);
     }
 
-    /// The artifact keys the live config uses; eviction spares their payloads.
-    pub fn protect(&self, keys: HashSet<String>) {
-        self.state.lock().expect("cache lock").protected = keys;
+    /// The artifact keys `owner` (a surface) serves, replacing what it pinned before.
+    /// Eviction spares the payloads of every owner's keys.
+    pub fn protect(&self, owner: &'static str, keys: HashSet<String>) {
+        self.state.lock().expect("cache lock").protected.insert(owner, keys);
         self.evict();
     }
 
@@ -245,7 +246,8 @@ impl Cache {
         let max = self.max_bytes.load(Ordering::Relaxed);
         let mut state = self.state.lock().expect("cache lock");
         while state.total > max {
-            let spared: HashSet<&String> = state.protected.iter().filter_map(|k| state.index.get(k)).collect();
+            let spared: HashSet<&String> =
+                state.protected.values().flatten().filter_map(|k| state.index.get(k)).collect();
             let victim = state
                 .entries
                 .iter()
@@ -310,10 +312,14 @@ fn write_atomically(tmp_dir: &Path, path: &Path, data: &[u8]) -> io::Result<()> 
 }
 
 /// Maps a payload file read-only; device connections send its slices with `sendfile`.
+#[allow(unsafe_code)] // The one call of `map_payload`: the promise it needs is the cache's to make.
 fn map_file(path: &Path) -> io::Result<Bytes> {
-    // Files under blobs/ are written once (to a temp file, then renamed) and never
-    // modified afterwards; eviction unlinks them, which keeps the mapping valid.
-    crate::sendfile::map_payload(File::open(path)?)
+    let file = File::open(path)?;
+    // SAFETY: files under blobs/ are written once, to a temp file that is synced and
+    // then renamed into place, and never opened for writing again: a payload is never
+    // modified or truncated while mapped. Eviction only unlinks, which leaves the
+    // mapping (and the descriptor kept with it) valid.
+    unsafe { crate::sendfile::map_payload(file) }
 }
 
 fn remove_any(path: &Path) -> io::Result<()> {
@@ -366,11 +372,27 @@ mod tests {
         put(&cache, "c", b"cccc");
         assert!(cache.lookup("b").unwrap().is_none(), "b was least recently used");
         assert!(cache.lookup("a").unwrap().is_some());
-        cache.protect(HashSet::from(["a".to_string()]));
+        cache.protect("firmware", HashSet::from(["a".to_string()]));
         put(&cache, "d", b"dddd");
         assert!(cache.lookup("a").unwrap().is_some(), "protected");
         assert!(cache.lookup("c").unwrap().is_none());
         assert_eq!(cache.total_bytes(), 8);
+    }
+
+    #[test]
+    fn spares_the_union_of_what_each_owner_pins() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = open(dir.path(), 8);
+        put(&cache, "a", b"aaaa");
+        put(&cache, "b", b"bbbb");
+        cache.protect("firmware", HashSet::from(["a".to_string()]));
+        cache.protect("streams", HashSet::from(["b".to_string()]));
+        cache.lookup("b").unwrap();
+        cache.set_max_bytes(4);
+        assert!(cache.lookup("a").unwrap().is_some() && cache.lookup("b").unwrap().is_some(), "both pinned");
+        cache.protect("firmware", HashSet::new());
+        assert!(cache.lookup("a").unwrap().is_none(), "unpinned by its owner, then evicted");
+        assert!(cache.lookup("b").unwrap().is_some(), "still pinned by the other owner");
     }
 
     #[test]

@@ -48,10 +48,11 @@ impl Job {
 pub enum Status {
     Ready(Arc<Payload>),
     Fetching,
-    Failed(String),
+    /// The last fetch failed, recently: why.
+    Failed(Arc<FetchError>),
 }
 
-type FetchFuture = Shared<BoxFuture<'static, Result<Arc<Payload>, String>>>;
+type FetchFuture = Shared<BoxFuture<'static, Result<Arc<Payload>, Arc<FetchError>>>>;
 
 /// How the gateway introduces itself to registries.
 const USER_AGENT: &str = concat!("updraft-ota-gateway/", env!("CARGO_PKG_VERSION"));
@@ -62,7 +63,7 @@ pub struct Fetcher {
     cache: Arc<Cache>,
     metrics: Arc<Metrics>,
     inflight: Mutex<HashMap<String, FetchFuture>>,
-    failures: Mutex<HashMap<String, (Instant, String)>>,
+    failures: Mutex<HashMap<String, (Instant, Arc<FetchError>)>>,
     permits: Semaphore,
 }
 
@@ -123,7 +124,7 @@ impl Fetcher {
     }
 
     /// Fetches the artifact (or joins the fetch under way) and waits for it.
-    pub async fn fetch(self: &Arc<Self>, job: Job) -> Result<Arc<Payload>, String> {
+    pub async fn fetch(self: &Arc<Self>, job: Job) -> Result<Arc<Payload>, Arc<FetchError>> {
         if let Ok(Some(payload)) = self.cache.lookup(&job.key()) {
             return Ok(payload);
         }
@@ -138,18 +139,17 @@ impl Fetcher {
         }
         let this = self.clone();
         let task = tokio::spawn(async move { this.run(job).await });
-        let shared =
-            async move { task.await.unwrap_or_else(|e| Err(format!("fetch task failed: {e}"))) }.boxed().shared();
+        let shared = async move { task.await.unwrap_or_else(|e| Err(Arc::new(e.into()))) }.boxed().shared();
         inflight.insert(key, shared.clone());
         shared
     }
 
     /// The fetch task: fetch, record the outcome, leave the in-flight map.
-    async fn run(self: Arc<Self>, job: Job) -> Result<Arc<Payload>, String> {
+    async fn run(self: Arc<Self>, job: Job) -> Result<Arc<Payload>, Arc<FetchError>> {
         let key = job.key();
         let _permit = self.permits.acquire().await.expect("semaphore never closed");
         let started = Instant::now();
-        let result = self.fetch_verified(&job).await.map_err(|e| e.to_string());
+        let result = self.fetch_verified(&job).await.map_err(Arc::new);
         match &result {
             Ok(p) => {
                 tracing::info!(digest = %job.digest, sha256 = %p.summary.sha256, size = p.summary.size,

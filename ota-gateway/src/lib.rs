@@ -1,36 +1,43 @@
 //! ota-gateway: Updraft's data plane.
 //!
 //! Serves firmware to devices (OtaFlux-compatible and a JSON channel API) from a
-//! verified, content-addressed disk cache filled from OCI registries. The binary
-//! is a thin wrapper around [`serve`]; tests drive [`app`] and [`admin_app`].
+//! verified, content-addressed disk cache filled from OCI registries. The binary is a
+//! thin wrapper around [`serve`]; tests drive [`app`] and [`admin_app`].
+//!
+//! Layout: one module per surface, each with its `router()` and its part of the live
+//! state ([`firmware`]); `http` (downloads with Range/ETag/sendfile, the generic
+//! error, write authorization, query strings) shared by the surfaces; `cache`,
+//! `fetch` and `unpack` (registry to disk), [`reload`] (the config file), `metrics`,
+//! `admin`, and [`sendfile`] (the zero-copy path, the crate's only `unsafe` code).
 
-pub mod admin;
-pub mod cache;
-pub mod download;
-pub mod error;
-pub mod fetch;
+#![deny(unsafe_code)]
+
+mod admin;
+mod cache;
+mod fetch;
 pub mod firmware;
-pub mod metrics;
+mod http;
+mod metrics;
 pub mod reload;
-pub mod rollout;
+#[allow(unsafe_code)]
 pub mod sendfile;
-pub mod signing;
-pub mod state;
-pub mod unpack;
+mod state;
+mod unpack;
 
 use std::future::IntoFuture;
 use std::path::PathBuf;
 
 use axum::Router;
 
-pub use error::Error;
 pub use sendfile::DeviceListener;
-pub use state::AppState;
+pub use state::{AppState, ApplyError};
 
-/// The public router: device API and downloads, with request metrics.
+/// The public router: every surface's routes, with request metrics.
 pub fn app(state: AppState) -> Router {
     let metrics = state.metrics().clone();
-    firmware::router().layer(axum::middleware::from_fn_with_state(metrics, metrics::track)).with_state(state)
+    Router::new()
+        .merge(firmware::router().with_state(state.firmware().clone()))
+        .layer(axum::middleware::from_fn_with_state(metrics, metrics::track))
 }
 
 /// The admin router: `/healthz`, `/readyz`, `/metrics`.
@@ -47,7 +54,7 @@ pub async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
     }
     let config = updraft_core::config::GatewayConfig::load(&config_path)?;
     let (listen, admin_listen) = (config.listen.clone(), config.admin_listen.clone());
-    let state = AppState::from_config(config).map_err(anyhow::Error::msg)?;
+    let state = AppState::from_config(config)?;
     tokio::spawn(reload::Watcher::new(config_path, state.clone()).run());
     let public = DeviceListener::bind(&listen).await.map_err(|e| anyhow::anyhow!("listen {listen}: {e}"))?;
     let admin = tokio::net::TcpListener::bind(&admin_listen)

@@ -1,5 +1,4 @@
-//! Keeping the live config in step with the file, and (standalone mode) channels
-//! in step with their registry's tags.
+//! Keeping the live config in step with its file.
 //!
 //! The file is polled, not watched: kubelet updates a mounted ConfigMap by swapping
 //! a symlink, which inotify on the file misses. Each poll stats the resolved path;
@@ -9,15 +8,21 @@
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use crate::state::{AppState, Channel};
-use updraft_core::config::{GatewayConfig, PinnedArtifact};
-use updraft_core::oci;
-use updraft_core::version::{parse_duration, resolve_latest};
+use crate::state::{AppState, ApplyError};
+use updraft_core::config::{ConfigError, GatewayConfig};
+
+/// Why a new config file was rejected.
+#[derive(Debug, thiserror::Error)]
+enum ReloadError {
+    #[error(transparent)]
+    Parse(#[from] ConfigError),
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+}
 
 /// How often the config file is checked.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -98,49 +103,12 @@ impl Watcher {
         }
     }
 
-    fn load(&self, content: &[u8]) -> Result<(), String> {
-        let config = GatewayConfig::parse(content).map_err(|e| format!("{}: {e}", self.path.display()))?;
-        let live = self.state.snapshot();
-        if config.listen != live.config.listen || config.admin_listen != live.config.admin_listen {
+    fn load(&self, content: &[u8]) -> Result<(), ReloadError> {
+        let config = GatewayConfig::parse(content)?;
+        let live = self.state.config();
+        if config.listen != live.listen || config.admin_listen != live.admin_listen {
             tracing::warn!("listen addresses change on restart only");
         }
-        self.state.apply(config)
+        Ok(self.state.apply(config)?)
     }
-}
-
-/// Spawns the standalone resolver of a policy channel. It stops by itself once the
-/// channel leaves the live config.
-pub fn spawn_resolver(state: AppState, channel: Weak<Channel>) {
-    tokio::spawn(async move {
-        loop {
-            let Some(live) = state.is_live(&channel) else { return };
-            let interval = live.config.policy.as_ref().and_then(|p| parse_duration(&p.interval).ok());
-            if let Err(reason) = resolve_once(&state, &live).await {
-                state.metrics().registry_result(&live.config.source.registry, false);
-                tracing::warn!(channel = %live.name(), %reason, "cannot resolve the channel's version; keeping what it has");
-            }
-            drop(live);
-            tokio::time::sleep(interval.unwrap_or(Duration::from_secs(300))).await;
-        }
-    });
-}
-
-/// Resolves the channel's policy with the resolver the operator uses and, when the
-/// result is new, makes it the channel's `current`.
-pub async fn resolve_once(state: &AppState, channel: &Arc<Channel>) -> Result<(), String> {
-    let policy = channel.config.policy.as_ref().ok_or("channel has no policy")?;
-    let source = &channel.config.source;
-    let client = state.fetcher().client();
-    let auth = oci::registry_auth(source).map_err(|e| e.to_string())?;
-    let resolved = resolve_latest(&client, &source.registry, &source.repository, &auth, policy.rule())
-        .await
-        .map_err(|e| e.to_string())?;
-    state.metrics().registry_result(&source.registry, true);
-    let pinned = PinnedArtifact { version: resolved.display_version(), tag: resolved.tag, digest: resolved.digest };
-    if channel.advance(pinned.clone()) {
-        tracing::info!(channel = %channel.name(), version = %pinned.version, digest = %pinned.digest, "resolved a new version");
-        state.refresh_protection();
-        state.prefetch();
-    }
-    Ok(())
 }

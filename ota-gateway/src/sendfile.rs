@@ -8,11 +8,14 @@
 //! it with `sendfile` from the file at the matching offset, which hands page-cache
 //! pages to the socket without a copy. Everything else is written as usual, and so
 //! is the part of a body beyond [`MAX_SENDFILE`], which measured faster copied.
+//! With `sendfile: false` in the config ([`DeviceListener::with_sendfile`]) every
+//! write is a plain vectored write (bodies still come from the mapping).
 //!
-//! Soundness rests on two facts: payload files are never modified once renamed into
-//! the cache (eviction unlinks them; the open descriptor keeps the data), and a
-//! slice handed to a write borrows the mapping, so the mapping and the descriptor
-//! registered with it outlive the `sendfile` call.
+//! Soundness rests on two facts: a mapped file is never modified while mapped (the
+//! promise each caller of the `unsafe` [`map_payload`] makes), and a slice handed to
+//! a write borrows the mapping, so the mapping and the descriptor registered with it
+//! outlive the `sendfile` call. This is the one module of the crate with `unsafe`
+//! code (and [`map_payload`] the one `unsafe fn` others call).
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -82,16 +85,23 @@ impl Drop for MappedPayload {
     }
 }
 
-/// Maps an immutable payload file and returns it as `Bytes` whose slices device
+/// Maps a payload file read-only and returns it as `Bytes` whose slices device
 /// connections send with `sendfile`. Empty files cannot be mapped and need not be.
 ///
-/// The caller guarantees that the file is never written again (cache blobs are
-/// written to a temp file, synced and renamed; eviction only unlinks them).
-pub fn map_payload(file: File) -> io::Result<Bytes> {
+/// # Safety
+///
+/// The file's contents must not change, nor the file shrink, for as long as the
+/// returned `Bytes` or any slice of it lives: no process may write to it or truncate
+/// it. A mapped file that changes would change bytes the program holds as immutable
+/// (undefined behaviour), and one that shrinks would fault on access. Publishing files
+/// by writing a temp file and renaming it into place, and removing them only by
+/// unlinking, keeps this promise: a mapping and its descriptor keep an unlinked file's
+/// data.
+pub unsafe fn map_payload(file: File) -> io::Result<Bytes> {
     if file.metadata()?.len() == 0 {
         return Ok(Bytes::new());
     }
-    // SAFETY: the file is immutable (see above); unlinking it keeps the mapping valid.
+    // SAFETY: the caller promises that the file does not change while mapped.
     let map = unsafe { memmap2::Mmap::map(&file)? };
     let payload = MappedPayload { map, _file: file };
     REGIONS
@@ -130,16 +140,25 @@ fn region_of(slice: &[u8]) -> Option<(RawFd, i64)> {
 }
 
 /// Accepts device connections: no Nagle delay (responses are written whole), a large
-/// send buffer, and payload bodies sent with `sendfile`.
-pub struct DeviceListener(TcpListener);
+/// send buffer, and payload bodies sent with `sendfile` (unless turned off).
+pub struct DeviceListener {
+    listener: TcpListener,
+    sendfile: bool,
+}
 
 impl DeviceListener {
+    /// Listens on `addr`, with `sendfile` on.
     pub async fn bind(addr: &str) -> io::Result<Self> {
-        TcpListener::bind(addr).await.map(Self)
+        Ok(Self { listener: TcpListener::bind(addr).await?, sendfile: true })
+    }
+
+    /// Whether connections send payload slices with `sendfile` (`false`: plain writes).
+    pub fn with_sendfile(self, sendfile: bool) -> Self {
+        Self { sendfile, ..self }
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.0.local_addr()
+        self.listener.local_addr()
     }
 }
 
@@ -149,7 +168,7 @@ impl axum::serve::Listener for DeviceListener {
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         loop {
-            match self.0.accept().await {
+            match self.listener.accept().await {
                 Ok((tcp, addr)) => {
                     if let Err(e) = tcp.set_nodelay(true) {
                         tracing::debug!(error = %e, "cannot set TCP_NODELAY");
@@ -157,7 +176,7 @@ impl axum::serve::Listener for DeviceListener {
                     if let Err(e) = socket2::SockRef::from(&tcp).set_send_buffer_size(SEND_BUFFER) {
                         tracing::debug!(error = %e, "cannot set SO_SNDBUF");
                     }
-                    return (DeviceStream(tcp), addr);
+                    return (DeviceStream { tcp, sendfile: self.sendfile }, addr);
                 }
                 // Out of descriptors or a connection reset before accept: keep serving
                 // the connections we have, as axum's own listener does.
@@ -170,16 +189,19 @@ impl axum::serve::Listener for DeviceListener {
     }
 
     fn local_addr(&self) -> io::Result<Self::Addr> {
-        self.0.local_addr()
+        self.listener.local_addr()
     }
 }
 
 /// A device connection whose writes send payload slices with `sendfile`.
-pub struct DeviceStream(TcpStream);
+pub struct DeviceStream {
+    tcp: TcpStream,
+    sendfile: bool,
+}
 
 impl AsyncRead for DeviceStream {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
+        Pin::new(&mut self.tcp).poll_read(cx, buf)
     }
 }
 
@@ -189,11 +211,14 @@ impl AsyncWrite for DeviceStream {
     }
 
     fn poll_write_vectored(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let tcp = &self.0;
+        if !self.sendfile {
+            return Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs);
+        }
+        let tcp = &self.tcp;
         loop {
             ready!(tcp.poll_write_ready(cx))?;
             // `try_io` clears the readiness on WouldBlock, so the next poll waits.
@@ -209,11 +234,11 @@ impl AsyncWrite for DeviceStream {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
+        Pin::new(&mut self.tcp).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
+        Pin::new(&mut self.tcp).poll_shutdown(cx)
     }
 }
 
@@ -298,7 +323,8 @@ mod tests {
         let data: Vec<u8> = (0..len).map(|i| (i * 7 + i / 251) as u8).collect();
         let mut file = tempfile::NamedTempFile::new().unwrap();
         file.write_all(&data).unwrap();
-        let bytes = map_payload(File::open(file.path()).unwrap()).unwrap();
+        // SAFETY: the test's temp file is not written again.
+        let bytes = unsafe { map_payload(File::open(file.path()).unwrap()).unwrap() };
         (file, bytes, data)
     }
 
@@ -309,7 +335,8 @@ mod tests {
         assert_eq!(region_of(&bytes.slice(4096..50_000)), Some((fd, 4096)));
         assert_eq!(region_of(&bytes[99_999..]), Some((fd, 99_999)));
         assert_eq!(region_of(&vec![0u8; 100_000]), None);
-        assert_eq!(map_payload(tempfile::tempfile().unwrap()).unwrap().len(), 0);
+        // SAFETY: an empty file is not mapped at all.
+        assert_eq!(unsafe { map_payload(tempfile::tempfile().unwrap()) }.unwrap().len(), 0);
     }
 
     #[test]
@@ -323,15 +350,14 @@ mod tests {
         assert!(!REGIONS.read().unwrap().contains_key(&start));
     }
 
-    /// Headers, a mapped body and a trailer arrive byte-exact through a real socket
-    /// pair, including when the receiver is slow and writes are partial, and the
-    /// body leaves partly copied, partly by sendfile.
-    #[tokio::test]
-    async fn mixed_writes_arrive_in_order() {
+    /// Writes headers, a mapped body and a trailer through a real socket pair the way
+    /// hyper does (vectored, advancing over partial writes) to a slow reader, and
+    /// returns what arrived, what should have, and the body's length.
+    async fn send_through(sendfile: bool) -> (Vec<u8>, Vec<u8>, usize) {
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
         // Longer than MAX_SENDFILE: copied until the rest fits, then sendfile.
         let (_file, bytes, data) = payload(MAX_SENDFILE + (3 << 20));
-        let listener = DeviceListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = DeviceListener::bind("127.0.0.1:0").await.unwrap().with_sendfile(sendfile);
         let addr = listener.local_addr().unwrap();
         let reader = tokio::spawn(async move {
             let mut client = TcpStream::connect(addr).await.unwrap();
@@ -347,14 +373,12 @@ mod tests {
             }
         });
         let mut listener = listener;
-        let sent_before = bytes_sent();
         let (mut stream, _) = axum::serve::Listener::accept(&mut listener).await;
         let body = bytes.slice(1000..);
         let mut parts = [&b"HTTP/1.1 200 OK\r\n\r\n"[..], &body[..], &b"trailer"[..]];
         let mut expected = b"HTTP/1.1 200 OK\r\n\r\n".to_vec();
         expected.extend_from_slice(&data[1000..]);
         expected.extend_from_slice(b"trailer");
-        // Write the way hyper does: vectored, advancing over partial writes.
         while parts.iter().any(|p| !p.is_empty()) {
             let slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
             let mut n = stream.write_vectored(&slices).await.unwrap();
@@ -366,11 +390,29 @@ mod tests {
         }
         stream.shutdown().await.unwrap();
         drop(stream);
-        let received = reader.await.unwrap();
+        (reader.await.unwrap(), expected, body.len())
+    }
+
+    /// The body leaves partly copied, partly by sendfile, and arrives byte-exact,
+    /// including when the receiver is slow and writes are partial.
+    #[tokio::test]
+    async fn mixed_writes_arrive_in_order() {
+        let sent_before = bytes_sent();
+        let (received, expected, body_len) = send_through(true).await;
         assert_eq!(received.len(), expected.len());
         assert!(received == expected, "bytes differ");
         let zero_copy = bytes_sent() - sent_before;
         assert!(zero_copy >= MIN_SENDFILE as u64, "the body's tail did not go through sendfile");
-        assert!(zero_copy < body.len() as u64, "the body's head was not copied");
+        assert!(zero_copy < body_len as u64, "the body's head was not copied");
+    }
+
+    /// With sendfile off, the same writes arrive byte-exact as plain writes. (That no
+    /// byte went through sendfile is checked in `tests/plain_writes.rs`, a process of
+    /// its own: the counter is process-wide and unit tests run in parallel.)
+    #[tokio::test]
+    async fn plain_writes_arrive_in_order() {
+        let (received, expected, _) = send_through(false).await;
+        assert_eq!(received.len(), expected.len());
+        assert!(received == expected, "bytes differ");
     }
 }

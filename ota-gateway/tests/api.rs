@@ -7,7 +7,7 @@ use common::*;
 use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
 use ed25519_dalek::pkcs8::{DecodePublicKey, EncodePrivateKey};
 use ed25519_dalek::{Signature, SigningKey, Verifier, VerifyingKey};
-use ota_gateway::signing::SignedFields;
+use ota_gateway::firmware::signing::SignedFields;
 
 const RAW: &str = "application/vnd.updraft.firmware.v1";
 

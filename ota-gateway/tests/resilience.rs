@@ -49,7 +49,7 @@ async fn reloads_on_symlink_swap_and_rejects_bad_files() {
     assert!(watcher.poll(), "new config applied");
     let body = gw.wait_ok("/version?device=esp32").await.text().await.unwrap();
     assert_eq!(body, format!("1.1.0\n{}\n4000", crc32fast::hash(&v2)));
-    let old_key = gw.state.channel("esp32").unwrap().releases().previous.unwrap().job.key();
+    let old_key = gw.state.firmware().channel("esp32").unwrap().releases().previous.unwrap().job.key();
     assert!(gw.state.cache().lookup(&old_key).unwrap().is_some(), "the old payload stays cached");
 
     swap_config(work.path(), &link, 3, "channels: [ {name: broken");

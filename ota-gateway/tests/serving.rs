@@ -216,7 +216,7 @@ async fn rollout_splits_devices_stably() {
 async fn wait_ready(gw: &Gateway, name: &str) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
-        let releases = gw.state.channel(name).unwrap().releases();
+        let releases = gw.state.firmware().channel(name).unwrap().releases();
         if [releases.current, releases.previous].into_iter().flatten().all(|r| r.is_ready()) {
             return;
         }

@@ -30,6 +30,17 @@ impl SignedFields<'_> {
     }
 }
 
+/// Why a signing key could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("cannot read: {0}")]
+    Read(#[source] std::io::Error),
+    #[error("not a PKCS#8 ed25519 private key: {0}")]
+    NotPkcs8(#[from] ed25519_dalek::pkcs8::Error),
+    #[error("cannot encode the public key: {0}")]
+    Encode(#[from] ed25519_dalek::pkcs8::spki::Error),
+}
+
 /// The gateway's signing key and its public half, PEM-encoded.
 pub struct Signer25519 {
     key: SigningKey,
@@ -44,17 +55,14 @@ impl std::fmt::Debug for Signer25519 {
 
 impl Signer25519 {
     /// Loads a PKCS#8 PEM ed25519 private key.
-    pub fn from_file(path: &Path) -> Result<Self, String> {
-        let pem = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        Self::from_pem(&pem).map_err(|e| format!("{}: {e}", path.display()))
+    pub fn from_file(path: &Path) -> Result<Self, KeyError> {
+        Self::from_pem(&std::fs::read_to_string(path).map_err(KeyError::Read)?)
     }
 
-    pub fn from_pem(pem: &str) -> Result<Self, String> {
-        let key = SigningKey::from_pkcs8_pem(pem).map_err(|e| format!("not a PKCS#8 ed25519 key: {e}"))?;
-        let public_pem = key
-            .verifying_key()
-            .to_public_key_pem(LineEnding::LF)
-            .map_err(|e| format!("cannot encode public key: {e}"))?;
+    /// Parses a PKCS#8 PEM ed25519 private key.
+    pub fn from_pem(pem: &str) -> Result<Self, KeyError> {
+        let key = SigningKey::from_pkcs8_pem(pem)?;
+        let public_pem = key.verifying_key().to_public_key_pem(LineEnding::LF)?;
         Ok(Self { key, public_pem })
     }
 

@@ -1,0 +1,176 @@
+//! Named channels with JSON answers: the list, a channel's release for a device, its
+//! download by version, the upgrade check (200 with the update, 204 up to date, 202
+//! while fetching), and the public key that verifies the manifests' signatures.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use tracing::instrument;
+
+use super::{Channel, Error, Firmware, Release, RETRY_AFTER};
+use crate::http::{self, query};
+
+/// One line of `GET /api/v1/channels`.
+#[derive(Serialize)]
+pub(super) struct ChannelSummary {
+    name: String,
+    device: String,
+    version: Option<String>,
+    previous: Option<String>,
+    rollout: u8,
+    ready: bool,
+    url: String,
+}
+
+/// `GET /api/v1/channels`: every channel with its versions.
+#[instrument(level = "debug", skip_all)]
+pub(super) async fn list(State(firmware): State<Firmware>) -> Json<Vec<ChannelSummary>> {
+    let summaries = firmware
+        .snapshot()
+        .channels
+        .iter()
+        .map(|c| {
+            let releases = c.releases();
+            let version = |r: &Option<Arc<Release>>| r.as_ref().map(|r| r.pinned.version.clone());
+            ChannelSummary {
+                name: c.name().to_owned(),
+                device: c.config.device_id().to_owned(),
+                version: version(&releases.current),
+                previous: version(&releases.previous),
+                rollout: c.config.rollout,
+                ready: releases.current.as_ref().is_some_and(|r| r.is_ready()),
+                url: format!("/api/v1/channels/{}", c.name()),
+            }
+        })
+        .collect();
+    Json(summaries)
+}
+
+fn named(firmware: &Firmware, name: &str) -> Result<Arc<Channel>, Error> {
+    firmware.channel(name).ok_or_else(|| Error::UnknownChannel(name.to_owned()))
+}
+
+fn json_bytes(body: Bytes) -> Response {
+    ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
+}
+
+/// `GET /api/v1/channels/{name}[?id=UNIQUE]`: the release this device gets.
+#[instrument(level = "debug", skip(firmware, uri))]
+pub(super) async fn info(
+    State(firmware): State<Firmware>,
+    Path(name): Path<String>,
+    uri: Uri,
+) -> Result<Response, Error> {
+    let channel = named(&firmware, &name)?;
+    let release = channel.pick(query::param(uri.query().unwrap_or(""), "id").as_deref())?;
+    let ready = firmware.ready(&channel, &release)?;
+    Ok(json_bytes(ready.info_json.clone()))
+}
+
+/// `GET /api/v1/channels/{name}/firmware[?version=V|?id=UNIQUE]`: the binary. The
+/// URLs in JSON answers name the version, so a device downloads what it was told.
+#[instrument(level = "debug", skip(firmware, uri, headers))]
+pub(super) async fn firmware(
+    State(firmware): State<Firmware>,
+    Path(name): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, Error> {
+    let channel = named(&firmware, &name)?;
+    let query = uri.query().unwrap_or("");
+    let release = match query::param(query, "version") {
+        Some(v) => channel
+            .by_version(&v)
+            .ok_or_else(|| http::Error::BadRequest(format!("channel {name:?} does not serve version {v:?}")))?,
+        None => channel.pick(query::param(query, "id").as_deref())?,
+    };
+    let ready = firmware.ready(&channel, &release)?;
+    firmware.touch(&ready);
+    Ok(ready.download.respond(&headers)?)
+}
+
+/// Body of `POST /api/v1/channels/{name}/check`: what the device runs.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CheckRequest {
+    version: String,
+    #[serde(default)]
+    id: Option<String>,
+}
+
+/// Whether a device running `running` needs nothing from `offered`: same version,
+/// or (both being semver) a newer one. Never offers a downgrade.
+fn is_up_to_date(running: &str, offered: &str) -> bool {
+    let (running, offered) = (running.trim().trim_start_matches('v'), offered.trim_start_matches('v'));
+    match (semver::Version::parse(running), semver::Version::parse(offered)) {
+        (Ok(r), Ok(o)) => r >= o,
+        _ => running == offered,
+    }
+}
+
+/// `POST /api/v1/channels/{name}/check` with `{"version": "...", "id": "..."}`: 200
+/// with the update, 204 when up to date, 202 while the update is being fetched.
+#[instrument(level = "debug", skip(firmware, body))]
+pub(super) async fn check(
+    State(firmware): State<Firmware>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Response, Error> {
+    let channel = named(&firmware, &name)?;
+    let request: CheckRequest =
+        serde_json::from_slice(&body).map_err(|e| http::Error::BadRequest(format!("invalid check request: {e}")))?;
+    if request.version.trim().is_empty() {
+        return Err(http::Error::BadRequest("version must not be empty".into()).into());
+    }
+    firmware.inner.metrics.checkin(&name, Some(request.version.trim()));
+    let release = channel.pick(request.id.as_deref())?;
+    let ready = match firmware.ready(&channel, &release) {
+        Ok(ready) => ready,
+        Err(Error::Fetching) => return Ok(accepted()),
+        Err(e) => return Err(e),
+    };
+    if is_up_to_date(&request.version, &ready.version) {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    Ok(json_bytes(ready.info_json.clone()))
+}
+
+/// 202: the update exists but is still being fetched.
+fn accepted() -> Response {
+    let body = serde_json::json!({ "status": "fetching", "retryAfter": RETRY_AFTER.as_secs() });
+    let mut response = (StatusCode::ACCEPTED, Json(body)).into_response();
+    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER.as_secs()));
+    response
+}
+
+/// `GET /.well-known/updraft/signing-key.pub`: the PEM public key, 404 without one.
+#[instrument(level = "debug", skip_all)]
+pub(super) async fn public_key(State(firmware): State<Firmware>) -> Response {
+    match &firmware.snapshot().signer {
+        Some(signer) => {
+            ([(header::CONTENT_TYPE, "application/x-pem-file")], signer.public_pem().to_owned()).into_response()
+        }
+        None => http::Error::NotFound("no signing key configured".into()).into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn up_to_date() {
+        assert!(is_up_to_date("1.2.0", "1.2.0"));
+        assert!(is_up_to_date("v1.2.0", "1.2.0"));
+        assert!(is_up_to_date("1.3.0", "1.2.0"));
+        assert!(!is_up_to_date("1.1.9", "1.2.0"));
+        assert!(!is_up_to_date("1.2.0-rc.1", "1.2.0"));
+        assert!(is_up_to_date("build-7", "build-7"));
+        assert!(!is_up_to_date("build-6", "build-7"));
+    }
+}

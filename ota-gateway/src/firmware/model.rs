@@ -1,0 +1,235 @@
+//! The firmware model: channels, their two releases, and what a release answers once
+//! its payload is cached ([`Ready`]: the OtaFlux body, the JSON manifest with its
+//! signature, the download). A [`Snapshot`] is one loaded config's channels, swapped
+//! as a whole on reload.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::Instant;
+
+use axum::http::HeaderValue;
+use bytes::Bytes;
+use prometheus::IntCounter;
+use serde::Serialize;
+
+use super::error::Error;
+use super::rollout::{self, Side};
+use super::signing::{SignedFields, Signer25519};
+use crate::cache::Payload;
+use crate::fetch::Job;
+use crate::http::Download;
+use crate::metrics::Metrics;
+use updraft_core::config::{ChannelConfig, PinnedArtifact};
+
+/// The channels of one loaded config.
+pub struct Snapshot {
+    pub channels: Vec<Arc<Channel>>,
+    by_name: HashMap<String, Arc<Channel>>,
+    by_device: HashMap<String, Arc<Channel>>,
+    pub signer: Option<Arc<Signer25519>>,
+    pub public_url: Option<String>,
+}
+
+impl Snapshot {
+    pub(super) fn new(
+        channels: Vec<Arc<Channel>>,
+        signer: Option<Arc<Signer25519>>,
+        public_url: Option<String>,
+    ) -> Self {
+        Self {
+            by_name: channels.iter().map(|c| (c.config.name.clone(), c.clone())).collect(),
+            by_device: channels.iter().map(|c| (c.config.device_id().to_owned(), c.clone())).collect(),
+            channels,
+            signer,
+            public_url,
+        }
+    }
+
+    pub fn channel(&self, name: &str) -> Option<&Arc<Channel>> {
+        self.by_name.get(name)
+    }
+
+    pub fn device(&self, device: &str) -> Option<&Arc<Channel>> {
+        self.by_device.get(device)
+    }
+}
+
+/// A channel and the releases it hands out.
+pub struct Channel {
+    pub config: ChannelConfig,
+    releases: RwLock<Releases>,
+    signer: Option<Arc<Signer25519>>,
+    public_url: Option<String>,
+    /// Check-ins through the OtaFlux API, which carry no device version.
+    pub otaflux_checkins: IntCounter,
+    /// Standalone mode: when the policy is due to be resolved again (`None`: now).
+    /// Kept with the channel, so a reload that keeps it keeps its schedule.
+    pub(super) next_resolve: Mutex<Option<Instant>>,
+}
+
+/// The two artifacts of a channel.
+#[derive(Clone, Default)]
+pub struct Releases {
+    pub current: Option<Arc<Release>>,
+    pub previous: Option<Arc<Release>>,
+}
+
+impl Releases {
+    /// Both releases, current first.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Release>> {
+        [&self.current, &self.previous].into_iter().flatten()
+    }
+}
+
+/// One pinned artifact of one channel.
+pub struct Release {
+    pub pinned: PinnedArtifact,
+    pub job: Job,
+    pub(super) ready: OnceLock<Arc<Ready>>,
+}
+
+/// A release whose payload is cached, with every answer precomputed.
+pub struct Ready {
+    pub payload: Arc<Payload>,
+    /// OtaFlux `/version` body: `VERSION\nCRC32\nSIZE`.
+    pub version_body: Bytes,
+    /// The JSON firmware manifest (`/api/v1/channels/{name}`).
+    pub info_json: Bytes,
+    pub version: String,
+    /// The binary, as `<channel>-<version>.bin`, ETag the payload's SHA-256.
+    pub download: Download,
+}
+
+/// The JSON description of a release.
+#[derive(Serialize)]
+struct FirmwareInfo<'a> {
+    channel: &'a str,
+    version: &'a str,
+    tag: &'a str,
+    digest: &'a str,
+    size: u64,
+    sha256: &'a str,
+    crc32: u32,
+    url: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    signature: Option<String>,
+}
+
+impl Channel {
+    pub(super) fn new(
+        config: ChannelConfig,
+        public_url: Option<String>,
+        signer: Option<Arc<Signer25519>>,
+        metrics: &Metrics,
+    ) -> Self {
+        let release = |p: &Option<PinnedArtifact>| p.as_ref().map(|p| Arc::new(Release::new(&config, p)));
+        let releases = Releases { current: release(&config.current), previous: release(&config.previous) };
+        let otaflux_checkins = metrics.checkins.with_label_values(&[config.name.as_str(), "unknown"]);
+        Self {
+            releases: RwLock::new(releases),
+            signer,
+            public_url,
+            otaflux_checkins,
+            next_resolve: Mutex::new(None),
+            config,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    pub fn releases(&self) -> Releases {
+        self.releases.read().expect("releases lock").clone()
+    }
+
+    /// Installs a newly resolved `current` (standalone mode); the old one becomes
+    /// `previous`. Returns false when nothing changed.
+    pub(super) fn advance(&self, pinned: PinnedArtifact) -> bool {
+        let mut releases = self.releases.write().expect("releases lock");
+        if releases.current.as_ref().is_some_and(|c| c.pinned == pinned) {
+            return false;
+        }
+        let next = Arc::new(Release::new(&self.config, &pinned));
+        releases.previous = releases.current.replace(next);
+        true
+    }
+
+    /// The release a device gets, by the rollout hash of its id.
+    pub(super) fn pick(&self, id: Option<&str>) -> Result<Arc<Release>, Error> {
+        let releases = self.releases.read().expect("releases lock");
+        let current = releases.current.as_ref().ok_or_else(|| Error::NotResolved(self.config.name.clone()))?;
+        let side = rollout::choose(&self.config.name, id, self.config.rollout, releases.previous.is_some());
+        Ok(match (side, &releases.previous) {
+            (Side::Previous, Some(previous)) => previous.clone(),
+            _ => current.clone(),
+        })
+    }
+
+    /// The release with this exact version, if the channel has one.
+    pub(super) fn by_version(&self, version: &str) -> Option<Arc<Release>> {
+        let releases = self.releases.read().expect("releases lock");
+        let found = releases.iter().find(|r| r.pinned.version == version).cloned();
+        found
+    }
+
+    /// Where devices download this channel's `version`.
+    fn download_url(&self, version: &str) -> String {
+        let base = self.public_url.as_deref().unwrap_or("").trim_end_matches('/');
+        format!("{base}/api/v1/channels/{}/firmware?version={}", self.config.name, version)
+    }
+
+    /// Every answer of `release`, from its cached payload.
+    pub(super) fn prepare(&self, release: &Release, payload: Arc<Payload>) -> Ready {
+        let summary = &payload.summary;
+        let version = release.pinned.version.trim_start_matches('v').to_owned();
+        let fields = SignedFields {
+            channel: &self.config.name,
+            crc32: summary.crc32,
+            sha256: &summary.sha256,
+            size: summary.size,
+            version: &version,
+        };
+        let info = FirmwareInfo {
+            channel: &self.config.name,
+            version: &version,
+            tag: &release.pinned.tag,
+            digest: &release.pinned.digest,
+            size: summary.size,
+            sha256: &summary.sha256,
+            crc32: summary.crc32,
+            url: self.download_url(&release.pinned.version),
+            signature: self.signer.as_ref().map(|s| s.sign(&fields)),
+        };
+        let info_json = Bytes::from(serde_json::to_vec(&info).expect("info serializes"));
+        let filename = format!("attachment; filename=\"{}-{}.bin\"", self.config.name, version);
+        let download = Download {
+            body: payload.bytes.clone(),
+            etag: HeaderValue::from_str(&format!("\"{}\"", summary.sha256)).expect("hex is a valid header"),
+            content_type: HeaderValue::from_static("application/octet-stream"),
+            disposition: Some(HeaderValue::from_str(&filename).unwrap_or(HeaderValue::from_static("attachment"))),
+        };
+        Ready {
+            version_body: Bytes::from(format!("{version}\n{}\n{}", summary.crc32, summary.size)),
+            info_json,
+            version,
+            download,
+            payload,
+        }
+    }
+}
+
+impl Release {
+    fn new(channel: &ChannelConfig, pinned: &PinnedArtifact) -> Self {
+        Self {
+            pinned: pinned.clone(),
+            job: Job::new(&channel.source, pinned, &channel.artifact),
+            ready: OnceLock::new(),
+        }
+    }
+
+    /// Whether the payload is cached and the answers prepared.
+    pub fn is_ready(&self) -> bool {
+        self.ready.get().is_some()
+    }
+}

@@ -1,0 +1,87 @@
+//! Standalone mode: channels with a version `policy` instead of a pinned digest get
+//! their `current` from the registry's tags, with the resolver the operator uses
+//! ([`resolve_latest`]).
+//!
+//! One task per live snapshot resolves each of its policy channels on the channel's
+//! interval (channels resolve concurrently; one slow registry does not hold up the
+//! others). The task stops as soon as its snapshot is replaced; the next snapshot's
+//! task continues the schedule of every channel the reload kept.
+
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+
+use super::{Channel, Firmware, Snapshot};
+use updraft_core::config::PinnedArtifact;
+use updraft_core::oci;
+use updraft_core::version::{parse_duration, resolve_latest, ResolveError};
+
+/// Interval of a policy whose own does not parse (validation refuses those).
+const DEFAULT_INTERVAL: Duration = Duration::from_secs(300);
+
+/// Starts the resolver task of `snapshot`, which must be live.
+pub(super) fn spawn(firmware: Firmware, snapshot: &Arc<Snapshot>) {
+    let snapshot = Arc::downgrade(snapshot);
+    let mut installed = firmware.inner.installed.subscribe();
+    tokio::spawn(async move {
+        while let Some(next) = run_due(&firmware, &snapshot).await {
+            tokio::select! {
+                _ = tokio::time::sleep_until(next.into()) => {}
+                replaced = installed.changed() => {
+                    if replaced.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Resolves every channel of the snapshot that is due; returns when the next one is,
+/// or `None` once the snapshot is no longer live.
+async fn run_due(firmware: &Firmware, snapshot: &Weak<Snapshot>) -> Option<Instant> {
+    let live = snapshot.upgrade().filter(|s| firmware.is_live(s))?;
+    let policy_channels = || live.channels.iter().filter(|c| c.config.policy.is_some());
+    let now = Instant::now();
+    let due: Vec<&Arc<Channel>> = policy_channels().filter(|c| claim(c, now)).collect();
+    join_all(due.into_iter().map(|channel| resolve_logged(firmware, channel))).await;
+    policy_channels().filter_map(|c| *c.next_resolve.lock().expect("schedule lock")).min()
+}
+
+/// If `channel` is due at `now`, schedules its next resolution (before this one runs,
+/// so a task taking over after a reload does not resolve it twice) and returns true.
+fn claim(channel: &Channel, now: Instant) -> bool {
+    let mut next = channel.next_resolve.lock().expect("schedule lock");
+    if next.is_some_and(|at| at > now) {
+        return false;
+    }
+    let interval = channel.config.policy.as_ref().and_then(|p| parse_duration(&p.interval).ok());
+    *next = Some(now + interval.unwrap_or(DEFAULT_INTERVAL));
+    true
+}
+
+async fn resolve_logged(firmware: &Firmware, channel: &Channel) {
+    if let Err(reason) = resolve_once(firmware, channel).await {
+        firmware.inner.metrics.registry_result(&channel.config.source.registry, false);
+        tracing::warn!(channel = %channel.name(), %reason, "cannot resolve the channel's version; keeping what it has");
+    }
+}
+
+/// Resolves the channel's policy and, when the result is new, makes it the channel's
+/// `current`: pinned in the cache and fetched at once.
+async fn resolve_once(firmware: &Firmware, channel: &Channel) -> Result<(), ResolveError> {
+    let Some(policy) = channel.config.policy.as_ref() else { return Ok(()) };
+    let source = &channel.config.source;
+    let client = firmware.inner.fetcher.client();
+    let auth = oci::registry_auth(source)?;
+    let resolved = resolve_latest(&client, &source.registry, &source.repository, &auth, policy.rule()).await?;
+    firmware.inner.metrics.registry_result(&source.registry, true);
+    let pinned = PinnedArtifact { version: resolved.display_version(), tag: resolved.tag, digest: resolved.digest };
+    if channel.advance(pinned.clone()) {
+        tracing::info!(channel = %channel.name(), version = %pinned.version, digest = %pinned.digest, "resolved a new version");
+        firmware.repin();
+        firmware.prefetch();
+    }
+    Ok(())
+}
