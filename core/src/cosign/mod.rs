@@ -24,16 +24,14 @@ mod payload;
 use std::path::PathBuf;
 
 use oci_client::errors::{OciDistributionError, OciErrorCode};
-use oci_client::manifest::ImageIndexEntry;
-use oci_client::manifest::{OciDescriptor, OciManifest};
+use oci_client::manifest::{ImageIndexEntry, OciDescriptor, OciManifest};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use serde::{Deserialize, Serialize};
 
 use keys::Keys;
 pub use keys::{KeyError, PublicKey, Trust};
-use payload::Check;
-pub use payload::{BUNDLE_MEDIA_TYPE_PREFIX, IN_TOTO_PAYLOAD_TYPE, SIGN_PREDICATE_TYPE, SIMPLE_SIGNING_TYPE};
+use payload::{Check, BUNDLE_MEDIA_TYPE_PREFIX};
 
 use crate::oci::{self, OciError};
 

@@ -19,14 +19,14 @@ use serde::Deserialize;
 use super::keys::{decode_base64, parse_signature, sha256, Keys};
 
 /// `critical.type` of a cosign image signature payload.
-pub const SIMPLE_SIGNING_TYPE: &str = "cosign container image signature";
+pub(super) const SIMPLE_SIGNING_TYPE: &str = "cosign container image signature";
 /// `payloadType` of a DSSE envelope carrying an in-toto statement.
-pub const IN_TOTO_PAYLOAD_TYPE: &str = "application/vnd.in-toto+json";
+pub(super) const IN_TOTO_PAYLOAD_TYPE: &str = "application/vnd.in-toto+json";
 /// The predicate type `cosign sign` gives an image signature in a DSSE bundle.
-pub const SIGN_PREDICATE_TYPE: &str = "https://sigstore.dev/cosign/sign/v1";
+pub(super) const SIGN_PREDICATE_TYPE: &str = "https://sigstore.dev/cosign/sign/v1";
 /// Media types of sigstore bundles start with this (`…bundle.v0.3+json`, or the older
 /// `…bundle+json;version=0.x`).
-pub const BUNDLE_MEDIA_TYPE_PREFIX: &str = "application/vnd.dev.sigstore.bundle";
+pub(super) const BUNDLE_MEDIA_TYPE_PREFIX: &str = "application/vnd.dev.sigstore.bundle";
 
 /// What one piece of signature material says about the wanted digest.
 #[derive(Clone, Debug, PartialEq, Eq)]
