@@ -1,20 +1,30 @@
-//! Prometheus metrics of the gateway, and the tower middleware that counts HTTP
-//! requests by matched route (never the raw path: device ids would explode the
+//! Prometheus metrics of the gateway, and the tower middleware that counts and times
+//! HTTP requests by matched route (never the raw path: device ids would explode the
 //! label space).
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, Method};
 use axum::middleware::Next;
 use axum::response::Response;
-use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Request duration buckets, in seconds: from an in-memory `/version` answer (tens of
+/// microseconds) to a slow upstream.
+const DURATION_BUCKETS: &[f64] =
+    &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
 /// Every metric the gateway exports, registered in its own registry.
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
     pub requests: IntCounterVec,
+    /// Time from a request's arrival to its response head (a body streams after).
+    pub request_duration: HistogramVec,
     pub bytes_sent: IntCounterVec,
     pub cache_hits: IntCounter,
     pub cache_misses: IntCounter,
@@ -56,6 +66,16 @@ impl Metrics {
         .expect("valid metric");
         r.register(Box::new(registry_up.clone())).expect("unique metric");
         r.register(Box::new(crate::sendfile::SENT.clone())).expect("unique metric");
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "http_request_duration_seconds",
+                "Time to the response head by matched route and method",
+            )
+            .buckets(DURATION_BUCKETS.to_vec()),
+            &["route", "method"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(request_duration.clone())).expect("unique metric");
         Self {
             requests: counter_vec(
                 &r,
@@ -82,6 +102,7 @@ impl Metrics {
             ),
             cache_bytes,
             registry_up,
+            request_duration,
             registry: r,
         }
     }
@@ -113,15 +134,17 @@ impl Metrics {
     }
 }
 
-/// Middleware: counts each request by matched route, method and status, and the
-/// response body bytes (from Content-Length) by route.
+/// Middleware: counts and times each request by matched route and method (and counts
+/// it by status), and counts the response body bytes (from Content-Length) by route.
 pub async fn track(State(metrics): State<Arc<Metrics>>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
     // MatchedPath is an Arc<str>: cloning it does not allocate.
     let route = request.extensions().get::<MatchedPath>().cloned();
     let method = request.method().clone();
     let response = next.run(request).await;
     let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
     let status = response.status();
+    metrics.request_duration.with_label_values(&[route, method.as_str()]).observe(started.elapsed().as_secs_f64());
     metrics.requests.with_label_values(&[route, method.as_str(), status.as_str()]).inc();
     if method != Method::HEAD {
         let sent = response
