@@ -27,17 +27,27 @@ mod unpack;
 use std::future::IntoFuture;
 use std::path::PathBuf;
 
+use axum::http::StatusCode;
+use axum::routing::get;
 use axum::Router;
 
 pub use sendfile::DeviceListener;
 pub use state::{AppState, ApplyError};
 
-/// The public router: every surface's routes, with request metrics.
+/// The public router: every surface's routes and OtaFlux's `GET /health`, with
+/// request metrics.
 pub fn app(state: AppState) -> Router {
     let metrics = state.metrics().clone();
     Router::new()
+        .route("/health", get(health))
         .merge(firmware::router().with_state(state.firmware().clone()))
         .layer(axum::middleware::from_fn_with_state(metrics, metrics::track))
+}
+
+/// `GET /health` on the public port, as OtaFlux answers it (probes and load balancers
+/// use it): 200 with an empty body.
+async fn health() -> StatusCode {
+    StatusCode::OK
 }
 
 /// The admin router: `/healthz`, `/readyz`, `/metrics`.

@@ -164,8 +164,13 @@ async fn downloads_follow_http_semantics() {
     let missing = gw.get("/version").await;
     assert_eq!(missing.status(), 400);
     assert_eq!(missing.text().await.unwrap(), "Missing required query parameter: 'device'");
-    assert_eq!(gw.get("/version?device=nope").await.status(), 404);
-    assert_eq!(gw.get("/firmware?device=nope").await.status(), 404);
+    for path in ["/version?device=nope", "/firmware?device=nope"] {
+        let unknown = gw.get(path).await;
+        assert_eq!(unknown.status(), 404);
+        assert_eq!(unknown.headers()["content-type"], "text/plain; charset=utf-8");
+        assert_eq!(unknown.text().await.unwrap(), "No firmware for device 'nope'");
+    }
+    assert_eq!(missing_type(&gw, "/firmware").await, "text/plain; charset=utf-8");
 
     let metrics = gw.metrics().await;
     assert!(
@@ -179,6 +184,34 @@ async fn downloads_follow_http_semantics() {
     assert!(metrics.contains("updraft_gateway_cache_hits_total"));
     let zero_copy = metrics.lines().find_map(|l| l.strip_prefix("updraft_gateway_sendfile_bytes_total ")).unwrap();
     assert!(zero_copy.parse::<u64>().unwrap() >= 170_000, "{metrics}");
+}
+
+async fn missing_type(gw: &Gateway, path: &str) -> String {
+    let r = gw.get(path).await;
+    assert_eq!(r.status(), 400);
+    r.headers()["content-type"].to_str().unwrap().to_owned()
+}
+
+/// OtaFlux's `GET /health` on the public port: 200 with an empty body, with or
+/// without channels, and counted like any route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_answers_on_the_public_port() {
+    let work = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(config(&work.path().join("cache"), Vec::new())).await;
+    let health = gw.get("/health").await;
+    assert_eq!(health.status(), 200);
+    assert!(health.headers().get("content-type").is_none());
+    assert!(health.bytes().await.unwrap().is_empty());
+    assert_eq!(gw.get("/version?device=esp32").await.status(), 404, "no channel, no firmware");
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics.contains(r#"updraft_gateway_http_requests_total{method="GET",route="/health",status="200"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"updraft_gateway_http_request_duration_seconds_count{method="GET",route="/health"} 1"#),
+        "{metrics}"
+    );
 }
 
 /// 1000 device ids at 30%: about 300 get the new version, each id always the same;

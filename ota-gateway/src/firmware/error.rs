@@ -15,7 +15,7 @@ pub enum Error {
     #[error("Missing required query parameter: 'device'")]
     MissingDevice,
     /// OtaFlux: no channel serves this device id.
-    #[error("Unknown device: '{0}'")]
+    #[error("No firmware for device '{0}'")]
     NoFirmware(String),
     #[error("unknown channel {0:?}")]
     UnknownChannel(String),
@@ -66,7 +66,7 @@ mod tests {
         let r = Error::NoFirmware("nope".into()).into_response();
         assert_eq!(r.status(), StatusCode::NOT_FOUND);
         assert_eq!(r.headers()[header::CONTENT_TYPE], "text/plain; charset=utf-8");
-        assert_eq!(body(r).await, "Unknown device: 'nope'");
+        assert_eq!(body(r).await, "No firmware for device 'nope'");
     }
 
     #[tokio::test]
