@@ -9,6 +9,8 @@ use crate::common::{default_gateway, OciSource};
 
 /// A line of firmware for one device type, resolved from the tags of one OCI repository
 /// and served by an OtaGateway.
+// kube's `printcolumn(...)` entries repeat the same keys by design.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "updraft.dev",

@@ -12,7 +12,7 @@ pub const RECONCILING: &str = "Reconciling";
 pub const STALLED: &str = "Stalled";
 
 /// `"True"` or `"False"`.
-pub fn status_str(value: bool) -> &'static str {
+fn status_str(value: bool) -> &'static str {
     if value {
         "True"
     } else {
@@ -55,7 +55,7 @@ pub fn now() -> Time {
 }
 
 /// [`set_condition`] with an explicit clock, for tests.
-pub fn set_condition_at(
+fn set_condition_at(
     conditions: &mut Vec<Condition>,
     new: NewCondition<'_>,
     generation: Option<i64>,

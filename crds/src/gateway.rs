@@ -12,6 +12,8 @@ use crate::common::SecretKeyRef;
 /// A deployment of the Updraft gateway that serves the FirmwareChannels, ImageStreams and
 /// ArtifactMirrors attached to it. The operator creates its ConfigMap, Deployment and
 /// Service, all owned by it.
+// kube's `printcolumn(...)` entries repeat the same keys by design.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "updraft.dev",

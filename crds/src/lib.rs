@@ -4,6 +4,8 @@
 //! [`ArtifactMirror`]. Every status carries `observedGeneration` and kstatus conditions
 //! (see [`conditions`]).
 
+#![deny(unsafe_code)]
+
 pub mod channel;
 pub mod common;
 pub mod conditions;
@@ -19,9 +21,6 @@ pub use stream::{ImageStream, ImageStreamSpec, ImageStreamStatus};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
-
-/// The API group.
-pub const GROUP: &str = "updraft.dev";
 
 /// The CustomResourceDefinitions of all four kinds.
 pub fn crds() -> Vec<CustomResourceDefinition> {

@@ -10,6 +10,8 @@ use crate::common::{default_gateway, HttpStore, OciSource};
 /// Forwards release artifacts (e.g. LAN to WAN) from a source to a destination, with
 /// include/exclude rules and retention. Status reports what the operator observed at
 /// the destination.
+// kube's `printcolumn(...)` entries repeat the same keys by design.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "updraft.dev",

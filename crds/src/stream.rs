@@ -9,6 +9,8 @@ use crate::common::{default_gateway, OciSource};
 
 /// A simplestreams image server (for `lxc` and `incus`) built from images held as OCI
 /// artifacts, from uploads, or mirrored from an upstream simplestreams server.
+// kube's `printcolumn(...)` entries repeat the same keys by design.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "updraft.dev",

@@ -11,14 +11,14 @@ use axum::Router;
 use crate::metrics::Metrics;
 
 #[derive(Clone)]
-pub struct AdminState {
+pub(crate) struct AdminState {
     pub metrics: Metrics,
     /// Set once the controllers' caches are filled (and, with leader election, this
     /// replica leads or stands by).
     pub ready: Arc<AtomicBool>,
 }
 
-pub fn router(state: AdminState) -> Router {
+pub(crate) fn router(state: AdminState) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))

@@ -1,39 +1,43 @@
-//! FirmwareChannel controller: read → validate → resolve (registry metadata) → status.
-//! The OtaGateway controller renders the resolved digests into gateway configuration.
+//! FirmwareChannel controller: read → validate → resolve (registry metadata, on the
+//! channel's schedule) → status. The OtaGateway controller renders the resolved digests
+//! into gateway configuration.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::controller::Action;
-use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 use oci_client::secrets::RegistryAuth;
 use tracing::{info, instrument, warn};
-use updraft_core::version::{parse_duration, parse_range};
+use updraft_core::version::parse_range;
 use updraft_crds::conditions::{self, set_condition, NewCondition, READY, RECONCILING, STALLED};
-use updraft_crds::{FirmwareChannel, FirmwareChannelSpec, FirmwareChannelStatus, OtaGateway, ResolvedVersion};
+use updraft_crds::{FirmwareChannel, FirmwareChannelSpec, FirmwareChannelStatus, ResolvedVersion};
 
-use crate::context::{apply_status, backoff, Context, Failure};
-use crate::error::{Error, Result};
-use crate::render::{self, attach};
-use crate::resolve::{validate_source, Resolution, ResolveRequest};
+use crate::attach::{self, gateway_of};
+use crate::checks;
+use crate::context::Context;
+use crate::error::{Error, Result, SpecError};
+use crate::render;
+use crate::resolve::{Resolution, ResolveRequest};
+use crate::schedule::Failure;
+use crate::status::{self, Stall};
 
-pub const CONTROLLER: &str = "firmwarechannel";
+pub(crate) const CONTROLLER: &str = "firmwarechannel";
 /// Condition that reports whether the last registry check reached the registry.
-pub const REGISTRY_REACHABLE: &str = "RegistryReachable";
+const REGISTRY_REACHABLE: &str = "RegistryReachable";
 
 #[instrument(skip_all, fields(namespace = channel.namespace().unwrap_or_default(), name = channel.name_any()))]
-pub async fn reconcile(channel: Arc<FirmwareChannel>, ctx: Arc<Context>) -> Result<Action> {
+pub(crate) async fn reconcile(channel: Arc<FirmwareChannel>, ctx: Arc<Context>) -> Result<Action> {
     let _timer = ctx.metrics.reconcile(CONTROLLER);
-    let api: Api<FirmwareChannel> = Api::namespaced(ctx.client.clone(), &channel.namespace().unwrap_or_default());
+    let schedule = &ctx.schedules.channels;
     let old = channel.status.clone().unwrap_or_default();
     let generation = channel.metadata.generation;
     let mut status = FirmwareChannelStatus { observed_generation: generation, ..old.clone() };
 
     let interval = match validate(&channel.spec) {
         Ok(interval) => interval,
-        Err(message) => return stall(&api, &channel, &ctx, status, message).await,
+        Err(e) => return stall(&channel, &ctx, status, e).await,
     };
     set_condition(
         &mut status.conditions,
@@ -41,26 +45,21 @@ pub async fn reconcile(channel: Arc<FirmwareChannel>, ctx: Arc<Context>) -> Resu
         generation,
     );
 
-    let outcome = match ctx.check_wait(&channel) {
-        _ if channel.spec.suspend => None,
-        Some(_) => None,
-        None => Some(check_registry(&channel, &ctx, interval).await),
+    // Ask the registry when due; otherwise (a watch event, or the retry of a status write
+    // that failed) report what the last check found, without asking again.
+    let error = match schedule.due_in(&channel) {
+        None if !channel.spec.suspend => check_registry(&channel, &ctx, interval).await.err(),
+        _ => None,
     };
-    let error = match outcome {
-        Some(Ok(resolution)) => {
-            record_resolution(&channel, &ctx, &mut status, resolution).await;
-            None
-        }
-        Some(Err(e)) => Some(e),
-        None => None,
-    };
-    // This pass's error, or the last check's when this pass did not ask the registry.
-    let failure = ctx.last_failure(&channel);
+    let new_version = schedule.last_result(&channel).and_then(|r| record_resolution(&mut status, r));
+    let failure = schedule.last_failure(&channel);
     set_registry_condition(&mut status, failure.as_ref(), generation);
     set_ready(&channel, &ctx, &mut status, failure.as_ref());
 
-    if status != old {
-        apply_status(&api, &channel, &status).await?;
+    status::write(&ctx.client, channel.as_ref(), &status).await?;
+    schedule.succeeded(&channel);
+    if let Some(note) = new_version {
+        ctx.event(channel.as_ref(), false, "NewVersion", note).await;
     }
     if let Some(latest) = &status.latest {
         let old_version = old.latest.as_ref().map(|l| l.version.as_str());
@@ -71,50 +70,53 @@ pub async fn reconcile(channel: Arc<FirmwareChannel>, ctx: Arc<Context>) -> Resu
             &latest.version,
         );
     }
+    // A failed check is reported in status and retried on the schedule's backoff (a spec
+    // the registry shows to be unworkable waits for a change); it is not a failed reconcile.
     match error {
-        Some(e) => {
-            ctx.metrics.error(CONTROLLER, &e);
-            warn!(error = %e, "registry check failed");
-            Err(e)
-        }
+        Some(e) if e.is_permanent() => Ok(Action::await_change()),
         None if channel.spec.suspend => Ok(Action::await_change()),
-        None => Ok(Action::requeue(ctx.check_wait(&channel).unwrap_or(interval))),
+        _ => Ok(Action::requeue(schedule.due_in(&channel).unwrap_or(interval))),
     }
 }
 
-/// Retry policy: a bad spec waits for a change; anything else backs off, growing to 5 min.
-pub fn error_policy(channel: Arc<FirmwareChannel>, error: &Error, ctx: Arc<Context>) -> Action {
+/// Retry policy for a failed reconcile (the API server refused a read or the status
+/// write; failed registry checks are not errors, see [`reconcile`]): soon, growing.
+pub(crate) fn error_policy(channel: Arc<FirmwareChannel>, error: &Error, ctx: Arc<Context>) -> Action {
     if error.is_permanent() {
         return Action::await_change();
     }
-    // The failed check recorded when the next one is due (backoff, capped at the interval).
-    Action::requeue(ctx.check_wait(&channel).unwrap_or_else(|| backoff(1)))
+    warn!(%error, "channel reconcile failed");
+    Action::requeue(ctx.schedules.channels.failed(&channel))
 }
 
 /// Checks what the schema cannot; returns the registry check interval.
-pub fn validate(spec: &FirmwareChannelSpec) -> Result<Duration, String> {
-    validate_source(&spec.source)?;
-    parse_range(&spec.version.range).map_err(|e| format!("version.range: {e}"))?;
-    let interval = parse_duration(&spec.interval).map_err(|e| format!("interval: {e}"))?;
+fn validate(spec: &FirmwareChannelSpec) -> Result<Duration, SpecError> {
+    checks::oci_source(&spec.source, "source")?;
+    parse_range(&spec.version.range).map_err(|e| SpecError::new("version.range", format!("version.range: {e}")))?;
+    let interval = checks::duration("interval", &spec.interval)?;
     if let Some(pin) = spec.version.pin.as_deref() {
         if pin.starts_with("sha256:") && !updraft_core::config::is_digest(pin) {
-            return Err(format!("version.pin {pin:?} is not a digest (sha256:<64 lowercase hex>)"));
+            let message = format!("version.pin {pin:?} is not a digest (sha256:<64 lowercase hex>)");
+            return Err(SpecError::new("version.pin", message));
         }
         if pin.is_empty() || pin.contains(['/', ':', ' ']) && !pin.starts_with("sha256:") {
-            return Err(format!("version.pin {pin:?} is neither a tag nor a digest"));
+            return Err(SpecError::new("version.pin", format!("version.pin {pin:?} is neither a tag nor a digest")));
         }
     }
     if spec.artifact.unpack == updraft_crds::channel::Unpack::Tar && spec.artifact.path.is_none() {
-        return Err("artifact.unpack is tar but artifact.path (the binary inside the archive) is not set".into());
+        let message = "artifact.unpack is tar but artifact.path (the binary inside the archive) is not set";
+        return Err(SpecError::new("artifact.path", message));
     }
     if let Some(platform) = &spec.artifact.platform {
         if !(2..=3).contains(&platform.split('/').count()) {
-            return Err(format!("artifact.platform {platform:?} must be os/arch or os/arch/variant"));
+            let message = format!("artifact.platform {platform:?} must be os/arch or os/arch/variant");
+            return Err(SpecError::new("artifact.platform", message));
         }
     }
     if let Some(device) = &spec.device {
         if device.is_empty() || !device.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
-            return Err(format!("device {device:?} may only hold letters, digits, '-', '_' and '.'"));
+            let message = format!("device {device:?} may only hold letters, digits, '-', '_' and '.'");
+            return Err(SpecError::new("device", message));
         }
     }
     Ok(interval)
@@ -122,38 +124,31 @@ pub fn validate(spec: &FirmwareChannelSpec) -> Result<Duration, String> {
 
 /// Reports a bad spec as `Stalled` and waits for the spec to change.
 async fn stall(
-    api: &Api<FirmwareChannel>,
     channel: &FirmwareChannel,
     ctx: &Context,
-    mut status: FirmwareChannelStatus,
-    message: String,
+    status: FirmwareChannelStatus,
+    error: SpecError,
 ) -> Result<Action> {
-    let generation = channel.metadata.generation;
-    let was_stalled = conditions::is_true(&status.conditions, STALLED);
-    let conditions = &mut status.conditions;
-    set_condition(conditions, NewCondition::new(STALLED, true, "InvalidSpec", message.clone()), generation);
-    set_condition(conditions, NewCondition::new(READY, false, "InvalidSpec", message.clone()), generation);
-    set_condition(
-        conditions,
-        NewCondition::new(RECONCILING, false, "InvalidSpec", "waiting for the spec to change"),
-        generation,
-    );
-    if Some(&status) != channel.status.as_ref() {
-        apply_status(api, channel, &status).await?;
-    }
-    if !was_stalled {
-        ctx.event(channel, true, "InvalidSpec", message.clone()).await;
-    }
-    ctx.forget(channel);
-    ctx.metrics.error(CONTROLLER, &Error::InvalidSpec(message));
+    warn!(field = %error.field, %error, "invalid spec");
+    let stalled =
+        Stall { reason: "InvalidSpec", message: error.to_string(), waiting: "waiting for the spec to change" };
+    status::stall(ctx, channel, status, stalled).await?;
+    ctx.schedules.channels.forget(channel);
+    ctx.metrics.error(CONTROLLER, &Error::InvalidSpec(error));
     Ok(Action::await_change())
 }
 
-/// Asks the registry which artifact the channel should serve now.
+/// Asks the registry which artifact the channel should serve now, and records the
+/// outcome in the channel's schedule.
 async fn check_registry(channel: &FirmwareChannel, ctx: &Context, interval: Duration) -> Result<Resolution> {
     let result = resolve(channel, ctx).await;
-    ctx.checked(channel, result.as_ref().err().map(Failure::from), interval);
+    let outcome = result.as_ref().cloned().map_err(Failure::from);
+    ctx.schedules.channels.checked(channel, outcome, interval);
     ctx.metrics.registry_check(result.is_ok());
+    if let Err(e) = &result {
+        ctx.metrics.error(CONTROLLER, e);
+        warn!(error = %e, "registry check failed");
+    }
     result
 }
 
@@ -183,15 +178,11 @@ async fn registry_auth(channel: &FirmwareChannel, ctx: &Context) -> Result<Regis
         .map_err(|e| Error::Credentials(format!("Secret {name:?}: {e}")))
 }
 
-/// A new digest moves `latest` to `previous` and emits an event.
-async fn record_resolution(
-    channel: &FirmwareChannel,
-    ctx: &Context,
-    status: &mut FirmwareChannelStatus,
-    r: Resolution,
-) {
+/// A new digest moves `latest` to `previous`; returns the note of the `NewVersion` event,
+/// published once the status is written. The same resolution again changes nothing.
+fn record_resolution(status: &mut FirmwareChannelStatus, r: Resolution) -> Option<String> {
     if status.latest.as_ref().is_some_and(|l| l.digest == r.digest && l.tag == r.tag) {
-        return;
+        return None;
     }
     let note = match &status.latest {
         Some(old) => format!("{} ({}) replaces {} ({})", r.version, r.digest, old.version, old.digest),
@@ -206,7 +197,7 @@ async fn record_resolution(
         resolved_at: conditions::now(),
     };
     status.previous = status.latest.replace(new);
-    ctx.event(channel, false, "NewVersion", note).await;
+    Some(note)
 }
 
 fn set_registry_condition(status: &mut FirmwareChannelStatus, failure: Option<&Failure>, generation: Option<i64>) {
@@ -226,15 +217,13 @@ fn set_ready(channel: &FirmwareChannel, ctx: &Context, status: &mut FirmwareChan
     let generation = channel.metadata.generation;
     let ns = channel.namespace().unwrap_or_default();
     let gateway_name = &channel.spec.gateway_ref;
-    let gateway = ctx.gateways.get(&ObjectRef::<OtaGateway>::new(gateway_name).within(&ns));
+    let gateway_ref = gateway_of(channel);
+    let gateway = ctx.gateways.get(&gateway_ref);
     status.url =
         gateway.as_ref().map(|gw| format!("{}/api/v1/channels/{}", render::service_url(gw), channel.name_any()));
     let siblings = ctx.channels.state();
     let conflict =
-        attach(gateway_name, siblings.iter().map(|c| c.as_ref()).filter(|c| c.namespace() == channel.namespace()))
-            .conflicts
-            .remove(&channel.name_any());
-
+        attach::channels(&gateway_ref, siblings.iter().map(|c| c.as_ref())).conflicts.remove(&channel.name_any());
     let (ready, reason, message) = match (&status.latest, failure, gateway, conflict) {
         (None, Some(f), _, _) => (false, f.reason, f.message.clone()),
         (None, None, _, _) if channel.spec.suspend => {
@@ -273,6 +262,7 @@ fn missing_gateway(name: &str, ns: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fixtures::{DIGEST_A, DIGEST_B};
 
     fn spec(patch: serde_json::Value) -> FirmwareChannelSpec {
         let mut base = serde_json::json!({"source": {"registry": "127.0.0.1:15000", "repository": "fw/esp32"}});
@@ -291,7 +281,7 @@ mod tests {
 
     #[test]
     fn invalid_specs_say_which_field() {
-        let err = |p| validate(&spec(p)).unwrap_err();
+        let err = |p| validate(&spec(p)).unwrap_err().to_string();
         assert!(err(serde_json::json!({"version": {"range": ">=banana"}})).starts_with("version.range"));
         assert!(err(serde_json::json!({"interval": "often"})).starts_with("interval"));
         assert!(err(serde_json::json!({"source": {"registry": "https://r", "repository": "x"}}))
@@ -302,5 +292,91 @@ mod tests {
         assert!(err(serde_json::json!({"version": {"pin": "sha256:abc"}})).contains("not a digest"));
         assert!(err(serde_json::json!({"artifact": {"unpack": "tar"}})).contains("artifact.path"));
         assert!(err(serde_json::json!({"device": "esp 32"})).contains("device"));
+    }
+
+    #[test]
+    fn invalid_specs_name_the_field_at_fault() {
+        let field = |p| validate(&spec(p)).unwrap_err().field;
+        assert_eq!(field(serde_json::json!({"version": {"range": ">=banana"}})), "version.range");
+        assert_eq!(field(serde_json::json!({"version": {"pin": "a/b"}})), "version.pin");
+        assert_eq!(field(serde_json::json!({"source": {"registry": "r", "repository": "UPPER"}})), "source.repository");
+        assert_eq!(field(serde_json::json!({"artifact": {"platform": "linux"}})), "artifact.platform");
+    }
+
+    #[test]
+    fn a_resolution_moves_latest_to_previous_once() {
+        let r = |version: &str, digest: &str| Resolution {
+            version: version.into(),
+            tag: version.into(),
+            digest: digest.into(),
+            size: Some(1),
+        };
+        let mut status = FirmwareChannelStatus::default();
+        let note = record_resolution(&mut status, r("1.0.0", DIGEST_A)).unwrap();
+        assert!(note.starts_with("resolved 1.0.0"), "{note}");
+        // The same result again (a pass that did not ask the registry) changes nothing.
+        let before = status.clone();
+        assert_eq!(record_resolution(&mut status, r("1.0.0", DIGEST_A)), None);
+        assert_eq!(status, before);
+        let note = record_resolution(&mut status, r("1.1.0", DIGEST_B)).unwrap();
+        assert!(note.contains("replaces 1.0.0"), "{note}");
+        assert_eq!(status.latest.unwrap().version, "1.1.0");
+        assert_eq!(status.previous.unwrap().version, "1.0.0");
+    }
+
+    /// A registry that always resolves the same artifact, counting how often it is asked.
+    #[derive(Default)]
+    struct CountingRegistry(std::sync::atomic::AtomicUsize);
+
+    impl crate::resolve::Resolver for CountingRegistry {
+        fn resolve<'a>(&'a self, _request: ResolveRequest<'a>) -> futures::future::BoxFuture<'a, Result<Resolution>> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let resolution =
+                Resolution { version: "1.0.0".into(), tag: "v1.0.0".into(), digest: DIGEST_A.into(), size: Some(4) };
+            Box::pin(async move { Ok(resolution) })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_status_write_is_retried_soon_without_asking_the_registry_again() {
+        let mut channel = crate::fixtures::channel("esp32", None, None);
+        channel.metadata.generation = Some(1);
+        channel.spec.interval = "1h".into();
+        let object = serde_json::to_vec(&channel).unwrap();
+        // The API server refuses the first two status writes, then accepts.
+        let writes = Arc::new(std::sync::Mutex::new(Vec::<serde_json::Value>::new()));
+        let seen = writes.clone();
+        let client = crate::fixtures::api(move |method, uri, body| {
+            if method == "PATCH" && uri.contains("/firmwarechannels/esp32/status") {
+                let mut writes = seen.lock().unwrap();
+                writes.push(serde_json::from_slice(body).unwrap());
+                if writes.len() <= 2 {
+                    return (500, crate::fixtures::refusal(500));
+                }
+                return (200, object.clone());
+            }
+            (201, body.to_vec()) // events
+        });
+        let registry = Arc::new(CountingRegistry::default());
+        let ctx = Arc::new(crate::fixtures::context(client, registry.clone()));
+        let channel = Arc::new(channel);
+
+        let mut retries = Vec::new();
+        for _ in 0..2 {
+            let error = reconcile(channel.clone(), ctx.clone()).await.unwrap_err();
+            assert!(matches!(error, Error::Kube(_)), "{error}");
+            retries.push(error_policy(channel.clone(), &error, ctx.clone()));
+        }
+        assert_eq!(retries, [Action::requeue(Duration::from_secs(1)), Action::requeue(Duration::from_secs(2))]);
+
+        reconcile(channel.clone(), ctx.clone()).await.unwrap();
+        assert_eq!(registry.0.load(std::sync::atomic::Ordering::SeqCst), 1, "the registry was asked again");
+        let writes = writes.lock().unwrap();
+        assert_eq!(writes.len(), 3);
+        for write in writes.iter() {
+            assert_eq!(write["status"]["latest"]["digest"], DIGEST_A, "every write carries what the check found");
+        }
+        // The write succeeded: the next failure starts again at the shortest wait.
+        assert_eq!(ctx.schedules.channels.failed(&channel), Duration::from_secs(1));
     }
 }

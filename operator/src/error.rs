@@ -2,11 +2,12 @@
 //! `updraft_operator_reconcile_errors_total`, and [`Error::is_permanent`] decides the
 //! error policy: a bad spec waits for a change, anything else backs off and retries.
 
+/// Why a reconcile (or a registry check within it) failed.
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub(crate) enum Error {
     /// The spec cannot work as written; fixed only by editing it.
     #[error("invalid spec: {0}")]
-    InvalidSpec(String),
+    InvalidSpec(#[from] SpecError),
     /// The registry could not be reached or refused the request.
     #[error("registry unreachable: {0}")]
     RegistryUnreachable(String),
@@ -48,4 +49,22 @@ impl Error {
     }
 }
 
-pub type Result<T, E = Error> = std::result::Result<T, E>;
+pub(crate) type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A spec that cannot work as written, found by a controller's `validate` (what the
+/// schema cannot check: kube-apiserver 1.20 has no CEL rules). The message names the
+/// field, so it reads on its own in a condition or an event.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub(crate) struct SpecError {
+    /// The spec field at fault, as a path such as `version.range`.
+    pub field: String,
+    pub message: String,
+}
+
+impl SpecError {
+    /// A problem with `field`; `message` is the whole sentence, field included.
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { field: field.into(), message: message.into() }
+    }
+}

@@ -1,52 +1,40 @@
 //! OtaGateway controller: read → validate → render (pure, see `render`) → server-side
 //! apply ConfigMap, Service and Deployment → status.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
 use serde::{de::DeserializeOwned, Serialize};
 use tracing::instrument;
 use updraft_crds::conditions::{self, set_condition, NewCondition, READY, RECONCILING, STALLED};
-use updraft_crds::{AttachedResource, OtaGateway, OtaGatewaySpec, OtaGatewayStatus};
+use updraft_crds::{OtaGateway, OtaGatewaySpec, OtaGatewayStatus};
 
-use crate::context::{apply_status, backoff, Context, FIELD_MANAGER};
-use crate::error::{Error, Result};
+use crate::attach::{self, attached_resource};
+use crate::context::{Context, FIELD_MANAGER};
+use crate::error::{Error, Result, SpecError};
 use crate::render;
+use crate::status::{self, Stall};
 
-pub const CONTROLLER: &str = "otagateway";
+pub(crate) const CONTROLLER: &str = "otagateway";
 
 #[instrument(skip_all, fields(namespace = gateway.namespace().unwrap_or_default(), name = gateway.name_any()))]
-pub async fn reconcile(gateway: Arc<OtaGateway>, ctx: Arc<Context>) -> Result<Action> {
+pub(crate) async fn reconcile(gateway: Arc<OtaGateway>, ctx: Arc<Context>) -> Result<Action> {
     let _timer = ctx.metrics.reconcile(CONTROLLER);
     let ns = gateway.namespace().unwrap_or_default();
-    let api: Api<OtaGateway> = Api::namespaced(ctx.client.clone(), &ns);
     let old = gateway.status.clone().unwrap_or_default();
     let generation = gateway.metadata.generation;
     let mut status = OtaGatewayStatus { observed_generation: generation, ..old.clone() };
 
-    if let Err(message) = validate(&gateway.spec) {
-        let stalled = !conditions::is_true(&old.conditions, STALLED);
-        set_condition(
-            &mut status.conditions,
-            NewCondition::new(STALLED, true, "InvalidSpec", message.clone()),
-            generation,
-        );
-        set_condition(
-            &mut status.conditions,
-            NewCondition::new(READY, false, "InvalidSpec", message.clone()),
-            generation,
-        );
-        if status != old {
-            apply_status(&api, &gateway, &status).await?;
-        }
-        if stalled {
-            ctx.event(gateway.as_ref(), true, "InvalidSpec", message.clone()).await;
-        }
-        ctx.metrics.error(CONTROLLER, &Error::InvalidSpec(message));
+    if let Err(e) = validate(&gateway.spec) {
+        let stalled =
+            Stall { reason: "InvalidSpec", message: e.to_string(), waiting: "waiting for the spec to change" };
+        status::stall(&ctx, gateway.as_ref(), status, stalled).await?;
+        ctx.schedules.gateways.succeeded(&gateway);
+        ctx.metrics.error(CONTROLLER, &Error::InvalidSpec(e));
         return Ok(Action::await_change());
     }
 
@@ -54,12 +42,9 @@ pub async fn reconcile(gateway: Arc<OtaGateway>, ctx: Arc<Context>) -> Result<Ac
     // never overwrite each other's part of the configuration.
     // The shared channel cache: the change that triggered this reconcile is in it.
     let channels = ctx.channels.state();
-    let siblings = channels.iter().map(|c| c.as_ref()).filter(|c| c.namespace().as_deref() == Some(&ns));
-    let attachment = render::attach(&gateway.name_any(), siblings);
+    let attachment = attach::channels(&ObjectRef::from(gateway.as_ref()), channels.iter().map(|c| c.as_ref()));
     let config = render::gateway_config(&gateway, &attachment.served);
-    let secrets: BTreeSet<String> =
-        attachment.served.iter().filter_map(|c| c.spec.source.credentials_secret.clone()).collect();
-    let secrets: Vec<String> = secrets.into_iter().collect();
+    let secrets = render::credential_secrets(&attachment.served);
 
     apply(&ctx, &ns, &render::config_map(&gateway, &config)).await?;
     apply(&ctx, &ns, &render::service(&gateway)).await?;
@@ -68,39 +53,38 @@ pub async fn reconcile(gateway: Arc<OtaGateway>, ctx: Arc<Context>) -> Result<Ac
     let ready_replicas = deployment.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0);
     status.ready_replicas = ready_replicas;
     status.url = Some(render::service_url(&gateway));
-    status.attached = attachment
-        .served
-        .iter()
-        .map(|c| AttachedResource { kind: "FirmwareChannel".into(), name: c.name_any() })
-        .collect();
+    status.attached = attachment.served.iter().map(|c| attached_resource(*c)).collect();
     set_conditions(&mut status, &gateway.spec, generation, config.channels.len());
 
-    if status != old {
-        apply_status(&api, &gateway, &status).await?;
-        if conditions::is_true(&status.conditions, READY) && !conditions::is_true(&old.conditions, READY) {
-            ctx.event(gateway.as_ref(), false, "Ready", format!("{ready_replicas} replicas ready")).await;
-        }
+    let became_ready = conditions::is_true(&status.conditions, READY) && !conditions::is_true(&old.conditions, READY);
+    if status::write(&ctx.client, gateway.as_ref(), &status).await? && became_ready {
+        ctx.event(gateway.as_ref(), false, "Ready", format!("{ready_replicas} replicas ready")).await;
     }
+    ctx.schedules.gateways.succeeded(&gateway);
     Ok(Action::requeue(Duration::from_secs(600)))
 }
 
-pub fn error_policy(_gateway: Arc<OtaGateway>, error: &Error, ctx: Arc<Context>) -> Action {
+/// Retry policy: a bad spec waits for a change; a failed apply or status write is
+/// retried soon, with a wait that grows with the failures in a row (1 s… 30 s).
+pub(crate) fn error_policy(gateway: Arc<OtaGateway>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.error(CONTROLLER, error);
     tracing::warn!(%error, "gateway reconcile failed");
     if error.is_permanent() {
         Action::await_change()
     } else {
-        Action::requeue(backoff(2))
+        Action::requeue(ctx.schedules.gateways.failed(&gateway))
     }
 }
 
 /// Checks what the schema cannot.
-pub fn validate(spec: &OtaGatewaySpec) -> Result<(), String> {
+fn validate(spec: &OtaGatewaySpec) -> Result<(), SpecError> {
     if !["ClusterIP", "NodePort", "LoadBalancer"].contains(&spec.service.type_.as_str()) {
-        return Err(format!("service.type {:?} must be ClusterIP, NodePort or LoadBalancer", spec.service.type_));
+        let message = format!("service.type {:?} must be ClusterIP, NodePort or LoadBalancer", spec.service.type_);
+        return Err(SpecError::new("service.type", message));
     }
     if render::quantity_bytes(&spec.cache.size).is_none_or(|b| b == 0) {
-        return Err(format!("cache.size {:?} is not a byte quantity such as 512Mi or 2Gi", spec.cache.size.0));
+        let message = format!("cache.size {:?} is not a byte quantity such as 512Mi or 2Gi", spec.cache.size.0);
+        return Err(SpecError::new("cache.size", message));
     }
     Ok(())
 }
@@ -119,7 +103,7 @@ fn set_conditions(status: &mut OtaGatewayStatus, spec: &OtaGatewaySpec, generati
 
 /// Annotation holding a hash of the applied object, so an unchanged object is not
 /// applied again.
-pub const APPLIED_HASH: &str = "updraft.dev/applied-hash";
+const APPLIED_HASH: &str = "updraft.dev/applied-hash";
 
 /// Server-side applies one child object (force, one field manager) and returns it as
 /// the API server now has it. An object whose last apply was identical is not applied
@@ -151,4 +135,50 @@ fn applied_hash<K: Serialize>(obj: &K) -> String {
     use sha2::Digest;
     let json = serde_json::to_vec(obj).expect("Kubernetes objects serialize");
     hex::encode(&sha2::Sha256::digest(&json)[..8])
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
+    use super::*;
+
+    #[test]
+    fn validate_names_the_field_at_fault() {
+        let mut spec = OtaGatewaySpec::default();
+        spec.service.type_ = "ClusterIP".into();
+        spec.cache.size = Quantity("1Gi".into());
+        validate(&spec).unwrap();
+        spec.cache.size = Quantity("lots".into());
+        assert_eq!(validate(&spec).unwrap_err().field, "cache.size");
+        spec.service.type_ = "Ingress".into();
+        let err = validate(&spec).unwrap_err();
+        assert_eq!(err.field, "service.type");
+        assert!(err.to_string().starts_with("service.type \"Ingress\""), "{err}");
+    }
+
+    #[test]
+    fn the_applied_hash_follows_the_content() {
+        let gw = crate::fixtures::gateway();
+        let a = applied_hash(&render::service(&gw));
+        assert_eq!(a, applied_hash(&render::service(&gw)));
+        let mut other = gw.clone();
+        other.spec.service.port = 80;
+        assert_ne!(a, applied_hash(&render::service(&other)));
+        assert_eq!(a.len(), 16);
+    }
+
+    #[tokio::test]
+    async fn failed_reconciles_back_off_growing() {
+        let client = crate::fixtures::api(|_, _, _| (500, crate::fixtures::refusal(500)));
+        let ctx = Arc::new(crate::fixtures::context(client, Arc::new(crate::resolve::OciResolver::default())));
+        let gateway = Arc::new(crate::fixtures::gateway());
+        let mut retries = Vec::new();
+        for _ in 0..4 {
+            let error = reconcile(gateway.clone(), ctx.clone()).await.unwrap_err();
+            retries.push(error_policy(gateway.clone(), &error, ctx.clone()));
+        }
+        let expected: Vec<Action> = [1, 2, 4, 8].map(|s| Action::requeue(Duration::from_secs(s))).into();
+        assert_eq!(retries, expected);
+    }
 }

@@ -10,7 +10,7 @@ use kube::api::{Api, PostParams};
 use kube::Client;
 use tracing::{info, warn};
 
-pub struct LeaderElection {
+pub(crate) struct LeaderElection {
     api: Api<Lease>,
     name: String,
     identity: String,
@@ -18,12 +18,12 @@ pub struct LeaderElection {
 }
 
 impl LeaderElection {
-    pub fn new(client: Client, namespace: &str, name: &str, identity: String) -> Self {
+    pub(crate) fn new(client: Client, namespace: &str, name: &str, identity: String) -> Self {
         Self { api: Api::namespaced(client, namespace), name: name.into(), identity, duration: Duration::from_secs(15) }
     }
 
     /// Waits until this replica holds the lease.
-    pub async fn acquire(&self) {
+    pub(crate) async fn acquire(&self) {
         let mut announced = false;
         loop {
             match self.try_acquire_or_renew().await {
@@ -44,7 +44,7 @@ impl LeaderElection {
 
     /// Renews the lease until it is lost (another replica took it, or renewals failed for
     /// longer than the lease lasts), then returns.
-    pub async fn hold(&self) {
+    pub(crate) async fn hold(&self) {
         let mut last_renewal = tokio::time::Instant::now();
         loop {
             tokio::time::sleep(self.duration / 3).await;

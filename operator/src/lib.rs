@@ -1,19 +1,30 @@
 //! Updraft's operator: the only writer to the Kubernetes API.
 //!
-//! Two controllers share one [`context::Context`]: [`channel`] resolves FirmwareChannel
-//! versions from registry metadata and writes their status; [`gateway`] renders every
-//! OtaGateway's configuration from the channels attached to it and applies its
-//! ConfigMap, Deployment and Service.
+//! One controller per kind, all on one [`context::Context`] and on one shared cache per
+//! kind (see [`run`]): [`channel`] resolves FirmwareChannel versions from registry
+//! metadata and writes their status; [`gateway`] renders every OtaGateway's
+//! configuration from the resources attached to it ([`attach`], built by the pure
+//! builders in [`render`]) and applies its ConfigMap, Deployment and Service; [`stream`]
+//! and [`mirror`] report ImageStreams and ArtifactMirrors as not reconciled yet. Registry
+//! checks and retries run on a per-object [`schedule`], generic over the kind.
 
-pub mod admin;
-pub mod channel;
-pub mod context;
-pub mod error;
-pub mod gateway;
-pub mod leader;
-pub mod metrics;
-pub mod render;
-pub mod resolve;
+#![deny(unsafe_code)]
+
+mod admin;
+mod attach;
+mod channel;
+mod checks;
+mod context;
+mod error;
+#[cfg(test)]
+mod fixtures;
+mod gateway;
+mod leader;
+mod metrics;
+mod mirror;
+mod render;
+mod resolve;
 pub mod run;
-
-pub use error::{Error, Result};
+mod schedule;
+mod status;
+mod stream;

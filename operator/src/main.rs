@@ -1,6 +1,8 @@
 //! `updraft-operator`: runs Updraft's controllers against the cluster in `KUBECONFIG`
 //! (or the in-cluster service account).
 
+#![deny(unsafe_code)]
+
 use clap::Parser;
 use updraft_core::telemetry::{self, LogFormat};
 use updraft_operator::run::{run, Settings};
@@ -52,5 +54,6 @@ async fn main() -> anyhow::Result<()> {
         leader_election: args.leader_elect.then_some(args.lease_namespace),
         identity,
     })
-    .await
+    .await?;
+    Ok(())
 }

@@ -5,8 +5,8 @@ use prometheus::{
 };
 
 #[derive(Clone)]
-pub struct Metrics {
-    pub registry: Registry,
+pub(crate) struct Metrics {
+    registry: Registry,
     reconcile_duration: HistogramVec,
     reconciles: IntCounterVec,
     reconcile_errors: IntCounterVec,
@@ -54,21 +54,21 @@ impl Default for Metrics {
 
 impl Metrics {
     /// Counts a reconcile and returns a timer that observes its duration when dropped.
-    pub fn reconcile(&self, controller: &str) -> HistogramTimer {
+    pub(crate) fn reconcile(&self, controller: &str) -> HistogramTimer {
         self.reconciles.with_label_values(&[controller]).inc();
         self.reconcile_duration.with_label_values(&[controller]).start_timer()
     }
 
-    pub fn error(&self, controller: &str, error: &crate::Error) {
+    pub(crate) fn error(&self, controller: &str, error: &crate::error::Error) {
         self.reconcile_errors.with_label_values(&[controller, error.metric_label()]).inc();
     }
 
-    pub fn registry_check(&self, ok: bool) {
+    pub(crate) fn registry_check(&self, ok: bool) {
         self.registry_checks.with_label_values(&[if ok { "ok" } else { "error" }]).inc();
     }
 
     /// Records the version a channel now serves, dropping the series of the one before.
-    pub fn resolved(&self, namespace: &str, channel: &str, old: Option<&str>, new: &str) {
+    pub(crate) fn resolved(&self, namespace: &str, channel: &str, old: Option<&str>, new: &str) {
         if let Some(old) = old.filter(|o| *o != new) {
             let _ = self.resolved_version.remove_label_values(&[namespace, channel, old]);
         }
@@ -76,7 +76,7 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition of every metric.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut buf = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding cannot fail");
         String::from_utf8(buf).expect("Prometheus text is UTF-8")

@@ -5,17 +5,17 @@
 use futures::future::BoxFuture;
 use oci_client::client::ClientProtocol;
 use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference};
+use oci_client::Client;
 use updraft_core::config::ArtifactConfig;
 use updraft_core::oci::{self, pull_image_manifest, select_layer, OciError};
 use updraft_core::version::{resolve_latest, ResolveError, Rule};
 use updraft_crds::channel::VersionPolicy;
 use updraft_crds::{OciSource, ResolvedVersion};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, SpecError};
 
 /// Everything needed to resolve one channel.
-pub struct ResolveRequest<'a> {
+pub(crate) struct ResolveRequest<'a> {
     pub source: &'a OciSource,
     pub auth: RegistryAuth,
     pub policy: &'a VersionPolicy,
@@ -27,7 +27,7 @@ pub struct ResolveRequest<'a> {
 
 /// A resolved artifact.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Resolution {
+pub(crate) struct Resolution {
     pub version: String,
     pub tag: String,
     pub digest: String,
@@ -36,12 +36,12 @@ pub struct Resolution {
 
 /// Resolves a channel's version. Behind a trait so a unit test can stand in for the
 /// registry; everything above unit tests uses [`OciResolver`] against a real one.
-pub trait Resolver: Send + Sync {
+pub(crate) trait Resolver: Send + Sync {
     fn resolve<'a>(&'a self, request: ResolveRequest<'a>) -> BoxFuture<'a, Result<Resolution>>;
 }
 
 /// The registry resolver: one shared client per protocol (the clients cache tokens).
-pub struct OciResolver {
+pub(crate) struct OciResolver {
     https: Client,
     http: Client,
 }
@@ -86,7 +86,7 @@ impl OciResolver {
             .await
             .map_err(|e| match e {
                 ResolveError::Registry(e) => Error::RegistryUnreachable(format!("{}: {e}", source.reference())),
-                ResolveError::InvalidRule(reason) => Error::InvalidSpec(reason),
+                ResolveError::InvalidRule(reason) => Error::InvalidSpec(SpecError::new("version", reason)),
                 no_match @ ResolveError::NoMatch { .. } => Error::NoMatchingVersion(no_match.to_string()),
             })?;
         let digest = resolved.digest.clone();
@@ -130,20 +130,4 @@ impl OciResolver {
         let version = manifest.annotations.as_ref().and_then(|a| a.get("org.opencontainers.image.version")).cloned();
         Ok((layer.size, version))
     }
-}
-
-/// Validates what resolution will need from a spec, so a bad spec is reported as
-/// `Stalled` before anything talks to a registry.
-pub fn validate_source(source: &OciSource) -> Result<(), String> {
-    if source.registry.is_empty() || source.registry.contains('/') || source.registry.contains("://") {
-        return Err(format!("source.registry {:?} must be a host[:port] without scheme or path", source.registry));
-    }
-    let reference = format!("{}/{}:latest", source.registry, source.repository);
-    reference
-        .parse::<Reference>()
-        .map_err(|e| format!("source.repository {:?} is not a valid repository: {e}", source.repository))?;
-    if source.repository.is_empty() || source.repository != source.repository.to_ascii_lowercase() {
-        return Err(format!("source.repository {:?} must be non-empty lowercase", source.repository));
-    }
-    Ok(())
 }

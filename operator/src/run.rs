@@ -1,58 +1,161 @@
-//! Wiring: both controllers, their shared context, the admin server and leader election.
+//! Wiring: one shared cache per kind, the four controllers on them, the admin server and
+//! leader election.
 
+use std::fmt::Debug;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::channel::mpsc;
+use futures::future::BoxFuture;
+use futures::{FutureExt, Stream, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
-use kube::runtime::controller::{Config as ControllerConfig, Controller};
+use k8s_openapi::NamespaceResourceScope;
+use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{reflector, watcher, WatchStreamExt};
-use kube::{Api, Client, ResourceExt};
+use kube::runtime::reflector::{self, ObjectRef, ReflectHandle, Store};
+use kube::runtime::watcher::{self, watcher};
+use kube::runtime::WatchStreamExt;
+use kube::{Api, Client, Resource};
+use serde::de::DeserializeOwned;
 use tracing::info;
-use updraft_crds::{FirmwareChannel, OtaGateway};
+use updraft_crds::{ArtifactMirror, FirmwareChannel, ImageStream, OtaGateway};
 
 use crate::admin::{self, AdminState};
-use crate::context::Context;
+use crate::attach::{attached_refs, gateway_of};
+use crate::context::{Context, Schedules};
+use crate::error::Error;
 use crate::leader::LeaderElection;
 use crate::metrics::Metrics;
 use crate::resolve::OciResolver;
-use crate::{channel, gateway};
+use crate::{channel, gateway, mirror, stream};
 
 /// What `main` hands over after parsing flags.
 pub struct Settings {
+    /// Image of OtaGateways that name none.
     pub gateway_image: String,
+    /// Address of the admin server (`/metrics`, `/healthz`, `/readyz`).
     pub admin_addr: std::net::SocketAddr,
     /// Watch one namespace only; all namespaces when `None`.
     pub namespace: Option<String>,
     /// Lease namespace for leader election; no election when `None`.
     pub leader_election: Option<String>,
+    /// This replica's name in the Lease and in events.
     pub identity: String,
 }
 
-fn api<K>(client: &Client, namespace: &Option<String>) -> Api<K>
-where
-    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug,
+/// Why the operator stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// No usable cluster configuration (`KUBECONFIG`, in-cluster service account).
+    #[error("cannot reach the cluster: {0}")]
+    Client(#[from] kube::Error),
+    /// The admin port could not be bound.
+    #[error("cannot listen on the admin address {addr}: {source}")]
+    Admin { addr: std::net::SocketAddr, source: std::io::Error },
+    /// Another replica took the Lease (or it could not be renewed in time).
+    #[error("lost leadership; exiting so a fresh replica can take over")]
+    LostLeadership,
+}
+
+/// A kind the operator watches.
+trait Kind:
+    Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + DeserializeOwned + Debug + Send + Sync + 'static
 {
+}
+impl<K> Kind for K where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Debug
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+/// One watch of a kind feeding one cache that every controller reads, and the
+/// subscriptions that trigger controllers from it. A trigger arrives only after the
+/// cache holds the change, so no controller acts on a cache older than the event that
+/// woke it. Make every subscription before [`Shared::watch`]; each must be polled (a
+/// controller does), or the watch waits for it.
+struct Shared<K: Kind> {
+    store: Store<K>,
+    writer: reflector::store::Writer<K>,
+    /// Receivers of deleted objects (shared subscriptions see only objects in the cache).
+    deleted: Arc<Mutex<Vec<mpsc::UnboundedSender<K>>>>,
+}
+
+impl<K: Kind> Shared<K> {
+    fn new() -> Self {
+        let (store, writer) = reflector::store_shared(1024);
+        Self { store, writer, deleted: Arc::default() }
+    }
+
+    /// Changed (created or updated) objects, for [`Controller::for_shared_stream`].
+    fn subscribe(&self) -> ReflectHandle<K> {
+        self.writer.subscribe().expect("a shared store has subscribers")
+    }
+
+    /// Deleted objects, as [`Controller::watches_stream`] takes them.
+    fn deletions(&self) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static {
+        let (tx, rx) = mpsc::unbounded();
+        self.deleted.lock().expect("deletion subscribers").push(tx);
+        rx.map(Ok)
+    }
+
+    /// Makes `controller` reconcile the objects `mapper` names whenever an object of
+    /// this kind is created, changed or deleted.
+    fn trigger<C: Kind, I>(
+        &self,
+        controller: Controller<C>,
+        mapper: impl Fn(&K) -> I + Clone + Send + Sync + 'static,
+    ) -> Controller<C>
+    where
+        I: IntoIterator<Item = ObjectRef<C>> + 'static,
+        I::IntoIter: Send,
+    {
+        let on_delete = mapper.clone();
+        controller
+            .watches_shared_stream(self.subscribe(), move |obj| mapper(&obj))
+            .watches_stream(self.deletions(), move |obj| on_delete(&obj))
+    }
+
+    /// The watch that fills the cache and feeds the subscriptions, until it ends.
+    fn watch(self, api: Api<K>, config: watcher::Config) -> BoxFuture<'static, ()> {
+        let deleted = self.deleted;
+        watcher(api, config)
+            .default_backoff()
+            .reflect_shared(self.writer)
+            .for_each(move |event| {
+                if let Ok(watcher::Event::Delete(obj)) = event {
+                    deleted.lock().expect("deletion subscribers").retain(|tx| tx.unbounded_send(obj.clone()).is_ok());
+                }
+                futures::future::ready(())
+            })
+            .boxed()
+    }
+}
+
+fn api<K: Kind>(client: &Client, namespace: &Option<String>) -> Api<K> {
     match namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     }
 }
 
-pub async fn run(settings: Settings) -> anyhow::Result<()> {
+/// Runs the operator until a shutdown signal (or, with leader election, until this
+/// replica loses the Lease).
+pub async fn run(settings: Settings) -> Result<(), RunError> {
     let client = Client::try_default().await?;
     let metrics = Metrics::default();
     let ready = Arc::new(AtomicBool::new(false));
 
-    let listener = tokio::net::TcpListener::bind(settings.admin_addr).await?;
-    info!(addr = %settings.admin_addr, "admin server (/metrics, /healthz, /readyz)");
+    let addr = settings.admin_addr;
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| RunError::Admin { addr, source })?;
+    info!(%addr, "admin server (/metrics, /healthz, /readyz)");
     let admin = admin::router(AdminState { metrics: metrics.clone(), ready: ready.clone() });
     tokio::spawn(async move { axum::serve(listener, admin).await });
 
@@ -61,82 +164,65 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         ready.store(true, Ordering::Relaxed); // a standby replica is healthy and ready
         election.acquire().await;
         tokio::select! {
-            result = controllers(client, metrics, ready, &settings) => result,
-            () = election.hold() => anyhow::bail!("lost leadership; exiting so a fresh replica can take over"),
+            () = controllers(client, metrics, ready, &settings) => Ok(()),
+            () = election.hold() => Err(RunError::LostLeadership),
         }
     } else {
-        controllers(client, metrics, ready, &settings).await
+        controllers(client, metrics, ready, &settings).await;
+        Ok(())
     }
 }
 
-async fn controllers(
-    client: Client,
-    metrics: Metrics,
-    ready: Arc<AtomicBool>,
-    settings: &Settings,
-) -> anyhow::Result<()> {
+async fn controllers(client: Client, metrics: Metrics, ready: Arc<AtomicBool>, settings: &Settings) {
     let ns = &settings.namespace;
     let config = watcher::Config::default();
+    let gateways = Shared::<OtaGateway>::new();
+    let channels = Shared::<FirmwareChannel>::new();
+    let streams = Shared::<ImageStream>::new();
+    let mirrors = Shared::<ArtifactMirror>::new();
 
-    // One watch of FirmwareChannels feeds one cache and triggers both controllers, and a
-    // trigger arrives only after the cache holds the change: the gateway controller never
-    // renders from a cache older than the event that woke it.
-    let (channel_store, writer) = reflector::store_shared(1024);
-    let channel_events = writer.subscribe().expect("a shared store has subscribers");
-    let gateway_events = writer.subscribe().expect("a shared store has subscribers");
-    let channel_watch = watcher(api::<FirmwareChannel>(&client, ns), config.clone())
-        .default_backoff()
-        .reflect_shared(writer)
-        .for_each(|_| futures::future::ready(()));
-
-    let channels_of_gateway = channel_store.clone();
-    let channels = Controller::for_shared_stream(channel_events, channel_store.clone()).watches(
-        api::<OtaGateway>(&client, ns),
-        config.clone(),
-        move |gw: OtaGateway| {
-            // A gateway appearing, changing or going away changes its channels' readiness.
-            let (name, namespace) = (gw.name_any(), gw.namespace());
-            channels_of_gateway
-                .state()
-                .into_iter()
-                .filter(|c| c.spec.gateway_ref == name && c.namespace() == namespace)
-                .map(|c| ObjectRef::from(c.as_ref()))
-                .collect::<Vec<_>>()
-        },
-    );
+    // A gateway appearing, changing or going away changes its channels' readiness.
+    let channel_controller = Controller::for_shared_stream(channels.subscribe(), channels.store.clone());
+    let channel_store = channels.store.clone();
+    let channel_controller = gateways.trigger(channel_controller, move |gw| attached_refs(&channel_store, gw));
 
     let managed = || config.clone().labels("app.kubernetes.io/managed-by=updraft-operator");
-    let gateways = Controller::new(api::<OtaGateway>(&client, ns), config.clone())
+    let gateway_controller = Controller::for_shared_stream(gateways.subscribe(), gateways.store.clone())
         .owns(api::<ConfigMap>(&client, ns), managed())
         .owns(api::<Service>(&client, ns), managed())
         .owns(api::<Deployment>(&client, ns), managed())
-        .watches_shared_stream(gateway_events, |ch: Arc<FirmwareChannel>| {
-            let namespace = ch.namespace().unwrap_or_default();
-            Some(ObjectRef::<OtaGateway>::new(&ch.spec.gateway_ref).within(&namespace))
-        })
         // Many channels resolving at once re-render their gateway once, not once each.
         .with_config(ControllerConfig::default().debounce(Duration::from_millis(500)));
+    // Every change of an attached channel re-renders its gateway.
+    let gateway_controller = channels.trigger(gateway_controller, |c| Some(gateway_of(c)));
+
+    let stream_controller = Controller::for_shared_stream(streams.subscribe(), streams.store.clone());
+    let mirror_controller = Controller::for_shared_stream(mirrors.subscribe(), mirrors.store.clone());
 
     let reporter = Reporter { controller: "updraft-operator".into(), instance: Some(settings.identity.clone()) };
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        Arc::new(OciResolver::default()),
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        resolver: Arc::new(OciResolver::default()),
         metrics,
-        Recorder::new(client, reporter),
-        settings.gateway_image.clone(),
-        channel_store.clone(),
-        gateways.store(),
-    ));
+        recorder: Recorder::new(client.clone(), reporter),
+        gateway_image: settings.gateway_image.clone(),
+        channels: channels.store.clone(),
+        gateways: gateways.store.clone(),
+        schedules: Schedules::default(),
+    });
 
-    let gateway_store = ctx.gateways.clone();
+    let stores = (gateways.store.clone(), channels.store.clone(), streams.store.clone(), mirrors.store.clone());
     tokio::spawn(async move {
         // The controllers wait on the same stores; a waiter that is not the last to poll
-        // may not be woken, so ask again every second until both are filled.
+        // may not be woken, so ask again every second until all are filled.
         loop {
-            let both = async {
-                channel_store.wait_until_ready().await.is_ok() && gateway_store.wait_until_ready().await.is_ok()
+            let all = async {
+                stores.0.wait_until_ready().await.is_ok()
+                    && stores.1.wait_until_ready().await.is_ok()
+                    && stores.2.wait_until_ready().await.is_ok()
+                    && stores.3.wait_until_ready().await.is_ok()
             };
-            match tokio::time::timeout(Duration::from_secs(1), both).await {
+            match tokio::time::timeout(Duration::from_secs(1), all).await {
                 Ok(true) => break,
                 Ok(false) => return, // the controllers stopped before their caches filled
                 Err(_elapsed) => continue,
@@ -146,19 +232,40 @@ async fn controllers(
         ready.store(true, Ordering::Relaxed);
     });
 
-    let channel_run = channels
-        .shutdown_on_signal()
-        .run(channel::reconcile, channel::error_policy, ctx.clone())
-        .for_each(|_| futures::future::ready(()));
-    let gateway_run = gateways
-        .shutdown_on_signal()
-        .run(gateway::reconcile, gateway::error_policy, ctx)
-        .for_each(|_| futures::future::ready(()));
+    let watches = futures::future::join_all([
+        gateways.watch(api(&client, ns), config.clone()),
+        channels.watch(api(&client, ns), config.clone()),
+        streams.watch(api(&client, ns), config.clone()),
+        mirrors.watch(api(&client, ns), config),
+    ]);
+    let runs = futures::future::join_all([
+        drive(channel_controller, channel::reconcile, channel::error_policy, &ctx),
+        drive(gateway_controller, gateway::reconcile, gateway::error_policy, &ctx),
+        drive(stream_controller, stream::reconcile, stream::error_policy, &ctx),
+        drive(mirror_controller, mirror::reconcile, mirror::error_policy, &ctx),
+    ]);
     info!("controllers started");
     tokio::select! {
-        _ = async { tokio::join!(channel_run, gateway_run) } => {}
-        () = channel_watch => {}
+        _ = runs => {}
+        _ = watches => {}
     }
     info!("controllers stopped");
-    Ok(())
+}
+
+/// Runs one controller until shutdown.
+fn drive<K, F>(
+    controller: Controller<K>,
+    reconcile: fn(Arc<K>, Arc<Context>) -> F,
+    error_policy: fn(Arc<K>, &Error, Arc<Context>) -> Action,
+    ctx: &Arc<Context>,
+) -> BoxFuture<'static, ()>
+where
+    K: Kind,
+    F: Future<Output = Result<Action, Error>> + Send + 'static,
+{
+    controller
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx.clone())
+        .for_each(|_| futures::future::ready(()))
+        .boxed()
 }

@@ -1,0 +1,104 @@
+//! The gateway's configuration (`gateway.yaml`) from an OtaGateway and the channels it
+//! serves, each pinned to the digests its status shows: what status says is what
+//! devices get.
+
+use std::collections::BTreeMap;
+
+use kube::ResourceExt;
+use updraft_core::config::{
+    ArtifactConfig, CacheConfig, ChannelConfig, GatewayConfig, PinnedArtifact, SourceConfig, Unpack, CONFIG_VERSION,
+};
+use updraft_crds::channel::{ArtifactSelector, Unpack as SpecUnpack};
+use updraft_crds::{FirmwareChannel, OtaGateway, ResolvedVersion};
+
+use super::{quantity_bytes, ADMIN_PORT, CACHE_DIR, CREDENTIALS_DIR, HTTP_PORT, SIGNING_DIR};
+use crate::attach::device_id;
+
+/// The gateway configuration for `gateway` serving `served` channels. Channels with no
+/// resolved version yet are left out: the gateway only serves what status pins.
+pub(crate) fn gateway_config(gateway: &OtaGateway, served: &[&FirmwareChannel]) -> GatewayConfig {
+    GatewayConfig {
+        version: CONFIG_VERSION,
+        listen: format!("0.0.0.0:{HTTP_PORT}"),
+        admin_listen: format!("0.0.0.0:{ADMIN_PORT}"),
+        public_url: None,
+        cache: CacheConfig {
+            dir: CACHE_DIR.into(),
+            max_bytes: quantity_bytes(&gateway.spec.cache.size).unwrap_or(CacheConfig::default().max_bytes),
+        },
+        signing_key_file: gateway.spec.signing_key_secret.as_ref().map(|k| format!("{SIGNING_DIR}/{}", k.key).into()),
+        channels: served.iter().filter_map(|c| channel_config(c)).collect(),
+    }
+}
+
+/// One channel of the gateway configuration, pinned to the digests in its status.
+pub(super) fn channel_config(channel: &FirmwareChannel) -> Option<ChannelConfig> {
+    let status = channel.status.as_ref()?;
+    let spec = &channel.spec;
+    Some(ChannelConfig {
+        name: channel.name_any(),
+        device: Some(device_id(channel)),
+        source: SourceConfig {
+            registry: spec.source.registry.clone(),
+            repository: spec.source.repository.clone(),
+            insecure: spec.source.insecure,
+            docker_config: spec
+                .source
+                .credentials_secret
+                .as_ref()
+                .map(|s| format!("{CREDENTIALS_DIR}/{s}/.dockerconfigjson").into()),
+        },
+        artifact: channel_artifact(&spec.artifact),
+        current: Some(pinned(status.latest.as_ref()?)),
+        previous: status.previous.as_ref().map(pinned),
+        policy: None,
+        rollout: spec.rollout.percentage.clamp(0, 100) as u8,
+    })
+}
+
+/// The gateway's view of a channel's artifact selector (the resolver uses it too, so
+/// both pick the same layer).
+pub(crate) fn channel_artifact(selector: &ArtifactSelector) -> ArtifactConfig {
+    ArtifactConfig {
+        media_type: selector.media_type.clone(),
+        unpack: match selector.unpack {
+            SpecUnpack::Raw => Unpack::Raw,
+            SpecUnpack::Gzip => Unpack::Gzip,
+            SpecUnpack::Zstd => Unpack::Zstd,
+            SpecUnpack::Tar => Unpack::Tar,
+        },
+        path: selector.path.clone(),
+        platform: selector.platform.clone(),
+        annotations: BTreeMap::new(),
+    }
+}
+
+fn pinned(v: &ResolvedVersion) -> PinnedArtifact {
+    PinnedArtifact { version: v.version.clone(), tag: v.tag.clone(), digest: v.digest.clone() }
+}
+
+#[cfg(test)]
+mod tests {
+    use kube::runtime::reflector::ObjectRef;
+
+    use super::*;
+    use crate::attach;
+    use crate::fixtures::{channel, gateway, resolved, DIGEST_A};
+
+    #[test]
+    fn config_pins_latest_and_previous_and_skips_unresolved() {
+        let channels = [channel("esp32", None, Some(resolved("1.2.0", DIGEST_A))), channel("stm32", None, None)];
+        let attachment = attach::channels(&ObjectRef::from(&gateway()), channels.iter());
+        let config = gateway_config(&gateway(), &attachment.served);
+        config.validate().unwrap();
+        assert_eq!(config.channels.len(), 1);
+        let c = &config.channels[0];
+        assert_eq!(c.current.as_ref().unwrap().digest, DIGEST_A);
+        assert_eq!(c.previous.as_ref().unwrap().version, "0.9.0");
+        assert_eq!(c.rollout, 30);
+        assert_eq!(c.device.as_deref(), Some("esp32"));
+        assert_eq!(config.cache.max_bytes, 1 << 30);
+        // Rendering is deterministic: the same input gives byte-identical YAML.
+        assert_eq!(config.to_yaml(), gateway_config(&gateway(), &attachment.served).to_yaml());
+    }
+}

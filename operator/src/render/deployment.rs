@@ -1,0 +1,202 @@
+//! The gateway Deployment: its pods mount the rendered configuration, the cache volume
+//! and the Secrets the configuration points at, and are probed on the admin port.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, HTTPGetAction, KeyToPath,
+    PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
+    SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::ResourceExt;
+use updraft_crds::{FirmwareChannel, OtaGateway};
+
+use super::configmap::config_map_name;
+use super::{
+    labels, meta, selector, ADMIN_PORT, CACHE_DIR, CONFIG_DIR, CONFIG_KEY, CREDENTIALS_DIR, HTTP_PORT, SIGNING_DIR,
+};
+
+/// The registry-credential Secrets of `served` channels, each once, sorted: what
+/// [`deployment`] mounts.
+pub(crate) fn credential_secrets(served: &[&FirmwareChannel]) -> Vec<String> {
+    let secrets: BTreeSet<String> = served.iter().filter_map(|c| c.spec.source.credentials_secret.clone()).collect();
+    secrets.into_iter().collect()
+}
+
+/// The gateway Deployment. `credential_secrets` are the registry-credential Secrets of
+/// the served channels, each mounted where the rendered config expects it.
+pub(crate) fn deployment(gateway: &OtaGateway, default_image: &str, credential_secrets: &[String]) -> Deployment {
+    let spec = &gateway.spec;
+    let mut volumes = vec![
+        Volume {
+            name: "config".into(),
+            config_map: Some(ConfigMapVolumeSource { name: config_map_name(gateway), ..Default::default() }),
+            ..Default::default()
+        },
+        cache_volume(gateway),
+    ];
+    let mut mounts = vec![mount("config", CONFIG_DIR), mount("cache", CACHE_DIR)];
+    for secret in credential_secrets {
+        let name = format!("cred-{}", short_hash(secret));
+        volumes.push(secret_volume(&name, secret, ".dockerconfigjson"));
+        mounts.push(mount(&name, &format!("{CREDENTIALS_DIR}/{secret}")));
+    }
+    if let Some(key) = &spec.signing_key_secret {
+        volumes.push(secret_volume("signing-key", &key.name, &key.key));
+        mounts.push(mount("signing-key", SIGNING_DIR));
+    }
+    let probe = |path: &str| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("admin".into()),
+            ..Default::default()
+        }),
+        period_seconds: Some(10),
+        ..Default::default()
+    };
+    let container = Container {
+        name: "gateway".into(),
+        image: Some(spec.image.clone().unwrap_or_else(|| default_image.to_owned())),
+        args: Some(vec!["--config".into(), format!("{CONFIG_DIR}/{CONFIG_KEY}"), "--log-format".into(), "json".into()]),
+        ports: Some(vec![container_port("http", HTTP_PORT), container_port("admin", ADMIN_PORT)]),
+        liveness_probe: Some(probe("/healthz")),
+        readiness_probe: Some(probe("/readyz")),
+        resources: Some(spec.resources.clone().unwrap_or_else(default_resources)),
+        volume_mounts: Some(mounts),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Default::default() }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    Deployment {
+        metadata: meta(gateway, gateway.name_any()),
+        spec: DeploymentSpec {
+            replicas: Some(spec.replicas),
+            selector: LabelSelector { match_labels: Some(selector(gateway)), ..Default::default() },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta { labels: Some(labels(gateway)), ..Default::default() }),
+                spec: Some(PodSpec {
+                    containers: vec![container],
+                    volumes: Some(volumes),
+                    security_context: Some(PodSecurityContext {
+                        run_as_user: Some(65532),
+                        run_as_group: Some(65532),
+                        fs_group: Some(65532),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+fn cache_volume(gateway: &OtaGateway) -> Volume {
+    let cache = &gateway.spec.cache;
+    match &cache.persistent_volume_claim {
+        Some(claim) => Volume {
+            name: "cache".into(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: claim.clone(),
+                read_only: None,
+            }),
+            ..Default::default()
+        },
+        None => Volume {
+            name: "cache".into(),
+            empty_dir: Some(EmptyDirVolumeSource { size_limit: Some(cache.size.clone()), ..Default::default() }),
+            ..Default::default()
+        },
+    }
+}
+
+fn secret_volume(name: &str, secret: &str, key: &str) -> Volume {
+    Volume {
+        name: name.into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret.into()),
+            items: Some(vec![KeyToPath { key: key.into(), path: key.into(), ..Default::default() }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn mount(name: &str, path: &str) -> VolumeMount {
+    VolumeMount { name: name.into(), mount_path: path.into(), read_only: Some(name != "cache"), ..Default::default() }
+}
+
+fn container_port(name: &str, port: i32) -> ContainerPort {
+    ContainerPort { name: Some(name.into()), container_port: port, protocol: Some("TCP".into()), ..Default::default() }
+}
+
+fn default_resources() -> ResourceRequirements {
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".into(), Quantity("50m".into())),
+            ("memory".into(), Quantity("64Mi".into())),
+        ])),
+        limits: Some(BTreeMap::from([("memory".into(), Quantity("256Mi".into()))])),
+        ..Default::default()
+    }
+}
+
+/// First 8 hex digits of the SHA-256 of `s`: a DNS-label-safe stand-in for a name.
+fn short_hash(s: &str) -> String {
+    use sha2::Digest;
+    hex::encode(&sha2::Sha256::digest(s.as_bytes())[..4])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::{channel, gateway, resolved, DIGEST_A};
+    use crate::render::config::channel_config;
+
+    #[test]
+    fn credentials_are_mounted_where_the_config_points() {
+        let mut ch = channel("esp32", None, Some(resolved("1.2.0", DIGEST_A)));
+        ch.spec.source.credentials_secret = Some("regcred".into());
+        let config = channel_config(&ch).unwrap();
+        let path = config.source.docker_config.unwrap();
+        let deploy = deployment(&gateway(), "updraft/ota-gateway:dev", &["regcred".into()]);
+        let pod = deploy.spec.template.spec.unwrap();
+        let mounts = pod.containers[0].volume_mounts.clone().unwrap();
+        let mount =
+            mounts.iter().find(|m| path.starts_with(&m.mount_path) && m.mount_path.contains("regcred")).unwrap();
+        let volume = pod.volumes.unwrap().into_iter().find(|v| v.name == mount.name).unwrap();
+        assert_eq!(volume.secret.unwrap().secret_name.as_deref(), Some("regcred"));
+    }
+
+    #[test]
+    fn credential_secrets_are_listed_once_each() {
+        let mut a = channel("a", None, None);
+        let mut b = channel("b", None, None);
+        let c = channel("c", None, None);
+        a.spec.source.credentials_secret = Some("regcred".into());
+        b.spec.source.credentials_secret = Some("regcred".into());
+        assert_eq!(credential_secrets(&[&a, &b, &c]), ["regcred"]);
+    }
+
+    #[test]
+    fn workloads_are_owned_labelled_and_probe_the_admin_port() {
+        let gw = gateway();
+        let deploy = deployment(&gw, "updraft/ota-gateway:dev", &[]);
+        assert_eq!(deploy.metadata.owner_references.as_ref().unwrap()[0].uid, "uid-1");
+        assert_eq!(deploy.metadata.owner_references.as_ref().unwrap()[0].controller, Some(true));
+        let container = &deploy.spec.template.spec.as_ref().unwrap().containers[0];
+        assert_eq!(container.image.as_deref(), Some("updraft/ota-gateway:dev"));
+        let probe = container.readiness_probe.as_ref().unwrap().http_get.as_ref().unwrap();
+        assert_eq!((probe.path.as_deref(), &probe.port), (Some("/readyz"), &IntOrString::String("admin".into())));
+    }
+}

@@ -1,0 +1,113 @@
+//! Pure builders: from an OtaGateway and the resources attached to it, the objects the
+//! operator applies. No client here; everything is tested from fixtures.
+//!
+//! One module per thing built: [`config`] (the gateway's `gateway.yaml`, pinned by
+//! digest), [`configmap`] (the ConfigMap that holds it), [`deployment`] (the gateway
+//! pods) and [`service`] (the Service and the in-cluster URL it gives). What they share
+//! lives here: ports and paths inside the pod, labels, owner references, quantities.
+
+mod config;
+mod configmap;
+mod deployment;
+mod service;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::{Resource, ResourceExt};
+use updraft_crds::OtaGateway;
+
+pub(crate) use config::{channel_artifact, gateway_config};
+pub(crate) use configmap::config_map;
+pub(crate) use deployment::{credential_secrets, deployment};
+pub(crate) use service::{service, service_url};
+
+/// Port the gateway container serves devices on.
+const HTTP_PORT: i32 = 8080;
+/// Port of the gateway's `/healthz`, `/readyz` and `/metrics`.
+const ADMIN_PORT: i32 = 9090;
+/// Where the rendered `gateway.yaml` is mounted.
+const CONFIG_DIR: &str = "/etc/updraft/config";
+/// The ConfigMap key (and file name) of the rendered configuration.
+const CONFIG_KEY: &str = "gateway.yaml";
+/// The gateway's payload cache volume.
+const CACHE_DIR: &str = "/var/cache/updraft";
+/// Registry-credential Secrets are mounted at `<CREDENTIALS_DIR>/<secret>/`.
+const CREDENTIALS_DIR: &str = "/etc/updraft/credentials";
+/// The signing-key Secret is mounted here.
+const SIGNING_DIR: &str = "/etc/updraft/signing";
+
+/// Labels on everything the operator creates for a gateway.
+fn labels(gateway: &OtaGateway) -> BTreeMap<String, String> {
+    let mut labels = selector(gateway);
+    labels.insert("app.kubernetes.io/managed-by".into(), "updraft-operator".into());
+    labels
+}
+
+/// The labels that select a gateway's pods (a subset of [`labels`]).
+fn selector(gateway: &OtaGateway) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".into(), "ota-gateway".into()),
+        ("app.kubernetes.io/instance".into(), gateway.name_any()),
+    ])
+}
+
+fn owner(gateway: &OtaGateway) -> OwnerReference {
+    gateway.controller_owner_ref(&()).expect("an OtaGateway read from the API has a name and uid")
+}
+
+/// Metadata of an object named `name` that belongs to `gateway`: its namespace, labels
+/// and a controller owner reference (the garbage collector removes it with the gateway).
+fn meta(gateway: &OtaGateway, name: String) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: gateway.namespace(),
+        labels: Some(labels(gateway)),
+        owner_references: Some(vec![owner(gateway)]),
+        ..Default::default()
+    }
+}
+
+/// Bytes in a Kubernetes quantity such as `512Mi`, `2Gi`, `1G` or `1048576`.
+pub(crate) fn quantity_bytes(q: &Quantity) -> Option<u64> {
+    let s = q.0.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, suffix) = s.split_at(split);
+    let n: u64 = number.parse().ok()?;
+    let factor: u64 = match suffix {
+        "" => 1,
+        "k" => 1000,
+        "M" => 1000u64.pow(2),
+        "G" => 1000u64.pow(3),
+        "T" => 1000u64.pow(4),
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        _ => return None,
+    };
+    n.checked_mul(factor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantities() {
+        assert_eq!(quantity_bytes(&Quantity("512Mi".into())), Some(512 << 20));
+        assert_eq!(quantity_bytes(&Quantity("2G".into())), Some(2_000_000_000));
+        assert_eq!(quantity_bytes(&Quantity("4096".into())), Some(4096));
+        assert_eq!(quantity_bytes(&Quantity("1.5Gi".into())), None);
+    }
+
+    #[test]
+    fn labels_select_and_mark_the_manager() {
+        let gw = crate::fixtures::gateway();
+        let labels = labels(&gw);
+        assert!(selector(&gw).iter().all(|(k, v)| labels.get(k) == Some(v)));
+        assert_eq!(labels["app.kubernetes.io/managed-by"], "updraft-operator");
+        assert_eq!(labels["app.kubernetes.io/instance"], "default");
+    }
+}

@@ -1,0 +1,157 @@
+//! Status writes, the same for every kind: one server-side apply of the status
+//! subresource, made only when the status changed (conditions keep their timestamps
+//! unless they flip, see `updraft_crds::conditions`), and the kstatus shape of a resource
+//! that cannot make progress.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::NamespaceResourceScope;
+use kube::api::{Patch, PatchParams};
+use kube::core::object::HasStatus;
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use updraft_crds::conditions::{self, set_condition, NewCondition, READY, RECONCILING, STALLED};
+use updraft_crds::{ArtifactMirrorStatus, FirmwareChannelStatus, ImageStreamStatus, OtaGatewayStatus};
+
+use crate::context::{Context, FIELD_MANAGER};
+
+/// A status with kstatus conditions.
+pub(crate) trait Conditions {
+    fn conditions(&self) -> &[Condition];
+    fn conditions_mut(&mut self) -> &mut Vec<Condition>;
+}
+
+macro_rules! conditions {
+    ($($status:ty),*) => {$(
+        impl Conditions for $status {
+            fn conditions(&self) -> &[Condition] {
+                &self.conditions
+            }
+            fn conditions_mut(&mut self) -> &mut Vec<Condition> {
+                &mut self.conditions
+            }
+        }
+    )*};
+}
+conditions!(OtaGatewayStatus, FirmwareChannelStatus, ImageStreamStatus, ArtifactMirrorStatus);
+
+/// A kind whose status the operator writes.
+pub(crate) trait WithStatus:
+    Resource<DynamicType = (), Scope = NamespaceResourceScope>
+    + HasStatus<Status: Conditions + Serialize + PartialEq>
+    + Clone
+    + DeserializeOwned
+    + std::fmt::Debug
+{
+}
+
+impl<K> WithStatus for K where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + HasStatus<Status: Conditions + Serialize + PartialEq>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+{
+}
+
+/// Server-side applies `status` to `obj`'s status subresource, unless `obj` already has
+/// exactly that status. Returns whether it wrote.
+pub(crate) async fn write<K: WithStatus>(client: &Client, obj: &K, status: &K::Status) -> Result<bool, kube::Error> {
+    if obj.status() == Some(status) {
+        return Ok(false);
+    }
+    let api: Api<K> = Api::namespaced(client.clone(), &obj.namespace().unwrap_or_default());
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    api.patch_status(&obj.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
+    Ok(true)
+}
+
+/// Why a resource cannot make progress until someone intervenes.
+pub(crate) struct Stall<'a> {
+    /// The reason of all three conditions, e.g. `InvalidSpec`.
+    pub reason: &'a str,
+    /// What is wrong, in `Stalled` and `Ready`.
+    pub message: String,
+    /// What it waits for, in `Reconciling`, e.g. "waiting for the spec to change".
+    pub waiting: &'a str,
+}
+
+/// The reason of a kind this release does not reconcile yet.
+pub(crate) const NOT_IMPLEMENTED: &str = "NotImplemented";
+
+/// The stall of a resource whose kind this release of the operator does not reconcile
+/// yet: `Stalled=True` rather than an idle `Ready=False`, because kstatus (Flux health
+/// checks, `kstatus`-based waits) reads a resource with neither `Reconciling` nor
+/// `Stalled` true as Current, i.e. healthy; `Stalled=True` makes them fail at once with
+/// this message.
+pub(crate) fn not_implemented<K: Resource<DynamicType = ()>>() -> Stall<'static> {
+    let kind = K::kind(&());
+    Stall {
+        reason: NOT_IMPLEMENTED,
+        message: format!(
+            "this release of the Updraft operator does not reconcile {kind} resources yet: nothing serves or \
+             updates this {kind}; it is kept as written and a later release will reconcile it"
+        ),
+        waiting: "waiting for an operator release that reconciles this kind",
+    }
+}
+
+/// Sets the kstatus shape of a resource that cannot make progress: `Stalled=True` and
+/// `Ready=False` with the reason and message, `Reconciling=False` (kstatus reads
+/// `Reconciling=True` first, so it must not stay `True` from an earlier pass).
+pub(crate) fn set_stalled(conditions: &mut Vec<Condition>, stall: &Stall<'_>, generation: Option<i64>) {
+    let Stall { reason, message, waiting } = stall;
+    set_condition(conditions, NewCondition::new(STALLED, true, reason, message.clone()), generation);
+    set_condition(conditions, NewCondition::new(READY, false, reason, message.clone()), generation);
+    set_condition(conditions, NewCondition::new(RECONCILING, false, reason, *waiting), generation);
+}
+
+/// Reports `obj` stalled ([`set_stalled`] on `status`), writes the status if that changed
+/// it, and publishes a Warning event when the resource becomes stalled for this reason.
+pub(crate) async fn stall<K: WithStatus>(
+    ctx: &Context,
+    obj: &K,
+    mut status: K::Status,
+    stall: Stall<'_>,
+) -> Result<(), kube::Error> {
+    let was = obj.status().and_then(|s| conditions::find(s.conditions(), STALLED));
+    let already = was.is_some_and(|c| c.status == "True" && c.reason == stall.reason);
+    set_stalled(status.conditions_mut(), &stall, obj.meta().generation);
+    write(&ctx.client, obj, &status).await?;
+    if !already {
+        ctx.event(obj, true, stall.reason, stall.message).await;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stalled_clears_reconciling_and_keeps_timestamps_when_repeated() {
+        let mut status = OtaGatewayStatus::default();
+        let conds = status.conditions_mut();
+        set_condition(conds, NewCondition::new(RECONCILING, true, "WaitingForReplicas", "0/1"), Some(1));
+        let stall = Stall { reason: "InvalidSpec", message: "cache.size \"x\" is bad".into(), waiting: "waiting" };
+        set_stalled(conds, &stall, Some(2));
+        assert!(conditions::is_true(conds, STALLED));
+        assert!(!conditions::is_true(conds, READY));
+        assert!(!conditions::is_true(conds, RECONCILING), "kstatus would read InProgress: {conds:?}");
+        let before = conds.clone();
+        set_stalled(conds, &stall, Some(2));
+        assert_eq!(*conds, before, "a repeated stall changes nothing, timestamps included");
+        assert_eq!(conditions::find(conds, READY).unwrap().message, stall.message);
+    }
+
+    #[test]
+    fn not_implemented_names_the_kind() {
+        let stall = not_implemented::<updraft_crds::ImageStream>();
+        assert_eq!(stall.reason, "NotImplemented");
+        assert!(stall.message.contains("does not reconcile ImageStream resources yet"), "{}", stall.message);
+    }
+}
