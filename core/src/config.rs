@@ -47,6 +47,12 @@ pub struct GatewayConfig {
     /// The firmware channels served, by unique name.
     #[serde(default)]
     pub channels: Vec<ChannelConfig>,
+    /// Whether the public listener sends payload bodies with `sendfile(2)` from the
+    /// cache file (zero copy). `false` writes them from the memory map like any other
+    /// body, for filesystems or sandboxes where `sendfile` misbehaves. Default true;
+    /// omitted from the file while true; read at start only.
+    #[serde(default = "default_true", skip_serializing_if = "is_true")]
+    pub sendfile: bool,
 }
 
 impl Default for GatewayConfig {
@@ -59,6 +65,7 @@ impl Default for GatewayConfig {
             cache: CacheConfig::default(),
             signing_key_file: None,
             channels: Vec::new(),
+            sendfile: true,
         }
     }
 }
@@ -294,6 +301,12 @@ fn default_cache_bytes() -> u64 {
 fn default_rollout() -> u8 {
     100
 }
+fn default_true() -> bool {
+    true
+}
+fn is_true(b: &bool) -> bool {
+    *b
+}
 
 #[cfg(test)]
 mod tests {
@@ -317,6 +330,11 @@ mod tests {
         assert_eq!(c.channels[0].device_id(), "esp32");
         assert_eq!(c.channels[0].artifact.unpack, Unpack::Raw);
         assert_eq!(c.channels[0].rollout, 30);
+        assert!(c.sendfile);
+        assert!(!c.to_yaml().contains("sendfile"), "the default stays out of the file");
+        let off: GatewayConfig = serde_yaml::from_str(&format!("sendfile: false\n{}", pinned_yaml())).unwrap();
+        assert!(!off.sendfile);
+        assert!(off.to_yaml().contains("sendfile: false"));
     }
 
     #[test]

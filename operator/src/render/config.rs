@@ -28,6 +28,7 @@ pub(crate) fn gateway_config(gateway: &OtaGateway, served: &[&FirmwareChannel]) 
         },
         signing_key_file: gateway.spec.signing_key_secret.as_ref().map(|k| format!("{SIGNING_DIR}/{}", k.key).into()),
         channels: served.iter().filter_map(|c| channel_config(c)).collect(),
+        ..Default::default()
     }
 }
 
