@@ -237,7 +237,8 @@ impl Cache {
     }
 
     /// Total bytes of cached payloads.
-    pub fn total_bytes(&self) -> u64 {
+    #[cfg(test)]
+    fn total_bytes(&self) -> u64 {
         self.state.lock().expect("cache lock").total
     }
 

@@ -48,7 +48,7 @@ const SEND_BUFFER: usize = 4 << 20;
 
 /// Bytes device connections have sent with `sendfile`, without a copy. One process-wide
 /// counter: every [`crate::metrics::Metrics`] registry exports it.
-pub static SENT: LazyLock<IntCounter> = LazyLock::new(|| {
+pub(crate) static SENT: LazyLock<IntCounter> = LazyLock::new(|| {
     IntCounter::new("sendfile_bytes_total", "Payload bytes sent with sendfile, without a copy").expect("valid metric")
 });
 
@@ -97,7 +97,7 @@ impl Drop for MappedPayload {
 /// by writing a temp file and renaming it into place, and removing them only by
 /// unlinking, keeps this promise: a mapping and its descriptor keep an unlinked file's
 /// data.
-pub unsafe fn map_payload(file: File) -> io::Result<Bytes> {
+pub(crate) unsafe fn map_payload(file: File) -> io::Result<Bytes> {
     if file.metadata()?.len() == 0 {
         return Ok(Bytes::new());
     }
@@ -114,7 +114,7 @@ pub unsafe fn map_payload(file: File) -> io::Result<Bytes> {
 /// Raises the soft limit on open files to the hard limit: each payload in use keeps
 /// its file open for `sendfile`, next to one descriptor per connection. Returns the
 /// limit now in force.
-pub fn raise_open_file_limit() -> io::Result<u64> {
+pub(crate) fn raise_open_file_limit() -> io::Result<u64> {
     // SAFETY: plain libc calls on a stack value.
     unsafe {
         let mut limit: libc::rlimit = std::mem::zeroed();

@@ -44,7 +44,7 @@ struct Inner {
 
 impl AppState {
     /// State over an opened cache, with nothing served until [`AppState::apply`].
-    pub fn new(cache: Arc<Cache>, metrics: Arc<Metrics>) -> Self {
+    fn new(cache: Arc<Cache>, metrics: Arc<Metrics>) -> Self {
         let fetcher = Arc::new(Fetcher::new(cache, metrics.clone()));
         let firmware = Firmware::new(metrics.clone(), fetcher.clone());
         let config = RwLock::new(Arc::new(GatewayConfig::default()));
@@ -61,7 +61,7 @@ impl AppState {
         Ok(state)
     }
 
-    pub fn metrics(&self) -> &Arc<Metrics> {
+    pub(crate) fn metrics(&self) -> &Arc<Metrics> {
         &self.inner.metrics
     }
 
@@ -102,7 +102,7 @@ impl AppState {
     }
 
     /// Whether a config is loaded and the cache directory is writable.
-    pub fn is_ready(&self) -> bool {
+    pub(crate) fn is_ready(&self) -> bool {
         self.is_loaded() && self.cache().usable()
     }
 }

@@ -31,8 +31,9 @@ use crate::metrics::Metrics;
 use signing::{KeyError, Signer25519};
 use updraft_core::config::GatewayConfig;
 
-pub use error::Error;
-pub use model::{Channel, Ready, Release, Releases, Snapshot};
+pub(crate) use error::Error;
+pub use model::{Channel, Release, Releases};
+use model::{Ready, Snapshot};
 
 /// What a client is told to wait while a payload is fetched.
 const RETRY_AFTER: Duration = Duration::from_secs(5);
@@ -41,7 +42,7 @@ const RETRY_AFTER: Duration = Duration::from_secs(5);
 const CACHE_OWNER: &str = "firmware";
 
 /// The surface's routes, over its own state.
-pub fn router() -> Router<Firmware> {
+pub(crate) fn router() -> Router<Firmware> {
     Router::new()
         .route("/version", get(otaflux::version))
         .route("/firmware", get(otaflux::firmware))
@@ -67,7 +68,7 @@ struct Inner {
 }
 
 /// The firmware part of a new config: built, not yet live (see [`Firmware::install`]).
-pub struct Prepared {
+pub(crate) struct Prepared {
     snapshot: Arc<Snapshot>,
 }
 
@@ -81,13 +82,13 @@ pub struct SigningKeyError {
 
 impl Firmware {
     /// A surface with no channels yet.
-    pub fn new(metrics: Arc<Metrics>, fetcher: Arc<Fetcher>) -> Self {
+    pub(crate) fn new(metrics: Arc<Metrics>, fetcher: Arc<Fetcher>) -> Self {
         let live = RwLock::new(Arc::new(Snapshot::new(Vec::new(), None, None)));
         Self { inner: Arc::new(Inner { metrics, fetcher, live, installed: watch::Sender::new(()) }) }
     }
 
     /// The live channels, as one consistent snapshot.
-    pub fn snapshot(&self) -> Arc<Snapshot> {
+    fn snapshot(&self) -> Arc<Snapshot> {
         self.inner.live.read().expect("snapshot lock").clone()
     }
 
@@ -99,7 +100,7 @@ impl Firmware {
     /// Builds the channels of `config`. Channels whose config did not change are kept
     /// as they are (with their prepared releases, resolved versions and resolution
     /// schedule).
-    pub fn prepare(&self, config: &GatewayConfig) -> Result<Prepared, SigningKeyError> {
+    pub(crate) fn prepare(&self, config: &GatewayConfig) -> Result<Prepared, SigningKeyError> {
         let signer = match &config.signing_key_file {
             Some(path) => Some(Arc::new(
                 Signer25519::from_file(path).map_err(|source| SigningKeyError { path: path.clone(), source })?,
@@ -124,7 +125,7 @@ impl Firmware {
 
     /// Makes prepared channels live: pins their payloads in the cache, starts fetching
     /// those not cached yet, and resolves standalone channels.
-    pub fn install(&self, prepared: Prepared) {
+    pub(crate) fn install(&self, prepared: Prepared) {
         let snapshot = prepared.snapshot;
         *self.inner.live.write().expect("snapshot lock") = snapshot.clone();
         self.inner.installed.send_replace(());
@@ -141,7 +142,7 @@ impl Firmware {
     }
 
     /// The cache keys of every release the live channels hand out.
-    pub fn pinned(&self) -> HashSet<String> {
+    pub(crate) fn pinned(&self) -> HashSet<String> {
         self.snapshot()
             .channels
             .iter()
@@ -171,7 +172,7 @@ impl Firmware {
 
     /// The prepared answers of a release, or why there are none yet (starting the
     /// fetch if needed).
-    pub fn ready(&self, channel: &Channel, release: &Release) -> Result<Arc<Ready>, Error> {
+    fn ready(&self, channel: &Channel, release: &Release) -> Result<Arc<Ready>, Error> {
         let metrics = &self.inner.metrics;
         if let Some(ready) = release.ready.get() {
             metrics.cache_hits.inc();

@@ -22,12 +22,12 @@ use crate::metrics::Metrics;
 use updraft_core::config::{ChannelConfig, PinnedArtifact};
 
 /// The channels of one loaded config.
-pub struct Snapshot {
-    pub channels: Vec<Arc<Channel>>,
+pub(super) struct Snapshot {
+    pub(super) channels: Vec<Arc<Channel>>,
     by_name: HashMap<String, Arc<Channel>>,
     by_device: HashMap<String, Arc<Channel>>,
-    pub signer: Option<Arc<Signer25519>>,
-    pub public_url: Option<String>,
+    pub(super) signer: Option<Arc<Signer25519>>,
+    pub(super) public_url: Option<String>,
 }
 
 impl Snapshot {
@@ -45,23 +45,23 @@ impl Snapshot {
         }
     }
 
-    pub fn channel(&self, name: &str) -> Option<&Arc<Channel>> {
+    pub(super) fn channel(&self, name: &str) -> Option<&Arc<Channel>> {
         self.by_name.get(name)
     }
 
-    pub fn device(&self, device: &str) -> Option<&Arc<Channel>> {
+    pub(super) fn device(&self, device: &str) -> Option<&Arc<Channel>> {
         self.by_device.get(device)
     }
 }
 
 /// A channel and the releases it hands out.
 pub struct Channel {
-    pub config: ChannelConfig,
+    pub(super) config: ChannelConfig,
     releases: RwLock<Releases>,
     signer: Option<Arc<Signer25519>>,
     public_url: Option<String>,
     /// Check-ins through the OtaFlux API, which carry no device version.
-    pub otaflux_checkins: IntCounter,
+    pub(super) otaflux_checkins: IntCounter,
     /// Standalone mode: when the policy is due to be resolved again (`None`: now).
     /// Kept with the channel, so a reload that keeps it keeps its schedule.
     pub(super) next_resolve: Mutex<Option<Instant>>,
@@ -76,28 +76,29 @@ pub struct Releases {
 
 impl Releases {
     /// Both releases, current first.
-    pub fn iter(&self) -> impl Iterator<Item = &Arc<Release>> {
+    pub(super) fn iter(&self) -> impl Iterator<Item = &Arc<Release>> {
         [&self.current, &self.previous].into_iter().flatten()
     }
 }
 
 /// One pinned artifact of one channel.
 pub struct Release {
-    pub pinned: PinnedArtifact,
+    pub(super) pinned: PinnedArtifact,
+    /// What to fetch (and its cache key).
     pub job: Job,
     pub(super) ready: OnceLock<Arc<Ready>>,
 }
 
 /// A release whose payload is cached, with every answer precomputed.
-pub struct Ready {
-    pub payload: Arc<Payload>,
+pub(super) struct Ready {
+    pub(super) payload: Arc<Payload>,
     /// OtaFlux `/version` body: `VERSION\nCRC32\nSIZE`.
-    pub version_body: Bytes,
+    pub(super) version_body: Bytes,
     /// The JSON firmware manifest (`/api/v1/channels/{name}`).
-    pub info_json: Bytes,
-    pub version: String,
+    pub(super) info_json: Bytes,
+    pub(super) version: String,
     /// The binary, as `<channel>-<version>.bin`, ETag the payload's SHA-256.
-    pub download: Download,
+    pub(super) download: Download,
 }
 
 /// The JSON description of a release.
@@ -135,7 +136,7 @@ impl Channel {
         }
     }
 
-    pub fn name(&self) -> &str {
+    pub(super) fn name(&self) -> &str {
         &self.config.name
     }
 

@@ -32,7 +32,7 @@ impl SignedFields<'_> {
 
 /// Why a signing key could not be loaded.
 #[derive(Debug, thiserror::Error)]
-pub enum KeyError {
+pub(crate) enum KeyError {
     #[error("cannot read: {0}")]
     Read(#[source] std::io::Error),
     #[error("not a PKCS#8 ed25519 private key: {0}")]
@@ -42,7 +42,7 @@ pub enum KeyError {
 }
 
 /// The gateway's signing key and its public half, PEM-encoded.
-pub struct Signer25519 {
+pub(crate) struct Signer25519 {
     key: SigningKey,
     public_pem: String,
 }
