@@ -63,14 +63,15 @@ pub async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
         Err(e) => tracing::warn!(error = %e, "cannot raise the open file limit"),
     }
     let config = updraft_core::config::GatewayConfig::load(&config_path)?;
-    let (listen, admin_listen) = (config.listen.clone(), config.admin_listen.clone());
+    let (listen, admin_listen, sendfile) = (config.listen.clone(), config.admin_listen.clone(), config.sendfile);
     let state = AppState::from_config(config)?;
     tokio::spawn(reload::Watcher::new(config_path, state.clone()).run());
     let public = DeviceListener::bind(&listen).await.map_err(|e| anyhow::anyhow!("listen {listen}: {e}"))?;
+    let public = public.with_sendfile(sendfile);
     let admin = tokio::net::TcpListener::bind(&admin_listen)
         .await
         .map_err(|e| anyhow::anyhow!("listen {admin_listen}: {e}"))?;
-    tracing::info!(%listen, %admin_listen, "serving");
+    tracing::info!(%listen, %admin_listen, sendfile, "serving");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(());
     let stopped = |mut rx: tokio::sync::watch::Receiver<()>| async move {
         let _ = rx.changed().await;

@@ -25,7 +25,7 @@ enum ReloadError {
 }
 
 /// How often the config file is checked.
-pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
+const POLL_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What identifies one version of the file without reading it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,7 +64,7 @@ impl Watcher {
     }
 
     /// Polls forever.
-    pub async fn run(mut self) {
+    pub(crate) async fn run(mut self) {
         let mut tick = tokio::time::interval(POLL_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -106,8 +106,9 @@ impl Watcher {
     fn load(&self, content: &[u8]) -> Result<(), ReloadError> {
         let config = GatewayConfig::parse(content)?;
         let live = self.state.config();
-        if config.listen != live.listen || config.admin_listen != live.admin_listen {
-            tracing::warn!("listen addresses change on restart only");
+        if config.listen != live.listen || config.admin_listen != live.admin_listen || config.sendfile != live.sendfile
+        {
+            tracing::warn!("listen addresses and sendfile change on restart only");
         }
         Ok(self.state.apply(config)?)
     }

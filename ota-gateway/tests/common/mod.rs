@@ -225,8 +225,11 @@ impl Gateway {
         Self::serve(state).await
     }
 
+    /// Serves `state` as `ota_gateway::serve` would (the config's `sendfile` switch
+    /// included), on ephemeral ports.
     pub async fn serve(state: AppState) -> Self {
         let public = ota_gateway::DeviceListener::bind("127.0.0.1:0").await.unwrap();
+        let public = public.with_sendfile(state.config().sendfile);
         let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", public.local_addr().unwrap());
         let admin_url = format!("http://{}", admin.local_addr().unwrap());
