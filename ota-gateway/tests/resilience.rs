@@ -147,3 +147,36 @@ async fn standalone_policy_resolves_from_tags() {
     let body = gw.wait_ok("/version?device=esp32").await.text().await.unwrap();
     assert_eq!(body, format!("1.4.0\n{}\n2000", crc32fast::hash(&newest)));
 }
+
+/// A standalone channel is resolved again on its interval, and no more once a reload
+/// removes it (its snapshot's resolver stops).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_resolution_follows_the_interval_and_stops_on_reload() {
+    let reg = registry();
+    let work = tempfile::tempdir().unwrap();
+    let repo = unique_repo("interval");
+    push_file(&reg.addr, &repo, "1.0.0", work.path(), "a.bin", RAW, &random_bytes(100));
+    let mut c = channel("esp32", &reg.addr, &repo, ("", "", ""));
+    c.current = None;
+    c.policy = Some(VersionPolicy { interval: "1s".into(), ..Default::default() });
+    let cfg = config(&work.path().join("cache"), vec![c]);
+    let gw = Gateway::start(cfg.clone()).await;
+    gw.wait_ok("/version?device=esp32").await;
+    let log = reg.dir.parent().unwrap().join("logs/registry.log");
+    let tag_lists = || {
+        let text = std::fs::read_to_string(&log).unwrap();
+        text.lines().filter(|l| l.contains(&format!("GET /v2/{repo}/tags/list"))).count()
+    };
+    let first = tag_lists();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let later = tag_lists();
+    assert!(later >= first + 2, "resolved {first} then {later} times: not every second");
+
+    let mut without = cfg.clone();
+    without.channels.clear();
+    gw.state.apply(without).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let removed = tag_lists();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(tag_lists(), removed, "the replaced snapshot's resolver kept running");
+}

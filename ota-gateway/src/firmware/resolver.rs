@@ -2,15 +2,13 @@
 //! their `current` from the registry's tags, with the resolver the operator uses
 //! ([`resolve_latest`]).
 //!
-//! One task per live snapshot resolves each of its policy channels on the channel's
-//! interval (channels resolve concurrently; one slow registry does not hold up the
-//! others). The task stops as soon as its snapshot is replaced; the next snapshot's
-//! task continues the schedule of every channel the reload kept.
+//! One task per live snapshot starts each of its policy channels' resolutions on the
+//! channel's interval (each resolution runs on its own, so a slow registry holds up
+//! no other channel). The task stops as soon as its snapshot is replaced; the next
+//! snapshot's task continues the schedule of every channel the reload kept.
 
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
-
-use futures::future::join_all;
 
 use super::{Channel, Firmware, Snapshot};
 use updraft_core::config::PinnedArtifact;
@@ -25,7 +23,7 @@ pub(super) fn spawn(firmware: Firmware, snapshot: &Arc<Snapshot>) {
     let snapshot = Arc::downgrade(snapshot);
     let mut installed = firmware.inner.installed.subscribe();
     tokio::spawn(async move {
-        while let Some(next) = run_due(&firmware, &snapshot).await {
+        while let Some(next) = run_due(&firmware, &snapshot) {
             tokio::select! {
                 _ = tokio::time::sleep_until(next.into()) => {}
                 replaced = installed.changed() => {
@@ -38,14 +36,16 @@ pub(super) fn spawn(firmware: Firmware, snapshot: &Arc<Snapshot>) {
     });
 }
 
-/// Resolves every channel of the snapshot that is due; returns when the next one is,
-/// or `None` once the snapshot is no longer live.
-async fn run_due(firmware: &Firmware, snapshot: &Weak<Snapshot>) -> Option<Instant> {
+/// Starts resolving every channel of the snapshot that is due; returns when the next
+/// one is, or `None` once the snapshot is no longer live.
+fn run_due(firmware: &Firmware, snapshot: &Weak<Snapshot>) -> Option<Instant> {
     let live = snapshot.upgrade().filter(|s| firmware.is_live(s))?;
     let policy_channels = || live.channels.iter().filter(|c| c.config.policy.is_some());
     let now = Instant::now();
-    let due: Vec<&Arc<Channel>> = policy_channels().filter(|c| claim(c, now)).collect();
-    join_all(due.into_iter().map(|channel| resolve_logged(firmware, channel))).await;
+    for channel in policy_channels().filter(|c| claim(c, now)) {
+        let (firmware, channel) = (firmware.clone(), channel.clone());
+        tokio::spawn(async move { resolve_logged(&firmware, &channel).await });
+    }
     policy_channels().filter_map(|c| *c.next_resolve.lock().expect("schedule lock")).min()
 }
 
