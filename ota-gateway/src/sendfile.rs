@@ -1,21 +1,21 @@
 //! Zero-copy downloads: payload bodies leave through `sendfile(2)`.
 //!
-//! A cached payload is a read-only memory map of an immutable file ([`map_payload`]),
+//! A cached payload is a read-only memory map of an immutable file (`map_payload`),
 //! and a download's body is a slice of that map. hyper only ever sees byte slices, so
 //! it would `writev` them, copying every body into the socket. Instead, each mapped
 //! payload registers its address range and file, and device connections
 //! ([`DeviceListener`]) recognise a slice lying inside a registered range: they send
 //! it with `sendfile` from the file at the matching offset, which hands page-cache
 //! pages to the socket without a copy. Everything else is written as usual, and so
-//! is the part of a body beyond [`MAX_SENDFILE`], which measured faster copied.
+//! is the part of a body beyond `MAX_SENDFILE`, which measured faster copied.
 //! With `sendfile: false` in the config ([`DeviceListener::with_sendfile`]) every
 //! write is a plain vectored write (bodies still come from the mapping).
 //!
 //! Soundness rests on two facts: a mapped file is never modified while mapped (the
-//! promise each caller of the `unsafe` [`map_payload`] makes), and a slice handed to
+//! promise each caller of the `unsafe` `map_payload` makes), and a slice handed to
 //! a write borrows the mapping, so the mapping and the descriptor registered with it
 //! outlive the `sendfile` call. This is the one module of the crate with `unsafe`
-//! code (and [`map_payload`] the one `unsafe fn` others call).
+//! code (and `map_payload` the one `unsafe fn` others call).
 
 use std::collections::BTreeMap;
 use std::fs::File;

@@ -1,12 +1,12 @@
 //! The firmware surface: OTA channels served to devices.
 //!
-//! - [`otaflux`]: the OtaFlux-compatible device API (`/version`, `/firmware`);
-//! - [`channels`]: named channels with JSON answers, the upgrade check, the signing key;
-//! - [`model`]: channels, releases and their precomputed answers;
-//! - [`resolver`]: standalone channels resolved from their registry's tags;
-//! - [`rollout`] and [`signing`]: staged rollout and manifest signatures.
+//! - `otaflux`: the OtaFlux-compatible device API (`/version`, `/firmware`);
+//! - `channels`: named channels with JSON answers, the upgrade check, the signing key;
+//! - `model`: channels, releases and their precomputed answers;
+//! - `resolver`: standalone channels resolved from their registry's tags;
+//! - `rollout` and [`signing`]: staged rollout and manifest signatures.
 //!
-//! [`Firmware`] is this surface's part of the live state: the current [`Snapshot`]
+//! [`Firmware`] is this surface's part of the live state: the current `Snapshot`
 //! of channels, replaced as a whole when the config changes.
 
 mod channels;
