@@ -6,6 +6,14 @@
 //! all succeeded, each *installs* its part. A bad config therefore changes nothing.
 //! Each surface pins the cache entries it serves under its own name; the cache spares
 //! the union.
+//!
+//! Adding a surface (as `firmware` is wired): a state type in its module, cheap to
+//! clone, with `new(metrics, fetcher)`, `prepare(&GatewayConfig) -> Result<Prepared, E>`
+//! (no side effects) and `install(Prepared)` (swap its snapshot, `Cache::protect` under
+//! its own owner name, start its tasks); a field in [`Inner`] and an accessor here; a
+//! variant of [`ApplyError`] for `E`; one `prepare` and one `install` line in
+//! [`AppState::apply`]; its registries in `registry_sources`; and its `router()`
+//! merged in `crate::app` (or served on its own listener by `crate::serve`).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
