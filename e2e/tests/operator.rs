@@ -464,6 +464,112 @@ fn leader_election_lets_one_replica_reconcile_and_hands_over() {
     assert_eq!(lease, "replica-b");
 }
 
+#[test]
+fn deleting_a_channel_or_gateway_is_seen_at_once() {
+    let w = World::new("op-delete");
+    w.push("1.0.0", 128);
+    w.apply(GATEWAY);
+    w.apply(&w.channel_yaml("alpha", ""));
+    w.apply(&w.channel_yaml("beta", ""));
+    let rendered = |v: &Value, device: &str| v["data"]["gateway.yaml"].as_str().is_some_and(|y| y.contains(device));
+    w.wait("configmap/default-config", "both channels rendered", |v| {
+        rendered(v, "alpha-dev") && rendered(v, "beta-dev")
+    });
+
+    // The gateway re-renders without the deleted channel (not at its 10-minute requeue).
+    kubectl(&["delete", "-n", &w.ns, "fwc/beta"], None).ok();
+    let cm = w.wait("configmap/default-config", "beta gone", |v| !rendered(v, "beta-dev"));
+    assert!(rendered(&cm, "alpha-dev"), "{cm:#}");
+    w.wait("otagw/default", "one attached channel", |v| {
+        v["status"]["attached"].as_array().is_some_and(|a| a.len() == 1)
+    });
+
+    // A channel deleted and created again under the same name (here with another
+    // repository) is checked at once, not at the interval its namesake left behind.
+    let hourly = |repository: &str| {
+        format!(
+            "apiVersion: updraft.dev/v1alpha1\nkind: FirmwareChannel\nmetadata: {{name: gamma}}\nspec:\n  interval: 1h\n  source: {{registry: \"{}\", repository: \"{repository}\", insecure: true}}\n",
+            cluster().registry
+        )
+    };
+    w.apply(&hourly(&w.repository));
+    w.wait("fwc/gamma", "1.0.0 resolved", |v| v["status"]["latest"]["version"] == "1.0.0");
+    let other = format!("{}-other", w.repository);
+    let file = w.dir.0.join("other.bin");
+    std::fs::write(&file, b"other firmware").unwrap();
+    oras_push(&other, "2.0.0", &file, MEDIA_TYPE);
+    kubectl(&["delete", "-n", &w.ns, "fwc/gamma"], None).ok();
+    w.apply(&hourly(&other));
+    w.wait("fwc/gamma", "the namesake resolves its own repository", |v| v["status"]["latest"]["version"] == "2.0.0");
+
+    // A deleted gateway makes its channels explain why they are no longer Ready.
+    kubectl(&["delete", "-n", &w.ns, "otagw/default"], None).ok();
+    w.wait("fwc/alpha", "Ready=False GatewayNotFound", |v| {
+        condition(v, "Ready").is_some_and(|c| c["status"] == "False" && c["reason"] == "GatewayNotFound")
+    });
+}
+
+const IMAGE_STREAM: &str = "apiVersion: updraft.dev/v1alpha1\nkind: ImageStream\nmetadata: {name: images}\nspec:\n  source: {upload: {}}\n  filters: [arch=amd64]\n";
+const ARTIFACT_MIRROR: &str = "apiVersion: updraft.dev/v1alpha1\nkind: ArtifactMirror\nmetadata: {name: releases}\nspec:\n  source: {oci: {registry: \"127.0.0.1:15000\", repository: releases/app, insecure: true}}\n  destination: {http: {url: \"https://wan.example.com:8090\"}}\n";
+
+#[test]
+fn unreconciled_kinds_say_so_in_their_status() {
+    let w = World::new("op-unreconciled");
+    w.apply(IMAGE_STREAM);
+    w.apply(ARTIFACT_MIRROR);
+    for (what, kind) in [("imgs/images", "ImageStream"), ("amir/releases", "ArtifactMirror")] {
+        let v = w.wait(what, "Stalled=True NotImplemented", |v| {
+            is(v, "Stalled", "True") && condition(v, "Stalled").is_some_and(|c| c["reason"] == "NotImplemented")
+        });
+        assert_eq!(v["status"]["observedGeneration"], v["metadata"]["generation"]);
+        let ready = condition(&v, "Ready").unwrap();
+        assert_eq!((ready["status"].as_str(), ready["reason"].as_str()), (Some("False"), Some("NotImplemented")));
+        let message = ready["message"].as_str().unwrap();
+        assert!(message.contains(&format!("does not reconcile {kind} resources yet")), "{message}");
+        assert!(is(&v, "Reconciling", "False"), "{v:#}");
+    }
+
+    // `kubectl wait` ends at its timeout with an error instead of waiting on nothing, and
+    // `kubectl get` shows why.
+    let out = kubectl(&["wait", "--for=condition=Ready", "--timeout=2s", "-n", &w.ns, "imgs/images"], None);
+    assert!(!out.success && out.stderr.contains("timed out"), "{out:?}");
+    let table = kubectl(&["get", "-n", &w.ns, "imgs/images", "--no-headers"], None).ok();
+    assert!(table.contains("False"), "{table}");
+    let events = kubectl(&["get", "events.events.k8s.io", "-n", &w.ns, "-o", "json"], None).ok();
+    let events: Value = serde_json::from_str(&events).unwrap();
+    let not_implemented = |name: &str| {
+        events["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["reason"] == "NotImplemented" && e["regarding"]["name"] == name && e["type"] == "Warning")
+            .count()
+    };
+    assert_eq!((not_implemented("images"), not_implemented("releases")), (1, 1), "{events:#}");
+
+    // A bad spec says what to fix; fixing it brings back NotImplemented.
+    let both = ARTIFACT_MIRROR.replace("source: {oci:", "source: {http: {url: \"http://lan:8090\"}, oci:");
+    w.apply(&both);
+    let v = w.wait("amir/releases", "InvalidSpec", |v| {
+        condition(v, "Stalled").is_some_and(|c| c["reason"] == "InvalidSpec") && is(v, "Stalled", "True")
+    });
+    let message = condition(&v, "Stalled").unwrap()["message"].as_str().unwrap();
+    assert!(message.contains("source must set exactly one of oci, http"), "{message}");
+    // (A JSON patch: server-side apply on 1.20 turns a removed object field into null.)
+    let fix = r#"[{"op": "remove", "path": "/spec/source/http"}]"#;
+    kubectl(&["patch", "-n", &w.ns, "amir/releases", "--type=json", "-p", fix], None).ok();
+    w.wait("amir/releases", "NotImplemented again", |v| {
+        condition(v, "Stalled").is_some_and(|c| c["reason"] == "NotImplemented") && is(v, "Stalled", "True")
+    });
+
+    // Nothing more to say: no further writes.
+    std::thread::sleep(Duration::from_secs(3));
+    let version = |what: &str| w.get(what).unwrap()["metadata"]["resourceVersion"].clone();
+    let before = (version("imgs/images"), version("amir/releases"));
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(before, (version("imgs/images"), version("amir/releases")), "status rewritten while nothing changed");
+}
+
 /// A simulated device: `curl`, returning the status and body.
 fn curl(args: &[&str]) -> (u16, Vec<u8>) {
     let out_file = std::env::temp_dir().join(format!("updraft-curl-{:08x}", rand::random::<u32>()));

@@ -1,12 +1,12 @@
 //! Updraft's operator: the only writer to the Kubernetes API.
 //!
-//! One controller per kind, all on one [`context::Context`] and on one shared cache per
-//! kind (see [`run`]): [`channel`] resolves FirmwareChannel versions from registry
-//! metadata and writes their status; [`gateway`] renders every OtaGateway's
-//! configuration from the resources attached to it ([`attach`], built by the pure
-//! builders in [`render`]) and applies its ConfigMap, Deployment and Service; [`stream`]
-//! and [`mirror`] report ImageStreams and ArtifactMirrors as not reconciled yet. Registry
-//! checks and retries run on a per-object [`schedule`], generic over the kind.
+//! One controller per kind, all on one `context::Context` and on one shared cache per
+//! kind (see [`run`]): `channel` resolves FirmwareChannel versions from registry
+//! metadata and writes their status; `gateway` renders every OtaGateway's configuration
+//! from the resources attached to it (`attach`, built by the pure builders in `render`)
+//! and applies its ConfigMap, Deployment and Service; `stream` and `mirror` report
+//! ImageStreams and ArtifactMirrors as not reconciled yet. Registry checks and retries
+//! run on a per-object `schedule`, generic over the kind; `status` writes every status.
 
 #![deny(unsafe_code)]
 

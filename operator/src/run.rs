@@ -123,6 +123,18 @@ impl<K: Kind> Shared<K> {
             .watches_stream(self.deletions(), move |obj| on_delete(&obj))
     }
 
+    /// Runs `forget` for every deleted object, until the watch ends.
+    fn on_delete(&self, forget: impl Fn(&K) + Send + 'static) -> BoxFuture<'static, ()> {
+        self.deletions()
+            .for_each(move |obj| {
+                if let Ok(obj) = obj {
+                    forget(&obj);
+                }
+                futures::future::ready(())
+            })
+            .boxed()
+    }
+
     /// The watch that fills the cache and feeds the subscriptions, until it ends.
     fn watch(self, api: Api<K>, config: watcher::Config) -> BoxFuture<'static, ()> {
         let deleted = self.deleted;
@@ -232,6 +244,25 @@ async fn controllers(client: Client, metrics: Metrics, ready: Arc<AtomicBool>, s
         ready.store(true, Ordering::Relaxed);
     });
 
+    // A deleted object's schedule goes with it.
+    let forget = futures::future::join_all([
+        gateways.on_delete({
+            let ctx = ctx.clone();
+            move |o| ctx.schedules.gateways.forget(o)
+        }),
+        channels.on_delete({
+            let ctx = ctx.clone();
+            move |o| ctx.schedules.channels.forget(o)
+        }),
+        streams.on_delete({
+            let ctx = ctx.clone();
+            move |o| ctx.schedules.streams.forget(o)
+        }),
+        mirrors.on_delete({
+            let ctx = ctx.clone();
+            move |o| ctx.schedules.mirrors.forget(o)
+        }),
+    ]);
     let watches = futures::future::join_all([
         gateways.watch(api(&client, ns), config.clone()),
         channels.watch(api(&client, ns), config.clone()),
@@ -247,7 +278,7 @@ async fn controllers(client: Client, metrics: Metrics, ready: Arc<AtomicBool>, s
     info!("controllers started");
     tokio::select! {
         _ = runs => {}
-        _ = watches => {}
+        _ = futures::future::join(watches, forget) => {}
     }
     info!("controllers stopped");
 }

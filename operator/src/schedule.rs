@@ -32,6 +32,8 @@ pub(crate) struct Schedule<K: Resource<DynamicType = ()>, R = ()> {
 }
 
 struct Entry<R> {
+    /// The object's uid: a namesake created after a deletion starts afresh.
+    uid: Option<String>,
     check: Option<Check<R>>,
     /// Failed reconciles in a row, other than failed checks.
     errors: u32,
@@ -88,11 +90,27 @@ impl<K: Resource<DynamicType = ()>, R: Clone> Schedule<K, R> {
         self.entries.lock().expect("schedule lock")
     }
 
+    /// The check of `obj` itself (not of a deleted namesake), if any.
+    fn check<'a>(entries: &'a HashMap<ObjectRef<K>, Entry<R>>, obj: &K) -> Option<&'a Check<R>> {
+        entries.get(&ObjectRef::from_obj(obj)).filter(|e| e.uid == obj.meta().uid)?.check.as_ref()
+    }
+
+    /// The entry of `obj`, made afresh for a new object (or a namesake of a deleted one).
+    fn entry<'a>(entries: &'a mut HashMap<ObjectRef<K>, Entry<R>>, obj: &K) -> &'a mut Entry<R> {
+        let uid = obj.meta().uid.clone();
+        let entry =
+            entries.entry(ObjectRef::from_obj(obj)).or_insert(Entry { uid: uid.clone(), check: None, errors: 0 });
+        if entry.uid != uid {
+            *entry = Entry { uid, check: None, errors: 0 };
+        }
+        entry
+    }
+
     /// `None` when `obj` should check now: never checked, spec changed since, or its
     /// interval (or backoff) has passed. Otherwise how long until it should.
     pub fn due_in(&self, obj: &K) -> Option<Duration> {
         let entries = self.entries();
-        let check = entries.get(&ObjectRef::from_obj(obj))?.check.as_ref()?;
+        let check = Self::check(&entries, obj)?;
         if check.generation != obj.meta().generation {
             return None;
         }
@@ -103,7 +121,7 @@ impl<K: Resource<DynamicType = ()>, R: Clone> Schedule<K, R> {
     /// a backoff that grows with the failures in a row (never beyond `interval`).
     pub fn checked(&self, obj: &K, outcome: Result<R, Failure>, interval: Duration) {
         let mut entries = self.entries();
-        let entry = entries.entry(ObjectRef::from_obj(obj)).or_insert(Entry { check: None, errors: 0 });
+        let entry = Self::entry(&mut entries, obj);
         let failures = match &outcome {
             Ok(_) => 0,
             Err(_) => entry.check.as_ref().map_or(0, |c| c.failures) + 1,
@@ -115,34 +133,31 @@ impl<K: Resource<DynamicType = ()>, R: Clone> Schedule<K, R> {
     /// What the last check of `obj` found, if it succeeded for the current generation.
     pub fn last_result(&self, obj: &K) -> Option<R> {
         let entries = self.entries();
-        let check = entries.get(&ObjectRef::from_obj(obj))?.check.as_ref()?;
+        let check = Self::check(&entries, obj)?;
         (check.generation == obj.meta().generation).then(|| check.outcome.as_ref().ok().cloned()).flatten()
     }
 
     /// How the last check of `obj` failed, if it did (until a check succeeds).
     pub fn last_failure(&self, obj: &K) -> Option<Failure> {
-        let entries = self.entries();
-        entries.get(&ObjectRef::from_obj(obj))?.check.as_ref()?.outcome.as_ref().err().cloned()
+        Self::check(&self.entries(), obj)?.outcome.as_ref().err().cloned()
     }
 
     /// Counts a failed reconcile of `obj` (not a failed check) and returns how long to
     /// wait before retrying it.
     pub fn failed(&self, obj: &K) -> Duration {
         let mut entries = self.entries();
-        let entry = entries.entry(ObjectRef::from_obj(obj)).or_insert(Entry { check: None, errors: 0 });
+        let entry = Self::entry(&mut entries, obj);
         entry.errors = entry.errors.saturating_add(1);
         retry_backoff(entry.errors)
     }
 
     /// A reconcile of `obj` succeeded: the next failure is retried after the shortest wait.
     pub fn succeeded(&self, obj: &K) {
-        if let Some(entry) = self.entries().get_mut(&ObjectRef::from_obj(obj)) {
-            entry.errors = 0;
-        }
+        Self::entry(&mut self.entries(), obj).errors = 0;
     }
 
-    /// Forgets `obj` (its spec became invalid, or it is gone): the next valid spec checks
-    /// at once.
+    /// Forgets `obj` (its spec became invalid, or it was deleted): the next valid spec
+    /// checks at once.
     pub fn forget(&self, obj: &K) {
         self.entries().remove(&ObjectRef::from_obj(obj));
     }
@@ -156,6 +171,7 @@ mod tests {
     fn obj(generation: i64) -> ImageStream {
         let mut s = ImageStream::new("s", ImageStreamSpec::default());
         s.metadata.namespace = Some("ns".into());
+        s.metadata.uid = Some("uid-1".into());
         s.metadata.generation = Some(generation);
         s
     }
@@ -245,5 +261,18 @@ mod tests {
         other.metadata.namespace = Some("elsewhere".into());
         assert_eq!(schedule.due_in(&other), None);
         assert_eq!(schedule.last_result(&other), None);
+    }
+
+    #[test]
+    fn a_namesake_created_after_a_deletion_starts_afresh() {
+        let schedule: Schedule<ImageStream, u32> = Schedule::default();
+        schedule.checked(&obj(1), Ok(7), HOUR);
+        schedule.failed(&obj(1));
+        let mut namesake = obj(1);
+        namesake.metadata.uid = Some("uid-2".into());
+        assert_eq!(schedule.due_in(&namesake), None, "a new object checks at once");
+        assert_eq!(schedule.last_result(&namesake), None, "another object's result is not reused");
+        assert_eq!(schedule.failed(&namesake), Duration::from_secs(1));
+        assert_eq!(schedule.due_in(&obj(1)), None, "the entry now belongs to the namesake");
     }
 }
