@@ -324,6 +324,17 @@ async fn pipe(
     let _ = to.shutdown().await;
 }
 
+/// Bytes sent with sendfile since `before`, once at least `at_least` (or after 5 s).
+/// The counter moves just after the syscall, which can be after a client has read the
+/// bytes, so a check right after a download may see it a little late.
+pub async fn zero_copied_since(before: u64, at_least: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while ota_gateway::sendfile::bytes_sent() - before < at_least && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    ota_gateway::sendfile::bytes_sent() - before
+}
+
 /// A free TCP port on loopback (bound, then released).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
