@@ -1,5 +1,7 @@
 //! `ota-gateway`: Updraft's data plane as a process.
 
+#![deny(unsafe_code)]
+
 use std::path::PathBuf;
 
 use clap::Parser;
