@@ -5,11 +5,11 @@
 //! and may give a channel a version [`Policy`] instead: the gateway then resolves the
 //! newest matching tag from the registry itself.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::oci::{is_digest, is_sha256_hex, ArtifactConfig, SourceConfig, Unpack};
 use crate::version::VersionPolicy;
 
 /// The newest format of `gateway.yaml` this build reads and writes.
@@ -121,54 +121,6 @@ impl ChannelConfig {
     }
 }
 
-/// Where a channel's artifacts live.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct SourceConfig {
-    /// Registry host[:port], e.g. `ghcr.io` or `127.0.0.1:5000`.
-    pub registry: String,
-    /// Repository inside the registry, e.g. `acme/firmware/esp32`.
-    pub repository: String,
-    /// Plain HTTP instead of HTTPS.
-    #[serde(default)]
-    pub insecure: bool,
-    /// A docker `config.json` (or `.dockerconfigjson`) with credentials for `registry`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub docker_config: Option<PathBuf>,
-}
-
-/// Which layer of the artifact holds the binary, and how to unpack it.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ArtifactConfig {
-    /// Layer media type to pick. Default: the manifest's single layer.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub media_type: Option<String>,
-    #[serde(default)]
-    pub unpack: Unpack,
-    /// For `tar`: the path of the binary inside the archive.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub path: Option<String>,
-    /// For an image index: `os/arch[/variant]` of the manifest to pick.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub platform: Option<String>,
-    /// For an image index: annotations the picked manifest must carry.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub annotations: BTreeMap<String, String>,
-}
-
-/// How the layer's bytes become the payload.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Unpack {
-    #[default]
-    Raw,
-    Gzip,
-    Zstd,
-    /// A tar archive, optionally gzip- or zstd-compressed (detected); takes `path`.
-    Tar,
-}
-
 /// One resolved artifact: what status says is what devices get.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -271,16 +223,6 @@ impl GatewayConfig {
         }
         Ok(())
     }
-}
-
-/// `sha256:` followed by 64 lowercase hex digits.
-pub fn is_digest(s: &str) -> bool {
-    s.strip_prefix("sha256:").is_some_and(is_sha256_hex)
-}
-
-/// Whether `s` is 64 lowercase hex digits: a SHA-256 as digests and cache names spell it.
-pub fn is_sha256_hex(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 fn default_version() -> u32 {

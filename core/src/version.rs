@@ -81,7 +81,7 @@ impl Rule<'_> {
     /// Checks the range, and a digest pin's spelling.
     pub fn validate(&self) -> Result<(), String> {
         match self.pin {
-            Some(pin) if pin.starts_with("sha256:") && !crate::config::is_digest(pin) => {
+            Some(pin) if pin.starts_with("sha256:") && !crate::oci::is_digest(pin) => {
                 Err(format!("pin {pin:?} is not sha256:<64 hex>"))
             }
             Some(_) => Ok(()),

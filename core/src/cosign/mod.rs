@@ -211,7 +211,7 @@ impl Verifier {
         auth: &RegistryAuth,
         digest: &str,
     ) -> Result<Verified, VerifyError> {
-        if !crate::config::is_digest(digest) {
+        if !crate::oci::is_digest(digest) {
             return Err(VerifyError::InvalidDigest(digest.to_owned()));
         }
         let mut found = Vec::new();
