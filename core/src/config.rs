@@ -53,6 +53,10 @@ pub struct GatewayConfig {
     /// omitted from the file while true; read at start only.
     #[serde(default = "default_true", skip_serializing_if = "is_true")]
     pub sendfile: bool,
+    /// Who is told when a release becomes ready to serve: devices over MQTT, people
+    /// and CI over webhooks. Omitted from the file while empty.
+    #[serde(default, skip_serializing_if = "NotificationsConfig::is_empty")]
+    pub notifications: NotificationsConfig,
 }
 
 impl Default for GatewayConfig {
@@ -66,6 +70,7 @@ impl Default for GatewayConfig {
             signing_key_file: None,
             channels: Vec::new(),
             sendfile: true,
+            notifications: NotificationsConfig::default(),
         }
     }
 }
@@ -85,6 +90,68 @@ impl Default for CacheConfig {
     fn default() -> Self {
         Self { dir: default_cache_dir(), max_bytes: default_cache_bytes() }
     }
+}
+
+/// Notifications sent when a release becomes ready to serve (its payload cached and
+/// verified).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NotificationsConfig {
+    /// Retained MQTT messages for devices, as OtaFlux publishes them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mqtt: Option<MqttConfig>,
+    /// Signed JSON POSTs for people and CI.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub webhooks: Vec<WebhookConfig>,
+}
+
+impl NotificationsConfig {
+    /// Nothing to notify.
+    pub fn is_empty(&self) -> bool {
+        self.mqtt.is_none() && self.webhooks.is_empty()
+    }
+}
+
+/// The MQTT broker devices listen on. Each channel's current release is published,
+/// retained with QoS 1, on `<topicPrefix>/<device id>`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MqttConfig {
+    /// `mqtt://host[:port]` (default port 1883) or `mqtts://host[:port]` (TLS, default
+    /// port 8883), optionally `?client_id=ID` as OtaFlux takes it.
+    pub url: String,
+    /// Topic prefix; a device listens on `<topicPrefix>/<device id>`. Default
+    /// `firmware/updates`.
+    #[serde(default = "default_topic_prefix")]
+    pub topic_prefix: String,
+    /// PEM CA bundle the broker's certificate must chain to (`mqtts://`). Default: the
+    /// system's roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate for mutual TLS; needs `clientKeyFile` and `caFile`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert_file: Option<PathBuf>,
+    /// PEM private key of `clientCertFile`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key_file: Option<PathBuf>,
+    /// File holding the MQTT user name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username_file: Option<PathBuf>,
+    /// File holding the MQTT password; needs `usernameFile`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+}
+
+/// One receiver of signed webhook POSTs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// `http://` or `https://` URL the events are POSTed to.
+    pub url: String,
+    /// File holding the HMAC-SHA256 key; the body's signature goes in
+    /// `X-Updraft-Signature: sha256=<hex>`. Unsigned when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_file: Option<PathBuf>,
 }
 
 /// One line of firmware for one device type.
@@ -113,6 +180,38 @@ pub struct ChannelConfig {
     /// the others get `previous`. 0–100, default 100.
     #[serde(default = "default_rollout")]
     pub rollout: u8,
+    /// The highest version this channel has ever served (the operator's high-water mark):
+    /// a device running a version up to it but newer than what it should run now was
+    /// served that version before the channel was pinned back, so the check API offers
+    /// it the downgrade. Versions above it are development builds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub highest_served: Option<String>,
+    /// When the check API offers a device a version older than the one it runs.
+    /// Default `pinnedBack` (omitted while default).
+    #[serde(default, skip_serializing_if = "Downgrade::is_default")]
+    pub downgrade: Downgrade,
+}
+
+/// When `POST /api/v1/channels/{name}/check` answers a device running a newer version
+/// than the one it should run with that older release (`"downgrade": true`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Downgrade {
+    /// Never: a device running anything newer is up to date (204).
+    Never,
+    /// Only to devices running a version the channel has served (up to `highestServed`,
+    /// or the current and previous releases): a channel pinned back reaches them, a
+    /// development build newer than anything served does not.
+    #[default]
+    PinnedBack,
+    /// Every device running another version gets the one it should run.
+    Always,
+}
+
+impl Downgrade {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 impl ChannelConfig {
@@ -221,10 +320,46 @@ impl GatewayConfig {
                 return invalid(format!("channel {:?}: unpack tar needs artifact.path", c.name));
             }
         }
+        self.notifications.validate()
+    }
+}
+
+impl NotificationsConfig {
+    /// URL schemes, topic prefix, and files that only work in pairs.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if let Some(m) = &self.mqtt {
+            if !(m.url.starts_with("mqtt://") || m.url.starts_with("mqtts://")) {
+                return invalid(format!("notifications.mqtt.url {:?} must start with mqtt:// or mqtts://", m.url));
+            }
+            if m.topic_prefix.is_empty() || m.topic_prefix.contains(['+', '#']) {
+                return invalid(format!(
+                    "notifications.mqtt.topicPrefix {:?} must be non-empty, without wildcards",
+                    m.topic_prefix
+                ));
+            }
+            if m.client_cert_file.is_some() != m.client_key_file.is_some() {
+                return invalid("notifications.mqtt: clientCertFile and clientKeyFile go together".into());
+            }
+            if m.client_cert_file.is_some() && m.ca_file.is_none() {
+                return invalid("notifications.mqtt: a client certificate needs caFile".into());
+            }
+            if m.password_file.is_some() && m.username_file.is_none() {
+                return invalid("notifications.mqtt: passwordFile needs usernameFile".into());
+            }
+        }
+        for w in &self.webhooks {
+            if !(w.url.starts_with("http://") || w.url.starts_with("https://")) {
+                return invalid(format!("notifications.webhooks: url {:?} must start with http:// or https://", w.url));
+            }
+        }
         Ok(())
     }
 }
 
+fn default_topic_prefix() -> String {
+    "firmware/updates".into()
+}
 fn default_version() -> u32 {
     CONFIG_VERSION
 }
@@ -309,6 +444,30 @@ mod tests {
         let current = GatewayConfig::parse(pinned_yaml().as_bytes()).unwrap();
         assert_eq!(current.version, CONFIG_VERSION);
         assert!(current.to_yaml().starts_with("version: 1\n"));
+    }
+
+    #[test]
+    fn notifications_are_omitted_while_empty_and_checked() {
+        let c: GatewayConfig = serde_yaml::from_str(&pinned_yaml()).unwrap();
+        assert!(!c.to_yaml().contains("notifications"), "an empty section stays out of the file");
+        let yaml = format!(
+            "{}notifications:\n  mqtt: {{url: \"mqtts://broker:8883\", caFile: /etc/ca.crt}}\n  webhooks:\n  - {{url: \"https://ci.example/hook\", secretFile: /etc/key}}\n",
+            pinned_yaml()
+        );
+        let n: GatewayConfig = serde_yaml::from_str(&yaml).unwrap();
+        n.validate().unwrap();
+        let mqtt = n.notifications.mqtt.as_ref().unwrap();
+        assert_eq!(mqtt.topic_prefix, "firmware/updates");
+        assert_eq!(mqtt.ca_file.as_deref(), Some(Path::new("/etc/ca.crt")));
+        assert_eq!(serde_yaml::from_str::<GatewayConfig>(&n.to_yaml()).unwrap(), n);
+        let bad = |from: &str, to: &str| {
+            let c: GatewayConfig = serde_yaml::from_str(&yaml.replace(from, to)).unwrap();
+            c.validate().unwrap_err().to_string()
+        };
+        assert!(bad("mqtts://", "tcp://").contains("mqtt://"));
+        assert!(bad("https://ci", "ftp://ci").contains("http://"));
+        assert!(bad("caFile: /etc/ca.crt", "clientCertFile: /c").contains("go together"));
+        assert!(bad("caFile: /etc/ca.crt", "topicPrefix: \"a/#\"").contains("wildcards"));
     }
 
     #[test]

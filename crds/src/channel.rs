@@ -55,6 +55,24 @@ pub struct FirmwareChannelSpec {
     /// Stop checking the registry; devices keep getting what status says.
     #[serde(default)]
     pub suspend: bool,
+    /// When the check API (`POST .../check`) offers a device running a newer version
+    /// the older one it should run: `PinnedBack` (default) only to devices running a
+    /// version this channel served (up to `status.highestServed`), so a pin back reaches
+    /// them and development builds are left alone; `Never`; or `Always`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downgrade: Option<Downgrade>,
+}
+
+/// When the check API offers a device an older version than the one it runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum Downgrade {
+    /// A device running a newer version is up to date.
+    Never,
+    /// Only devices running a version the channel has served get the older one.
+    #[default]
+    PinnedBack,
+    /// Every device running another version gets the one it should run.
+    Always,
 }
 
 /// Which tag of the repository is the latest firmware.
@@ -145,6 +163,10 @@ pub struct FirmwareChannelStatus {
     /// The version before `latest`; devices outside the rollout keep getting it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous: Option<ResolvedVersion>,
+    /// The highest version the channel has ever resolved (a high-water mark that a
+    /// pin back does not lower): devices running up to it were served it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub highest_served: Option<String>,
     /// URL devices use to check for this channel's firmware.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,

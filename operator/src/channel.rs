@@ -52,6 +52,7 @@ pub(crate) async fn reconcile(channel: Arc<FirmwareChannel>, ctx: Arc<Context>) 
         _ => None,
     };
     let new_version = schedule.last_result(&channel).and_then(|r| record_resolution(&mut status, r));
+    raise_high_water_mark(&mut status);
     let failure = schedule.last_failure(&channel);
     set_registry_condition(&mut status, failure.as_ref(), generation);
     set_ready(&channel, &ctx, &mut status, failure.as_ref());
@@ -200,6 +201,19 @@ fn record_resolution(status: &mut FirmwareChannelStatus, r: Resolution) -> Optio
     Some(note)
 }
 
+/// `highestServed` follows `latest` up, never down: after a pin back it still names
+/// the newest version devices were served, which the gateway's check API needs to tell
+/// a device to roll back from a development build it leaves alone.
+fn raise_high_water_mark(status: &mut FirmwareChannelStatus) {
+    let parse = |v: &str| semver::Version::parse(v.trim_start_matches('v')).ok();
+    let Some(latest) = status.latest.as_ref().and_then(|l| Some((parse(&l.version)?, l.version.clone()))) else {
+        return;
+    };
+    if status.highest_served.as_deref().and_then(parse).is_none_or(|h| latest.0 > h) {
+        status.highest_served = Some(latest.1);
+    }
+}
+
 fn set_registry_condition(status: &mut FirmwareChannelStatus, failure: Option<&Failure>, generation: Option<i64>) {
     let condition = match failure {
         Some(f) if f.unreachable => NewCondition::new(REGISTRY_REACHABLE, false, f.reason, f.message.clone()),
@@ -301,6 +315,28 @@ mod tests {
         assert_eq!(field(serde_json::json!({"version": {"pin": "a/b"}})), "version.pin");
         assert_eq!(field(serde_json::json!({"source": {"registry": "r", "repository": "UPPER"}})), "source.repository");
         assert_eq!(field(serde_json::json!({"artifact": {"platform": "linux"}})), "artifact.platform");
+    }
+
+    #[test]
+    fn the_high_water_mark_rises_and_survives_a_pin_back() {
+        let mut status = FirmwareChannelStatus::default();
+        raise_high_water_mark(&mut status);
+        assert_eq!(status.highest_served, None);
+        let version = |v: &str| ResolvedVersion {
+            version: v.into(),
+            tag: v.into(),
+            digest: DIGEST_A.into(),
+            size: None,
+            resolved_at: conditions::now(),
+        };
+        for (latest, highest) in [("1.0.0", "1.0.0"), ("1.1.0", "1.1.0"), ("1.0.0", "1.1.0"), ("1.2.0", "1.2.0")] {
+            status.latest = Some(version(latest));
+            raise_high_water_mark(&mut status);
+            assert_eq!(status.highest_served.as_deref(), Some(highest), "after {latest}");
+        }
+        status.latest = Some(version("nightly"));
+        raise_high_water_mark(&mut status);
+        assert_eq!(status.highest_served.as_deref(), Some("1.2.0"), "a version that is not semver changes nothing");
     }
 
     #[test]

@@ -6,9 +6,10 @@ use std::collections::BTreeMap;
 
 use kube::ResourceExt;
 use updraft_core::config::{
-    ArtifactConfig, CacheConfig, ChannelConfig, GatewayConfig, PinnedArtifact, SourceConfig, Unpack, CONFIG_VERSION,
+    ArtifactConfig, CacheConfig, ChannelConfig, Downgrade, GatewayConfig, PinnedArtifact, SourceConfig, Unpack,
+    CONFIG_VERSION,
 };
-use updraft_crds::channel::{ArtifactSelector, Unpack as SpecUnpack};
+use updraft_crds::channel::{ArtifactSelector, Downgrade as SpecDowngrade, Unpack as SpecUnpack};
 use updraft_crds::{FirmwareChannel, OtaGateway, ResolvedVersion};
 
 use super::{quantity_bytes, ADMIN_PORT, CACHE_DIR, CREDENTIALS_DIR, HTTP_PORT, SIGNING_DIR};
@@ -54,6 +55,12 @@ pub(super) fn channel_config(channel: &FirmwareChannel) -> Option<ChannelConfig>
         previous: status.previous.as_ref().map(pinned),
         policy: None,
         rollout: spec.rollout.percentage.clamp(0, 100) as u8,
+        highest_served: status.highest_served.clone(),
+        downgrade: match spec.downgrade.unwrap_or_default() {
+            SpecDowngrade::Never => Downgrade::Never,
+            SpecDowngrade::PinnedBack => Downgrade::PinnedBack,
+            SpecDowngrade::Always => Downgrade::Always,
+        },
     })
 }
 

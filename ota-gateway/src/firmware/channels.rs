@@ -14,6 +14,7 @@ use tracing::instrument;
 
 use super::{Channel, Error, Firmware, Release, RETRY_AFTER};
 use crate::http::{self, query};
+use updraft_core::config::Downgrade;
 
 /// One line of `GET /api/v1/channels`.
 #[derive(Serialize)]
@@ -103,18 +104,52 @@ struct CheckRequest {
     id: Option<String>,
 }
 
-/// Whether a device running `running` needs nothing from `offered`: same version,
-/// or (both being semver) a newer one. Never offers a downgrade.
-fn is_up_to_date(running: &str, offered: &str) -> bool {
+/// What the check answers a device running `running` when it should run `offered`.
+#[derive(Debug, PartialEq, Eq)]
+enum Offer {
+    /// 204: nothing to do.
+    UpToDate,
+    /// 200 with `offered`.
+    Update,
+    /// 200 with `offered` and `"downgrade": true`.
+    Downgrade,
+}
+
+/// The same version (ignoring a `v` prefix) is up to date; an older semver one gets the
+/// update; a newer one gets the older release only as `policy` allows (with
+/// `PinnedBack`, when the channel served it: it is at most `highest`, else it is a
+/// development build). Versions that are not semver get `offered` unless equal.
+fn offer(running: &str, offered: &str, policy: Downgrade, highest: Option<&semver::Version>) -> Offer {
     let (running, offered) = (running.trim().trim_start_matches('v'), offered.trim_start_matches('v'));
-    match (semver::Version::parse(running), semver::Version::parse(offered)) {
-        (Ok(r), Ok(o)) => r >= o,
-        _ => running == offered,
+    if running == offered {
+        return Offer::UpToDate;
+    }
+    let (Ok(r), Ok(o)) = (semver::Version::parse(running), semver::Version::parse(offered)) else {
+        return Offer::Update;
+    };
+    if r < o {
+        return Offer::Update;
+    }
+    if r == o {
+        return Offer::UpToDate; // equal up to build metadata
+    }
+    let served = match policy {
+        Downgrade::Never => false,
+        Downgrade::Always => true,
+        Downgrade::PinnedBack => highest.is_some_and(|h| r <= *h),
+    };
+    if served {
+        Offer::Downgrade
+    } else {
+        Offer::UpToDate
     }
 }
 
 /// `POST /api/v1/channels/{name}/check` with `{"version": "...", "id": "..."}`: 200
-/// with the update, 204 when up to date, 202 while the update is being fetched.
+/// with the update, 204 when up to date, 202 while the update is being fetched. A
+/// device running a newer version than it should (the channel was pinned back, or its
+/// rollout lowered) gets the older release with `"downgrade": true`, as the channel's
+/// `downgrade` policy allows (see [`offer`]).
 #[instrument(level = "debug", skip(firmware, body))]
 pub(super) async fn check(
     State(firmware): State<Firmware>,
@@ -134,10 +169,12 @@ pub(super) async fn check(
         Err(Error::Fetching) => return Ok(accepted()),
         Err(e) => return Err(e),
     };
-    if is_up_to_date(&request.version, &ready.version) {
-        return Ok(StatusCode::NO_CONTENT.into_response());
-    }
-    Ok(json_bytes(ready.info_json.clone()))
+    let highest = channel.highest_served();
+    Ok(match offer(&request.version, &ready.version, channel.config.downgrade, highest.as_ref()) {
+        Offer::UpToDate => StatusCode::NO_CONTENT.into_response(),
+        Offer::Update => json_bytes(ready.info_json.clone()),
+        Offer::Downgrade => json_bytes(ready.downgrade_json.clone()),
+    })
 }
 
 /// 202: the update exists but is still being fetched.
@@ -163,14 +200,40 @@ pub(super) async fn public_key(State(firmware): State<Firmware>) -> Response {
 mod tests {
     use super::*;
 
+    fn v(s: &str) -> semver::Version {
+        semver::Version::parse(s).unwrap()
+    }
+
     #[test]
-    fn up_to_date() {
-        assert!(is_up_to_date("1.2.0", "1.2.0"));
-        assert!(is_up_to_date("v1.2.0", "1.2.0"));
-        assert!(is_up_to_date("1.3.0", "1.2.0"));
-        assert!(!is_up_to_date("1.1.9", "1.2.0"));
-        assert!(!is_up_to_date("1.2.0-rc.1", "1.2.0"));
-        assert!(is_up_to_date("build-7", "build-7"));
-        assert!(!is_up_to_date("build-6", "build-7"));
+    fn upgrades_and_up_to_date() {
+        let up = |running, offered| offer(running, offered, Downgrade::PinnedBack, None);
+        assert_eq!(up("1.2.0", "1.2.0"), Offer::UpToDate);
+        assert_eq!(up("v1.2.0", "1.2.0"), Offer::UpToDate);
+        assert_eq!(up("1.3.0", "1.2.0"), Offer::UpToDate, "nothing served above 1.2.0: a dev build");
+        assert_eq!(up("1.1.9", "1.2.0"), Offer::Update);
+        assert_eq!(up("1.2.0-rc.1", "1.2.0"), Offer::Update);
+        assert_eq!(up("build-7", "build-7"), Offer::UpToDate);
+        assert_eq!(up("build-6", "build-7"), Offer::Update);
+    }
+
+    #[test]
+    fn a_pinned_back_channel_offers_the_downgrade_to_what_it_served() {
+        let highest = v("1.1.0");
+        let pinned_back = |running| offer(running, "1.0.0", Downgrade::PinnedBack, Some(&highest));
+        assert_eq!(pinned_back("1.1.0"), Offer::Downgrade);
+        assert_eq!(pinned_back("v1.0.5"), Offer::Downgrade);
+        assert_eq!(pinned_back("1.0.0"), Offer::UpToDate);
+        assert_eq!(pinned_back("1.2.0"), Offer::UpToDate, "a development build newer than anything served");
+        assert_eq!(pinned_back("1.1.1-dev"), Offer::UpToDate);
+        assert_eq!(pinned_back("0.9.0"), Offer::Update);
+    }
+
+    #[test]
+    fn the_policy_decides_other_downgrades() {
+        let highest = v("1.1.0");
+        assert_eq!(offer("1.1.0", "1.0.0", Downgrade::Never, Some(&highest)), Offer::UpToDate);
+        assert_eq!(offer("9.0.0", "1.0.0", Downgrade::Always, Some(&highest)), Offer::Downgrade);
+        assert_eq!(offer("9.0.0", "1.0.0", Downgrade::Always, None), Offer::Downgrade);
+        assert_eq!(offer("1.0.0", "1.0.0", Downgrade::Always, None), Offer::UpToDate);
     }
 }

@@ -96,6 +96,9 @@ pub(super) struct Ready {
     pub(super) version_body: Bytes,
     /// The JSON firmware manifest (`/api/v1/channels/{name}`).
     pub(super) info_json: Bytes,
+    /// The same manifest with `"downgrade": true`, the check's answer to a device that
+    /// runs a newer version than this one (a channel pinned back).
+    pub(super) downgrade_json: Bytes,
     pub(super) version: String,
     /// The binary, as `<channel>-<version>.bin`, ETag the payload's SHA-256.
     pub(super) download: Download,
@@ -114,6 +117,8 @@ struct FirmwareInfo<'a> {
     url: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     signature: Option<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    downgrade: bool,
 }
 
 impl Channel {
@@ -167,6 +172,14 @@ impl Channel {
         })
     }
 
+    /// The highest version the channel has served: the configured high-water mark, or
+    /// its current or previous release if either is higher (or the mark is unset).
+    pub(super) fn highest_served(&self) -> Option<semver::Version> {
+        let releases = self.releases();
+        let versions = releases.iter().map(|r| r.pinned.version.as_str()).chain(self.config.highest_served.as_deref());
+        versions.filter_map(|v| semver::Version::parse(v.trim_start_matches('v')).ok()).max()
+    }
+
     /// The release with this exact version, if the channel has one.
     pub(super) fn by_version(&self, version: &str) -> Option<Arc<Release>> {
         let releases = self.releases.read().expect("releases lock");
@@ -201,8 +214,11 @@ impl Channel {
             crc32: summary.crc32,
             url: self.download_url(&release.pinned.version),
             signature: self.signer.as_ref().map(|s| s.sign(&fields)),
+            downgrade: false,
         };
         let info_json = Bytes::from(serde_json::to_vec(&info).expect("info serializes"));
+        let downgrade_json =
+            Bytes::from(serde_json::to_vec(&FirmwareInfo { downgrade: true, ..info }).expect("info serializes"));
         let filename = format!("attachment; filename=\"{}-{}.bin\"", self.config.name, version);
         let download = Download {
             body: payload.bytes.clone(),
@@ -213,6 +229,7 @@ impl Channel {
         Ready {
             version_body: Bytes::from(format!("{version}\n{}\n{}", summary.crc32, summary.size)),
             info_json,
+            downgrade_json,
             version,
             download,
             payload,

@@ -194,6 +194,8 @@ pub fn channel(name: &str, registry: &str, repo: &str, current: (&str, &str, &st
         previous: None,
         policy: None,
         rollout: 100,
+        highest_served: None,
+        downgrade: Default::default(),
     }
 }
 
