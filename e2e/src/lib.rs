@@ -6,6 +6,7 @@
 //! exports `KUBECONFIG`, `UPDRAFT_REGISTRY` and the PATH with the matching `kubectl`.
 
 pub mod cosign;
+pub mod faults;
 pub mod helm;
 pub mod procs;
 
