@@ -8,7 +8,8 @@
 //! state ([`firmware`]); `http` (downloads with Range/ETag/sendfile, the generic
 //! error, write authorization, query strings) shared by the surfaces; `cache`,
 //! `fetch` and `unpack` (registry to disk), [`reload`] (the config file), `metrics`,
-//! `admin`, and [`sendfile`] (the zero-copy path, the crate's only `unsafe` code).
+//! `admin`, `notify` (MQTT and webhook notifications when a release becomes ready),
+//! and [`sendfile`] (the zero-copy path, the crate's only `unsafe` code).
 
 #![deny(unsafe_code)]
 
@@ -18,6 +19,7 @@ mod fetch;
 pub mod firmware;
 mod http;
 mod metrics;
+mod notify;
 pub mod reload;
 #[allow(unsafe_code)]
 pub mod sendfile;

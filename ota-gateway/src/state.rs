@@ -21,8 +21,9 @@ use std::sync::{Arc, RwLock};
 
 use crate::cache::Cache;
 use crate::fetch::Fetcher;
-use crate::firmware::{Firmware, SigningKeyError};
+use crate::firmware::{self, Firmware, SigningKeyError};
 use crate::metrics::Metrics;
+use crate::notify::{self, Notifier, NotifyError};
 use updraft_core::config::{ConfigError, GatewayConfig, SourceConfig};
 
 /// Why a config could not be made live; the previous one keeps serving.
@@ -32,6 +33,8 @@ pub enum ApplyError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     SigningKey(#[from] SigningKeyError),
+    #[error(transparent)]
+    Notify(#[from] NotifyError),
     #[error("cache {}: {source}", dir.display())]
     Cache { dir: PathBuf, source: std::io::Error },
 }
@@ -48,15 +51,19 @@ struct Inner {
     config: RwLock<Arc<GatewayConfig>>,
     loaded: AtomicBool,
     firmware: Firmware,
+    /// MQTT and webhooks; told by the surfaces' event callbacks.
+    notifier: Notifier,
 }
 
 impl AppState {
     /// State over an opened cache, with nothing served until [`AppState::apply`].
     fn new(cache: Arc<Cache>, metrics: Arc<Metrics>) -> Self {
         let fetcher = Arc::new(Fetcher::new(cache, metrics.clone()));
-        let firmware = Firmware::new(metrics.clone(), fetcher.clone());
+        let notifier = Notifier::new();
+        let firmware = Firmware::new(metrics.clone(), fetcher.clone(), firmware_events(notifier.clone()));
         let config = RwLock::new(Arc::new(GatewayConfig::default()));
-        Self { inner: Arc::new(Inner { metrics, fetcher, config, loaded: AtomicBool::new(false), firmware }) }
+        let loaded = AtomicBool::new(false);
+        Self { inner: Arc::new(Inner { metrics, fetcher, config, loaded, firmware, notifier }) }
     }
 
     /// Opens the cache the config names and applies the config.
@@ -93,6 +100,7 @@ impl AppState {
     pub fn apply(&self, config: GatewayConfig) -> Result<(), ApplyError> {
         config.validate()?;
         let firmware = self.inner.firmware.prepare(&config)?;
+        let notify = self.inner.notifier.prepare(&config)?;
         // Nothing below fails.
         if self.is_loaded() && self.config().cache.dir != config.cache.dir {
             tracing::warn!(dir = %config.cache.dir.display(), "cache.dir changes take effect on restart");
@@ -100,6 +108,8 @@ impl AppState {
         self.cache().set_max_bytes(config.cache.max_bytes);
         self.inner.fetcher.client_for(registry_sources(&config));
         *self.inner.config.write().expect("config lock") = Arc::new(config);
+        // Receivers first: releases the surfaces make ready from now on reach them.
+        self.inner.notifier.install(notify);
         self.inner.firmware.install(firmware);
         self.inner.loaded.store(true, Ordering::Release);
         Ok(())
@@ -113,6 +123,34 @@ impl AppState {
     pub(crate) fn is_ready(&self) -> bool {
         self.is_loaded() && self.cache().usable()
     }
+}
+
+/// The firmware surface's release events, as notifications.
+fn firmware_events(notifier: Notifier) -> firmware::OnEvent {
+    Arc::new(move |event| match event {
+        firmware::Event::Ready(f) => {
+            let (size, sha256, crc32) = f.payload.unwrap_or_default();
+            notifier.release(notify::Release {
+                channel: f.channel,
+                device: f.device,
+                version: f.version,
+                tag: f.tag,
+                digest: f.digest,
+                size,
+                sha256,
+                crc32,
+                url: f.url,
+            })
+        }
+        firmware::Event::Failed(f, reason) => notifier.failed(notify::Failure {
+            channel: f.channel,
+            device: f.device,
+            version: f.version,
+            tag: f.tag,
+            digest: f.digest,
+            reason,
+        }),
+    })
 }
 
 /// Every registry the config fetches from, whichever surface names it (the shared

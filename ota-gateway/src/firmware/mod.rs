@@ -7,7 +7,9 @@
 //! - `rollout` and [`signing`]: staged rollout and manifest signatures.
 //!
 //! [`Firmware`] is this surface's part of the live state: the current `Snapshot`
-//! of channels, replaced as a whole when the config changes.
+//! of channels, replaced as a whole when the config changes. It reports each release
+//! that becomes ready to serve (or fails to) through an [`OnEvent`] callback the owner
+//! of the state hands it, and knows nothing of who listens.
 
 mod channels;
 mod error;
@@ -62,9 +64,39 @@ pub struct Firmware {
 struct Inner {
     metrics: Arc<Metrics>,
     fetcher: Arc<Fetcher>,
+    on_event: OnEvent,
     live: RwLock<Arc<Snapshot>>,
     /// Ticks on every install; resolver tasks of older snapshots then stop.
     installed: watch::Sender<()>,
+}
+
+/// Told about releases; must not block (it runs on fetch tasks and request handlers).
+pub(crate) type OnEvent = Arc<dyn Fn(Event) + Send + Sync>;
+
+/// What happened to a release.
+#[derive(Debug)]
+pub(crate) enum Event {
+    /// The release a channel hands out through the OtaFlux API (`pick` without a device
+    /// id) is now ready to serve: cached, verified, its answers prepared. Sent once per
+    /// release object: a reload that changes a channel (a new `current`, a rollback)
+    /// sends it again for the release it then hands out.
+    Ready(ReleaseFacts),
+    /// A release's payload could not be fetched, unpacked or verified.
+    Failed(ReleaseFacts, String),
+}
+
+/// A release as its notifications describe it.
+#[derive(Debug)]
+pub(crate) struct ReleaseFacts {
+    pub channel: String,
+    pub device: String,
+    pub version: String,
+    pub tag: String,
+    pub digest: String,
+    /// Size, SHA-256 and CRC32 of the payload, when it is cached.
+    pub payload: Option<(u64, String, u32)>,
+    /// Where an OtaFlux device downloads it.
+    pub url: String,
 }
 
 /// The firmware part of a new config: built, not yet live (see [`Firmware::install`]).
@@ -82,9 +114,9 @@ pub struct SigningKeyError {
 
 impl Firmware {
     /// A surface with no channels yet.
-    pub(crate) fn new(metrics: Arc<Metrics>, fetcher: Arc<Fetcher>) -> Self {
+    pub(crate) fn new(metrics: Arc<Metrics>, fetcher: Arc<Fetcher>, on_event: OnEvent) -> Self {
         let live = RwLock::new(Arc::new(Snapshot::new(Vec::new(), None, None)));
-        Self { inner: Arc::new(Inner { metrics, fetcher, live, installed: watch::Sender::new(()) }) }
+        Self { inner: Arc::new(Inner { metrics, fetcher, on_event, live, installed: watch::Sender::new(()) }) }
     }
 
     /// The live channels, as one consistent snapshot.
@@ -162,8 +194,15 @@ impl Firmware {
             for release in channel.releases().iter().filter(|r| !r.is_ready()).cloned() {
                 let (firmware, channel) = (self.clone(), channel.clone());
                 tokio::spawn(async move {
-                    if firmware.inner.fetcher.fetch(release.job.clone()).await.is_ok() {
-                        let _ = firmware.ready(&channel, &release);
+                    match firmware.inner.fetcher.fetch(release.job.clone()).await {
+                        Ok(_) => {
+                            let _ = firmware.ready(&channel, &release);
+                        }
+                        Err(e) if firmware.is_live_channel(&channel) => (firmware.inner.on_event)(Event::Failed(
+                            firmware.facts(&channel, &release, None),
+                            e.to_string(),
+                        )),
+                        Err(_) => {}
                     }
                 });
             }
@@ -181,13 +220,55 @@ impl Firmware {
         match self.inner.fetcher.status(&release.job) {
             Status::Ready(payload) => {
                 metrics.cache_hits.inc();
-                Ok(release.ready.get_or_init(|| Arc::new(channel.prepare(release, payload))).clone())
+                let mut fresh = false;
+                let ready = release
+                    .ready
+                    .get_or_init(|| {
+                        fresh = true;
+                        Arc::new(channel.prepare(release, payload))
+                    })
+                    .clone();
+                if fresh {
+                    self.announce(channel, release, &ready);
+                }
+                Ok(ready)
             }
             Status::Fetching => {
                 metrics.cache_misses.inc();
                 Err(Error::Fetching)
             }
             Status::Failed(reason) => Err(crate::http::Error::Upstream(reason.to_string()).into()),
+        }
+    }
+
+    /// Reports a release that just became ready, if it is what the live channel hands
+    /// out to OtaFlux devices.
+    fn announce(&self, channel: &Channel, release: &Release, ready: &Ready) {
+        let handed_out = channel.pick(None).is_ok_and(|r| std::ptr::eq(Arc::as_ptr(&r), release));
+        if handed_out && self.is_live_channel(channel) {
+            let summary = &ready.payload.summary;
+            let payload = Some((summary.size, summary.sha256.clone(), summary.crc32));
+            (self.inner.on_event)(Event::Ready(self.facts(channel, release, payload)));
+        }
+    }
+
+    /// Whether `channel` belongs to the live snapshot (not to one a reload replaced).
+    fn is_live_channel(&self, channel: &Channel) -> bool {
+        self.snapshot().channel(channel.name()).is_some_and(|c| std::ptr::eq(Arc::as_ptr(c), channel))
+    }
+
+    fn facts(&self, channel: &Channel, release: &Release, payload: Option<(u64, String, u32)>) -> ReleaseFacts {
+        let device = channel.config.device_id().to_owned();
+        let base = self.snapshot().public_url.clone().unwrap_or_default();
+        let query: String = form_urlencoded::Serializer::new(String::new()).append_pair("device", &device).finish();
+        ReleaseFacts {
+            channel: channel.name().to_owned(),
+            url: format!("{}/firmware?{query}", base.trim_end_matches('/')),
+            device,
+            version: release.pinned.version.trim_start_matches('v').to_owned(),
+            tag: release.pinned.tag.clone(),
+            digest: release.pinned.digest.clone(),
+            payload,
         }
     }
 

@@ -1,0 +1,210 @@
+//! The MQTT publisher: one broker connection per gateway process, the latest message of
+//! every topic kept in memory and published again on each new connection, so a broker
+//! that was down (or restarted without persistence) ends up holding the latest retained
+//! state as soon as it is back. Publishing never waits for the broker.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
+use tokio::task::JoinHandle;
+
+use super::{read, read_secret, NotifyError};
+use updraft_core::config::MqttConfig;
+
+/// Requests queued towards the broker before `publish` drops one (the latest message
+/// of its topic is still published on the next connection).
+const QUEUE: usize = 1024;
+/// Reconnection attempts back off from 500 ms up to this.
+const MAX_BACKOFF: Duration = Duration::from_secs(8);
+
+/// The latest message of each topic.
+pub(super) type Latest = BTreeMap<String, Bytes>;
+
+/// Everything a connection needs, files read; equal settings keep the connection.
+#[derive(Clone, PartialEq)]
+pub(super) struct Settings {
+    /// Topic prefix without a trailing `/`.
+    pub(super) prefix: String,
+    host: String,
+    port: u16,
+    client_id: String,
+    tls: Option<Tls>,
+    credentials: Option<(String, String)>,
+}
+
+#[derive(Clone, PartialEq)]
+struct Tls {
+    /// PEM CA bundle; the system's roots when absent.
+    ca: Option<Vec<u8>>,
+    /// PEM client certificate and key.
+    client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl Settings {
+    /// Parses the URL and reads the files `config` names.
+    pub(super) fn load(config: &MqttConfig) -> Result<Self, NotifyError> {
+        let url = config.url.as_str();
+        let bad = |reason| NotifyError::Url { url: url.to_owned(), reason };
+        let (tls, rest) = match url.split_once("://") {
+            Some(("mqtt", rest)) => (false, rest),
+            Some(("mqtts", rest)) => (true, rest),
+            _ => return Err(bad("the scheme must be mqtt:// or mqtts://")),
+        };
+        let (authority, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let authority = authority.trim_end_matches('/');
+        if authority.contains('@') {
+            return Err(bad("put credentials in credentialsSecret (usernameFile/passwordFile), not in the URL"));
+        }
+        let (host, port) = match authority.rsplit_once(':') {
+            // `[::1]` has colons but no port.
+            Some((host, port)) if !port.contains(']') => {
+                (host, port.parse::<u16>().map_err(|_| bad("the port is not a number"))?)
+            }
+            _ => (authority, if tls { 8883 } else { 1883 }),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return Err(bad("no host"));
+        }
+        let client_id = form_urlencoded::parse(query.as_bytes())
+            .find(|(k, _)| k == "client_id")
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_else(default_client_id);
+        let tls = if tls {
+            let ca = config.ca_file.as_deref().map(read).transpose()?;
+            let client = match (&config.client_cert_file, &config.client_key_file) {
+                (Some(cert), Some(key)) => Some((read(cert)?, read(key)?)),
+                _ => None,
+            };
+            Some(Tls { ca, client })
+        } else {
+            None
+        };
+        let text = |bytes: Vec<u8>| String::from_utf8_lossy(&bytes).into_owned();
+        let credentials = match &config.username_file {
+            Some(user) => Some((
+                text(read_secret(user)?),
+                config.password_file.as_deref().map(read_secret).transpose()?.map(text).unwrap_or_default(),
+            )),
+            None => None,
+        };
+        Ok(Self {
+            prefix: config.topic_prefix.trim_end_matches('/').to_owned(),
+            host: host.to_owned(),
+            port,
+            client_id,
+            tls,
+            credentials,
+        })
+    }
+
+    fn options(&self) -> MqttOptions {
+        let mut options = MqttOptions::new(&self.client_id, &self.host, self.port);
+        options.set_keep_alive(Duration::from_secs(30)).set_clean_session(true);
+        if let Some((user, password)) = &self.credentials {
+            options.set_credentials(user, password);
+        }
+        if let Some(tls) = &self.tls {
+            let config = match &tls.ca {
+                Some(ca) => TlsConfiguration::Simple { ca: ca.clone(), alpn: None, client_auth: tls.client.clone() },
+                None => TlsConfiguration::default(),
+            };
+            options.set_transport(Transport::tls_with_config(config));
+        }
+        options
+    }
+}
+
+/// A client id unique to this process: brokers disconnect the older of two sessions
+/// with the same id, and every replica publishes.
+fn default_client_id() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "gateway".into());
+    format!("updraft-{host}-{:08x}", rand::random::<u32>())
+}
+
+/// A live broker connection and the latest message of each topic.
+pub(super) struct Publisher {
+    client: AsyncClient,
+    latest: Arc<Mutex<Latest>>,
+    task: JoinHandle<()>,
+}
+
+impl Publisher {
+    /// Connects in the background; `latest` is published as soon as the broker accepts
+    /// the connection.
+    pub(super) fn start(settings: &Settings, latest: Latest) -> Self {
+        let (client, mut events) = AsyncClient::new(settings.options(), QUEUE);
+        let latest = Arc::new(Mutex::new(latest));
+        let (task_client, task_latest) = (client.clone(), latest.clone());
+        let broker = format!("{}:{}", settings.host, settings.port);
+        let task = tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(500);
+            let mut up = false;
+            loop {
+                match events.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        let latest = task_latest.lock().expect("latest lock").clone();
+                        tracing::info!(%broker, topics = latest.len(), "mqtt connected; publishing the latest messages");
+                        for (topic, payload) in latest {
+                            send(&task_client, topic, payload);
+                        }
+                        (up, backoff) = (true, Duration::from_millis(500));
+                    }
+                    Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                        tracing::debug!(pkid = ack.pkid, "mqtt publish acknowledged")
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        if up {
+                            tracing::warn!(%broker, error = %e, "mqtt connection lost; reconnecting");
+                        } else {
+                            tracing::debug!(%broker, error = %e, "mqtt broker unreachable; retrying");
+                        }
+                        up = false;
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                    }
+                }
+            }
+        });
+        Self { client, latest, task }
+    }
+
+    /// Records `payload` as the latest of `topic` and publishes it, unless it is what
+    /// the topic already holds.
+    pub(super) fn publish(&self, topic: String, payload: Bytes) {
+        let mut latest = self.latest.lock().expect("latest lock");
+        if latest.get(&topic) == Some(&payload) {
+            return;
+        }
+        latest.insert(topic.clone(), payload.clone());
+        drop(latest);
+        tracing::info!(%topic, payload = %String::from_utf8_lossy(&payload), "mqtt publish");
+        send(&self.client, topic, payload);
+    }
+
+    /// Disconnects; returns the latest messages, for the next publisher.
+    pub(super) fn stop(self) -> Latest {
+        let _ = self.client.try_disconnect();
+        let latest = self.latest.lock().expect("latest lock").clone();
+        latest
+        // Dropping `self` stops the connection task.
+    }
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Queues a retained QoS 1 publish without waiting; a full queue drops it (the topic's
+/// latest message goes out again on the next connection).
+fn send(client: &AsyncClient, topic: String, payload: Bytes) {
+    if let Err(e) = client.try_publish(topic.clone(), QoS::AtLeastOnce, true, payload) {
+        tracing::warn!(%topic, error = %e, "mqtt queue full; the message goes out on the next connection");
+    }
+}
