@@ -5,8 +5,10 @@
 //! metadata and writes their status; `gateway` renders every OtaGateway's configuration
 //! from the resources attached to it (`attach`, built by the pure builders in `render`)
 //! and applies its ConfigMap, Deployment and Service; `stream` and `mirror` report
-//! ImageStreams and ArtifactMirrors as not reconciled yet. Registry checks and retries
-//! run on a per-object `schedule`, generic over the kind; `status` writes every status.
+//! ImageStreams and ArtifactMirrors as not reconciled yet. `receiver` turns registry
+//! push notifications into immediate reconciles of the objects whose source was
+//! pushed. Registry checks and retries run on a per-object `schedule`, generic over
+//! the kind; `status` writes every status.
 
 #![deny(unsafe_code)]
 
@@ -22,6 +24,7 @@ mod gateway;
 mod leader;
 mod metrics;
 mod mirror;
+pub mod receiver;
 mod render;
 mod resolve;
 pub mod run;

@@ -5,6 +5,7 @@
 
 use clap::Parser;
 use updraft_core::telemetry::{self, LogFormat};
+use updraft_operator::receiver::WebhookSettings;
 use updraft_operator::run::{run, Settings};
 
 /// Updraft's Kubernetes operator: resolves FirmwareChannel versions from OCI registry
@@ -30,6 +31,18 @@ struct Args {
     /// Identity in the Lease and in events (default: the pod name or host name).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
+    /// Address of the registry notification receiver (`POST /webhook`); no receiver
+    /// when unset. Needs `--webhook-token-secret`.
+    #[arg(long, env = "UPDRAFT_WEBHOOK_ADDR", requires = "webhook_token_secret")]
+    webhook_addr: Option<std::net::SocketAddr>,
+    /// Secret (in the operator's namespace, `POD_NAMESPACE`) whose key `token` every
+    /// notification must carry as `Authorization: Bearer <token>`.
+    #[arg(long, env = "UPDRAFT_WEBHOOK_TOKEN_SECRET")]
+    webhook_token_secret: Option<String>,
+    /// Match a notification's registry host too (distribution's `request.host`, the host
+    /// of Harbor's `resource_url`), not only its repository, against `source.registry`.
+    #[arg(long, env = "UPDRAFT_WEBHOOK_MATCH_HOST", default_value_t = false)]
+    webhook_match_host: bool,
     /// Log format.
     #[arg(long, env = "UPDRAFT_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -47,12 +60,22 @@ async fn main() -> anyhow::Result<()> {
             .map(|h| h.trim().to_owned())
             .unwrap_or_else(|_| "updraft-operator".into())
     });
+    let webhook = match (args.webhook_addr, args.webhook_token_secret) {
+        (Some(addr), Some(token_secret)) => Some(WebhookSettings {
+            addr,
+            token_secret,
+            namespace: args.lease_namespace.clone(),
+            match_host: args.webhook_match_host,
+        }),
+        _ => None,
+    };
     run(Settings {
         gateway_image: args.gateway_image,
         admin_addr: args.admin_addr,
         namespace: args.namespace,
         leader_election: args.leader_elect.then_some(args.lease_namespace),
         identity,
+        webhook,
     })
     .await?;
     Ok(())

@@ -12,6 +12,8 @@ pub(crate) struct Metrics {
     reconcile_errors: IntCounterVec,
     resolved_version: IntGaugeVec,
     registry_checks: IntCounterVec,
+    webhook_events: IntCounterVec,
+    webhook_triggers: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -39,16 +41,40 @@ impl Default for Metrics {
         let registry_checks =
             IntCounterVec::new(Opts::new("registry_checks_total", "Registry metadata checks, by result"), &["result"])
                 .unwrap();
+        let webhook_events = IntCounterVec::new(
+            Opts::new(
+                "webhook_events_total",
+                "Registry notifications received, by result (triggered, ignored, unauthorized, invalid, unavailable)",
+            ),
+            &["result"],
+        )
+        .unwrap();
+        let webhook_triggers = IntCounterVec::new(
+            Opts::new("webhook_triggers_total", "Objects a registry notification made check now, by kind"),
+            &["kind"],
+        )
+        .unwrap();
         for m in [
             Box::new(reconcile_duration.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(reconciles.clone()),
             Box::new(reconcile_errors.clone()),
             Box::new(resolved_version.clone()),
             Box::new(registry_checks.clone()),
+            Box::new(webhook_events.clone()),
+            Box::new(webhook_triggers.clone()),
         ] {
             registry.register(m).expect("metric names are unique");
         }
-        Self { registry, reconcile_duration, reconciles, reconcile_errors, resolved_version, registry_checks }
+        Self {
+            registry,
+            reconcile_duration,
+            reconciles,
+            reconcile_errors,
+            resolved_version,
+            registry_checks,
+            webhook_events,
+            webhook_triggers,
+        }
     }
 }
 
@@ -65,6 +91,16 @@ impl Metrics {
 
     pub(crate) fn registry_check(&self, ok: bool) {
         self.registry_checks.with_label_values(&[if ok { "ok" } else { "error" }]).inc();
+    }
+
+    /// Counts a registry notification by what came of it.
+    pub(crate) fn webhook_event(&self, result: &str) {
+        self.webhook_events.with_label_values(&[result]).inc();
+    }
+
+    /// Counts an object a notification made check now.
+    pub(crate) fn webhook_trigger(&self, kind: &str) {
+        self.webhook_triggers.with_label_values(&[kind]).inc();
     }
 
     /// Records the version a channel now serves, dropping the series of the one before.

@@ -1,5 +1,5 @@
-//! Wiring: one shared cache per kind, the four controllers on them, the admin server and
-//! leader election.
+//! Wiring: one shared cache per kind, the four controllers on them, the admin server,
+//! the registry notification receiver and leader election.
 
 use std::fmt::Debug;
 use std::future::Future;
@@ -29,6 +29,7 @@ use crate::context::{Context, Schedules};
 use crate::error::Error;
 use crate::leader::LeaderElection;
 use crate::metrics::Metrics;
+use crate::receiver::{BindError, Queue, Receiver, WebhookSettings};
 use crate::resolve::OciResolver;
 use crate::{channel, gateway, mirror, stream};
 
@@ -44,6 +45,8 @@ pub struct Settings {
     pub leader_election: Option<String>,
     /// This replica's name in the Lease and in events.
     pub identity: String,
+    /// The registry notification receiver; none when `None`.
+    pub webhook: Option<WebhookSettings>,
 }
 
 /// Why the operator stopped.
@@ -55,6 +58,9 @@ pub enum RunError {
     /// The admin port could not be bound.
     #[error("cannot listen on the admin address {addr}: {source}")]
     Admin { addr: std::net::SocketAddr, source: std::io::Error },
+    /// The webhook receiver's port could not be bound.
+    #[error(transparent)]
+    Webhook(#[from] BindError),
     /// Another replica took the Lease (or it could not be renewed in time).
     #[error("lost leadership; exiting so a fresh replica can take over")]
     LostLeadership,
@@ -171,21 +177,38 @@ pub async fn run(settings: Settings) -> Result<(), RunError> {
     let admin = admin::router(AdminState { metrics: metrics.clone(), ready: ready.clone() });
     tokio::spawn(async move { axum::serve(listener, admin).await });
 
+    // Served from the start: a standby replica answers 503 until it leads.
+    let receiver = match &settings.webhook {
+        Some(hook) => {
+            let receiver = Receiver::new(hook.match_host, metrics.clone());
+            receiver.serve(hook.addr).await?;
+            receiver.watch_token(client.clone(), hook.namespace.clone(), hook.token_secret.clone());
+            Some(receiver)
+        }
+        None => None,
+    };
+
     if let Some(lease_ns) = &settings.leader_election {
         let election = LeaderElection::new(client.clone(), lease_ns, "updraft-operator", settings.identity.clone());
         ready.store(true, Ordering::Relaxed); // a standby replica is healthy and ready
         election.acquire().await;
         tokio::select! {
-            () = controllers(client, metrics, ready, &settings) => Ok(()),
+            () = controllers(client, metrics, ready, receiver, &settings) => Ok(()),
             () = election.hold() => Err(RunError::LostLeadership),
         }
     } else {
-        controllers(client, metrics, ready, &settings).await;
+        controllers(client, metrics, ready, receiver, &settings).await;
         Ok(())
     }
 }
 
-async fn controllers(client: Client, metrics: Metrics, ready: Arc<AtomicBool>, settings: &Settings) {
+async fn controllers(
+    client: Client,
+    metrics: Metrics,
+    ready: Arc<AtomicBool>,
+    receiver: Option<Receiver>,
+    settings: &Settings,
+) {
     let ns = &settings.namespace;
     let config = watcher::Config::default();
     let gateways = Shared::<OtaGateway>::new();
@@ -193,8 +216,13 @@ async fn controllers(client: Client, metrics: Metrics, ready: Arc<AtomicBool>, s
     let streams = Shared::<ImageStream>::new();
     let mirrors = Shared::<ArtifactMirror>::new();
 
+    // A registry notification reconciles the objects whose source was pushed to.
+    let ((channel_queue, channel_pushes), (stream_queue, stream_pushes), (mirror_queue, mirror_pushes)) =
+        (Queue::new(), Queue::new(), Queue::new());
+
     // A gateway appearing, changing or going away changes its channels' readiness.
-    let channel_controller = Controller::for_shared_stream(channels.subscribe(), channels.store.clone());
+    let channel_controller =
+        Controller::for_shared_stream(channels.subscribe(), channels.store.clone()).reconcile_on(channel_pushes);
     let channel_store = channels.store.clone();
     let channel_controller = gateways.trigger(channel_controller, move |gw| attached_refs(&channel_store, gw));
 
@@ -208,8 +236,10 @@ async fn controllers(client: Client, metrics: Metrics, ready: Arc<AtomicBool>, s
     // Every change of an attached channel re-renders its gateway.
     let gateway_controller = channels.trigger(gateway_controller, |c| Some(gateway_of(c)));
 
-    let stream_controller = Controller::for_shared_stream(streams.subscribe(), streams.store.clone());
-    let mirror_controller = Controller::for_shared_stream(mirrors.subscribe(), mirrors.store.clone());
+    let stream_controller =
+        Controller::for_shared_stream(streams.subscribe(), streams.store.clone()).reconcile_on(stream_pushes);
+    let mirror_controller =
+        Controller::for_shared_stream(mirrors.subscribe(), mirrors.store.clone()).reconcile_on(mirror_pushes);
 
     let reporter = Reporter { controller: "updraft-operator".into(), instance: Some(settings.identity.clone()) };
     let ctx = Arc::new(Context {
@@ -222,6 +252,11 @@ async fn controllers(client: Client, metrics: Metrics, ready: Arc<AtomicBool>, s
         gateways: gateways.store.clone(),
         schedules: Schedules::default(),
     });
+
+    if let Some(receiver) = &receiver {
+        let stores = (streams.store.clone(), mirrors.store.clone());
+        receiver.start(ctx.clone(), stores, (channel_queue, stream_queue, mirror_queue));
+    }
 
     let stores = (gateways.store.clone(), channels.store.clone(), streams.store.clone(), mirrors.store.clone());
     tokio::spawn(async move {

@@ -10,7 +10,9 @@
 //!   beyond the interval). A spec change (new generation) makes a check due at once. What
 //!   the check found is kept, so a pass that does not ask again (a watch event, or the
 //!   retry of a status write that failed) reports the same result without a second
-//!   request.
+//!   request. A registry notification ([`Schedule::expedite`]) makes a check due at
+//!   once, even one that arrives while a check is running (that check may have asked
+//!   the registry before the push, so the next pass asks again).
 //! - **retries** ([`Schedule::failed`]): a reconcile that failed for another reason (the
 //!   API server refused a status write or an apply) is retried soon, growing
 //!   ([`retry_backoff`]: 1 s, 2 s, 4 s… 30 s), and the count starts again after a
@@ -37,6 +39,10 @@ struct Entry<R> {
     check: Option<Check<R>>,
     /// Failed reconciles in a row, other than failed checks.
     errors: u32,
+    /// Notifications ([`Schedule::expedite`]) received so far.
+    nudges: u64,
+    /// The notifications a check that became due has taken into account.
+    taken: u64,
 }
 
 struct Check<R> {
@@ -45,6 +51,8 @@ struct Check<R> {
     /// Failed checks in a row.
     failures: u32,
     outcome: Result<R, Failure>,
+    /// The notifications this check answered; later ones make the next check due.
+    seen: u64,
 }
 
 /// A failed check, as the object's conditions report it.
@@ -95,26 +103,50 @@ impl<K: Resource<DynamicType = ()>, R: Clone> Schedule<K, R> {
         entries.get(&ObjectRef::from_obj(obj)).filter(|e| e.uid == obj.meta().uid)?.check.as_ref()
     }
 
+    fn fresh(uid: Option<String>) -> Entry<R> {
+        Entry { uid, check: None, errors: 0, nudges: 0, taken: 0 }
+    }
+
     /// The entry of `obj`, made afresh for a new object (or a namesake of a deleted one).
     fn entry<'a>(entries: &'a mut HashMap<ObjectRef<K>, Entry<R>>, obj: &K) -> &'a mut Entry<R> {
         let uid = obj.meta().uid.clone();
-        let entry =
-            entries.entry(ObjectRef::from_obj(obj)).or_insert(Entry { uid: uid.clone(), check: None, errors: 0 });
+        let entry = entries.entry(ObjectRef::from_obj(obj)).or_insert_with(|| Self::fresh(uid.clone()));
         if entry.uid != uid {
-            *entry = Entry { uid, check: None, errors: 0 };
+            *entry = Self::fresh(uid);
         }
         entry
     }
 
-    /// `None` when `obj` should check now: never checked, spec changed since, or its
-    /// interval (or backoff) has passed. Otherwise how long until it should.
+    /// `None` when `obj` should check now: never checked, spec changed since, a
+    /// notification came after the last check began, or its interval (or backoff) has
+    /// passed. Otherwise how long until it should.
     pub fn due_in(&self, obj: &K) -> Option<Duration> {
-        let entries = self.entries();
-        let check = Self::check(&entries, obj)?;
-        if check.generation != obj.meta().generation {
-            return None;
+        let mut entries = self.entries();
+        let entry = entries.get_mut(&ObjectRef::from_obj(obj)).filter(|e| e.uid == obj.meta().uid)?;
+        let wait = match &entry.check {
+            Some(c) if c.generation == obj.meta().generation && c.seen == entry.nudges => {
+                c.next.checked_duration_since(Instant::now()).filter(|d| !d.is_zero())
+            }
+            _ => None,
+        };
+        if wait.is_none() {
+            entry.taken = entry.nudges;
         }
-        check.next.checked_duration_since(Instant::now())
+        wait
+    }
+
+    /// A notification says `obj`'s source changed: its next pass checks, even if the
+    /// check running now began before the change. Returns false for an object never
+    /// checked (its first pass checks anyway).
+    pub fn expedite(&self, obj: &K) -> bool {
+        let mut entries = self.entries();
+        match entries.get_mut(&ObjectRef::from_obj(obj)).filter(|e| e.uid == obj.meta().uid) {
+            Some(entry) => {
+                entry.nudges += 1;
+                true
+            }
+            None => false,
+        }
     }
 
     /// Records a check of `obj` and when the next one is due: after `interval`, or after
@@ -127,7 +159,8 @@ impl<K: Resource<DynamicType = ()>, R: Clone> Schedule<K, R> {
             Err(_) => entry.check.as_ref().map_or(0, |c| c.failures) + 1,
         };
         let wait = if outcome.is_ok() { interval } else { check_backoff(failures).min(interval) };
-        entry.check = Some(Check { generation: obj.meta().generation, next: Instant::now() + wait, failures, outcome });
+        let (next, seen) = (Instant::now() + wait, entry.taken);
+        entry.check = Some(Check { generation: obj.meta().generation, next, failures, outcome, seen });
     }
 
     /// What the last check of `obj` found, if it succeeded for the current generation.
@@ -251,6 +284,34 @@ mod tests {
         assert_eq!(schedule.last_result(&obj(1)), Some(7));
         schedule.succeeded(&obj(1));
         assert_eq!(schedule.failed(&obj(1)), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_notification_makes_a_check_due_at_once() {
+        let schedule: Schedule<ImageStream, u32> = Schedule::default();
+        assert!(!schedule.expedite(&obj(1)), "never checked: due anyway");
+        assert_eq!(schedule.due_in(&obj(1)), None);
+        schedule.checked(&obj(1), Ok(7), HOUR);
+        assert!(schedule.due_in(&obj(1)).is_some());
+        assert!(schedule.expedite(&obj(1)));
+        assert!(schedule.expedite(&obj(1)));
+        assert_eq!(schedule.due_in(&obj(1)), None, "due at once");
+        assert_eq!(schedule.last_result(&obj(1)), Some(7), "the last result stays until the check");
+        schedule.checked(&obj(1), Ok(8), HOUR);
+        assert!(schedule.due_in(&obj(1)).is_some(), "many notifications, one check");
+    }
+
+    #[test]
+    fn a_notification_during_a_check_makes_the_next_pass_check_again() {
+        let schedule: Schedule<ImageStream, u32> = Schedule::default();
+        schedule.checked(&obj(1), Ok(7), HOUR);
+        schedule.expedite(&obj(1));
+        assert_eq!(schedule.due_in(&obj(1)), None, "the pass checks");
+        schedule.expedite(&obj(1)); // a push while the registry is being asked
+        schedule.checked(&obj(1), Ok(7), HOUR);
+        assert_eq!(schedule.due_in(&obj(1)), None, "the check may predate the push: ask again");
+        schedule.checked(&obj(1), Ok(8), HOUR);
+        assert!(schedule.due_in(&obj(1)).is_some());
     }
 
     #[test]
