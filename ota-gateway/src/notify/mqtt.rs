@@ -23,6 +23,14 @@ const MAX_BACKOFF: Duration = Duration::from_secs(8);
 /// The latest message of each topic.
 pub(super) type Latest = BTreeMap<String, Bytes>;
 
+/// The latest messages and whether the broker has accepted the connection: one lock,
+/// so a message is sent either by `publish` or by the (re)connect, never by both.
+#[derive(Default)]
+struct Shared {
+    latest: Latest,
+    connected: bool,
+}
+
 /// Everything a connection needs, files read; equal settings keep the connection.
 #[derive(Clone, PartialEq)]
 pub(super) struct Settings {
@@ -118,17 +126,22 @@ impl Settings {
     }
 }
 
-/// A client id unique to this process: brokers disconnect the older of two sessions
-/// with the same id, and every replica publishes.
+/// A client id unique to this process and stable across reloads (an unchanged config
+/// keeps its connection): brokers disconnect the older of two sessions with the same
+/// id, and every replica publishes.
 fn default_client_id() -> String {
-    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "gateway".into());
-    format!("updraft-{host}-{:08x}", rand::random::<u32>())
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "gateway".into());
+        format!("updraft-{host}-{:08x}", rand::random::<u32>())
+    })
+    .clone()
 }
 
 /// A live broker connection and the latest message of each topic.
 pub(super) struct Publisher {
     client: AsyncClient,
-    latest: Arc<Mutex<Latest>>,
+    shared: Arc<Mutex<Shared>>,
     task: JoinHandle<()>,
 }
 
@@ -137,8 +150,8 @@ impl Publisher {
     /// the connection.
     pub(super) fn start(settings: &Settings, latest: Latest) -> Self {
         let (client, mut events) = AsyncClient::new(settings.options(), QUEUE);
-        let latest = Arc::new(Mutex::new(latest));
-        let (task_client, task_latest) = (client.clone(), latest.clone());
+        let shared = Arc::new(Mutex::new(Shared { latest, connected: false }));
+        let (task_client, task_shared) = (client.clone(), shared.clone());
         let broker = format!("{}:{}", settings.host, settings.port);
         let task = tokio::spawn(async move {
             let mut backoff = Duration::from_millis(500);
@@ -146,11 +159,12 @@ impl Publisher {
             loop {
                 match events.poll().await {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        let latest = task_latest.lock().expect("latest lock").clone();
-                        tracing::info!(%broker, topics = latest.len(), "mqtt connected; publishing the latest messages");
-                        for (topic, payload) in latest {
-                            send(&task_client, topic, payload);
+                        let mut shared = task_shared.lock().expect("shared lock");
+                        tracing::info!(%broker, topics = shared.latest.len(), "mqtt connected; publishing the latest messages");
+                        for (topic, payload) in &shared.latest {
+                            send(&task_client, topic.clone(), payload.clone());
                         }
+                        shared.connected = true;
                         (up, backoff) = (true, Duration::from_millis(500));
                     }
                     Ok(Event::Incoming(Packet::PubAck(ack))) => {
@@ -158,6 +172,7 @@ impl Publisher {
                     }
                     Ok(_) => {}
                     Err(e) => {
+                        task_shared.lock().expect("shared lock").connected = false;
                         if up {
                             tracing::warn!(%broker, error = %e, "mqtt connection lost; reconnecting");
                         } else {
@@ -170,26 +185,27 @@ impl Publisher {
                 }
             }
         });
-        Self { client, latest, task }
+        Self { client, shared, task }
     }
 
     /// Records `payload` as the latest of `topic` and publishes it, unless it is what
-    /// the topic already holds.
+    /// the topic already holds. While disconnected it goes out on the next connection.
     pub(super) fn publish(&self, topic: String, payload: Bytes) {
-        let mut latest = self.latest.lock().expect("latest lock");
-        if latest.get(&topic) == Some(&payload) {
+        let mut shared = self.shared.lock().expect("shared lock");
+        if shared.latest.get(&topic) == Some(&payload) {
             return;
         }
-        latest.insert(topic.clone(), payload.clone());
-        drop(latest);
-        tracing::info!(%topic, payload = %String::from_utf8_lossy(&payload), "mqtt publish");
-        send(&self.client, topic, payload);
+        shared.latest.insert(topic.clone(), payload.clone());
+        tracing::info!(%topic, payload = %String::from_utf8_lossy(&payload), connected = shared.connected, "mqtt publish");
+        if shared.connected {
+            send(&self.client, topic, payload);
+        }
     }
 
     /// Disconnects; returns the latest messages, for the next publisher.
     pub(super) fn stop(self) -> Latest {
         let _ = self.client.try_disconnect();
-        let latest = self.latest.lock().expect("latest lock").clone();
+        let latest = self.shared.lock().expect("shared lock").latest.clone();
         latest
         // Dropping `self` stops the connection task.
     }
