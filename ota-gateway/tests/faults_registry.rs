@@ -1,0 +1,249 @@
+//! The gateway's firmware fetch against a registry that misbehaves: the real registry
+//! behind `e2e::faults::FaultProxy`. Each scenario asserts the outcome (right bytes or
+//! a clear 502/503, never wrong bytes, nothing partial in the cache) and a bound (time
+//! to recover, requests made), and prints its figure as `FIGURE <scenario>: …`
+//! (`cargo test -p ota-gateway --test faults_registry -- --nocapture`).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use e2e::faults::{Fault, FaultProxy, Rule};
+
+const RAW: &str = "application/vnd.updraft.firmware.v1";
+
+/// The registry's read timeout the gateway's client uses (`core::oci::build_client`).
+const READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the gateway reports a failed fetch before a request retries it.
+const FAILURE_HOLD: Duration = Duration::from_secs(5);
+
+/// One pushed firmware: repository, manifest digest, bytes.
+struct Pushed {
+    repo: String,
+    digest: String,
+    bytes: Vec<u8>,
+}
+
+impl Pushed {
+    fn new(name: &str, work: &std::path::Path, len: usize) -> Pushed {
+        let reg = registry();
+        let repo = unique_repo(name);
+        let bytes = random_bytes(len);
+        let digest = push_file(&reg.addr, &repo, "1.0.0", work, &format!("{name}.bin"), RAW, &bytes);
+        Pushed { repo, digest, bytes }
+    }
+
+    /// The part of the layer's blob URL that names it.
+    fn blob_path(&self) -> String {
+        format!("/blobs/sha256:{}", sha256_hex(&self.bytes))
+    }
+
+    fn channel(&self, name: &str, registry: &str) -> updraft_core::config::ChannelConfig {
+        channel(name, registry, &self.repo, ("1.0.0", "1.0.0", &self.digest))
+    }
+}
+
+/// Polls `/firmware?device=…` every 50 ms until it answers 200 or `bound` passes;
+/// every non-200 must be 502 or 503 (a clear failure or pending), and a 200 must carry
+/// exactly `want`. Returns the time it took and the statuses seen on the way.
+async fn served_within(gw: &Gateway, device: &str, want: &[u8], bound: Duration) -> (Duration, Vec<u16>) {
+    let start = Instant::now();
+    let mut seen = Vec::new();
+    loop {
+        let r = gw.get(&format!("/firmware?device={device}")).await;
+        let status = r.status().as_u16();
+        if status == 200 {
+            let body = r.bytes().await.unwrap();
+            assert_eq!(sha256_hex(&body), sha256_hex(want), "{device}: a 200 served other bytes");
+            return (start.elapsed(), seen);
+        }
+        assert!(status == 502 || status == 503, "{device}: {status} {}", r.text().await.unwrap());
+        if seen.last() != Some(&status) {
+            seen.push(status);
+        }
+        assert!(start.elapsed() < bound, "{device} not served within {bound:?}; statuses {seen:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Nothing is left in the cache's temp directory (no partial file kept).
+fn no_partial_files(cache: &std::path::Path) {
+    let tmp: Vec<_> =
+        std::fs::read_dir(cache.join("tmp")).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    assert!(tmp.is_empty(), "partial files left: {tmp:?}");
+}
+
+/// A blob stalled mid-body: the fetch times out and is retried, and a channel on the
+/// same gateway whose fetch is healthy is served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_blob_times_out_and_retries_without_blocking_other_channels() {
+    let reg = registry();
+    let work = tempfile::tempdir().unwrap();
+    let (stalled, healthy) = (Pushed::new("stall", work.path(), 400_000), Pushed::new("healthy", work.path(), 50_000));
+    let proxy = FaultProxy::start(&reg.addr).await.unwrap();
+    proxy.set_rules(vec![Rule::new(&stalled.blob_path(), Fault::StallAfter(64 * 1024)).method("GET").times(1)]);
+    let cache = work.path().join("cache");
+    let channels = vec![stalled.channel("stalled", &proxy.addr()), healthy.channel("healthy", &proxy.addr())];
+    let gw = Gateway::start(config(&cache, channels)).await;
+
+    let (other, _) = served_within(&gw, "healthy", &healthy.bytes, Duration::from_secs(5)).await;
+    assert_eq!(gw.get("/firmware?device=stalled").await.status(), 503, "still fetching while stalled");
+    let bound = READ_TIMEOUT + FAILURE_HOLD + Duration::from_secs(10);
+    let (recovered, statuses) = served_within(&gw, "stalled", &stalled.bytes, bound).await;
+    let blob_gets = proxy.seen().iter().filter(|s| s.method == "GET" && s.path.contains(&stalled.blob_path())).count();
+    assert_eq!(blob_gets, 2, "one stalled attempt, one retry");
+    no_partial_files(&cache);
+    println!(
+        "FIGURE stalled-mid-blob: other channel served in {other:?} during the stall; stalled one served after \
+         {recovered:?} (read timeout {READ_TIMEOUT:?}), statuses {statuses:?}, blob GETs {blob_gets}"
+    );
+}
+
+/// A connection reset mid-blob, and a body cut short with a clean close: the fetch
+/// fails with a 502 and the next attempt completes; nothing partial is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_and_truncated_blobs_fail_cleanly_then_recover() {
+    let reg = registry();
+    let work = tempfile::tempdir().unwrap();
+    let (reset, cut) = (Pushed::new("reset", work.path(), 300_000), Pushed::new("cut", work.path(), 300_000));
+    let proxy = FaultProxy::start(&reg.addr).await.unwrap();
+    proxy.set_rules(vec![
+        Rule::new(&reset.blob_path(), Fault::ResetAfter(100_000)).method("GET").times(1),
+        Rule::new(&cut.blob_path(), Fault::TruncateAfter(100_000)).method("GET").times(1),
+    ]);
+    let cache = work.path().join("cache");
+    let gw =
+        Gateway::start(config(&cache, vec![reset.channel("reset", &proxy.addr()), cut.channel("cut", &proxy.addr())]))
+            .await;
+    let bound = FAILURE_HOLD + Duration::from_secs(10);
+    let (r, c) =
+        tokio::join!(served_within(&gw, "reset", &reset.bytes, bound), served_within(&gw, "cut", &cut.bytes, bound));
+    for ((device, pushed), (took, statuses)) in [("reset", &reset), ("cut", &cut)].into_iter().zip([r, c]) {
+        assert!(statuses.contains(&502), "{device}: the failure was visible as a 502: {statuses:?}");
+        let gets = proxy.seen().iter().filter(|s| s.method == "GET" && s.path.contains(&pushed.blob_path())).count();
+        assert_eq!(gets, 2, "{device}: one failed attempt, one retry");
+        println!("FIGURE {device}-mid-blob: served after {took:?}, statuses {statuses:?}, blob GETs {gets}");
+    }
+    no_partial_files(&cache);
+    let metrics = gw.metrics().await;
+    assert!(metrics.contains("updraft_gateway_fetch_errors_total"), "{metrics}");
+}
+
+/// 5xx and 429 answers for as long as the test polls: the gateway retries no faster
+/// than one attempt per failure hold (no hot loop), however hard devices poll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_errors_and_429_cause_no_hot_loop() {
+    let reg = registry();
+    let work = tempfile::tempdir().unwrap();
+    let (busy, broken) = (Pushed::new("busy", work.path(), 10_000), Pushed::new("broken", work.path(), 10_000));
+    let proxy = FaultProxy::start(&reg.addr).await.unwrap();
+    proxy.set_rules(vec![
+        Rule::new(&busy.repo, Fault::Status { code: 429, retry_after: Some(2) }),
+        Rule::new(&broken.repo, Fault::Status { code: 503, retry_after: None }),
+    ]);
+    let cache = work.path().join("cache");
+    let gw = Gateway::start(config(
+        &cache,
+        vec![busy.channel("busy", &proxy.addr()), broken.channel("broken", &proxy.addr())],
+    ))
+    .await;
+    let window = Duration::from_secs(12);
+    let start = Instant::now();
+    let mut polls = 0u32;
+    while start.elapsed() < window {
+        for device in ["busy", "broken"] {
+            let status = gw.get(&format!("/version?device={device}")).await.status().as_u16();
+            assert!(status == 502 || status == 503, "{device}: {status}");
+            polls += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // One attempt at start, then one per hold after the last failure.
+    let max_attempts = (window.as_secs() / FAILURE_HOLD.as_secs()) as usize + 1;
+    for (device, pushed) in [("busy", &busy), ("broken", &broken)] {
+        let seen: Vec<_> = proxy.seen().into_iter().filter(|s| s.path.contains(&pushed.repo)).collect();
+        assert!(!seen.is_empty() && seen.iter().all(|s| s.fault.is_some()));
+        // An attempt is a HEAD of the manifest, then a GET when the HEAD failed (the
+        // client's fallback for registries without HEAD): requests within a second
+        // belong to one attempt.
+        let starts: Vec<Instant> = seen
+            .iter()
+            .enumerate()
+            .filter(|(i, s)| *i == 0 || s.at - seen[i - 1].at > Duration::from_secs(1))
+            .map(|(_, s)| s.at)
+            .collect();
+        assert!(starts.len() <= max_attempts, "{device}: {} attempts in {window:?}: a hot loop", starts.len());
+        assert!(seen.len() <= 2 * starts.len(), "{device}: {} requests in {} attempts", seen.len(), starts.len());
+        let gaps: Vec<u128> = starts.windows(2).map(|w| (w[1] - w[0]).as_millis()).collect();
+        assert!(gaps.iter().all(|&g| g >= 4_900), "{device}: retried sooner than the hold: {gaps:?} ms");
+        println!(
+            "FIGURE {device}: {} attempts ({} registry requests) in {window:?} while devices polled {polls} times; \
+             gaps {gaps:?} ms",
+            starts.len(),
+            seen.len()
+        );
+    }
+    proxy.clear();
+    let (took, _) = served_within(&gw, "busy", &busy.bytes, FAILURE_HOLD + Duration::from_secs(5)).await;
+    served_within(&gw, "broken", &broken.bytes, FAILURE_HOLD + Duration::from_secs(5)).await;
+    println!("FIGURE 429/5xx-cleared: served {took:?} after the registry recovered");
+}
+
+/// A blob whose bytes are altered in flight (same length) is never served nor cached,
+/// however often it is tried; once the bytes are right again it is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_bytes_with_the_right_length_are_never_served() {
+    let reg = registry();
+    let work = tempfile::tempdir().unwrap();
+    let pushed = Pushed::new("flip", work.path(), 200_000);
+    let proxy = FaultProxy::start(&reg.addr).await.unwrap();
+    proxy.set_rules(vec![Rule::new(&pushed.blob_path(), Fault::FlipAt(123_456)).method("GET")]);
+    let cache = work.path().join("cache");
+    let gw = Gateway::start(config(&cache, vec![pushed.channel("flip", &proxy.addr())])).await;
+    let start = Instant::now();
+    let mut statuses = std::collections::BTreeMap::<u16, u32>::new();
+    while start.elapsed() < Duration::from_secs(11) {
+        let status = gw.get("/firmware?device=flip").await.status().as_u16();
+        assert!(status == 502 || status == 503, "flipped bytes answered {status}");
+        *statuses.entry(status).or_default() += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let attempts = proxy.count(&pushed.blob_path());
+    assert!((2..=3).contains(&attempts), "{attempts} attempts in 11 s");
+    let blobs: Vec<_> = std::fs::read_dir(cache.join("blobs")).map(|d| d.flatten().collect()).unwrap_or_default();
+    assert!(blobs.is_empty(), "nothing cached");
+    no_partial_files(&cache);
+    proxy.clear();
+    let (took, _) = served_within(&gw, "flip", &pushed.bytes, FAILURE_HOLD + Duration::from_secs(5)).await;
+    println!("FIGURE wrong-bytes: 0 bad bodies served, answers {statuses:?}, {attempts} verified-and-refused fetches in 11 s; right bytes served {took:?} after the fault cleared");
+}
+
+/// The registry down when the gateway starts: pending answers, a bounded number of
+/// connection attempts, and the firmware served soon after the registry is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_down_at_start_then_up() {
+    let reg = registry();
+    let work = tempfile::tempdir().unwrap();
+    let pushed = Pushed::new("down", work.path(), 100_000);
+    let proxy = FaultProxy::start(&reg.addr).await.unwrap();
+    proxy.set_down(true);
+    let cache = work.path().join("cache");
+    let gw = Gateway::start(config(&cache, vec![pushed.channel("down", &proxy.addr())])).await;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(8) {
+        let r = gw.get("/version?device=down").await;
+        let status = r.status().as_u16();
+        assert!(status == 502 || status == 503, "{status}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let refused = proxy.refused();
+    assert!((1..=6).contains(&refused), "{refused} connections in 8 s while down");
+    let metrics = gw.metrics().await;
+    assert!(metrics.contains(&format!("updraft_gateway_registry_up{{registry=\"{}\"}} 0", proxy.addr())), "{metrics}");
+    proxy.set_down(false);
+    let (took, _) = served_within(&gw, "down", &pushed.bytes, FAILURE_HOLD + Duration::from_secs(5)).await;
+    println!(
+        "FIGURE down-at-start: {refused} refused connections in 8 s down; served {took:?} after the registry came up"
+    );
+}
