@@ -1,0 +1,379 @@
+//! Registry webhooks end to end: a CNCF distribution registry of the test's own (its own
+//! port and storage, `notifications.endpoints` pointing at the operator's receiver
+//! with the token header) and the real operator and gateway binaries. A push reaches
+//! the channel's status and the gateway in seconds although the channel's interval is
+//! an hour; anything without the token gets 401; a flood of notifications coalesces.
+//!
+//! The shared registry of `cluster.sh` is left alone: its config has no notification
+//! endpoint, so no other test depends on a receiver being up.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use e2e::procs::{binary, free_port, operator, wait_for, Proc, TempDir};
+use e2e::{install_crds, kubectl, namespace};
+use serde_json::Value;
+
+const MEDIA_TYPE: &str = "application/vnd.updraft.firmware.v1+octet-stream";
+const WAIT: Duration = Duration::from_secs(60);
+const TOKEN: &str = "e2e-webhook-token-5f1c";
+const TOKEN_SECRET: &str = "registry-hook";
+
+/// A namespace, the operator with its receiver, and a registry that notifies it.
+struct World {
+    ns: String,
+    dir: TempDir,
+    operator: Proc,
+    admin: u16,
+    hook: u16,
+    _registry: Proc,
+    registry: String,
+}
+
+impl World {
+    fn new(name: &str) -> World {
+        install_crds();
+        let ns = namespace(name);
+        let dir = TempDir::new(name);
+        kubectl(
+            &["create", "secret", "generic", "-n", &ns, TOKEN_SECRET, &format!("--from-literal=token={TOKEN}")],
+            None,
+        )
+        .ok();
+        let hook = free_port();
+        let hook_addr = format!("127.0.0.1:{hook}");
+        let (operator, admin) = operator(
+            &ns,
+            &dir.0,
+            "operator",
+            &[
+                "--webhook-addr",
+                &hook_addr,
+                "--webhook-token-secret",
+                TOKEN_SECRET,
+                "--lease-namespace",
+                &ns,
+                "--webhook-match-host",
+            ],
+        );
+        wait_for(WAIT, "operator /readyz", || (http_get(admin, "/readyz").0 == 200).then_some(()));
+        let (registry_proc, registry) = notifying_registry(&dir.0, &format!("http://{hook_addr}/webhook"));
+        World { ns, dir, operator, admin, hook, _registry: registry_proc, registry }
+    }
+
+    fn apply(&self, yaml: &str) {
+        kubectl(&["apply", "--server-side", "-n", &self.ns, "-f", "-"], Some(yaml)).ok();
+    }
+
+    fn get(&self, what: &str) -> Option<Value> {
+        let out = kubectl(&["get", "-n", &self.ns, what, "-o", "json"], None);
+        out.success.then(|| serde_json::from_str(&out.stdout).unwrap())
+    }
+
+    fn wait(&self, what: &str, description: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let found = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            wait_for(WAIT, description, || self.get(what).filter(|v| pred(v)))
+        }));
+        found.unwrap_or_else(|_| {
+            panic!("{what}: {description} never happened; operator log:\n{}", self.operator.output())
+        })
+    }
+
+    /// Pushes `size` bytes as `repository:tag` with `oras`; returns the bytes and the digest.
+    fn push(&self, repository: &str, tag: &str, size: usize) -> (Vec<u8>, String) {
+        let bytes: Vec<u8> =
+            (0..size).map(|i| (i as u32).wrapping_mul(2654435761).rotate_left(tag.len() as u32 + 3) as u8).collect();
+        let file = format!("fw-{tag}.bin");
+        std::fs::write(self.dir.0.join(&file), &bytes).unwrap();
+        let out = Command::new("oras")
+            .args([
+                "push",
+                "--plain-http",
+                &format!("{}/{repository}:{tag}", self.registry),
+                &format!("{file}:{MEDIA_TYPE}"),
+            ])
+            .current_dir(&self.dir.0)
+            .output()
+            .expect("oras runs");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "oras push failed: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+        let digest = stdout.lines().find_map(|l| l.strip_prefix("Digest: ")).expect("oras prints the digest");
+        (bytes, digest.trim().to_owned())
+    }
+
+    fn channel_yaml(&self, name: &str, repository: &str, extra: &str) -> String {
+        format!(
+            "apiVersion: updraft.dev/v1alpha1\nkind: FirmwareChannel\nmetadata: {{name: {name}}}\nspec:\n  device: {name}-dev\n  interval: 1h\n  source: {{registry: \"{}\", repository: \"{repository}\", insecure: true}}\n{extra}",
+            self.registry
+        )
+    }
+
+    /// A sample from the operator's `/metrics`, 0 when absent.
+    fn metric(&self, series: &str) -> f64 {
+        let (_, body) = http_get(self.admin, "/metrics");
+        body.lines().find(|l| l.starts_with(series)).and_then(|l| l.rsplit(' ').next()?.parse().ok()).unwrap_or(0.0)
+    }
+
+    fn digest_of(&self, channel: &str) -> String {
+        let out = kubectl(
+            &["get", "-n", &self.ns, &format!("fwc/{channel}"), "-o", "jsonpath={.status.latest.digest}"],
+            None,
+        );
+        out.stdout.trim().to_owned()
+    }
+}
+
+/// Starts `docker-registry` (CNCF distribution) on a free port with its own storage,
+/// sending notifications to `url` with the receiver's token.
+fn notifying_registry(dir: &Path, url: &str) -> (Proc, String) {
+    let port = free_port();
+    let config = format!(
+        "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\nnotifications:\n  endpoints:\n    - name: updraft\n      url: {url}\n      headers:\n        Authorization: [\"Bearer {TOKEN}\"]\n      timeout: 2s\n      threshold: 3\n      backoff: 1s\n",
+        dir.join("registry").display()
+    );
+    let path = dir.join("registry.yml");
+    std::fs::write(&path, config).unwrap();
+    let mut cmd = Command::new("docker-registry");
+    cmd.arg("serve").arg(&path);
+    let registry = Proc::spawn(cmd, &dir.join("registry.log"));
+    wait_for(WAIT, "the notifying registry", || (http_get(port, "/v2/").0 == 200).then_some(()));
+    (registry, format!("127.0.0.1:{port}"))
+}
+
+/// One HTTP/1.1 request on a fresh connection; returns the status and the body.
+fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else { return (0, String::new()) };
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    if stream.write_all(request.as_bytes()).is_err() {
+        return (0, String::new());
+    }
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
+fn http_get(port: u16, path: &str) -> (u16, String) {
+    http(port, "GET", path, &[], "")
+}
+
+/// A distribution notification envelope for a manifest push to `repository`.
+fn envelope(host: &str, repository: &str, tag: &str) -> String {
+    serde_json::json!({"events": [{
+        "id": "e2e", "timestamp": "2026-01-01T00:00:00Z", "action": "push",
+        "target": {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": "sha256:00",
+                   "repository": repository, "url": format!("http://{host}/v2/{repository}/manifests/{tag}"), "tag": tag},
+        "request": {"id": "r", "addr": "127.0.0.1:1", "host": host, "method": "PUT", "useragent": "e2e"},
+        "actor": {}, "source": {"addr": "x", "instanceID": "y"}
+    }]})
+    .to_string()
+}
+
+/// Emulates kubelet for a gateway run locally: copies the rendered ConfigMap into the
+/// gateway's config file (with local listeners and cache) whenever it changes.
+struct ConfigSync {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ConfigSync {
+    fn start(ns: &str, config_path: &Path, port: u16, admin: u16, cache: &Path) -> ConfigSync {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ns, config_path, cache, flag) = (ns.to_owned(), config_path.to_owned(), cache.to_owned(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut last = String::new();
+            while !flag.load(Ordering::Relaxed) {
+                let out = kubectl(
+                    &["get", "-n", &ns, "configmap/default-config", "-o", "jsonpath={.data.gateway\\.yaml}"],
+                    None,
+                );
+                if out.success && !out.stdout.is_empty() && out.stdout != last {
+                    let mut config: Value = serde_yaml::from_str(&out.stdout).unwrap();
+                    config["listen"] = format!("127.0.0.1:{port}").into();
+                    config["adminListen"] = format!("127.0.0.1:{admin}").into();
+                    config["cache"]["dir"] = cache.to_str().unwrap().into();
+                    let tmp = config_path.with_extension("tmp");
+                    std::fs::write(&tmp, serde_yaml::to_string(&config).unwrap()).unwrap();
+                    std::fs::rename(&tmp, &config_path).unwrap();
+                    last = out.stdout;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        ConfigSync { stop, thread: Some(thread) }
+    }
+}
+
+impl Drop for ConfigSync {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The gateway binary serving what the operator renders for `w`'s namespace.
+fn local_gateway(w: &World) -> (Proc, ConfigSync, u16) {
+    let (port, admin) = (free_port(), free_port());
+    let config_path = w.dir.0.join("gateway.yaml");
+    let sync = ConfigSync::start(&w.ns, &config_path, port, admin, &w.dir.0.join("cache"));
+    wait_for(WAIT, "the rendered gateway config", || config_path.exists().then_some(()));
+    let mut cmd = Command::new(binary("ota-gateway"));
+    cmd.args(["--config", config_path.to_str().unwrap()]);
+    (Proc::spawn(cmd, &w.dir.0.join("gateway.log")), sync, port)
+}
+
+const GATEWAY: &str = "apiVersion: updraft.dev/v1alpha1\nkind: OtaGateway\nmetadata: {name: default}\nspec: {}\n";
+
+#[test]
+fn a_push_reaches_status_and_the_gateway_in_seconds_not_at_the_interval() {
+    let w = World::new("hook-push");
+    let repository = "fw/hooked";
+    let (_, first) = w.push(repository, "1.0.0", 40_000);
+    w.apply(GATEWAY);
+    w.apply(&w.channel_yaml("hooked", repository, ""));
+    w.wait("fwc/hooked", "1.0.0 resolved", |v| v["status"]["latest"]["digest"] == first.as_str());
+    let (gateway, _sync, port) = local_gateway(&w);
+    wait_for(WAIT, "the gateway serves 1.0.0", || {
+        http_get(port, "/version?device=hooked-dev").1.starts_with("1.0.0\n").then_some(())
+    });
+    let triggered_before = w.metric("updraft_operator_webhook_events_total{result=\"triggered\"}");
+
+    // The interval is an hour: only the notification can explain a quick update.
+    let (firmware, digest) = w.push(repository, "1.1.0", 50_000);
+    let pushed = Instant::now();
+    wait_for(Duration::from_secs(15), "status names the pushed digest", || {
+        (w.digest_of("hooked") == digest).then_some(())
+    });
+    let to_status = pushed.elapsed();
+    let crc = crc32fast::hash(&firmware);
+    let expected = format!("1.1.0\n{crc}\n{}", firmware.len());
+    let served = std::panic::catch_unwind(|| {
+        wait_for(Duration::from_secs(15), "the gateway serves 1.1.0", || {
+            (http_get(port, "/version?device=hooked-dev").1 == expected).then_some(())
+        })
+    });
+    let to_serve = pushed.elapsed();
+    assert!(served.is_ok(), "gateway log:\n{}", gateway.output());
+    println!("push-to-status: {:.2} s, push-to-serve: {:.2} s", to_status.as_secs_f64(), to_serve.as_secs_f64());
+    assert!(to_status < Duration::from_secs(15) && to_serve < Duration::from_secs(15));
+    assert!(
+        w.metric("updraft_operator_webhook_events_total{result=\"triggered\"}") > triggered_before,
+        "the update came through the receiver"
+    );
+}
+
+#[test]
+fn anything_without_the_token_gets_401_and_no_work() {
+    let w = World::new("hook-auth");
+    let repository = "fw/guarded";
+    w.push(repository, "1.0.0", 1000);
+    w.apply(&w.channel_yaml("guarded", repository, ""));
+    w.wait("fwc/guarded", "resolved", |v| v["status"]["latest"]["version"] == "1.0.0");
+    // Wait for the receiver's first token read.
+    let body = envelope(&w.registry, repository, "1.0.0");
+    let bearer = format!("Bearer {TOKEN}");
+    wait_for(WAIT, "the receiver has its token", || {
+        (http(w.hook, "POST", "/webhook", &[("Authorization", &bearer)], &body).0 == 200).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let checks = w.metric("updraft_operator_registry_checks_total{result=\"ok\"}");
+    let reconciles = w.metric("updraft_operator_reconciles_total{controller=\"firmwarechannel\"}");
+    let unauthorized = w.metric("updraft_operator_webhook_events_total{result=\"unauthorized\"}");
+    let ignored = w.metric("updraft_operator_webhook_events_total{result=\"ignored\"}");
+
+    for auth in [None, Some("Bearer wrong"), Some("Basic ZTJlOmUyZQ=="), Some("Bearer ")] {
+        let headers: Vec<(&str, &str)> = auth.map(|a| ("Authorization", a)).into_iter().collect();
+        let (status, reply) = http(w.hook, "POST", "/webhook", &headers, &body);
+        assert_eq!(status, 401, "{auth:?}: {reply}");
+        let reply: Value = serde_json::from_str(&reply).unwrap();
+        assert!(reply["error"].is_string(), "a JSON reason: {reply}");
+    }
+    let (status, _) = http(w.hook, "POST", "/webhook", &[("Authorization", &bearer)], "not json");
+    assert_eq!(status, 400);
+    let huge = "x".repeat(2 << 20);
+    assert_eq!(http(w.hook, "POST", "/webhook", &[("Authorization", &bearer)], &huge).0, 413);
+    // Harbor sends its "auth header" verbatim; an event for another repository does nothing.
+    let harbor = serde_json::json!({"type": "PUSH_ARTIFACT", "occur_at": 1, "operator": "ci",
+        "event_data": {"resources": [{"digest": "sha256:00", "tag": "9.9.9", "resource_url": format!("{}/other/repo:9.9.9", w.registry)}],
+                       "repository": {"name": "repo", "namespace": "other", "repo_full_name": "other/repo", "repo_type": "private"}}});
+    let (status, reply) = http(w.hook, "POST", "/webhook", &[("Authorization", TOKEN)], &harbor.to_string());
+    assert_eq!((status, reply.contains("\"triggered\":0")), (200, true), "{reply}");
+
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(w.metric("updraft_operator_registry_checks_total{result=\"ok\"}"), checks, "no registry check");
+    assert_eq!(
+        w.metric("updraft_operator_reconciles_total{controller=\"firmwarechannel\"}"),
+        reconciles,
+        "no reconcile"
+    );
+    assert_eq!(w.metric("updraft_operator_webhook_events_total{result=\"unauthorized\"}") - unauthorized, 4.0);
+    assert_eq!(w.metric("updraft_operator_webhook_events_total{result=\"ignored\"}") - ignored, 1.0);
+}
+
+#[test]
+fn a_flood_of_notifications_coalesces_and_starves_nothing() {
+    let w = World::new("hook-flood");
+    let (flooded, other) = ("fw/flooded", "fw/other");
+    w.push(flooded, "1.0.0", 1000);
+    w.push(other, "1.0.0", 1000);
+    w.push(other, "2.0.0", 1000);
+    w.apply(&w.channel_yaml("flooded", flooded, ""));
+    w.apply(&w.channel_yaml("other", other, "  version: {pin: \"1.0.0\"}\n"));
+    w.wait("fwc/flooded", "resolved", |v| v["status"]["latest"]["version"] == "1.0.0");
+    w.wait("fwc/other", "resolved", |v| v["status"]["latest"]["version"] == "1.0.0");
+    let bearer = format!("Bearer {TOKEN}");
+    let body = envelope(&w.registry, flooded, "1.0.0");
+    wait_for(WAIT, "the receiver has its token", || {
+        (http(w.hook, "POST", "/webhook", &[("Authorization", &bearer)], &body).0 == 200).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let checks = w.metric("updraft_operator_registry_checks_total{result=\"ok\"}");
+    let reconciles = w.metric("updraft_operator_reconciles_total{controller=\"firmwarechannel\"}");
+
+    // 1,000 notifications from 10 connections at a time, while another channel changes.
+    let start = Instant::now();
+    let senders: Vec<_> = (0..10)
+        .map(|_| {
+            let (hook, body, bearer) = (w.hook, body.clone(), bearer.clone());
+            std::thread::spawn(move || {
+                (0..100)
+                    .filter(|_| http(hook, "POST", "/webhook", &[("Authorization", &bearer)], &body).0 == 200)
+                    .count()
+            })
+        })
+        .collect();
+    let changed = Instant::now();
+    w.apply(&w.channel_yaml("other", other, "  version: {pin: \"2.0.0\"}\n"));
+    let accepted: usize = senders.into_iter().map(|t| t.join().unwrap()).sum();
+    let flood = start.elapsed();
+    w.wait("fwc/other", "the other channel follows its new pin", |v| v["status"]["latest"]["version"] == "2.0.0");
+    let other_took = changed.elapsed();
+    std::thread::sleep(Duration::from_secs(3));
+    let checks = w.metric("updraft_operator_registry_checks_total{result=\"ok\"}") - checks;
+    let reconciles = w.metric("updraft_operator_reconciles_total{controller=\"firmwarechannel\"}") - reconciles;
+    println!(
+        "flood: {accepted} notifications accepted in {:.2} s; {reconciles} channel reconciles and {checks} registry checks followed (one is the other channel's); the other channel's pin applied in {:.2} s",
+        flood.as_secs_f64(),
+        other_took.as_secs_f64()
+    );
+    assert_eq!(accepted, 1000);
+    assert!(checks >= 2.0, "the flood made the channel check (and the other channel checked)");
+    // Without coalescing every notification would be a check; at most one runs per
+    // object and one more waits, so the count follows the check time, not the flood.
+    assert!(checks <= 100.0, "{checks} registry checks for 1,000 notifications");
+    assert!(reconciles <= 150.0, "{reconciles} reconciles for 1,000 notifications");
+    assert!(other_took < Duration::from_secs(15), "the other channel waited {other_took:?}");
+}
