@@ -256,13 +256,15 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         }
         let n: u64 = number.parse().map_err(|_| bad())?;
         number.clear();
-        total += n * match c {
+        let unit = match c {
             's' => 1,
             'm' => 60,
             'h' => 3600,
             'd' => 86400,
             _ => return Err(bad()),
         };
+        // A number too large for the unit is as invalid as a wrong unit (no overflow).
+        total = n.checked_mul(unit).and_then(|secs| total.checked_add(secs)).ok_or_else(bad)?;
     }
     if !number.is_empty() || total == 0 {
         return Err(bad());

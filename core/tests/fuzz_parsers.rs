@@ -1,0 +1,229 @@
+//! Property tests of every core parser that takes outside input: `gateway.yaml`, docker
+//! `config.json`, OCI manifests and image indexes (and the layer/manifest choice made
+//! from them), version tags, ranges and durations. No input may panic; valid inputs
+//! must give the answer a reader of the format expects. CI runs proptest's default
+//! case count; `PROPTEST_CASES=200000 cargo test -p updraft-core --test fuzz_parsers`
+//! runs a long campaign by hand.
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use oci_client::manifest::{OciImageIndex, OciImageManifest};
+use oci_client::secrets::RegistryAuth;
+use proptest::prelude::*;
+use updraft_core::config::{ArtifactConfig, GatewayConfig};
+use updraft_core::oci::{auth_from_docker_config, select_layer, select_manifest};
+use updraft_core::version::{parse_duration, parse_range, parse_tag};
+
+const VALID_CONFIG: &str = r#"
+version: 1
+listen: 127.0.0.1:8080
+cache: {dir: /tmp/c, maxBytes: 1000}
+channels:
+  - name: esp32
+    device: esp32-dev
+    source: {registry: "r:5000", repository: fw/esp32, insecure: true}
+    artifact: {unpack: tar, path: fw/app.bin, mediaType: application/x-tar}
+    current: {version: 1.0.0, tag: v1.0.0, digest: "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"}
+    rollout: 50
+  - name: stm32
+    source: {registry: ghcr.io, repository: acme/stm32}
+    policy: {range: "^1", interval: 5m}
+"#;
+
+/// Edits of a text: insert, delete or replace a character at a position.
+fn mutated(base: &'static str) -> impl Strategy<Value = String> {
+    let edits = prop::collection::vec((any::<prop::sample::Index>(), 0u8..3, any::<char>()), 1..8);
+    edits.prop_map(move |edits| {
+        let mut chars: Vec<char> = base.chars().collect();
+        for (at, kind, c) in edits {
+            let i = at.index(chars.len() + 1);
+            match kind {
+                0 => chars.insert(i, c),
+                1 if i < chars.len() => {
+                    chars.remove(i);
+                }
+                _ if i < chars.len() => chars[i] = c,
+                _ => chars.push(c),
+            }
+        }
+        chars.into_iter().collect()
+    })
+}
+
+/// Text that looks like YAML or JSON: brackets, colons, quotes, anchors, tags.
+fn yamlish() -> impl Strategy<Value = String> {
+    prop::collection::vec(
+        prop_oneof![
+            Just("\n".to_owned()),
+            Just(": ".to_owned()),
+            Just("- ".to_owned()),
+            Just("{".to_owned()),
+            Just("}".to_owned()),
+            Just("[".to_owned()),
+            Just("]".to_owned()),
+            Just("&a ".to_owned()),
+            Just("*a".to_owned()),
+            Just("!!binary ".to_owned()),
+            Just("channels".to_owned()),
+            Just("version: 99999999999999999999".to_owned()),
+            "[a-zA-Z0-9_ .\"'-]{0,12}",
+        ],
+        0..60,
+    )
+    .prop_map(|parts| parts.concat())
+}
+
+proptest! {
+    #[test]
+    fn config_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..2048)) {
+        if let Ok(c) = GatewayConfig::parse(&bytes) {
+            let _ = c.validate();
+        }
+    }
+
+    #[test]
+    fn config_yamlish_never_panics(text in yamlish()) {
+        if let Ok(c) = GatewayConfig::parse(text.as_bytes()) {
+            let _ = c.validate();
+        }
+    }
+
+    #[test]
+    fn config_mutations_never_panic_and_valid_ones_round_trip(text in mutated(VALID_CONFIG)) {
+        if let Ok(c) = GatewayConfig::parse(text.as_bytes()) {
+            if c.validate().is_ok() {
+                let again = GatewayConfig::parse(c.to_yaml().as_bytes()).expect("what we write, we read");
+                prop_assert_eq!(again, c);
+            }
+        }
+    }
+
+    #[test]
+    fn docker_config_never_panics(text in prop_oneof![any::<String>(), mutated(r#"{"auths":{"r:5000":{"auth":"dTpw"}}}"#)],
+                                  registry in "[a-z0-9.:/]{0,20}") {
+        let _ = auth_from_docker_config(&text, &registry);
+    }
+
+    #[test]
+    fn docker_config_auth_decodes(user in "[^:\u{0}]{0,16}", pass in any::<String>(), key_form in 0u8..3) {
+        let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
+        let key = match key_form {
+            0 => "r.example:5000".to_owned(),
+            1 => "https://r.example:5000/v1/".to_owned(),
+            _ => "R.EXAMPLE:5000".to_owned(),
+        };
+        let text = serde_json::json!({"auths": {key: {"auth": encoded}}}).to_string();
+        let auth = auth_from_docker_config(&text, "r.example:5000").unwrap();
+        prop_assert!(matches!(auth, RegistryAuth::Basic(u, p) if u == user && p == pass));
+        let other = auth_from_docker_config(&text, "elsewhere.example").unwrap();
+        prop_assert!(matches!(other, RegistryAuth::Anonymous));
+    }
+
+    #[test]
+    fn manifest_layer_choice(types in prop::collection::vec(prop::sample::select(vec!["a", "b", "c"]), 0..5),
+                             wanted in prop::option::of(prop::sample::select(vec!["a", "b", "x"])),
+                             junk in any::<bool>()) {
+        let layers: Vec<_> = types
+            .iter()
+            .enumerate()
+            .map(|(i, t)| serde_json::json!({"mediaType": t, "digest": format!("sha256:{i:064x}"), "size": i}))
+            .collect();
+        let mut value = serde_json::json!({"schemaVersion": 2, "config": {"mediaType": "c", "digest": "sha256:00", "size": 2}, "layers": layers});
+        if junk {
+            value["layers"] = serde_json::json!([{"mediaType": 7}]);
+        }
+        let Ok(manifest) = serde_json::from_value::<OciImageManifest>(value) else { return Ok(()) };
+        let artifact = ArtifactConfig { media_type: wanted.map(str::to_owned), ..Default::default() };
+        let candidates = types.iter().filter(|t| wanted.is_none_or(|w| w == **t)).count();
+        let chosen = select_layer(&manifest, &artifact);
+        prop_assert_eq!(chosen.is_ok(), candidates == 1, "{:?}", chosen.err().map(|e| e.to_string()));
+        if let Ok(layer) = chosen {
+            prop_assert!(wanted.is_none_or(|w| layer.media_type == w));
+        }
+    }
+
+    #[test]
+    fn manifest_json_never_panics(text in prop_oneof![any::<String>(), mutated(r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"a","digest":"sha256:00","size":2},"layers":[{"mediaType":"b","digest":"sha256:01","size":3}]}"#)]) {
+        if let Ok(m) = serde_json::from_str::<OciImageManifest>(&text) {
+            let _ = select_layer(&m, &ArtifactConfig::default());
+        }
+        if let Ok(i) = serde_json::from_str::<OciImageIndex>(&text) {
+            let _ = select_manifest(&i, &ArtifactConfig::default());
+        }
+    }
+
+    #[test]
+    fn index_manifest_choice(entries in prop::collection::vec((prop::sample::select(vec!["linux", "rtos"]), prop::sample::select(vec!["arm", "arm64"]), prop::option::of(prop::sample::select(vec!["v7", "v8"])), prop::option::of(prop::sample::select(vec!["s3", "c3"]))), 0..5),
+                             platform in prop::option::of(prop::sample::select(vec!["linux/arm", "rtos/arm64", "linux/arm/v7", "linux"])),
+                             board in prop::option::of(prop::sample::select(vec!["s3", "c3"]))) {
+        let manifests: Vec<_> = entries
+            .iter()
+            .enumerate()
+            .map(|(i, (os, arch, variant, b))| {
+                let mut p = serde_json::json!({"os": os, "architecture": arch});
+                if let Some(v) = variant {
+                    p["variant"] = serde_json::json!(v);
+                }
+                let mut e = serde_json::json!({"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": format!("sha256:{i:064x}"), "size": 10, "platform": p});
+                if let Some(b) = b {
+                    e["annotations"] = serde_json::json!({"board": b});
+                }
+                e
+            })
+            .collect();
+        let index: OciImageIndex = serde_json::from_value(serde_json::json!({"schemaVersion": 2, "manifests": manifests})).unwrap();
+        let mut annotations = BTreeMap::new();
+        if let Some(b) = board {
+            annotations.insert("board".to_owned(), b.to_owned());
+        }
+        let artifact = ArtifactConfig { platform: platform.map(str::to_owned), annotations: annotations.into_iter().collect(), ..Default::default() };
+        let expected = entries
+            .iter()
+            .filter(|(os, arch, variant, b)| {
+                let platform_ok = platform.is_none_or(|p| {
+                    let mut parts = p.split('/');
+                    let (o, a, v) = (parts.next(), parts.next(), parts.next());
+                    o == Some(*os) && a == Some(*arch) && v.is_none_or(|v| *variant == Some(v))
+                });
+                platform_ok && board.is_none_or(|want| *b == Some(want))
+            })
+            .count();
+        prop_assert_eq!(select_manifest(&index, &artifact).is_ok(), expected == 1);
+    }
+
+    #[test]
+    fn version_parsers_never_panic(s in any::<String>()) {
+        let _ = parse_range(&s);
+        let _ = parse_tag(&s, true);
+        let _ = parse_tag(&s, false);
+        let _ = parse_duration(&s);
+    }
+
+    #[test]
+    fn durations_never_panic(parts in prop::collection::vec(("[0-9]{1,20}", prop::sample::select(vec!["s", "m", "h", "d", "x", ""])), 0..4)) {
+        let text: String = parts.iter().map(|(n, u)| format!("{n}{u}")).collect();
+        let _ = parse_duration(&text);
+    }
+
+    #[test]
+    fn tags_parse_as_semver(major in 0u64..1000, minor in 0u64..1000, patch in 0u64..1000, pre in prop::option::of("[a-z]{1,5}\\.(0|[1-9][0-9]{0,2})"), v in any::<bool>()) {
+        let plain = match &pre {
+            Some(p) => format!("{major}.{minor}.{patch}-{p}"),
+            None => format!("{major}.{minor}.{patch}"),
+        };
+        let tag = if v { format!("v{plain}") } else { plain.clone() };
+        let parsed = parse_tag(&tag, true).expect("a semver tag parses");
+        prop_assert_eq!(parsed.to_string(), plain);
+        prop_assert_eq!(parse_tag(&tag, false).is_some(), !v);
+    }
+}
+
+/// The case the campaign found: a number too large for its unit overflowed (a panic
+/// in debug builds, a wrong interval in release); now it is invalid.
+#[test]
+fn duration_overflow_is_an_error() {
+    assert!(parse_duration("18446744073709551615d").is_err());
+    assert!(parse_duration("213503982334601d1s").is_err());
+    assert_eq!(parse_duration("1h30m").unwrap().as_secs(), 5400);
+}
