@@ -325,8 +325,9 @@ impl GatewayConfig {
 }
 
 impl NotificationsConfig {
-    /// URL schemes, topic prefix, and files that only work in pairs.
-    fn validate(&self) -> Result<(), ConfigError> {
+    /// URL schemes, topic prefix, and files that only work in pairs (the operator checks
+    /// a rendered section with it before it reaches a gateway).
+    pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
         if let Some(m) = &self.mqtt {
             if !(m.url.starts_with("mqtt://") || m.url.starts_with("mqtts://")) {

@@ -57,6 +57,68 @@ pub struct OtaGatewaySpec {
     /// must present. Uploads are refused when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upload_token_secret: Option<SecretKeyRef>,
+    /// Who is told when a release becomes ready to serve (cached and verified): devices
+    /// over MQTT (OtaFlux-compatible) and people or CI over signed webhooks.
+    #[serde(default, skip_serializing_if = "GatewayNotifications::is_empty")]
+    pub notifications: GatewayNotifications,
+}
+
+/// Notifications a gateway sends. Every replica sends them: MQTT messages are retained
+/// and the same from every replica (idempotent); each replica POSTs its own webhooks.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayNotifications {
+    /// The MQTT broker devices subscribe to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mqtt: Option<GatewayMqtt>,
+    /// Receivers of signed JSON POSTs (`release.ready`, `release.failed`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub webhooks: Vec<GatewayWebhook>,
+}
+
+impl GatewayNotifications {
+    /// Nothing configured.
+    pub fn is_empty(&self) -> bool {
+        self.mqtt.is_none() && self.webhooks.is_empty()
+    }
+}
+
+/// MQTT as OtaFlux publishes it: each channel's release on `<topicPrefix>/<device id>`,
+/// JSON with `version`, `size`, `sha256`, `crc32` and `url`, QoS 1, retained.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayMqtt {
+    /// `mqtt://host[:port]` or `mqtts://host[:port]` (TLS), optionally
+    /// `?client_id=ID` (then give each replica its own broker session some other way:
+    /// by default every pod picks a unique id).
+    pub url: String,
+    /// Topic prefix. Default `firmware/updates`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic_prefix: Option<String>,
+    /// Name of a Secret whose key `ca.crt` is the PEM CA bundle the broker's certificate
+    /// must chain to (as cert-manager writes it). Default: the system's roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret: Option<String>,
+    /// Name of a `kubernetes.io/tls` Secret (`tls.crt`, `tls.key`): the client
+    /// certificate for mutual TLS. Needs `caSecret`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert_secret: Option<String>,
+    /// Name of a `kubernetes.io/basic-auth` Secret (`username`, `password`) the gateway
+    /// logs in to the broker with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret: Option<String>,
+}
+
+/// One webhook receiver.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayWebhook {
+    /// `http://` or `https://` URL the events are POSTed to.
+    pub url: String,
+    /// Secret key holding the HMAC-SHA256 key; each body is signed in
+    /// `X-Updraft-Signature: sha256=<hex>`. Unsigned when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<SecretKeyRef>,
 }
 
 /// The Service in front of the gateway pods.

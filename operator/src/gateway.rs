@@ -86,6 +86,9 @@ fn validate(spec: &OtaGatewaySpec) -> Result<(), SpecError> {
         let message = format!("cache.size {:?} is not a byte quantity such as 512Mi or 2Gi", spec.cache.size.0);
         return Err(SpecError::new("cache.size", message));
     }
+    if let Err(e) = render::notifications_config(&spec.notifications).validate() {
+        return Err(SpecError::new("notifications", e.to_string()));
+    }
     Ok(())
 }
 
@@ -151,6 +154,12 @@ mod tests {
         validate(&spec).unwrap();
         spec.cache.size = Quantity("lots".into());
         assert_eq!(validate(&spec).unwrap_err().field, "cache.size");
+        let mut hooked = OtaGatewaySpec::default();
+        hooked
+            .notifications
+            .webhooks
+            .push(updraft_crds::gateway::GatewayWebhook { url: "ftp://x".into(), secret_ref: None });
+        assert_eq!(validate(&hooked).unwrap_err().field, "notifications");
         spec.service.type_ = "Ingress".into();
         let err = validate(&spec).unwrap_err();
         assert_eq!(err.field, "service.type");

@@ -6,13 +6,14 @@ use std::collections::BTreeMap;
 
 use kube::ResourceExt;
 use updraft_core::config::{
-    ArtifactConfig, CacheConfig, ChannelConfig, Downgrade, GatewayConfig, PinnedArtifact, SourceConfig, Unpack,
-    CONFIG_VERSION,
+    ArtifactConfig, CacheConfig, ChannelConfig, Downgrade, GatewayConfig, MqttConfig, NotificationsConfig,
+    PinnedArtifact, SourceConfig, Unpack, WebhookConfig, CONFIG_VERSION,
 };
 use updraft_crds::channel::{ArtifactSelector, Downgrade as SpecDowngrade, Unpack as SpecUnpack};
+use updraft_crds::gateway::GatewayNotifications;
 use updraft_crds::{FirmwareChannel, OtaGateway, ResolvedVersion};
 
-use super::{quantity_bytes, ADMIN_PORT, CACHE_DIR, CREDENTIALS_DIR, HTTP_PORT, SIGNING_DIR};
+use super::{quantity_bytes, ADMIN_PORT, CACHE_DIR, CREDENTIALS_DIR, HTTP_PORT, NOTIFY_DIR, SIGNING_DIR};
 use crate::attach::device_id;
 
 /// The gateway configuration for `gateway` serving `served` channels. Channels with no
@@ -29,7 +30,54 @@ pub(crate) fn gateway_config(gateway: &OtaGateway, served: &[&FirmwareChannel]) 
         },
         signing_key_file: gateway.spec.signing_key_secret.as_ref().map(|k| format!("{SIGNING_DIR}/{}", k.key).into()),
         channels: served.iter().filter_map(|c| channel_config(c)).collect(),
+        notifications: notifications_config(&gateway.spec.notifications),
         ..Default::default()
+    }
+}
+
+/// Where the Secret files of notifications are mounted (see `deployment`): the MQTT
+/// CA, client certificate and credentials, and webhook `index`'s HMAC key.
+pub(super) mod notify_paths {
+    use super::NOTIFY_DIR;
+
+    pub(crate) fn mqtt_ca() -> String {
+        format!("{NOTIFY_DIR}/mqtt-ca")
+    }
+    pub(crate) fn mqtt_client() -> String {
+        format!("{NOTIFY_DIR}/mqtt-client")
+    }
+    pub(crate) fn mqtt_credentials() -> String {
+        format!("{NOTIFY_DIR}/mqtt-credentials")
+    }
+    pub(crate) fn webhook(index: usize) -> String {
+        format!("{NOTIFY_DIR}/webhook-{index}")
+    }
+}
+
+/// The `notifications` section: the spec's Secrets become the files the Deployment
+/// mounts.
+pub(crate) fn notifications_config(spec: &GatewayNotifications) -> NotificationsConfig {
+    use notify_paths::*;
+    let file = |dir: String, key: &str| Some(format!("{dir}/{key}").into());
+    NotificationsConfig {
+        mqtt: spec.mqtt.as_ref().map(|m| MqttConfig {
+            url: m.url.clone(),
+            topic_prefix: m.topic_prefix.clone().unwrap_or_else(|| "firmware/updates".into()),
+            ca_file: m.ca_secret.as_ref().and_then(|_| file(mqtt_ca(), "ca.crt")),
+            client_cert_file: m.client_cert_secret.as_ref().and_then(|_| file(mqtt_client(), "tls.crt")),
+            client_key_file: m.client_cert_secret.as_ref().and_then(|_| file(mqtt_client(), "tls.key")),
+            username_file: m.credentials_secret.as_ref().and_then(|_| file(mqtt_credentials(), "username")),
+            password_file: m.credentials_secret.as_ref().and_then(|_| file(mqtt_credentials(), "password")),
+        }),
+        webhooks: spec
+            .webhooks
+            .iter()
+            .enumerate()
+            .map(|(i, w)| WebhookConfig {
+                url: w.url.clone(),
+                secret_file: w.secret_ref.as_ref().and_then(|r| file(webhook(i), &r.key)),
+            })
+            .collect(),
     }
 }
 
@@ -92,6 +140,38 @@ mod tests {
     use super::*;
     use crate::attach;
     use crate::fixtures::{channel, gateway, resolved, DIGEST_A};
+
+    #[test]
+    fn notifications_point_at_the_mounted_secrets() {
+        use updraft_crds::gateway::{GatewayMqtt, GatewayWebhook};
+        use updraft_crds::SecretKeyRef;
+        let mut gw = gateway();
+        assert!(!gateway_config(&gw, &[]).to_yaml().contains("notifications"), "omitted while empty");
+        gw.spec.notifications = GatewayNotifications {
+            mqtt: Some(GatewayMqtt {
+                url: "mqtts://broker:8883".into(),
+                topic_prefix: None,
+                ca_secret: Some("broker-ca".into()),
+                client_cert_secret: Some("gateway-tls".into()),
+                credentials_secret: Some("mqtt-login".into()),
+            }),
+            webhooks: vec![GatewayWebhook {
+                url: "https://ci.example/hook".into(),
+                secret_ref: Some(SecretKeyRef { name: "hook".into(), key: "hmac".into() }),
+            }],
+        };
+        let config = gateway_config(&gw, &[]);
+        config.validate().unwrap();
+        let mqtt = config.notifications.mqtt.unwrap();
+        assert_eq!(mqtt.topic_prefix, "firmware/updates");
+        assert_eq!(mqtt.ca_file.unwrap().to_str(), Some("/etc/updraft/notify/mqtt-ca/ca.crt"));
+        assert_eq!(mqtt.client_key_file.unwrap().to_str(), Some("/etc/updraft/notify/mqtt-client/tls.key"));
+        assert_eq!(mqtt.password_file.unwrap().to_str(), Some("/etc/updraft/notify/mqtt-credentials/password"));
+        assert_eq!(
+            config.notifications.webhooks[0].secret_file.as_ref().unwrap().to_str(),
+            Some("/etc/updraft/notify/webhook-0/hmac")
+        );
+    }
 
     #[test]
     fn config_pins_latest_and_previous_and_skips_unresolved() {

@@ -15,6 +15,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 use updraft_crds::{FirmwareChannel, OtaGateway};
 
+use super::config::notify_paths;
 use super::configmap::config_map_name;
 use super::{
     labels, meta, selector, ADMIN_PORT, CACHE_DIR, CONFIG_DIR, CONFIG_KEY, CREDENTIALS_DIR, HTTP_PORT, SIGNING_DIR,
@@ -48,6 +49,10 @@ pub(crate) fn deployment(gateway: &OtaGateway, default_image: &str, credential_s
     if let Some(key) = &spec.signing_key_secret {
         volumes.push(secret_volume("signing-key", &key.name, &key.key));
         mounts.push(mount("signing-key", SIGNING_DIR));
+    }
+    for (name, secret, keys, dir) in notification_secrets(gateway) {
+        volumes.push(secret_volume_keys(&name, &secret, &keys));
+        mounts.push(mount(&name, &dir));
     }
     let probe = |path: &str| Probe {
         http_get: Some(HTTPGetAction {
@@ -120,12 +125,44 @@ fn cache_volume(gateway: &OtaGateway) -> Volume {
     }
 }
 
+/// The notification Secrets: volume name, Secret, keys, mount directory (what the
+/// rendered `notifications` section points at).
+fn notification_secrets(gateway: &OtaGateway) -> Vec<(String, String, Vec<String>, String)> {
+    let notifications = &gateway.spec.notifications;
+    let mut out = Vec::new();
+    let keys = |k: &[&str]| k.iter().map(|k| k.to_string()).collect::<Vec<_>>();
+    if let Some(mqtt) = &notifications.mqtt {
+        if let Some(s) = &mqtt.ca_secret {
+            out.push(("mqtt-ca".into(), s.clone(), keys(&["ca.crt"]), notify_paths::mqtt_ca()));
+        }
+        if let Some(s) = &mqtt.client_cert_secret {
+            out.push(("mqtt-client".into(), s.clone(), keys(&["tls.crt", "tls.key"]), notify_paths::mqtt_client()));
+        }
+        if let Some(s) = &mqtt.credentials_secret {
+            let dir = notify_paths::mqtt_credentials();
+            out.push(("mqtt-credentials".into(), s.clone(), keys(&["username", "password"]), dir));
+        }
+    }
+    for (i, hook) in notifications.webhooks.iter().enumerate() {
+        if let Some(r) = &hook.secret_ref {
+            out.push((format!("webhook-{i}"), r.name.clone(), vec![r.key.clone()], notify_paths::webhook(i)));
+        }
+    }
+    out
+}
+
 fn secret_volume(name: &str, secret: &str, key: &str) -> Volume {
+    secret_volume_keys(name, secret, &[key.to_owned()])
+}
+
+fn secret_volume_keys(name: &str, secret: &str, keys: &[String]) -> Volume {
     Volume {
         name: name.into(),
         secret: Some(SecretVolumeSource {
             secret_name: Some(secret.into()),
-            items: Some(vec![KeyToPath { key: key.into(), path: key.into(), ..Default::default() }]),
+            items: Some(
+                keys.iter().map(|k| KeyToPath { key: k.clone(), path: k.clone(), ..Default::default() }).collect(),
+            ),
             ..Default::default()
         }),
         ..Default::default()
@@ -176,6 +213,48 @@ mod tests {
             mounts.iter().find(|m| path.starts_with(&m.mount_path) && m.mount_path.contains("regcred")).unwrap();
         let volume = pod.volumes.unwrap().into_iter().find(|v| v.name == mount.name).unwrap();
         assert_eq!(volume.secret.unwrap().secret_name.as_deref(), Some("regcred"));
+    }
+
+    #[test]
+    fn notification_secrets_are_mounted_where_the_config_points() {
+        use updraft_crds::gateway::{GatewayMqtt, GatewayNotifications, GatewayWebhook};
+        use updraft_crds::SecretKeyRef;
+        let mut gw = gateway();
+        gw.spec.notifications = GatewayNotifications {
+            mqtt: Some(GatewayMqtt {
+                url: "mqtts://broker:8883".into(),
+                ca_secret: Some("broker-ca".into()),
+                client_cert_secret: Some("gateway-tls".into()),
+                credentials_secret: Some("mqtt-login".into()),
+                ..Default::default()
+            }),
+            webhooks: vec![GatewayWebhook {
+                url: "https://ci.example/hook".into(),
+                secret_ref: Some(SecretKeyRef { name: "hook".into(), key: "hmac".into() }),
+            }],
+        };
+        let config = crate::render::gateway_config(&gw, &[]);
+        let n = config.notifications;
+        let mqtt = n.mqtt.unwrap();
+        let files = [
+            (mqtt.ca_file.unwrap(), "broker-ca"),
+            (mqtt.client_cert_file.unwrap(), "gateway-tls"),
+            (mqtt.client_key_file.unwrap(), "gateway-tls"),
+            (mqtt.username_file.unwrap(), "mqtt-login"),
+            (mqtt.password_file.unwrap(), "mqtt-login"),
+            (n.webhooks[0].secret_file.clone().unwrap(), "hook"),
+        ];
+        let pod = deployment(&gw, "updraft/ota-gateway:dev", &[]).spec.template.spec.unwrap();
+        let mounts = pod.containers[0].volume_mounts.clone().unwrap();
+        let volumes = pod.volumes.unwrap();
+        for (path, secret) in files {
+            let (dir, file) = (path.parent().unwrap().to_str().unwrap(), path.file_name().unwrap().to_str().unwrap());
+            let mount = mounts.iter().find(|m| m.mount_path == dir).unwrap_or_else(|| panic!("{dir} not mounted"));
+            assert_eq!(mount.read_only, Some(true));
+            let volume = volumes.iter().find(|v| v.name == mount.name).unwrap().secret.clone().unwrap();
+            assert_eq!(volume.secret_name.as_deref(), Some(secret));
+            assert!(volume.items.unwrap().iter().any(|i| i.key == file && i.path == file), "{file} in {secret}");
+        }
     }
 
     #[test]

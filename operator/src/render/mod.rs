@@ -18,7 +18,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use kube::{Resource, ResourceExt};
 use updraft_crds::OtaGateway;
 
-pub(crate) use config::{channel_artifact, gateway_config};
+pub(crate) use config::{channel_artifact, gateway_config, notifications_config};
 pub(crate) use configmap::config_map;
 pub(crate) use deployment::{credential_secrets, deployment};
 pub(crate) use service::{service, service_url};
@@ -37,6 +37,9 @@ const CACHE_DIR: &str = "/var/cache/updraft";
 const CREDENTIALS_DIR: &str = "/etc/updraft/credentials";
 /// The signing-key Secret is mounted here.
 const SIGNING_DIR: &str = "/etc/updraft/signing";
+/// Notification Secrets (MQTT CA, client certificate, credentials; webhook keys) are
+/// mounted under here, one directory each.
+const NOTIFY_DIR: &str = "/etc/updraft/notify";
 
 /// Labels on everything the operator creates for a gateway.
 fn labels(gateway: &OtaGateway) -> BTreeMap<String, String> {
