@@ -10,7 +10,7 @@
 #   cluster.sh env       print the exports (KUBECONFIG, UPDRAFT_REGISTRY)
 #   cluster.sh registry  only the OCI registry (gateway tests need nothing else)
 #   cluster.sh install   only install packages and build the binaries
-#   cluster.sh tools     install the client tools tests use (oras, skopeo, wrk, nginx, helm)
+#   cluster.sh tools     install the client tools tests use (oras, skopeo, wrk, nginx, helm, mosquitto)
 #
 # Idempotent: a second `up` reuses the cache and the running processes.
 set -euo pipefail
@@ -117,7 +117,7 @@ install_all() {
 
 install_tools() {
   mkdir -p "$CACHE"
-  apt_install skopeo wrk nginx-light unzip zstd python3-venv apache2-utils
+  apt_install skopeo wrk nginx-light unzip zstd python3-venv apache2-utils mosquitto mosquitto-clients
   if ! command -v oras >/dev/null; then
     add_pinned_suites
     [ -z "$apt_updated" ] && { apt-get update -qq >"$CACHE/apt-update.log" 2>&1 || die "apt-get update failed"; apt_updated=1; }
