@@ -450,6 +450,90 @@ mod tests {
         assert_eq!(unset.authorized(&headers(Some("Bearer s3cret"))), Err("the receiver has no token configured"));
     }
 
+    struct NoRegistry;
+
+    impl crate::resolve::Resolver for NoRegistry {
+        fn resolve<'a>(
+            &'a self,
+            _request: crate::resolve::ResolveRequest<'a>,
+        ) -> futures::future::BoxFuture<'a, crate::error::Result<crate::resolve::Resolution>> {
+            unreachable!("matching a notification asks no registry")
+        }
+    }
+
+    fn filled<K>(objects: Vec<K>) -> Store<K>
+    where
+        K: Resource<DynamicType = ()> + Clone + 'static,
+    {
+        let (store, mut writer) = kube::runtime::reflector::store();
+        writer.apply_watcher_event(&kube::runtime::watcher::Event::Init);
+        for o in objects {
+            writer.apply_watcher_event(&kube::runtime::watcher::Event::InitApply(o));
+        }
+        writer.apply_watcher_event(&kube::runtime::watcher::Event::InitDone);
+        store
+    }
+
+    fn oci(registry: &str, repository: &str) -> OciSource {
+        OciSource { registry: registry.into(), repository: repository.into(), ..Default::default() }
+    }
+
+    #[tokio::test]
+    async fn a_push_triggers_exactly_the_objects_on_that_repository() {
+        use updraft_crds::{ArtifactMirrorSpec, ImageStreamSpec};
+        let client = crate::fixtures::api(|_, _, _| (200, b"{}".to_vec()));
+        let mut ctx = crate::fixtures::context(client, Arc::new(NoRegistry));
+        let mut on_repo = crate::fixtures::channel("esp32", None, None); // fw/esp32 on 127.0.0.1:15000
+        on_repo.metadata.uid = Some("u1".into());
+        let mut elsewhere = crate::fixtures::channel("esp32", None, None);
+        elsewhere.metadata.name = Some("elsewhere".into());
+        elsewhere.spec.source.registry = "other.example:5000".into();
+        let other_repo = crate::fixtures::channel("stm32", None, None);
+        ctx.channels = filled(vec![on_repo.clone(), elsewhere, other_repo]);
+        let mut stream = ImageStream::new("imgs", ImageStreamSpec::default());
+        stream.metadata.namespace = Some("fleet".into());
+        stream.spec.source.oci = Some(oci("127.0.0.1:15000", "fw/esp32"));
+        let mut mirror = ArtifactMirror::new("amir", ArtifactMirrorSpec::default());
+        mirror.metadata.namespace = Some("fleet".into());
+        mirror.spec.source.oci = Some(oci("127.0.0.1:15000", "fw/other"));
+        // The channel was checked an hour ago: a push makes it due now.
+        ctx.schedules.channels.checked(
+            &on_repo,
+            Err(crate::schedule::Failure::from(&crate::error::Error::RegistryUnreachable("x".into()))),
+            Duration::from_secs(3600),
+        );
+        assert!(ctx.schedules.channels.due_in(&on_repo).is_some());
+
+        let (channel_queue, channels) = Queue::new();
+        let (stream_queue, streams) = Queue::new();
+        let (mirror_queue, mirrors) = Queue::new();
+        let targets = Targets {
+            ctx: Arc::new(ctx),
+            streams: filled(vec![stream]),
+            mirrors: filled(vec![mirror]),
+            channel_queue,
+            stream_queue,
+            mirror_queue,
+        };
+        let push = |host: Option<&str>| Push { host: host.map(Into::into), repository: "fw/esp32".into() };
+
+        let any_host = Receiver::new(false, Metrics::default());
+        assert_eq!(any_host.trigger(&targets, &[push(Some("registry.lan"))]), 3, "two channels and the stream");
+        assert_eq!(targets.ctx.schedules.channels.due_in(&on_repo), None, "checks at once");
+        let by_host = Receiver::new(true, Metrics::default());
+        assert_eq!(by_host.trigger(&targets, &[push(Some("127.0.0.1:15000"))]), 2);
+        assert_eq!(by_host.trigger(&targets, &[push(Some("registry.lan"))]), 0);
+
+        // Each object is queued once however often it was triggered.
+        drop(targets);
+        let names = |s: std::pin::Pin<Box<dyn Stream<Item = String> + Send>>| s.collect::<Vec<_>>();
+        let channels = names(Box::pin(channels.map(|r| r.name))).await;
+        assert_eq!(channels.len(), 2, "{channels:?}");
+        assert!(channels.contains(&"esp32".to_owned()) && channels.contains(&"elsewhere".to_owned()));
+        assert_eq!(names(Box::pin(streams.map(|r| r.name))).await, ["imgs"]);
+        assert!(names(Box::pin(mirrors.map(|r| r.name))).await.is_empty(), "the mirror's source is another repository");
+    }
+
     #[tokio::test]
     async fn a_queue_holds_each_object_once_until_taken() {
         let (queue, stream) = Queue::<ImageStream>::new();
