@@ -8,7 +8,7 @@
 //! `resources[].resource_url`). Every request must carry the receiver's token as
 //! `Authorization: Bearer <token>` (or the bare token, as Harbor's "auth header" sends
 //! it); anything else gets 401 with a JSON reason before its body is read. The token is
-//! the `token` key of a Secret, re-read every [`TOKEN_REFRESH`].
+//! the `token` key of a Secret, re-read every 30 s.
 //!
 //! A matched object is expedited in its kind's schedule and its `ObjectRef` sent to
 //! its controller's `reconcile_on` stream. Each object is queued at most once until its
