@@ -231,6 +231,11 @@ impl Cache {
         self.evict();
     }
 
+    /// The byte budget (`cache.maxBytes`); also the cap on one payload's unpacked size.
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes.load(Ordering::Relaxed)
+    }
+
     pub fn set_max_bytes(&self, max_bytes: u64) {
         self.max_bytes.store(max_bytes, Ordering::Relaxed);
         self.evict();

@@ -195,9 +195,12 @@ impl Fetcher {
         let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(16);
         let file = self.cache.temp_file()?;
         let artifact = artifact.clone();
+        // A payload larger than the whole cache could never be kept: a decompression
+        // bomb stops there with a clear error instead of filling the disk.
+        let max_unpacked = self.cache.max_bytes();
         let writer = tokio::task::spawn_blocking(move || {
             let mut out = Digesting::new(BufWriter::with_capacity(256 * 1024, file));
-            unpack::unpack(ChannelReader::new(rx), &artifact, &mut out)?;
+            unpack::unpack(ChannelReader::new(rx), &artifact, max_unpacked, &mut out)?;
             let (summary, buffered) = out.finish()?;
             let file = buffered.into_inner().map_err(|e| e.into_error())?;
             Ok::<_, io::Error>((file, summary))

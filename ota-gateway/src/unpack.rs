@@ -3,7 +3,9 @@
 //! The async side feeds verified chunks through a bounded channel
 //! ([`ChannelReader`]); a decoder chosen by [`Unpack`] reads from it and writes into
 //! a [`Digesting`] writer that computes size, CRC32 and SHA-256 on the way to the
-//! cache's temp file. Memory stays bounded by the channel and decoder buffers.
+//! cache's temp file. Memory stays bounded by the channel and decoder buffers, and
+//! what a decoder produces is capped ([`unpack`]'s `max_unpacked`), so a decompression
+//! bomb ends in an error, not a full disk.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 
@@ -89,42 +91,81 @@ impl Read for ChannelReader {
 
 /// Unpacks `input` as the artifact says into `out`, then reads `input` to its end so
 /// the whole layer is consumed (and thereby verified) even when the payload ended
-/// earlier, e.g. a file in the middle of a tar archive.
-pub fn unpack<R: Read, W: Write>(input: R, artifact: &ArtifactConfig, out: &mut W) -> io::Result<()> {
+/// earlier, e.g. a file in the middle of a tar archive. No decoder may produce more
+/// than `max_unpacked` bytes (for a tar archive: the whole decompressed archive):
+/// beyond that it fails with an [`io::ErrorKind::FileTooLarge`] error that says so.
+pub fn unpack<R: Read, W: Write>(
+    input: R,
+    artifact: &ArtifactConfig,
+    max_unpacked: u64,
+    out: &mut W,
+) -> io::Result<()> {
     let mut input = BufReader::with_capacity(256 * 1024, input);
     match artifact.unpack {
         Unpack::Raw => {
-            io::copy(&mut input, out)?;
+            io::copy(&mut Capped::new(&mut input, max_unpacked), out)?;
         }
         Unpack::Gzip => {
-            io::copy(&mut flate2::bufread::MultiGzDecoder::new(&mut input), out)?;
+            let decoder = flate2::bufread::MultiGzDecoder::new(&mut input);
+            io::copy(&mut Capped::new(decoder, max_unpacked), out)?;
         }
         Unpack::Zstd => {
-            io::copy(&mut zstd::stream::read::Decoder::with_buffer(&mut input)?, out)?;
+            let decoder = zstd::stream::read::Decoder::with_buffer(&mut input)?;
+            io::copy(&mut Capped::new(decoder, max_unpacked), out)?;
         }
         Unpack::Tar => {
             let path = artifact.path.as_deref().unwrap_or_default();
-            extract_from_tar(&mut input, path, out)?;
+            extract_from_tar(&mut input, path, max_unpacked, out)?;
         }
     }
     io::copy(&mut input, &mut io::sink())?;
     Ok(())
 }
 
+/// A reader that fails once more than `max` bytes were read through it.
+struct Capped<R> {
+    inner: R,
+    max: u64,
+    read: u64,
+}
+
+impl<R: Read> Capped<R> {
+    fn new(inner: R, max: u64) -> Self {
+        Self { inner, max, read: 0 }
+    }
+}
+
+impl<R: Read> Read for Capped<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        // One byte more than allowed tells "exactly at the cap" from "beyond it".
+        let room = self.max.saturating_sub(self.read).saturating_add(1);
+        let len = buf.len().min(usize::try_from(room).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..len])?;
+        self.read += n as u64;
+        if self.read > self.max {
+            return Err(io::Error::new(
+                io::ErrorKind::FileTooLarge,
+                format!("unpacked size exceeds {} bytes (cache.maxBytes): refused as a decompression bomb", self.max),
+            ));
+        }
+        Ok(n)
+    }
+}
+
 /// Copies the file at `path` out of a tar archive that may be gzip- or
 /// zstd-compressed (detected from its first bytes).
-fn extract_from_tar<R: BufRead, W: Write>(input: &mut R, path: &str, out: &mut W) -> io::Result<()> {
+fn extract_from_tar<R: BufRead, W: Write>(input: &mut R, path: &str, max: u64, out: &mut W) -> io::Result<()> {
     let head = input.fill_buf()?;
     if head.starts_with(&[0x1f, 0x8b]) {
-        let mut decoder = flate2::bufread::MultiGzDecoder::new(input);
+        let mut decoder = Capped::new(flate2::bufread::MultiGzDecoder::new(input), max);
         copy_tar_entry(&mut decoder, path, out)?;
         io::copy(&mut decoder, &mut io::sink()).map(drop)
     } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        let mut decoder = zstd::stream::read::Decoder::with_buffer(input)?;
+        let mut decoder = Capped::new(zstd::stream::read::Decoder::with_buffer(input)?, max);
         copy_tar_entry(&mut decoder, path, out)?;
         io::copy(&mut decoder, &mut io::sink()).map(drop)
     } else {
-        copy_tar_entry(input, path, out)
+        copy_tar_entry(Capped::new(input, max), path, out)
     }
 }
 
@@ -171,7 +212,7 @@ mod tests {
     fn run(input: &[u8], unpack_as: Unpack, path: Option<&str>) -> io::Result<Vec<u8>> {
         let artifact = ArtifactConfig { unpack: unpack_as, path: path.map(Into::into), ..Default::default() };
         let mut out = Vec::new();
-        unpack(input, &artifact, &mut out)?;
+        unpack(input, &artifact, u64::MAX, &mut out)?;
         Ok(out)
     }
 
@@ -232,5 +273,85 @@ mod tests {
         let err = ChannelReader::new(rx).read_to_end(&mut out).unwrap_err();
         assert!(err.to_string().contains("digest mismatch"));
         assert_eq!(out, b"ab");
+    }
+
+    fn capped(input: &[u8], unpack_as: Unpack, path: Option<&str>, max: u64) -> (io::Result<()>, Vec<u8>) {
+        let artifact = ArtifactConfig { unpack: unpack_as, path: path.map(Into::into), ..Default::default() };
+        let mut out = Vec::new();
+        let result = unpack(input, &artifact, max, &mut out);
+        (result, out)
+    }
+
+    #[test]
+    fn decompression_bombs_stop_at_the_cap() {
+        let zeros = vec![0u8; 8 << 20];
+        let cap = 1 << 20;
+        let gz = gzip(&zeros);
+        let zst = zstd::encode_all(&zeros[..], 19).unwrap();
+        let tar = tar_with(&[("fw.bin", &zeros)]);
+        let cases = [
+            ("gzip", gz.clone(), Unpack::Gzip, None),
+            ("zstd", zst, Unpack::Zstd, None),
+            ("tar.gz", gzip(&tar), Unpack::Tar, Some("fw.bin")),
+            ("tar.gz, another file wanted", gzip(&tar), Unpack::Tar, Some("other")),
+            ("tar", tar, Unpack::Tar, Some("fw.bin")),
+            ("raw", zeros.clone(), Unpack::Raw, None),
+        ];
+        for (name, input, unpack_as, path) in cases {
+            let (result, out) = capped(&input, unpack_as, path, cap);
+            let err = result.expect_err(name);
+            assert_eq!(err.kind(), io::ErrorKind::FileTooLarge, "{name}: {err}");
+            assert!(err.to_string().contains("decompression bomb"), "{name}: {err}");
+            assert!(out.len() as u64 <= cap, "{name}: wrote {} bytes", out.len());
+        }
+        let (ok, out) = capped(&gz, Unpack::Gzip, None, zeros.len() as u64);
+        ok.expect("exactly at the cap passes");
+        assert_eq!(out.len(), zeros.len());
+    }
+
+    use proptest::prelude::*;
+
+    fn mode() -> impl Strategy<Value = Unpack> {
+        prop::sample::select(vec![Unpack::Raw, Unpack::Gzip, Unpack::Zstd, Unpack::Tar])
+    }
+
+    proptest! {
+        #[test]
+        fn any_bytes_unpack_or_fail_cleanly(input in prop::collection::vec(any::<u8>(), 0..4096), unpack_as in mode(), cap in 0u64..8192) {
+            let (result, out) = capped(&input, unpack_as, Some("fw.bin"), cap);
+            prop_assert!(out.len() as u64 <= cap);
+            if unpack_as == Unpack::Raw && input.len() as u64 <= cap {
+                prop_assert!(result.is_ok() && out == input);
+            }
+        }
+
+        #[test]
+        fn round_trips(data in prop::collection::vec(any::<u8>(), 0..20_000), level in 1i32..5) {
+            prop_assert_eq!(run(&gzip(&data), Unpack::Gzip, None).unwrap(), data.clone());
+            prop_assert_eq!(run(&zstd::encode_all(&data[..], level).unwrap(), Unpack::Zstd, None).unwrap(), data.clone());
+            let archive = tar_with(&[("a", b"x"), ("fw/app.bin", &data)]);
+            prop_assert_eq!(run(&zstd::encode_all(&archive[..], level).unwrap(), Unpack::Tar, Some("./fw/app.bin")).unwrap(), data);
+        }
+
+        #[test]
+        fn corrupted_archives_fail_cleanly(data in prop::collection::vec(any::<u8>(), 1..5000),
+                                           flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6),
+                                           cut in any::<prop::sample::Index>(), format in 0u8..4) {
+            let archive = tar_with(&[("fw.bin", &data)]);
+            let (mut input, unpack_as) = match format {
+                0 => (gzip(&data), Unpack::Gzip),
+                1 => (zstd::encode_all(&data[..], 3).unwrap(), Unpack::Zstd),
+                2 => (gzip(&archive), Unpack::Tar),
+                _ => (archive, Unpack::Tar),
+            };
+            for (at, byte) in flips {
+                let i = at.index(input.len());
+                input[i] ^= byte;
+            }
+            input.truncate(cut.index(input.len() + 1));
+            let cap = 2 * data.len() as u64 + 1024;
+            let (_, out) = capped(&input, unpack_as, Some("fw.bin"), cap);
+            prop_assert!(out.len() as u64 <= cap);
+        }
     }
 }

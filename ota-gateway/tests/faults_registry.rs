@@ -247,3 +247,55 @@ async fn registry_down_at_start_then_up() {
         "FIGURE down-at-start: {refused} refused connections in 8 s down; served {took:?} after the registry came up"
     );
 }
+
+/// A gzip layer that unpacks to 64 MiB in a gateway whose cache holds 4 MiB: a 502 that
+/// names the cap, no file left behind; a payload within the cap is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decompression_bomb_is_refused_at_the_cap() {
+    use std::io::Write;
+    let reg = registry();
+    let work = tempfile::tempdir().unwrap();
+    let repo = unique_repo("bomb");
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    let chunk = vec![0u8; 1 << 20];
+    for _ in 0..64 {
+        gz.write_all(&chunk).unwrap();
+    }
+    let bomb = gz.finish().unwrap();
+    let digest = push_file(&reg.addr, &repo, "1.0.0", work.path(), "bomb.gz", "application/gzip", &bomb);
+    let fine = random_bytes(100_000);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&fine).unwrap();
+    let fine_digest =
+        push_file(&reg.addr, &repo, "1.0.1", work.path(), "fine.gz", "application/gzip", &gz.finish().unwrap());
+    let cache = work.path().join("cache");
+    let mut channels = vec![
+        channel("bomb", &reg.addr, &repo, ("1.0.0", "1.0.0", &digest)),
+        channel("fine", &reg.addr, &repo, ("1.0.1", "1.0.1", &fine_digest)),
+    ];
+    for c in &mut channels {
+        c.artifact.unpack = updraft_core::config::Unpack::Gzip;
+    }
+    let mut cfg = config(&cache, channels);
+    cfg.cache.max_bytes = 4 << 20;
+    let gw = Gateway::start(cfg).await;
+    let start = Instant::now();
+    let answer = loop {
+        let r = gw.get("/firmware?device=bomb").await;
+        if r.status() != 503 {
+            break (r.status().as_u16(), r.text().await.unwrap());
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "still fetching");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(answer.0, 502, "{}", answer.1);
+    assert!(answer.1.contains("decompression bomb"), "the error says why: {}", answer.1);
+    no_partial_files(&cache);
+    served_within(&gw, "fine", &fine, Duration::from_secs(10)).await;
+    println!(
+        "FIGURE decompression-bomb: {} B of gzip (64 MiB unpacked) refused at the 4 MiB cap after {:?}: {}",
+        bomb.len(),
+        start.elapsed(),
+        answer.1
+    );
+}
