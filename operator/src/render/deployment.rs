@@ -7,7 +7,7 @@ use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, HTTPGetAction, KeyToPath,
     PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
-    SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+    SeccompProfile, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -91,10 +91,14 @@ pub(crate) fn deployment(gateway: &OtaGateway, default_image: &str, credential_s
                 spec: Some(PodSpec {
                     containers: vec![container],
                     volumes: Some(volumes),
+                    // The data plane never talks to the API server (SECURITY.md).
+                    automount_service_account_token: Some(false),
                     security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
                         run_as_user: Some(65532),
                         run_as_group: Some(65532),
                         fs_group: Some(65532),
+                        seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..Default::default() }),
                         ..Default::default()
                     }),
                     ..Default::default()
@@ -255,6 +259,22 @@ mod tests {
             assert_eq!(volume.secret_name.as_deref(), Some(secret));
             assert!(volume.items.unwrap().iter().any(|i| i.key == file && i.path == file), "{file} in {secret}");
         }
+    }
+
+    #[test]
+    fn pods_are_hardened() {
+        let pod = deployment(&gateway(), "updraft/ota-gateway:dev", &[]).spec.template.spec.unwrap();
+        assert_eq!(pod.automount_service_account_token, Some(false), "no API token in the data plane");
+        let psc = pod.security_context.unwrap();
+        assert_eq!(psc.run_as_non_root, Some(true));
+        assert_ne!(psc.run_as_user, Some(0));
+        assert_eq!(psc.seccomp_profile.unwrap().type_, "RuntimeDefault");
+        let sc = pod.containers[0].security_context.clone().unwrap();
+        assert_eq!(sc.run_as_non_root, Some(true));
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(sc.privileged, None);
+        assert_eq!(sc.capabilities.unwrap().drop, Some(vec!["ALL".to_owned()]));
     }
 
     #[test]
