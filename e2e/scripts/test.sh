@@ -21,6 +21,15 @@ eval "$(bash e2e/scripts/cluster.sh env)"
 step "lints: cargo clippy --all-targets -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+# cargo-deny is built once (a few minutes) into ~/.cache/updraft and reused; the check
+# itself takes seconds and needs no network (deny.toml says what is allowed).
+step "licences, bans and sources: cargo deny --frozen check (deny.toml)"
+deny="$HOME/.cache/updraft/cargo-deny/bin/cargo-deny"
+if [ ! -x "$deny" ]; then
+  cargo install --locked cargo-deny --version 0.20.2 --root "$HOME/.cache/updraft/cargo-deny"
+fi
+"$deny" --frozen check --hide-inclusion-graph licenses bans sources
+
 step "cargo test --workspace"
 cargo test --workspace --locked "$@"
 step "all tests passed"
