@@ -416,6 +416,22 @@ mod tests {
     }
 
     #[test]
+    fn rollback_fields_stay_out_of_the_file_until_set() {
+        let c: GatewayConfig = serde_yaml::from_str(&pinned_yaml()).unwrap();
+        assert_eq!((c.channels[0].highest_served.as_deref(), c.channels[0].downgrade), (None, Downgrade::PinnedBack));
+        let yaml = c.to_yaml();
+        assert!(!yaml.contains("highestServed") && !yaml.contains("downgrade"), "{yaml}");
+        let set: GatewayConfig =
+            serde_yaml::from_str(&format!("{}  highestServed: 1.3.0\n  downgrade: never\n", pinned_yaml())).unwrap();
+        assert_eq!(
+            (set.channels[0].highest_served.as_deref(), set.channels[0].downgrade),
+            (Some("1.3.0"), Downgrade::Never)
+        );
+        assert!(set.to_yaml().contains("downgrade: never"));
+        assert!(serde_yaml::from_str::<GatewayConfig>(&format!("{}  downgrade: sometimes\n", pinned_yaml())).is_err());
+    }
+
+    #[test]
     fn round_trips_through_yaml() {
         let c: GatewayConfig = serde_yaml::from_str(&pinned_yaml()).unwrap();
         let again: GatewayConfig = serde_yaml::from_str(&c.to_yaml()).unwrap();

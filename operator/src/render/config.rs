@@ -174,6 +174,17 @@ mod tests {
     }
 
     #[test]
+    fn the_high_water_mark_and_downgrade_policy_reach_the_gateway() {
+        let mut ch = channel("esp32", None, Some(resolved("1.0.0", DIGEST_A)));
+        ch.status.as_mut().unwrap().highest_served = Some("1.1.0".into());
+        ch.spec.downgrade = Some(SpecDowngrade::Always);
+        let c = channel_config(&ch).unwrap();
+        assert_eq!((c.highest_served.as_deref(), c.downgrade), (Some("1.1.0"), Downgrade::Always));
+        ch.spec.downgrade = Some(SpecDowngrade::Never);
+        assert_eq!(channel_config(&ch).unwrap().downgrade, Downgrade::Never);
+    }
+
+    #[test]
     fn config_pins_latest_and_previous_and_skips_unresolved() {
         let channels = [channel("esp32", None, Some(resolved("1.2.0", DIGEST_A))), channel("stm32", None, None)];
         let attachment = attach::channels(&ObjectRef::from(&gateway()), channels.iter());
@@ -186,6 +197,7 @@ mod tests {
         assert_eq!(c.rollout, 30);
         assert_eq!(c.device.as_deref(), Some("esp32"));
         assert_eq!(config.cache.max_bytes, 1 << 30);
+        assert_eq!((c.highest_served.as_deref(), c.downgrade), (None, Downgrade::PinnedBack));
         // Rendering is deterministic: the same input gives byte-identical YAML.
         assert_eq!(config.to_yaml(), gateway_config(&gateway(), &attachment.served).to_yaml());
     }
