@@ -573,6 +573,11 @@ async fn webhooks_are_signed_retried_and_never_block_serving() {
     let t = Instant::now();
     assert_eq!(gw.get("/version?device=esp32").await.status(), 200);
     assert!(t.elapsed() < Duration::from_millis(500));
+    // A reload that rebuilds the channel without changing its release announces nothing.
+    let mut again = gw.state.config().as_ref().clone();
+    again.channels[0].rollout = 50;
+    gw.state.apply(again).unwrap();
+    gw.wait_ok("/version?device=esp32").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(seen.lock().unwrap().len(), 4, "no more deliveries than events and retries");
     drop(hang);

@@ -16,7 +16,7 @@
 mod mqtt;
 mod webhook;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -82,6 +82,9 @@ struct Inner {
     /// Channel and digest of failures already reported, so a release that keeps
     /// failing is reported once (until it becomes ready).
     failed: Mutex<HashSet<(String, String)>>,
+    /// The digest last announced per channel, so a reload that rebuilds a channel
+    /// without changing what it hands out announces nothing to webhooks.
+    announced: Mutex<HashMap<String, String>>,
 }
 
 /// The notification part of a new config: files read, not yet live.
@@ -99,6 +102,7 @@ impl Notifier {
                 mqtt: Mutex::new(None),
                 webhooks: webhook::Sender::start(),
                 failed: Mutex::new(HashSet::new()),
+                announced: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -148,9 +152,9 @@ impl Notifier {
         self.inner.webhooks.set_targets(prepared.webhooks);
     }
 
-    /// A release became ready to serve: tells devices (MQTT) and receivers (webhooks).
-    /// Devices get a message only when it differs from the last one on their topic;
-    /// webhooks get every call.
+    /// A release became ready to serve: tells devices (MQTT) and receivers (webhooks),
+    /// unless it is what the channel already announced (MQTT compares the message on
+    /// the topic, webhooks the channel's last digest).
     pub(crate) fn release(&self, release: Release) {
         self.inner.failed.lock().expect("failed lock").remove(&(release.channel.clone(), release.digest.clone()));
         if let Some((settings, publisher)) = self.inner.mqtt.lock().expect("mqtt lock").as_ref() {
@@ -164,7 +168,15 @@ impl Notifier {
             let payload = serde_json::to_vec(&message).expect("message serializes");
             publisher.publish(format!("{}/{}", settings.prefix, release.device), payload.into());
         }
-        self.inner.webhooks.send(webhook::Event::ready(&release));
+        let previous = self
+            .inner
+            .announced
+            .lock()
+            .expect("announced lock")
+            .insert(release.channel.clone(), release.digest.clone());
+        if previous.as_ref() != Some(&release.digest) {
+            self.inner.webhooks.send(webhook::Event::ready(&release));
+        }
     }
 
     /// A release could not be fetched, unpacked or verified: tells the webhooks, once

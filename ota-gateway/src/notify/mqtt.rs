@@ -224,3 +224,45 @@ fn send(client: &AsyncClient, topic: String, payload: Bytes) {
         tracing::warn!(%topic, error = %e, "mqtt queue full; the message goes out on the next connection");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(url: &str) -> Result<Settings, NotifyError> {
+        let config = MqttConfig {
+            url: url.into(),
+            topic_prefix: "firmware/updates/".into(),
+            ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
+            username_file: None,
+            password_file: None,
+        };
+        Settings::load(&config)
+    }
+
+    #[test]
+    fn urls_as_otaflux_takes_them() {
+        let plain = load("mqtt://broker").unwrap();
+        assert_eq!((plain.host.as_str(), plain.port, plain.tls.is_none()), ("broker", 1883, true));
+        assert_eq!(plain.prefix, "firmware/updates");
+        assert!(plain.client_id.starts_with("updraft-"));
+        assert_eq!(plain.client_id, load("mqtt://other").unwrap().client_id, "stable within a process");
+        let tls = load("mqtts://broker.lan:18883/?client_id=otaflux").unwrap();
+        assert_eq!((tls.host.as_str(), tls.port, tls.client_id.as_str()), ("broker.lan", 18883, "otaflux"));
+        assert!(tls.tls.is_some_and(|t| t.ca.is_none() && t.client.is_none()));
+        let v6 = load("mqtt://[::1]:1884").unwrap();
+        assert_eq!((v6.host.as_str(), v6.port), ("::1", 1884));
+        assert_eq!(load("mqtt://[::1]").unwrap().port, 1883);
+    }
+
+    #[test]
+    fn bad_urls_say_why() {
+        let err = |url: &str| load(url).err().expect(url).to_string();
+        assert!(err("tcp://broker").contains("scheme"));
+        assert!(err("mqtt://user:pass@broker").contains("credentialsSecret"));
+        assert!(err("mqtt://broker:http").contains("port"));
+        assert!(err("mqtt://:1883").contains("no host"));
+    }
+}
