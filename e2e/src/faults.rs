@@ -46,6 +46,9 @@ pub enum Fault {
     Status { code: u16, retry_after: Option<u64> },
     /// Resets the connection as soon as the request head is read.
     Reset,
+    /// Answers 401 with `WWW-Authenticate: Basic realm="fault-proxy"`, as a registry
+    /// that wants credentials does.
+    BasicChallenge,
 }
 
 /// Which requests get a fault, and how many times.
@@ -53,6 +56,7 @@ pub enum Fault {
 pub struct Rule {
     method: Option<String>,
     path_contains: String,
+    exact: bool,
     fault: Fault,
     remaining: Option<u64>,
 }
@@ -60,7 +64,13 @@ pub struct Rule {
 impl Rule {
     /// Every request whose path (with query) contains `path_contains` gets `fault`.
     pub fn new(path_contains: &str, fault: Fault) -> Rule {
-        Rule { method: None, path_contains: path_contains.to_owned(), fault, remaining: None }
+        Rule { method: None, path_contains: path_contains.to_owned(), exact: false, fault, remaining: None }
+    }
+
+    /// Only requests whose path is exactly the rule's (e.g. `/v2/`).
+    pub fn exact(mut self) -> Rule {
+        self.exact = true;
+        self
     }
 
     /// Only requests with this method (`GET`, `HEAD`…).
@@ -78,7 +88,7 @@ impl Rule {
     fn matches(&self, method: &str, path: &str) -> bool {
         self.remaining != Some(0)
             && self.method.as_deref().is_none_or(|m| m == method)
-            && path.contains(&self.path_contains)
+            && if self.exact { path == self.path_contains } else { path.contains(&self.path_contains) }
     }
 }
 
@@ -88,6 +98,8 @@ pub struct Seen {
     pub method: String,
     /// Path and query as the client sent them.
     pub path: String,
+    /// The request head as received (request line and headers).
+    pub head: String,
     pub at: Instant,
     /// The fault it got, if any (`Some(Fault::Reset)` too while the proxy is down).
     pub fault: Option<Fault>,
@@ -202,10 +214,20 @@ async fn serve(mut client: TcpStream, upstream: &str, shared: &Shared) -> std::i
             rule.fault.clone()
         })
     };
-    shared.seen.lock().expect("seen lock").push(Seen { method, path, at: Instant::now(), fault: fault.clone() });
+    let seen = Seen {
+        method,
+        path,
+        head: String::from_utf8_lossy(&head).into_owned(),
+        at: Instant::now(),
+        fault: fault.clone(),
+    };
+    shared.seen.lock().expect("seen lock").push(seen);
     match fault {
         Some(Fault::Reset) => return reset(client),
-        Some(Fault::Status { code, retry_after }) => return answer(client, code, retry_after).await,
+        Some(Fault::Status { code, retry_after }) => return answer(client, code, retry_after, None).await,
+        Some(Fault::BasicChallenge) => {
+            return answer(client, 401, None, Some("WWW-Authenticate: Basic realm=\"fault-proxy\"")).await
+        }
         Some(Fault::Latency(delay)) => tokio::time::sleep(delay).await,
         _ => {}
     }
@@ -366,7 +388,12 @@ fn with_connection_close(head: &[u8]) -> Vec<u8> {
 }
 
 /// The proxy's own answer, in the registry's error format.
-async fn answer(mut client: TcpStream, code: u16, retry_after: Option<u64>) -> std::io::Result<()> {
+async fn answer(
+    mut client: TcpStream,
+    code: u16,
+    retry_after: Option<u64>,
+    extra: Option<&str>,
+) -> std::io::Result<()> {
     let body = format!(r#"{{"errors":[{{"code":"UNAVAILABLE","message":"injected {code} by the fault proxy"}}]}}"#);
     let mut head = format!(
         "HTTP/1.1 {code} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
@@ -376,6 +403,10 @@ async fn answer(mut client: TcpStream, code: u16, retry_after: Option<u64>) -> s
     if let Some(secs) = retry_after {
         head.push_str(&format!("Retry-After: {secs}\r\n"));
     }
+    if let Some(line) = extra {
+        head.push_str(line);
+        head.push_str("\r\n");
+    }
     head.push_str("\r\n");
     client.write_all(head.as_bytes()).await?;
     client.write_all(body.as_bytes()).await?;
@@ -384,6 +415,7 @@ async fn answer(mut client: TcpStream, code: u16, retry_after: Option<u64>) -> s
 
 fn reason(code: u16) -> &'static str {
     match code {
+        401 => "Unauthorized",
         429 => "Too Many Requests",
         500 => "Internal Server Error",
         502 => "Bad Gateway",
@@ -462,6 +494,7 @@ mod tests {
         assert!(seen.contains("Connection: close") && !seen.contains("keep-alive"), "{seen}");
         assert_eq!(proxy.count("/blobs/"), 1);
         assert_eq!(proxy.seen()[0].method, "GET");
+        assert!(proxy.seen()[0].head.contains("Connection: keep-alive"), "the head as the client sent it");
     }
 
     #[tokio::test]
@@ -490,6 +523,18 @@ mod tests {
         let proxy = FaultProxy::start(&up).await.unwrap();
         proxy.set_rules(vec![Rule::new("/", Fault::Status { code: 503, retry_after: None }).method("head")]);
         let (head, _, _) = get(&proxy.addr(), "/x").await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    }
+
+    #[tokio::test]
+    async fn exact_path_and_basic_challenge() {
+        let (up, _, _) = upstream().await;
+        let proxy = FaultProxy::start(&up).await.unwrap();
+        proxy.set_rules(vec![Rule::new("/v2/", Fault::BasicChallenge).exact()]);
+        let (head, _, _) = get(&proxy.addr(), "/v2/").await;
+        assert!(head.starts_with("HTTP/1.1 401 Unauthorized"), "{head}");
+        assert!(head.contains("WWW-Authenticate: Basic realm=\"fault-proxy\"\r\n"), "{head}");
+        let (head, _, _) = get(&proxy.addr(), "/v2/a/manifests/x").await;
         assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     }
 

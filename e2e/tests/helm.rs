@@ -97,6 +97,14 @@ fn install_from_directory_grants_least_privilege_upgrades_and_uninstalls_keeping
     assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
     assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
     assert_eq!(container["ports"][0]["containerPort"], 8081);
+    // Hardening (SECURITY.md): non-root, seccomp, read-only root, no capabilities.
+    let pod = &d["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
+    assert_ne!(pod["securityContext"]["runAsUser"], 0);
+    assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(container["securityContext"]["allowPrivilegeEscalation"], false);
+    assert_eq!(container["securityContext"]["capabilities"]["drop"], serde_json::json!(["ALL"]));
 
     // What the operator needs, asked as its ServiceAccount, in a namespace it does not
     // live in (cluster-wide binding) and in its own.
