@@ -299,3 +299,34 @@ async fn decompression_bomb_is_refused_at_the_cap() {
         answer.1
     );
 }
+
+/// The limit of the fetch pool, measured: with as many stalled fetches as the gateway
+/// runs at once (4), a healthy channel's fetch waits for a slot until the stalled
+/// ones time out. Bound: the read timeout plus a margin; the figure is the wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_pool_of_stalled_fetches_delays_others_by_at_most_the_read_timeout() {
+    let reg = registry();
+    let work = tempfile::tempdir().unwrap();
+    let stalled: Vec<Pushed> = (0..4).map(|i| Pushed::new(&format!("pool{i}"), work.path(), 200_000)).collect();
+    let healthy = Pushed::new("late", work.path(), 10_000);
+    let proxy = FaultProxy::start(&reg.addr).await.unwrap();
+    proxy.set_rules(
+        stalled.iter().map(|p| Rule::new(&p.blob_path(), Fault::StallAfter(1000)).method("GET").times(1)).collect(),
+    );
+    let mut channels: Vec<_> =
+        stalled.iter().enumerate().map(|(i, p)| p.channel(&format!("pool{i}"), &proxy.addr())).collect();
+    let gw = Gateway::start(config(&work.path().join("cache"), channels.clone())).await;
+    // Let the four fetches take every slot and stall.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stalled.iter().any(|p| proxy.count(&p.blob_path()) == 0) {
+        assert!(Instant::now() < deadline, "the stalled fetches did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    channels.push(healthy.channel("late", &proxy.addr()));
+    gw.state.apply(config(&work.path().join("cache"), channels)).unwrap();
+    let (waited, _) = served_within(&gw, "late", &healthy.bytes, READ_TIMEOUT + Duration::from_secs(10)).await;
+    println!(
+        "FIGURE full-fetch-pool: a healthy channel behind 4 stalled fetches was served after {waited:?} \
+         (read timeout {READ_TIMEOUT:?}); with fewer stalled fetches than slots it is not delayed"
+    );
+}
