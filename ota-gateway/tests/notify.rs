@@ -580,5 +580,28 @@ async fn webhooks_are_signed_retried_and_never_block_serving() {
     gw.wait_ok("/version?device=esp32").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(seen.lock().unwrap().len(), 4, "no more deliveries than events and retries");
+
+    // A new release, then a rollback to the old one: each announced, the rollback flagged.
+    let newer = random_bytes(9500);
+    let d2 = push_file(&reg.addr, &repo, "2.0.0", work.path(), "newer.bin", RAW, &newer);
+    let pin = |current: (&str, &str, &str), previous: (&str, &str, &str)| {
+        let mut c = gw.state.config().as_ref().clone();
+        c.channels[0].rollout = 100;
+        c.channels[0].current = Some(pinned(current));
+        c.channels[0].previous = Some(pinned(previous));
+        c
+    };
+    gw.state.apply(pin(("2.0.0", "v2.0.0", &d2), ("1.0.0", "v1.0.0", &d1))).unwrap();
+    let requests = wait_for(&seen, 6, Duration::from_secs(30)).await;
+    let upgrade: serde_json::Value = serde_json::from_slice(&requests[5].1).unwrap();
+    assert_eq!((upgrade["version"].as_str(), upgrade.get("rollback")), (Some("2.0.0"), None), "{upgrade}");
+    gw.state.apply(pin(("1.0.0", "v1.0.0", &d1), ("2.0.0", "v2.0.0", &d2))).unwrap();
+    let requests = wait_for(&seen, 8, Duration::from_secs(30)).await;
+    let rollback: serde_json::Value = serde_json::from_slice(&requests[7].1).unwrap();
+    assert_eq!((rollback["version"].as_str(), rollback["rollback"].as_bool()), (Some("1.0.0"), Some(true)));
+    assert_eq!(
+        requests[7].0["x-updraft-signature"].to_str().unwrap(),
+        openssl_hmac(work.path(), "team-secret", &requests[7].1)
+    );
     drop(hang);
 }

@@ -82,9 +82,10 @@ struct Inner {
     /// Channel and digest of failures already reported, so a release that keeps
     /// failing is reported once (until it becomes ready).
     failed: Mutex<HashSet<(String, String)>>,
-    /// The digest last announced per channel, so a reload that rebuilds a channel
-    /// without changing what it hands out announces nothing to webhooks.
-    announced: Mutex<HashMap<String, String>>,
+    /// The digest and version last announced per channel, so a reload that rebuilds a
+    /// channel without changing what it hands out announces nothing to webhooks, and a
+    /// move to a lower version is flagged as a rollback.
+    announced: Mutex<HashMap<String, (String, String)>>,
 }
 
 /// The notification part of a new config: files read, not yet live.
@@ -168,14 +169,14 @@ impl Notifier {
             let payload = serde_json::to_vec(&message).expect("message serializes");
             publisher.publish(format!("{}/{}", settings.prefix, release.device), payload.into());
         }
-        let previous = self
-            .inner
-            .announced
-            .lock()
-            .expect("announced lock")
-            .insert(release.channel.clone(), release.digest.clone());
-        if previous.as_ref() != Some(&release.digest) {
-            self.inner.webhooks.send(webhook::Event::ready(&release));
+        let entry = (release.digest.clone(), release.version.clone());
+        let previous = self.inner.announced.lock().expect("announced lock").insert(release.channel.clone(), entry);
+        match previous {
+            Some((digest, _)) if digest == release.digest => {}
+            previous => {
+                let rollback = previous.is_some_and(|(_, v)| is_lower(&release.version, &v));
+                self.inner.webhooks.send(webhook::Event::ready(&release, rollback));
+            }
         }
     }
 
@@ -185,6 +186,14 @@ impl Notifier {
         if self.inner.failed.lock().expect("failed lock").insert((failure.channel.clone(), failure.digest.clone())) {
             self.inner.webhooks.send(webhook::Event::failed(&failure));
         }
+    }
+}
+
+/// Whether `version` is a lower semver than `than` (false when either is not semver).
+fn is_lower(version: &str, than: &str) -> bool {
+    match (semver::Version::parse(version), semver::Version::parse(than)) {
+        (Ok(v), Ok(t)) => v < t,
+        _ => false,
     }
 }
 

@@ -62,11 +62,15 @@ struct Body<'a> {
     url: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<&'a str>,
+    /// `release.ready` of a lower version than the channel announced before.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    rollback: bool,
 }
 
 impl Event {
-    /// `release.ready`: the release is cached, verified and served.
-    pub(super) fn ready(r: &Release) -> Self {
+    /// `release.ready`: the release is cached, verified and served; `rollback` when its
+    /// version is lower than the one the channel announced before.
+    pub(super) fn ready(r: &Release, rollback: bool) -> Self {
         let body = Body {
             event: "release.ready",
             time: now(),
@@ -80,6 +84,7 @@ impl Event {
             crc32: Some(r.crc32),
             url: Some(&r.url),
             reason: None,
+            rollback,
         };
         Self { kind: body.event, body: serde_json::to_vec(&body).expect("body serializes") }
     }
@@ -100,6 +105,7 @@ impl Event {
             crc32: None,
             url: None,
             reason: Some(&f.reason),
+            rollback: false,
         };
         Self { kind: body.event, body: serde_json::to_vec(&body).expect("body serializes") }
     }
