@@ -8,7 +8,7 @@
 //!
 //! [`Firmware`] is this surface's part of the live state: the current `Snapshot`
 //! of channels, replaced as a whole when the config changes. It reports each release
-//! that becomes ready to serve (or fails to) through an [`OnEvent`] callback the owner
+//! that becomes ready to serve (or fails to) through an `OnEvent` callback the owner
 //! of the state hands it, and knows nothing of who listens.
 
 mod channels;
