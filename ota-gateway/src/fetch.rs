@@ -12,7 +12,7 @@ use futures::future::{BoxFuture, FutureExt, Shared};
 use futures::StreamExt;
 use oci_client::manifest::OciDescriptor;
 use oci_client::{Client, Reference};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, Semaphore, SemaphorePermit};
 
 use crate::cache::{artifact_key, Cache, Payload};
 use crate::metrics::Metrics;
@@ -24,6 +24,9 @@ use updraft_core::oci::{self, OciError};
 const RETRY_FAILED_AFTER: Duration = Duration::from_secs(5);
 /// Concurrent fetches (prefetch of a large config must not starve the registry).
 const MAX_CONCURRENT_FETCHES: usize = 4;
+/// A fetch whose blob sends nothing for this long gives its slot to the next fetch
+/// while it waits out the client's read timeout: stalled fetches never hold up others.
+const RELEASE_SLOT_AFTER: Duration = Duration::from_secs(5);
 
 /// One artifact to fetch: where, which manifest, and how to take the payload out.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -147,9 +150,10 @@ impl Fetcher {
     /// The fetch task: fetch, record the outcome, leave the in-flight map.
     async fn run(self: Arc<Self>, job: Job) -> Result<Arc<Payload>, Arc<FetchError>> {
         let key = job.key();
-        let _permit = self.permits.acquire().await.expect("semaphore never closed");
+        let mut slot = Some(self.permits.acquire().await.expect("semaphore never closed"));
         let started = Instant::now();
-        let result = self.fetch_verified(&job).await.map_err(Arc::new);
+        let result = self.fetch_verified(&job, &mut slot).await.map_err(Arc::new);
+        drop(slot);
         match &result {
             Ok(p) => {
                 tracing::info!(digest = %job.digest, sha256 = %p.summary.sha256, size = p.summary.size,
@@ -167,7 +171,11 @@ impl Fetcher {
         result
     }
 
-    async fn fetch_verified(&self, job: &Job) -> Result<Arc<Payload>, FetchError> {
+    async fn fetch_verified(
+        &self,
+        job: &Job,
+        slot: &mut Option<SemaphorePermit<'_>>,
+    ) -> Result<Arc<Payload>, FetchError> {
         let client = self.client();
         let auth = oci::registry_auth(&job.source)?;
         let reference = oci::digest_reference(&job.source.registry, &job.source.repository, &job.digest);
@@ -175,7 +183,7 @@ impl Fetcher {
         client.fetch_manifest_digest(&reference, &auth).await.map_err(oci::registry_error(&job.source.registry))?;
         let manifest = oci::pull_image_manifest(&client, &reference, &auth, &job.artifact).await?;
         let layer = oci::select_layer(&manifest, &job.artifact)?.clone();
-        let (file, summary) = self.download(&client, &reference, &layer, &job.artifact).await?;
+        let (file, summary) = self.download(&client, &reference, &layer, &job.artifact, slot).await?;
         let cache = self.cache.clone();
         let key = job.key();
         let payload = tokio::task::spawn_blocking(move || cache.commit(&key, file, summary)).await??;
@@ -189,6 +197,7 @@ impl Fetcher {
         reference: &Reference,
         layer: &OciDescriptor,
         artifact: &ArtifactConfig,
+        slot: &mut Option<SemaphorePermit<'_>>,
     ) -> Result<(tempfile::NamedTempFile, unpack::Summary), FetchError> {
         let registry = |e| OciError::Registry { registry: reference.registry().to_owned(), source: e };
         let stream = client.pull_blob_stream(reference, layer).await.map_err(registry)?;
@@ -205,7 +214,7 @@ impl Fetcher {
             let file = buffered.into_inner().map_err(|e| e.into_error())?;
             Ok::<_, io::Error>((file, summary))
         });
-        let fed = feed(stream, tx, u64::try_from(layer.size).unwrap_or(0)).await;
+        let fed = feed(stream, tx, u64::try_from(layer.size).unwrap_or(0), slot).await;
         let written = writer.await?;
         // A stream error explains a writer error ("broken pipe"), so report it first.
         fed?;
@@ -214,14 +223,29 @@ impl Fetcher {
 }
 
 /// Sends the verified stream to the writer; the writer sees an error instead of
-/// a clean end whenever the body is short, long, or fails its digest.
+/// a clean end whenever the body is short, long, or fails its digest. When the blob
+/// sends nothing for [`RELEASE_SLOT_AFTER`], the fetch slot is given up.
 async fn feed(
     mut stream: oci_client::client::SizedStream,
     tx: mpsc::Sender<io::Result<Bytes>>,
     expected: u64,
+    slot: &mut Option<SemaphorePermit<'_>>,
 ) -> Result<(), FetchError> {
     let mut received = 0u64;
-    while let Some(chunk) = stream.next().await {
+    loop {
+        let next = if slot.is_some() {
+            match tokio::time::timeout(RELEASE_SLOT_AFTER, stream.next()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    tracing::warn!(received, expected, "blob stalled; its fetch slot goes to the next fetch");
+                    *slot = None;
+                    continue;
+                }
+            }
+        } else {
+            stream.next().await
+        };
+        let Some(chunk) = next else { break };
         let chunk = match chunk {
             Ok(chunk) => chunk,
             Err(e) => {
