@@ -5,7 +5,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::common::{default_gateway, OciSource};
+use crate::common::{default_gateway, OciSource, Verification};
 
 /// A line of firmware for one device type, resolved from the tags of one OCI repository
 /// and served by an OtaGateway.
@@ -49,6 +49,10 @@ pub struct FirmwareChannelSpec {
     /// Staged rollout of a new version.
     #[serde(default)]
     pub rollout: Rollout,
+    /// Pin only releases whose signature verifies; others are refused (`Verified=False`)
+    /// and the release before keeps serving.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<Verification>,
     /// How often the registry is checked for new tags, e.g. `30s`, `5m`, `1h`. Default `5m`.
     #[serde(default = "default_interval")]
     pub interval: String,

@@ -48,6 +48,41 @@ pub struct SecretKeyRef {
     pub key: String,
 }
 
+/// Signature verification of the releases an OCI source offers (like Flux's
+/// `spec.verify`): a release is pinned only when a signature over its manifest digest
+/// verifies with one of the keys.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Verification {
+    /// Who signs. Only `cosign` (key-based): signatures at the `sha256-<hex>.sig` tag
+    /// (cosign 2) or sigstore bundles among the digest's OCI 1.1 referrers (cosign 3).
+    #[serde(default)]
+    pub provider: VerifyProvider,
+    /// Secret in the same namespace holding PEM public keys (`cosign.pub`).
+    pub public_key_secret: PublicKeySecret,
+}
+
+/// The signature scheme of [`Verification`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum VerifyProvider {
+    /// cosign with public keys (keyless verification is not supported yet).
+    #[default]
+    Cosign,
+}
+
+/// A Secret of public keys.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PublicKeySecret {
+    /// Name of the Secret.
+    pub name: String,
+    /// The key of the Secret's data holding the one public key to trust. Default: every
+    /// key whose name ends in `.pub`, so one Secret can hold several public keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
 pub(crate) fn default_gateway() -> String {
     "default".into()
 }

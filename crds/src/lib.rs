@@ -14,7 +14,7 @@ pub mod mirror;
 pub mod stream;
 
 pub use channel::{FirmwareChannel, FirmwareChannelSpec, FirmwareChannelStatus, ResolvedVersion};
-pub use common::{HttpStore, OciSource, SecretKeyRef};
+pub use common::{HttpStore, OciSource, PublicKeySecret, SecretKeyRef, Verification, VerifyProvider};
 pub use gateway::{AttachedResource, OtaGateway, OtaGatewaySpec, OtaGatewayStatus};
 pub use mirror::{ArtifactMirror, ArtifactMirrorSpec, ArtifactMirrorStatus};
 pub use stream::{ImageStream, ImageStreamSpec, ImageStreamStatus};

@@ -1,15 +1,17 @@
 //! FirmwareChannel controller: read → validate → resolve (registry metadata, on the
-//! channel's schedule) → status. The OtaGateway controller renders the resolved digests
+//! channel's schedule; under `spec.verify`, the release's signature) → status. The OtaGateway controller renders the resolved digests
 //! into gateway configuration.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
 use oci_client::secrets::RegistryAuth;
 use tracing::{info, instrument, warn};
+use updraft_core::cosign::Verifier;
 use updraft_core::version::parse_range;
 use updraft_crds::conditions::{self, set_condition, NewCondition, READY, RECONCILING, STALLED};
 use updraft_crds::{FirmwareChannel, FirmwareChannelSpec, FirmwareChannelStatus, ResolvedVersion};
@@ -26,6 +28,9 @@ use crate::status::{self, Stall};
 pub(crate) const CONTROLLER: &str = "firmwarechannel";
 /// Condition that reports whether the last registry check reached the registry.
 const REGISTRY_REACHABLE: &str = "RegistryReachable";
+/// Condition that reports, under `spec.verify`, whether the newest release's signature
+/// verified (and so whether it is pinned).
+const VERIFIED: &str = "Verified";
 
 #[instrument(skip_all, fields(namespace = channel.namespace().unwrap_or_default(), name = channel.name_any()))]
 pub(crate) async fn reconcile(channel: Arc<FirmwareChannel>, ctx: Arc<Context>) -> Result<Action> {
@@ -51,14 +56,19 @@ pub(crate) async fn reconcile(channel: Arc<FirmwareChannel>, ctx: Arc<Context>) 
         None if !channel.spec.suspend => check_registry(&channel, &ctx, interval).await.err(),
         _ => None,
     };
-    let new_version = schedule.last_result(&channel).and_then(|r| record_resolution(&mut status, r));
+    let result = schedule.last_result(&channel);
+    let new_version = result.clone().and_then(|r| record_resolution(&mut status, r));
     raise_high_water_mark(&mut status);
     let failure = schedule.last_failure(&channel);
     set_registry_condition(&mut status, failure.as_ref(), generation);
+    let verification = set_verified(&channel.spec, &mut status, result.as_ref(), failure.as_ref(), generation);
     set_ready(&channel, &ctx, &mut status, failure.as_ref());
 
     status::write(&ctx.client, channel.as_ref(), &status).await?;
     schedule.succeeded(&channel);
+    if let Some((verified, note)) = verification {
+        ctx.event(channel.as_ref(), !verified, if verified { "Verified" } else { "Unverified" }, note).await;
+    }
     if let Some(note) = new_version {
         ctx.event(channel.as_ref(), false, "NewVersion", note).await;
     }
@@ -114,6 +124,10 @@ fn validate(spec: &FirmwareChannelSpec) -> Result<Duration, SpecError> {
             return Err(SpecError::new("artifact.platform", message));
         }
     }
+    if spec.verify.as_ref().is_some_and(|v| v.public_key_secret.name.is_empty()) {
+        let message = "verify.publicKeySecret.name is empty";
+        return Err(SpecError::new("verify.publicKeySecret.name", message));
+    }
     if let Some(device) = &spec.device {
         if device.is_empty() || !device.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
             let message = format!("device {device:?} may only hold letters, digits, '-', '_' and '.'");
@@ -158,8 +172,24 @@ async fn resolve(channel: &FirmwareChannel, ctx: &Context) -> Result<Resolution>
     let auth = registry_auth(channel, ctx).await?;
     let artifact = render::channel_artifact(&spec.artifact);
     let known = channel.status.as_ref().and_then(|s| s.latest.as_ref());
-    let request = ResolveRequest { source: &spec.source, auth, policy: &spec.version, artifact, known };
+    let verifier = verifier(channel, ctx).await?;
+    let verifier = verifier.as_ref();
+    let request = ResolveRequest { source: &spec.source, auth, policy: &spec.version, artifact, known, verifier };
     ctx.resolver.resolve(request).await
+}
+
+/// Under `spec.verify`, a verifier of the public keys in the named Secret: its `key`, or
+/// every `*.pub` key.
+async fn verifier(channel: &FirmwareChannel, ctx: &Context) -> Result<Option<Verifier>> {
+    let Some(verify) = &channel.spec.verify else { return Ok(None) };
+    let name = &verify.public_key_secret.name;
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &channel.namespace().unwrap_or_default());
+    let secret = secrets.get_opt(name).await?.ok_or_else(|| Error::PublicKeys(format!("Secret {name:?} not found")))?;
+    let data = secret.data.unwrap_or_default();
+    let entries = data.iter().map(|(key, value)| (key.as_str(), value.0.as_slice()));
+    Verifier::from_key_set(&format!("Secret {name}"), entries, verify.public_key_secret.key.as_deref())
+        .map(Some)
+        .map_err(|e| Error::PublicKeys(e.to_string()))
 }
 
 /// Credentials from the channel's dockerconfigjson Secret; anonymous without one.
@@ -212,6 +242,40 @@ fn raise_high_water_mark(status: &mut FirmwareChannelStatus) {
     if status.highest_served.as_deref().and_then(parse).is_none_or(|h| latest.0 > h) {
         status.highest_served = Some(latest.1);
     }
+}
+
+/// `Verified` under `spec.verify`, from the last check: True naming the key and where
+/// the signature was, False saying why the release was refused; left as it is when the
+/// check failed for another reason. Without `spec.verify` there is no such condition.
+/// Returns the event to publish (verified or not, and its note) when the condition changed.
+fn set_verified(
+    spec: &FirmwareChannelSpec,
+    status: &mut FirmwareChannelStatus,
+    result: Option<&Resolution>,
+    failure: Option<&Failure>,
+    generation: Option<i64>,
+) -> Option<(bool, String)> {
+    if spec.verify.is_none() {
+        status.conditions.retain(|c| c.type_ != VERIFIED);
+        return None;
+    }
+    let (verified, reason, message) = match (failure, result.and_then(|r| r.verified.as_ref().map(|v| (r, v)))) {
+        (Some(f), _) if f.unverified => {
+            let serving = status.latest.as_ref().map(|l| format!("; still serving {} ({})", l.version, l.digest));
+            (false, f.reason, format!("{}{}", f.message, serving.unwrap_or_default()))
+        }
+        (None, Some((r, v))) => {
+            let message = format!("{} ({}) is signed: key {} verifies its {}", r.version, r.digest, v.key, v.scheme);
+            (true, "Verified", message)
+        }
+        _ => return None,
+    };
+    let same = |c: &Condition| {
+        c.status == if verified { "True" } else { "False" } && c.reason == reason && c.message == message
+    };
+    let changed = !conditions::find(&status.conditions, VERIFIED).is_some_and(same);
+    set_condition(&mut status.conditions, NewCondition::new(VERIFIED, verified, reason, message.clone()), generation);
+    changed.then_some((verified, message))
 }
 
 fn set_registry_condition(status: &mut FirmwareChannelStatus, failure: Option<&Failure>, generation: Option<i64>) {
@@ -346,6 +410,7 @@ mod tests {
             tag: version.into(),
             digest: digest.into(),
             size: Some(1),
+            verified: None,
         };
         let mut status = FirmwareChannelStatus::default();
         let note = record_resolution(&mut status, r("1.0.0", DIGEST_A)).unwrap();
@@ -360,6 +425,71 @@ mod tests {
         assert_eq!(status.previous.unwrap().version, "1.0.0");
     }
 
+    #[test]
+    fn verified_reports_the_last_check_and_changes_make_events() {
+        use updraft_core::cosign::{Scheme, Verified};
+        let verifying = spec(serde_json::json!({"verify": {"publicKeySecret": {"name": "cosign"}}}));
+        let signed = Resolution {
+            version: "1.0.0".into(),
+            tag: "v1.0.0".into(),
+            digest: DIGEST_A.into(),
+            size: Some(1),
+            verified: Some(Verified {
+                key: "Secret cosign/cosign.pub".into(),
+                scheme: Scheme::Tag,
+                signature: "sha256:5".into(),
+            }),
+        };
+        let refused = Failure::from(&Error::Unverified {
+            reason: "NoSignature",
+            message: format!("1.1.0 (tag v1.1.0, {DIGEST_B}) is not pinned: no cosign signature for {DIGEST_B}"),
+        });
+        let unreachable = Failure::from(&Error::RegistryUnreachable("down".into()));
+        let mut status = FirmwareChannelStatus::default();
+        let verified = |s: &FirmwareChannelStatus| conditions::find(&s.conditions, VERIFIED).cloned();
+
+        let (ok, note) = set_verified(&verifying, &mut status, Some(&signed), None, Some(1)).unwrap();
+        assert!(ok);
+        assert_eq!(
+            note,
+            format!("1.0.0 ({DIGEST_A}) is signed: key Secret cosign/cosign.pub verifies its tag signature")
+        );
+        assert_eq!(verified(&status).unwrap().reason, "Verified");
+        // The same result again: no event.
+        assert_eq!(set_verified(&verifying, &mut status, Some(&signed), None, Some(1)), None);
+
+        record_resolution(&mut status, signed.clone());
+        let (ok, note) = set_verified(&verifying, &mut status, None, Some(&refused), Some(1)).unwrap();
+        assert!(!ok);
+        assert!(
+            note.contains("tag v1.1.0") && note.contains(DIGEST_B) && note.contains("no cosign signature"),
+            "{note}"
+        );
+        assert!(note.ends_with(&format!("still serving 1.0.0 ({DIGEST_A})")), "{note}");
+        let condition = verified(&status).unwrap();
+        assert_eq!((condition.status.as_str(), condition.reason.as_str()), ("False", "NoSignature"));
+        assert_eq!(set_verified(&verifying, &mut status, None, Some(&refused), Some(1)), None);
+        // Another kind of failure says nothing about signatures: the condition stays.
+        assert_eq!(set_verified(&verifying, &mut status, None, Some(&unreachable), Some(1)), None);
+        assert_eq!(verified(&status).unwrap(), condition);
+
+        // Without spec.verify there is no Verified condition.
+        let plain = spec(serde_json::json!({}));
+        assert_eq!(set_verified(&plain, &mut status, Some(&signed), None, Some(1)), None);
+        assert_eq!(verified(&status), None);
+    }
+
+    #[test]
+    fn verify_needs_a_secret_name() {
+        let field =
+            validate(&spec(serde_json::json!({"verify": {"publicKeySecret": {"name": ""}}}))).unwrap_err().field;
+        assert_eq!(field, "verify.publicKeySecret.name");
+        let ok = spec(
+            serde_json::json!({"verify": {"provider": "cosign", "publicKeySecret": {"name": "k", "key": "a.pub"}}}),
+        );
+        validate(&ok).unwrap();
+    }
+
     /// A registry that always resolves the same artifact, counting how often it is asked.
     #[derive(Default)]
     struct CountingRegistry(std::sync::atomic::AtomicUsize);
@@ -367,8 +497,13 @@ mod tests {
     impl crate::resolve::Resolver for CountingRegistry {
         fn resolve<'a>(&'a self, _request: ResolveRequest<'a>) -> futures::future::BoxFuture<'a, Result<Resolution>> {
             self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let resolution =
-                Resolution { version: "1.0.0".into(), tag: "v1.0.0".into(), digest: DIGEST_A.into(), size: Some(4) };
+            let resolution = Resolution {
+                version: "1.0.0".into(),
+                tag: "v1.0.0".into(),
+                digest: DIGEST_A.into(),
+                size: Some(4),
+                verified: None,
+            };
             Box::pin(async move { Ok(resolution) })
         }
     }

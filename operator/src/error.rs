@@ -17,6 +17,13 @@ pub(crate) enum Error {
     /// A referenced Secret is missing or malformed.
     #[error("credentials: {0}")]
     Credentials(String),
+    /// The Secret of public keys (`spec.verify`) is missing or holds no usable key.
+    #[error("public keys: {0}")]
+    PublicKeys(String),
+    /// The resolved release's signature does not verify, so it is not pinned. `reason`
+    /// says why ([`updraft_core::cosign::VerifyError::reason`]).
+    #[error("{message}")]
+    Unverified { reason: &'static str, message: String },
     /// The Kubernetes API refused a read or write.
     #[error("kubernetes API: {0}")]
     Kube(#[from] kube::Error),
@@ -29,6 +36,8 @@ impl Error {
             Error::RegistryUnreachable(_) => "registry_unreachable",
             Error::NoMatchingVersion(_) => "no_matching_version",
             Error::Credentials(_) => "credentials",
+            Error::PublicKeys(_) => "public_keys",
+            Error::Unverified { .. } => "unverified",
             Error::Kube(_) => "kube_api",
         }
     }
@@ -40,6 +49,8 @@ impl Error {
             Error::RegistryUnreachable(_) => "RegistryUnreachable",
             Error::NoMatchingVersion(_) => "NoMatchingVersion",
             Error::Credentials(_) => "CredentialsError",
+            Error::PublicKeys(_) => "PublicKeyError",
+            Error::Unverified { reason, .. } => reason,
             Error::Kube(_) => "KubernetesApiError",
         }
     }

@@ -1,12 +1,14 @@
 //! Version resolution from registry metadata only: the tag list, a HEAD of the
 //! manifest, and the manifest itself when the digest is new (for the layer size and to
-//! check that the artifact has the layer the spec asks for). Payloads are never pulled.
+//! check that the artifact has the layer the spec asks for); under `spec.verify`, the
+//! release's cosign signature (small payloads and bundles). Payloads are never pulled.
 
 use futures::future::BoxFuture;
 use oci_client::client::ClientProtocol;
 use oci_client::secrets::RegistryAuth;
 use oci_client::Client;
 use updraft_core::config::ArtifactConfig;
+use updraft_core::cosign::{Verified, Verifier, VerifyError};
 use updraft_core::oci::{self, pull_image_manifest, select_layer, OciError};
 use updraft_core::version::{resolve_latest, ResolveError, Rule};
 use updraft_crds::channel::VersionPolicy;
@@ -23,6 +25,9 @@ pub(crate) struct ResolveRequest<'a> {
     /// What status says now: when the digest is unchanged, its size is reused and the
     /// manifest is not fetched again.
     pub known: Option<&'a ResolvedVersion>,
+    /// Under `spec.verify`: the keys a release's signature must verify with before it
+    /// may be pinned.
+    pub verifier: Option<&'a Verifier>,
 }
 
 /// A resolved artifact.
@@ -32,6 +37,8 @@ pub(crate) struct Resolution {
     pub tag: String,
     pub digest: String,
     pub size: Option<i64>,
+    /// The signature that verified, under `spec.verify`.
+    pub verified: Option<Verified>,
 }
 
 /// Resolves a channel's version. Behind a trait so a unit test can stand in for the
@@ -74,6 +81,27 @@ impl OciResolver {
     }
 
     async fn resolve_now(&self, request: ResolveRequest<'_>) -> Result<Resolution> {
+        let resolution = self.resolve_unverified(&request).await?;
+        let Some(verifier) = request.verifier else { return Ok(resolution) };
+        let source = request.source;
+        let release = || match resolution.tag.as_str() {
+            "" => format!("{} ({})", resolution.version, resolution.digest),
+            tag => format!("{} (tag {tag}, {})", resolution.version, resolution.digest),
+        };
+        let client = self.client(source);
+        let verified = verifier
+            .verify(client, &source.registry, &source.repository, &request.auth, &resolution.digest)
+            .await
+            .map_err(|e| match e {
+                VerifyError::Registry(e) => {
+                    Error::RegistryUnreachable(format!("{}: verifying {}: {e}", source.reference(), release()))
+                }
+                e => Error::Unverified { reason: e.reason(), message: format!("{} is not pinned: {e}", release()) },
+            })?;
+        Ok(Resolution { verified: Some(verified), ..resolution })
+    }
+
+    async fn resolve_unverified(&self, request: &ResolveRequest<'_>) -> Result<Resolution> {
         let (source, policy) = (request.source, request.policy);
         let client = self.client(source);
         let rule = Rule {
@@ -92,7 +120,8 @@ impl OciResolver {
         let digest = resolved.digest.clone();
         let tag = resolved.tag.clone();
         if let Some(known) = request.known.filter(|k| k.digest == digest && (tag.is_empty() || k.tag == tag)) {
-            return Ok(Resolution { version: known.version.clone(), tag: known.tag.clone(), digest, size: known.size });
+            let (version, tag, size) = (known.version.clone(), known.tag.clone(), known.size);
+            return Ok(Resolution { version, tag, digest, size, verified: None });
         }
         let (size, annotated_version) =
             self.layer_size(client, source, &request.auth, &digest, &request.artifact).await?;
@@ -101,7 +130,7 @@ impl OciResolver {
             (None, false) => tag.clone(),
             (None, true) => annotated_version.unwrap_or_else(|| resolved.display_version()),
         };
-        Ok(Resolution { version, tag, digest, size: Some(size) })
+        Ok(Resolution { version, tag, digest, size: Some(size), verified: None })
     }
 
     /// Size of the selected layer of the manifest at `digest` (following an image index

@@ -62,11 +62,18 @@ pub(crate) struct Failure {
     pub message: String,
     /// The source could not be reached (rather than answering something unusable).
     pub unreachable: bool,
+    /// The release's signature did not verify (what `Verified=False` reports).
+    pub unverified: bool,
 }
 
 impl From<&Error> for Failure {
     fn from(e: &Error) -> Self {
-        Self { reason: e.reason(), message: e.to_string(), unreachable: matches!(e, Error::RegistryUnreachable(_)) }
+        Self {
+            reason: e.reason(),
+            message: e.to_string(),
+            unreachable: matches!(e, Error::RegistryUnreachable(_)),
+            unverified: matches!(e, Error::Unverified { .. }),
+        }
     }
 }
 
