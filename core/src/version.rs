@@ -12,6 +12,7 @@ use oci_client::Client;
 use semver::{Version, VersionReq};
 use serde::{Deserialize, Serialize};
 
+use crate::cosign::VerifyConfig;
 use crate::oci::{self, OciError};
 
 /// Standalone resolution policy for a channel in `gateway.yaml`.
@@ -33,6 +34,10 @@ pub struct VersionPolicy {
     /// How often to list tags, e.g. `30s`, `5m`, `1h`. Default `5m`.
     #[serde(default = "default_interval")]
     pub interval: String,
+    /// Pin a resolved release only when its cosign signature verifies with one of these
+    /// keys; otherwise the channel keeps what it has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<VerifyConfig>,
 }
 
 impl Default for VersionPolicy {
@@ -43,14 +48,19 @@ impl Default for VersionPolicy {
             allow_v_prefix: true,
             pin: None,
             interval: default_interval(),
+            verify: None,
         }
     }
 }
 
 impl VersionPolicy {
+    /// Checks the rule and the interval, and reads the verification keys.
     pub fn validate(&self) -> Result<(), String> {
         self.rule().validate()?;
         parse_duration(&self.interval)?;
+        if let Some(verify) = &self.verify {
+            verify.verifier().map_err(|e| format!("verify: {e}"))?;
+        }
         Ok(())
     }
 

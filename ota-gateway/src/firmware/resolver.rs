@@ -1,6 +1,7 @@
 //! Standalone mode: channels with a version `policy` instead of a pinned digest get
 //! their `current` from the registry's tags, with the resolver the operator uses
-//! ([`resolve_latest`]).
+//! ([`resolve_latest`]); under `policy.verify`, only once its cosign signature verifies,
+//! with the verifier the operator uses ([`updraft_core::cosign`]).
 //!
 //! One task per live snapshot starts each of its policy channels' resolutions on the
 //! channel's interval (each resolution runs on its own, so a slow registry holds up
@@ -12,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use super::{Channel, Firmware, Snapshot};
 use updraft_core::config::PinnedArtifact;
-use updraft_core::oci;
+use updraft_core::cosign::{KeyError, VerifyError};
+use updraft_core::oci::{self, OciError};
 use updraft_core::version::{parse_duration, resolve_latest, ResolveError};
 
 /// Interval of a policy whose own does not parse (validation refuses those).
@@ -63,14 +65,45 @@ fn claim(channel: &Channel, now: Instant) -> bool {
 
 async fn resolve_logged(firmware: &Firmware, channel: &Channel) {
     if let Err(reason) = resolve_once(firmware, channel).await {
-        firmware.inner.metrics.registry_result(&channel.config.source.registry, false);
+        if reason.is_registry() {
+            firmware.inner.metrics.registry_result(&channel.config.source.registry, false);
+        }
         tracing::warn!(channel = %channel.name(), %reason, "cannot resolve the channel's version; keeping what it has");
     }
 }
 
-/// Resolves the channel's policy and, when the result is new, makes it the channel's
-/// `current`: pinned in the cache and fetched at once.
-async fn resolve_once(firmware: &Firmware, channel: &Channel) -> Result<(), ResolveError> {
+/// Why a standalone resolution left the channel as it was.
+#[derive(Debug, thiserror::Error)]
+enum StandaloneError {
+    #[error(transparent)]
+    Resolve(#[from] ResolveError),
+    #[error("verification keys: {0}")]
+    Keys(#[from] KeyError),
+    /// The newest release's signature did not verify: it is not pinned.
+    #[error("{version} ({digest}) is not pinned: {error}")]
+    Unverified { version: String, digest: String, error: VerifyError },
+}
+
+impl StandaloneError {
+    fn is_registry(&self) -> bool {
+        match self {
+            StandaloneError::Resolve(ResolveError::Registry(_)) => true,
+            StandaloneError::Unverified { error, .. } => error.is_transient(),
+            _ => false,
+        }
+    }
+}
+
+impl From<OciError> for StandaloneError {
+    fn from(e: OciError) -> Self {
+        StandaloneError::Resolve(e.into())
+    }
+}
+
+/// Resolves the channel's policy and, when the result is new (and, under
+/// `policy.verify`, signed), makes it the channel's `current`: pinned in the cache and
+/// fetched at once.
+async fn resolve_once(firmware: &Firmware, channel: &Channel) -> Result<(), StandaloneError> {
     let Some(policy) = channel.config.policy.as_ref() else { return Ok(()) };
     let source = &channel.config.source;
     let client = firmware.inner.fetcher.client();
@@ -78,6 +111,19 @@ async fn resolve_once(firmware: &Firmware, channel: &Channel) -> Result<(), Reso
     let resolved = resolve_latest(&client, &source.registry, &source.repository, &auth, policy.rule()).await?;
     firmware.inner.metrics.registry_result(&source.registry, true);
     let pinned = PinnedArtifact { version: resolved.display_version(), tag: resolved.tag, digest: resolved.digest };
+    let current = channel.releases().current.map(|c| c.pinned.digest.clone());
+    if let Some(verify) = policy.verify.as_ref().filter(|_| current.as_deref() != Some(pinned.digest.as_str())) {
+        let verifier = verify.verifier()?;
+        let verified = verifier
+            .verify(&client, &source.registry, &source.repository, &auth, &pinned.digest)
+            .await
+            .map_err(|error| StandaloneError::Unverified {
+                version: pinned.version.clone(),
+                digest: pinned.digest.clone(),
+                error,
+            })?;
+        tracing::info!(channel = %channel.name(), digest = %pinned.digest, key = %verified.key, scheme = %verified.scheme, "signature verified");
+    }
     if channel.advance(pinned.clone()) {
         tracing::info!(channel = %channel.name(), version = %pinned.version, digest = %pinned.digest, "resolved a new version");
         firmware.repin();
