@@ -57,6 +57,12 @@ pub struct GatewayConfig {
     /// and CI over webhooks. Omitted from the file while empty.
     #[serde(default, skip_serializing_if = "NotificationsConfig::is_empty")]
     pub notifications: NotificationsConfig,
+    /// Artifact stores (filuxe-compatible), each at the root of its own listener.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stores: Vec<StoreConfig>,
+    /// Forwarders from a source to a destination, run by the one `--mirror` worker.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mirrors: Vec<MirrorConfig>,
 }
 
 impl Default for GatewayConfig {
@@ -71,6 +77,8 @@ impl Default for GatewayConfig {
             channels: Vec::new(),
             sendfile: true,
             notifications: NotificationsConfig::default(),
+            stores: Vec::new(),
+            mirrors: Vec::new(),
         }
     }
 }
@@ -232,6 +240,146 @@ pub struct PinnedArtifact {
     pub digest: String,
 }
 
+/// An artifact store: a filuxe-compatible HTTP file store at the root of its own
+/// listener (filuxe's client builds URLs from a host and a port only).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Unique name (metrics label, messages).
+    pub name: String,
+    /// Listener of this store, e.g. `0.0.0.0:8081`. Changes take effect on restart.
+    pub listen: String,
+    /// Directory holding the files (the store volume). Its `.updraft/` subdirectory
+    /// holds partial uploads and checksums and is never served.
+    pub dir: PathBuf,
+    /// The write key, inline (for hand-written configs). Set this or `writeKeyFile`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_key: Option<String>,
+    /// A file whose content (trimmed) is the write key, e.g. a mounted Secret; re-read
+    /// when it changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_key_file: Option<PathBuf>,
+    /// Whether downloads and listings need no key. Default true. When false they need
+    /// the read key (`readKeyFile`) or the write key.
+    #[serde(default = "default_true", skip_serializing_if = "is_true")]
+    pub public_reads: bool,
+    /// A file whose content (trimmed) is the read key, for `publicReads: false`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_key_file: Option<PathBuf>,
+    /// Largest file an upload may create, in bytes. Default 16 GiB.
+    #[serde(default = "default_max_upload")]
+    pub max_upload_bytes: u64,
+}
+
+/// One forwarder: what to copy from `source` to `destination`, under which rules.
+/// Run by the gateway's single `--mirror` worker, never by serving replicas.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MirrorConfig {
+    /// Unique name (the ArtifactMirror's `namespace/name` when rendered by the operator).
+    pub name: String,
+    pub source: MirrorEndpoint,
+    pub destination: MirrorEndpoint,
+    /// Glob patterns (`*`, `?`, `**`) of names to forward: file paths in a store, tags
+    /// in a repository. Default: all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub include: Vec<String>,
+    /// Glob patterns of names never to forward; wins over `include`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<String>,
+    /// How versions (and products) are read from names, and which versions to forward.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<VersionFilter>,
+    /// What to keep at the destination. Deletions happen only at the destination.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<RetentionConfig>,
+    /// Time between passes, e.g. `30s`, `10m`. Default `10m`.
+    #[serde(default = "default_mirror_interval")]
+    pub interval: String,
+    /// Nothing is compared, copied or deleted.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub suspend: bool,
+    /// Passes compute and report what they would copy and delete, and change nothing.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub dry_run: bool,
+}
+
+/// One side of a mirror: exactly one of `oci` and `http`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MirrorEndpoint {
+    /// An OCI repository.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oci: Option<SourceConfig>,
+    /// A filuxe-compatible artifact store (another gateway's store, a filuxe server).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpStoreConfig>,
+}
+
+/// A filuxe-compatible HTTP artifact store.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpStoreConfig {
+    /// Base URL, e.g. `http://lan-gateway:8081` (a path prefix is allowed).
+    pub url: String,
+    /// Optional directory inside the store to mirror, e.g. `releases`. Default: all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// File holding the store's key (sent as filuxe's `key` header): the write key
+    /// at a destination, the read key at a source whose reads are not public.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+}
+
+/// How a name yields a version and a group (product), in filuxe's terms, and which
+/// versions are forwarded.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VersionFilter {
+    /// Regex whose first capture group is the version (filuxe's `version`), e.g.
+    /// `:(\d+\.\d+\.\d+):`. Default: the first `MAJOR.MINOR.PATCH[-pre]` in the name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<String>,
+    /// Regexes tried in order; the captures of the first that matches, joined by `:`,
+    /// name the group (filuxe's `group`). Names no regex matches form the group
+    /// `ungrouped`. Default: the name with its version cut out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+    /// Semver range the version must satisfy, e.g. `>=1.2, <2`. Default: any. Names
+    /// without a version are not forwarded when a range is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub range: Option<String>,
+    /// Whether pre-releases satisfy the range.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub prerelease: bool,
+}
+
+/// Retention at the destination; an artifact is kept when either rule keeps it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Keep the newest N versions of each group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_last: Option<u32>,
+    /// Keep artifacts younger than this (by file time), e.g. `720h`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<String>,
+}
+
+impl MirrorEndpoint {
+    /// `oci://registry/repository` or the store URL, for messages and metric labels.
+    pub fn describe(&self) -> String {
+        match (&self.oci, &self.http) {
+            (Some(oci), _) => format!("oci://{}/{}", oci.registry, oci.repository),
+            (None, Some(http)) => match &http.path {
+                Some(path) => format!("{}/{}", http.url.trim_end_matches('/'), path.trim_matches('/')),
+                None => http.url.clone(),
+            },
+            (None, None) => "(none)".into(),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
@@ -320,7 +468,87 @@ impl GatewayConfig {
                 return invalid(format!("channel {:?}: unpack tar needs artifact.path", c.name));
             }
         }
-        self.notifications.validate()
+        self.notifications.validate()?;
+        self.validate_stores()?;
+        self.validate_mirrors()
+    }
+
+    fn validate_stores(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        let mut names = std::collections::HashSet::new();
+        let mut listens: std::collections::HashSet<&str> =
+            [self.listen.as_str(), self.admin_listen.as_str()].into_iter().collect();
+        for s in &self.stores {
+            if s.name.is_empty() || !names.insert(s.name.as_str()) {
+                return invalid(format!("store name {:?} is empty or appears twice", s.name));
+            }
+            if !listens.insert(s.listen.as_str()) {
+                return invalid(format!("store {:?}: listen {} is used by another listener", s.name, s.listen));
+            }
+            match (&s.write_key, &s.write_key_file) {
+                (Some(_), Some(_)) => {
+                    return invalid(format!("store {:?}: set writeKey or writeKeyFile, not both", s.name))
+                }
+                (None, None) => return invalid(format!("store {:?}: needs writeKey or writeKeyFile", s.name)),
+                (Some(k), None) if k.trim().is_empty() => {
+                    return invalid(format!("store {:?}: writeKey is empty", s.name))
+                }
+                _ => {}
+            }
+            if s.max_upload_bytes == 0 {
+                return invalid(format!("store {:?}: maxUploadBytes must be positive", s.name));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_mirrors(&self) -> Result<(), ConfigError> {
+        let mut names = std::collections::HashSet::new();
+        for m in &self.mirrors {
+            let invalid = |what: String| Err(ConfigError::Invalid(format!("mirror {:?}: {what}", m.name)));
+            if m.name.is_empty() || !names.insert(m.name.as_str()) {
+                return Err(ConfigError::Invalid(format!("mirror name {:?} is empty or appears twice", m.name)));
+            }
+            for (side, e) in [("source", &m.source), ("destination", &m.destination)] {
+                match (&e.oci, &e.http) {
+                    (Some(_), None) => {}
+                    (None, Some(http)) if http.url.starts_with("http://") || http.url.starts_with("https://") => {}
+                    (None, Some(http)) => return invalid(format!("{side}.http.url {:?} is not http(s)://", http.url)),
+                    _ => return invalid(format!("{side} needs exactly one of oci and http")),
+                }
+            }
+            if m.source == m.destination {
+                return invalid("source and destination are the same".into());
+            }
+            crate::version::parse_duration(&m.interval)
+                .map_err(|e| ConfigError::Invalid(format!("mirror {:?}: {e}", m.name)))?;
+            if let Some(v) = &m.version {
+                for re in v.regex.iter().chain(&v.groups) {
+                    if let Err(e) = regex::Regex::new(re) {
+                        return invalid(format!("regex {re:?}: {e}"));
+                    }
+                }
+                if let Some(re) = &v.regex {
+                    if regex::Regex::new(re).map(|r| r.captures_len()).unwrap_or(0) < 2 {
+                        return invalid(format!("version regex {re:?} needs a capture group (the version)"));
+                    }
+                }
+                if let Some(range) = &v.range {
+                    crate::version::parse_range(range)
+                        .map_err(|e| ConfigError::Invalid(format!("mirror {:?}: {e}", m.name)))?;
+                }
+            }
+            if let Some(r) = &m.retention {
+                if r.keep_last == Some(0) {
+                    return invalid("retention.keepLast must be at least 1".into());
+                }
+                if let Some(age) = &r.max_age {
+                    crate::version::parse_duration(age)
+                        .map_err(|e| ConfigError::Invalid(format!("mirror {:?}: {e}", m.name)))?;
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -384,6 +612,15 @@ fn default_true() -> bool {
 }
 fn is_true(b: &bool) -> bool {
     *b
+}
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+fn default_max_upload() -> u64 {
+    16 << 30
+}
+fn default_mirror_interval() -> String {
+    "10m".into()
 }
 
 #[cfg(test)]
@@ -461,6 +698,63 @@ mod tests {
         let current = GatewayConfig::parse(pinned_yaml().as_bytes()).unwrap();
         assert_eq!(current.version, CONFIG_VERSION);
         assert!(current.to_yaml().starts_with("version: 1\n"));
+    }
+
+    const STORE_AND_MIRROR: &str = r#"
+stores:
+- name: releases
+  listen: 127.0.0.1:8081
+  dir: /srv/store
+  writeKeyFile: /etc/updraft/key
+mirrors:
+- name: lan-to-wan
+  source: {http: {url: "http://lan:8081", path: releases}}
+  destination: {http: {url: "http://wan:8081", keyFile: /etc/updraft/wan-key}}
+  include: ["**/*.zip"]
+  exclude: ["**/unversioned_*"]
+  version: {regex: ':(\d+\.\d+\.\d+):', groups: ['(.*?):\d+\.\d+\.\d+:(.*)'], range: ">=1"}
+  retention: {keepLast: 2}
+  interval: 30s
+"#;
+
+    #[test]
+    fn stores_and_mirrors_parse_and_round_trip() {
+        let c = GatewayConfig::parse(STORE_AND_MIRROR.as_bytes()).unwrap();
+        c.validate().unwrap();
+        let s = &c.stores[0];
+        assert!(s.public_reads);
+        assert_eq!(s.max_upload_bytes, 16 << 30);
+        let m = &c.mirrors[0];
+        assert_eq!(m.source.http.as_ref().unwrap().path.as_deref(), Some("releases"));
+        assert_eq!(m.retention.as_ref().unwrap().keep_last, Some(2));
+        assert!(!m.dry_run && !m.suspend);
+        assert_eq!(GatewayConfig::parse(c.to_yaml().as_bytes()).unwrap(), c);
+    }
+
+    #[test]
+    fn empty_stores_and_mirrors_stay_out_of_the_file() {
+        let c = GatewayConfig::parse(pinned_yaml().as_bytes()).unwrap();
+        let yaml = c.to_yaml();
+        assert!(!yaml.contains("stores") && !yaml.contains("mirrors"), "{yaml}");
+    }
+
+    #[test]
+    fn invalid_stores_and_mirrors_are_refused() {
+        let cases = [
+            ("writeKeyFile: /etc/updraft/key", "", "needs writeKey or writeKeyFile"),
+            ("listen: 127.0.0.1:8081", "listen: 0.0.0.0:9090", "used by another listener"),
+            ("http: {url: \"http://lan:8081\", path: releases}", "http: {url: \"lan:8081\"}", "is not http(s)"),
+            ("interval: 30s", "interval: soon", "invalid duration"),
+            ("keepLast: 2", "keepLast: 0", "at least 1"),
+            ("regex: ':(\\d+\\.\\d+\\.\\d+):'", "regex: ':\\d+:'", "needs a capture group"),
+            ("range: \">=1\"", "range: \"banana\"", "invalid semver range"),
+        ];
+        for (from, to, expected) in cases {
+            assert!(STORE_AND_MIRROR.contains(from), "{from}");
+            let text = STORE_AND_MIRROR.replace(from, to);
+            let err = GatewayConfig::parse(text.as_bytes()).unwrap().validate().unwrap_err().to_string();
+            assert!(err.contains(expected), "{from} -> {to}: {err}");
+        }
     }
 
     #[test]
