@@ -24,6 +24,7 @@ pub mod reload;
 #[allow(unsafe_code)]
 pub mod sendfile;
 mod state;
+pub mod store;
 mod unpack;
 
 use std::future::IntoFuture;
@@ -66,6 +67,7 @@ pub async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
     }
     let config = updraft_core::config::GatewayConfig::load(&config_path)?;
     let (listen, admin_listen, sendfile) = (config.listen.clone(), config.admin_listen.clone(), config.sendfile);
+    let stores = config.stores.clone();
     let state = AppState::from_config(config)?;
     tokio::spawn(reload::Watcher::new(config_path, state.clone()).run());
     let public = DeviceListener::bind(&listen).await.map_err(|e| anyhow::anyhow!("listen {listen}: {e}"))?;
@@ -78,6 +80,7 @@ pub async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
     let stopped = |mut rx: tokio::sync::watch::Receiver<()>| async move {
         let _ = rx.changed().await;
     };
+    let stores = serve_stores(stores, &state, stop_rx.clone()).await?;
     let public = axum::serve(public, app(state.clone())).with_graceful_shutdown(stopped(stop_rx.clone()));
     let admin = axum::serve(admin, admin_app(state)).with_graceful_shutdown(stopped(stop_rx));
     tokio::spawn(async move {
@@ -85,10 +88,38 @@ pub async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
         tracing::info!("shutting down: finishing requests in flight");
         let _ = stop_tx.send(());
     });
-    let (a, b) = tokio::join!(public.into_future(), admin.into_future());
+    let (a, b, c) = tokio::join!(public.into_future(), admin.into_future(), futures::future::join_all(stores));
     a?;
     b?;
+    c.into_iter().collect::<Result<Vec<()>, _>>()?;
     Ok(())
+}
+
+/// Opens each configured store and binds its listener; returns the servers, each
+/// ending when `stop` fires. Store settings are read at start (a reload does not
+/// change them yet).
+async fn serve_stores(
+    stores: Vec<updraft_core::config::StoreConfig>,
+    state: &AppState,
+    stop: tokio::sync::watch::Receiver<()>,
+) -> anyhow::Result<Vec<impl std::future::Future<Output = std::io::Result<()>>>> {
+    let mut servers = Vec::new();
+    for config in stores {
+        let (name, listen) = (config.name.clone(), config.listen.clone());
+        let store = store::Store::open(config).map_err(|e| anyhow::anyhow!("store {name}: {e}"))?;
+        store.spawn_sweeper();
+        let listener =
+            DeviceListener::bind(&listen).await.map_err(|e| anyhow::anyhow!("store {name}: listen {listen}: {e}"))?;
+        tracing::info!(store = name, %listen, "serving an artifact store");
+        let metrics = state.metrics().clone();
+        let router = store::router(store).layer(axum::middleware::from_fn_with_state(metrics, metrics::track));
+        let mut stop = stop.clone();
+        let stopped = async move {
+            let _ = stop.changed().await;
+        };
+        servers.push(axum::serve(listener, router).with_graceful_shutdown(stopped).into_future());
+    }
+    Ok(servers)
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

@@ -1,0 +1,268 @@
+//! The artifact store: an HTTP file store compatible with filuxe's web server, so its
+//! CLI, its forwarder and the scripts around them work unchanged.
+//!
+//! Each configured store answers at the root of its own listener (filuxe's client
+//! builds URLs from a host and a port only):
+//!
+//! ```text
+//! POST /upload/<path>?time=<epoch>&force=<bool>[&sha256=<hex>]   201, 403 when it exists
+//!      whole body, or chunks with Content-Range: bytes FROM-TO/SIZE
+//! GET|HEAD /download/<path>     Range, ETag (the SHA-256), If-None-Match
+//! GET /delete/<path>            200 or 404 (filuxe deletes with a GET; DELETE works too)
+//! GET /filelist/<path>?recursive=<bool>   filuxe's JSON, plus each file's sha256 when known
+//! GET /stats, GET /api/status
+//! ```
+//!
+//! Writes need the store's write key; reads are public unless the store says
+//! otherwise ([`auth`]). Files live in the store's directory (the store volume, shared
+//! by the replicas); uploads become visible only when complete ([`upload`]); paths are
+//! checked against traversal and symlink escapes ([`path`]). Files must only change
+//! through the store, or be replaced by rename: downloads map them, as the cache does.
+
+mod auth;
+mod error;
+mod files;
+mod path;
+mod sums;
+mod upload;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+
+pub use error::StoreError;
+use updraft_core::config::StoreConfig;
+
+use auth::{Access, Keys};
+use files::Mappings;
+use path::StorePath;
+use upload::{Chunk, Options, Stored, Uploads};
+
+/// One store's live state; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: StoreConfig,
+    /// The canonical store directory.
+    root: std::path::PathBuf,
+    keys: Keys,
+    uploads: Uploads,
+    mappings: Mappings,
+}
+
+impl Store {
+    /// Opens (creating) the store's directory.
+    pub fn open(config: StoreConfig) -> std::io::Result<Self> {
+        std::fs::create_dir_all(&config.dir)?;
+        let root = config.dir.canonicalize()?;
+        let uploads = Uploads::new(&root, config.max_upload_bytes)?;
+        let removed = uploads.sweep(upload::ABANDONED);
+        if removed > 0 {
+            tracing::info!(store = config.name, removed, "removed abandoned uploads");
+        }
+        let keys = Keys::new(&config);
+        Ok(Self { inner: Arc::new(Inner { config, root, keys, uploads, mappings: Mappings::default() }) })
+    }
+
+    pub fn config(&self) -> &StoreConfig {
+        &self.inner.config
+    }
+
+    /// Removes abandoned uploads every hour while the store lives.
+    pub fn spawn_sweeper(&self) {
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                let Some(inner) = weak.upgrade() else { return };
+                let _ = tokio::task::spawn_blocking(move || inner.uploads.sweep(upload::ABANDONED)).await;
+            }
+        });
+    }
+}
+
+/// The store's routes, at the root.
+pub fn router(store: Store) -> Router {
+    Router::new()
+        .route("/upload/{*path}", post(upload).layer(DefaultBodyLimit::disable()))
+        .route("/download/{*path}", get(download))
+        .route("/delete/{*path}", get(delete).delete(delete))
+        .route("/filelist", get(list_root))
+        .route("/filelist/", get(list_root))
+        .route("/filelist/{*path}", get(list))
+        .route("/stats", get(stats))
+        .route("/api/status", get(status))
+        .with_state(store)
+}
+
+/// Parses filuxe's booleans (Python's `True`/`False` as sent by requests, and the usual
+/// spellings).
+fn flag(value: Option<&str>, name: &str) -> Result<bool, StoreError> {
+    match value.map(str::to_ascii_lowercase).as_deref() {
+        None | Some("") | Some("false") | Some("0") | Some("no") | Some("off") => Ok(false),
+        Some("true") | Some("1") | Some("yes") | Some("on") => Ok(true),
+        Some(other) => Err(StoreError::BadRequest(format!("{name}={other:?} is not a boolean"))),
+    }
+}
+
+/// The query of an upload (decoded by hand: filuxe sends Python spellings).
+fn upload_options(query: Option<&str>, headers: &HeaderMap) -> Result<Options, StoreError> {
+    let pairs: Vec<(String, String)> = match query {
+        Some(q) => query_pairs(q)?,
+        None => Vec::new(),
+    };
+    let get = |k: &str| pairs.iter().rev().find(|(name, _)| name == k).map(|(_, v)| v.as_str());
+    let time = match get("time") {
+        None | Some("") => None,
+        Some(t) => match t.parse::<f64>() {
+            Ok(t) if t.is_finite() && t >= 0.0 && t < 1e11 => Some(t),
+            _ => return Err(StoreError::BadRequest(format!("time={t:?} is not seconds since the epoch"))),
+        },
+    };
+    let sha256 = get("sha256")
+        .map(str::to_owned)
+        .or_else(|| headers.get("x-checksum-sha256").and_then(|v| v.to_str().ok()).map(|v| v.trim().to_owned()));
+    if let Some(sum) = &sha256 {
+        if sum.len() != 64 || !sum.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(StoreError::BadRequest(format!("sha256 {sum:?} is not 64 hex digits")));
+        }
+    }
+    Ok(Options { time, force: flag(get("force"), "force")?, sha256: sha256.map(|s| s.to_ascii_lowercase()) })
+}
+
+fn query_pairs(query: &str) -> Result<Vec<(String, String)>, StoreError> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let decode = |s: &str| {
+                percent_encoding::percent_decode_str(&s.replace('+', " "))
+                    .decode_utf8()
+                    .map(|c| c.into_owned())
+                    .map_err(|_| StoreError::BadRequest("query is not UTF-8".into()))
+            };
+            Ok((decode(k)?, decode(v)?))
+        })
+        .collect()
+}
+
+#[tracing::instrument(level = "debug", skip_all, fields(path = %raw))]
+async fn upload(
+    State(store): State<Store>,
+    Path(raw): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, StoreError> {
+    let inner = &store.inner;
+    inner.keys.check(&headers, Access::Write)?;
+    let path = StorePath::parse(&raw, false)?;
+    let options = upload_options(query.as_deref(), &headers)?;
+    let stored = match headers.get(header::CONTENT_RANGE) {
+        Some(value) => {
+            let value = value.to_str().map_err(|_| StoreError::BadRequest("Content-Range is not ASCII".into()))?;
+            let chunk = Chunk::parse(value)?;
+            inner.uploads.chunk(&path, chunk, &options, body).await.map_err(|e| match e {
+                StoreError::TooLarge { .. } if chunk.size <= inner.config.max_upload_bytes => {
+                    StoreError::BadRequest(format!("chunk body is longer than Content-Range {value}"))
+                }
+                other => other,
+            })?
+        }
+        None => {
+            let declared =
+                headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+            inner.uploads.whole(&path, declared, &options, body).await?
+        }
+    };
+    if stored == Stored::Committed {
+        inner.mappings.forget(&path);
+    }
+    Ok(StatusCode::CREATED.into_response())
+}
+
+#[tracing::instrument(level = "debug", skip_all, fields(path = %raw))]
+async fn download(
+    State(store): State<Store>,
+    Path(raw): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, StoreError> {
+    let inner = &store.inner;
+    inner.keys.check(&headers, Access::Read)?;
+    let path = StorePath::parse(&raw, false)?;
+    let mapped = inner.mappings.get(&inner.root, &path).await?;
+    files::respond(&headers, &mapped)
+}
+
+#[tracing::instrument(level = "debug", skip_all, fields(path = %raw))]
+async fn delete(
+    State(store): State<Store>,
+    Path(raw): Path<String>,
+    headers: HeaderMap,
+) -> Result<StatusCode, StoreError> {
+    store.inner.keys.check(&headers, Access::Write)?;
+    let path = StorePath::parse(&raw, false)?;
+    let inner = store.inner.clone();
+    let path2 = path.clone();
+    tokio::task::spawn_blocking(move || files::delete(&inner.root, &path2))
+        .await
+        .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
+    store.inner.mappings.forget(&path);
+    tracing::info!(path = path.as_str(), "deleted");
+    Ok(StatusCode::OK)
+}
+
+async fn list_root(
+    State(store): State<Store>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Json<files::Listing>, StoreError> {
+    list_at(store, String::new(), query, headers).await
+}
+
+async fn list(
+    State(store): State<Store>,
+    Path(raw): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Json<files::Listing>, StoreError> {
+    list_at(store, raw, query, headers).await
+}
+
+#[tracing::instrument(level = "debug", skip_all, fields(path = %raw))]
+async fn list_at(
+    store: Store,
+    raw: String,
+    query: Option<String>,
+    headers: HeaderMap,
+) -> Result<Json<files::Listing>, StoreError> {
+    store.inner.keys.check(&headers, Access::Read)?;
+    let path = StorePath::parse(&raw, true)?;
+    let pairs = query_pairs(query.as_deref().unwrap_or(""))?;
+    let recursive = flag(pairs.iter().rev().find(|(k, _)| k == "recursive").map(|(_, v)| v.as_str()), "recursive")?;
+    let inner = store.inner.clone();
+    let listing = tokio::task::spawn_blocking(move || files::list(&inner.root, &path, recursive))
+        .await
+        .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
+    Ok(Json(listing))
+}
+
+/// filuxe's `/stats`: the server version (its forwarder logs it).
+async fn stats() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "version": env!("CARGO_PKG_VERSION"), "server": "updraft" }))
+}
+
+/// filuxe's `/api/status`.
+async fn status() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ready" }))
+}

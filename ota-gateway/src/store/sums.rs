@@ -1,0 +1,94 @@
+//! SHA-256 of stored files, computed once and kept beside them.
+//!
+//! Each file's checksum lives in `.updraft/sums/<sha256 of its path>` together with
+//! the file's inode, size and modification time. A checksum is trusted only while all
+//! three still match, so a file replaced or touched behind the store's back is hashed
+//! again instead of being announced with a stale ETag.
+
+use std::fs::{self, File, Metadata};
+use std::io::{self, Read};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::path::{StorePath, RESERVED};
+
+/// What identifies one version of a file on disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stamp {
+    pub ino: u64,
+    pub size: u64,
+    pub mtime_ns: i64,
+}
+
+impl Stamp {
+    pub fn of(meta: &Metadata) -> Self {
+        Self { ino: meta.ino(), size: meta.len(), mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec() }
+    }
+
+    /// The modification time as filuxe reports it: float seconds since the epoch.
+    pub fn time(&self) -> f64 {
+        self.mtime_ns as f64 / 1e9
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Record {
+    path: String,
+    stamp: Stamp,
+    sha256: String,
+}
+
+fn record_path(root: &Path, path: &StorePath) -> PathBuf {
+    let name = hex::encode(Sha256::digest(path.as_str().as_bytes()));
+    root.join(RESERVED).join("sums").join(name)
+}
+
+/// The recorded checksum of `path`, if it was recorded for exactly this `stamp`.
+pub fn read(root: &Path, path: &StorePath, stamp: Stamp) -> Option<String> {
+    let record: Record = serde_json::from_slice(&fs::read(record_path(root, path)).ok()?).ok()?;
+    (record.stamp == stamp && record.path == path.as_str()).then_some(record.sha256)
+}
+
+/// Records the checksum of `path` at `stamp` (a cache: written without fsync, checked
+/// against the stamp when read).
+pub fn write(root: &Path, path: &StorePath, stamp: Stamp, sha256: &str) -> io::Result<()> {
+    let target = record_path(root, path);
+    let tmp = target.with_extension(format!("tmp{}", std::process::id()));
+    let record = Record { path: path.as_str().to_owned(), stamp, sha256: sha256.to_owned() };
+    fs::write(&tmp, serde_json::to_vec(&record).expect("record serializes"))?;
+    fs::rename(tmp, target)
+}
+
+/// Forgets the checksum of `path`.
+pub fn remove(root: &Path, path: &StorePath) {
+    let _ = fs::remove_file(record_path(root, path));
+}
+
+/// SHA-256 (hex) of everything `file` holds from its current position.
+pub fn hash(mut file: impl Read) -> io::Result<String> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match file.read(&mut buf)? {
+            0 => return Ok(hex::encode(hasher.finalize())),
+            n => hasher.update(&buf[..n]),
+        }
+    }
+}
+
+/// The checksum of the open `file` found at `path`, from the record or computed (and
+/// then recorded). Blocking.
+pub fn of_file(root: &Path, path: &StorePath, file: &File) -> io::Result<(Stamp, String)> {
+    let stamp = Stamp::of(&file.metadata()?);
+    if let Some(sum) = read(root, path, stamp) {
+        return Ok((stamp, sum));
+    }
+    let sum = hash(file.try_clone()?)?;
+    if let Err(e) = write(root, path, stamp, &sum) {
+        tracing::debug!(error = %e, "cannot record a checksum");
+    }
+    Ok((stamp, sum))
+}

@@ -1,0 +1,675 @@
+//! Uploads: a whole body, or filuxe's chunks (`Content-Range: bytes FROM-TO/SIZE`).
+//!
+//! Nothing is visible at a file's path until it is complete and checked. A whole body
+//! streams into `.updraft/tmp/`. Chunks are written at their offsets into one partial
+//! file per target, `.updraft/partial/<id>/data`, and each chunk, once written, leaves
+//! a marker `ranges/FROM-TO` beside it; `info.json` says which file (path, size, time)
+//! the partial assembles. Because all of it lives on the store volume, chunks that
+//! reach different replicas sharing the volume still assemble. When the markers cover
+//! the whole size, the request that completed it takes the partial over (one atomic
+//! rename, so only one replica commits), checks the size and the SHA-256 the client
+//! announced (`?sha256=` or `X-Checksum-Sha256`), syncs the data, sets its time, and
+//! renames it into place (or hard-links it, refusing an existing file, without
+//! `force`). A crash at any point leaves the old file or the new one, never a part.
+//!
+//! Chunks may come in any order. The same chunk sent again is accepted without
+//! rewriting (a retry, or a restarted upload of the same file); a chunk that
+//! overlaps another differently is refused; a chunk for a different file (other size
+//! or time) restarts the partial when it starts at byte 0 and is refused otherwise.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use axum::body::Body;
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::error::StoreError;
+use super::path::{self, StorePath, RESERVED};
+use super::sums::{self, Stamp};
+
+/// Body bytes gathered before one positioned write.
+const WRITE_BUFFER: usize = 1 << 20;
+
+/// Partial uploads untouched for this long are removed.
+pub const ABANDONED: Duration = Duration::from_secs(24 * 3600);
+
+/// `Content-Range: bytes FROM-TO/SIZE` of a chunk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Chunk {
+    pub from: u64,
+    pub to: u64,
+    pub size: u64,
+}
+
+impl Chunk {
+    /// Parses a Content-Range header value of an upload.
+    pub fn parse(value: &str) -> Result<Self, StoreError> {
+        let bad = || StoreError::BadRequest(format!("Content-Range {value:?} is not `bytes FROM-TO/SIZE`"));
+        let spec = value.trim().strip_prefix("bytes ").ok_or_else(bad)?;
+        let (span, size) = spec.split_once('/').ok_or_else(bad)?;
+        let (from, to) = span.split_once('-').ok_or_else(bad)?;
+        let num = |s: &str| s.trim().parse::<u64>().map_err(|_| bad());
+        let chunk = Chunk { from: num(from)?, to: num(to)?, size: num(size)? };
+        if chunk.from > chunk.to || chunk.to >= chunk.size {
+            return Err(StoreError::BadRequest(format!("Content-Range {value:?} does not lie inside the file")));
+        }
+        Ok(chunk)
+    }
+
+    fn len(&self) -> u64 {
+        self.to - self.from + 1
+    }
+}
+
+/// What the client asked besides the bytes.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// File time (seconds since the epoch) to set; 0 or absent leaves the upload time.
+    pub time: Option<f64>,
+    /// Replace an existing file.
+    pub force: bool,
+    /// Expected SHA-256 (hex) of the whole file.
+    pub sha256: Option<String>,
+}
+
+/// Which file a partial assembles.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct Info {
+    path: String,
+    size: u64,
+    time: Option<f64>,
+}
+
+/// What this process knows of one partial (a cache of the markers, plus the hash of
+/// the bytes received in order so far).
+struct Tracked {
+    info: Info,
+    /// from → to (inclusive).
+    ranges: BTreeMap<u64, u64>,
+    /// SHA-256 of bytes `0..n` when this process saw them in order.
+    hashed: Option<(u64, Sha256)>,
+}
+
+impl Tracked {
+    fn covers(&self, size: u64) -> bool {
+        let mut next = 0;
+        for (&from, &to) in &self.ranges {
+            if from > next {
+                return false;
+            }
+            next = next.max(to + 1);
+        }
+        next >= size
+    }
+
+    fn contiguous_before(&self, offset: u64) -> bool {
+        let mut next = 0;
+        for (&from, &to) in self.ranges.range(..offset) {
+            if from > next {
+                return false;
+            }
+            next = next.max(to + 1);
+        }
+        next >= offset
+    }
+
+    /// Exactly this range is recorded (a retry), some other overlaps it (a conflict),
+    /// or it is new.
+    fn overlap(&self, chunk: &Chunk) -> Overlap {
+        if self.ranges.get(&chunk.from) == Some(&chunk.to) {
+            return Overlap::Same;
+        }
+        let clash = self.ranges.range(..=chunk.to).next_back().is_some_and(|(_, &to)| to >= chunk.from);
+        if clash {
+            Overlap::Conflict
+        } else {
+            Overlap::None
+        }
+    }
+}
+
+enum Overlap {
+    None,
+    Same,
+    Conflict,
+}
+
+/// Uploads into one store.
+pub struct Uploads {
+    root: PathBuf,
+    max_bytes: u64,
+    tracked: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Tracked>>>>>,
+}
+
+/// The result of a successful upload request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Stored {
+    /// The file is complete and in place.
+    Committed,
+    /// The chunk is kept; the file is not complete yet.
+    Partial,
+}
+
+impl Uploads {
+    /// Uploads into the store at `root` (canonical), creating its own directories.
+    pub fn new(root: &Path, max_bytes: u64) -> std::io::Result<Self> {
+        for sub in ["partial", "tmp", "committing", "sums"] {
+            fs::create_dir_all(root.join(RESERVED).join(sub))?;
+        }
+        Ok(Self { root: root.to_owned(), max_bytes, tracked: Mutex::default() })
+    }
+
+    fn own(&self, sub: &str) -> PathBuf {
+        self.root.join(RESERVED).join(sub)
+    }
+
+    /// Removes partial uploads and temp files nobody touched for `older_than` (other
+    /// replicas may be writing younger ones). Returns how many were removed.
+    pub fn sweep(&self, older_than: Duration) -> usize {
+        let mut removed = 0;
+        let now = SystemTime::now();
+        for sub in ["partial", "tmp", "committing"] {
+            let Ok(entries) = fs::read_dir(self.own(sub)) else { continue };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let touched = newest_mtime(&path);
+                if now.duration_since(touched).unwrap_or_default() >= older_than {
+                    tracing::info!(path = %path.display(), "removing an abandoned upload");
+                    let _ = fs::remove_dir_all(&path).or_else(|_| fs::remove_file(&path));
+                    removed += 1;
+                }
+            }
+        }
+        self.tracked.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        removed
+    }
+
+    /// Stores a whole body at `path`.
+    pub async fn whole(
+        &self,
+        path: &StorePath,
+        declared: Option<u64>,
+        options: &Options,
+        body: Body,
+    ) -> Result<Stored, StoreError> {
+        if let Some(len) = declared {
+            self.check_size(len)?;
+        }
+        let target = self.target(path, options)?;
+        let tmp = self.own("tmp").join(format!("{}-{}", std::process::id(), unique()));
+        let file = OpenOptions::new().create_new(true).read(true).write(true).open(&tmp).map_err(StoreError::io)?;
+        let _cleanup = RemoveOnDrop(tmp.clone());
+        let limit = declared.unwrap_or(self.max_bytes).min(self.max_bytes);
+        let (file, written, hasher) = write_body(file, 0, body, limit, Some(Sha256::new())).await.map_err(|e| {
+            if matches!(e, StoreError::TooLarge { .. }) {
+                StoreError::TooLarge { size: limit + 1, limit: self.max_bytes }
+            } else {
+                e
+            }
+        })?;
+        if declared.is_some_and(|len| len != written) {
+            return Err(StoreError::BadRequest(format!("body has {written} bytes, Content-Length said {declared:?}")));
+        }
+        let sha256 = hex::encode(hasher.expect("hashing").finalize());
+        let root = self.root.clone();
+        let (path, options) = (path.clone(), options.clone());
+        blocking(move || commit(&root, &path, &target, &tmp, file, &sha256, &options)).await
+    }
+
+    /// Stores one chunk of the file at `path`.
+    pub async fn chunk(
+        &self,
+        path: &StorePath,
+        chunk: Chunk,
+        options: &Options,
+        body: Body,
+    ) -> Result<Stored, StoreError> {
+        self.check_size(chunk.size)?;
+        self.target(path, options)?;
+        let id = hex::encode(&Sha256::digest(path.as_str().as_bytes())[..20]);
+        let slot = self.tracked.lock().unwrap_or_else(|e| e.into_inner()).entry(id.clone()).or_default().clone();
+        let mut guard = slot.lock().await;
+        let dir = self.own("partial").join(&id);
+        let info = Info { path: path.as_str().to_owned(), size: chunk.size, time: options.time };
+        let tracked = match guard.take() {
+            Some(t) if t.info == info => t,
+            _ => {
+                blocking({
+                    let (dir, info) = (dir.clone(), info.clone());
+                    move || load_or_start(&dir, &info, chunk.from == 0)
+                })
+                .await?
+            }
+        };
+        let tracked = guard.insert(tracked);
+        match tracked.overlap(&chunk) {
+            Overlap::Conflict => {
+                return Err(StoreError::Conflict(format!(
+                    "bytes {}-{} overlap a different chunk already received for {}",
+                    chunk.from,
+                    chunk.to,
+                    path.as_str()
+                )))
+            }
+            Overlap::Same => drain(body).await,
+            Overlap::None => {
+                let file = OpenOptions::new().write(true).create(true).truncate(false).open(dir.join("data"));
+                let file = file.map_err(StoreError::io)?;
+                let hasher = match tracked.hashed.take() {
+                    Some((n, h)) if n == chunk.from => Some(h),
+                    other => {
+                        tracked.hashed = other;
+                        None
+                    }
+                };
+                let in_order = hasher.is_some();
+                let (file, written, hasher) = write_body(file, chunk.from, body, chunk.len(), hasher).await?;
+                drop(file);
+                if written != chunk.len() {
+                    return Err(StoreError::BadRequest(format!(
+                        "chunk body has {written} bytes, Content-Range says {}",
+                        chunk.len()
+                    )));
+                }
+                if in_order {
+                    tracked.hashed = hasher.map(|h| (chunk.to + 1, h));
+                }
+                let marker = dir.join("ranges").join(format!("{}-{}", chunk.from, chunk.to));
+                File::create(marker).map_err(StoreError::io)?;
+                tracked.ranges.insert(chunk.from, chunk.to);
+            }
+        }
+        if !tracked.covers(chunk.size) && (chunk.to + 1 == chunk.size || !tracked.contiguous_before(chunk.from)) {
+            // Other replicas may have written the missing chunks.
+            tracked.ranges = read_ranges(&dir)?;
+        }
+        if !tracked.covers(chunk.size) {
+            return Ok(Stored::Partial);
+        }
+        let sha256 = match &tracked.hashed {
+            Some((n, h)) if *n == chunk.size => Some(hex::encode(h.clone().finalize())),
+            _ => None,
+        };
+        let target = self.target(path, options)?;
+        let (root, path2, options2) = (self.root.clone(), path.clone(), options.clone());
+        let committing = self.own("committing").join(format!("{id}-{}", unique()));
+        let result = blocking(move || {
+            // Markers on disk are the truth: another replica may have reset the partial.
+            if !covers_on_disk(&dir, chunk.size)? {
+                return Ok(Stored::Partial);
+            }
+            match fs::rename(&dir, &committing) {
+                Ok(()) => {}
+                // Another request (another replica) took it over first.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Stored::Committed),
+                Err(e) => return Err(StoreError::io(e)),
+            }
+            let _cleanup = RemoveOnDrop(committing.clone());
+            let data = committing.join("data");
+            let file = OpenOptions::new().read(true).write(true).open(&data).map_err(StoreError::io)?;
+            let sha256 = match sha256 {
+                Some(sum) => sum,
+                None => sums::hash(file.try_clone()?)?,
+            };
+            commit(&root, &path2, &target, &data, file, &sha256, &options2)
+        })
+        .await;
+        *guard = None;
+        drop(guard);
+        self.tracked.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+        result
+    }
+
+    fn check_size(&self, size: u64) -> Result<(), StoreError> {
+        if size > self.max_bytes {
+            return Err(StoreError::TooLarge { size, limit: self.max_bytes });
+        }
+        Ok(())
+    }
+
+    /// The target path of an upload, after the path and `force` checks.
+    fn target(&self, path: &StorePath, options: &Options) -> Result<PathBuf, StoreError> {
+        let target = path::resolve(&self.root, path)?;
+        match fs::symlink_metadata(&target) {
+            Ok(meta) if meta.is_dir() => Err(StoreError::Conflict(format!("{} is a directory", path.as_str()))),
+            Ok(_) if !options.force => Err(StoreError::Exists(path.as_str().to_owned())),
+            _ => Ok(target),
+        }
+    }
+}
+
+/// The partial at `dir` if it assembles `info`; otherwise a fresh one when `restart`
+/// (the chunk starts at byte 0), else a conflict. Blocking.
+fn load_or_start(dir: &Path, info: &Info, restart: bool) -> Result<Tracked, StoreError> {
+    let existing: Option<Info> = fs::read(dir.join("info.json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
+    match existing {
+        Some(found) if found == *info => {
+            return Ok(Tracked { info: found, ranges: read_ranges(dir)?, hashed: None });
+        }
+        Some(found) if !restart => {
+            return Err(StoreError::Conflict(format!(
+                "an upload of {} with size {} and time {:?} is under way; a different file must start at byte 0",
+                found.path, found.size, found.time
+            )))
+        }
+        _ => {}
+    }
+    // Start over: move the old partial aside first, so a replica still writing into
+    // it cannot touch the new one.
+    if dir.exists() {
+        let aside =
+            dir.with_file_name(format!("{}.old-{}", dir.file_name().unwrap_or_default().to_string_lossy(), unique()));
+        if fs::rename(dir, &aside).is_ok() {
+            let _ = fs::remove_dir_all(aside);
+        }
+    }
+    let staging =
+        dir.with_file_name(format!("{}.new-{}", dir.file_name().unwrap_or_default().to_string_lossy(), unique()));
+    fs::create_dir_all(staging.join("ranges")).map_err(StoreError::io)?;
+    fs::write(staging.join("info.json"), serde_json::to_vec(info).expect("info serializes")).map_err(StoreError::io)?;
+    File::create(staging.join("data")).map_err(StoreError::io)?;
+    match fs::rename(&staging, dir) {
+        Ok(()) => Ok(Tracked { info: info.clone(), ranges: BTreeMap::new(), hashed: Some((0, Sha256::new())) }),
+        // Another replica started the same partial at the same moment: use theirs.
+        Err(_) => {
+            let _ = fs::remove_dir_all(&staging);
+            Ok(Tracked { info: info.clone(), ranges: read_ranges(dir)?, hashed: None })
+        }
+    }
+}
+
+fn read_ranges(dir: &Path) -> Result<BTreeMap<u64, u64>, StoreError> {
+    let mut ranges = BTreeMap::new();
+    let entries = match fs::read_dir(dir.join("ranges")) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ranges),
+        Err(e) => return Err(StoreError::Io(e)),
+    };
+    for entry in entries {
+        let name = entry?.file_name();
+        let parsed =
+            name.to_str().and_then(|n| n.split_once('-')).and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)));
+        if let Some((from, to)) = parsed {
+            ranges.insert(from, to);
+        }
+    }
+    Ok(ranges)
+}
+
+fn covers_on_disk(dir: &Path, size: u64) -> Result<bool, StoreError> {
+    let tracked =
+        Tracked { info: Info { path: String::new(), size, time: None }, ranges: read_ranges(dir)?, hashed: None };
+    Ok(tracked.covers(size))
+}
+
+/// Checks, syncs, times and renames the complete file `data` into `target`. Blocking.
+fn commit(
+    root: &Path,
+    path: &StorePath,
+    target: &Path,
+    data: &Path,
+    file: File,
+    sha256: &str,
+    options: &Options,
+) -> Result<Stored, StoreError> {
+    if let Some(expected) = &options.sha256 {
+        if !expected.eq_ignore_ascii_case(sha256) {
+            return Err(StoreError::Mismatch(format!(
+                "{} has sha256 {sha256}, the client announced {expected}; nothing stored",
+                path.as_str()
+            )));
+        }
+    }
+    if let Some(time) = options.time.filter(|t| *t > 0.0) {
+        let when = SystemTime::UNIX_EPOCH + Duration::from_secs_f64(time);
+        file.set_modified(when).map_err(StoreError::io)?;
+    }
+    file.sync_all().map_err(StoreError::io)?;
+    let parent = target.parent().expect("a file path has a parent");
+    // Re-resolved now: directories may have changed while the upload ran.
+    path::resolve(root, path)?;
+    fs::create_dir_all(parent).map_err(StoreError::io)?;
+    path::resolve(root, path)?;
+    if options.force {
+        fs::rename(data, target).map_err(StoreError::io)?;
+    } else {
+        match fs::hard_link(data, target) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(StoreError::Exists(path.as_str().to_owned()))
+            }
+            Err(e) => return Err(StoreError::io(e)),
+        }
+        let _ = fs::remove_file(data);
+    }
+    if let Ok(dir) = File::open(parent) {
+        let _ = dir.sync_all();
+    }
+    let stamp = Stamp::of(&file.metadata()?);
+    if let Err(e) = sums::write(root, path, stamp, sha256) {
+        tracing::debug!(error = %e, "cannot record a checksum");
+    }
+    tracing::info!(path = path.as_str(), size = stamp.size, sha256, "stored");
+    Ok(Stored::Committed)
+}
+
+/// Writes `body` into `file` from `offset`, at most `limit` bytes (more is an error),
+/// feeding `hasher`. Gathers up to [`WRITE_BUFFER`] bytes per positioned write, done
+/// off the async threads. Returns the file, the bytes written and the hasher.
+async fn write_body(
+    file: File,
+    offset: u64,
+    body: Body,
+    limit: u64,
+    hasher: Option<Sha256>,
+) -> Result<(File, u64, Option<Sha256>), StoreError> {
+    let mut stream = body.into_data_stream();
+    let mut state = (file, hasher);
+    let mut buf = BytesMut::with_capacity(WRITE_BUFFER);
+    let mut written = 0u64;
+    loop {
+        let next = stream.next().await;
+        let end = next.is_none();
+        if let Some(frame) = next {
+            let frame: Bytes = frame.map_err(|e| StoreError::BadRequest(format!("upload body: {e}")))?;
+            if written + (buf.len() + frame.len()) as u64 > limit {
+                return Err(StoreError::TooLarge { size: written + (buf.len() + frame.len()) as u64, limit });
+            }
+            buf.extend_from_slice(&frame);
+        }
+        if buf.len() >= WRITE_BUFFER || (end && !buf.is_empty()) {
+            let chunk = buf.split().freeze();
+            let (at, n) = (offset + written, chunk.len() as u64);
+            let (file, mut hasher) = state;
+            state = blocking(move || {
+                file.write_all_at(&chunk, at).map_err(StoreError::io)?;
+                if let Some(h) = hasher.as_mut() {
+                    h.update(&chunk);
+                }
+                Ok((file, hasher))
+            })
+            .await?;
+            written += n;
+        }
+        if end {
+            break;
+        }
+    }
+    Ok((state.0, written, state.1))
+}
+
+async fn drain(body: Body) {
+    let mut stream = body.into_data_stream();
+    while let Some(Ok(_)) = stream.next().await {}
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| StoreError::Io(std::io::Error::other(e)))?
+}
+
+/// A name no other upload uses.
+fn unique() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_nanos();
+    format!("{nanos:x}-{:x}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// The newest modification time of `path` and, for a directory, of what it holds.
+fn newest_mtime(path: &Path) -> SystemTime {
+    let own = fs::metadata(path).and_then(|m| m.modified()).unwrap_or(SystemTime::UNIX_EPOCH);
+    let Ok(entries) = fs::read_dir(path) else { return own };
+    entries.flatten().map(|e| newest_mtime(&e.path())).fold(own, SystemTime::max)
+}
+
+/// Removes a file or directory when dropped (temp files of a failed upload).
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0).or_else(|_| fs::remove_file(&self.0));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        (dir, root)
+    }
+
+    fn data(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 31 + i / 7) as u8).collect()
+    }
+
+    fn p(s: &str) -> StorePath {
+        StorePath::parse(s, false).unwrap()
+    }
+
+    async fn send(
+        u: &Uploads,
+        path: &str,
+        bytes: &[u8],
+        from: usize,
+        to: usize,
+        o: &Options,
+    ) -> Result<Stored, StoreError> {
+        let chunk = Chunk { from: from as u64, to: to as u64, size: bytes.len() as u64 };
+        u.chunk(&p(path), chunk, o, Body::from(bytes[from..=to].to_vec())).await
+    }
+
+    fn visible(root: &Path, path: &str) -> Option<Vec<u8>> {
+        fs::read(root.join(path)).ok()
+    }
+
+    #[test]
+    fn content_ranges() {
+        assert_eq!(Chunk::parse("bytes 0-9/10").unwrap(), Chunk { from: 0, to: 9, size: 10 });
+        for bad in ["bytes 5-4/10", "bytes 0-10/10", "bytes 0-9", "items 0-9/10", "bytes -1-9/10", "bytes 0-9/*"] {
+            assert!(Chunk::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn chunks_in_any_order_assemble_and_appear_only_when_complete() {
+        let (_d, root) = setup();
+        let u = Uploads::new(&root, 1 << 30).unwrap();
+        let bytes = data(300_000);
+        let o = Options { time: Some(1_600_000_000.5), ..Default::default() };
+        assert_eq!(send(&u, "a/f.bin", &bytes, 200_000, 299_999, &o).await.unwrap(), Stored::Partial);
+        assert_eq!(visible(&root, "a/f.bin"), None);
+        assert_eq!(send(&u, "a/f.bin", &bytes, 0, 99_999, &o).await.unwrap(), Stored::Partial);
+        // The same chunk again is a retry.
+        assert_eq!(send(&u, "a/f.bin", &bytes, 0, 99_999, &o).await.unwrap(), Stored::Partial);
+        // A chunk overlapping another differently is refused.
+        assert!(matches!(send(&u, "a/f.bin", &bytes, 50_000, 150_000, &o).await, Err(StoreError::Conflict(_))));
+        assert_eq!(visible(&root, "a/f.bin"), None);
+        assert_eq!(send(&u, "a/f.bin", &bytes, 100_000, 199_999, &o).await.unwrap(), Stored::Committed);
+        assert_eq!(visible(&root, "a/f.bin").unwrap(), bytes);
+        let meta = fs::metadata(root.join("a/f.bin")).unwrap();
+        let stamp = Stamp::of(&meta);
+        assert_eq!(stamp.time(), 1_600_000_000.5);
+        let expected = hex::encode(Sha256::digest(&bytes));
+        assert_eq!(sums::read(&root, &p("a/f.bin"), stamp), Some(expected));
+        assert_eq!(fs::read_dir(root.join(".updraft/partial")).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn chunks_reaching_two_replicas_assemble() {
+        let (_d, root) = setup();
+        let (a, b) = (Uploads::new(&root, 1 << 30).unwrap(), Uploads::new(&root, 1 << 30).unwrap());
+        let bytes = data(1_000_000);
+        let o = Options::default();
+        let step = 100_000;
+        for (i, from) in (0..bytes.len()).step_by(step).enumerate() {
+            let replica = if i % 3 == 1 { &b } else { &a };
+            let result = send(replica, "f", &bytes, from, from + step - 1, &o).await.unwrap();
+            assert_eq!(result == Stored::Committed, from + step == bytes.len(), "chunk {i}");
+        }
+        assert_eq!(visible(&root, "f").unwrap(), bytes);
+    }
+
+    #[tokio::test]
+    async fn a_different_file_restarts_from_byte_zero_only() {
+        let (_d, root) = setup();
+        let u = Uploads::new(&root, 1 << 30).unwrap();
+        let old = data(1000);
+        let o = Options { time: Some(100.0), ..Default::default() };
+        send(&u, "f", &old, 0, 499, &o).await.unwrap();
+        let new: Vec<u8> = data(1200).into_iter().rev().collect();
+        let o2 = Options { time: Some(200.0), ..Default::default() };
+        assert!(matches!(send(&u, "f", &new, 600, 1199, &o2).await, Err(StoreError::Conflict(_))));
+        send(&u, "f", &new, 0, 599, &o2).await.unwrap();
+        assert_eq!(send(&u, "f", &new, 600, 1199, &o2).await.unwrap(), Stored::Committed);
+        assert_eq!(visible(&root, "f").unwrap(), new);
+    }
+
+    #[tokio::test]
+    async fn force_checksums_and_limits() {
+        let (_d, root) = setup();
+        let u = Uploads::new(&root, 10_000).unwrap();
+        let bytes = data(5000);
+        let o = Options::default();
+        send(&u, "f", &bytes, 0, 4999, &o).await.unwrap();
+        assert!(matches!(send(&u, "f", &bytes, 0, 4999, &o).await, Err(StoreError::Exists(_))));
+        assert!(matches!(u.whole(&p("f"), None, &o, Body::from(vec![1u8; 10])).await, Err(StoreError::Exists(_))));
+        let replacement = data(3000);
+        let forced = Options { force: true, sha256: Some("00".repeat(32)), ..Default::default() };
+        assert!(matches!(
+            u.whole(&p("f"), None, &forced, Body::from(replacement.clone())).await,
+            Err(StoreError::Mismatch(_))
+        ));
+        assert_eq!(visible(&root, "f").unwrap(), bytes);
+        let forced =
+            Options { force: true, sha256: Some(hex::encode(Sha256::digest(&replacement))), ..Default::default() };
+        u.whole(&p("f"), None, &forced, Body::from(replacement.clone())).await.unwrap();
+        assert_eq!(visible(&root, "f").unwrap(), replacement);
+        let big = data(20_000);
+        assert!(matches!(u.whole(&p("g"), None, &o, Body::from(big.clone())).await, Err(StoreError::TooLarge { .. })));
+        assert!(matches!(send(&u, "g", &big, 0, 999, &o).await, Err(StoreError::TooLarge { .. })));
+        assert_eq!(visible(&root, "g"), None);
+        assert_eq!(fs::read_dir(root.join(".updraft/tmp")).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn abandoned_partials_are_swept() {
+        let (_d, root) = setup();
+        let u = Uploads::new(&root, 1 << 30).unwrap();
+        send(&u, "f", &data(1000), 0, 99, &Options::default()).await.unwrap();
+        assert_eq!(u.sweep(Duration::from_secs(3600)), 0);
+        assert_eq!(u.sweep(Duration::ZERO), 1);
+        assert_eq!(fs::read_dir(root.join(".updraft/partial")).unwrap().count(), 0);
+    }
+}
