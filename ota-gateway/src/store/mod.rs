@@ -124,7 +124,7 @@ fn upload_options(query: Option<&str>, headers: &HeaderMap) -> Result<Options, S
     let time = match get("time") {
         None | Some("") => None,
         Some(t) => match t.parse::<f64>() {
-            Ok(t) if t.is_finite() && t >= 0.0 && t < 1e11 => Some(t),
+            Ok(t) if (0.0..1e11).contains(&t) => Some(t),
             _ => return Err(StoreError::BadRequest(format!("time={t:?} is not seconds since the epoch"))),
         },
     };

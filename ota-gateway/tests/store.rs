@@ -1,0 +1,271 @@
+//! The artifact store driven with `curl` exactly as filuxe users drive it: whole and
+//! chunked uploads, force and refusal, downloads with Range/ETag/HEAD, listings,
+//! deletes, and every bad input answered with a 4xx while nothing is stored.
+
+mod store_support;
+
+use store_support::*;
+
+const ZIP: &str = "first/a:1.2.3:anytrack:anyarch:unknown.zip";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whole_uploads_downloads_force_and_delete() {
+    let work = tempfile::tempdir().unwrap();
+    let s = TestStore::start(store_config(&work.path().join("store"), "127.0.0.1:0", 1 << 30)).await;
+    let data = pseudo_random(300_000, 1);
+    let file = work.path().join("a.zip");
+    std::fs::write(&file, &data).unwrap();
+    let body = format!("@{}", file.display());
+    let key = format!("key: {KEY}");
+    let url = |q: &str| format!("{}/upload/{ZIP}{q}", s.url);
+
+    assert_eq!(
+        status(&["-X", "POST", "-H", &key, "--data-binary", &body, &url("?time=1600000000.25&force=False")]).await,
+        201
+    );
+    // Exists and not forced: refused, as filuxe does.
+    assert_eq!(status(&["-X", "POST", "-H", &key, "--data-binary", &body, &url("?force=False")]).await, 403);
+    assert_eq!(status(&["-X", "POST", "-H", &key, "--data-binary", &body, &url("")]).await, 403);
+
+    let out =
+        curl(&["-D", "-", "-o", work.path().join("got").to_str().unwrap(), &format!("{}/download/{ZIP}", s.url)]).await;
+    let headers = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+    assert!(headers.starts_with("http/1.1 200"), "{headers}");
+    assert_eq!(std::fs::read(work.path().join("got")).unwrap(), data);
+    let etag = format!("etag: \"{}\"", sha256_hex(&data));
+    assert!(headers.contains(&etag), "{headers}");
+    assert!(headers.contains("accept-ranges: bytes"));
+    assert!(headers.contains("content-disposition: attachment; filename=\"a:1.2.3:anytrack:anyarch:unknown.zip\""));
+
+    // HEAD, Range, If-None-Match.
+    let head = curl(&["-I", &format!("{}/download/{ZIP}", s.url)]).await;
+    let head = String::from_utf8_lossy(&head.stdout).to_ascii_lowercase();
+    assert!(head.contains("content-length: 300000") && head.contains(&etag), "{head}");
+    let part = curl(&["-r", "1000-1999", &format!("{}/download/{ZIP}", s.url)]).await;
+    assert_eq!(part.stdout, data[1000..2000]);
+    let inm = format!("If-None-Match: \"{}\"", sha256_hex(&data));
+    assert_eq!(status(&["-H", &inm, &format!("{}/download/{ZIP}", s.url)]).await, 304);
+    assert_eq!(status(&["-r", "400000-", &format!("{}/download/{ZIP}", s.url)]).await, 416);
+
+    // Forced replace (Python's spelling, as filuxe's client sends it), bearer key.
+    let replacement = pseudo_random(1000, 2);
+    std::fs::write(&file, &replacement).unwrap();
+    let bearer = format!("Authorization: Bearer {KEY}");
+    assert_eq!(
+        status(&["-X", "POST", "-H", &bearer, "--data-binary", &body, &url("?force=True&time=1700000000")]).await,
+        201
+    );
+    let got = curl(&[&format!("{}/download/{ZIP}", s.url)]).await;
+    assert_eq!(got.stdout, replacement);
+
+    // Listing: filuxe's shape, times as sent, no server root.
+    let list = curl(&[&format!("{}/filelist/?recursive=True", s.url)]).await;
+    let list: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(list["info"]["files"], 1);
+    assert_eq!(list["info"]["dirs"], 1);
+    assert!(list["info"].get("fileroot").is_none(), "{list}");
+    assert_eq!(list["dirlist"], serde_json::json!(["first"]));
+    let entry = &list["filelist"]["first"]["a:1.2.3:anytrack:anyarch:unknown.zip"];
+    assert_eq!(entry["size"], 1000);
+    assert_eq!(entry["time"], 1_700_000_000.0);
+    assert_eq!(entry["sha256"], sha256_hex(&replacement));
+    let flat = curl(&[&format!("{}/filelist/", s.url)]).await;
+    let flat: serde_json::Value = serde_json::from_slice(&flat.stdout).unwrap();
+    assert_eq!(flat["info"]["files"], 0);
+    assert_eq!(flat["dirlist"], serde_json::json!(["first"]));
+    let sub = curl(&[&format!("{}/filelist/first", s.url)]).await;
+    let sub: serde_json::Value = serde_json::from_slice(&sub.stdout).unwrap();
+    assert_eq!(sub["info"]["files"], 1);
+    assert!(!String::from_utf8_lossy(&curl(&[&format!("{}/filelist/?recursive=true", s.url)]).await.stdout)
+        .contains(work.path().to_str().unwrap()));
+    assert_eq!(status(&[&format!("{}/filelist/nope", s.url)]).await, 404);
+
+    // stats and status.
+    let stats: serde_json::Value = serde_json::from_slice(&curl(&[&format!("{}/stats", s.url)]).await.stdout).unwrap();
+    assert!(stats["version"].is_string());
+    let st: serde_json::Value =
+        serde_json::from_slice(&curl(&[&format!("{}/api/status", s.url)]).await.stdout).unwrap();
+    assert_eq!(st["status"], "ready");
+
+    // Delete with a GET: key needed, then 200, then 404.
+    let del = format!("{}/delete/{ZIP}", s.url);
+    assert_eq!(status(&[&del]).await, 401);
+    assert_eq!(status(&["-H", "key: wrong", &del]).await, 403);
+    assert_eq!(status(&["-H", &key, &del]).await, 200);
+    assert_eq!(status(&["-H", &key, &del]).await, 404);
+    assert_eq!(status(&[&format!("{}/download/{ZIP}", s.url)]).await, 404);
+    assert!(files_under(&s.dir).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_uploads_appear_only_when_complete() {
+    let work = tempfile::tempdir().unwrap();
+    let s = TestStore::start(store_config(&work.path().join("store"), "127.0.0.1:0", 1 << 30)).await;
+    let data = pseudo_random(5 * (1 << 20) + 12345, 3);
+    let file = work.path().join("big.zip");
+    std::fs::write(&file, &data).unwrap();
+    let size = data.len();
+    let key = format!("key: {KEY}");
+    let piece = work.path().join("piece");
+    let send = |from: usize, to: usize| {
+        std::fs::write(&piece, &data[from..=to]).unwrap();
+        let range = format!("Content-Range: bytes {from}-{to}/{size}");
+        let target = format!("{}/upload/r/big.zip?time=1650000000&force=False", s.url);
+        let body = format!("@{}", piece.display());
+        let key = key.clone();
+        async move { status(&["-X", "POST", "-H", &key, "-H", &range, "--data-binary", &body, &target]).await }
+    };
+    // First two chunks (filuxe's 1 MiB): nothing visible yet.
+    assert_eq!(send(0, (1 << 20) - 1).await, 201);
+    assert_eq!(send(1 << 20, (2 << 20) - 1).await, 201);
+    assert_eq!(status(&[&format!("{}/download/r/big.zip", s.url)]).await, 404);
+    let list = curl(&[&format!("{}/filelist/?recursive=true", s.url)]).await;
+    let list: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(list["info"]["files"], 0, "{list}");
+    // A chunk overlapping a received one differently: 409, nothing changes.
+    assert_eq!(send(1000, 2_000_000).await, 409);
+    // Out of order: the tail first, then the middle.
+    assert_eq!(send(5 << 20, size - 1).await, 201);
+    assert_eq!(status(&[&format!("{}/download/r/big.zip", s.url)]).await, 404);
+    for i in 2..5 {
+        assert_eq!(send(i << 20, ((i + 1) << 20) - 1).await, 201);
+    }
+    let got = curl(&[&format!("{}/download/r/big.zip", s.url)]).await;
+    assert_eq!(got.stdout.len(), size);
+    assert!(got.stdout == data, "bytes differ");
+
+    // The filuxe client's sequence over a fresh name, then refused without force,
+    // accepted with it.
+    assert_eq!(upload_chunked(&s.url, "r/seq.zip", &file, 1 << 20, 1650000000.0, false).await, 201);
+    assert_eq!(curl(&[&format!("{}/download/r/seq.zip", s.url)]).await.stdout, data);
+    assert_eq!(upload_chunked(&s.url, "r/seq.zip", &file, 1 << 20, 1650000000.0, false).await, 403);
+    let other = pseudo_random(3 << 20, 4);
+    std::fs::write(&file, &other).unwrap();
+    assert_eq!(upload_chunked(&s.url, "r/seq.zip", &file, 1 << 20, 1650000001.0, true).await, 201);
+    assert_eq!(curl(&[&format!("{}/download/r/seq.zip", s.url)]).await.stdout, other);
+    assert_eq!(files_under(&s.dir), ["r/big.zip", "r/seq.zip"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_refused_and_nothing_is_stored() {
+    let work = tempfile::tempdir().unwrap();
+    let outside = work.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    let dir = work.path().join("store");
+    std::fs::create_dir(&dir).unwrap();
+    std::os::unix::fs::symlink(&outside, dir.join("escape")).unwrap();
+    let s = TestStore::start(store_config(&dir, "127.0.0.1:0", 100_000)).await;
+    let small = work.path().join("small");
+    std::fs::write(&small, b"hello").unwrap();
+    let body = format!("@{}", small.display());
+    let key = format!("key: {KEY}");
+    let post = |path: &str| format!("{}/upload/{path}", s.url);
+
+    for (path, expected) in [
+        ("../x", 400),
+        ("a/../../x", 400),
+        ("%2e%2e/x", 400),
+        ("a/%2E%2E/%2e%2e/x", 400),
+        ("a%2f..%2f..%2fx", 400),
+        ("a/%252e%252e/x", 400),
+        ("/etc/x", 400),
+        ("%2fetc/x", 400),
+        ("a//b", 400),
+        ("./x", 400),
+        ("escape/x", 400),
+        ("escape/new/dir/x", 400),
+        (".updraft/partial/x", 400),
+        ("a%5c..%5cx", 400),
+    ] {
+        assert_eq!(status(&["-X", "POST", "-H", &key, "--data-binary", &body, &post(path)]).await, expected, "{path}");
+        assert_eq!(status(&[&format!("{}/download/{path}", s.url)]).await / 100, 4, "download {path}");
+        assert_eq!(status(&["-H", &key, &format!("{}/delete/{path}", s.url)]).await / 100, 4, "delete {path}");
+    }
+    assert_eq!(status(&[&format!("{}/filelist/escape", s.url)]).await, 400);
+    assert_eq!(status(&[&format!("{}/filelist/..", s.url)]).await, 400);
+
+    // Keys.
+    assert_eq!(status(&["-X", "POST", "--data-binary", &body, &post("k")]).await, 401);
+    assert_eq!(status(&["-X", "POST", "-H", "key: ", "--data-binary", &body, &post("k")]).await, 401);
+    assert_eq!(status(&["-X", "POST", "-H", "key: wrong", "--data-binary", &body, &post("k")]).await, 403);
+    assert_eq!(
+        status(&["-X", "POST", "-H", "Authorization: Bearer wrong", "--data-binary", &body, &post("k")]).await,
+        403
+    );
+
+    // Size limit (100 000 bytes): a whole body, a declared chunked size.
+    let big = work.path().join("big");
+    std::fs::write(&big, vec![7u8; 100_001]).unwrap();
+    let big_body = format!("@{}", big.display());
+    assert_eq!(status(&["-X", "POST", "-H", &key, "--data-binary", &big_body, &post("big")]).await, 413);
+    assert_eq!(
+        status(&[
+            "-X",
+            "POST",
+            "-H",
+            &key,
+            "-H",
+            "Content-Range: bytes 0-4/200000",
+            "--data-binary",
+            &body,
+            &post("big")
+        ])
+        .await,
+        413
+    );
+    // Chunks that do not add up.
+    for range in ["bytes 5-4/10", "bytes 0-9/5", "bytes 0-4", "bytes x-4/5", "items 0-4/5"] {
+        let header = format!("Content-Range: {range}");
+        assert_eq!(
+            status(&["-X", "POST", "-H", &key, "-H", &header, "--data-binary", &body, &post("c")]).await,
+            400,
+            "{range}"
+        );
+    }
+    // A body shorter or longer than its Content-Range.
+    assert_eq!(
+        status(&["-X", "POST", "-H", &key, "-H", "Content-Range: bytes 0-9/20", "--data-binary", &body, &post("c")])
+            .await,
+        400
+    );
+    assert_eq!(
+        status(&["-X", "POST", "-H", &key, "-H", "Content-Range: bytes 0-1/20", "--data-binary", &body, &post("c")])
+            .await,
+        400
+    );
+    // Bad query values.
+    assert_eq!(status(&["-X", "POST", "-H", &key, "--data-binary", &body, &post("q?time=yesterday")]).await, 400);
+    assert_eq!(status(&["-X", "POST", "-H", &key, "--data-binary", &body, &post("q?force=maybe")]).await, 400);
+    // A checksum that does not match.
+    let wrong = format!("q?sha256={}", "0".repeat(64));
+    assert_eq!(status(&["-X", "POST", "-H", &key, "--data-binary", &body, &post(&wrong)]).await, 422);
+
+    assert!(files_under(&dir).iter().all(|f| f == "escape"), "{:?}", files_under(&dir));
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0, "something was written outside the store");
+    // And a good upload still works.
+    assert_eq!(status(&["-X", "POST", "-H", &key, "--data-binary", &body, &post("ok/hello.txt")]).await, 201);
+    assert_eq!(curl(&[&format!("{}/download/ok/hello.txt", s.url)]).await.stdout, b"hello");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_reads_need_a_key() {
+    let work = tempfile::tempdir().unwrap();
+    let key_file = work.path().join("read-key");
+    std::fs::write(&key_file, "reader\n").unwrap();
+    let mut config = store_config(&work.path().join("store"), "127.0.0.1:0", 1 << 20);
+    config.public_reads = false;
+    config.read_key_file = Some(key_file);
+    let s = TestStore::start(config).await;
+    let key = format!("key: {KEY}");
+    assert_eq!(status(&["-X", "POST", "-H", &key, "--data-binary", "x", &format!("{}/upload/f", s.url)]).await, 201);
+    assert_eq!(status(&[&format!("{}/download/f", s.url)]).await, 401);
+    assert_eq!(status(&[&format!("{}/filelist/", s.url)]).await, 401);
+    assert_eq!(status(&["-H", "key: nope", &format!("{}/download/f", s.url)]).await, 403);
+    assert_eq!(status(&["-H", "key: reader", &format!("{}/download/f", s.url)]).await, 200);
+    assert_eq!(status(&["-H", "Authorization: Bearer reader", &format!("{}/filelist/", s.url)]).await, 200);
+    // The read key does not write.
+    assert_eq!(
+        status(&["-X", "POST", "-H", "key: reader", "--data-binary", "y", &format!("{}/upload/g", s.url)]).await,
+        403
+    );
+}
