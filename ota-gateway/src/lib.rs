@@ -23,6 +23,7 @@ mod notify;
 pub mod reload;
 #[allow(unsafe_code)]
 pub mod sendfile;
+pub mod mirror;
 mod state;
 pub mod store;
 mod unpack;
@@ -123,7 +124,7 @@ async fn serve_stores(
 }
 
 /// Resolves on SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

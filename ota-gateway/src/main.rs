@@ -17,6 +17,10 @@ struct Args {
     /// Path of the gateway config file (gateway.yaml); see ota-gateway/README.md.
     #[arg(long, short, env = "UPDRAFT_GATEWAY_CONFIG", value_name = "FILE")]
     config: PathBuf,
+    /// Run the forwarding worker (the config's `mirrors`) instead of serving. Exactly
+    /// one such process runs per gateway.
+    #[arg(long, env = "UPDRAFT_MIRROR_MODE")]
+    mirror: bool,
     /// Log line format.
     #[arg(long, env = "UPDRAFT_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -26,5 +30,9 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     telemetry::init(args.log_format, "info");
-    ota_gateway::serve(args.config).await
+    if args.mirror {
+        ota_gateway::mirror::run(args.config).await
+    } else {
+        ota_gateway::serve(args.config).await
+    }
 }

@@ -1,0 +1,358 @@
+//! The forwarding worker (`ota-gateway --mirror`): runs every mirror of the config,
+//! in exactly one process per gateway (a singleton Deployment), never in serving
+//! replicas, and never talks to the Kubernetes API.
+//!
+//! Each mirror is level-triggered: a pass lists both sides, plans under the rules
+//! ([`rules`]), copies what is missing or different (verified by SHA-256 or digest
+//! and size), deletes beyond retention at the destination only, and reports. A pass
+//! that could not finish (a side down, a copy failed) is retried after a backoff
+//! that doubles from one second up to the interval; what it left is `pending` in the
+//! status and the metrics, and lands when the side comes back. An interrupted copy
+//! leaves nothing visible at a store destination (uploads appear only when
+//! complete) and is redone by the next pass.
+//!
+//! What the worker observed is served on the admin listener: `/mirrors` (JSON, one
+//! [`status::MirrorStatus`] per mirror), `/metrics` (`updraft_mirror_*`), `/healthz`.
+
+pub mod error;
+mod http;
+mod oci;
+pub mod rules;
+pub mod status;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use updraft_core::config::{GatewayConfig, MirrorConfig, MirrorEndpoint};
+
+use error::MirrorError;
+use rules::{Artifact, Rules};
+use status::Observed;
+
+/// Attempts of one copy within a pass (the next pass tries again).
+const ATTEMPTS: u32 = 3;
+
+/// How often the config file is checked for changes.
+const RELOAD_CHECK: Duration = Duration::from_secs(5);
+
+/// One side of a mirror, ready to talk to.
+enum Side {
+    Http(http::HttpSide),
+    Oci(oci::OciSide),
+}
+
+impl Side {
+    fn new(config: &MirrorEndpoint, side: &'static str, client: &reqwest::Client) -> Self {
+        match (&config.oci, &config.http) {
+            (Some(oci), _) => Side::Oci(oci::OciSide::new(oci, side)),
+            (None, Some(http)) => Side::Http(http::HttpSide::new(http, side, client.clone())),
+            (None, None) => unreachable!("validated: each side is oci or http"),
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            Side::Http(_) => "http",
+            Side::Oci(_) => "oci",
+        }
+    }
+
+    async fn list(&self) -> Result<Vec<Artifact>, MirrorError> {
+        match self {
+            Side::Http(s) => s.list().await,
+            Side::Oci(s) => s.list().await,
+        }
+    }
+
+    async fn delete(&self, artifact: &Artifact) -> Result<(), MirrorError> {
+        match self {
+            Side::Http(s) => s.delete(&artifact.name).await,
+            Side::Oci(s) => s.delete(artifact).await,
+        }
+    }
+}
+
+/// A mirror ready to run.
+pub struct Mirror {
+    config: MirrorConfig,
+    rules: Rules,
+    source: Side,
+    destination: Side,
+}
+
+impl Mirror {
+    /// Builds a mirror from its (validated) config.
+    pub fn new(config: MirrorConfig, client: &reqwest::Client) -> Result<Self, MirrorError> {
+        let rules = Rules::new(&config).map_err(MirrorError::Config)?;
+        let source = Side::new(&config.source, "source", client);
+        let destination = Side::new(&config.destination, "destination", client);
+        Ok(Self { config, rules, source, destination })
+    }
+
+    fn interval(&self) -> Duration {
+        updraft_core::version::parse_duration(&self.config.interval).unwrap_or(Duration::from_secs(600))
+    }
+
+    async fn copy(&self, artifact: &Artifact) -> Result<u64, MirrorError> {
+        match (&self.source, &self.destination) {
+            (Side::Http(src), Side::Http(dst)) => http::copy(src, dst, artifact).await,
+            (Side::Oci(src), Side::Oci(dst)) => oci::copy(src, dst, artifact).await,
+            (src, dst) => Err(MirrorError::Unsupported(src.kind(), dst.kind())),
+        }
+    }
+
+    /// One pass: list, plan, copy, delete, report. `Ok(true)` when nothing is left.
+    pub async fn pass(&self, observed: &Observed) -> Result<bool, MirrorError> {
+        let name = self.config.name.as_str();
+        let listed = |side: &'static str, ok: bool| observed.up.with_label_values(&[name, side]).set(i64::from(ok));
+        let source = self.source.list().await;
+        listed("source", source.is_ok());
+        let source = source?;
+        let destination = self.destination.list().await;
+        listed("destination", destination.is_ok());
+        let destination = match destination {
+            Ok(d) => d,
+            Err(e) => {
+                // Everything selected and not known to be there is pending.
+                let plan = self.rules.plan(&source, &[], now());
+                observed.update(name, |s| {
+                    s.pending = plan.copy.len().max(s.pending);
+                    s.to_copy = plan.copy.iter().map(|a| a.name.clone()).collect();
+                });
+                return Err(e);
+            }
+        };
+        let plan = self.rules.plan(&source, &destination, now());
+        let dry_run = self.config.dry_run;
+        observed.update(name, |s| {
+            s.dry_run = dry_run;
+            s.suspended = false;
+            s.in_sync = plan.in_sync.len();
+            s.pending = plan.copy.len() + plan.delete.len();
+            s.failed = 0;
+            s.failures.clear();
+            s.to_copy = plan.copy.iter().map(|a| a.name.clone()).collect();
+            s.to_delete = plan.delete.iter().map(|a| a.name.clone()).collect();
+            s.latest_version = plan.latest_version.clone();
+            s.last_sync = Some(now());
+            s.error = None;
+        });
+        if dry_run {
+            tracing::info!(mirror = name, copy = ?plan.copy.iter().map(|a| &a.name).collect::<Vec<_>>(),
+                delete = ?plan.delete.iter().map(|a| &a.name).collect::<Vec<_>>(), "dry run: nothing changed");
+            return Ok(true);
+        }
+        let mut failed = 0;
+        for artifact in &plan.copy {
+            match self.copy_with_retries(artifact, observed).await {
+                Ok(bytes) => {
+                    tracing::info!(mirror = name, artifact = artifact.name, bytes, "copied");
+                    observed.copied.with_label_values(&[name]).inc();
+                    observed.copied_bytes.with_label_values(&[name]).inc_by(bytes);
+                    observed.update(name, |s| {
+                        s.in_sync += 1;
+                        s.pending -= 1;
+                        s.copied += 1;
+                        s.to_copy.retain(|n| *n != artifact.name);
+                    });
+                }
+                Err(e) => {
+                    failed += 1;
+                    tracing::warn!(mirror = name, artifact = artifact.name, error = %e, "copy failed; the next pass retries");
+                    observed.update(name, |s| {
+                        s.failed += 1;
+                        s.failures.push(format!("{}: {e}", artifact.name));
+                    });
+                }
+            }
+        }
+        for artifact in &plan.delete {
+            match self.destination.delete(artifact).await {
+                Ok(()) => {
+                    tracing::info!(mirror = name, artifact = artifact.name, "deleted at the destination (retention)");
+                    observed.deleted.with_label_values(&[name]).inc();
+                    observed.update(name, |s| {
+                        s.pending -= 1;
+                        s.deleted += 1;
+                        s.to_delete.retain(|n| *n != artifact.name);
+                    });
+                }
+                Err(e) => {
+                    failed += 1;
+                    observed.errors.with_label_values(&[name, e.kind()]).inc();
+                    observed.update(name, |s| {
+                        s.failed += 1;
+                        s.failures.push(format!("{}: {e}", artifact.name));
+                    });
+                }
+            }
+        }
+        if failed == 0 {
+            observed.update(name, |s| s.last_success = Some(now()));
+        }
+        Ok(failed == 0)
+    }
+
+    async fn copy_with_retries(&self, artifact: &Artifact, observed: &Observed) -> Result<u64, MirrorError> {
+        let mut delay = Duration::from_millis(500);
+        let mut attempt = 1;
+        loop {
+            match self.copy(artifact).await {
+                Ok(bytes) => return Ok(bytes),
+                Err(e) => {
+                    observed.errors.with_label_values(&[&self.config.name, e.kind()]).inc();
+                    if attempt >= ATTEMPTS || matches!(e, MirrorError::Unsupported(..) | MirrorError::Config(_)) {
+                        return Err(e);
+                    }
+                    tracing::debug!(artifact = artifact.name, attempt, error = %e, "copy failed, retrying");
+                }
+            }
+            tokio::time::sleep(delay).await;
+            delay *= 2;
+            attempt += 1;
+        }
+    }
+
+    /// Runs passes forever: at the interval when a pass leaves nothing to do, after a
+    /// backoff doubling from one second (capped at the interval) when it does.
+    pub async fn run(self, observed: Arc<Observed>) {
+        let name = self.config.name.clone();
+        let (source, destination) = (self.config.source.describe(), self.config.destination.describe());
+        observed.update(&name, |s| {
+            s.source = source;
+            s.destination = destination;
+        });
+        let interval = self.interval();
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            if self.config.suspend {
+                observed.update(&name, |s| s.suspended = true);
+                tokio::time::sleep(interval).await;
+                continue;
+            }
+            let wait = match self.pass(&observed).await {
+                Ok(true) => {
+                    observed.passes.with_label_values(&[&name, "ok"]).inc();
+                    backoff = Duration::from_secs(1);
+                    interval
+                }
+                Ok(false) => {
+                    observed.passes.with_label_values(&[&name, "incomplete"]).inc();
+                    next_backoff(&mut backoff, interval)
+                }
+                Err(e) => {
+                    tracing::warn!(mirror = name, error = %e, "pass failed; retrying after a backoff");
+                    observed.passes.with_label_values(&[&name, "failed"]).inc();
+                    observed.errors.with_label_values(&[&name, e.kind()]).inc();
+                    observed.update(&name, |s| s.error = Some(e.to_string()));
+                    next_backoff(&mut backoff, interval)
+                }
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+fn next_backoff(backoff: &mut Duration, cap: Duration) -> Duration {
+    let wait = (*backoff).min(cap);
+    *backoff = (*backoff * 2).min(cap);
+    wait
+}
+
+fn now() -> f64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+/// The HTTP client every mirror shares.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .read_timeout(Duration::from_secs(120))
+        .user_agent(concat!("updraft-mirror/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .expect("an HTTP client builds")
+}
+
+/// The worker's admin routes: `/healthz`, `/readyz`, `/metrics`, `/mirrors`.
+pub fn admin_router(observed: Arc<Observed>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(|| async { "ready" }))
+        .route(
+            "/metrics",
+            get(|State(o): State<Arc<Observed>>| async move {
+                ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], o.render()).into_response()
+            }),
+        )
+        .route("/mirrors", get(|State(o): State<Arc<Observed>>| async move { Json(o.statuses()) }))
+        .with_state(observed)
+}
+
+/// Runs the mirrors of the config file until SIGTERM or Ctrl-C, restarting them
+/// when the file changes (a file that does not validate is ignored, the running
+/// mirrors kept). Serves the admin routes on the config's `adminListen`.
+pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
+    let text = std::fs::read(&config_path)?;
+    let config = GatewayConfig::load(&config_path)?;
+    let observed = Arc::new(Observed::new());
+    let admin = tokio::net::TcpListener::bind(&config.admin_listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("listen {}: {e}", config.admin_listen))?;
+    tracing::info!(admin = config.admin_listen, mirrors = config.mirrors.len(), "mirror worker started");
+    tokio::spawn(axum::serve(admin, admin_router(observed.clone())).into_future());
+    let client = client();
+    let mut running = start(&config, &client, &observed);
+    let mut last = text;
+    let shutdown = crate::shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = tokio::time::sleep(RELOAD_CHECK) => {}
+        }
+        let Ok(text) = std::fs::read(&config_path) else { continue };
+        if text == last {
+            continue;
+        }
+        last = text;
+        match GatewayConfig::load(&config_path) {
+            Ok(config) => {
+                tracing::info!(mirrors = config.mirrors.len(), "config changed: restarting the mirrors");
+                running.iter().for_each(tokio::task::JoinHandle::abort);
+                running = start(&config, &client, &observed);
+            }
+            Err(e) => tracing::warn!(error = %e, "config change ignored"),
+        }
+    }
+    tracing::info!("mirror worker stopping");
+    running.iter().for_each(tokio::task::JoinHandle::abort);
+    Ok(())
+}
+
+fn start(
+    config: &GatewayConfig,
+    client: &reqwest::Client,
+    observed: &Arc<Observed>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    observed.retain(&config.mirrors.iter().map(|m| m.name.clone()).collect::<Vec<_>>());
+    config
+        .mirrors
+        .iter()
+        .filter_map(|m| match Mirror::new(m.clone(), client) {
+            Ok(mirror) => Some(tokio::spawn(mirror.run(observed.clone()))),
+            Err(e) => {
+                tracing::error!(mirror = m.name, error = %e, "cannot start the mirror");
+                observed.update(&m.name, |s| s.error = Some(e.to_string()));
+                None
+            }
+        })
+        .collect()
+}
+
+use std::future::IntoFuture;

@@ -1,0 +1,285 @@
+//! An OCI repository as one side of a mirror. Copies keep digests: manifests and
+//! image indexes are pushed as the exact bytes pulled, blobs by digest (streamed,
+//! verified by the client while pulled and by the registry when pushed), blobs the
+//! destination already has are skipped (HEAD) or mounted from the source repository
+//! on the same registry. Signature and attestation tags of a digest
+//! (`sha256-<hex>.sig`, `.att`, `.sbom`, …) travel with it.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures::StreamExt;
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::errors::OciDistributionError;
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+use serde::Deserialize;
+use updraft_core::config::SourceConfig;
+use updraft_core::oci::{digest_reference, registry_auth, tag_reference};
+
+use super::error::{error_chain, MirrorError};
+use super::rules::Artifact;
+
+/// Manifest media types pulled as they are.
+const MANIFEST_TYPES: &[&str] = &[
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+];
+
+/// One repository.
+pub struct OciSide {
+    source: SourceConfig,
+    client: Client,
+    side: &'static str,
+}
+
+/// The parts of a manifest or index that name other content.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Raw {
+    #[serde(default)]
+    media_type: Option<String>,
+    #[serde(default)]
+    config: Option<Descriptor>,
+    #[serde(default)]
+    layers: Vec<Descriptor>,
+    #[serde(default)]
+    manifests: Vec<Descriptor>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Descriptor {
+    digest: String,
+    #[serde(default)]
+    size: u64,
+    #[serde(default)]
+    media_type: Option<String>,
+}
+
+/// Whether `tag` is a signature/attestation tag of a digest; returns the digest.
+fn attached_to(tag: &str) -> Option<String> {
+    let rest = tag.strip_prefix("sha256-")?;
+    let hex = rest.get(..64)?;
+    let suffix = &rest[64..];
+    (updraft_core::config::is_sha256_hex(hex) && (suffix.is_empty() || suffix.starts_with('.')))
+        .then(|| format!("sha256:{hex}"))
+}
+
+impl OciSide {
+    pub fn new(source: &SourceConfig, side: &'static str) -> Self {
+        let protocol = if source.insecure {
+            ClientProtocol::HttpsExcept(vec![source.registry.clone()])
+        } else {
+            ClientProtocol::Https
+        };
+        let client = Client::new(ClientConfig {
+            protocol,
+            platform_resolver: None,
+            use_monolithic_push: true,
+            connect_timeout: Some(Duration::from_secs(10)),
+            read_timeout: Some(Duration::from_secs(120)),
+            user_agent: concat!("updraft-mirror/", env!("CARGO_PKG_VERSION")),
+            ..Default::default()
+        });
+        Self { source: source.clone(), client, side }
+    }
+
+    fn auth(&self) -> Result<RegistryAuth, MirrorError> {
+        registry_auth(&self.source).map_err(|e| MirrorError::Config(e.to_string()))
+    }
+
+    fn tag(&self, tag: &str) -> Reference {
+        tag_reference(&self.source.registry, &self.source.repository, tag)
+    }
+
+    fn at(&self, digest: &str) -> Reference {
+        digest_reference(&self.source.registry, &self.source.repository, digest)
+    }
+
+    fn error(&self) -> impl Fn(OciDistributionError) -> MirrorError + '_ {
+        move |e| match &e {
+            OciDistributionError::RequestError(_) | OciDistributionError::IoError(_) => {
+                MirrorError::Unreachable { side: self.side, message: error_chain(&e) }
+            }
+            _ => MirrorError::Registry(format!("{} {}: {}", self.side, self.source.registry, error_chain(&e))),
+        }
+    }
+
+    /// Tag → manifest digest, for every tag.
+    async fn tags(&self) -> Result<BTreeMap<String, String>, MirrorError> {
+        let auth = self.auth()?;
+        let tags = match updraft_core::oci::list_repository_tags(&self.client, &self.tag("latest"), &auth).await {
+            Ok(tags) => tags,
+            // A repository that does not exist yet holds nothing.
+            Err(OciDistributionError::RegistryError { envelope, .. })
+                if envelope.errors.iter().any(|e| format!("{:?}", e.code).contains("NameUnknown")) =>
+            {
+                return Ok(BTreeMap::new())
+            }
+            Err(OciDistributionError::ServerError { code: 404, .. }) => return Ok(BTreeMap::new()),
+            Err(e) => return Err(self.error()(e)),
+        };
+        let mut found = BTreeMap::new();
+        for tag in tags {
+            let digest = self.client.fetch_manifest_digest(&self.tag(&tag), &auth).await.map_err(self.error())?;
+            found.insert(tag, digest);
+        }
+        Ok(found)
+    }
+
+    /// Each tag that is not a signature tag, with its digest and the signature tags
+    /// of that digest as its identity.
+    pub async fn list(&self) -> Result<Vec<Artifact>, MirrorError> {
+        let tags = self.tags().await?;
+        let mut attachments: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (tag, digest) in &tags {
+            if let Some(subject) = attached_to(tag) {
+                attachments.entry(subject).or_default().push(format!("{tag}={digest}"));
+            }
+        }
+        Ok(tags
+            .iter()
+            .filter(|(tag, _)| attached_to(tag).is_none())
+            .map(|(tag, digest)| {
+                let mut identity = digest.clone();
+                for a in attachments.get(digest).into_iter().flatten() {
+                    identity.push(' ');
+                    identity.push_str(a);
+                }
+                Artifact { name: tag.clone(), size: 0, time: 0.0, digest: Some(identity) }
+            })
+            .collect())
+    }
+
+    /// Deletes the manifest a tag points at (the registry must allow deletes).
+    pub async fn delete(&self, artifact: &Artifact) -> Result<(), MirrorError> {
+        let digest = artifact.digest.as_deref().and_then(|d| d.split(' ').next()).unwrap_or_default();
+        let scheme = if self.source.insecure { "http" } else { "https" };
+        let url = format!("{scheme}://{}/v2/{}/manifests/{digest}", self.source.registry, self.source.repository);
+        let mut request = reqwest::Client::new().delete(url);
+        match self.auth()? {
+            RegistryAuth::Basic(user, pass) => request = request.basic_auth(user, Some(pass)),
+            RegistryAuth::Bearer(token) => request = request.bearer_auth(token),
+            RegistryAuth::Anonymous => {}
+        }
+        let response = request.send().await.map_err(MirrorError::http(self.side))?;
+        match response.status().as_u16() {
+            200..=299 | 404 => Ok(()),
+            status => {
+                Err(MirrorError::Refused { side: self.side, status, what: format!("deleting {}", artifact.name) })
+            }
+        }
+    }
+}
+
+/// Copies the tag `artifact` (its manifest or index, everything it references, and
+/// its signature tags) from `src` to `dst`, keeping digests. Returns the blob bytes sent.
+pub async fn copy(src: &OciSide, dst: &OciSide, artifact: &Artifact) -> Result<u64, MirrorError> {
+    let identity = artifact.digest.as_deref().ok_or_else(|| MirrorError::Changed(artifact.name.clone()))?;
+    let mut parts = identity.split(' ');
+    let digest = parts.next().unwrap_or_default().to_owned();
+    let (src_auth, dst_auth) = (src.auth()?, dst.auth()?);
+    src.client.store_auth_if_needed(&src.source.registry, &src_auth).await;
+    dst.client.store_auth_if_needed(&dst.source.registry, &dst_auth).await;
+    dst.client
+        .auth(&dst.tag(&artifact.name), &dst_auth, oci_client::RegistryOperation::Push)
+        .await
+        .map_err(dst.error())?;
+    let mut sent = copy_manifest(src, dst, &src_auth, &digest, Some(&artifact.name), 0).await?;
+    for attached in parts {
+        let (tag, tag_digest) = attached.split_once('=').unwrap_or((attached, ""));
+        sent += copy_manifest(src, dst, &src_auth, tag_digest, Some(tag), 0).await?;
+    }
+    let now_at = dst.client.fetch_manifest_digest(&dst.tag(&artifact.name), &dst_auth).await.map_err(dst.error())?;
+    if now_at != digest {
+        return Err(MirrorError::Verify(format!("{}: destination has {now_at}, source {digest}", artifact.name)));
+    }
+    Ok(sent)
+}
+
+/// Copies the manifest `digest` and what it references; tags it `tag` when given.
+fn copy_manifest<'a>(
+    src: &'a OciSide,
+    dst: &'a OciSide,
+    src_auth: &'a RegistryAuth,
+    digest: &'a str,
+    tag: Option<&'a str>,
+    depth: u8,
+) -> futures::future::BoxFuture<'a, Result<u64, MirrorError>> {
+    Box::pin(async move {
+        if depth > 3 {
+            return Err(MirrorError::Registry(format!("{digest}: indexes nested too deep")));
+        }
+        let (raw, pulled) =
+            src.client.pull_manifest_raw(&src.at(digest), src_auth, MANIFEST_TYPES).await.map_err(src.error())?;
+        if pulled != digest {
+            return Err(MirrorError::Changed(format!("{digest} (pulled {pulled})")));
+        }
+        let parsed: Raw = serde_json::from_slice(&raw)
+            .map_err(|e| MirrorError::Registry(format!("{digest}: not a manifest: {e}")))?;
+        let mut sent = 0;
+        for child in &parsed.manifests {
+            sent += copy_manifest(src, dst, src_auth, &child.digest, None, depth + 1).await?;
+        }
+        for blob in parsed.config.iter().chain(&parsed.layers) {
+            sent += copy_blob(src, dst, blob).await?;
+        }
+        let media_type = parsed
+            .media_type
+            .clone()
+            .or_else(|| (!parsed.manifests.is_empty()).then(|| MANIFEST_TYPES[1].to_owned()))
+            .unwrap_or_else(|| MANIFEST_TYPES[0].to_owned());
+        let content_type =
+            media_type.parse().map_err(|_| MirrorError::Registry(format!("media type {media_type:?}")))?;
+        let target = match tag {
+            Some(tag) => dst.tag(tag),
+            None => dst.at(digest),
+        };
+        dst.client.push_manifest_raw(&target, raw, content_type).await.map_err(dst.error())?;
+        Ok(sent)
+    })
+}
+
+/// Copies one blob unless the destination has it: mounted across repositories of one
+/// registry, else streamed. Returns the bytes sent.
+async fn copy_blob(src: &OciSide, dst: &OciSide, blob: &Descriptor) -> Result<u64, MirrorError> {
+    let target = dst.at(&blob.digest);
+    if dst.client.blob_exists(&target, &blob.digest).await.map_err(dst.error())? {
+        return Ok(0);
+    }
+    if src.source.registry == dst.source.registry
+        && dst.client.mount_blob(&target, &src.at(&blob.digest), &blob.digest).await.is_ok()
+        && dst.client.blob_exists(&target, &blob.digest).await.unwrap_or(false)
+    {
+        return Ok(0);
+    }
+    let descriptor = oci_client::manifest::OciDescriptor {
+        media_type: blob.media_type.clone().unwrap_or_else(|| "application/octet-stream".into()),
+        digest: blob.digest.clone(),
+        size: blob.size as i64,
+        ..Default::default()
+    };
+    let pulled = src.client.pull_blob_stream(&src.at(&blob.digest), &descriptor).await.map_err(src.error())?;
+    let stream = pulled.stream.map(|piece| piece.map_err(OciDistributionError::IoError));
+    dst.client.push_blob_stream(&target, stream, &blob.digest, Some(blob.size)).await.map_err(dst.error())?;
+    Ok(blob.size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signature_tags_name_their_digest() {
+        let hex = "ab".repeat(32);
+        assert_eq!(attached_to(&format!("sha256-{hex}.sig")), Some(format!("sha256:{hex}")));
+        assert_eq!(attached_to(&format!("sha256-{hex}.att")), Some(format!("sha256:{hex}")));
+        assert_eq!(attached_to(&format!("sha256-{hex}")), Some(format!("sha256:{hex}")));
+        assert_eq!(attached_to("v1.2.3"), None);
+        assert_eq!(attached_to(&format!("sha256-{hex}x")), None);
+        assert_eq!(attached_to("sha256-abc.sig"), None);
+    }
+}
