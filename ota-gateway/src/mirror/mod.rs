@@ -84,6 +84,8 @@ pub struct Mirror {
     rules: Rules,
     source: Side,
     destination: Side,
+    /// The destination's last listing, to count pending work while it is down.
+    last_destination: std::sync::Mutex<Vec<Artifact>>,
 }
 
 impl Mirror {
@@ -92,7 +94,7 @@ impl Mirror {
         let rules = Rules::new(&config).map_err(MirrorError::Config)?;
         let source = Side::new(&config.source, "source", client);
         let destination = Side::new(&config.destination, "destination", client);
-        Ok(Self { config, rules, source, destination })
+        Ok(Self { config, rules, source, destination, last_destination: Default::default() })
     }
 
     fn interval(&self) -> Duration {
@@ -119,16 +121,19 @@ impl Mirror {
         let destination = match destination {
             Ok(d) => d,
             Err(e) => {
-                // Everything selected and not known to be there is pending.
-                let plan = self.rules.plan(&source, &[], now());
+                // What the source holds beyond what the destination last showed is pending.
+                let last = self.last_destination.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let plan = self.rules.plan(&source, &last, now());
                 observed.update(name, |s| {
-                    s.pending = plan.copy.len().max(s.pending);
+                    s.pending = plan.copy.len() + plan.delete.len();
                     s.to_copy = plan.copy.iter().map(|a| a.name.clone()).collect();
+                    s.to_delete = plan.delete.iter().map(|a| a.name.clone()).collect();
                 });
                 return Err(e);
             }
         };
         let plan = self.rules.plan(&source, &destination, now());
+        *self.last_destination.lock().unwrap_or_else(|e| e.into_inner()) = destination;
         let dry_run = self.config.dry_run;
         observed.update(name, |s| {
             s.dry_run = dry_run;
@@ -161,6 +166,10 @@ impl Mirror {
                         s.copied += 1;
                         s.to_copy.retain(|n| *n != artifact.name);
                     });
+                    self.remember(|known| {
+                        known.retain(|a| a.name != artifact.name);
+                        known.push(artifact.clone());
+                    });
                 }
                 Err(e) => {
                     failed += 1;
@@ -182,6 +191,7 @@ impl Mirror {
                         s.deleted += 1;
                         s.to_delete.retain(|n| *n != artifact.name);
                     });
+                    self.remember(|known| known.retain(|a| a.name != artifact.name));
                 }
                 Err(e) => {
                     failed += 1;
@@ -197,6 +207,11 @@ impl Mirror {
             observed.update(name, |s| s.last_success = Some(now()));
         }
         Ok(failed == 0)
+    }
+
+    /// Updates what the destination is known to hold.
+    fn remember(&self, change: impl FnOnce(&mut Vec<Artifact>)) {
+        change(&mut self.last_destination.lock().unwrap_or_else(|e| e.into_inner()));
     }
 
     async fn copy_with_retries(&self, artifact: &Artifact, observed: &Observed) -> Result<u64, MirrorError> {

@@ -432,6 +432,12 @@ fn commit(
         file.set_modified(when).map_err(StoreError::io)?;
     }
     file.sync_all().map_err(StoreError::io)?;
+    // Recorded before the file appears, so a listing never shows it without its
+    // checksum (rename and link keep the inode the record names).
+    let stamp = Stamp::of(&file.metadata()?);
+    if let Err(e) = sums::write(root, path, stamp, sha256) {
+        tracing::debug!(error = %e, "cannot record a checksum");
+    }
     let parent = target.parent().expect("a file path has a parent");
     // Re-resolved now: directories may have changed while the upload ran.
     path::resolve(root, path)?;
@@ -451,10 +457,6 @@ fn commit(
     }
     if let Ok(dir) = File::open(parent) {
         let _ = dir.sync_all();
-    }
-    let stamp = Stamp::of(&file.metadata()?);
-    if let Err(e) = sums::write(root, path, stamp, sha256) {
-        tracing::debug!(error = %e, "cannot record a checksum");
     }
     tracing::info!(path = path.as_str(), size = stamp.size, sha256, "stored");
     Ok(Stored::Committed)

@@ -144,3 +144,168 @@ pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
         })
         .collect()
 }
+
+/// A child process of the test, killed (SIGKILL) when dropped.
+pub struct Proc {
+    pub child: std::process::Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    /// Runs the gateway binary with `args`, its output in `log`.
+    pub fn gateway(args: &[&str], log: &Path) -> Self {
+        let out = std::fs::File::create(log).unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_ota-gateway"))
+            .args(args)
+            .env("RUST_LOG", "info,ota_gateway=debug")
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("start ota-gateway");
+        Self { child, log: log.to_owned() }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL, then reap.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Anonymous resident memory (kB), from /proc.
+    pub fn rss_anon_kb(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("RssAnon:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A free TCP port on loopback (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A gateway process serving one store (`store_port`) over `dir`.
+pub struct Gateway {
+    pub proc: Proc,
+    pub url: String,
+    pub dir: PathBuf,
+}
+
+impl Gateway {
+    /// Starts the binary with a config of one store and waits until it answers.
+    pub async fn start(work: &Path, name: &str, store_port: u16) -> Self {
+        let dir = work.join(format!("{name}-store"));
+        let config = work.join(format!("{name}.yaml"));
+        let text = format!(
+            "listen: 127.0.0.1:{}\nadminListen: 127.0.0.1:{}\ncache: {{dir: {}}}\nstores:\n- name: {name}\n  listen: 127.0.0.1:{store_port}\n  dir: {}\n  writeKey: {KEY}\n",
+            free_port(),
+            free_port(),
+            work.join(format!("{name}-cache")).display(),
+            dir.display()
+        );
+        std::fs::write(&config, text).unwrap();
+        let proc = Proc::gateway(&["--config", config.to_str().unwrap()], &work.join(format!("{name}.log")));
+        let url = format!("http://127.0.0.1:{store_port}");
+        let ready = wait_for(std::time::Duration::from_secs(30), || async {
+            reqwest::get(format!("{url}/api/status")).await.is_ok_and(|r| r.status() == 200)
+        })
+        .await;
+        assert!(ready, "gateway {name} did not start:\n{}", proc.log_text());
+        Self { proc, url, dir }
+    }
+}
+
+/// Polls `check` every 50 ms until it holds or `timeout` passes; returns whether it held.
+pub async fn wait_for<F, Fut>(timeout: std::time::Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if check().await {
+            return true;
+        }
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// The worker's `/mirrors` status of `name` (JSON), if it answers.
+pub async fn mirror_status(admin: &str, name: &str) -> Option<serde_json::Value> {
+    let all: serde_json::Value = reqwest::get(format!("{admin}/mirrors")).await.ok()?.json().await.ok()?;
+    all.as_array()?.iter().find(|s| s["name"] == name).cloned()
+}
+
+/// A TCP proxy that passes at most `bytes_per_sec` in each direction.
+pub async fn throttle(upstream: String, bytes_per_sec: u64) -> (String, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    async fn pipe(mut from: tokio::net::tcp::OwnedReadHalf, mut to: tokio::net::tcp::OwnedWriteHalf, rate: u64) {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match from.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            if to.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_secs_f64(n as f64 / rate as f64)).await;
+        }
+        let _ = to.shutdown().await;
+    }
+    let task = tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else { return };
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                tokio::join!(pipe(cr, sw, bytes_per_sec), pipe(sr, cw, bytes_per_sec));
+            });
+        }
+    });
+    (addr, task)
+}
+
+/// The shared registry of the test suite (`e2e/scripts/cluster.sh registry`): its address.
+pub fn registry() -> String {
+    static REGISTRY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    REGISTRY
+        .get_or_init(|| {
+            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../e2e/scripts/cluster.sh");
+            let out = std::process::Command::new("bash").arg(&script).arg("registry").output().expect("cluster.sh");
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success(),
+                "cluster.sh registry failed:\n{stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            stdout
+                .lines()
+                .find_map(|l| l.strip_prefix("export UPDRAFT_REGISTRY="))
+                .expect("cluster.sh printed UPDRAFT_REGISTRY")
+                .to_owned()
+        })
+        .clone()
+}
