@@ -81,7 +81,7 @@ pub async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
     let stopped = |mut rx: tokio::sync::watch::Receiver<()>| async move {
         let _ = rx.changed().await;
     };
-    let stores = serve_stores(stores, &state, stop_rx.clone()).await?;
+    let stores = serve_stores(stores, sendfile, &state, stop_rx.clone()).await?;
     let public = axum::serve(public, app(state.clone())).with_graceful_shutdown(stopped(stop_rx.clone()));
     let admin = axum::serve(admin, admin_app(state)).with_graceful_shutdown(stopped(stop_rx));
     tokio::spawn(async move {
@@ -101,6 +101,7 @@ pub async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
 /// change them yet).
 async fn serve_stores(
     stores: Vec<updraft_core::config::StoreConfig>,
+    sendfile: bool,
     state: &AppState,
     stop: tokio::sync::watch::Receiver<()>,
 ) -> anyhow::Result<Vec<impl std::future::Future<Output = std::io::Result<()>>>> {
@@ -111,6 +112,7 @@ async fn serve_stores(
         store.spawn_sweeper();
         let listener =
             DeviceListener::bind(&listen).await.map_err(|e| anyhow::anyhow!("store {name}: listen {listen}: {e}"))?;
+        let listener = listener.with_sendfile(sendfile);
         tracing::info!(store = name, %listen, "serving an artifact store");
         let metrics = state.metrics().clone();
         let router = store::router(store).layer(axum::middleware::from_fn_with_state(metrics, metrics::track));

@@ -186,7 +186,10 @@ async fn bad_input_is_refused_and_nothing_is_stored() {
 
     // Keys.
     assert_eq!(status(&["-X", "POST", "--data-binary", &body, &post("k")]).await, 401);
+    // `key:` with no value (curl then sends no such header) and `key;` (an empty one,
+    // what filuxe sends when it has no key).
     assert_eq!(status(&["-X", "POST", "-H", "key: ", "--data-binary", &body, &post("k")]).await, 401);
+    assert_eq!(status(&["-X", "POST", "-H", "key;", "--data-binary", &body, &post("k")]).await, 403);
     assert_eq!(status(&["-X", "POST", "-H", "key: wrong", "--data-binary", &body, &post("k")]).await, 403);
     assert_eq!(
         status(&["-X", "POST", "-H", "Authorization: Bearer wrong", "--data-binary", &body, &post("k")]).await,

@@ -4,8 +4,6 @@
 //!
 //! A handler either calls [`authorize`] or takes the [`Authorized`] extractor, which
 //! finds the [`Secret`] in the router's state through [`FromRef`].
-// Until the first upload surface takes it (the lint then asks for this line to go).
-#![cfg_attr(not(test), expect(dead_code, reason = "for the upload surfaces (store, simplestreams)"))]
 
 use std::path::Path;
 use std::sync::Arc;

@@ -1,20 +1,22 @@
-//! The store's keys: filuxe's `key` header or `Authorization: Bearer`, compared in
-//! constant time. Key files (mounted Secrets) are re-read when they change.
+//! The store's keys, checked with the gateway's write authorization
+//! ([`crate::http::auth`]: filuxe's `key` header or `Authorization: Bearer`, constant
+//! time). Key files (mounted Secrets) are re-read when they change.
 
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::SystemTime;
 
-use axum::http::{header, HeaderMap};
-use sha2::{Digest, Sha256};
+use axum::http::HeaderMap;
 
 use super::error::StoreError;
+use crate::http::auth::{authorize, Secret};
+use crate::http::Error as HttpError;
 use updraft_core::config::StoreConfig;
 
 /// A key, inline or read from a file.
 enum Source {
-    Inline(String),
-    File { path: PathBuf, cached: Mutex<Option<(SystemTime, u64, String)>> },
+    Inline(Secret),
+    File { path: PathBuf, cached: Mutex<Option<((SystemTime, u64), Secret)>> },
 }
 
 impl Source {
@@ -22,36 +24,32 @@ impl Source {
         Source::File { path, cached: Mutex::new(None) }
     }
 
-    /// The current key; `None` when a key file cannot be read (nobody gets in).
-    fn current(&self) -> Option<String> {
+    /// The current key; an empty one (nobody gets in) when a key file cannot be read.
+    fn current(&self) -> Secret {
         match self {
-            Source::Inline(key) => Some(key.clone()),
+            Source::Inline(secret) => secret.clone(),
             Source::File { path, cached } => {
-                let meta = std::fs::metadata(path).ok()?;
-                let stamp = (meta.modified().ok()?, meta.len());
+                let stamp = std::fs::metadata(path).ok().and_then(|m| Some((m.modified().ok()?, m.len())));
+                let Some(stamp) = stamp else {
+                    tracing::warn!(path = %path.display(), "cannot read the key file: nobody is let in");
+                    return Secret::new("");
+                };
                 let mut cached = cached.lock().unwrap_or_else(|e| e.into_inner());
-                if let Some((modified, len, key)) = cached.as_ref() {
-                    if (*modified, *len) == stamp {
-                        return Some(key.clone());
+                if let Some((_, secret)) = cached.as_ref().filter(|(seen, _)| *seen == stamp) {
+                    return secret.clone();
+                }
+                let secret = match Secret::from_file(path) {
+                    Ok(secret) => secret,
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), error = %e, "cannot read the key file");
+                        return Secret::new("");
                     }
-                }
-                let key = std::fs::read_to_string(path).ok()?.trim().to_owned();
-                if key.is_empty() {
-                    tracing::warn!(path = %path.display(), "the key file is empty: nobody is let in");
-                    return None;
-                }
-                *cached = Some((stamp.0, stamp.1, key.clone()));
-                Some(key)
+                };
+                *cached = Some((stamp, secret.clone()));
+                secret
             }
         }
     }
-}
-
-/// What a request wants to do.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Access {
-    Read,
-    Write,
 }
 
 /// The keys of one store.
@@ -64,46 +62,36 @@ pub struct Keys {
 impl Keys {
     pub fn new(config: &StoreConfig) -> Self {
         let write = match (&config.write_key, &config.write_key_file) {
-            (Some(key), _) => Source::Inline(key.trim().to_owned()),
+            (Some(key), _) => Source::Inline(Secret::new(key.trim())),
             (None, Some(path)) => Source::file(path.clone()),
-            // validate() refuses this; an unusable key keeps writes closed.
-            (None, None) => Source::Inline(String::new()),
+            // validate() refuses this; an empty key keeps writes closed.
+            (None, None) => Source::Inline(Secret::new("")),
         };
         Self { write, read: config.read_key_file.clone().map(Source::file), public_reads: config.public_reads }
     }
 
-    /// Whether the request's key allows `access`.
-    pub fn check(&self, headers: &HeaderMap, access: Access) -> Result<(), StoreError> {
-        if access == Access::Read && self.public_reads {
+    /// The write key as it is now (what the [`crate::http::auth::Authorized`]
+    /// extractor of the write routes compares with).
+    pub fn write_secret(&self) -> Secret {
+        self.write.current()
+    }
+
+    /// Whether the request may read: always for a store with public reads; else 401
+    /// without a key, 403 with one that is neither the read key nor the write key.
+    pub fn check_read(&self, headers: &HeaderMap) -> Result<(), StoreError> {
+        if self.public_reads {
             return Ok(());
         }
-        let Some(given) = presented(headers) else { return Err(StoreError::Unauthorized) };
-        let matches = |source: &Source| source.current().is_some_and(|key| !key.is_empty() && same(&key, given));
-        let ok = matches(&self.write) || (access == Access::Read && self.read.as_ref().is_some_and(matches));
-        if ok {
-            Ok(())
-        } else {
-            Err(StoreError::Forbidden)
-        }
+        let write = authorize(headers, &self.write.current());
+        let result = match &self.read {
+            Some(read) if write.is_err() => authorize(headers, &read.current()),
+            _ => write,
+        };
+        result.map_err(|e| match e {
+            HttpError::Unauthorized => StoreError::Unauthorized,
+            _ => StoreError::Forbidden,
+        })
     }
-}
-
-/// The key a request presents: filuxe's `key` header, else `Authorization: Bearer`.
-/// An empty `key` (what filuxe sends when it has none) counts as none.
-fn presented(headers: &HeaderMap) -> Option<&str> {
-    let key = headers.get("key").and_then(|v| v.to_str().ok()).map(str::trim).filter(|k| !k.is_empty());
-    key.or_else(|| {
-        let auth = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-        let (scheme, token) = auth.split_once(' ')?;
-        scheme.eq_ignore_ascii_case("bearer").then_some(token.trim()).filter(|t| !t.is_empty())
-    })
-}
-
-/// Constant-time equality: both sides are hashed first, so neither the position of
-/// the first difference nor the key's length shows in the time taken.
-fn same(a: &str, b: &str) -> bool {
-    let (x, y) = (Sha256::digest(a.as_bytes()), Sha256::digest(b.as_bytes()));
-    x.iter().zip(y.iter()).fold(0u8, |acc, (p, q)| acc | (p ^ q)) == 0
 }
 
 #[cfg(test)]
@@ -130,36 +118,43 @@ mod tests {
         h
     }
 
+    fn write(keys: &Keys, headers: &HeaderMap) -> Result<(), HttpError> {
+        authorize(headers, &keys.write_secret())
+    }
+
     #[test]
-    fn keys_are_checked_by_header_or_bearer() {
+    fn reads_are_public_unless_the_store_says_otherwise() {
         let keys = Keys::new(&config(true));
-        assert!(keys.check(&HeaderMap::new(), Access::Read).is_ok());
-        assert!(matches!(keys.check(&HeaderMap::new(), Access::Write), Err(StoreError::Unauthorized)));
-        assert!(matches!(keys.check(&with("key", ""), Access::Write), Err(StoreError::Unauthorized)));
-        assert!(matches!(keys.check(&with("key", "sekreT"), Access::Write), Err(StoreError::Forbidden)));
-        assert!(matches!(keys.check(&with("key", "sekret2"), Access::Write), Err(StoreError::Forbidden)));
-        assert!(keys.check(&with("key", "sekret"), Access::Write).is_ok());
-        assert!(keys.check(&with("authorization", "Bearer sekret"), Access::Write).is_ok());
-        assert!(keys.check(&with("authorization", "Basic sekret"), Access::Write).is_err());
+        assert!(keys.check_read(&HeaderMap::new()).is_ok());
+        assert!(matches!(write(&keys, &HeaderMap::new()), Err(HttpError::Unauthorized)));
+        assert!(matches!(write(&keys, &with("key", "sekreT")), Err(HttpError::Forbidden(_))));
+        assert!(write(&keys, &with("key", "sekret")).is_ok());
+        assert!(write(&keys, &with("authorization", "Bearer sekret")).is_ok());
         let private = Keys::new(&config(false));
-        assert!(matches!(private.check(&HeaderMap::new(), Access::Read), Err(StoreError::Unauthorized)));
-        assert!(private.check(&with("key", "sekret"), Access::Read).is_ok());
+        assert!(matches!(private.check_read(&HeaderMap::new()), Err(StoreError::Unauthorized)));
+        assert!(matches!(private.check_read(&with("key", "nope")), Err(StoreError::Forbidden)));
+        assert!(private.check_read(&with("key", "sekret")).is_ok());
     }
 
     #[test]
     fn key_files_are_reread_when_they_change() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("key");
-        std::fs::write(&path, "one\n").unwrap();
+        let (write_key, read_key) = (dir.path().join("key"), dir.path().join("read"));
+        std::fs::write(&write_key, "one\n").unwrap();
+        std::fs::write(&read_key, "reader\n").unwrap();
         let mut c = config(false);
         c.write_key = None;
-        c.write_key_file = Some(path.clone());
+        c.write_key_file = Some(write_key.clone());
+        c.read_key_file = Some(read_key);
         let keys = Keys::new(&c);
-        assert!(keys.check(&with("key", "one"), Access::Write).is_ok());
-        std::fs::write(&path, "second\n").unwrap();
-        assert!(keys.check(&with("key", "one"), Access::Write).is_err());
-        assert!(keys.check(&with("key", "second"), Access::Write).is_ok());
-        std::fs::remove_file(&path).unwrap();
-        assert!(keys.check(&with("key", "second"), Access::Write).is_err());
+        assert!(write(&keys, &with("key", "one")).is_ok());
+        assert!(keys.check_read(&with("key", "reader")).is_ok());
+        assert!(keys.check_read(&with("key", "one")).is_ok());
+        assert!(write(&keys, &with("key", "reader")).is_err());
+        std::fs::write(&write_key, "second\n").unwrap();
+        assert!(write(&keys, &with("key", "one")).is_err());
+        assert!(write(&keys, &with("key", "second")).is_ok());
+        std::fs::remove_file(&write_key).unwrap();
+        assert!(write(&keys, &with("key", "second")).is_err());
     }
 }

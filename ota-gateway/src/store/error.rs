@@ -1,7 +1,12 @@
-//! The store's errors: each a status code and a JSON `{"error": "..."}` body.
+//! The store's errors. Those every surface shares (400, 401, 403, 404, 413, 416) are
+//! answered through the gateway's generic [`crate::http::Error`]; the store's own
+//! (409 a chunk that does not fit, 422 a checksum that does not match, 507 a full
+//! volume, 500) in the same JSON shape, `{"error": "..."}`.
 
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+
+use crate::http::Error as HttpError;
 
 /// Everything a store request can answer other than success.
 #[derive(Debug, thiserror::Error)]
@@ -29,36 +34,20 @@ pub enum StoreError {
     /// A file larger than the store's `maxUploadBytes`.
     #[error("{size} bytes is more than this store accepts ({limit})")]
     TooLarge { size: u64, limit: u64 },
-    /// The assembled file does not match the size or sha256 the client announced.
+    /// The assembled file does not match the SHA-256 the client announced.
     #[error("{0}")]
     Mismatch(String),
-    /// A Range header that selects no byte of the file.
-    #[error("range not satisfiable")]
-    RangeNotSatisfiable { size: u64 },
     /// The store volume is full.
     #[error("the store volume is full")]
     Full,
     #[error("store I/O: {0}")]
     Io(#[from] std::io::Error),
+    /// An answer of the shared download path (a Range that selects nothing).
+    #[error(transparent)]
+    Http(#[from] HttpError),
 }
 
 impl StoreError {
-    /// The status code this error is answered with.
-    pub fn status(&self) -> StatusCode {
-        match self {
-            StoreError::BadPath(_) | StoreError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            StoreError::Unauthorized => StatusCode::UNAUTHORIZED,
-            StoreError::Forbidden | StoreError::Exists(_) => StatusCode::FORBIDDEN,
-            StoreError::NotFound(_) => StatusCode::NOT_FOUND,
-            StoreError::Conflict(_) => StatusCode::CONFLICT,
-            StoreError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            StoreError::Mismatch(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            StoreError::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
-            StoreError::Full => StatusCode::INSUFFICIENT_STORAGE,
-            StoreError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
-    }
-
     /// An I/O error, with a full disk told apart.
     pub fn io(e: std::io::Error) -> Self {
         if e.raw_os_error() == Some(28) || e.kind() == std::io::ErrorKind::StorageFull {
@@ -67,25 +56,54 @@ impl StoreError {
             StoreError::Io(e)
         }
     }
+
+    /// The shared error this one is answered as, or the store's own status.
+    fn answer(self) -> Result<HttpError, (StatusCode, String)> {
+        let text = self.to_string();
+        match self {
+            StoreError::BadPath(_) | StoreError::BadRequest(_) => Ok(HttpError::BadRequest(text)),
+            StoreError::Unauthorized => Ok(HttpError::Unauthorized),
+            StoreError::Forbidden | StoreError::Exists(_) => Ok(HttpError::Forbidden(text)),
+            StoreError::NotFound(_) => Ok(HttpError::NotFound(text)),
+            StoreError::TooLarge { limit, .. } => Ok(HttpError::PayloadTooLarge { limit }),
+            StoreError::Http(e) => Ok(e),
+            StoreError::Conflict(_) => Err((StatusCode::CONFLICT, text)),
+            StoreError::Mismatch(_) => Err((StatusCode::UNPROCESSABLE_ENTITY, text)),
+            StoreError::Full => Err((StatusCode::INSUFFICIENT_STORAGE, text)),
+            StoreError::Io(_) => Err((StatusCode::INTERNAL_SERVER_ERROR, text)),
+        }
+    }
 }
 
 impl IntoResponse for StoreError {
     fn into_response(self) -> Response {
-        let status = self.status();
-        if status.is_server_error() {
-            tracing::warn!(error = %self, "store request failed");
-        }
-        let mut response = (status, axum::Json(serde_json::json!({ "error": self.to_string() }))).into_response();
-        match self {
-            StoreError::Unauthorized => {
-                response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        match self.answer() {
+            Ok(shared) => shared.into_response(),
+            Err((status, text)) => {
+                if status.is_server_error() {
+                    tracing::warn!(error = text, "store request failed");
+                }
+                (status, axum::Json(serde_json::json!({ "error": text }))).into_response()
             }
-            StoreError::RangeNotSatisfiable { size } => {
-                let value = HeaderValue::from_str(&format!("bytes */{size}")).expect("ascii header");
-                response.headers_mut().insert(header::CONTENT_RANGE, value);
-            }
-            _ => {}
         }
-        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses() {
+        let status = |e: StoreError| e.into_response().status().as_u16();
+        assert_eq!(status(StoreError::BadPath("x".into())), 400);
+        assert_eq!(status(StoreError::Unauthorized), 401);
+        assert_eq!(status(StoreError::Exists("x".into())), 403);
+        assert_eq!(status(StoreError::TooLarge { size: 2, limit: 1 }), 413);
+        assert_eq!(status(StoreError::Conflict("x".into())), 409);
+        assert_eq!(status(StoreError::Mismatch("x".into())), 422);
+        assert_eq!(status(StoreError::Full), 507);
+        assert_eq!(status(StoreError::io(std::io::Error::from_raw_os_error(28))), 507);
+        assert_eq!(status(HttpError::RangeNotSatisfiable { size: 3 }.into()), 416);
     }
 }

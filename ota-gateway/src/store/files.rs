@@ -10,8 +10,7 @@ use std::fs::File;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use axum::body::Body;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::Response;
 use bytes::Bytes;
 use serde::Serialize;
@@ -19,7 +18,7 @@ use serde::Serialize;
 use super::error::StoreError;
 use super::path::{self, StorePath, RESERVED};
 use super::sums::{self, Stamp};
-use crate::download::{etag_matches, parse_range, RangeRequest};
+use crate::http::Download;
 
 /// Mappings kept at most; beyond, the whole set is dropped and rebuilt on demand.
 const MAX_MAPPED: usize = 512;
@@ -27,10 +26,8 @@ const MAX_MAPPED: usize = 512;
 /// One version of a file, mapped, with its headers precomputed.
 pub struct Mapped {
     stamp: Stamp,
-    bytes: Bytes,
-    etag: HeaderValue,
+    download: Download,
     last_modified: HeaderValue,
-    disposition: HeaderValue,
 }
 
 /// The mappings of recently downloaded files, by path.
@@ -89,49 +86,34 @@ fn map(root: &Path, path: &StorePath) -> Result<Mapped, StoreError> {
     let (stamp, sha256) = sums::of_file(root, path, &file)?;
     let modified = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(stamp.mtime_ns.max(0) as u64);
     let disposition = format!("attachment; filename=\"{}\"", path.file_name().replace(['"', '\\'], "_"));
+    let download = Download {
+        body: map_file(file)?,
+        etag: HeaderValue::from_str(&format!("\"{sha256}\"")).expect("hex is a valid header"),
+        content_type: HeaderValue::from_static("application/octet-stream"),
+        disposition: Some(HeaderValue::from_str(&disposition).unwrap_or(HeaderValue::from_static("attachment"))),
+    };
     Ok(Mapped {
         stamp,
-        // Store files are only ever replaced by rename and removed by unlink (never
-        // written in place), which is what map_payload requires.
-        bytes: crate::sendfile::map_payload(file)?,
-        etag: HeaderValue::from_str(&format!("\"{sha256}\"")).expect("hex is a valid header"),
+        download,
         last_modified: HeaderValue::from_str(&httpdate::fmt_http_date(modified)).expect("ascii date"),
-        disposition: HeaderValue::from_str(&disposition).unwrap_or(HeaderValue::from_static("attachment")),
     })
 }
 
-/// The answer to `GET`/`HEAD /download/<path>` (axum drops the body of a HEAD).
+#[allow(unsafe_code)] // The store's one call of `map_payload`: the promise below is the store's to make.
+fn map_file(file: File) -> std::io::Result<Bytes> {
+    // SAFETY: store files are never written in place. Uploads are assembled in
+    // `.updraft/` and renamed (or linked) into place, deletions unlink: a mapped inode
+    // keeps its bytes. The store's contract (module docs) is that files change only
+    // through the store or by rename.
+    unsafe { crate::sendfile::map_payload(file) }
+}
+
+/// The answer to `GET`/`HEAD /download/<path>` (axum drops the body of a HEAD):
+/// Range, ETag, If-None-Match from the shared download path, plus Last-Modified.
 pub fn respond(headers: &HeaderMap, mapped: &Mapped) -> Result<Response, StoreError> {
-    let common = |b: axum::http::response::Builder| {
-        b.header(header::ETAG, mapped.etag.clone())
-            .header(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"))
-            .header(header::LAST_MODIFIED, mapped.last_modified.clone())
-    };
-    let etag = mapped.etag.to_str().unwrap_or_default();
-    if headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()).is_some_and(|inm| etag_matches(inm, etag)) {
-        return Ok(common(Response::builder().status(StatusCode::NOT_MODIFIED)).body(Body::empty()).expect("valid"));
-    }
-    let size = mapped.bytes.len() as u64;
-    let if_range_ok = headers.get(header::IF_RANGE).is_none_or(|v| v.as_bytes() == mapped.etag.as_bytes());
-    let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
-        Some(value) if if_range_ok => parse_range(value, size),
-        _ => RangeRequest::Full,
-    };
-    let builder = common(Response::builder())
-        .header(header::CONTENT_TYPE, "application/octet-stream")
-        .header(header::CONTENT_DISPOSITION, mapped.disposition.clone());
-    let response = match range {
-        RangeRequest::Full => {
-            builder.status(StatusCode::OK).header(header::CONTENT_LENGTH, size).body(Body::from(mapped.bytes.clone()))
-        }
-        RangeRequest::Partial { start, end } => builder
-            .status(StatusCode::PARTIAL_CONTENT)
-            .header(header::CONTENT_LENGTH, end - start + 1)
-            .header(header::CONTENT_RANGE, format!("bytes {start}-{end}/{size}"))
-            .body(Body::from(mapped.bytes.slice(start as usize..=end as usize))),
-        RangeRequest::Unsatisfiable => return Err(StoreError::RangeNotSatisfiable { size }),
-    };
-    Ok(response.expect("valid response"))
+    let mut response = mapped.download.respond(headers)?;
+    response.headers_mut().insert(header::LAST_MODIFIED, mapped.last_modified.clone());
+    Ok(response)
 }
 
 /// Removes the file at `path` (not a directory). Blocking.

@@ -30,16 +30,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
+use axum::extract::{DefaultBodyLimit, FromRef, Path, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 
+use crate::http::auth::{Authorized, Secret};
+use crate::http::query::param;
 pub use error::StoreError;
 use updraft_core::config::StoreConfig;
 
-use auth::{Access, Keys};
+use auth::Keys;
 use files::Mappings;
 use path::StorePath;
 use upload::{Chunk, Options, Stored, Uploads};
@@ -90,6 +92,14 @@ impl Store {
     }
 }
 
+/// Lets the shared [`Authorized`] extractor guard the write routes with the store's
+/// current write key.
+impl FromRef<Store> for Secret {
+    fn from_ref(store: &Store) -> Secret {
+        store.inner.keys.write_secret()
+    }
+}
+
 /// The store's routes, at the root.
 pub fn router(store: Store) -> Router {
     Router::new()
@@ -108,56 +118,38 @@ pub fn router(store: Store) -> Router {
 /// spellings).
 fn flag(value: Option<&str>, name: &str) -> Result<bool, StoreError> {
     match value.map(str::to_ascii_lowercase).as_deref() {
-        None | Some("") | Some("false") | Some("0") | Some("no") | Some("off") => Ok(false),
+        None | Some("false") | Some("0") | Some("no") | Some("off") => Ok(false),
         Some("true") | Some("1") | Some("yes") | Some("on") => Ok(true),
         Some(other) => Err(StoreError::BadRequest(format!("{name}={other:?} is not a boolean"))),
     }
 }
 
-/// The query of an upload (decoded by hand: filuxe sends Python spellings).
+/// The query of an upload: `time`, `force` (filuxe sends Python's `True`/`False`),
+/// and the SHA-256 the file must have (`sha256=`, or an `X-Checksum-Sha256` header).
 fn upload_options(query: Option<&str>, headers: &HeaderMap) -> Result<Options, StoreError> {
-    let pairs: Vec<(String, String)> = match query {
-        Some(q) => query_pairs(q)?,
-        None => Vec::new(),
-    };
-    let get = |k: &str| pairs.iter().rev().find(|(name, _)| name == k).map(|(_, v)| v.as_str());
+    let query = query.unwrap_or("");
+    let get = |name: &str| param(query, name);
     let time = match get("time") {
-        None | Some("") => None,
+        None => None,
         Some(t) => match t.parse::<f64>() {
             Ok(t) if (0.0..1e11).contains(&t) => Some(t),
             _ => return Err(StoreError::BadRequest(format!("time={t:?} is not seconds since the epoch"))),
         },
     };
     let sha256 = get("sha256")
-        .map(str::to_owned)
+        .map(|s| s.into_owned())
         .or_else(|| headers.get("x-checksum-sha256").and_then(|v| v.to_str().ok()).map(|v| v.trim().to_owned()));
     if let Some(sum) = &sha256 {
         if sum.len() != 64 || !sum.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(StoreError::BadRequest(format!("sha256 {sum:?} is not 64 hex digits")));
         }
     }
-    Ok(Options { time, force: flag(get("force"), "force")?, sha256: sha256.map(|s| s.to_ascii_lowercase()) })
-}
-
-fn query_pairs(query: &str) -> Result<Vec<(String, String)>, StoreError> {
-    query
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let decode = |s: &str| {
-                percent_encoding::percent_decode_str(&s.replace('+', " "))
-                    .decode_utf8()
-                    .map(|c| c.into_owned())
-                    .map_err(|_| StoreError::BadRequest("query is not UTF-8".into()))
-            };
-            Ok((decode(k)?, decode(v)?))
-        })
-        .collect()
+    Ok(Options { time, force: flag(get("force").as_deref(), "force")?, sha256: sha256.map(|s| s.to_ascii_lowercase()) })
 }
 
 #[tracing::instrument(level = "debug", skip_all, fields(path = %raw))]
 async fn upload(
+    _: Authorized,
     State(store): State<Store>,
     Path(raw): Path<String>,
     RawQuery(query): RawQuery,
@@ -165,7 +157,6 @@ async fn upload(
     body: Body,
 ) -> Result<Response, StoreError> {
     let inner = &store.inner;
-    inner.keys.check(&headers, Access::Write)?;
     let path = StorePath::parse(&raw, false)?;
     let options = upload_options(query.as_deref(), &headers)?;
     let stored = match headers.get(header::CONTENT_RANGE) {
@@ -198,19 +189,14 @@ async fn download(
     headers: HeaderMap,
 ) -> Result<Response, StoreError> {
     let inner = &store.inner;
-    inner.keys.check(&headers, Access::Read)?;
+    inner.keys.check_read(&headers)?;
     let path = StorePath::parse(&raw, false)?;
     let mapped = inner.mappings.get(&inner.root, &path).await?;
     files::respond(&headers, &mapped)
 }
 
 #[tracing::instrument(level = "debug", skip_all, fields(path = %raw))]
-async fn delete(
-    State(store): State<Store>,
-    Path(raw): Path<String>,
-    headers: HeaderMap,
-) -> Result<StatusCode, StoreError> {
-    store.inner.keys.check(&headers, Access::Write)?;
+async fn delete(_: Authorized, State(store): State<Store>, Path(raw): Path<String>) -> Result<StatusCode, StoreError> {
     let path = StorePath::parse(&raw, false)?;
     let inner = store.inner.clone();
     let path2 = path.clone();
@@ -246,10 +232,9 @@ async fn list_at(
     query: Option<String>,
     headers: HeaderMap,
 ) -> Result<Json<files::Listing>, StoreError> {
-    store.inner.keys.check(&headers, Access::Read)?;
+    store.inner.keys.check_read(&headers)?;
     let path = StorePath::parse(&raw, true)?;
-    let pairs = query_pairs(query.as_deref().unwrap_or(""))?;
-    let recursive = flag(pairs.iter().rev().find(|(k, _)| k == "recursive").map(|(_, v)| v.as_str()), "recursive")?;
+    let recursive = flag(param(query.as_deref().unwrap_or(""), "recursive").as_deref(), "recursive")?;
     let inner = store.inner.clone();
     let listing = tokio::task::spawn_blocking(move || files::list(&inner.root, &path, recursive))
         .await
