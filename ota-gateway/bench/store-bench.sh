@@ -1,0 +1,226 @@
+#!/usr/bin/env bash
+# Benchmark of the artifact store and the forwarder against real peers, same machine,
+# same run, ratios only:
+#   - store downloads (1 MiB, 1 GiB) against nginx serving the same files (sendfile,
+#     open_file_cache), wrk on loopback;
+#   - a 1 GiB upload in filuxe's 1 MiB chunks (one curl, keep-alive, Content-Range)
+#     against nginx's WebDAV PUT of the same file;
+#   - OCI -> OCI of N artifacts (default 200, 1 GiB in all) on the local registry by
+#     the mirror worker against `skopeo copy` of the same tags;
+#   - the worker's RssAnon while it forwards a 1 GiB file store -> store.
+#
+#   bash ota-gateway/bench/store-bench.sh        # from the workspace root
+#
+# Env: DURATION (wrk seconds, default 10), ARTIFACTS (default 200), TOTAL_MB (size of
+#      the OCI set, default 1024), ROUNDS (download rounds, default 3; medians shown),
+#      SKIP_OCI=1, SKIP_UPLOAD=1.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+DURATION="${DURATION:-10}"
+ROUNDS="${ROUNDS:-3}"
+ARTIFACTS="${ARTIFACTS:-200}"
+TOTAL_MB="${TOTAL_MB:-1024}"
+WORK="$(mktemp -d /tmp/updraft-store-bench.XXXXXX)"
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+say() { printf '\033[1m[store-bench]\033[0m %s\n' "$*" >&2; }
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
+trap cleanup EXIT
+trap "exit 130" INT TERM
+KEY=bench-key
+
+say "building the release binary"
+(cd "$ROOT" && cargo build --release -q -p ota-gateway)
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/ota-gateway"
+have_tools() { for tool in oras skopeo wrk nginx curl; do command -v "$tool" >/dev/null || return 1; done; }
+have_tools || bash "$ROOT/e2e/scripts/cluster.sh" tools
+have_tools || { echo "missing one of: oras skopeo wrk nginx curl" >&2; exit 1; }
+
+# gateway NAME: a gateway process serving one store; sets NAME_URL.
+gateway() {
+  local name=$1 port admin
+  port=$(free_port) admin=$(free_port)
+  mkdir -p "$WORK/$name"
+  cat >"$WORK/$name.yaml" <<YAML
+listen: 127.0.0.1:$(free_port)
+adminListen: 127.0.0.1:$admin
+cache: {dir: $WORK/$name/cache}
+stores:
+- {name: $name, listen: "127.0.0.1:$port", dir: $WORK/$name/store, writeKey: $KEY}
+YAML
+  RUST_LOG=warn "$BIN" --config "$WORK/$name.yaml" >"$WORK/$name.log" 2>&1 &
+  pids+=("$!")
+  until curl -sf -o /dev/null "http://127.0.0.1:$port/api/status"; do sleep 0.2; done
+  printf -v "${name}_URL" '%s' "http://127.0.0.1:$port"
+}
+gateway lan
+gateway wan
+
+say "files: 1 MiB and 1 GiB"
+head -c 1M /dev/urandom >"$WORK/f-1M.bin"
+head -c 1G /dev/urandom >"$WORK/f-1G.bin"
+for f in f-1M.bin f-1G.bin; do
+  curl -sf -X POST -H "key: $KEY" --data-binary "@$WORK/$f" "$lan_URL/upload/$f" -o /dev/null
+  cmp <(curl -s "$lan_URL/download/$f") "$WORK/$f"
+done
+
+NGINX_PORT=$(free_port)
+mkdir -p "$WORK/nginx" "$WORK/dav"
+cat >"$WORK/nginx/nginx.conf" <<CONF
+user $(id -un);
+worker_processes auto;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  sendfile on;
+  tcp_nopush on;
+  tcp_nodelay on;
+  keepalive_timeout 65;
+  keepalive_requests 1000000;
+  open_file_cache max=1000 inactive=60s;
+  open_file_cache_valid 60s;
+  default_type application/octet-stream;
+  client_body_temp_path $WORK/nginx; proxy_temp_path $WORK/nginx; fastcgi_temp_path $WORK/nginx;
+  uwsgi_temp_path $WORK/nginx; scgi_temp_path $WORK/nginx;
+  server {
+    listen 127.0.0.1:$NGINX_PORT;
+    root $WORK/lan/store;
+    location /dav/ {
+      root $WORK;
+      dav_methods PUT;
+      create_full_put_path on;
+      client_max_body_size 0;
+      client_body_buffer_size 1m;
+    }
+  }
+}
+CONF
+nginx -c "$WORK/nginx/nginx.conf" -g 'daemon off;' &
+pids+=("$!")
+until curl -sf -o /dev/null "http://127.0.0.1:$NGINX_PORT/f-1M.bin"; do sleep 0.2; done
+NGINX="http://127.0.0.1:$NGINX_PORT"
+
+run_wrk() { # URL CONNECTIONS -> bytes/s
+  wrk -t2 -c"$2" -d"${DURATION}s" "$1" | awk '
+    /Transfer\/sec/ {v=$2; u=substr(v, length(v)-1); n=substr(v, 1, length(v)-2);
+      m = (u=="GB") ? 1073741824 : (u=="MB") ? 1048576 : (u=="KB") ? 1024 : 1; printf "%.0f\n", n*m}'
+}
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+declare -A RESULT
+for round in $(seq "$ROUNDS"); do
+  for case in "1MiB f-1M.bin 64" "1GiB f-1G.bin 4"; do
+    set -- $case
+    say "round $round/$ROUNDS, download $1: store, then nginx"
+    RESULT[$1-gw]+="$(run_wrk "$lan_URL/download/$2" "$3")"$'\n'
+    RESULT[$1-ng]+="$(run_wrk "$NGINX/$2" "$3")"$'\n'
+  done
+done
+
+up_ratio=- up_gw=- up_ng=-
+if [ "${SKIP_UPLOAD:-0}" != 1 ]; then
+  say "upload of 1 GiB: filuxe's 1 MiB chunks (one curl, keep-alive) against a WebDAV PUT"
+  mkdir -p "$WORK/chunks"
+  (cd "$WORK/chunks" && split -b 1M -d -a 5 "$WORK/f-1G.bin" c.)
+  size=$(stat -c %s "$WORK/f-1G.bin")
+  : >"$WORK/chunks.curl"
+  from=0
+  for c in "$WORK"/chunks/c.*; do
+    n=$(stat -c %s "$c")
+    to=$((from + n - 1))
+    printf 'url = "%s/upload/up.bin?time=1700000000&force=True"\nrequest = POST\nheader = "key: %s"\nheader = "Content-Range: bytes %d-%d/%d"\ndata-binary = "@%s"\noutput = /dev/null\nnext\n' \
+      "$lan_URL" "$KEY" "$from" "$to" "$size" "$c" >>"$WORK/chunks.curl"
+    from=$((to + 1))
+  done
+  t0=$(date +%s.%N); curl -s -K "$WORK/chunks.curl"; t1=$(date +%s.%N)
+  cmp <(curl -s "$lan_URL/download/up.bin") "$WORK/f-1G.bin"
+  t2=$(date +%s.%N); curl -sf -T "$WORK/f-1G.bin" "$NGINX/dav/up.bin" -o /dev/null; t3=$(date +%s.%N)
+  cmp "$WORK/dav/up.bin" "$WORK/f-1G.bin"
+  up_gw=$(echo "$t1 - $t0" | bc -l) up_ng=$(echo "$t3 - $t2" | bc -l)
+  up_ratio=$(echo "$up_ng / $up_gw" | bc -l)
+  rm -rf "$WORK/chunks" "$WORK/dav/up.bin"
+fi
+
+say "worker RssAnon while forwarding the 1 GiB file store -> store"
+WORKER_ADMIN=$(free_port)
+cat >"$WORK/worker-store.yaml" <<YAML
+adminListen: 127.0.0.1:$WORKER_ADMIN
+mirrors:
+- name: big
+  source: {http: {url: "$lan_URL"}}
+  destination: {http: {url: "$wan_URL", keyFile: $WORK/key}}
+  include: ["f-1G.bin"]
+  interval: 1h
+YAML
+printf '%s' "$KEY" >"$WORK/key"
+RUST_LOG=warn "$BIN" --config "$WORK/worker-store.yaml" --mirror >"$WORK/worker-store.log" 2>&1 &
+WPID=$!; pids+=("$WPID")
+max_anon=0
+t0=$(date +%s.%N)
+until curl -s "http://127.0.0.1:$WORKER_ADMIN/mirrors" | grep -q '"pending":0,.*"lastSuccess"\|"lastSuccess".*"pending":0'; do
+  a=$(awk '$1 == "RssAnon:" {print $2}' "/proc/$WPID/status" 2>/dev/null || echo 0)
+  ((a > max_anon)) && max_anon=$a
+  sleep 0.05
+done
+t1=$(date +%s.%N)
+cmp <(curl -s "$wan_URL/download/f-1G.bin") "$WORK/f-1G.bin"
+store_copy_s=$(echo "$t1 - $t0" | bc -l)
+kill "$WPID"
+
+oci_ratio=- oci_gw=- oci_sk=-
+if [ "${SKIP_OCI:-0}" != 1 ]; then
+  eval "$(bash "$ROOT/e2e/scripts/cluster.sh" registry)"
+  REG=$UPDRAFT_REGISTRY
+  base="bench/oci-$$-$(date +%s)"
+  each_kb=$((TOTAL_MB * 1024 / ARTIFACTS))
+  say "pushing $ARTIFACTS artifacts of $each_kb KiB to $REG/$base/src"
+  mkdir -p "$WORK/oci"
+  for i in $(seq "$ARTIFACTS"); do
+    head -c "${each_kb}K" /dev/urandom >"$WORK/oci/a.bin"
+    (cd "$WORK/oci" && oras push -q --plain-http "$REG/$base/src:v1.0.$i" a.bin:application/octet-stream >/dev/null)
+  done
+  say "skopeo copy of every tag to $base/skopeo"
+  t0=$(date +%s.%N)
+  for i in $(seq "$ARTIFACTS"); do
+    skopeo copy -q --all --src-tls-verify=false --dest-tls-verify=false \
+      "docker://$REG/$base/src:v1.0.$i" "docker://$REG/$base/skopeo:v1.0.$i"
+  done
+  t1=$(date +%s.%N)
+  say "the mirror worker to $base/mirror"
+  cat >"$WORK/worker-oci.yaml" <<YAML
+adminListen: 127.0.0.1:$WORKER_ADMIN
+mirrors:
+- name: oci
+  source: {oci: {registry: "$REG", repository: $base/src, insecure: true}}
+  destination: {oci: {registry: "$REG", repository: $base/mirror, insecure: true}}
+  interval: 1h
+YAML
+  t2=$(date +%s.%N)
+  RUST_LOG=warn "$BIN" --config "$WORK/worker-oci.yaml" --mirror >"$WORK/worker-oci.log" 2>&1 &
+  WPID=$!; pids+=("$WPID")
+  until curl -s "http://127.0.0.1:$WORKER_ADMIN/mirrors" | grep -q "\"inSync\":$ARTIFACTS,"; do
+    kill -0 "$WPID" 2>/dev/null || { cat "$WORK/worker-oci.log" >&2; exit 1; }
+    sleep 0.1
+  done
+  t3=$(date +%s.%N)
+  kill "$WPID"
+  for i in 1 "$ARTIFACTS"; do
+    [ "$(oras resolve --plain-http "$REG/$base/src:v1.0.$i")" = "$(oras resolve --plain-http "$REG/$base/mirror:v1.0.$i")" ]
+  done
+  oci_sk=$(echo "$t1 - $t0" | bc -l) oci_gw=$(echo "$t3 - $t2" | bc -l)
+  oci_ratio=$(echo "$oci_sk / $oci_gw" | bc -l)
+fi
+
+echo
+echo "| case | store | peer | ratio (store / peer) |"
+echo "|---|---|---|---|"
+for c in 1MiB 1GiB; do
+  gw=$(printf '%s' "${RESULT[$c-gw]}" | median) ng=$(printf '%s' "${RESULT[$c-ng]}" | median)
+  printf '| download %s (MiB/s, median of %s) | %.0f | nginx %.0f | %.2f |\n' "$c" "$ROUNDS" \
+    "$(echo "$gw / 1048576" | bc -l)" "$(echo "$ng / 1048576" | bc -l)" "$(echo "$gw / $ng" | bc -l)"
+done
+[ "$up_ratio" = - ] || printf '| upload 1 GiB (s) | %.2f (1 MiB chunks) | nginx WebDAV PUT %.2f | %.2f |\n' "$up_gw" "$up_ng" "$up_ratio"
+[ "$oci_ratio" = - ] || printf '| OCI->OCI %s artifacts, %s MiB (s) | %.2f | skopeo copy %.2f | %.2f |\n' "$ARTIFACTS" "$TOTAL_MB" "$oci_gw" "$oci_sk" "$oci_ratio"
+printf '| worker forwarding 1 GiB store->store | %.2f s | RssAnon max %s kB | |\n' "$store_copy_s" "$max_anon"
