@@ -14,9 +14,9 @@
 //! ```
 //!
 //! Writes need the store's write key; reads are public unless the store says
-//! otherwise ([`auth`]). Files live in the store's directory (the store volume, shared
-//! by the replicas); uploads become visible only when complete ([`upload`]); paths are
-//! checked against traversal and symlink escapes ([`path`]). Files must only change
+//! otherwise (`auth`). Files live in the store's directory (the store volume, shared
+//! by the replicas); uploads become visible only when complete (`upload`); paths are
+//! checked against traversal and symlink escapes (`path`). Files must only change
 //! through the store, or be replaced by rename: downloads map them, as the cache does.
 
 mod auth;
