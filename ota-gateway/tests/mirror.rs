@@ -363,3 +363,61 @@ async fn oci_to_oci_keeps_digests_and_signature_tags() {
     oras(&["pull", "--plain-http", "-o", pulled.to_str().unwrap(), &format!("{reg}/{dst}:v1.1.0")], w);
     assert_eq!(std::fs::read(pulled.join("fw-2.bin")).unwrap(), std::fs::read(w.join("fw-2.bin")).unwrap());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_to_oci_to_store_by_titles() {
+    let reg = registry();
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let lan = Gateway::start(w, "lan", free_port()).await;
+    let wan = Gateway::start(w, "wan", free_port()).await;
+    put_series(w, &lan.url, &["app-1.0.0.zip", "app-1.1.0.zip"], 40).await;
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let repo = format!("mirror-test/files-{nanos}");
+    // An artifact pushed by someone else, its file titled by oras.
+    let pushed = pseudo_random(70_000, 77);
+    std::fs::write(w.join("tool-2.0.0.bin"), &pushed).unwrap();
+    oras(&["push", "--plain-http", &format!("{reg}/{repo}:tool"), "tool-2.0.0.bin:application/octet-stream"], w);
+
+    let key_file = w.join("wan-key");
+    std::fs::write(&key_file, KEY).unwrap();
+    let admin_port = free_port();
+    let admin = format!("http://127.0.0.1:{admin_port}");
+    let body = format!(
+        "- name: lan-to-oci\n  source: {{http: {{url: \"{lan}\"}}}}\n  destination: {{oci: {{registry: \"{reg}\", repository: {repo}, insecure: true}}}}\n  interval: 1s\n\
+         - name: oci-to-wan\n  source: {{oci: {{registry: \"{reg}\", repository: {repo}, insecure: true}}}}\n  destination: {{http: {{url: \"{wan}\", keyFile: {key}}}}}\n  interval: 1s\n",
+        lan = lan.url,
+        wan = wan.url,
+        key = key_file.display()
+    );
+    let config = w.join("worker.yaml");
+    std::fs::write(&config, mirror_yaml(admin_port, &body)).unwrap();
+    let worker = start_worker(w, &config, 1);
+    let done = wait_for(Duration::from_secs(60), || async {
+        let a = mirror_status(&admin, "lan-to-oci").await;
+        let b = mirror_status(&admin, "oci-to-wan").await;
+        a.is_some_and(|s| s["pending"] == 0 && s["inSync"] == 2)
+            && b.is_some_and(|s| s["pending"] == 0 && s["inSync"] == 3)
+    })
+    .await;
+    assert!(
+        done,
+        "{:?} {:?}\n{}",
+        mirror_status(&admin, "lan-to-oci").await,
+        mirror_status(&admin, "oci-to-wan").await,
+        worker.log_text()
+    );
+    // Each store file is a one-layer artifact whose layer is the file, titled with its name.
+    // Tags are the names made valid (`rel/` has a slash: `rel_app-1.1.0.zip-<hash>`).
+    let tags = oras(&["repo", "tags", "--plain-http", &format!("{reg}/{repo}")], w);
+    let tag = tags.lines().find(|t| t.starts_with("rel_app-1.1.0.zip-")).unwrap_or_else(|| panic!("tags: {tags}"));
+    let pulled = w.join("pulled");
+    oras(&["pull", "--plain-http", "-o", pulled.to_str().unwrap(), &format!("{reg}/{repo}:{tag}")], w);
+    assert_eq!(std::fs::read(pulled.join("rel/app-1.1.0.zip")).unwrap(), download(&lan.url, "rel/app-1.1.0.zip").await);
+    // And every titled file of the repository reached the other store, byte-exact.
+    assert_eq!(files_under(&wan.dir), ["rel/app-1.0.0.zip", "rel/app-1.1.0.zip", "tool-2.0.0.bin"]);
+    for f in ["rel/app-1.0.0.zip", "rel/app-1.1.0.zip"] {
+        assert!(download(&wan.url, f).await == download(&lan.url, f).await, "{f} differs");
+    }
+    assert_eq!(download(&wan.url, "tool-2.0.0.bin").await, pushed);
+}

@@ -18,9 +18,6 @@ pub enum MirrorError {
     /// An OCI registry error.
     #[error("{0}")]
     Registry(String),
-    /// A source/destination pairing this build cannot forward.
-    #[error("forwarding from {0} to {1} is not supported")]
-    Unsupported(&'static str, &'static str),
     /// The mirror's config cannot be used (a key file that cannot be read, ...).
     #[error("{0}")]
     Config(String),
@@ -35,7 +32,6 @@ impl MirrorError {
             MirrorError::Verify(_) => "verify",
             MirrorError::Changed(_) => "changed",
             MirrorError::Registry(_) => "registry",
-            MirrorError::Unsupported(..) => "unsupported",
             MirrorError::Config(_) => "config",
         }
     }

@@ -150,6 +150,45 @@ impl HttpSide {
         Ok(etag.filter(|e| updraft_core::config::is_sha256_hex(e)).map(str::to_owned))
     }
 
+    /// The body of `name` as a stream (OCI pushes read it).
+    pub async fn download_stream(
+        &self,
+        name: &str,
+    ) -> Result<impl futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Send + 'static, MirrorError> {
+        let response =
+            self.request(reqwest::Method::GET, self.url("download", name))?.send().await.map_err(self.unreachable())?;
+        if !response.status().is_success() {
+            return Err(self.refused(response.status(), format!("downloading {name}")));
+        }
+        Ok(response.bytes_stream())
+    }
+
+    /// Uploads `body` (`size` bytes, SHA-256 `sha256`) as `name` in one request,
+    /// replacing what is there; the store checks the checksum before the file appears.
+    pub async fn upload_whole(
+        &self,
+        name: &str,
+        body: reqwest::Body,
+        size: u64,
+        sha256: &str,
+    ) -> Result<(), MirrorError> {
+        let response = self
+            .request(reqwest::Method::POST, self.url("upload", name))?
+            .query(&[("force", "true"), ("sha256", sha256)])
+            .header(header::CONTENT_TYPE, "application/octet-stream")
+            .header(header::CONTENT_LENGTH, size)
+            .body(body)
+            .send()
+            .await
+            .map_err(self.unreachable())?;
+        if response.status() != reqwest::StatusCode::CREATED {
+            let status = response.status();
+            let text = response.text().await.unwrap_or_default();
+            return Err(self.refused(status, format!("uploading {name}: {}", text.trim())));
+        }
+        Ok(())
+    }
+
     /// Deletes `name` (absent already counts as deleted).
     pub async fn delete(&self, name: &str) -> Result<(), MirrorError> {
         let response =

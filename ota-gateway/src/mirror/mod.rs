@@ -63,16 +63,20 @@ impl Side {
         }
     }
 
-    async fn list(&self) -> Result<Vec<Artifact>, MirrorError> {
+    /// The side's artifacts: files of a store; tags of a repository, or, when the
+    /// other side is a store (`files`), the titled layers of its tags.
+    async fn list(&self, files: bool) -> Result<Vec<Artifact>, MirrorError> {
         match self {
             Side::Http(s) => s.list().await,
+            Side::Oci(s) if files => s.list_files().await,
             Side::Oci(s) => s.list().await,
         }
     }
 
-    async fn delete(&self, artifact: &Artifact) -> Result<(), MirrorError> {
+    async fn delete(&self, artifact: &Artifact, files: bool) -> Result<(), MirrorError> {
         match self {
             Side::Http(s) => s.delete(&artifact.name).await,
+            Side::Oci(s) if files => s.delete_file(&artifact.name).await,
             Side::Oci(s) => s.delete(artifact).await,
         }
     }
@@ -105,18 +109,24 @@ impl Mirror {
         match (&self.source, &self.destination) {
             (Side::Http(src), Side::Http(dst)) => http::copy(src, dst, artifact).await,
             (Side::Oci(src), Side::Oci(dst)) => oci::copy(src, dst, artifact).await,
-            (src, dst) => Err(MirrorError::Unsupported(src.kind(), dst.kind())),
+            (Side::Oci(src), Side::Http(dst)) => oci::copy_to_store(src, dst, artifact).await,
+            (Side::Http(src), Side::Oci(dst)) => oci::copy_from_store(src, dst, artifact).await,
         }
+    }
+
+    /// Whether the sides differ in kind: repositories are then seen as files.
+    fn files(&self) -> bool {
+        self.source.kind() != self.destination.kind()
     }
 
     /// One pass: list, plan, copy, delete, report. `Ok(true)` when nothing is left.
     pub async fn pass(&self, observed: &Observed) -> Result<bool, MirrorError> {
         let name = self.config.name.as_str();
         let listed = |side: &'static str, ok: bool| observed.up.with_label_values(&[name, side]).set(i64::from(ok));
-        let source = self.source.list().await;
+        let source = self.source.list(self.files()).await;
         listed("source", source.is_ok());
         let source = source?;
-        let destination = self.destination.list().await;
+        let destination = self.destination.list(self.files()).await;
         listed("destination", destination.is_ok());
         let destination = match destination {
             Ok(d) => d,
@@ -182,7 +192,7 @@ impl Mirror {
             }
         }
         for artifact in &plan.delete {
-            match self.destination.delete(artifact).await {
+            match self.destination.delete(artifact, self.files()).await {
                 Ok(()) => {
                     tracing::info!(mirror = name, artifact = artifact.name, "deleted at the destination (retention)");
                     observed.deleted.with_label_values(&[name]).inc();
@@ -222,7 +232,7 @@ impl Mirror {
                 Ok(bytes) => return Ok(bytes),
                 Err(e) => {
                     observed.errors.with_label_values(&[&self.config.name, e.kind()]).inc();
-                    if attempt >= ATTEMPTS || matches!(e, MirrorError::Unsupported(..) | MirrorError::Config(_)) {
+                    if attempt >= ATTEMPTS || matches!(e, MirrorError::Config(_)) {
                         return Err(e);
                     }
                     tracing::debug!(artifact = artifact.name, attempt, error = %e, "copy failed, retrying");

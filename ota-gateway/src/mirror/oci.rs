@@ -57,7 +57,18 @@ struct Descriptor {
     size: u64,
     #[serde(default)]
     media_type: Option<String>,
+    #[serde(default)]
+    annotations: BTreeMap<String, String>,
 }
+
+/// The annotation that names a layer's file (what `oras push` sets).
+const TITLE: &str = "org.opencontainers.image.title";
+
+/// The config blob of the one-file artifacts this worker pushes: `{}`.
+const EMPTY_CONFIG: &[u8] = b"{}";
+const EMPTY_TYPE: &str = "application/vnd.oci.empty.v1+json";
+/// `artifactType` of the one-file artifacts this worker pushes.
+const FILE_ARTIFACT: &str = "application/vnd.updraft.file.v1";
 
 /// Whether `tag` is a signature/attestation tag of a digest; returns the digest.
 fn attached_to(tag: &str) -> Option<String> {
@@ -154,6 +165,43 @@ impl OciSide {
             .collect())
     }
 
+    /// Files mode (the other side is a store): every layer with a title of every
+    /// tag's manifest, named by its title, identified by its digest (the file's
+    /// SHA-256). When several tags hold the same title, the last tag in order wins.
+    pub async fn list_files(&self) -> Result<Vec<Artifact>, MirrorError> {
+        let auth = self.auth()?;
+        let mut files = BTreeMap::new();
+        for (tag, digest) in self.tags().await? {
+            if attached_to(&tag).is_some() {
+                continue;
+            }
+            let (raw, _) =
+                self.client.pull_manifest_raw(&self.at(&digest), &auth, MANIFEST_TYPES).await.map_err(self.error())?;
+            let Ok(parsed) = serde_json::from_slice::<Raw>(&raw) else { continue };
+            for layer in parsed.layers {
+                let (Some(title), Some(hex)) = (layer.annotations.get(TITLE), layer.digest.strip_prefix("sha256:"))
+                else {
+                    continue;
+                };
+                let file = Artifact { name: title.clone(), size: layer.size, time: 0.0, digest: Some(hex.to_owned()) };
+                files.insert(title.clone(), file);
+            }
+        }
+        Ok(files.into_values().collect())
+    }
+
+    /// Files mode: deletes the one-file artifact this worker pushed for `name`.
+    pub async fn delete_file(&self, name: &str) -> Result<(), MirrorError> {
+        let auth = self.auth()?;
+        let digest = match self.client.fetch_manifest_digest(&self.tag(&tag_for(name)), &auth).await {
+            Ok(digest) => digest,
+            Err(OciDistributionError::ImageManifestNotFoundError(_)) => return Ok(()),
+            Err(e) => return Err(self.error()(e)),
+        };
+        let artifact = Artifact { name: name.to_owned(), size: 0, time: 0.0, digest: Some(digest) };
+        self.delete(&artifact).await
+    }
+
     /// Deletes the manifest a tag points at (the registry must allow deletes).
     pub async fn delete(&self, artifact: &Artifact) -> Result<(), MirrorError> {
         let digest = artifact.digest.as_deref().and_then(|d| d.split(' ').next()).unwrap_or_default();
@@ -173,6 +221,83 @@ impl OciSide {
             }
         }
     }
+}
+
+/// The tag a file is pushed under: its name with what a tag cannot hold replaced,
+/// plus a hash of the name when anything was replaced or cut (names stay distinct).
+pub fn tag_for(name: &str) -> String {
+    let mut tag: String =
+        name.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') { c } else { '_' }).collect();
+    if tag.starts_with(['.', '-']) {
+        tag.insert(0, '_');
+    }
+    if tag != name || tag.len() > 128 {
+        tag.truncate(110);
+        let hash = hex::encode(&<sha2::Sha256 as sha2::Digest>::digest(name.as_bytes())[..8]);
+        tag = format!("{tag}-{hash}");
+    }
+    tag
+}
+
+/// OCI to store: streams the blob of `file` (listed by [`OciSide::list_files`]) into
+/// the store under its title, verified by digest on the way and by SHA-256 at the store.
+pub async fn copy_to_store(src: &OciSide, dst: &super::http::HttpSide, file: &Artifact) -> Result<u64, MirrorError> {
+    let hex = file.digest.as_deref().ok_or_else(|| MirrorError::Changed(file.name.clone()))?;
+    let digest = format!("sha256:{hex}");
+    let descriptor = oci_client::manifest::OciDescriptor {
+        media_type: "application/octet-stream".into(),
+        digest: digest.clone(),
+        size: file.size as i64,
+        ..Default::default()
+    };
+    src.client.store_auth_if_needed(&src.source.registry, &src.auth()?).await;
+    let pulled = src.client.pull_blob_stream(&src.at(&digest), &descriptor).await.map_err(src.error())?;
+    dst.upload_whole(&file.name, reqwest::Body::wrap_stream(pulled.stream), file.size, hex).await?;
+    Ok(file.size)
+}
+
+/// Store to OCI: pushes `file` as a one-layer artifact (an empty config, the file as
+/// its layer titled with its name) tagged [`tag_for`] its name.
+pub async fn copy_from_store(src: &super::http::HttpSide, dst: &OciSide, file: &Artifact) -> Result<u64, MirrorError> {
+    let auth = dst.auth()?;
+    let tag = dst.tag(&tag_for(&file.name));
+    dst.client.store_auth_if_needed(&dst.source.registry, &auth).await;
+    dst.client.auth(&tag, &auth, oci_client::RegistryOperation::Push).await.map_err(dst.error())?;
+    let sha = match &file.digest {
+        Some(sum) => sum.clone(),
+        None => src.etag(&file.name).await?.ok_or_else(|| {
+            MirrorError::Verify(format!("{}: the source store announces no sha256 for it", file.name))
+        })?,
+    };
+    let layer = format!("sha256:{sha}");
+    let sent = if dst.client.blob_exists(&dst.at(&layer), &layer).await.map_err(dst.error())? {
+        0
+    } else {
+        let body = src.download_stream(&file.name).await?;
+        let stream = body.map(|piece| piece.map_err(|e| OciDistributionError::GenericError(Some(e.to_string()))));
+        dst.client.push_blob_stream(&dst.at(&layer), stream, &layer, Some(file.size)).await.map_err(dst.error())?;
+        file.size
+    };
+    let empty = format!("sha256:{}", hex::encode(<sha2::Sha256 as sha2::Digest>::digest(EMPTY_CONFIG)));
+    if !dst.client.blob_exists(&dst.at(&empty), &empty).await.map_err(dst.error())? {
+        dst.client.push_blob(&dst.at(&empty), EMPTY_CONFIG.to_vec(), &empty).await.map_err(dst.error())?;
+    }
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": MANIFEST_TYPES[0],
+        "artifactType": FILE_ARTIFACT,
+        "config": {"mediaType": EMPTY_TYPE, "digest": empty, "size": EMPTY_CONFIG.len()},
+        "layers": [{
+            "mediaType": "application/octet-stream",
+            "digest": layer,
+            "size": file.size,
+            "annotations": {TITLE: file.name},
+        }],
+    });
+    let body = serde_json::to_vec(&manifest).expect("a manifest serializes");
+    let content_type = MANIFEST_TYPES[0].parse().expect("a valid header");
+    dst.client.push_manifest_raw(&tag, body, content_type).await.map_err(dst.error())?;
+    Ok(sent)
 }
 
 /// Copies the tag `artifact` (its manifest or index, everything it references, and
@@ -281,5 +406,19 @@ mod tests {
         assert_eq!(attached_to("v1.2.3"), None);
         assert_eq!(attached_to(&format!("sha256-{hex}x")), None);
         assert_eq!(attached_to("sha256-abc.sig"), None);
+    }
+
+    #[test]
+    fn file_names_become_distinct_valid_tags() {
+        assert_eq!(tag_for("app-1.2.3.zip"), "app-1.2.3.zip");
+        let a = tag_for("rel/a:1.2.3:t:x.zip");
+        let b = tag_for("rel_a_1.2.3_t_x.zip");
+        assert!(a.starts_with("rel_a_1.2.3_t_x.zip-") && a != b, "{a} {b}");
+        assert!(tag_for(&"x".repeat(300)).len() <= 128);
+        assert!(tag_for(".hidden").starts_with("_.hidden-"));
+        let valid = regex::Regex::new(r"^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$").unwrap();
+        for name in ["a b", "ü.bin", "rel/x", "-x", &"y".repeat(200)] {
+            assert!(valid.is_match(&tag_for(name)), "{name}");
+        }
     }
 }
