@@ -20,6 +20,7 @@ mod oci;
 pub mod rules;
 pub mod status;
 
+use std::future::IntoFuture;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -379,5 +380,3 @@ fn start(
         })
         .collect()
 }
-
-use std::future::IntoFuture;
