@@ -13,7 +13,7 @@
 #
 # Env: DURATION (wrk seconds, default 10), ARTIFACTS (default 200), TOTAL_MB (size of
 #      the OCI set, default 1024), ROUNDS (download rounds, default 3; medians shown),
-#      SKIP_OCI=1, SKIP_UPLOAD=1.
+#      SKIP_OCI=1, SKIP_UPLOAD=1, SKIP_DOWNLOAD=1.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -61,7 +61,7 @@ say "files: 1 MiB and 1 GiB"
 head -c 1M /dev/urandom >"$WORK/f-1M.bin"
 head -c 1G /dev/urandom >"$WORK/f-1G.bin"
 for f in f-1M.bin f-1G.bin; do
-  curl -sf -X POST -H "key: $KEY" --data-binary "@$WORK/$f" "$lan_URL/upload/$f" -o /dev/null
+  curl -sf -X POST -H "key: $KEY" -T "$WORK/$f" "$lan_URL/upload/$f" -o /dev/null
   cmp <(curl -s "$lan_URL/download/$f") "$WORK/$f"
 done
 
@@ -103,6 +103,9 @@ pids+=("$!")
 until curl -sf -o /dev/null "http://127.0.0.1:$NGINX_PORT/f-1M.bin"; do sleep 0.2; done
 NGINX="http://127.0.0.1:$NGINX_PORT"
 
+echo "| case | store | peer | ratio (store / peer) |"
+echo "|---|---|---|---|"
+
 run_wrk() { # URL CONNECTIONS -> bytes/s
   wrk -t2 -c"$2" -d"${DURATION}s" "$1" | awk '
     /Transfer\/sec/ {v=$2; u=substr(v, length(v)-1); n=substr(v, 1, length(v)-2);
@@ -110,6 +113,7 @@ run_wrk() { # URL CONNECTIONS -> bytes/s
 }
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 declare -A RESULT
+[ "${SKIP_DOWNLOAD:-0}" = 1 ] && ROUNDS=0
 for round in $(seq "$ROUNDS"); do
   for case in "1MiB f-1M.bin 64" "1GiB f-1G.bin 4"; do
     set -- $case
@@ -117,6 +121,12 @@ for round in $(seq "$ROUNDS"); do
     RESULT[$1-gw]+="$(run_wrk "$lan_URL/download/$2" "$3")"$'\n'
     RESULT[$1-ng]+="$(run_wrk "$NGINX/$2" "$3")"$'\n'
   done
+done
+
+[ "$ROUNDS" = 0 ] || for c in 1MiB 1GiB; do
+  gw=$(printf '%s' "${RESULT[$c-gw]}" | median) ng=$(printf '%s' "${RESULT[$c-ng]}" | median)
+  printf '| download %s (MiB/s, median of %s) | %.0f | nginx %.0f | %.2f |\n' "$c" "$ROUNDS" \
+    "$(echo "$gw / 1048576" | bc -l)" "$(echo "$ng / 1048576" | bc -l)" "$(echo "$gw / $ng" | bc -l)"
 done
 
 up_ratio=- up_gw=- up_ng=-
@@ -130,7 +140,8 @@ if [ "${SKIP_UPLOAD:-0}" != 1 ]; then
   for c in "$WORK"/chunks/c.*; do
     n=$(stat -c %s "$c")
     to=$((from + n - 1))
-    printf 'url = "%s/upload/up.bin?time=1700000000&force=True"\nrequest = POST\nheader = "key: %s"\nheader = "Content-Range: bytes %d-%d/%d"\ndata-binary = "@%s"\noutput = /dev/null\nnext\n' \
+    [ "$from" = 0 ] || echo next >>"$WORK/chunks.curl"
+    printf 'url = "%s/upload/up.bin?time=1700000000&force=True"\nrequest = POST\nheader = "key: %s"\nheader = "Content-Range: bytes %d-%d/%d"\ndata-binary = "@%s"\noutput = /dev/null\n' \
       "$lan_URL" "$KEY" "$from" "$to" "$size" "$c" >>"$WORK/chunks.curl"
     from=$((to + 1))
   done
@@ -141,6 +152,7 @@ if [ "${SKIP_UPLOAD:-0}" != 1 ]; then
   up_gw=$(echo "$t1 - $t0" | bc -l) up_ng=$(echo "$t3 - $t2" | bc -l)
   up_ratio=$(echo "$up_ng / $up_gw" | bc -l)
   rm -rf "$WORK/chunks" "$WORK/dav/up.bin"
+  printf '| upload 1 GiB (s) | %.2f (1 MiB chunks) | nginx WebDAV PUT %.2f | %.2f |\n' "$up_gw" "$up_ng" "$up_ratio"
 fi
 
 say "worker RssAnon while forwarding the 1 GiB file store -> store"
@@ -168,6 +180,7 @@ t1=$(date +%s.%N)
 cmp <(curl -s "$wan_URL/download/f-1G.bin") "$WORK/f-1G.bin"
 store_copy_s=$(echo "$t1 - $t0" | bc -l)
 kill "$WPID"
+printf '| worker forwarding 1 GiB store->store | %.2f s | RssAnon max %s kB | |\n' "$store_copy_s" "$max_anon"
 
 oci_ratio=- oci_gw=- oci_sk=-
 if [ "${SKIP_OCI:-0}" != 1 ]; then
@@ -179,7 +192,7 @@ if [ "${SKIP_OCI:-0}" != 1 ]; then
   mkdir -p "$WORK/oci"
   for i in $(seq "$ARTIFACTS"); do
     head -c "${each_kb}K" /dev/urandom >"$WORK/oci/a.bin"
-    (cd "$WORK/oci" && oras push -q --plain-http "$REG/$base/src:v1.0.$i" a.bin:application/octet-stream >/dev/null)
+    (cd "$WORK/oci" && oras push --plain-http "$REG/$base/src:v1.0.$i" a.bin:application/octet-stream >/dev/null)
   done
   say "skopeo copy of every tag to $base/skopeo"
   t0=$(date +%s.%N)
@@ -211,16 +224,5 @@ YAML
   done
   oci_sk=$(echo "$t1 - $t0" | bc -l) oci_gw=$(echo "$t3 - $t2" | bc -l)
   oci_ratio=$(echo "$oci_sk / $oci_gw" | bc -l)
+  printf '| OCI->OCI %s artifacts, %s MiB (s) | %.2f | skopeo copy %.2f | %.2f |\n' "$ARTIFACTS" "$TOTAL_MB" "$oci_gw" "$oci_sk" "$oci_ratio"
 fi
-
-echo
-echo "| case | store | peer | ratio (store / peer) |"
-echo "|---|---|---|---|"
-for c in 1MiB 1GiB; do
-  gw=$(printf '%s' "${RESULT[$c-gw]}" | median) ng=$(printf '%s' "${RESULT[$c-ng]}" | median)
-  printf '| download %s (MiB/s, median of %s) | %.0f | nginx %.0f | %.2f |\n' "$c" "$ROUNDS" \
-    "$(echo "$gw / 1048576" | bc -l)" "$(echo "$ng / 1048576" | bc -l)" "$(echo "$gw / $ng" | bc -l)"
-done
-[ "$up_ratio" = - ] || printf '| upload 1 GiB (s) | %.2f (1 MiB chunks) | nginx WebDAV PUT %.2f | %.2f |\n' "$up_gw" "$up_ng" "$up_ratio"
-[ "$oci_ratio" = - ] || printf '| OCI->OCI %s artifacts, %s MiB (s) | %.2f | skopeo copy %.2f | %.2f |\n' "$ARTIFACTS" "$TOTAL_MB" "$oci_gw" "$oci_sk" "$oci_ratio"
-printf '| worker forwarding 1 GiB store->store | %.2f s | RssAnon max %s kB | |\n' "$store_copy_s" "$max_anon"

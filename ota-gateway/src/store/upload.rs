@@ -21,6 +21,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -36,6 +37,9 @@ use super::sums::{self, Stamp};
 
 /// Body bytes gathered before one positioned write.
 const WRITE_BUFFER: usize = 1 << 20;
+
+/// A long body starts a background `fdatasync` each time this much more arrived.
+const FLUSH_EVERY: u64 = 32 << 20;
 
 /// Partial uploads untouched for this long are removed.
 pub const ABANDONED: Duration = Duration::from_secs(24 * 3600);
@@ -93,11 +97,30 @@ struct Tracked {
     info: Info,
     /// from → to (inclusive).
     ranges: BTreeMap<u64, u64>,
-    /// SHA-256 of bytes `0..n` when this process saw them in order.
-    hashed: Option<(u64, Sha256)>,
+    /// SHA-256 of bytes `0..n` (being computed) when this process saw them in order.
+    hashed: Option<(u64, HashPipe)>,
+    /// Set while a background `fdatasync` of the partial runs: written chunks reach
+    /// the disk while later ones arrive, so the sync before the rename has little left.
+    flushing: Arc<AtomicBool>,
 }
 
 impl Tracked {
+    fn new(info: Info, ranges: BTreeMap<u64, u64>, hashed: Option<(u64, HashPipe)>) -> Self {
+        Self { info, ranges, hashed, flushing: Arc::default() }
+    }
+
+    /// Starts syncing `file` in the background unless a sync is under way.
+    fn flush_behind(&self, file: File) {
+        if self.flushing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let flushing = self.flushing.clone();
+        tokio::task::spawn_blocking(move || {
+            let _ = file.sync_data();
+            flushing.store(false, Ordering::Release);
+        });
+    }
+
     fn covers(&self, size: u64) -> bool {
         let mut next = 0;
         for (&from, &to) in &self.ranges {
@@ -132,6 +155,37 @@ impl Tracked {
         } else {
             Overlap::None
         }
+    }
+}
+
+/// SHA-256 computed beside the writes, in order, on a blocking thread of its own: a
+/// request waits for its bytes to be written, not hashed; only the commit waits for
+/// the hash. At most [`HASH_QUEUE`] buffers wait, so memory stays bounded.
+struct HashPipe {
+    tx: tokio::sync::mpsc::Sender<Bytes>,
+    done: tokio::task::JoinHandle<Sha256>,
+}
+
+/// Buffers (of up to [`WRITE_BUFFER`]) queued for hashing per upload.
+const HASH_QUEUE: usize = 8;
+
+impl HashPipe {
+    fn start() -> Self {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(HASH_QUEUE);
+        let done = tokio::task::spawn_blocking(move || {
+            let mut hasher = Sha256::new();
+            while let Some(bytes) = rx.blocking_recv() {
+                hasher.update(&bytes);
+            }
+            hasher
+        });
+        Self { tx, done }
+    }
+
+    /// The hex digest of everything fed.
+    async fn finish(self) -> Option<String> {
+        drop(self.tx);
+        self.done.await.ok().map(|h| hex::encode(h.finalize()))
     }
 }
 
@@ -207,7 +261,8 @@ impl Uploads {
         let file = OpenOptions::new().create_new(true).read(true).write(true).open(&tmp).map_err(StoreError::io)?;
         let _cleanup = RemoveOnDrop(tmp.clone());
         let limit = declared.unwrap_or(self.max_bytes).min(self.max_bytes);
-        let (file, written, hasher) = write_body(file, 0, body, limit, Some(Sha256::new())).await.map_err(|e| {
+        let pipe = HashPipe::start();
+        let (file, written) = write_body(file, 0, body, limit, Some(&pipe), &Arc::default()).await.map_err(|e| {
             if matches!(e, StoreError::TooLarge { .. }) {
                 StoreError::TooLarge { size: limit + 1, limit: self.max_bytes }
             } else {
@@ -217,7 +272,10 @@ impl Uploads {
         if declared.is_some_and(|len| len != written) {
             return Err(StoreError::BadRequest(format!("body has {written} bytes, Content-Length said {declared:?}")));
         }
-        let sha256 = hex::encode(hasher.expect("hashing").finalize());
+        let sha256 = match pipe.finish().await {
+            Some(sum) => sum,
+            None => sums::hash(file.try_clone()?)?,
+        };
         let root = self.root.clone();
         let (path, options) = (path.clone(), options.clone());
         blocking(move || commit(&root, &path, &target, &tmp, file, &sha256, &options)).await
@@ -262,28 +320,26 @@ impl Uploads {
             Overlap::None => {
                 let file = OpenOptions::new().write(true).create(true).truncate(false).open(dir.join("data"));
                 let file = file.map_err(StoreError::io)?;
-                let hasher = match tracked.hashed.take() {
-                    Some((n, h)) if n == chunk.from => Some(h),
+                let pipe = match tracked.hashed.take() {
+                    Some((n, pipe)) if n == chunk.from => Some(pipe),
                     other => {
                         tracked.hashed = other;
                         None
                     }
                 };
-                let in_order = hasher.is_some();
-                let (file, written, hasher) = write_body(file, chunk.from, body, chunk.len(), hasher).await?;
-                drop(file);
+                let (file, written) =
+                    write_body(file, chunk.from, body, chunk.len(), pipe.as_ref(), &tracked.flushing).await?;
                 if written != chunk.len() {
                     return Err(StoreError::BadRequest(format!(
                         "chunk body has {written} bytes, Content-Range says {}",
                         chunk.len()
                     )));
                 }
-                if in_order {
-                    tracked.hashed = hasher.map(|h| (chunk.to + 1, h));
-                }
+                tracked.hashed = pipe.map(|pipe| (chunk.to + 1, pipe));
                 let marker = dir.join("ranges").join(format!("{}-{}", chunk.from, chunk.to));
                 File::create(marker).map_err(StoreError::io)?;
                 tracked.ranges.insert(chunk.from, chunk.to);
+                tracked.flush_behind(file);
             }
         }
         if !tracked.covers(chunk.size) && (chunk.to + 1 == chunk.size || !tracked.contiguous_before(chunk.from)) {
@@ -293,8 +349,8 @@ impl Uploads {
         if !tracked.covers(chunk.size) {
             return Ok(Stored::Partial);
         }
-        let sha256 = match &tracked.hashed {
-            Some((n, h)) if *n == chunk.size => Some(hex::encode(h.clone().finalize())),
+        let sha256 = match tracked.hashed.take() {
+            Some((n, pipe)) if n == chunk.size => pipe.finish().await,
             _ => None,
         };
         let target = self.target(path, options)?;
@@ -302,7 +358,7 @@ impl Uploads {
         let committing = self.own("committing").join(format!("{id}-{}", unique()));
         let result = blocking(move || {
             // Markers on disk are the truth: another replica may have reset the partial.
-            if !covers_on_disk(&dir, chunk.size)? {
+            if !covers_on_disk(&dir, &info)? {
                 return Ok(Stored::Partial);
             }
             match fs::rename(&dir, &committing) {
@@ -351,7 +407,7 @@ fn load_or_start(dir: &Path, info: &Info, restart: bool) -> Result<Tracked, Stor
     let existing: Option<Info> = fs::read(dir.join("info.json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
     match existing {
         Some(found) if found == *info => {
-            return Ok(Tracked { info: found, ranges: read_ranges(dir)?, hashed: None });
+            return Ok(Tracked::new(found, read_ranges(dir)?, None));
         }
         Some(found) if !restart => {
             return Err(StoreError::Conflict(format!(
@@ -376,11 +432,11 @@ fn load_or_start(dir: &Path, info: &Info, restart: bool) -> Result<Tracked, Stor
     fs::write(staging.join("info.json"), serde_json::to_vec(info).expect("info serializes")).map_err(StoreError::io)?;
     File::create(staging.join("data")).map_err(StoreError::io)?;
     match fs::rename(&staging, dir) {
-        Ok(()) => Ok(Tracked { info: info.clone(), ranges: BTreeMap::new(), hashed: Some((0, Sha256::new())) }),
+        Ok(()) => Ok(Tracked::new(info.clone(), BTreeMap::new(), Some((0, HashPipe::start())))),
         // Another replica started the same partial at the same moment: use theirs.
         Err(_) => {
             let _ = fs::remove_dir_all(&staging);
-            Ok(Tracked { info: info.clone(), ranges: read_ranges(dir)?, hashed: None })
+            Ok(Tracked::new(info.clone(), read_ranges(dir)?, None))
         }
     }
 }
@@ -403,10 +459,14 @@ fn read_ranges(dir: &Path) -> Result<BTreeMap<u64, u64>, StoreError> {
     Ok(ranges)
 }
 
-fn covers_on_disk(dir: &Path, size: u64) -> Result<bool, StoreError> {
-    let tracked =
-        Tracked { info: Info { path: String::new(), size, time: None }, ranges: read_ranges(dir)?, hashed: None };
-    Ok(tracked.covers(size))
+/// Whether the partial at `dir` still assembles `info` and its markers cover it all.
+fn covers_on_disk(dir: &Path, info: &Info) -> Result<bool, StoreError> {
+    let on_disk: Option<Info> = fs::read(dir.join("info.json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
+    if on_disk.as_ref() != Some(info) {
+        return Ok(false);
+    }
+    let tracked = Tracked::new(info.clone(), read_ranges(dir)?, None);
+    Ok(tracked.covers(info.size))
 }
 
 /// Checks, syncs, times and renames the complete file `data` into `target`. Blocking.
@@ -463,17 +523,17 @@ fn commit(
 }
 
 /// Writes `body` into `file` from `offset`, at most `limit` bytes (more is an error),
-/// feeding `hasher`. Gathers up to [`WRITE_BUFFER`] bytes per positioned write, done
-/// off the async threads. Returns the file, the bytes written and the hasher.
+/// feeding `hash`. Gathers up to [`WRITE_BUFFER`] bytes per positioned write, done
+/// off the async threads. Returns the file and the bytes written.
 async fn write_body(
-    file: File,
+    mut file: File,
     offset: u64,
     body: Body,
     limit: u64,
-    hasher: Option<Sha256>,
-) -> Result<(File, u64, Option<Sha256>), StoreError> {
+    hash: Option<&HashPipe>,
+    flushing: &Arc<AtomicBool>,
+) -> Result<(File, u64), StoreError> {
     let mut stream = body.into_data_stream();
-    let mut state = (file, hasher);
     let mut buf = BytesMut::with_capacity(WRITE_BUFFER);
     let mut written = 0u64;
     loop {
@@ -489,22 +549,31 @@ async fn write_body(
         if buf.len() >= WRITE_BUFFER || (end && !buf.is_empty()) {
             let chunk = buf.split().freeze();
             let (at, n) = (offset + written, chunk.len() as u64);
-            let (file, mut hasher) = state;
-            state = blocking(move || {
-                file.write_all_at(&chunk, at).map_err(StoreError::io)?;
-                if let Some(h) = hasher.as_mut() {
-                    h.update(&chunk);
-                }
-                Ok((file, hasher))
+            let bytes = chunk.clone();
+            file = blocking(move || {
+                file.write_all_at(&bytes, at).map_err(StoreError::io)?;
+                Ok(file)
             })
             .await?;
+            if let Some(pipe) = hash {
+                // The hashing thread only ends when the pipe is dropped.
+                let _ = pipe.tx.send(chunk).await;
+            }
             written += n;
+            // Large bodies: start writing back what arrived while the rest comes in.
+            if written % FLUSH_EVERY < n && !flushing.swap(true, Ordering::AcqRel) {
+                let (file, flushing) = (file.try_clone().map_err(StoreError::io)?, flushing.clone());
+                tokio::task::spawn_blocking(move || {
+                    let _ = file.sync_data();
+                    flushing.store(false, Ordering::Release);
+                });
+            }
         }
         if end {
             break;
         }
     }
-    Ok((state.0, written, state.1))
+    Ok((file, written))
 }
 
 async fn drain(body: Body) {
