@@ -19,11 +19,11 @@ mod fetch;
 pub mod firmware;
 mod http;
 mod metrics;
+pub mod mirror;
 mod notify;
 pub mod reload;
 #[allow(unsafe_code)]
 pub mod sendfile;
-pub mod mirror;
 mod state;
 pub mod store;
 mod unpack;
