@@ -38,7 +38,8 @@ use super::sums::{self, Stamp};
 /// Body bytes gathered before one positioned write.
 const WRITE_BUFFER: usize = 1 << 20;
 
-/// A long body starts a background `fdatasync` each time this much more arrived.
+/// A long body (or the chunks of one upload) starts a background `fdatasync` each
+/// time this much more arrived.
 const FLUSH_EVERY: u64 = 32 << 20;
 
 /// Partial uploads untouched for this long are removed.
@@ -339,7 +340,9 @@ impl Uploads {
                 let marker = dir.join("ranges").join(format!("{}-{}", chunk.from, chunk.to));
                 File::create(marker).map_err(StoreError::io)?;
                 tracked.ranges.insert(chunk.from, chunk.to);
-                tracked.flush_behind(file);
+                if chunk.from / FLUSH_EVERY != (chunk.to + 1) / FLUSH_EVERY {
+                    tracked.flush_behind(file);
+                }
             }
         }
         if !tracked.covers(chunk.size) && (chunk.to + 1 == chunk.size || !tracked.contiguous_before(chunk.from)) {

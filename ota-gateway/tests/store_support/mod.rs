@@ -301,6 +301,17 @@ pub fn registry() -> String {
                 "cluster.sh registry failed:\n{stdout}\n{}",
                 String::from_utf8_lossy(&out.stderr)
             );
+            let works = |tool: &str, arg: &str| {
+                std::process::Command::new(tool).arg(arg).output().is_ok_and(|o| o.status.success())
+            };
+            if !works("oras", "version") || !works("skopeo", "--version") {
+                // `tools` installs oras and skopeo (and more); only those two matter here.
+                let _ = std::process::Command::new("bash").arg(&script).arg("tools").output();
+                assert!(
+                    works("oras", "version") && works("skopeo", "--version"),
+                    "cluster.sh tools did not install oras and skopeo"
+                );
+            }
             stdout
                 .lines()
                 .find_map(|l| l.strip_prefix("export UPDRAFT_REGISTRY="))
