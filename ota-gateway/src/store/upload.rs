@@ -19,7 +19,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -337,6 +337,16 @@ impl Uploads {
                     )));
                 }
                 tracked.hashed = pipe.map(|pipe| (chunk.to + 1, pipe));
+                // Another replica may have restarted the partial (a different file from
+                // byte 0) while this chunk was written: then its bytes are not in it.
+                let still_ours = fs::metadata(dir.join("data")).map(|m| m.ino()).ok() == Some(file.metadata()?.ino());
+                if !still_ours {
+                    tracked.hashed = None;
+                    return Err(StoreError::Conflict(format!(
+                        "the upload of {} was restarted with another file while this chunk was written",
+                        path.as_str()
+                    )));
+                }
                 let marker = dir.join("ranges").join(format!("{}-{}", chunk.from, chunk.to));
                 File::create(marker).map_err(StoreError::io)?;
                 tracked.ranges.insert(chunk.from, chunk.to);
