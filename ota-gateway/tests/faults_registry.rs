@@ -389,7 +389,7 @@ async fn flapping_registry_fails_no_device_request() {
     let mut pushed_v2 = None;
     let v2 = random_bytes(3_000);
     while start.elapsed() < Duration::from_secs(20) {
-        proxy.set_down((start.elapsed().as_secs() % 2) == 0);
+        proxy.set_down(start.elapsed().as_secs().is_multiple_of(2));
         if pushed_v2.is_none() && start.elapsed() > Duration::from_secs(8) {
             push_file(&reg.addr, &repo, "1.1.0", work.path(), "p2.bin", RAW, &v2);
             pushed_v2 = Some(Instant::now());
