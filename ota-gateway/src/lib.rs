@@ -9,6 +9,7 @@
 //! error, write authorization, query strings) shared by the surfaces; `cache`,
 //! `fetch` and `unpack` (registry to disk), [`reload`] (the config file), `metrics`,
 //! `admin`, `notify` (MQTT and webhook notifications when a release becomes ready),
+//! [`server`] (the listeners' connection loop: header read timeout, head size limit)
 //! and [`sendfile`] (the zero-copy path, the crate's only `unsafe` code).
 
 #![deny(unsafe_code)]
@@ -23,10 +24,10 @@ mod notify;
 pub mod reload;
 #[allow(unsafe_code)]
 pub mod sendfile;
+pub mod server;
 mod state;
 mod unpack;
 
-use std::future::IntoFuture;
 use std::path::PathBuf;
 
 use axum::http::StatusCode;
@@ -78,16 +79,15 @@ pub async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
     let stopped = |mut rx: tokio::sync::watch::Receiver<()>| async move {
         let _ = rx.changed().await;
     };
-    let public = axum::serve(public, app(state.clone())).with_graceful_shutdown(stopped(stop_rx.clone()));
-    let admin = axum::serve(admin, admin_app(state)).with_graceful_shutdown(stopped(stop_rx));
+    // Header read timeout and head size limit on every listener (see `server`).
+    let public = server::serve(public, app(state.clone()), stopped(stop_rx.clone()));
+    let admin = server::serve(admin, admin_app(state), stopped(stop_rx));
     tokio::spawn(async move {
         shutdown_signal().await;
         tracing::info!("shutting down: finishing requests in flight");
         let _ = stop_tx.send(());
     });
-    let (a, b) = tokio::join!(public.into_future(), admin.into_future());
-    a?;
-    b?;
+    tokio::join!(public, admin);
     Ok(())
 }
 
