@@ -95,7 +95,7 @@ async fn idle_and_slow_header_connections_are_timed_out_while_clients_are_served
     let reg = registry();
     let work = tempfile::tempdir().unwrap();
     let repo = unique_repo("idle");
-    let bytes = random_bytes(10_000);
+    let bytes = random_bytes(100_000);
     let digest = push_file(&reg.addr, &repo, "1.0.0", work.path(), "fw.bin", RAW, &bytes);
     let mut cfg =
         config(&work.path().join("cache"), vec![channel("fw", &reg.addr, &repo, ("1.0.0", "1.0.0", &digest))]);
@@ -113,6 +113,26 @@ async fn idle_and_slow_header_connections_are_timed_out_while_clients_are_served
     while !http.get(&url).send().await.is_ok_and(|r| r.status() == 200) {
         assert!(Instant::now() < deadline, "the gateway never served /version");
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The device listener still sends payloads with sendfile through this server.
+    let body = http.get(format!("{base}/firmware?device=fw")).send().await.unwrap().bytes().await.unwrap();
+    assert_eq!(sha256_hex(&body), sha256_hex(&bytes));
+    // The counter moves just after the syscall, maybe after the client read the bytes.
+    let admin = format!("http://{}/metrics", cfg.admin_listen);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let metrics = http.get(&admin).send().await.unwrap().text().await.unwrap();
+        let zero_copied: u64 = metrics
+            .lines()
+            .find(|l| l.starts_with("updraft_gateway_sendfile_bytes_total "))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0);
+        if zero_copied > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "sendfile not used: {zero_copied} bytes");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
     // Idle figures, after a warm-up.
