@@ -10,7 +10,9 @@
 //! `fetch` and `unpack` (registry to disk), [`reload`] (the config file), `metrics`,
 //! `admin`, `notify` (MQTT and webhook notifications when a release becomes ready),
 //! [`server`] (the listeners' connection loop: header read timeout, head size limit)
-//! and [`sendfile`] (the zero-copy path, the crate's only `unsafe` code).
+//! and [`sendfile`] (the zero-copy path, the crate's only `unsafe` code);
+//! `simplestreams` (image streams for LXD and Incus) and `tls` (the HTTPS listener
+//! beside the plain one).
 
 #![deny(unsafe_code)]
 
@@ -25,7 +27,9 @@ pub mod reload;
 #[allow(unsafe_code)]
 pub mod sendfile;
 pub mod server;
+mod simplestreams;
 mod state;
+mod tls;
 mod unpack;
 
 use std::path::PathBuf;
@@ -40,10 +44,17 @@ pub use state::{AppState, ApplyError};
 /// The public router: every surface's routes and OtaFlux's `GET /health`, with
 /// request metrics.
 pub fn app(state: AppState) -> Router {
+    public_router(state, Router::new())
+}
+
+/// [`app`] with the routes of the surfaces that `serve` starts beside the live state
+/// (the simplestreams streams), under the same metrics layer.
+fn public_router(state: AppState, surfaces: Router) -> Router {
     let metrics = state.metrics().clone();
     Router::new()
         .route("/health", get(health))
         .merge(firmware::router().with_state(state.firmware().clone()))
+        .merge(surfaces)
         .layer(axum::middleware::from_fn_with_state(metrics, metrics::track))
 }
 
@@ -67,7 +78,24 @@ pub async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
     }
     let config = updraft_core::config::GatewayConfig::load(&config_path)?;
     let (listen, admin_listen, sendfile) = (config.listen.clone(), config.admin_listen.clone(), config.sendfile);
+    let tls = match &config.tls {
+        Some(t) => {
+            let store = tls::CertStore::load(&t.cert_file, &t.key_file)?;
+            store.spawn_watcher();
+            let listener = tls::TlsListener::bind(&t.listen, tls::server_config(store)?)
+                .await
+                .map_err(|e| anyhow::anyhow!("listen {}: {e}", t.listen))?;
+            tracing::info!(listen = %t.listen, "serving HTTPS");
+            Some(listener)
+        }
+        None => None,
+    };
+    let stream_config = config.clone();
     let state = AppState::from_config(config)?;
+    // Streams are read from the config at start; a changed `streams` section takes
+    // effect on restart.
+    let streams = simplestreams::Streams::start(&stream_config, state.cache().clone(), state.metrics())?;
+    let public_app = public_router(state.clone(), simplestreams::router(streams));
     tokio::spawn(reload::Watcher::new(config_path, state.clone()).run());
     let public = DeviceListener::bind(&listen).await.map_err(|e| anyhow::anyhow!("listen {listen}: {e}"))?;
     let public = public.with_sendfile(sendfile);
@@ -80,14 +108,20 @@ pub async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
         let _ = rx.changed().await;
     };
     // Header read timeout and head size limit on every listener (see `server`).
-    let public = server::serve(public, app(state.clone()), stopped(stop_rx.clone()));
+    let https = tls.map(|listener| server::serve(listener, public_app.clone(), stopped(stop_rx.clone())));
+    let https = async move {
+        if let Some(serving) = https {
+            serving.await;
+        }
+    };
+    let public = server::serve(public, public_app, stopped(stop_rx.clone()));
     let admin = server::serve(admin, admin_app(state), stopped(stop_rx));
     tokio::spawn(async move {
         shutdown_signal().await;
         tracing::info!("shutting down: finishing requests in flight");
         let _ = stop_tx.send(());
     });
-    tokio::join!(public, admin);
+    tokio::join!(public, admin, https);
     Ok(())
 }
 

@@ -25,7 +25,6 @@ pub enum Error {
     #[error("{0}")]
     Forbidden(String),
     /// 413: a body beyond the configured limit.
-    #[cfg_attr(not(test), expect(dead_code, reason = "for the upload surfaces (store, simplestreams)"))]
     #[error("body larger than the {limit} bytes allowed")]
     PayloadTooLarge { limit: u64 },
     /// 503 with `Retry-After`: the answer exists soon (a payload being fetched, a
