@@ -279,6 +279,29 @@ pub struct StreamSource {
     /// Uploads compatible with docker-simplestreams-server, stored as OCI artifacts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upload: Option<UploadStreamSource>,
+    /// A mirror of another simplestreams server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<UpstreamStreamSource>,
+}
+
+/// Another simplestreams server (a public image server, another Updraft gateway),
+/// mirrored with filters; files are fetched on first request and verified against
+/// the upstream's sha256.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UpstreamStreamSource {
+    /// Base URL: `{url}/streams/v1/index.json` is the upstream's index.
+    pub url: String,
+    /// `field=value` (field one of `os`, `release`, `arch`, `variant`): a product is
+    /// mirrored when it matches every filter (`os` compared without case).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<String>,
+    /// PEM file of extra CAs to trust for `url` (besides the system's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// How often the upstream index is read again. Default `10m`.
+    #[serde(default = "default_upstream_interval")]
+    pub interval: String,
 }
 
 /// A repository of image artifacts.
@@ -418,10 +441,29 @@ impl GatewayConfig {
             if !streams.insert(s.name.as_str()) {
                 return invalid(format!("stream name {:?} appears twice", s.name));
             }
-            let interval = match (&s.source.oci, &s.source.upload) {
-                (Some(o), None) => &o.interval,
-                (None, Some(u)) => &u.interval,
-                _ => return invalid(format!("stream {:?}: source needs exactly one of oci, upload", s.name)),
+            let interval = match (&s.source.oci, &s.source.upload, &s.source.upstream) {
+                (Some(o), None, None) => &o.interval,
+                (None, Some(u), None) => &u.interval,
+                (None, None, Some(u)) => {
+                    if !(u.url.starts_with("http://") || u.url.starts_with("https://")) {
+                        return invalid(format!("stream {:?}: upstream.url must be http(s)://", s.name));
+                    }
+                    for f in &u.filters {
+                        let ok = f.split_once('=').is_some_and(|(k, v)| {
+                            matches!(k, "os" | "release" | "arch" | "variant") && !v.is_empty()
+                        });
+                        if !ok {
+                            return invalid(format!(
+                                "stream {:?}: filter {f:?} is not os=, release=, arch= or variant=VALUE",
+                                s.name
+                            ));
+                        }
+                    }
+                    &u.interval
+                }
+                _ => {
+                    return invalid(format!("stream {:?}: source needs exactly one of oci, upload, upstream", s.name))
+                }
             };
             crate::version::parse_duration(interval)
                 .map_err(|e| ConfigError::Invalid(format!("stream {:?}: interval: {e}", s.name)))?;
@@ -500,6 +542,9 @@ fn default_stream_interval() -> String {
 }
 fn default_upload_interval() -> String {
     "5s".into()
+}
+fn default_upstream_interval() -> String {
+    "10m".into()
 }
 fn default_upload_bytes() -> u64 {
     4 << 30
@@ -609,8 +654,19 @@ mod tests {
         assert!(GatewayConfig::parse(twice.as_bytes()).unwrap().validate().unwrap_err().to_string().contains("twice"));
         let escape = yaml.replace("name: lab", "name: ../x");
         assert!(GatewayConfig::parse(escape.as_bytes()).unwrap().validate().is_err());
-        let unknown = yaml.replace("    oci:", "    upstream:");
+        let unknown = yaml.replace("    oci:", "    mirror:");
         assert!(GatewayConfig::parse(unknown.as_bytes()).is_err());
+        let mut mirror = c.clone();
+        mirror.streams[1].source.oci = None;
+        mirror.streams[1].source.upstream = Some(UpstreamStreamSource {
+            url: "https://images.example".into(),
+            filters: vec!["os=debian".into()],
+            ca_file: None,
+            interval: "10m".into(),
+        });
+        mirror.validate().unwrap();
+        mirror.streams[1].source.upstream.as_mut().unwrap().filters = vec!["color=red".into()];
+        assert!(mirror.validate().unwrap_err().to_string().contains("filter"));
         let mut none = c.clone();
         none.streams[1].source.oci = None;
         assert!(none.validate().unwrap_err().to_string().contains("exactly one"));

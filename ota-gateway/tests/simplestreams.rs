@@ -713,3 +713,64 @@ fn the_peer_incus_simplestreams_agrees_on_fingerprint_and_properties() {
     }
     assert_eq!(our_version["items"]["root.squashfs"]["sha256"], their_version["items"]["squashfs"]["sha256"]);
 }
+
+/// A mirror of another gateway over HTTPS (its CA in `caFile`), with a filter: the
+/// clients list and export through the mirror, files verified against the upstream's
+/// hashes; when the upstream goes away the mirror keeps serving what it had.
+#[test]
+fn a_mirror_of_another_gateway_serves_its_filtered_images_and_outlives_it() {
+    ensure_tools();
+    let tmp = tempfile::tempdir().unwrap();
+    let (pki, img) = (tmp.path().join("pki"), tmp.path().join("img"));
+    std::fs::create_dir_all(&pki).unwrap();
+    std::fs::create_dir_all(&img).unwrap();
+    make_pki(&pki);
+    make_image(&img, &format!("mirror-{}", std::process::id()));
+    let fp = fingerprint(&img.join("incus.tar.xz"), &img.join("rootfs.squashfs"));
+    let mut origin = start_gateway(&tmp.path().join("origin"), "images", &pki, &unique_repo("streams-origin"), "");
+    let origin_base = format!("https://127.0.0.1:{}/streams/images", origin.https);
+    for (dir, file, name) in [
+        ("debian/bookworm/amd64/default/20260101_00:00", "incus.tar.xz", "lxd.tar.xz"),
+        ("debian/bookworm/amd64/default/20260101_00:00", "rootfs.squashfs", "rootfs.squashfs"),
+        ("alpine/edge/amd64/default/20260101_00:00", "incus.tar.xz", "lxd.tar.xz"),
+        ("alpine/edge/amd64/default/20260101_00:00", "root.tar.xz", "root.tar.xz"),
+    ] {
+        assert_eq!(upload(&pki, &origin_base, &img.join(file), &format!("{dir}/{name}"), Some(TOKEN)).0, 201);
+    }
+    let source = format!(
+        "    upstream:\n      url: {origin_base}\n      caFile: {}\n      filters: [os=debian]\n      interval: 1s\n",
+        pki.join("ca.pem").display()
+    );
+    let mirror = start_gateway_with(&tmp.path().join("mirror"), "mirror", &pki, &source);
+    let base = format!("https://127.0.0.1:{}/streams/mirror", mirror.https);
+    let images = wait_listed(&pki, &base, "debian:bookworm:amd64:default");
+    assert!(images["products"]["alpine:edge:amd64:default"].is_null(), "the filter let alpine through: {images:#}");
+
+    let home = tmp.path().join("home");
+    for tool in ["incus", "lxc"] {
+        client(tool, &home, &pki, &["remote", "add", "mirror", &base, "--protocol", "simplestreams", "--public"]);
+        let csv = client(tool, &home, &pki, &["image", "list", "mirror:", "--format", "csv", "-c", "lFdat"]);
+        assert!(csv.contains(&fp), "{tool}:\n{csv}");
+        let out = home.join(format!("{tool}-mirror-export"));
+        std::fs::create_dir_all(&out).unwrap();
+        client(tool, &home, &pki, &["image", "export", "mirror:debian/bookworm", &format!("{}/", out.display())]);
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().path()).collect();
+        files.sort_by_key(|p| !p.to_string_lossy().contains("incus.tar.xz"));
+        assert_eq!(fingerprint(&files[0], &files[1]), fp, "{tool} exported {files:?}");
+    }
+
+    // The upstream goes away: the mirror keeps its index and says why in its status.
+    let before = images_json(&pki, &base);
+    let _ = origin.child.kill();
+    let _ = origin.child.wait();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, status) = curl(&pki, &[&format!("{base}/status")]);
+        if status.contains("upstream") && status.contains("\"error\":\"") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "status does not report the upstream down: {status}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(images_json(&pki, &base), before);
+}

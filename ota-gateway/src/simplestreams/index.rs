@@ -140,6 +140,18 @@ impl Serial {
         Self::datetime(s).map(|_| Self(s.to_owned())).ok_or_else(|| IndexError::Serial(s.to_owned()))
     }
 
+    /// Also the spellings other servers use: `YYYYMMDDHHMM` (incus-simplestreams) and
+    /// `YYYYMMDD`; the result is always `YYYYMMDD_HH:MM`.
+    pub fn parse_lenient(s: &str) -> Result<Self, IndexError> {
+        let all_digits = s.bytes().all(|b| b.is_ascii_digit());
+        match s.len() {
+            12 if all_digits => Self::parse(&format!("{}_{}:{}", &s[..8], &s[8..10], &s[10..])),
+            8 if all_digits => Self::parse(&format!("{s}_00:00")),
+            _ => Self::parse(s),
+        }
+        .map_err(|_| IndexError::Serial(s.to_owned()))
+    }
+
     /// `YYYYMMDD_HHMM`.
     pub fn tag_form(&self) -> String {
         self.0.replace(':', "")
@@ -402,6 +414,16 @@ impl Index {
         self.products.get(key)?.versions.get(serial)
     }
 
+    /// Each product's newest version.
+    pub fn products_newest(&self) -> impl Iterator<Item = (&ProductKey, &ImageVersion)> {
+        self.products.iter().filter_map(|(k, p)| p.versions.values().next_back().map(|v| (k, v)))
+    }
+
+    /// Every version of every product.
+    pub fn all_versions(&self) -> impl Iterator<Item = &ImageVersion> {
+        self.products.values().flat_map(|p| p.versions.values())
+    }
+
     pub fn product_count(&self) -> usize {
         self.products.len()
     }
@@ -622,6 +644,10 @@ mod tests {
         let s = Serial::parse("20260102_03:04").unwrap();
         assert_eq!(s.tag_form(), "20260102_0304");
         assert_eq!(s.rfc2822(), "Fri, 02 Jan 2026 03:04:00 +0000");
+        assert_eq!(Serial::parse_lenient("202601020304").unwrap(), s);
+        assert_eq!(Serial::parse_lenient("20260102").unwrap().as_str(), "20260102_00:00");
+        assert!(Serial::parse_lenient("2026010203041").is_err());
+        assert!(Serial::parse_lenient("v1").is_err());
     }
 
     #[test]

@@ -19,6 +19,7 @@
 //! - [`metadata`]: `metadata.yaml`, upload paths, `metadata.json`;
 //! - [`registry`]: versions as OCI artifacts (the durable store);
 //! - [`oci_source`]: versions from artifacts a person pushed (`incus image export` + `oras push`);
+//! - [`upstream`]: a mirror of another simplestreams server;
 //! - [`stream`]: one stream's live state and its sync loop;
 //! - [`upload`]: the upload and delete handlers.
 
@@ -28,6 +29,7 @@ pub mod oci_source;
 pub mod registry;
 pub mod stream;
 pub mod upload;
+pub mod upstream;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -229,7 +231,7 @@ async fn file(
         .get(&format!("images/{path}"))
         .cloned()
         .ok_or_else(|| StreamError::not_found(format!("no file images/{path} in stream {:?}", stream.name)))?;
-    let payload = stream.blob(&entry.digest, entry.size).await?;
+    let payload = stream.file_blob(&entry).await?;
     let download = Download {
         body: payload.bytes.clone(),
         etag: HeaderValue::from_str(&format!("\"{}\"", payload.summary.sha256)).expect("hex is ascii"),

@@ -27,6 +27,7 @@ use tokio::sync::{watch, Notify};
 
 use super::index::{validate_props, validate_version, Index, ProductKey, Serial};
 use super::registry::{self, StoredVersion};
+use super::upstream::Upstream;
 use super::StreamError;
 use crate::cache::{Cache, Payload};
 use crate::http::auth::Secret;
@@ -62,6 +63,8 @@ pub struct FileEntry {
     /// `sha256:<hex>`: the layer digest, and the file's own hash.
     pub digest: String,
     pub size: u64,
+    /// Where an upstream serves it (mirrors); `None`: a blob of the stream's repository.
+    pub url: Option<String>,
 }
 
 impl Published {
@@ -153,6 +156,7 @@ pub struct Stream {
     pub keep_versions: u32,
     pub source: SourceConfig,
     pub upload: Option<UploadStreamSource>,
+    pub upstream: Option<Upstream>,
     pub interval: Duration,
     /// The upload token, when uploads are on.
     pub token: Option<Secret>,
@@ -180,11 +184,20 @@ impl Stream {
         cache: Arc<Cache>,
         metrics: StreamMetrics,
     ) -> Result<Arc<Self>, StreamError> {
-        let (source, interval, upload) = match (&config.source.oci, &config.source.upload) {
-            (Some(o), None) => (o.repository.clone(), o.interval.clone(), None),
-            (None, Some(u)) => (u.repository.clone(), u.interval.clone(), Some(u.clone())),
-            _ => return Err(StreamError::Config(format!("stream {:?}: needs exactly one source", config.name))),
+        // A mirror has no repository; its `source` stays empty and unused.
+        let no_repository = || SourceConfig {
+            registry: String::new(),
+            repository: String::new(),
+            insecure: false,
+            docker_config: None,
         };
+        let (source, interval, upload, upstream) =
+            match (&config.source.oci, &config.source.upload, &config.source.upstream) {
+                (Some(o), None, None) => (o.repository.clone(), o.interval.clone(), None, None),
+                (None, Some(u), None) => (u.repository.clone(), u.interval.clone(), Some(u.clone()), None),
+                (None, None, Some(u)) => (no_repository(), u.interval.clone(), None, Some(Upstream::new(u)?)),
+                _ => return Err(StreamError::Config(format!("stream {:?}: needs exactly one source", config.name))),
+            };
         let interval = parse_duration(&interval).map_err(StreamError::Config)?;
         // An empty token file leaves uploads closed: an empty secret matches nothing.
         let token = match &upload {
@@ -202,6 +215,7 @@ impl Stream {
             keep_versions: config.keep_versions,
             source,
             upload,
+            upstream,
             interval,
             token,
             client,
@@ -294,6 +308,9 @@ impl Stream {
 
     /// Lists, reads what is new, renders; `Ok(None)` when nothing changed.
     async fn sync_once(self: &Arc<Self>, st: &mut SyncState, full: bool) -> Result<Option<Arc<Published>>, String> {
+        if let Some(upstream) = &self.upstream {
+            return self.sync_upstream(upstream).await;
+        }
         let repo = oci::tag_reference(&self.source.registry, &self.source.repository, "latest");
         let tags = match oci::list_repository_tags(&self.client, &repo, &self.auth).await {
             Ok(tags) => tags,
@@ -387,7 +404,7 @@ impl Stream {
             }
             let Ok(Some(entry)) = v.to_index_version() else { continue };
             let file = |r: &super::index::FileRef| {
-                (r.path.clone(), FileEntry { digest: format!("sha256:{}", r.sha256), size: r.size })
+                (r.path.clone(), FileEntry { digest: format!("sha256:{}", r.sha256), size: r.size, url: None })
             };
             let entries: Vec<(String, FileEntry)> =
                 std::iter::once(file(&entry.metadata)).chain(entry.rootfs.values().map(|r| file(&r.file))).collect();
@@ -399,6 +416,28 @@ impl Stream {
         }
         let newest = newest.into_values().flat_map(|(_, files)| files).collect();
         Ok(Some(Arc::new(Published::new(docs.index_json, docs.images_json, files, newest, &st.index))))
+    }
+
+    /// One round of a mirror: the whole upstream index is read and rebuilt (it is one
+    /// document anyway); published when it differs from what is served.
+    async fn sync_upstream(&self, upstream: &Upstream) -> Result<Option<Arc<Published>>, String> {
+        let mirrored = upstream.read().await?;
+        self.status.write().unwrap_or_else(|e| e.into_inner()).rejected = mirrored.rejected.clone();
+        let (index, files) = mirrored.build(self.keep_versions)?;
+        let docs = index.render().map_err(|e| e.to_string())?;
+        if self.published().images_json == docs.images_json.as_bytes() {
+            return Ok(None);
+        }
+        let mut newest: HashMap<&ProductKey, &super::index::ImageVersion> = HashMap::new();
+        for (key, v) in index.products_newest() {
+            newest.insert(key, v);
+        }
+        let newest_files = newest
+            .values()
+            .flat_map(|v| std::iter::once(&v.metadata).chain(v.rootfs.values().map(|r| &r.file)))
+            .filter_map(|f| files.get(&f.path).cloned())
+            .collect();
+        Ok(Some(Arc::new(Published::new(docs.index_json, docs.images_json, files, newest_files, &index))))
     }
 
     /// Fetches `files` into the cache in the background, two at a time; failures are
@@ -414,7 +453,7 @@ impl Stream {
             let fetches = futures::stream::iter(missing).map(|f| {
                 let this = this.clone();
                 async move {
-                    if let Err(e) = this.blob(&f.digest, f.size).await {
+                    if let Err(e) = this.file_blob(&f).await {
                         tracing::warn!(stream = %this.name, digest = %f.digest, error = %e, "prefetch failed");
                     }
                 }
@@ -446,9 +485,23 @@ impl Stream {
         }
     }
 
+    /// The verified file behind an index entry (see [`Stream::blob`]).
+    pub async fn file_blob(self: &Arc<Self>, entry: &FileEntry) -> Result<Arc<Payload>, StreamError> {
+        self.blob_at(&entry.digest, entry.size, entry.url.clone()).await
+    }
+
     /// The verified blob `digest` from the cache, fetched from the registry first
     /// when needed (one fetch per blob however many requests wait for it).
     pub async fn blob(self: &Arc<Self>, digest: &str, size: u64) -> Result<Arc<Payload>, StreamError> {
+        self.blob_at(digest, size, None).await
+    }
+
+    async fn blob_at(
+        self: &Arc<Self>,
+        digest: &str,
+        size: u64,
+        url: Option<String>,
+    ) -> Result<Arc<Payload>, StreamError> {
         let key = blob_key(digest);
         if let Ok(Some(payload)) = self.cache.lookup(&key) {
             return Ok(payload);
@@ -461,7 +514,11 @@ impl Stream {
                     let this = self.clone();
                     let digest = digest.to_owned();
                     let task = tokio::spawn(async move {
-                        let result = this.fetch_blob(&digest, size).await.map_err(|e| e.to_string());
+                        let result = match &url {
+                            Some(url) => this.fetch_url(url, &digest, size).await,
+                            None => this.fetch_blob(&digest, size).await,
+                        }
+                        .map_err(|e| e.to_string());
                         this.inflight.lock().unwrap_or_else(|e| e.into_inner()).remove(&blob_key(&digest));
                         result
                     });
@@ -473,6 +530,47 @@ impl Stream {
             }
         };
         fetch.await.map_err(StreamError::upstream)
+    }
+
+    /// A mirrored file from its upstream URL, verified against the upstream's sha256.
+    async fn fetch_url(&self, url: &str, digest: &str, size: u64) -> Result<Arc<Payload>, StreamError> {
+        let upstream = self.upstream.as_ref().ok_or_else(|| StreamError::upstream("not a mirror"))?;
+        let mut response =
+            upstream.http.get(url).send().await.map_err(|e| StreamError::upstream(format!("{url}: {e}")))?;
+        if !response.status().is_success() {
+            return Err(StreamError::upstream(format!("{url}: HTTP {}", response.status())));
+        }
+        let file = self.cache.temp_file()?;
+        let mut out = Digesting::new(BufWriter::with_capacity(256 * 1024, file));
+        let mut received = 0u64;
+        while let Some(chunk) = response.chunk().await.map_err(|e| StreamError::upstream(format!("{url}: {e}")))? {
+            received += chunk.len() as u64;
+            if received > size {
+                return Err(StreamError::upstream(format!("{url} is longer than the {size} bytes the index says")));
+            }
+            out.write_all(&chunk)?;
+        }
+        self.commit_verified(out, digest, size).await
+    }
+
+    /// Checks a received file against `digest` and `size` and makes it a cache entry.
+    async fn commit_verified(
+        &self,
+        out: Digesting<BufWriter<tempfile::NamedTempFile>>,
+        digest: &str,
+        size: u64,
+    ) -> Result<Arc<Payload>, StreamError> {
+        let (summary, buffered) = out.finish()?;
+        let file = buffered.into_inner().map_err(|e| e.into_error())?;
+        if summary.size != size || format!("sha256:{}", summary.sha256) != digest {
+            return Err(StreamError::upstream(format!(
+                "{digest} failed verification: got sha256:{} ({} bytes)",
+                summary.sha256, summary.size
+            )));
+        }
+        let cache = self.cache.clone();
+        let key = blob_key(digest);
+        Ok(tokio::task::spawn_blocking(move || cache.commit(&key, file, summary)).await.map_err(io_join)??)
     }
 
     async fn fetch_blob(&self, digest: &str, size: u64) -> Result<Arc<Payload>, StreamError> {
@@ -503,17 +601,7 @@ impl Stream {
                 return Err(StreamError::upstream(format!("blob {digest} is longer than {size} bytes")));
             }
         }
-        let (summary, buffered) = out.finish()?;
-        let file = buffered.into_inner().map_err(|e| e.into_error())?;
-        if summary.size != size || format!("sha256:{}", summary.sha256) != digest {
-            return Err(StreamError::upstream(format!(
-                "blob {digest} failed verification: got sha256:{} ({} bytes)",
-                summary.sha256, summary.size
-            )));
-        }
-        let cache = self.cache.clone();
-        let key = blob_key(digest);
-        Ok(tokio::task::spawn_blocking(move || cache.commit(&key, file, summary)).await.map_err(io_join)??)
+        self.commit_verified(out, digest, size).await
     }
 }
 
