@@ -236,14 +236,20 @@ fn uploads_are_listed_and_exported_by_incus_and_lxc() {
     assert_eq!(images_json(&pki, &base)["products"], serde_json::json!({}));
 
     let dir = "debian/bookworm/amd64/default/20260101_00:00";
-    for (file, name) in
-        [("incus.tar.xz", "lxd.tar.xz"), ("rootfs.squashfs", "rootfs.squashfs"), ("root.tar.xz", "root.tar.xz")]
-    {
+    // A VM disk beside the container rootfs (the clients never read its content).
+    std::fs::write(img.join("disk-kvm.img"), common::random_bytes(96 * 1024)).unwrap();
+    for (file, name) in [
+        ("incus.tar.xz", "lxd.tar.xz"),
+        ("rootfs.squashfs", "rootfs.squashfs"),
+        ("root.tar.xz", "root.tar.xz"),
+        ("disk-kvm.img", "disk-kvm.img"),
+    ] {
         let (code, body) = upload(&pki, &base, &img.join(file), &format!("{dir}/{name}"), Some(TOKEN));
         assert_eq!(code, 201, "{name}: {body}");
     }
     let squash_fp = fingerprint(&img.join("incus.tar.xz"), &img.join("rootfs.squashfs"));
     let rootxz_fp = fingerprint(&img.join("incus.tar.xz"), &img.join("root.tar.xz"));
+    let vm_fp = fingerprint(&img.join("incus.tar.xz"), &img.join("disk-kvm.img"));
 
     // The index promises what we compute independently.
     let images = images_json(&pki, &base);
@@ -298,6 +304,20 @@ fn uploads_are_listed_and_exported_by_incus_and_lxc() {
         files.sort_by_key(|p| !p.to_string_lossy().contains("incus.tar.xz"));
         assert_eq!(files.len(), 2, "{files:?}");
         assert_eq!(fingerprint(&files[0], &files[1]), squash_fp, "{tool} exported {files:?}");
+        // The VM image: listed as a virtual machine, exported whole.
+        let vm = csv.lines().find(|l| l.contains(&vm_fp)).unwrap_or_else(|| panic!("{tool}: no VM image:\n{csv}"));
+        assert!(vm.contains("VIRTUAL-MACHINE"), "{tool}: {vm}");
+        let out = home.join(format!("{tool}-vm-export"));
+        std::fs::create_dir_all(&out).unwrap();
+        client(
+            tool,
+            &home,
+            &pki,
+            &["image", "export", &format!("up:{}", &vm_fp[..12]), &format!("{}/", out.display())],
+        );
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().path()).collect();
+        files.sort_by_key(|p| !p.to_string_lossy().contains("incus.tar.xz"));
+        assert_eq!(fingerprint(&files[0], &files[1]), vm_fp, "{tool} exported {files:?}");
     }
 
     // index.json and images.json: ETag, 304 on If-None-Match, gzip when asked.
