@@ -449,9 +449,9 @@ impl GatewayConfig {
                         return invalid(format!("stream {:?}: upstream.url must be http(s)://", s.name));
                     }
                     for f in &u.filters {
-                        let ok = f.split_once('=').is_some_and(|(k, v)| {
-                            matches!(k, "os" | "release" | "arch" | "variant") && !v.is_empty()
-                        });
+                        let ok = f
+                            .split_once('=')
+                            .is_some_and(|(k, v)| matches!(k, "os" | "release" | "arch" | "variant") && !v.is_empty());
                         if !ok {
                             return invalid(format!(
                                 "stream {:?}: filter {f:?} is not os=, release=, arch= or variant=VALUE",
@@ -461,9 +461,7 @@ impl GatewayConfig {
                     }
                     &u.interval
                 }
-                _ => {
-                    return invalid(format!("stream {:?}: source needs exactly one of oci, upload, upstream", s.name))
-                }
+                _ => return invalid(format!("stream {:?}: source needs exactly one of oci, upload, upstream", s.name)),
             };
             crate::version::parse_duration(interval)
                 .map_err(|e| ConfigError::Invalid(format!("stream {:?}: interval: {e}", s.name)))?;
