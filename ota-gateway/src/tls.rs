@@ -1,7 +1,7 @@
 //! The HTTPS listener, beside the plain one.
 //!
 //! LXD and Incus accept only `https://` simplestreams remotes and insist on TLS 1.3;
-//! rustls (ring provider) offers 1.3 and 1.2. The certificate and key are PEM files,
+//! rustls (aws-lc-rs provider) offers 1.3 and 1.2. The certificate and key are PEM files,
 //! typically a mounted `kubernetes.io/tls` Secret that cert-manager renews: they are
 //! polled like the config file ([`crate::reload`]) and a renewed pair is used for the
 //! next handshake, without a restart and without touching open connections. A pair
@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
-use rustls::crypto::ring;
+use rustls::crypto::aws_lc_rs;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -163,7 +163,7 @@ fn load_pair(cert_file: &Path, key_file: &Path) -> Result<CertifiedKey, TlsError
         return Err(TlsError::NoCertificate(cert_file.to_owned()));
     }
     let key = PrivateKeyDer::from_pem_slice(&read(key_file)?).map_err(pem_err(key_file))?;
-    let signing = ring::sign::any_supported_type(&key)
+    let signing = aws_lc_rs::sign::any_supported_type(&key)
         .map_err(|e| TlsError::Key { path: key_file.to_owned(), reason: e.to_string() })?;
     let certified = CertifiedKey::new(certs, signing);
     certified.keys_match().map_err(|e| TlsError::Mismatch(e.to_string()))?;
@@ -172,7 +172,7 @@ fn load_pair(cert_file: &Path, key_file: &Path) -> Result<CertifiedKey, TlsError
 
 /// The rustls server configuration: TLS 1.3 and 1.2, HTTP/1.1, certificates from `store`.
 pub fn server_config(store: Arc<CertStore>) -> Result<Arc<ServerConfig>, TlsError> {
-    let mut config = ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
+    let mut config = ServerConfig::builder_with_provider(Arc::new(aws_lc_rs::default_provider()))
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
         .with_cert_resolver(store);
