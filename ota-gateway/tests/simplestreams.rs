@@ -464,9 +464,20 @@ fn bad_uploads_are_refused_and_store_nothing() {
     assert!(metrics.contains("updraft_gateway_stream_versions{stream=\"bad\"} 1"), "{metrics}");
 }
 
+/// An nginx master process, stopped with SIGTERM when dropped (its workers exit with
+/// it; a SIGKILL would leave them running).
+struct Nginx(Child);
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+        let _ = self.0.wait();
+    }
+}
+
 /// nginx as a round-robin load balancer over the plain ports of `backends`; returns
 /// the process and its port.
-fn start_nginx(dir: &Path, backends: &[u16]) -> (Child, u16) {
+fn start_nginx(dir: &Path, backends: &[u16]) -> (Nginx, u16) {
     std::fs::create_dir_all(dir).unwrap();
     let port = free_port();
     let servers: String = backends.iter().map(|p| format!("    server 127.0.0.1:{p};\n")).collect();
@@ -476,12 +487,14 @@ fn start_nginx(dir: &Path, backends: &[u16]) -> (Child, u16) {
         "user {user};\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\nevents {{}}\nhttp {{\n  access_log off;\n  client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n  upstream gateways {{\n{servers}  }}\n  server {{\n    listen 127.0.0.1:{port};\n    client_max_body_size 0;\n    location / {{ proxy_pass http://gateways; proxy_request_buffering off; }}\n  }}\n}}\n"
     );
     std::fs::write(dir.join("nginx.conf"), conf).unwrap();
-    let child = Command::new("nginx")
-        .args(["-c", &format!("{d}/nginx.conf"), "-g", "daemon off;"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("nginx is installed (cluster.sh tools)");
+    let child = Nginx(
+        Command::new("nginx")
+            .args(["-c", &format!("{d}/nginx.conf"), "-g", "daemon off;"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nginx is installed (cluster.sh tools)"),
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "nginx did not start: {:?}", std::fs::read_to_string(dir.join("error.log")));
@@ -510,7 +523,7 @@ fn replicas_behind_a_load_balancer_serve_the_same_index_and_see_every_upload() {
     let repo = unique_repo("streams-scale");
     let replicas: Vec<Gateway> =
         (0..3).map(|i| start_gateway(&tmp.path().join(format!("gw{i}")), "images", &pki, &repo, "")).collect();
-    let (mut nginx, lb) = start_nginx(&tmp.path().join("nginx"), &replicas.iter().map(|g| g.http).collect::<Vec<_>>());
+    let (_nginx, lb) = start_nginx(&tmp.path().join("nginx"), &replicas.iter().map(|g| g.http).collect::<Vec<_>>());
     let lb_base = format!("http://127.0.0.1:{lb}/streams/images");
 
     for (round, serial) in ["20260101_00:00", "20260102_00:00"].iter().enumerate() {
@@ -556,8 +569,6 @@ fn replicas_behind_a_load_balancer_serve_the_same_index_and_see_every_upload() {
         assert!(through.windows(2).all(|w| w[0] == w[1]), "index.json differs between replicas: {through:?}");
         assert!(!through[0].0.is_empty(), "no ETag");
     }
-    let _ = nginx.kill();
-    let _ = nginx.wait();
 }
 
 /// Waits until `images.json` names `product`.
