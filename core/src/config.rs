@@ -63,6 +63,12 @@ pub struct GatewayConfig {
     /// Forwarders from a source to a destination, run by the one `--mirror` worker.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mirrors: Vec<MirrorConfig>,
+    /// HTTPS listener beside the plain one (LXD and Incus accept only https remotes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
+    /// The simplestreams image streams served, by unique name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub streams: Vec<StreamConfig>,
 }
 
 impl Default for GatewayConfig {
@@ -79,6 +85,8 @@ impl Default for GatewayConfig {
             notifications: NotificationsConfig::default(),
             stores: Vec::new(),
             mirrors: Vec::new(),
+            tls: None,
+            streams: Vec::new(),
         }
     }
 }
@@ -380,6 +388,107 @@ impl MirrorEndpoint {
     }
 }
 
+/// The HTTPS listener. The certificate and key are PEM files (what a
+/// `kubernetes.io/tls` Secret holds as `tls.crt` / `tls.key`), read again when they
+/// change, without a restart.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Address of the HTTPS listener. Default `0.0.0.0:8443`.
+    #[serde(default = "default_tls_listen")]
+    pub listen: String,
+    /// PEM certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+}
+
+/// One simplestreams image stream, served under `/streams/{name}/`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StreamConfig {
+    /// Unique name; the stream's base URL is `/streams/{name}/`.
+    pub name: String,
+    /// Where the images come from: exactly one of `oci`, `upload`, `upstream`.
+    pub source: StreamSource,
+    /// Keep only the newest N versions of each product (0: all).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub keep_versions: u32,
+}
+
+/// Where a stream's images come from: exactly one field is set (a map, not a YAML
+/// tag, so the file reads like the resource it is rendered from).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StreamSource {
+    /// One OCI artifact per image version in one repository, one tag per version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oci: Option<OciStreamSource>,
+    /// Uploads compatible with docker-simplestreams-server, stored as OCI artifacts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload: Option<UploadStreamSource>,
+    /// A mirror of another simplestreams server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<UpstreamStreamSource>,
+}
+
+/// Another simplestreams server (a public image server, another Updraft gateway),
+/// mirrored with filters; files are fetched on first request and verified against
+/// the upstream's sha256.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UpstreamStreamSource {
+    /// Base URL: `{url}/streams/v1/index.json` is the upstream's index.
+    pub url: String,
+    /// `field=value` (field one of `os`, `release`, `arch`, `variant`): a product is
+    /// mirrored when it matches every filter (`os` compared without case).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<String>,
+    /// PEM file of extra CAs to trust for `url` (besides the system's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// How often the upstream index is read again. Default `10m`.
+    #[serde(default = "default_upstream_interval")]
+    pub interval: String,
+}
+
+/// A repository of image artifacts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OciStreamSource {
+    #[serde(flatten)]
+    pub repository: SourceConfig,
+    /// How often the tags are listed again. Default `60s`.
+    #[serde(default = "default_stream_interval")]
+    pub interval: String,
+}
+
+/// The upload API; every upload becomes an OCI artifact in `repository`, so every
+/// replica sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UploadStreamSource {
+    /// The repository uploads are stored in (the durable store).
+    #[serde(flatten)]
+    pub repository: SourceConfig,
+    /// File holding the upload token (the gateway's `upload_token_secret`); uploads
+    /// send it as `Authorization: Bearer <token>`.
+    pub token_file: PathBuf,
+    /// Replace a file that already exists (otherwise 409).
+    #[serde(default)]
+    pub allow_overwrite: bool,
+    /// Accept `DELETE` of a version or a file.
+    #[serde(default)]
+    pub allow_delete: bool,
+    /// Largest accepted upload body. Default 4 GiB.
+    #[serde(default = "default_upload_bytes")]
+    pub max_bytes: u64,
+    /// How often the repository is listed again to see other replicas' uploads.
+    /// Default `5s`.
+    #[serde(default = "default_upload_interval")]
+    pub interval: String,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
@@ -469,6 +578,7 @@ impl GatewayConfig {
             }
         }
         self.notifications.validate()?;
+        self.validate_streams()?;
         self.validate_stores()?;
         self.validate_mirrors()
     }
@@ -478,6 +588,7 @@ impl GatewayConfig {
         let mut names = std::collections::HashSet::new();
         let mut listens: std::collections::HashSet<&str> =
             [self.listen.as_str(), self.admin_listen.as_str()].into_iter().collect();
+        listens.extend(self.tls.as_ref().map(|t| t.listen.as_str()));
         for s in &self.stores {
             if s.name.is_empty() || !names.insert(s.name.as_str()) {
                 return invalid(format!("store name {:?} is empty or appears twice", s.name));
@@ -547,6 +658,48 @@ impl GatewayConfig {
                         .map_err(|e| ConfigError::Invalid(format!("mirror {:?}: {e}", m.name)))?;
                 }
             }
+        }
+        Ok(())
+    }
+
+    fn validate_streams(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        let mut streams = std::collections::HashSet::new();
+        for s in &self.streams {
+            let plain = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.';
+            if s.name.is_empty() || s.name.starts_with('.') || !s.name.bytes().all(plain) {
+                return invalid(format!(
+                    "stream name {:?} must be non-empty [a-z0-9.-], not starting with '.'",
+                    s.name
+                ));
+            }
+            if !streams.insert(s.name.as_str()) {
+                return invalid(format!("stream name {:?} appears twice", s.name));
+            }
+            let interval = match (&s.source.oci, &s.source.upload, &s.source.upstream) {
+                (Some(o), None, None) => &o.interval,
+                (None, Some(u), None) => &u.interval,
+                (None, None, Some(u)) => {
+                    if !(u.url.starts_with("http://") || u.url.starts_with("https://")) {
+                        return invalid(format!("stream {:?}: upstream.url must be http(s)://", s.name));
+                    }
+                    for f in &u.filters {
+                        let ok = f
+                            .split_once('=')
+                            .is_some_and(|(k, v)| matches!(k, "os" | "release" | "arch" | "variant") && !v.is_empty());
+                        if !ok {
+                            return invalid(format!(
+                                "stream {:?}: filter {f:?} is not os=, release=, arch= or variant=VALUE",
+                                s.name
+                            ));
+                        }
+                    }
+                    &u.interval
+                }
+                _ => return invalid(format!("stream {:?}: source needs exactly one of oci, upload, upstream", s.name)),
+            };
+            crate::version::parse_duration(interval)
+                .map_err(|e| ConfigError::Invalid(format!("stream {:?}: interval: {e}", s.name)))?;
         }
         Ok(())
     }
@@ -621,6 +774,25 @@ fn default_max_upload() -> u64 {
 }
 fn default_mirror_interval() -> String {
     "10m".into()
+}
+
+fn default_tls_listen() -> String {
+    "0.0.0.0:8443".into()
+}
+fn default_stream_interval() -> String {
+    "60s".into()
+}
+fn default_upload_interval() -> String {
+    "5s".into()
+}
+fn default_upstream_interval() -> String {
+    "10m".into()
+}
+fn default_upload_bytes() -> u64 {
+    4 << 30
+}
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 #[cfg(test)]
@@ -755,6 +927,48 @@ mirrors:
             let err = GatewayConfig::parse(text.as_bytes()).unwrap().validate().unwrap_err().to_string();
             assert!(err.contains(expected), "{from} -> {to}: {err}");
         }
+    }
+
+    #[test]
+    fn tls_and_streams_are_read_and_omitted_when_unset() {
+        let plain = GatewayConfig::parse(pinned_yaml().as_bytes()).unwrap();
+        assert!(!plain.to_yaml().contains("tls"));
+        assert!(!plain.to_yaml().contains("streams"));
+        let yaml = format!(
+            "{}tls: {{certFile: /tls/tls.crt, keyFile: /tls/tls.key}}\nstreams:\n- name: images\n  source:\n    upload: {{registry: 127.0.0.1:5000, repository: images/up, insecure: true, tokenFile: /t, allowDelete: true}}\n- name: lab\n  keepVersions: 3\n  source:\n    oci: {{registry: 127.0.0.1:5000, repository: images/lab}}\n",
+            pinned_yaml()
+        );
+        let c = GatewayConfig::parse(yaml.as_bytes()).unwrap();
+        c.validate().unwrap();
+        let tls = c.tls.as_ref().unwrap();
+        assert_eq!(tls.listen, "0.0.0.0:8443");
+        assert_eq!(tls.key_file, PathBuf::from("/tls/tls.key"));
+        let up = c.streams[0].source.upload.as_ref().unwrap();
+        assert!(up.allow_delete && !up.allow_overwrite);
+        assert_eq!(up.max_bytes, 4 << 30);
+        assert_eq!(up.repository.repository, "images/up");
+        assert_eq!(c.streams[1].keep_versions, 3);
+        assert_eq!(GatewayConfig::parse(c.to_yaml().as_bytes()).unwrap(), c);
+        let twice = yaml.replace("name: lab", "name: images");
+        assert!(GatewayConfig::parse(twice.as_bytes()).unwrap().validate().unwrap_err().to_string().contains("twice"));
+        let escape = yaml.replace("name: lab", "name: ../x");
+        assert!(GatewayConfig::parse(escape.as_bytes()).unwrap().validate().is_err());
+        let unknown = yaml.replace("    oci:", "    mirror:");
+        assert!(GatewayConfig::parse(unknown.as_bytes()).is_err());
+        let mut mirror = c.clone();
+        mirror.streams[1].source.oci = None;
+        mirror.streams[1].source.upstream = Some(UpstreamStreamSource {
+            url: "https://images.example".into(),
+            filters: vec!["os=debian".into()],
+            ca_file: None,
+            interval: "10m".into(),
+        });
+        mirror.validate().unwrap();
+        mirror.streams[1].source.upstream.as_mut().unwrap().filters = vec!["color=red".into()];
+        assert!(mirror.validate().unwrap_err().to_string().contains("filter"));
+        let mut none = c.clone();
+        none.streams[1].source.oci = None;
+        assert!(none.validate().unwrap_err().to_string().contains("exactly one"));
     }
 
     #[test]

@@ -10,7 +10,8 @@
 #   cluster.sh env       print the exports (KUBECONFIG, UPDRAFT_REGISTRY)
 #   cluster.sh registry  only the OCI registry (gateway tests need nothing else)
 #   cluster.sh install   only install packages and build the binaries
-#   cluster.sh tools     install the client tools tests use (oras, skopeo, wrk, nginx, helm, mosquitto)
+#   cluster.sh tools     install the client tools tests use (oras, skopeo, wrk, nginx, helm, mosquitto,
+#                        incus and lxc clients, sstream-query, incus-simplestreams, mksquashfs)
 #
 # Idempotent: a second `up` reuses the cache and the running processes.
 set -euo pipefail
@@ -115,9 +116,57 @@ install_all() {
   build_kube
 }
 
+# incus-client is in bookworm-backports only: read that suite through a private apt
+# config (the system's sources stay as they are) and install the downloaded .deb.
+install_incus_client() {
+  command -v incus >/dev/null && return 0
+  local d="$CACHE/apt-bookworm-backports"
+  mkdir -p "$d/lists/partial" "$d/parts" "$d/debs"
+  echo "deb http://deb.debian.org/debian bookworm-backports main" >"$d/sources.list"
+  local opts=(-o "Dir::Etc::SourceList=$d/sources.list" -o "Dir::Etc::SourceParts=$d/parts" -o "Dir::State::Lists=$d/lists")
+  say "installing incus-client from bookworm-backports"
+  apt-get "${opts[@]}" update -qq >"$CACHE/apt-update-bpo.log" 2>&1 || die "apt-get update (bookworm-backports) failed"
+  (cd "$d/debs" && rm -f ./*.deb && apt-get "${opts[@]}" download incus-client >>"$CACHE/apt-install.log" 2>&1) \
+    || die "could not download incus-client from bookworm-backports (see $CACHE/apt-install.log)"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$d"/debs/incus-client_*.deb \
+    >>"$CACHE/apt-install.log" 2>&1 || die "could not install incus-client (see $CACHE/apt-install.log)"
+}
+
+# sstream-query (PyPI python-simplestreams; no Debian package) in a venv of its own.
+install_sstream_query() {
+  [ -x "$CACHE/bin/sstream-query" ] && return 0
+  say "installing sstream-query (python-simplestreams) into $CACHE/simplestreams-venv"
+  python3 -m venv "$CACHE/simplestreams-venv" || die "python3 -m venv failed"
+  "$CACHE/simplestreams-venv/bin/pip" install -q python-simplestreams >>"$CACHE/pip.log" 2>&1 \
+    || die "could not install python-simplestreams (see $CACHE/pip.log)"
+  mkdir -p "$CACHE/bin"
+  ln -sf "$CACHE/simplestreams-venv/bin/sstream-query" "$CACHE/bin/sstream-query"
+}
+
+# incus-simplestreams (Debian's incus-extra, trixie only), the peer the simplestreams
+# tests compare with: only its binary is taken out of the package (it needs libc only),
+# so nothing from trixie is installed.
+install_incus_simplestreams() {
+  [ -x "$CACHE/bin/incus-simplestreams" ] && return 0
+  add_pinned_suites
+  [ -z "$apt_updated" ] && { apt-get update -qq >"$CACHE/apt-update.log" 2>&1 || die "apt-get update failed"; apt_updated=1; }
+  say "extracting incus-simplestreams from trixie's incus-extra"
+  local d; d=$(mktemp -d)
+  (cd "$d" && apt-get download -t trixie incus-extra >>"$CACHE/apt-install.log" 2>&1) \
+    || die "could not download incus-extra from trixie (see $CACHE/apt-install.log)"
+  dpkg-deb -x "$d"/incus-extra_*.deb "$d/x" || die "could not unpack incus-extra"
+  mkdir -p "$CACHE/bin"
+  cp "$d/x/usr/bin/incus-simplestreams" "$CACHE/bin/incus-simplestreams"
+  rm -rf "$d"
+}
+
 install_tools() {
   mkdir -p "$CACHE"
-  apt_install skopeo wrk nginx-light unzip zstd python3-venv apache2-utils mosquitto mosquitto-clients
+  apt_install skopeo wrk nginx-light unzip zstd python3-venv apache2-utils mosquitto mosquitto-clients \
+    lxd-client squashfs-tools xz-utils
+  install_incus_client
+  install_sstream_query
+  install_incus_simplestreams
   if ! command -v oras >/dev/null; then
     add_pinned_suites
     [ -z "$apt_updated" ] && { apt-get update -qq >"$CACHE/apt-update.log" 2>&1 || die "apt-get update failed"; apt_updated=1; }

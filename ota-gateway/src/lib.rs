@@ -9,7 +9,10 @@
 //! error, write authorization, query strings) shared by the surfaces; `cache`,
 //! `fetch` and `unpack` (registry to disk), [`reload`] (the config file), `metrics`,
 //! `admin`, `notify` (MQTT and webhook notifications when a release becomes ready),
-//! and [`sendfile`] (the zero-copy path, the crate's only `unsafe` code).
+//! [`server`] (the listeners' connection loop: header read timeout, head size limit)
+//! and [`sendfile`] (the zero-copy path, the crate's only `unsafe` code);
+//! `simplestreams` (image streams for LXD and Incus) and `tls` (the HTTPS listener
+//! beside the plain one).
 
 #![deny(unsafe_code)]
 
@@ -24,11 +27,13 @@ mod notify;
 pub mod reload;
 #[allow(unsafe_code)]
 pub mod sendfile;
+pub mod server;
+mod simplestreams;
 mod state;
 pub mod store;
+mod tls;
 mod unpack;
 
-use std::future::IntoFuture;
 use std::path::PathBuf;
 
 use axum::http::StatusCode;
@@ -41,10 +46,17 @@ pub use state::{AppState, ApplyError};
 /// The public router: every surface's routes and OtaFlux's `GET /health`, with
 /// request metrics.
 pub fn app(state: AppState) -> Router {
+    public_router(state, Router::new())
+}
+
+/// [`app`] with the routes of the surfaces that `serve` starts beside the live state
+/// (the simplestreams streams), under the same metrics layer.
+fn public_router(state: AppState, surfaces: Router) -> Router {
     let metrics = state.metrics().clone();
     Router::new()
         .route("/health", get(health))
         .merge(firmware::router().with_state(state.firmware().clone()))
+        .merge(surfaces)
         .layer(axum::middleware::from_fn_with_state(metrics, metrics::track))
 }
 
@@ -69,7 +81,24 @@ pub async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
     let config = updraft_core::config::GatewayConfig::load(&config_path)?;
     let (listen, admin_listen, sendfile) = (config.listen.clone(), config.admin_listen.clone(), config.sendfile);
     let stores = config.stores.clone();
+    let tls = match &config.tls {
+        Some(t) => {
+            let store = tls::CertStore::load(&t.cert_file, &t.key_file)?;
+            store.spawn_watcher();
+            let listener = tls::TlsListener::bind(&t.listen, tls::server_config(store)?)
+                .await
+                .map_err(|e| anyhow::anyhow!("listen {}: {e}", t.listen))?;
+            tracing::info!(listen = %t.listen, "serving HTTPS");
+            Some(listener)
+        }
+        None => None,
+    };
+    let stream_config = config.clone();
     let state = AppState::from_config(config)?;
+    // Streams are read from the config at start; a changed `streams` section takes
+    // effect on restart.
+    let streams = simplestreams::Streams::start(&stream_config, state.cache().clone(), state.metrics())?;
+    let public_app = public_router(state.clone(), simplestreams::router(streams));
     tokio::spawn(reload::Watcher::new(config_path, state.clone()).run());
     let public = DeviceListener::bind(&listen).await.map_err(|e| anyhow::anyhow!("listen {listen}: {e}"))?;
     let public = public.with_sendfile(sendfile);
@@ -82,17 +111,21 @@ pub async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
         let _ = rx.changed().await;
     };
     let stores = serve_stores(stores, sendfile, &state, stop_rx.clone()).await?;
-    let public = axum::serve(public, app(state.clone())).with_graceful_shutdown(stopped(stop_rx.clone()));
-    let admin = axum::serve(admin, admin_app(state)).with_graceful_shutdown(stopped(stop_rx));
+    // Header read timeout and head size limit on every listener (see `server`).
+    let https = tls.map(|listener| server::serve(listener, public_app.clone(), stopped(stop_rx.clone())));
+    let https = async move {
+        if let Some(serving) = https {
+            serving.await;
+        }
+    };
+    let public = server::serve(public, public_app, stopped(stop_rx.clone()));
+    let admin = server::serve(admin, admin_app(state), stopped(stop_rx));
     tokio::spawn(async move {
         shutdown_signal().await;
         tracing::info!("shutting down: finishing requests in flight");
         let _ = stop_tx.send(());
     });
-    let (a, b, c) = tokio::join!(public.into_future(), admin.into_future(), futures::future::join_all(stores));
-    a?;
-    b?;
-    c.into_iter().collect::<Result<Vec<()>, _>>()?;
+    tokio::join!(public, admin, https, futures::future::join_all(stores));
     Ok(())
 }
 
@@ -104,7 +137,7 @@ async fn serve_stores(
     sendfile: bool,
     state: &AppState,
     stop: tokio::sync::watch::Receiver<()>,
-) -> anyhow::Result<Vec<impl std::future::Future<Output = std::io::Result<()>>>> {
+) -> anyhow::Result<Vec<impl std::future::Future<Output = ()>>> {
     let mut servers = Vec::new();
     for config in stores {
         let (name, listen) = (config.name.clone(), config.listen.clone());
@@ -120,7 +153,8 @@ async fn serve_stores(
         let stopped = async move {
             let _ = stop.changed().await;
         };
-        servers.push(axum::serve(listener, router).with_graceful_shutdown(stopped).into_future());
+        // The same connection loop as the public listener (header timeout, head limit).
+        servers.push(server::serve(listener, router, stopped));
     }
     Ok(servers)
 }

@@ -34,6 +34,11 @@ pub struct Metrics {
     pub registry_up: IntGaugeVec,
     pub config_reloads: IntCounterVec,
     pub checkins: IntCounterVec,
+    /// Per simplestreams stream: 1 while the served index is the newest, 0 when the
+    /// last one built failed validation (the previous one keeps serving).
+    pub stream_index_valid: IntGaugeVec,
+    pub stream_index_failures: IntCounterVec,
+    pub stream_versions: IntGaugeVec,
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -76,7 +81,23 @@ impl Metrics {
         )
         .expect("valid metric");
         r.register(Box::new(request_duration.clone())).expect("unique metric");
+        let gauge_vec = |name: &str, help: &str| {
+            let metric = IntGaugeVec::new(Opts::new(name, help), &["stream"]).expect("valid metric");
+            r.register(Box::new(metric.clone())).expect("unique metric");
+            metric
+        };
+        let stream_index_valid =
+            gauge_vec("stream_index_valid", "1 when the stream serves its newest index, 0 when that failed validation");
+        let stream_versions = gauge_vec("stream_versions", "Image versions in the index a stream serves");
         Self {
+            stream_index_failures: counter_vec(
+                &r,
+                "stream_index_failures_total",
+                "Stream sync rounds whose index was not published (listing failed or validation refused it)",
+                &["stream"],
+            ),
+            stream_index_valid,
+            stream_versions,
             requests: counter_vec(
                 &r,
                 "http_requests_total",

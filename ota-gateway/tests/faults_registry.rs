@@ -333,3 +333,94 @@ async fn a_full_pool_of_stalled_fetches_does_not_hold_up_other_channels() {
          (slots released after {SLOT_RELEASE:?} without progress; read timeout {READ_TIMEOUT:?})"
     );
 }
+
+/// A slow registry (200 kB/s on the blob): the fetch completes, devices see 503 with
+/// Retry-After meanwhile, and another channel is served at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_registry_completes_without_holding_up_others() {
+    let reg = registry();
+    let work = tempfile::tempdir().unwrap();
+    let (slow, quick) = (Pushed::new("slow", work.path(), 1_000_000), Pushed::new("quick", work.path(), 10_000));
+    let proxy = FaultProxy::start(&reg.addr).await.unwrap();
+    proxy.set_rules(vec![Rule::new(&slow.blob_path(), Fault::Bandwidth(200_000)).method("GET")]);
+    let gw = Gateway::start(config(
+        &work.path().join("cache"),
+        vec![slow.channel("slow", &proxy.addr()), quick.channel("quick", &proxy.addr())],
+    ))
+    .await;
+    let (other, _) = served_within(&gw, "quick", &quick.bytes, Duration::from_secs(5)).await;
+    let pending = gw.get("/version?device=slow").await;
+    assert_eq!(pending.status(), 503);
+    assert!(pending.headers().contains_key("retry-after"), "pending says when to come back");
+    let (took, statuses) = served_within(&gw, "slow", &slow.bytes, Duration::from_secs(20)).await;
+    assert!(took >= Duration::from_secs(3), "1 MB at 200 kB/s took only {took:?}");
+    assert!(!statuses.contains(&502), "a slow fetch is not a failure: {statuses:?}");
+    assert_eq!(proxy.count(&slow.blob_path()), 1, "one fetch, no retries");
+    println!("FIGURE slow-registry: 1 MB at 200 kB/s served after {took:?} (503 + Retry-After meanwhile); other channel in {other:?}");
+}
+
+/// The registry flapping (1 s down, 1 s up) for 20 s: a pinned, cached channel answers
+/// every request, a standalone channel keeps its last resolution, registry traffic
+/// stays bounded, and a release pushed during the flapping is picked up. Once the new
+/// release is resolved the standalone channel keeps serving the previous one until the
+/// new payload is fetched, so no request may fail, not even on the standalone channel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flapping_registry_fails_no_device_request() {
+    let reg = registry();
+    let work = tempfile::tempdir().unwrap();
+    let pinned = Pushed::new("flap-pinned", work.path(), 50_000);
+    let repo = unique_repo("flap-policy");
+    let v1 = random_bytes(2_000);
+    push_file(&reg.addr, &repo, "1.0.0", work.path(), "p1.bin", RAW, &v1);
+    let proxy = FaultProxy::start(&reg.addr).await.unwrap();
+    let mut standalone = channel("standalone", &proxy.addr(), &repo, ("", "", ""));
+    standalone.current = None;
+    standalone.policy = Some(updraft_core::version::VersionPolicy { interval: "1s".into(), ..Default::default() });
+    let gw =
+        Gateway::start(config(&work.path().join("cache"), vec![pinned.channel("pinned", &proxy.addr()), standalone]))
+            .await;
+    served_within(&gw, "pinned", &pinned.bytes, Duration::from_secs(10)).await;
+    served_within(&gw, "standalone", &v1, Duration::from_secs(10)).await;
+    proxy.reset_seen();
+
+    let start = Instant::now();
+    let (mut requests, mut failures) = (0u32, Vec::new());
+    let mut pushed_v2 = None;
+    let v2 = random_bytes(3_000);
+    while start.elapsed() < Duration::from_secs(20) {
+        proxy.set_down(start.elapsed().as_secs().is_multiple_of(2));
+        if pushed_v2.is_none() && start.elapsed() > Duration::from_secs(8) {
+            push_file(&reg.addr, &repo, "1.1.0", work.path(), "p2.bin", RAW, &v2);
+            pushed_v2 = Some(Instant::now());
+        }
+        for path in ["/version?device=pinned", "/firmware?device=pinned", "/version?device=standalone"] {
+            let status = gw.get(path).await.status().as_u16();
+            requests += 1;
+            if status != 200 {
+                failures.push((path, status, start.elapsed()));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    proxy.set_down(false);
+    assert!(
+        failures.is_empty(),
+        "{} of {requests} device requests failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    let registry_requests = proxy.seen().len() as u64 + proxy.refused();
+    assert!(registry_requests <= 20 * 6, "{registry_requests} registry requests in 20 s");
+    let want = format!("1.1.0\n{}\n3000", crc32fast::hash(&v2));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while gw.get("/version?device=standalone").await.text().await.unwrap() != want {
+        assert!(Instant::now() < deadline, "the release pushed while flapping was never picked up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "FIGURE flapping-registry: 20 s of 1 s down / 1 s up: {requests} device requests, 0 failed (the previous \
+         release served while the one pushed mid-flap was fetched); {registry_requests} registry requests or \
+         connection attempts; that release served {:?} after the push",
+        pushed_v2.unwrap().elapsed()
+    );
+}

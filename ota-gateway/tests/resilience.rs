@@ -47,8 +47,18 @@ async fn reloads_on_symlink_swap_and_rejects_bad_files() {
     second.channels[0].previous = Some(pinned(("1.0.0", "1.0.0", &d1)));
     swap_config(work.path(), &link, 2, &second.to_yaml());
     assert!(watcher.poll(), "new config applied");
-    let body = gw.wait_ok("/version?device=esp32").await.text().await.unwrap();
-    assert_eq!(body, format!("1.1.0\n{}\n4000", crc32fast::hash(&v2)));
+    // 1.0.0 keeps serving until 1.1.0 is cached, then the channel switches.
+    let want = format!("1.1.0\n{}\n4000", crc32fast::hash(&v2));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let body = gw.wait_ok("/version?device=esp32").await.text().await.unwrap();
+        if body == want {
+            break;
+        }
+        assert!(body.starts_with("1.0.0\n"), "neither release: {body:?}");
+        assert!(std::time::Instant::now() < deadline, "1.1.0 never served");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let old_key = gw.state.firmware().channel("esp32").unwrap().releases().previous.unwrap().job.key();
     assert!(gw.state.cache().lookup(&old_key).unwrap().is_some(), "the old payload stays cached");
 

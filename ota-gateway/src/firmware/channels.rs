@@ -24,7 +24,14 @@ pub(super) struct ChannelSummary {
     version: Option<String>,
     previous: Option<String>,
     rollout: u8,
+    /// Whether `version` is cached, verified and served.
     ready: bool,
+    /// The version OtaFlux devices (no id) are served now: `version` once it is ready,
+    /// until then the release they got before (none: they get 503 or 502).
+    serving: Option<String>,
+    /// Why `version` is not served yet, when its last fetch failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
     url: String,
 }
 
@@ -45,6 +52,8 @@ pub(super) async fn list(State(firmware): State<Firmware>) -> Json<Vec<ChannelSu
                 previous: version(&releases.previous),
                 rollout: c.config.rollout,
                 ready: releases.current.as_ref().is_some_and(|r| r.is_ready()),
+                serving: firmware.serve(c, None).ok().map(|r| r.version.clone()),
+                error: firmware.failure(c),
                 url: format!("/api/v1/channels/{}", c.name()),
             }
         })
@@ -68,8 +77,7 @@ pub(super) async fn info(
     uri: Uri,
 ) -> Result<Response, Error> {
     let channel = named(&firmware, &name)?;
-    let release = channel.pick(query::param(uri.query().unwrap_or(""), "id").as_deref())?;
-    let ready = firmware.ready(&channel, &release)?;
+    let ready = firmware.serve(&channel, query::param(uri.query().unwrap_or(""), "id").as_deref())?;
     Ok(json_bytes(ready.info_json.clone()))
 }
 
@@ -84,13 +92,15 @@ pub(super) async fn firmware(
 ) -> Result<Response, Error> {
     let channel = named(&firmware, &name)?;
     let query = uri.query().unwrap_or("");
-    let release = match query::param(query, "version") {
-        Some(v) => channel
-            .by_version(&v)
-            .ok_or_else(|| http::Error::BadRequest(format!("channel {name:?} does not serve version {v:?}")))?,
-        None => channel.pick(query::param(query, "id").as_deref())?,
+    let ready = match query::param(query, "version") {
+        Some(v) => {
+            let release = channel
+                .by_version(&v)
+                .ok_or_else(|| http::Error::BadRequest(format!("channel {name:?} does not serve version {v:?}")))?;
+            firmware.ready(&channel, &release)?
+        }
+        None => firmware.serve(&channel, query::param(query, "id").as_deref())?,
     };
-    let ready = firmware.ready(&channel, &release)?;
     firmware.touch(&ready);
     Ok(ready.download.respond(&headers)?)
 }
@@ -163,8 +173,7 @@ pub(super) async fn check(
         return Err(http::Error::BadRequest("version must not be empty".into()).into());
     }
     firmware.inner.metrics.checkin(&name, Some(request.version.trim()));
-    let release = channel.pick(request.id.as_deref())?;
-    let ready = match firmware.ready(&channel, &release) {
+    let ready = match firmware.serve(&channel, request.id.as_deref()) {
         Ok(ready) => ready,
         Err(Error::Fetching) => return Ok(accepted()),
         Err(e) => return Err(e),

@@ -145,10 +145,19 @@ impl Firmware {
         let channels = config
             .channels
             .iter()
-            .map(|c| match old.channel(&c.name).filter(|o| same_answers && o.config == *c) {
-                Some(kept) => kept.clone(),
-                None => {
-                    Arc::new(Channel::new(c.clone(), config.public_url.clone(), signer.clone(), &self.inner.metrics))
+            .map(|c| {
+                // Same signing key and URLs: the old channel's answers stay valid, so it
+                // is kept as is, or (a new release) serves until the new one is ready.
+                let replaced = old.channel(&c.name).filter(|_| same_answers);
+                match replaced.filter(|o| o.config == *c) {
+                    Some(kept) => kept.clone(),
+                    None => Arc::new(Channel::new(
+                        c.clone(),
+                        config.public_url.clone(),
+                        signer.clone(),
+                        &self.inner.metrics,
+                        replaced.map(|o| o.as_ref()),
+                    )),
                 }
             })
             .collect();
@@ -173,12 +182,13 @@ impl Firmware {
         Arc::ptr_eq(&self.snapshot(), snapshot)
     }
 
-    /// The cache keys of every release the live channels hand out.
+    /// The cache keys of every release the live channels hand out (and of those they
+    /// still serve until their new releases are ready).
     pub(crate) fn pinned(&self) -> HashSet<String> {
         self.snapshot()
             .channels
             .iter()
-            .flat_map(|c| c.releases().iter().map(|r| r.job.key()).collect::<Vec<_>>())
+            .flat_map(|c| c.releases().iter().chain(&c.fallback_releases()).map(|r| r.job.key()).collect::<Vec<_>>())
             .collect()
     }
 
@@ -209,6 +219,33 @@ impl Firmware {
         }
     }
 
+    /// What a device with `id` is served from `channel`: the release it picks when
+    /// that is ready, else the ready release it got before the channel's releases
+    /// changed, else why there is nothing (pending, failed).
+    fn serve(&self, channel: &Channel, id: Option<&str>) -> Result<Arc<Ready>, Error> {
+        let result = channel.pick(id).and_then(|release| self.ready(channel, &release));
+        match (result, channel.fallback_pick(id)) {
+            (Err(_), Some(fallback)) => match fallback.ready.get() {
+                Some(ready) => {
+                    self.inner.metrics.cache_hits.inc();
+                    Ok(ready.clone())
+                }
+                None => Err(Error::Fetching), // unreachable: a fallback pick is ready
+            },
+            (result, _) => result,
+        }
+    }
+
+    /// Why the release OtaFlux devices should get from `channel` is not served yet:
+    /// `None` when it is ready or being fetched, else the last fetch failure.
+    fn failure(&self, channel: &Channel) -> Option<String> {
+        let release = channel.pick(None).ok().filter(|r| !r.is_ready())?;
+        match self.inner.fetcher.status(&release.job) {
+            Status::Failed(reason) => Some(reason.to_string()),
+            Status::Ready(_) | Status::Fetching => None,
+        }
+    }
+
     /// The prepared answers of a release, or why there are none yet (starting the
     /// fetch if needed).
     fn ready(&self, channel: &Channel, release: &Release) -> Result<Arc<Ready>, Error> {
@@ -230,6 +267,9 @@ impl Firmware {
                     .clone();
                 if fresh {
                     self.announce(channel, release, &ready);
+                    if channel.settle() && self.is_live_channel(channel) {
+                        self.repin(); // what was served meanwhile may now be evicted
+                    }
                 }
                 Ok(ready)
             }

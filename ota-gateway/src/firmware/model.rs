@@ -58,6 +58,11 @@ impl Snapshot {
 pub struct Channel {
     pub(super) config: ChannelConfig,
     releases: RwLock<Releases>,
+    /// What devices got before `releases` changed (a reload with a new `current`, a
+    /// standalone resolution), served in their place until they are ready, so a new
+    /// release never takes a channel down while the previous one is cached. Dropped
+    /// once every release in `releases` is ready.
+    fallback: RwLock<Option<Fallback>>,
     signer: Option<Arc<Signer25519>>,
     public_url: Option<String>,
     /// Check-ins through the OtaFlux API, which carry no device version.
@@ -79,6 +84,29 @@ impl Releases {
     pub(super) fn iter(&self) -> impl Iterator<Item = &Arc<Release>> {
         [&self.current, &self.previous].into_iter().flatten()
     }
+
+    /// Whether there is a release and every one is ready to serve.
+    fn all_ready(&self) -> bool {
+        self.current.is_some() && self.iter().all(|r| r.is_ready())
+    }
+
+    /// The release a device gets under `rollout`, by the rollout hash of its id.
+    fn pick(&self, channel: &str, id: Option<&str>, rollout: u8) -> Option<Arc<Release>> {
+        let current = self.current.as_ref()?;
+        let side = rollout::choose(channel, id, rollout, self.previous.is_some());
+        Some(match (side, &self.previous) {
+            (Side::Previous, Some(previous)) => previous.clone(),
+            _ => current.clone(),
+        })
+    }
+}
+
+/// The releases (every one ready) and the rollout a channel served before its releases
+/// changed.
+#[derive(Clone)]
+pub(super) struct Fallback {
+    releases: Releases,
+    rollout: u8,
 }
 
 /// One pinned artifact of one channel.
@@ -122,17 +150,21 @@ struct FirmwareInfo<'a> {
 }
 
 impl Channel {
+    /// A channel of `config`; `replaces` is the live channel of the same name, whose
+    /// ready releases keep serving until this one's are ready.
     pub(super) fn new(
         config: ChannelConfig,
         public_url: Option<String>,
         signer: Option<Arc<Signer25519>>,
         metrics: &Metrics,
+        replaces: Option<&Channel>,
     ) -> Self {
         let release = |p: &Option<PinnedArtifact>| p.as_ref().map(|p| Arc::new(Release::new(&config, p)));
         let releases = Releases { current: release(&config.current), previous: release(&config.previous) };
         let otaflux_checkins = metrics.checkins.with_label_values(&[config.name.as_str(), "unknown"]);
         Self {
             releases: RwLock::new(releases),
+            fallback: RwLock::new(replaces.and_then(Channel::served)),
             signer,
             public_url,
             otaflux_checkins,
@@ -149,13 +181,26 @@ impl Channel {
         self.releases.read().expect("releases lock").clone()
     }
 
+    /// What devices get from this channel now: its releases when all are ready, else
+    /// what it still falls back to.
+    fn served(&self) -> Option<Fallback> {
+        let releases = self.releases();
+        if releases.all_ready() {
+            return Some(Fallback { releases, rollout: self.config.rollout });
+        }
+        self.fallback.read().expect("fallback lock").clone()
+    }
+
     /// Installs a newly resolved `current` (standalone mode); the old one becomes
-    /// `previous`. Returns false when nothing changed.
+    /// `previous`, and what devices got so far keeps serving until the new one is
+    /// ready. Returns false when nothing changed.
     pub(super) fn advance(&self, pinned: PinnedArtifact) -> bool {
+        let served = self.served();
         let mut releases = self.releases.write().expect("releases lock");
         if releases.current.as_ref().is_some_and(|c| c.pinned == pinned) {
             return false;
         }
+        *self.fallback.write().expect("fallback lock") = served;
         let next = Arc::new(Release::new(&self.config, &pinned));
         releases.previous = releases.current.replace(next);
         true
@@ -164,12 +209,31 @@ impl Channel {
     /// The release a device gets, by the rollout hash of its id.
     pub(super) fn pick(&self, id: Option<&str>) -> Result<Arc<Release>, Error> {
         let releases = self.releases.read().expect("releases lock");
-        let current = releases.current.as_ref().ok_or_else(|| Error::NotResolved(self.config.name.clone()))?;
-        let side = rollout::choose(&self.config.name, id, self.config.rollout, releases.previous.is_some());
-        Ok(match (side, &releases.previous) {
-            (Side::Previous, Some(previous)) => previous.clone(),
-            _ => current.clone(),
-        })
+        releases
+            .pick(&self.config.name, id, self.config.rollout)
+            .ok_or_else(|| Error::NotResolved(self.config.name.clone()))
+    }
+
+    /// The ready release this device got before the channel's releases changed, while
+    /// the new ones are not all ready.
+    pub(super) fn fallback_pick(&self, id: Option<&str>) -> Option<Arc<Release>> {
+        let fallback = self.fallback.read().expect("fallback lock");
+        let fallback = fallback.as_ref()?;
+        fallback.releases.pick(&self.config.name, id, fallback.rollout).filter(|r| r.is_ready())
+    }
+
+    /// The releases still served in place of pending ones.
+    pub(super) fn fallback_releases(&self) -> Vec<Arc<Release>> {
+        let fallback = self.fallback.read().expect("fallback lock");
+        fallback.iter().flat_map(|f| f.releases.iter().cloned()).collect()
+    }
+
+    /// Drops the fallback once every release is ready; true when it dropped one.
+    pub(super) fn settle(&self) -> bool {
+        if !self.releases().all_ready() {
+            return false;
+        }
+        self.fallback.write().expect("fallback lock").take().is_some()
     }
 
     /// The highest version the channel has served: the configured high-water mark, or
@@ -180,11 +244,13 @@ impl Channel {
         versions.filter_map(|v| semver::Version::parse(v.trim_start_matches('v')).ok()).max()
     }
 
-    /// The release with this exact version, if the channel has one.
+    /// The release with this exact version, if the channel has one (or still serves
+    /// one in place of a pending release); a ready one first.
     pub(super) fn by_version(&self, version: &str) -> Option<Arc<Release>> {
-        let releases = self.releases.read().expect("releases lock");
-        let found = releases.iter().find(|r| r.pinned.version == version).cloned();
-        found
+        let mut found: Vec<_> = self.releases().iter().cloned().collect();
+        found.extend(self.fallback_releases());
+        found.retain(|r| r.pinned.version == version);
+        found.iter().find(|r| r.is_ready()).or(found.first()).cloned()
     }
 
     /// Where devices download this channel's `version`.

@@ -10,25 +10,25 @@ use axum::http::{header, HeaderMap, HeaderValue, Uri};
 use axum::response::{IntoResponse, Response};
 use tracing::instrument;
 
-use super::{Channel, Error, Firmware, Release};
+use super::model::Ready;
+use super::{Channel, Error, Firmware};
 use crate::http::query;
 
-/// The channel serving `?device=` and the release for `?id=`.
-fn target(firmware: &Firmware, uri: &Uri) -> Result<(Arc<Channel>, Arc<Release>), Error> {
+/// The channel serving `?device=` and what it serves the device with `?id=`.
+fn target(firmware: &Firmware, uri: &Uri) -> Result<(Arc<Channel>, Arc<Ready>), Error> {
     let query = uri.query().unwrap_or("");
     let device = query::param(query, "device").ok_or(Error::MissingDevice)?;
     let snapshot = firmware.snapshot();
     let channel = snapshot.device(&device).ok_or_else(|| Error::NoFirmware(device.into_owned()))?.clone();
-    let release = channel.pick(query::param(query, "id").as_deref())?;
-    Ok((channel, release))
+    let ready = firmware.serve(&channel, query::param(query, "id").as_deref())?;
+    Ok((channel, ready))
 }
 
 /// `GET /version?device=ID[&id=UNIQUE]`: `VERSION\nCRC32\nSIZE`.
 #[instrument(level = "debug", skip_all, fields(query = uri.query()))]
 pub(super) async fn version(State(firmware): State<Firmware>, uri: Uri) -> Result<Response, Error> {
-    let (channel, release) = target(&firmware, &uri)?;
+    let (channel, ready) = target(&firmware, &uri)?;
     channel.otaflux_checkins.inc();
-    let ready = firmware.ready(&channel, &release)?;
     Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"))], ready.version_body.clone()).into_response())
 }
 
@@ -39,8 +39,7 @@ pub(super) async fn firmware(
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, Error> {
-    let (channel, release) = target(&firmware, &uri)?;
-    let ready = firmware.ready(&channel, &release)?;
+    let (_, ready) = target(&firmware, &uri)?;
     firmware.touch(&ready);
     Ok(ready.download.respond(&headers)?)
 }

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Soak of the gateway binary under mixed load (wrk on /version, back-to-back downloads,
+# a config reload every 2 s, the registry down 1 s in 4), sampling RSS, open fds and
+# threads every second; asserts them flat, no failed request and p99 /version within
+# 2x of idle, and prints the figures. The test is ota-gateway/tests/faults_soak.rs.
+#
+#   bash e2e/scripts/soak.sh                         # 60 s, as CI runs it
+#   UPDRAFT_SOAK_SECS=1800 bash e2e/scripts/soak.sh  # 30 minutes, by hand
+#
+# Needs the local registry (cluster.sh up) and wrk (cluster.sh tools).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+eval "$(bash e2e/scripts/cluster.sh env)"
+export UPDRAFT_SOAK_SECS="${UPDRAFT_SOAK_SECS:-60}"
+exec cargo test -p ota-gateway --test faults_soak -- --nocapture

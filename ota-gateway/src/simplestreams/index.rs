@@ -1,0 +1,827 @@
+//! The simplestreams index of one stream: products, versions and items in, the two
+//! JSON documents LXD and Incus read (`streams/v1/index.json`, `streams/v1/images.json`)
+//! out.
+//!
+//! The output is a pure function of the input: maps are `BTreeMap`s, struct fields are
+//! declared in key order (so every object's keys come out sorted), and `updated` is
+//! derived from the newest version serial, never from the clock. Every replica that
+//! holds the same versions therefore serves the same bytes and the same ETag.
+//!
+//! Each product keeps its rendered JSON fragment: adding or removing a version
+//! re-renders that product only, and [`Index::render`] concatenates the fragments.
+//!
+//! What the clients need is in `shared/simplestreams-clients.md`: a metadata item under
+//! both ftypes `incus.tar.xz` (read by `incus`) and `lxd.tar.xz` (read by `lxc`), one
+//! rootfs item per image type, and on the metadata item the combined fingerprint of
+//! each type, `sha256(metadata bytes ‖ rootfs bytes)` ([`combined_sha256`]), which is
+//! what the clients list and verify after a download.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::io::{self, Read};
+
+use chrono::{NaiveDate, NaiveDateTime};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use updraft_core::config::is_sha256_hex;
+
+/// Where `images.json` lives, relative to the stream's base URL (named by index.json).
+pub const IMAGES_PATH: &str = "streams/v1/images.json";
+
+/// Why a version, a product or a whole index is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IndexError {
+    #[error("version serial {0:?} is not YYYYMMDD_HH:MM")]
+    Serial(String),
+    #[error("{field} {value:?} must match [a-z0-9][a-z0-9.-]* (at most 32 characters)")]
+    Component { field: &'static str, value: String },
+    #[error("architecture {0:?} is not one LXD and Incus know")]
+    Architecture(String),
+    #[error("alias {0:?} must be non-empty and hold no comma, space or control character")]
+    Alias(String),
+    #[error("{what}: sha256 {value:?} is not 64 lowercase hex digits")]
+    Sha256 { what: String, value: String },
+    #[error("{0}: item path must be relative, without empty, '.' or '..' segments, '\\\\', '%', '?' or '#'")]
+    Path(String),
+    #[error("version {0} has no rootfs (squashfs, root.tar.xz or disk-kvm.img)")]
+    NoRootfs(String),
+    #[error("alias {alias:?} is claimed by products {first} and {second} of the same architecture")]
+    DuplicateAlias { alias: String, first: String, second: String },
+    #[error("text field {field} {value:?} holds a control character")]
+    Text { field: &'static str, value: String },
+}
+
+/// The identity of a product: `os:release:arch:variant`, each part a lowercase name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ProductKey {
+    pub os: String,
+    pub release: String,
+    pub arch: String,
+    pub variant: String,
+}
+
+impl ProductKey {
+    /// A key whose parts are checked: names of `[a-z0-9][a-z0-9.-]*`, an architecture
+    /// the clients know.
+    pub fn new(os: &str, release: &str, arch: &str, variant: &str) -> Result<Self, IndexError> {
+        for (field, value) in [("os", os), ("release", release), ("arch", arch), ("variant", variant)] {
+            if !is_component(value) {
+                return Err(IndexError::Component { field, value: value.to_owned() });
+            }
+        }
+        if !is_known_arch(arch) {
+            return Err(IndexError::Architecture(arch.to_owned()));
+        }
+        Ok(Self { os: os.into(), release: release.into(), arch: arch.into(), variant: variant.into() })
+    }
+}
+
+impl fmt::Display for ProductKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}:{}", self.os, self.release, self.arch, self.variant)
+    }
+}
+
+/// Whether `s` is a path/product component: `[a-z0-9][a-z0-9.-]{0,31}`.
+pub fn is_component(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 32
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b.iter().all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'.' || c == b'-')
+}
+
+/// Architecture names LXD's and Incus's `osarch` accept (both the kernel and the
+/// Debian spelling). A product with another arch is silently dropped by the clients,
+/// so the index refuses it instead.
+pub fn is_known_arch(arch: &str) -> bool {
+    const KNOWN: &[&str] = &[
+        "i686",
+        "i386",
+        "i586",
+        "386",
+        "x86",
+        "x86_64",
+        "amd64",
+        "armv6l",
+        "armel",
+        "arm",
+        "armv7l",
+        "armhf",
+        "armv8l",
+        "aarch64",
+        "arm64",
+        "ppc",
+        "powerpc",
+        "ppc64",
+        "powerpc64",
+        "ppc64le",
+        "ppc64el",
+        "s390x",
+        "mips",
+        "mips64",
+        "mips64el",
+        "riscv32",
+        "riscv64",
+        "loongarch64",
+        "loong64",
+    ];
+    KNOWN.contains(&arch)
+}
+
+/// A version serial, `YYYYMMDD_HH:MM` (a real date and time).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Serial(String);
+
+impl Serial {
+    /// Parses the strict form `YYYYMMDD_HH:MM`.
+    pub fn parse(s: &str) -> Result<Self, IndexError> {
+        Self::datetime(s).map(|_| Self(s.to_owned())).ok_or_else(|| IndexError::Serial(s.to_owned()))
+    }
+
+    /// Also the spellings other servers use: `YYYYMMDDHHMM` (incus-simplestreams) and
+    /// `YYYYMMDD`; the result is always `YYYYMMDD_HH:MM`.
+    pub fn parse_lenient(s: &str) -> Result<Self, IndexError> {
+        let all_digits = s.bytes().all(|b| b.is_ascii_digit());
+        match s.len() {
+            12 if all_digits => Self::parse(&format!("{}_{}:{}", &s[..8], &s[8..10], &s[10..])),
+            8 if all_digits => Self::parse(&format!("{s}_00:00")),
+            _ => Self::parse(s),
+        }
+        .map_err(|_| IndexError::Serial(s.to_owned()))
+    }
+
+    /// `YYYYMMDD_HHMM`.
+    pub fn tag_form(&self) -> String {
+        self.0.replace(':', "")
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    fn datetime(s: &str) -> Option<NaiveDateTime> {
+        let b = s.as_bytes();
+        let digits = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);
+        if b.len() != 14 || b[8] != b'_' || b[11] != b':' || !digits(0..8) || !digits(9..11) || !digits(12..14) {
+            return None;
+        }
+        let num = |r: std::ops::Range<usize>| s[r].parse::<u32>().ok();
+        let date = NaiveDate::from_ymd_opt(num(0..4)? as i32, num(4..6)?, num(6..8)?)?;
+        date.and_hms_opt(num(9..11)?, num(12..14)?, 0)
+    }
+
+    /// The serial as an RFC 2822 date, what simplestreams puts in `updated`.
+    fn rfc2822(&self) -> String {
+        let t = Self::datetime(&self.0).expect("a Serial is always valid");
+        t.format("%a, %d %b %Y %H:%M:%S +0000").to_string()
+    }
+}
+
+impl fmt::Display for Serial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The kinds of root filesystem an image version may carry; each one is a separate
+/// image for the clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RootKind {
+    /// A container rootfs as squashfs (`rootfs.squashfs`).
+    Squashfs,
+    /// A container rootfs as a tarball (`root.tar.xz`).
+    RootTarXz,
+    /// A virtual machine disk (`disk-kvm.img`).
+    DiskKvmImg,
+}
+
+impl RootKind {
+    /// The item's `ftype`.
+    pub fn ftype(self) -> &'static str {
+        match self {
+            RootKind::Squashfs => "squashfs",
+            RootKind::RootTarXz => "root.tar.xz",
+            RootKind::DiskKvmImg => "disk-kvm.img",
+        }
+    }
+
+    /// The item's key inside the version's `items`.
+    fn item_name(self) -> &'static str {
+        match self {
+            RootKind::Squashfs => "root.squashfs",
+            RootKind::RootTarXz => "root.tar.xz",
+            RootKind::DiskKvmImg => "disk-kvm.img",
+        }
+    }
+}
+
+/// One file of a version as the index names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileRef {
+    /// Relative to the stream's base URL, e.g. `images/debian/…/20260101_00:00/rootfs.squashfs`.
+    pub path: String,
+    /// Lowercase hex SHA-256 of the file.
+    pub sha256: String,
+    pub size: u64,
+}
+
+/// A rootfs file and the combined fingerprint of the metadata with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rootfs {
+    pub file: FileRef,
+    /// `sha256(metadata bytes ‖ rootfs bytes)`, lowercase hex: the image fingerprint.
+    pub combined_sha256: String,
+}
+
+/// One version of a product: its metadata tarball and one or more rootfs files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageVersion {
+    pub serial: Serial,
+    pub metadata: FileRef,
+    pub rootfs: BTreeMap<RootKind, Rootfs>,
+}
+
+/// What the clients show of a product besides its key.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ProductProps {
+    /// The `os` field (display name), e.g. `Debian`. Defaults to the key's os.
+    pub os: Option<String>,
+    /// `release_title`. Defaults to the key's release.
+    pub release_title: Option<String>,
+    /// Aliases, each without commas; listed under the newest version.
+    pub aliases: Vec<String>,
+}
+
+/// Validates `version` on its own: paths, hashes, at least one rootfs.
+pub fn validate_version(version: &ImageVersion) -> Result<(), IndexError> {
+    let files = std::iter::once(("metadata", &version.metadata))
+        .chain(version.rootfs.iter().map(|(k, r)| (k.ftype(), &r.file)));
+    for (what, file) in files {
+        if !is_safe_relative_path(&file.path) {
+            return Err(IndexError::Path(file.path.clone()));
+        }
+        check_sha(&format!("{} {what}", version.serial), &file.sha256)?;
+    }
+    if version.rootfs.is_empty() {
+        return Err(IndexError::NoRootfs(version.serial.to_string()));
+    }
+    for (kind, root) in &version.rootfs {
+        check_sha(&format!("{} combined {}", version.serial, kind.ftype()), &root.combined_sha256)?;
+    }
+    Ok(())
+}
+
+/// Validates a product's display fields.
+pub fn validate_props(props: &ProductProps) -> Result<(), IndexError> {
+    for (field, value) in [("os", &props.os), ("release_title", &props.release_title)] {
+        if let Some(v) = value.as_deref().filter(|v| v.chars().any(char::is_control)) {
+            return Err(IndexError::Text { field, value: v.to_owned() });
+        }
+    }
+    for alias in &props.aliases {
+        if alias.is_empty() || alias.chars().any(|c| c == ',' || c.is_whitespace() || c.is_control()) {
+            return Err(IndexError::Alias(alias.clone()));
+        }
+    }
+    Ok(())
+}
+
+fn check_sha(what: &str, value: &str) -> Result<(), IndexError> {
+    if is_sha256_hex(value) {
+        Ok(())
+    } else {
+        Err(IndexError::Sha256 { what: what.to_owned(), value: value.to_owned() })
+    }
+}
+
+/// Whether an item path is safe to join onto the base URL: relative, only plain
+/// segments, nothing a URL or a file system would read specially.
+pub fn is_safe_relative_path(path: &str) -> bool {
+    !path.is_empty()
+        && !path.starts_with('/')
+        && path.split('/').all(|seg| !seg.is_empty() && seg != "." && seg != "..")
+        && !path.chars().any(|c| matches!(c, '\\' | '%' | '?' | '#') || c.is_control() || c.is_whitespace())
+}
+
+/// `sha256(metadata ‖ rootfs)` streamed from two readers: the image fingerprint.
+pub fn combined_sha256(metadata: impl Read, rootfs: impl Read) -> io::Result<String> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    for mut reader in [Box::new(metadata) as Box<dyn Read>, Box::new(rootfs)] {
+        loop {
+            let n = reader.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// One product with its versions and its rendered fragment of `images.json`.
+#[derive(Debug, Clone)]
+struct Product {
+    props: ProductProps,
+    versions: BTreeMap<Serial, ImageVersion>,
+    json: String,
+}
+
+/// The index of one stream. Cheap to update a version at a time.
+#[derive(Debug, Clone, Default)]
+pub struct Index {
+    products: BTreeMap<ProductKey, Product>,
+}
+
+/// The two rendered documents.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Documents {
+    pub index_json: String,
+    pub images_json: String,
+}
+
+impl Index {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds (or replaces) one version of a product and sets the product's props.
+    /// Only that product is re-rendered. Nothing changes when validation fails.
+    #[cfg(test)]
+    pub fn upsert(&mut self, key: &ProductKey, props: ProductProps, version: ImageVersion) -> Result<(), IndexError> {
+        self.extend([(key.clone(), props, version)])
+    }
+
+    /// Adds (or replaces) versions, rendering each touched product once (a full build
+    /// from a listing, or one new version). Every entry is validated first: when one
+    /// fails, nothing changes.
+    pub fn extend(
+        &mut self,
+        entries: impl IntoIterator<Item = (ProductKey, ProductProps, ImageVersion)>,
+    ) -> Result<(), IndexError> {
+        let entries: Vec<_> = entries.into_iter().collect();
+        for (_, props, version) in &entries {
+            validate_props(props)?;
+            validate_version(version)?;
+        }
+        let mut touched = std::collections::BTreeSet::new();
+        for (key, props, version) in entries {
+            let product = self.products.entry(key.clone()).or_insert_with(|| Product {
+                props: props.clone(),
+                versions: BTreeMap::new(),
+                json: String::new(),
+            });
+            product.props = props;
+            product.versions.insert(version.serial.clone(), version);
+            touched.insert(key);
+        }
+        for key in touched {
+            let product = self.products.get_mut(&key).expect("touched products exist");
+            product.json = render_product(&key, product);
+        }
+        Ok(())
+    }
+
+    /// Removes one version (and the product once it has none). Returns whether it was there.
+    pub fn remove(&mut self, key: &ProductKey, serial: &Serial) -> bool {
+        let Some(product) = self.products.get_mut(key) else { return false };
+        let removed = product.versions.remove(serial).is_some();
+        if product.versions.is_empty() {
+            self.products.remove(key);
+        } else if removed {
+            product.json = render_product(key, product);
+        }
+        removed
+    }
+
+    /// Keeps the newest `keep` versions of every product.
+    pub fn retain_newest(&mut self, keep: usize) {
+        for (key, product) in &mut self.products {
+            if product.versions.len() > keep {
+                let drop: Vec<Serial> = product.versions.keys().rev().skip(keep).cloned().collect();
+                for serial in drop {
+                    product.versions.remove(&serial);
+                }
+                product.json = render_product(key, product);
+            }
+        }
+        self.products.retain(|_, p| !p.versions.is_empty());
+    }
+
+    pub fn version(&self, key: &ProductKey, serial: &Serial) -> Option<&ImageVersion> {
+        self.products.get(key)?.versions.get(serial)
+    }
+
+    /// Each product's newest version.
+    pub fn products_newest(&self) -> impl Iterator<Item = (&ProductKey, &ImageVersion)> {
+        self.products.iter().filter_map(|(k, p)| p.versions.values().next_back().map(|v| (k, v)))
+    }
+
+    /// Every version of every product.
+    pub fn all_versions(&self) -> impl Iterator<Item = &ImageVersion> {
+        self.products.values().flat_map(|p| p.versions.values())
+    }
+
+    pub fn product_count(&self) -> usize {
+        self.products.len()
+    }
+
+    pub fn version_count(&self) -> usize {
+        self.products.values().map(|p| p.versions.len()).sum()
+    }
+
+    /// The two documents, or why this index must not be published (checks that span
+    /// products: an alias claimed twice for one architecture).
+    pub fn render(&self) -> Result<Documents, IndexError> {
+        let mut claimed: HashMap<(&str, &str), &ProductKey> = HashMap::new();
+        for (key, product) in &self.products {
+            for alias in &product.props.aliases {
+                if let Some(first) = claimed.insert((alias.as_str(), key.arch.as_str()), key) {
+                    return Err(IndexError::DuplicateAlias {
+                        alias: alias.clone(),
+                        first: first.to_string(),
+                        second: key.to_string(),
+                    });
+                }
+            }
+        }
+        let updated = self
+            .products
+            .values()
+            .filter_map(|p| p.versions.keys().next_back())
+            .max()
+            .map_or_else(|| "Thu, 01 Jan 1970 00:00:00 +0000".to_owned(), Serial::rfc2822);
+        let quoted = |s: &str| serde_json::to_string(s).expect("strings serialize");
+        let fragments: usize = self.products.values().map(|p| p.json.len() + 64).sum();
+        let mut images = String::with_capacity(fragments + 256);
+        images.push_str(r#"{"content_id":"images","datatype":"image-downloads","format":"products:1.0","products":{"#);
+        for (i, (key, product)) in self.products.iter().enumerate() {
+            if i > 0 {
+                images.push(',');
+            }
+            images.push_str(&quoted(&key.to_string()));
+            images.push(':');
+            images.push_str(&product.json);
+        }
+        images.push_str(r#"},"updated":"#);
+        images.push_str(&quoted(&updated));
+        images.push('}');
+
+        let keys: Vec<String> = self.products.keys().map(ToString::to_string).collect();
+        let index = IndexDoc {
+            format: "index:1.0",
+            index: IndexEntries {
+                images: IndexEntry {
+                    datatype: "image-downloads",
+                    format: "products:1.0",
+                    path: IMAGES_PATH,
+                    products: keys,
+                    updated: &updated,
+                },
+            },
+            updated: &updated,
+        };
+        Ok(Documents { index_json: serde_json::to_string(&index).expect("index serializes"), images_json: images })
+    }
+}
+
+#[derive(Serialize)]
+struct IndexDoc<'a> {
+    format: &'static str,
+    index: IndexEntries<'a>,
+    updated: &'a str,
+}
+
+#[derive(Serialize)]
+struct IndexEntries<'a> {
+    images: IndexEntry<'a>,
+}
+
+#[derive(Serialize)]
+struct IndexEntry<'a> {
+    datatype: &'static str,
+    format: &'static str,
+    path: &'static str,
+    products: Vec<String>,
+    updated: &'a str,
+}
+
+/// A product as `images.json` spells it; fields in key order.
+#[derive(Serialize)]
+struct ProductDoc<'a> {
+    aliases: String,
+    arch: &'a str,
+    os: &'a str,
+    release: &'a str,
+    release_title: &'a str,
+    variant: &'a str,
+    versions: BTreeMap<&'a str, VersionDoc<'a>>,
+}
+
+#[derive(Serialize)]
+struct VersionDoc<'a> {
+    items: BTreeMap<&'static str, ItemDoc<'a>>,
+}
+
+/// An item; fields in key order.
+#[derive(Serialize, Default)]
+struct ItemDoc<'a> {
+    #[serde(rename = "combined_disk-kvm-img_sha256", skip_serializing_if = "Option::is_none")]
+    combined_disk_kvm_img_sha256: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    combined_rootxz_sha256: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    combined_sha256: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    combined_squashfs_sha256: Option<&'a str>,
+    ftype: &'static str,
+    path: &'a str,
+    sha256: &'a str,
+    size: u64,
+}
+
+fn render_product(key: &ProductKey, product: &Product) -> String {
+    // Aliases go to the newest version; every version is listed.
+    let versions = product
+        .versions
+        .values()
+        .map(|v| {
+            let mut items = BTreeMap::new();
+            let combined = |kind| v.rootfs.get(&kind).map(|r: &Rootfs| r.combined_sha256.as_str());
+            let meta = |ftype| ItemDoc {
+                combined_disk_kvm_img_sha256: combined(RootKind::DiskKvmImg),
+                combined_rootxz_sha256: combined(RootKind::RootTarXz),
+                // LXD's older field for the root.tar.xz image.
+                combined_sha256: combined(RootKind::RootTarXz),
+                combined_squashfs_sha256: combined(RootKind::Squashfs),
+                ftype,
+                path: &v.metadata.path,
+                sha256: &v.metadata.sha256,
+                size: v.metadata.size,
+            };
+            items.insert("incus.tar.xz", meta("incus.tar.xz"));
+            items.insert("lxd.tar.xz", meta("lxd.tar.xz"));
+            for (kind, root) in &v.rootfs {
+                items.insert(
+                    kind.item_name(),
+                    ItemDoc {
+                        ftype: kind.ftype(),
+                        path: &root.file.path,
+                        sha256: &root.file.sha256,
+                        size: root.file.size,
+                        ..ItemDoc::default()
+                    },
+                );
+            }
+            (v.serial.as_str(), VersionDoc { items })
+        })
+        .collect();
+    let doc = ProductDoc {
+        aliases: product.props.aliases.join(","),
+        arch: &key.arch,
+        os: product.props.os.as_deref().unwrap_or(&key.os),
+        release: &key.release,
+        release_title: product.props.release_title.as_deref().unwrap_or(&key.release),
+        variant: &key.variant,
+        versions,
+    };
+    serde_json::to_string(&doc).expect("product serializes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sha(seed: &str) -> String {
+        hex::encode(Sha256::digest(seed.as_bytes()))
+    }
+
+    fn key(os: &str, release: &str) -> ProductKey {
+        ProductKey::new(os, release, "amd64", "default").unwrap()
+    }
+
+    fn version(serial: &str, kinds: &[RootKind]) -> ImageVersion {
+        let dir = format!("images/debian/bookworm/amd64/default/{serial}");
+        let file =
+            |name: &str| FileRef { path: format!("{dir}/{name}"), sha256: sha(&format!("{dir}{name}")), size: 10 };
+        ImageVersion {
+            serial: Serial::parse(serial).unwrap(),
+            metadata: file("incus.tar.xz"),
+            rootfs: kinds
+                .iter()
+                .map(|&k| (k, Rootfs { file: file(k.ftype()), combined_sha256: sha(&format!("{serial}{k:?}")) }))
+                .collect(),
+        }
+    }
+
+    fn props(aliases: &[&str]) -> ProductProps {
+        ProductProps {
+            os: Some("Debian".into()),
+            release_title: None,
+            aliases: aliases.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn serials_are_strict() {
+        assert!(Serial::parse("20260101_00:00").is_ok());
+        assert!(Serial::parse("20261231_23:59").is_ok());
+        for bad in [
+            "20260101",
+            "2026-01-01",
+            "20260230_00:00",
+            "20260101_24:00",
+            "20260101_00:60",
+            "20260101-00:00",
+            "20260101_0:000",
+            "v1",
+            "２0260101_00:00",
+        ] {
+            assert!(Serial::parse(bad).is_err(), "{bad}");
+        }
+        let s = Serial::parse("20260102_03:04").unwrap();
+        assert_eq!(s.tag_form(), "20260102_0304");
+        assert_eq!(s.rfc2822(), "Fri, 02 Jan 2026 03:04:00 +0000");
+        assert_eq!(Serial::parse_lenient("202601020304").unwrap(), s);
+        assert_eq!(Serial::parse_lenient("20260102").unwrap().as_str(), "20260102_00:00");
+        assert!(Serial::parse_lenient("2026010203041").is_err());
+        assert!(Serial::parse_lenient("v1").is_err());
+    }
+
+    #[test]
+    fn product_keys_refuse_odd_names_and_unknown_arches() {
+        assert!(ProductKey::new("debian", "12.1", "arm64", "cloud-init").is_ok());
+        assert!(ProductKey::new("Debian", "12", "amd64", "default").is_err());
+        assert!(ProductKey::new("debian", "..", "amd64", "default").is_err());
+        assert!(ProductKey::new("debian", "a:b", "amd64", "default").is_err());
+        assert!(ProductKey::new("debian", "12", "sparc", "default").is_err());
+        assert_eq!(key("debian", "bookworm").to_string(), "debian:bookworm:amd64:default");
+    }
+
+    #[test]
+    fn paths_must_stay_relative_and_plain() {
+        assert!(is_safe_relative_path("images/debian/bookworm/amd64/default/20260101_00:00/incus.tar.xz"));
+        for bad in ["", "/abs", "a/../b", "a//b", "./a", "a/%2e%2e/b", "a\\b", "a?b", "a#b", "a b", "a/"] {
+            assert!(!is_safe_relative_path(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn renders_what_the_clients_read() {
+        let mut index = Index::new();
+        let v = version("20260101_00:00", &[RootKind::Squashfs, RootKind::RootTarXz, RootKind::DiskKvmImg]);
+        index.upsert(&key("debian", "bookworm"), props(&["debian/bookworm", "debian/12"]), v.clone()).unwrap();
+        let docs = index.render().unwrap();
+        let images: serde_json::Value = serde_json::from_str(&docs.images_json).unwrap();
+        assert_eq!(images["format"], "products:1.0");
+        assert_eq!(images["datatype"], "image-downloads");
+        assert_eq!(images["updated"], "Thu, 01 Jan 2026 00:00:00 +0000");
+        let p = &images["products"]["debian:bookworm:amd64:default"];
+        assert_eq!(p["aliases"], "debian/bookworm,debian/12");
+        assert_eq!(p["os"], "Debian");
+        assert_eq!(p["release"], "bookworm");
+        assert_eq!(p["release_title"], "bookworm");
+        assert_eq!(p["arch"], "amd64");
+        assert_eq!(p["variant"], "default");
+        let items = &p["versions"]["20260101_00:00"]["items"];
+        for meta in ["incus.tar.xz", "lxd.tar.xz"] {
+            let m = &items[meta];
+            assert_eq!(m["ftype"], meta);
+            assert_eq!(m["path"], v.metadata.path);
+            assert_eq!(m["sha256"], v.metadata.sha256);
+            assert_eq!(m["size"], 10);
+            assert_eq!(m["combined_squashfs_sha256"], v.rootfs[&RootKind::Squashfs].combined_sha256);
+            assert_eq!(m["combined_rootxz_sha256"], v.rootfs[&RootKind::RootTarXz].combined_sha256);
+            assert_eq!(m["combined_sha256"], v.rootfs[&RootKind::RootTarXz].combined_sha256);
+            assert_eq!(m["combined_disk-kvm-img_sha256"], v.rootfs[&RootKind::DiskKvmImg].combined_sha256);
+        }
+        assert_eq!(items["root.squashfs"]["ftype"], "squashfs");
+        assert_eq!(items["root.tar.xz"]["ftype"], "root.tar.xz");
+        assert_eq!(items["disk-kvm.img"]["ftype"], "disk-kvm.img");
+        assert!(items["root.squashfs"].get("combined_squashfs_sha256").is_none());
+
+        let idx: serde_json::Value = serde_json::from_str(&docs.index_json).unwrap();
+        assert_eq!(idx["format"], "index:1.0");
+        let entry = &idx["index"]["images"];
+        assert_eq!(entry["datatype"], "image-downloads");
+        assert_eq!(entry["format"], "products:1.0");
+        assert_eq!(entry["path"], "streams/v1/images.json");
+        assert_eq!(entry["products"], serde_json::json!(["debian:bookworm:amd64:default"]));
+    }
+
+    #[test]
+    fn output_keys_are_sorted_and_the_same_for_any_insertion_order() {
+        let a = version("20260101_00:00", &[RootKind::Squashfs]);
+        let b = version("20260202_12:30", &[RootKind::RootTarXz]);
+        let mut one = Index::new();
+        one.upsert(&key("debian", "bookworm"), props(&[]), a.clone()).unwrap();
+        one.upsert(&key("alpine", "edge"), props(&[]), b.clone()).unwrap();
+        one.upsert(&key("debian", "bookworm"), props(&[]), b.clone()).unwrap();
+        let mut two = Index::new();
+        two.upsert(&key("debian", "bookworm"), props(&[]), b.clone()).unwrap();
+        two.upsert(&key("alpine", "edge"), props(&[]), b).unwrap();
+        two.upsert(&key("debian", "bookworm"), props(&[]), a).unwrap();
+        let (d1, d2) = (one.render().unwrap(), two.render().unwrap());
+        assert_eq!(d1, d2);
+        // serde_json's Value keeps keys sorted: re-serializing a sorted document is the identity.
+        let value: serde_json::Value = serde_json::from_str(&d1.images_json).unwrap();
+        assert_eq!(serde_json::to_string(&value).unwrap(), d1.images_json);
+        let value: serde_json::Value = serde_json::from_str(&d1.index_json).unwrap();
+        assert_eq!(serde_json::to_string(&value).unwrap(), d1.index_json);
+        assert!(d1.index_json.contains("Mon, 02 Feb 2026 12:30:00 +0000"));
+    }
+
+    #[test]
+    fn invalid_versions_change_nothing() {
+        let mut index = Index::new();
+        index
+            .upsert(&key("debian", "bookworm"), props(&["d"]), version("20260101_00:00", &[RootKind::Squashfs]))
+            .unwrap();
+        let before = index.render().unwrap();
+        let k = key("debian", "bookworm");
+        let mut no_root = version("20260102_00:00", &[]);
+        assert!(matches!(index.upsert(&k, props(&[]), no_root.clone()), Err(IndexError::NoRootfs(_))));
+        no_root = version("20260102_00:00", &[RootKind::Squashfs]);
+        no_root.metadata.path = "../../etc/passwd".into();
+        assert!(matches!(index.upsert(&k, props(&[]), no_root.clone()), Err(IndexError::Path(_))));
+        no_root.metadata.path = "images/x".into();
+        no_root.rootfs.get_mut(&RootKind::Squashfs).unwrap().combined_sha256 = "ABC".into();
+        assert!(matches!(index.upsert(&k, props(&[]), no_root), Err(IndexError::Sha256 { .. })));
+        let bad_alias = version("20260102_00:00", &[RootKind::Squashfs]);
+        assert!(matches!(index.upsert(&k, props(&["a,b"]), bad_alias), Err(IndexError::Alias(_))));
+        assert_eq!(index.render().unwrap(), before);
+    }
+
+    #[test]
+    fn an_alias_claimed_twice_is_not_published() {
+        let mut index = Index::new();
+        index
+            .upsert(&key("debian", "bookworm"), props(&["stable"]), version("20260101_00:00", &[RootKind::Squashfs]))
+            .unwrap();
+        index
+            .upsert(&key("debian", "trixie"), props(&["stable"]), version("20260101_00:00", &[RootKind::Squashfs]))
+            .unwrap();
+        assert!(matches!(index.render(), Err(IndexError::DuplicateAlias { .. })));
+        // The same alias on another architecture is fine (the clients add /arch).
+        let mut index = Index::new();
+        let arm = ProductKey::new("debian", "bookworm", "arm64", "default").unwrap();
+        index
+            .upsert(&key("debian", "bookworm"), props(&["stable"]), version("20260101_00:00", &[RootKind::Squashfs]))
+            .unwrap();
+        index.upsert(&arm, props(&["stable"]), version("20260101_00:00", &[RootKind::Squashfs])).unwrap();
+        index.render().unwrap();
+    }
+
+    #[test]
+    fn remove_and_retain() {
+        let mut index = Index::new();
+        let k = key("debian", "bookworm");
+        for s in ["20260101_00:00", "20260102_00:00", "20260103_00:00"] {
+            index.upsert(&k, props(&[]), version(s, &[RootKind::Squashfs])).unwrap();
+        }
+        index.retain_newest(2);
+        assert_eq!(index.version_count(), 2);
+        assert!(index.version(&k, &Serial::parse("20260101_00:00").unwrap()).is_none());
+        assert!(index.remove(&k, &Serial::parse("20260102_00:00").unwrap()));
+        assert!(!index.remove(&k, &Serial::parse("20260102_00:00").unwrap()));
+        assert!(index.remove(&k, &Serial::parse("20260103_00:00").unwrap()));
+        assert_eq!(index.product_count(), 0);
+        let empty = index.render().unwrap();
+        assert!(empty.images_json.contains(r#""products":{}"#));
+    }
+
+    #[test]
+    fn combined_is_the_hash_of_both_files_in_order() {
+        let got = combined_sha256(&b"meta"[..], &b"root"[..]).unwrap();
+        assert_eq!(got, hex::encode(Sha256::digest(b"metaroot")));
+    }
+
+    /// 10,000 versions across 500 products: a full build and one incremental update.
+    /// Prints the times (no assertion on them; the benchmark compares with the peer).
+    #[test]
+    fn ten_thousand_versions() {
+        let keys: Vec<ProductKey> = (0..500).map(|i| key("distro", &format!("r{i}"))).collect();
+        let versions: Vec<ImageVersion> = (0..20)
+            .map(|d| version(&format!("202601{:02}_00:00", d + 1), &[RootKind::Squashfs, RootKind::RootTarXz]))
+            .collect();
+        let entries: Vec<_> =
+            keys.iter().flat_map(|k| versions.iter().map(|v| (k.clone(), props(&[]), v.clone()))).collect();
+        let start = std::time::Instant::now();
+        let mut index = Index::new();
+        index.extend(entries).unwrap();
+        let docs = index.render().unwrap();
+        let full = start.elapsed();
+        assert_eq!(index.version_count(), 10_000);
+        let start = std::time::Instant::now();
+        index.upsert(&keys[7], props(&[]), version("20260301_00:00", &[RootKind::Squashfs])).unwrap();
+        let again = index.render().unwrap();
+        let incremental = start.elapsed();
+        assert_ne!(docs.images_json, again.images_json);
+        println!(
+            "10,000 versions / 500 products: full build {full:?}, one more version {incremental:?}, images.json {} bytes",
+            again.images_json.len()
+        );
+    }
+}

@@ -1,0 +1,268 @@
+//! The simplestreams surface: image streams for LXD and Incus.
+//!
+//! Each stream lives under its own base URL, `/streams/{name}/`, which cannot collide
+//! with the device API:
+//!
+//! ```text
+//! GET  /streams/{name}/status                  products, versions, last error, versions left out
+//! GET  /streams/{name}/streams/v1/index.json   ETag, If-None-Match, gzip
+//! GET  /streams/{name}/streams/v1/images.json  ETag, If-None-Match, gzip
+//! GET  /streams/{name}/images/{path}           the files the index names: Range, ETag, HEAD
+//! POST /streams/{name}/images/                 upload (docker-simplestreams-server API)
+//! DELETE /streams/{name}/images/{path}         delete a version or one file (allowDelete)
+//! ```
+//!
+//! Remotes are added with `incus remote add NAME https://HOST:PORT/streams/{name}
+//! --protocol simplestreams` (or `lxc remote add …`), over the HTTPS listener.
+//!
+//! - [`index`]: the model and the deterministic builder of the two documents;
+//! - [`metadata`]: `metadata.yaml`, upload paths, `metadata.json`;
+//! - [`registry`]: versions as OCI artifacts (the durable store);
+//! - [`oci_source`]: versions from artifacts a person pushed (`incus image export` + `oras push`);
+//! - [`upstream`]: a mirror of another simplestreams server;
+//! - [`stream`]: one stream's live state and its sync loop;
+//! - [`upload`]: the upload and delete handlers.
+
+pub mod index;
+pub mod metadata;
+pub mod oci_source;
+pub mod registry;
+pub mod stream;
+pub mod upload;
+pub mod upstream;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use bytes::Bytes;
+
+use crate::cache::Cache;
+use crate::http::{self, Download};
+use crate::metrics::Metrics;
+pub use stream::{Stream, StreamMetrics};
+use updraft_core::config::GatewayConfig;
+use updraft_core::oci;
+
+/// Every answer of this surface other than success: the shared answers of
+/// [`http::Error`], and the ones only this surface gives.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error(transparent)]
+    Http(#[from] http::Error),
+    /// 409: the file exists and the stream does not allow overwrites.
+    #[error("{0}")]
+    Conflict(String),
+    /// 405: uploads or deletes are off for this stream.
+    #[error("{0}")]
+    NotAllowed(String),
+    #[error("stream config: {0}")]
+    Config(String),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl StreamError {
+    fn bad_request(message: impl Into<String>) -> Self {
+        StreamError::Http(http::Error::BadRequest(message.into()))
+    }
+
+    fn not_found(what: impl Into<String>) -> Self {
+        StreamError::Http(http::Error::NotFound(what.into()))
+    }
+
+    fn upstream(message: impl Into<String>) -> Self {
+        StreamError::Http(http::Error::Upstream(message.into()))
+    }
+
+    fn too_large(limit: u64) -> Self {
+        StreamError::Http(http::Error::PayloadTooLarge { limit })
+    }
+}
+
+impl From<metadata::MetadataError> for StreamError {
+    fn from(e: metadata::MetadataError) -> Self {
+        StreamError::bad_request(e.to_string())
+    }
+}
+
+impl IntoResponse for StreamError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            StreamError::Http(_) => return self.into_http().into_response(),
+            StreamError::Conflict(_) => StatusCode::CONFLICT,
+            StreamError::NotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            StreamError::Config(_) | StreamError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        (status, axum::Json(serde_json::json!({ "error": self.to_string() }))).into_response()
+    }
+}
+
+impl StreamError {
+    fn into_http(self) -> http::Error {
+        match self {
+            StreamError::Http(e) => e,
+            other => http::Error::Upstream(other.to_string()),
+        }
+    }
+}
+
+/// Every stream of the gateway, by name.
+#[derive(Clone, Default)]
+pub struct Streams {
+    by_name: Arc<HashMap<String, Arc<Stream>>>,
+}
+
+impl Streams {
+    /// The streams of `config`, each with its sync loop running.
+    pub fn start(config: &GatewayConfig, cache: Arc<Cache>, metrics: &Metrics) -> Result<Self, StreamError> {
+        let sources = config.streams.iter().filter_map(|s| {
+            s.source.oci.as_ref().map(|o| &o.repository).or(s.source.upload.as_ref().map(|u| &u.repository))
+        });
+        let protocol = oci::protocol_for(oci::insecure_registries(sources));
+        let client = oci::build_client("updraft-gateway", protocol);
+        let mut by_name = HashMap::new();
+        for s in &config.streams {
+            let stream = Stream::new(s, client.clone(), cache.clone(), StreamMetrics::new(metrics, &s.name))?;
+            stream.spawn();
+            by_name.insert(s.name.clone(), stream);
+        }
+        Ok(Self { by_name: Arc::new(by_name) })
+    }
+
+    pub fn get(&self, name: &str) -> Result<&Arc<Stream>, StreamError> {
+        self.by_name.get(name).ok_or_else(|| StreamError::not_found(format!("unknown stream {name:?}")))
+    }
+
+    /// The largest upload limit of any stream (the body limit of the upload route).
+    fn max_upload(&self) -> u64 {
+        self.by_name.values().filter_map(|s| s.upload.as_ref().map(|u| u.max_bytes)).max().unwrap_or(0)
+    }
+}
+
+/// The routes of every stream.
+pub fn router(streams: Streams) -> Router {
+    let limit = usize::try_from(streams.max_upload()).unwrap_or(usize::MAX).saturating_add(64 * 1024);
+    Router::new()
+        .route("/streams/{stream}/status", get(status))
+        .route("/streams/{stream}/streams/v1/index.json", get(index_json))
+        .route("/streams/{stream}/streams/v1/images.json", get(images_json))
+        .route("/streams/{stream}/images/", post(upload::upload))
+        .route("/streams/{stream}/images", post(upload::upload))
+        .route("/streams/{stream}/images/{*path}", get(file).delete(upload::delete))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(streams)
+}
+
+/// `GET /streams/{stream}/status`: products, versions, why the newest index was not
+/// published (if it was not), the versions left out and why.
+async fn status(State(streams): State<Streams>, Path(stream): Path<String>) -> Result<Response, StreamError> {
+    Ok(axum::Json(streams.get(&stream)?.status()).into_response())
+}
+
+async fn index_json(
+    State(streams): State<Streams>,
+    Path(stream): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, StreamError> {
+    let published = streams.get(&stream)?.published();
+    let gzip = wants_gzip(&headers).then(|| published.gzipped().0.clone());
+    Ok(json_document(&headers, published.index_json.clone(), gzip, &published.index_etag))
+}
+
+async fn images_json(
+    State(streams): State<Streams>,
+    Path(stream): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, StreamError> {
+    let published = streams.get(&stream)?.published();
+    let gzip = wants_gzip(&headers).then(|| published.gzipped().1.clone());
+    Ok(json_document(&headers, published.images_json.clone(), gzip, &published.images_etag))
+}
+
+fn wants_gzip(headers: &HeaderMap) -> bool {
+    headers.get_all(header::ACCEPT_ENCODING).iter().filter_map(|v| v.to_str().ok()).any(|v| {
+        v.split(',').any(|part| {
+            let mut it = part.split(';');
+            let coding = it.next().unwrap_or("").trim();
+            let refused = it.any(|p| matches!(p.trim(), "q=0" | "q=0.0" | "q=0.00" | "q=0.000"));
+            coding.eq_ignore_ascii_case("gzip") && !refused
+        })
+    })
+}
+
+/// A JSON document with its ETag: 304 when it matches, gzip when asked.
+fn json_document(headers: &HeaderMap, plain: Bytes, gzip: Option<Bytes>, etag: &HeaderValue) -> Response {
+    let builder = Response::builder()
+        .header(header::ETAG, etag.clone())
+        .header(header::VARY, "Accept-Encoding")
+        .header(header::CACHE_CONTROL, "no-cache");
+    if let Some(inm) = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) {
+        let etag = etag.to_str().unwrap_or_default();
+        if inm.split(',').map(str::trim).any(|t| t == "*" || t.trim_start_matches("W/") == etag) {
+            return builder.status(StatusCode::NOT_MODIFIED).body(Body::empty()).expect("valid response");
+        }
+    }
+    let builder = builder.header(header::CONTENT_TYPE, "application/json");
+    let (builder, body) = match gzip {
+        Some(gz) => (builder.header(header::CONTENT_ENCODING, "gzip"), gz),
+        None => (builder, plain),
+    };
+    builder.header(header::CONTENT_LENGTH, body.len()).body(Body::from(body)).expect("valid response")
+}
+
+/// A file the index names, from the verified cache (fetched by digest on first use).
+/// The body is a slice of the memory-mapped cache file: the plain listener sends it
+/// with sendfile, like firmware.
+async fn file(
+    State(streams): State<Streams>,
+    Path((stream, path)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, StreamError> {
+    let stream = streams.get(&stream)?;
+    let entry = stream
+        .published()
+        .files
+        .get(&format!("images/{path}"))
+        .cloned()
+        .ok_or_else(|| StreamError::not_found(format!("no file images/{path} in stream {:?}", stream.name)))?;
+    let payload = stream.file_blob(&entry).await?;
+    let download = Download {
+        body: payload.bytes.clone(),
+        etag: HeaderValue::from_str(&format!("\"{}\"", payload.summary.sha256)).expect("hex is ascii"),
+        content_type: HeaderValue::from_static("application/octet-stream"),
+        disposition: None,
+    };
+    Ok(download.respond(&headers)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gzip_is_used_only_when_accepted() {
+        let mut h = HeaderMap::new();
+        assert!(!wants_gzip(&h));
+        h.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("br, GZIP;q=0.5"));
+        assert!(wants_gzip(&h));
+        h.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("gzip;q=0, br"));
+        assert!(!wants_gzip(&h));
+    }
+
+    #[test]
+    fn json_documents_answer_304_on_a_matching_etag() {
+        let etag = HeaderValue::from_static("\"abc\"");
+        let mut h = HeaderMap::new();
+        let r = json_document(&h, Bytes::from_static(b"{}"), None, &etag);
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()[header::ETAG], "\"abc\"");
+        h.insert(header::IF_NONE_MATCH, HeaderValue::from_static("\"abc\""));
+        assert_eq!(json_document(&h, Bytes::from_static(b"{}"), None, &etag).status(), StatusCode::NOT_MODIFIED);
+    }
+}

@@ -1,0 +1,309 @@
+//! Uploads and deletes, compatible with docker-simplestreams-server's upload API, so
+//! its users' scripts work unchanged (plus the token):
+//!
+//! ```sh
+//! curl -H "Authorization: Bearer $TOKEN" \
+//!   "-Fupload=@meta-….tar.xz;filename=debian/bookworm/amd64/default/20260101_00:00/lxd.tar.xz" \
+//!   https://gateway:8443/streams/NAME/images/
+//! ```
+//!
+//! Each file is received into the cache's temp directory while it is hashed; only a
+//! complete part is stored (a truncated body stores nothing). It is pushed as a blob to
+//! the stream's repository and the version's manifest is rewritten with it: the
+//! registry is the store, so every replica lists it after its next sync round, and
+//! the replica that took the upload before it answers. Once a version has its
+//! metadata tarball and a rootfs, the combined fingerprint is computed from the two
+//! files and kept as a layer annotation.
+
+use std::io::{BufWriter, Read as _, Write as _};
+use std::sync::Arc;
+
+use axum::extract::multipart::MultipartError;
+use axum::extract::{Multipart, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use oci_client::manifest::{OciDescriptor, OciManifest};
+
+use super::index::{combined_sha256, validate_props, ProductKey, Serial};
+use super::metadata::{read_metadata_yaml, UploadFile, UploadMetadata, UploadPath};
+use super::registry::{self, StoredVersion, ANN_COMBINED, ANN_TITLE};
+use super::stream::blob_key;
+use super::{Stream, StreamError, Streams};
+use crate::http;
+use crate::unpack::{Digesting, Summary};
+use updraft_core::oci;
+
+/// The largest metadata tarball read for its `metadata.yaml`.
+const MAX_METADATA_TARBALL: u64 = 64 << 20;
+/// The largest `metadata.json` accepted.
+const MAX_METADATA_JSON: u64 = 64 * 1024;
+
+/// `POST /streams/{stream}/images/`: one or more `upload` parts.
+pub async fn upload(
+    State(streams): State<Streams>,
+    Path(stream): Path<String>,
+    headers: HeaderMap,
+    multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
+) -> Result<Response, StreamError> {
+    let stream = streams.get(&stream)?.clone();
+    let max_bytes = stream.upload.as_ref().ok_or_else(|| no_uploads(&stream))?.max_bytes;
+    check_token(&stream, &headers)?;
+    let mut multipart = multipart.map_err(|e| StreamError::bad_request(e.body_text()))?;
+    let mut stored = Vec::new();
+    while let Some(mut field) = multipart.next_field().await.map_err(|e| multipart_error(e, max_bytes))? {
+        if field.name() != Some("upload") {
+            continue;
+        }
+        let name = field.file_name().ok_or_else(|| StreamError::bad_request("upload part has no filename"))?;
+        let path = UploadPath::parse(name)?;
+        let mut out = Digesting::new(BufWriter::with_capacity(256 * 1024, stream.cache.temp_file()?));
+        let mut received = 0u64;
+        while let Some(chunk) = field.chunk().await.map_err(|e| multipart_error(e, max_bytes))? {
+            received += chunk.len() as u64;
+            if received > max_bytes {
+                return Err(StreamError::too_large(max_bytes));
+            }
+            // Writes land in the page cache; a chunk at a time keeps them short.
+            out.write_all(&chunk)?;
+        }
+        let (summary, buffered) = out.finish()?;
+        let file = buffered.into_inner().map_err(|e| e.into_error())?;
+        let mut from_tarball = None;
+        if path.file == UploadFile::Metadata {
+            // The tarball must carry metadata.yaml (the daemon needs it to import the
+            // image); its `os` property names the product unless metadata.json does.
+            let mut bytes = Vec::new();
+            file.reopen()?.take(MAX_METADATA_TARBALL).read_to_end(&mut bytes)?;
+            from_tarball = read_metadata_yaml(&bytes)?.property("os").map(String::from);
+        }
+        let overrides = match path.file {
+            UploadFile::MetadataJson => {
+                if summary.size > MAX_METADATA_JSON {
+                    return Err(StreamError::bad_request(format!("metadata.json is over {MAX_METADATA_JSON} bytes")));
+                }
+                let mut text = Vec::new();
+                file.reopen()?.read_to_end(&mut text)?;
+                Some(UploadMetadata::parse(&text)?)
+            }
+            _ => None,
+        };
+        stream.store(&path, file, summary, overrides, from_tarball).await?;
+        stored.push(path.served_path());
+    }
+    if stored.is_empty() {
+        return Err(StreamError::bad_request("no file in a multipart field named 'upload'"));
+    }
+    stream.sync_now().await;
+    Ok((StatusCode::CREATED, axum::Json(serde_json::json!({ "stored": stored }))).into_response())
+}
+
+/// `DELETE /streams/{stream}/images/os/release/arch/variant/serial[/file]`.
+pub async fn delete(
+    State(streams): State<Streams>,
+    Path((stream, path)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, StreamError> {
+    let stream = streams.get(&stream)?.clone();
+    let allow = stream.upload.as_ref().ok_or_else(|| no_uploads(&stream))?.allow_delete;
+    check_token(&stream, &headers)?;
+    if !allow {
+        return Err(StreamError::NotAllowed(format!("stream {:?} does not allow deletes", stream.name)));
+    }
+    let (product, serial, file) = match UploadPath::parse(&path) {
+        Ok(p) => (p.product, p.serial, Some(p.file)),
+        Err(_) => {
+            // A whole version: the upload grammar without the file name.
+            let parsed = UploadPath::parse(&format!("{path}/lxd.tar.xz"))?;
+            (parsed.product, parsed.serial, None)
+        }
+    };
+    stream.remove(&product, &serial, file).await?;
+    stream.sync_now().await;
+    Ok((StatusCode::OK, axum::Json(serde_json::json!({ "deleted": path }))).into_response())
+}
+
+fn no_uploads(stream: &Stream) -> StreamError {
+    StreamError::NotAllowed(format!("stream {:?} takes no uploads", stream.name))
+}
+
+/// The stream's upload token, as a bearer token (or filuxe's `key` header): 401
+/// without one, 403 when wrong.
+fn check_token(stream: &Stream, headers: &HeaderMap) -> Result<(), StreamError> {
+    let secret = stream.token.as_ref().ok_or(http::Error::Unauthorized)?;
+    Ok(http::auth::authorize(headers, secret)?)
+}
+
+fn multipart_error(e: MultipartError, max_bytes: u64) -> StreamError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        StreamError::too_large(max_bytes)
+    } else {
+        StreamError::bad_request(format!("multipart body: {}", e.body_text()))
+    }
+}
+
+impl Stream {
+    /// Stores one received file into its version's artifact.
+    async fn store(
+        self: &Arc<Self>,
+        path: &UploadPath,
+        file: tempfile::NamedTempFile,
+        summary: Summary,
+        overrides: Option<UploadMetadata>,
+        tarball_os: Option<String>,
+    ) -> Result<(), StreamError> {
+        let upload = self.upload.clone().ok_or_else(|| no_uploads(self))?;
+        let _writing = self.writes.lock().await;
+        let mut version =
+            self.stored(&path.product, &path.serial).await?.filter(|v| !v.deleted).unwrap_or_else(|| StoredVersion {
+                product: path.product.clone(),
+                props: Default::default(),
+                serial: path.serial.clone(),
+                layers: Default::default(),
+                deleted: false,
+            });
+        if version.layers.contains_key(&path.file) && !upload.allow_overwrite {
+            return Err(StreamError::Conflict(format!(
+                "{} already exists and stream {:?} does not allow overwrites",
+                path.served_path(),
+                self.name
+            )));
+        }
+        if version.props.os.is_none() {
+            version.props.os = tarball_os;
+        }
+        if let Some(m) = &overrides {
+            if m.os.is_some() {
+                version.props.os.clone_from(&m.os);
+            }
+            if m.release_title.is_some() {
+                version.props.release_title.clone_from(&m.release_title);
+            }
+            if let Some(aliases) = &m.aliases {
+                version.props.aliases.clone_from(aliases);
+            }
+            validate_props(&version.props).map_err(|e| StreamError::bad_request(format!("metadata.json: {e}")))?;
+        }
+        let digest = format!("sha256:{}", summary.sha256);
+        let size = summary.size;
+        let cache = self.cache.clone();
+        let key = blob_key(&digest);
+        let payload = tokio::task::spawn_blocking(move || cache.commit(&key, file, summary))
+            .await
+            .map_err(std::io::Error::other)??;
+        let tag = registry::version_tag(&path.product, &path.serial);
+        let reference = oci::tag_reference(&self.source.registry, &self.source.repository, &tag);
+        self.push_blob_once(&reference, &digest, payload.bytes.clone()).await?;
+        let mut annotations = std::collections::BTreeMap::new();
+        annotations.insert(ANN_TITLE.to_owned(), path.file.served_name().to_owned());
+        let layer = OciDescriptor {
+            media_type: registry::media_type(path.file).to_owned(),
+            digest,
+            size: size as i64,
+            urls: None,
+            artifact_type: None,
+            annotations: Some(annotations),
+        };
+        if path.file == UploadFile::Metadata {
+            // A new metadata tarball makes every combined fingerprint stale.
+            for layer in version.layers.values_mut() {
+                if let Some(a) = layer.annotations.as_mut() {
+                    a.remove(ANN_COMBINED);
+                }
+            }
+        }
+        version.layers.insert(path.file, layer);
+        self.fill_combined(&mut version).await?;
+        self.push_blob_once(
+            &reference,
+            registry::EMPTY_CONFIG_DIGEST,
+            bytes::Bytes::from_static(registry::EMPTY_CONFIG),
+        )
+        .await?;
+        self.client
+            .push_manifest(&reference, &OciManifest::Image(version.to_manifest()))
+            .await
+            .map_err(|e| StreamError::upstream(format!("push manifest {tag}: {e}")))?;
+        self.mark_dirty(&tag);
+        tracing::info!(stream = %self.name, path = %path.served_path(), "upload stored");
+        Ok(())
+    }
+
+    /// Computes the combined fingerprint of every rootfs that lacks one, once the
+    /// version has its metadata tarball.
+    pub(super) async fn fill_combined(self: &Arc<Self>, version: &mut StoredVersion) -> Result<(), StreamError> {
+        let Some(meta) = version.layers.get(&UploadFile::Metadata).cloned() else { return Ok(()) };
+        for (file, layer) in version.layers.iter_mut() {
+            if !matches!(file, UploadFile::Rootfs(_))
+                || layer.annotations.as_ref().is_some_and(|a| a.contains_key(ANN_COMBINED))
+            {
+                continue;
+            }
+            let m = self.blob(&meta.digest, meta.size as u64).await?;
+            let r = self.blob(&layer.digest, layer.size as u64).await?;
+            let combined = tokio::task::spawn_blocking(move || combined_sha256(&m.bytes[..], &r.bytes[..]))
+                .await
+                .map_err(std::io::Error::other)??;
+            layer.annotations.get_or_insert_with(Default::default).insert(ANN_COMBINED.to_owned(), combined);
+        }
+        Ok(())
+    }
+
+    async fn push_blob_once(
+        &self,
+        reference: &oci_client::Reference,
+        digest: &str,
+        data: bytes::Bytes,
+    ) -> Result<(), StreamError> {
+        let upstream =
+            |e: oci_client::errors::OciDistributionError| StreamError::upstream(format!("push {digest}: {e}"));
+        self.client.store_auth_if_needed(&self.source.registry, &self.auth).await;
+        if !self.client.blob_exists(reference, digest).await.map_err(upstream)? {
+            self.client.push_blob(reference, data, digest).await.map_err(upstream)?;
+        }
+        Ok(())
+    }
+
+    /// Deletes a version (a tombstone manifest under its tag) or one of its files.
+    async fn remove(
+        self: &Arc<Self>,
+        product: &ProductKey,
+        serial: &Serial,
+        file: Option<UploadFile>,
+    ) -> Result<(), StreamError> {
+        let _writing = self.writes.lock().await;
+        let mut version = self
+            .stored(product, serial)
+            .await?
+            .filter(|v| !v.deleted)
+            .ok_or_else(|| StreamError::not_found(format!("no version {} of {product}", serial)))?;
+        match file {
+            Some(file) => {
+                if version.layers.remove(&file).is_none() {
+                    return Err(StreamError::not_found(format!(
+                        "no {} in version {serial} of {product}",
+                        file.served_name()
+                    )));
+                }
+            }
+            None => {
+                version.layers.clear();
+                version.deleted = true;
+            }
+        }
+        let tag = registry::version_tag(product, serial);
+        let reference = oci::tag_reference(&self.source.registry, &self.source.repository, &tag);
+        self.push_blob_once(
+            &reference,
+            registry::EMPTY_CONFIG_DIGEST,
+            bytes::Bytes::from_static(registry::EMPTY_CONFIG),
+        )
+        .await?;
+        self.client
+            .push_manifest(&reference, &OciManifest::Image(version.to_manifest()))
+            .await
+            .map_err(|e| StreamError::upstream(format!("push manifest {tag}: {e}")))?;
+        self.mark_dirty(&tag);
+        tracing::info!(stream = %self.name, %tag, ?file, "deleted");
+        Ok(())
+    }
+}

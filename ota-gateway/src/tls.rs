@@ -1,0 +1,371 @@
+//! The HTTPS listener, beside the plain one.
+//!
+//! LXD and Incus accept only `https://` simplestreams remotes and insist on TLS 1.3;
+//! rustls (aws-lc-rs provider) offers 1.3 and 1.2. The certificate and key are PEM files,
+//! typically a mounted `kubernetes.io/tls` Secret that cert-manager renews: they are
+//! polled like the config file ([`crate::reload`]) and a renewed pair is used for the
+//! next handshake, without a restart and without touching open connections. A pair
+//! that does not load (half-written, key not matching) is logged and the previous one
+//! keeps serving.
+//!
+//! Both clients first try each image file over plain HTTP on the same port, and fall
+//! back to HTTPS when that fails. The first byte of a TLS connection is a handshake
+//! record (0x16); anything else is answered at once with a short HTTP 400 and closed,
+//! never left to hang until a handshake timeout. These refusals are expected traffic,
+//! so they are counted and logged at most once a minute, not once each.
+//!
+//! Handshakes run in their own tasks, so a slow or silent client never delays
+//! another's accept.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, Instant};
+
+use rustls::crypto::aws_lc_rs;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::ServerConfig;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+
+/// How often the certificate files are checked.
+pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// A connection must finish its handshake within this.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Refusals and handshake failures are logged at most this often.
+const LOG_EVERY: Duration = Duration::from_secs(60);
+/// The first byte of a TLS handshake record.
+const TLS_HANDSHAKE: u8 = 0x16;
+/// The answer to a plain-HTTP request on the TLS port.
+const PLAIN_HTTP_ANSWER: &[u8] = b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: 34\r\nConnection: close\r\n\r\nThis port speaks HTTPS, not HTTP.\n";
+
+/// Why a certificate pair does not load.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("{path}: {reason}")]
+    Pem { path: PathBuf, reason: String },
+    #[error("{0} holds no certificate")]
+    NoCertificate(PathBuf),
+    #[error("{path}: unsupported private key: {reason}")]
+    Key { path: PathBuf, reason: String },
+    #[error("the private key does not match the certificate: {0}")]
+    Mismatch(String),
+    #[error("TLS configuration: {0}")]
+    Config(#[from] rustls::Error),
+}
+
+/// Plain-HTTP requests refused on the TLS port since start.
+pub static PLAIN_HTTP_REFUSED: AtomicU64 = AtomicU64::new(0);
+/// Handshakes that failed or timed out since start.
+pub static HANDSHAKE_FAILURES: AtomicU64 = AtomicU64::new(0);
+
+/// What identifies one version of a file without reading it.
+type Stamp = Option<(u64, u64, u64, i64, i64)>;
+
+fn stamp(path: &Path) -> Stamp {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.dev(), m.ino(), m.len(), m.mtime(), m.mtime_nsec()))
+}
+
+/// The live certificate, swapped when its files change. Resolves every handshake.
+#[derive(Debug)]
+pub struct CertStore {
+    cert_file: PathBuf,
+    key_file: PathBuf,
+    current: RwLock<Arc<CertifiedKey>>,
+    stamps: Mutex<(Stamp, Stamp)>,
+}
+
+impl CertStore {
+    /// Loads the pair; fails when it does not load (at start, the gateway exits).
+    pub fn load(cert_file: &Path, key_file: &Path) -> Result<Arc<Self>, TlsError> {
+        let stamps = (stamp(cert_file), stamp(key_file));
+        let key = load_pair(cert_file, key_file)?;
+        Ok(Arc::new(Self {
+            cert_file: cert_file.to_owned(),
+            key_file: key_file.to_owned(),
+            current: RwLock::new(Arc::new(key)),
+            stamps: Mutex::new(stamps),
+        }))
+    }
+
+    /// One check of the files; returns whether a new pair was loaded. A pair that
+    /// fails to load is logged and tried again on the next change.
+    pub fn poll(&self) -> bool {
+        let now = (stamp(&self.cert_file), stamp(&self.key_file));
+        {
+            let mut seen = self.stamps.lock().unwrap_or_else(|e| e.into_inner());
+            if *seen == now {
+                return false;
+            }
+            *seen = now;
+        }
+        match load_pair(&self.cert_file, &self.key_file) {
+            Ok(key) => {
+                *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(key);
+                tracing::info!(cert = %self.cert_file.display(), "TLS certificate reloaded");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "new TLS certificate does not load; keeping the previous one");
+                false
+            }
+        }
+    }
+
+    /// Polls until the store is dropped.
+    pub fn spawn_watcher(self: &Arc<Self>) {
+        let weak: Weak<Self> = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(POLL_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(store) = weak.upgrade() else { return };
+                store.poll();
+            }
+        });
+    }
+
+    /// The certificate chain now served.
+    #[cfg(test)]
+    fn chain(&self) -> Vec<CertificateDer<'static>> {
+        self.current.read().unwrap_or_else(|e| e.into_inner()).cert.clone()
+    }
+}
+
+impl ResolvesServerCert for CertStore {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.read().unwrap_or_else(|e| e.into_inner()).clone())
+    }
+}
+
+fn load_pair(cert_file: &Path, key_file: &Path) -> Result<CertifiedKey, TlsError> {
+    let read = |path: &Path| std::fs::read(path).map_err(|source| TlsError::Read { path: path.to_owned(), source });
+    let pem_err = |path: &Path| {
+        let path = path.to_owned();
+        move |e: rustls::pki_types::pem::Error| TlsError::Pem { path, reason: e.to_string() }
+    };
+    let certs =
+        CertificateDer::pem_slice_iter(&read(cert_file)?).collect::<Result<Vec<_>, _>>().map_err(pem_err(cert_file))?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificate(cert_file.to_owned()));
+    }
+    let key = PrivateKeyDer::from_pem_slice(&read(key_file)?).map_err(pem_err(key_file))?;
+    let signing = aws_lc_rs::sign::any_supported_type(&key)
+        .map_err(|e| TlsError::Key { path: key_file.to_owned(), reason: e.to_string() })?;
+    let certified = CertifiedKey::new(certs, signing);
+    certified.keys_match().map_err(|e| TlsError::Mismatch(e.to_string()))?;
+    Ok(certified)
+}
+
+/// The rustls server configuration: TLS 1.3 and 1.2, HTTP/1.1, certificates from `store`.
+pub fn server_config(store: Arc<CertStore>) -> Result<Arc<ServerConfig>, TlsError> {
+    let mut config = ServerConfig::builder_with_provider(Arc::new(aws_lc_rs::default_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_cert_resolver(store);
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Accepts TLS connections for `axum::serve`; handshakes run in their own tasks.
+pub struct TlsListener {
+    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    local: SocketAddr,
+}
+
+impl TlsListener {
+    /// Binds `addr` and starts accepting.
+    pub async fn bind(addr: &str, config: Arc<ServerConfig>) -> io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
+        let local = listener.local_addr()?;
+        let (tx, ready) = mpsc::channel(64);
+        tokio::spawn(accept_loop(listener, TlsAcceptor::from(config), tx));
+        Ok(Self { ready, local })
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.ready.recv().await {
+            Some(conn) => conn,
+            // The accept loop ended (it only does when this listener is gone).
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        Ok(self.local)
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    ready: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
+) {
+    let log = Arc::new(RateLimitedLog::default());
+    loop {
+        let (tcp, addr) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    tracing::warn!(error = %e, "TLS accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = ready.closed() => return,
+        };
+        let (acceptor, ready, log) = (acceptor.clone(), ready.clone(), log.clone());
+        tokio::spawn(async move {
+            let _ = tcp.set_nodelay(true);
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(tcp, &acceptor)).await {
+                Ok(Ok(Some(stream))) => {
+                    let _ = ready.send((stream, addr)).await;
+                }
+                Ok(Ok(None)) => {}
+                Ok(Err(Refused::PlainHttp)) => {
+                    PLAIN_HTTP_REFUSED.fetch_add(1, Ordering::Relaxed);
+                    log.note(addr, "plain HTTP on the TLS port refused (LXD/Incus try it before HTTPS)");
+                }
+                Ok(Err(Refused::Handshake(e))) => {
+                    HANDSHAKE_FAILURES.fetch_add(1, Ordering::Relaxed);
+                    log.note(addr, &format!("TLS handshake failed: {e}"));
+                }
+                Err(_) => {
+                    HANDSHAKE_FAILURES.fetch_add(1, Ordering::Relaxed);
+                    log.note(addr, "TLS handshake timed out");
+                }
+            }
+        });
+    }
+}
+
+enum Refused {
+    PlainHttp,
+    Handshake(io::Error),
+}
+
+/// Looks at the first byte: a TLS record goes on to the handshake, anything else is
+/// answered with a 400 and closed. `None` when the peer closed before sending.
+async fn handshake(tcp: TcpStream, acceptor: &TlsAcceptor) -> Result<Option<TlsStream<TcpStream>>, Refused> {
+    let mut first = [0u8; 1];
+    match tcp.peek(&mut first).await {
+        Ok(0) => return Ok(None),
+        Ok(_) => {}
+        Err(e) => return Err(Refused::Handshake(e)),
+    }
+    if first[0] != TLS_HANDSHAKE {
+        refuse_plain(tcp).await;
+        return Err(Refused::PlainHttp);
+    }
+    acceptor.accept(tcp).await.map(Some).map_err(Refused::Handshake)
+}
+
+/// Reads what the client already sent (so closing does not reset the connection
+/// before the answer arrives), answers 400 and closes.
+async fn refuse_plain(mut tcp: TcpStream) {
+    let mut buf = [0u8; 8192];
+    for _ in 0..4 {
+        match tcp.try_read(&mut buf) {
+            Ok(n) if n == buf.len() => continue,
+            _ => break,
+        }
+    }
+    let _ = tcp.write_all(PLAIN_HTTP_ANSWER).await;
+    let _ = tcp.shutdown().await;
+}
+
+/// Logs the first event, then at most once per [`LOG_EVERY`] with how many happened
+/// in between.
+#[derive(Default)]
+struct RateLimitedLog {
+    last: Mutex<Option<Instant>>,
+    suppressed: AtomicU64,
+}
+
+impl RateLimitedLog {
+    fn note(&self, peer: SocketAddr, what: &str) {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_some_and(|t| t.elapsed() < LOG_EVERY) {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        *last = Some(Instant::now());
+        let suppressed = self.suppressed.swap(0, Ordering::Relaxed);
+        tracing::info!(%peer, suppressed, "{what} (logged at most once a minute; `suppressed` counts the others)");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A self-signed certificate and key made by openssl(1).
+    fn openssl_pair(dir: &Path, name: &str, cn: &str) -> Option<(PathBuf, PathBuf)> {
+        let (crt, key) = (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
+        let ok = std::process::Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2"])
+            .arg("-subj")
+            .arg(format!("/CN={cn}"))
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&crt)
+            .output()
+            .ok()?
+            .status
+            .success();
+        ok.then_some((crt, key))
+    }
+
+    #[test]
+    fn the_plain_http_answer_is_well_framed() {
+        let text = std::str::from_utf8(PLAIN_HTTP_ANSWER).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains(&format!("Content-Length: {}", body.len())));
+    }
+
+    #[test]
+    fn loads_reloads_and_keeps_the_last_good_pair() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some((crt, key)) = openssl_pair(dir.path(), "a", "first") else {
+            panic!("openssl is needed for this test");
+        };
+        let store = CertStore::load(&crt, &key).unwrap();
+        let first = store.chain();
+        assert!(!store.poll(), "nothing changed");
+        // A renewed pair replaces it.
+        let (crt2, key2) = openssl_pair(dir.path(), "b", "second").unwrap();
+        std::fs::copy(&crt2, &crt).unwrap();
+        std::fs::copy(&key2, &key).unwrap();
+        assert!(store.poll());
+        assert_ne!(store.chain(), first);
+        let second = store.chain();
+        // A half-renewed pair (new cert, old key) is refused; the last good pair stays.
+        let (crt3, _) = openssl_pair(dir.path(), "c", "third").unwrap();
+        std::fs::copy(&crt3, &crt).unwrap();
+        assert!(!store.poll());
+        assert_eq!(store.chain(), second);
+        // Garbage is refused at load.
+        std::fs::write(dir.path().join("junk"), "not pem").unwrap();
+        assert!(CertStore::load(&dir.path().join("junk"), &key).is_err());
+        assert!(matches!(CertStore::load(&crt3, &key2), Err(TlsError::Mismatch(_))));
+    }
+}

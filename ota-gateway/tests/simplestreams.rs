@@ -1,0 +1,807 @@
+//! Image streams end to end, with real components only: the gateway binary over
+//! HTTPS (test CA from `openssl`), the real registry as the store, uploads with
+//! `curl -F` exactly as docker-simplestreams-server's README shows them, artifacts
+//! pushed with `oras push` as `incus image export` writes them, and the real clients
+//! reading the result: `incus` and `lxc` (`image list`, `image info`, `image export`
+//! without a daemon) and `sstream-query`; three replicas behind nginx. Fixtures are made with GNU
+//! tar/xz and `mksquashfs` the way `shared/simplestreams-clients.md` describes.
+//!
+//! The client tools come from `e2e/scripts/cluster.sh tools`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{free_port, registry, sha256_hex, unique_repo};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ota-gateway");
+const TOKEN: &str = "s3cret-upload-token";
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    run(Command::new("openssl").args(args).current_dir(dir));
+}
+
+/// A test CA (`ca.pem`) and a leaf for 127.0.0.1 (`tls.crt`, `tls.key`).
+fn make_pki(dir: &Path) {
+    openssl(dir, &["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "ca.key"]);
+    openssl(
+        dir,
+        &["req", "-x509", "-new", "-key", "ca.key", "-subj", "/CN=Updraft test CA", "-days", "2", "-out", "ca.pem"],
+    );
+    openssl(dir, &["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "leaf.ec"]);
+    openssl(dir, &["pkcs8", "-topk8", "-nocrypt", "-in", "leaf.ec", "-out", "tls.key"]);
+    openssl(dir, &["req", "-new", "-key", "tls.key", "-subj", "/CN=gateway", "-out", "leaf.csr"]);
+    std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "leaf.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+            "-out",
+            "tls.crt",
+        ],
+    );
+}
+
+/// `incus.tar.xz` (metadata.yaml only), `rootfs.squashfs` and `root.tar.xz`, made
+/// reproducibly; `seed` makes the root file system (and so the fingerprints) unique.
+fn make_image(dir: &Path, seed: &str) {
+    std::fs::create_dir_all(dir.join("rootdir/etc")).unwrap();
+    std::fs::write(dir.join("rootdir/etc/hostname"), format!("{seed}\n")).unwrap();
+    std::fs::write(
+        dir.join("metadata.yaml"),
+        "architecture: x86_64\ncreation_date: 1767225600\nproperties:\n  os: Debian\n  release: bookworm\n  variant: default\n  description: Debian bookworm\ntemplates: {}\n",
+    )
+    .unwrap();
+    let tar = |out: &str, what: &[&str], cwd: &Path| {
+        run(Command::new("tar")
+            .args(["--sort=name", "--mtime=@1767225600", "--owner=0", "--group=0", "--numeric-owner", "-cJf", out])
+            .args(what)
+            .current_dir(cwd));
+    };
+    tar("incus.tar.xz", &["metadata.yaml"], dir);
+    tar("../root.tar.xz", &["."], &dir.join("rootdir"));
+    run(Command::new("mksquashfs").arg(dir.join("rootdir")).arg(dir.join("rootfs.squashfs")).args([
+        "-noappend",
+        "-all-root",
+        "-comp",
+        "xz",
+        "-mkfs-time",
+        "1767225600",
+        "-all-time",
+        "1767225600",
+        "-quiet",
+    ]));
+}
+
+fn fingerprint(a: &Path, b: &Path) -> String {
+    let mut bytes = std::fs::read(a).unwrap();
+    bytes.extend(std::fs::read(b).unwrap());
+    sha256_hex(&bytes)
+}
+
+struct Gateway {
+    child: Child,
+    http: u16,
+    https: u16,
+    admin: u16,
+    log: PathBuf,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_gateway(dir: &Path, name: &str, pki: &Path, repo: &str, extra: &str) -> Gateway {
+    std::fs::write(pki.join("token"), format!("{TOKEN}\n")).unwrap();
+    let source = format!(
+        "    upload:\n      registry: {registry}\n      repository: {repo}\n      insecure: true\n      tokenFile: {pki}/token\n      interval: 1s\n{extra}",
+        registry = registry().addr,
+        pki = pki.display(),
+    );
+    start_gateway_with(dir, name, pki, &source)
+}
+
+fn start_gateway_with(dir: &Path, name: &str, pki: &Path, source: &str) -> Gateway {
+    let (http, admin, https) = (free_port(), free_port(), free_port());
+    std::fs::create_dir_all(dir).unwrap();
+    let config = format!(
+        "listen: 127.0.0.1:{http}\nadminListen: 127.0.0.1:{admin}\ncache: {{dir: {cache}}}\n\
+         tls: {{listen: 127.0.0.1:{https}, certFile: {pki}/tls.crt, keyFile: {pki}/tls.key}}\n\
+         streams:\n- name: {name}\n  source:\n{source}",
+        cache = dir.join("cache").display(),
+        pki = pki.display(),
+    );
+    std::fs::write(dir.join("gateway.yaml"), config).unwrap();
+    let log = dir.join("gateway.log");
+    let out = std::fs::File::create(&log).unwrap();
+    let child = Command::new(BIN)
+        .arg("--config")
+        .arg(dir.join("gateway.yaml"))
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap();
+    let gateway = Gateway { child, http, https, admin, log };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", https)).is_err() {
+        assert!(Instant::now() < deadline, "gateway did not start: {}", std::fs::read_to_string(&gateway.log).unwrap());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    gateway
+}
+
+/// curl with the test CA; returns (HTTP status, body).
+fn curl(pki: &Path, args: &[&str]) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "-m", "60", "--cacert"])
+        .arg(pki.join("ca.pem"))
+        .args(["-w", "\n%{http_code}"])
+        .args(args)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+/// Uploads one file the way docker-simplestreams-server's README does.
+fn upload(pki: &Path, base: &str, file: &Path, name: &str, token: Option<&str>) -> (u16, String) {
+    let form = format!("upload=@{};filename={name}", file.display());
+    let auth = format!("Authorization: Bearer {}", token.unwrap_or(""));
+    let mut args = vec!["-F", &form, "-X", "POST"];
+    if token.is_some() {
+        args.extend(["-H", &auth]);
+    }
+    let url = format!("{base}/images/");
+    args.push(&url);
+    curl(pki, &args)
+}
+
+fn images_json(pki: &Path, base: &str) -> serde_json::Value {
+    let (code, body) = curl(pki, &[&format!("{base}/streams/v1/images.json")]);
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// Runs a client (`incus` or `lxc`) with a throwaway config and cache.
+fn client(tool: &str, home: &Path, pki: &Path, args: &[&str]) -> String {
+    let conf = if tool == "incus" { "INCUS_CONF" } else { "LXD_CONF" };
+    std::fs::create_dir_all(home.join(format!("{tool}-conf"))).unwrap();
+    run(Command::new(tool)
+        .args(args)
+        .env(conf, home.join(format!("{tool}-conf")))
+        .env("XDG_CACHE_HOME", home.join("cache"))
+        .env("HOME", home)
+        .env("SSL_CERT_FILE", pki.join("ca.pem")))
+}
+
+fn have(tool: &str) -> bool {
+    Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().is_ok_and(|o| o.status.success())
+}
+
+fn ensure_tools() {
+    if !(have("incus") && have("lxc") && have("mksquashfs")) {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../e2e/scripts/cluster.sh");
+        run(Command::new("bash").arg(script).arg("tools"));
+    }
+}
+
+fn sstream_query() -> PathBuf {
+    cached_tool("sstream-query")
+}
+
+#[test]
+fn uploads_are_listed_and_exported_by_incus_and_lxc() {
+    ensure_tools();
+    let tmp = tempfile::tempdir().unwrap();
+    let (pki, img) = (tmp.path().join("pki"), tmp.path().join("img"));
+    std::fs::create_dir_all(&pki).unwrap();
+    std::fs::create_dir_all(&img).unwrap();
+    make_pki(&pki);
+    make_image(&img, &format!("{}", std::process::id()));
+    let repo = unique_repo("streams-upload");
+    let gw = start_gateway(&tmp.path().join("gw"), "images", &pki, &repo, "      allowDelete: true\n");
+    let base = format!("https://127.0.0.1:{}/streams/images", gw.https);
+
+    // Empty but valid before any upload.
+    assert_eq!(images_json(&pki, &base)["products"], serde_json::json!({}));
+
+    let dir = "debian/bookworm/amd64/default/20260101_00:00";
+    // A VM disk beside the container rootfs (the clients never read its content).
+    std::fs::write(img.join("disk-kvm.img"), common::random_bytes(96 * 1024)).unwrap();
+    for (file, name) in [
+        ("incus.tar.xz", "lxd.tar.xz"),
+        ("rootfs.squashfs", "rootfs.squashfs"),
+        ("root.tar.xz", "root.tar.xz"),
+        ("disk-kvm.img", "disk-kvm.img"),
+    ] {
+        let (code, body) = upload(&pki, &base, &img.join(file), &format!("{dir}/{name}"), Some(TOKEN));
+        assert_eq!(code, 201, "{name}: {body}");
+    }
+    let squash_fp = fingerprint(&img.join("incus.tar.xz"), &img.join("rootfs.squashfs"));
+    let rootxz_fp = fingerprint(&img.join("incus.tar.xz"), &img.join("root.tar.xz"));
+    let vm_fp = fingerprint(&img.join("incus.tar.xz"), &img.join("disk-kvm.img"));
+
+    // The index promises what we compute independently.
+    let images = images_json(&pki, &base);
+    let product = &images["products"]["debian:bookworm:amd64:default"];
+    let items = &product["versions"]["20260101_00:00"]["items"];
+    assert_eq!(
+        items["incus.tar.xz"]["combined_squashfs_sha256"],
+        squash_fp.as_str(),
+        "{images:#}\n{}",
+        std::fs::read_to_string(&gw.log).unwrap()
+    );
+    assert_eq!(items["lxd.tar.xz"]["combined_rootxz_sha256"], rootxz_fp.as_str());
+    assert_eq!(
+        items["root.squashfs"]["sha256"],
+        sha256_hex(&std::fs::read(img.join("rootfs.squashfs")).unwrap()).as_str()
+    );
+
+    // The files: Range, ETag, HEAD, and plain HTTP serving the same bytes.
+    let meta_path = items["incus.tar.xz"]["path"].as_str().unwrap().to_owned();
+    let meta = std::fs::read(img.join("incus.tar.xz")).unwrap();
+    let plain = format!("http://127.0.0.1:{}/streams/images/{meta_path}", gw.http);
+    let part = tmp.path().join("part");
+    let (code, _) = curl(&pki, &["-r", "0-9", "-o", part.to_str().unwrap(), &plain]);
+    assert_eq!(code, 206);
+    assert_eq!(std::fs::read(&part).unwrap(), meta[..10]);
+    let (code, head) = curl(&pki, &["-I", &plain]);
+    assert_eq!(code, 200);
+    assert!(head.to_ascii_lowercase().contains(&format!("etag: \"{}\"", sha256_hex(&meta))), "{head}");
+
+    // incus: list, info, export (no daemon).
+    let home = tmp.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    for tool in ["incus", "lxc"] {
+        client(tool, &home, &pki, &["remote", "add", "up", &base, "--protocol", "simplestreams", "--public"]);
+        let csv = client(tool, &home, &pki, &["image", "list", "up:", "--format", "csv", "-c", "lFdat"]);
+        assert!(csv.contains(&squash_fp), "{tool} image list:\n{csv}");
+        assert!(csv.contains(&rootxz_fp), "{tool} image list:\n{csv}");
+        let line = csv.lines().find(|l| l.contains(&squash_fp)).unwrap();
+        assert!(line.contains("debian/bookworm"), "{tool}: alias missing: {line}");
+        let aliases = client(tool, &home, &pki, &["image", "alias", "list", "up:", "--format", "csv"]);
+        for alias in ["debian/bookworm/default,", "debian/bookworm,", "debian/bookworm/default/amd64,"] {
+            assert!(aliases.contains(&format!("{alias}{}", &squash_fp[..12])), "{tool}: {alias}\n{aliases}");
+        }
+        assert!(line.contains("x86_64"), "{tool}: {line}");
+        assert!(line.contains("Debian bookworm amd64 (20260101_00:00)"), "{tool}: {line}");
+        let info = client(tool, &home, &pki, &["image", "info", "up:debian/bookworm/default"]);
+        assert!(info.contains(&squash_fp), "{tool} image info:\n{info}");
+        let out = home.join(format!("{tool}-export"));
+        std::fs::create_dir_all(&out).unwrap();
+        client(tool, &home, &pki, &["image", "export", "up:debian/bookworm/default", &format!("{}/", out.display())]);
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().path()).collect();
+        files.sort_by_key(|p| !p.to_string_lossy().contains("incus.tar.xz"));
+        assert_eq!(files.len(), 2, "{files:?}");
+        assert_eq!(fingerprint(&files[0], &files[1]), squash_fp, "{tool} exported {files:?}");
+        // The VM image: listed as a virtual machine, exported whole.
+        let vm = csv.lines().find(|l| l.contains(&vm_fp)).unwrap_or_else(|| panic!("{tool}: no VM image:\n{csv}"));
+        assert!(vm.contains("VIRTUAL-MACHINE"), "{tool}: {vm}");
+        let out = home.join(format!("{tool}-vm-export"));
+        std::fs::create_dir_all(&out).unwrap();
+        client(
+            tool,
+            &home,
+            &pki,
+            &["image", "export", &format!("up:{}", &vm_fp[..12]), &format!("{}/", out.display())],
+        );
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().path()).collect();
+        files.sort_by_key(|p| !p.to_string_lossy().contains("incus.tar.xz"));
+        assert_eq!(fingerprint(&files[0], &files[1]), vm_fp, "{tool} exported {files:?}");
+    }
+
+    // index.json and images.json: ETag, 304 on If-None-Match, gzip when asked.
+    let (etag, _) = document(&pki, &format!("{base}/streams/v1/images.json"));
+    let inm = format!("If-None-Match: {etag}");
+    let (code, _) = curl(&pki, &["-H", &inm, &format!("{base}/streams/v1/images.json")]);
+    assert_eq!(code, 304);
+    let gz = tmp.path().join("images.json.gz");
+    let (code, _) = curl(
+        &pki,
+        &["-H", "Accept-Encoding: gzip", "-o", gz.to_str().unwrap(), &format!("{base}/streams/v1/images.json")],
+    );
+    assert_eq!(code, 200);
+    let mut unzipped = String::new();
+    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(std::fs::File::open(&gz).unwrap()), &mut unzipped)
+        .unwrap();
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&unzipped).unwrap(), images_json(&pki, &base));
+
+    // sstream-query reads the index.
+    let q = run(Command::new(sstream_query())
+        .args(["--no-verify", "--json", &format!("{base}/streams/v1/index.json")])
+        .env("SSL_CERT_FILE", pki.join("ca.pem")));
+    assert!(q.contains(&squash_fp), "sstream-query:\n{q}");
+    assert!(q.contains("debian:bookworm:amd64:default"));
+
+    // DELETE (allowDelete): one file, then the whole version; each needs the token.
+    let file_url = format!("{base}/images/{dir}/root.tar.xz");
+    assert_eq!(curl(&pki, &["-X", "DELETE", &file_url]).0, 401);
+    let auth = format!("Authorization: Bearer {TOKEN}");
+    let (code, body) = curl(&pki, &["-X", "DELETE", "-H", &auth, &file_url]);
+    assert_eq!(code, 200, "{body}");
+    let items = images_json(&pki, &base)["products"]["debian:bookworm:amd64:default"]["versions"]["20260101_00:00"]
+        ["items"]
+        .clone();
+    assert!(items["root.tar.xz"].is_null() && !items["root.squashfs"].is_null(), "{items:#}");
+    let (code, body) = curl(&pki, &["-X", "DELETE", "-H", &auth, &format!("{base}/images/{dir}")]);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(images_json(&pki, &base)["products"], serde_json::json!({}));
+    assert_eq!(curl(&pki, &["-X", "DELETE", "-H", &auth, &format!("{base}/images/{dir}")]).0, 404);
+}
+
+#[test]
+fn bad_uploads_are_refused_and_store_nothing() {
+    ensure_tools();
+    let tmp = tempfile::tempdir().unwrap();
+    let (pki, img) = (tmp.path().join("pki"), tmp.path().join("img"));
+    std::fs::create_dir_all(&pki).unwrap();
+    std::fs::create_dir_all(&img).unwrap();
+    make_pki(&pki);
+    make_image(&img, "bad-input");
+    std::fs::write(img.join("big"), vec![7u8; 3 << 20]).unwrap();
+    std::fs::write(img.join("not.json"), "os: [this is yaml").unwrap();
+    let repo = unique_repo("streams-bad");
+    let gw = start_gateway(&tmp.path().join("gw"), "bad", &pki, &repo, "      maxBytes: 2097152\n");
+    let base = format!("https://127.0.0.1:{}/streams/bad", gw.https);
+    let meta = img.join("incus.tar.xz");
+    let ok_dir = "debian/bookworm/amd64/default/20260101_00:00";
+
+    let cases: Vec<(&str, PathBuf, String, Option<&str>, u16)> = vec![
+        ("parent escape", meta.clone(), format!("../{ok_dir}/lxd.tar.xz"), Some(TOKEN), 400),
+        ("inner escape", meta.clone(), "debian/../../amd64/default/20260101_00:00/lxd.tar.xz".into(), Some(TOKEN), 400),
+        ("absolute", meta.clone(), format!("/{ok_dir}/lxd.tar.xz"), Some(TOKEN), 400),
+        ("encoded", meta.clone(), "debian/%2e%2e/amd64/default/20260101_00:00/lxd.tar.xz".into(), Some(TOKEN), 400),
+        ("wrong serial", meta.clone(), "debian/bookworm/amd64/default/2026-01-01/lxd.tar.xz".into(), Some(TOKEN), 400),
+        ("unknown file", meta.clone(), format!("{ok_dir}/evil.sh"), Some(TOKEN), 400),
+        ("no token", meta.clone(), format!("{ok_dir}/lxd.tar.xz"), None, 401),
+        ("wrong token", meta.clone(), format!("{ok_dir}/lxd.tar.xz"), Some("nope"), 403),
+        ("oversized", img.join("big"), format!("{ok_dir}/rootfs.squashfs"), Some(TOKEN), 413),
+        ("metadata.json not JSON", img.join("not.json"), format!("{ok_dir}/metadata.json"), Some(TOKEN), 400),
+    ];
+    for (what, file, name, token, want) in &cases {
+        let (code, body) = upload(&pki, &base, file, name, *token);
+        assert_eq!(code, *want, "{what}: {body}");
+    }
+    // DELETE is off unless allowDelete.
+    let (code, body) = curl(
+        &pki,
+        &["-X", "DELETE", "-H", &format!("Authorization: Bearer {TOKEN}"), &format!("{base}/images/{ok_dir}")],
+    );
+    assert_eq!(code, 405, "{body}");
+    // Nothing reached the registry.
+    let tags = Command::new("oras")
+        .args(["repo", "tags", "--plain-http", &format!("{}/{repo}", registry().addr)])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&tags.stdout).trim().is_empty(),
+        "stored: {}",
+        String::from_utf8_lossy(&tags.stdout)
+    );
+
+    // A duplicate without allowOverwrite: 409, and the first file stays.
+    assert_eq!(upload(&pki, &base, &meta, &format!("{ok_dir}/lxd.tar.xz"), Some(TOKEN)).0, 201);
+    let (code, body) = upload(&pki, &base, &meta, &format!("{ok_dir}/lxd.tar.xz"), Some(TOKEN));
+    assert_eq!(code, 409, "{body}");
+    // A metadata tarball without metadata.yaml is refused.
+    let (code, body) = upload(&pki, &base, &img.join("root.tar.xz"), &format!("{ok_dir}/incus.tar.xz"), Some(TOKEN));
+    assert_eq!(code, 400, "{body}");
+
+    // A truncated upload (the client dies mid-body) never appears.
+    let squash = std::fs::read(img.join("rootfs.squashfs")).unwrap();
+    let boundary = "XyZzY";
+    let head = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"upload\"; filename=\"{ok_dir}/rootfs.squashfs\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+    );
+    let full_len = head.len() + squash.len() + format!("\r\n--{boundary}--\r\n").len();
+    let request = format!(
+        "POST /streams/bad/images/ HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {full_len}\r\n\r\n{head}"
+    );
+    {
+        use std::io::Write as _;
+        let mut tcp = std::net::TcpStream::connect(("127.0.0.1", gw.http)).unwrap();
+        tcp.write_all(request.as_bytes()).unwrap();
+        tcp.write_all(&squash[..squash.len() / 2]).unwrap();
+        // Dropped here: the body ends halfway.
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let images = images_json(&pki, &base);
+    assert_eq!(images["products"], serde_json::json!({}), "an incomplete version was published: {images:#}");
+    let (code, body) = curl(&pki, &[&format!("{base}/streams/v1/images.json")]);
+    assert_eq!(code, 200, "{body}");
+
+    // An index that fails validation is not published: the previous one keeps
+    // serving, and status and metrics say why.
+    assert_eq!(
+        upload(&pki, &base, &img.join("rootfs.squashfs"), &format!("{ok_dir}/rootfs.squashfs"), Some(TOKEN)).0,
+        201
+    );
+    let good = images_json(&pki, &base);
+    assert!(!good["products"]["debian:bookworm:amd64:default"].is_null(), "{good:#}");
+    let other = "debian/trixie/amd64/default/20260101_00:00";
+    std::fs::write(img.join("metadata.json"), r#"{"aliases": ["debian/bookworm"]}"#).unwrap();
+    for (file, name) in
+        [("metadata.json", "metadata.json"), ("incus.tar.xz", "lxd.tar.xz"), ("rootfs.squashfs", "rootfs.squashfs")]
+    {
+        assert_eq!(upload(&pki, &base, &img.join(file), &format!("{other}/{name}"), Some(TOKEN)).0, 201, "{name}");
+    }
+    assert_eq!(images_json(&pki, &base), good, "an index with a duplicate alias was published");
+    let (code, status) = curl(&pki, &[&format!("{base}/status")]);
+    assert_eq!(code, 200);
+    assert!(status.contains("alias \\\"debian/bookworm\\\" is claimed by products"), "{status}");
+    let metrics = run(Command::new("curl").args(["-sS", &format!("http://127.0.0.1:{}/metrics", gw.admin)]));
+    assert!(metrics.contains("updraft_gateway_stream_index_valid{stream=\"bad\"} 0"), "{metrics}");
+    assert!(metrics.contains("updraft_gateway_stream_versions{stream=\"bad\"} 1"), "{metrics}");
+}
+
+/// An nginx master process, stopped with SIGTERM when dropped (its workers exit with
+/// it; a SIGKILL would leave them running).
+struct Nginx(Child);
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+        let _ = self.0.wait();
+    }
+}
+
+/// nginx as a round-robin load balancer over the plain ports of `backends`; returns
+/// the process and its port.
+fn start_nginx(dir: &Path, backends: &[u16]) -> (Nginx, u16) {
+    std::fs::create_dir_all(dir).unwrap();
+    let port = free_port();
+    let servers: String = backends.iter().map(|p| format!("    server 127.0.0.1:{p};\n")).collect();
+    let user = run(Command::new("id").arg("-un")).trim().to_owned();
+    let d = dir.display();
+    let conf = format!(
+        "user {user};\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\nevents {{}}\nhttp {{\n  access_log off;\n  client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n  upstream gateways {{\n{servers}  }}\n  server {{\n    listen 127.0.0.1:{port};\n    client_max_body_size 0;\n    location / {{ proxy_pass http://gateways; proxy_request_buffering off; }}\n  }}\n}}\n"
+    );
+    std::fs::write(dir.join("nginx.conf"), conf).unwrap();
+    let child = Nginx(
+        Command::new("nginx")
+            .args(["-c", &format!("{d}/nginx.conf"), "-g", "daemon off;"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nginx is installed (cluster.sh tools)"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nginx did not start: {:?}", std::fs::read_to_string(dir.join("error.log")));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (child, port)
+}
+
+/// (ETag, body) of a document from one URL.
+fn document(pki: &Path, url: &str) -> (String, String) {
+    let out =
+        run(Command::new("curl").args(["-sS", "-m", "10", "-D", "-", "--cacert"]).arg(pki.join("ca.pem")).arg(url));
+    let (head, body) = out.split_once("\r\n\r\n").unwrap();
+    let etag = head.lines().find_map(|l| l.to_ascii_lowercase().strip_prefix("etag:").map(|v| v.trim().to_owned()));
+    (etag.unwrap_or_default(), body.to_owned())
+}
+
+#[test]
+fn replicas_behind_a_load_balancer_serve_the_same_index_and_see_every_upload() {
+    ensure_tools();
+    let tmp = tempfile::tempdir().unwrap();
+    let (pki, img) = (tmp.path().join("pki"), tmp.path().join("img"));
+    std::fs::create_dir_all(&pki).unwrap();
+    std::fs::create_dir_all(&img).unwrap();
+    make_pki(&pki);
+    let repo = unique_repo("streams-scale");
+    let replicas: Vec<Gateway> =
+        (0..3).map(|i| start_gateway(&tmp.path().join(format!("gw{i}")), "images", &pki, &repo, "")).collect();
+    let (_nginx, lb) = start_nginx(&tmp.path().join("nginx"), &replicas.iter().map(|g| g.http).collect::<Vec<_>>());
+    let lb_base = format!("http://127.0.0.1:{lb}/streams/images");
+
+    for (round, serial) in ["20260101_00:00", "20260102_00:00"].iter().enumerate() {
+        let seed = format!("scale-{round}-{}", std::process::id());
+        make_image(&img, &seed);
+        let dir = format!("debian/bookworm/amd64/default/{serial}");
+        // Each file through the balancer: the parts land on different replicas.
+        for (file, name) in [("incus.tar.xz", "lxd.tar.xz"), ("rootfs.squashfs", "rootfs.squashfs")] {
+            let (code, body) = upload(&pki, &lb_base, &img.join(file), &format!("{dir}/{name}"), Some(TOKEN));
+            assert_eq!(code, 201, "{name}: {body}");
+        }
+        let fp = fingerprint(&img.join("incus.tar.xz"), &img.join("rootfs.squashfs"));
+        let uploaded = Instant::now();
+        // Every replica lists it within seconds, with the same bytes and ETag.
+        loop {
+            let docs: Vec<(String, String)> = replicas
+                .iter()
+                .map(|g| {
+                    document(&pki, &format!("https://127.0.0.1:{}/streams/images/streams/v1/images.json", g.https))
+                })
+                .collect();
+            if docs.iter().all(|(_, body)| body.contains(&fp)) {
+                assert!(docs.windows(2).all(|w| w[0] == w[1]), "replicas differ: {docs:?}");
+                eprintln!("version {serial}: listed by all 3 replicas {:?} after the upload", uploaded.elapsed());
+                break;
+            }
+            assert!(uploaded.elapsed() < Duration::from_secs(15), "not listed everywhere within 15 s: {docs:?}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        // Every replica fetches the newest files ahead of the first request.
+        let squash_sha = sha256_hex(&std::fs::read(img.join("rootfs.squashfs")).unwrap());
+        let deadline = Instant::now() + Duration::from_secs(15);
+        for i in 0..replicas.len() {
+            let blob = tmp.path().join(format!("gw{i}/cache/blobs/{squash_sha}"));
+            while !blob.exists() {
+                assert!(Instant::now() < deadline, "replica {i} did not prefetch {squash_sha}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        // Through the balancer (round robin), every answer is the same document.
+        let through: Vec<(String, String)> =
+            (0..6).map(|_| document(&pki, &format!("{lb_base}/streams/v1/index.json"))).collect();
+        assert!(through.windows(2).all(|w| w[0] == w[1]), "index.json differs between replicas: {through:?}");
+        assert!(!through[0].0.is_empty(), "no ETag");
+    }
+}
+
+/// Waits until `images.json` names `product`.
+fn wait_listed(pki: &Path, base: &str, product: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let images = images_json(pki, base);
+        if !images["products"][product].is_null() {
+            return images;
+        }
+        assert!(Instant::now() < deadline, "{product} not listed: {images:#}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn oci_artifacts_pushed_with_oras_are_listed_and_exported() {
+    ensure_tools();
+    let tmp = tempfile::tempdir().unwrap();
+    let (pki, img) = (tmp.path().join("pki"), tmp.path().join("img"));
+    std::fs::create_dir_all(&pki).unwrap();
+    std::fs::create_dir_all(&img).unwrap();
+    make_pki(&pki);
+    make_image(&img, &format!("oci-{}", std::process::id()));
+    let fp = fingerprint(&img.join("incus.tar.xz"), &img.join("rootfs.squashfs"));
+    let rootxz_fp = fingerprint(&img.join("incus.tar.xz"), &img.join("root.tar.xz"));
+    // What `incus image export` writes: meta-<fp>.tar.xz and <fp>.squashfs.
+    let (meta_name, root_name) = (format!("meta-{fp}.tar.xz"), format!("{fp}.squashfs"));
+    std::fs::copy(img.join("incus.tar.xz"), img.join(&meta_name)).unwrap();
+    std::fs::copy(img.join("rootfs.squashfs"), img.join(&root_name)).unwrap();
+    let repo = unique_repo("streams-oci");
+    let reg = &registry().addr;
+    // 1. Plain `oras push` of the two exported files: properties from metadata.yaml.
+    run(Command::new("oras").current_dir(&img).args([
+        "push",
+        "--plain-http",
+        &format!("{reg}/{repo}:debian-12"),
+        &meta_name,
+        &root_name,
+    ]));
+    // 2. The recommended media types and annotations: properties from the annotations.
+    run(Command::new("oras").current_dir(&img).args([
+        "push",
+        "--plain-http",
+        &format!("{reg}/{repo}:lab-1"),
+        "--annotation",
+        "dev.updraft.simplestreams.product=labos:1.0:amd64:minimal",
+        "--annotation",
+        "dev.updraft.simplestreams.serial=20260301_12:00",
+        "--annotation",
+        "dev.updraft.simplestreams.os=LabOS",
+        "--annotation",
+        "dev.updraft.simplestreams.aliases=labos/1,labos/current",
+        "incus.tar.xz:application/vnd.updraft.simplestreams.metadata.v1.tar+xz",
+        "root.tar.xz:application/vnd.updraft.simplestreams.rootfs.v1.tar+xz",
+    ]));
+    let source = format!(
+        "    oci:\n      registry: {reg}\n      repository: {repo}\n      insecure: true\n      interval: 1s\n"
+    );
+    let gw = start_gateway_with(&tmp.path().join("gw"), "oci", &pki, &source);
+    let base = format!("https://127.0.0.1:{}/streams/oci", gw.https);
+    wait_listed(&pki, &base, "debian:bookworm:amd64:default");
+    let images = wait_listed(&pki, &base, "labos:1.0:amd64:minimal");
+    let debian = &images["products"]["debian:bookworm:amd64:default"];
+    assert_eq!(debian["os"], "Debian");
+    let items = &debian["versions"]["20260101_00:00"]["items"];
+    assert_eq!(items["incus.tar.xz"]["combined_squashfs_sha256"], fp.as_str(), "{images:#}");
+    let lab = &images["products"]["labos:1.0:amd64:minimal"];
+    assert_eq!(lab["aliases"], "labos/1,labos/current");
+    assert_eq!(lab["versions"]["20260301_12:00"]["items"]["lxd.tar.xz"]["combined_rootxz_sha256"], rootxz_fp.as_str());
+
+    let home = tmp.path().join("home");
+    for tool in ["incus", "lxc"] {
+        client(tool, &home, &pki, &["remote", "add", "oci", &base, "--protocol", "simplestreams", "--public"]);
+        let csv = client(tool, &home, &pki, &["image", "list", "oci:", "--format", "csv", "-c", "lFdat"]);
+        let line = csv.lines().find(|l| l.contains(&fp)).unwrap_or_else(|| panic!("{tool}: {fp} not listed:\n{csv}"));
+        assert!(line.contains("Debian bookworm amd64 (20260101_00:00)") && line.contains("x86_64"), "{tool}: {line}");
+        let line = csv.lines().find(|l| l.contains(&rootxz_fp)).unwrap_or_else(|| panic!("{tool}: labos:\n{csv}"));
+        assert!(line.contains("LabOS 1.0 amd64 (20260301_12:00)"), "{tool}: {line}");
+        let info = client(tool, &home, &pki, &["image", "info", "oci:labos/current"]);
+        assert!(info.contains(&rootxz_fp), "{tool} image info:\n{info}");
+        let out = home.join(format!("{tool}-oci-export"));
+        std::fs::create_dir_all(&out).unwrap();
+        client(tool, &home, &pki, &["image", "export", "oci:debian/bookworm", &format!("{}/", out.display())]);
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().path()).collect();
+        files.sort_by_key(|p| !p.to_string_lossy().contains("incus.tar.xz"));
+        assert_eq!(fingerprint(&files[0], &files[1]), fp, "{tool} exported {files:?}");
+    }
+}
+
+fn cached_tool(name: &str) -> PathBuf {
+    let cached = Path::new(&std::env::var("HOME").unwrap()).join(".cache/updraft/bin").join(name);
+    if cached.exists() {
+        cached
+    } else {
+        name.into()
+    }
+}
+
+/// For the same two files, the index of Incus's own `incus-simplestreams add` (the
+/// peer) and ours agree on the fingerprint and on what is read from metadata.yaml.
+#[test]
+fn the_peer_incus_simplestreams_agrees_on_fingerprint_and_properties() {
+    ensure_tools();
+    let peer = cached_tool("incus-simplestreams");
+    if !peer.exists() {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../e2e/scripts/cluster.sh");
+        run(Command::new("bash").arg(script).arg("tools"));
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (pki, img, tree) = (tmp.path().join("pki"), tmp.path().join("img"), tmp.path().join("peer"));
+    for d in [&pki, &img, &tree] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    make_pki(&pki);
+    make_image(&img, &format!("peer-{}", std::process::id()));
+    // The peer wants properties.architecture too (exported images carry it).
+    std::fs::write(
+        img.join("metadata.yaml"),
+        "architecture: x86_64\ncreation_date: 1767225600\nproperties:\n  architecture: amd64\n  os: Debian\n  release: bookworm\n  variant: cloud\n  description: Debian bookworm\ntemplates: {}\n",
+    )
+    .unwrap();
+    run(Command::new("tar")
+        .args([
+            "--sort=name",
+            "--mtime=@1767225600",
+            "--owner=0",
+            "--group=0",
+            "--numeric-owner",
+            "-cJf",
+            "incus.tar.xz",
+            "metadata.yaml",
+        ])
+        .current_dir(&img));
+    run(Command::new(&peer)
+        .current_dir(&tree)
+        .arg("add")
+        .arg(img.join("incus.tar.xz"))
+        .arg(img.join("rootfs.squashfs")));
+    let theirs: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tree.join("streams/v1/images.json")).unwrap()).unwrap();
+    let (_, their_product) = theirs["products"].as_object().unwrap().iter().next().unwrap();
+    let their_version = their_product["versions"].as_object().unwrap().values().next().unwrap();
+
+    let repo = unique_repo("streams-peer");
+    let reg = &registry().addr;
+    run(Command::new("oras").current_dir(&img).args([
+        "push",
+        "--plain-http",
+        &format!("{reg}/{repo}:v1"),
+        "incus.tar.xz",
+        "rootfs.squashfs",
+    ]));
+    let source = format!(
+        "    oci:\n      registry: {reg}\n      repository: {repo}\n      insecure: true\n      interval: 1s\n"
+    );
+    let gw = start_gateway_with(&tmp.path().join("gw"), "peer", &pki, &source);
+    let base = format!("https://127.0.0.1:{}/streams/peer", gw.https);
+    let ours = wait_listed(&pki, &base, "debian:bookworm:amd64:cloud");
+    let our_product = &ours["products"]["debian:bookworm:amd64:cloud"];
+    let our_version = &our_product["versions"]["20260101_00:00"];
+
+    let fp = fingerprint(&img.join("incus.tar.xz"), &img.join("rootfs.squashfs"));
+    assert_eq!(their_version["items"]["incus.tar.xz"]["combined_squashfs_sha256"], fp.as_str(), "{theirs:#}");
+    assert_eq!(our_version["items"]["incus.tar.xz"]["combined_squashfs_sha256"], fp.as_str(), "{ours:#}");
+    for field in ["os", "release", "arch", "release_title", "variant"] {
+        assert_eq!(our_product[field], their_product[field], "{field}: ours {ours:#} theirs {theirs:#}");
+    }
+    for item in ["incus.tar.xz"] {
+        for field in ["sha256", "size"] {
+            assert_eq!(our_version["items"][item][field], their_version["items"][item][field], "{item}.{field}");
+        }
+    }
+    assert_eq!(our_version["items"]["root.squashfs"]["sha256"], their_version["items"]["squashfs"]["sha256"]);
+}
+
+/// A mirror of another gateway over HTTPS (its CA in `caFile`), with a filter: the
+/// clients list and export through the mirror, files verified against the upstream's
+/// hashes; when the upstream goes away the mirror keeps serving what it had.
+#[test]
+fn a_mirror_of_another_gateway_serves_its_filtered_images_and_outlives_it() {
+    ensure_tools();
+    let tmp = tempfile::tempdir().unwrap();
+    let (pki, img) = (tmp.path().join("pki"), tmp.path().join("img"));
+    std::fs::create_dir_all(&pki).unwrap();
+    std::fs::create_dir_all(&img).unwrap();
+    make_pki(&pki);
+    make_image(&img, &format!("mirror-{}", std::process::id()));
+    let fp = fingerprint(&img.join("incus.tar.xz"), &img.join("rootfs.squashfs"));
+    let mut origin = start_gateway(&tmp.path().join("origin"), "images", &pki, &unique_repo("streams-origin"), "");
+    let origin_base = format!("https://127.0.0.1:{}/streams/images", origin.https);
+    for (dir, file, name) in [
+        ("debian/bookworm/amd64/default/20260101_00:00", "incus.tar.xz", "lxd.tar.xz"),
+        ("debian/bookworm/amd64/default/20260101_00:00", "rootfs.squashfs", "rootfs.squashfs"),
+        ("alpine/edge/amd64/default/20260101_00:00", "incus.tar.xz", "lxd.tar.xz"),
+        ("alpine/edge/amd64/default/20260101_00:00", "root.tar.xz", "root.tar.xz"),
+    ] {
+        assert_eq!(upload(&pki, &origin_base, &img.join(file), &format!("{dir}/{name}"), Some(TOKEN)).0, 201);
+    }
+    let source = format!(
+        "    upstream:\n      url: {origin_base}\n      caFile: {}\n      filters: [os=debian]\n      interval: 1s\n",
+        pki.join("ca.pem").display()
+    );
+    let mirror = start_gateway_with(&tmp.path().join("mirror"), "mirror", &pki, &source);
+    let base = format!("https://127.0.0.1:{}/streams/mirror", mirror.https);
+    let images = wait_listed(&pki, &base, "debian:bookworm:amd64:default");
+    assert!(images["products"]["alpine:edge:amd64:default"].is_null(), "the filter let alpine through: {images:#}");
+
+    let home = tmp.path().join("home");
+    for tool in ["incus", "lxc"] {
+        client(tool, &home, &pki, &["remote", "add", "mirror", &base, "--protocol", "simplestreams", "--public"]);
+        let csv = client(tool, &home, &pki, &["image", "list", "mirror:", "--format", "csv", "-c", "lFdat"]);
+        assert!(csv.contains(&fp), "{tool}:\n{csv}");
+        let out = home.join(format!("{tool}-mirror-export"));
+        std::fs::create_dir_all(&out).unwrap();
+        client(tool, &home, &pki, &["image", "export", "mirror:debian/bookworm", &format!("{}/", out.display())]);
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().path()).collect();
+        files.sort_by_key(|p| !p.to_string_lossy().contains("incus.tar.xz"));
+        assert_eq!(fingerprint(&files[0], &files[1]), fp, "{tool} exported {files:?}");
+    }
+
+    // The upstream goes away: the mirror keeps its index and says why in its status.
+    let before = images_json(&pki, &base);
+    let _ = origin.child.kill();
+    let _ = origin.child.wait();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, status) = curl(&pki, &[&format!("{base}/status")]);
+        if status.contains("upstream") && status.contains("\"error\":\"") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "status does not report the upstream down: {status}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(images_json(&pki, &base), before);
+}
