@@ -84,11 +84,19 @@ pub(crate) async fn reconcile(stream: Arc<ImageStream>, ctx: Arc<Context>) -> Re
     }
     let observation = schedule.last_result(&stream);
     let failure = schedule.last_failure(&stream);
+    let mut indexed = None;
     if let Some(o) = &observation {
         status.products = o.products.try_into().unwrap_or(i32::MAX);
         status.versions = o.versions.try_into().unwrap_or(i32::MAX);
-        if o.versions as i32 != old.versions || old.last_indexed.is_none() {
+        let changed = status.versions != old.versions || status.products != old.products;
+        if changed || old.last_indexed.is_none() {
             status.last_indexed = Some(conditions::now());
+        }
+        if changed && old.last_indexed.is_some() {
+            indexed = Some(format!(
+                "{} versions of {} products (were {} of {})",
+                o.versions, o.products, old.versions, old.products
+            ));
         }
     }
     let (url, remote_add, https) = match &gateway {
@@ -135,6 +143,10 @@ pub(crate) async fn reconcile(stream: Arc<ImageStream>, ctx: Arc<Context>) -> Re
 
     status::write(&ctx.client, stream.as_ref(), &status).await?;
     schedule.succeeded(&stream);
+    if let Some(note) = indexed {
+        info!(%note, "indexed");
+        ctx.event(stream.as_ref(), false, "Indexed", note).await;
+    }
     if became_ready {
         info!(%message, "ready");
         ctx.event(stream.as_ref(), false, "Ready", message).await;
@@ -234,9 +246,16 @@ async fn observe(stream: &ImageStream, ctx: &Context) -> Result<Observation> {
     }
 }
 
+/// The registry does not know the repository (`NAME_UNKNOWN`, or a bare 404).
 fn is_unknown_repository(e: &oci_client::errors::OciDistributionError) -> bool {
-    let text = e.to_string().to_ascii_lowercase();
-    ["name_unknown", "name unknown", "404"].iter().any(|s| text.contains(s))
+    use oci_client::errors::{OciDistributionError, OciErrorCode};
+    match e {
+        OciDistributionError::RegistryError { envelope, .. } => {
+            envelope.errors.iter().any(|e| matches!(e.code, OciErrorCode::NameUnknown | OciErrorCode::NotFound))
+        }
+        OciDistributionError::ServerError { code, .. } => *code == 404,
+        _ => false,
+    }
 }
 
 /// One registry client per protocol, shared by every stream.

@@ -1,0 +1,206 @@
+//! The ImageStream controller end to end: the real operator binary against
+//! kube-apiserver 1.20 and the real registry. An OtaGateway with TLS and an upload
+//! token serves an upload stream: the stream's status (URL over https, remote-add
+//! commands, products and versions from the repository's tags, Ready), the rendered
+//! ConfigMap's `streams` and `tls` sections, the Service's https port, the Secrets
+//! mounted; malformed streams are `Stalled` naming the field and never rendered.
+
+use std::process::Command;
+use std::time::Duration;
+
+use e2e::procs::{operator, oras_push, wait_for, Proc, TempDir};
+use e2e::{cluster, install_crds, kubectl, namespace};
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+struct World {
+    ns: String,
+    dir: TempDir,
+    operator: Proc,
+}
+
+impl World {
+    fn new(name: &str) -> World {
+        install_crds();
+        let ns = namespace(name);
+        let dir = TempDir::new(name);
+        let (operator, admin) = operator(&ns, &dir.0, "operator", &[]);
+        wait_for(WAIT, "operator /readyz", || {
+            let out = Command::new("curl")
+                .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", &format!("http://127.0.0.1:{admin}/readyz")])
+                .output()
+                .unwrap();
+            (out.stdout == b"200").then_some(())
+        });
+        World { ns, dir, operator }
+    }
+
+    fn apply(&self, yaml: &str) {
+        kubectl(&["apply", "--server-side", "-n", &self.ns, "-f", "-"], Some(yaml)).ok();
+    }
+
+    fn get(&self, what: &str) -> Option<Value> {
+        let out = kubectl(&["get", "-n", &self.ns, what, "-o", "json"], None);
+        out.success.then(|| serde_json::from_str(&out.stdout).unwrap())
+    }
+
+    fn wait(&self, what: &str, description: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let mut last = Value::Null;
+        let found = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            wait_for(WAIT, description, || {
+                let v = self.get(what)?;
+                last = v.clone();
+                pred(&v).then_some(v)
+            })
+        }));
+        found.unwrap_or_else(|_| {
+            panic!(
+                "{what}: {description} never happened; last seen:\n{last:#}\noperator log:\n{}",
+                self.operator.output()
+            )
+        })
+    }
+
+    /// A self-signed certificate for the gateway's Service name, as a `kubernetes.io/tls`
+    /// Secret (what cert-manager writes).
+    fn tls_secret(&self, name: &str) {
+        let (crt, key) = (self.dir.0.join("tls.crt"), self.dir.0.join("tls.key"));
+        let out = Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2"])
+            .args(["-subj", &format!("/CN=default.{}.svc", self.ns)])
+            .args(["-keyout", key.to_str().unwrap(), "-out", crt.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let cert = format!("--cert={}", crt.display());
+        let key = format!("--key={}", key.display());
+        kubectl(&["create", "secret", "tls", name, "-n", &self.ns, &cert, &key], None).ok();
+    }
+}
+
+fn condition<'a>(v: &'a Value, type_: &str) -> Option<&'a Value> {
+    v["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == type_)
+}
+
+fn is(v: &Value, type_: &str, status: &str) -> bool {
+    condition(v, type_).is_some_and(|c| c["status"] == status && c["observedGeneration"] == v["metadata"]["generation"])
+}
+
+fn stream_yaml(name: &str, source: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: updraft.dev/v1alpha1\nkind: ImageStream\nmetadata: {{name: {name}}}\nspec:\n  interval: 2s\n  source: {source}\n{extra}"
+    )
+}
+
+#[test]
+fn an_upload_stream_on_a_tls_gateway_is_indexed_rendered_and_ready() {
+    let w = World::new("streams");
+    let registry = &cluster().registry;
+    let repository = format!("e2e/{}/images", w.ns);
+    w.tls_secret("gateway-cert");
+    kubectl(&["create", "secret", "generic", "upload", "-n", &w.ns, "--from-literal=token=s3cret"], None).ok();
+    w.apply(
+        "apiVersion: updraft.dev/v1alpha1\nkind: OtaGateway\nmetadata: {name: default}\nspec:\n  tls: {secretName: gateway-cert}\n  uploadTokenSecret: {name: upload, key: token}\n",
+    );
+    let upload = format!(
+        "{{upload: {{registry: \"{registry}\", repository: \"{repository}\", insecure: true, allowDelete: true}}}}"
+    );
+    w.apply(&stream_yaml("images", &upload, "  keepVersions: 2\n"));
+
+    // No upload yet: the repository does not exist, the stream is served and empty.
+    let v = w.wait("imgs/images", "Ready with 0 versions", |v| is(v, "Ready", "True"));
+    assert_eq!((v["status"]["products"].as_i64(), v["status"]["versions"].as_i64()), (Some(0), Some(0)), "{v:#}");
+    let url = format!("https://default.{}.svc:8443/streams/images", w.ns);
+    assert_eq!(v["status"]["url"], url);
+    assert_eq!(
+        v["status"]["remoteAdd"],
+        serde_json::json!([
+            format!("incus remote add images {url} --protocol simplestreams --public"),
+            format!("lxc remote add images {url} --protocol simplestreams --public"),
+        ])
+    );
+    assert!(is(&v, "Stalled", "False") && is(&v, "Reconciling", "False"), "{v:#}");
+
+    // Two versions of one product and one of another, named as the gateway names uploads.
+    let file = w.dir.0.join("lxd.tar.xz");
+    std::fs::write(&file, b"not really an image: the operator reads tags only").unwrap();
+    for tag in [
+        "debian_bookworm_amd64_default_20260101_0000",
+        "debian_bookworm_amd64_default_20260102_0000",
+        "debian_bookworm_arm64_default_20260101_0000",
+    ] {
+        oras_push(&repository, tag, &file, "application/vnd.updraft.simplestreams.metadata.v1.tar+xz");
+    }
+    let v = w.wait("imgs/images", "3 versions of 2 products", |v| {
+        v["status"]["versions"] == 3 && v["status"]["products"] == 2 && is(v, "Ready", "True")
+    });
+    assert!(v["status"]["lastIndexed"].is_string(), "{v:#}");
+    let ready = condition(&v, "Ready").unwrap()["message"].as_str().unwrap().to_owned();
+    assert!(ready.contains("3 versions of 2 products") && !ready.contains("https only"), "{ready}");
+    let table = kubectl(&["get", "-n", &w.ns, "imgs/images", "--no-headers"], None).ok();
+    assert!(table.contains(&url) && table.contains("True"), "{table}");
+    let events = kubectl(&["get", "events.events.k8s.io", "-n", &w.ns, "-o", "json"], None).ok();
+    assert!(events.contains("\"Ready\"") && events.contains("\"Indexed\""), "{events}");
+    assert!(events.contains("3 versions of 2 products (were 0 of 0)"), "{events}");
+
+    // The gateway renders the stream's source (not its versions), TLS, and mounts both Secrets.
+    let rendered = |v: &Value| -> Value { serde_yaml::from_str(v["data"]["gateway.yaml"].as_str().unwrap()).unwrap() };
+    let cm =
+        w.wait("configmap/default-config", "the stream rendered", |v| rendered(v)["streams"][0]["name"] == "images");
+    let config = rendered(&cm);
+    let source = &config["streams"][0]["source"]["upload"];
+    assert_eq!(source["repository"].as_str(), Some(repository.as_str()), "{config:#?}");
+    assert_eq!(source["tokenFile"], "/etc/updraft/upload-token/token");
+    assert_eq!(source["allowDelete"], true);
+    assert_eq!(config["streams"][0]["keepVersions"], 2);
+    assert_eq!(config["tls"]["listen"], "0.0.0.0:8443");
+    assert_eq!(config["tls"]["certFile"], "/etc/updraft/tls/tls.crt");
+    assert!(!cm["data"]["gateway.yaml"].as_str().unwrap().contains("20260101"), "versions are never rendered");
+    let svc = w.get("service/default").unwrap();
+    let https = svc["spec"]["ports"].as_array().unwrap().iter().find(|p| p["name"] == "https").cloned();
+    let https = https.unwrap_or_else(|| panic!("no https port: {svc:#}"));
+    assert_eq!((https["port"].as_i64(), https["protocol"].as_str()), (Some(8443), Some("TCP")));
+    let deployment = w.get("deployment/default").unwrap();
+    let volumes = &deployment["spec"]["template"]["spec"]["volumes"];
+    let secret_of = |name: &str| {
+        volumes.as_array().unwrap().iter().find(|v| v["name"] == name).map(|v| v["secret"]["secretName"].clone())
+    };
+    assert_eq!(secret_of("tls"), Some("gateway-cert".into()), "{volumes:#}");
+    assert_eq!(secret_of("upload-token"), Some("upload".into()), "{volumes:#}");
+    w.wait("otagw/default", "the stream attached", |v| {
+        v["status"]["attached"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|r| r["kind"] == "ImageStream" && r["name"] == "images"))
+    });
+
+    // Malformed streams stall naming the field, and are never rendered.
+    w.apply(&stream_yaml("filtered", &upload, "  filters: [colour=red]\n"));
+    w.apply(&stream_yaml("mirror", "{upstream: {url: \"images.example.org\"}}", ""));
+    w.apply(&stream_yaml("badrepo", &upload.replace(&repository, "Upper/Case"), ""));
+    for (name, field) in
+        [("filtered", "filters"), ("mirror", "source.upstream.url"), ("badrepo", "source.upload.repository")]
+    {
+        let v = w.wait(&format!("imgs/{name}"), "Stalled", |v| is(v, "Stalled", "True"));
+        let stalled = condition(&v, "Stalled").unwrap();
+        assert_eq!(stalled["reason"], "InvalidSpec");
+        assert!(stalled["message"].as_str().unwrap().starts_with(field), "{name}: {stalled}");
+        assert!(is(&v, "Ready", "False"));
+    }
+    let cm = w.get("configmap/default-config").unwrap();
+    let names: Vec<Value> = rendered(&cm)["streams"].as_array().unwrap().iter().map(|s| s["name"].clone()).collect();
+    assert_eq!(names, ["images"]);
+
+    // Without the upload token on its gateway, an upload stream cannot work: Stalled.
+    w.apply("apiVersion: updraft.dev/v1alpha1\nkind: OtaGateway\nmetadata: {name: plain}\nspec: {}\n");
+    w.apply(&stream_yaml("tokenless", &upload, "  gatewayRef: plain\n"));
+    let v = w.wait("imgs/tokenless", "Stalled", |v| is(v, "Stalled", "True"));
+    let message = condition(&v, "Stalled").unwrap()["message"].as_str().unwrap().to_owned();
+    assert!(message.starts_with("source.upload") && message.contains("uploadTokenSecret"), "{message}");
+    // Giving the gateway a token un-stalls it, over plain http with a hint about https.
+    w.apply("apiVersion: updraft.dev/v1alpha1\nkind: OtaGateway\nmetadata: {name: plain}\nspec:\n  uploadTokenSecret: {name: upload, key: token}\n");
+    let v = w.wait("imgs/tokenless", "Ready over http", |v| is(v, "Ready", "True") && is(v, "Stalled", "False"));
+    assert_eq!(v["status"]["url"], format!("http://plain.{}.svc:8080/streams/tokenless", w.ns));
+    let message = condition(&v, "Ready").unwrap()["message"].as_str().unwrap().to_owned();
+    assert!(message.contains("https only: set spec.tls"), "{message}");
+}
