@@ -8,7 +8,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use e2e::procs::{operator, oras_push, wait_for, Proc, TempDir};
+use e2e::procs::{binary, free_port, operator, oras_push, wait_for, Proc, TempDir};
 use e2e::{cluster, install_crds, kubectl, namespace};
 use serde_json::Value;
 
@@ -203,4 +203,152 @@ fn an_upload_stream_on_a_tls_gateway_is_indexed_rendered_and_ready() {
     assert_eq!(v["status"]["url"], format!("http://plain.{}.svc:8080/streams/tokenless", w.ns));
     let message = condition(&v, "Ready").unwrap()["message"].as_str().unwrap().to_owned();
     assert!(message.contains("https only: set spec.tls"), "{message}");
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    assert!(out.status.success(), "{cmd:?} failed:\n{}\n{}", text(&out.stdout), text(&out.stderr));
+    text(&out.stdout)
+}
+
+/// A CA (`ca.pem`) and a leaf for 127.0.0.1 signed by it (`tls.crt`, `tls.key`).
+fn make_pki(dir: &std::path::Path) {
+    let openssl = |args: &[&str]| run(Command::new("openssl").args(args).current_dir(dir));
+    openssl(&["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "ca.key"]);
+    openssl(&["req", "-x509", "-new", "-key", "ca.key", "-subj", "/CN=e2e CA", "-days", "2", "-out", "ca.pem"]);
+    openssl(&["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "leaf.ec"]);
+    openssl(&["pkcs8", "-topk8", "-nocrypt", "-in", "leaf.ec", "-out", "tls.key"]);
+    openssl(&["req", "-new", "-key", "tls.key", "-subj", "/CN=gateway", "-out", "leaf.csr"]);
+    std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "tls.crt",
+    ]);
+}
+
+/// An image's metadata tarball (`incus.tar.xz`) and root file system (`rootfs.squashfs`).
+fn make_image(dir: &std::path::Path, seed: &str) {
+    std::fs::create_dir_all(dir.join("rootdir/etc")).unwrap();
+    std::fs::write(dir.join("rootdir/etc/hostname"), format!("{seed}\n")).unwrap();
+    std::fs::write(
+        dir.join("metadata.yaml"),
+        "architecture: x86_64\ncreation_date: 1767225600\nproperties:\n  os: Debian\n  release: bookworm\n  variant: default\n  description: Debian bookworm\ntemplates: {}\n",
+    )
+    .unwrap();
+    run(Command::new("tar").args(["-cJf", "incus.tar.xz", "metadata.yaml"]).current_dir(dir));
+    run(Command::new("mksquashfs").arg(dir.join("rootdir")).arg(dir.join("rootfs.squashfs")).args([
+        "-noappend",
+        "-all-root",
+        "-quiet",
+    ]));
+}
+
+#[test]
+fn incus_lists_what_is_uploaded_through_the_gateway_the_operator_configured() {
+    let w = World::new("streams-serve");
+    let registry = &cluster().registry;
+    let repository = format!("e2e/{}/uploads", w.ns);
+    let pki = w.dir.0.join("pki");
+    std::fs::create_dir_all(&pki).unwrap();
+    make_pki(&pki);
+    let (crt, key) =
+        (format!("--cert={}", pki.join("tls.crt").display()), format!("--key={}", pki.join("tls.key").display()));
+    kubectl(&["create", "secret", "tls", "gateway-cert", "-n", &w.ns, &crt, &key], None).ok();
+    kubectl(&["create", "secret", "generic", "upload", "-n", &w.ns, "--from-literal=token=s3cret"], None).ok();
+    w.apply(
+        "apiVersion: updraft.dev/v1alpha1\nkind: OtaGateway\nmetadata: {name: default}\nspec:\n  tls: {secretName: gateway-cert}\n  uploadTokenSecret: {name: upload, key: token}\n",
+    );
+    let upload = format!("{{upload: {{registry: \"{registry}\", repository: \"{repository}\", insecure: true}}}}");
+    w.apply(&stream_yaml("lab", &upload, ""));
+    w.wait("imgs/lab", "Ready", |v| is(v, "Ready", "True"));
+    let cm = w.wait("configmap/default-config", "the stream rendered", |v| {
+        v["data"]["gateway.yaml"].as_str().is_some_and(|y| y.contains("name: lab"))
+    });
+
+    // No kubelet here: run the gateway binary from the rendered ConfigMap, with the
+    // listeners, the cache and the mounted Secret files moved to this machine.
+    let (http, https, admin) = (free_port(), free_port(), free_port());
+    let mut config: Value = serde_yaml::from_str(cm["data"]["gateway.yaml"].as_str().unwrap()).unwrap();
+    assert_eq!(config["tls"]["certFile"], "/etc/updraft/tls/tls.crt");
+    assert_eq!(config["streams"][0]["source"]["upload"]["tokenFile"], "/etc/updraft/upload-token/token");
+    config["listen"] = format!("127.0.0.1:{http}").into();
+    config["adminListen"] = format!("127.0.0.1:{admin}").into();
+    config["cache"]["dir"] = w.dir.0.join("cache").to_str().unwrap().into();
+    config["tls"]["listen"] = format!("127.0.0.1:{https}").into();
+    config["tls"]["certFile"] = pki.join("tls.crt").to_str().unwrap().into();
+    config["tls"]["keyFile"] = pki.join("tls.key").to_str().unwrap().into();
+    std::fs::write(pki.join("token"), "s3cret\n").unwrap();
+    config["streams"][0]["source"]["upload"]["tokenFile"] = pki.join("token").to_str().unwrap().into();
+    let config_path = w.dir.0.join("gateway.yaml");
+    std::fs::write(&config_path, serde_yaml::to_string(&config).unwrap()).unwrap();
+    let mut cmd = Command::new(binary("ota-gateway"));
+    cmd.args(["--config", config_path.to_str().unwrap()]);
+    let gateway = Proc::spawn(cmd, &w.dir.0.join("gateway.log"));
+    let base = format!("https://127.0.0.1:{https}/streams/lab");
+    let ca = pki.join("ca.pem");
+    let curl = |args: &[&str]| -> (u16, String) {
+        let out = Command::new("curl")
+            .args(["-s", "--cacert", ca.to_str().unwrap(), "-w", "\n%{http_code}"])
+            .args(args)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.trim().parse().unwrap_or(0), body.to_owned())
+    };
+    wait_for(WAIT, "the gateway serves the stream over https", || {
+        (curl(&[&format!("{base}/streams/v1/index.json")]).0 == 200).then_some(())
+    });
+
+    // Upload one image (docker-simplestreams-server's API) with the token the Secret holds.
+    let img = w.dir.0.join("img");
+    std::fs::create_dir_all(&img).unwrap();
+    make_image(&img, &w.ns);
+    let dir = "debian/bookworm/amd64/default/20260101_00:00";
+    for (file, name) in [("incus.tar.xz", "lxd.tar.xz"), ("rootfs.squashfs", "rootfs.squashfs")] {
+        let form = format!("upload=@{};filename={dir}/{name}", img.join(file).display());
+        let (code, body) =
+            curl(&["-F", &form, "-X", "POST", "-H", "Authorization: Bearer s3cret", &format!("{base}/images/")]);
+        assert_eq!(code, 201, "{name}: {body}\n{}", gateway.output());
+    }
+
+    // The upload landed in the repository the operator observes.
+    w.wait("imgs/lab", "1 version of 1 product", |v| v["status"]["versions"] == 1 && v["status"]["products"] == 1);
+
+    // incus and lxc add the remote with the command status gives (the URL pointed here).
+    let v = w.get("imgs/lab").unwrap();
+    let home = w.dir.0.join("home");
+    for (i, tool) in ["incus", "lxc"].into_iter().enumerate() {
+        let command =
+            v["status"]["remoteAdd"][i].as_str().unwrap().replace(v["status"]["url"].as_str().unwrap(), &base);
+        let args: Vec<&str> = command.split(' ').collect();
+        assert_eq!(args[0], tool);
+        let conf = home.join(format!("{tool}-conf"));
+        std::fs::create_dir_all(&conf).unwrap();
+        let client = |args: &[&str]| {
+            run(Command::new(tool)
+                .args(args)
+                .env(if tool == "incus" { "INCUS_CONF" } else { "LXD_CONF" }, &conf)
+                .env("XDG_CACHE_HOME", home.join("cache"))
+                .env("HOME", &home)
+                .env("SSL_CERT_FILE", &ca))
+        };
+        client(&args[1..]);
+        let csv = client(&["image", "list", "lab:", "--format", "csv", "-c", "lat"]);
+        assert!(csv.to_lowercase().contains("debian") && csv.contains("x86_64"), "{tool} image list:\n{csv}");
+    }
 }
