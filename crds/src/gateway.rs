@@ -57,10 +57,24 @@ pub struct OtaGatewaySpec {
     /// must present. Uploads are refused when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upload_token_secret: Option<SecretKeyRef>,
+    /// Serve HTTPS too, on port 8443 beside plain HTTP, with the certificate of a
+    /// `kubernetes.io/tls` Secret (as cert-manager writes it); a renewed certificate is
+    /// picked up without a restart. Plain HTTP only when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<GatewayTls>,
     /// Who is told when a release becomes ready to serve (cached and verified): devices
     /// over MQTT (OtaFlux-compatible) and people or CI over signed webhooks.
     #[serde(default, skip_serializing_if = "GatewayNotifications::is_empty")]
     pub notifications: GatewayNotifications,
+}
+
+/// The gateway's HTTPS listener.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayTls {
+    /// Name of a `kubernetes.io/tls` Secret (keys `tls.crt`, `tls.key`) in the gateway's
+    /// namespace.
+    pub secret_name: String,
 }
 
 /// Notifications a gateway sends. Every replica sends them: MQTT messages are retained

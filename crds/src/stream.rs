@@ -1,5 +1,6 @@
 //! ImageStream: a simplestreams index (LXD and Incus) served by a gateway.
 
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::CustomResource;
 use schemars::JsonSchema;
@@ -21,6 +22,7 @@ use crate::common::{default_gateway, OciSource};
     shortname = "imgs",
     category = "updraft",
     doc = "A simplestreams index for LXD and Incus, served by an OtaGateway.",
+    printcolumn(name = "URL", type_ = "string", json_path = ".status.url"),
     printcolumn(name = "Products", type_ = "integer", json_path = ".status.products"),
     printcolumn(name = "Versions", type_ = "integer", json_path = ".status.versions"),
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
@@ -33,8 +35,9 @@ pub struct ImageStreamSpec {
     pub gateway_ref: String,
     /// Where the images come from. Set exactly one of `oci`, `upload` and `upstream`.
     pub source: ImageSource,
-    /// Only images whose properties match every filter, e.g. `os=debian`, `arch=amd64`,
-    /// `release=bookworm`.
+    /// For an `upstream` source: only products whose properties match every filter,
+    /// `key=value` with key `os`, `release`, `arch` or `variant`, e.g. `os=debian`,
+    /// `arch=amd64`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub filters: Vec<String>,
     /// Keep this many newest versions of each product. Default 3.
@@ -64,16 +67,24 @@ pub struct ImageSource {
     pub upstream: Option<UpstreamSource>,
 }
 
-/// Accept image uploads at `/<stream>/upload`, behind the gateway's upload token.
+/// Accept image uploads at `/streams/<stream>/upload`, behind the gateway's upload
+/// token (`OtaGateway.spec.uploadTokenSecret`); each upload is stored as an OCI artifact
+/// in the repository, so every gateway replica serves it.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UploadSource {
+    /// The repository the uploads are stored in.
+    #[serde(flatten)]
+    pub repository: OciSource,
     /// Let an upload replace an existing image version. Default false.
     #[serde(default)]
     pub allow_overwrite: bool,
     /// Let an authenticated client delete image versions. Default false.
     #[serde(default)]
     pub allow_delete: bool,
+    /// Largest accepted upload, as a quantity (e.g. `8Gi`). Default 4Gi.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<Quantity>,
 }
 
 /// An upstream simplestreams server.
@@ -106,6 +117,10 @@ pub struct ImageStreamStatus {
     /// URL clients add as a simplestreams remote.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// The commands that add the stream as a remote: `incus remote add ...` and
+    /// `lxc remote add ...`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remote_add: Vec<String>,
     /// `Ready`, `Reconciling` and `Stalled` (kstatus).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,

@@ -40,7 +40,14 @@ fn channel_sample_and_defaults() {
 #[test]
 fn stream_and_mirror_samples() {
     let s: ImageStream = sample("imagestream.yaml");
-    assert!(s.spec.source.upload.is_some() && s.spec.source.oci.is_none());
+    assert!(s.spec.source.oci.is_some() && s.spec.source.upload.is_none());
+    let upload: ImageStream = serde_yaml::from_str(
+        "apiVersion: updraft.dev/v1alpha1\nkind: ImageStream\nmetadata: {name: up}\nspec:\n  source: {upload: {registry: r, repository: images/up, maxBytes: 8Gi}}\n",
+    )
+    .unwrap();
+    let up = upload.spec.source.upload.unwrap();
+    assert_eq!((up.repository.repository.as_str(), up.max_bytes.unwrap().0.as_str()), ("images/up", "8Gi"));
+    assert!(!up.allow_overwrite && !up.allow_delete);
     assert_eq!(s.spec.keep_versions, 2);
     let m: ArtifactMirror = sample("artifactmirror.yaml");
     assert_eq!(m.spec.retention.unwrap().keep_last, Some(5));

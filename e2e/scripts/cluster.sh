@@ -309,6 +309,7 @@ up() {
     --kubeconfig "$STATE/kubeconfig" --authentication-kubeconfig "$STATE/kubeconfig" \
     --authorization-kubeconfig "$STATE/kubeconfig" \
     --bind-address 127.0.0.1 --secure-port "$((APISERVER_PORT + 1))" --leader-elect=false \
+    ${UPDRAFT_KCM_INSECURE_PORT:+--port "$UPDRAFT_KCM_INSECURE_PORT"} \
     --service-account-private-key-file "$STATE/pki/sa.key" --root-ca-file "$STATE/pki/ca.crt" \
     --controllers '*,-nodeipam,-nodelifecycle,-cloud-node-lifecycle,-route,-service,-attachdetach,-persistentvolume-binder'
   wait_for kube-controller-manager 30 curl -fsSk "https://127.0.0.1:$((APISERVER_PORT + 1))/healthz"

@@ -133,7 +133,7 @@ mod tests {
         let stream: ImageStream = serde_json::from_value(serde_json::json!({
             "apiVersion": "updraft.dev/v1alpha1", "kind": "ImageStream",
             "metadata": {"name": "images", "namespace": "fleet"},
-            "spec": {"gatewayRef": "lab", "source": {"upload": {}}},
+            "spec": {"gatewayRef": "lab", "source": {"upload": {"registry": "r:5000", "repository": "images"}}},
         }))
         .unwrap();
         assert_eq!(gateway_of(&stream), ObjectRef::new("lab").within("fleet"));

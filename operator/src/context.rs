@@ -26,6 +26,8 @@ pub(crate) struct Context {
     pub channels: Store<FirmwareChannel>,
     /// The shared OtaGateway cache.
     pub gateways: Store<OtaGateway>,
+    /// The shared ImageStream cache (the gateway controller renders from it).
+    pub streams: Store<ImageStream>,
     pub schedules: Schedules,
 }
 
@@ -35,7 +37,8 @@ pub(crate) struct Schedules {
     pub gateways: Schedule<OtaGateway>,
     /// A check resolves the channel's version.
     pub channels: Schedule<FirmwareChannel, Resolution>,
-    pub streams: Schedule<ImageStream>,
+    /// A check lists the stream's repository.
+    pub streams: Schedule<ImageStream, crate::stream::Observation>,
     pub mirrors: Schedule<ArtifactMirror>,
 }
 

@@ -92,6 +92,7 @@ pub fn context(
         gateway_image: "updraft/ota-gateway:test".into(),
         channels: reflector::store().0,
         gateways: reflector::store().0,
+        streams: reflector::store().0,
         schedules: Default::default(),
     }
 }

@@ -43,8 +43,16 @@ pub(crate) async fn reconcile(gateway: Arc<OtaGateway>, ctx: Arc<Context>) -> Re
     // The shared channel cache: the change that triggered this reconcile is in it.
     let channels = ctx.channels.state();
     let attachment = attach::channels(&ObjectRef::from(gateway.as_ref()), channels.iter().map(|c| c.as_ref()));
-    let config = render::gateway_config(&gateway, &attachment.served);
-    let secrets = render::credential_secrets(&attachment.served);
+    let all_streams = ctx.streams.state();
+    let gateway_ref = ObjectRef::from(gateway.as_ref());
+    let mut streams: Vec<&updraft_crds::ImageStream> = all_streams
+        .iter()
+        .map(|s| s.as_ref())
+        .filter(|s| attach::is_attached(*s, &gateway_ref) && crate::stream::servable(s, &gateway))
+        .collect();
+    streams.sort_by_cached_key(|s| s.name_any());
+    let config = render::gateway_config(&gateway, &attachment.served, &streams);
+    let secrets = render::credential_secrets(&attachment.served, &streams);
 
     apply(&ctx, &ns, &render::config_map(&gateway, &config)).await?;
     apply(&ctx, &ns, &render::service(&gateway)).await?;
@@ -54,6 +62,7 @@ pub(crate) async fn reconcile(gateway: Arc<OtaGateway>, ctx: Arc<Context>) -> Re
     status.ready_replicas = ready_replicas;
     status.url = Some(render::service_url(&gateway));
     status.attached = attachment.served.iter().map(|c| attached_resource(*c)).collect();
+    status.attached.extend(streams.iter().map(|s| attached_resource(*s)));
     set_conditions(&mut status, &gateway.spec, generation, config.channels.len());
 
     let became_ready = conditions::is_true(&status.conditions, READY) && !conditions::is_true(&old.conditions, READY);

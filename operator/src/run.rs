@@ -235,9 +235,13 @@ async fn controllers(
         .with_config(ControllerConfig::default().debounce(Duration::from_millis(500)));
     // Every change of an attached channel re-renders its gateway.
     let gateway_controller = channels.trigger(gateway_controller, |c| Some(gateway_of(c)));
-
+    // And of an attached stream; a gateway's change (its TLS, its upload token) changes
+    // its streams' status.
+    let gateway_controller = streams.trigger(gateway_controller, |s| Some(gateway_of(s)));
     let stream_controller =
         Controller::for_shared_stream(streams.subscribe(), streams.store.clone()).reconcile_on(stream_pushes);
+    let stream_store = streams.store.clone();
+    let stream_controller = gateways.trigger(stream_controller, move |gw| attached_refs(&stream_store, gw));
     let mirror_controller =
         Controller::for_shared_stream(mirrors.subscribe(), mirrors.store.clone()).reconcile_on(mirror_pushes);
 
@@ -250,6 +254,7 @@ async fn controllers(
         gateway_image: settings.gateway_image.clone(),
         channels: channels.store.clone(),
         gateways: gateways.store.clone(),
+        streams: streams.store.clone(),
         schedules: Schedules::default(),
     });
 

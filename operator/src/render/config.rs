@@ -7,18 +7,28 @@ use std::collections::BTreeMap;
 use kube::ResourceExt;
 use updraft_core::config::{
     ArtifactConfig, CacheConfig, ChannelConfig, Downgrade, GatewayConfig, MqttConfig, NotificationsConfig,
-    PinnedArtifact, SourceConfig, Unpack, WebhookConfig, CONFIG_VERSION,
+    OciStreamSource, PinnedArtifact, SourceConfig, StreamConfig, StreamSource, TlsConfig, Unpack, UploadStreamSource,
+    UpstreamStreamSource, WebhookConfig, CONFIG_VERSION,
 };
 use updraft_crds::channel::{ArtifactSelector, Downgrade as SpecDowngrade, Unpack as SpecUnpack};
 use updraft_crds::gateway::GatewayNotifications;
-use updraft_crds::{FirmwareChannel, OtaGateway, ResolvedVersion};
+use updraft_crds::{FirmwareChannel, ImageStream, OciSource, OtaGateway, ResolvedVersion};
 
-use super::{quantity_bytes, ADMIN_PORT, CACHE_DIR, CREDENTIALS_DIR, HTTP_PORT, NOTIFY_DIR, SIGNING_DIR};
+use super::{
+    quantity_bytes, ADMIN_PORT, CACHE_DIR, CREDENTIALS_DIR, HTTPS_PORT, HTTP_PORT, NOTIFY_DIR, SIGNING_DIR, TLS_DIR,
+    UPLOAD_TOKEN_DIR,
+};
 use crate::attach::device_id;
 
-/// The gateway configuration for `gateway` serving `served` channels. Channels with no
-/// resolved version yet are left out: the gateway only serves what status pins.
-pub(crate) fn gateway_config(gateway: &OtaGateway, served: &[&FirmwareChannel]) -> GatewayConfig {
+/// The gateway configuration for `gateway` serving `served` channels and `streams`.
+/// Channels with no resolved version yet are left out: the gateway only serves what
+/// status pins. A stream is rendered as its source only (the gateway lists the versions
+/// itself), so the ConfigMap stays small however many images a stream holds.
+pub(crate) fn gateway_config(
+    gateway: &OtaGateway,
+    served: &[&FirmwareChannel],
+    streams: &[&ImageStream],
+) -> GatewayConfig {
     GatewayConfig {
         version: CONFIG_VERSION,
         listen: format!("0.0.0.0:{HTTP_PORT}"),
@@ -31,6 +41,12 @@ pub(crate) fn gateway_config(gateway: &OtaGateway, served: &[&FirmwareChannel]) 
         signing_key_file: gateway.spec.signing_key_secret.as_ref().map(|k| format!("{SIGNING_DIR}/{}", k.key).into()),
         channels: served.iter().filter_map(|c| channel_config(c)).collect(),
         notifications: notifications_config(&gateway.spec.notifications),
+        tls: gateway.spec.tls.as_ref().map(|_| TlsConfig {
+            listen: format!("0.0.0.0:{HTTPS_PORT}"),
+            cert_file: format!("{TLS_DIR}/tls.crt").into(),
+            key_file: format!("{TLS_DIR}/tls.key").into(),
+        }),
+        streams: streams.iter().filter_map(|s| stream_config(gateway, s)).collect(),
         ..Default::default()
     }
 }
@@ -78,6 +94,66 @@ pub(crate) fn notifications_config(spec: &GatewayNotifications) -> Notifications
                 secret_file: w.secret_ref.as_ref().and_then(|r| file(webhook(i), &r.key)),
             })
             .collect(),
+    }
+}
+
+/// One stream of the gateway configuration: its source, never its versions. `None` for
+/// a spec the gateway cannot take (the stream controller reports it `Stalled`).
+pub(super) fn stream_config(gateway: &OtaGateway, stream: &ImageStream) -> Option<StreamConfig> {
+    let spec = &stream.spec;
+    let source = match (&spec.source.oci, &spec.source.upload, &spec.source.upstream) {
+        (Some(oci), None, None) => StreamSource {
+            oci: Some(OciStreamSource { repository: repository(oci), interval: spec.interval.clone() }),
+            ..Default::default()
+        },
+        (None, Some(upload), None) => {
+            let token = gateway.spec.upload_token_secret.as_ref()?;
+            let defaults: UploadStreamSource = serde_json::from_value(serde_json::json!({
+                "registry": "", "repository": "", "tokenFile": "",
+            }))
+            .expect("an upload source with its defaults");
+            StreamSource {
+                upload: Some(UploadStreamSource {
+                    repository: repository(&upload.repository),
+                    token_file: format!("{UPLOAD_TOKEN_DIR}/{}", token.key).into(),
+                    allow_overwrite: upload.allow_overwrite,
+                    allow_delete: upload.allow_delete,
+                    max_bytes: match &upload.max_bytes {
+                        Some(q) => quantity_bytes(q)?,
+                        None => defaults.max_bytes,
+                    },
+                    interval: defaults.interval,
+                }),
+                ..Default::default()
+            }
+        }
+        (None, None, Some(upstream)) => StreamSource {
+            upstream: Some(UpstreamStreamSource {
+                url: upstream.url.clone(),
+                filters: spec.filters.clone(),
+                ca_file: None,
+                interval: spec.interval.clone(),
+            }),
+            ..Default::default()
+        },
+        _ => return None,
+    };
+    Some(StreamConfig {
+        name: stream.name_any(),
+        source,
+        keep_versions: u32::try_from(spec.keep_versions).unwrap_or(0),
+    })
+}
+
+fn repository(source: &OciSource) -> SourceConfig {
+    SourceConfig {
+        registry: source.registry.clone(),
+        repository: source.repository.clone(),
+        insecure: source.insecure,
+        docker_config: source
+            .credentials_secret
+            .as_ref()
+            .map(|s| format!("{CREDENTIALS_DIR}/{s}/.dockerconfigjson").into()),
     }
 }
 
@@ -146,7 +222,7 @@ mod tests {
         use updraft_crds::gateway::{GatewayMqtt, GatewayWebhook};
         use updraft_crds::SecretKeyRef;
         let mut gw = gateway();
-        assert!(!gateway_config(&gw, &[]).to_yaml().contains("notifications"), "omitted while empty");
+        assert!(!gateway_config(&gw, &[], &[]).to_yaml().contains("notifications"), "omitted while empty");
         gw.spec.notifications = GatewayNotifications {
             mqtt: Some(GatewayMqtt {
                 url: "mqtts://broker:8883".into(),
@@ -160,7 +236,7 @@ mod tests {
                 secret_ref: Some(SecretKeyRef { name: "hook".into(), key: "hmac".into() }),
             }],
         };
-        let config = gateway_config(&gw, &[]);
+        let config = gateway_config(&gw, &[], &[]);
         config.validate().unwrap();
         let mqtt = config.notifications.mqtt.unwrap();
         assert_eq!(mqtt.topic_prefix, "firmware/updates");
@@ -171,6 +247,69 @@ mod tests {
             config.notifications.webhooks[0].secret_file.as_ref().unwrap().to_str(),
             Some("/etc/updraft/notify/webhook-0/hmac")
         );
+    }
+
+    fn stream(name: &str, source: serde_json::Value) -> ImageStream {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "updraft.dev/v1alpha1", "kind": "ImageStream",
+            "metadata": {"name": name, "namespace": "fleet"},
+            "spec": {"source": source, "keepVersions": 2},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn streams_and_tls_are_rendered_as_sources_the_gateway_accepts() {
+        use updraft_crds::gateway::GatewayTls;
+        use updraft_crds::SecretKeyRef;
+        let mut gw = gateway();
+        let plain = gateway_config(&gw, &[], &[]).to_yaml();
+        assert!(!plain.contains("tls") && !plain.contains("streams"), "{plain}");
+        gw.spec.tls = Some(GatewayTls { secret_name: "gw-cert".into() });
+        gw.spec.upload_token_secret = Some(SecretKeyRef { name: "upload".into(), key: "token".into() });
+        let up = stream(
+            "images",
+            serde_json::json!({"upload": {"registry": "127.0.0.1:15000", "repository": "images/up", "insecure": true,
+                "credentialsSecret": "regcred", "allowDelete": true, "maxBytes": "8Gi"}}),
+        );
+        let oci = stream("lab", serde_json::json!({"oci": {"registry": "ghcr.io", "repository": "acme/images"}}));
+        let mut mirror = stream("mirror", serde_json::json!({"upstream": {"url": "https://images.example"}}));
+        mirror.spec.filters = vec!["os=debian".into()];
+        let config = gateway_config(&gw, &[], &[&up, &oci, &mirror]);
+        config.validate().unwrap();
+        let tls = config.tls.as_ref().unwrap();
+        assert_eq!(tls.listen, "0.0.0.0:8443");
+        assert_eq!(tls.cert_file.to_str(), Some("/etc/updraft/tls/tls.crt"));
+        assert_eq!(tls.key_file.to_str(), Some("/etc/updraft/tls/tls.key"));
+        let upload = config.streams[0].source.upload.as_ref().unwrap();
+        assert_eq!(upload.token_file.to_str(), Some("/etc/updraft/upload-token/token"));
+        assert_eq!((upload.max_bytes, upload.allow_delete, upload.allow_overwrite), (8 << 30, true, false));
+        assert_eq!(upload.interval, "5s", "the gateway's own default: other replicas' uploads show soon");
+        assert_eq!(
+            upload.repository.docker_config.as_ref().unwrap().to_str(),
+            Some("/etc/updraft/credentials/regcred/.dockerconfigjson")
+        );
+        assert_eq!(config.streams[0].keep_versions, 2);
+        assert_eq!(config.streams[1].source.oci.as_ref().unwrap().repository.repository, "acme/images");
+        assert_eq!(config.streams[2].source.upstream.as_ref().unwrap().filters, ["os=debian"]);
+        // Read back as the gateway reads it.
+        let back = GatewayConfig::parse(config.to_yaml().as_bytes()).unwrap();
+        assert_eq!(back.streams, config.streams);
+        // Without the upload token an upload stream is left out, never rendered broken.
+        gw.spec.upload_token_secret = None;
+        assert_eq!(gateway_config(&gw, &[], &[&up, &oci]).streams.len(), 1);
+    }
+
+    #[test]
+    fn ten_thousand_versions_do_not_grow_the_config() {
+        // A stream is rendered as its source; what it holds never reaches the ConfigMap.
+        let mut gw = gateway();
+        gw.spec.upload_token_secret = Some(updraft_crds::SecretKeyRef { name: "upload".into(), key: "token".into() });
+        let mut up = stream("images", serde_json::json!({"upload": {"registry": "r:5000", "repository": "images/up"}}));
+        let small = gateway_config(&gw, &[], &[&up]).to_yaml();
+        up.status = Some(updraft_crds::ImageStreamStatus { products: 500, versions: 10_000, ..Default::default() });
+        assert_eq!(gateway_config(&gw, &[], &[&up]).to_yaml(), small);
+        assert!(small.len() < 2048, "{}", small.len());
     }
 
     #[test]
@@ -188,7 +327,7 @@ mod tests {
     fn config_pins_latest_and_previous_and_skips_unresolved() {
         let channels = [channel("esp32", None, Some(resolved("1.2.0", DIGEST_A))), channel("stm32", None, None)];
         let attachment = attach::channels(&ObjectRef::from(&gateway()), channels.iter());
-        let config = gateway_config(&gateway(), &attachment.served);
+        let config = gateway_config(&gateway(), &attachment.served, &[]);
         config.validate().unwrap();
         assert_eq!(config.channels.len(), 1);
         let c = &config.channels[0];
@@ -199,6 +338,6 @@ mod tests {
         assert_eq!(config.cache.max_bytes, 1 << 30);
         assert_eq!((c.highest_served.as_deref(), c.downgrade), (None, Downgrade::PinnedBack));
         // Rendering is deterministic: the same input gives byte-identical YAML.
-        assert_eq!(config.to_yaml(), gateway_config(&gateway(), &attachment.served).to_yaml());
+        assert_eq!(config.to_yaml(), gateway_config(&gateway(), &attachment.served, &[]).to_yaml());
     }
 }

@@ -32,7 +32,7 @@ mod tests {
     #[test]
     fn config_map_is_named_after_the_gateway_and_holds_the_config() {
         let gw = gateway();
-        let cm = config_map(&gw, &gateway_config(&gw, &[]));
+        let cm = config_map(&gw, &gateway_config(&gw, &[], &[]));
         assert_eq!(cm.metadata.name.as_deref(), Some("default-config"));
         assert_eq!(cm.metadata.owner_references.as_ref().unwrap()[0].uid, "uid-1");
         assert!(cm.data.unwrap()[CONFIG_KEY].contains("listen: 0.0.0.0:8080"));

@@ -13,18 +13,25 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
-use updraft_crds::{FirmwareChannel, OtaGateway};
+use updraft_crds::{FirmwareChannel, ImageStream, OtaGateway};
 
 use super::config::notify_paths;
 use super::configmap::config_map_name;
 use super::{
-    labels, meta, selector, ADMIN_PORT, CACHE_DIR, CONFIG_DIR, CONFIG_KEY, CREDENTIALS_DIR, HTTP_PORT, SIGNING_DIR,
+    labels, meta, selector, ADMIN_PORT, CACHE_DIR, CONFIG_DIR, CONFIG_KEY, CREDENTIALS_DIR, HTTPS_PORT, HTTP_PORT,
+    SIGNING_DIR, TLS_DIR, UPLOAD_TOKEN_DIR,
 };
 
-/// The registry-credential Secrets of `served` channels, each once, sorted: what
-/// [`deployment`] mounts.
-pub(crate) fn credential_secrets(served: &[&FirmwareChannel]) -> Vec<String> {
-    let secrets: BTreeSet<String> = served.iter().filter_map(|c| c.spec.source.credentials_secret.clone()).collect();
+/// The registry-credential Secrets of `served` channels and `streams`, each once,
+/// sorted: what [`deployment`] mounts.
+pub(crate) fn credential_secrets(served: &[&FirmwareChannel], streams: &[&ImageStream]) -> Vec<String> {
+    let mut secrets: BTreeSet<String> =
+        served.iter().filter_map(|c| c.spec.source.credentials_secret.clone()).collect();
+    for s in streams {
+        let source = &s.spec.source;
+        let repository = source.oci.as_ref().or(source.upload.as_ref().map(|u| &u.repository));
+        secrets.extend(repository.and_then(|r| r.credentials_secret.clone()));
+    }
     secrets.into_iter().collect()
 }
 
@@ -50,6 +57,19 @@ pub(crate) fn deployment(gateway: &OtaGateway, default_image: &str, credential_s
         volumes.push(secret_volume("signing-key", &key.name, &key.key));
         mounts.push(mount("signing-key", SIGNING_DIR));
     }
+    // Mounted whole (no subPath), so a renewed certificate reaches the running pod.
+    if let Some(tls) = &spec.tls {
+        volumes.push(secret_volume_keys("tls", &tls.secret_name, &["tls.crt".into(), "tls.key".into()]));
+        mounts.push(mount("tls", TLS_DIR));
+    }
+    if let Some(token) = &spec.upload_token_secret {
+        volumes.push(secret_volume("upload-token", &token.name, &token.key));
+        mounts.push(mount("upload-token", UPLOAD_TOKEN_DIR));
+    }
+    let mut ports = vec![container_port("http", HTTP_PORT), container_port("admin", ADMIN_PORT)];
+    if spec.tls.is_some() {
+        ports.insert(1, container_port("https", HTTPS_PORT));
+    }
     for (name, secret, keys, dir) in notification_secrets(gateway) {
         volumes.push(secret_volume_keys(&name, &secret, &keys));
         mounts.push(mount(&name, &dir));
@@ -67,7 +87,7 @@ pub(crate) fn deployment(gateway: &OtaGateway, default_image: &str, credential_s
         name: "gateway".into(),
         image: Some(spec.image.clone().unwrap_or_else(|| default_image.to_owned())),
         args: Some(vec!["--config".into(), format!("{CONFIG_DIR}/{CONFIG_KEY}"), "--log-format".into(), "json".into()]),
-        ports: Some(vec![container_port("http", HTTP_PORT), container_port("admin", ADMIN_PORT)]),
+        ports: Some(ports),
         liveness_probe: Some(probe("/healthz")),
         readiness_probe: Some(probe("/readyz")),
         resources: Some(spec.resources.clone().unwrap_or_else(default_resources)),
@@ -237,7 +257,7 @@ mod tests {
                 secret_ref: Some(SecretKeyRef { name: "hook".into(), key: "hmac".into() }),
             }],
         };
-        let config = crate::render::gateway_config(&gw, &[]);
+        let config = crate::render::gateway_config(&gw, &[], &[]);
         let n = config.notifications;
         let mqtt = n.mqtt.unwrap();
         let files = [
@@ -278,13 +298,43 @@ mod tests {
     }
 
     #[test]
+    fn tls_and_the_upload_token_are_mounted_where_the_config_points() {
+        use updraft_crds::gateway::GatewayTls;
+        use updraft_crds::SecretKeyRef;
+        let mut gw = crate::fixtures::gateway();
+        let plain = deployment(&gw, "img", &[]).spec.template.spec.unwrap();
+        assert!(plain.volumes.unwrap().iter().all(|v| v.name != "tls" && v.name != "upload-token"));
+        assert_eq!(plain.containers[0].ports.as_ref().unwrap().len(), 2);
+        gw.spec.tls = Some(GatewayTls { secret_name: "gw-cert".into() });
+        gw.spec.upload_token_secret = Some(SecretKeyRef { name: "upload".into(), key: "token".into() });
+        let pod = deployment(&gw, "img", &[]).spec.template.spec.unwrap();
+        let container = &pod.containers[0];
+        let https = container.ports.as_ref().unwrap().iter().find(|p| p.name.as_deref() == Some("https")).unwrap();
+        assert_eq!(https.container_port, 8443);
+        let volumes = pod.volumes.unwrap();
+        let mounts = container.volume_mounts.as_ref().unwrap();
+        for (name, secret, dir, keys) in [
+            ("tls", "gw-cert", "/etc/updraft/tls", vec!["tls.crt", "tls.key"]),
+            ("upload-token", "upload", "/etc/updraft/upload-token", vec!["token"]),
+        ] {
+            let volume = volumes.iter().find(|v| v.name == name).unwrap().secret.as_ref().unwrap();
+            assert_eq!(volume.secret_name.as_deref(), Some(secret));
+            let items: Vec<&str> = volume.items.as_ref().unwrap().iter().map(|i| i.key.as_str()).collect();
+            assert_eq!(items, keys);
+            let mount = mounts.iter().find(|m| m.name == name).unwrap();
+            // No subPath: kubelet swaps the files of a renewed Secret in place.
+            assert_eq!((mount.mount_path.as_str(), mount.sub_path.as_deref()), (dir, None));
+        }
+    }
+
+    #[test]
     fn credential_secrets_are_listed_once_each() {
         let mut a = channel("a", None, None);
         let mut b = channel("b", None, None);
         let c = channel("c", None, None);
         a.spec.source.credentials_secret = Some("regcred".into());
         b.spec.source.credentials_secret = Some("regcred".into());
-        assert_eq!(credential_secrets(&[&a, &b, &c]), ["regcred"]);
+        assert_eq!(credential_secrets(&[&a, &b, &c], &[]), ["regcred"]);
     }
 
     #[test]

@@ -21,10 +21,12 @@ use updraft_crds::OtaGateway;
 pub(crate) use config::{channel_artifact, gateway_config, notifications_config};
 pub(crate) use configmap::config_map;
 pub(crate) use deployment::{credential_secrets, deployment};
-pub(crate) use service::{service, service_url};
+pub(crate) use service::{service, service_url, stream_url};
 
 /// Port the gateway container serves devices on.
 const HTTP_PORT: i32 = 8080;
+/// Port the gateway serves HTTPS on, under `spec.tls`.
+const HTTPS_PORT: i32 = 8443;
 /// Port of the gateway's `/healthz`, `/readyz` and `/metrics`.
 const ADMIN_PORT: i32 = 9090;
 /// Where the rendered `gateway.yaml` is mounted.
@@ -37,6 +39,10 @@ const CACHE_DIR: &str = "/var/cache/updraft";
 const CREDENTIALS_DIR: &str = "/etc/updraft/credentials";
 /// The signing-key Secret is mounted here.
 const SIGNING_DIR: &str = "/etc/updraft/signing";
+/// The `spec.tls` Secret (`tls.crt`, `tls.key`) is mounted here.
+const TLS_DIR: &str = "/etc/updraft/tls";
+/// The upload-token Secret is mounted here.
+const UPLOAD_TOKEN_DIR: &str = "/etc/updraft/upload-token";
 /// Notification Secrets (MQTT CA, client certificate, credentials; webhook keys) are
 /// mounted under here, one directory each.
 const NOTIFY_DIR: &str = "/etc/updraft/notify";

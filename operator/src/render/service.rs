@@ -5,7 +5,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 use updraft_crds::OtaGateway;
 
-use super::{meta, selector, ADMIN_PORT, HTTP_PORT};
+use super::{meta, selector, ADMIN_PORT, HTTPS_PORT, HTTP_PORT};
 
 pub(crate) fn service(gateway: &OtaGateway) -> Service {
     let port = |name: &str, port: i32, target: i32| ServicePort {
@@ -21,10 +21,16 @@ pub(crate) fn service(gateway: &OtaGateway) -> Service {
         spec: Some(ServiceSpec {
             type_: Some(gateway.spec.service.type_.clone()),
             selector: Some(selector(gateway)),
-            ports: Some(vec![
-                port("http", gateway.spec.service.port, HTTP_PORT),
-                port("admin", ADMIN_PORT, ADMIN_PORT),
-            ]),
+            ports: Some(
+                [
+                    Some(port("http", gateway.spec.service.port, HTTP_PORT)),
+                    gateway.spec.tls.as_ref().map(|_| port("https", HTTPS_PORT, HTTPS_PORT)),
+                    Some(port("admin", ADMIN_PORT, ADMIN_PORT)),
+                ]
+                .into_iter()
+                .flatten()
+                .collect(),
+            ),
             ..Default::default()
         }),
         ..Default::default()
@@ -35,6 +41,18 @@ pub(crate) fn service(gateway: &OtaGateway) -> Service {
 pub(crate) fn service_url(gateway: &OtaGateway) -> String {
     let ns = gateway.namespace().unwrap_or_else(|| "default".into());
     format!("http://{}.{ns}.svc:{}", gateway.name_any(), gateway.spec.service.port)
+}
+
+/// In-cluster base URL of the ImageStream `name` on `gateway`: over HTTPS when the
+/// gateway has `spec.tls` (what `lxc` and `incus` need), else over plain HTTP.
+pub(crate) fn stream_url(gateway: &OtaGateway, name: &str) -> String {
+    match &gateway.spec.tls {
+        Some(_) => {
+            let ns = gateway.namespace().unwrap_or_else(|| "default".into());
+            format!("https://{}.{ns}.svc:{HTTPS_PORT}/streams/{name}", gateway.name_any())
+        }
+        None => format!("{}/streams/{name}", service_url(gateway)),
+    }
 }
 
 #[cfg(test)]
@@ -51,5 +69,18 @@ mod tests {
         assert!(ports.iter().all(|p| p.protocol.as_deref() == Some("TCP")));
         assert_eq!(ports[0].port, 8080);
         assert_eq!(service_url(&gw), "http://default.fleet.svc:8080");
+        assert_eq!(ports.len(), 2, "no https port without spec.tls");
+        assert_eq!(stream_url(&gw, "images"), "http://default.fleet.svc:8080/streams/images");
+    }
+
+    #[test]
+    fn tls_adds_the_https_port_and_streams_use_it() {
+        let mut gw = gateway();
+        gw.spec.tls = Some(updraft_crds::gateway::GatewayTls { secret_name: "gw-cert".into() });
+        let ports = service(&gw).spec.unwrap().ports.unwrap();
+        let https = ports.iter().find(|p| p.name.as_deref() == Some("https")).unwrap();
+        assert_eq!((https.port, https.protocol.as_deref()), (8443, Some("TCP")));
+        assert_eq!(https.target_port, Some(IntOrString::Int(8443)));
+        assert_eq!(stream_url(&gw, "images"), "https://default.fleet.svc:8443/streams/images");
     }
 }
