@@ -14,6 +14,7 @@ pub(crate) struct Metrics {
     registry_checks: IntCounterVec,
     webhook_events: IntCounterVec,
     webhook_triggers: IntCounterVec,
+    stream_images: IntGaugeVec,
 }
 
 impl Default for Metrics {
@@ -54,6 +55,11 @@ impl Default for Metrics {
             &["kind"],
         )
         .unwrap();
+        let stream_images = IntGaugeVec::new(
+            Opts::new("image_stream_images", "Image versions and products each ImageStream's source holds"),
+            &["namespace", "stream", "count"],
+        )
+        .unwrap();
         for m in [
             Box::new(reconcile_duration.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(reconciles.clone()),
@@ -62,6 +68,7 @@ impl Default for Metrics {
             Box::new(registry_checks.clone()),
             Box::new(webhook_events.clone()),
             Box::new(webhook_triggers.clone()),
+            Box::new(stream_images.clone()),
         ] {
             registry.register(m).expect("metric names are unique");
         }
@@ -74,6 +81,7 @@ impl Default for Metrics {
             registry_checks,
             webhook_events,
             webhook_triggers,
+            stream_images,
         }
     }
 }
@@ -109,6 +117,22 @@ impl Metrics {
             let _ = self.resolved_version.remove_label_values(&[namespace, channel, old]);
         }
         self.resolved_version.with_label_values(&[namespace, channel, new]).set(1);
+    }
+
+    /// Records what an ImageStream's source holds (`count` is `versions` or `products`).
+    pub(crate) fn stream_images(&self, namespace: &str, stream: &str, versions: usize, products: usize) {
+        let set = |count: &str, n: usize| {
+            self.stream_images.with_label_values(&[namespace, stream, count]).set(n.try_into().unwrap_or(i64::MAX))
+        };
+        set("versions", versions);
+        set("products", products);
+    }
+
+    /// Drops the series of a deleted ImageStream.
+    pub(crate) fn forget_stream(&self, namespace: &str, stream: &str) {
+        for count in ["versions", "products"] {
+            let _ = self.stream_images.remove_label_values(&[namespace, stream, count]);
+        }
     }
 
     /// The Prometheus text exposition of every metric.

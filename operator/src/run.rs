@@ -18,7 +18,7 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, ReflectHandle, Store};
 use kube::runtime::watcher::{self, watcher};
 use kube::runtime::WatchStreamExt;
-use kube::{Api, Client, Resource};
+use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tracing::info;
 use updraft_crds::{ArtifactMirror, FirmwareChannel, ImageStream, OtaGateway};
@@ -296,7 +296,10 @@ async fn controllers(
         }),
         streams.on_delete({
             let ctx = ctx.clone();
-            move |o| ctx.schedules.streams.forget(o)
+            move |o| {
+                ctx.schedules.streams.forget(o);
+                ctx.metrics.forget_stream(&o.namespace().unwrap_or_default(), &o.name_any());
+            }
         }),
         mirrors.on_delete({
             let ctx = ctx.clone();

@@ -86,6 +86,7 @@ pub(crate) async fn reconcile(stream: Arc<ImageStream>, ctx: Arc<Context>) -> Re
     let failure = schedule.last_failure(&stream);
     let mut indexed = None;
     if let Some(o) = &observation {
+        ctx.metrics.stream_images(&stream.namespace().unwrap_or_default(), &stream.name_any(), o.versions, o.products);
         status.products = o.products.try_into().unwrap_or(i32::MAX);
         status.versions = o.versions.try_into().unwrap_or(i32::MAX);
         let changed = status.versions != old.versions || status.products != old.products;
@@ -393,6 +394,23 @@ mod tests {
         .into();
         assert_eq!(count(&tags), Observation { products: 3, versions: 6 });
         assert_eq!(count(&[]), Observation::default());
+    }
+
+    #[test]
+    fn the_counts_are_exported_and_dropped_with_the_stream() {
+        let metrics = crate::metrics::Metrics::default();
+        metrics.stream_images("fleet", "images", 6, 3);
+        let text = metrics.render();
+        assert!(
+            text.contains(r#"image_stream_images{count="versions",namespace="fleet",stream="images"} 6"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"image_stream_images{count="products",namespace="fleet",stream="images"} 3"#),
+            "{text}"
+        );
+        metrics.forget_stream("fleet", "images");
+        assert!(!metrics.render().contains("stream=\"images\""));
     }
 
     #[test]
