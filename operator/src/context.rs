@@ -28,6 +28,8 @@ pub(crate) struct Context {
     pub gateways: Store<OtaGateway>,
     /// The shared ImageStream cache (the gateway controller renders from it).
     pub streams: Store<ImageStream>,
+    /// The shared ArtifactMirror cache (the gateway controller renders from it).
+    pub mirrors: Store<ArtifactMirror>,
     pub schedules: Schedules,
 }
 

@@ -93,6 +93,7 @@ pub fn context(
         channels: reflector::store().0,
         gateways: reflector::store().0,
         streams: reflector::store().0,
+        mirrors: reflector::store().0,
         schedules: Default::default(),
     }
 }

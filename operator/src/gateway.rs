@@ -51,18 +51,34 @@ pub(crate) async fn reconcile(gateway: Arc<OtaGateway>, ctx: Arc<Context>) -> Re
         .filter(|s| attach::is_attached(*s, &gateway_ref) && crate::stream::servable(s, &gateway))
         .collect();
     streams.sort_by_cached_key(|s| s.name_any());
-    let config = render::gateway_config(&gateway, &attachment.served, &streams);
+    let all_mirrors = ctx.mirrors.state();
+    let mut mirrors: Vec<&updraft_crds::ArtifactMirror> = all_mirrors
+        .iter()
+        .map(|m| m.as_ref())
+        .filter(|m| attach::is_attached(*m, &gateway_ref) && crate::mirror::validate(&m.spec).is_ok())
+        .collect();
+    mirrors.sort_by_cached_key(|m| m.name_any());
+    let mut config = render::gateway_config(&gateway, &attachment.served, &streams);
+    config.mirrors = render::mirror_configs(&mirrors);
     let secrets = render::credential_secrets(&attachment.served, &streams);
 
     apply(&ctx, &ns, &render::config_map(&gateway, &config)).await?;
     apply(&ctx, &ns, &render::service(&gateway)).await?;
     let deployment = apply(&ctx, &ns, &render::deployment(&gateway, &ctx.gateway_image, &secrets)).await?;
+    // The forwarding worker runs only while a mirror is attached. Not rendering it is
+    // not enough (the owner reference only removes it with the gateway): delete it.
+    if mirrors.is_empty() {
+        delete_mirror_worker(&ctx, &ns, &gateway).await?;
+    } else {
+        apply(&ctx, &ns, &render::mirror_deployment(&gateway, &ctx.gateway_image, &secrets, &mirrors)).await?;
+    }
 
     let ready_replicas = deployment.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0);
     status.ready_replicas = ready_replicas;
     status.url = Some(render::service_url(&gateway));
     status.attached = attachment.served.iter().map(|c| attached_resource(*c)).collect();
     status.attached.extend(streams.iter().map(|s| attached_resource(*s)));
+    status.attached.extend(mirrors.iter().map(|m| attached_resource(*m)));
     set_conditions(&mut status, &gateway.spec, generation, config.channels.len());
 
     let became_ready = conditions::is_true(&status.conditions, READY) && !conditions::is_true(&old.conditions, READY);
@@ -111,6 +127,23 @@ fn set_conditions(status: &mut OtaGatewayStatus, spec: &OtaGatewaySpec, generati
     let reason = if ready { "Idle" } else { "WaitingForReplicas" };
     let detail = if ready { "all replicas ready".to_owned() } else { message };
     set_condition(conditions, NewCondition::new(RECONCILING, !ready, reason, detail), generation);
+}
+
+/// Deletes the gateway's mirror worker Deployment if it exists (and is ours).
+async fn delete_mirror_worker(ctx: &Context, ns: &str, gateway: &updraft_crds::OtaGateway) -> Result<()> {
+    use k8s_openapi::api::apps::v1::Deployment;
+    let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
+    let name = render::mirror_deployment_name(gateway);
+    let Some(live) = api.get_opt(&name).await? else { return Ok(()) };
+    let ours = live.owner_references().iter().any(|o| Some(&o.uid) == gateway.uid().as_ref());
+    if ours {
+        match api.delete(&name, &Default::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 /// Annotation holding a hash of the applied object, so an unchanged object is not

@@ -52,7 +52,7 @@ pub(crate) fn error_policy(mirror: Arc<ArtifactMirror>, error: &Error, ctx: Arc<
 }
 
 /// Checks what the schema cannot; returns the comparison interval.
-fn validate(spec: &ArtifactMirrorSpec) -> Result<Duration, SpecError> {
+pub(crate) fn validate(spec: &ArtifactMirrorSpec) -> Result<Duration, SpecError> {
     endpoint(&spec.source, "source")?;
     endpoint(&spec.destination, "destination")?;
     if spec.source == spec.destination {

@@ -238,6 +238,8 @@ async fn controllers(
     // And of an attached stream; a gateway's change (its TLS, its upload token) changes
     // its streams' status.
     let gateway_controller = streams.trigger(gateway_controller, |s| Some(gateway_of(s)));
+    // And of an attached mirror (its worker Deployment exists only while one is).
+    let gateway_controller = mirrors.trigger(gateway_controller, |m| Some(gateway_of(m)));
     let stream_controller =
         Controller::for_shared_stream(streams.subscribe(), streams.store.clone()).reconcile_on(stream_pushes);
     let stream_store = streams.store.clone();
@@ -255,6 +257,7 @@ async fn controllers(
         channels: channels.store.clone(),
         gateways: gateways.store.clone(),
         streams: streams.store.clone(),
+        mirrors: mirrors.store.clone(),
         schedules: Schedules::default(),
     });
 

@@ -3,12 +3,14 @@
 //!
 //! One module per thing built: [`config`] (the gateway's `gateway.yaml`, pinned by
 //! digest), [`configmap`] (the ConfigMap that holds it), [`deployment`] (the gateway
-//! pods) and [`service`] (the Service and the in-cluster URL it gives). What they share
+//! pods) and [`service`] (the Service and the in-cluster URL it gives) and [`mirror`] (the
+//! `mirrors` section and the singleton mirror worker Deployment). What they share
 //! lives here: ports and paths inside the pod, labels, owner references, quantities.
 
 mod config;
 mod configmap;
 mod deployment;
+mod mirror;
 mod service;
 
 use std::collections::BTreeMap;
@@ -21,6 +23,7 @@ use updraft_crds::OtaGateway;
 pub(crate) use config::{channel_artifact, gateway_config, notifications_config};
 pub(crate) use configmap::config_map;
 pub(crate) use deployment::{credential_secrets, deployment};
+pub(crate) use mirror::{mirror_configs, mirror_deployment, mirror_deployment_name};
 pub(crate) use service::{service, service_url, stream_url};
 
 /// Port the gateway container serves devices on.
@@ -46,6 +49,9 @@ const UPLOAD_TOKEN_DIR: &str = "/etc/updraft/upload-token";
 /// Notification Secrets (MQTT CA, client certificate, credentials; webhook keys) are
 /// mounted under here, one directory each.
 const NOTIFY_DIR: &str = "/etc/updraft/notify";
+/// ArtifactMirror store-key Secrets are mounted at `<MIRROR_KEYS_DIR>/<secret>/key`
+/// (the mirror worker only).
+const MIRROR_KEYS_DIR: &str = "/etc/updraft/mirror-keys";
 
 /// Labels on everything the operator creates for a gateway.
 fn labels(gateway: &OtaGateway) -> BTreeMap<String, String> {
