@@ -1,0 +1,144 @@
+//! The OtaGateway's forwarding side end to end: the real operator binary against
+//! kube-apiserver 1.20. An attached ArtifactMirror renders the gateway's `mirrors`
+//! section (the store key as a mounted Secret file) and the singleton worker Deployment
+//! `<gateway>-mirror` (replicas 1, Recreate, `--mirror`), which is deleted again when
+//! the last mirror goes; a malformed mirror is `Stalled` naming the field and is never
+//! rendered.
+
+use std::process::Command;
+use std::time::Duration;
+
+use e2e::procs::{operator, wait_for, Proc, TempDir};
+use e2e::{install_crds, kubectl, namespace};
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+struct World {
+    ns: String,
+    _dir: TempDir,
+    operator: Proc,
+}
+
+impl World {
+    fn new(name: &str) -> World {
+        install_crds();
+        let ns = namespace(name);
+        let dir = TempDir::new(name);
+        let (operator, admin) = operator(&ns, &dir.0, "operator", &[]);
+        wait_for(WAIT, "operator /readyz", || {
+            let out = Command::new("curl")
+                .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", &format!("http://127.0.0.1:{admin}/readyz")])
+                .output()
+                .unwrap();
+            (out.stdout == b"200").then_some(())
+        });
+        World { ns, _dir: dir, operator }
+    }
+
+    fn apply(&self, yaml: &str) {
+        kubectl(&["apply", "--server-side", "-n", &self.ns, "-f", "-"], Some(yaml)).ok();
+    }
+
+    fn get(&self, what: &str) -> Option<Value> {
+        let out = kubectl(&["get", "-n", &self.ns, what, "-o", "json"], None);
+        out.success.then(|| serde_json::from_str(&out.stdout).unwrap())
+    }
+
+    fn wait_until(&self, description: &str, mut f: impl FnMut() -> bool) {
+        let found = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            wait_for(WAIT, description, || f().then_some(()))
+        }));
+        if found.is_err() {
+            panic!("{description} never happened; operator log:\n{}", self.operator.output());
+        }
+    }
+
+    fn wait(&self, what: &str, description: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let mut last = None;
+        self.wait_until(&format!("{what}: {description}"), || {
+            last = self.get(what);
+            last.as_ref().is_some_and(&pred)
+        });
+        last.unwrap()
+    }
+
+    /// The gateway's rendered `gateway.yaml`.
+    fn config(&self) -> Value {
+        let cm = self.get("configmap/default-config").unwrap_or_default();
+        serde_yaml::from_str(cm["data"]["gateway.yaml"].as_str().unwrap_or("{}")).unwrap()
+    }
+}
+
+fn condition<'a>(v: &'a Value, type_: &str) -> Option<&'a Value> {
+    v["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == type_)
+}
+
+fn mirror_yaml(name: &str, interval: &str) -> String {
+    format!(
+        "apiVersion: updraft.dev/v1alpha1\nkind: ArtifactMirror\nmetadata: {{name: {name}}}\nspec:\n  interval: {interval}\n  include: [\"*.bin\"]\n  retention: {{keepLast: 2}}\n  source: {{oci: {{registry: \"127.0.0.1:15000\", repository: e2e/releases, insecure: true}}}}\n  destination: {{http: {{url: \"http://127.0.0.1:18081\", keySecret: wan-key}}}}\n"
+    )
+}
+
+#[test]
+fn the_mirror_worker_exists_only_while_a_mirror_is_attached() {
+    let w = World::new("mirrors");
+    kubectl(&["create", "secret", "generic", "wan-key", "-n", &w.ns, "--from-literal=key=w"], None).ok();
+    w.apply("apiVersion: updraft.dev/v1alpha1\nkind: OtaGateway\nmetadata: {name: default}\nspec: {replicas: 2}\n");
+    w.wait("deploy/default", "the gateway Deployment", |_| true);
+    assert!(w.get("deploy/default-mirror").is_none(), "no worker without a mirror");
+
+    // A malformed mirror is Stalled naming the field, and renders nothing.
+    w.apply(&mirror_yaml("broken", "often"));
+    let v = w.wait("amir/broken", "Stalled InvalidSpec", |v| {
+        condition(v, "Stalled").is_some_and(|c| c["status"] == "True" && c["reason"] == "InvalidSpec")
+    });
+    let message = condition(&v, "Stalled").unwrap()["message"].as_str().unwrap().to_owned();
+    assert!(message.contains("interval"), "{message}");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(w.get("deploy/default-mirror").is_none(), "a malformed mirror starts no worker");
+    assert!(w.config()["mirrors"].is_null(), "{:#}", w.config());
+
+    // A valid mirror: rendered, and the one worker runs it.
+    w.apply(&mirror_yaml("to-wan", "30s"));
+    let d = w.wait("deploy/default-mirror", "the worker Deployment", |_| true);
+    let spec = &d["spec"];
+    assert_eq!(spec["replicas"], 1, "{d:#}");
+    assert_eq!(spec["strategy"]["type"], "Recreate", "{d:#}");
+    let pod = &spec["template"]["spec"];
+    let container = &pod["containers"][0];
+    let args: Vec<&str> = container["args"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    assert_eq!(args.last(), Some(&"--mirror"), "{args:?}");
+    assert_eq!(pod["automountServiceAccountToken"], false, "the worker never talks to the API");
+    let gateway = w.get("deploy/default").unwrap();
+    assert_eq!(container["image"], gateway["spec"]["template"]["spec"]["containers"][0]["image"]);
+    assert_eq!(d["metadata"]["ownerReferences"][0]["kind"], "OtaGateway");
+    let volumes = pod["volumes"].as_array().unwrap();
+    assert!(volumes.iter().any(|v| v["configMap"]["name"] == "default-config"), "{volumes:?}");
+    assert!(volumes.iter().any(|v| v["secret"]["secretName"] == "wan-key"), "{volumes:?}");
+    // The gateway's Deployment selector does not pick the worker's pods.
+    let selector = gateway["spec"]["selector"]["matchLabels"].as_object().unwrap();
+    let labels = &spec["template"]["metadata"]["labels"];
+    assert!(selector.iter().any(|(k, v)| &labels[k] != v), "{labels:#}");
+    assert_eq!(gateway["spec"]["replicas"], 2, "the serving replicas are unchanged");
+
+    let config = w.config();
+    let mirrors = config["mirrors"].as_array().unwrap_or_else(|| panic!("{config:#}"));
+    assert_eq!(mirrors.len(), 1, "only the valid mirror: {config:#}");
+    let m = &mirrors[0];
+    assert_eq!(m["name"], format!("{}/to-wan", w.ns));
+    assert_eq!((m["interval"].as_str(), m["include"][0].as_str()), (Some("30s"), Some("*.bin")));
+    assert_eq!(m["retention"]["keepLast"], 2);
+    assert_eq!(m["destination"]["http"]["keyFile"], "/etc/updraft/mirror-keys/wan-key/key");
+    let gw = w.wait("otagw/default", "the mirror attached", |v| {
+        v["status"]["attached"].as_array().is_some_and(|a| a.iter().any(|r| r["kind"] == "ArtifactMirror"))
+    });
+    let attached = gw["status"]["attached"].as_array().unwrap();
+    assert_eq!(attached.iter().filter(|r| r["kind"] == "ArtifactMirror").count(), 1, "{attached:?}");
+
+    // The last mirror gone: the worker is deleted (not merely no longer rendered).
+    kubectl(&["delete", "-n", &w.ns, "amir/to-wan"], None).ok();
+    w.wait_until("the worker Deployment deleted", || w.get("deploy/default-mirror").is_none());
+    assert!(w.config()["mirrors"].is_null(), "{:#}", w.config());
+    assert!(w.get("deploy/default").is_some(), "the gateway stays");
+}
