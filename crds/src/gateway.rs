@@ -66,6 +66,26 @@ pub struct OtaGatewaySpec {
     /// over MQTT (OtaFlux-compatible) and people or CI over signed webhooks.
     #[serde(default, skip_serializing_if = "GatewayNotifications::is_empty")]
     pub notifications: GatewayNotifications,
+    /// A filuxe-compatible artifact store served on its own port, its files on a
+    /// PersistentVolumeClaim shared by the gateway pods and the mirror worker. No store
+    /// when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<GatewayStore>,
+}
+
+/// The gateway's artifact store.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayStore {
+    /// Name of the PersistentVolumeClaim (same namespace) holding the files. It must be
+    /// `ReadWriteMany` when `replicas` > 1 (every pod and the mirror worker mount it).
+    pub claim_name: String,
+    /// Port the store listens on, in the pod and on the Service. Default 8081.
+    #[serde(default = "default_store_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    /// Secret key holding the store's write key (filuxe's `key` header).
+    pub write_key_secret: SecretKeyRef,
 }
 
 /// The gateway's HTTPS listener.
@@ -213,6 +233,9 @@ fn default_service_type() -> String {
 }
 fn default_port() -> i32 {
     8080
+}
+fn default_store_port() -> i32 {
+    8081
 }
 fn default_cache_size() -> Quantity {
     Quantity("1Gi".into())

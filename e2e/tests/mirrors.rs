@@ -1,9 +1,10 @@
 //! The OtaGateway's forwarding side end to end: the real operator binary against
-//! kube-apiserver 1.20. An attached ArtifactMirror renders the gateway's `mirrors`
-//! section (the store key as a mounted Secret file) and the singleton worker Deployment
-//! `<gateway>-mirror` (replicas 1, Recreate, `--mirror`), which is deleted again when
-//! the last mirror goes; a malformed mirror is `Stalled` naming the field and is never
-//! rendered.
+//! kube-apiserver 1.20. `spec.store` is served from its PVC on its own Service port. An
+//! attached ArtifactMirror renders the gateway's `mirrors` section (the store key as a
+//! mounted Secret file) and the singleton worker Deployment `<gateway>-mirror`
+//! (replicas 1, Recreate, `--mirror`, the store's PVC mounted), which is deleted again
+//! when the last mirror goes; a malformed mirror is `Stalled` naming the field and is
+//! never rendered.
 
 use std::process::Command;
 use std::time::Duration;
@@ -84,9 +85,20 @@ fn mirror_yaml(name: &str, interval: &str) -> String {
 fn the_mirror_worker_exists_only_while_a_mirror_is_attached() {
     let w = World::new("mirrors");
     kubectl(&["create", "secret", "generic", "wan-key", "-n", &w.ns, "--from-literal=key=w"], None).ok();
-    w.apply("apiVersion: updraft.dev/v1alpha1\nkind: OtaGateway\nmetadata: {name: default}\nspec: {replicas: 2}\n");
+    w.apply("apiVersion: updraft.dev/v1alpha1\nkind: OtaGateway\nmetadata: {name: default}\nspec:\n  replicas: 2\n  store: {claimName: artifacts, writeKeySecret: {name: wan-key, key: key}}\n");
     w.wait("deploy/default", "the gateway Deployment", |_| true);
     assert!(w.get("deploy/default-mirror").is_none(), "no worker without a mirror");
+    // The store: served from the PVC on its own port, on the Service too.
+    let svc = w.wait("svc/default", "the store port", |v| {
+        v["spec"]["ports"].as_array().is_some_and(|p| p.iter().any(|p| p["name"] == "store"))
+    });
+    let port = svc["spec"]["ports"].as_array().unwrap().iter().find(|p| p["name"] == "store").unwrap().clone();
+    assert_eq!((port["port"].as_i64(), port["protocol"].as_str()), (Some(8081), Some("TCP")), "{port:#}");
+    let store = &w.config()["stores"][0];
+    assert_eq!(
+        (store["listen"].as_str(), store["dir"].as_str()),
+        (Some("0.0.0.0:8081"), Some("/var/lib/updraft/store"))
+    );
 
     // A malformed mirror is Stalled naming the field, and renders nothing.
     w.apply(&mirror_yaml("broken", "often"));
@@ -116,6 +128,7 @@ fn the_mirror_worker_exists_only_while_a_mirror_is_attached() {
     let volumes = pod["volumes"].as_array().unwrap();
     assert!(volumes.iter().any(|v| v["configMap"]["name"] == "default-config"), "{volumes:?}");
     assert!(volumes.iter().any(|v| v["secret"]["secretName"] == "wan-key"), "{volumes:?}");
+    assert!(volumes.iter().any(|v| v["persistentVolumeClaim"]["claimName"] == "artifacts"), "the store volume");
     // The gateway's Deployment selector does not pick the worker's pods.
     let selector = gateway["spec"]["selector"]["matchLabels"].as_object().unwrap();
     let labels = &spec["template"]["metadata"]["labels"];

@@ -114,6 +114,12 @@ fn validate(spec: &OtaGatewaySpec) -> Result<(), SpecError> {
     if let Err(e) = render::notifications_config(&spec.notifications).validate() {
         return Err(SpecError::new("notifications", e.to_string()));
     }
+    if let Some(store) = &spec.store {
+        if [8080, 8443, 9090].contains(&store.port) {
+            let message = format!("store.port {} is taken by the gateway (8080, 8443, 9090)", store.port);
+            return Err(SpecError::new("store.port", message));
+        }
+    }
     Ok(())
 }
 

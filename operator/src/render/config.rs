@@ -7,16 +7,16 @@ use std::collections::BTreeMap;
 use kube::ResourceExt;
 use updraft_core::config::{
     ArtifactConfig, CacheConfig, ChannelConfig, Downgrade, GatewayConfig, MqttConfig, NotificationsConfig,
-    OciStreamSource, PinnedArtifact, SourceConfig, StreamConfig, StreamSource, TlsConfig, Unpack, UploadStreamSource,
-    UpstreamStreamSource, WebhookConfig, CONFIG_VERSION,
+    OciStreamSource, PinnedArtifact, SourceConfig, StoreConfig, StreamConfig, StreamSource, TlsConfig, Unpack,
+    UploadStreamSource, UpstreamStreamSource, WebhookConfig, CONFIG_VERSION,
 };
 use updraft_crds::channel::{ArtifactSelector, Downgrade as SpecDowngrade, Unpack as SpecUnpack};
 use updraft_crds::gateway::GatewayNotifications;
 use updraft_crds::{FirmwareChannel, ImageStream, OciSource, OtaGateway, ResolvedVersion};
 
 use super::{
-    quantity_bytes, ADMIN_PORT, CACHE_DIR, CREDENTIALS_DIR, HTTPS_PORT, HTTP_PORT, NOTIFY_DIR, SIGNING_DIR, TLS_DIR,
-    UPLOAD_TOKEN_DIR,
+    quantity_bytes, ADMIN_PORT, CACHE_DIR, CREDENTIALS_DIR, HTTPS_PORT, HTTP_PORT, NOTIFY_DIR, SIGNING_DIR, STORE_DIR,
+    STORE_KEY_DIR, TLS_DIR, UPLOAD_TOKEN_DIR,
 };
 use crate::attach::device_id;
 
@@ -47,7 +47,27 @@ pub(crate) fn gateway_config(
             key_file: format!("{TLS_DIR}/tls.key").into(),
         }),
         streams: streams.iter().filter_map(|s| stream_config(gateway, s)).collect(),
+        stores: gateway.spec.store.iter().map(store_config).collect(),
         ..Default::default()
+    }
+}
+
+/// The `stores` entry of `spec.store`: the PVC and write-key Secret as the Deployment
+/// mounts them.
+fn store_config(store: &updraft_crds::gateway::GatewayStore) -> StoreConfig {
+    StoreConfig {
+        name: "store".into(),
+        listen: format!("0.0.0.0:{}", store.port),
+        dir: STORE_DIR.into(),
+        write_key: None,
+        write_key_file: Some(format!("{STORE_KEY_DIR}/{}", store.write_key_secret.key).into()),
+        public_reads: true,
+        read_key_file: None,
+        max_upload_bytes: serde_json::from_value::<StoreConfig>(
+            serde_json::json!({"name": "", "listen": "", "dir": ""}),
+        )
+        .expect("a store with its defaults")
+        .max_upload_bytes,
     }
 }
 
@@ -298,6 +318,35 @@ mod tests {
         // Without the upload token an upload stream is left out, never rendered broken.
         gw.spec.upload_token_secret = None;
         assert_eq!(gateway_config(&gw, &[], &[&up, &oci]).streams.len(), 1);
+    }
+
+    #[test]
+    fn the_store_is_served_from_the_volume_with_the_mounted_write_key() {
+        use updraft_crds::gateway::GatewayStore;
+        use updraft_crds::SecretKeyRef;
+        let mut gw = gateway();
+        assert!(gateway_config(&gw, &[], &[]).stores.is_empty());
+        let key = SecretKeyRef { name: "store-key".into(), key: "write".into() };
+        gw.spec.store = Some(GatewayStore { claim_name: "artifacts".into(), port: 8081, write_key_secret: key });
+        let config = gateway_config(&gw, &[], &[]);
+        config.validate().unwrap();
+        let store = &config.stores[0];
+        assert_eq!((store.listen.as_str(), store.dir.to_str()), ("0.0.0.0:8081", Some("/var/lib/updraft/store")));
+        assert_eq!(store.write_key_file.as_ref().unwrap().to_str(), Some("/etc/updraft/store-key/write"));
+        assert_eq!(store.max_upload_bytes, 16 << 30);
+        let pod = crate::render::deployment(&gw, "img", &[]).spec.template.spec.unwrap();
+        let mounts = pod.containers[0].volume_mounts.clone().unwrap();
+        let volumes = pod.volumes.unwrap();
+        let data = mounts.iter().find(|m| m.mount_path == "/var/lib/updraft/store").unwrap();
+        assert_eq!(data.read_only, Some(false));
+        let claim = volumes.iter().find(|v| v.name == data.name).unwrap().persistent_volume_claim.clone().unwrap();
+        assert_eq!(claim.claim_name, "artifacts");
+        let key = mounts.iter().find(|m| m.mount_path == "/etc/updraft/store-key").unwrap();
+        let secret = volumes.iter().find(|v| v.name == key.name).unwrap().secret.clone().unwrap();
+        assert_eq!(secret.secret_name.as_deref(), Some("store-key"));
+        let ports = crate::render::service(&gw).spec.unwrap().ports.unwrap();
+        let port = ports.iter().find(|p| p.name.as_deref() == Some("store")).unwrap();
+        assert_eq!((port.port, port.protocol.as_deref()), (8081, Some("TCP")));
     }
 
     #[test]

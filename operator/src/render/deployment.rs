@@ -19,7 +19,7 @@ use super::config::notify_paths;
 use super::configmap::config_map_name;
 use super::{
     labels, meta, selector, ADMIN_PORT, CACHE_DIR, CONFIG_DIR, CONFIG_KEY, CREDENTIALS_DIR, HTTPS_PORT, HTTP_PORT,
-    SIGNING_DIR, TLS_DIR, UPLOAD_TOKEN_DIR,
+    SIGNING_DIR, STORE_DIR, STORE_KEY_DIR, TLS_DIR, UPLOAD_TOKEN_DIR,
 };
 
 /// The registry-credential Secrets of `served` channels and `streams`, each once,
@@ -69,6 +69,21 @@ pub(crate) fn deployment(gateway: &OtaGateway, default_image: &str, credential_s
     let mut ports = vec![container_port("http", HTTP_PORT), container_port("admin", ADMIN_PORT)];
     if spec.tls.is_some() {
         ports.insert(1, container_port("https", HTTPS_PORT));
+    }
+    // The store's files live on the PVC: every replica and the mirror worker see them.
+    if let Some(store) = &spec.store {
+        volumes.push(Volume {
+            name: "store".into(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: store.claim_name.clone(),
+                read_only: None,
+            }),
+            ..Default::default()
+        });
+        mounts.push(mount("store", STORE_DIR));
+        volumes.push(secret_volume("store-key", &store.write_key_secret.name, &store.write_key_secret.key));
+        mounts.push(mount("store-key", STORE_KEY_DIR));
+        ports.push(container_port("store", store.port));
     }
     for (name, secret, keys, dir) in notification_secrets(gateway) {
         volumes.push(secret_volume_keys(&name, &secret, &keys));
@@ -194,7 +209,12 @@ fn secret_volume_keys(name: &str, secret: &str, keys: &[String]) -> Volume {
 }
 
 fn mount(name: &str, path: &str) -> VolumeMount {
-    VolumeMount { name: name.into(), mount_path: path.into(), read_only: Some(name != "cache"), ..Default::default() }
+    VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        read_only: Some(name != "cache" && name != "store"),
+        ..Default::default()
+    }
 }
 
 fn container_port(name: &str, port: i32) -> ContainerPort {

@@ -52,6 +52,10 @@ const NOTIFY_DIR: &str = "/etc/updraft/notify";
 /// ArtifactMirror store-key Secrets are mounted at `<MIRROR_KEYS_DIR>/<secret>/key`
 /// (the mirror worker only).
 const MIRROR_KEYS_DIR: &str = "/etc/updraft/mirror-keys";
+/// The `spec.store` volume (the PVC) is mounted here.
+const STORE_DIR: &str = "/var/lib/updraft/store";
+/// The `spec.store` write-key Secret is mounted here.
+const STORE_KEY_DIR: &str = "/etc/updraft/store-key";
 
 /// Labels on everything the operator creates for a gateway.
 fn labels(gateway: &OtaGateway) -> BTreeMap<String, String> {

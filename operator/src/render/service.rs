@@ -26,6 +26,7 @@ pub(crate) fn service(gateway: &OtaGateway) -> Service {
                     Some(port("http", gateway.spec.service.port, HTTP_PORT)),
                     gateway.spec.tls.as_ref().map(|_| port("https", HTTPS_PORT, HTTPS_PORT)),
                     Some(port("admin", ADMIN_PORT, ADMIN_PORT)),
+                    gateway.spec.store.as_ref().map(|s| port("store", s.port, s.port)),
                 ]
                 .into_iter()
                 .flatten()
