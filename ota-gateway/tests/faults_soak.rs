@@ -4,7 +4,8 @@
 //! (behind `e2e::faults::FaultProxy`) down one second in four. RSS (anonymous), open
 //! descriptors and threads of the gateway are sampled every second; they must stay
 //! flat (bounded growth), no request may fail, and p99 `/version` under the load must
-//! stay within 2x of the same wrk run on an otherwise idle gateway.
+//! stay within 2x of the same wrk run on an otherwise idle gateway (the worse of one
+//! run before and one after the load, the machine being shared).
 //!
 //! CI runs 60 s (`cargo test -p ota-gateway --test faults_soak`); by hand
 //! `UPDRAFT_SOAK_SECS=1800 bash e2e/scripts/soak.sh` runs 30 minutes. Figures printed as
@@ -232,6 +233,13 @@ async fn soak_mixed_load_stays_flat() {
     }
     churn.await.unwrap();
     let samples = sampler.await.unwrap();
+    // Idle again after the load: on a shared machine the reference is the worse of the
+    // two idle runs around the load.
+    let idle_url = version_url.clone();
+    let (_, idle_errors_after, _, idle_p99_after) =
+        tokio::task::spawn_blocking(move || wrk(&idle_url, 5)).await.unwrap();
+    assert_eq!(idle_errors_after, 0);
+    let idle_ref = idle_p99.max(idle_p99_after);
 
     // Flat: the last fifth against the second fifth (the first is warm-up).
     let fifth = (samples.len() / 5).max(1);
@@ -246,7 +254,7 @@ async fn soak_mixed_load_stays_flat() {
         "FIGURE soak: {secs} s of wrk ({WRK_CONNECTIONS} connections) on /version + 2 back-to-back 1 MB downloaders + a \
          reload every 2 s + registry down 1 s in 4: {requests} /version requests, {errors} errors; {downloads} \
          downloads, {download_failures} failed; {} reloads; /version p50/p99 idle {idle_p50:?}/{idle_p99:?} \
-         ({idle_requests} requests in 5 s), under the load {load_p50:?}/{load_p99:?}; RssAnon {}..{} kB (second \
+         ({idle_requests} requests in 5 s; p99 {idle_p99_after:?} idle after), under the load {load_p50:?}/{load_p99:?}; RssAnon {}..{} kB (second \
          fifth avg {rss_early} kB, last fifth avg {rss_late} kB); fds {}..{}; threads {}..{}; {} samples",
         reloads.load(Ordering::Relaxed),
         min(|s| s.rss_anon_kb),
@@ -265,7 +273,7 @@ async fn soak_mixed_load_stays_flat() {
     assert!(max(|s| s.threads) - min(|s| s.threads) < 16, "threads not flat");
     // 2x of idle; 200 µs of slack for the scheduler of a shared 2-core machine.
     assert!(
-        load_p99 <= idle_p99 * 2 + Duration::from_micros(200),
-        "p99 under load {load_p99:?} beyond 2x idle {idle_p99:?}"
+        load_p99 <= idle_ref * 2 + Duration::from_micros(200),
+        "p99 under load {load_p99:?} beyond 2x idle {idle_p99:?} (before) / {idle_p99_after:?} (after)"
     );
 }
