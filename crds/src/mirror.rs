@@ -53,6 +53,9 @@ pub struct ArtifactMirrorSpec {
     /// Stop forwarding; nothing is copied or deleted.
     #[serde(default)]
     pub suspend: bool,
+    /// Compare and report what would be copied and deleted, and change nothing.
+    #[serde(default)]
+    pub dry_run: bool,
 }
 
 /// An artifact location: set exactly one of `oci` and `http`.

@@ -1,10 +1,11 @@
 //! The OtaGateway's forwarding side end to end: the real operator binary against
 //! kube-apiserver 1.20. `spec.store` is served from its PVC on its own Service port. An
 //! attached ArtifactMirror renders the gateway's `mirrors` section (the store key as a
-//! mounted Secret file) and the singleton worker Deployment `<gateway>-mirror`
+//! mounted Secret file, `dryRun` passed on) and the singleton worker Deployment `<gateway>-mirror`
 //! (replicas 1, Recreate, `--mirror`, the store's PVC mounted), which is deleted again
-//! when the last mirror goes; a malformed mirror is `Stalled` naming the field and is
-//! never rendered.
+//! when the last mirror goes; a malformed mirror (bad interval, unsupported glob)
+//! is `Stalled` naming the field and is never rendered; one naming a missing Secret is
+//! `Stalled` (`SecretNotFound`) naming the field until the Secret appears.
 
 use std::process::Command;
 use std::time::Duration;
@@ -76,9 +77,21 @@ fn condition<'a>(v: &'a Value, type_: &str) -> Option<&'a Value> {
 }
 
 fn mirror_yaml(name: &str, interval: &str) -> String {
+    mirror_with(name, interval, "*.bin", "wan-key")
+}
+
+fn mirror_with(name: &str, interval: &str, include: &str, key_secret: &str) -> String {
     format!(
-        "apiVersion: updraft.dev/v1alpha1\nkind: ArtifactMirror\nmetadata: {{name: {name}}}\nspec:\n  interval: {interval}\n  include: [\"*.bin\"]\n  retention: {{keepLast: 2}}\n  source: {{oci: {{registry: \"127.0.0.1:15000\", repository: e2e/releases, insecure: true}}}}\n  destination: {{http: {{url: \"http://127.0.0.1:18081\", keySecret: wan-key}}}}\n"
+        "apiVersion: updraft.dev/v1alpha1\nkind: ArtifactMirror\nmetadata: {{name: {name}}}\nspec:\n  interval: {interval}\n  dryRun: true\n  include: [\"{include}\"]\n  retention: {{keepLast: 2}}\n  source: {{oci: {{registry: \"127.0.0.1:15000\", repository: e2e/releases, insecure: true}}}}\n  destination: {{http: {{url: \"http://127.0.0.1:18081\", keySecret: {key_secret}}}}}\n"
     )
+}
+
+/// Waits for `Stalled=True` with `reason`; returns its message.
+fn stalled(w: &World, what: &str, reason: &str) -> String {
+    let v = w.wait(what, &format!("Stalled {reason}"), |v| {
+        condition(v, "Stalled").is_some_and(|c| c["status"] == "True" && c["reason"] == reason)
+    });
+    condition(&v, "Stalled").unwrap()["message"].as_str().unwrap().to_owned()
 }
 
 #[test]
@@ -102,11 +115,11 @@ fn the_mirror_worker_exists_only_while_a_mirror_is_attached() {
 
     // A malformed mirror is Stalled naming the field, and renders nothing.
     w.apply(&mirror_yaml("broken", "often"));
-    let v = w.wait("amir/broken", "Stalled InvalidSpec", |v| {
-        condition(v, "Stalled").is_some_and(|c| c["status"] == "True" && c["reason"] == "InvalidSpec")
-    });
-    let message = condition(&v, "Stalled").unwrap()["message"].as_str().unwrap().to_owned();
+    let message = stalled(&w, "amir/broken", "InvalidSpec");
     assert!(message.contains("interval"), "{message}");
+    w.apply(&mirror_with("classes", "1m", "fw-[ab].bin", "wan-key"));
+    let message = stalled(&w, "amir/classes", "InvalidSpec");
+    assert!(message.starts_with("include[0] \"fw-[ab].bin\""), "{message}");
     std::thread::sleep(Duration::from_secs(2));
     assert!(w.get("deploy/default-mirror").is_none(), "a malformed mirror starts no worker");
     assert!(w.config()["mirrors"].is_null(), "{:#}", w.config());
@@ -143,11 +156,24 @@ fn the_mirror_worker_exists_only_while_a_mirror_is_attached() {
     assert_eq!((m["interval"].as_str(), m["include"][0].as_str()), (Some("30s"), Some("*.bin")));
     assert_eq!(m["retention"]["keepLast"], 2);
     assert_eq!(m["destination"]["http"]["keyFile"], "/etc/updraft/mirror-keys/wan-key/key");
-    let gw = w.wait("otagw/default", "the mirror attached", |v| {
-        v["status"]["attached"].as_array().is_some_and(|a| a.iter().any(|r| r["kind"] == "ArtifactMirror"))
+    assert_eq!(m["dryRun"], true);
+    // Its Secrets exist: not stalled on them (observation is not implemented yet).
+    stalled(&w, "amir/to-wan", "NotImplemented");
+
+    // A missing Secret is named by its field, and noticed when it appears.
+    w.apply(&mirror_with("locked", "1m", "*.bin", "absent"));
+    let message = stalled(&w, "amir/locked", "SecretNotFound");
+    assert!(message.contains("destination.http.keySecret: Secret \"absent\" not found"), "{message}");
+    kubectl(&["create", "secret", "generic", "absent", "-n", &w.ns, "--from-literal=key=k"], None).ok();
+    stalled(&w, "amir/locked", "NotImplemented");
+    kubectl(&["delete", "-n", &w.ns, "amir/locked", "amir/classes"], None).ok();
+    let gw = w.wait("otagw/default", "one mirror attached", |v| {
+        v["status"]["attached"]
+            .as_array()
+            .is_some_and(|a| a.iter().filter(|r| r["kind"] == "ArtifactMirror").count() == 1)
     });
     let attached = gw["status"]["attached"].as_array().unwrap();
-    assert_eq!(attached.iter().filter(|r| r["kind"] == "ArtifactMirror").count(), 1, "{attached:?}");
+    assert!(attached.iter().any(|r| r["kind"] == "ArtifactMirror" && r["name"] == "to-wan"), "{attached:?}");
 
     // The last mirror gone: the worker is deleted (not merely no longer rendered).
     kubectl(&["delete", "-n", &w.ns, "amir/to-wan"], None).ok();

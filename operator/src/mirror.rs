@@ -1,16 +1,19 @@
-//! ArtifactMirror controller: read → validate → status.
+//! ArtifactMirror controller: read → validate → check the Secrets it names → status.
 //!
-//! This release does not forward artifacts yet. A valid mirror is reported `Stalled`
-//! with reason `NotImplemented` (see [`status::not_implemented`] for why `Stalled` and
-//! not an idle `Ready=False`), an invalid one `Stalled` with reason `InvalidSpec`. The
-//! controller that observes destinations replaces the last step in place: validate →
-//! observe (on `ctx.schedules.mirrors`) → status.
+//! The OtaGateway controller renders a valid mirror into its gateway's `mirrors`
+//! section and runs the mirror worker Deployment, which forwards. This controller does
+//! not observe source and destination yet: a valid mirror whose Secrets exist is
+//! reported `Stalled` with reason `NotImplemented` (see [`status::not_implemented`]); an
+//! invalid one `Stalled` with reason `InvalidSpec`, and one naming a missing Secret
+//! `Stalled` with reason `SecretNotFound`, both naming the field. What is still to come
+//! replaces the last step in place: observe (on `ctx.schedules.mirrors`) → status.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::controller::Action;
-use kube::ResourceExt;
+use kube::{Api, ResourceExt};
 use tracing::{instrument, warn};
 use updraft_crds::mirror::Endpoint;
 use updraft_crds::{ArtifactMirror, ArtifactMirrorSpec, ArtifactMirrorStatus};
@@ -18,6 +21,7 @@ use updraft_crds::{ArtifactMirror, ArtifactMirrorSpec, ArtifactMirrorStatus};
 use crate::checks;
 use crate::context::Context;
 use crate::error::{Error, Result, SpecError};
+use crate::render::STORE_KEY;
 use crate::status::{self, Stall};
 
 pub(crate) const CONTROLLER: &str = "artifactmirror";
@@ -29,8 +33,17 @@ pub(crate) async fn reconcile(mirror: Arc<ArtifactMirror>, ctx: Arc<Context>) ->
         observed_generation: mirror.metadata.generation,
         ..mirror.status.clone().unwrap_or_default()
     };
+    let mut action = Action::await_change();
     let stalled = match validate(&mirror.spec) {
-        Ok(_interval) => status::not_implemented::<ArtifactMirror>(),
+        Ok(_interval) => match missing_secret(&ctx, &mirror).await? {
+            None => status::not_implemented::<ArtifactMirror>(),
+            Some(e) => {
+                warn!(field = %e.field, error = %e, "missing Secret");
+                // A Secret's creation triggers nothing here: look again soon.
+                action = Action::requeue(SECRET_RECHECK);
+                Stall { reason: "SecretNotFound", message: e.to_string(), waiting: "waiting for the Secret" }
+            }
+        },
         Err(e) => {
             warn!(field = %e.field, error = %e, "invalid spec");
             let stalled =
@@ -41,7 +54,39 @@ pub(crate) async fn reconcile(mirror: Arc<ArtifactMirror>, ctx: Arc<Context>) ->
     };
     status::stall(&ctx, mirror.as_ref(), status, stalled).await?;
     ctx.schedules.mirrors.succeeded(&mirror);
-    Ok(Action::await_change())
+    Ok(action)
+}
+
+/// How soon a mirror naming a missing Secret looks again.
+const SECRET_RECHECK: Duration = Duration::from_secs(10);
+
+/// The first Secret the spec names that does not exist (or lacks the key read from
+/// it), as the field that names it.
+async fn missing_secret(ctx: &Context, mirror: &ArtifactMirror) -> Result<Option<SpecError>> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &mirror.namespace().unwrap_or_default());
+    for (at, endpoint) in [("source", &mirror.spec.source), ("destination", &mirror.spec.destination)] {
+        let named = [
+            endpoint
+                .oci
+                .as_ref()
+                .and_then(|o| o.credentials_secret.as_ref())
+                .map(|s| (format!("{at}.oci.credentialsSecret"), s, ".dockerconfigjson")),
+            endpoint
+                .http
+                .as_ref()
+                .and_then(|h| h.key_secret.as_ref())
+                .map(|s| (format!("{at}.http.keySecret"), s, STORE_KEY)),
+        ];
+        for (field, name, key) in named.into_iter().flatten() {
+            let found = secrets.get_opt(name).await?;
+            let has_key = found.as_ref().is_some_and(|s| s.data.as_ref().is_some_and(|d| d.contains_key(key)));
+            if !has_key {
+                let problem = if found.is_some() { format!("has no key {key:?}") } else { "not found".to_owned() };
+                return Ok(Some(SpecError::new(&field, format!("{field}: Secret {name:?} {problem}"))));
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// A failed status write is retried soon, growing (1 s… 30 s).
@@ -58,10 +103,28 @@ pub(crate) fn validate(spec: &ArtifactMirrorSpec) -> Result<Duration, SpecError>
     if spec.source == spec.destination {
         return Err(SpecError::new("destination", "destination is the same as source"));
     }
+    for (list, globs) in [("include", &spec.include), ("exclude", &spec.exclude)] {
+        for (i, g) in globs.iter().enumerate() {
+            glob(&format!("{list}[{i}]"), g)?;
+        }
+    }
     if let Some(max_age) = spec.retention.as_ref().and_then(|r| r.max_age.as_deref()) {
         checks::duration("retention.maxAge", max_age)?;
     }
     checks::duration("interval", &spec.interval)
+}
+
+/// A glob the gateway matches as meant: `*`, `?` and `**` only. Classes and braces
+/// would be matched literally, never as the user meant, so they are refused.
+fn glob(field: &str, pattern: &str) -> Result<(), SpecError> {
+    if pattern.trim().is_empty() {
+        return Err(SpecError::new(field, format!("{field} is empty")));
+    }
+    if let Some(c) = pattern.chars().find(|c| matches!(c, '[' | ']' | '{' | '}')) {
+        let message = format!("{field} {pattern:?}: {c:?} is not supported (globs have only *, ? and **)");
+        return Err(SpecError::new(field, message));
+    }
+    Ok(())
 }
 
 fn endpoint(endpoint: &Endpoint, at: &str) -> Result<(), SpecError> {
@@ -114,5 +177,11 @@ mod tests {
             "retention.maxAge"
         );
         assert_eq!(field(spec(oci("a"), oci("b"), serde_json::json!({"interval": "often"}))), "interval");
+        assert_eq!(
+            field(spec(oci("a"), oci("b"), serde_json::json!({"include": ["*.bin", "fw-[ab]*"]}))),
+            "include[1]"
+        );
+        assert_eq!(field(spec(oci("a"), oci("b"), serde_json::json!({"exclude": [" "]}))), "exclude[0]");
+        validate(&spec(oci("a"), oci("b"), serde_json::json!({"include": ["**/*.bin", "fw-?.img"]}))).unwrap();
     }
 }

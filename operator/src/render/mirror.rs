@@ -43,7 +43,7 @@ pub(crate) fn mirror_configs(mirrors: &[&ArtifactMirror]) -> Vec<MirrorConfig> {
                 }),
                 interval: spec.interval.clone(),
                 suspend: spec.suspend,
-                dry_run: false,
+                dry_run: spec.dry_run,
             }
         })
         .collect()
@@ -154,7 +154,7 @@ mod tests {
             "apiVersion": "updraft.dev/v1alpha1", "kind": "ArtifactMirror",
             "metadata": {"name": name, "namespace": "fleet"},
             "spec": {"source": source, "destination": destination, "include": ["*.bin"],
-                "retention": {"keepLast": 3}, "interval": "30s"},
+                "retention": {"keepLast": 3}, "interval": "30s", "dryRun": true},
         }))
         .unwrap()
     }
@@ -179,6 +179,7 @@ mod tests {
         assert_eq!(m.name, "fleet/to-wan");
         assert_eq!((m.include.as_slice(), m.interval.as_str()), (["*.bin".to_owned()].as_slice(), "30s"));
         assert_eq!(m.retention.as_ref().unwrap().keep_last, Some(3));
+        assert!(m.dry_run);
         assert_eq!(
             m.source.oci.as_ref().unwrap().docker_config.as_ref().unwrap().to_str(),
             Some("/etc/updraft/credentials/regcred/.dockerconfigjson")

@@ -23,7 +23,7 @@ use updraft_crds::OtaGateway;
 pub(crate) use config::{channel_artifact, gateway_config, notifications_config};
 pub(crate) use configmap::config_map;
 pub(crate) use deployment::{credential_secrets, deployment};
-pub(crate) use mirror::{mirror_configs, mirror_deployment, mirror_deployment_name};
+pub(crate) use mirror::{mirror_configs, mirror_deployment, mirror_deployment_name, STORE_KEY};
 pub(crate) use service::{service, service_url, stream_url};
 
 /// Port the gateway container serves devices on.
