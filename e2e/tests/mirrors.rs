@@ -1,7 +1,8 @@
 //! The OtaGateway's forwarding side end to end: the real operator binary against
 //! kube-apiserver 1.20. `spec.store` is served from its PVC on its own Service port. An
 //! attached ArtifactMirror renders the gateway's `mirrors` section (the store key as a
-//! mounted Secret file, `dryRun` passed on) and the singleton worker Deployment `<gateway>-mirror`
+//! mounted Secret file, `dryRun` passed on; the real `--mirror` worker takes the
+//! rendered file) and the singleton worker Deployment `<gateway>-mirror`
 //! (replicas 1, Recreate, `--mirror`, the store's PVC mounted), which is deleted again
 //! when the last mirror goes; a malformed mirror (bad interval, unsupported glob)
 //! is `Stalled` naming the field and is never rendered; one naming a missing Secret is
@@ -10,7 +11,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use e2e::procs::{operator, wait_for, Proc, TempDir};
+use e2e::procs::{binary, free_port, operator, wait_for, Proc, TempDir};
 use e2e::{install_crds, kubectl, namespace};
 use serde_json::Value;
 
@@ -18,7 +19,7 @@ const WAIT: Duration = Duration::from_secs(60);
 
 struct World {
     ns: String,
-    _dir: TempDir,
+    dir: TempDir,
     operator: Proc,
 }
 
@@ -35,7 +36,7 @@ impl World {
                 .unwrap();
             (out.stdout == b"200").then_some(())
         });
-        World { ns, _dir: dir, operator }
+        World { ns, dir, operator }
     }
 
     fn apply(&self, yaml: &str) {
@@ -157,6 +158,31 @@ fn the_mirror_worker_exists_only_while_a_mirror_is_attached() {
     assert_eq!(m["retention"]["keepLast"], 2);
     assert_eq!(m["destination"]["http"]["keyFile"], "/etc/updraft/mirror-keys/wan-key/key");
     assert_eq!(m["dryRun"], true);
+    // The real worker takes the rendered file (admin port moved to a free local one).
+    let admin = free_port();
+    let mut rendered = config.clone();
+    rendered["adminListen"] = format!("127.0.0.1:{admin}").into();
+    let file = w.dir.0.join("gateway.yaml");
+    std::fs::write(&file, serde_yaml::to_string(&rendered).unwrap()).unwrap();
+    let mut cmd = Command::new(binary("ota-gateway"));
+    cmd.args(["--mirror", "--config", file.to_str().unwrap()]);
+    let worker = Proc::spawn(cmd, &w.dir.0.join("worker.log"));
+    let name = format!("{}/to-wan", w.ns);
+    let listed = std::panic::catch_unwind(|| {
+        wait_for(WAIT, "the worker lists the mirror after a pass", || {
+            let out = Command::new("curl").args(["-sf", &format!("http://127.0.0.1:{admin}/mirrors")]).output().ok()?;
+            let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+            let m = v.as_array().and_then(|a| a.iter().find(|m| m["name"] == name.as_str()).cloned())?;
+            m["error"].is_string().then_some(m)
+        })
+    });
+    let listed = listed.unwrap_or_else(|_| panic!("worker log:\n{}", worker.output()));
+    assert_eq!(listed["source"], "oci://127.0.0.1:15000/e2e/releases", "{listed:#}");
+    // Outside the pod the key is not mounted: the worker looks for it where the
+    // Deployment mounts it.
+    let error = listed["error"].as_str().unwrap_or_default();
+    assert!(error.contains("/etc/updraft/mirror-keys/wan-key/key"), "{listed:#}");
+    drop(worker);
     // Its Secrets exist: not stalled on them (observation is not implemented yet).
     stalled(&w, "amir/to-wan", "NotImplemented");
 
