@@ -125,6 +125,8 @@ fn install_from_directory_grants_least_privilege_upgrades_and_uninstalls_keeping
             &["create", "deployments.apps"],
             &["patch", "deployments.apps"],
             &["watch", "deployments.apps"],
+            // The mirror worker, when the last ArtifactMirror goes.
+            &["delete", "deployments.apps"],
             &["create", "configmaps"],
             &["patch", "services"],
             &["get", "secrets/registry-credentials"],
@@ -144,7 +146,7 @@ fn install_from_directory_grants_least_privilege_upgrades_and_uninstalls_keeping
             &["patch", "firmwarechannels.updraft.dev"],
             &["update", "firmwarechannels.updraft.dev", "--subresource=status"],
             &["delete", "otagateways.updraft.dev"],
-            &["delete", "deployments.apps"],
+            &["delete", "configmaps"],
             &["update", "deployments.apps"],
             &["create", "pods"],
             &["create", "rolebindings.rbac.authorization.k8s.io"],
