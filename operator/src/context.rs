@@ -40,7 +40,7 @@ pub(crate) struct Schedules {
     /// A check resolves the channel's version.
     pub channels: Schedule<FirmwareChannel, Resolution>,
     /// A check lists the stream's repository.
-    pub streams: Schedule<ImageStream, crate::stream::Observation>,
+    pub streams: Schedule<ImageStream, Observation>,
     pub mirrors: Schedule<ArtifactMirror>,
 }
 
@@ -58,4 +58,13 @@ impl Context {
             tracing::warn!(error = %e, reason, "could not publish event");
         }
     }
+}
+
+/// What one look at an ImageStream's source found (the result its schedule keeps).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Observation {
+    /// Distinct `os:release:arch:variant` products named by the tags.
+    pub products: usize,
+    /// Tags (image versions) in the repository.
+    pub versions: usize,
 }

@@ -26,7 +26,7 @@ use updraft_crds::{ImageStream, ImageStreamSpec, ImageStreamStatus, OciSource, O
 
 use crate::attach::gateway_of;
 use crate::checks;
-use crate::context::Context;
+use crate::context::{Context, Observation};
 use crate::error::{Error, Result, SpecError};
 use crate::render;
 use crate::status::{self, Stall};
@@ -35,15 +35,6 @@ pub(crate) const CONTROLLER: &str = "imagestream";
 const USER_AGENT: &str = concat!("updraft-operator/", env!("CARGO_PKG_VERSION"));
 /// The keys a filter may test (what the gateway's upstream filters accept).
 const FILTER_KEYS: [&str; 4] = ["os", "release", "arch", "variant"];
-
-/// What one look at the source found.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub(crate) struct Observation {
-    /// Distinct `os:release:arch:variant` products named by the tags.
-    pub products: usize,
-    /// Tags (image versions) in the repository.
-    pub versions: usize,
-}
 
 #[instrument(skip_all, fields(namespace = stream.namespace().unwrap_or_default(), name = stream.name_any()))]
 pub(crate) async fn reconcile(stream: Arc<ImageStream>, ctx: Arc<Context>) -> Result<Action> {

@@ -590,6 +590,16 @@ fn render_product(key: &ProductKey, product: &Product) -> String {
     serde_json::to_string(&doc).expect("product serializes")
 }
 
+/// One servable file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileEntry {
+    /// `sha256:<hex>`: the layer digest, and the file's own hash.
+    pub digest: String,
+    pub size: u64,
+    /// Where an upstream serves it (mirrors); `None`: a blob of the stream's repository.
+    pub url: Option<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

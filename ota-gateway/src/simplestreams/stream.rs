@@ -25,7 +25,7 @@ use oci_client::Client;
 use sha2::{Digest, Sha256};
 use tokio::sync::{watch, Notify};
 
-use super::index::{validate_props, validate_version, Index, ProductKey, Serial};
+use super::index::{validate_props, validate_version, FileEntry, Index, ProductKey, Serial};
 use super::registry::{self, StoredVersion};
 use super::upstream::Upstream;
 use super::StreamError;
@@ -55,16 +55,6 @@ pub struct Published {
     /// The files of each product's newest version: fetched ahead of the first
     /// request (the clients give a response 30 s before they give up).
     pub newest: Vec<FileEntry>,
-}
-
-/// One servable file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FileEntry {
-    /// `sha256:<hex>`: the layer digest, and the file's own hash.
-    pub digest: String,
-    pub size: u64,
-    /// Where an upstream serves it (mirrors); `None`: a blob of the stream's repository.
-    pub url: Option<String>,
 }
 
 impl Published {

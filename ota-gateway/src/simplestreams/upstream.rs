@@ -14,11 +14,11 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use super::index::FileEntry;
 use super::index::{
     validate_props, validate_version, FileRef, ImageVersion, Index, ProductKey, ProductProps, RootKind, Rootfs, Serial,
 };
 use super::metadata::version_dir;
-use super::stream::FileEntry;
 use super::StreamError;
 use updraft_core::config::UpstreamStreamSource;
 
