@@ -27,6 +27,19 @@ const GATEWAY: &str = "apiVersion: updraft.dev/v1alpha1\nkind: OtaGateway\nmetad
 /// What the operator owns and writes, in the test's namespace.
 const OWNED: &str = "firmwarechannels,otagateways,configmaps,deployments,services";
 
+/// A port P that is free with P+1 and P+10 (cluster.sh derives the controller-manager's
+/// port and etcd's peer port from it), taken below the kernel's ephemeral range so that
+/// no outgoing connection grabs one of them before the daemons bind.
+fn port_with_neighbours() -> u16 {
+    let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+    loop {
+        let p = 20_000 + rand::random::<u16>() % 12_000;
+        if [p, p + 1, p + 10].into_iter().all(free) {
+            return p;
+        }
+    }
+}
+
 /// The private control plane: stopped and its state removed when dropped.
 struct PrivatePlane {
     state: PathBuf,
@@ -38,9 +51,9 @@ impl PrivatePlane {
     fn configure() -> PrivatePlane {
         let state = std::env::temp_dir().join(format!("updraft-private-plane-{}", std::process::id()));
         std::env::set_var("UPDRAFT_STATE", &state);
-        std::env::set_var("UPDRAFT_ETCD_PORT", free_port().to_string());
-        std::env::set_var("UPDRAFT_APISERVER_PORT", free_port().to_string());
-        std::env::set_var("UPDRAFT_REGISTRY_PORT", free_port().to_string());
+        std::env::set_var("UPDRAFT_ETCD_PORT", port_with_neighbours().to_string());
+        std::env::set_var("UPDRAFT_APISERVER_PORT", port_with_neighbours().to_string());
+        std::env::set_var("UPDRAFT_REGISTRY_PORT", port_with_neighbours().to_string());
         // The controller-manager's insecure port (10252) is taken by the shared one.
         std::env::set_var("UPDRAFT_KCM_INSECURE_PORT", "0");
         PrivatePlane { state }
