@@ -123,7 +123,17 @@ pub fn install_crds() {
     INSTALLED.get_or_init(|| {
         let crds = repo_root().join("crds/crds.yaml");
         kubectl(&["apply", "--server-side", "--force-conflicts", "-f", crds.to_str().unwrap()], None).ok();
-        kubectl(&["wait", "--for=condition=Established", "--timeout=30s", "crd", "--all"], None).ok();
+        // kubectl 1.20's wait fails at once on a CRD whose status has no conditions yet
+        // (just created: "accessor error: <nil>"), so ask again until all are Established.
+        let start = std::time::Instant::now();
+        loop {
+            let wait = kubectl(&["wait", "--for=condition=Established", "--timeout=30s", "crd", "--all"], None);
+            if wait.success {
+                break;
+            }
+            assert!(start.elapsed() < std::time::Duration::from_secs(60), "CRDs not Established: {}", wait.stderr);
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
     });
 }
 
