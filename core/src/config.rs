@@ -414,6 +414,11 @@ pub struct StreamConfig {
     /// Keep only the newest N versions of each product (0: all).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub keep_versions: u32,
+    /// Index only versions whose OCI manifest digest carries a cosign signature that
+    /// verifies with one of these keys (OCI and upload sources); others are left out
+    /// of the index and reported. Not allowed with an upstream source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<crate::cosign::VerifyConfig>,
 }
 
 /// Where a stream's images come from: exactly one field is set (a map, not a YAML
@@ -700,6 +705,15 @@ impl GatewayConfig {
             };
             crate::version::parse_duration(interval)
                 .map_err(|e| ConfigError::Invalid(format!("stream {:?}: interval: {e}", s.name)))?;
+            if let Some(verify) = &s.verify {
+                if s.source.upstream.is_some() {
+                    return invalid(format!(
+                        "stream {:?}: verify applies to oci and upload sources, not upstream",
+                        s.name
+                    ));
+                }
+                verify.verifier().map_err(|e| ConfigError::Invalid(format!("stream {:?}: verify: {e}", s.name)))?;
+            }
         }
         Ok(())
     }

@@ -162,6 +162,7 @@ pub(super) fn stream_config(gateway: &OtaGateway, stream: &ImageStream) -> Optio
         name: stream.name_any(),
         source,
         keep_versions: u32::try_from(spec.keep_versions).unwrap_or(0),
+        verify: None,
     })
 }
 
