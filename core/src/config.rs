@@ -277,6 +277,11 @@ pub struct StoreConfig {
     /// Largest file an upload may create, in bytes. Default 16 GiB.
     #[serde(default = "default_max_upload")]
     pub max_upload_bytes: u64,
+    /// Accept writes (upload, delete) over plain HTTP. Default false: without it a
+    /// write that did not arrive over TLS is refused with 403, so the write key is
+    /// never sent in the clear.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub allow_plain_writes: bool,
 }
 
 /// One forwarder: what to copy from `source` to `destination`, under which rules.
@@ -492,6 +497,11 @@ pub struct UploadStreamSource {
     /// Default `5s`.
     #[serde(default = "default_upload_interval")]
     pub interval: String,
+    /// Accept uploads and deletes over plain HTTP. Default false: without it a write
+    /// that did not arrive over TLS is refused with 403, so the token is never sent in
+    /// the clear.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub allow_plain_writes: bool,
 }
 
 #[derive(Debug, thiserror::Error)]

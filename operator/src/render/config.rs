@@ -68,6 +68,7 @@ fn store_config(store: &updraft_crds::gateway::GatewayStore) -> StoreConfig {
         )
         .expect("a store with its defaults")
         .max_upload_bytes,
+        allow_plain_writes: false,
     }
 }
 
@@ -143,6 +144,7 @@ pub(super) fn stream_config(gateway: &OtaGateway, stream: &ImageStream) -> Optio
                         None => defaults.max_bytes,
                     },
                     interval: defaults.interval,
+                    allow_plain_writes: false,
                 }),
                 ..Default::default()
             }

@@ -109,6 +109,7 @@ mod tests {
             public_reads,
             read_key_file: None,
             max_upload_bytes: 1,
+            allow_plain_writes: false,
         }
     }
 

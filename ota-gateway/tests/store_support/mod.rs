@@ -35,6 +35,8 @@ pub fn store_config(dir: &Path, listen: &str, max_upload_bytes: u64) -> StoreCon
         public_reads: true,
         read_key_file: None,
         max_upload_bytes,
+        // The tests write over loopback HTTP; refusing plain writes has its own test.
+        allow_plain_writes: true,
     }
 }
 
