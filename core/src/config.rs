@@ -649,20 +649,8 @@ impl GatewayConfig {
             crate::version::parse_duration(&m.interval)
                 .map_err(|e| ConfigError::Invalid(format!("mirror {:?}: {e}", m.name)))?;
             if let Some(v) = &m.version {
-                for re in v.regex.iter().chain(&v.groups) {
-                    if let Err(e) = regex::Regex::new(re) {
-                        return invalid(format!("regex {re:?}: {e}"));
-                    }
-                }
-                if let Some(re) = &v.regex {
-                    if regex::Regex::new(re).map(|r| r.captures_len()).unwrap_or(0) < 2 {
-                        return invalid(format!("version regex {re:?} needs a capture group (the version)"));
-                    }
-                }
-                if let Some(range) = &v.range {
-                    crate::version::parse_range(range)
-                        .map_err(|e| ConfigError::Invalid(format!("mirror {:?}: {e}", m.name)))?;
-                }
+                crate::mirror::rules::check_filter(v)
+                    .map_err(|e| ConfigError::Invalid(format!("mirror {:?}: {e}", m.name)))?;
             }
             if let Some(r) = &m.retention {
                 if r.keep_last == Some(0) {

@@ -8,6 +8,8 @@
 //!   hold an artifact;
 //! - [`cosign`]: cosign signature verification of a release's manifest digest, which
 //!   both sides run before pinning a release;
+//! - [`mirror`]: a mirror's rules and plan, and the metadata-only listing of its sides,
+//!   which the forwarding worker acts on and the operator reports in status;
 //! - [`telemetry`]: the log set-up both binaries share.
 //!
 //! No server and no Kubernetes client live here: both sides depend on this crate, and it
@@ -17,6 +19,7 @@
 
 pub mod config;
 pub mod cosign;
+pub mod mirror;
 pub mod oci;
 pub mod telemetry;
 pub mod version;

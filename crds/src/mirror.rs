@@ -22,11 +22,11 @@ use crate::common::{default_gateway, HttpStore, OciSource};
     shortname = "amir",
     category = "updraft",
     doc = "Forwards release artifacts from a source to a destination, with include/exclude rules and retention.",
-    printcolumn(name = "Latest", type_ = "string", json_path = ".status.latestVersion"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
     printcolumn(name = "In-Sync", type_ = "integer", json_path = ".status.inSync"),
     printcolumn(name = "Pending", type_ = "integer", json_path = ".status.pending"),
-    printcolumn(name = "Failed", type_ = "integer", json_path = ".status.failed"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Latest", type_ = "string", json_path = ".status.latestVersion"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
@@ -44,6 +44,9 @@ pub struct ArtifactMirrorSpec {
     /// Glob patterns of artifact names never to forward; wins over `include`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exclude: Vec<String>,
+    /// How versions (and products) are read from names, and which versions to forward.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<VersionFilter>,
     /// What to keep at the destination.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention: Option<Retention>,
@@ -70,6 +73,29 @@ pub struct Endpoint {
     pub http: Option<HttpStore>,
 }
 
+/// How a name yields a version and a group (product), as filuxe's `version` and
+/// `group` regexes do, and which versions are forwarded.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VersionFilter {
+    /// Regex whose first capture group is the version (filuxe's `version`), e.g.
+    /// `:(\d+\.\d+\.\d+):`. Default: the first `MAJOR.MINOR.PATCH[-pre]` in the name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<String>,
+    /// Regexes tried in order; the captures of the first that matches (from the start of
+    /// the file name), joined by `:`, name the group (filuxe's `group`), which `keepLast`
+    /// counts in. Default: the name with its version cut out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+    /// Semver range the version must satisfy, e.g. `>=1.2, <2`. Names without a version
+    /// are not forwarded when a range is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub range: Option<String>,
+    /// Whether pre-releases satisfy the range.
+    #[serde(default)]
+    pub prerelease: bool,
+}
+
 /// Retention at the destination. When both are set, an artifact is kept if either keeps it.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -83,31 +109,60 @@ pub struct Retention {
     pub max_age: Option<String>,
 }
 
-/// What the operator observed at the destination.
+/// What the operator observed of source and destination (metadata only), compared
+/// under the mirror's rules: what the worker's next pass does.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ArtifactMirrorStatus {
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Artifacts present at the destination and identical to the source.
+    /// Selected artifacts present at the destination and identical to the source.
     #[serde(default)]
     pub in_sync: i32,
-    /// Artifacts selected at the source but not yet at the destination.
+    /// Copies and deletions still to do.
     #[serde(default)]
     pub pending: i32,
-    /// Artifacts whose last forwarding failed.
-    #[serde(default)]
-    pub failed: i32,
-    /// Newest version present at the destination.
+    /// The time of the oldest pending item: its file time at the source (or, for a
+    /// deletion, at the destination) when the side gives one, else when the operator
+    /// first saw it pending.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_pending: Option<Time>,
+    /// Since when something has been pending without a break; `Ready` turns `False`
+    /// (reason `Behind`) two intervals after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_since: Option<Time>,
+    /// Newest version the destination keeps (per the version filter).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latest_version: Option<String>,
-    /// When source and destination were last compared.
+    /// When source and destination were last observed with nothing pending.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_sync: Option<Time>,
+    /// What the next pass copies and deletes; set while `spec.dryRun` (where nothing is
+    /// ever copied or deleted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<MirrorPlan>,
     /// `Ready`, `Reconciling` and `Stalled` (kstatus).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+}
+
+/// A dry run's plan: names capped at a few dozen, with the totals.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MirrorPlan {
+    /// Names that would be copied to the destination (the first ones, sorted).
+    #[serde(default)]
+    pub copy: Vec<String>,
+    /// Names that would be deleted at the destination (the first ones, sorted).
+    #[serde(default)]
+    pub delete: Vec<String>,
+    /// How many would be copied in all.
+    #[serde(default)]
+    pub copy_total: i32,
+    /// How many would be deleted in all.
+    #[serde(default)]
+    pub delete_total: i32,
 }
 
 fn default_interval() -> String {

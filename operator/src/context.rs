@@ -41,7 +41,8 @@ pub(crate) struct Schedules {
     pub channels: Schedule<FirmwareChannel, Resolution>,
     /// A check lists the stream's repository.
     pub streams: Schedule<ImageStream, Observation>,
-    pub mirrors: Schedule<ArtifactMirror>,
+    /// A check lists the mirror's source and destination and plans.
+    pub mirrors: Schedule<ArtifactMirror, MirrorObservation>,
 }
 
 impl Context {
@@ -67,4 +68,20 @@ pub(crate) struct Observation {
     pub products: usize,
     /// Tags (image versions) in the repository.
     pub versions: usize,
+}
+
+/// What one look at an ArtifactMirror's source and destination found: the worker's
+/// next pass (the result its schedule keeps).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct MirrorObservation {
+    /// Selected artifacts identical on both sides.
+    pub in_sync: usize,
+    /// Names to copy, with the time the source gives each (0 when it gives none).
+    pub copy: Vec<(String, f64)>,
+    /// Names to delete at the destination (retention), with their time there.
+    pub delete: Vec<(String, f64)>,
+    /// Newest version among what the destination holds identical to the source.
+    pub latest_version: Option<String>,
+    /// When it was observed (seconds since the epoch).
+    pub at: i64,
 }

@@ -24,6 +24,12 @@ pub(crate) enum Error {
     /// says why ([`updraft_core::cosign::VerifyError::reason`]).
     #[error("{message}")]
     Unverified { reason: &'static str, message: String },
+    /// A mirror's source could not be listed.
+    #[error("source: {0}")]
+    SourceUnreachable(String),
+    /// A mirror's destination could not be listed.
+    #[error("destination: {0}")]
+    DestinationUnreachable(String),
     /// The Kubernetes API refused a read or write.
     #[error("kubernetes API: {0}")]
     Kube(#[from] kube::Error),
@@ -38,6 +44,8 @@ impl Error {
             Error::Credentials(_) => "credentials",
             Error::PublicKeys(_) => "public_keys",
             Error::Unverified { .. } => "unverified",
+            Error::SourceUnreachable(_) => "source_unreachable",
+            Error::DestinationUnreachable(_) => "destination_unreachable",
             Error::Kube(_) => "kube_api",
         }
     }
@@ -51,6 +59,8 @@ impl Error {
             Error::Credentials(_) => "CredentialsError",
             Error::PublicKeys(_) => "PublicKeyError",
             Error::Unverified { reason, .. } => reason,
+            Error::SourceUnreachable(_) => "SourceUnreachable",
+            Error::DestinationUnreachable(_) => "DestinationUnreachable",
             Error::Kube(_) => "KubernetesApiError",
         }
     }

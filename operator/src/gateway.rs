@@ -11,6 +11,8 @@ use kube::{Api, Resource, ResourceExt};
 use serde::{de::DeserializeOwned, Serialize};
 use tracing::instrument;
 use updraft_crds::conditions::{self, set_condition, NewCondition, READY, RECONCILING, STALLED};
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use updraft_crds::gateway::GatewayStore;
 use updraft_crds::{OtaGateway, OtaGatewaySpec, OtaGatewayStatus};
 
 use crate::attach::{self, attached_resource};
@@ -36,6 +38,17 @@ pub(crate) async fn reconcile(gateway: Arc<OtaGateway>, ctx: Arc<Context>) -> Re
         ctx.schedules.gateways.succeeded(&gateway);
         ctx.metrics.error(CONTROLLER, &Error::InvalidSpec(e));
         return Ok(Action::await_change());
+    }
+    if let Some(store) = &gateway.spec.store {
+        let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
+        let claim = claims.get_opt(&store.claim_name).await?;
+        if let Some(stalled) = store_claim(&gateway.spec, store, claim.as_ref()) {
+            tracing::warn!(reason = stalled.reason, message = %stalled.message, "store volume");
+            status::stall(&ctx, gateway.as_ref(), status, stalled).await?;
+            ctx.schedules.gateways.succeeded(&gateway);
+            // A claim's creation or change triggers nothing here: look again soon.
+            return Ok(Action::requeue(CLAIM_RECHECK));
+        }
     }
 
     // Render from every channel attached to this gateway, in one pass: two channels can
@@ -121,6 +134,47 @@ fn validate(spec: &OtaGatewaySpec) -> Result<(), SpecError> {
         }
     }
     Ok(())
+}
+
+/// How soon a gateway waiting for its store's claim looks again.
+const CLAIM_RECHECK: Duration = Duration::from_secs(10);
+
+/// Why the store's claim cannot serve the gateway, if it cannot: it does not exist (a
+/// waiting state), or several replicas (and the mirror worker) would mount a volume
+/// that is not `ReadWriteMany`. The access modes are the bound volume's when bound,
+/// else the claim's request.
+fn store_claim(spec: &OtaGatewaySpec, store: &GatewayStore, claim: Option<&PersistentVolumeClaim>) -> Option<Stall<'static>> {
+    let name = &store.claim_name;
+    let Some(claim) = claim else {
+        return Some(Stall {
+            reason: "ClaimNotFound",
+            message: format!("spec.store.claimName: PersistentVolumeClaim {name:?} not found"),
+            waiting: "waiting for the PersistentVolumeClaim",
+        });
+    };
+    if spec.replicas <= 1 {
+        return None;
+    }
+    let modes = claim
+        .status
+        .as_ref()
+        .and_then(|s| s.access_modes.clone())
+        .filter(|m| !m.is_empty())
+        .or_else(|| claim.spec.as_ref().and_then(|s| s.access_modes.clone()))
+        .unwrap_or_default();
+    if modes.iter().any(|m| m == "ReadWriteMany") {
+        return None;
+    }
+    Some(Stall {
+        reason: "StoreNotShared",
+        message: format!(
+            "spec.store: {} replicas share the store, but PersistentVolumeClaim {name:?} is {} rather than \
+             ReadWriteMany; use a ReadWriteMany claim or replicas: 1",
+            spec.replicas,
+            if modes.is_empty() { "without access modes".to_owned() } else { modes.join(", ") },
+        ),
+        waiting: "waiting for a ReadWriteMany claim or one replica",
+    })
 }
 
 fn set_conditions(status: &mut OtaGatewayStatus, spec: &OtaGatewaySpec, generation: Option<i64>, channels: usize) {
@@ -212,6 +266,33 @@ mod tests {
         let err = validate(&spec).unwrap_err();
         assert_eq!(err.field, "service.type");
         assert!(err.to_string().starts_with("service.type \"Ingress\""), "{err}");
+    }
+
+    #[test]
+    fn a_store_shared_by_several_replicas_needs_a_read_write_many_claim() {
+        let store = GatewayStore { claim_name: "files".into(), port: 8081, ..Default::default() };
+        let mut spec = OtaGatewaySpec { replicas: 2, ..Default::default() };
+        let claim = |requested: &[&str], bound: Option<&[&str]>| {
+            let mut c = PersistentVolumeClaim::default();
+            c.spec.get_or_insert_default().access_modes = Some(requested.iter().map(|m| m.to_string()).collect());
+            if let Some(bound) = bound {
+                c.status.get_or_insert_default().access_modes = Some(bound.iter().map(|m| m.to_string()).collect());
+            }
+            c
+        };
+        let missing = store_claim(&spec, &store, None).unwrap();
+        assert_eq!(missing.reason, "ClaimNotFound");
+        assert!(missing.message.starts_with("spec.store.claimName"), "{}", missing.message);
+        let rwo = store_claim(&spec, &store, Some(&claim(&["ReadWriteOnce"], None))).unwrap();
+        assert_eq!(rwo.reason, "StoreNotShared");
+        assert!(rwo.message.starts_with("spec.store:") && rwo.message.contains("ReadWriteOnce"), "{}", rwo.message);
+        assert!(store_claim(&spec, &store, Some(&claim(&["ReadWriteMany"], None))).is_none());
+        // The bound volume's modes win over the request.
+        let bound = claim(&["ReadWriteMany"], Some(&["ReadWriteOnce"]));
+        assert_eq!(store_claim(&spec, &store, Some(&bound)).unwrap().reason, "StoreNotShared");
+        spec.replicas = 1;
+        assert!(store_claim(&spec, &store, Some(&claim(&["ReadWriteOnce"], None))).is_none());
+        assert_eq!(store_claim(&spec, &store, None).unwrap().reason, "ClaimNotFound", "missing with one replica too");
     }
 
     #[test]

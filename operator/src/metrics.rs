@@ -15,6 +15,9 @@ pub(crate) struct Metrics {
     webhook_events: IntCounterVec,
     webhook_triggers: IntCounterVec,
     stream_images: IntGaugeVec,
+    mirror_pending: IntGaugeVec,
+    mirror_in_sync: IntGaugeVec,
+    mirror_behind: IntGaugeVec,
 }
 
 impl Default for Metrics {
@@ -60,6 +63,16 @@ impl Default for Metrics {
             &["namespace", "stream", "count"],
         )
         .unwrap();
+        let mirror_gauge = |name: &str, help: &str| {
+            IntGaugeVec::new(Opts::new(name, help), &["namespace", "mirror"]).expect("valid metric")
+        };
+        let mirror_pending = mirror_gauge("mirror_pending", "Copies and deletions each ArtifactMirror has pending");
+        let mirror_in_sync =
+            mirror_gauge("mirror_in_sync", "Selected artifacts identical at each ArtifactMirror's destination");
+        let mirror_behind = mirror_gauge(
+            "mirror_behind",
+            "1 while an ArtifactMirror has had items pending for more than two intervals (Ready=False, Behind)",
+        );
         for m in [
             Box::new(reconcile_duration.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(reconciles.clone()),
@@ -69,6 +82,9 @@ impl Default for Metrics {
             Box::new(webhook_events.clone()),
             Box::new(webhook_triggers.clone()),
             Box::new(stream_images.clone()),
+            Box::new(mirror_pending.clone()),
+            Box::new(mirror_in_sync.clone()),
+            Box::new(mirror_behind.clone()),
         ] {
             registry.register(m).expect("metric names are unique");
         }
@@ -82,6 +98,9 @@ impl Default for Metrics {
             webhook_events,
             webhook_triggers,
             stream_images,
+            mirror_pending,
+            mirror_in_sync,
+            mirror_behind,
         }
     }
 }
@@ -132,6 +151,20 @@ impl Metrics {
     pub(crate) fn forget_stream(&self, namespace: &str, stream: &str) {
         for count in ["versions", "products"] {
             let _ = self.stream_images.remove_label_values(&[namespace, stream, count]);
+        }
+    }
+
+    /// Records what an ArtifactMirror's last observation found.
+    pub(crate) fn mirror(&self, namespace: &str, mirror: &str, pending: i32, in_sync: i32, behind: bool) {
+        self.mirror_pending.with_label_values(&[namespace, mirror]).set(pending.into());
+        self.mirror_in_sync.with_label_values(&[namespace, mirror]).set(in_sync.into());
+        self.mirror_behind.with_label_values(&[namespace, mirror]).set(behind.into());
+    }
+
+    /// Drops the series of a deleted ArtifactMirror.
+    pub(crate) fn forget_mirror(&self, namespace: &str, mirror: &str) {
+        for gauge in [&self.mirror_pending, &self.mirror_in_sync, &self.mirror_behind] {
+            let _ = gauge.remove_label_values(&[namespace, mirror]);
         }
     }
 

@@ -306,7 +306,10 @@ async fn controllers(
         }),
         mirrors.on_delete({
             let ctx = ctx.clone();
-            move |o| ctx.schedules.mirrors.forget(o)
+            move |o| {
+                ctx.schedules.mirrors.forget(o);
+                ctx.metrics.forget_mirror(&o.namespace().unwrap_or_default(), &o.name_any());
+            }
         }),
     ]);
     let watches = futures::future::join_all([

@@ -80,26 +80,6 @@ pub(crate) struct Stall<'a> {
     pub waiting: &'a str,
 }
 
-/// The reason of a kind this release does not reconcile yet.
-pub(crate) const NOT_IMPLEMENTED: &str = "NotImplemented";
-
-/// The stall of a resource whose kind this release of the operator does not reconcile
-/// yet: `Stalled=True` rather than an idle `Ready=False`, because kstatus (Flux health
-/// checks, `kstatus`-based waits) reads a resource with neither `Reconciling` nor
-/// `Stalled` true as Current, i.e. healthy; `Stalled=True` makes them fail at once with
-/// this message.
-pub(crate) fn not_implemented<K: Resource<DynamicType = ()>>() -> Stall<'static> {
-    let kind = K::kind(&());
-    Stall {
-        reason: NOT_IMPLEMENTED,
-        message: format!(
-            "this release of the Updraft operator does not reconcile {kind} resources yet: nothing serves or \
-             updates this {kind}; it is kept as written and a later release will reconcile it"
-        ),
-        waiting: "waiting for an operator release that reconciles this kind",
-    }
-}
-
 /// Sets the kstatus shape of a resource that cannot make progress: `Stalled=True` and
 /// `Ready=False` with the reason and message, `Reconciling=False` (kstatus reads
 /// `Reconciling=True` first, so it must not stay `True` from an earlier pass).
@@ -146,12 +126,5 @@ mod tests {
         set_stalled(conds, &stall, Some(2));
         assert_eq!(*conds, before, "a repeated stall changes nothing, timestamps included");
         assert_eq!(conditions::find(conds, READY).unwrap().message, stall.message);
-    }
-
-    #[test]
-    fn not_implemented_names_the_kind() {
-        let stall = not_implemented::<updraft_crds::ImageStream>();
-        assert_eq!(stall.reason, "NotImplemented");
-        assert!(stall.message.contains("does not reconcile ImageStream resources yet"), "{}", stall.message);
     }
 }

@@ -9,7 +9,9 @@ use std::collections::BTreeSet;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentStrategy};
 use k8s_openapi::api::core::v1::{KeyToPath, SecretVolumeSource, Volume, VolumeMount};
 use kube::ResourceExt;
-use updraft_core::config::{HttpStoreConfig, MirrorConfig, MirrorEndpoint, RetentionConfig, SourceConfig};
+use updraft_core::config::{
+    HttpStoreConfig, MirrorConfig, MirrorEndpoint, RetentionConfig, SourceConfig, VersionFilter,
+};
 use updraft_crds::mirror::Endpoint;
 use updraft_crds::{ArtifactMirror, OtaGateway};
 
@@ -36,7 +38,12 @@ pub(crate) fn mirror_configs(mirrors: &[&ArtifactMirror]) -> Vec<MirrorConfig> {
                 destination: endpoint(&spec.destination),
                 include: spec.include.clone(),
                 exclude: spec.exclude.clone(),
-                version: None,
+                version: spec.version.as_ref().map(|v| VersionFilter {
+                    regex: v.regex.clone(),
+                    groups: v.groups.clone(),
+                    range: v.range.clone(),
+                    prerelease: v.prerelease,
+                }),
                 retention: spec.retention.as_ref().map(|r| RetentionConfig {
                     keep_last: r.keep_last.and_then(|n| u32::try_from(n).ok()),
                     max_age: r.max_age.clone(),
@@ -154,7 +161,8 @@ mod tests {
             "apiVersion": "updraft.dev/v1alpha1", "kind": "ArtifactMirror",
             "metadata": {"name": name, "namespace": "fleet"},
             "spec": {"source": source, "destination": destination, "include": ["*.bin"],
-                "retention": {"keepLast": 3}, "interval": "30s", "dryRun": true},
+                "retention": {"keepLast": 3}, "interval": "30s", "dryRun": true,
+                "version": {"regex": ":(\\d+\\.\\d+\\.\\d+):", "groups": ["(.*?):\\d+\\.\\d+\\.\\d+:(.*)"], "range": ">=1"}},
         }))
         .unwrap()
     }
@@ -180,6 +188,9 @@ mod tests {
         assert_eq!((m.include.as_slice(), m.interval.as_str()), (["*.bin".to_owned()].as_slice(), "30s"));
         assert_eq!(m.retention.as_ref().unwrap().keep_last, Some(3));
         assert!(m.dry_run);
+        let version = m.version.as_ref().unwrap();
+        assert_eq!(version.regex.as_deref(), Some(r":(\d+\.\d+\.\d+):"));
+        assert_eq!((version.groups.len(), version.range.as_deref(), version.prerelease), (1, Some(">=1"), false));
         assert_eq!(
             m.source.oci.as_ref().unwrap().docker_config.as_ref().unwrap().to_str(),
             Some("/etc/updraft/credentials/regcred/.dockerconfigjson")

@@ -14,10 +14,8 @@
 //! What the worker observed is served on the admin listener: `/mirrors` (JSON, one
 //! [`status::MirrorStatus`] per mirror), `/metrics` (`updraft_mirror_*`), `/healthz`.
 
-pub mod error;
 mod http;
 mod oci;
-pub mod rules;
 pub mod status;
 
 use std::future::IntoFuture;
@@ -32,9 +30,11 @@ use axum::routing::get;
 use axum::{Json, Router};
 use updraft_core::config::{GatewayConfig, MirrorConfig, MirrorEndpoint};
 
-use error::MirrorError;
-use rules::{Artifact, Rules};
 use status::Observed;
+use updraft_core::mirror::error::MirrorError;
+use updraft_core::mirror::rules::{Artifact, Rules};
+use updraft_core::mirror::store::{Key, Store};
+use updraft_core::mirror::{files_mode, Side};
 
 /// Attempts of one copy within a pass (the next pass tries again).
 const ATTEMPTS: u32 = 3;
@@ -42,44 +42,15 @@ const ATTEMPTS: u32 = 3;
 /// How often the config file is checked for changes.
 const RELOAD_CHECK: Duration = Duration::from_secs(5);
 
-/// One side of a mirror, ready to talk to.
-enum Side {
-    Http(http::HttpSide),
-    Oci(oci::OciSide),
-}
-
-impl Side {
-    fn new(config: &MirrorEndpoint, side: &'static str, client: &reqwest::Client) -> Self {
-        match (&config.oci, &config.http) {
-            (Some(oci), _) => Side::Oci(oci::OciSide::new(oci, side)),
-            (None, Some(http)) => Side::Http(http::HttpSide::new(http, side, client.clone())),
-            (None, None) => unreachable!("validated: each side is oci or http"),
+/// One side of a mirror, ready to list (shared with the operator) and to copy with.
+fn side(config: &MirrorEndpoint, side: &'static str, client: &reqwest::Client) -> Side {
+    match (&config.oci, &config.http) {
+        (Some(oci), _) => Side::Registry(oci::repository(oci, side)),
+        (None, Some(http)) => {
+            let key = http.key_file.clone().map_or(Key::None, Key::File);
+            Side::Store(Store::new(http, key, side, client.clone()))
         }
-    }
-
-    fn kind(&self) -> &'static str {
-        match self {
-            Side::Http(_) => "http",
-            Side::Oci(_) => "oci",
-        }
-    }
-
-    /// The side's artifacts: files of a store; tags of a repository, or, when the
-    /// other side is a store (`files`), the titled layers of its tags.
-    async fn list(&self, files: bool) -> Result<Vec<Artifact>, MirrorError> {
-        match self {
-            Side::Http(s) => s.list().await,
-            Side::Oci(s) if files => s.list_files().await,
-            Side::Oci(s) => s.list().await,
-        }
-    }
-
-    async fn delete(&self, artifact: &Artifact, files: bool) -> Result<(), MirrorError> {
-        match self {
-            Side::Http(s) => s.delete(&artifact.name).await,
-            Side::Oci(s) if files => s.delete_file(&artifact.name).await,
-            Side::Oci(s) => s.delete(artifact).await,
-        }
+        (None, None) => unreachable!("validated: each side is oci or http"),
     }
 }
 
@@ -97,8 +68,8 @@ impl Mirror {
     /// Builds a mirror from its (validated) config.
     pub fn new(config: MirrorConfig, client: &reqwest::Client) -> Result<Self, MirrorError> {
         let rules = Rules::new(&config).map_err(MirrorError::Config)?;
-        let source = Side::new(&config.source, "source", client);
-        let destination = Side::new(&config.destination, "destination", client);
+        let source = side(&config.source, "source", client);
+        let destination = side(&config.destination, "destination", client);
         Ok(Self { config, rules, source, destination, last_destination: Default::default() })
     }
 
@@ -108,16 +79,25 @@ impl Mirror {
 
     async fn copy(&self, artifact: &Artifact) -> Result<u64, MirrorError> {
         match (&self.source, &self.destination) {
-            (Side::Http(src), Side::Http(dst)) => http::copy(src, dst, artifact).await,
-            (Side::Oci(src), Side::Oci(dst)) => oci::copy(src, dst, artifact).await,
-            (Side::Oci(src), Side::Http(dst)) => oci::copy_to_store(src, dst, artifact).await,
-            (Side::Http(src), Side::Oci(dst)) => oci::copy_from_store(src, dst, artifact).await,
+            (Side::Store(src), Side::Store(dst)) => http::copy(src, dst, artifact).await,
+            (Side::Registry(src), Side::Registry(dst)) => oci::copy(src, dst, artifact).await,
+            (Side::Registry(src), Side::Store(dst)) => oci::copy_to_store(src, dst, artifact).await,
+            (Side::Store(src), Side::Registry(dst)) => oci::copy_from_store(src, dst, artifact).await,
         }
     }
 
     /// Whether the sides differ in kind: repositories are then seen as files.
     fn files(&self) -> bool {
-        self.source.kind() != self.destination.kind()
+        files_mode(&self.source, &self.destination)
+    }
+
+    /// Deletes `artifact` at the destination.
+    async fn delete(&self, artifact: &Artifact) -> Result<(), MirrorError> {
+        match &self.destination {
+            Side::Store(s) => http::delete(s, &artifact.name).await,
+            Side::Registry(r) if self.files() => oci::delete_file(r, &artifact.name).await,
+            Side::Registry(r) => oci::delete(r, artifact).await,
+        }
     }
 
     /// One pass: list, plan, copy, delete, report. `Ok(true)` when nothing is left.
@@ -193,7 +173,7 @@ impl Mirror {
             }
         }
         for artifact in &plan.delete {
-            match self.destination.delete(artifact, self.files()).await {
+            match self.delete(artifact).await {
                 Ok(()) => {
                     tracing::info!(mirror = name, artifact = artifact.name, "deleted at the destination (retention)");
                     observed.deleted.with_label_values(&[name]).inc();

@@ -36,13 +36,13 @@ impl MirrorError {
         }
     }
 
-    pub(crate) fn http(side: &'static str) -> impl Fn(reqwest::Error) -> MirrorError {
+    pub fn http(side: &'static str) -> impl Fn(reqwest::Error) -> MirrorError {
         move |e| MirrorError::Unreachable { side, message: error_chain(&e) }
     }
 }
 
 /// An error with its sources, on one line.
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

@@ -14,10 +14,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use crate::config::{MirrorConfig, VersionFilter};
 use regex::Regex;
 use semver::{Version, VersionReq};
 use serde::Serialize;
-use updraft_core::config::MirrorConfig;
 
 /// The default version pattern: `1.2.3`, `1.2.3-rc.1`.
 const DEFAULT_VERSION: &str = r"(\d+\.\d+\.\d+(?:-[0-9A-Za-z]+(?:\.\d+)*)?)";
@@ -78,14 +78,10 @@ impl Rules {
     pub fn new(config: &MirrorConfig) -> Result<Self, String> {
         let version = config.version.clone().unwrap_or_default();
         let compile = |re: &str| Regex::new(re).map_err(|e| format!("regex {re:?}: {e}"));
-        let range = version.range.as_deref().map(updraft_core::version::parse_range).transpose()?;
+        let range = version.range.as_deref().map(crate::version::parse_range).transpose()?;
         let retention = config.retention.clone().unwrap_or_default();
-        let max_age = retention
-            .max_age
-            .as_deref()
-            .map(updraft_core::version::parse_duration)
-            .transpose()?
-            .map(|d| d.as_secs_f64());
+        let max_age =
+            retention.max_age.as_deref().map(crate::version::parse_duration).transpose()?.map(|d| d.as_secs_f64());
         Ok(Self {
             include: config.include.iter().map(|g| Glob::new(g)).collect(),
             exclude: config.exclude.iter().map(|g| Glob::new(g)).collect(),
@@ -106,9 +102,7 @@ impl Rules {
         }
         match &self.range {
             None => true,
-            Some(req) => {
-                self.version_of(name).is_some_and(|v| updraft_core::version::matches(req, &v, self.prerelease))
-            }
+            Some(req) => self.version_of(name).is_some_and(|v| crate::version::matches(req, &v, self.prerelease)),
         }
     }
 
@@ -116,7 +110,7 @@ impl Rules {
     pub fn version_of(&self, name: &str) -> Option<Version> {
         let base = base_name(name);
         let text = self.version.captures(base)?.get(1)?.as_str();
-        updraft_core::version::parse_tag(text, true)
+        crate::version::parse_tag(text, true)
     }
 
     /// The retention group of `name`: directory plus product key.
@@ -198,8 +192,55 @@ impl Rules {
     }
 }
 
+/// A version filter that cannot work, naming its field (`version.regex`,
+/// `version.groups[1]`, `version.range`).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct FilterError {
+    pub field: String,
+    pub message: String,
+}
+
+/// Checks a version filter the way [`Rules::new`] compiles it: the regexes compile,
+/// the version regex captures the version, the range parses.
+pub fn check_filter(filter: &VersionFilter) -> Result<(), FilterError> {
+    let fail = |field: String, message: String| Err(FilterError { field, message });
+    if let Some(re) = &filter.regex {
+        match Regex::new(re) {
+            Err(e) => return fail("version.regex".into(), format!("{re:?}: {e}")),
+            Ok(r) if r.captures_len() < 2 => {
+                return fail("version.regex".into(), format!("{re:?} needs a capture group (the version)"))
+            }
+            Ok(_) => {}
+        }
+    }
+    for (i, re) in filter.groups.iter().enumerate() {
+        if let Err(e) = Regex::new(re) {
+            return fail(format!("version.groups[{i}]"), format!("{re:?}: {e}"));
+        }
+    }
+    if let Some(range) = &filter.range {
+        if let Err(e) = crate::version::parse_range(range) {
+            return fail("version.range".into(), e);
+        }
+    }
+    Ok(())
+}
+
 fn base_name(name: &str) -> &str {
     name.rsplit('/').next().unwrap_or(name)
+}
+
+/// Checks a glob is matched as meant: `*`, `?` and `**` only. Classes and braces
+/// would be matched literally, never as the user meant, so they are refused.
+pub fn check_glob(pattern: &str) -> Result<(), String> {
+    if pattern.trim().is_empty() {
+        return Err("is empty".into());
+    }
+    if let Some(c) = pattern.chars().find(|c| matches!(c, '[' | ']' | '{' | '}')) {
+        return Err(format!("{pattern:?}: {c:?} is not supported (globs have only *, ? and **)"));
+    }
+    Ok(())
 }
 
 /// A glob: `*` and `?` within a path component, `**` across components. Without a
@@ -241,7 +282,7 @@ impl Glob {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use updraft_core::config::{MirrorEndpoint, RetentionConfig, VersionFilter};
+    use crate::config::{MirrorEndpoint, RetentionConfig, VersionFilter};
 
     fn config() -> MirrorConfig {
         MirrorConfig {
@@ -266,6 +307,23 @@ mod tests {
         let mut v: Vec<&str> = list.iter().map(|a| a.name.as_str()).collect();
         v.sort();
         v
+    }
+
+    #[test]
+    fn filters_that_cannot_work_name_their_field() {
+        let field = |v: VersionFilter| check_filter(&v).unwrap_err().field;
+        assert_eq!(field(VersionFilter { regex: Some("(".into()), ..Default::default() }), "version.regex");
+        assert_eq!(field(VersionFilter { regex: Some(r"\d+".into()), ..Default::default() }), "version.regex");
+        let groups = vec!["(.*)".into(), "[".into()];
+        assert_eq!(field(VersionFilter { groups, ..Default::default() }), "version.groups[1]");
+        assert_eq!(field(VersionFilter { range: Some("newest".into()), ..Default::default() }), "version.range");
+        check_filter(&VersionFilter {
+            regex: Some(r":(\d+\.\d+\.\d+):".into()),
+            groups: vec![r"(.*?):\d+\.\d+\.\d+:(.*)".into()],
+            range: Some(">=1.2, <2".into()),
+            prerelease: false,
+        })
+        .unwrap();
     }
 
     #[test]
