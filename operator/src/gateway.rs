@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
@@ -11,7 +12,6 @@ use kube::{Api, Resource, ResourceExt};
 use serde::{de::DeserializeOwned, Serialize};
 use tracing::instrument;
 use updraft_crds::conditions::{self, set_condition, NewCondition, READY, RECONCILING, STALLED};
-use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use updraft_crds::gateway::GatewayStore;
 use updraft_crds::{OtaGateway, OtaGatewaySpec, OtaGatewayStatus};
 
@@ -143,7 +143,11 @@ const CLAIM_RECHECK: Duration = Duration::from_secs(10);
 /// waiting state), or several replicas (and the mirror worker) would mount a volume
 /// that is not `ReadWriteMany`. The access modes are the bound volume's when bound,
 /// else the claim's request.
-fn store_claim(spec: &OtaGatewaySpec, store: &GatewayStore, claim: Option<&PersistentVolumeClaim>) -> Option<Stall<'static>> {
+fn store_claim(
+    spec: &OtaGatewaySpec,
+    store: &GatewayStore,
+    claim: Option<&PersistentVolumeClaim>,
+) -> Option<Stall<'static>> {
     let name = &store.claim_name;
     let Some(claim) = claim else {
         return Some(Stall {
