@@ -130,6 +130,8 @@ fn install_from_directory_grants_least_privilege_upgrades_and_uninstalls_keeping
             &["create", "configmaps"],
             &["patch", "services"],
             &["get", "secrets/registry-credentials"],
+            // A gateway's store claim: exists, ReadWriteMany when replicas > 1.
+            &["get", "persistentvolumeclaims/artifacts"],
         ] {
             let mut q = question.to_vec();
             q.extend(["-n", n]);
@@ -149,6 +151,8 @@ fn install_from_directory_grants_least_privilege_upgrades_and_uninstalls_keeping
             &["delete", "configmaps"],
             &["update", "deployments.apps"],
             &["create", "pods"],
+            &["list", "persistentvolumeclaims"],
+            &["patch", "persistentvolumeclaims/artifacts"],
             &["create", "rolebindings.rbac.authorization.k8s.io"],
         ] {
             let mut q = question.to_vec();

@@ -22,6 +22,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
 use oci_client::client::ClientProtocol;
@@ -99,6 +100,7 @@ pub(crate) async fn reconcile(mirror: Arc<ArtifactMirror>, ctx: Arc<Context>) ->
     let (ns, name) = (mirror.namespace().unwrap_or_default(), mirror.name_any());
     let behind = conditions::find(&status.conditions, READY).is_some_and(|c| c.reason == BEHIND);
     ctx.metrics.mirror(&ns, &name, status.pending, status.in_sync, behind);
+    clear_removed(&ctx, &mirror, &old, &status).await?;
     status::write(&ctx.client, mirror.as_ref(), &status).await?;
     schedule.succeeded(&mirror);
     if let Some(t) = transition {
@@ -109,6 +111,37 @@ pub(crate) async fn reconcile(mirror: Arc<ArtifactMirror>, ctx: Arc<Context>) ->
         return Ok(Action::await_change());
     }
     Ok(Action::requeue(schedule.due_in(&mirror).unwrap_or(interval)))
+}
+
+/// Removes the optional status fields `new` no longer has. A server-side apply that
+/// leaves out a field it owned turns it into `null` on kube-apiserver 1.20, which the
+/// schema refuses (`status.plan in body must be of type object`); a merge patch with
+/// `null` removes it on every version. Nothing is sent when nothing was removed.
+async fn clear_removed(
+    ctx: &Context,
+    mirror: &ArtifactMirror,
+    old: &ArtifactMirrorStatus,
+    new: &ArtifactMirrorStatus,
+) -> Result<()> {
+    let removed = [
+        ("plan", old.plan.is_some() && new.plan.is_none()),
+        ("pendingSince", old.pending_since.is_some() && new.pending_since.is_none()),
+        ("oldestPending", old.oldest_pending.is_some() && new.oldest_pending.is_none()),
+        ("latestVersion", old.latest_version.is_some() && new.latest_version.is_none()),
+        ("lastSync", old.last_sync.is_some() && new.last_sync.is_none()),
+    ];
+    let nulls: serde_json::Map<String, serde_json::Value> = removed
+        .iter()
+        .filter(|(_, gone)| *gone)
+        .map(|(field, _)| (field.to_string(), serde_json::Value::Null))
+        .collect();
+    if nulls.is_empty() {
+        return Ok(());
+    }
+    let api: Api<ArtifactMirror> = Api::namespaced(ctx.client.clone(), &mirror.namespace().unwrap_or_default());
+    let patch = serde_json::json!({ "status": nulls });
+    api.patch_status(&mirror.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    Ok(())
 }
 
 /// How soon a mirror naming a missing Secret looks again.
