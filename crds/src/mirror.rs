@@ -123,6 +123,11 @@ pub struct ArtifactMirrorStatus {
     /// Copies and deletions still to do.
     #[serde(default)]
     pub pending: i32,
+    /// Unused: the operator never sets it (the worker's per-copy failures are in its
+    /// `/mirrors` and `updraft_mirror_failed`). Kept in the schema so that a status
+    /// written by an older operator still validates; to be removed in v1alpha2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<i32>,
     /// The time of the oldest pending item: its file time at the source (or, for a
     /// deletion, at the destination) when the side gives one, else when the operator
     /// first saw it pending.
