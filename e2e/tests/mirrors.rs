@@ -319,6 +319,11 @@ fn ready_reason(v: &Value) -> Option<(&str, &str)> {
 #[test]
 fn a_store_to_store_mirror_reports_pending_behind_in_sync_and_unreachable() {
     let w = World::new("mirror-observe");
+    // kubectl validates against the API server's OpenAPI, which publishes a changed CRD
+    // a moment after it is applied (and another checkout may have applied its own).
+    wait_for(WAIT, "spec.version in the published ArtifactMirror schema", || {
+        kubectl(&["explain", "artifactmirrors.spec.version.range"], None).success.then_some(())
+    });
     let dir = w.dir.0.clone();
     kubectl(&["create", "secret", "generic", "wan-key", "-n", &w.ns, &format!("--from-literal=key={KEY}")], None).ok();
     w.apply("apiVersion: updraft.dev/v1alpha1\nkind: OtaGateway\nmetadata: {name: default}\nspec:\n  replicas: 1\n");
@@ -352,6 +357,7 @@ fn a_store_to_store_mirror_reports_pending_behind_in_sync_and_unreachable() {
     assert_eq!(status["oldestPending"], "2023-11-14T22:15:00Z", "the older pending file's own time: {status:#}");
     assert!(status["lastSync"].is_null() && status["latestVersion"].is_null(), "{status:#}");
     assert!(wan.files().is_empty(), "a dry run copies nothing");
+    eprintln!("{}", kubectl(&["get", "artifactmirrors", "-n", &w.ns], None).stdout);
 
     // Not a dry run, and nothing forwards yet: Behind once pending outlasts two intervals.
     w.apply(&mirror(false));
@@ -382,6 +388,7 @@ fn a_store_to_store_mirror_reports_pending_behind_in_sync_and_unreachable() {
     let status = &synced["status"];
     assert_eq!((status["pending"].as_i64(), status["inSync"].as_i64()), (Some(0), Some(2)), "{status:#}");
     assert_eq!(status["latestVersion"], "2.0.0", "{status:#}");
+    eprintln!("{}", kubectl(&["get", "artifactmirrors", "-n", &w.ns], None).stdout);
     assert!(status["lastSync"].is_string() && status["pendingSince"].is_null() && status["oldestPending"].is_null());
     assert!(status["lastSync"].as_str().unwrap() >= since.as_str(), "{status:#}");
     let lan_files = lan.files();
