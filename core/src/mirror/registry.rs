@@ -27,12 +27,17 @@ pub const MANIFEST_TYPES: &[&str] = &[
 /// The annotation that names a layer's file (what `oras push` sets).
 pub const TITLE: &str = "org.opencontainers.image.title";
 
+/// The manifest annotation of when an artifact was made (`oras push` sets it).
+pub const CREATED: &str = "org.opencontainers.image.created";
+
 /// The parts of a manifest or index that name other content.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Raw {
     #[serde(default)]
     pub media_type: Option<String>,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
     #[serde(default)]
     pub config: Option<Descriptor>,
     #[serde(default)]
@@ -172,7 +177,8 @@ impl Repository {
 
     /// Files mode (the other side is a store): every layer with a title of every
     /// tag's manifest, named by its title, identified by its digest (the file's
-    /// SHA-256). When several tags hold the same title, the last tag in order wins.
+    /// SHA-256), its time the manifest's creation annotation when it has one. When
+    /// several tags hold the same title, the last tag in order wins.
     pub async fn list_files(&self) -> Result<Vec<Artifact>, MirrorError> {
         let auth = self.auth()?;
         let mut files = BTreeMap::new();
@@ -183,17 +189,57 @@ impl Repository {
             let (raw, _) =
                 self.client.pull_manifest_raw(&self.at(&digest), &auth, MANIFEST_TYPES).await.map_err(self.error())?;
             let Ok(parsed) = serde_json::from_slice::<Raw>(&raw) else { continue };
+            let time = parsed.annotations.get(CREATED).and_then(|t| rfc3339_seconds(t)).unwrap_or(0.0);
             for layer in parsed.layers {
                 let (Some(title), Some(hex)) = (layer.annotations.get(TITLE), layer.digest.strip_prefix("sha256:"))
                 else {
                     continue;
                 };
-                let file = Artifact { name: title.clone(), size: layer.size, time: 0.0, digest: Some(hex.to_owned()) };
+                let file = Artifact { name: title.clone(), size: layer.size, time, digest: Some(hex.to_owned()) };
                 files.insert(title.clone(), file);
             }
         }
         Ok(files.into_values().collect())
     }
+}
+
+/// Seconds since the epoch of an RFC 3339 time such as `2026-11-23T17:00:00Z` or
+/// `2026-11-23T18:00:00.5+01:00`; `None` for anything else.
+fn rfc3339_seconds(text: &str) -> Option<f64> {
+    let num = |s: &str| s.bytes().all(|b| b.is_ascii_digit()).then(|| s.parse::<i64>().ok()).flatten();
+    let (date, rest) = text.split_once(['T', 't', ' '])?;
+    let mut d = date.splitn(3, '-');
+    let (y, m, day) = (num(d.next()?)?, num(d.next()?)?, num(d.next()?)?);
+    let (clock, offset) = match rest.find(['Z', 'z', '+', '-']) {
+        Some(i) => rest.split_at(i),
+        None => return None,
+    };
+    let offset = match offset {
+        "Z" | "z" => 0,
+        o => {
+            let (h, mi) = o[1..].split_once(':')?;
+            let secs = num(h)? * 3600 + num(mi)? * 60;
+            if o.starts_with('-') {
+                -secs
+            } else {
+                secs
+            }
+        }
+    };
+    let (hms, frac) = clock.split_once('.').unwrap_or((clock, ""));
+    let mut t = hms.splitn(3, ':');
+    let (h, mi, sec) = (num(t.next()?)?, num(t.next()?)?, num(t.next()?)?);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&day) || h > 23 || mi > 59 || sec > 60 {
+        return None;
+    }
+    let fraction = if frac.is_empty() { 0.0 } else { format!("0.{}", num(frac).map(|_| frac)?).parse().ok()? };
+    // Days from 1970-01-01 to y-m-d (the proleptic Gregorian calendar).
+    let (y, m) = if m <= 2 { (y - 1, m + 9) } else { (y, m - 3) };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * m + 2) / 5 + day - 1;
+    let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
+    Some((days * 86_400 + h * 3600 + mi * 60 + sec - offset) as f64 + fraction)
 }
 
 /// The registry does not know the repository (`NAME_UNKNOWN`, or a bare 404).
@@ -210,6 +256,19 @@ pub fn is_unknown_repository(e: &OciDistributionError) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn creation_times_parse_as_rfc_3339() {
+        assert_eq!(rfc3339_seconds("1970-01-01T00:00:00Z"), Some(0.0));
+        assert_eq!(rfc3339_seconds("2023-11-14T22:13:20Z"), Some(1_700_000_000.0));
+        assert_eq!(rfc3339_seconds("2023-11-14T23:13:20.5+01:00"), Some(1_700_000_000.5));
+        assert_eq!(rfc3339_seconds("2000-02-29T12:00:00-02:30"), Some(951_834_600.0));
+        for bad in
+            ["", "2023-11-14", "2023-13-01T00:00:00Z", "2023-11-14T22:13:20", "yesterday", "2023-11-14T2x:00:00Z"]
+        {
+            assert_eq!(rfc3339_seconds(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn signature_tags_name_their_digest() {
