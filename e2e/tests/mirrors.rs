@@ -402,11 +402,15 @@ fn a_store_to_store_mirror_reports_pending_behind_in_sync_and_unreachable() {
     let series = format!("updraft_operator_mirror_pending{{mirror=\"lan-wan\",namespace=\"{}\"}} 0", w.ns);
     assert!(metrics.contains(&series), "{series} in\n{metrics}");
 
-    // The destination stops: reported with the error, one event.
+    // The destination stops, then the source: each reported with the error, one event each.
     drop(worker);
     drop(wan);
     let message = not_ready(&w, "amir/lan-wan", "DestinationUnreachable");
     assert!(message.contains(&wan_port.to_string()), "{message}");
+    let lan_url = lan.url.clone();
+    drop(lan);
+    let message = not_ready(&w, "amir/lan-wan", "SourceUnreachable");
+    assert!(message.contains(&lan_url), "{message}");
     std::thread::sleep(Duration::from_secs(6));
     let events = kubectl(&["get", "events.v1.events.k8s.io", "-n", &w.ns, "-o", "json"], None);
     let events: Value = serde_json::from_str(&events.stdout).unwrap();
@@ -419,7 +423,7 @@ fn a_store_to_store_mirror_reports_pending_behind_in_sync_and_unreachable() {
             .cloned()
             .collect()
     };
-    for reason in ["DryRun", "Behind", "InSync", "DestinationUnreachable"] {
+    for reason in ["DryRun", "Behind", "InSync", "DestinationUnreachable", "SourceUnreachable"] {
         let found = of(reason);
         assert_eq!(found.len(), 1, "{reason}: {found:#?}");
         assert!(found[0]["series"].is_null(), "published once, never repeated: {:#}", found[0]);

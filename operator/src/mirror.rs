@@ -585,6 +585,12 @@ mod tests {
         let plan = s.plan.unwrap();
         assert_eq!((plan.copy, plan.copy_total, plan.delete_total), (vec!["a.zip".to_owned(), "b.zip".into()], 2, 0));
 
+        let mut paused = seen(Some(observed(T0, &[])));
+        paused.suspended = true;
+        let (s, e) = pass(&synced, &paused);
+        assert_eq!(ready(&s), ("False".into(), "Suspended".into()));
+        assert_eq!(e.map(|e| (e.warning, e.reason)), Some((false, "Suspended")), "asked for: not a warning");
+
         let mut lost = seen(None);
         lost.gateway = false;
         assert_eq!(ready(&pass(&ArtifactMirrorStatus::default(), &lost).0).1, "GatewayNotFound");
