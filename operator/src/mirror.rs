@@ -336,8 +336,11 @@ fn assess(
     };
     set_condition(&mut status.conditions, reconciling, generation);
     let was = conditions::find(&old.conditions, READY).map(|c| c.reason.as_str());
-    let transition =
-        (was != Some(reason) && reason != "Observing").then_some(Transition { warning: !ready, reason, message });
+    let transition = (was != Some(reason) && reason != "Observing").then_some(Transition {
+        warning: !ready && reason != "Suspended",
+        reason,
+        message,
+    });
     (status, transition)
 }
 
