@@ -46,17 +46,11 @@ pub use state::{AppState, ApplyError};
 /// The public router: every surface's routes and OtaFlux's `GET /health`, with
 /// request metrics.
 pub fn app(state: AppState) -> Router {
-    public_router(state, Router::new())
-}
-
-/// [`app`] with the routes of the surfaces that `serve` starts beside the live state
-/// (the simplestreams streams), under the same metrics layer.
-fn public_router(state: AppState, surfaces: Router) -> Router {
     let metrics = state.metrics().clone();
     Router::new()
         .route("/health", get(health))
         .merge(firmware::router().with_state(state.firmware().clone()))
-        .merge(surfaces)
+        .merge(simplestreams::router(state.streams().clone()))
         .layer(axum::middleware::from_fn_with_state(metrics, metrics::track))
 }
 
@@ -93,12 +87,8 @@ pub async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let stream_config = config.clone();
     let state = AppState::from_config(config)?;
-    // Streams are read from the config at start; a changed `streams` section takes
-    // effect on restart.
-    let streams = simplestreams::Streams::start(&stream_config, state.cache().clone(), state.metrics())?;
-    let public_app = public_router(state.clone(), simplestreams::router(streams));
+    let public_app = app(state.clone());
     tokio::spawn(reload::Watcher::new(config_path, state.clone()).run());
     let public = DeviceListener::bind(&listen).await.map_err(|e| anyhow::anyhow!("listen {listen}: {e}"))?;
     let public = public.with_sendfile(sendfile);
