@@ -8,6 +8,7 @@
 pub mod cosign;
 pub mod faults;
 pub mod helm;
+pub mod images;
 pub mod procs;
 
 use std::path::{Path, PathBuf};
