@@ -8,6 +8,7 @@
 use std::process::Command;
 use std::time::Duration;
 
+use e2e::images::{image_client, make_image, Pki};
 use e2e::procs::{binary, free_port, operator, oras_push, wait_for, Proc, TempDir};
 use e2e::{cluster, install_crds, kubectl, namespace};
 use serde_json::Value;
@@ -205,66 +206,13 @@ fn an_upload_stream_on_a_tls_gateway_is_indexed_rendered_and_ready() {
     assert!(message.contains("https only: set spec.tls"), "{message}");
 }
 
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    assert!(out.status.success(), "{cmd:?} failed:\n{}\n{}", text(&out.stdout), text(&out.stderr));
-    text(&out.stdout)
-}
-
-/// A CA (`ca.pem`) and a leaf for 127.0.0.1 signed by it (`tls.crt`, `tls.key`).
-fn make_pki(dir: &std::path::Path) {
-    let openssl = |args: &[&str]| run(Command::new("openssl").args(args).current_dir(dir));
-    openssl(&["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "ca.key"]);
-    openssl(&["req", "-x509", "-new", "-key", "ca.key", "-subj", "/CN=e2e CA", "-days", "2", "-out", "ca.pem"]);
-    openssl(&["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "leaf.ec"]);
-    openssl(&["pkcs8", "-topk8", "-nocrypt", "-in", "leaf.ec", "-out", "tls.key"]);
-    openssl(&["req", "-new", "-key", "tls.key", "-subj", "/CN=gateway", "-out", "leaf.csr"]);
-    std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        "leaf.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-extfile",
-        "ext.cnf",
-        "-out",
-        "tls.crt",
-    ]);
-}
-
-/// An image's metadata tarball (`incus.tar.xz`) and root file system (`rootfs.squashfs`).
-fn make_image(dir: &std::path::Path, seed: &str) {
-    std::fs::create_dir_all(dir.join("rootdir/etc")).unwrap();
-    std::fs::write(dir.join("rootdir/etc/hostname"), format!("{seed}\n")).unwrap();
-    std::fs::write(
-        dir.join("metadata.yaml"),
-        "architecture: x86_64\ncreation_date: 1767225600\nproperties:\n  os: Debian\n  release: bookworm\n  variant: default\n  description: Debian bookworm\ntemplates: {}\n",
-    )
-    .unwrap();
-    run(Command::new("tar").args(["-cJf", "incus.tar.xz", "metadata.yaml"]).current_dir(dir));
-    run(Command::new("mksquashfs").arg(dir.join("rootdir")).arg(dir.join("rootfs.squashfs")).args([
-        "-noappend",
-        "-all-root",
-        "-quiet",
-    ]));
-}
-
 #[test]
 fn incus_lists_what_is_uploaded_through_the_gateway_the_operator_configured() {
     let w = World::new("streams-serve");
     let registry = &cluster().registry;
     let repository = format!("e2e/{}/uploads", w.ns);
     let pki = w.dir.0.join("pki");
-    std::fs::create_dir_all(&pki).unwrap();
-    make_pki(&pki);
+    Pki::new(&pki);
     let (crt, key) =
         (format!("--cert={}", pki.join("tls.crt").display()), format!("--key={}", pki.join("tls.key").display()));
     kubectl(&["create", "secret", "tls", "gateway-cert", "-n", &w.ns, &crt, &key], None).ok();
@@ -337,16 +285,7 @@ fn incus_lists_what_is_uploaded_through_the_gateway_the_operator_configured() {
             v["status"]["remoteAdd"][i].as_str().unwrap().replace(v["status"]["url"].as_str().unwrap(), &base);
         let args: Vec<&str> = command.split(' ').collect();
         assert_eq!(args[0], tool);
-        let conf = home.join(format!("{tool}-conf"));
-        std::fs::create_dir_all(&conf).unwrap();
-        let client = |args: &[&str]| {
-            run(Command::new(tool)
-                .args(args)
-                .env(if tool == "incus" { "INCUS_CONF" } else { "LXD_CONF" }, &conf)
-                .env("XDG_CACHE_HOME", home.join("cache"))
-                .env("HOME", &home)
-                .env("SSL_CERT_FILE", &ca))
-        };
+        let client = |args: &[&str]| image_client(tool, &home, &ca, args);
         client(&args[1..]);
         let csv = client(&["image", "list", "lab:", "--format", "csv", "-c", "lat"]);
         assert!(csv.to_lowercase().contains("debian") && csv.contains("x86_64"), "{tool} image list:\n{csv}");

@@ -578,13 +578,29 @@ fn oci_artifacts_pushed_with_oras_are_listed_and_exported() {
         "incus.tar.xz:application/vnd.updraft.simplestreams.metadata.v1.tar+xz",
         "root.tar.xz:application/vnd.updraft.simplestreams.rootfs.v1.tar+xz",
     ]));
+    // Under verify: the two are signed (tag scheme and bundle); a third, unsigned
+    // version is never shown to the clients.
+    let keys = tmp.path().join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let key = e2e::cosign::Key::generate(&keys, "release");
+    let signing = e2e::cosign::Repository { registry: reg, name: &repo, dir: &keys };
+    signing.sign_with_tag(&key, &signing.resolve("debian-12"));
+    signing.sign_with_bundle(&key, &signing.resolve("lab-1"));
+    let other = tmp.path().join("unsigned");
+    make_image(&other, &format!("unsigned-{}", std::process::id()));
+    let unsigned_fp = fingerprint(&other.join("incus.tar.xz"), &other.join("root.tar.xz"));
+    let unsigned = push_annotated(&other, &repo, "unsigned-1", "unsig:1.0:amd64:default", "20260302_12:00");
     let source = format!(
-        "    oci:\n      registry: {reg}\n      repository: {repo}\n      insecure: true\n      interval: 1s\n"
+        "    oci:\n      registry: {reg}\n      repository: {repo}\n      insecure: true\n      interval: 1s\n  verify: {{publicKeyFiles: [{}]}}\n",
+        key.public_file().display()
     );
     let gw = start_gateway_with(&tmp.path().join("gw"), "oci", &pki, &source);
     let base = format!("https://127.0.0.1:{}/streams/oci", gw.https);
     wait_listed(&pki, &base, "debian:bookworm:amd64:default");
     let images = wait_listed(&pki, &base, "labos:1.0:amd64:minimal");
+    assert!(images["products"]["unsig:1.0:amd64:default"].is_null(), "the unsigned version is listed: {images:#}");
+    let why = status(&pki, &base)["rejected"]["unsigned-1"].as_str().unwrap_or_default().to_owned();
+    assert!(why.contains("NoSignature") && why.contains(&unsigned), "{why}");
     let debian = &images["products"]["debian:bookworm:amd64:default"];
     assert_eq!(debian["os"], "Debian");
     let items = &debian["versions"]["20260101_00:00"]["items"];
@@ -597,6 +613,7 @@ fn oci_artifacts_pushed_with_oras_are_listed_and_exported() {
     for tool in ["incus", "lxc"] {
         client(tool, &home, &pki, &["remote", "add", "oci", &base, "--protocol", "simplestreams", "--public"]);
         let csv = client(tool, &home, &pki, &["image", "list", "oci:", "--format", "csv", "-c", "lFdat"]);
+        assert!(!csv.contains(&unsigned_fp) && !csv.to_lowercase().contains("unsig"), "{tool} lists it:\n{csv}");
         let line = csv.lines().find(|l| l.contains(&fp)).unwrap_or_else(|| panic!("{tool}: {fp} not listed:\n{csv}"));
         assert!(line.contains("Debian bookworm amd64 (20260101_00:00)") && line.contains("x86_64"), "{tool}: {line}");
         let line = csv.lines().find(|l| l.contains(&rootxz_fp)).unwrap_or_else(|| panic!("{tool}: labos:\n{csv}"));
@@ -892,4 +909,142 @@ fn streams_follow_the_config_file_without_a_restart() {
     assert_eq!(started("stream=oci"), 1, "{log}");
     assert_eq!(started("stream=mirror"), 2, "added, then replaced by the changed filter:\n{log}");
     assert_eq!(product_keys(&images_json(&pki, &base("oci"))).len(), 2);
+}
+
+/// Under `verify`, an OCI stream lists a version only when its manifest digest carries
+/// a cosign signature by a trusted key, in either scheme (a `.sig` tag, or a sigstore
+/// bundle found through the referrers tag schema, as this registry has no referrers
+/// API). Signatures are made by `e2e::cosign` (openssl), pushed with `oras`. Each
+/// failure is left out, named in the status with tag, digest and reason, logged once
+/// and counted once however many rounds pass; a signed version pushed later appears at
+/// once, and a signature arriving late for a refused digest is seen on a full round.
+#[test]
+fn an_oci_stream_under_verify_lists_only_signed_versions() {
+    use e2e::cosign::{dsse_bundle, simple_signing, statement, Key, Repository};
+    ensure_tools();
+    let tmp = tempfile::tempdir().unwrap();
+    let (pki, img, keys) = (tmp.path().join("pki"), tmp.path().join("img"), tmp.path().join("keys"));
+    std::fs::create_dir_all(&keys).unwrap();
+    make_pki(&pki);
+    make_image(&img, &format!("verify-{}", std::process::id()));
+    let (ours, theirs) = (Key::generate(&keys, "ours"), Key::generate(&keys, "theirs"));
+    let repo = unique_repo("streams-verify");
+    let reg = registry().addr.clone();
+    let signing = Repository { registry: &reg, name: &repo, dir: &keys };
+    let docker_reference = format!("{reg}/{repo}");
+    let serial = "20260101_00:00";
+    let push = |tag: &str| push_annotated(&img, &repo, tag, &format!("{tag}:1:amd64:default"), serial);
+
+    let tagged = push("tagged");
+    signing.sign_with_tag(&ours, &tagged);
+    let bundled = push("bundled");
+    signing.sign_with_bundle(&ours, &bundled);
+    let unsigned = push("unsigned");
+    let wrong = push("wrong");
+    signing.sign_with_tag(&theirs, &wrong);
+    // `tagged`'s genuine signature copied to `copied`'s signature tag.
+    let copied = push("copied");
+    let payload = simple_signing(&docker_reference, &tagged);
+    signing.push_tag_signature(&copied, &payload, Some(&ours.sign(&payload)));
+    // A bundle our key signed for `tagged`, its statement swapped for one naming `swapped`.
+    let swapped = push("swapped");
+    let (genuine, forged) = (statement(&docker_reference, &tagged), statement(&docker_reference, &swapped));
+    signing.attach_bundle(&swapped, &dsse_bundle(&ours, &forged, &genuine));
+
+    let streams = format!(
+        "- name: signed\n  verify: {{publicKeyFiles: [{}]}}\n  source:\n    oci: {{registry: \"{reg}\", repository: {repo}, insecure: true, interval: 1s}}\n",
+        ours.public_file().display()
+    );
+    let gw = start_streams(&tmp.path().join("gw"), &pki, &streams);
+    let base = format!("https://127.0.0.1:{}/streams/signed", gw.https);
+    let listed = ["bundled:1:amd64:default", "tagged:1:amd64:default"];
+    let images = wait_images(&pki, &base, "the two signed versions listed", |i| product_keys(i) == listed);
+    assert_eq!(product_keys(&images), listed, "{images:#}");
+
+    // Each refusal in the status, with its reason and digest; never a cosign tag.
+    let want = [
+        ("unsigned", &unsigned, "NoSignature"),
+        ("wrong", &wrong, "WrongKey"),
+        ("copied", &copied, "OtherDigest"),
+        ("swapped", &swapped, "Tampered"),
+    ];
+    let st = status(&pki, &base);
+    let rejected = st["rejected"].as_object().unwrap();
+    assert_eq!(rejected.len(), want.len(), "{st:#}");
+    for (tag, digest, reason) in want {
+        let why = rejected[tag].as_str().unwrap_or_else(|| panic!("{tag} not rejected: {st:#}"));
+        assert!(why.contains(&format!("({reason})")) && why.contains(digest.as_str()), "{tag}: {why}");
+    }
+    // Logged and counted once per digest, however many rounds pass.
+    let rounds = st["rounds"].as_u64().unwrap();
+    while status(&pki, &base)["rounds"].as_u64().unwrap() < rounds + 4 {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let log = plain_log(&gw.log);
+    for (tag, digest, reason) in want {
+        let lines: Vec<&str> = log.lines().filter(|l| l.contains("version left out") && l.contains(digest)).collect();
+        assert_eq!(lines.len(), 1, "{tag}: {lines:#?}");
+        assert!(
+            lines[0].contains(&format!("tag={tag}")) && lines[0].contains(&format!("reason={reason}")),
+            "{lines:?}"
+        );
+    }
+    let metrics = run(Command::new("curl").args(["-sS", &format!("http://127.0.0.1:{}/metrics", gw.admin)]));
+    for (_, _, reason) in want {
+        let series = format!("updraft_gateway_stream_unverified_total{{reason=\"{reason}\",stream=\"signed\"}} 1");
+        assert!(metrics.contains(&series), "{series}:\n{metrics}");
+    }
+
+    // A signed version pushed after the unsigned one appears at once.
+    let later = push("later");
+    signing.sign_with_bundle(&ours, &later);
+    wait_images(&pki, &base, "the later signed version listed", |i| {
+        product_keys(i).contains(&"later:1:amd64:default".to_owned())
+    });
+    // A signature arriving for the refused digest is seen on a full round (every 12).
+    signing.sign_with_tag(&ours, &unsigned);
+    wait_images(&pki, &base, "the late-signed version listed", |i| {
+        product_keys(i).contains(&"unsigned:1:amd64:default".to_owned())
+    });
+    let st = status(&pki, &base);
+    assert!(st["rejected"].get("unsigned").is_none(), "{st:#}");
+    assert_eq!(product_keys(&images_json(&pki, &base)).len(), 4);
+}
+
+/// Under `verify`, an upload stream serves a version once the digest of the manifest
+/// its uploads made is signed: until then it is left out and the status says why.
+#[test]
+fn an_upload_stream_under_verify_lists_a_version_once_it_is_signed() {
+    ensure_tools();
+    let tmp = tempfile::tempdir().unwrap();
+    let (pki, img, keys) = (tmp.path().join("pki"), tmp.path().join("img"), tmp.path().join("keys"));
+    std::fs::create_dir_all(&keys).unwrap();
+    make_pki(&pki);
+    make_image(&img, &format!("upload-verify-{}", std::process::id()));
+    let key = e2e::cosign::Key::generate(&keys, "release");
+    let repo = unique_repo("streams-upload-verify");
+    let reg = registry().addr.clone();
+    let extra = format!("  verify: {{publicKeyFiles: [{}]}}\n", key.public_file().display());
+    let gw = start_gateway(&tmp.path().join("gw"), "up", &pki, &repo, &extra);
+    let base = format!("https://127.0.0.1:{}/streams/up", gw.https);
+    let dir = "debian/bookworm/amd64/default/20260101_00:00";
+    for (file, name) in [("incus.tar.xz", "lxd.tar.xz"), ("rootfs.squashfs", "rootfs.squashfs")] {
+        let (code, body) = upload(&pki, &base, &img.join(file), &format!("{dir}/{name}"), Some(TOKEN));
+        assert_eq!(code, 201, "{name}: {body}");
+    }
+    let tags = run(Command::new("oras").args(["repo", "tags", "--plain-http", &format!("{reg}/{repo}")]));
+    let tag = tags.lines().next().unwrap_or_else(|| panic!("no tag stored: {tags}")).to_owned();
+    let signing = e2e::cosign::Repository { registry: &reg, name: &repo, dir: &keys };
+    let digest = signing.resolve(&tag);
+    let st = status(&pki, &base);
+    let why = st["rejected"][&tag].as_str().unwrap_or_else(|| panic!("{tag} not rejected: {st:#}"));
+    assert!(why.contains("NoSignature") && why.contains(&digest), "{why}");
+    assert_eq!(images_json(&pki, &base)["products"], serde_json::json!({}));
+
+    signing.sign_with_tag(&key, &digest);
+    let images =
+        wait_images(&pki, &base, "the signed upload listed", |i| !i["products"].as_object().unwrap().is_empty());
+    let fp = fingerprint(&img.join("incus.tar.xz"), &img.join("rootfs.squashfs"));
+    assert!(images.to_string().contains(&fp), "{images:#}");
+    assert!(status(&pki, &base)["rejected"].as_object().unwrap().is_empty());
 }

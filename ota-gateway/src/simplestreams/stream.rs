@@ -505,7 +505,7 @@ impl Stream {
                 let reason = format!("not verified ({}): {e}", e.reason());
                 let before = st.verdicts.get(digest).and_then(|v| v.refused.as_ref());
                 if before != Some(&reason) {
-                    tracing::warn!(stream = %self.name, %tag, %digest, reason = e.reason(), error = %e, "version left out: its signature does not verify");
+                    tracing::warn!(stream = %self.name, %tag, %digest, reason = %e.reason(), error = %e, "version left out: its signature does not verify");
                     self.metrics.unverified(e.reason());
                 }
                 Verdict { refused: Some(reason), transient: is_transient(e) }
