@@ -45,7 +45,7 @@ use crate::metrics::Metrics;
 use crate::unpack::Digesting;
 use prometheus::{IntCounter, IntGauge};
 use updraft_core::config::{SourceConfig, StreamConfig, UploadStreamSource};
-use updraft_core::cosign::{Verifier, VerifyError};
+use updraft_core::cosign::Verifier;
 use updraft_core::oci;
 use updraft_core::version::parse_duration;
 
@@ -156,7 +156,8 @@ impl StreamMetrics {
     }
 }
 
-/// The `reason` label values of `updraft_gateway_stream_unverified_total` ([`VerifyError::reason`]).
+/// The `reason` label values of `updraft_gateway_stream_unverified_total`
+/// (`updraft_core::cosign::VerifyError::reason`).
 const UNVERIFIED_REASONS: [&str; 6] =
     ["NoSignature", "WrongKey", "OtherDigest", "Tampered", "RegistryError", "InvalidDigest"];
 
@@ -508,7 +509,7 @@ impl Stream {
                     tracing::warn!(stream = %self.name, %tag, %digest, reason = %e.reason(), error = %e, "version left out: its signature does not verify");
                     self.metrics.unverified(e.reason());
                 }
-                Verdict { refused: Some(reason), transient: is_transient(e) }
+                Verdict { refused: Some(reason), transient: e.is_transient() }
             }
         };
         let refused = verdict.refused.clone();
@@ -705,10 +706,6 @@ impl Stream {
 
 fn io_join(e: tokio::task::JoinError) -> std::io::Error {
     std::io::Error::other(e)
-}
-
-fn is_transient(e: &VerifyError) -> bool {
-    e.is_transient()
 }
 
 /// Whether `tag` is one cosign or the referrers tag schema made: `sha256-<64 hex>`,
