@@ -69,7 +69,7 @@ fn store_config(store: &updraft_crds::gateway::GatewayStore) -> StoreConfig {
         )
         .expect("a store with its defaults")
         .max_upload_bytes,
-        allow_plain_writes: false,
+        allow_plain_writes: store.allow_plain_writes,
     }
 }
 
@@ -382,10 +382,23 @@ mod tests {
         let mut gw = gateway();
         assert!(gateway_config(&gw, &[], &[]).stores.is_empty());
         let key = SecretKeyRef { name: "store-key".into(), key: "write".into() };
-        gw.spec.store = Some(GatewayStore { claim_name: "artifacts".into(), port: 8081, write_key_secret: key });
+        let store: GatewayStore = serde_json::from_value(serde_json::json!({
+            "claimName": "artifacts", "writeKeySecret": key,
+        }))
+        .unwrap();
+        assert_eq!(store.port, 8081);
+        gw.spec.store = Some(store);
         let config = gateway_config(&gw, &[], &[]);
         config.validate().unwrap();
         let store = &config.stores[0];
+        // Writes need TLS unless the spec says otherwise.
+        assert!(!store.allow_plain_writes);
+        assert!(!config.to_yaml().contains("allowPlainWrites"));
+        let mut plain = gw.clone();
+        plain.spec.store.as_mut().unwrap().allow_plain_writes = true;
+        let plain = gateway_config(&plain, &[], &[]);
+        assert!(plain.stores[0].allow_plain_writes);
+        assert!(plain.to_yaml().contains("allowPlainWrites: true"));
         assert_eq!((store.listen.as_str(), store.dir.to_str()), ("0.0.0.0:8081", Some("/var/lib/updraft/store")));
         assert_eq!(store.write_key_file.as_ref().unwrap().to_str(), Some("/etc/updraft/store-key/write"));
         assert_eq!(store.max_upload_bytes, 16 << 30);
