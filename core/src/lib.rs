@@ -8,6 +8,10 @@
 //!   hold an artifact;
 //! - [`cosign`]: cosign signature verification of a release's manifest digest, which
 //!   both sides run before pinning a release;
+//! - [`image_metadata`]: `metadata.yaml` of an LXD/Incus image, for the product an
+//!   image version belongs to;
+//! - [`notify`]: signed webhooks (body, HMAC signature, delivery with retries), sent
+//!   by the gateway and by the operator;
 //! - [`telemetry`]: the log set-up both binaries share.
 //!
 //! No server and no Kubernetes client live here: both sides depend on this crate, and it
@@ -17,6 +21,8 @@
 
 pub mod config;
 pub mod cosign;
+pub mod image_metadata;
+pub mod notify;
 pub mod oci;
 pub mod telemetry;
 pub mod version;

@@ -7,6 +7,7 @@
 
 pub mod cosign;
 pub mod faults;
+pub mod fuzz;
 pub mod helm;
 pub mod images;
 pub mod procs;

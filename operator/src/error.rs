@@ -11,6 +11,9 @@ pub(crate) enum Error {
     /// The registry could not be reached or refused the request.
     #[error("registry unreachable: {0}")]
     RegistryUnreachable(String),
+    /// An upstream simplestreams server could not be reached or answered nonsense.
+    #[error("upstream unreachable: {0}")]
+    UpstreamUnreachable(String),
     /// The registry answered, but no tag or artifact fits the spec (yet).
     #[error("{0}")]
     NoMatchingVersion(String),
@@ -21,9 +24,10 @@ pub(crate) enum Error {
     #[error("public keys: {0}")]
     PublicKeys(String),
     /// The resolved release's signature does not verify, so it is not pinned. `reason`
-    /// says why ([`updraft_core::cosign::VerifyError::reason`]).
+    /// says why ([`updraft_core::cosign::VerifyError::reason`]); `version`, `tag` and
+    /// `digest` name the release (for the webhook that announces it).
     #[error("{message}")]
-    Unverified { reason: &'static str, message: String },
+    Unverified { reason: &'static str, message: String, version: String, tag: String, digest: String },
     /// The Kubernetes API refused a read or write.
     #[error("kubernetes API: {0}")]
     Kube(#[from] kube::Error),
@@ -34,6 +38,7 @@ impl Error {
         match self {
             Error::InvalidSpec(_) => "invalid_spec",
             Error::RegistryUnreachable(_) => "registry_unreachable",
+            Error::UpstreamUnreachable(_) => "upstream_unreachable",
             Error::NoMatchingVersion(_) => "no_matching_version",
             Error::Credentials(_) => "credentials",
             Error::PublicKeys(_) => "public_keys",
@@ -47,6 +52,7 @@ impl Error {
         match self {
             Error::InvalidSpec(_) => "InvalidSpec",
             Error::RegistryUnreachable(_) => "RegistryUnreachable",
+            Error::UpstreamUnreachable(_) => "UpstreamUnreachable",
             Error::NoMatchingVersion(_) => "NoMatchingVersion",
             Error::Credentials(_) => "CredentialsError",
             Error::PublicKeys(_) => "PublicKeyError",

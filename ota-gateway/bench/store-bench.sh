@@ -13,7 +13,8 @@
 #
 # Env: DURATION (wrk seconds, default 10), ARTIFACTS (default 200), TOTAL_MB (size of
 #      the OCI set, default 1024), ROUNDS (download rounds, default 3; medians shown),
-#      UPLOAD_ROUNDS (default 3), SKIP_OCI=1, SKIP_UPLOAD=1, SKIP_DOWNLOAD=1.
+#      UPLOAD_ROUNDS (default 3), SKIP_OCI=1, SKIP_UPLOAD=1, SKIP_DOWNLOAD=1,
+#      SKIP_FORWARD=1, GATEWAY_BIN (a built binary to use instead of building).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -30,9 +31,13 @@ trap cleanup EXIT
 trap "exit 130" INT TERM
 KEY=bench-key
 
-say "building the release binary"
-(cd "$ROOT" && cargo build --release -q -p ota-gateway)
-BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/ota-gateway"
+if [ -n "${GATEWAY_BIN:-}" ]; then
+  BIN=$GATEWAY_BIN
+else
+  say "building the release binary"
+  (cd "$ROOT" && cargo build --release -q -p ota-gateway)
+  BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/ota-gateway"
+fi
 have_tools() { for tool in oras skopeo wrk nginx curl; do command -v "$tool" >/dev/null || return 1; done; }
 have_tools || bash "$ROOT/e2e/scripts/cluster.sh" tools
 have_tools || { echo "missing one of: oras skopeo wrk nginx curl" >&2; exit 1; }
@@ -47,7 +52,7 @@ listen: 127.0.0.1:$(free_port)
 adminListen: 127.0.0.1:$admin
 cache: {dir: $WORK/$name/cache}
 stores:
-- {name: $name, listen: "127.0.0.1:$port", dir: $WORK/$name/store, writeKey: $KEY}
+- {name: $name, listen: "127.0.0.1:$port", dir: $WORK/$name/store, writeKey: $KEY, allowPlainWrites: true}
 YAML
   RUST_LOG=warn "$BIN" --config "$WORK/$name.yaml" >"$WORK/$name.log" 2>&1 &
   pids+=("$!")
@@ -146,7 +151,7 @@ if [ "${SKIP_UPLOAD:-0}" != 1 ]; then
     from=$((to + 1))
   done
   # Rounds alternate which goes first (the other's dirty pages may still be flushing).
-  up_gw_all="" up_ng_all=""
+  up_gw_all="" up_ng_all="" up_rounds=""
   for round in $(seq "${UPLOAD_ROUNDS:-3}"); do
     first=store; ((round % 2 == 0)) && first=nginx
     for who in $first $([ $first = store ] && echo nginx || echo store); do
@@ -161,13 +166,18 @@ if [ "${SKIP_UPLOAD:-0}" != 1 ]; then
         up_ng_all+="$(echo "$t1 - $t0" | bc -l)"$'\n'
       fi
     done
+    gw_s=$(printf '%s' "$up_gw_all" | tail -1) ng_s=$(printf '%s' "$up_ng_all" | tail -1)
+    up_rounds+="$(printf '%.2f' "$(echo "$ng_s / $gw_s" | bc -l)") "
+    say "upload round $round: store ${gw_s}s, nginx ${ng_s}s, load $(cut -d' ' -f1-3 /proc/loadavg)"
   done
   up_gw=$(printf '%s' "$up_gw_all" | median) up_ng=$(printf '%s' "$up_ng_all" | median)
   up_ratio=$(echo "$up_ng / $up_gw" | bc -l)
   rm -rf "$WORK/chunks" "$WORK/dav/up.bin"
-  printf '| upload 1 GiB (s, median of %s) | %.2f (1 MiB chunks) | nginx WebDAV PUT %.2f | %.2f |\n' "${UPLOAD_ROUNDS:-3}" "$up_gw" "$up_ng" "$up_ratio"
+  printf '| upload 1 GiB (s, median of %s) | %.2f (1 MiB chunks) | nginx WebDAV PUT %.2f | %.2f (rounds: %s) |\n' \
+    "${UPLOAD_ROUNDS:-3}" "$up_gw" "$up_ng" "$up_ratio" "${up_rounds% }"
 fi
 
+[ "${SKIP_FORWARD:-0}" = 1 ] || {
 say "worker RssAnon while forwarding the 1 GiB file store -> store"
 WORKER_ADMIN=$(free_port)
 cat >"$WORK/worker-store.yaml" <<YAML
@@ -194,6 +204,7 @@ cmp <(curl -s "$wan_URL/download/f-1G.bin") "$WORK/f-1G.bin"
 store_copy_s=$(echo "$t1 - $t0" | bc -l)
 kill "$WPID"
 printf '| worker forwarding 1 GiB store->store | %.2f s | RssAnon max %s kB | |\n' "$store_copy_s" "$max_anon"
+}
 
 oci_ratio=- oci_gw=- oci_sk=-
 if [ "${SKIP_OCI:-0}" != 1 ]; then

@@ -19,7 +19,7 @@ use super::config::notify_paths;
 use super::configmap::config_map_name;
 use super::{
     labels, meta, selector, ADMIN_PORT, CACHE_DIR, CONFIG_DIR, CONFIG_KEY, CREDENTIALS_DIR, HTTPS_PORT, HTTP_PORT,
-    SIGNING_DIR, STORE_DIR, STORE_KEY_DIR, TLS_DIR, UPLOAD_TOKEN_DIR,
+    SIGNING_DIR, STORE_DIR, STORE_KEY_DIR, TLS_DIR, UPLOAD_TOKEN_DIR, VERIFY_DIR,
 };
 
 /// The registry-credential Secrets of `served` channels and `streams`, each once,
@@ -188,6 +188,25 @@ fn notification_secrets(gateway: &OtaGateway) -> Vec<(String, String, Vec<String
         }
     }
     out
+}
+
+/// Mounts the public key of each stream's `spec.verify` (an `oci` or `upload` source)
+/// where the rendered `streams[].verify.publicKeyFiles` points:
+/// `<VERIFY_DIR>/<stream>/<key>` (see `config::stream_key_file`).
+pub(crate) fn mount_stream_keys(deployment: &mut Deployment, streams: &[&ImageStream]) {
+    let Some(pod) = deployment.spec.template.spec.as_mut() else { return };
+    for stream in streams {
+        let Some(verify) = stream.spec.verify.as_ref().filter(|_| stream.spec.source.upstream.is_none()) else {
+            continue;
+        };
+        let key = verify.public_key_secret.key.as_deref().unwrap_or(crate::stream::DEFAULT_PUBLIC_KEY);
+        let name = format!("verify-{}", short_hash(&stream.name_any()));
+        pod.volumes.get_or_insert_with(Vec::new).push(secret_volume(&name, &verify.public_key_secret.name, key));
+        for container in &mut pod.containers {
+            let dir = format!("{VERIFY_DIR}/{}", stream.name_any());
+            container.volume_mounts.get_or_insert_with(Vec::new).push(mount(&name, &dir));
+        }
+    }
 }
 
 fn secret_volume(name: &str, secret: &str, key: &str) -> Volume {
