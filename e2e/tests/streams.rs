@@ -8,8 +8,8 @@
 use std::process::Command;
 use std::time::Duration;
 
-use e2e::images::{image_client, make_image, Pki};
-use e2e::procs::{binary, free_port, operator, oras_push, wait_for, Proc, TempDir};
+use e2e::images::{image_client, make_image, run, Pki};
+use e2e::procs::{binary, free_port, operator, wait_for, Proc, TempDir};
 use e2e::{cluster, install_crds, kubectl, namespace};
 use serde_json::Value;
 
@@ -123,15 +123,24 @@ fn an_upload_stream_on_a_tls_gateway_is_indexed_rendered_and_ready() {
     );
     assert!(is(&v, "Stalled", "False") && is(&v, "Reconciling", "False"), "{v:#}");
 
-    // Two versions of one product and one of another, named as the gateway names uploads.
-    let file = w.dir.0.join("lxd.tar.xz");
-    std::fs::write(&file, b"not really an image: the operator reads tags only").unwrap();
-    for tag in [
-        "debian_bookworm_amd64_default_20260101_0000",
-        "debian_bookworm_amd64_default_20260102_0000",
-        "debian_bookworm_arm64_default_20260101_0000",
+    // Two versions of one product and one of another, tagged and annotated as the
+    // gateway stores uploads (the operator reads the annotations, not the files).
+    std::fs::write(w.dir.0.join("lxd.tar.xz"), b"not really an image: the operator reads annotations only").unwrap();
+    for (tag, product, serial) in [
+        ("debian_bookworm_amd64_default_20260101_0000", "debian:bookworm:amd64:default", "20260101_00:00"),
+        ("debian_bookworm_amd64_default_20260102_0000", "debian:bookworm:amd64:default", "20260102_00:00"),
+        ("debian_bookworm_arm64_default_20260101_0000", "debian:bookworm:arm64:default", "20260101_00:00"),
     ] {
-        oras_push(&repository, tag, &file, "application/vnd.updraft.simplestreams.metadata.v1.tar+xz");
+        run(Command::new("oras").current_dir(&w.dir.0).args([
+            "push",
+            "--plain-http",
+            &format!("{registry}/{repository}:{tag}"),
+            "--annotation",
+            &format!("dev.updraft.simplestreams.product={product}"),
+            "--annotation",
+            &format!("dev.updraft.simplestreams.serial={serial}"),
+            "lxd.tar.xz:application/vnd.updraft.simplestreams.metadata.v1.tar+xz",
+        ]));
     }
     let v = w.wait("imgs/images", "3 versions of 2 products", |v| {
         v["status"]["versions"] == 3 && v["status"]["products"] == 2 && is(v, "Ready", "True")
