@@ -9,7 +9,9 @@ pub mod cosign;
 pub mod faults;
 pub mod fuzz;
 pub mod helm;
+pub mod plane;
 pub mod procs;
+pub mod relay;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
