@@ -16,6 +16,7 @@ use k8s_openapi::NamespaceResourceScope;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, ReflectHandle, Store};
+use kube::runtime::utils::Backoff;
 use kube::runtime::watcher::{self, watcher};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Client, Resource, ResourceExt};
@@ -145,7 +146,7 @@ impl<K: Kind> Shared<K> {
     fn watch(self, api: Api<K>, config: watcher::Config) -> BoxFuture<'static, ()> {
         let deleted = self.deleted;
         watcher(api, config)
-            .default_backoff()
+            .backoff(WatchBackoff::default())
             .reflect_shared(self.writer)
             .for_each(move |event| {
                 if let Ok(watcher::Event::Delete(obj)) = event {
@@ -154,6 +155,43 @@ impl<K: Kind> Shared<K> {
                 futures::future::ready(())
             })
             .boxed()
+    }
+}
+
+/// How watches retry after an error: 0.5 s doubling up to 4 s, back to 0.5 s after
+/// anything but an error. kube's default grows to 30 s, and a resume refused with 410
+/// Gone after the API server returns costs one step more before the re-list, so an API
+/// server restart could hide changes for up to a minute (seen in
+/// `e2e/tests/faults_operator.rs`); with 4 s a watch is back within ~8 s, at the cost of
+/// one request per watch every 4 s while the API server is unreachable.
+struct WatchBackoff {
+    next: Duration,
+}
+
+impl WatchBackoff {
+    const FIRST: Duration = Duration::from_millis(500);
+    const CEILING: Duration = Duration::from_secs(4);
+}
+
+impl Default for WatchBackoff {
+    fn default() -> Self {
+        Self { next: Self::FIRST }
+    }
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let wait = self.next;
+        self.next = (wait * 2).min(Self::CEILING);
+        Some(wait)
+    }
+}
+
+impl Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.next = Self::FIRST;
     }
 }
 
@@ -232,7 +270,10 @@ async fn controllers(
         .owns(api::<Service>(&client, ns), managed())
         .owns(api::<Deployment>(&client, ns), managed())
         // Many channels resolving at once re-render their gateway once, not once each.
-        .with_config(ControllerConfig::default().debounce(Duration::from_millis(500)));
+        .with_config(ControllerConfig::default().debounce(Duration::from_millis(500)))
+        // The owned watches retry through this (and hold every trigger of the
+        // controller while they wait): kube's default grows to 30 s.
+        .trigger_backoff(WatchBackoff::default());
     // Every change of an attached channel re-renders its gateway.
     let gateway_controller = channels.trigger(gateway_controller, |c| Some(gateway_of(c)));
     // And of an attached stream; a gateway's change (its TLS, its upload token) changes
@@ -345,4 +386,18 @@ where
         .run(reconcile, error_policy, ctx.clone())
         .for_each(|_| futures::future::ready(()))
         .boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watch_backoff_doubles_to_its_ceiling_and_resets() {
+        let mut backoff = WatchBackoff::default();
+        let waits: Vec<u64> = (0..6).map(|_| backoff.next().unwrap().as_millis() as u64).collect();
+        assert_eq!(waits, [500, 1000, 2000, 4000, 4000, 4000]);
+        backoff.reset();
+        assert_eq!(backoff.next(), Some(Duration::from_millis(500)));
+    }
 }

@@ -23,7 +23,8 @@ ROUNDS="${ROUNDS:-3}"
 ARTIFACTS="${ARTIFACTS:-200}"
 TOTAL_MB="${TOTAL_MB:-1024}"
 WORK="$(mktemp -d /tmp/updraft-store-bench.XXXXXX)"
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+# shellcheck source=lib.sh
+source "$ROOT/ota-gateway/bench/lib.sh"
 say() { printf '\033[1m[store-bench]\033[0m %s\n' "$*" >&2; }
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
@@ -72,59 +73,28 @@ done
 
 NGINX_PORT=$(free_port)
 mkdir -p "$WORK/nginx" "$WORK/dav"
-cat >"$WORK/nginx/nginx.conf" <<CONF
-user $(id -un);
-worker_processes auto;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  sendfile on;
-  tcp_nopush on;
-  tcp_nodelay on;
-  keepalive_timeout 65;
-  keepalive_requests 1000000;
-  open_file_cache max=1000 inactive=60s;
-  open_file_cache_valid 60s;
-  default_type application/octet-stream;
-  client_body_temp_path $WORK/nginx; proxy_temp_path $WORK/nginx; fastcgi_temp_path $WORK/nginx;
-  uwsgi_temp_path $WORK/nginx; scgi_temp_path $WORK/nginx;
-  server {
-    listen 127.0.0.1:$NGINX_PORT;
-    root $WORK/lan/store;
-    location /dav/ {
+nginx_start "$NGINX_PORT" "$WORK/lan/store" "    location /dav/ {
       root $WORK;
       dav_methods PUT;
       create_full_put_path on;
       client_max_body_size 0;
       client_body_buffer_size 1m;
-    }
-  }
-}
-CONF
-nginx -c "$WORK/nginx/nginx.conf" -g 'daemon off;' &
-pids+=("$!")
-until curl -sf -o /dev/null "http://127.0.0.1:$NGINX_PORT/f-1M.bin"; do sleep 0.2; done
+    }"
 NGINX="http://127.0.0.1:$NGINX_PORT"
 
 echo "| case | store | peer | ratio (store / peer) |"
 echo "|---|---|---|---|"
 
-run_wrk() { # URL CONNECTIONS -> bytes/s
-  wrk -t2 -c"$2" -d"${DURATION}s" "$1" | awk '
-    /Transfer\/sec/ {v=$2; u=substr(v, length(v)-1); n=substr(v, 1, length(v)-2);
-      m = (u=="GB") ? 1073741824 : (u=="MB") ? 1048576 : (u=="KB") ? 1024 : 1; printf "%.0f\n", n*m}'
-}
-median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+# wrk URL CONNECTIONS -> bytes/s
+run_wrk_bytes() { run_wrk "$1" "$2" | cut -d' ' -f2; }
 declare -A RESULT
 [ "${SKIP_DOWNLOAD:-0}" = 1 ] && ROUNDS=0
 for round in $(seq "$ROUNDS"); do
   for case in "1MiB f-1M.bin 64" "1GiB f-1G.bin 4"; do
     set -- $case
     say "round $round/$ROUNDS, download $1: store, then nginx"
-    RESULT[$1-gw]+="$(run_wrk "$lan_URL/download/$2" "$3")"$'\n'
-    RESULT[$1-ng]+="$(run_wrk "$NGINX/$2" "$3")"$'\n'
+    RESULT[$1-gw]+="$(run_wrk_bytes "$lan_URL/download/$2" "$3")"$'\n'
+    RESULT[$1-ng]+="$(run_wrk_bytes "$NGINX/$2" "$3")"$'\n'
   done
 done
 
