@@ -203,4 +203,11 @@ mod tests {
                 .unwrap();
         assert_eq!(m.product().unwrap(), "alpine:3.20:arm64:cloud");
     }
+
+    #[test]
+    fn kernel_arch_names_map_to_debian_names() {
+        assert_eq!(debian_arch("x86_64"), "amd64");
+        assert_eq!(debian_arch("aarch64"), "arm64");
+        assert_eq!(debian_arch("riscv64"), "riscv64");
+    }
 }

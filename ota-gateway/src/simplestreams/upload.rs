@@ -29,7 +29,7 @@ use axum::response::{IntoResponse, Response};
 use oci_client::manifest::{OciDescriptor, OciManifest};
 
 use super::index::{combined_sha256, validate_props, ProductKey, Serial};
-use super::metadata::{read_metadata_yaml, UploadFile, UploadMetadata, UploadPath};
+use super::metadata::{read_metadata_yaml, MetadataError, UploadFile, UploadMetadata, UploadPath};
 use super::registry::{self, StoredVersion, ANN_COMBINED, ANN_TITLE};
 use super::stream::blob_key;
 use super::{Stream, StreamError, Streams};
@@ -92,7 +92,7 @@ pub async fn upload(
             // image); its `os` property names the product unless metadata.json does.
             let mut bytes = Vec::new();
             file.reopen()?.take(MAX_METADATA_TARBALL).read_to_end(&mut bytes)?;
-            from_tarball = read_metadata_yaml(&bytes)?.property("os").map(String::from);
+            from_tarball = read_metadata_yaml(&bytes).map_err(MetadataError::from)?.property("os").map(String::from);
         }
         let overrides = match path.file {
             UploadFile::MetadataJson => {
