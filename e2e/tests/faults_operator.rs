@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use e2e::faults::{Fault, FaultProxy, Rule};
 use e2e::plane::{Audited, Daemon, Plane};
-use e2e::procs::{binary, free_port, Proc, TempDir};
+use e2e::procs::{free_port, Proc, TempDir};
 use e2e::relay::TcpRelay;
 use e2e::repo_root;
 use serde_json::Value;
@@ -62,6 +62,22 @@ fn plane() -> (MutexGuard<'static, ()>, &'static Plane) {
     (guard, plane)
 }
 
+/// The operator binary, built once per test process (the operator only: these tests
+/// need no gateway).
+fn operator_binary() -> std::path::PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--bin", "updraft-operator", "-p", "updraft-operator"])
+            .current_dir(repo_root())
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "building the operator failed");
+    });
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| repo_root().join("target"), Into::into);
+    target.join("debug/updraft-operator")
+}
+
 fn namespace(plane: &Plane, prefix: &str) -> String {
     let name = format!("{prefix}-{:08x}", rand::random::<u32>());
     plane.kubectl_ok(&["create", "namespace", &name], None);
@@ -79,7 +95,7 @@ impl Operator {
         let kubeconfig = dir.join(format!("{user}.kubeconfig"));
         plane.kubeconfig_for(user, server, &kubeconfig);
         let admin = free_port();
-        let mut cmd = Command::new(binary("updraft-operator"));
+        let mut cmd = Command::new(operator_binary());
         cmd.args(["--namespace", ns, "--admin-addr", &format!("127.0.0.1:{admin}")])
             .args(["--gateway-image", "updraft/ota-gateway:e2e"])
             .args(extra)
