@@ -105,7 +105,9 @@ pub struct UploadSource {
 pub struct UpstreamSource {
     /// Base URL of the server, e.g. `https://images.linuxcontainers.org`.
     pub url: String,
-    /// Name of a ConfigMap key holding a PEM CA bundle to trust for the upstream.
+    /// A ConfigMap in the stream's namespace whose `ca.crt` key holds PEM CA
+    /// certificates to trust for `url` besides the system's (e.g. another gateway's
+    /// private CA; the key cert-manager's trust bundles and `kube-root-ca.crt` use).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_config_map: Option<String>,
 }

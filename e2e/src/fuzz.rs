@@ -60,7 +60,7 @@ where
             let mut outcome = Ok(());
             while outcome.is_ok() && start.elapsed() < budget {
                 let rng = seeds.new_rng();
-                outcome = TestRunner::new_with_rng(config(BATCH), rng).run(&strategy, &counted);
+                outcome = TestRunner::new_with_rng(config(BATCH), rng).run(&strategy, counted);
             }
             outcome
         }

@@ -453,15 +453,19 @@ fn an_oci_stream_counts_exported_images_and_under_verify_only_signed_ones() {
 }
 
 /// nginx serving `root` on `port` (a static simplestreams tree), stopped on drop.
-fn nginx(dir: &std::path::Path, root: &std::path::Path, port: u16) -> Proc {
+/// nginx serving `root` on `port`, and over TLS with `pki`'s leaf on `tls_port`.
+fn nginx(dir: &std::path::Path, root: &std::path::Path, port: u16, tls_port: u16, pki: &Pki) -> Proc {
     let conf = dir.join("nginx.conf");
+    let (crt, key) = pki.cert();
     std::fs::write(
         &conf,
         format!(
-            "daemon off;\nmaster_process off;\nerror_log stderr;\npid {pid};\nevents {{}}\nhttp {{\n  access_log off;\n  client_body_temp_path {tmp};\n  proxy_temp_path {tmp};\n  fastcgi_temp_path {tmp};\n  uwsgi_temp_path {tmp};\n  scgi_temp_path {tmp};\n  types {{ application/json json; }}\n  server {{ listen 127.0.0.1:{port}; root {root}; }}\n}}\n",
+            "daemon off;\nmaster_process off;\nerror_log stderr;\npid {pid};\nevents {{}}\nhttp {{\n  access_log off;\n  client_body_temp_path {tmp};\n  proxy_temp_path {tmp};\n  fastcgi_temp_path {tmp};\n  uwsgi_temp_path {tmp};\n  scgi_temp_path {tmp};\n  types {{ application/json json; }}\n  server {{ listen 127.0.0.1:{port}; root {root}; }}\n  server {{ listen 127.0.0.1:{tls_port} ssl; ssl_certificate {crt}; ssl_certificate_key {key}; root {root}; }}\n}}\n",
             pid = dir.join("nginx.pid").display(),
             tmp = dir.display(),
             root = root.display(),
+            crt = crt.display(),
+            key = key.display(),
         ),
     )
     .unwrap();
@@ -494,8 +498,9 @@ fn an_upstream_stream_counts_what_the_upstream_serves_and_keeps_its_counts_when_
     let index = serde_json::json!({"format": "index:1.0", "index": {"images": {"datatype": "image-downloads",
         "path": "streams/v1/images.json", "format": "products:1.0", "products": []}}});
     std::fs::write(root.join("streams/v1/index.json"), index.to_string()).unwrap();
-    let port = free_port();
-    let server = nginx(&w.dir.0, &root, port);
+    let (port, tls_port) = (free_port(), free_port());
+    let pki = Pki::new(&w.dir.0.join("pki"));
+    let server = nginx(&w.dir.0, &root, port, tls_port, &pki);
 
     let upstream = format!("{{upstream: {{url: \"http://127.0.0.1:{port}\"}}}}");
     w.apply(&stream_yaml("mirror", &upstream, "  filters: [os=debian]\n  keepVersions: 2\n"));
@@ -506,6 +511,25 @@ fn an_upstream_stream_counts_what_the_upstream_serves_and_keeps_its_counts_when_
     // Another filter, another count; all of them without filters.
     w.apply(&stream_yaml("mirror", &upstream, "  filters: [os=debian, arch=amd64]\n  keepVersions: 5\n"));
     w.wait("imgs/mirror", "3 versions of 1 product", |v| v["status"]["versions"] == 3 && v["status"]["products"] == 1);
+    w.apply(&stream_yaml("mirror", &upstream, "  keepVersions: 5\n"));
+    w.wait("imgs/mirror", "6 versions of 3 products", |v| v["status"]["versions"] == 6 && v["status"]["products"] == 3);
+
+    // Over https with a private CA: named by caConfigMap, missing at first, then there.
+    let tls = format!("{{upstream: {{url: \"https://127.0.0.1:{tls_port}\", caConfigMap: upstream-ca}}}}");
+    w.apply(&stream_yaml("mirror", &tls, "  filters: [os=alpine]\n"));
+    let v = w.wait("imgs/mirror", "the missing CA bundle named", |v| {
+        condition(v, "Ready").is_some_and(|c| c["reason"] == "CaBundleError" && c["status"] == "False")
+    });
+    assert!(message(&v, "Ready").contains("spec.source.upstream.caConfigMap"), "{v:#}");
+    let ca = format!("--from-file=ca.crt={}", pki.ca().display());
+    kubectl(&["create", "configmap", "upstream-ca", "-n", &w.ns, &ca], None).ok();
+    let v = w.wait("imgs/mirror", "2 versions of 1 product over https", |v| {
+        v["status"]["versions"] == 2 && v["status"]["products"] == 1 && is(v, "SourceReachable", "True")
+    });
+    let cm = w.wait("configmap/default-config", "the CA file rendered", |v| {
+        v["data"]["gateway.yaml"].as_str().is_some_and(|y| y.contains("/etc/updraft/upstream-ca/mirror/ca.crt"))
+    });
+    assert!(cm["data"]["gateway.yaml"].as_str().unwrap().contains(&format!("https://127.0.0.1:{tls_port}")), "{v:#}");
     w.apply(&stream_yaml("mirror", &upstream, "  keepVersions: 5\n"));
     w.wait("imgs/mirror", "6 versions of 3 products", |v| v["status"]["versions"] == 6 && v["status"]["products"] == 3);
 

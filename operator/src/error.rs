@@ -20,6 +20,9 @@ pub(crate) enum Error {
     /// A referenced Secret is missing or malformed.
     #[error("credentials: {0}")]
     Credentials(String),
+    /// The CA bundle an upstream names (`caConfigMap`) is missing or holds no certificate.
+    #[error("CA bundle: {0}")]
+    CaBundle(String),
     /// The Secret of public keys (`spec.verify`) is missing or holds no usable key.
     #[error("public keys: {0}")]
     PublicKeys(String),
@@ -41,6 +44,7 @@ impl Error {
             Error::UpstreamUnreachable(_) => "upstream_unreachable",
             Error::NoMatchingVersion(_) => "no_matching_version",
             Error::Credentials(_) => "credentials",
+            Error::CaBundle(_) => "ca_bundle",
             Error::PublicKeys(_) => "public_keys",
             Error::Unverified { .. } => "unverified",
             Error::Kube(_) => "kube_api",
@@ -55,6 +59,7 @@ impl Error {
             Error::UpstreamUnreachable(_) => "UpstreamUnreachable",
             Error::NoMatchingVersion(_) => "NoMatchingVersion",
             Error::Credentials(_) => "CredentialsError",
+            Error::CaBundle(_) => "CaBundleError",
             Error::PublicKeys(_) => "PublicKeyError",
             Error::Unverified { reason, .. } => reason,
             Error::Kube(_) => "KubernetesApiError",

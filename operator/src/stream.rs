@@ -18,8 +18,9 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::runtime::controller::Action;
-use kube::ResourceExt;
+use kube::{Api, ResourceExt};
 use sha2::{Digest, Sha256};
 use tracing::{info, instrument, warn};
 use updraft_core::cosign::Verifier;
@@ -303,12 +304,32 @@ async fn verifier(stream: &ImageStream, ctx: &Context) -> Result<Result<Option<(
     }
 }
 
+/// The PEM certificates under `ca.crt` of the upstream's `caConfigMap`, which the
+/// gateway trusts too (mounted where the rendered `caFile` points).
+async fn upstream_ca(ctx: &Context, namespace: &str, name: &str) -> Result<Vec<u8>> {
+    let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), namespace);
+    let field = "spec.source.upstream.caConfigMap";
+    let config_map = config_maps
+        .get_opt(name)
+        .await?
+        .ok_or_else(|| Error::CaBundle(format!("{field}: ConfigMap {name:?} not found in namespace {namespace:?}")))?;
+    config_map
+        .data
+        .and_then(|mut data| data.remove(render::UPSTREAM_CA_KEY))
+        .map(String::into_bytes)
+        .ok_or_else(|| Error::CaBundle(format!("{field}: ConfigMap {name:?} has no key {:?}", render::UPSTREAM_CA_KEY)))
+}
+
 /// Looks at the stream's source: what [`observe`] counts.
 async fn observe(stream: &ImageStream, ctx: &Context, verifier: Option<&(Verifier, String)>) -> Result<Observation> {
     let spec = &stream.spec;
     let keep = usize::try_from(spec.keep_versions).unwrap_or(0);
     if let Some(upstream) = &spec.source.upstream {
-        return observe::upstream(&upstream.url, &spec.filters, keep).await;
+        let ca = match &upstream.ca_config_map {
+            Some(name) => Some(upstream_ca(ctx, &stream.namespace().unwrap_or_default(), name).await?),
+            None => None,
+        };
+        return observe::upstream(&upstream.url, ca.as_deref(), &spec.filters, keep).await;
     }
     let source = match (&spec.source.oci, &spec.source.upload) {
         (Some(oci), _) => oci,

@@ -17,7 +17,7 @@ use updraft_crds::{FirmwareChannel, ImageStream, OciSource, OtaGateway, Resolved
 
 use super::{
     quantity_bytes, ADMIN_PORT, CACHE_DIR, CREDENTIALS_DIR, HTTPS_PORT, HTTP_PORT, NOTIFY_DIR, SIGNING_DIR, STORE_DIR,
-    STORE_KEY_DIR, TLS_DIR, UPLOAD_TOKEN_DIR, VERIFY_DIR,
+    STORE_KEY_DIR, TLS_DIR, UPLOAD_TOKEN_DIR, UPSTREAM_CA_DIR, UPSTREAM_CA_KEY, VERIFY_DIR,
 };
 use crate::attach::device_id;
 
@@ -154,7 +154,10 @@ pub(super) fn stream_config(gateway: &OtaGateway, stream: &ImageStream) -> Optio
             upstream: Some(UpstreamStreamSource {
                 url: upstream.url.clone(),
                 filters: spec.filters.clone(),
-                ca_file: None,
+                ca_file: upstream
+                    .ca_config_map
+                    .as_ref()
+                    .map(|_| format!("{UPSTREAM_CA_DIR}/{}/{UPSTREAM_CA_KEY}", stream.name_any()).into()),
                 interval: spec.interval.clone(),
             }),
             ..Default::default()
@@ -361,7 +364,7 @@ mod tests {
         assert_eq!(back.streams, config.streams);
 
         let mut deployment = crate::render::deployment(&gw, "img", &[]);
-        crate::render::mount_stream_keys(&mut deployment, &[&up, &oci]);
+        crate::render::mount_stream_files(&mut deployment, &[&up, &oci]);
         let pod = deployment.spec.template.spec.unwrap();
         let mounts = pod.containers[0].volume_mounts.clone().unwrap();
         for (stream, key) in [("images", "cosign.pub"), ("lab", "lab.pub")] {
@@ -373,6 +376,24 @@ mod tests {
             assert_eq!(secret.items.as_ref().unwrap()[0].key, key);
             assert_eq!(mount.read_only, Some(true));
         }
+
+        // An upstream's caConfigMap: its ca.crt is mounted where ca_file points.
+        let mirror = stream(
+            "mirror",
+            serde_json::json!({"upstream": {"url": "https://images.example", "caConfigMap": "lab-ca"}}),
+        );
+        let config = gateway_config(&gw, &[], &[&mirror]);
+        let ca_file = config.streams[0].source.upstream.as_ref().unwrap().ca_file.clone();
+        assert_eq!(ca_file, Some(std::path::PathBuf::from("/etc/updraft/upstream-ca/mirror/ca.crt")));
+        let mut deployment = crate::render::deployment(&gw, "img", &[]);
+        crate::render::mount_stream_files(&mut deployment, &[&mirror]);
+        let pod = deployment.spec.template.spec.unwrap();
+        let mounts = pod.containers[0].volume_mounts.clone().unwrap();
+        let mount = mounts.iter().find(|m| m.mount_path == "/etc/updraft/upstream-ca/mirror").expect("CA mounted");
+        let volume = pod.volumes.as_ref().unwrap().iter().find(|v| v.name == mount.name).unwrap();
+        let config_map = volume.config_map.as_ref().unwrap();
+        assert_eq!(config_map.name, "lab-ca");
+        assert_eq!(config_map.items.as_ref().unwrap()[0].key, "ca.crt");
     }
 
     #[test]

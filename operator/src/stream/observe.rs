@@ -287,23 +287,36 @@ pub(super) fn tally(versions: impl IntoIterator<Item = (String, String)>, keep: 
 /// The upstream's HTTP client (shared).
 fn http() -> &'static reqwest::Client {
     static HTTP: OnceLock<reqwest::Client> = OnceLock::new();
-    HTTP.get_or_init(|| {
-        reqwest::Client::builder()
-            .user_agent(USER_AGENT)
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(60))
-            .build()
-            .expect("an HTTP client with defaults")
-    })
+    HTTP.get_or_init(|| client_builder().build().expect("an HTTP client with defaults"))
 }
 
-/// Observes an upstream simplestreams server at `url`.
-pub(super) async fn upstream(url: &str, filters: &[String], keep: usize) -> Result<Observation> {
+fn client_builder() -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .user_agent(USER_AGENT)
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(60))
+}
+
+/// Observes an upstream simplestreams server at `url`, trusting the PEM certificates
+/// of `ca` besides the system's.
+pub(super) async fn upstream(url: &str, ca: Option<&[u8]>, filters: &[String], keep: usize) -> Result<Observation> {
     let base = url.trim_end_matches('/');
+    let client = match ca {
+        None => http().clone(),
+        Some(pem) => {
+            let certs = reqwest::Certificate::from_pem_bundle(pem)
+                .ok()
+                .filter(|c| !c.is_empty())
+                .ok_or_else(|| Error::CaBundle("caConfigMap: ca.crt holds no PEM certificate".into()))?;
+            let builder = certs.into_iter().fold(client_builder(), |b, cert| b.add_root_certificate(cert));
+            builder.build().map_err(|e| Error::CaBundle(format!("caConfigMap: {e}")))?
+        }
+    };
+    let client = &client;
     let get = |path: String| async move {
         let url = format!("{base}/{path}");
         let down = |e: &dyn std::fmt::Display| Error::UpstreamUnreachable(format!("{url}: {e}"));
-        let response = http().get(&url).send().await.map_err(|e| down(&e))?;
+        let response = client.get(&url).send().await.map_err(|e| down(&e))?;
         if !response.status().is_success() {
             return Err(down(&format!("HTTP {}", response.status())));
         }
