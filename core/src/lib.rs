@@ -8,6 +8,10 @@
 //!   hold an artifact;
 //! - [`cosign`]: cosign signature verification of a release's manifest digest, which
 //!   both sides run before pinning a release;
+//! - [`image_metadata`]: `metadata.yaml` of an LXD/Incus image, for the product an
+//!   image version belongs to;
+//! - [`notify`]: signed webhooks (body, HMAC signature, delivery with retries), sent
+//!   by the gateway and by the operator;
 //! - [`mirror`]: a mirror's rules and plan, and the metadata-only listing of its sides,
 //!   which the forwarding worker acts on and the operator reports in status;
 //! - [`telemetry`]: the log set-up both binaries share.
@@ -19,7 +23,9 @@
 
 pub mod config;
 pub mod cosign;
+pub mod image_metadata;
 pub mod mirror;
+pub mod notify;
 pub mod oci;
 pub mod telemetry;
 pub mod version;

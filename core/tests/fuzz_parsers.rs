@@ -1,13 +1,14 @@
 //! Property tests of every core parser that takes outside input: `gateway.yaml`, docker
 //! `config.json`, OCI manifests and image indexes (and the layer/manifest choice made
 //! from them), version tags, ranges and durations. No input may panic; valid inputs
-//! must give the answer a reader of the format expects. CI runs proptest's default
-//! case count; `PROPTEST_CASES=200000 cargo test -p updraft-core --test fuzz_parsers`
-//! runs a long campaign by hand.
+//! must give the answer a reader of the format expects. Each target runs through
+//! `e2e::fuzz::check`: proptest's default case count under `cargo test`,
+//! `UPDRAFT_FUZZ_SECS=600` seconds per target by hand (`e2e/scripts/fuzz.sh`).
 
 use std::collections::BTreeMap;
 
 use base64::Engine;
+use e2e::fuzz;
 use oci_client::manifest::{OciImageIndex, OciImageManifest};
 use oci_client::secrets::RegistryAuth;
 use proptest::prelude::*;
@@ -74,39 +75,51 @@ fn yamlish() -> impl Strategy<Value = String> {
     .prop_map(|parts| parts.concat())
 }
 
-proptest! {
-    #[test]
-    fn config_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..2048)) {
+#[test]
+fn config_bytes_never_panic() {
+    fuzz::check("config-bytes", prop::collection::vec(any::<u8>(), 0..2048), |bytes| {
         if let Ok(c) = GatewayConfig::parse(&bytes) {
             let _ = c.validate();
         }
-    }
+        Ok(())
+    });
+}
 
-    #[test]
-    fn config_yamlish_never_panics(text in yamlish()) {
+#[test]
+fn config_yamlish_never_panics() {
+    fuzz::check("config-yamlish", yamlish(), |text| {
         if let Ok(c) = GatewayConfig::parse(text.as_bytes()) {
             let _ = c.validate();
         }
-    }
+        Ok(())
+    });
+}
 
-    #[test]
-    fn config_mutations_never_panic_and_valid_ones_round_trip(text in mutated(VALID_CONFIG)) {
+#[test]
+fn config_mutations_never_panic_and_valid_ones_round_trip() {
+    fuzz::check("config-mutations", mutated(VALID_CONFIG), |text| {
         if let Ok(c) = GatewayConfig::parse(text.as_bytes()) {
             if c.validate().is_ok() {
                 let again = GatewayConfig::parse(c.to_yaml().as_bytes()).expect("what we write, we read");
                 prop_assert_eq!(again, c);
             }
         }
-    }
+        Ok(())
+    });
+}
 
-    #[test]
-    fn docker_config_never_panics(text in prop_oneof![any::<String>(), mutated(r#"{"auths":{"r:5000":{"auth":"dTpw"}}}"#)],
-                                  registry in "[a-z0-9.:/]{0,20}") {
+#[test]
+fn docker_config_never_panics() {
+    let text = prop_oneof![any::<String>(), mutated(r#"{"auths":{"r:5000":{"auth":"dTpw"}}}"#)];
+    fuzz::check("docker-config", (text, "[a-z0-9.:/]{0,20}"), |(text, registry)| {
         let _ = auth_from_docker_config(&text, &registry);
-    }
+        Ok(())
+    });
+}
 
-    #[test]
-    fn docker_config_auth_decodes(user in "[^:\u{0}]{0,16}", pass in any::<String>(), key_form in 0u8..3) {
+#[test]
+fn docker_config_auth_decodes() {
+    fuzz::check("docker-config-auth", ("[^:\u{0}]{0,16}", any::<String>(), 0u8..3), |(user, pass, key_form)| {
         let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
         let key = match key_form {
             0 => "r.example:5000".to_owned(),
@@ -118,12 +131,18 @@ proptest! {
         prop_assert!(matches!(auth, RegistryAuth::Basic(u, p) if u == user && p == pass));
         let other = auth_from_docker_config(&text, "elsewhere.example").unwrap();
         prop_assert!(matches!(other, RegistryAuth::Anonymous));
-    }
+        Ok(())
+    });
+}
 
-    #[test]
-    fn manifest_layer_choice(types in prop::collection::vec(prop::sample::select(vec!["a", "b", "c"]), 0..5),
-                             wanted in prop::option::of(prop::sample::select(vec!["a", "b", "x"])),
-                             junk in any::<bool>()) {
+#[test]
+fn manifest_layer_choice() {
+    let strategy = (
+        prop::collection::vec(prop::sample::select(vec!["a", "b", "c"]), 0..5),
+        prop::option::of(prop::sample::select(vec!["a", "b", "x"])),
+        any::<bool>(),
+    );
+    fuzz::check("manifest-layer-choice", strategy, |(types, wanted, junk)| {
         let layers: Vec<_> = types
             .iter()
             .enumerate()
@@ -141,22 +160,48 @@ proptest! {
         if let Ok(layer) = chosen {
             prop_assert!(wanted.is_none_or(|w| layer.media_type == w));
         }
-    }
+        Ok(())
+    });
+}
 
-    #[test]
-    fn manifest_json_never_panics(text in prop_oneof![any::<String>(), mutated(r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"a","digest":"sha256:00","size":2},"layers":[{"mediaType":"b","digest":"sha256:01","size":3}]}"#)]) {
+#[test]
+fn manifest_json_never_panics() {
+    let text = prop_oneof![
+        any::<String>(),
+        mutated(
+            r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"a","digest":"sha256:00","size":2},"layers":[{"mediaType":"b","digest":"sha256:01","size":3}]}"#
+        ),
+        mutated(
+            r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:00","size":2,"platform":{"os":"linux","architecture":"arm","variant":"v7"},"annotations":{"board":"s3"}}]}"#
+        ),
+    ];
+    fuzz::check("oci-manifest-json", text, |text| {
         if let Ok(m) = serde_json::from_str::<OciImageManifest>(&text) {
             let _ = select_layer(&m, &ArtifactConfig::default());
         }
         if let Ok(i) = serde_json::from_str::<OciImageIndex>(&text) {
             let _ = select_manifest(&i, &ArtifactConfig::default());
+            let artifact = ArtifactConfig { platform: Some("linux/arm/v7".into()), ..Default::default() };
+            let _ = select_manifest(&i, &artifact);
         }
-    }
+        Ok(())
+    });
+}
 
-    #[test]
-    fn index_manifest_choice(entries in prop::collection::vec((prop::sample::select(vec!["linux", "rtos"]), prop::sample::select(vec!["arm", "arm64"]), prop::option::of(prop::sample::select(vec!["v7", "v8"])), prop::option::of(prop::sample::select(vec!["s3", "c3"]))), 0..5),
-                             platform in prop::option::of(prop::sample::select(vec!["linux/arm", "rtos/arm64", "linux/arm/v7", "linux"])),
-                             board in prop::option::of(prop::sample::select(vec!["s3", "c3"]))) {
+#[test]
+fn index_manifest_choice() {
+    let entry = (
+        prop::sample::select(vec!["linux", "rtos"]),
+        prop::sample::select(vec!["arm", "arm64"]),
+        prop::option::of(prop::sample::select(vec!["v7", "v8"])),
+        prop::option::of(prop::sample::select(vec!["s3", "c3"])),
+    );
+    let strategy = (
+        prop::collection::vec(entry, 0..5),
+        prop::option::of(prop::sample::select(vec!["linux/arm", "rtos/arm64", "linux/arm/v7", "linux"])),
+        prop::option::of(prop::sample::select(vec!["s3", "c3"])),
+    );
+    fuzz::check("oci-index-choice", strategy, |(entries, platform, board)| {
         let manifests: Vec<_> = entries
             .iter()
             .enumerate()
@@ -172,12 +217,17 @@ proptest! {
                 e
             })
             .collect();
-        let index: OciImageIndex = serde_json::from_value(serde_json::json!({"schemaVersion": 2, "manifests": manifests})).unwrap();
+        let index: OciImageIndex =
+            serde_json::from_value(serde_json::json!({"schemaVersion": 2, "manifests": manifests})).unwrap();
         let mut annotations = BTreeMap::new();
         if let Some(b) = board {
             annotations.insert("board".to_owned(), b.to_owned());
         }
-        let artifact = ArtifactConfig { platform: platform.map(str::to_owned), annotations: annotations.into_iter().collect(), ..Default::default() };
+        let artifact = ArtifactConfig {
+            platform: platform.map(str::to_owned),
+            annotations: annotations.into_iter().collect(),
+            ..Default::default()
+        };
         let expected = entries
             .iter()
             .filter(|(os, arch, variant, b)| {
@@ -190,24 +240,36 @@ proptest! {
             })
             .count();
         prop_assert_eq!(select_manifest(&index, &artifact).is_ok(), expected == 1);
-    }
+        Ok(())
+    });
+}
 
-    #[test]
-    fn version_parsers_never_panic(s in any::<String>()) {
+#[test]
+fn version_parsers_never_panic() {
+    fuzz::check("version-text", any::<String>(), |s| {
         let _ = parse_range(&s);
         let _ = parse_tag(&s, true);
         let _ = parse_tag(&s, false);
         let _ = parse_duration(&s);
-    }
+        Ok(())
+    });
+}
 
-    #[test]
-    fn durations_never_panic(parts in prop::collection::vec(("[0-9]{1,20}", prop::sample::select(vec!["s", "m", "h", "d", "x", ""])), 0..4)) {
+#[test]
+fn durations_never_panic() {
+    let parts = prop::collection::vec(("[0-9]{1,20}", prop::sample::select(vec!["s", "m", "h", "d", "x", ""])), 0..4);
+    fuzz::check("durations", parts, |parts| {
         let text: String = parts.iter().map(|(n, u)| format!("{n}{u}")).collect();
         let _ = parse_duration(&text);
-    }
+        Ok(())
+    });
+}
 
-    #[test]
-    fn tags_parse_as_semver(major in 0u64..1000, minor in 0u64..1000, patch in 0u64..1000, pre in prop::option::of("[a-z]{1,5}\\.(0|[1-9][0-9]{0,2})"), v in any::<bool>()) {
+#[test]
+fn tags_parse_as_semver() {
+    let strategy =
+        (0u64..1000, 0u64..1000, 0u64..1000, prop::option::of("[a-z]{1,5}\\.(0|[1-9][0-9]{0,2})"), any::<bool>());
+    fuzz::check("semver-tags", strategy, |(major, minor, patch, pre, v)| {
         let plain = match &pre {
             Some(p) => format!("{major}.{minor}.{patch}-{p}"),
             None => format!("{major}.{minor}.{patch}"),
@@ -216,7 +278,8 @@ proptest! {
         let parsed = parse_tag(&tag, true).expect("a semver tag parses");
         prop_assert_eq!(parsed.to_string(), plain);
         prop_assert_eq!(parse_tag(&tag, false).is_some(), !v);
-    }
+        Ok(())
+    });
 }
 
 /// The case the campaign found: a number too large for its unit overflowed (a panic

@@ -86,6 +86,12 @@ pub struct GatewayStore {
     pub port: i32,
     /// Secret key holding the store's write key (filuxe's `key` header).
     pub write_key_secret: SecretKeyRef,
+    /// Accept uploads and deletes over plain HTTP. Default false: with `spec.tls` the
+    /// store's port speaks HTTPS (the same certificate), and a write that arrives over
+    /// plain HTTP is refused with 403, so the write key is never sent in the clear.
+    /// Only for a trusted network.
+    #[serde(default)]
+    pub allow_plain_writes: bool,
 }
 
 /// The gateway's HTTPS listener.

@@ -6,7 +6,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::common::{default_gateway, OciSource};
+use crate::common::{default_gateway, OciSource, Verification};
 
 /// A simplestreams image server (for `lxc` and `incus`) built from images held as OCI
 /// artifacts, from uploads, or mirrored from an upstream simplestreams server.
@@ -50,6 +50,13 @@ pub struct ImageStreamSpec {
     /// Stop re-indexing; the gateway keeps serving the current index.
     #[serde(default)]
     pub suspend: bool,
+    /// Index only image versions whose OCI manifest digest carries a cosign signature
+    /// that verifies with the key (`oci` and `upload` sources; not allowed with
+    /// `upstream`). Others are left out of the index, `Verified=False` names them. The
+    /// gateway reads one key file per stream: `publicKeySecret.key`, default
+    /// `cosign.pub`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<Verification>,
 }
 
 /// Where an ImageStream's images come from (exactly one).
@@ -85,6 +92,11 @@ pub struct UploadSource {
     /// Largest accepted upload, as a quantity (e.g. `8Gi`). Default 4Gi.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_bytes: Option<Quantity>,
+    /// Accept uploads and deletes over plain HTTP. Default false: writes need TLS
+    /// (`OtaGateway.spec.tls`), and one that arrives over plain HTTP is refused with
+    /// 403, so the upload token is never sent in the clear. Only for a trusted network.
+    #[serde(default)]
+    pub allow_plain_writes: bool,
 }
 
 /// An upstream simplestreams server.
@@ -93,7 +105,9 @@ pub struct UploadSource {
 pub struct UpstreamSource {
     /// Base URL of the server, e.g. `https://images.linuxcontainers.org`.
     pub url: String,
-    /// Name of a ConfigMap key holding a PEM CA bundle to trust for the upstream.
+    /// A ConfigMap in the stream's namespace whose `ca.crt` key holds PEM CA
+    /// certificates to trust for `url` besides the system's (e.g. another gateway's
+    /// private CA; the key cert-manager's trust bundles and `kube-root-ca.crt` use).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_config_map: Option<String>,
 }
@@ -121,7 +135,8 @@ pub struct ImageStreamStatus {
     /// `lxc remote add ...`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub remote_add: Vec<String>,
-    /// `Ready`, `Reconciling` and `Stalled` (kstatus).
+    /// `Ready`, `Reconciling` and `Stalled` (kstatus); under `spec.verify` also
+    /// `Verified`; `SourceReachable` once the source was looked at.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }

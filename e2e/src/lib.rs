@@ -7,8 +7,12 @@
 
 pub mod cosign;
 pub mod faults;
+pub mod fuzz;
 pub mod helm;
+pub mod images;
+pub mod plane;
 pub mod procs;
+pub mod relay;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

@@ -1,14 +1,21 @@
 //! The ImageStream controller end to end: the real operator binary against
 //! kube-apiserver 1.20 and the real registry. An OtaGateway with TLS and an upload
 //! token serves an upload stream: the stream's status (URL over https, remote-add
-//! commands, products and versions from the repository's tags, Ready), the rendered
+//! commands, products and versions from the manifests' annotations, Ready), the rendered
 //! ConfigMap's `streams` and `tls` sections, the Service's https port, the Secrets
-//! mounted; malformed streams are `Stalled` naming the field and never rendered.
+//! mounted; malformed streams are `Stalled` naming the field and never rendered. An OCI
+//! stream pushed with `oras` as `incus image export` writes it is counted from the
+//! images' own `metadata.yaml` and, under `spec.verify`, only signed versions count
+//! (signatures made with openssl, independently of the verifier); an upstream stream
+//! counts what nginx serves as a static simplestreams tree, and keeps its counts when
+//! nginx is gone.
 
 use std::process::Command;
 use std::time::Duration;
 
-use e2e::procs::{binary, free_port, operator, oras_push, wait_for, Proc, TempDir};
+use e2e::cosign::{Key, Repository};
+use e2e::images::{image_client, make_image, run, Pki};
+use e2e::procs::{binary, free_port, operator, wait_for, Proc, TempDir};
 use e2e::{cluster, install_crds, kubectl, namespace};
 use serde_json::Value;
 
@@ -36,8 +43,21 @@ impl World {
         World { ns, dir, operator }
     }
 
+    /// Applies `yaml`. The API server is shared: another checkout's tests may have just
+    /// applied older CRDs, so an "unknown field" puts this checkout's CRDs back and
+    /// tries again for a while.
     fn apply(&self, yaml: &str) {
-        kubectl(&["apply", "--server-side", "-n", &self.ns, "-f", "-"], Some(yaml)).ok();
+        let applied = wait_for(Duration::from_secs(30), "kubectl apply", || {
+            let out = kubectl(&["apply", "--server-side", "-n", &self.ns, "-f", "-"], Some(yaml));
+            if !out.success && out.stderr.contains("unknown field") {
+                let crds = e2e::repo_root().join("crds/crds.yaml");
+                kubectl(&["apply", "--server-side", "--force-conflicts", "-f", crds.to_str().unwrap()], None);
+                std::thread::sleep(Duration::from_millis(500));
+                return None;
+            }
+            Some(out)
+        });
+        applied.ok();
     }
 
     fn get(&self, what: &str) -> Option<Value> {
@@ -122,16 +142,19 @@ fn an_upload_stream_on_a_tls_gateway_is_indexed_rendered_and_ready() {
     );
     assert!(is(&v, "Stalled", "False") && is(&v, "Reconciling", "False"), "{v:#}");
 
-    // Two versions of one product and one of another, named as the gateway names uploads.
+    // Two versions of one product and one of another, stored as the gateway stores
+    // uploads (tag and annotations); the operator reads the annotations, not the bytes.
     let file = w.dir.0.join("lxd.tar.xz");
-    std::fs::write(&file, b"not really an image: the operator reads tags only").unwrap();
-    for tag in [
-        "debian_bookworm_amd64_default_20260101_0000",
-        "debian_bookworm_amd64_default_20260102_0000",
-        "debian_bookworm_arm64_default_20260101_0000",
+    std::fs::write(&file, b"not really an image: the operator reads the annotations").unwrap();
+    for (product, serial) in [
+        ("debian:bookworm:amd64:default", "20260101_00:00"),
+        ("debian:bookworm:amd64:default", "20260102_00:00"),
+        ("debian:bookworm:arm64:default", "20260101_00:00"),
     ] {
-        oras_push(&repository, tag, &file, "application/vnd.updraft.simplestreams.metadata.v1.tar+xz");
+        push_upload(&repository, product, serial, &file, false);
     }
+    // A tombstone (an upload deleted through the gateway) is not a version.
+    push_upload(&repository, "debian:bookworm:arm64:default", "20251231_00:00", &file, true);
     let v = w.wait("imgs/images", "3 versions of 2 products", |v| {
         v["status"]["versions"] == 3 && v["status"]["products"] == 2 && is(v, "Ready", "True")
     });
@@ -205,56 +228,23 @@ fn an_upload_stream_on_a_tls_gateway_is_indexed_rendered_and_ready() {
     assert!(message.contains("https only: set spec.tls"), "{message}");
 }
 
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    assert!(out.status.success(), "{cmd:?} failed:\n{}\n{}", text(&out.stdout), text(&out.stderr));
-    text(&out.stdout)
-}
-
-/// A CA (`ca.pem`) and a leaf for 127.0.0.1 signed by it (`tls.crt`, `tls.key`).
-fn make_pki(dir: &std::path::Path) {
-    let openssl = |args: &[&str]| run(Command::new("openssl").args(args).current_dir(dir));
-    openssl(&["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "ca.key"]);
-    openssl(&["req", "-x509", "-new", "-key", "ca.key", "-subj", "/CN=e2e CA", "-days", "2", "-out", "ca.pem"]);
-    openssl(&["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "leaf.ec"]);
-    openssl(&["pkcs8", "-topk8", "-nocrypt", "-in", "leaf.ec", "-out", "tls.key"]);
-    openssl(&["req", "-new", "-key", "tls.key", "-subj", "/CN=gateway", "-out", "leaf.csr"]);
-    std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        "leaf.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-extfile",
-        "ext.cnf",
-        "-out",
-        "tls.crt",
-    ]);
-}
-
-/// An image's metadata tarball (`incus.tar.xz`) and root file system (`rootfs.squashfs`).
-fn make_image(dir: &std::path::Path, seed: &str) {
-    std::fs::create_dir_all(dir.join("rootdir/etc")).unwrap();
-    std::fs::write(dir.join("rootdir/etc/hostname"), format!("{seed}\n")).unwrap();
-    std::fs::write(
-        dir.join("metadata.yaml"),
-        "architecture: x86_64\ncreation_date: 1767225600\nproperties:\n  os: Debian\n  release: bookworm\n  variant: default\n  description: Debian bookworm\ntemplates: {}\n",
-    )
-    .unwrap();
-    run(Command::new("tar").args(["-cJf", "incus.tar.xz", "metadata.yaml"]).current_dir(dir));
-    run(Command::new("mksquashfs").arg(dir.join("rootdir")).arg(dir.join("rootfs.squashfs")).args([
-        "-noappend",
-        "-all-root",
-        "-quiet",
-    ]));
+/// Pushes `file` as the metadata layer of a version stored the way the gateway stores
+/// uploads: tag `<os>_<release>_<arch>_<variant>_<YYYYMMDD>_<HHMM>` and the product and
+/// serial annotations (`deleted`: a tombstone).
+fn push_upload(repository: &str, product: &str, serial: &str, file: &std::path::Path, deleted: bool) -> String {
+    let tag = format!("{}_{}", product.replace(':', "_"), serial.replace(':', ""));
+    let mut cmd = Command::new("oras");
+    cmd.current_dir(file.parent().unwrap())
+        .args(["push", "--plain-http", &format!("{}/{repository}:{tag}", cluster().registry)])
+        .args(["--annotation", &format!("dev.updraft.simplestreams.product={product}")])
+        .args(["--annotation", &format!("dev.updraft.simplestreams.serial={serial}")]);
+    if deleted {
+        cmd.args(["--annotation", "dev.updraft.simplestreams.deleted=true"]);
+    }
+    let name = file.file_name().unwrap().to_str().unwrap();
+    cmd.arg(format!("{name}:application/vnd.updraft.simplestreams.metadata.v1.tar+xz"));
+    let out = run(&mut cmd);
+    out.lines().find_map(|l| l.strip_prefix("Digest: ")).unwrap_or_else(|| panic!("no digest: {out}")).trim().to_owned()
 }
 
 #[test]
@@ -263,8 +253,7 @@ fn incus_lists_what_is_uploaded_through_the_gateway_the_operator_configured() {
     let registry = &cluster().registry;
     let repository = format!("e2e/{}/uploads", w.ns);
     let pki = w.dir.0.join("pki");
-    std::fs::create_dir_all(&pki).unwrap();
-    make_pki(&pki);
+    Pki::new(&pki);
     let (crt, key) =
         (format!("--cert={}", pki.join("tls.crt").display()), format!("--key={}", pki.join("tls.key").display()));
     kubectl(&["create", "secret", "tls", "gateway-cert", "-n", &w.ns, &crt, &key], None).ok();
@@ -337,18 +326,219 @@ fn incus_lists_what_is_uploaded_through_the_gateway_the_operator_configured() {
             v["status"]["remoteAdd"][i].as_str().unwrap().replace(v["status"]["url"].as_str().unwrap(), &base);
         let args: Vec<&str> = command.split(' ').collect();
         assert_eq!(args[0], tool);
-        let conf = home.join(format!("{tool}-conf"));
-        std::fs::create_dir_all(&conf).unwrap();
-        let client = |args: &[&str]| {
-            run(Command::new(tool)
-                .args(args)
-                .env(if tool == "incus" { "INCUS_CONF" } else { "LXD_CONF" }, &conf)
-                .env("XDG_CACHE_HOME", home.join("cache"))
-                .env("HOME", &home)
-                .env("SSL_CERT_FILE", &ca))
-        };
+        let client = |args: &[&str]| image_client(tool, &home, &ca, args);
         client(&args[1..]);
         let csv = client(&["image", "list", "lab:", "--format", "csv", "-c", "lat"]);
         assert!(csv.to_lowercase().contains("debian") && csv.contains("x86_64"), "{tool} image list:\n{csv}");
     }
+}
+
+/// An image as `incus image export` writes it, with no annotations: its metadata
+/// tarball (`meta-<n>.tar.xz`, `metadata.yaml` created at `created`) and a root file
+/// system, pushed with `oras` under their file names. Returns the manifest digest.
+fn push_exported(dir: &std::path::Path, repository: &str, tag: &str, arch: &str, created: i64) -> String {
+    let work = dir.join(format!("export-{tag}-{arch}"));
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::write(
+        work.join("metadata.yaml"),
+        format!(
+            "architecture: {arch}\ncreation_date: {created}\nproperties:\n  os: Debian\n  release: bookworm\n  variant: default\n  description: Debian bookworm\ntemplates: {{}}\n"
+        ),
+    )
+    .unwrap();
+    let meta = format!("meta-{tag}.tar.xz");
+    run(Command::new("tar").args(["-cJf", &meta, "metadata.yaml"]).current_dir(&work));
+    let rootfs = format!("{tag}.squashfs");
+    std::fs::write(work.join(&rootfs), format!("a root file system of {tag} {arch}")).unwrap();
+    let out = run(Command::new("oras").current_dir(&work).args([
+        "push",
+        "--plain-http",
+        &format!("{}/{repository}:{tag}", cluster().registry),
+        &meta,
+        &rootfs,
+    ]));
+    out.lines().find_map(|l| l.strip_prefix("Digest: ")).unwrap_or_else(|| panic!("no digest: {out}")).trim().to_owned()
+}
+
+fn message<'a>(v: &'a Value, type_: &str) -> &'a str {
+    condition(v, type_).and_then(|c| c["message"].as_str()).unwrap_or("")
+}
+
+#[test]
+fn an_oci_stream_counts_exported_images_and_under_verify_only_signed_ones() {
+    let w = World::new("streams-oci");
+    let registry = &cluster().registry;
+    let repository = format!("e2e/{}/exported", w.ns);
+    w.apply("apiVersion: updraft.dev/v1alpha1\nkind: OtaGateway\nmetadata: {name: default}\nspec: {}\n");
+    let oci = format!("{{oci: {{registry: \"{registry}\", repository: \"{repository}\", insecure: true}}}}");
+
+    // Two versions of amd64, one of arm64: products and serials from metadata.yaml only.
+    let v1 = push_exported(&w.dir.0, &repository, "20260101", "x86_64", 1767225600);
+    let v2 = push_exported(&w.dir.0, &repository, "20260102", "x86_64", 1767312000);
+    let arm = push_exported(&w.dir.0, &repository, "20260101-arm", "aarch64", 1767225600);
+    w.apply(&stream_yaml("lab", &oci, ""));
+    let v = w.wait("imgs/lab", "3 versions of 2 products", |v| {
+        v["status"]["versions"] == 3 && v["status"]["products"] == 2 && is(v, "Ready", "True")
+    });
+    assert!(is(&v, "SourceReachable", "True"), "{v:#}");
+    assert!(condition(&v, "Verified").is_none(), "no spec.verify, no Verified: {v:#}");
+    // keepVersions counts as the gateway indexes: at most one per product.
+    w.apply(&stream_yaml("lab", &oci, "  keepVersions: 1\n"));
+    w.wait("imgs/lab", "2 versions of 2 products", |v| v["status"]["versions"] == 2 && v["status"]["products"] == 2);
+
+    // Under spec.verify with no key Secret yet: Stalled naming the field.
+    let verify = "  verify: {provider: cosign, publicKeySecret: {name: stream-keys}}\n";
+    w.apply(&stream_yaml("lab", &oci, verify));
+    let v = w.wait("imgs/lab", "Stalled on the missing Secret", |v| is(v, "Stalled", "True"));
+    let stalled = condition(&v, "Stalled").unwrap();
+    assert_eq!(stalled["reason"], "SecretNotFound");
+    assert!(message(&v, "Stalled").starts_with("spec.verify.publicKeySecret"), "{stalled}");
+
+    // The key appears: v1 signed in cosign 2's tag scheme, v2 and arm unsigned.
+    let keys = w.dir.0.join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let key = Key::generate(&keys, "cosign");
+    let signed = Repository { registry, name: &repository, dir: &keys };
+    signed.sign_with_tag(&key, &v1);
+    let from_file = format!("--from-file=cosign.pub={}", key.public_file().display());
+    kubectl(&["create", "secret", "generic", "stream-keys", "-n", &w.ns, &from_file], None).ok();
+    let v = w.wait("imgs/lab", "1 signed version indexed, Verified=False", |v| {
+        is(v, "Stalled", "False") && is(v, "Verified", "False") && v["status"]["versions"] == 1
+    });
+    assert_eq!(v["status"]["products"], 1, "{v:#}");
+    let refused = message(&v, "Verified");
+    assert!(refused.contains("2 of 3 image versions are not indexed"), "{refused}");
+    for (tag, digest) in [("20260102", &v2), ("20260101-arm", &arm)] {
+        assert!(refused.contains(&format!("tag {tag} ({digest})")), "{tag}: {refused}");
+    }
+    assert!(refused.contains("no cosign signature"), "{refused}");
+    assert_eq!(condition(&v, "Verified").unwrap()["reason"], "NoSignature");
+    assert!(!refused.contains(&v1), "v1 verifies: {refused}");
+
+    // Signing the rest (v2 as cosign 3 does, a bundle referrer) indexes them.
+    signed.sign_with_bundle(&key, &v2);
+    signed.sign_with_tag(&key, &arm);
+    let v = w.wait("imgs/lab", "Verified", |v| is(v, "Verified", "True") && v["status"]["versions"] == 3);
+    assert!(message(&v, "Verified").contains("all 3 image versions"), "{v:#}");
+    let events = kubectl(&["get", "events.events.k8s.io", "-n", &w.ns, "-o", "json"], None).ok();
+    assert!(events.contains("\"Unverified\"") && events.contains("\"Verified\""), "{events}");
+    assert!(events.contains(&format!("tag 20260102 ({v2})")), "the event names tag and digest: {events}");
+
+    // The gateway's config points at the key file its Deployment mounts.
+    let rendered = |v: &Value| -> Value { serde_yaml::from_str(v["data"]["gateway.yaml"].as_str().unwrap()).unwrap() };
+    let cm = w.wait("configmap/default-config", "the stream's verify rendered", |v| {
+        !rendered(v)["streams"][0]["verify"].is_null()
+    });
+    assert_eq!(
+        rendered(&cm)["streams"][0]["verify"]["publicKeyFiles"],
+        serde_json::json!(["/etc/updraft/verify/lab/cosign.pub"])
+    );
+    let deployment = w.get("deployment/default").unwrap();
+    let pod = &deployment["spec"]["template"]["spec"];
+    let mount = pod["containers"][0]["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["mountPath"] == "/etc/updraft/verify/lab")
+        .unwrap_or_else(|| panic!("no key mount: {pod:#}"))
+        .clone();
+    let volume = pod["volumes"].as_array().unwrap().iter().find(|v| v["name"] == mount["name"]).unwrap();
+    assert_eq!(volume["secret"]["secretName"], "stream-keys");
+    assert_eq!(volume["secret"]["items"][0]["key"], "cosign.pub");
+
+    // verify with an upstream source is refused, naming the field.
+    w.apply(&stream_yaml("mirror", "{upstream: {url: \"https://images.example.org\"}}", verify));
+    let v = w.wait("imgs/mirror", "Stalled", |v| is(v, "Stalled", "True"));
+    assert!(message(&v, "Stalled").starts_with("verify:"), "{v:#}");
+}
+
+/// nginx serving `root` on `port` (a static simplestreams tree), stopped on drop.
+/// nginx serving `root` on `port`, and over TLS with `pki`'s leaf on `tls_port`.
+fn nginx(dir: &std::path::Path, root: &std::path::Path, port: u16, tls_port: u16, pki: &Pki) -> Proc {
+    let conf = dir.join("nginx.conf");
+    let (crt, key) = pki.cert();
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon off;\nmaster_process off;\nerror_log stderr;\npid {pid};\nevents {{}}\nhttp {{\n  access_log off;\n  client_body_temp_path {tmp};\n  proxy_temp_path {tmp};\n  fastcgi_temp_path {tmp};\n  uwsgi_temp_path {tmp};\n  scgi_temp_path {tmp};\n  types {{ application/json json; }}\n  server {{ listen 127.0.0.1:{port}; root {root}; }}\n  server {{ listen 127.0.0.1:{tls_port} ssl; ssl_certificate {crt}; ssl_certificate_key {key}; root {root}; }}\n}}\n",
+            pid = dir.join("nginx.pid").display(),
+            tmp = dir.display(),
+            root = root.display(),
+            crt = crt.display(),
+            key = key.display(),
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new("nginx");
+    cmd.args(["-p", dir.to_str().unwrap(), "-c", conf.to_str().unwrap()]);
+    let proc = Proc::spawn(cmd, &dir.join("nginx.log"));
+    wait_for(WAIT, "nginx listening", || std::net::TcpStream::connect(("127.0.0.1", port)).ok());
+    proc
+}
+
+#[test]
+fn an_upstream_stream_counts_what_the_upstream_serves_and_keeps_its_counts_when_it_is_gone() {
+    let w = World::new("streams-upstream");
+    w.apply("apiVersion: updraft.dev/v1alpha1\nkind: OtaGateway\nmetadata: {name: default}\nspec: {}\n");
+    // A static simplestreams tree: index.json names images.json; three products.
+    let root = w.dir.0.join("www");
+    std::fs::create_dir_all(root.join("streams/v1")).unwrap();
+    let item = |ftype: &str| serde_json::json!({"ftype": ftype, "path": format!("images/{ftype}"), "sha256": "ab".repeat(32), "size": 4});
+    let version = serde_json::json!({"items": {"lxd.tar.xz": item("lxd.tar.xz"), "root.squashfs": item("squashfs")}});
+    let versions = |n: usize| -> Value {
+        (1..=n).map(|d| (format!("202601{d:02}_00:00"), version.clone())).collect::<serde_json::Map<_, _>>().into()
+    };
+    let images = serde_json::json!({"content_id": "images", "datatype": "image-downloads", "format": "products:1.0",
+    "products": {
+        "debian:bookworm:amd64:default": {"os": "Debian", "release": "bookworm", "arch": "amd64", "variant": "default", "versions": versions(3)},
+        "debian:bookworm:arm64:default": {"os": "Debian", "release": "bookworm", "arch": "arm64", "variant": "default", "versions": versions(1)},
+        "alpine:3.20:amd64:default": {"os": "Alpine", "release": "3.20", "arch": "amd64", "variant": "default", "versions": versions(2)},
+    }});
+    std::fs::write(root.join("streams/v1/images.json"), images.to_string()).unwrap();
+    let index = serde_json::json!({"format": "index:1.0", "index": {"images": {"datatype": "image-downloads",
+        "path": "streams/v1/images.json", "format": "products:1.0", "products": []}}});
+    std::fs::write(root.join("streams/v1/index.json"), index.to_string()).unwrap();
+    let (port, tls_port) = (free_port(), free_port());
+    let pki = Pki::new(&w.dir.0.join("pki"));
+    let server = nginx(&w.dir.0, &root, port, tls_port, &pki);
+
+    let upstream = format!("{{upstream: {{url: \"http://127.0.0.1:{port}\"}}}}");
+    w.apply(&stream_yaml("mirror", &upstream, "  filters: [os=debian]\n  keepVersions: 2\n"));
+    let v = w.wait("imgs/mirror", "3 versions of 2 products", |v| {
+        v["status"]["versions"] == 3 && v["status"]["products"] == 2 && is(v, "Ready", "True")
+    });
+    assert!(is(&v, "SourceReachable", "True") && v["status"]["lastIndexed"].is_string(), "{v:#}");
+    // Another filter, another count; all of them without filters.
+    w.apply(&stream_yaml("mirror", &upstream, "  filters: [os=debian, arch=amd64]\n  keepVersions: 5\n"));
+    w.wait("imgs/mirror", "3 versions of 1 product", |v| v["status"]["versions"] == 3 && v["status"]["products"] == 1);
+    w.apply(&stream_yaml("mirror", &upstream, "  keepVersions: 5\n"));
+    w.wait("imgs/mirror", "6 versions of 3 products", |v| v["status"]["versions"] == 6 && v["status"]["products"] == 3);
+
+    // Over https with a private CA: named by caConfigMap, missing at first, then there.
+    let tls = format!("{{upstream: {{url: \"https://127.0.0.1:{tls_port}\", caConfigMap: upstream-ca}}}}");
+    w.apply(&stream_yaml("mirror", &tls, "  filters: [os=alpine]\n"));
+    let v = w.wait("imgs/mirror", "the missing CA bundle named", |v| {
+        condition(v, "Ready").is_some_and(|c| c["reason"] == "CaBundleError" && c["status"] == "False")
+    });
+    assert!(message(&v, "Ready").contains("spec.source.upstream.caConfigMap"), "{v:#}");
+    let ca = format!("--from-file=ca.crt={}", pki.ca().display());
+    kubectl(&["create", "configmap", "upstream-ca", "-n", &w.ns, &ca], None).ok();
+    let v = w.wait("imgs/mirror", "2 versions of 1 product over https", |v| {
+        v["status"]["versions"] == 2 && v["status"]["products"] == 1 && is(v, "SourceReachable", "True")
+    });
+    let cm = w.wait("configmap/default-config", "the CA file rendered", |v| {
+        v["data"]["gateway.yaml"].as_str().is_some_and(|y| y.contains("/etc/updraft/upstream-ca/mirror/ca.crt"))
+    });
+    assert!(cm["data"]["gateway.yaml"].as_str().unwrap().contains(&format!("https://127.0.0.1:{tls_port}")), "{v:#}");
+    w.apply(&stream_yaml("mirror", &upstream, "  keepVersions: 5\n"));
+    w.wait("imgs/mirror", "6 versions of 3 products", |v| v["status"]["versions"] == 6 && v["status"]["products"] == 3);
+
+    // The upstream goes away: the counts stay, the conditions say why.
+    drop(server);
+    let v = w.wait("imgs/mirror", "SourceReachable=False", |v| is(v, "SourceReachable", "False"));
+    assert_eq!((v["status"]["versions"].as_i64(), v["status"]["products"].as_i64()), (Some(6), Some(3)), "{v:#}");
+    assert_eq!(condition(&v, "SourceReachable").unwrap()["reason"], "UpstreamUnreachable");
+    assert!(message(&v, "SourceReachable").contains(&format!("127.0.0.1:{port}")), "{v:#}");
+    assert!(is(&v, "Ready", "True"), "the gateway keeps serving its last index: {v:#}");
+    assert!(message(&v, "Ready").contains("the last look at the source failed"), "{v:#}");
 }

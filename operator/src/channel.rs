@@ -1,36 +1,34 @@
 //! FirmwareChannel controller: read → validate → resolve (registry metadata, on the
-//! channel's schedule; under `spec.verify`, the release's signature) → status. The OtaGateway controller renders the resolved digests
-//! into gateway configuration.
+//! channel's schedule; under `spec.verify`, the release's signature) → status. The
+//! OtaGateway controller renders the resolved digests into gateway configuration. A
+//! release refused because its signature did not verify is announced to the gateway's
+//! webhooks (`notify`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::runtime::controller::Action;
-use kube::{Api, ResourceExt};
-use oci_client::secrets::RegistryAuth;
+use kube::ResourceExt;
 use tracing::{info, instrument, warn};
 use updraft_core::cosign::Verifier;
 use updraft_core::version::parse_range;
-use updraft_crds::conditions::{self, set_condition, NewCondition, READY, RECONCILING, STALLED};
+use updraft_crds::conditions::{self, set_condition, NewCondition, READY, STALLED};
 use updraft_crds::{FirmwareChannel, FirmwareChannelSpec, FirmwareChannelStatus, ResolvedVersion};
 
 use crate::attach::{self, gateway_of};
 use crate::checks;
 use crate::context::Context;
 use crate::error::{Error, Result, SpecError};
+use crate::notify::{self, Refused};
 use crate::render;
 use crate::resolve::{Resolution, ResolveRequest};
 use crate::schedule::Failure;
-use crate::status::{self, Stall};
+use crate::secrets;
+use crate::status::{self, VERIFIED};
 
 pub(crate) const CONTROLLER: &str = "firmwarechannel";
 /// Condition that reports whether the last registry check reached the registry.
 const REGISTRY_REACHABLE: &str = "RegistryReachable";
-/// Condition that reports, under `spec.verify`, whether the newest release's signature
-/// verified (and so whether it is pinned).
-const VERIFIED: &str = "Verified";
 
 #[instrument(skip_all, fields(namespace = channel.namespace().unwrap_or_default(), name = channel.name_any()))]
 pub(crate) async fn reconcile(channel: Arc<FirmwareChannel>, ctx: Arc<Context>) -> Result<Action> {
@@ -42,7 +40,11 @@ pub(crate) async fn reconcile(channel: Arc<FirmwareChannel>, ctx: Arc<Context>) 
 
     let interval = match validate(&channel.spec) {
         Ok(interval) => interval,
-        Err(e) => return stall(&channel, &ctx, status, e).await,
+        Err(e) => {
+            status::invalid_spec(&ctx, channel.as_ref(), status, e, CONTROLLER).await?;
+            schedule.forget(channel.as_ref());
+            return Ok(Action::await_change());
+        }
     };
     set_condition(
         &mut status.conditions,
@@ -68,6 +70,19 @@ pub(crate) async fn reconcile(channel: Arc<FirmwareChannel>, ctx: Arc<Context>) 
     schedule.succeeded(&channel);
     if let Some((verified, note)) = verification {
         ctx.event(channel.as_ref(), !verified, if verified { "Verified" } else { "Unverified" }, note).await;
+        if let Some(Error::Unverified { message, version, tag, digest, .. }) = error.as_ref().filter(|_| !verified) {
+            let refused = Refused {
+                namespace: channel.namespace().unwrap_or_default(),
+                channel: Some(channel.name_any()),
+                device: Some(crate::attach::device_id(&channel)),
+                version: version.clone(),
+                tag: tag.clone(),
+                digest: digest.clone(),
+                reason: message.clone(),
+                ..Default::default()
+            };
+            notify::failed_verification(&ctx, ctx.gateways.get(&gateway_of(channel.as_ref())), refused);
+        }
     }
     if let Some(note) = new_version {
         ctx.event(channel.as_ref(), false, "NewVersion", note).await;
@@ -137,22 +152,6 @@ fn validate(spec: &FirmwareChannelSpec) -> Result<Duration, SpecError> {
     Ok(interval)
 }
 
-/// Reports a bad spec as `Stalled` and waits for the spec to change.
-async fn stall(
-    channel: &FirmwareChannel,
-    ctx: &Context,
-    status: FirmwareChannelStatus,
-    error: SpecError,
-) -> Result<Action> {
-    warn!(field = %error.field, %error, "invalid spec");
-    let stalled =
-        Stall { reason: "InvalidSpec", message: error.to_string(), waiting: "waiting for the spec to change" };
-    status::stall(ctx, channel, status, stalled).await?;
-    ctx.schedules.channels.forget(channel);
-    ctx.metrics.error(CONTROLLER, &Error::InvalidSpec(error));
-    Ok(Action::await_change())
-}
-
 /// Asks the registry which artifact the channel should serve now, and records the
 /// outcome in the channel's schedule.
 async fn check_registry(channel: &FirmwareChannel, ctx: &Context, interval: Duration) -> Result<Resolution> {
@@ -169,7 +168,7 @@ async fn check_registry(channel: &FirmwareChannel, ctx: &Context, interval: Dura
 
 async fn resolve(channel: &FirmwareChannel, ctx: &Context) -> Result<Resolution> {
     let spec = &channel.spec;
-    let auth = registry_auth(channel, ctx).await?;
+    let auth = secrets::registry_auth(ctx, &channel.namespace().unwrap_or_default(), &spec.source).await?;
     let artifact = render::channel_artifact(&spec.artifact);
     let known = channel.status.as_ref().and_then(|s| s.latest.as_ref());
     let verifier = verifier(channel, ctx).await?;
@@ -183,30 +182,10 @@ async fn resolve(channel: &FirmwareChannel, ctx: &Context) -> Result<Resolution>
 async fn verifier(channel: &FirmwareChannel, ctx: &Context) -> Result<Option<Verifier>> {
     let Some(verify) = &channel.spec.verify else { return Ok(None) };
     let name = &verify.public_key_secret.name;
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &channel.namespace().unwrap_or_default());
-    let secret = secrets.get_opt(name).await?.ok_or_else(|| Error::PublicKeys(format!("Secret {name:?} not found")))?;
-    let data = secret.data.unwrap_or_default();
-    let entries = data.iter().map(|(key, value)| (key.as_str(), value.0.as_slice()));
-    Verifier::from_key_set(&format!("Secret {name}"), entries, verify.public_key_secret.key.as_deref())
-        .map(Some)
-        .map_err(|e| Error::PublicKeys(e.to_string()))
-}
-
-/// Credentials from the channel's dockerconfigjson Secret; anonymous without one.
-async fn registry_auth(channel: &FirmwareChannel, ctx: &Context) -> Result<RegistryAuth> {
-    let Some(name) = &channel.spec.source.credentials_secret else { return Ok(RegistryAuth::Anonymous) };
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &channel.namespace().unwrap_or_default());
-    let secret =
-        secrets.get_opt(name).await?.ok_or_else(|| Error::Credentials(format!("Secret {name:?} not found")))?;
-    let bytes = secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get(".dockerconfigjson"))
-        .ok_or_else(|| Error::Credentials(format!("Secret {name:?} has no .dockerconfigjson key")))?;
-    let text =
-        std::str::from_utf8(&bytes.0).map_err(|_| Error::Credentials(format!("Secret {name:?} is not UTF-8")))?;
-    updraft_core::oci::auth_from_docker_config(text, &channel.spec.source.registry)
-        .map_err(|e| Error::Credentials(format!("Secret {name:?}: {e}")))
+    let secret = secrets::get(ctx, &channel.namespace().unwrap_or_default(), name)
+        .await?
+        .ok_or_else(|| Error::PublicKeys(format!("Secret {name:?} not found")))?;
+    secrets::verifier(&secret, verify, None).map(Some)
 }
 
 /// A new digest moves `latest` to `previous`; returns the note of the `NewVersion` event,
@@ -270,11 +249,7 @@ fn set_verified(
         }
         _ => return None,
     };
-    let same = |c: &Condition| {
-        c.status == if verified { "True" } else { "False" } && c.reason == reason && c.message == message
-    };
-    let changed = !conditions::find(&status.conditions, VERIFIED).is_some_and(same);
-    set_condition(&mut status.conditions, NewCondition::new(VERIFIED, verified, reason, message.clone()), generation);
+    let changed = status::set_verified(&mut status.conditions, verified, reason, &message, generation);
     changed.then_some((verified, message))
 }
 
@@ -321,12 +296,12 @@ fn set_ready(channel: &FirmwareChannel, ctx: &Context, status: &mut FirmwareChan
     };
     set_condition(&mut status.conditions, NewCondition::new(READY, ready, reason, message), generation);
     let retrying = status.latest.is_none() && failure.is_some();
-    let reconciling = if retrying {
-        NewCondition::new(RECONCILING, true, "RetryingAfterError", "retrying the registry with growing backoff")
-    } else {
-        NewCondition::new(RECONCILING, false, "Idle", "nothing to do until the next registry check")
-    };
-    set_condition(&mut status.conditions, reconciling, generation);
+    status::set_reconciling(
+        &mut status.conditions,
+        retrying,
+        "nothing to do until the next registry check",
+        generation,
+    );
 }
 
 fn missing_gateway(name: &str, ns: &str) -> String {
@@ -443,6 +418,9 @@ mod tests {
         let refused = Failure::from(&Error::Unverified {
             reason: "NoSignature",
             message: format!("1.1.0 (tag v1.1.0, {DIGEST_B}) is not pinned: no cosign signature for {DIGEST_B}"),
+            version: "1.1.0".into(),
+            tag: "v1.1.0".into(),
+            digest: DIGEST_B.into(),
         });
         let unreachable = Failure::from(&Error::RegistryUnreachable("down".into()));
         let mut status = FirmwareChannelStatus::default();

@@ -64,10 +64,27 @@ impl Context {
 /// What one look at an ImageStream's source found (the result its schedule keeps).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Observation {
-    /// Distinct `os:release:arch:variant` products named by the tags.
+    /// Products (`os:release:arch:variant`) with at least one version in the index.
     pub products: usize,
-    /// Tags (image versions) in the repository.
+    /// Image versions in the index (at most `keepVersions` per product).
     pub versions: usize,
+    /// Tags or upstream versions left out: not an image, deleted, or unreadable.
+    pub skipped: usize,
+    /// Under `spec.verify`: versions whose signature verified.
+    pub verified: usize,
+    /// Under `spec.verify`: versions left out because their signature did not verify.
+    pub unverified: Vec<Unverified>,
+}
+
+/// An image version whose signature did not verify.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Unverified {
+    pub tag: String,
+    pub digest: String,
+    /// `NoSignature`, `WrongKey`, … ([`updraft_core::cosign::VerifyError::reason`]).
+    pub reason: &'static str,
+    /// Why, in words.
+    pub message: String,
 }
 
 /// What one look at an ArtifactMirror's source and destination found: the worker's

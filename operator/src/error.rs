@@ -11,19 +11,26 @@ pub(crate) enum Error {
     /// The registry could not be reached or refused the request.
     #[error("registry unreachable: {0}")]
     RegistryUnreachable(String),
+    /// An upstream simplestreams server could not be reached or answered nonsense.
+    #[error("upstream unreachable: {0}")]
+    UpstreamUnreachable(String),
     /// The registry answered, but no tag or artifact fits the spec (yet).
     #[error("{0}")]
     NoMatchingVersion(String),
     /// A referenced Secret is missing or malformed.
     #[error("credentials: {0}")]
     Credentials(String),
+    /// The CA bundle an upstream names (`caConfigMap`) is missing or holds no certificate.
+    #[error("CA bundle: {0}")]
+    CaBundle(String),
     /// The Secret of public keys (`spec.verify`) is missing or holds no usable key.
     #[error("public keys: {0}")]
     PublicKeys(String),
     /// The resolved release's signature does not verify, so it is not pinned. `reason`
-    /// says why ([`updraft_core::cosign::VerifyError::reason`]).
+    /// says why ([`updraft_core::cosign::VerifyError::reason`]); `version`, `tag` and
+    /// `digest` name the release (for the webhook that announces it).
     #[error("{message}")]
-    Unverified { reason: &'static str, message: String },
+    Unverified { reason: &'static str, message: String, version: String, tag: String, digest: String },
     /// A mirror's source could not be listed.
     #[error("source: {0}")]
     SourceUnreachable(String),
@@ -40,8 +47,10 @@ impl Error {
         match self {
             Error::InvalidSpec(_) => "invalid_spec",
             Error::RegistryUnreachable(_) => "registry_unreachable",
+            Error::UpstreamUnreachable(_) => "upstream_unreachable",
             Error::NoMatchingVersion(_) => "no_matching_version",
             Error::Credentials(_) => "credentials",
+            Error::CaBundle(_) => "ca_bundle",
             Error::PublicKeys(_) => "public_keys",
             Error::Unverified { .. } => "unverified",
             Error::SourceUnreachable(_) => "source_unreachable",
@@ -55,8 +64,10 @@ impl Error {
         match self {
             Error::InvalidSpec(_) => "InvalidSpec",
             Error::RegistryUnreachable(_) => "RegistryUnreachable",
+            Error::UpstreamUnreachable(_) => "UpstreamUnreachable",
             Error::NoMatchingVersion(_) => "NoMatchingVersion",
             Error::Credentials(_) => "CredentialsError",
+            Error::CaBundle(_) => "CaBundleError",
             Error::PublicKeys(_) => "PublicKeyError",
             Error::Unverified { reason, .. } => reason,
             Error::SourceUnreachable(_) => "SourceUnreachable",

@@ -77,7 +77,9 @@ pub(crate) async fn reconcile(gateway: Arc<OtaGateway>, ctx: Arc<Context>) -> Re
 
     apply(&ctx, &ns, &render::config_map(&gateway, &config)).await?;
     apply(&ctx, &ns, &render::service(&gateway)).await?;
-    let deployment = apply(&ctx, &ns, &render::deployment(&gateway, &ctx.gateway_image, &secrets)).await?;
+    let mut pods = render::deployment(&gateway, &ctx.gateway_image, &secrets);
+    render::mount_stream_files(&mut pods, &streams);
+    let deployment = apply(&ctx, &ns, &pods).await?;
     // The forwarding worker runs only while a mirror is attached. Not rendering it is
     // not enough (the owner reference only removes it with the gateway): delete it.
     if mirrors.is_empty() {

@@ -4,8 +4,8 @@
 //! kind (see [`run`]): `channel` resolves FirmwareChannel versions from registry
 //! metadata and writes their status; `gateway` renders every OtaGateway's configuration
 //! from the resources attached to it (`attach`, built by the pure builders in `render`)
-//! and applies its ConfigMap, Deployment and Service; `stream` and `mirror` report
-//! ImageStreams and ArtifactMirrors as not reconciled yet. `receiver` turns registry
+//! and applies its ConfigMap, Deployment and Service; `stream` observes ImageStream
+//! sources (counts, signatures); `notify` sends the webhooks of refused releases. `receiver` turns registry
 //! push notifications into immediate reconciles of the objects whose source was
 //! pushed. Registry checks and retries run on a per-object `schedule`, generic over
 //! the kind; `status` writes every status.
@@ -24,10 +24,12 @@ mod gateway;
 mod leader;
 mod metrics;
 mod mirror;
+mod notify;
 pub mod receiver;
 mod render;
 mod resolve;
 pub mod run;
 mod schedule;
+mod secrets;
 mod status;
 mod stream;

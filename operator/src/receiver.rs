@@ -346,6 +346,12 @@ struct HarborRepository {
     repo_full_name: String,
 }
 
+/// [`pushes`] as (host, repository) pairs, for the fuzz tests (`operator/tests/fuzz_*.rs`).
+#[doc(hidden)]
+pub fn pushed_repositories(body: &[u8]) -> Result<Vec<(Option<String>, String)>, serde_json::Error> {
+    Ok(pushes(body)?.into_iter().map(|p| (p.host, p.repository)).collect())
+}
+
 /// The pushed repositories a notification names (empty: nothing pushed, e.g. pulls or
 /// blob uploads, which come before their manifest).
 fn pushes(body: &[u8]) -> Result<Vec<Push>, serde_json::Error> {

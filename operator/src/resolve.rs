@@ -96,7 +96,13 @@ impl OciResolver {
                 VerifyError::Registry(e) => {
                     Error::RegistryUnreachable(format!("{}: verifying {}: {e}", source.reference(), release()))
                 }
-                e => Error::Unverified { reason: e.reason(), message: format!("{} is not pinned: {e}", release()) },
+                e => Error::Unverified {
+                    reason: e.reason(),
+                    message: format!("{} is not pinned: {e}", release()),
+                    version: resolution.version.clone(),
+                    tag: resolution.tag.clone(),
+                    digest: resolution.digest.clone(),
+                },
             })?;
         Ok(Resolution { verified: Some(verified), ..resolution })
     }

@@ -71,7 +71,7 @@ impl From<&Error> for Failure {
         Self {
             reason: e.reason(),
             message: e.to_string(),
-            unreachable: matches!(e, Error::RegistryUnreachable(_)),
+            unreachable: matches!(e, Error::RegistryUnreachable(_) | Error::UpstreamUnreachable(_)),
             unverified: matches!(e, Error::Unverified { .. }),
         }
     }

@@ -14,6 +14,12 @@ use updraft_crds::conditions::{self, set_condition, NewCondition, READY, RECONCI
 use updraft_crds::{ArtifactMirrorStatus, FirmwareChannelStatus, ImageStreamStatus, OtaGatewayStatus};
 
 use crate::context::{Context, FIELD_MANAGER};
+use crate::error::{Error, SpecError};
+
+/// Condition that reports, under `spec.verify`, whether what the source offers carries
+/// signatures that verify (FirmwareChannel: the newest release; ImageStream: every
+/// image version).
+pub(crate) const VERIFIED: &str = "Verified";
 
 /// A status with kstatus conditions.
 pub(crate) trait Conditions {
@@ -108,6 +114,52 @@ pub(crate) async fn stall<K: WithStatus>(
     Ok(())
 }
 
+/// Reports `obj`'s spec invalid (`Stalled` with reason `InvalidSpec`, the message naming
+/// the field, a Warning event on the transition) and counts the error under
+/// `controller`. The caller then forgets the object's schedule and waits for a change.
+pub(crate) async fn invalid_spec<K: WithStatus>(
+    ctx: &Context,
+    obj: &K,
+    status: K::Status,
+    error: SpecError,
+    controller: &str,
+) -> Result<(), kube::Error> {
+    tracing::warn!(field = %error.field, %error, "invalid spec");
+    let stalled =
+        Stall { reason: "InvalidSpec", message: error.to_string(), waiting: "waiting for the spec to change" };
+    stall(ctx, obj, status, stalled).await?;
+    ctx.metrics.error(controller, &Error::InvalidSpec(error));
+    Ok(())
+}
+
+/// `Reconciling`: True while the source is retried after an error before anything was
+/// found, otherwise False with `idle` (what the resource waits for).
+pub(crate) fn set_reconciling(conditions: &mut Vec<Condition>, retrying: bool, idle: &str, generation: Option<i64>) {
+    let reconciling = if retrying {
+        NewCondition::new(RECONCILING, true, "RetryingAfterError", "retrying the source with growing backoff")
+    } else {
+        NewCondition::new(RECONCILING, false, "Idle", idle)
+    };
+    set_condition(conditions, reconciling, generation);
+}
+
+/// Sets [`VERIFIED`]; returns whether it changed (status, reason or message), i.e.
+/// whether its event is due: events on transitions only.
+pub(crate) fn set_verified(
+    conditions: &mut Vec<Condition>,
+    verified: bool,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+) -> bool {
+    let same = |c: &Condition| {
+        c.status == if verified { "True" } else { "False" } && c.reason == reason && c.message == message
+    };
+    let changed = !conditions::find(conditions, VERIFIED).is_some_and(same);
+    set_condition(conditions, NewCondition::new(VERIFIED, verified, reason, message.to_owned()), generation);
+    changed
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,5 +178,19 @@ mod tests {
         set_stalled(conds, &stall, Some(2));
         assert_eq!(*conds, before, "a repeated stall changes nothing, timestamps included");
         assert_eq!(conditions::find(conds, READY).unwrap().message, stall.message);
+    }
+
+    #[test]
+    fn verified_reports_a_change_once() {
+        let mut conds = Vec::new();
+        assert!(set_verified(&mut conds, false, "NoSignature", "no cosign signature for sha256:a", Some(1)));
+        assert!(!set_verified(&mut conds, false, "NoSignature", "no cosign signature for sha256:a", Some(1)));
+        assert!(set_verified(&mut conds, false, "NoSignature", "no cosign signature for sha256:b", Some(1)));
+        assert!(set_verified(&mut conds, true, "Verified", "all signed", Some(1)));
+        assert!(conditions::is_true(&conds, VERIFIED));
+        set_reconciling(&mut conds, true, "idle", Some(1));
+        assert!(conditions::is_true(&conds, RECONCILING));
+        set_reconciling(&mut conds, false, "idle", Some(1));
+        assert_eq!(conditions::find(&conds, RECONCILING).unwrap().message, "idle");
     }
 }

@@ -1,40 +1,52 @@
-//! ImageStream controller: read → validate → observe the source (registry metadata, on
-//! the stream's schedule) → status. The OtaGateway controller renders the stream's
-//! source (never its versions) into the gateway's `streams` section; the gateway builds
-//! and serves the simplestreams index.
+//! ImageStream controller: read → validate → observe the source (metadata only, on the
+//! stream's schedule; `observe`) → status. The OtaGateway controller renders the
+//! stream's source (never its versions) into the gateway's `streams` section; the
+//! gateway builds and serves the simplestreams index.
 //!
-//! What is observed, from metadata only: for an `oci` or `upload` source the tags of the
-//! repository (one tag, one version; a tag named as the gateway names uploads,
-//! `<os>_<release>_<arch>_<variant>_<YYYYMMDD>_<HHMM>`, also names its product). An
-//! `upstream` is observed by the gateway, which mirrors it; its counts stay 0 here.
+//! Every source kind is observed and counted as the gateway indexes it: an `oci` or
+//! `upload` repository (products from manifest annotations or the image's
+//! `metadata.yaml`), an `upstream` server (its index and products document, filters
+//! and `keepVersions` applied). A source that cannot be reached keeps the last counts;
+//! `SourceReachable=False` says why. Under `spec.verify` every image version's
+//! signature is checked with the code channels use: `Verified` True/False, an event on
+//! each change naming tag, digest and why, and a `release.failed` webhook to the
+//! gateway's receivers for each version newly left out.
+
+mod observe;
 
 use std::collections::BTreeSet;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
-use oci_client::client::ClientProtocol;
-use oci_client::secrets::RegistryAuth;
-use oci_client::Client;
+use sha2::{Digest, Sha256};
 use tracing::{info, instrument, warn};
-use updraft_core::oci;
-use updraft_crds::conditions::{self, set_condition, NewCondition, READY, RECONCILING, STALLED};
+use updraft_core::cosign::Verifier;
+use updraft_crds::conditions::{self, set_condition, NewCondition, READY, STALLED};
 use updraft_crds::stream::ImageSource;
-use updraft_crds::{ImageStream, ImageStreamSpec, ImageStreamStatus, OciSource, OtaGateway};
+use updraft_crds::{ImageStream, ImageStreamSpec, ImageStreamStatus, OtaGateway};
 
 use crate::attach::gateway_of;
 use crate::checks;
 use crate::context::{Context, Observation};
 use crate::error::{Error, Result, SpecError};
+use crate::notify::{self, Refused};
 use crate::render;
-use crate::status::{self, Stall};
+use crate::schedule::Failure;
+use crate::secrets;
+use crate::status::{self, Stall, VERIFIED};
 
 pub(crate) const CONTROLLER: &str = "imagestream";
-const USER_AGENT: &str = concat!("updraft-operator/", env!("CARGO_PKG_VERSION"));
 /// The keys a filter may test (what the gateway's upstream filters accept).
 const FILTER_KEYS: [&str; 4] = ["os", "release", "arch", "variant"];
+/// Condition that reports whether the last look at the source reached it.
+const SOURCE_REACHABLE: &str = "SourceReachable";
+/// The key file the gateway reads from `spec.verify.publicKeySecret` when `key` is unset.
+pub(crate) const DEFAULT_PUBLIC_KEY: &str = "cosign.pub";
+/// How often a stream whose public-key Secret is missing looks again.
+const SECRET_RECHECK: Duration = Duration::from_secs(10);
 
 #[instrument(skip_all, fields(namespace = stream.namespace().unwrap_or_default(), name = stream.name_any()))]
 pub(crate) async fn reconcile(stream: Arc<ImageStream>, ctx: Arc<Context>) -> Result<Action> {
@@ -48,13 +60,16 @@ pub(crate) async fn reconcile(stream: Arc<ImageStream>, ctx: Arc<Context>) -> Re
     let interval = match validate(&stream.name_any(), &stream.spec, gateway.as_deref()) {
         Ok(interval) => interval,
         Err(e) => {
-            warn!(field = %e.field, error = %e, "invalid spec");
-            let stalled =
-                Stall { reason: "InvalidSpec", message: e.to_string(), waiting: "waiting for the spec to change" };
-            status::stall(&ctx, stream.as_ref(), status, stalled).await?;
+            status::invalid_spec(&ctx, stream.as_ref(), status, e, CONTROLLER).await?;
             schedule.forget(stream.as_ref());
-            ctx.metrics.error(CONTROLLER, &Error::InvalidSpec(e));
             return Ok(Action::await_change());
+        }
+    };
+    let verifier = match verifier(&stream, &ctx).await? {
+        Ok(verifier) => verifier,
+        Err(stall) => {
+            status::stall(&ctx, stream.as_ref(), status, stall).await?;
+            return Ok(Action::requeue(SECRET_RECHECK));
         }
     };
     set_condition(
@@ -63,34 +78,21 @@ pub(crate) async fn reconcile(stream: Arc<ImageStream>, ctx: Arc<Context>) -> Re
         generation,
     );
 
-    let observes = stream.spec.source.upstream.is_none();
-    if observes && !stream.spec.suspend && schedule.due_in(&stream).is_none() {
-        let result = observe(&stream, &ctx).await;
+    let before = schedule.last_result(&stream);
+    if !stream.spec.suspend && schedule.due_in(&stream).is_none() {
+        let result = observe(&stream, &ctx, verifier.as_ref()).await;
         ctx.metrics.registry_check(result.is_ok());
         if let Err(e) = &result {
             ctx.metrics.error(CONTROLLER, e);
-            warn!(error = %e, "listing the stream's repository failed");
+            warn!(error = %e, "observing the stream's source failed");
         }
         schedule.checked(&stream, result.map_err(|e| (&e).into()), interval);
     }
     let observation = schedule.last_result(&stream);
     let failure = schedule.last_failure(&stream);
-    let mut indexed = None;
-    if let Some(o) = &observation {
-        ctx.metrics.stream_images(&stream.namespace().unwrap_or_default(), &stream.name_any(), o.versions, o.products);
-        status.products = o.products.try_into().unwrap_or(i32::MAX);
-        status.versions = o.versions.try_into().unwrap_or(i32::MAX);
-        let changed = status.versions != old.versions || status.products != old.products;
-        if changed || old.last_indexed.is_none() {
-            status.last_indexed = Some(conditions::now());
-        }
-        if changed && old.last_indexed.is_some() {
-            indexed = Some(format!(
-                "{} versions of {} products (were {} of {})",
-                o.versions, o.products, old.versions, old.products
-            ));
-        }
-    }
+    let indexed = observation.as_ref().and_then(|o| record_counts(&ctx, &stream, &mut status, &old, o));
+    set_source_condition(&mut status, failure.as_ref(), observation.is_some(), generation);
+    let verification = set_verified(&stream.spec, &mut status, observation.as_ref(), generation);
     let (url, remote_add, https) = match &gateway {
         Some(gw) => {
             let url = render::stream_url(gw, &stream.name_any());
@@ -100,38 +102,17 @@ pub(crate) async fn reconcile(stream: Arc<ImageStream>, ctx: Arc<Context>) -> Re
     };
     status.url = url;
     status.remote_add = remote_add;
-
-    let (ready, reason, message) = match (&gateway, failure, &observation) {
-        (None, _, _) => (false, "GatewayNotFound", missing_gateway(&stream.spec.gateway_ref, &stream)),
-        (Some(_), Some(f), _) => (false, f.reason, f.message),
-        (Some(_), None, None) if observes && stream.spec.suspend => {
-            (false, "Suspended", "suspended before the repository was listed".to_owned())
-        }
-        (Some(_), None, None) if observes => (false, "Observing", "waiting for the first listing".to_owned()),
-        (Some(_), None, _) => {
-            let what = match &observation {
-                Some(o) => format!("{} versions of {} products", o.versions, o.products),
-                None => "the upstream's products (observed by the gateway, which mirrors it)".to_owned(),
-            };
-            let mut message = format!("gateway {:?} serves {what}", stream.spec.gateway_ref);
-            if !https {
-                message.push_str(
-                    "; lxc and incus add simplestreams remotes over https only: set spec.tls on the OtaGateway",
-                );
-            }
-            (true, "Serving", message)
-        }
-    };
+    let (ready, reason, message) = readiness(&stream, gateway.is_some(), https, failure.as_ref(), &observation, &old);
     let became_ready = ready && !conditions::is_true(&old.conditions, READY);
     let was_failing = conditions::find(&old.conditions, READY).is_some_and(|c| c.reason == reason);
     set_condition(&mut status.conditions, NewCondition::new(READY, ready, reason, message.clone()), generation);
-    let retrying = !ready && observation.is_none() && schedule.last_failure(&stream).is_some();
-    let reconciling = if retrying {
-        NewCondition::new(RECONCILING, true, "RetryingAfterError", "retrying the registry with growing backoff")
-    } else {
-        NewCondition::new(RECONCILING, false, "Idle", "nothing to do until the next listing")
-    };
-    set_condition(&mut status.conditions, reconciling, generation);
+    let retrying = observation.is_none() && failure.is_some();
+    status::set_reconciling(
+        &mut status.conditions,
+        retrying,
+        "nothing to do until the next look at the source",
+        generation,
+    );
 
     status::write(&ctx.client, stream.as_ref(), &status).await?;
     schedule.succeeded(&stream);
@@ -139,16 +120,225 @@ pub(crate) async fn reconcile(stream: Arc<ImageStream>, ctx: Arc<Context>) -> Re
         info!(%note, "indexed");
         ctx.event(stream.as_ref(), false, "Indexed", note).await;
     }
+    if let Some((verified, note)) = verification {
+        ctx.event(stream.as_ref(), !verified, if verified { "Verified" } else { "Unverified" }, note).await;
+        announce_refused(&ctx, &stream, gateway, before.as_ref(), observation.as_ref());
+    }
     if became_ready {
         info!(%message, "ready");
         ctx.event(stream.as_ref(), false, "Ready", message).await;
     } else if !ready && !was_failing && reason != "Observing" {
         ctx.event(stream.as_ref(), true, reason, message).await;
     }
-    if stream.spec.suspend || !observes {
+    if stream.spec.suspend {
         return Ok(Action::await_change());
     }
     Ok(Action::requeue(schedule.due_in(&stream).unwrap_or(interval)))
+}
+
+/// Copies the observed counts into status (and metrics); `lastIndexed` moves when they
+/// change. Returns the note of the `Indexed` event when they changed.
+fn record_counts(
+    ctx: &Context,
+    stream: &ImageStream,
+    status: &mut ImageStreamStatus,
+    old: &ImageStreamStatus,
+    o: &Observation,
+) -> Option<String> {
+    ctx.metrics.stream_images(&stream.namespace().unwrap_or_default(), &stream.name_any(), o.versions, o.products);
+    status.products = o.products.try_into().unwrap_or(i32::MAX);
+    status.versions = o.versions.try_into().unwrap_or(i32::MAX);
+    let changed = status.versions != old.versions || status.products != old.products;
+    if changed || old.last_indexed.is_none() {
+        status.last_indexed = Some(conditions::now());
+    }
+    (changed && old.last_indexed.is_some()).then(|| {
+        format!("{} versions of {} products (were {} of {})", o.versions, o.products, old.versions, old.products)
+    })
+}
+
+/// `SourceReachable`: False with the failure while the source cannot be reached, True
+/// once a look succeeded.
+fn set_source_condition(
+    status: &mut ImageStreamStatus,
+    failure: Option<&Failure>,
+    seen: bool,
+    generation: Option<i64>,
+) {
+    let condition = match failure {
+        Some(f) if f.unreachable => {
+            let kept = format!(
+                "{}; the last counts ({} versions of {} products) are kept",
+                f.message, status.versions, status.products
+            );
+            NewCondition::new(SOURCE_REACHABLE, false, f.reason, kept)
+        }
+        _ if seen => NewCondition::new(SOURCE_REACHABLE, true, "Reachable", "the last look at the source succeeded"),
+        _ => return,
+    };
+    set_condition(&mut status.conditions, condition, generation);
+}
+
+/// `Verified` under `spec.verify`, from the last observation; none without it. Returns
+/// the event to publish (verified or not, and its note) when the condition changed.
+fn set_verified(
+    spec: &ImageStreamSpec,
+    status: &mut ImageStreamStatus,
+    observation: Option<&Observation>,
+    generation: Option<i64>,
+) -> Option<(bool, String)> {
+    if spec.verify.is_none() {
+        status.conditions.retain(|c| c.type_ != VERIFIED);
+        return None;
+    }
+    let o = observation?;
+    let (verified, reason, message) = match o.unverified.as_slice() {
+        [] => (true, "Verified", format!("all {} image versions are signed and verify", o.verified)),
+        refused @ [first, ..] => {
+            let mut message = format!(
+                "{} of {} image versions are not indexed, their signatures do not verify: ",
+                refused.len(),
+                refused.len() + o.verified
+            );
+            let shown: Vec<&str> = refused.iter().take(3).map(|u| u.message.as_str()).collect();
+            message.push_str(&shown.join("; "));
+            if refused.len() > 3 {
+                message.push_str(&format!("; and {} more", refused.len() - 3));
+            }
+            (false, first.reason, message)
+        }
+    };
+    let changed = status::set_verified(&mut status.conditions, verified, reason, &message, generation);
+    changed.then_some((verified, message))
+}
+
+/// A `release.failed` webhook for each version the last observation left out that the
+/// one before did not.
+fn announce_refused(
+    ctx: &Arc<Context>,
+    stream: &ImageStream,
+    gateway: Option<Arc<OtaGateway>>,
+    before: Option<&Observation>,
+    now: Option<&Observation>,
+) {
+    let Some(now) = now else { return };
+    let known: BTreeSet<&str> = before.iter().flat_map(|o| o.unverified.iter().map(|u| u.digest.as_str())).collect();
+    for u in now.unverified.iter().filter(|u| !known.contains(u.digest.as_str())) {
+        let refused = Refused {
+            namespace: stream.namespace().unwrap_or_default(),
+            stream: Some(stream.name_any()),
+            version: u.tag.clone(),
+            tag: u.tag.clone(),
+            digest: u.digest.clone(),
+            reason: u.message.clone(),
+            ..Default::default()
+        };
+        notify::failed_verification(ctx, gateway.clone(), refused);
+    }
+}
+
+/// `Ready`: whether the gateway serves the stream, and what.
+fn readiness(
+    stream: &ImageStream,
+    gateway: bool,
+    https: bool,
+    failure: Option<&Failure>,
+    observation: &Option<Observation>,
+    old: &ImageStreamStatus,
+) -> (bool, &'static str, String) {
+    let indexed_before = old.last_indexed.is_some();
+    match (gateway, failure, observation) {
+        (false, _, _) => (false, "GatewayNotFound", missing_gateway(&stream.spec.gateway_ref, stream)),
+        (true, Some(f), None) if !indexed_before || !f.unreachable => (false, f.reason, f.message.clone()),
+        (true, None, None) if stream.spec.suspend => {
+            (false, "Suspended", "suspended before the source was looked at".to_owned())
+        }
+        (true, None, None) => (false, "Observing", "waiting for the first look at the source".to_owned()),
+        (true, _, _) => {
+            let (versions, products) = match observation {
+                Some(o) => (o.versions, o.products),
+                None => (old.versions.try_into().unwrap_or(0), old.products.try_into().unwrap_or(0)),
+            };
+            let mut message =
+                format!("gateway {:?} serves {versions} versions of {products} products", stream.spec.gateway_ref);
+            if let Some(f) = failure {
+                message.push_str(&format!(" (as last seen; the last look at the source failed: {})", f.message));
+            }
+            if !https {
+                message.push_str(
+                    "; lxc and incus add simplestreams remotes over https only: set spec.tls on the OtaGateway",
+                );
+            }
+            (true, "Serving", message)
+        }
+    }
+}
+
+/// Under `spec.verify`: the verifier of the key the gateway reads too
+/// (`publicKeySecret.key`, default [`DEFAULT_PUBLIC_KEY`]), or the stall of a Secret
+/// that is missing or holds no usable key (rechecked every [`SECRET_RECHECK`]).
+async fn verifier(stream: &ImageStream, ctx: &Context) -> Result<Result<Option<(Verifier, String)>, Stall<'static>>> {
+    let Some(verify) = &stream.spec.verify else { return Ok(Ok(None)) };
+    let name = &verify.public_key_secret.name;
+    let ns = stream.namespace().unwrap_or_default();
+    let waiting = "rechecking the Secret every 10 s";
+    let Some(secret) = secrets::get(ctx, &ns, name).await? else {
+        let message = format!("spec.verify.publicKeySecret: Secret {name:?} not found in namespace {ns:?}");
+        return Ok(Err(Stall { reason: "SecretNotFound", message, waiting }));
+    };
+    match secrets::verifier(&secret, verify, Some(DEFAULT_PUBLIC_KEY)) {
+        Ok(verifier) => {
+            let mut hash = Sha256::new();
+            for (key, value) in secret.data.iter().flatten() {
+                hash.update(key.as_bytes());
+                hash.update([0]);
+                hash.update(&value.0);
+                hash.update([0]);
+            }
+            Ok(Ok(Some((verifier, hex::encode(hash.finalize())))))
+        }
+        Err(e) => {
+            let message = format!("spec.verify.publicKeySecret: {e}");
+            Ok(Err(Stall { reason: "PublicKeyError", message, waiting }))
+        }
+    }
+}
+
+/// The PEM certificates under `ca.crt` of the upstream's `caConfigMap`, which the
+/// gateway trusts too (mounted where the rendered `caFile` points).
+async fn upstream_ca(ctx: &Context, namespace: &str, name: &str) -> Result<Vec<u8>> {
+    let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), namespace);
+    let field = "spec.source.upstream.caConfigMap";
+    let config_map = config_maps
+        .get_opt(name)
+        .await?
+        .ok_or_else(|| Error::CaBundle(format!("{field}: ConfigMap {name:?} not found in namespace {namespace:?}")))?;
+    config_map
+        .data
+        .and_then(|mut data| data.remove(render::UPSTREAM_CA_KEY))
+        .map(String::into_bytes)
+        .ok_or_else(|| Error::CaBundle(format!("{field}: ConfigMap {name:?} has no key {:?}", render::UPSTREAM_CA_KEY)))
+}
+
+/// Looks at the stream's source: what [`observe`] counts.
+async fn observe(stream: &ImageStream, ctx: &Context, verifier: Option<&(Verifier, String)>) -> Result<Observation> {
+    let spec = &stream.spec;
+    let keep = usize::try_from(spec.keep_versions).unwrap_or(0);
+    if let Some(upstream) = &spec.source.upstream {
+        let ca = match &upstream.ca_config_map {
+            Some(name) => Some(upstream_ca(ctx, &stream.namespace().unwrap_or_default(), name).await?),
+            None => None,
+        };
+        return observe::upstream(&upstream.url, ca.as_deref(), &spec.filters, keep).await;
+    }
+    let source = match (&spec.source.oci, &spec.source.upload) {
+        (Some(oci), _) => oci,
+        (_, Some(upload)) => &upload.repository,
+        _ => return Ok(Observation::default()),
+    };
+    let auth = secrets::registry_auth(ctx, &stream.namespace().unwrap_or_default(), source).await?;
+    let verify = verifier.map(|(verifier, keys)| observe::Verify { verifier, keys: keys.clone() });
+    observe::repository(source, &auth, keep, verify).await
 }
 
 /// A failed status write is retried soon, growing (1 s… 30 s).
@@ -201,6 +391,14 @@ fn validate(name: &str, spec: &ImageStreamSpec, gateway: Option<&OtaGateway>) ->
     }
     if let Some(upstream) = upstream {
         checks::http_url("source.upstream.url", &upstream.url)?;
+        if spec.verify.is_some() {
+            let message = "verify: an upstream source serves the upstream's images as they are; signatures are \
+                           checked on oci and upload sources only";
+            return Err(SpecError::new("verify", message));
+        }
+    }
+    if spec.verify.as_ref().is_some_and(|v| v.public_key_secret.name.is_empty()) {
+        return Err(SpecError::new("verify.publicKeySecret.name", "verify.publicKeySecret.name is empty"));
     }
     for filter in &spec.filters {
         let ok = filter.split_once('=').is_some_and(|(key, value)| FILTER_KEYS.contains(&key) && !value.is_empty());
@@ -219,77 +417,6 @@ fn validate(name: &str, spec: &ImageStreamSpec, gateway: Option<&OtaGateway>) ->
 /// `incus remote add` and `lxc remote add` of the stream at `url`.
 fn remote_add(name: &str, url: &str) -> Vec<String> {
     ["incus", "lxc"].map(|cli| format!("{cli} remote add {name} {url} --protocol simplestreams --public")).into()
-}
-
-/// Counts the versions and products in the stream's repository.
-async fn observe(stream: &ImageStream, ctx: &Context) -> Result<Observation> {
-    let source = match (&stream.spec.source.oci, &stream.spec.source.upload) {
-        (Some(oci), _) => oci,
-        (_, Some(upload)) => &upload.repository,
-        _ => return Ok(Observation::default()),
-    };
-    let auth = registry_auth(stream, source, ctx).await?;
-    let reference = oci::tag_reference(&source.registry, &source.repository, "latest");
-    match oci::list_repository_tags(client(source.insecure), &reference, &auth).await {
-        Ok(tags) => Ok(count(&tags)),
-        // No upload yet: the repository does not exist until the first one.
-        Err(e) if is_unknown_repository(&e) => Ok(Observation::default()),
-        Err(e) => Err(Error::RegistryUnreachable(format!("{}: {e}", source.reference()))),
-    }
-}
-
-/// The registry does not know the repository (`NAME_UNKNOWN`, or a bare 404).
-fn is_unknown_repository(e: &oci_client::errors::OciDistributionError) -> bool {
-    use oci_client::errors::{OciDistributionError, OciErrorCode};
-    match e {
-        OciDistributionError::RegistryError { envelope, .. } => {
-            envelope.errors.iter().any(|e| matches!(e.code, OciErrorCode::NameUnknown | OciErrorCode::NotFound))
-        }
-        OciDistributionError::ServerError { code, .. } => *code == 404,
-        _ => false,
-    }
-}
-
-/// One registry client per protocol, shared by every stream.
-fn client(insecure: bool) -> &'static Client {
-    static HTTPS: OnceLock<Client> = OnceLock::new();
-    static HTTP: OnceLock<Client> = OnceLock::new();
-    if insecure {
-        HTTP.get_or_init(|| oci::build_client(USER_AGENT, ClientProtocol::Http))
-    } else {
-        HTTPS.get_or_init(|| oci::build_client(USER_AGENT, ClientProtocol::Https))
-    }
-}
-
-/// Versions are tags; a tag named `<os>_<release>_<arch>_<variant>_<date>_<time>` (the
-/// gateway's upload naming) names its product too.
-fn count(tags: &[String]) -> Observation {
-    let products: BTreeSet<Vec<&str>> = tags
-        .iter()
-        .filter_map(|tag| {
-            let parts: Vec<&str> = tag.split('_').collect();
-            let serial = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_digit());
-            (parts.len() == 6 && serial(parts[4], 8) && serial(parts[5], 4)).then(|| parts[..4].to_vec())
-        })
-        .collect();
-    Observation { products: products.len(), versions: tags.len() }
-}
-
-/// Credentials from the source's dockerconfigjson Secret; anonymous without one.
-async fn registry_auth(stream: &ImageStream, source: &OciSource, ctx: &Context) -> Result<RegistryAuth> {
-    let Some(name) = &source.credentials_secret else { return Ok(RegistryAuth::Anonymous) };
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &stream.namespace().unwrap_or_default());
-    let secret =
-        secrets.get_opt(name).await?.ok_or_else(|| Error::Credentials(format!("Secret {name:?} not found")))?;
-    let bytes = secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get(".dockerconfigjson"))
-        .ok_or_else(|| Error::Credentials(format!("Secret {name:?} has no .dockerconfigjson key")))?;
-    let text =
-        std::str::from_utf8(&bytes.0).map_err(|_| Error::Credentials(format!("Secret {name:?} is not UTF-8")))?;
-    oci::auth_from_docker_config(text, &source.registry)
-        .map_err(|e| Error::Credentials(format!("Secret {name:?}: {e}")))
 }
 
 fn missing_gateway(name: &str, stream: &ImageStream) -> String {
@@ -372,19 +499,79 @@ mod tests {
     }
 
     #[test]
-    fn tags_count_versions_and_upload_named_tags_count_products() {
-        let tags: Vec<String> = [
-            "debian_bookworm_amd64_default_20260101_0000",
-            "debian_bookworm_amd64_default_20260102_0000",
-            "debian_bookworm_arm64_default_20260101_0000",
-            "alpine_3.20_amd64_cloud_20260101_1200",
-            "latest",
-            "a_b_c_d_e_f",
-        ]
-        .map(String::from)
-        .into();
-        assert_eq!(count(&tags), Observation { products: 3, versions: 6 });
-        assert_eq!(count(&[]), Observation::default());
+    fn verify_is_for_oci_and_upload_sources_and_names_a_secret() {
+        let field = |json| validate("images", &spec(json), Some(&gateway(true))).map(|_| ()).map_err(|e| e.field);
+        let key = serde_json::json!({"publicKeySecret": {"name": "cosign"}});
+        assert_eq!(field(serde_json::json!({"source": upload(), "verify": key})), Ok(()));
+        let oci = serde_json::json!({"oci": {"registry": "r:5000", "repository": "images"}});
+        assert_eq!(field(serde_json::json!({"source": oci, "verify": key})), Ok(()));
+        let mirror = serde_json::json!({"upstream": {"url": "https://images.example"}});
+        assert_eq!(field(serde_json::json!({"source": mirror, "verify": key})), Err("verify".into()));
+        let unnamed = serde_json::json!({"publicKeySecret": {"name": ""}});
+        assert_eq!(
+            field(serde_json::json!({"source": upload(), "verify": unnamed})),
+            Err("verify.publicKeySecret.name".into())
+        );
+    }
+
+    fn observed(versions: usize, unverified: &[(&str, &str)]) -> Observation {
+        Observation {
+            products: 1,
+            versions,
+            verified: versions,
+            unverified: unverified
+                .iter()
+                .map(|(tag, digest)| crate::context::Unverified {
+                    tag: (*tag).into(),
+                    digest: (*digest).into(),
+                    reason: "NoSignature",
+                    message: format!("tag {tag} ({digest}) is left out: no cosign signature for {digest}"),
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn verified_names_tag_digest_and_why_and_changes_only_on_transitions() {
+        let verifying = spec(serde_json::json!({"source": upload(), "verify": {"publicKeySecret": {"name": "k"}}}));
+        let mut status = ImageStreamStatus::default();
+        assert_eq!(set_verified(&verifying, &mut status, None, Some(1)), None, "nothing observed yet");
+        let (ok, note) = set_verified(&verifying, &mut status, Some(&observed(2, &[])), Some(1)).unwrap();
+        assert!(ok && note.contains("all 2 image versions"), "{note}");
+        let refused = observed(2, &[("v3", "sha256:c")]);
+        let (ok, note) = set_verified(&verifying, &mut status, Some(&refused), Some(1)).unwrap();
+        assert!(!ok);
+        assert!(note.contains("1 of 3") && note.contains("tag v3 (sha256:c)") && note.contains("no cosign"), "{note}");
+        let condition = conditions::find(&status.conditions, VERIFIED).unwrap();
+        assert_eq!((condition.status.as_str(), condition.reason.as_str()), ("False", "NoSignature"));
+        assert_eq!(set_verified(&verifying, &mut status, Some(&refused), Some(1)), None, "the same again: no event");
+        let plain = spec(serde_json::json!({"source": upload()}));
+        assert_eq!(set_verified(&plain, &mut status, Some(&refused), Some(1)), None);
+        assert!(conditions::find(&status.conditions, VERIFIED).is_none());
+    }
+
+    #[test]
+    fn an_unreachable_source_keeps_the_last_counts_and_says_so() {
+        let stream =
+            ImageStream::new("mirror", spec(serde_json::json!({"source": {"upstream": {"url": "https://x"}}})));
+        let down = Failure::from(&Error::UpstreamUnreachable("https://x/streams/v1/index.json: refused".into()));
+        let old =
+            ImageStreamStatus { products: 2, versions: 5, last_indexed: Some(conditions::now()), ..Default::default() };
+        let (ready, reason, message) = readiness(&stream, true, true, Some(&down), &None, &old);
+        assert!(ready, "the gateway keeps serving its last index");
+        assert_eq!(reason, "Serving");
+        assert!(message.contains("5 versions of 2 products") && message.contains("refused"), "{message}");
+        let mut status = old.clone();
+        set_source_condition(&mut status, Some(&down), false, Some(1));
+        let c = conditions::find(&status.conditions, SOURCE_REACHABLE).unwrap();
+        assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "UpstreamUnreachable"));
+        assert!(c.message.contains("last counts (5 versions of 2 products) are kept"), "{}", c.message);
+        // Never indexed: not ready, with the failure.
+        let (ready, reason, _) = readiness(&stream, true, true, Some(&down), &None, &ImageStreamStatus::default());
+        assert_eq!((ready, reason), (false, "UpstreamUnreachable"));
+        set_source_condition(&mut status, None, true, Some(1));
+        assert!(conditions::is_true(&status.conditions, SOURCE_REACHABLE));
     }
 
     #[test]

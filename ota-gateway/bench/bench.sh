@@ -18,7 +18,8 @@ ROUNDS="${ROUNDS:-3}"
 MEMORY="${MEMORY:-1}"
 SIZES="1M 64M"; [ "$MEMORY" = 1 ] && SIZES="$SIZES 1G"
 WORK="$(mktemp -d /tmp/updraft-bench.XXXXXX)"
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+# shellcheck source=lib.sh
+source "$ROOT/ota-gateway/bench/lib.sh"
 GW_PORT=$(free_port) GW_ADMIN=$(free_port) NGINX_PORT=$(free_port)
 say() { printf '\033[1m[bench]\033[0m %s\n' "$*" >&2; }
 pids=()
@@ -75,56 +76,18 @@ for size in $SIZES; do
   ln -s "$WORK/cache/blobs/$sha" "$WORK/www/fw-$size.bin"
 done
 curl -s "http://127.0.0.1:$GW_PORT/version?device=fw-1M" >"$WORK/www/version.txt"
-cat >"$WORK/nginx/nginx.conf" <<CONF
-user $(id -un);
-worker_processes auto;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  sendfile on;
-  tcp_nopush on;
-  tcp_nodelay on;
-  keepalive_timeout 65;
-  keepalive_requests 1000000;
-  open_file_cache max=1000 inactive=60s;
-  open_file_cache_valid 60s;
-  default_type application/octet-stream;
-  client_body_temp_path $WORK/nginx; proxy_temp_path $WORK/nginx; fastcgi_temp_path $WORK/nginx;
-  uwsgi_temp_path $WORK/nginx; scgi_temp_path $WORK/nginx;
-  server {
-    listen 127.0.0.1:$NGINX_PORT;
-    root $WORK/www;
-    location = /version.txt { default_type text/plain; }
-  }
-}
-CONF
-nginx -c "$WORK/nginx/nginx.conf" -g 'daemon off;' &
-NGINX_PID=$!; pids+=("$NGINX_PID")
-until curl -sf -o /dev/null "http://127.0.0.1:$NGINX_PORT/version.txt"; do
-  kill -0 "$NGINX_PID" 2>/dev/null || { echo "nginx failed to start" >&2; exit 1; }
-  sleep 0.2
-done
+nginx_start "$NGINX_PORT" "$WORK/www" "    location = /version.txt { default_type text/plain; }"
 cmp <(curl -s "http://127.0.0.1:$NGINX_PORT/fw-1M.bin") "$WORK/push/fw-1M.bin"
 cmp <(curl -s "http://127.0.0.1:$GW_PORT/firmware?device=fw-1M") "$WORK/push/fw-1M.bin"
 
-# wrk URL CONNECTIONS → "requests/s bytes/s"
-run_wrk() {
-  wrk -t"$THREADS" -c"$2" -d"${DURATION}s" "$1" | awk '
-    /Requests\/sec/ {r=$2}
-    /Transfer\/sec/ {v=$2; u=substr(v, length(v)-1); n=substr(v, 1, length(v)-2);
-      m = (u=="GB") ? 1073741824 : (u=="MB") ? 1048576 : (u=="KB") ? 1024 : 1; b=n*m}
-    END {printf "%.0f %.0f\n", r, b}'
-}
 
 # Each round runs the gateway then nginx on the same URL set; every sample is kept.
 declare -A RESULT
 bench() { # name gateway-url nginx-url connections
   say "round $round/$ROUNDS, wrk $1: gateway"
-  RESULT[$1-gw]+="$(run_wrk "$2" "$4")"$'\n'
+  RESULT[$1-gw]+="$(run_wrk "$2" "$4" "$THREADS")"$'\n'
   say "round $round/$ROUNDS, wrk $1: nginx"
-  RESULT[$1-ng]+="$(run_wrk "$3" "$4")"$'\n'
+  RESULT[$1-ng]+="$(run_wrk "$3" "$4" "$THREADS")"$'\n'
 }
 for round in $(seq "$ROUNDS"); do
   bench version "http://127.0.0.1:$GW_PORT/version?device=fw-1M" "http://127.0.0.1:$NGINX_PORT/version.txt" 64
@@ -156,7 +119,6 @@ fi
 echo
 echo "| benchmark (wrk -t$THREADS, ${DURATION}s, loopback, median of $ROUNDS) | gateway | nginx | ratio | ratio per round |"
 echo "|---|---|---|---|---|"
-median() { sort -g | awk '{v[NR]=$1} END {print (NR % 2) ? v[(NR+1)/2] : (v[NR/2] + v[NR/2+1]) / 2}'; }
 row() { # label key field(1=req/s,2=bytes/s) unit-divisor unit
   local gw ng per
   gw=$(echo -n "${RESULT[$2-gw]}" | cut -d' ' -f"$3" | median)

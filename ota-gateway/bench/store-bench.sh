@@ -13,7 +13,8 @@
 #
 # Env: DURATION (wrk seconds, default 10), ARTIFACTS (default 200), TOTAL_MB (size of
 #      the OCI set, default 1024), ROUNDS (download rounds, default 3; medians shown),
-#      UPLOAD_ROUNDS (default 3), SKIP_OCI=1, SKIP_UPLOAD=1, SKIP_DOWNLOAD=1.
+#      UPLOAD_ROUNDS (default 3), SKIP_OCI=1, SKIP_UPLOAD=1, SKIP_DOWNLOAD=1,
+#      SKIP_FORWARD=1, GATEWAY_BIN (a built binary to use instead of building).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -22,7 +23,8 @@ ROUNDS="${ROUNDS:-3}"
 ARTIFACTS="${ARTIFACTS:-200}"
 TOTAL_MB="${TOTAL_MB:-1024}"
 WORK="$(mktemp -d /tmp/updraft-store-bench.XXXXXX)"
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+# shellcheck source=lib.sh
+source "$ROOT/ota-gateway/bench/lib.sh"
 say() { printf '\033[1m[store-bench]\033[0m %s\n' "$*" >&2; }
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
@@ -30,9 +32,13 @@ trap cleanup EXIT
 trap "exit 130" INT TERM
 KEY=bench-key
 
-say "building the release binary"
-(cd "$ROOT" && cargo build --release -q -p ota-gateway)
-BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/ota-gateway"
+if [ -n "${GATEWAY_BIN:-}" ]; then
+  BIN=$GATEWAY_BIN
+else
+  say "building the release binary"
+  (cd "$ROOT" && cargo build --release -q -p ota-gateway)
+  BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/ota-gateway"
+fi
 have_tools() { for tool in oras skopeo wrk nginx curl; do command -v "$tool" >/dev/null || return 1; done; }
 have_tools || bash "$ROOT/e2e/scripts/cluster.sh" tools
 have_tools || { echo "missing one of: oras skopeo wrk nginx curl" >&2; exit 1; }
@@ -47,7 +53,7 @@ listen: 127.0.0.1:$(free_port)
 adminListen: 127.0.0.1:$admin
 cache: {dir: $WORK/$name/cache}
 stores:
-- {name: $name, listen: "127.0.0.1:$port", dir: $WORK/$name/store, writeKey: $KEY}
+- {name: $name, listen: "127.0.0.1:$port", dir: $WORK/$name/store, writeKey: $KEY, allowPlainWrites: true}
 YAML
   RUST_LOG=warn "$BIN" --config "$WORK/$name.yaml" >"$WORK/$name.log" 2>&1 &
   pids+=("$!")
@@ -67,59 +73,28 @@ done
 
 NGINX_PORT=$(free_port)
 mkdir -p "$WORK/nginx" "$WORK/dav"
-cat >"$WORK/nginx/nginx.conf" <<CONF
-user $(id -un);
-worker_processes auto;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  sendfile on;
-  tcp_nopush on;
-  tcp_nodelay on;
-  keepalive_timeout 65;
-  keepalive_requests 1000000;
-  open_file_cache max=1000 inactive=60s;
-  open_file_cache_valid 60s;
-  default_type application/octet-stream;
-  client_body_temp_path $WORK/nginx; proxy_temp_path $WORK/nginx; fastcgi_temp_path $WORK/nginx;
-  uwsgi_temp_path $WORK/nginx; scgi_temp_path $WORK/nginx;
-  server {
-    listen 127.0.0.1:$NGINX_PORT;
-    root $WORK/lan/store;
-    location /dav/ {
+nginx_start "$NGINX_PORT" "$WORK/lan/store" "    location /dav/ {
       root $WORK;
       dav_methods PUT;
       create_full_put_path on;
       client_max_body_size 0;
       client_body_buffer_size 1m;
-    }
-  }
-}
-CONF
-nginx -c "$WORK/nginx/nginx.conf" -g 'daemon off;' &
-pids+=("$!")
-until curl -sf -o /dev/null "http://127.0.0.1:$NGINX_PORT/f-1M.bin"; do sleep 0.2; done
+    }"
 NGINX="http://127.0.0.1:$NGINX_PORT"
 
 echo "| case | store | peer | ratio (store / peer) |"
 echo "|---|---|---|---|"
 
-run_wrk() { # URL CONNECTIONS -> bytes/s
-  wrk -t2 -c"$2" -d"${DURATION}s" "$1" | awk '
-    /Transfer\/sec/ {v=$2; u=substr(v, length(v)-1); n=substr(v, 1, length(v)-2);
-      m = (u=="GB") ? 1073741824 : (u=="MB") ? 1048576 : (u=="KB") ? 1024 : 1; printf "%.0f\n", n*m}'
-}
-median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+# wrk URL CONNECTIONS -> bytes/s
+run_wrk_bytes() { run_wrk "$1" "$2" | cut -d' ' -f2; }
 declare -A RESULT
 [ "${SKIP_DOWNLOAD:-0}" = 1 ] && ROUNDS=0
 for round in $(seq "$ROUNDS"); do
   for case in "1MiB f-1M.bin 64" "1GiB f-1G.bin 4"; do
     set -- $case
     say "round $round/$ROUNDS, download $1: store, then nginx"
-    RESULT[$1-gw]+="$(run_wrk "$lan_URL/download/$2" "$3")"$'\n'
-    RESULT[$1-ng]+="$(run_wrk "$NGINX/$2" "$3")"$'\n'
+    RESULT[$1-gw]+="$(run_wrk_bytes "$lan_URL/download/$2" "$3")"$'\n'
+    RESULT[$1-ng]+="$(run_wrk_bytes "$NGINX/$2" "$3")"$'\n'
   done
 done
 
@@ -146,7 +121,7 @@ if [ "${SKIP_UPLOAD:-0}" != 1 ]; then
     from=$((to + 1))
   done
   # Rounds alternate which goes first (the other's dirty pages may still be flushing).
-  up_gw_all="" up_ng_all=""
+  up_gw_all="" up_ng_all="" up_rounds=""
   for round in $(seq "${UPLOAD_ROUNDS:-3}"); do
     first=store; ((round % 2 == 0)) && first=nginx
     for who in $first $([ $first = store ] && echo nginx || echo store); do
@@ -161,13 +136,18 @@ if [ "${SKIP_UPLOAD:-0}" != 1 ]; then
         up_ng_all+="$(echo "$t1 - $t0" | bc -l)"$'\n'
       fi
     done
+    gw_s=$(printf '%s' "$up_gw_all" | tail -1) ng_s=$(printf '%s' "$up_ng_all" | tail -1)
+    up_rounds+="$(printf '%.2f' "$(echo "$ng_s / $gw_s" | bc -l)") "
+    say "upload round $round: store ${gw_s}s, nginx ${ng_s}s, load $(cut -d' ' -f1-3 /proc/loadavg)"
   done
   up_gw=$(printf '%s' "$up_gw_all" | median) up_ng=$(printf '%s' "$up_ng_all" | median)
   up_ratio=$(echo "$up_ng / $up_gw" | bc -l)
   rm -rf "$WORK/chunks" "$WORK/dav/up.bin"
-  printf '| upload 1 GiB (s, median of %s) | %.2f (1 MiB chunks) | nginx WebDAV PUT %.2f | %.2f |\n' "${UPLOAD_ROUNDS:-3}" "$up_gw" "$up_ng" "$up_ratio"
+  printf '| upload 1 GiB (s, median of %s) | %.2f (1 MiB chunks) | nginx WebDAV PUT %.2f | %.2f (rounds: %s) |\n' \
+    "${UPLOAD_ROUNDS:-3}" "$up_gw" "$up_ng" "$up_ratio" "${up_rounds% }"
 fi
 
+[ "${SKIP_FORWARD:-0}" = 1 ] || {
 say "worker RssAnon while forwarding the 1 GiB file store -> store"
 WORKER_ADMIN=$(free_port)
 cat >"$WORK/worker-store.yaml" <<YAML
@@ -194,6 +174,7 @@ cmp <(curl -s "$wan_URL/download/f-1G.bin") "$WORK/f-1G.bin"
 store_copy_s=$(echo "$t1 - $t0" | bc -l)
 kill "$WPID"
 printf '| worker forwarding 1 GiB store->store | %.2f s | RssAnon max %s kB | |\n' "$store_copy_s" "$max_anon"
+}
 
 oci_ratio=- oci_gw=- oci_sk=-
 if [ "${SKIP_OCI:-0}" != 1 ]; then

@@ -46,17 +46,11 @@ pub use state::{AppState, ApplyError};
 /// The public router: every surface's routes and OtaFlux's `GET /health`, with
 /// request metrics.
 pub fn app(state: AppState) -> Router {
-    public_router(state, Router::new())
-}
-
-/// [`app`] with the routes of the surfaces that `serve` starts beside the live state
-/// (the simplestreams streams), under the same metrics layer.
-fn public_router(state: AppState, surfaces: Router) -> Router {
     let metrics = state.metrics().clone();
     Router::new()
         .route("/health", get(health))
         .merge(firmware::router().with_state(state.firmware().clone()))
-        .merge(surfaces)
+        .merge(simplestreams::router(state.streams().clone()))
         .layer(axum::middleware::from_fn_with_state(metrics, metrics::track))
 }
 
@@ -81,24 +75,27 @@ pub async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
     let config = updraft_core::config::GatewayConfig::load(&config_path)?;
     let (listen, admin_listen, sendfile) = (config.listen.clone(), config.admin_listen.clone(), config.sendfile);
     let stores = config.stores.clone();
-    let tls = match &config.tls {
+    // One certificate (and its reload) for the HTTPS listener and the stores' listeners.
+    let tls_config = match &config.tls {
         Some(t) => {
             let store = tls::CertStore::load(&t.cert_file, &t.key_file)?;
             store.spawn_watcher();
-            let listener = tls::TlsListener::bind(&t.listen, tls::server_config(store)?)
+            Some(tls::server_config(store)?)
+        }
+        None => None,
+    };
+    let tls = match (&config.tls, &tls_config) {
+        (Some(t), Some(server_config)) => {
+            let listener = tls::TlsListener::bind(&t.listen, server_config.clone())
                 .await
                 .map_err(|e| anyhow::anyhow!("listen {}: {e}", t.listen))?;
             tracing::info!(listen = %t.listen, "serving HTTPS");
             Some(listener)
         }
-        None => None,
+        _ => None,
     };
-    let stream_config = config.clone();
     let state = AppState::from_config(config)?;
-    // Streams are read from the config at start; a changed `streams` section takes
-    // effect on restart.
-    let streams = simplestreams::Streams::start(&stream_config, state.cache().clone(), state.metrics())?;
-    let public_app = public_router(state.clone(), simplestreams::router(streams));
+    let public_app = app(state.clone());
     tokio::spawn(reload::Watcher::new(config_path, state.clone()).run());
     let public = DeviceListener::bind(&listen).await.map_err(|e| anyhow::anyhow!("listen {listen}: {e}"))?;
     let public = public.with_sendfile(sendfile);
@@ -110,7 +107,7 @@ pub async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
     let stopped = |mut rx: tokio::sync::watch::Receiver<()>| async move {
         let _ = rx.changed().await;
     };
-    let stores = serve_stores(stores, sendfile, &state, stop_rx.clone()).await?;
+    let stores = serve_stores(stores, sendfile, tls_config, &state, stop_rx.clone()).await?;
     // Header read timeout and head size limit on every listener (see `server`).
     let https = tls.map(|listener| server::serve(listener, public_app.clone(), stopped(stop_rx.clone())));
     let https = async move {
@@ -129,32 +126,42 @@ pub async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Opens each configured store and binds its listener; returns the servers, each
-/// ending when `stop` fires. Store settings are read at start (a reload does not
-/// change them yet).
+/// Opens each configured store and binds its listener, HTTPS with the gateway's
+/// certificate when it has one (writes need TLS unless a store allows plain ones);
+/// returns the servers, each ending when `stop` fires. Store settings are read at
+/// start (a reload does not change them yet).
 async fn serve_stores(
     stores: Vec<updraft_core::config::StoreConfig>,
     sendfile: bool,
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
     state: &AppState,
     stop: tokio::sync::watch::Receiver<()>,
-) -> anyhow::Result<Vec<impl std::future::Future<Output = ()>>> {
-    let mut servers = Vec::new();
+) -> anyhow::Result<Vec<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>> {
+    let mut servers: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> = Vec::new();
     for config in stores {
         let (name, listen) = (config.name.clone(), config.listen.clone());
         let store = store::Store::open(config).map_err(|e| anyhow::anyhow!("store {name}: {e}"))?;
         store.spawn_sweeper();
-        let listener =
-            DeviceListener::bind(&listen).await.map_err(|e| anyhow::anyhow!("store {name}: listen {listen}: {e}"))?;
-        let listener = listener.with_sendfile(sendfile);
-        tracing::info!(store = name, %listen, "serving an artifact store");
         let metrics = state.metrics().clone();
         let router = store::router(store).layer(axum::middleware::from_fn_with_state(metrics, metrics::track));
         let mut stop = stop.clone();
         let stopped = async move {
             let _ = stop.changed().await;
         };
+        let failed = |e: std::io::Error| anyhow::anyhow!("store {name}: listen {listen}: {e}");
         // The same connection loop as the public listener (header timeout, head limit).
-        servers.push(server::serve(listener, router, stopped));
+        match &tls {
+            Some(config) => {
+                let listener = tls::TlsListener::bind(&listen, config.clone()).await.map_err(failed)?;
+                tracing::info!(store = name, %listen, "serving an artifact store over HTTPS");
+                servers.push(Box::pin(server::serve(listener, router, stopped)));
+            }
+            None => {
+                let listener = DeviceListener::bind(&listen).await.map_err(failed)?;
+                tracing::info!(store = name, %listen, "serving an artifact store");
+                servers.push(Box::pin(server::serve(listener.with_sendfile(sendfile), router, stopped)));
+            }
+        }
     }
     Ok(servers)
 }

@@ -39,6 +39,7 @@ pub struct Metrics {
     pub stream_index_valid: IntGaugeVec,
     pub stream_index_failures: IntCounterVec,
     pub stream_versions: IntGaugeVec,
+    pub stream_unverified: IntCounterVec,
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -98,6 +99,12 @@ impl Metrics {
             ),
             stream_index_valid,
             stream_versions,
+            stream_unverified: counter_vec(
+                &r,
+                "stream_unverified_total",
+                "Stream versions (manifest digests) left out because their cosign signature did not verify, by reason",
+                &["stream", "reason"],
+            ),
             requests: counter_vec(
                 &r,
                 "http_requests_total",

@@ -4,13 +4,18 @@
 //! Here every connection must send a complete request head within
 //! [`HEADER_READ_TIMEOUT`] of the connection opening or of its previous response (an
 //! idle keep-alive connection is closed then too), and a head larger than
-//! [`MAX_HEAD_BYTES`] is answered 431. Any `axum::serve::Listener` works, so the
-//! device listener keeps its `sendfile` writes.
+//! [`MAX_HEAD_BYTES`] is answered 431. Any `axum::serve::Listener` whose connections
+//! are a [`Connection`] works, so the device listener keeps its `sendfile` writes.
+//!
+//! Every request carries a [`Transport`] extension saying whether its connection was
+//! TLS; write handlers that need TLS take it as an extractor.
 
 use std::future::Future;
 use std::pin::pin;
 use std::time::Duration;
 
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
 use axum::Router;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -23,12 +28,59 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// The largest request head read (request line and headers); larger gets 431.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 
+/// How a request reached the gateway. [`serve`] puts it in every request's extensions;
+/// as an extractor it is never missing (a request that did not come through [`serve`],
+/// as in a router test, counts as plain).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Transport {
+    /// Plain TCP: the device and admin listeners.
+    #[default]
+    Plain,
+    /// The TLS listener.
+    Tls,
+}
+
+impl Transport {
+    /// Whether the connection was TLS.
+    pub fn is_tls(self) -> bool {
+        self == Transport::Tls
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Transport {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(parts.extensions.get::<Transport>().copied().unwrap_or_default())
+    }
+}
+
+/// A connection type a listener hands out, and which [`Transport`] it is.
+pub trait Connection {
+    const TRANSPORT: Transport;
+}
+
+impl Connection for tokio::net::TcpStream {
+    const TRANSPORT: Transport = Transport::Plain;
+}
+
+impl Connection for crate::sendfile::DeviceStream {
+    const TRANSPORT: Transport = Transport::Plain;
+}
+
+impl Connection for tokio_rustls::server::TlsStream<tokio::net::TcpStream> {
+    const TRANSPORT: Transport = Transport::Tls;
+}
+
 /// Serves `app` on every connection `listener` accepts until `shutdown` resolves, then
-/// lets requests in flight finish (idle connections are closed) and returns.
+/// lets requests in flight finish (idle connections are closed) and returns. Every
+/// request carries the listener's [`Transport`].
 pub async fn serve<L>(mut listener: L, app: Router, shutdown: impl Future<Output = ()>)
 where
     L: axum::serve::Listener,
+    L::Io: Connection,
 {
+    let app = app.layer(axum::Extension(<L::Io as Connection>::TRANSPORT));
     let mut builder = http1::Builder::new();
     builder.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).max_header_size(MAX_HEAD_BYTES);
     // Told to shut down: the sender sends; every connection task holds a `done` receiver.
@@ -62,4 +114,35 @@ where
     drop(done);
     let _ = stop.send(());
     all_done.closed().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::routing::get;
+
+    async fn which(t: Transport) -> String {
+        format!("{t:?}")
+    }
+
+    #[tokio::test]
+    async fn requests_carry_their_listeners_transport() {
+        let app = Router::new().route("/", get(which));
+        // Through no listener at all (a router test): plain.
+        let direct =
+            tower::ServiceExt::oneshot(app.clone(), axum::http::Request::new(axum::body::Body::empty())).await.unwrap();
+        let body = axum::body::to_bytes(direct.into_body(), 1024).await.unwrap();
+        assert_eq!(&body[..], b"Plain");
+        // Through `serve` on a plain listener: the extension says plain too.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, app, async move {
+            let _ = stopped.await;
+        }));
+        let answer = reqwest::get(format!("http://{addr}/")).await.unwrap().text().await.unwrap();
+        assert_eq!(answer, "Plain");
+        let _ = stop.send(());
+        server.await.unwrap();
+    }
 }

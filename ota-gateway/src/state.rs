@@ -24,6 +24,7 @@ use crate::fetch::Fetcher;
 use crate::firmware::{self, Firmware, SigningKeyError};
 use crate::metrics::Metrics;
 use crate::notify::{self, Notifier, NotifyError};
+use crate::simplestreams::{StreamError, Streams};
 use updraft_core::config::{ConfigError, GatewayConfig, SourceConfig};
 
 /// Why a config could not be made live; the previous one keeps serving.
@@ -35,6 +36,8 @@ pub enum ApplyError {
     SigningKey(#[from] SigningKeyError),
     #[error(transparent)]
     Notify(#[from] NotifyError),
+    #[error(transparent)]
+    Stream(#[from] StreamError),
     #[error("cache {}: {source}", dir.display())]
     Cache { dir: PathBuf, source: std::io::Error },
 }
@@ -51,6 +54,8 @@ struct Inner {
     config: RwLock<Arc<GatewayConfig>>,
     loaded: AtomicBool,
     firmware: Firmware,
+    /// The simplestreams image streams.
+    streams: Streams,
     /// MQTT and webhooks; told by the surfaces' event callbacks.
     notifier: Notifier,
 }
@@ -61,9 +66,10 @@ impl AppState {
         let fetcher = Arc::new(Fetcher::new(cache, metrics.clone()));
         let notifier = Notifier::new();
         let firmware = Firmware::new(metrics.clone(), fetcher.clone(), firmware_events(notifier.clone()));
+        let streams = Streams::new(fetcher.cache().clone(), metrics.clone());
         let config = RwLock::new(Arc::new(GatewayConfig::default()));
         let loaded = AtomicBool::new(false);
-        Self { inner: Arc::new(Inner { metrics, fetcher, config, loaded, firmware, notifier }) }
+        Self { inner: Arc::new(Inner { metrics, fetcher, config, loaded, firmware, streams, notifier }) }
     }
 
     /// Opens the cache the config names and applies the config.
@@ -89,6 +95,11 @@ impl AppState {
         &self.inner.firmware
     }
 
+    /// The simplestreams surface.
+    pub(crate) fn streams(&self) -> &Streams {
+        &self.inner.streams
+    }
+
     /// The live config.
     pub fn config(&self) -> Arc<GatewayConfig> {
         self.inner.config.read().expect("config lock").clone()
@@ -101,6 +112,7 @@ impl AppState {
         config.validate()?;
         let firmware = self.inner.firmware.prepare(&config)?;
         let notify = self.inner.notifier.prepare(&config)?;
+        let streams = self.inner.streams.prepare(&config)?;
         // Nothing below fails.
         if self.is_loaded() && self.config().cache.dir != config.cache.dir {
             tracing::warn!(dir = %config.cache.dir.display(), "cache.dir changes take effect on restart");
@@ -111,6 +123,7 @@ impl AppState {
         // Receivers first: releases the surfaces make ready from now on reach them.
         self.inner.notifier.install(notify);
         self.inner.firmware.install(firmware);
+        self.inner.streams.install(streams);
         self.inner.loaded.store(true, Ordering::Release);
         Ok(())
     }

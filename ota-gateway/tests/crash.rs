@@ -4,24 +4,12 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ota-gateway");
-
-fn start_gateway(config: &Path, log: &Path) -> Child {
-    let log = std::fs::File::create(log).unwrap();
-    Command::new(BIN)
-        .args(["--config"])
-        .arg(config)
-        .args(["--log-format", "json"])
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("start ota-gateway")
-}
 
 fn files_in(dir: &Path) -> Vec<(String, u64)> {
     std::fs::read_dir(dir)
@@ -63,18 +51,22 @@ async fn kill_9_mid_fetch_leaves_no_partial_payload() {
         path
     };
 
-    let mut gateway = start_gateway(&write_config(&proxy.addr.to_string()), &work.path().join("first.log"));
+    let mut gateway = Proc::gateway(
+        &write_config(&proxy.addr.to_string()),
+        &["--log-format", "json"],
+        &work.path().join("first.log"),
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
     while !files_in(&cache.join("tmp")).iter().any(|(_, len)| *len > 0) {
         assert!(Instant::now() < deadline, "no fetch started; see first.log");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    gateway.kill().unwrap(); // SIGKILL
-    gateway.wait().unwrap();
+    gateway.kill(); // SIGKILL
     assert!(!files_in(&cache.join("tmp")).is_empty(), "the killed fetch left its temp file");
     assert!(files_in(&cache.join("blobs")).is_empty(), "nothing reached the cache");
 
-    let mut gateway = start_gateway(&write_config(&reg.addr), &work.path().join("second.log"));
+    let mut gateway =
+        Proc::gateway(&write_config(&reg.addr), &["--log-format", "json"], &work.path().join("second.log"));
     let http = reqwest::Client::new();
     let url = format!("http://127.0.0.1:{port}/firmware?device=big");
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -91,6 +83,6 @@ async fn kill_9_mid_fetch_leaves_no_partial_payload() {
     assert!(files_in(&cache.join("tmp")).is_empty(), "start-up removed the stray temp file");
     let blobs = files_in(&cache.join("blobs"));
     assert!(blobs.contains(&(sha256_hex(&firmware), firmware.len() as u64)), "{blobs:?}");
-    Command::new("kill").args(["-TERM", &gateway.id().to_string()]).status().unwrap();
-    assert!(gateway.wait().unwrap().success(), "SIGTERM shuts down cleanly");
+    Command::new("kill").args(["-TERM", &gateway.0.id().to_string()]).status().unwrap();
+    assert!(gateway.0.wait().unwrap().success(), "SIGTERM shuts down cleanly");
 }

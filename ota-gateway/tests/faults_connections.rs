@@ -10,8 +10,7 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -20,29 +19,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const RAW: &str = "application/vnd.updraft.firmware.v1";
-
-/// Kills the gateway process when the test ends, however it ends.
-struct Gw(Child);
-
-impl Drop for Gw {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_gateway(config: &Path, log: &Path) -> Gw {
-    let log = std::fs::File::create(log).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_ota-gateway"))
-        .arg("--config")
-        .arg(config)
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("start ota-gateway");
-    Gw(child)
-}
 
 /// A field of `/proc/PID/status` in kB.
 fn status_kb(pid: u32, field: &str) -> u64 {
@@ -104,7 +80,7 @@ async fn idle_and_slow_header_connections_are_timed_out_while_clients_are_served
     cfg.admin_listen = format!("127.0.0.1:{}", free_port());
     let config_path = work.path().join("gateway.yaml");
     std::fs::write(&config_path, cfg.to_yaml()).unwrap();
-    let gw = start_gateway(&config_path, &work.path().join("gateway.log"));
+    let gw = Proc::gateway(&config_path, &[], &work.path().join("gateway.log"));
     let pid = gw.0.id();
     let base = format!("http://127.0.0.1:{port}");
     let url = format!("{base}/version?device=fw");

@@ -4,89 +4,18 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
 use e2e::faults::FaultProxy;
-use futures::StreamExt;
 
 const RAW: &str = "application/vnd.updraft.firmware.v1";
 const LEN: usize = 32 << 20;
 /// Each client reads this fast, so every download is under way when the gateway dies
 /// (more than the loopback socket buffers can hold ahead of it).
 const CLIENT_BYTES_PER_SEC: f64 = 2.0 * 1024.0 * 1024.0;
-
-fn start_gateway(config: &Path, log: &Path) -> Child {
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_ota-gateway"))
-        .arg("--config")
-        .arg(config)
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("start ota-gateway")
-}
-
-/// Kills the gateway process when the test ends, however it ends.
-struct Gw(Child);
-
-impl Drop for Gw {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Downloads the firmware slowly (so the kill finds it mid-body); on any failure waits
-/// and resumes from the bytes it has with Range and If-Range. Returns the SHA-256 of
-/// what it got and how many times it resumed.
-async fn download(url: String, etag: String, resumed_total: Arc<AtomicU64>) -> (String, u32) {
-    use sha2::Digest;
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
-    let mut sha = sha2::Sha256::new();
-    let mut got = 0usize;
-    let mut resumes = 0;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while got < LEN {
-        assert!(Instant::now() < deadline, "download stuck at {} bytes", got);
-        let mut req = http.get(&url);
-        if got != 0 {
-            req = req.header("Range", format!("bytes={}-", got)).header("If-Range", &etag);
-        }
-        let response = match req.send().await {
-            Ok(r) => r,
-            Err(_) => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let expected = if got == 0 { 200 } else { 206 };
-        if response.status() != expected {
-            assert!(response.status() == 503 || response.status() == 502, "{}", response.status());
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        }
-        if got != 0 {
-            resumes += 1;
-            resumed_total.fetch_add(1, Ordering::Relaxed);
-            let range = response.headers()["content-range"].to_str().unwrap().to_owned();
-            assert_eq!(range, format!("bytes {}-{}/{LEN}", got, LEN - 1));
-        }
-        let mut stream = response.bytes_stream();
-        while let Some(chunk) = stream.next().await {
-            let Ok(chunk) = chunk else { break };
-            got += chunk.len();
-            sha.update(&chunk);
-            tokio::time::sleep(Duration::from_secs_f64(chunk.len() as f64 / CLIENT_BYTES_PER_SEC)).await;
-        }
-    }
-    (hex::encode(sha.finalize()), resumes)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_under_64_downloads_then_restart_without_registry() {
@@ -104,7 +33,7 @@ async fn kill_9_under_64_downloads_then_restart_without_registry() {
     let config_file = work.path().join("gateway.yaml");
     std::fs::write(&config_file, cfg.to_yaml()).unwrap();
     let log = work.path().join("gateway.log");
-    let mut gw = Gw(start_gateway(&config_file, &log));
+    let mut gw = Proc::gateway(&config_file, &[], &log);
     let url = format!("http://127.0.0.1:{port}/firmware?device=esp32");
     let http = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -117,13 +46,21 @@ async fn kill_9_under_64_downloads_then_restart_without_registry() {
     let etag = format!("\"{}\"", sha256_hex(&firmware));
 
     let resumed = Arc::new(AtomicU64::new(0));
-    let clients: Vec<_> = (0..64).map(|_| tokio::spawn(download(url.clone(), etag.clone(), resumed.clone()))).collect();
+    let clients: Vec<_> = (0..64)
+        .map(|_| {
+            let (url, etag, resumed) = (url.clone(), etag.clone(), resumed.clone());
+            tokio::spawn(async move {
+                let (sha, resumes) = download_resuming(&url, &etag, LEN, CLIENT_BYTES_PER_SEC, &[502, 503]).await;
+                resumed.fetch_add(u64::from(resumes), Ordering::Relaxed);
+                (sha, resumes)
+            })
+        })
+        .collect();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let killed_at = Instant::now();
-    gw.0.kill().unwrap(); // SIGKILL
-    gw.0.wait().unwrap();
+    gw.kill(); // SIGKILL
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let _restarted = Gw(start_gateway(&config_file, &log));
+    let _restarted = Proc::gateway(&config_file, &[], &log);
     let restart_to_ready = {
         let start = Instant::now();
         while !http.get(&url).header("Range", "bytes=0-0").send().await.is_ok_and(|r| r.status() == 206) {

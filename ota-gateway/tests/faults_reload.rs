@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,17 +13,6 @@ use ota_gateway::reload::Watcher;
 use updraft_core::config::GatewayConfig;
 
 const RAW: &str = "application/vnd.updraft.firmware.v1";
-
-/// Swaps `link` to a fresh directory holding `content`, as kubelet does.
-fn swap_config(dir: &Path, link: &Path, generation: u32, content: &str) {
-    let data = dir.join(format!("..data-{generation}"));
-    std::fs::create_dir_all(&data).unwrap();
-    std::fs::write(data.join("gateway.yaml"), content).unwrap();
-    let tmp = dir.join("gateway.yaml.tmp");
-    let _ = std::fs::remove_file(&tmp);
-    std::os::unix::fs::symlink(data.join("gateway.yaml"), &tmp).unwrap();
-    std::fs::rename(&tmp, link).unwrap();
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reloads_every_100ms_under_64_connections_cause_no_error() {

@@ -9,13 +9,12 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use futures::StreamExt;
 
 const RAW: &str = "application/vnd.updraft.firmware.v1";
 const LEN: usize = 32 << 20;
@@ -23,57 +22,6 @@ const DOWNLOADS: usize = 16;
 /// Each client reads this fast, so downloads are under way when a gateway dies (more
 /// than the gateway's and nginx's socket buffers hold ahead of it).
 const CLIENT_BYTES_PER_SEC: f64 = 2.0 * 1024.0 * 1024.0;
-
-/// A child process killed when the test ends, however it ends.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn(cmd: &mut Command, log: &Path) -> Proc {
-    let log = std::fs::File::create(log).unwrap();
-    Proc(cmd.stdout(log.try_clone().unwrap()).stderr(log).stdin(Stdio::null()).spawn().expect("spawn"))
-}
-
-/// Downloads slowly through nginx; on any failure resumes from the bytes it has with
-/// Range and If-Range. Returns the SHA-256 of what it got.
-async fn download(url: String, etag: String, resumed: Arc<AtomicU64>) -> String {
-    use sha2::Digest;
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
-    let mut sha = sha2::Sha256::new();
-    let mut got = 0usize;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while got < LEN {
-        assert!(Instant::now() < deadline, "download stuck at {got} bytes");
-        let mut req = http.get(&url);
-        if got != 0 {
-            req = req.header("Range", format!("bytes={got}-")).header("If-Range", &etag);
-        }
-        let Ok(response) = req.send().await else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        let expected = if got == 0 { 200 } else { 206 };
-        assert_eq!(response.status(), expected, "through nginx");
-        if got != 0 {
-            resumed.fetch_add(1, Ordering::Relaxed);
-            let range = response.headers()["content-range"].to_str().unwrap().to_owned();
-            assert_eq!(range, format!("bytes {got}-{}/{LEN}", LEN - 1));
-        }
-        let mut stream = response.bytes_stream();
-        while let Some(chunk) = stream.next().await {
-            let Ok(chunk) = chunk else { break };
-            got += chunk.len();
-            sha.update(&chunk);
-            tokio::time::sleep(Duration::from_secs_f64(chunk.len() as f64 / CLIENT_BYTES_PER_SEC)).await;
-        }
-    }
-    hex::encode(sha.finalize())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_gateways_behind_nginx_one_killed_under_load() {
@@ -93,9 +41,7 @@ async fn three_gateways_behind_nginx_one_killed_under_load() {
         cfg.admin_listen = format!("127.0.0.1:{}", free_port());
         let path = work.path().join(format!("gateway-{i}.yaml"));
         std::fs::write(&path, cfg.to_yaml()).unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ota-gateway"));
-        cmd.arg("--config").arg(&path);
-        gateways.push(Some(spawn(&mut cmd, &work.path().join(format!("gateway-{i}.log")))));
+        gateways.push(Some(Proc::gateway(&path, &[], &work.path().join(format!("gateway-{i}.log")))));
         ports.push(port);
     }
     let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
@@ -131,7 +77,7 @@ async fn three_gateways_behind_nginx_one_killed_under_load() {
         .arg(nginx_dir.join("nginx.conf"))
         .arg("-e")
         .arg(nginx_dir.join("error.log"));
-    let _nginx = spawn(&mut cmd, &nginx_dir.join("stdout.log"));
+    let _nginx = Proc::spawn(&mut cmd, &nginx_dir.join("stdout.log"));
     let base = format!("http://127.0.0.1:{nginx_port}");
     let deadline = Instant::now() + Duration::from_secs(20);
     while !http.get(format!("{base}/version?device=fw")).send().await.is_ok_and(|r| r.status() == 200) {
@@ -147,8 +93,17 @@ async fn three_gateways_behind_nginx_one_killed_under_load() {
     let etag = format!("\"{}\"", sha256_hex(&bytes));
     let resumed = Arc::new(AtomicU64::new(0));
     let url = format!("{base}/firmware?device=fw");
-    let downloads: Vec<_> =
-        (0..DOWNLOADS).map(|_| tokio::spawn(download(url.clone(), etag.clone(), resumed.clone()))).collect();
+    let downloads: Vec<_> = (0..DOWNLOADS)
+        .map(|_| {
+            let (url, etag, resumed) = (url.clone(), etag.clone(), resumed.clone());
+            tokio::spawn(async move {
+                // Through nginx every answer is 200/206: a dead upstream's request goes to the next.
+                let (sha, resumes) = download_resuming(&url, &etag, LEN, CLIENT_BYTES_PER_SEC, &[]).await;
+                resumed.fetch_add(u64::from(resumes), Ordering::Relaxed);
+                sha
+            })
+        })
+        .collect();
     let stop = Arc::new(AtomicBool::new(false));
     let want_version = format!("1.0.0\n{}\n{LEN}", crc32fast::hash(&bytes));
     let pollers: Vec<_> = (0..4)
@@ -180,8 +135,7 @@ async fn three_gateways_behind_nginx_one_killed_under_load() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let killed_at = Instant::now();
     let mut victim = gateways[1].take().unwrap();
-    victim.0.kill().unwrap(); // SIGKILL
-    let _ = victim.0.wait();
+    victim.kill(); // SIGKILL
 
     let mut shas = Vec::new();
     for d in downloads {

@@ -1,9 +1,15 @@
 //! A short soak of the gateway binary under mixed load: wrk on `/version`, clients
 //! downloading a 1 MB payload back to back (each checked byte for byte), the config
-//! rewritten (the channel flipped between two releases) every 2 s, and the registry
-//! (behind `e2e::faults::FaultProxy`) down one second in four. RSS (anonymous), open
-//! descriptors and threads of the gateway are sampled every second; they must stay
-//! flat (bounded growth), no request may fail, and p99 `/version` under the load must
+//! rewritten (the channel flipped between two releases) every 2 s, the registry
+//! (behind `e2e::faults::FaultProxy`) down one second in four, a file uploaded in
+//! filuxe-style chunks (`Content-Range`, the write key) to the gateway's "lan" store
+//! every second, and the mirror worker (`ota-gateway --mirror`, a process of its own)
+//! forwarding them to the gateway's "wan" store. RSS (anonymous), open descriptors and
+//! threads (`/proc/<pid>/task`: the gateway exports no tokio task count, and its tasks
+//! run on a fixed pool of worker threads, so the threads bound the blocking pool, not
+//! the async tasks) of the gateway and of the worker are sampled every second; they
+//! must stay flat (bounded growth), no request or upload may fail, every uploaded file
+//! must reach the second store byte for byte, and p99 `/version` under the load must
 //! stay within 2x of the same wrk run on an otherwise idle gateway (the worse of one
 //! run before and one after the load, the machine being shared).
 //!
@@ -25,6 +31,11 @@ use e2e::faults::FaultProxy;
 const RAW: &str = "application/vnd.updraft.firmware.v1";
 /// wrk's connections, in both the idle and the loaded run.
 const WRK_CONNECTIONS: u32 = 8;
+/// The stores' write key.
+const STORE_KEY: &str = "soak-store-key";
+/// Size of each uploaded file and of its chunks.
+const UPLOAD_BYTES: usize = 64 * 1024;
+const CHUNK_BYTES: usize = 16 * 1024;
 
 struct Proc(Child);
 
@@ -41,8 +52,18 @@ fn status_field(pid: u32, field: &str) -> u64 {
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
-fn open_fds(pid: u32) -> u64 {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count() as u64).unwrap_or(0)
+/// Open descriptors: (all but files under `stores`, files under `stores`).
+fn open_fds(pid: u32, stores: &Path) -> (u64, u64) {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return (0, 0) };
+    let (mut other, mut store) = (0, 0);
+    for entry in dir.flatten() {
+        if std::fs::read_link(entry.path()).is_ok_and(|target| target.starts_with(stores)) {
+            store += 1;
+        } else {
+            other += 1;
+        }
+    }
+    (other, store)
 }
 
 /// Runs wrk on `url` for `secs`; returns (requests, non-2xx or socket errors, p50, p99).
@@ -88,12 +109,17 @@ fn parse_duration(s: &str) -> Duration {
 #[derive(Clone, Copy, Debug)]
 struct Sample {
     rss_anon_kb: u64,
+    /// Descriptors other than the stores' files.
     fds: u64,
+    /// Files of the stores held open: the download mapping cache keeps one per recently
+    /// served file (up to 512 per store, then it starts over), plus open partials.
+    store_fds: u64,
     threads: u64,
 }
 
-fn sample(pid: u32) -> Sample {
-    Sample { rss_anon_kb: status_field(pid, "RssAnon:"), fds: open_fds(pid), threads: status_field(pid, "Threads:") }
+fn sample(pid: u32, stores: &Path) -> Sample {
+    let (fds, store_fds) = open_fds(pid, stores);
+    Sample { rss_anon_kb: status_field(pid, "RssAnon:"), fds, store_fds, threads: status_field(pid, "Threads:") }
 }
 
 fn write_config(path: &Path, cfg: &updraft_core::config::GatewayConfig) {
@@ -123,8 +149,50 @@ async fn soak_mixed_load_stays_flat() {
     let port = free_port();
     cfg.listen = format!("127.0.0.1:{port}");
     cfg.admin_listen = format!("127.0.0.1:{}", free_port());
+    // Two stores on the gateway: uploads land on "lan", the worker forwards them to "wan".
+    let (lan_port, wan_port) = (free_port(), free_port());
+    let store = |name: &str, port: u16| updraft_core::config::StoreConfig {
+        name: name.into(),
+        listen: format!("127.0.0.1:{port}"),
+        dir: work.path().join("stores").join(name),
+        write_key: Some(STORE_KEY.into()),
+        write_key_file: None,
+        public_reads: true,
+        read_key_file: None,
+        max_upload_bytes: 1 << 30,
+        allow_plain_writes: true,
+    };
+    for name in ["lan", "wan"] {
+        std::fs::create_dir_all(work.path().join("stores").join(name)).unwrap();
+    }
+    cfg.stores = vec![store("lan", lan_port), store("wan", wan_port)];
     let config_path = work.path().join("gateway.yaml");
     write_config(&config_path, &cfg);
+    std::fs::write(work.path().join("store.key"), STORE_KEY).unwrap();
+    let worker_config = work.path().join("worker.yaml");
+    std::fs::write(
+        &worker_config,
+        format!(
+            "adminListen: 127.0.0.1:{}\nlisten: 127.0.0.1:{}\nmirrors:\n- name: soak\n  source: {{http: {{url: \"http://127.0.0.1:{lan_port}\", path: soak}}}}\n  destination: {{http: {{url: \"http://127.0.0.1:{wan_port}\", path: soak, keyFile: {}}}}}\n  interval: 1s\n",
+            free_port(),
+            free_port(),
+            work.path().join("store.key").display()
+        ),
+    )
+    .unwrap();
+    let worker_log = std::fs::File::create(work.path().join("worker.log")).unwrap();
+    let worker = Proc(
+        Command::new(env!("CARGO_BIN_EXE_ota-gateway"))
+            .arg("--config")
+            .arg(&worker_config)
+            .arg("--mirror")
+            .stdout(worker_log.try_clone().unwrap())
+            .stderr(worker_log)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let worker_pid = worker.0.id();
     let log = std::fs::File::create(work.path().join("gateway.log")).unwrap();
     let gw = Proc(
         Command::new(env!("CARGO_BIN_EXE_ota-gateway"))
@@ -215,11 +283,49 @@ async fn soak_mixed_load_stays_flat() {
         }
         proxy_flap.set_down(false);
     });
+    // Chunked uploads to the lan store, one file a second; each file's SHA-256 kept.
+    let (uploads_ok, upload_failures) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let uploader = {
+        let (http, stop, ok, bad) = (http.clone(), stop.clone(), uploads_ok.clone(), upload_failures.clone());
+        let lan = format!("http://127.0.0.1:{lan_port}");
+        tokio::spawn(async move {
+            let mut sent = Vec::new();
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let (name, data) = (format!("soak/f{n:06}.bin"), random_bytes(UPLOAD_BYTES));
+                let mut failed = false;
+                for from in (0..UPLOAD_BYTES).step_by(CHUNK_BYTES) {
+                    let to = (from + CHUNK_BYTES).min(UPLOAD_BYTES) - 1;
+                    let answer = http
+                        .post(format!("{lan}/upload/{name}?time={}&force=False", 1_700_000_000 + n))
+                        .header("key", STORE_KEY)
+                        .header("content-range", format!("bytes {from}-{to}/{UPLOAD_BYTES}"))
+                        .body(data[from..=to].to_vec())
+                        .send()
+                        .await;
+                    if !answer.is_ok_and(|r| r.status() == 201) {
+                        failed = true;
+                        break;
+                    }
+                }
+                if failed {
+                    bad.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    ok.fetch_add(1, Ordering::Relaxed);
+                    sent.push((name, sha256_hex(&data)));
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            sent
+        })
+    };
     let sampler_stop = stop.clone();
+    let stores = work.path().join("stores").canonicalize().unwrap();
     let sampler = tokio::spawn(async move {
         let mut samples = Vec::new();
         while !sampler_stop.load(Ordering::Relaxed) {
-            samples.push(sample(pid));
+            samples.push((sample(pid, &stores), sample(worker_pid, &stores)));
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
         samples
@@ -232,7 +338,29 @@ async fn soak_mixed_load_stays_flat() {
         d.await.unwrap();
     }
     churn.await.unwrap();
-    let samples = sampler.await.unwrap();
+    let sent = uploader.await.unwrap();
+    let (samples, worker_samples): (Vec<Sample>, Vec<Sample>) = sampler.await.unwrap().into_iter().unzip();
+    // Every uploaded file reaches the wan store, byte for byte.
+    let wan = format!("http://127.0.0.1:{wan_port}");
+    let forwarding = Instant::now();
+    let mut missing = sent.clone();
+    while !missing.is_empty() && forwarding.elapsed() < Duration::from_secs(60) {
+        let mut still = Vec::new();
+        for (name, sum) in missing {
+            let body = match http.get(format!("{wan}/download/{name}")).send().await {
+                Ok(r) if r.status() == 200 => r.bytes().await.ok(),
+                _ => None,
+            };
+            if body.is_none_or(|b| sha256_hex(&b) != sum) {
+                still.push((name, sum));
+            }
+        }
+        missing = still;
+        if !missing.is_empty() {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    let forwarded_after = forwarding.elapsed();
     // Idle again after the load: on a shared machine the reference is the worse of the
     // two idle runs around the load.
     let idle_url = version_url.clone();
@@ -247,29 +375,67 @@ async fn soak_mixed_load_stays_flat() {
     let early = &samples[fifth..(2 * fifth).min(samples.len())];
     let late = &samples[samples.len() - fifth..];
     let (rss_early, rss_late) = (avg(early, |s| s.rss_anon_kb), avg(late, |s| s.rss_anon_kb));
+    let (fds_early, fds_late) = (avg(early, |s| s.fds), avg(late, |s| s.fds));
     let max = |f: fn(&Sample) -> u64| samples.iter().map(f).max().unwrap_or(0);
     let min = |f: fn(&Sample) -> u64| samples.iter().map(f).min().unwrap_or(0);
     let (downloads, download_failures) = (downloads.load(Ordering::Relaxed), download_failures.load(Ordering::Relaxed));
+    let (uploads, upload_failures) = (uploads_ok.load(Ordering::Relaxed), upload_failures.load(Ordering::Relaxed));
+    let wmax = |f: fn(&Sample) -> u64| worker_samples.iter().map(f).max().unwrap_or(0);
+    let wmin = |f: fn(&Sample) -> u64| worker_samples.iter().map(f).min().unwrap_or(0);
+    let wfifth = (worker_samples.len() / 5).max(1);
+    let (wrss_early, wrss_late) = (
+        avg(&worker_samples[wfifth..(2 * wfifth).min(worker_samples.len())], |s| s.rss_anon_kb),
+        avg(&worker_samples[worker_samples.len() - wfifth..], |s| s.rss_anon_kb),
+    );
     println!(
         "FIGURE soak: {secs} s of wrk ({WRK_CONNECTIONS} connections) on /version + 2 back-to-back 1 MB downloaders + a \
          reload every 2 s + registry down 1 s in 4: {requests} /version requests, {errors} errors; {downloads} \
          downloads, {download_failures} failed; {} reloads; /version p50/p99 idle {idle_p50:?}/{idle_p99:?} \
          ({idle_requests} requests in 5 s; p99 {idle_p99_after:?} idle after), under the load {load_p50:?}/{load_p99:?}; RssAnon {}..{} kB (second \
-         fifth avg {rss_early} kB, last fifth avg {rss_late} kB); fds {}..{}; threads {}..{}; {} samples",
+         fifth avg {rss_early} kB, last fifth avg {rss_late} kB); fds {}..{} (second fifth avg {fds_early}, last \
+         fifth avg {fds_late}; store files held open {}..{}); threads {}..{}; {} samples",
         reloads.load(Ordering::Relaxed),
         min(|s| s.rss_anon_kb),
         max(|s| s.rss_anon_kb),
         min(|s| s.fds),
         max(|s| s.fds),
+        min(|s| s.store_fds),
+        max(|s| s.store_fds),
         min(|s| s.threads),
         max(|s| s.threads),
         samples.len()
     );
+    println!(
+        "FIGURE soak uploads+mirror: {uploads} files of {UPLOAD_BYTES} B uploaded in {CHUNK_BYTES} B chunks, \
+         {upload_failures} failed; {} of {} forwarded to the second store byte for byte ({:.1} s after the load \
+         for the last); mirror worker RssAnon {}..{} kB (second fifth avg {wrss_early}, last fifth avg {wrss_late}); \
+         fds {}..{}; threads {}..{}",
+        sent.len() - missing.len(),
+        sent.len(),
+        forwarded_after.as_secs_f64(),
+        wmin(|s| s.rss_anon_kb),
+        wmax(|s| s.rss_anon_kb),
+        wmin(|s| s.fds),
+        wmax(|s| s.fds),
+        wmin(|s| s.threads),
+        wmax(|s| s.threads),
+    );
+    assert_eq!(upload_failures, 0, "chunked uploads failed");
+    assert!(uploads > 0);
+    assert!(missing.is_empty(), "not forwarded (or other bytes) within 60 s: {missing:?}");
+    assert!(wrss_late <= wrss_early + wrss_early / 5 + 4096, "worker RssAnon grew: {wrss_early} kB → {wrss_late} kB");
+    assert!(wmax(|s| s.fds) - wmin(|s| s.fds) < 64, "worker descriptors not flat");
+    assert!(wmax(|s| s.threads) - wmin(|s| s.threads) < 16, "worker threads not flat");
+    drop(worker);
     assert_eq!(errors, 0, "/version errors under the load");
     assert_eq!(download_failures, 0, "downloads failed or carried other bytes");
     assert!(downloads > 0);
     assert!(rss_late <= rss_early + rss_early / 5 + 4096, "RssAnon grew: {rss_early} kB → {rss_late} kB");
+    // Descriptors other than store files (connections come and go): flat. Store files:
+    // the download mapping cache holds up to 512 per store, then starts over.
+    assert!(fds_late <= fds_early + 16, "open descriptors grew: {fds_early} → {fds_late}");
     assert!(max(|s| s.fds) - min(|s| s.fds) < 64, "open descriptors not flat");
+    assert!(max(|s| s.store_fds) <= 2 * 512 + 16, "store files held open beyond the mapping caches' bound");
     assert!(max(|s| s.threads) - min(|s| s.threads) < 16, "threads not flat");
     // 2x of idle; 200 µs of slack for the scheduler of a shared 2-core machine.
     assert!(

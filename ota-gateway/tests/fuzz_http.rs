@@ -1,8 +1,9 @@
 //! Bad input at the gateway's public port: property tests of the Range, If-None-Match
 //! and If-Range handling of a real cached payload (against a model of RFC 9110), query
 //! strings, paths and check bodies through the router, and malformed HTTP on a raw TCP
-//! connection to a served gateway. Nothing may answer 5xx or drop the process. CI runs
-//! proptest's default case count; `PROPTEST_CASES=100000` runs a long campaign.
+//! connection to a served gateway. Nothing may answer 5xx or drop the process. Each
+//! target runs through `e2e::fuzz::check`: proptest's default case count under `cargo
+//! test`, `UPDRAFT_FUZZ_SECS=600` seconds per target by hand (`e2e/scripts/fuzz.sh`).
 
 mod common;
 
@@ -13,6 +14,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{header, HeaderValue, Request};
 use common::*;
+use e2e::fuzz;
 use proptest::prelude::*;
 use tower::ServiceExt;
 
@@ -106,14 +108,15 @@ fn query_text() -> impl Strategy<Value = String> {
     prop::collection::vec(piece, 0..12).prop_map(|p| p.concat())
 }
 
-proptest! {
-    #[test]
-    fn structured_ranges_follow_rfc_9110(
-        first in prop::option::of(interesting(10_007)),
-        last in prop::option::of(interesting(10_007)),
-        spaces in any::<bool>(),
-        if_range in prop::option::of(any::<bool>()),
-    ) {
+#[test]
+fn structured_ranges_follow_rfc_9110() {
+    let strategy = (
+        prop::option::of(interesting(10_007)),
+        prop::option::of(interesting(10_007)),
+        any::<bool>(),
+        prop::option::of(any::<bool>()),
+    );
+    fuzz::check("range-structured", strategy, |(first, last, spaces, if_range)| {
         let f = fixture();
         let size = f.data.len() as u64;
         let sp = if spaces { " " } else { "" };
@@ -143,25 +146,33 @@ proptest! {
                 prop_assert!(body == f.data[a as usize..=b as usize]);
             }
         }
-    }
+        Ok(())
+    });
+}
 
-    #[test]
-    fn any_conditional_headers_get_a_sound_answer(
-        range in prop::option::of(header_text()),
-        if_none_match in prop::option::of(header_text()),
-        if_range in prop::option::of(header_text()),
-        head in any::<bool>(),
-    ) {
+#[test]
+fn any_conditional_headers_get_a_sound_answer() {
+    let strategy = (
+        prop::option::of(header_text()),
+        prop::option::of(header_text()),
+        prop::option::of(header_text()),
+        any::<bool>(),
+    );
+    fuzz::check("range-if-headers", strategy, |(range, if_none_match, if_range, head)| {
         let f = fixture();
         let mut req = Request::builder().method(if head { "HEAD" } else { "GET" }).uri("/firmware?device=esp32");
-        for (name, value) in [(header::RANGE, &range), (header::IF_NONE_MATCH, &if_none_match), (header::IF_RANGE, &if_range)] {
+        for (name, value) in
+            [(header::RANGE, &range), (header::IF_NONE_MATCH, &if_none_match), (header::IF_RANGE, &if_range)]
+        {
             if let Some(v) = value.as_ref().and_then(|v| HeaderValue::from_str(v).ok()) {
                 req = req.header(name, v);
             }
         }
         let (status, headers, body) = send(req.body(Body::empty()).unwrap());
         prop_assert!([200, 206, 304, 416].contains(&status), "{}", status);
-        let etag_hit = if_none_match.as_deref().is_some_and(|v| v.split(',').map(str::trim).any(|t| t == "*" || t.trim_start_matches("W/") == f.etag));
+        let etag_hit = if_none_match
+            .as_deref()
+            .is_some_and(|v| v.split(',').map(str::trim).any(|t| t == "*" || t.trim_start_matches("W/") == f.etag));
         prop_assert_eq!(status == 304, etag_hit);
         if head {
             prop_assert!(body.is_empty());
@@ -175,33 +186,46 @@ proptest! {
             prop_assert_eq!(total, f.data.len().to_string());
             prop_assert!(body == f.data[a..=b]);
         }
-    }
+        Ok(())
+    });
+}
 
-    #[test]
-    fn query_strings_and_paths_never_fail_the_server(
-        query in query_text(),
-        route in prop::sample::select(vec!["/version", "/firmware", "/api/v1/channels/esp32", "/api/v1/channels/esp32/firmware", "/api/v1/channels/%ff", "/api/v1/channels", "/health", "/nope"]),
-    ) {
+#[test]
+fn query_strings_and_paths_never_fail_the_server() {
+    let routes = vec![
+        "/version",
+        "/firmware",
+        "/api/v1/channels/esp32",
+        "/api/v1/channels/esp32/firmware",
+        "/api/v1/channels/%ff",
+        "/api/v1/channels",
+        "/health",
+        "/nope",
+    ];
+    fuzz::check("query-strings", (query_text(), prop::sample::select(routes)), |(query, route)| {
         let uri = format!("{route}?{query}");
         let Ok(req) = Request::get(&uri).body(Body::empty()) else { return Ok(()) };
         let (status, _, _) = send(req);
         prop_assert!(status < 500, "{} answered {}", uri, status);
-    }
+        Ok(())
+    });
+}
 
-    #[test]
-    fn check_bodies_never_fail_the_server(
-        body in prop_oneof![
-            any::<Vec<u8>>(),
-            "\\{\"(device|version|id)\": ?(\"[ -~]{0,12}\"|[0-9]{1,22}|null|\\[\\]|\\{\\})\\}".prop_map(String::into_bytes),
-        ],
-        json in any::<bool>()) {
+#[test]
+fn check_bodies_never_fail_the_server() {
+    let body = prop_oneof![
+        any::<Vec<u8>>(),
+        "\\{\"(device|version|id)\": ?(\"[ -~]{0,12}\"|[0-9]{1,22}|null|\\[\\]|\\{\\})\\}".prop_map(String::into_bytes),
+    ];
+    fuzz::check("check-bodies", (body, any::<bool>()), |(body, json)| {
         let mut req = Request::post("/api/v1/channels/esp32/check");
         if json {
             req = req.header(header::CONTENT_TYPE, "application/json");
         }
         let (status, _, _) = send(req.body(Body::from(body)).unwrap());
         prop_assert!(status < 500, "{}", status);
-    }
+        Ok(())
+    });
 }
 
 /// Sends `raw` on a fresh connection; returns the status code of the answer, if any.
@@ -288,12 +312,13 @@ fn malformed_http_gets_4xx_never_5xx() {
     println!("FIGURE malformed-http: {}", report.join("; "));
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig { cases: ProptestConfig::default().cases.min(64), ..ProptestConfig::default() })]
-
-    /// Random bytes on a raw connection: a 4xx or a close, never a 5xx.
-    #[test]
-    fn random_bytes_on_the_wire(prefix in prop::sample::select(vec!["", "GET / HTTP/1.1\r\n", "GET /version?device=esp32 HTTP/1.1\r\nHost: x\r\n"]), junk in prop::collection::vec(any::<u8>(), 0..400)) {
+/// Random bytes on a raw connection: a 4xx or a close, never a 5xx (64 cases in CI: each
+/// costs a connection).
+#[test]
+fn random_bytes_on_the_wire() {
+    let prefixes = vec!["", "GET / HTTP/1.1\r\n", "GET /version?device=esp32 HTTP/1.1\r\nHost: x\r\n"];
+    let strategy = (prop::sample::select(prefixes), prop::collection::vec(any::<u8>(), 0..400));
+    fuzz::check_with("raw-tcp-bytes", Some(64), strategy, |(prefix, junk)| {
         let f = fixture();
         let addr = f.gw.url.trim_start_matches("http://").to_owned();
         let mut raw = prefix.as_bytes().to_vec();
@@ -302,5 +327,6 @@ proptest! {
         if let Some(code) = raw_status(&addr, &raw) {
             prop_assert!(code < 500, "{}", code);
         }
-    }
+        Ok(())
+    });
 }

@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::Duration;
 
 use common::*;
@@ -12,17 +11,6 @@ use updraft_core::config::GatewayConfig;
 use updraft_core::version::VersionPolicy;
 
 const RAW: &str = "application/vnd.updraft.firmware.v1";
-
-/// Swaps `link` to a fresh directory holding `content`, as kubelet does.
-fn swap_config(dir: &Path, link: &Path, generation: u32, content: &str) {
-    let data = dir.join(format!("..data-{generation}"));
-    std::fs::create_dir_all(&data).unwrap();
-    std::fs::write(data.join("gateway.yaml"), content).unwrap();
-    let tmp = dir.join("gateway.yaml.tmp");
-    let _ = std::fs::remove_file(&tmp);
-    std::os::unix::fs::symlink(data.join("gateway.yaml"), &tmp).unwrap();
-    std::fs::rename(&tmp, link).unwrap();
-}
 
 /// A symlink swap to a new version is applied with the cache kept; a broken file
 /// is rejected and the last good config keeps serving.

@@ -15,93 +15,23 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{free_port, registry, sha256_hex, unique_repo};
+use e2e::images::{cached_tool, ensure_tools, fingerprint, image_client, make_image, run, Pki};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ota-gateway");
 const TOKEN: &str = "s3cret-upload-token";
 
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn openssl(dir: &Path, args: &[&str]) {
-    run(Command::new("openssl").args(args).current_dir(dir));
-}
-
-/// A test CA (`ca.pem`) and a leaf for 127.0.0.1 (`tls.crt`, `tls.key`).
+/// A test CA and a leaf for 127.0.0.1 in `dir`.
 fn make_pki(dir: &Path) {
-    openssl(dir, &["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "ca.key"]);
-    openssl(
-        dir,
-        &["req", "-x509", "-new", "-key", "ca.key", "-subj", "/CN=Updraft test CA", "-days", "2", "-out", "ca.pem"],
-    );
-    openssl(dir, &["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "leaf.ec"]);
-    openssl(dir, &["pkcs8", "-topk8", "-nocrypt", "-in", "leaf.ec", "-out", "tls.key"]);
-    openssl(dir, &["req", "-new", "-key", "tls.key", "-subj", "/CN=gateway", "-out", "leaf.csr"]);
-    std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "leaf.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            "ext.cnf",
-            "-out",
-            "tls.crt",
-        ],
-    );
+    Pki::new(dir);
 }
 
-/// `incus.tar.xz` (metadata.yaml only), `rootfs.squashfs` and `root.tar.xz`, made
-/// reproducibly; `seed` makes the root file system (and so the fingerprints) unique.
-fn make_image(dir: &Path, seed: &str) {
-    std::fs::create_dir_all(dir.join("rootdir/etc")).unwrap();
-    std::fs::write(dir.join("rootdir/etc/hostname"), format!("{seed}\n")).unwrap();
-    std::fs::write(
-        dir.join("metadata.yaml"),
-        "architecture: x86_64\ncreation_date: 1767225600\nproperties:\n  os: Debian\n  release: bookworm\n  variant: default\n  description: Debian bookworm\ntemplates: {}\n",
-    )
-    .unwrap();
-    let tar = |out: &str, what: &[&str], cwd: &Path| {
-        run(Command::new("tar")
-            .args(["--sort=name", "--mtime=@1767225600", "--owner=0", "--group=0", "--numeric-owner", "-cJf", out])
-            .args(what)
-            .current_dir(cwd));
-    };
-    tar("incus.tar.xz", &["metadata.yaml"], dir);
-    tar("../root.tar.xz", &["."], &dir.join("rootdir"));
-    run(Command::new("mksquashfs").arg(dir.join("rootdir")).arg(dir.join("rootfs.squashfs")).args([
-        "-noappend",
-        "-all-root",
-        "-comp",
-        "xz",
-        "-mkfs-time",
-        "1767225600",
-        "-all-time",
-        "1767225600",
-        "-quiet",
-    ]));
+/// Runs a client (`incus` or `lxc`) with a throwaway config and cache, trusting the test CA.
+fn client(tool: &str, home: &Path, pki: &Path, args: &[&str]) -> String {
+    image_client(tool, home, &pki.join("ca.pem"), args)
 }
 
-fn fingerprint(a: &Path, b: &Path) -> String {
-    let mut bytes = std::fs::read(a).unwrap();
-    bytes.extend(std::fs::read(b).unwrap());
-    sha256_hex(&bytes)
+fn sstream_query() -> PathBuf {
+    cached_tool("sstream-query")
 }
 
 struct Gateway {
@@ -110,6 +40,7 @@ struct Gateway {
     https: u16,
     admin: u16,
     log: PathBuf,
+    config: GatewayConfig,
 }
 
 impl Drop for Gateway {
@@ -130,17 +61,17 @@ fn start_gateway(dir: &Path, name: &str, pki: &Path, repo: &str, extra: &str) ->
 }
 
 fn start_gateway_with(dir: &Path, name: &str, pki: &Path, source: &str) -> Gateway {
+    start_streams(dir, pki, &format!("- name: {name}\n  source:\n{source}"))
+}
+
+/// The gateway binary over `dir`, serving `streams` (the YAML list of the `streams`
+/// section) over HTTP and HTTPS.
+fn start_streams(dir: &Path, pki: &Path, streams: &str) -> Gateway {
     let (http, admin, https) = (free_port(), free_port(), free_port());
     std::fs::create_dir_all(dir).unwrap();
-    let config = format!(
-        "listen: 127.0.0.1:{http}\nadminListen: 127.0.0.1:{admin}\ncache: {{dir: {cache}}}\n\
-         tls: {{listen: 127.0.0.1:{https}, certFile: {pki}/tls.crt, keyFile: {pki}/tls.key}}\n\
-         streams:\n- name: {name}\n  source:\n{source}",
-        cache = dir.join("cache").display(),
-        pki = pki.display(),
-    );
-    std::fs::write(dir.join("gateway.yaml"), config).unwrap();
     let log = dir.join("gateway.log");
+    let config = GatewayConfig { dir: dir.to_owned(), pki: pki.to_owned(), http, https, admin };
+    config.write(streams);
     let out = std::fs::File::create(&log).unwrap();
     let child = Command::new(BIN)
         .arg("--config")
@@ -149,13 +80,42 @@ fn start_gateway_with(dir: &Path, name: &str, pki: &Path, source: &str) -> Gatew
         .stderr(out)
         .spawn()
         .unwrap();
-    let gateway = Gateway { child, http, https, admin, log };
+    let gateway = Gateway { child, http, https, admin, log, config };
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::net::TcpStream::connect(("127.0.0.1", https)).is_err() {
         assert!(Instant::now() < deadline, "gateway did not start: {}", std::fs::read_to_string(&gateway.log).unwrap());
         std::thread::sleep(Duration::from_millis(50));
     }
     gateway
+}
+
+/// Where a test gateway listens and keeps its files: enough to write its config again.
+struct GatewayConfig {
+    dir: PathBuf,
+    pki: PathBuf,
+    http: u16,
+    https: u16,
+    admin: u16,
+}
+
+impl GatewayConfig {
+    /// Writes `gateway.yaml` with `streams` as its `streams` section (the running
+    /// gateway reloads it).
+    fn write(&self, streams: &str) {
+        let config = format!(
+            "listen: 127.0.0.1:{http}\nadminListen: 127.0.0.1:{admin}\ncache: {{dir: {cache}}}\n\
+             tls: {{listen: 127.0.0.1:{https}, certFile: {pki}/tls.crt, keyFile: {pki}/tls.key}}\n\
+             streams:\n{streams}",
+            http = self.http,
+            admin = self.admin,
+            https = self.https,
+            cache = self.dir.join("cache").display(),
+            pki = self.pki.display(),
+        );
+        // Written beside and renamed: the watcher never reads half a file.
+        std::fs::write(self.dir.join("gateway.yaml.new"), config).unwrap();
+        std::fs::rename(self.dir.join("gateway.yaml.new"), self.dir.join("gateway.yaml")).unwrap();
+    }
 }
 
 /// curl with the test CA; returns (HTTP status, body).
@@ -192,33 +152,6 @@ fn images_json(pki: &Path, base: &str) -> serde_json::Value {
     serde_json::from_str(&body).unwrap()
 }
 
-/// Runs a client (`incus` or `lxc`) with a throwaway config and cache.
-fn client(tool: &str, home: &Path, pki: &Path, args: &[&str]) -> String {
-    let conf = if tool == "incus" { "INCUS_CONF" } else { "LXD_CONF" };
-    std::fs::create_dir_all(home.join(format!("{tool}-conf"))).unwrap();
-    run(Command::new(tool)
-        .args(args)
-        .env(conf, home.join(format!("{tool}-conf")))
-        .env("XDG_CACHE_HOME", home.join("cache"))
-        .env("HOME", home)
-        .env("SSL_CERT_FILE", pki.join("ca.pem")))
-}
-
-fn have(tool: &str) -> bool {
-    Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().is_ok_and(|o| o.status.success())
-}
-
-fn ensure_tools() {
-    if !(have("incus") && have("lxc") && have("mksquashfs")) {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../e2e/scripts/cluster.sh");
-        run(Command::new("bash").arg(script).arg("tools"));
-    }
-}
-
-fn sstream_query() -> PathBuf {
-    cached_tool("sstream-query")
-}
-
 #[test]
 fn uploads_are_listed_and_exported_by_incus_and_lxc() {
     ensure_tools();
@@ -236,6 +169,16 @@ fn uploads_are_listed_and_exported_by_incus_and_lxc() {
     assert_eq!(images_json(&pki, &base)["products"], serde_json::json!({}));
 
     let dir = "debian/bookworm/amd64/default/20260101_00:00";
+    // Writes need TLS (no allowPlainWrites here): the same upload and a DELETE over
+    // plain HTTP are refused before the token is even looked at, naming the setting.
+    let plain_base = format!("http://127.0.0.1:{}/streams/images", gw.http);
+    let (code, body) = upload(&pki, &plain_base, &img.join("incus.tar.xz"), &format!("{dir}/lxd.tar.xz"), Some(TOKEN));
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("need TLS") && body.contains("allowPlainWrites"), "{body}");
+    let auth = format!("Authorization: Bearer {TOKEN}");
+    let (code, body) = curl(&pki, &["-X", "DELETE", "-H", &auth, &format!("{plain_base}/images/{dir}")]);
+    assert_eq!(code, 403, "{body}");
+    assert_eq!(images_json(&pki, &base)["products"], serde_json::json!({}), "a plain-HTTP upload was stored");
     // A VM disk beside the container rootfs (the clients never read its content).
     std::fs::write(img.join("disk-kvm.img"), common::random_bytes(96 * 1024)).unwrap();
     for (file, name) in [
@@ -346,7 +289,6 @@ fn uploads_are_listed_and_exported_by_incus_and_lxc() {
     // DELETE (allowDelete): one file, then the whole version; each needs the token.
     let file_url = format!("{base}/images/{dir}/root.tar.xz");
     assert_eq!(curl(&pki, &["-X", "DELETE", &file_url]).0, 401);
-    let auth = format!("Authorization: Bearer {TOKEN}");
     let (code, body) = curl(&pki, &["-X", "DELETE", "-H", &auth, &file_url]);
     assert_eq!(code, 200, "{body}");
     let items = images_json(&pki, &base)["products"]["debian:bookworm:amd64:default"]["versions"]["20260101_00:00"]
@@ -371,7 +313,14 @@ fn bad_uploads_are_refused_and_store_nothing() {
     std::fs::write(img.join("big"), vec![7u8; 3 << 20]).unwrap();
     std::fs::write(img.join("not.json"), "os: [this is yaml").unwrap();
     let repo = unique_repo("streams-bad");
-    let gw = start_gateway(&tmp.path().join("gw"), "bad", &pki, &repo, "      maxBytes: 2097152\n");
+    // allowPlainWrites: the truncated upload below is sent over plain HTTP.
+    let gw = start_gateway(
+        &tmp.path().join("gw"),
+        "bad",
+        &pki,
+        &repo,
+        "      maxBytes: 2097152\n      allowPlainWrites: true\n",
+    );
     let base = format!("https://127.0.0.1:{}/streams/bad", gw.https);
     let meta = img.join("incus.tar.xz");
     let ok_dir = "debian/bookworm/amd64/default/20260101_00:00";
@@ -521,8 +470,12 @@ fn replicas_behind_a_load_balancer_serve_the_same_index_and_see_every_upload() {
     std::fs::create_dir_all(&img).unwrap();
     make_pki(&pki);
     let repo = unique_repo("streams-scale");
-    let replicas: Vec<Gateway> =
-        (0..3).map(|i| start_gateway(&tmp.path().join(format!("gw{i}")), "images", &pki, &repo, "")).collect();
+    // Uploads go through the plain-HTTP balancer: allowed by allowPlainWrites.
+    let replicas: Vec<Gateway> = (0..3)
+        .map(|i| {
+            start_gateway(&tmp.path().join(format!("gw{i}")), "images", &pki, &repo, "      allowPlainWrites: true\n")
+        })
+        .collect();
     let (_nginx, lb) = start_nginx(&tmp.path().join("nginx"), &replicas.iter().map(|g| g.http).collect::<Vec<_>>());
     let lb_base = format!("http://127.0.0.1:{lb}/streams/images");
 
@@ -625,13 +578,29 @@ fn oci_artifacts_pushed_with_oras_are_listed_and_exported() {
         "incus.tar.xz:application/vnd.updraft.simplestreams.metadata.v1.tar+xz",
         "root.tar.xz:application/vnd.updraft.simplestreams.rootfs.v1.tar+xz",
     ]));
+    // Under verify: the two are signed (tag scheme and bundle); a third, unsigned
+    // version is never shown to the clients.
+    let keys = tmp.path().join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let key = e2e::cosign::Key::generate(&keys, "release");
+    let signing = e2e::cosign::Repository { registry: reg, name: &repo, dir: &keys };
+    signing.sign_with_tag(&key, &signing.resolve("debian-12"));
+    signing.sign_with_bundle(&key, &signing.resolve("lab-1"));
+    let other = tmp.path().join("unsigned");
+    make_image(&other, &format!("unsigned-{}", std::process::id()));
+    let unsigned_fp = fingerprint(&other.join("incus.tar.xz"), &other.join("root.tar.xz"));
+    let unsigned = push_annotated(&other, &repo, "unsigned-1", "unsig:1.0:amd64:default", "20260302_12:00");
     let source = format!(
-        "    oci:\n      registry: {reg}\n      repository: {repo}\n      insecure: true\n      interval: 1s\n"
+        "    oci:\n      registry: {reg}\n      repository: {repo}\n      insecure: true\n      interval: 1s\n  verify: {{publicKeyFiles: [{}]}}\n",
+        key.public_file().display()
     );
     let gw = start_gateway_with(&tmp.path().join("gw"), "oci", &pki, &source);
     let base = format!("https://127.0.0.1:{}/streams/oci", gw.https);
     wait_listed(&pki, &base, "debian:bookworm:amd64:default");
     let images = wait_listed(&pki, &base, "labos:1.0:amd64:minimal");
+    assert!(images["products"]["unsig:1.0:amd64:default"].is_null(), "the unsigned version is listed: {images:#}");
+    let why = status(&pki, &base)["rejected"]["unsigned-1"].as_str().unwrap_or_default().to_owned();
+    assert!(why.contains("NoSignature") && why.contains(&unsigned), "{why}");
     let debian = &images["products"]["debian:bookworm:amd64:default"];
     assert_eq!(debian["os"], "Debian");
     let items = &debian["versions"]["20260101_00:00"]["items"];
@@ -644,6 +613,7 @@ fn oci_artifacts_pushed_with_oras_are_listed_and_exported() {
     for tool in ["incus", "lxc"] {
         client(tool, &home, &pki, &["remote", "add", "oci", &base, "--protocol", "simplestreams", "--public"]);
         let csv = client(tool, &home, &pki, &["image", "list", "oci:", "--format", "csv", "-c", "lFdat"]);
+        assert!(!csv.contains(&unsigned_fp) && !csv.to_lowercase().contains("unsig"), "{tool} lists it:\n{csv}");
         let line = csv.lines().find(|l| l.contains(&fp)).unwrap_or_else(|| panic!("{tool}: {fp} not listed:\n{csv}"));
         assert!(line.contains("Debian bookworm amd64 (20260101_00:00)") && line.contains("x86_64"), "{tool}: {line}");
         let line = csv.lines().find(|l| l.contains(&rootxz_fp)).unwrap_or_else(|| panic!("{tool}: labos:\n{csv}"));
@@ -656,15 +626,6 @@ fn oci_artifacts_pushed_with_oras_are_listed_and_exported() {
         let mut files: Vec<PathBuf> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().path()).collect();
         files.sort_by_key(|p| !p.to_string_lossy().contains("incus.tar.xz"));
         assert_eq!(fingerprint(&files[0], &files[1]), fp, "{tool} exported {files:?}");
-    }
-}
-
-fn cached_tool(name: &str) -> PathBuf {
-    let cached = Path::new(&std::env::var("HOME").unwrap()).join(".cache/updraft/bin").join(name);
-    if cached.exists() {
-        cached
-    } else {
-        name.into()
     }
 }
 
@@ -804,4 +765,286 @@ fn a_mirror_of_another_gateway_serves_its_filtered_images_and_outlives_it() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_eq!(images_json(&pki, &base), before);
+}
+
+/// Pushes the image in `img` (its metadata tarball and `root.tar.xz`, with the
+/// recommended media types) to `repo:tag`, annotated as version `serial` of `product`
+/// (whose os part is also the display name); returns the manifest digest.
+fn push_annotated(img: &Path, repo: &str, tag: &str, product: &str, serial: &str) -> String {
+    let reference = format!("{}/{repo}:{tag}", registry().addr);
+    let os = product.split(':').next().unwrap();
+    run(Command::new("oras").current_dir(img).args([
+        "push",
+        "--plain-http",
+        &reference,
+        "--annotation",
+        &format!("dev.updraft.simplestreams.product={product}"),
+        "--annotation",
+        &format!("dev.updraft.simplestreams.serial={serial}"),
+        "--annotation",
+        &format!("dev.updraft.simplestreams.os={os}"),
+        "incus.tar.xz:application/vnd.updraft.simplestreams.metadata.v1.tar+xz",
+        "root.tar.xz:application/vnd.updraft.simplestreams.rootfs.v1.tar+xz",
+    ]));
+    run(Command::new("oras").args(["resolve", "--plain-http", &reference])).trim().to_owned()
+}
+
+fn status(pki: &Path, base: &str) -> serde_json::Value {
+    let (code, body) = curl(pki, &[&format!("{base}/status")]);
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// Waits until `pred` holds for `images.json` of `base` (404 counts as `Null`).
+fn wait_images(pki: &Path, base: &str, what: &str, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, body) = curl(pki, &[&format!("{base}/streams/v1/images.json")]);
+        let doc = if code == 200 { serde_json::from_str(&body).unwrap() } else { serde_json::Value::Null };
+        if pred(&doc) {
+            return doc;
+        }
+        assert!(Instant::now() < deadline, "{what}: never happened; last ({code}): {body}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The gateway's log without its colour codes.
+fn plain_log(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            chars.by_ref().find(|c| *c == 'm');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn product_keys(images: &serde_json::Value) -> Vec<String> {
+    images["products"].as_object().map(|p| p.keys().cloned().collect()).unwrap_or_default()
+}
+
+/// The `streams` section follows the config file without a restart: a stream added is
+/// served, a changed filter gives a new index, a config that cannot be applied changes
+/// nothing, a removed stream answers 404, and a stream whose config did not change
+/// keeps its state all along (its sync rounds continue; it is started once).
+#[test]
+fn streams_follow_the_config_file_without_a_restart() {
+    ensure_tools();
+    let tmp = tempfile::tempdir().unwrap();
+    let (pki, img) = (tmp.path().join("pki"), tmp.path().join("img"));
+    make_pki(&pki);
+    make_image(&img, &format!("reload-{}", std::process::id()));
+    let repo = unique_repo("streams-reload");
+    push_annotated(&img, &repo, "a", "alpha:1:amd64:default", "20260101_00:00");
+    push_annotated(&img, &repo, "b", "beta:1:amd64:default", "20260101_00:00");
+    let oci = format!(
+        "- name: oci\n  source:\n    oci: {{registry: \"{}\", repository: {repo}, insecure: true, interval: 1s}}\n",
+        registry().addr
+    );
+    let gw = start_streams(&tmp.path().join("gw"), &pki, &oci);
+    let base = |name: &str| format!("https://127.0.0.1:{}/streams/{name}", gw.https);
+    wait_images(&pki, &base("oci"), "both products listed", |i| product_keys(i).len() == 2);
+    assert_eq!(curl(&pki, &[&format!("{}/streams/v1/images.json", base("mirror"))]).0, 404);
+    let rounds = |pki: &Path| status(pki, &base("oci"))["rounds"].as_u64().unwrap();
+    while rounds(&pki) < 3 {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mirror = |filter: &str, ca: &Path| {
+        format!(
+            "- name: mirror\n  source:\n    upstream: {{url: \"{}\", caFile: {}, filters: [{filter}], interval: 1s}}\n",
+            base("oci"),
+            ca.display()
+        )
+    };
+    let ca = pki.join("ca.pem");
+
+    // Added: served at once, with its filter.
+    let before = rounds(&pki);
+    gw.config.write(&format!("{oci}{}", mirror("os=alpha", &ca)));
+    wait_images(&pki, &base("mirror"), "the added mirror lists alpha only", |i| {
+        product_keys(i) == ["alpha:1:amd64:default"]
+    });
+    // Changed filter: a new index.
+    gw.config.write(&format!("{oci}{}", mirror("os=beta", &ca)));
+    wait_images(&pki, &base("mirror"), "the changed mirror lists beta only", |i| {
+        product_keys(i) == ["beta:1:amd64:default"]
+    });
+    // A config that cannot be applied (an unreadable caFile) changes nothing, not even
+    // the stream that was valid in it.
+    let log_len = std::fs::read_to_string(&gw.log).unwrap().len();
+    gw.config.write(&format!(
+        "{oci}{}{}",
+        mirror("os=alpha", &ca),
+        mirror("os=alpha", Path::new("/nonexistent/ca.pem")).replace("name: mirror", "name: broken")
+    ));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(&gw.log).unwrap()[log_len..].contains("new config rejected") {
+        assert!(
+            Instant::now() < deadline,
+            "the bad config was not refused: {}",
+            std::fs::read_to_string(&gw.log).unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(product_keys(&images_json(&pki, &base("mirror"))), ["beta:1:amd64:default"]);
+    assert_eq!(curl(&pki, &[&format!("{}/streams/v1/images.json", base("broken"))]).0, 404);
+    // Removed: 404, and its metrics are gone.
+    gw.config.write(&oci);
+    wait_images(&pki, &base("mirror"), "the removed mirror answers 404", |i| i.is_null());
+    let metrics = run(Command::new("curl").args(["-sS", &format!("http://127.0.0.1:{}/metrics", gw.admin)]));
+    assert!(!metrics.contains("stream=\"mirror\""), "{metrics}");
+    assert!(metrics.contains("updraft_gateway_stream_versions{stream=\"oci\"} 2"), "{metrics}");
+
+    // The unchanged stream kept its state through all of it: started once, its rounds
+    // counted on (a new stream would start again from 1).
+    assert!(rounds(&pki) > before, "rounds went from {before} to {}", rounds(&pki));
+    let log = plain_log(&gw.log);
+    let started = |name: &str| log.lines().filter(|l| l.contains("stream started") && l.contains(name)).count();
+    assert_eq!(started("stream=oci"), 1, "{log}");
+    assert_eq!(started("stream=mirror"), 2, "added, then replaced by the changed filter:\n{log}");
+    assert_eq!(product_keys(&images_json(&pki, &base("oci"))).len(), 2);
+}
+
+/// Under `verify`, an OCI stream lists a version only when its manifest digest carries
+/// a cosign signature by a trusted key, in either scheme (a `.sig` tag, or a sigstore
+/// bundle found through the referrers tag schema, as this registry has no referrers
+/// API). Signatures are made by `e2e::cosign` (openssl), pushed with `oras`. Each
+/// failure is left out, named in the status with tag, digest and reason, logged once
+/// and counted once however many rounds pass; a signed version pushed later appears at
+/// once, and a signature arriving late for a refused digest is seen on a full round.
+#[test]
+fn an_oci_stream_under_verify_lists_only_signed_versions() {
+    use e2e::cosign::{dsse_bundle, simple_signing, statement, Key, Repository};
+    ensure_tools();
+    let tmp = tempfile::tempdir().unwrap();
+    let (pki, img, keys) = (tmp.path().join("pki"), tmp.path().join("img"), tmp.path().join("keys"));
+    std::fs::create_dir_all(&keys).unwrap();
+    make_pki(&pki);
+    make_image(&img, &format!("verify-{}", std::process::id()));
+    let (ours, theirs) = (Key::generate(&keys, "ours"), Key::generate(&keys, "theirs"));
+    let repo = unique_repo("streams-verify");
+    let reg = registry().addr.clone();
+    let signing = Repository { registry: &reg, name: &repo, dir: &keys };
+    let docker_reference = format!("{reg}/{repo}");
+    let serial = "20260101_00:00";
+    let push = |tag: &str| push_annotated(&img, &repo, tag, &format!("{tag}:1:amd64:default"), serial);
+
+    let tagged = push("tagged");
+    signing.sign_with_tag(&ours, &tagged);
+    let bundled = push("bundled");
+    signing.sign_with_bundle(&ours, &bundled);
+    let unsigned = push("unsigned");
+    let wrong = push("wrong");
+    signing.sign_with_tag(&theirs, &wrong);
+    // `tagged`'s genuine signature copied to `copied`'s signature tag.
+    let copied = push("copied");
+    let payload = simple_signing(&docker_reference, &tagged);
+    signing.push_tag_signature(&copied, &payload, Some(&ours.sign(&payload)));
+    // A bundle our key signed for `tagged`, its statement swapped for one naming `swapped`.
+    let swapped = push("swapped");
+    let (genuine, forged) = (statement(&docker_reference, &tagged), statement(&docker_reference, &swapped));
+    signing.attach_bundle(&swapped, &dsse_bundle(&ours, &forged, &genuine));
+
+    let streams = format!(
+        "- name: signed\n  verify: {{publicKeyFiles: [{}]}}\n  source:\n    oci: {{registry: \"{reg}\", repository: {repo}, insecure: true, interval: 1s}}\n",
+        ours.public_file().display()
+    );
+    let gw = start_streams(&tmp.path().join("gw"), &pki, &streams);
+    let base = format!("https://127.0.0.1:{}/streams/signed", gw.https);
+    let listed = ["bundled:1:amd64:default", "tagged:1:amd64:default"];
+    let images = wait_images(&pki, &base, "the two signed versions listed", |i| product_keys(i) == listed);
+    assert_eq!(product_keys(&images), listed, "{images:#}");
+
+    // Each refusal in the status, with its reason and digest; never a cosign tag.
+    let want = [
+        ("unsigned", &unsigned, "NoSignature"),
+        ("wrong", &wrong, "WrongKey"),
+        ("copied", &copied, "OtherDigest"),
+        ("swapped", &swapped, "Tampered"),
+    ];
+    let st = status(&pki, &base);
+    let rejected = st["rejected"].as_object().unwrap();
+    assert_eq!(rejected.len(), want.len(), "{st:#}");
+    for (tag, digest, reason) in want {
+        let why = rejected[tag].as_str().unwrap_or_else(|| panic!("{tag} not rejected: {st:#}"));
+        assert!(why.contains(&format!("({reason})")) && why.contains(digest.as_str()), "{tag}: {why}");
+    }
+    // Logged and counted once per digest, however many rounds pass.
+    let rounds = st["rounds"].as_u64().unwrap();
+    while status(&pki, &base)["rounds"].as_u64().unwrap() < rounds + 4 {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let log = plain_log(&gw.log);
+    for (tag, digest, reason) in want {
+        let lines: Vec<&str> = log.lines().filter(|l| l.contains("version left out") && l.contains(digest)).collect();
+        assert_eq!(lines.len(), 1, "{tag}: {lines:#?}");
+        assert!(
+            lines[0].contains(&format!("tag={tag}")) && lines[0].contains(&format!("reason={reason}")),
+            "{lines:?}"
+        );
+    }
+    let metrics = run(Command::new("curl").args(["-sS", &format!("http://127.0.0.1:{}/metrics", gw.admin)]));
+    for (_, _, reason) in want {
+        let series = format!("updraft_gateway_stream_unverified_total{{reason=\"{reason}\",stream=\"signed\"}} 1");
+        assert!(metrics.contains(&series), "{series}:\n{metrics}");
+    }
+
+    // A signed version pushed after the unsigned one appears at once.
+    let later = push("later");
+    signing.sign_with_bundle(&ours, &later);
+    wait_images(&pki, &base, "the later signed version listed", |i| {
+        product_keys(i).contains(&"later:1:amd64:default".to_owned())
+    });
+    // A signature arriving for the refused digest is seen on a full round (every 12).
+    signing.sign_with_tag(&ours, &unsigned);
+    wait_images(&pki, &base, "the late-signed version listed", |i| {
+        product_keys(i).contains(&"unsigned:1:amd64:default".to_owned())
+    });
+    let st = status(&pki, &base);
+    assert!(st["rejected"].get("unsigned").is_none(), "{st:#}");
+    assert_eq!(product_keys(&images_json(&pki, &base)).len(), 4);
+}
+
+/// Under `verify`, an upload stream serves a version once the digest of the manifest
+/// its uploads made is signed: until then it is left out and the status says why.
+#[test]
+fn an_upload_stream_under_verify_lists_a_version_once_it_is_signed() {
+    ensure_tools();
+    let tmp = tempfile::tempdir().unwrap();
+    let (pki, img, keys) = (tmp.path().join("pki"), tmp.path().join("img"), tmp.path().join("keys"));
+    std::fs::create_dir_all(&keys).unwrap();
+    make_pki(&pki);
+    make_image(&img, &format!("upload-verify-{}", std::process::id()));
+    let key = e2e::cosign::Key::generate(&keys, "release");
+    let repo = unique_repo("streams-upload-verify");
+    let reg = registry().addr.clone();
+    let extra = format!("  verify: {{publicKeyFiles: [{}]}}\n", key.public_file().display());
+    let gw = start_gateway(&tmp.path().join("gw"), "up", &pki, &repo, &extra);
+    let base = format!("https://127.0.0.1:{}/streams/up", gw.https);
+    let dir = "debian/bookworm/amd64/default/20260101_00:00";
+    for (file, name) in [("incus.tar.xz", "lxd.tar.xz"), ("rootfs.squashfs", "rootfs.squashfs")] {
+        let (code, body) = upload(&pki, &base, &img.join(file), &format!("{dir}/{name}"), Some(TOKEN));
+        assert_eq!(code, 201, "{name}: {body}");
+    }
+    let tags = run(Command::new("oras").args(["repo", "tags", "--plain-http", &format!("{reg}/{repo}")]));
+    let tag = tags.lines().next().unwrap_or_else(|| panic!("no tag stored: {tags}")).to_owned();
+    let signing = e2e::cosign::Repository { registry: &reg, name: &repo, dir: &keys };
+    let digest = signing.resolve(&tag);
+    let st = status(&pki, &base);
+    let why = st["rejected"][&tag].as_str().unwrap_or_else(|| panic!("{tag} not rejected: {st:#}"));
+    assert!(why.contains("NoSignature") && why.contains(&digest), "{why}");
+    assert_eq!(images_json(&pki, &base)["products"], serde_json::json!({}));
+
+    signing.sign_with_tag(&key, &digest);
+    let images =
+        wait_images(&pki, &base, "the signed upload listed", |i| !i["products"].as_object().unwrap().is_empty());
+    let fp = fingerprint(&img.join("incus.tar.xz"), &img.join("rootfs.squashfs"));
+    assert!(images.to_string().contains(&fp), "{images:#}");
+    assert!(status(&pki, &base)["rejected"].as_object().unwrap().is_empty());
 }

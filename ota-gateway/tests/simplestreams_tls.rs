@@ -11,53 +11,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::free_port;
+use e2e::images::Pki;
 use rustls::pki_types::pem::PemObject;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ota-gateway");
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl is installed");
-    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-/// A test CA (`ca.pem`) in `dir`.
-fn make_ca(dir: &Path) {
-    openssl(dir, &["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "ca.key"]);
-    openssl(
-        dir,
-        &["req", "-x509", "-new", "-key", "ca.key", "-subj", "/CN=Updraft test CA", "-days", "2", "-out", "ca.pem"],
-    );
-}
-
-/// A leaf for 127.0.0.1/localhost signed by the CA, written to `<name>.crt` / `<name>.key`.
-fn make_leaf(dir: &Path, name: &str, cn: &str) -> (PathBuf, PathBuf) {
-    openssl(dir, &["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", &format!("{name}.ec")]);
-    openssl(dir, &["pkcs8", "-topk8", "-nocrypt", "-in", &format!("{name}.ec"), "-out", &format!("{name}.key")]);
-    openssl(dir, &["req", "-new", "-key", &format!("{name}.key"), "-subj", &format!("/CN={cn}"), "-out", "leaf.csr"]);
-    std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "leaf.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            "ext.cnf",
-            "-out",
-            &format!("{name}.crt"),
-        ],
-    );
-    (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")))
-}
 
 struct Gateway {
     child: Child,
@@ -148,8 +106,8 @@ async fn request<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(stream
 async fn https_beside_http_with_tls13_plain_refusal_and_renewal() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    make_ca(d);
-    let (crt, key) = make_leaf(d, "first", "gateway-first");
+    let pki = Pki::new(d);
+    let (crt, key) = pki.leaf("first", "gateway-first");
     let (live_crt, live_key) = (d.join("tls.crt"), d.join("tls.key"));
     std::fs::copy(&crt, &live_crt).unwrap();
     std::fs::copy(&key, &live_key).unwrap();
@@ -197,7 +155,7 @@ async fn https_beside_http_with_tls13_plain_refusal_and_renewal() {
 
     // Renewal, as cert-manager and kubelet do it: new files appear; no restart.
     assert!(served_cn(gw.https).contains("gateway-first"));
-    let (crt2, key2) = make_leaf(d, "second", "gateway-second");
+    let (crt2, key2) = pki.leaf("second", "gateway-second");
     std::fs::copy(&key2, d.join("tls.key.new")).unwrap();
     std::fs::copy(&crt2, d.join("tls.crt.new")).unwrap();
     std::fs::rename(d.join("tls.key.new"), &live_key).unwrap();

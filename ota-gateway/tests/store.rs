@@ -272,3 +272,122 @@ async fn private_reads_need_a_key() {
         403
     );
 }
+
+/// The gateway binary with a store and no `tls` section: writes over plain HTTP are
+/// refused (403, naming `allowPlainWrites`, whatever the key) and nothing is stored,
+/// reads still work; with `allowPlainWrites: true` the same writes are accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_writes_are_refused_unless_allowed() {
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let setup = StoreSetup { allow_plain_writes: false, tls: None };
+    let gw = Gateway::start_with(w, "plain", free_port(), setup).await;
+    let data = pseudo_random(3_000_000, 11);
+    let file = w.join("app.zip");
+    std::fs::write(&file, &data).unwrap();
+    let body = format!("@{}", file.display());
+    let key = format!("key: {KEY}");
+    let upload = format!("{}/upload/rel/app.zip?force=True", gw.url);
+
+    let refused = curl(&["-X", "POST", "-H", &key, "--data-binary", &body, "-w", "\n%{http_code}", &upload]).await;
+    let text = String::from_utf8_lossy(&refused.stdout);
+    assert!(text.ends_with("\n403"), "{text}");
+    assert!(text.contains("allowPlainWrites"), "the refusal names the setting: {text}");
+    // Bearer key, no key, a wrong key: the same answer (TLS is checked first).
+    let bearer = format!("Authorization: Bearer {KEY}");
+    for auth in [bearer.as_str(), "key: wrong", "x-nothing: 1"] {
+        assert_eq!(status(&["-X", "POST", "-H", auth, "--data-binary", &body, &upload]).await, 403, "{auth}");
+    }
+    assert_eq!(upload_chunked(&gw.url, "rel/chunked.zip", &file, 1 << 20, 1_700_000_000.0, true).await, 403);
+    assert!(files_under(&gw.dir).is_empty(), "{:?}", files_under(&gw.dir));
+    assert_eq!(std::fs::read_dir(gw.dir.join(".updraft/partial")).unwrap().count(), 0, "no partial upload kept");
+
+    // A file put on the volume by other means: readable, not deletable over plain HTTP.
+    std::fs::create_dir_all(gw.dir.join("rel")).unwrap();
+    std::fs::write(gw.dir.join("rel/placed.bin"), b"placed").unwrap();
+    assert_eq!(curl(&[&format!("{}/download/rel/placed.bin", gw.url)]).await.stdout, b"placed");
+    assert_eq!(status(&["-H", &key, &format!("{}/delete/rel/placed.bin", gw.url)]).await, 403);
+    assert_eq!(status(&["-X", "DELETE", "-H", &key, &format!("{}/delete/rel/placed.bin", gw.url)]).await, 403);
+    assert!(gw.dir.join("rel/placed.bin").exists());
+    drop(gw);
+
+    let setup = StoreSetup { allow_plain_writes: true, tls: None };
+    let gw = Gateway::start_with(w, "allowed", free_port(), setup).await;
+    let upload = format!("{}/upload/rel/app.zip?force=True", gw.url);
+    assert_eq!(status(&["-X", "POST", "-H", &key, "--data-binary", &body, &upload]).await, 201);
+    assert_eq!(upload_chunked(&gw.url, "rel/chunked.zip", &file, 1 << 20, 1_700_000_000.0, true).await, 201);
+    assert_eq!(std::fs::read(gw.dir.join("rel/app.zip")).unwrap(), data);
+    assert_eq!(std::fs::read(gw.dir.join("rel/chunked.zip")).unwrap(), data);
+    assert_eq!(status(&["-H", &key, &format!("{}/delete/rel/app.zip", gw.url)]).await, 200);
+    assert!(!gw.dir.join("rel/app.zip").exists());
+}
+
+/// With the gateway's `tls` section the store listens with HTTPS on its own port (the
+/// same certificate as the HTTPS listener): whole and chunked uploads with
+/// `curl --cacert`, and filuxe's own client library (Python `requests` with
+/// `verify=<certificate>`, as filuxe does with `lan_certificate`), are stored; reads
+/// and deletes work; plain HTTP on that port is refused before any key is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_over_tls_are_accepted() {
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let (cert, tls_key) = self_signed(w);
+    let setup = StoreSetup { allow_plain_writes: false, tls: Some((cert.clone(), tls_key)) };
+    let port = free_port();
+    let gw = Gateway::start_with(w, "tls", port, setup).await;
+    assert!(gw.url.starts_with("https://"));
+    let ca = cert.to_str().unwrap();
+    let data = pseudo_random(2_500_000, 12);
+    let file = w.join("app.zip");
+    std::fs::write(&file, &data).unwrap();
+    let body = format!("@{}", file.display());
+    let key = format!("key: {KEY}");
+
+    let whole = format!("{}/upload/rel/whole.zip?time=1700000000", gw.url);
+    assert_eq!(status(&["--cacert", ca, "-X", "POST", "-H", &key, "--data-binary", &body, &whole]).await, 201);
+    let trust = ["--cacert", ca];
+    let chunked = upload_chunked_with(&gw.url, "rel/chunked.zip", &file, 1 << 20, 1_700_000_000.0, false, &trust);
+    assert_eq!(chunked.await, 201);
+    for name in ["whole.zip", "chunked.zip"] {
+        assert_eq!(std::fs::read(gw.dir.join("rel").join(name)).unwrap(), data, "{name}");
+        let got = curl(&["--cacert", ca, &format!("{}/download/rel/{name}", gw.url)]).await;
+        assert!(got.stdout == data, "{name} downloaded over TLS differs");
+    }
+    // The certificate is checked: without trusting it curl refuses to talk.
+    assert!(!curl(&["-f", &format!("{}/api/status", gw.url)]).await.status.success());
+    // Plain HTTP on the store's port: answered 400 by the TLS listener, nothing stored.
+    let plain = format!("http://127.0.0.1:{port}/upload/rel/plain.zip");
+    assert_eq!(status(&["-X", "POST", "-H", &key, "--data-binary", &body, &plain]).await, 400);
+    assert!(!gw.dir.join("rel/plain.zip").exists());
+
+    // filuxe's client: requests.post with the chunk headers it sends, verify=<cert>.
+    let script = format!(
+        r#"
+import requests, sys
+url, cert, key, path = sys.argv[1:5]
+data = open(path, "rb").read()
+size, step = len(data), 1 << 20
+for start in range(0, size, step):
+    end = min(start + step, size) - 1
+    r = requests.post(f"{{url}}/upload/rel/filuxe.zip", params={{"time": 1700000000, "force": True}},
+                      headers={{"key": key, "Content-Range": f"bytes {{start}}-{{end}}/{{size}}"}},
+                      data=data[start:end + 1], verify=cert)
+    if r.status_code != 201:
+        sys.exit(f"{{r.status_code}} {{r.text}}")
+r = requests.get(f"{{url}}/filelist/rel", verify=cert)
+print(r.json()["filelist"]["rel"]["filuxe.zip"]["size"])
+r = requests.get(f"{{url}}/delete/rel/whole.zip", headers={{"key": key}}, verify=cert)
+print(r.status_code)
+"#
+    );
+    let out = tokio::process::Command::new("python3")
+        .args(["-c", &script, &gw.url, ca, KEY, file.to_str().unwrap()])
+        .output()
+        .await
+        .expect("run python3");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(stdout.split_whitespace().collect::<Vec<_>>(), [data.len().to_string(), "200".into()]);
+    assert_eq!(std::fs::read(gw.dir.join("rel/filuxe.zip")).unwrap(), data);
+    assert!(!gw.dir.join("rel/whole.zip").exists(), "deleted over TLS");
+}

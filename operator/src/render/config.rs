@@ -10,13 +10,14 @@ use updraft_core::config::{
     OciStreamSource, PinnedArtifact, SourceConfig, StoreConfig, StreamConfig, StreamSource, TlsConfig, Unpack,
     UploadStreamSource, UpstreamStreamSource, WebhookConfig, CONFIG_VERSION,
 };
+use updraft_core::cosign::VerifyConfig;
 use updraft_crds::channel::{ArtifactSelector, Downgrade as SpecDowngrade, Unpack as SpecUnpack};
 use updraft_crds::gateway::GatewayNotifications;
 use updraft_crds::{FirmwareChannel, ImageStream, OciSource, OtaGateway, ResolvedVersion};
 
 use super::{
     quantity_bytes, ADMIN_PORT, CACHE_DIR, CREDENTIALS_DIR, HTTPS_PORT, HTTP_PORT, NOTIFY_DIR, SIGNING_DIR, STORE_DIR,
-    STORE_KEY_DIR, TLS_DIR, UPLOAD_TOKEN_DIR,
+    STORE_KEY_DIR, TLS_DIR, UPLOAD_TOKEN_DIR, UPSTREAM_CA_DIR, UPSTREAM_CA_KEY, VERIFY_DIR,
 };
 use crate::attach::device_id;
 
@@ -68,7 +69,7 @@ fn store_config(store: &updraft_crds::gateway::GatewayStore) -> StoreConfig {
         )
         .expect("a store with its defaults")
         .max_upload_bytes,
-        allow_plain_writes: false,
+        allow_plain_writes: store.allow_plain_writes,
     }
 }
 
@@ -144,7 +145,7 @@ pub(super) fn stream_config(gateway: &OtaGateway, stream: &ImageStream) -> Optio
                         None => defaults.max_bytes,
                     },
                     interval: defaults.interval,
-                    allow_plain_writes: false,
+                    allow_plain_writes: upload.allow_plain_writes,
                 }),
                 ..Default::default()
             }
@@ -153,7 +154,10 @@ pub(super) fn stream_config(gateway: &OtaGateway, stream: &ImageStream) -> Optio
             upstream: Some(UpstreamStreamSource {
                 url: upstream.url.clone(),
                 filters: spec.filters.clone(),
-                ca_file: None,
+                ca_file: upstream
+                    .ca_config_map
+                    .as_ref()
+                    .map(|_| format!("{UPSTREAM_CA_DIR}/{}/{UPSTREAM_CA_KEY}", stream.name_any()).into()),
                 interval: spec.interval.clone(),
             }),
             ..Default::default()
@@ -164,8 +168,19 @@ pub(super) fn stream_config(gateway: &OtaGateway, stream: &ImageStream) -> Optio
         name: stream.name_any(),
         source,
         keep_versions: u32::try_from(spec.keep_versions).unwrap_or(0),
-        verify: None,
+        verify: spec
+            .verify
+            .as_ref()
+            .filter(|_| spec.source.upstream.is_none())
+            .map(|v| VerifyConfig { public_key_files: vec![stream_key_file(&stream.name_any(), v).into()] }),
     })
+}
+
+/// Where the Deployment mounts the public key of a stream's `spec.verify`:
+/// `<VERIFY_DIR>/<stream>/<key>` (key default `cosign.pub`, the one file the gateway reads).
+pub(super) fn stream_key_file(stream: &str, verify: &updraft_crds::Verification) -> String {
+    let key = verify.public_key_secret.key.as_deref().unwrap_or(crate::stream::DEFAULT_PUBLIC_KEY);
+    format!("{VERIFY_DIR}/{stream}/{key}")
 }
 
 fn repository(source: &OciSource) -> SourceConfig {
@@ -324,16 +339,87 @@ mod tests {
     }
 
     #[test]
+    fn stream_verify_and_plain_writes_are_rendered_where_the_deployment_mounts_them() {
+        let mut gw = gateway();
+        gw.spec.upload_token_secret = Some(updraft_crds::SecretKeyRef { name: "upload".into(), key: "token".into() });
+        let mut up = stream("images", serde_json::json!({"upload": {"registry": "r:5000", "repository": "images/up"}}));
+        let config = gateway_config(&gw, &[], &[&up]);
+        let source = config.streams[0].source.upload.as_ref().unwrap();
+        assert!(!source.allow_plain_writes, "writes need TLS unless the spec says otherwise");
+        assert_eq!(config.streams[0].verify, None);
+        up.spec.source.upload.as_mut().unwrap().allow_plain_writes = true;
+        up.spec.verify =
+            Some(serde_json::from_value(serde_json::json!({"publicKeySecret": {"name": "keys"}})).unwrap());
+        let mut oci = stream("lab", serde_json::json!({"oci": {"registry": "ghcr.io", "repository": "acme/images"}}));
+        oci.spec.verify = Some(
+            serde_json::from_value(serde_json::json!({"publicKeySecret": {"name": "keys", "key": "lab.pub"}})).unwrap(),
+        );
+        // (`validate` would read the key files, which exist only in the pod.)
+        let config = gateway_config(&gw, &[], &[&up, &oci]);
+        assert!(config.streams[0].source.upload.as_ref().unwrap().allow_plain_writes);
+        let files = |i: usize| config.streams[i].verify.as_ref().unwrap().public_key_files.clone();
+        assert_eq!(files(0), [std::path::PathBuf::from("/etc/updraft/verify/images/cosign.pub")]);
+        assert_eq!(files(1), [std::path::PathBuf::from("/etc/updraft/verify/lab/lab.pub")]);
+        let back = GatewayConfig::parse(config.to_yaml().as_bytes()).unwrap();
+        assert_eq!(back.streams, config.streams);
+
+        let mut deployment = crate::render::deployment(&gw, "img", &[]);
+        crate::render::mount_stream_files(&mut deployment, &[&up, &oci]);
+        let pod = deployment.spec.template.spec.unwrap();
+        let mounts = pod.containers[0].volume_mounts.clone().unwrap();
+        for (stream, key) in [("images", "cosign.pub"), ("lab", "lab.pub")] {
+            let dir = format!("/etc/updraft/verify/{stream}");
+            let mount = mounts.iter().find(|m| m.mount_path == dir).unwrap_or_else(|| panic!("{dir}: {mounts:#?}"));
+            let volume = pod.volumes.as_ref().unwrap().iter().find(|v| v.name == mount.name).unwrap();
+            let secret = volume.secret.as_ref().unwrap();
+            assert_eq!(secret.secret_name.as_deref(), Some("keys"));
+            assert_eq!(secret.items.as_ref().unwrap()[0].key, key);
+            assert_eq!(mount.read_only, Some(true));
+        }
+
+        // An upstream's caConfigMap: its ca.crt is mounted where ca_file points.
+        let mirror = stream(
+            "mirror",
+            serde_json::json!({"upstream": {"url": "https://images.example", "caConfigMap": "lab-ca"}}),
+        );
+        let config = gateway_config(&gw, &[], &[&mirror]);
+        let ca_file = config.streams[0].source.upstream.as_ref().unwrap().ca_file.clone();
+        assert_eq!(ca_file, Some(std::path::PathBuf::from("/etc/updraft/upstream-ca/mirror/ca.crt")));
+        let mut deployment = crate::render::deployment(&gw, "img", &[]);
+        crate::render::mount_stream_files(&mut deployment, &[&mirror]);
+        let pod = deployment.spec.template.spec.unwrap();
+        let mounts = pod.containers[0].volume_mounts.clone().unwrap();
+        let mount = mounts.iter().find(|m| m.mount_path == "/etc/updraft/upstream-ca/mirror").expect("CA mounted");
+        let volume = pod.volumes.as_ref().unwrap().iter().find(|v| v.name == mount.name).unwrap();
+        let config_map = volume.config_map.as_ref().unwrap();
+        assert_eq!(config_map.name, "lab-ca");
+        assert_eq!(config_map.items.as_ref().unwrap()[0].key, "ca.crt");
+    }
+
+    #[test]
     fn the_store_is_served_from_the_volume_with_the_mounted_write_key() {
         use updraft_crds::gateway::GatewayStore;
         use updraft_crds::SecretKeyRef;
         let mut gw = gateway();
         assert!(gateway_config(&gw, &[], &[]).stores.is_empty());
         let key = SecretKeyRef { name: "store-key".into(), key: "write".into() };
-        gw.spec.store = Some(GatewayStore { claim_name: "artifacts".into(), port: 8081, write_key_secret: key });
+        let store: GatewayStore = serde_json::from_value(serde_json::json!({
+            "claimName": "artifacts", "writeKeySecret": key,
+        }))
+        .unwrap();
+        assert_eq!(store.port, 8081);
+        gw.spec.store = Some(store);
         let config = gateway_config(&gw, &[], &[]);
         config.validate().unwrap();
         let store = &config.stores[0];
+        // Writes need TLS unless the spec says otherwise.
+        assert!(!store.allow_plain_writes);
+        assert!(!config.to_yaml().contains("allowPlainWrites"));
+        let mut plain = gw.clone();
+        plain.spec.store.as_mut().unwrap().allow_plain_writes = true;
+        let plain = gateway_config(&plain, &[], &[]);
+        assert!(plain.stores[0].allow_plain_writes);
+        assert!(plain.to_yaml().contains("allowPlainWrites: true"));
         assert_eq!((store.listen.as_str(), store.dir.to_str()), ("0.0.0.0:8081", Some("/var/lib/updraft/store")));
         assert_eq!(store.write_key_file.as_ref().unwrap().to_str(), Some("/etc/updraft/store-key/write"));
         assert_eq!(store.max_upload_bytes, 16 << 30);

@@ -19,7 +19,7 @@ use super::config::notify_paths;
 use super::configmap::config_map_name;
 use super::{
     labels, meta, selector, ADMIN_PORT, CACHE_DIR, CONFIG_DIR, CONFIG_KEY, CREDENTIALS_DIR, HTTPS_PORT, HTTP_PORT,
-    SIGNING_DIR, STORE_DIR, STORE_KEY_DIR, TLS_DIR, UPLOAD_TOKEN_DIR,
+    SIGNING_DIR, STORE_DIR, STORE_KEY_DIR, TLS_DIR, UPLOAD_TOKEN_DIR, UPSTREAM_CA_DIR, UPSTREAM_CA_KEY, VERIFY_DIR,
 };
 
 /// The registry-credential Secrets of `served` channels and `streams`, each once,
@@ -188,6 +188,47 @@ fn notification_secrets(gateway: &OtaGateway) -> Vec<(String, String, Vec<String
         }
     }
     out
+}
+
+/// Mounts the files each stream's rendered config points at: the public key of
+/// `spec.verify` (an `oci` or `upload` source) at `<VERIFY_DIR>/<stream>/<key>` (see
+/// `config::stream_key_file`), and the `ca.crt` of an upstream's `caConfigMap` at
+/// `<UPSTREAM_CA_DIR>/<stream>/ca.crt`.
+pub(crate) fn mount_stream_files(deployment: &mut Deployment, streams: &[&ImageStream]) {
+    let Some(pod) = deployment.spec.template.spec.as_mut() else { return };
+    for stream in streams {
+        let (volume, dir) = match (&stream.spec.verify, &stream.spec.source.upstream) {
+            (Some(verify), None) => {
+                let key = verify.public_key_secret.key.as_deref().unwrap_or(crate::stream::DEFAULT_PUBLIC_KEY);
+                let name = format!("verify-{}", short_hash(&stream.name_any()));
+                (
+                    secret_volume(&name, &verify.public_key_secret.name, key),
+                    format!("{VERIFY_DIR}/{}", stream.name_any()),
+                )
+            }
+            (_, Some(upstream)) => {
+                let Some(config_map) = &upstream.ca_config_map else { continue };
+                let name = format!("upstream-ca-{}", short_hash(&stream.name_any()));
+                let item =
+                    KeyToPath { key: UPSTREAM_CA_KEY.into(), path: UPSTREAM_CA_KEY.into(), ..Default::default() };
+                let volume = Volume {
+                    name,
+                    config_map: Some(ConfigMapVolumeSource {
+                        name: config_map.clone(),
+                        items: Some(vec![item]),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                };
+                (volume, format!("{UPSTREAM_CA_DIR}/{}", stream.name_any()))
+            }
+            _ => continue,
+        };
+        for container in &mut pod.containers {
+            container.volume_mounts.get_or_insert_with(Vec::new).push(mount(&volume.name, &dir));
+        }
+        pod.volumes.get_or_insert_with(Vec::new).push(volume);
+    }
 }
 
 fn secret_volume(name: &str, secret: &str, key: &str) -> Volume {

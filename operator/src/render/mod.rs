@@ -22,7 +22,7 @@ use updraft_crds::OtaGateway;
 
 pub(crate) use config::{channel_artifact, gateway_config, notifications_config};
 pub(crate) use configmap::config_map;
-pub(crate) use deployment::{credential_secrets, deployment};
+pub(crate) use deployment::{credential_secrets, deployment, mount_stream_files};
 pub(crate) use mirror::{mirror_configs, mirror_deployment, mirror_deployment_name, STORE_KEY};
 pub(crate) use service::{service, service_url, stream_url};
 
@@ -44,6 +44,14 @@ const CREDENTIALS_DIR: &str = "/etc/updraft/credentials";
 const SIGNING_DIR: &str = "/etc/updraft/signing";
 /// The `spec.tls` Secret (`tls.crt`, `tls.key`) is mounted here.
 const TLS_DIR: &str = "/etc/updraft/tls";
+/// The public key of each ImageStream's `spec.verify` is mounted at
+/// `<VERIFY_DIR>/<stream>/<key>`.
+const VERIFY_DIR: &str = "/etc/updraft/verify";
+/// The `ca.crt` of each upstream ImageStream's `caConfigMap` is mounted at
+/// `<UPSTREAM_CA_DIR>/<stream>/ca.crt`.
+const UPSTREAM_CA_DIR: &str = "/etc/updraft/upstream-ca";
+/// The key of a `caConfigMap` that holds the CA certificates.
+pub(crate) const UPSTREAM_CA_KEY: &str = "ca.crt";
 /// The upload-token Secret is mounted here.
 const UPLOAD_TOKEN_DIR: &str = "/etc/updraft/upload-token";
 /// Notification Secrets (MQTT CA, client certificate, credentials; webhook keys) are

@@ -25,6 +25,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use updraft_core::config::is_sha256_hex;
+use updraft_core::image_metadata::is_component;
 
 /// Where `images.json` lives, relative to the stream's base URL (named by index.json).
 pub const IMAGES_PATH: &str = "streams/v1/images.json";
@@ -81,15 +82,6 @@ impl fmt::Display for ProductKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}:{}:{}", self.os, self.release, self.arch, self.variant)
     }
-}
-
-/// Whether `s` is a path/product component: `[a-z0-9][a-z0-9.-]{0,31}`.
-pub fn is_component(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= 32
-        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
-        && b.iter().all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'.' || c == b'-')
 }
 
 /// Architecture names LXD's and Incus's `osarch` accept (both the kernel and the

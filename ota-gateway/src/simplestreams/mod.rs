@@ -32,7 +32,7 @@ pub mod upload;
 pub mod upstream;
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
 
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, State};
@@ -112,42 +112,117 @@ impl StreamError {
     }
 }
 
-/// Every stream of the gateway, by name.
-#[derive(Clone, Default)]
+/// Every stream of the gateway, by name: the live part of the surface. Cheap to clone.
+///
+/// A config becomes live in two phases, like the other surfaces ([`crate::state`]):
+/// [`Streams::prepare`] builds what is new or changed without starting anything and
+/// fails on a bad stream; [`Streams::install`] swaps the table and starts the new
+/// streams' sync loops. A stream whose config did not change is carried over as it is
+/// (its index, upload state and verification verdicts stay); a removed or replaced
+/// stream's loop ends once the last request holding it finishes.
+#[derive(Clone)]
 pub struct Streams {
-    by_name: Arc<HashMap<String, Arc<Stream>>>,
+    inner: Arc<Live>,
+}
+
+struct Live {
+    cache: Arc<Cache>,
+    metrics: Arc<Metrics>,
+    by_name: RwLock<Arc<HashMap<String, Arc<Stream>>>>,
+    /// The registry client and the plain-HTTP registries it was built for: kept while
+    /// that set does not change (it caches tokens).
+    client: Mutex<Option<(Vec<String>, oci_client::Client)>>,
+}
+
+/// A stream table ready to install.
+pub struct Prepared {
+    by_name: HashMap<String, Arc<Stream>>,
+    /// The streams made for this config (new or changed): their loops start at install.
+    started: Vec<Arc<Stream>>,
 }
 
 impl Streams {
-    /// The streams of `config`, each with its sync loop running.
-    pub fn start(config: &GatewayConfig, cache: Arc<Cache>, metrics: &Metrics) -> Result<Self, StreamError> {
+    /// No streams yet.
+    pub fn new(cache: Arc<Cache>, metrics: Arc<Metrics>) -> Self {
+        Self {
+            inner: Arc::new(Live {
+                cache,
+                metrics,
+                by_name: RwLock::new(Arc::new(HashMap::new())),
+                client: Mutex::new(None),
+            }),
+        }
+    }
+
+    /// Builds the streams of `config` that differ from the live ones (reading token and
+    /// key files); changes nothing.
+    pub fn prepare(&self, config: &GatewayConfig) -> Result<Prepared, StreamError> {
+        let current = self.snapshot();
+        let mut by_name = HashMap::new();
+        let mut started = Vec::new();
+        for s in &config.streams {
+            let stream = match current.get(&s.name) {
+                Some(live) if live.config == *s => live.clone(),
+                _ => {
+                    let metrics = StreamMetrics::new(&self.inner.metrics, &s.name);
+                    let stream = Stream::new(s, self.client_for(config), self.inner.cache.clone(), metrics)?;
+                    started.push(stream.clone());
+                    stream
+                }
+            };
+            by_name.insert(s.name.clone(), stream);
+        }
+        Ok(Prepared { by_name, started })
+    }
+
+    /// Makes `prepared` the live table and starts the new streams.
+    pub fn install(&self, prepared: Prepared) {
+        let old = std::mem::replace(
+            &mut *self.inner.by_name.write().unwrap_or_else(|e| e.into_inner()),
+            Arc::new(prepared.by_name),
+        );
+        let live = self.snapshot();
+        for name in old.keys().filter(|n| !live.contains_key(*n)) {
+            tracing::info!(stream = %name, "stream removed");
+            StreamMetrics::forget(&self.inner.metrics, name);
+        }
+        for stream in prepared.started {
+            tracing::info!(stream = %stream.name, "stream started");
+            stream.spawn();
+        }
+    }
+
+    fn snapshot(&self) -> Arc<HashMap<String, Arc<Stream>>> {
+        self.inner.by_name.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The registry client for `config`'s streams (one client while the set of
+    /// plain-HTTP registries stays the same).
+    fn client_for(&self, config: &GatewayConfig) -> oci_client::Client {
         let sources = config.streams.iter().filter_map(|s| {
             s.source.oci.as_ref().map(|o| &o.repository).or(s.source.upload.as_ref().map(|u| &u.repository))
         });
-        let protocol = oci::protocol_for(oci::insecure_registries(sources));
-        let client = oci::build_client("updraft-gateway", protocol);
-        let mut by_name = HashMap::new();
-        for s in &config.streams {
-            let stream = Stream::new(s, client.clone(), cache.clone(), StreamMetrics::new(metrics, &s.name))?;
-            stream.spawn();
-            by_name.insert(s.name.clone(), stream);
+        let insecure = oci::insecure_registries(sources);
+        let mut slot = self.inner.client.lock().unwrap_or_else(|e| e.into_inner());
+        match &*slot {
+            Some((hosts, client)) if *hosts == insecure => client.clone(),
+            _ => {
+                let client = oci::build_client("updraft-gateway", oci::protocol_for(insecure.clone()));
+                *slot = Some((insecure, client.clone()));
+                client
+            }
         }
-        Ok(Self { by_name: Arc::new(by_name) })
     }
 
-    pub fn get(&self, name: &str) -> Result<&Arc<Stream>, StreamError> {
-        self.by_name.get(name).ok_or_else(|| StreamError::not_found(format!("unknown stream {name:?}")))
-    }
-
-    /// The largest upload limit of any stream (the body limit of the upload route).
-    fn max_upload(&self) -> u64 {
-        self.by_name.values().filter_map(|s| s.upload.as_ref().map(|u| u.max_bytes)).max().unwrap_or(0)
+    /// The live stream `name`; 404 when there is none.
+    pub fn get(&self, name: &str) -> Result<Arc<Stream>, StreamError> {
+        self.snapshot().get(name).cloned().ok_or_else(|| StreamError::not_found(format!("unknown stream {name:?}")))
     }
 }
 
-/// The routes of every stream.
+/// The routes of every stream. Upload bodies are limited per stream by the handler
+/// (`maxBytes`, which a reload may change), not by a router-wide limit.
 pub fn router(streams: Streams) -> Router {
-    let limit = usize::try_from(streams.max_upload()).unwrap_or(usize::MAX).saturating_add(64 * 1024);
     Router::new()
         .route("/streams/{stream}/status", get(status))
         .route("/streams/{stream}/streams/v1/index.json", get(index_json))
@@ -155,7 +230,7 @@ pub fn router(streams: Streams) -> Router {
         .route("/streams/{stream}/images/", post(upload::upload))
         .route("/streams/{stream}/images", post(upload::upload))
         .route("/streams/{stream}/images/{*path}", get(file).delete(upload::delete))
-        .layer(DefaultBodyLimit::max(limit))
+        .layer(DefaultBodyLimit::disable())
         .with_state(streams)
 }
 

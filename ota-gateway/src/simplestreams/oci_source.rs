@@ -29,23 +29,12 @@ use std::sync::Arc;
 use chrono::DateTime;
 use oci_client::manifest::OciImageManifest;
 
+use updraft_core::image_metadata::debian_arch;
+
 use super::index::{ProductKey, ProductProps, Serial};
 use super::metadata::{read_metadata_yaml, ImageMetadata, UploadFile};
 use super::registry::{self, layer_file, StoredVersion};
 use super::Stream;
-
-/// Maps the kernel's architecture names (what `metadata.yaml` says) to the Debian
-/// names product keys use; Debian names pass through.
-pub fn debian_arch(arch: &str) -> &str {
-    match arch {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        "i686" => "i386",
-        "armv7l" => "armhf",
-        "ppc64le" => "ppc64el",
-        other => other,
-    }
-}
 
 /// The product key `metadata.yaml` describes.
 pub fn product_from_metadata(m: &ImageMetadata) -> Result<ProductKey, String> {
@@ -128,12 +117,5 @@ mod tests {
             serde_yaml::from_str("architecture: sparc\nproperties: {os: x, release: y}\n").unwrap();
         assert!(product_from_metadata(&odd).is_err());
         assert!(product_from_metadata(&ImageMetadata::default()).is_err());
-    }
-
-    #[test]
-    fn kernel_arch_names_map_to_debian_names() {
-        assert_eq!(debian_arch("x86_64"), "amd64");
-        assert_eq!(debian_arch("aarch64"), "arm64");
-        assert_eq!(debian_arch("riscv64"), "riscv64");
     }
 }

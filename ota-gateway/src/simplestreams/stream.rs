@@ -9,6 +9,16 @@
 //! index that fails validation is not published: the previous documents keep serving
 //! and [`Stream::status`] says why. A version whose manifest is unusable is left out
 //! and reported the same way.
+//!
+//! Under `verify`, a version of an OCI or upload stream enters the index only when its
+//! manifest digest carries a cosign signature by one of the keys, checked by the
+//! verifier firmware uses ([`updraft_core::cosign`]: tag scheme and sigstore bundles).
+//! Verdicts are kept per digest: a verified digest is never asked about again; a
+//! refused one is left out, logged once, counted in `updraft_gateway_stream_unverified_total`
+//! and named in the status, and asked about again on the next full round (a signature
+//! pushed later is seen within [`FULL_EVERY`] intervals; a new signed version at once).
+//! Registry errors are not kept: the next round asks again. Cosign's own tags
+//! (`sha256-<hex>.sig`, the referrers tag schema's `sha256-<hex>`) are not versions.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufWriter, Write as _};
@@ -35,6 +45,7 @@ use crate::metrics::Metrics;
 use crate::unpack::Digesting;
 use prometheus::{IntCounter, IntGauge};
 use updraft_core::config::{SourceConfig, StreamConfig, UploadStreamSource};
+use updraft_core::cosign::Verifier;
 use updraft_core::oci;
 use updraft_core::version::parse_duration;
 
@@ -114,6 +125,8 @@ pub struct StreamMetrics {
     valid: IntGauge,
     failures: IntCounter,
     versions: IntGauge,
+    unverified: prometheus::IntCounterVec,
+    stream: String,
 }
 
 impl StreamMetrics {
@@ -122,8 +135,38 @@ impl StreamMetrics {
             valid: metrics.stream_index_valid.with_label_values(&[stream]),
             failures: metrics.stream_index_failures.with_label_values(&[stream]),
             versions: metrics.stream_versions.with_label_values(&[stream]),
+            unverified: metrics.stream_unverified.clone(),
+            stream: stream.to_owned(),
         }
     }
+
+    /// Drops the series of a stream that is gone.
+    pub fn forget(metrics: &Metrics, stream: &str) {
+        let _ = metrics.stream_index_valid.remove_label_values(&[stream]);
+        let _ = metrics.stream_index_failures.remove_label_values(&[stream]);
+        let _ = metrics.stream_versions.remove_label_values(&[stream]);
+        for reason in UNVERIFIED_REASONS {
+            let _ = metrics.stream_unverified.remove_label_values(&[stream, reason]);
+        }
+    }
+
+    /// One digest newly refused by verification, for `reason`.
+    fn unverified(&self, reason: &str) {
+        self.unverified.with_label_values(&[self.stream.as_str(), reason]).inc();
+    }
+}
+
+/// The `reason` label values of `updraft_gateway_stream_unverified_total`
+/// (`updraft_core::cosign::VerifyError::reason`).
+const UNVERIFIED_REASONS: [&str; 6] =
+    ["NoSignature", "WrongKey", "OtherDigest", "Tampered", "RegistryError", "InvalidDigest"];
+
+/// What verification said about one manifest digest.
+struct Verdict {
+    /// `None` when verified; otherwise why not.
+    refused: Option<String>,
+    /// Ask again next round (a registry error), rather than on the next full round.
+    transient: bool,
 }
 
 /// What the sync loop keeps between rounds.
@@ -136,6 +179,8 @@ struct SyncState {
     /// The last render was refused: render again even when nothing changed, so the
     /// reason stays in the status until it is fixed.
     refused: bool,
+    /// Manifest digest → verification verdict (under `verify`).
+    verdicts: HashMap<String, Verdict>,
 }
 
 type BlobFuture = Shared<BoxFuture<'static, Result<Arc<Payload>, String>>>;
@@ -143,6 +188,10 @@ type BlobFuture = Shared<BoxFuture<'static, Result<Arc<Payload>, String>>>;
 /// One stream.
 pub struct Stream {
     pub name: String,
+    /// The config it was made from (a reload with the same config keeps the stream).
+    pub config: StreamConfig,
+    /// The signature check of `verify`, when set.
+    verifier: Option<Verifier>,
     pub keep_versions: u32,
     pub source: SourceConfig,
     pub upload: Option<UploadStreamSource>,
@@ -198,10 +247,18 @@ impl Stream {
             None => None,
         };
         let auth = oci::registry_auth(&source).map_err(|e| StreamError::Config(e.to_string()))?;
+        let verifier = match &config.verify {
+            Some(v) => {
+                Some(v.verifier().map_err(|e| StreamError::Config(format!("stream {:?}: verify: {e}", config.name)))?)
+            }
+            None => None,
+        };
         let empty = Index::new().render().expect("an empty index is valid");
         let published = Published::new(empty.index_json, empty.images_json, HashMap::new(), Vec::new(), &Index::new());
         Ok(Arc::new(Self {
             name: config.name.clone(),
+            config: config.clone(),
+            verifier,
             keep_versions: config.keep_versions,
             source,
             upload,
@@ -307,6 +364,8 @@ impl Stream {
             Err(e) if is_unknown_repository(&e) => Vec::new(),
             Err(e) => return Err(format!("listing {}/{}: {e}", self.source.registry, self.source.repository)),
         };
+        // Cosign's signatures and referrer indexes live beside the versions.
+        let tags: Vec<String> = tags.into_iter().filter(|t| !is_signature_tag(t)).collect();
         let mut changed = false;
         let listed: std::collections::HashSet<&String> = tags.iter().collect();
         let gone: Vec<String> = st.known.keys().filter(|t| !listed.contains(t)).cloned().collect();
@@ -319,6 +378,7 @@ impl Stream {
         let dirty = std::mem::take(&mut *self.dirty.lock().unwrap_or_else(|e| e.into_inner()));
         let mut rejected = self.status().rejected;
         let mut batch = Vec::new();
+        let mut pulled = std::collections::HashSet::new();
         rejected.retain(|t, _| listed.contains(t));
         for tag in &tags {
             // A version still missing parts is read every round: its next part is
@@ -333,7 +393,17 @@ impl Stream {
                 Ok(m) => m,
                 Err(e) => return Err(format!("manifest {tag}: {e}")),
             };
+            pulled.insert(digest.clone());
             if st.known.get(tag).is_some_and(|(d, _)| *d == digest) {
+                continue;
+            }
+            if let Err(reason) = self.check_signature(st, tag, &digest, full).await {
+                // Never served: a tag moved to an unverified digest leaves the index.
+                if let Some((_, old)) = st.known.remove(tag) {
+                    st.index.remove(&old.product, &old.serial);
+                    changed = true;
+                }
+                rejected.insert(tag.clone(), reason);
                 continue;
             }
             let version = match manifest {
@@ -374,6 +444,12 @@ impl Stream {
             }
             st.known.insert(tag.clone(), (digest, version));
         }
+        // Verdicts of digests no tag holds any more are dropped.
+        let held: std::collections::HashSet<&String> = st.known.values().map(|(d, _)| d).chain(&pulled).collect();
+        let stale: Vec<String> = st.verdicts.keys().filter(|d| !held.contains(d)).cloned().collect();
+        for digest in stale {
+            st.verdicts.remove(&digest);
+        }
         // Each touched product is rendered once, however many of its versions are new.
         st.index.extend(batch).map_err(|e| format!("validated versions refused: {e}"))?;
         self.status.write().unwrap_or_else(|e| e.into_inner()).rejected = rejected;
@@ -406,6 +482,39 @@ impl Stream {
         }
         let newest = newest.into_values().flat_map(|(_, files)| files).collect();
         Ok(Some(Arc::new(Published::new(docs.index_json, docs.images_json, files, newest, &st.index))))
+    }
+
+    /// Under `verify`, whether `digest` (held by `tag`) is signed by a trusted key:
+    /// `Err` with the reason the status shows when not. Kept per digest (see the module
+    /// docs); logged and counted once per digest and reason.
+    async fn check_signature(&self, st: &mut SyncState, tag: &str, digest: &str, full: bool) -> Result<(), String> {
+        let Some(verifier) = &self.verifier else { return Ok(()) };
+        if let Some(v) = st.verdicts.get(digest) {
+            let ask_again = v.refused.is_some() && (v.transient || full);
+            if !ask_again {
+                return v.refused.clone().map_or(Ok(()), Err);
+            }
+        }
+        let result =
+            verifier.verify(&self.client, &self.source.registry, &self.source.repository, &self.auth, digest).await;
+        let verdict = match &result {
+            Ok(verified) => {
+                tracing::info!(stream = %self.name, %tag, %digest, key = %verified.key, scheme = %verified.scheme, "signature verified");
+                Verdict { refused: None, transient: false }
+            }
+            Err(e) => {
+                let reason = format!("not verified ({}): {e}", e.reason());
+                let before = st.verdicts.get(digest).and_then(|v| v.refused.as_ref());
+                if before != Some(&reason) {
+                    tracing::warn!(stream = %self.name, %tag, %digest, reason = %e.reason(), error = %e, "version left out: its signature does not verify");
+                    self.metrics.unverified(e.reason());
+                }
+                Verdict { refused: Some(reason), transient: e.is_transient() }
+            }
+        };
+        let refused = verdict.refused.clone();
+        st.verdicts.insert(digest.to_owned(), verdict);
+        refused.map_or(Ok(()), Err)
     }
 
     /// One round of a mirror: the whole upstream index is read and rebuilt (it is one
@@ -599,6 +708,15 @@ fn io_join(e: tokio::task::JoinError) -> std::io::Error {
     std::io::Error::other(e)
 }
 
+/// Whether `tag` is one cosign or the referrers tag schema made: `sha256-<64 hex>`,
+/// alone or with a `.sig`, `.att` or `.sbom` suffix.
+fn is_signature_tag(tag: &str) -> bool {
+    let Some(rest) = tag.strip_prefix("sha256-") else { return false };
+    let hex =
+        rest.split_once('.').map_or(rest, |(h, suffix)| if matches!(suffix, "sig" | "att" | "sbom") { h } else { "" });
+    hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// The cache key of a stream blob.
 pub fn blob_key(digest: &str) -> String {
     format!("simplestreams-blob {digest}")
@@ -614,4 +732,26 @@ fn is_unknown_manifest(e: &oci_client::errors::OciDistributionError) -> bool {
     ["manifest_unknown", "manifest unknown", "name_unknown", "name unknown", "404", "not found"]
         .iter()
         .any(|s| text.contains(s))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cosign_tags_are_not_versions() {
+        let hex = "ab".repeat(32);
+        for tag in [format!("sha256-{hex}"), format!("sha256-{hex}.sig"), format!("sha256-{hex}.att")] {
+            assert!(is_signature_tag(&tag), "{tag}");
+        }
+        for tag in [
+            "debian-12".to_owned(),
+            format!("sha256-{}", &hex[..63]),
+            format!("sha256-{hex}.tar"),
+            format!("sha256-{}z", &hex[..63]),
+            "sha256-".to_owned(),
+        ] {
+            assert!(!is_signature_tag(&tag), "{tag}");
+        }
+    }
 }

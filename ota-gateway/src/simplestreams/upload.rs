@@ -14,6 +14,10 @@
 //! the replica that took the upload before it answers. Once a version has its
 //! metadata tarball and a rootfs, the combined fingerprint is computed from the two
 //! files and kept as a layer annotation.
+//!
+//! Writes need TLS: an upload or delete that reached the gateway over plain HTTP is
+//! refused with 403 (the token would have crossed the network in the clear) unless the
+//! stream's upload source sets `allowPlainWrites`.
 
 use std::io::{BufWriter, Read as _, Write as _};
 use std::sync::Arc;
@@ -25,12 +29,14 @@ use axum::response::{IntoResponse, Response};
 use oci_client::manifest::{OciDescriptor, OciManifest};
 
 use super::index::{combined_sha256, validate_props, ProductKey, Serial};
-use super::metadata::{read_metadata_yaml, UploadFile, UploadMetadata, UploadPath};
+use super::metadata::{read_metadata_yaml, MetadataError, UploadFile, UploadMetadata, UploadPath};
 use super::registry::{self, StoredVersion, ANN_COMBINED, ANN_TITLE};
 use super::stream::blob_key;
 use super::{Stream, StreamError, Streams};
 use crate::http;
+use crate::server::Transport;
 use crate::unpack::{Digesting, Summary};
+use updraft_core::config::UploadStreamSource;
 use updraft_core::oci;
 
 /// The largest metadata tarball read for its `metadata.yaml`.
@@ -42,16 +48,27 @@ const MAX_METADATA_JSON: u64 = 64 * 1024;
 pub async fn upload(
     State(streams): State<Streams>,
     Path(stream): Path<String>,
+    transport: Transport,
     headers: HeaderMap,
     multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> Result<Response, StreamError> {
-    let stream = streams.get(&stream)?.clone();
-    let max_bytes = stream.upload.as_ref().ok_or_else(|| no_uploads(&stream))?.max_bytes;
+    let stream = streams.get(&stream)?;
+    let max_bytes = writable(&stream, transport)?.max_bytes;
     check_token(&stream, &headers)?;
     let mut multipart = multipart.map_err(|e| StreamError::bad_request(e.body_text()))?;
     let mut stored = Vec::new();
+    // The whole body, every part and the multipart framing, stays within the limit too.
+    let mut total = 0u64;
+    let body_limit = max_bytes.saturating_add(64 * 1024);
     while let Some(mut field) = multipart.next_field().await.map_err(|e| multipart_error(e, max_bytes))? {
         if field.name() != Some("upload") {
+            // Other fields are read past, and count towards the body's limit.
+            while let Some(chunk) = field.chunk().await.map_err(|e| multipart_error(e, max_bytes))? {
+                total += chunk.len() as u64;
+                if total > body_limit {
+                    return Err(StreamError::too_large(max_bytes));
+                }
+            }
             continue;
         }
         let name = field.file_name().ok_or_else(|| StreamError::bad_request("upload part has no filename"))?;
@@ -60,7 +77,8 @@ pub async fn upload(
         let mut received = 0u64;
         while let Some(chunk) = field.chunk().await.map_err(|e| multipart_error(e, max_bytes))? {
             received += chunk.len() as u64;
-            if received > max_bytes {
+            total += chunk.len() as u64;
+            if received > max_bytes || total > body_limit {
                 return Err(StreamError::too_large(max_bytes));
             }
             // Writes land in the page cache; a chunk at a time keeps them short.
@@ -74,7 +92,7 @@ pub async fn upload(
             // image); its `os` property names the product unless metadata.json does.
             let mut bytes = Vec::new();
             file.reopen()?.take(MAX_METADATA_TARBALL).read_to_end(&mut bytes)?;
-            from_tarball = read_metadata_yaml(&bytes)?.property("os").map(String::from);
+            from_tarball = read_metadata_yaml(&bytes).map_err(MetadataError::from)?.property("os").map(String::from);
         }
         let overrides = match path.file {
             UploadFile::MetadataJson => {
@@ -101,10 +119,11 @@ pub async fn upload(
 pub async fn delete(
     State(streams): State<Streams>,
     Path((stream, path)): Path<(String, String)>,
+    transport: Transport,
     headers: HeaderMap,
 ) -> Result<Response, StreamError> {
-    let stream = streams.get(&stream)?.clone();
-    let allow = stream.upload.as_ref().ok_or_else(|| no_uploads(&stream))?.allow_delete;
+    let stream = streams.get(&stream)?;
+    let allow = writable(&stream, transport)?.allow_delete;
     check_token(&stream, &headers)?;
     if !allow {
         return Err(StreamError::NotAllowed(format!("stream {:?} does not allow deletes", stream.name)));
@@ -124,6 +143,21 @@ pub async fn delete(
 
 fn no_uploads(stream: &Stream) -> StreamError {
     StreamError::NotAllowed(format!("stream {:?} takes no uploads", stream.name))
+}
+
+/// The stream's upload settings, when it takes writes over `transport`: 405 for a
+/// stream without uploads, 403 for plain HTTP unless `allowPlainWrites`.
+fn writable(stream: &Stream, transport: Transport) -> Result<&UploadStreamSource, StreamError> {
+    let upload = stream.upload.as_ref().ok_or_else(|| no_uploads(stream))?;
+    if !transport.is_tls() && !upload.allow_plain_writes {
+        return Err(http::Error::Forbidden(format!(
+            "stream {:?}: uploads and deletes need TLS (the HTTPS listener); set allowPlainWrites: true on the \
+             stream's upload source to allow them over plain HTTP",
+            stream.name
+        ))
+        .into());
+    }
+    Ok(upload)
 }
 
 /// The stream's upload token, as a bearer token (or filuxe's `key` header): 401

@@ -23,6 +23,13 @@ pub enum StoreError {
     /// A key that is not the store's.
     #[error("wrong key")]
     Forbidden,
+    /// A write (upload, delete) that did not arrive over TLS, on a store that does not
+    /// allow plain writes.
+    #[error(
+        "writes to this store need TLS (the store listens with HTTPS when the gateway has a `tls` section); \
+         set allowPlainWrites: true on the store to accept them over plain HTTP"
+    )]
+    PlainWrite,
     /// The file exists and the upload did not say `force=true` (filuxe's 403).
     #[error("{0} exists; upload with force=true to replace it")]
     Exists(String),
@@ -63,7 +70,7 @@ impl StoreError {
         match self {
             StoreError::BadPath(_) | StoreError::BadRequest(_) => Ok(HttpError::BadRequest(text)),
             StoreError::Unauthorized => Ok(HttpError::Unauthorized),
-            StoreError::Forbidden | StoreError::Exists(_) => Ok(HttpError::Forbidden(text)),
+            StoreError::Forbidden | StoreError::Exists(_) | StoreError::PlainWrite => Ok(HttpError::Forbidden(text)),
             StoreError::NotFound(_) => Ok(HttpError::NotFound(text)),
             StoreError::TooLarge { limit, .. } => Ok(HttpError::PayloadTooLarge { limit }),
             StoreError::Http(e) => Ok(e),
@@ -99,6 +106,8 @@ mod tests {
         assert_eq!(status(StoreError::BadPath("x".into())), 400);
         assert_eq!(status(StoreError::Unauthorized), 401);
         assert_eq!(status(StoreError::Exists("x".into())), 403);
+        assert_eq!(status(StoreError::PlainWrite), 403);
+        assert!(StoreError::PlainWrite.to_string().contains("allowPlainWrites"));
         assert_eq!(status(StoreError::TooLarge { size: 2, limit: 1 }), 413);
         assert_eq!(status(StoreError::Conflict("x".into())), 409);
         assert_eq!(status(StoreError::Mismatch("x".into())), 422);

@@ -14,7 +14,9 @@
 //! ```
 //!
 //! Writes need the store's write key; reads are public unless the store says
-//! otherwise (`auth`). Files live in the store's directory (the store volume, shared
+//! otherwise (`auth`). Writes must also arrive over TLS (the store's listener speaks
+//! HTTPS when the gateway has a `tls` section), so the key never crosses the network
+//! in the clear, unless the store sets `allowPlainWrites` ([`SecureWrite`]). Files live in the store's directory (the store volume, shared
 //! by the replicas); uploads become visible only when complete (`upload`); paths are
 //! checked against traversal and symlink escapes (`path`). Files must only change
 //! through the store, or be replaced by rename: downloads map them, as the cache does.
@@ -30,7 +32,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, FromRef, Path, RawQuery, State};
+use axum::extract::{DefaultBodyLimit, FromRef, FromRequestParts, Path, RawQuery, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -38,6 +41,7 @@ use axum::{Json, Router};
 
 use crate::http::auth::{Authorized, Secret};
 use crate::http::query::param;
+use crate::server::Transport;
 pub use error::StoreError;
 use updraft_core::config::StoreConfig;
 
@@ -100,6 +104,24 @@ impl FromRef<Store> for Secret {
     }
 }
 
+/// Guards the write routes: the request came over TLS, or the store allows plain
+/// writes. Taken before [`Authorized`], so a plain write is refused (403, naming
+/// `allowPlainWrites`) whatever key it carries.
+struct SecureWrite;
+
+impl FromRequestParts<Store> for SecureWrite {
+    type Rejection = StoreError;
+
+    async fn from_request_parts(parts: &mut Parts, store: &Store) -> Result<Self, StoreError> {
+        let transport = Transport::from_request_parts(parts, store).await.unwrap_or_default();
+        if transport.is_tls() || store.inner.config.allow_plain_writes {
+            Ok(SecureWrite)
+        } else {
+            Err(StoreError::PlainWrite)
+        }
+    }
+}
+
 /// The store's routes, at the root.
 pub fn router(store: Store) -> Router {
     Router::new()
@@ -149,6 +171,7 @@ fn upload_options(query: Option<&str>, headers: &HeaderMap) -> Result<Options, S
 
 #[tracing::instrument(level = "debug", skip_all, fields(path = %raw))]
 async fn upload(
+    _: SecureWrite,
     _: Authorized,
     State(store): State<Store>,
     Path(raw): Path<String>,
@@ -196,7 +219,12 @@ async fn download(
 }
 
 #[tracing::instrument(level = "debug", skip_all, fields(path = %raw))]
-async fn delete(_: Authorized, State(store): State<Store>, Path(raw): Path<String>) -> Result<StatusCode, StoreError> {
+async fn delete(
+    _: SecureWrite,
+    _: Authorized,
+    State(store): State<Store>,
+    Path(raw): Path<String>,
+) -> Result<StatusCode, StoreError> {
     let path = StorePath::parse(&raw, false)?;
     let inner = store.inner.clone();
     let path2 = path.clone();

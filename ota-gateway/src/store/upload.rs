@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use axum::body::Body;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -35,8 +35,10 @@ use super::error::StoreError;
 use super::path::{self, StorePath, RESERVED};
 use super::sums::{self, Stamp};
 
-/// Body bytes gathered before one positioned write.
-const WRITE_BUFFER: usize = 1 << 20;
+/// Body bytes gathered (as the frames hyper hands over, never copied) before they
+/// are written. One such piece is written on a blocking thread while the next one
+/// arrives, so receiving and writing overlap.
+const PIECE: usize = 256 << 10;
 
 /// A long body (or the chunks of one upload) starts a background `fdatasync` each
 /// time this much more arrived.
@@ -93,9 +95,12 @@ struct Info {
 }
 
 /// What this process knows of one partial (a cache of the markers, plus the hash of
-/// the bytes received in order so far).
+/// the bytes received in order so far, and its data file kept open across chunks).
 struct Tracked {
     info: Info,
+    /// The partial's data file and its inode, opened by the first chunk this process
+    /// wrote and kept until the upload ends here.
+    data: Option<(Arc<File>, u64)>,
     /// from → to (inclusive).
     ranges: BTreeMap<u64, u64>,
     /// SHA-256 of bytes `0..n` (being computed) when this process saw them in order.
@@ -107,19 +112,19 @@ struct Tracked {
 
 impl Tracked {
     fn new(info: Info, ranges: BTreeMap<u64, u64>, hashed: Option<(u64, HashPipe)>) -> Self {
-        Self { info, ranges, hashed, flushing: Arc::default() }
+        Self { info, data: None, ranges, hashed, flushing: Arc::default() }
     }
 
-    /// Starts syncing `file` in the background unless a sync is under way.
-    fn flush_behind(&self, file: File) {
-        if self.flushing.swap(true, Ordering::AcqRel) {
-            return;
+    /// The partial's data file in `dir`, opened once per upload.
+    fn data_file(&mut self, dir: &Path) -> Result<(Arc<File>, u64), StoreError> {
+        if let Some(open) = &self.data {
+            return Ok(open.clone());
         }
-        let flushing = self.flushing.clone();
-        tokio::task::spawn_blocking(move || {
-            let _ = file.sync_data();
-            flushing.store(false, Ordering::Release);
-        });
+        let file = OpenOptions::new().write(true).open(dir.join("data")).map_err(StoreError::io)?;
+        let ino = file.metadata()?.ino();
+        let open = (Arc::new(file), ino);
+        self.data = Some(open.clone());
+        Ok(open)
     }
 
     fn covers(&self, size: u64) -> bool {
@@ -161,22 +166,24 @@ impl Tracked {
 
 /// SHA-256 computed beside the writes, in order, on a blocking thread of its own: a
 /// request waits for its bytes to be written, not hashed; only the commit waits for
-/// the hash. At most [`HASH_QUEUE`] buffers wait, so memory stays bounded.
+/// the hash. At most [`HASH_QUEUE`] pieces wait, so memory stays bounded.
 struct HashPipe {
-    tx: tokio::sync::mpsc::Sender<Bytes>,
+    tx: tokio::sync::mpsc::Sender<Arc<Vec<Bytes>>>,
     done: tokio::task::JoinHandle<Sha256>,
 }
 
-/// Buffers (of up to [`WRITE_BUFFER`]) queued for hashing per upload.
-const HASH_QUEUE: usize = 8;
+/// Pieces (of about [`PIECE`] bytes) queued for hashing per upload.
+const HASH_QUEUE: usize = 32;
 
 impl HashPipe {
     fn start() -> Self {
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(HASH_QUEUE);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Arc<Vec<Bytes>>>(HASH_QUEUE);
         let done = tokio::task::spawn_blocking(move || {
             let mut hasher = Sha256::new();
-            while let Some(bytes) = rx.blocking_recv() {
-                hasher.update(&bytes);
+            while let Some(piece) = rx.blocking_recv() {
+                for bytes in piece.iter() {
+                    hasher.update(bytes);
+                }
             }
             hasher
         });
@@ -260,10 +267,11 @@ impl Uploads {
         let target = self.target(path, options)?;
         let tmp = self.own("tmp").join(format!("{}-{}", std::process::id(), unique()));
         let file = OpenOptions::new().create_new(true).read(true).write(true).open(&tmp).map_err(StoreError::io)?;
+        let file = Arc::new(file);
         let _cleanup = RemoveOnDrop(tmp.clone());
         let limit = declared.unwrap_or(self.max_bytes).min(self.max_bytes);
         let pipe = HashPipe::start();
-        let (file, written) = write_body(file, 0, body, limit, Some(&pipe), &Arc::default()).await.map_err(|e| {
+        let written = write_body(&file, 0, body, limit, Some(&pipe), &Arc::default()).await.map_err(|e| {
             if matches!(e, StoreError::TooLarge { .. }) {
                 StoreError::TooLarge { size: limit + 1, limit: self.max_bytes }
             } else {
@@ -279,7 +287,7 @@ impl Uploads {
         };
         let root = self.root.clone();
         let (path, options) = (path.clone(), options.clone());
-        blocking(move || commit(&root, &path, &target, &tmp, file, &sha256, &options)).await
+        blocking(move || commit(&root, &path, &target, &tmp, &file, &sha256, &options)).await
     }
 
     /// Stores one chunk of the file at `path`.
@@ -319,8 +327,7 @@ impl Uploads {
             }
             Overlap::Same => drain(body).await,
             Overlap::None => {
-                let file = OpenOptions::new().write(true).create(true).truncate(false).open(dir.join("data"));
-                let file = file.map_err(StoreError::io)?;
+                let (file, ino) = tracked.data_file(&dir)?;
                 let pipe = match tracked.hashed.take() {
                     Some((n, pipe)) if n == chunk.from => Some(pipe),
                     other => {
@@ -328,8 +335,8 @@ impl Uploads {
                         None
                     }
                 };
-                let (file, written) =
-                    write_body(file, chunk.from, body, chunk.len(), pipe.as_ref(), &tracked.flushing).await?;
+                let written =
+                    write_body(&file, chunk.from, body, chunk.len(), pipe.as_ref(), &tracked.flushing).await?;
                 if written != chunk.len() {
                     return Err(StoreError::BadRequest(format!(
                         "chunk body has {written} bytes, Content-Range says {}",
@@ -339,9 +346,10 @@ impl Uploads {
                 tracked.hashed = pipe.map(|pipe| (chunk.to + 1, pipe));
                 // Another replica may have restarted the partial (a different file from
                 // byte 0) while this chunk was written: then its bytes are not in it.
-                let still_ours = fs::metadata(dir.join("data")).map(|m| m.ino()).ok() == Some(file.metadata()?.ino());
+                let still_ours = fs::metadata(dir.join("data")).map(|m| m.ino()).ok() == Some(ino);
                 if !still_ours {
                     tracked.hashed = None;
+                    tracked.data = None;
                     return Err(StoreError::Conflict(format!(
                         "the upload of {} was restarted with another file while this chunk was written",
                         path.as_str()
@@ -350,9 +358,6 @@ impl Uploads {
                 let marker = dir.join("ranges").join(format!("{}-{}", chunk.from, chunk.to));
                 File::create(marker).map_err(StoreError::io)?;
                 tracked.ranges.insert(chunk.from, chunk.to);
-                if chunk.from / FLUSH_EVERY != (chunk.to + 1) / FLUSH_EVERY {
-                    tracked.flush_behind(file);
-                }
             }
         }
         if !tracked.covers(chunk.size) && (chunk.to + 1 == chunk.size || !tracked.contiguous_before(chunk.from)) {
@@ -366,6 +371,7 @@ impl Uploads {
             Some((n, pipe)) if n == chunk.size => pipe.finish().await,
             _ => None,
         };
+        tracked.data = None;
         let target = self.target(path, options)?;
         let (root, path2, options2) = (self.root.clone(), path.clone(), options.clone());
         let committing = self.own("committing").join(format!("{id}-{}", unique()));
@@ -387,7 +393,7 @@ impl Uploads {
                 Some(sum) => sum,
                 None => sums::hash(file.try_clone()?)?,
             };
-            commit(&root, &path2, &target, &data, file, &sha256, &options2)
+            commit(&root, &path2, &target, &data, &file, &sha256, &options2)
         })
         .await;
         *guard = None;
@@ -488,7 +494,7 @@ fn commit(
     path: &StorePath,
     target: &Path,
     data: &Path,
-    file: File,
+    file: &File,
     sha256: &str,
     options: &Options,
 ) -> Result<Stored, StoreError> {
@@ -536,57 +542,94 @@ fn commit(
 }
 
 /// Writes `body` into `file` from `offset`, at most `limit` bytes (more is an error),
-/// feeding `hash`. Gathers up to [`WRITE_BUFFER`] bytes per positioned write, done
-/// off the async threads. Returns the file and the bytes written.
+/// feeding `hash`. The frames of about [`PIECE`] bytes are written together on a
+/// blocking thread while the next piece arrives (one write in flight at a time);
+/// nothing is copied in user space. Returns the bytes written.
 async fn write_body(
-    mut file: File,
+    file: &Arc<File>,
     offset: u64,
     body: Body,
     limit: u64,
     hash: Option<&HashPipe>,
     flushing: &Arc<AtomicBool>,
-) -> Result<(File, u64), StoreError> {
+) -> Result<u64, StoreError> {
     let mut stream = body.into_data_stream();
-    let mut buf = BytesMut::with_capacity(WRITE_BUFFER);
-    let mut written = 0u64;
+    let mut piece: Vec<Bytes> = Vec::new();
+    let mut gathered = 0usize;
+    // Bytes received so far, and bytes whose write has been started.
+    let (mut received, mut started) = (0u64, 0u64);
+    let mut in_flight: Option<tokio::task::JoinHandle<Result<(), StoreError>>> = None;
     loop {
         let next = stream.next().await;
         let end = next.is_none();
         if let Some(frame) = next {
-            let frame: Bytes = frame.map_err(|e| StoreError::BadRequest(format!("upload body: {e}")))?;
-            if written + (buf.len() + frame.len()) as u64 > limit {
-                return Err(StoreError::TooLarge { size: written + (buf.len() + frame.len()) as u64, limit });
+            let refused = match frame {
+                Ok(frame) => {
+                    received += frame.len() as u64;
+                    gathered += frame.len();
+                    if !frame.is_empty() {
+                        piece.push(frame);
+                    }
+                    (received > limit).then_some(StoreError::TooLarge { size: received, limit })
+                }
+                Err(e) => Some(StoreError::BadRequest(format!("upload body: {e}"))),
+            };
+            if let Some(refused) = refused {
+                // Nothing of this body is written after the answer.
+                if let Some(write) = in_flight.take() {
+                    let _ = write.await;
+                }
+                return Err(refused);
             }
-            buf.extend_from_slice(&frame);
         }
-        if buf.len() >= WRITE_BUFFER || (end && !buf.is_empty()) {
-            let chunk = buf.split().freeze();
-            let (at, n) = (offset + written, chunk.len() as u64);
-            let bytes = chunk.clone();
-            file = blocking(move || {
-                file.write_all_at(&bytes, at).map_err(StoreError::io)?;
-                Ok(file)
-            })
-            .await?;
+        if gathered >= PIECE || (end && gathered > 0) {
+            if let Some(write) = in_flight.take() {
+                write.await.map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
+            }
+            let piece = Arc::new(std::mem::take(&mut piece));
+            let at = offset + started;
+            started += gathered as u64;
+            let crossed = at / FLUSH_EVERY != (offset + started) / FLUSH_EVERY;
+            gathered = 0;
+            let (to_write, writer) = (piece.clone(), file.clone());
+            in_flight = Some(tokio::task::spawn_blocking(move || {
+                let mut at = at;
+                for bytes in to_write.iter() {
+                    writer.write_all_at(bytes, at).map_err(StoreError::io)?;
+                    at += bytes.len() as u64;
+                }
+                Ok(())
+            }));
             if let Some(pipe) = hash {
                 // The hashing thread only ends when the pipe is dropped.
-                let _ = pipe.tx.send(chunk).await;
+                let _ = pipe.tx.send(piece).await;
             }
-            written += n;
-            // Large bodies: start writing back what arrived while the rest comes in.
-            if written % FLUSH_EVERY < n && !flushing.swap(true, Ordering::AcqRel) {
-                let (file, flushing) = (file.try_clone().map_err(StoreError::io)?, flushing.clone());
-                tokio::task::spawn_blocking(move || {
-                    let _ = file.sync_data();
-                    flushing.store(false, Ordering::Release);
-                });
+            // Large files: start writing back what arrived while the rest comes in, so
+            // the sync before the rename has little left to do.
+            if crossed {
+                flush_behind(file, flushing);
             }
         }
         if end {
             break;
         }
     }
-    Ok((file, written))
+    if let Some(write) = in_flight.take() {
+        write.await.map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
+    }
+    Ok(received)
+}
+
+/// Starts an `fdatasync` of `file` in the background unless one is under way.
+fn flush_behind(file: &Arc<File>, flushing: &Arc<AtomicBool>) {
+    if flushing.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let (file, flushing) = (file.clone(), flushing.clone());
+    tokio::task::spawn_blocking(move || {
+        let _ = file.sync_data();
+        flushing.store(false, Ordering::Release);
+    });
 }
 
 async fn drain(body: Body) {

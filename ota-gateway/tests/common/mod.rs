@@ -395,3 +395,98 @@ impl Drop for OwnRegistry {
         self.stop();
     }
 }
+
+/// Swaps the config symlink `link` to a fresh directory (under `dir`) holding
+/// `content`, as kubelet does with a mounted ConfigMap.
+pub fn swap_config(dir: &Path, link: &Path, generation: u32, content: &str) {
+    let data = dir.join(format!("..data-{generation}"));
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("gateway.yaml"), content).unwrap();
+    let tmp = dir.join("gateway.yaml.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(data.join("gateway.yaml"), &tmp).unwrap();
+    std::fs::rename(&tmp, link).unwrap();
+}
+
+/// A child process, killed (SIGKILL) and reaped when the test ends, however it ends.
+pub struct Proc(pub std::process::Child);
+
+impl Proc {
+    /// Spawns `cmd` with stdin closed and stdout and stderr appended to `log`.
+    pub fn spawn(cmd: &mut Command, log: &Path) -> Self {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        let child = cmd
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot spawn {cmd:?}: {e}"));
+        Self(child)
+    }
+
+    /// Starts the gateway binary on `config` with `args` after it.
+    pub fn gateway(config: &Path, args: &[&str], log: &Path) -> Self {
+        Self::spawn(Command::new(env!("CARGO_BIN_EXE_ota-gateway")).arg("--config").arg(config).args(args), log)
+    }
+
+    /// SIGKILL, then waits for the process to be gone.
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Downloads the `len` bytes at `url`, reading about `bytes_per_sec` (so a kill finds
+/// it mid-body); after any failure it resumes from the bytes it has with `Range` and
+/// `If-Range: etag`. An answer other than 200 (first) or 206 (resumed) is retried when
+/// its status is in `retry_on`, and fails the test otherwise. Returns the SHA-256 of
+/// what it got and how many times it resumed.
+pub async fn download_resuming(
+    url: &str,
+    etag: &str,
+    len: usize,
+    bytes_per_sec: f64,
+    retry_on: &[u16],
+) -> (String, u32) {
+    use futures::StreamExt;
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
+    let mut sha = Sha256::new();
+    let (mut got, mut resumes) = (0usize, 0);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let pause = || tokio::time::sleep(Duration::from_millis(50));
+    while got < len {
+        assert!(Instant::now() < deadline, "download of {url} stuck at {got} bytes");
+        let mut req = http.get(url);
+        if got != 0 {
+            req = req.header("Range", format!("bytes={got}-")).header("If-Range", etag);
+        }
+        let Ok(response) = req.send().await else {
+            pause().await;
+            continue;
+        };
+        let expected = if got == 0 { 200 } else { 206 };
+        if response.status() != expected {
+            assert!(retry_on.contains(&response.status().as_u16()), "{url}: {} at {got} bytes", response.status());
+            pause().await;
+            continue;
+        }
+        if got != 0 {
+            resumes += 1;
+            let range = response.headers()["content-range"].to_str().unwrap().to_owned();
+            assert_eq!(range, format!("bytes {got}-{}/{len}", len - 1));
+        }
+        let mut body = response.bytes_stream();
+        while let Some(Ok(chunk)) = body.next().await {
+            got += chunk.len();
+            sha.update(&chunk);
+            tokio::time::sleep(Duration::from_secs_f64(chunk.len() as f64 / bytes_per_sec)).await;
+        }
+    }
+    (hex::encode(sha.finalize()), resumes)
+}

@@ -72,6 +72,19 @@ pub async fn status(args: &[&str]) -> u16 {
 /// `Content-Range`, the key header, `time` and `force`. Stops at the first answer
 /// other than 201 and returns it (filuxe's client does the same).
 pub async fn upload_chunked(url: &str, path: &str, file: &Path, chunk: usize, time: f64, force: bool) -> u16 {
+    upload_chunked_with(url, path, file, chunk, time, force, &[]).await
+}
+
+/// [`upload_chunked`] with more curl arguments (e.g. `--cacert`).
+pub async fn upload_chunked_with(
+    url: &str,
+    path: &str,
+    file: &Path,
+    chunk: usize,
+    time: f64,
+    force: bool,
+    extra: &[&str],
+) -> u16 {
     let size = std::fs::metadata(file).unwrap().len() as usize;
     let dir = tempfile::tempdir().unwrap();
     let data = std::fs::read(file).unwrap();
@@ -86,7 +99,7 @@ pub async fn upload_chunked(url: &str, path: &str, file: &Path, chunk: usize, ti
         let key = format!("key: {KEY}");
         let target = format!("{url}/upload/{path}?time={time}&force={force}");
         let body = format!("@{}", piece.display());
-        last = status(&[
+        let mut args = vec![
             "-X",
             "POST",
             "-H",
@@ -98,8 +111,9 @@ pub async fn upload_chunked(url: &str, path: &str, file: &Path, chunk: usize, ti
             "--data-binary",
             &body,
             &target,
-        ])
-        .await;
+        ];
+        args.extend_from_slice(extra);
+        last = status(&args).await;
         if last != 201 {
             return last;
         }
@@ -209,28 +223,76 @@ pub struct Gateway {
     pub dir: PathBuf,
 }
 
+/// How [`Gateway::start_with`] sets up the gateway's store.
+#[derive(Clone, Debug, Default)]
+pub struct StoreSetup {
+    /// `allowPlainWrites` of the store.
+    pub allow_plain_writes: bool,
+    /// The gateway's `tls` section (certificate, key): the store then speaks HTTPS.
+    pub tls: Option<(PathBuf, PathBuf)>,
+}
+
 impl Gateway {
-    /// Starts the binary with a config of one store and waits until it answers.
+    /// Starts the binary with a config of one store that accepts plain writes (the
+    /// tests write over loopback HTTP) and waits until it answers.
     pub async fn start(work: &Path, name: &str, store_port: u16) -> Self {
+        Self::start_with(work, name, store_port, StoreSetup { allow_plain_writes: true, tls: None }).await
+    }
+
+    /// Starts the binary with a config of one store set up as `setup` says and waits
+    /// until it answers (over HTTPS, trusting the certificate, when `tls` is set).
+    pub async fn start_with(work: &Path, name: &str, store_port: u16, setup: StoreSetup) -> Self {
         let dir = work.join(format!("{name}-store"));
         let config = work.join(format!("{name}.yaml"));
-        let text = format!(
-            "listen: 127.0.0.1:{}\nadminListen: 127.0.0.1:{}\ncache: {{dir: {}}}\nstores:\n- name: {name}\n  listen: 127.0.0.1:{store_port}\n  dir: {}\n  writeKey: {KEY}\n",
+        let mut text = format!(
+            "listen: 127.0.0.1:{}\nadminListen: 127.0.0.1:{}\ncache: {{dir: {}}}\nstores:\n- name: {name}\n  listen: 127.0.0.1:{store_port}\n  dir: {}\n  writeKey: {KEY}\n  allowPlainWrites: {}\n",
             free_port(),
             free_port(),
             work.join(format!("{name}-cache")).display(),
-            dir.display()
+            dir.display(),
+            setup.allow_plain_writes,
         );
+        if let Some((cert, key)) = &setup.tls {
+            text += &format!(
+                "tls: {{listen: '127.0.0.1:{}', certFile: {}, keyFile: {}}}\n",
+                free_port(),
+                cert.display(),
+                key.display()
+            );
+        }
         std::fs::write(&config, text).unwrap();
         let proc = Proc::gateway(&["--config", config.to_str().unwrap()], &work.join(format!("{name}.log")));
-        let url = format!("http://127.0.0.1:{store_port}");
+        let scheme = if setup.tls.is_some() { "https" } else { "http" };
+        let url = format!("{scheme}://127.0.0.1:{store_port}");
         let ready = wait_for(std::time::Duration::from_secs(30), || async {
-            reqwest::get(format!("{url}/api/status")).await.is_ok_and(|r| r.status() == 200)
+            let status_url = format!("{url}/api/status");
+            let mut args = vec!["-f", "-o", "/dev/null", status_url.as_str()];
+            if let Some((cert, _)) = &setup.tls {
+                args.extend(["--cacert", cert.to_str().unwrap()]);
+            }
+            curl(&args).await.status.success()
         })
         .await;
         assert!(ready, "gateway {name} did not start:\n{}", proc.log_text());
         Self { proc, url, dir }
     }
+}
+
+/// A self-signed certificate for `127.0.0.1` and `localhost` made by openssl(1), and
+/// its key: `(cert, key)` in `dir`. Clients trust it with `--cacert <cert>`.
+pub fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
+    let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
+    let out = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2"])
+        .args(["-subj", "/CN=updraft-store-test", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("run openssl");
+    assert!(out.status.success(), "openssl: {}", String::from_utf8_lossy(&out.stderr));
+    (cert, key)
 }
 
 /// Polls `check` every 50 ms until it holds or `timeout` passes; returns whether it held.
