@@ -20,5 +20,5 @@ run -p updraft-core --test fuzz_parsers
 for t in ota-gateway/tests/fuzz_*.rs; do run -p ota-gateway --test "$(basename "$t" .rs)"; done
 for t in operator/tests/fuzz_*.rs; do run -p updraft-operator --test "$(basename "$t" .rs)"; done
 echo "== summary (${UPDRAFT_FUZZ_SECS} s per target; full log: $log)"
-grep -E '^FUZZ ' "$log" || true
+grep -oE 'FUZZ [a-z0-9-]+: .*' "$log" || true
 exit "$status"

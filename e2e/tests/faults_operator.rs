@@ -614,7 +614,9 @@ fn many_channels_while_the_registry_flaps_bounded_writes_events_and_memory() {
     let requests = registry.seen().len() as u64 + registry.refused() - refused_before;
     registry.set_down(false);
     let back = Instant::now();
-    let recovered = loop {
+    // How long until every channel is healthy again (waited for up to 3 minutes, so the
+    // figure is printed even when the bound below fails).
+    let (recovered, healthy) = loop {
         let list = plane.get_json(&["fwc", "-n", &ns]).unwrap();
         let items = list["items"].as_array().unwrap();
         let healthy = items
@@ -624,14 +626,9 @@ fn many_channels_while_the_registry_flaps_bounded_writes_events_and_memory() {
                     && condition(c, "Ready").as_deref() == Some("True")
             })
             .count();
-        if healthy == count {
-            break back.elapsed();
+        if healthy == count || back.elapsed() > Duration::from_secs(180) {
+            break (back.elapsed(), healthy);
         }
-        assert!(
-            back.elapsed() < INTERVAL + Duration::from_secs(30),
-            "{healthy} of {count} channels recovered {:?} after the registry returned",
-            back.elapsed()
-        );
         std::thread::sleep(Duration::from_millis(500));
     };
     settle(plane, &op.user);
@@ -653,8 +650,8 @@ fn many_channels_while_the_registry_flaps_bounded_writes_events_and_memory() {
          {HALF:?} / up {HALF:?} for {flap_secs:.0} s ({downs} outages): {requests} registry requests or connection \
          attempts ({:.1} per channel per minute); operator writes (audit log) {} status ({:.2} per channel per \
          minute, at most {max_per_channel} for one channel), {} events, {} other writes ({} of the rendered \
-         config: changed {config_changed}); all {count} Ready and RegistryReachable again {recovered:.1?} after \
-         the registry returned; operator RSS {:.1} MB idle, {:.1} MB in the first 10 s of flapping, {:.1} MB in \
+         config: changed {config_changed}); {healthy} of {count} Ready and RegistryReachable again \
+         {recovered:.1?} after the registry returned; operator RSS {:.1} MB idle, {:.1} MB in the first 10 s of flapping, {:.1} MB in \
          the last 10 s, {:.1} MB at most",
         requests as f64 / count as f64 / (flap_secs / 60.0),
         t.status_writes,
@@ -674,6 +671,7 @@ fn many_channels_while_the_registry_flaps_bounded_writes_events_and_memory() {
     assert!(t.status_writes <= count * checks_per_channel, "status write storm: {t:?}");
     assert!(t.events <= count, "event storm: {} events for {count} channels", t.events);
     assert!(!config_changed, "the gateway config changed while only the registry flapped");
+    assert_eq!(healthy, count, "{healthy} of {count} channels recovered in {recovered:?}");
     assert!(recovered <= INTERVAL + Duration::from_secs(30), "recovery took {recovered:?}");
     assert!(rss_max < 512 * 1_048_576, "operator RSS {:.1} MB", mb(rss_max));
     assert!(rss_last <= rss_first + rss_first / 2 + 32 * 1_048_576, "operator memory grows while the registry flaps");

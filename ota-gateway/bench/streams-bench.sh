@@ -161,14 +161,36 @@ while kill -0 "$WRK" 2>/dev/null; do
   sleep 0.1
 done
 mem_load=$(load1)
+echo
+echo "| benchmark (wrk -t2, ${DURATION}s, loopback, median of $ROUNDS) | gateway | nginx | ratio | ratio per round | load per round |"
+echo "|---|---|---|---|---|---|"
+row() { # label key field(1=req/s,2=bytes/s) divisor unit
+  local gw ng per
+  gw=$(echo -n "${RESULT[$2-gw]}" | cut -d' ' -f"$3" | median)
+  ng=$(echo -n "${RESULT[$2-ng]}" | cut -d' ' -f"$3" | median)
+  per=$(paste -d' ' <(echo -n "${RESULT[$2-gw]}" | cut -d' ' -f"$3") <(echo -n "${RESULT[$2-ng]}" | cut -d' ' -f"$3") |
+    awk '{printf "%s%.2f", (NR > 1 ? " " : ""), ($2 > 0 ? $1/$2 : 0)}')
+  awk -v l="$1" -v g="$gw" -v n="$ng" -v d="$4" -v u="$5" -v p="$per" -v ld="${RESULT[$2-load]% }" \
+    'BEGIN {printf "| %s | %.1f %s | %.1f %s | %.2fx | %s | %s |\n", l, g/d, u, n/d, u, (n > 0 ? g/n : 0), p, ld}'
+}
+row "images.json ($VERSIONS versions, $images_bytes bytes), 16 connections" images 1 1 "req/s"
+row "rootfs $ROOTFS_MB MiB, 16 connections" rootfs 2 1048576 "MiB/s"
+echo
+echo "Gateway RssAnon with the $VERSIONS-version index loaded: ${before_anon} kB idle, peak ${max_anon} kB while 32 clients downloaded the ${ROOTFS_MB} MiB rootfs for ${DURATION} s (load ${mem_load})."
 
 say "index build: $VERSIONS versions / $PRODUCTS products (release test build of the index module)"
 build_lines=""
+# Built once, then run: the test binary's path from cargo's JSON messages.
+test_bin=$(cd "$ROOT" && cargo test --release -q -p ota-gateway --lib --no-run --message-format=json 2>/dev/null |
+  python3 -c 'import json,sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "ota_gateway":
+        print(m["executable"])' | tail -1)
 for _ in $(seq "$BUILD_ROUNDS"); do
-  line=$(cd "$ROOT" && cargo test --release -q -p ota-gateway --lib simplestreams::index::tests::ten_thousand_versions \
-    -- --nocapture 2>/dev/null | grep '10,000 versions' || true)
-  [ -n "$line" ] || { echo "the index build test printed nothing" >&2; exit 1; }
-  build_lines+="$line (load $(load1))"$'\n'
+  line=$([ -n "$test_bin" ] && "$test_bin" simplestreams::index::tests::ten_thousand_versions --exact --nocapture 2>/dev/null |
+    grep '10,000 versions' || true)
+  build_lines+="${line:-not measured: the release test build or run failed} (load $(load1))"$'\n'
 done
 
 peer_s=- peer_last=-
@@ -201,22 +223,6 @@ if [ "$PEER_ADDS" -gt 0 ]; then
   peer_load=$(load1)
 fi
 
-echo
-echo "| benchmark (wrk -t2, ${DURATION}s, loopback, median of $ROUNDS) | gateway | nginx | ratio | ratio per round | load per round |"
-echo "|---|---|---|---|---|---|"
-row() { # label key field(1=req/s,2=bytes/s) divisor unit
-  local gw ng per
-  gw=$(echo -n "${RESULT[$2-gw]}" | cut -d' ' -f"$3" | median)
-  ng=$(echo -n "${RESULT[$2-ng]}" | cut -d' ' -f"$3" | median)
-  per=$(paste -d' ' <(echo -n "${RESULT[$2-gw]}" | cut -d' ' -f"$3") <(echo -n "${RESULT[$2-ng]}" | cut -d' ' -f"$3") |
-    awk '{printf "%s%.2f", (NR > 1 ? " " : ""), ($2 > 0 ? $1/$2 : 0)}')
-  awk -v l="$1" -v g="$gw" -v n="$ng" -v d="$4" -v u="$5" -v p="$per" -v ld="${RESULT[$2-load]% }" \
-    'BEGIN {printf "| %s | %.1f %s | %.1f %s | %.2fx | %s | %s |\n", l, g/d, u, n/d, u, (n > 0 ? g/n : 0), p, ld}'
-}
-row "images.json ($VERSIONS versions, $images_bytes bytes), 16 connections" images 1 1 "req/s"
-row "rootfs $ROOTFS_MB MiB, 16 connections" rootfs 2 1048576 "MiB/s"
-echo
-echo "Gateway RssAnon with the $VERSIONS-version index loaded: ${before_anon} kB idle, peak ${max_anon} kB while 32 clients downloaded the ${ROOTFS_MB} MiB rootfs for ${DURATION} s (load ${mem_load})."
 echo
 echo "Index build (the index module's ten_thousand_versions test, release build: 10,000 versions in 500 products, Index::extend + render, then one upsert + render), $BUILD_ROUNDS runs:"
 echo -n "$build_lines" | sed 's/^/- /'

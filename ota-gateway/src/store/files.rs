@@ -43,7 +43,10 @@ impl Mappings {
         let meta = match std::fs::metadata(&full) {
             Ok(meta) if meta.is_file() => meta,
             Ok(_) => return Err(not_found()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(not_found()),
+            // `a/x` with `a` a file (ENOTDIR) names no file either.
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory) => {
+                return Err(not_found())
+            }
             Err(e) => return Err(StoreError::Io(e)),
         };
         let stamp = Stamp::of(&meta);

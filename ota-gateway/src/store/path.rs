@@ -90,10 +90,6 @@ pub fn resolve(root: &Path, path: &StorePath) -> Result<PathBuf, StoreError> {
             Err(e) if e.kind() == io::ErrorKind::NotADirectory => {
                 return Err(StoreError::BadPath(format!("{:?}: a parent of it is a file", path.as_str())))
             }
-            // A component that is a file (`a/x` with `a` a file): no such file, a client error.
-            Err(e) if e.kind() == io::ErrorKind::NotADirectory => {
-                return Err(StoreError::BadPath(format!("{:?}: a parent of it is a file", path.as_str())))
-            }
             Err(e) => return Err(StoreError::Io(e)),
         }
         // A dangling symlink is "not found" for canonicalize, but must not be written through.
