@@ -80,29 +80,55 @@ fn openssl_hmac(dir: &std::path::Path, key: &str, body: &[u8]) -> String {
     format!("sha256={}", text.split_whitespace().next().unwrap())
 }
 
+/// A namespace with the real operator, a cosign key in Secret `cosign`, and an
+/// OtaGateway whose webhook (HMAC key [`HMAC_KEY`] in Secret `hook`) posts to a
+/// [`receiver`] recording into `seen`.
+struct Hooked {
+    ns: String,
+    dir: TempDir,
+    operator: Proc,
+    seen: Arc<Mutex<Vec<Request>>>,
+    key: Key,
+}
+
+impl Hooked {
+    fn new(name: &str) -> Self {
+        install_crds();
+        let ns = namespace(name);
+        let dir = TempDir::new(name);
+        let (operator, _admin): (Proc, u16) = operator(&ns, &dir.0, "operator", &[]);
+        let (port, seen) = receiver();
+        let key = Key::generate(&dir.0, "cosign");
+        let key_file = format!("--from-file=cosign.pub={}", key.public_file().display());
+        kubectl(&["create", "secret", "generic", "cosign", "-n", &ns, &key_file], None).ok();
+        let hmac = format!("--from-literal=hmac={HMAC_KEY}");
+        kubectl(&["create", "secret", "generic", "hook", "-n", &ns, &hmac], None).ok();
+        apply(
+            &ns,
+            &format!(
+                "apiVersion: updraft.dev/v1alpha1\nkind: OtaGateway\nmetadata: {{name: default}}\nspec:\n  notifications:\n    webhooks:\n    - url: http://127.0.0.1:{port}/hooks\n      secretRef: {{name: hook, key: hmac}}\n"
+            ),
+        );
+        Hooked { ns, dir, operator, seen, key }
+    }
+}
+
+/// `kubectl apply --server-side` in `ns`, again while the API server does not know a
+/// field yet (a CRD applied a moment ago).
+fn apply(ns: &str, yaml: &str) {
+    wait_for(Duration::from_secs(20), "kubectl apply", || {
+        let out = kubectl(&["apply", "--server-side", "-n", ns, "-f", "-"], Some(yaml));
+        (out.success || !out.stderr.contains("unknown field")).then_some(out)
+    })
+    .ok();
+}
+
 #[test]
 fn an_unsigned_release_is_posted_once_with_a_signature_the_receiver_can_check() {
-    install_crds();
-    let ns = namespace("verify-hook");
-    let dir = TempDir::new("verify-hook");
-    let (operator, _admin): (Proc, u16) = operator(&ns, &dir.0, "operator", &[]);
-    let (port, seen) = receiver();
+    let Hooked { ns, dir, operator, seen, key } = Hooked::new("verify-hook");
     let repository = format!("e2e/{ns}/firmware");
     let registry = &cluster().registry;
-    let key = Key::generate(&dir.0, "cosign");
-    let key_file = format!("--from-file=cosign.pub={}", key.public_file().display());
-    kubectl(&["create", "secret", "generic", "cosign", "-n", &ns, &key_file], None).ok();
-    kubectl(&["create", "secret", "generic", "hook", "-n", &ns, &format!("--from-literal=hmac={HMAC_KEY}")], None).ok();
-    let apply = |yaml: &str| {
-        wait_for(Duration::from_secs(20), "kubectl apply", || {
-            let out = kubectl(&["apply", "--server-side", "-n", &ns, "-f", "-"], Some(yaml));
-            (out.success || !out.stderr.contains("unknown field")).then_some(out)
-        })
-        .ok();
-    };
-    apply(&format!(
-        "apiVersion: updraft.dev/v1alpha1\nkind: OtaGateway\nmetadata: {{name: default}}\nspec:\n  notifications:\n    webhooks:\n    - url: http://127.0.0.1:{port}/hooks\n      secretRef: {{name: hook, key: hmac}}\n"
-    ));
+    let apply = |yaml: &str| apply(&ns, yaml);
     let push = |tag: &str| {
         let file = dir.0.join(format!("fw-{tag}.bin"));
         std::fs::write(&file, format!("firmware {tag} of {ns}")).unwrap();
@@ -161,27 +187,10 @@ fn an_unsigned_release_is_posted_once_with_a_signature_the_receiver_can_check() 
 
 #[test]
 fn an_unsigned_image_version_is_posted_once_naming_the_stream() {
-    install_crds();
-    let ns = namespace("verify-hook-stream");
-    let dir = TempDir::new("verify-hook-stream");
-    let (operator, _admin): (Proc, u16) = operator(&ns, &dir.0, "operator", &[]);
-    let (port, seen) = receiver();
+    let Hooked { ns, dir, operator, seen, key } = Hooked::new("verify-hook-stream");
     let repository = format!("e2e/{ns}/images");
     let registry = &cluster().registry;
-    let key = Key::generate(&dir.0, "cosign");
-    let key_file = format!("--from-file=cosign.pub={}", key.public_file().display());
-    kubectl(&["create", "secret", "generic", "cosign", "-n", &ns, &key_file], None).ok();
-    kubectl(&["create", "secret", "generic", "hook", "-n", &ns, &format!("--from-literal=hmac={HMAC_KEY}")], None).ok();
-    let apply = |yaml: &str| {
-        wait_for(Duration::from_secs(20), "kubectl apply", || {
-            let out = kubectl(&["apply", "--server-side", "-n", &ns, "-f", "-"], Some(yaml));
-            (out.success || !out.stderr.contains("unknown field")).then_some(out)
-        })
-        .ok();
-    };
-    apply(&format!(
-        "apiVersion: updraft.dev/v1alpha1\nkind: OtaGateway\nmetadata: {{name: default}}\nspec:\n  notifications:\n    webhooks:\n    - url: http://127.0.0.1:{port}/hooks\n      secretRef: {{name: hook, key: hmac}}\n"
-    ));
+    let apply = |yaml: &str| apply(&ns, yaml);
     // Two versions stored as the gateway stores uploads (annotations name them); one signed.
     let file = dir.0.join("lxd.tar.xz");
     std::fs::write(&file, b"metadata tarball stand-in: the annotations name the version").unwrap();
