@@ -178,11 +178,14 @@ fn planted_secrets_never_appear_in_events_status_or_rendered_objects() {
     let file = dir.0.join("fw.bin");
     std::fs::write(&file, (0..10_000u32).map(|i| (i * 7) as u8).collect::<Vec<_>>()).unwrap();
     oras_push(&repository, "1.0.0", &file, MEDIA_TYPE);
+    // The store's volume claim must exist (no provisioner here: it stays Pending).
     apply(
         &ns,
-        &format!(
-            "apiVersion: updraft.dev/v1alpha1\nkind: OtaGateway\nmetadata: {{name: default}}\nspec:\n  uploadTokenSecret: {{name: upload, key: token}}\n  store: {{claimName: artifacts, writeKeySecret: {{name: store-key, key: key}}}}\n  notifications:\n    mqtt: {{url: \"mqtt://127.0.0.1:1\", credentialsSecret: mqtt-login}}\n    webhooks:\n    - url: http://127.0.0.1:1/hook\n      secretRef: {{name: hook, key: hmac}}\n"
-        ),
+        "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: artifacts}\nspec: {accessModes: [ReadWriteMany], resources: {requests: {storage: 1Gi}}}\n",
+    );
+    apply(
+        &ns,
+        "apiVersion: updraft.dev/v1alpha1\nkind: OtaGateway\nmetadata: {name: default}\nspec:\n  uploadTokenSecret: {name: upload, key: token}\n  store: {claimName: artifacts, writeKeySecret: {name: store-key, key: key}}\n  notifications:\n    mqtt: {url: \"mqtt://127.0.0.1:1\", credentialsSecret: mqtt-login}\n    webhooks:\n    - url: http://127.0.0.1:1/hook\n      secretRef: {name: hook, key: hmac}\n",
     );
     let channel = |name: &str, registry: &str, repository: &str, secret: &str| {
         format!(
