@@ -361,27 +361,25 @@ async fn writes_over_tls_are_accepted() {
     assert!(!gw.dir.join("rel/plain.zip").exists());
 
     // filuxe's client: requests.post with the chunk headers it sends, verify=<cert>.
-    let script = format!(
-        r#"
+    let script = r#"
 import requests, sys
 url, cert, key, path = sys.argv[1:5]
 data = open(path, "rb").read()
 size, step = len(data), 1 << 20
 for start in range(0, size, step):
     end = min(start + step, size) - 1
-    r = requests.post(f"{{url}}/upload/rel/filuxe.zip", params={{"time": 1700000000, "force": True}},
-                      headers={{"key": key, "Content-Range": f"bytes {{start}}-{{end}}/{{size}}"}},
+    r = requests.post(f"{url}/upload/rel/filuxe.zip", params={"time": 1700000000, "force": True},
+                      headers={"key": key, "Content-Range": f"bytes {start}-{end}/{size}"},
                       data=data[start:end + 1], verify=cert)
     if r.status_code != 201:
-        sys.exit(f"{{r.status_code}} {{r.text}}")
-r = requests.get(f"{{url}}/filelist/rel", verify=cert)
+        sys.exit(f"{r.status_code} {r.text}")
+r = requests.get(f"{url}/filelist/rel", verify=cert)
 print(r.json()["filelist"]["rel"]["filuxe.zip"]["size"])
-r = requests.get(f"{{url}}/delete/rel/whole.zip", headers={{"key": key}}, verify=cert)
+r = requests.get(f"{url}/delete/rel/whole.zip", headers={"key": key}, verify=cert)
 print(r.status_code)
-"#
-    );
+"#;
     let out = tokio::process::Command::new("python3")
-        .args(["-c", &script, &gw.url, ca, KEY, file.to_str().unwrap()])
+        .args(["-c", script, &gw.url, ca, KEY, file.to_str().unwrap()])
         .output()
         .await
         .expect("run python3");
