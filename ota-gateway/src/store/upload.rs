@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -175,8 +175,20 @@ struct HashPipe {
 /// Pieces (of about [`PIECE`] bytes) queued for hashing per upload.
 const HASH_QUEUE: usize = 32;
 
+/// Hashing threads alive at once in the process. Each holds a blocking thread until
+/// its upload completes or is swept; past this many, an upload is hashed by reading
+/// the file at commit instead, so unfinished uploads never take tokio's blocking pool
+/// (which every write, download and listing needs).
+const MAX_HASH_PIPES: usize = 32;
+static HASH_PIPES: AtomicUsize = AtomicUsize::new(0);
+
 impl HashPipe {
-    fn start() -> Self {
+    /// A hashing thread, or `None` when [`MAX_HASH_PIPES`] are alive.
+    fn start() -> Option<Self> {
+        if HASH_PIPES.fetch_add(1, Ordering::AcqRel) >= MAX_HASH_PIPES {
+            HASH_PIPES.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Arc<Vec<Bytes>>>(HASH_QUEUE);
         let done = tokio::task::spawn_blocking(move || {
             let mut hasher = Sha256::new();
@@ -185,9 +197,10 @@ impl HashPipe {
                     hasher.update(bytes);
                 }
             }
+            HASH_PIPES.fetch_sub(1, Ordering::AcqRel);
             hasher
         });
-        Self { tx, done }
+        Some(Self { tx, done })
     }
 
     /// The hex digest of everything fed.
@@ -271,7 +284,7 @@ impl Uploads {
         let _cleanup = RemoveOnDrop(tmp.clone());
         let limit = declared.unwrap_or(self.max_bytes).min(self.max_bytes);
         let pipe = HashPipe::start();
-        let written = write_body(&file, 0, body, limit, Some(&pipe), &Arc::default()).await.map_err(|e| {
+        let written = write_body(&file, 0, body, limit, pipe.as_ref(), &Arc::default()).await.map_err(|e| {
             if matches!(e, StoreError::TooLarge { .. }) {
                 StoreError::TooLarge { size: limit + 1, limit: self.max_bytes }
             } else {
@@ -281,7 +294,11 @@ impl Uploads {
         if declared.is_some_and(|len| len != written) {
             return Err(StoreError::BadRequest(format!("body has {written} bytes, Content-Length said {declared:?}")));
         }
-        let sha256 = match pipe.finish().await {
+        let hashed = match pipe {
+            Some(pipe) => pipe.finish().await,
+            None => None,
+        };
+        let sha256 = match hashed {
             Some(sum) => sum,
             None => sums::hash(file.try_clone()?)?,
         };
@@ -451,7 +468,7 @@ fn load_or_start(dir: &Path, info: &Info, restart: bool) -> Result<Tracked, Stor
     fs::write(staging.join("info.json"), serde_json::to_vec(info).expect("info serializes")).map_err(StoreError::io)?;
     File::create(staging.join("data")).map_err(StoreError::io)?;
     match fs::rename(&staging, dir) {
-        Ok(()) => Ok(Tracked::new(info.clone(), BTreeMap::new(), Some((0, HashPipe::start())))),
+        Ok(()) => Ok(Tracked::new(info.clone(), BTreeMap::new(), HashPipe::start().map(|pipe| (0, pipe)))),
         // Another replica started the same partial at the same moment: use theirs.
         Err(_) => {
             let _ = fs::remove_dir_all(&staging);
