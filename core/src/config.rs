@@ -367,6 +367,43 @@ pub struct VersionFilter {
     pub prerelease: bool,
 }
 
+impl VersionFilter {
+    /// Checks the filter the way the mirror rules compile it: the regexes compile, the
+    /// version regex captures the version, the range parses.
+    pub fn check(&self) -> Result<(), FilterError> {
+        let fail = |field: String, message: String| Err(FilterError { field, message });
+        if let Some(re) = &self.regex {
+            match regex::Regex::new(re) {
+                Err(e) => return fail("version.regex".into(), format!("{re:?}: {e}")),
+                Ok(r) if r.captures_len() < 2 => {
+                    return fail("version.regex".into(), format!("{re:?} needs a capture group (the version)"))
+                }
+                Ok(_) => {}
+            }
+        }
+        for (i, re) in self.groups.iter().enumerate() {
+            if let Err(e) = regex::Regex::new(re) {
+                return fail(format!("version.groups[{i}]"), format!("{re:?}: {e}"));
+            }
+        }
+        if let Some(range) = &self.range {
+            if let Err(e) = crate::version::parse_range(range) {
+                return fail("version.range".into(), e);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A version filter that cannot work, naming its field (`version.regex`,
+/// `version.groups[1]`, `version.range`).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct FilterError {
+    pub field: String,
+    pub message: String,
+}
+
 /// Retention at the destination; an artifact is kept when either rule keeps it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -649,8 +686,7 @@ impl GatewayConfig {
             crate::version::parse_duration(&m.interval)
                 .map_err(|e| ConfigError::Invalid(format!("mirror {:?}: {e}", m.name)))?;
             if let Some(v) = &m.version {
-                crate::mirror::rules::check_filter(v)
-                    .map_err(|e| ConfigError::Invalid(format!("mirror {:?}: {e}", m.name)))?;
+                v.check().map_err(|e| ConfigError::Invalid(format!("mirror {:?}: {e}", m.name)))?;
             }
             if let Some(r) = &m.retention {
                 if r.keep_last == Some(0) {

@@ -429,7 +429,7 @@ pub(crate) fn validate(spec: &ArtifactMirrorSpec) -> Result<Duration, SpecError>
             range: version.range.clone(),
             prerelease: version.prerelease,
         };
-        rules::check_filter(&filter).map_err(|e| SpecError::new(&e.field, e.to_string()))?;
+        filter.check().map_err(|e| SpecError::new(&e.field, e.to_string()))?;
     }
     if let Some(max_age) = spec.retention.as_ref().and_then(|r| r.max_age.as_deref()) {
         checks::duration("retention.maxAge", max_age)?;

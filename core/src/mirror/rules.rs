@@ -14,7 +14,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::config::{MirrorConfig, VersionFilter};
+use crate::config::MirrorConfig;
 use regex::Regex;
 use semver::{Version, VersionReq};
 use serde::Serialize;
@@ -192,41 +192,6 @@ impl Rules {
     }
 }
 
-/// A version filter that cannot work, naming its field (`version.regex`,
-/// `version.groups[1]`, `version.range`).
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {message}")]
-pub struct FilterError {
-    pub field: String,
-    pub message: String,
-}
-
-/// Checks a version filter the way [`Rules::new`] compiles it: the regexes compile,
-/// the version regex captures the version, the range parses.
-pub fn check_filter(filter: &VersionFilter) -> Result<(), FilterError> {
-    let fail = |field: String, message: String| Err(FilterError { field, message });
-    if let Some(re) = &filter.regex {
-        match Regex::new(re) {
-            Err(e) => return fail("version.regex".into(), format!("{re:?}: {e}")),
-            Ok(r) if r.captures_len() < 2 => {
-                return fail("version.regex".into(), format!("{re:?} needs a capture group (the version)"))
-            }
-            Ok(_) => {}
-        }
-    }
-    for (i, re) in filter.groups.iter().enumerate() {
-        if let Err(e) = Regex::new(re) {
-            return fail(format!("version.groups[{i}]"), format!("{re:?}: {e}"));
-        }
-    }
-    if let Some(range) = &filter.range {
-        if let Err(e) = crate::version::parse_range(range) {
-            return fail("version.range".into(), e);
-        }
-    }
-    Ok(())
-}
-
 fn base_name(name: &str) -> &str {
     name.rsplit('/').next().unwrap_or(name)
 }
@@ -311,18 +276,19 @@ mod tests {
 
     #[test]
     fn filters_that_cannot_work_name_their_field() {
-        let field = |v: VersionFilter| check_filter(&v).unwrap_err().field;
+        let field = |v: VersionFilter| v.check().unwrap_err().field;
         assert_eq!(field(VersionFilter { regex: Some("(".into()), ..Default::default() }), "version.regex");
         assert_eq!(field(VersionFilter { regex: Some(r"\d+".into()), ..Default::default() }), "version.regex");
         let groups = vec!["(.*)".into(), "[".into()];
         assert_eq!(field(VersionFilter { groups, ..Default::default() }), "version.groups[1]");
         assert_eq!(field(VersionFilter { range: Some("newest".into()), ..Default::default() }), "version.range");
-        check_filter(&VersionFilter {
+        VersionFilter {
             regex: Some(r":(\d+\.\d+\.\d+):".into()),
             groups: vec![r"(.*?):\d+\.\d+\.\d+:(.*)".into()],
             range: Some(">=1.2, <2".into()),
             prerelease: false,
-        })
+        }
+        .check()
         .unwrap();
     }
 
