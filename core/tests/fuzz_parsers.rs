@@ -32,26 +32,6 @@ channels:
     policy: {range: "^1", interval: 5m}
 "#;
 
-/// Edits of a text: insert, delete or replace a character at a position.
-fn mutated(base: &'static str) -> impl Strategy<Value = String> {
-    let edits = prop::collection::vec((any::<prop::sample::Index>(), 0u8..3, any::<char>()), 1..8);
-    edits.prop_map(move |edits| {
-        let mut chars: Vec<char> = base.chars().collect();
-        for (at, kind, c) in edits {
-            let i = at.index(chars.len() + 1);
-            match kind {
-                0 => chars.insert(i, c),
-                1 if i < chars.len() => {
-                    chars.remove(i);
-                }
-                _ if i < chars.len() => chars[i] = c,
-                _ => chars.push(c),
-            }
-        }
-        chars.into_iter().collect()
-    })
-}
-
 /// Text that looks like YAML or JSON: brackets, colons, quotes, anchors, tags.
 fn yamlish() -> impl Strategy<Value = String> {
     prop::collection::vec(
@@ -97,7 +77,7 @@ fn config_yamlish_never_panics() {
 
 #[test]
 fn config_mutations_never_panic_and_valid_ones_round_trip() {
-    fuzz::check("config-mutations", mutated(VALID_CONFIG), |text| {
+    fuzz::check("config-mutations", fuzz::mutated(VALID_CONFIG), |text| {
         if let Ok(c) = GatewayConfig::parse(text.as_bytes()) {
             if c.validate().is_ok() {
                 let again = GatewayConfig::parse(c.to_yaml().as_bytes()).expect("what we write, we read");
@@ -110,7 +90,7 @@ fn config_mutations_never_panic_and_valid_ones_round_trip() {
 
 #[test]
 fn docker_config_never_panics() {
-    let text = prop_oneof![any::<String>(), mutated(r#"{"auths":{"r:5000":{"auth":"dTpw"}}}"#)];
+    let text = prop_oneof![any::<String>(), fuzz::mutated(r#"{"auths":{"r:5000":{"auth":"dTpw"}}}"#)];
     fuzz::check("docker-config", (text, "[a-z0-9.:/]{0,20}"), |(text, registry)| {
         let _ = auth_from_docker_config(&text, &registry);
         Ok(())
@@ -168,10 +148,10 @@ fn manifest_layer_choice() {
 fn manifest_json_never_panics() {
     let text = prop_oneof![
         any::<String>(),
-        mutated(
+        fuzz::mutated(
             r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"a","digest":"sha256:00","size":2},"layers":[{"mediaType":"b","digest":"sha256:01","size":3}]}"#
         ),
-        mutated(
+        fuzz::mutated(
             r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:00","size":2,"platform":{"os":"linux","architecture":"arm","variant":"v7"},"annotations":{"board":"s3"}}]}"#
         ),
     ];

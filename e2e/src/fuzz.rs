@@ -11,6 +11,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use proptest::arbitrary::any;
 use proptest::strategy::Strategy;
 use proptest::test_runner::{Config, TestCaseResult, TestError, TestRunner};
 
@@ -74,6 +75,27 @@ where
         }
         Err(TestError::Abort(why)) => panic!("FUZZ {target}: aborted after {cases} cases in {secs:.1} s: {why}"),
     }
+}
+
+/// `base` with 1–7 edits: a character inserted, deleted or replaced at a position (the
+/// near-misses of a valid document that parsers get wrong).
+pub fn mutated(base: &'static str) -> impl Strategy<Value = String> {
+    let edits = proptest::collection::vec((any::<proptest::sample::Index>(), 0u8..3, any::<char>()), 1..8);
+    edits.prop_map(move |edits| {
+        let mut chars: Vec<char> = base.chars().collect();
+        for (at, kind, c) in edits {
+            let i = at.index(chars.len() + 1);
+            match kind {
+                0 => chars.insert(i, c),
+                1 if i < chars.len() => {
+                    chars.remove(i);
+                }
+                _ if i < chars.len() => chars[i] = c,
+                _ => chars.push(c),
+            }
+        }
+        chars.into_iter().collect()
+    })
 }
 
 #[cfg(test)]

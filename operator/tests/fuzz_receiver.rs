@@ -12,26 +12,6 @@ use updraft_operator::receiver::pushed_repositories;
 const DISTRIBUTION: &str = r#"{"events":[{"id":"1","action":"push","target":{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:bb","repository":"fw/esp32","url":"http://r:5000/v2/fw/esp32/manifests/sha256:bb","tag":"1.2.0"},"request":{"host":"r:5000","method":"PUT"}}]}"#;
 const HARBOR: &str = r#"{"type":"PUSH_ARTIFACT","occur_at":1700000000,"operator":"ci","event_data":{"resources":[{"digest":"sha256:cc","tag":"2.0.0","resource_url":"harbor.example.com/library/fw:2.0.0"}],"repository":{"name":"fw","namespace":"library","repo_full_name":"library/fw"}}}"#;
 
-/// Edits of a text: insert, delete or replace a character at a position.
-fn mutated(base: &'static str) -> impl Strategy<Value = String> {
-    let edits = prop::collection::vec((any::<prop::sample::Index>(), 0u8..3, any::<char>()), 1..8);
-    edits.prop_map(move |edits| {
-        let mut chars: Vec<char> = base.chars().collect();
-        for (at, kind, c) in edits {
-            let i = at.index(chars.len() + 1);
-            match kind {
-                0 => chars.insert(i, c),
-                1 if i < chars.len() => {
-                    chars.remove(i);
-                }
-                _ if i < chars.len() => chars[i] = c,
-                _ => chars.push(c),
-            }
-        }
-        chars.into_iter().collect()
-    })
-}
-
 /// Any JSON value, a few levels deep, with the receiver's field names likely.
 fn json() -> impl Strategy<Value = serde_json::Value> {
     let key = prop::sample::select(vec![
@@ -73,8 +53,8 @@ fn json() -> impl Strategy<Value = serde_json::Value> {
 fn any_body_never_panics() {
     let body = prop_oneof![
         prop::collection::vec(any::<u8>(), 0..512),
-        mutated(DISTRIBUTION).prop_map(String::into_bytes),
-        mutated(HARBOR).prop_map(String::into_bytes),
+        fuzz::mutated(DISTRIBUTION).prop_map(String::into_bytes),
+        fuzz::mutated(HARBOR).prop_map(String::into_bytes),
         json().prop_map(|v| v.to_string().into_bytes()),
     ];
     fuzz::check("webhook-payloads", body, |body| {
