@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::manifest::{ImageIndexEntry, OciDescriptor, OciImageIndex, OciImageManifest, OciManifest};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
@@ -292,6 +293,17 @@ pub fn select_layer<'a>(
             many.len(),
             media_types()
         ))),
+    }
+}
+
+/// The registry does not know the repository (`NAME_UNKNOWN`, or a bare 404).
+pub fn is_unknown_repository(e: &OciDistributionError) -> bool {
+    match e {
+        OciDistributionError::RegistryError { envelope, .. } => {
+            envelope.errors.iter().any(|e| matches!(e.code, OciErrorCode::NameUnknown | OciErrorCode::NotFound))
+        }
+        OciDistributionError::ServerError { code, .. } => *code == 404,
+        _ => false,
     }
 }
 

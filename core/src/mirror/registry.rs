@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use oci_client::errors::{OciDistributionError, OciErrorCode};
+use oci_client::errors::OciDistributionError;
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use serde::Deserialize;
@@ -14,7 +14,9 @@ use serde::Deserialize;
 use super::error::{error_chain, MirrorError};
 use super::rules::Artifact;
 use crate::config::SourceConfig;
-use crate::oci::{digest_reference, is_sha256_hex, list_repository_tags, registry_auth, tag_reference};
+use crate::oci::{
+    digest_reference, is_sha256_hex, is_unknown_repository, list_repository_tags, registry_auth, tag_reference,
+};
 
 /// Manifest media types pulled as they are.
 pub const MANIFEST_TYPES: &[&str] = &[
@@ -240,17 +242,6 @@ fn rfc3339_seconds(text: &str) -> Option<f64> {
     let doy = (153 * m + 2) / 5 + day - 1;
     let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
     Some((days * 86_400 + h * 3600 + mi * 60 + sec - offset) as f64 + fraction)
-}
-
-/// The registry does not know the repository (`NAME_UNKNOWN`, or a bare 404).
-pub fn is_unknown_repository(e: &OciDistributionError) -> bool {
-    match e {
-        OciDistributionError::RegistryError { envelope, .. } => {
-            envelope.errors.iter().any(|e| matches!(e.code, OciErrorCode::NameUnknown | OciErrorCode::NotFound))
-        }
-        OciDistributionError::ServerError { code, .. } => *code == 404,
-        _ => false,
-    }
 }
 
 #[cfg(test)]

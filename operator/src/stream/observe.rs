@@ -108,7 +108,7 @@ pub(super) async fn repository(
     let tags = match oci::list_repository_tags(client, &reference, auth).await {
         Ok(tags) => tags,
         // No upload yet: the repository does not exist until the first one.
-        Err(e) if is_unknown_repository(&e) => return Ok(Observation::default()),
+        Err(e) if updraft_core::oci::is_unknown_repository(&e) => return Ok(Observation::default()),
         Err(e) => return Err(unreachable(&e)),
     };
     let images = tags.into_iter().filter(|t| !is_cosign_tag(t));
@@ -259,18 +259,6 @@ fn is_cosign_tag(tag: &str) -> bool {
         let hex = rest.split('.').next().unwrap_or("");
         hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())
     })
-}
-
-/// The registry does not know the repository (`NAME_UNKNOWN`, or a bare 404).
-fn is_unknown_repository(e: &oci_client::errors::OciDistributionError) -> bool {
-    use oci_client::errors::{OciDistributionError, OciErrorCode};
-    match e {
-        OciDistributionError::RegistryError { envelope, .. } => {
-            envelope.errors.iter().any(|e| matches!(e.code, OciErrorCode::NameUnknown | OciErrorCode::NotFound))
-        }
-        OciDistributionError::ServerError { code, .. } => *code == 404,
-        _ => false,
-    }
 }
 
 /// Products with at least one version, and versions (distinct serials, at most `keep`
