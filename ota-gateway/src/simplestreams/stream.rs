@@ -361,7 +361,7 @@ impl Stream {
         let repo = oci::tag_reference(&self.source.registry, &self.source.repository, "latest");
         let tags = match oci::list_repository_tags(&self.client, &repo, &self.auth).await {
             Ok(tags) => tags,
-            Err(e) if is_unknown_repository(&e) => Vec::new(),
+            Err(e) if oci::is_unknown_repository(&e) => Vec::new(),
             Err(e) => return Err(format!("listing {}/{}: {e}", self.source.registry, self.source.repository)),
         };
         // Cosign's signatures and referrer indexes live beside the versions.
@@ -720,11 +720,6 @@ fn is_signature_tag(tag: &str) -> bool {
 /// The cache key of a stream blob.
 pub fn blob_key(digest: &str) -> String {
     format!("simplestreams-blob {digest}")
-}
-
-fn is_unknown_repository(e: &oci_client::errors::OciDistributionError) -> bool {
-    let text = e.to_string().to_ascii_lowercase();
-    ["name_unknown", "name unknown", "404"].iter().any(|s| text.contains(s))
 }
 
 fn is_unknown_manifest(e: &oci_client::errors::OciDistributionError) -> bool {
