@@ -37,6 +37,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::from_fn;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -227,8 +228,8 @@ pub fn router(streams: Streams) -> Router {
         .route("/streams/{stream}/status", get(status))
         .route("/streams/{stream}/streams/v1/index.json", get(index_json))
         .route("/streams/{stream}/streams/v1/images.json", get(images_json))
-        .route("/streams/{stream}/images/", post(upload::upload))
-        .route("/streams/{stream}/images", post(upload::upload))
+        .route("/streams/{stream}/images/", post(upload::upload).layer(from_fn(http::unread::read_unread_body)))
+        .route("/streams/{stream}/images", post(upload::upload).layer(from_fn(http::unread::read_unread_body)))
         .route("/streams/{stream}/images/{*path}", get(file).delete(upload::delete))
         .layer(DefaultBodyLimit::disable())
         .with_state(streams)

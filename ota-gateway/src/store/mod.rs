@@ -37,10 +37,11 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{middleware, Json, Router};
 
 use crate::http::auth::{Authorized, Secret};
 use crate::http::query::param;
+use crate::http::unread::read_unread_body;
 use crate::server::Transport;
 pub use error::StoreError;
 use updraft_core::config::StoreConfig;
@@ -125,7 +126,10 @@ impl FromRequestParts<Store> for SecureWrite {
 /// The store's routes, at the root.
 pub fn router(store: Store) -> Router {
     Router::new()
-        .route("/upload/{*path}", post(upload).layer(DefaultBodyLimit::disable()))
+        .route(
+            "/upload/{*path}",
+            post(upload).layer(DefaultBodyLimit::disable()).layer(middleware::from_fn(read_unread_body)),
+        )
         .route("/download/{*path}", get(download))
         .route("/delete/{*path}", get(delete).delete(delete))
         .route("/filelist", get(list_root))
