@@ -121,30 +121,50 @@ if [ "${SKIP_UPLOAD:-0}" != 1 ]; then
     from=$((to + 1))
   done
   # Rounds alternate which goes first (the other's dirty pages may still be flushing).
-  up_gw_all="" up_ng_all="" up_rounds=""
+  # The store answers 201 only once the file is on disk (fsync, then rename); nginx's
+  # PUT answers with the file in the page cache. So each round also times, outside
+  # the ratio, how long nginx's copy takes to reach the disk (`sync -d` right after
+  # the PUT), the store taking the file as one POST, and `dd conv=fdatasync` of the
+  # same file (the disk's own rate, the floor for any upload that syncs).
+  up_gw_all="" up_ng_all="" up_ngsync_all="" up_one_all="" up_dd_all="" up_rounds=""
+  secs() { local t0 t1; t0=$(date +%s.%N); "$@"; t1=$(date +%s.%N); echo "$t1 - $t0" | bc -l; }
   for round in $(seq "${UPLOAD_ROUNDS:-3}"); do
     first=store; ((round % 2 == 0)) && first=nginx
     for who in $first $([ $first = store ] && echo nginx || echo store); do
       sync
       if [ "$who" = store ]; then
-        t0=$(date +%s.%N); curl -s -K "$WORK/chunks.curl"; t1=$(date +%s.%N)
+        up_gw_all+="$(secs curl -s -K "$WORK/chunks.curl")"$'\n'
         cmp <(curl -s "$lan_URL/download/up.bin") "$WORK/f-1G.bin"
-        up_gw_all+="$(echo "$t1 - $t0" | bc -l)"$'\n'
       else
         t0=$(date +%s.%N); curl -sf -T "$WORK/f-1G.bin" "$NGINX/dav/up.bin" -o /dev/null; t1=$(date +%s.%N)
+        sync -d "$WORK/dav/up.bin"; t2=$(date +%s.%N)
         cmp "$WORK/dav/up.bin" "$WORK/f-1G.bin"
         up_ng_all+="$(echo "$t1 - $t0" | bc -l)"$'\n'
+        up_ngsync_all+="$(echo "$t2 - $t0" | bc -l)"$'\n'
       fi
     done
+    sync
+    up_one_all+="$(secs curl -sf -X POST -H "key: $KEY" -T "$WORK/f-1G.bin" "$lan_URL/upload/one.bin?force=True" -o /dev/null)"$'\n'
+    sync
+    up_dd_all+="$(secs dd if="$WORK/f-1G.bin" of="$WORK/dd.bin" bs=4M conv=fdatasync status=none)"$'\n'
+    rm -f "$WORK/dd.bin"
     gw_s=$(printf '%s' "$up_gw_all" | tail -1) ng_s=$(printf '%s' "$up_ng_all" | tail -1)
     up_rounds+="$(printf '%.2f' "$(echo "$ng_s / $gw_s" | bc -l)") "
-    say "upload round $round: store ${gw_s}s, nginx ${ng_s}s, load $(cut -d' ' -f1-3 /proc/loadavg)"
+    say "upload round $round: store ${gw_s}s, nginx ${ng_s}s ($(printf '%s' "$up_ngsync_all" | tail -1)s to disk)," \
+      "store one POST $(printf '%s' "$up_one_all" | tail -1)s, dd+fdatasync $(printf '%s' "$up_dd_all" | tail -1)s," \
+      "load $(cut -d' ' -f1-3 /proc/loadavg)"
   done
   up_gw=$(printf '%s' "$up_gw_all" | median) up_ng=$(printf '%s' "$up_ng_all" | median)
+  up_ngsync=$(printf '%s' "$up_ngsync_all" | median)
   up_ratio=$(echo "$up_ng / $up_gw" | bc -l)
   rm -rf "$WORK/chunks" "$WORK/dav/up.bin"
   printf '| upload 1 GiB (s, median of %s) | %.2f (1 MiB chunks) | nginx WebDAV PUT %.2f | %.2f (rounds: %s) |\n' \
     "${UPLOAD_ROUNDS:-3}" "$up_gw" "$up_ng" "$up_ratio" "${up_rounds% }"
+  printf '| upload 1 GiB until on disk (s, median) | %.2f (1 MiB chunks; 201 after fsync) | nginx PUT + sync -d %.2f | %.2f |\n' \
+    "$up_gw" "$up_ngsync" "$(echo "$up_ngsync / $up_gw" | bc -l)"
+  printf '| upload 1 GiB as one POST (s, median) | %.2f | dd conv=fdatasync %.2f | %.2f |\n' \
+    "$(printf '%s' "$up_one_all" | median)" "$(printf '%s' "$up_dd_all" | median)" \
+    "$(echo "$(printf '%s' "$up_dd_all" | median) / $(printf '%s' "$up_one_all" | median)" | bc -l)"
 fi
 
 [ "${SKIP_FORWARD:-0}" = 1 ] || {

@@ -2,15 +2,19 @@
 //!
 //! Nothing is visible at a file's path until it is complete and checked. A whole body
 //! streams into `.updraft/tmp/`. Chunks are written at their offsets into one partial
-//! file per target, `.updraft/partial/<id>/data`, and each chunk, once written, leaves
-//! a marker `ranges/FROM-TO` beside it; `info.json` says which file (path, size, time)
-//! the partial assembles. Because all of it lives on the store volume, chunks that
-//! reach different replicas sharing the volume still assemble. When the markers cover
-//! the whole size, the request that completed it takes the partial over (one atomic
-//! rename, so only one replica commits), checks the size and the SHA-256 the client
-//! announced (`?sha256=` or `X-Checksum-Sha256`), syncs the data, sets its time, and
-//! renames it into place (or hard-links it, refusing an existing file, without
-//! `force`). A crash at any point leaves the old file or the new one, never a part.
+//! file per target, `.updraft/partial/<id>/data`, and each chunk, once written, is
+//! recorded beside it: each process appends a fixed-size record (from, to, check) to
+//! its own log, `ranges/<writer>.log`, so no two processes write the same file and no
+//! chunk costs a new inode. `info.json` says which file (path, size, time) the partial
+//! assembles. Because all of it lives on the store volume, chunks that reach different
+//! replicas sharing the volume still assemble. When the records cover the whole size,
+//! the request that completed it takes the partial over (one atomic rename, so only
+//! one replica commits), checks the size and the SHA-256 the client announced
+//! (`?sha256=` or `X-Checksum-Sha256`), syncs the data, sets its time, and renames it
+//! into place (or hard-links it, refusing an existing file, without `force`). When the
+//! client announced no checksum, the file's SHA-256 (its ETag, its `sha256` in listings)
+//! is computed after the answer, off the request's path. A crash at any point leaves
+//! the old file or the new one, never a part.
 //!
 //! Chunks may come in any order. The same chunk sent again is accepted without
 //! rewriting (a retry, or a restarted upload of the same file); a chunk that
@@ -19,6 +23,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
+use std::io::Write;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -94,13 +99,15 @@ struct Info {
     time: Option<f64>,
 }
 
-/// What this process knows of one partial (a cache of the markers, plus the hash of
-/// the bytes received in order so far, and its data file kept open across chunks).
+/// What this process knows of one partial (a cache of the records, plus the hash of
+/// the bytes received in order so far, and its data file and range log kept open
+/// across chunks).
 struct Tracked {
     info: Info,
-    /// The partial's data file and its inode, opened by the first chunk this process
-    /// wrote and kept until the upload ends here.
-    data: Option<(Arc<File>, u64)>,
+    /// The partial's data file and its inode, and this process's range log in the same
+    /// partial, opened by the first chunk this process wrote and kept until the upload
+    /// ends here.
+    data: Option<Open>,
     /// from → to (inclusive).
     ranges: BTreeMap<u64, u64>,
     /// SHA-256 of bytes `0..n` (being computed) when this process saw them in order.
@@ -115,16 +122,33 @@ impl Tracked {
         Self { info, data: None, ranges, hashed, flushing: Arc::default() }
     }
 
-    /// The partial's data file in `dir`, opened once per upload.
-    fn data_file(&mut self, dir: &Path) -> Result<(Arc<File>, u64), StoreError> {
+    /// The partial's data file in `dir` and its inode, opened once per upload (with
+    /// this process's range log beside it).
+    fn data_file(&mut self, dir: &Path, writer: &str) -> Result<(Arc<File>, u64), StoreError> {
         if let Some(open) = &self.data {
-            return Ok(open.clone());
+            return Ok((open.file.clone(), open.ino));
         }
         let file = OpenOptions::new().write(true).open(dir.join("data")).map_err(StoreError::io)?;
         let ino = file.metadata()?.ino();
-        let open = (Arc::new(file), ino);
-        self.data = Some(open.clone());
-        Ok(open)
+        let log = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(dir.join("ranges").join(format!("{writer}.log")))
+            .map_err(StoreError::io)?;
+        let open = Open { file: Arc::new(file), ino, log };
+        let found = (open.file.clone(), ino);
+        self.data = Some(open);
+        Ok(found)
+    }
+
+    /// Records `chunk` as written, in the log [`Tracked::data_file`] opened. One
+    /// write of one record on a file opened for appending: a reader sees the whole
+    /// record or none of it, and a torn one (a crash mid-write) fails its check.
+    fn record(&mut self, chunk: &Chunk) -> Result<(), StoreError> {
+        let open = self.data.as_mut().expect("the data file is opened before a chunk is written");
+        open.log.write_all(&Record { from: chunk.from, to: chunk.to }.encode()).map_err(StoreError::io)?;
+        self.ranges.insert(chunk.from, chunk.to);
+        Ok(())
     }
 
     fn covers(&self, size: u64) -> bool {
@@ -164,13 +188,18 @@ impl Tracked {
     }
 }
 
-/// SHA-256 computed beside the writes, in order, on a blocking thread of its own: a
+/// SHA-256 computed beside the writes, in order, on a blocking thread of its own, for
+/// an upload whose client announced a checksum (which the commit must check): a
 /// request waits for its bytes to be written, not hashed; only the commit waits for
 /// the hash. At most [`HASH_QUEUE`] pieces wait, so memory stays bounded.
 struct HashPipe {
     tx: tokio::sync::mpsc::Sender<Arc<Vec<Bytes>>>,
     done: tokio::task::JoinHandle<Sha256>,
 }
+
+/// Checksums of committed files computed after the answer, at once at most.
+const MAX_LATE_SUMS: usize = 4;
+static LATE_SUMS: AtomicUsize = AtomicUsize::new(0);
 
 /// Pieces (of about [`PIECE`] bytes) queued for hashing per upload.
 const HASH_QUEUE: usize = 32;
@@ -210,6 +239,51 @@ impl HashPipe {
     }
 }
 
+/// A partial's data file, opened once per upload, and this process's range log.
+struct Open {
+    file: Arc<File>,
+    ino: u64,
+    log: File,
+}
+
+/// One written chunk in a range log: `from`, `to` and a check word, little-endian.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Record {
+    from: u64,
+    to: u64,
+}
+
+impl Record {
+    const LEN: usize = 24;
+    /// Mixed into the check word, so zeros (a hole, a torn write) never read as a chunk.
+    const SALT: u64 = u64::from_le_bytes(*b"updraft1");
+
+    fn encode(&self) -> [u8; Self::LEN] {
+        let mut out = [0; Self::LEN];
+        out[..8].copy_from_slice(&self.from.to_le_bytes());
+        out[8..16].copy_from_slice(&self.to.to_le_bytes());
+        out[16..].copy_from_slice(&(self.from ^ self.to.rotate_left(17) ^ Self::SALT).to_le_bytes());
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() != Self::LEN {
+            return None;
+        }
+        let word = |i: usize| u64::from_le_bytes(bytes[i..i + 8].try_into().expect("8 bytes"));
+        let record = Self { from: word(0), to: word(8) };
+        (record.from <= record.to && record.encode()[16..] == bytes[16..]).then_some(record)
+    }
+}
+
+/// A name for one [`Uploads`]' range logs, unique among the replicas sharing a volume
+/// (the pod's name, the process, the time it started).
+fn new_writer() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_default();
+    let host: String = host.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').take(64).collect();
+    format!("{host}-{}-{}", std::process::id(), unique())
+}
+
 enum Overlap {
     None,
     Same,
@@ -220,6 +294,8 @@ enum Overlap {
 pub struct Uploads {
     root: PathBuf,
     max_bytes: u64,
+    /// The name of this instance's range log in each partial.
+    writer: String,
     tracked: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Tracked>>>>>,
 }
 
@@ -238,7 +314,7 @@ impl Uploads {
         for sub in ["partial", "tmp", "committing", "sums"] {
             fs::create_dir_all(root.join(RESERVED).join(sub))?;
         }
-        Ok(Self { root: root.to_owned(), max_bytes, tracked: Mutex::default() })
+        Ok(Self { root: root.to_owned(), max_bytes, writer: new_writer(), tracked: Mutex::default() })
     }
 
     fn own(&self, sub: &str) -> PathBuf {
@@ -283,7 +359,7 @@ impl Uploads {
         let file = Arc::new(file);
         let _cleanup = RemoveOnDrop(tmp.clone());
         let limit = declared.unwrap_or(self.max_bytes).min(self.max_bytes);
-        let pipe = HashPipe::start();
+        let pipe = if options.sha256.is_some() { HashPipe::start() } else { None };
         let written = write_body(&file, 0, body, limit, pipe.as_ref(), &Arc::default()).await.map_err(|e| {
             if matches!(e, StoreError::TooLarge { .. }) {
                 StoreError::TooLarge { size: limit + 1, limit: self.max_bytes }
@@ -298,13 +374,30 @@ impl Uploads {
             Some(pipe) => pipe.finish().await,
             None => None,
         };
-        let sha256 = match hashed {
-            Some(sum) => sum,
-            None => sums::hash(file.try_clone()?)?,
-        };
         let root = self.root.clone();
-        let (path, options) = (path.clone(), options.clone());
-        blocking(move || commit(&root, &path, &target, &tmp, &file, &sha256, &options)).await
+        let (path2, options) = (path.clone(), options.clone());
+        let stored = blocking(move || commit(&root, &path2, &target, &tmp, &file, hashed, &options)).await?;
+        self.record_sum_later(path);
+        Ok(stored)
+    }
+
+    /// Computes and records the SHA-256 of the file just committed at `path` when the
+    /// upload did not (the client announced none), after the answer has gone out. At
+    /// most [`MAX_LATE_SUMS`] run at once; past that, the first download computes it.
+    fn record_sum_later(&self, path: &StorePath) {
+        if LATE_SUMS.fetch_add(1, Ordering::AcqRel) >= MAX_LATE_SUMS {
+            LATE_SUMS.fetch_sub(1, Ordering::AcqRel);
+            return;
+        }
+        let (root, path) = (self.root.clone(), path.clone());
+        tokio::task::spawn_blocking(move || {
+            if let Ok(target) = path::resolve(&root, &path) {
+                if let Ok(file) = File::open(target) {
+                    let _ = sums::of_file(&root, &path, &file);
+                }
+            }
+            LATE_SUMS.fetch_sub(1, Ordering::AcqRel);
+        });
     }
 
     /// Stores one chunk of the file at `path`.
@@ -327,7 +420,8 @@ impl Uploads {
             _ => {
                 blocking({
                     let (dir, info) = (dir.clone(), info.clone());
-                    move || load_or_start(&dir, &info, chunk.from == 0)
+                    let hash = options.sha256.is_some();
+                    move || load_or_start(&dir, &info, chunk.from == 0, hash)
                 })
                 .await?
             }
@@ -344,7 +438,7 @@ impl Uploads {
             }
             Overlap::Same => drain(body).await,
             Overlap::None => {
-                let (file, ino) = tracked.data_file(&dir)?;
+                let (file, ino) = tracked.data_file(&dir, &self.writer)?;
                 let pipe = match tracked.hashed.take() {
                     Some((n, pipe)) if n == chunk.from => Some(pipe),
                     other => {
@@ -372,9 +466,7 @@ impl Uploads {
                         path.as_str()
                     )));
                 }
-                let marker = dir.join("ranges").join(format!("{}-{}", chunk.from, chunk.to));
-                File::create(marker).map_err(StoreError::io)?;
-                tracked.ranges.insert(chunk.from, chunk.to);
+                tracked.record(&chunk)?;
             }
         }
         if !tracked.covers(chunk.size) && (chunk.to + 1 == chunk.size || !tracked.contiguous_before(chunk.from)) {
@@ -384,7 +476,7 @@ impl Uploads {
         if !tracked.covers(chunk.size) {
             return Ok(Stored::Partial);
         }
-        let sha256 = match tracked.hashed.take() {
+        let hashed = match tracked.hashed.take() {
             Some((n, pipe)) if n == chunk.size => pipe.finish().await,
             _ => None,
         };
@@ -393,7 +485,7 @@ impl Uploads {
         let (root, path2, options2) = (self.root.clone(), path.clone(), options.clone());
         let committing = self.own("committing").join(format!("{id}-{}", unique()));
         let result = blocking(move || {
-            // Markers on disk are the truth: another replica may have reset the partial.
+            // Records on disk are the truth: another replica may have reset the partial.
             if !covers_on_disk(&dir, &info)? {
                 return Ok(Stored::Partial);
             }
@@ -406,13 +498,12 @@ impl Uploads {
             let _cleanup = RemoveOnDrop(committing.clone());
             let data = committing.join("data");
             let file = OpenOptions::new().read(true).write(true).open(&data).map_err(StoreError::io)?;
-            let sha256 = match sha256 {
-                Some(sum) => sum,
-                None => sums::hash(file.try_clone()?)?,
-            };
-            commit(&root, &path2, &target, &data, &file, &sha256, &options2)
+            commit(&root, &path2, &target, &data, &file, hashed, &options2)
         })
         .await;
+        if matches!(result, Ok(Stored::Committed)) {
+            self.record_sum_later(path);
+        }
         *guard = None;
         drop(guard);
         self.tracked.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
@@ -438,8 +529,9 @@ impl Uploads {
 }
 
 /// The partial at `dir` if it assembles `info`; otherwise a fresh one when `restart`
-/// (the chunk starts at byte 0), else a conflict. Blocking.
-fn load_or_start(dir: &Path, info: &Info, restart: bool) -> Result<Tracked, StoreError> {
+/// (the chunk starts at byte 0), else a conflict. A fresh one hashes its bytes as they
+/// arrive in order when `hash` (the client announced a SHA-256). Blocking.
+fn load_or_start(dir: &Path, info: &Info, restart: bool, hash: bool) -> Result<Tracked, StoreError> {
     let existing: Option<Info> = fs::read(dir.join("info.json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
     match existing {
         Some(found) if found == *info => {
@@ -468,7 +560,10 @@ fn load_or_start(dir: &Path, info: &Info, restart: bool) -> Result<Tracked, Stor
     fs::write(staging.join("info.json"), serde_json::to_vec(info).expect("info serializes")).map_err(StoreError::io)?;
     File::create(staging.join("data")).map_err(StoreError::io)?;
     match fs::rename(&staging, dir) {
-        Ok(()) => Ok(Tracked::new(info.clone(), BTreeMap::new(), HashPipe::start().map(|pipe| (0, pipe)))),
+        Ok(()) => {
+            let hashed = if hash { HashPipe::start().map(|pipe| (0, pipe)) } else { None };
+            Ok(Tracked::new(info.clone(), BTreeMap::new(), hashed))
+        }
         // Another replica started the same partial at the same moment: use theirs.
         Err(_) => {
             let _ = fs::remove_dir_all(&staging);
@@ -477,6 +572,8 @@ fn load_or_start(dir: &Path, info: &Info, restart: bool) -> Result<Tracked, Stor
     }
 }
 
+/// The chunks recorded in the partial at `dir`: every process's range log (and the
+/// one-file-per-chunk markers, `FROM-TO`, of partials begun by earlier versions).
 fn read_ranges(dir: &Path) -> Result<BTreeMap<u64, u64>, StoreError> {
     let mut ranges = BTreeMap::new();
     let entries = match fs::read_dir(dir.join("ranges")) {
@@ -485,17 +582,29 @@ fn read_ranges(dir: &Path) -> Result<BTreeMap<u64, u64>, StoreError> {
         Err(e) => return Err(StoreError::Io(e)),
     };
     for entry in entries {
-        let name = entry?.file_name();
-        let parsed =
-            name.to_str().and_then(|n| n.split_once('-')).and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)));
-        if let Some((from, to)) = parsed {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name.ends_with(".log") {
+            let bytes = match fs::read(entry.path()) {
+                Ok(bytes) => bytes,
+                // A partial being restarted by another replica.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(StoreError::Io(e)),
+            };
+            for record in bytes.chunks(Record::LEN).filter_map(Record::decode) {
+                ranges.insert(record.from, record.to);
+            }
+        } else if let Some((from, to)) =
+            name.split_once('-').and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)))
+        {
             ranges.insert(from, to);
         }
     }
     Ok(ranges)
 }
 
-/// Whether the partial at `dir` still assembles `info` and its markers cover it all.
+/// Whether the partial at `dir` still assembles `info` and its records cover it all.
 fn covers_on_disk(dir: &Path, info: &Info) -> Result<bool, StoreError> {
     let on_disk: Option<Info> = fs::read(dir.join("info.json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
     if on_disk.as_ref() != Some(info) {
@@ -505,17 +614,24 @@ fn covers_on_disk(dir: &Path, info: &Info) -> Result<bool, StoreError> {
     Ok(tracked.covers(info.size))
 }
 
-/// Checks, syncs, times and renames the complete file `data` into `target`. Blocking.
+/// Checks, syncs, times and renames the complete file `data` into `target`. `hashed`
+/// is the SHA-256 computed as the bytes arrived, if it was; when the client announced
+/// one and none was computed, it is read back from `file` here. Blocking.
 fn commit(
     root: &Path,
     path: &StorePath,
     target: &Path,
     data: &Path,
     file: &File,
-    sha256: &str,
+    hashed: Option<String>,
     options: &Options,
 ) -> Result<Stored, StoreError> {
-    if let Some(expected) = &options.sha256 {
+    let sha256 = match (hashed, &options.sha256) {
+        (Some(sum), _) => Some(sum),
+        (None, Some(_)) => Some(sums::hash(file.try_clone()?)?),
+        (None, None) => None,
+    };
+    if let (Some(expected), Some(sha256)) = (&options.sha256, &sha256) {
         if !expected.eq_ignore_ascii_case(sha256) {
             return Err(StoreError::Mismatch(format!(
                 "{} has sha256 {sha256}, the client announced {expected}; nothing stored",
@@ -531,8 +647,10 @@ fn commit(
     // Recorded before the file appears, so a listing never shows it without its
     // checksum (rename and link keep the inode the record names).
     let stamp = Stamp::of(&file.metadata()?);
-    if let Err(e) = sums::write(root, path, stamp, sha256) {
-        tracing::debug!(error = %e, "cannot record a checksum");
+    if let Some(sha256) = &sha256 {
+        if let Err(e) = sums::write(root, path, stamp, sha256) {
+            tracing::debug!(error = %e, "cannot record a checksum");
+        }
     }
     let parent = target.parent().expect("a file path has a parent");
     // Re-resolved now: directories may have changed while the upload ran.
@@ -554,7 +672,12 @@ fn commit(
     if let Ok(dir) = File::open(parent) {
         let _ = dir.sync_all();
     }
-    tracing::info!(path = path.as_str(), size = stamp.size, sha256, "stored");
+    tracing::info!(
+        path = path.as_str(),
+        size = stamp.size,
+        sha256 = sha256.as_deref().unwrap_or("(computed next)"),
+        "stored"
+    );
     Ok(Stored::Committed)
 }
 
@@ -719,6 +842,37 @@ mod tests {
     }
 
     #[test]
+    fn range_records_round_trip_and_reject_torn_or_empty_bytes() {
+        let record = Record { from: 1 << 20, to: (2 << 20) - 1 };
+        let bytes = record.encode();
+        assert_eq!(Record::decode(&bytes), Some(record));
+        assert_eq!(Record::decode(&[0; Record::LEN]), None, "a hole is not a chunk");
+        assert_eq!(Record::decode(&bytes[..Record::LEN - 1]), None, "a torn record is not a chunk");
+        assert_eq!(Record::decode(&bytes[..10]), None, "a torn record is not a chunk");
+        let mut flipped = bytes;
+        flipped[3] ^= 1;
+        assert_eq!(Record::decode(&flipped), None, "a changed offset fails the check");
+    }
+
+    /// Two writers' logs (one ending in a torn record) and an old-style marker all
+    /// count; nothing else in the directory does.
+    #[test]
+    fn ranges_are_read_from_every_writers_log_and_old_markers() {
+        let (_tmp, root) = setup();
+        let ranges = root.join("ranges");
+        fs::create_dir_all(&ranges).unwrap();
+        let mut a = Record { from: 0, to: 9 }.encode().to_vec();
+        a.extend(Record { from: 20, to: 29 }.encode());
+        a.extend(&Record { from: 40, to: 49 }.encode()[..10]);
+        fs::write(ranges.join("pod-a-1-x.log"), a).unwrap();
+        fs::write(ranges.join("pod-b-1-y.log"), Record { from: 10, to: 19 }.encode()).unwrap();
+        File::create(ranges.join("30-39")).unwrap();
+        File::create(ranges.join("junk")).unwrap();
+        let found: Vec<_> = read_ranges(&root).unwrap().into_iter().collect();
+        assert_eq!(found, vec![(0, 9), (10, 19), (20, 29), (30, 39)]);
+    }
+
+    #[test]
     fn content_ranges() {
         assert_eq!(Chunk::parse("bytes 0-9/10").unwrap(), Chunk { from: 0, to: 9, size: 10 });
         for bad in ["bytes 5-4/10", "bytes 0-10/10", "bytes 0-9", "items 0-9/10", "bytes -1-9/10", "bytes 0-9/*"] {
@@ -745,7 +899,14 @@ mod tests {
         let meta = fs::metadata(root.join("a/f.bin")).unwrap();
         let stamp = Stamp::of(&meta);
         assert_eq!(stamp.time(), 1_600_000_000.5);
+        // No checksum was announced: it is recorded after the answer.
         let expected = hex::encode(Sha256::digest(&bytes));
+        for _ in 0..100 {
+            if sums::read(&root, &p("a/f.bin"), stamp).is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         assert_eq!(sums::read(&root, &p("a/f.bin"), stamp), Some(expected));
         assert_eq!(fs::read_dir(root.join(".updraft/partial")).unwrap().count(), 0);
     }
