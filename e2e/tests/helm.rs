@@ -367,6 +367,42 @@ fn rendered_chart_passes_a_server_side_dry_run() {
     }
     // Nothing was written.
     assert!(!exists(&["deployment", "updraft", "-n", &ns]));
+    // The operator's policy, and the gateways' and mirror workers' (by port name).
+    for policy in ["updraft", "updraft-gateways", "updraft-mirror-workers"] {
+        let line = format!("networkpolicy.networking.k8s.io/{policy} created (server dry run)");
+        assert!(out.lines().any(|l| l == line), "{line} not in the dry run:\n{out}");
+    }
+    let policies: Vec<serde_yaml::Value> = rendered
+        .split("\n---\n")
+        .filter_map(|doc| serde_yaml::from_str::<serde_yaml::Value>(doc).ok())
+        .filter(|doc| doc["kind"] == "NetworkPolicy")
+        .collect();
+    let ports = |name: &str| -> Vec<String> {
+        let policy = policies.iter().find(|p| p["metadata"]["name"] == name).expect(name);
+        let rules = policy["spec"]["ingress"].as_sequence().expect("ingress rules");
+        rules
+            .iter()
+            .flat_map(|r| r["ports"].as_sequence().cloned().unwrap_or_default())
+            .map(|p| {
+                assert_eq!(p["protocol"], "TCP");
+                p["port"].as_str().expect("named port").to_owned()
+            })
+            .collect()
+    };
+    assert_eq!(ports("updraft-gateways"), ["http", "https", "store", "admin"]);
+    assert_eq!(ports("updraft-mirror-workers"), ["admin"]);
+    let watched = template(&["--set", "networkPolicy.enabled=true", "--set", "watchNamespace=fleet"]);
+    let in_fleet: Vec<_> = watched
+        .split("\n---\n")
+        .filter_map(|doc| serde_yaml::from_str::<serde_yaml::Value>(doc).ok())
+        .filter(|doc| doc["kind"] == "NetworkPolicy" && doc["metadata"]["namespace"] == "fleet")
+        .map(|doc| doc["metadata"]["name"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(
+        in_fleet,
+        ["updraft-gateways", "updraft-mirror-workers"],
+        "the gateway policies go where the gateways are"
+    );
 
     // Optional objects appear only when asked for.
     let defaults = template(&[]);

@@ -342,6 +342,37 @@ mod tests {
         }
     }
 
+    /// The chart's NetworkPolicies admit gateway and mirror-worker pods by label and
+    /// by port name: every port the operator renders is named there, and the labels
+    /// they select are on the pods.
+    #[test]
+    fn the_charts_network_policies_name_every_rendered_port() {
+        use updraft_crds::gateway::{GatewayStore, GatewayTls};
+        let chart = include_str!("../../../charts/updraft/templates/networkpolicy.yaml");
+        let mut gw = gateway();
+        gw.spec.tls = Some(GatewayTls { secret_name: "gw-cert".into() });
+        gw.spec.store = Some(
+            serde_json::from_value::<GatewayStore>(serde_json::json!({
+                "claimName": "artifacts", "writeKeySecret": {"name": "k", "key": "write"},
+            }))
+            .unwrap(),
+        );
+        let pods = deployment(&gw, "img", &[]);
+        let worker = crate::render::mirror_deployment(&gw, "img", &[], &[]);
+        for (what, d, name) in [("gateway", &pods, "ota-gateway"), ("mirror worker", &worker, "ota-gateway-mirror")] {
+            let template = d.spec.template.clone();
+            let labels = template.metadata.unwrap().labels.unwrap();
+            assert_eq!(labels["app.kubernetes.io/name"], name, "{what}");
+            assert_eq!(labels["app.kubernetes.io/managed-by"], "updraft-operator", "{what}");
+            assert!(chart.contains(&format!("app.kubernetes.io/name: {name}\n")), "{what}: selector not in the chart");
+            for port in template.spec.unwrap().containers[0].ports.iter().flatten() {
+                let port = port.name.as_deref().expect("ports are named");
+                assert!(chart.contains(&format!("- port: {port}\n")), "{what} port {port} not admitted by the chart");
+            }
+        }
+        assert!(chart.contains("app.kubernetes.io/managed-by: updraft-operator"));
+    }
+
     #[test]
     fn pods_are_hardened() {
         let pod = deployment(&gateway(), "updraft/ota-gateway:dev", &[]).spec.template.spec.unwrap();
