@@ -14,7 +14,8 @@
 # Env: DURATION (wrk seconds, default 10), ARTIFACTS (default 200), TOTAL_MB (size of
 #      the OCI set, default 1024), ROUNDS (download rounds, default 3; medians shown),
 #      UPLOAD_ROUNDS (default 3), SKIP_OCI=1, SKIP_UPLOAD=1, SKIP_DOWNLOAD=1,
-#      SKIP_FORWARD=1, GATEWAY_BIN (a built binary to use instead of building).
+#      SKIP_FORWARD=1, GATEWAY_BIN (a built binary to use instead of building), SETTLE
+#      (seconds of quiet before each timed upload, default 5).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -139,10 +140,15 @@ if [ "${SKIP_UPLOAD:-0}" != 1 ]; then
   for round in $(seq "${UPLOAD_ROUNDS:-3}"); do
     first=store; ((round % 2 == 0)) && first=nginx
     for who in $first $([ $first = store ] && echo nginx || echo store); do
+      # Each upload starts on a quiet disk: what the one before wrote (or freed) is
+      # synced and given SETTLE seconds to leave the VM's disk.
       sync
+      sleep "${SETTLE:-5}"
       if [ "$who" = store ]; then
         up_gw_all+="$(secs curl -s -K "$WORK/chunks.curl")"$'\n'
         cmp <(curl -s "$lan_URL/download/up.bin") "$WORK/f-1G.bin"
+        # The store hashes the file after its answer: let that finish before nginx runs.
+        until curl -s "$lan_URL/filelist/" | grep -q '"up.bin":{[^}]*"sha256"'; do sleep 0.1; done
       else
         t0=$(date +%s.%N); curl -sf -T "$WORK/f-1G.bin" "$NGINX/dav/up.bin" -o /dev/null; t1=$(date +%s.%N)
         sync -d "$WORK/dav/up.bin"; t2=$(date +%s.%N)

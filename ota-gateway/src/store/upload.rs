@@ -376,8 +376,11 @@ impl Uploads {
         };
         let root = self.root.clone();
         let (path2, options) = (path.clone(), options.clone());
+        let announced = options.sha256.is_some();
         let stored = blocking(move || commit(&root, &path2, &target, &tmp, &file, hashed, &options)).await?;
-        self.record_sum_later(path);
+        if !announced {
+            self.record_sum_later(path);
+        }
         Ok(stored)
     }
 
@@ -501,7 +504,7 @@ impl Uploads {
             commit(&root, &path2, &target, &data, &file, hashed, &options2)
         })
         .await;
-        if matches!(result, Ok(Stored::Committed)) {
+        if matches!(result, Ok(Stored::Committed)) && options.sha256.is_none() {
             self.record_sum_later(path);
         }
         *guard = None;
