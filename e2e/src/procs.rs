@@ -8,19 +8,22 @@ use std::time::{Duration, Instant};
 
 use crate::{cluster, repo_root};
 
-/// Path of a workspace binary in the debug target dir, built once per test process.
+/// Path of a workspace binary, built once per test process: the debug build, or the
+/// release build with `UPDRAFT_E2E_RELEASE=1` (for the long runs by hand, whose figures
+/// should not be a debug build's).
 pub fn binary(bin: &str) -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
+    let release = std::env::var("UPDRAFT_E2E_RELEASE").is_ok_and(|v| v == "1");
     BUILT.get_or_init(|| {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--bins", "-p", "updraft-operator", "-p", "ota-gateway"])
-            .current_dir(repo_root())
-            .status()
-            .expect("cargo runs");
+        let mut args = vec!["build", "--bins", "-p", "updraft-operator", "-p", "ota-gateway"];
+        if release {
+            args.push("--release");
+        }
+        let status = Command::new(env!("CARGO")).args(args).current_dir(repo_root()).status().expect("cargo runs");
         assert!(status.success(), "building the operator and gateway binaries failed");
     });
     let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("target"));
-    target.join("debug").join(bin)
+    target.join(if release { "release" } else { "debug" }).join(bin)
 }
 
 /// A child process killed (and reaped) when dropped; its output goes to a log file.
