@@ -62,20 +62,10 @@ fn plane() -> (MutexGuard<'static, ()>, &'static Plane) {
     (guard, plane)
 }
 
-/// The operator binary, built once per test process (the operator only: these tests
-/// need no gateway).
+/// The operator binary (`e2e::procs::binary`: debug, or release with
+/// `UPDRAFT_E2E_RELEASE=1`).
 fn operator_binary() -> std::path::PathBuf {
-    static BUILT: OnceLock<()> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--bin", "updraft-operator", "-p", "updraft-operator"])
-            .current_dir(repo_root())
-            .status()
-            .expect("cargo runs");
-        assert!(status.success(), "building the operator failed");
-    });
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| repo_root().join("target"), Into::into);
-    target.join("debug/updraft-operator")
+    e2e::procs::binary("updraft-operator")
 }
 
 fn namespace(plane: &Plane, prefix: &str) -> String {
