@@ -26,7 +26,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -35,6 +35,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
 
 use super::error::StoreError;
 use super::path::{self, StorePath, RESERVED};
@@ -199,7 +200,7 @@ struct HashPipe {
 
 /// Checksums of committed files computed after the answer, at once at most.
 const MAX_LATE_SUMS: usize = 4;
-static LATE_SUMS: AtomicUsize = AtomicUsize::new(0);
+static LATE_SUMS: Semaphore = Semaphore::const_new(MAX_LATE_SUMS);
 
 /// Pieces (of about [`PIECE`] bytes) queued for hashing per upload.
 const HASH_QUEUE: usize = 32;
@@ -209,15 +210,12 @@ const HASH_QUEUE: usize = 32;
 /// the file at commit instead, so unfinished uploads never take tokio's blocking pool
 /// (which every write, download and listing needs).
 const MAX_HASH_PIPES: usize = 32;
-static HASH_PIPES: AtomicUsize = AtomicUsize::new(0);
+static HASH_PIPES: Semaphore = Semaphore::const_new(MAX_HASH_PIPES);
 
 impl HashPipe {
     /// A hashing thread, or `None` when [`MAX_HASH_PIPES`] are alive.
     fn start() -> Option<Self> {
-        if HASH_PIPES.fetch_add(1, Ordering::AcqRel) >= MAX_HASH_PIPES {
-            HASH_PIPES.fetch_sub(1, Ordering::AcqRel);
-            return None;
-        }
+        let alive = HASH_PIPES.try_acquire().ok()?;
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Arc<Vec<Bytes>>>(HASH_QUEUE);
         let done = tokio::task::spawn_blocking(move || {
             let mut hasher = Sha256::new();
@@ -226,7 +224,7 @@ impl HashPipe {
                     hasher.update(bytes);
                 }
             }
-            HASH_PIPES.fetch_sub(1, Ordering::AcqRel);
+            drop(alive);
             hasher
         });
         Some(Self { tx, done })
@@ -388,10 +386,7 @@ impl Uploads {
     /// upload did not (the client announced none), after the answer has gone out. At
     /// most [`MAX_LATE_SUMS`] run at once; past that, the first download computes it.
     fn record_sum_later(&self, path: &StorePath) {
-        if LATE_SUMS.fetch_add(1, Ordering::AcqRel) >= MAX_LATE_SUMS {
-            LATE_SUMS.fetch_sub(1, Ordering::AcqRel);
-            return;
-        }
+        let Ok(running) = LATE_SUMS.try_acquire() else { return };
         let (root, path) = (self.root.clone(), path.clone());
         tokio::task::spawn_blocking(move || {
             if let Ok(target) = path::resolve(&root, &path) {
@@ -399,7 +394,7 @@ impl Uploads {
                     let _ = sums::of_file(&root, &path, &file);
                 }
             }
-            LATE_SUMS.fetch_sub(1, Ordering::AcqRel);
+            drop(running);
         });
     }
 
