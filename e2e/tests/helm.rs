@@ -372,11 +372,14 @@ fn rendered_chart_passes_a_server_side_dry_run() {
         let line = format!("networkpolicy.networking.k8s.io/{policy} created (server dry run)");
         assert!(out.lines().any(|l| l == line), "{line} not in the dry run:\n{out}");
     }
-    let policies: Vec<serde_yaml::Value> = rendered
-        .split("\n---\n")
-        .filter_map(|doc| serde_yaml::from_str::<serde_yaml::Value>(doc).ok())
-        .filter(|doc| doc["kind"] == "NetworkPolicy")
-        .collect();
+    let network_policies = |rendered: &str| -> Vec<serde_yaml::Value> {
+        rendered
+            .split("\n---\n")
+            .filter_map(|doc| serde_yaml::from_str::<serde_yaml::Value>(doc).ok())
+            .filter(|doc| doc["kind"] == "NetworkPolicy")
+            .collect()
+    };
+    let policies = network_policies(&rendered);
     let ports = |name: &str| -> Vec<String> {
         let policy = policies.iter().find(|p| p["metadata"]["name"] == name).expect(name);
         let rules = policy["spec"]["ingress"].as_sequence().expect("ingress rules");
@@ -392,10 +395,9 @@ fn rendered_chart_passes_a_server_side_dry_run() {
     assert_eq!(ports("updraft-gateways"), ["http", "https", "store", "admin"]);
     assert_eq!(ports("updraft-mirror-workers"), ["admin"]);
     let watched = template(&["--set", "networkPolicy.enabled=true", "--set", "watchNamespace=fleet"]);
-    let in_fleet: Vec<_> = watched
-        .split("\n---\n")
-        .filter_map(|doc| serde_yaml::from_str::<serde_yaml::Value>(doc).ok())
-        .filter(|doc| doc["kind"] == "NetworkPolicy" && doc["metadata"]["namespace"] == "fleet")
+    let in_fleet: Vec<_> = network_policies(&watched)
+        .into_iter()
+        .filter(|doc| doc["metadata"]["namespace"] == "fleet")
         .map(|doc| doc["metadata"]["name"].as_str().unwrap_or_default().to_owned())
         .collect();
     assert_eq!(

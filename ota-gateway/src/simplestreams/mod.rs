@@ -224,12 +224,13 @@ impl Streams {
 /// The routes of every stream. Upload bodies are limited per stream by the handler
 /// (`maxBytes`, which a reload may change), not by a router-wide limit.
 pub fn router(streams: Streams) -> Router {
+    let upload = post(upload::upload).layer(from_fn(http::unread::read_unread_body));
     Router::new()
         .route("/streams/{stream}/status", get(status))
         .route("/streams/{stream}/streams/v1/index.json", get(index_json))
         .route("/streams/{stream}/streams/v1/images.json", get(images_json))
-        .route("/streams/{stream}/images/", post(upload::upload).layer(from_fn(http::unread::read_unread_body)))
-        .route("/streams/{stream}/images", post(upload::upload).layer(from_fn(http::unread::read_unread_body)))
+        .route("/streams/{stream}/images/", upload.clone())
+        .route("/streams/{stream}/images", upload)
         .route("/streams/{stream}/images/{*path}", get(file).delete(upload::delete))
         .layer(DefaultBodyLimit::disable())
         .with_state(streams)
