@@ -149,6 +149,7 @@ pub async fn resolve_latest(
     client: &Client,
     registry: &str,
     repository: &str,
+    insecure: bool,
     auth: &RegistryAuth,
     rule: Rule<'_>,
 ) -> Result<Resolved, ResolveError> {
@@ -160,7 +161,7 @@ pub async fn resolve_latest(
         Some(tag) => (parse_tag(tag, rule.allow_v_prefix).map(|v| v.to_string()), tag.to_owned()),
         None => {
             let image = oci::tag_reference(registry, repository, "latest");
-            let tags = oci::list_repository_tags(client, &image, auth).await.map_err(oci::registry_error(registry))?;
+            let tags = oci::list_repository_tags(client, &image, insecure, auth).await?;
             let range = parse_range(rule.range).map_err(ResolveError::InvalidRule)?;
             let selected = select_latest(tags.iter().map(String::as_str), &range, rule.prerelease, rule.allow_v_prefix)
                 .ok_or_else(|| ResolveError::NoMatch {
@@ -173,7 +174,11 @@ pub async fn resolve_latest(
         }
     };
     let reference = oci::tag_reference(registry, repository, &tag);
-    let digest = client.fetch_manifest_digest(&reference, auth).await.map_err(oci::registry_error(registry))?;
+    let digest = match oci::probe().manifest_digest(client, &reference, insecure, auth).await? {
+        Some(digest) => digest,
+        // No digest header: oci-client pulls the manifest and hashes it.
+        None => client.fetch_manifest_digest(&reference, auth).await.map_err(oci::registry_error(registry))?,
+    };
     Ok(Resolved { version, tag, digest })
 }
 

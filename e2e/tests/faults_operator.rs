@@ -667,3 +667,61 @@ fn many_channels_while_the_registry_flaps_bounded_writes_events_and_memory() {
     assert!(rss_last <= rss_first + rss_first / 2 + 32 * 1_048_576, "operator memory grows while the registry flaps");
     assert!(op.alive(), "the operator exited:\n{}", op.proc.output());
 }
+
+/// A registry answering 429 with `Retry-After` longer than the channel's interval is
+/// not asked again before that (the backoff alone would ask after 5 s); the channel
+/// says why, and checks again once the wait is over.
+#[test]
+fn a_registry_asking_to_wait_is_not_asked_sooner() {
+    const INTERVAL: Duration = Duration::from_secs(10);
+    const ASKED: Duration = Duration::from_secs(30);
+    let (_serial, plane) = plane();
+    let rt = runtime();
+    let _rt = rt.enter();
+    let ns = namespace(plane, "busy");
+    let dir = TempDir::new("busy");
+    let registry = rt.block_on(FaultProxy::start(&plane.registry)).unwrap();
+    let op = Operator::start(plane, &dir.0, &ns, "operator", &plane.apiserver, &[]);
+    apply_channels(plane, &ns, 1, &registry.addr(), "1.0.0", &format!("{}s", INTERVAL.as_secs()));
+    wait_ready(plane, &ns, &["ch-0"], "1.0.0", Duration::from_secs(60), "first resolution");
+    registry.set_rules(vec![Rule::new(REPOSITORY, Fault::Status { code: 429, retry_after: Some(ASKED.as_secs()) })]);
+    registry.reset_seen();
+    let window = Instant::now();
+    // Until the first 429, then the whole wait and a little more.
+    let mut first: Option<Instant> = None;
+    while first.is_none_or(|at| at.elapsed() < ASKED + Duration::from_secs(3)) {
+        assert!(window.elapsed() < INTERVAL + ASKED + Duration::from_secs(15), "the channel never checked again");
+        first = first.or_else(|| registry.seen().first().map(|s| s.at));
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let channel = plane.get_json(&["fwc", "ch-0", "-n", &ns]).unwrap();
+    let reachable =
+        channel["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "RegistryReachable");
+    let message = reachable.map(|c| c["message"].to_string()).unwrap_or_default();
+    assert_eq!(condition(&channel, "RegistryReachable").as_deref(), Some("False"), "{channel}");
+    assert!(message.contains("429") && message.contains("retry after 30 s"), "the condition says why: {message}");
+    let seen: Vec<Instant> = registry.seen().iter().map(|s| s.at).collect();
+    let gaps: Vec<u128> = seen.windows(2).map(|w| (w[1] - w[0]).as_millis()).collect();
+    println!(
+        "FIGURE operator-retry-after: registry answered 429 with Retry-After {ASKED:?} (channel interval \
+         {INTERVAL:?}): {} requests in {:.1?}, gaps {gaps:?} ms; condition: {message}",
+        seen.len(),
+        window.elapsed()
+    );
+    assert!(seen.len() >= 2, "checked again after the wait: {} requests", seen.len());
+    assert!(gaps.iter().all(|&g| g >= ASKED.as_millis() - 500), "asked again sooner than {ASKED:?}: {gaps:?} ms");
+    registry.clear();
+    let back = Instant::now();
+    loop {
+        let channel = plane.get_json(&["fwc", "ch-0", "-n", &ns]).unwrap();
+        if condition(&channel, "RegistryReachable").as_deref() == Some("True") {
+            break;
+        }
+        assert!(back.elapsed() < ASKED + INTERVAL + Duration::from_secs(15), "not reachable again: {channel}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let back = back.elapsed();
+    wait_ready(plane, &ns, &["ch-0"], "1.0.0", Duration::from_secs(5), "after recovery");
+    println!("FIGURE operator-retry-after: Ready and reachable again {back:.1?} after the registry stopped throttling");
+    drop(op);
+}

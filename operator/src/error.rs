@@ -2,6 +2,10 @@
 //! `updraft_operator_reconcile_errors_total`, and [`Error::is_permanent`] decides the
 //! error policy: a bad spec waits for a change, anything else backs off and retries.
 
+use std::time::Duration;
+
+use updraft_core::oci::OciError;
+
 /// Why a reconcile (or a registry check within it) failed.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum Error {
@@ -11,6 +15,10 @@ pub(crate) enum Error {
     /// The registry could not be reached or refused the request.
     #[error("registry unreachable: {0}")]
     RegistryUnreachable(String),
+    /// The registry is throttling (429) or failing (5xx) and said in `Retry-After`
+    /// when to ask again; the next check waits at least that long.
+    #[error("registry unreachable: {message}")]
+    RegistryBusy { message: String, retry_after: Duration },
     /// An upstream simplestreams server could not be reached or answered nonsense.
     #[error("upstream unreachable: {0}")]
     UpstreamUnreachable(String),
@@ -47,6 +55,7 @@ impl Error {
         match self {
             Error::InvalidSpec(_) => "invalid_spec",
             Error::RegistryUnreachable(_) => "registry_unreachable",
+            Error::RegistryBusy { .. } => "registry_busy",
             Error::UpstreamUnreachable(_) => "upstream_unreachable",
             Error::NoMatchingVersion(_) => "no_matching_version",
             Error::Credentials(_) => "credentials",
@@ -63,7 +72,7 @@ impl Error {
     pub fn reason(&self) -> &'static str {
         match self {
             Error::InvalidSpec(_) => "InvalidSpec",
-            Error::RegistryUnreachable(_) => "RegistryUnreachable",
+            Error::RegistryUnreachable(_) | Error::RegistryBusy { .. } => "RegistryUnreachable",
             Error::UpstreamUnreachable(_) => "UpstreamUnreachable",
             Error::NoMatchingVersion(_) => "NoMatchingVersion",
             Error::Credentials(_) => "CredentialsError",
@@ -78,6 +87,24 @@ impl Error {
 
     pub fn is_permanent(&self) -> bool {
         matches!(self, Error::InvalidSpec(_))
+    }
+
+    /// A registry's error about `reference`: [`Error::RegistryBusy`] when the registry
+    /// asked to be left alone for a while, else [`Error::RegistryUnreachable`].
+    pub fn registry(reference: &str, e: &OciError) -> Error {
+        let message = format!("{reference}: {e}");
+        match e.retry_after() {
+            Some(retry_after) => Error::RegistryBusy { message, retry_after },
+            None => Error::RegistryUnreachable(message),
+        }
+    }
+
+    /// How long the registry asked to be left alone, if it did.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Error::RegistryBusy { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        }
     }
 }
 

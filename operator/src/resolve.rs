@@ -116,13 +116,14 @@ impl OciResolver {
             allow_v_prefix: policy.allow_v_prefix,
             pin: policy.pin.as_deref(),
         };
-        let resolved = resolve_latest(client, &source.registry, &source.repository, &request.auth, rule)
-            .await
-            .map_err(|e| match e {
-                ResolveError::Registry(e) => Error::RegistryUnreachable(format!("{}: {e}", source.reference())),
-                ResolveError::InvalidRule(reason) => Error::InvalidSpec(SpecError::new("version", reason)),
-                no_match @ ResolveError::NoMatch { .. } => Error::NoMatchingVersion(no_match.to_string()),
-            })?;
+        let resolved =
+            resolve_latest(client, &source.registry, &source.repository, source.insecure, &request.auth, rule)
+                .await
+                .map_err(|e| match e {
+                    ResolveError::Registry(e) => Error::registry(&source.reference(), &e),
+                    ResolveError::InvalidRule(reason) => Error::InvalidSpec(SpecError::new("version", reason)),
+                    no_match @ ResolveError::NoMatch { .. } => Error::NoMatchingVersion(no_match.to_string()),
+                })?;
         let digest = resolved.digest.clone();
         let tag = resolved.tag.clone();
         if let Some(known) = request.known.filter(|k| k.digest == digest && (tag.is_empty() || k.tag == tag)) {
@@ -158,7 +159,7 @@ impl OciResolver {
         )
         .await
         .map_err(|e| match e {
-            OciError::Registry { source: e, .. } => Error::RegistryUnreachable(format!("{}: {e}", source.reference())),
+            e @ (OciError::Registry { .. } | OciError::Unavailable { .. }) => Error::registry(&source.reference(), &e),
             other => unusable(other),
         })?;
         let layer = select_layer(&manifest, artifact).map_err(unusable)?;

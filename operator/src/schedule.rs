@@ -12,7 +12,9 @@
 //!   retry of a status write that failed) reports the same result without a second
 //!   request. A registry notification ([`Schedule::expedite`]) makes a check due at
 //!   once, even one that arrives while a check is running (that check may have asked
-//!   the registry before the push, so the next pass asks again).
+//!   the registry before the push, so the next pass asks again). A registry that
+//!   answers 429 or 5xx with `Retry-After` is not asked again sooner than that
+//!   (at most [`oci::MAX_RETRY_AFTER`]), even where the interval is shorter.
 //! - **retries** ([`Schedule::failed`]): a reconcile that failed for another reason (the
 //!   API server refused a status write or an apply) is retried soon, growing
 //!   ([`retry_backoff`]: 1 s, 2 s, 4 s… 30 s), and the count starts again after a
@@ -24,6 +26,8 @@ use std::time::{Duration, Instant};
 
 use kube::runtime::reflector::ObjectRef;
 use kube::Resource;
+
+use updraft_core::oci;
 
 use crate::error::Error;
 
@@ -64,6 +68,8 @@ pub(crate) struct Failure {
     pub unreachable: bool,
     /// The release's signature did not verify (what `Verified=False` reports).
     pub unverified: bool,
+    /// How long the source asked to be left alone (`Retry-After`), if it did.
+    pub retry_after: Option<Duration>,
 }
 
 impl From<&Error> for Failure {
@@ -71,8 +77,12 @@ impl From<&Error> for Failure {
         Self {
             reason: e.reason(),
             message: e.to_string(),
-            unreachable: matches!(e, Error::RegistryUnreachable(_) | Error::UpstreamUnreachable(_)),
+            unreachable: matches!(
+                e,
+                Error::RegistryUnreachable(_) | Error::RegistryBusy { .. } | Error::UpstreamUnreachable(_)
+            ),
             unverified: matches!(e, Error::Unverified { .. }),
+            retry_after: e.retry_after(),
         }
     }
 }
@@ -165,7 +175,14 @@ impl<K: Resource<DynamicType = ()>, R: Clone> Schedule<K, R> {
             Ok(_) => 0,
             Err(_) => entry.check.as_ref().map_or(0, |c| c.failures) + 1,
         };
-        let wait = if outcome.is_ok() { interval } else { check_backoff(failures).min(interval) };
+        let wait = match &outcome {
+            Ok(_) => interval,
+            // The backoff, or longer if the registry asked (up to a ceiling).
+            Err(failure) => {
+                let backoff = check_backoff(failures).min(interval);
+                failure.retry_after.map_or(backoff, |asked| backoff.max(asked.min(oci::MAX_RETRY_AFTER)))
+            }
+        };
         let (next, seen) = (Instant::now() + wait, entry.taken);
         entry.check = Some(Check { generation: obj.meta().generation, next, failures, outcome, seen });
     }
@@ -256,6 +273,27 @@ mod tests {
 
         schedule.checked(&obj(1), Err(failure()), Duration::from_secs(2));
         assert!(schedule.due_in(&obj(1)).unwrap() <= Duration::from_secs(2), "capped at the interval");
+    }
+
+    #[test]
+    fn a_registry_asking_to_wait_is_not_asked_sooner_even_past_the_interval() {
+        let busy = |secs| {
+            let message = "429".to_owned();
+            Failure::from(&Error::RegistryBusy { message, retry_after: Duration::from_secs(secs) })
+        };
+        let schedule: Schedule<ImageStream, u32> = Schedule::default();
+        let wait = |f: Failure, interval: Duration| {
+            schedule.checked(&obj(1), Err(f), interval);
+            schedule.due_in(&obj(1)).unwrap().as_secs_f64().round() as u64
+        };
+        // Longer than the backoff (5 s) and than the 60 s interval: honoured.
+        assert_eq!(wait(busy(120), Duration::from_secs(60)), 120);
+        // Shorter than the backoff (now 10 s): the backoff.
+        assert_eq!(wait(busy(1), HOUR), 10);
+        // An hour asked: the ceiling.
+        assert_eq!(wait(busy(3600), HOUR), oci::MAX_RETRY_AFTER.as_secs());
+        assert!(busy(1).unreachable, "reported as an unreachable registry");
+        assert_eq!(failure().retry_after, None);
     }
 
     #[test]

@@ -20,7 +20,8 @@ use crate::unpack::{self, ChannelReader, Digesting};
 use updraft_core::config::{ArtifactConfig, PinnedArtifact, SourceConfig};
 use updraft_core::oci::{self, OciError};
 
-/// How long a failed fetch is reported before the next request retries it.
+/// How long a failed fetch is reported before the next request retries it, unless
+/// the registry's `Retry-After` asked for longer.
 const RETRY_FAILED_AFTER: Duration = Duration::from_secs(5);
 /// Concurrent fetches (prefetch of a large config must not starve the registry).
 const MAX_CONCURRENT_FETCHES: usize = 4;
@@ -51,8 +52,8 @@ impl Job {
 pub enum Status {
     Ready(Arc<Payload>),
     Fetching,
-    /// The last fetch failed, recently: why.
-    Failed(Arc<FetchError>),
+    /// The last fetch failed, recently: why, and how long until a request retries it.
+    Failed(Arc<FetchError>, Duration),
 }
 
 type FetchFuture = Shared<BoxFuture<'static, Result<Arc<Payload>, Arc<FetchError>>>>;
@@ -66,6 +67,7 @@ pub struct Fetcher {
     cache: Arc<Cache>,
     metrics: Arc<Metrics>,
     inflight: Mutex<HashMap<String, FetchFuture>>,
+    /// Failed fetches: until when they stay failed, and why.
     failures: Mutex<HashMap<String, (Instant, Arc<FetchError>)>>,
     permits: Semaphore,
 }
@@ -117,9 +119,10 @@ impl Fetcher {
         if self.inflight.lock().expect("inflight lock").contains_key(&key) {
             return Status::Fetching;
         }
-        if let Some((at, reason)) = self.failures.lock().expect("failures lock").get(&key) {
-            if at.elapsed() < RETRY_FAILED_AFTER {
-                return Status::Failed(reason.clone());
+        if let Some((until, reason)) = self.failures.lock().expect("failures lock").get(&key) {
+            let left = until.saturating_duration_since(Instant::now());
+            if !left.is_zero() {
+                return Status::Failed(reason.clone(), left);
             }
         }
         drop(self.start(job.clone()));
@@ -163,7 +166,15 @@ impl Fetcher {
             Err(reason) => {
                 tracing::error!(digest = %job.digest, registry = %job.source.registry,
                     repository = %job.source.repository, %reason, "fetch failed");
-                self.failures.lock().expect("failures lock").insert(key.clone(), (Instant::now(), reason.clone()));
+                let hold = reason.retry_after().map_or(RETRY_FAILED_AFTER, |asked| {
+                    tracing::warn!(registry = %job.source.registry, retry_after_s = asked.as_secs(),
+                        "the registry asked to wait before retrying");
+                    asked.clamp(RETRY_FAILED_AFTER, oci::MAX_RETRY_AFTER)
+                });
+                self.failures
+                    .lock()
+                    .expect("failures lock")
+                    .insert(key.clone(), (Instant::now() + hold, reason.clone()));
             }
         }
         self.metrics.registry_result(&job.source.registry, result.is_ok());
@@ -179,8 +190,9 @@ impl Fetcher {
         let client = self.client();
         let auth = oci::registry_auth(&job.source)?;
         let reference = oci::digest_reference(&job.source.registry, &job.source.repository, &job.digest);
-        // HEAD first: a missing manifest fails before anything is downloaded.
-        client.fetch_manifest_digest(&reference, &auth).await.map_err(oci::registry_error(&job.source.registry))?;
+        // HEAD first: a missing manifest fails before anything is downloaded, and a
+        // throttling registry's Retry-After is seen.
+        oci::probe().manifest_digest(&client, &reference, job.source.insecure, &auth).await?;
         let manifest = oci::pull_image_manifest(&client, &reference, &auth, &job.artifact).await?;
         let layer = oci::select_layer(&manifest, &job.artifact)?.clone();
         let (file, summary) = self.download(&client, &reference, &layer, &job.artifact, slot).await?;
@@ -282,4 +294,14 @@ pub enum FetchError {
     Io(#[from] io::Error),
     #[error("task: {0}")]
     Join(#[from] tokio::task::JoinError),
+}
+
+impl FetchError {
+    /// How long the registry asked to wait before the next attempt, if it did.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            FetchError::Oci(e) => e.retry_after(),
+            _ => None,
+        }
+    }
 }

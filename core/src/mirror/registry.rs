@@ -16,6 +16,7 @@ use super::rules::Artifact;
 use crate::config::SourceConfig;
 use crate::oci::{
     digest_reference, is_sha256_hex, is_unknown_repository, list_repository_tags, registry_auth, tag_reference,
+    OciError,
 };
 
 /// Manifest media types pulled as they are.
@@ -140,10 +141,11 @@ impl Repository {
     /// holds nothing.
     pub async fn tags(&self) -> Result<BTreeMap<String, String>, MirrorError> {
         let auth = self.auth()?;
-        let tags = match list_repository_tags(&self.client, &self.tag("latest"), &auth).await {
+        let tags = match list_repository_tags(&self.client, &self.tag("latest"), self.source.insecure, &auth).await {
             Ok(tags) => tags,
             Err(e) if is_unknown_repository(&e) => return Ok(BTreeMap::new()),
-            Err(e) => return Err(self.error()(e)),
+            Err(OciError::Registry { source, .. }) => return Err(self.error()(source)),
+            Err(other) => return Err(MirrorError::Registry(format!("{} {other}", self.side))),
         };
         let mut found = BTreeMap::new();
         for tag in tags {

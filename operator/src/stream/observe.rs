@@ -105,11 +105,11 @@ pub(super) async fn repository(
     let client = client(source.insecure);
     let unreachable = |e: &dyn std::fmt::Display| Error::RegistryUnreachable(format!("{}: {e}", source.reference()));
     let reference = oci::tag_reference(&source.registry, &source.repository, "latest");
-    let tags = match oci::list_repository_tags(client, &reference, auth).await {
+    let tags = match oci::list_repository_tags(client, &reference, source.insecure, auth).await {
         Ok(tags) => tags,
         // No upload yet: the repository does not exist until the first one.
         Err(e) if updraft_core::oci::is_unknown_repository(&e) => return Ok(Observation::default()),
-        Err(e) => return Err(unreachable(&e)),
+        Err(e) => return Err(Error::registry(&source.reference(), &e)),
     };
     let images = tags.into_iter().filter(|t| !is_cosign_tag(t));
     let found: Vec<(String, String, Identity)> = futures::stream::iter(images)

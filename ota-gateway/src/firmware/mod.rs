@@ -241,7 +241,7 @@ impl Firmware {
     fn failure(&self, channel: &Channel) -> Option<String> {
         let release = channel.pick(None).ok().filter(|r| !r.is_ready())?;
         match self.inner.fetcher.status(&release.job) {
-            Status::Failed(reason) => Some(reason.to_string()),
+            Status::Failed(reason, _) => Some(reason.to_string()),
             Status::Ready(_) | Status::Fetching => None,
         }
     }
@@ -277,7 +277,11 @@ impl Firmware {
                 metrics.cache_misses.inc();
                 Err(Error::Fetching)
             }
-            Status::Failed(reason) => Err(crate::http::Error::Upstream(reason.to_string()).into()),
+            // A registry that asked for a wait: devices are told how long is left.
+            Status::Failed(reason, left) if reason.retry_after().is_some() => {
+                Err(crate::http::Error::Unavailable { message: reason.to_string(), retry_after: left }.into())
+            }
+            Status::Failed(reason, _) => Err(crate::http::Error::Upstream(reason.to_string()).into()),
         }
     }
 

@@ -108,7 +108,8 @@ async fn resolve_once(firmware: &Firmware, channel: &Channel) -> Result<(), Stan
     let source = &channel.config.source;
     let client = firmware.inner.fetcher.client();
     let auth = oci::registry_auth(source)?;
-    let resolved = resolve_latest(&client, &source.registry, &source.repository, &auth, policy.rule()).await?;
+    let resolved =
+        resolve_latest(&client, &source.registry, &source.repository, source.insecure, &auth, policy.rule()).await?;
     firmware.inner.metrics.registry_result(&source.registry, true);
     let pinned = PinnedArtifact { version: resolved.display_version(), tag: resolved.tag, digest: resolved.digest };
     let current = channel.releases().current.map(|c| c.pinned.digest.clone());

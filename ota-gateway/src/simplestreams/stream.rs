@@ -359,7 +359,7 @@ impl Stream {
             return self.sync_upstream(upstream).await;
         }
         let repo = oci::tag_reference(&self.source.registry, &self.source.repository, "latest");
-        let tags = match oci::list_repository_tags(&self.client, &repo, &self.auth).await {
+        let tags = match oci::list_repository_tags(&self.client, &repo, self.source.insecure, &self.auth).await {
             Ok(tags) => tags,
             Err(e) if oci::is_unknown_repository(&e) => Vec::new(),
             Err(e) => return Err(format!("listing {}/{}: {e}", self.source.registry, self.source.repository)),

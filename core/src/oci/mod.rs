@@ -15,6 +15,9 @@ use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use serde::{Deserialize, Serialize};
 
+mod probe;
+pub use probe::{probe, retry_after, Probe};
+
 /// Why talking to a registry or interpreting its answer failed.
 #[derive(Debug, thiserror::Error)]
 pub enum OciError {
@@ -26,6 +29,28 @@ pub enum OciError {
     Select(String),
     #[error("invalid reference: {0}")]
     Reference(String),
+    /// The registry is throttling (429) or failing (5xx); `retry_after` is what its
+    /// `Retry-After` asked for, when it sent one.
+    #[error("registry {registry}: answered {status}{}", wait(retry_after))]
+    Unavailable { registry: String, status: u16, retry_after: Option<Duration> },
+}
+
+/// The longest `Retry-After` honoured: a registry asking for an hour is asked again
+/// after this, so nothing stays dark long after the registry is back.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
+
+impl OciError {
+    /// How long the registry asked its clients to wait, if it did.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            OciError::Unavailable { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+fn wait(retry_after: &Option<Duration>) -> String {
+    retry_after.map(|d| format!(", asking to retry after {} s", d.as_secs())).unwrap_or_default()
 }
 
 /// Where a channel's artifacts live.
@@ -214,22 +239,15 @@ pub fn registry_error(registry: &str) -> impl FnOnce(oci_client::errors::OciDist
 }
 
 /// All tags of `image`'s repository with the given credentials, following the
-/// registry's pagination. The operator calls this with credentials from a Secret.
+/// registry's pagination (through [`probe`], so a throttling registry's `Retry-After`
+/// is seen). The operator calls this with credentials from a Secret.
 pub async fn list_repository_tags(
     client: &Client,
     image: &Reference,
+    insecure: bool,
     auth: &RegistryAuth,
-) -> Result<Vec<String>, oci_client::errors::OciDistributionError> {
-    const PAGE: usize = 1000;
-    let mut tags: Vec<String> = Vec::new();
-    loop {
-        let page = client.list_tags(image, auth, Some(PAGE), tags.last().map(String::as_str)).await?;
-        let full = page.tags.len() >= PAGE;
-        tags.extend(page.tags);
-        if !full {
-            return Ok(tags);
-        }
-    }
+) -> Result<Vec<String>, OciError> {
+    probe().tags(client, image, insecure, auth).await
 }
 
 /// Picks the manifest of an image index that matches the artifact's `platform`
@@ -297,8 +315,9 @@ pub fn select_layer<'a>(
 }
 
 /// The registry does not know the repository (`NAME_UNKNOWN`, or a bare 404).
-pub fn is_unknown_repository(e: &OciDistributionError) -> bool {
-    match e {
+pub fn is_unknown_repository(e: &OciError) -> bool {
+    let OciError::Registry { source, .. } = e else { return false };
+    match source {
         OciDistributionError::RegistryError { envelope, .. } => {
             envelope.errors.iter().any(|e| matches!(e.code, OciErrorCode::NameUnknown | OciErrorCode::NotFound))
         }
