@@ -191,6 +191,93 @@ async fn a_new_release_keeps_the_previous_one_serving_until_it_is_cached() {
     );
 }
 
+/// A new release applied together with a new signing key and public URL (a key
+/// rotation): while the new payload is fetched, devices keep the previous release,
+/// its manifest now signed with the new key and pointing at the new URL (before, the
+/// previous release could not serve across such a change, and devices got 503).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_rotation_with_a_new_release_keeps_the_previous_one_serving_signed_anew() {
+    use base64::Engine as _;
+    use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
+    use ed25519_dalek::pkcs8::EncodePrivateKey;
+    use ed25519_dalek::{Signature, SigningKey, Verifier};
+    use ota_gateway::firmware::signing::SignedFields;
+
+    let reg = registry();
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("cache");
+    let repo = unique_repo("rotate");
+    let old = Arc::new(Version::push(&repo, "1.0.0", work.path(), 50_000));
+    let new = Arc::new(Version::push(&repo, "1.1.0", work.path(), 1_000_000));
+    let proxy = FaultProxy::start(&reg.addr).await.unwrap();
+    proxy.set_rules(vec![Rule::new(&new.blob_path(), Fault::Bandwidth(200_000)).method("GET")]);
+    let keys: Vec<(SigningKey, std::path::PathBuf)> = (0..2)
+        .map(|i| {
+            let key = SigningKey::generate(&mut rand::rngs::OsRng);
+            let file = work.path().join(format!("signing-{i}.pem"));
+            std::fs::write(&file, key.to_pkcs8_pem(LineEnding::LF).unwrap().as_bytes()).unwrap();
+            (key, file)
+        })
+        .collect();
+    let signed = |current: &Version, previous: Option<&Version>, key: usize, url: &str| {
+        let mut cfg = rendered(&cache, &proxy.addr(), &repo, current, previous);
+        cfg.signing_key_file = Some(keys[key].1.clone());
+        cfg.public_url = Some(url.to_owned());
+        cfg
+    };
+    let gw = Arc::new(Gateway::start(signed(&old, None, 0, "https://ota-a.example.com")).await);
+    gw.wait_ok("/firmware?device=fw").await;
+
+    let (start, stop) = (Instant::now(), Arc::new(AtomicBool::new(false)));
+    let poller = tokio::spawn(poll(gw.clone(), old.clone(), new.clone(), start, stop.clone()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    gw.state.apply(signed(&new, Some(&old), 1, "https://ota-b.example.com")).unwrap();
+
+    // Meanwhile: the previous release, signed with the new key, at the new URL.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let pending = summary(&gw).await;
+    assert_eq!((pending["ready"].as_bool(), pending["serving"].as_str()), (Some(false), Some("1.0.0")), "{pending}");
+    let info: serde_json::Value = gw.get("/api/v1/channels/fw").await.json().await.unwrap();
+    assert_eq!(info["version"], "1.0.0", "{info}");
+    assert!(info["url"].as_str().unwrap().starts_with("https://ota-b.example.com/"), "{info}");
+    let sha = sha256_hex(&old.bytes);
+    let fields = SignedFields {
+        channel: "fw",
+        crc32: crc32fast::hash(&old.bytes),
+        sha256: &sha,
+        size: 50_000,
+        version: "1.0.0",
+    };
+    let signature = base64::engine::general_purpose::STANDARD.decode(info["signature"].as_str().unwrap()).unwrap();
+    let signature = Signature::from_slice(&signature).unwrap();
+    keys[1].0.verifying_key().verify(&fields.canonical_json(), &signature).expect("signed with the new key");
+    assert!(keys[0].0.verifying_key().verify(&fields.canonical_json(), &signature).is_err(), "not the old key");
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while summary(&gw).await["ready"] != true {
+        assert!(Instant::now() < deadline, "the new release never became ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let seen = poller.await.unwrap();
+    assert!(
+        seen.failures.is_empty(),
+        "{} of {} requests failed: {:?}",
+        seen.failures.len(),
+        seen.requests,
+        seen.failures
+    );
+    assert!(seen.old > 20 && seen.new > 20, "{seen:?}");
+    assert_eq!(seen.back_to_old, 0, "a device got the old release after the new one");
+    println!(
+        "FIGURE key-rotation-switch: {} device requests across a new release applied with a new signing key and \
+         public URL, 0 failed; {} answered with 1.0.0 (signed again with the new key) while 1.1.0 was fetched, {} \
+         with 1.1.0 after",
+        seen.requests, seen.old, seen.new
+    );
+}
+
 /// A new release whose payload arrives altered (one byte flipped, length right): it is
 /// never served; devices keep the previous release (0 failed requests);
 /// `/api/v1/channels` shows it not ready with the reason, the fetch errors count; once the

@@ -148,16 +148,25 @@ impl Firmware {
             .map(|c| {
                 // Same signing key and URLs: the old channel's answers stay valid, so it
                 // is kept as is, or (a new release) serves until the new one is ready.
-                let replaced = old.channel(&c.name).filter(|_| same_answers);
+                // Otherwise what it served is signed again and serves meanwhile.
+                let old_channel = old.channel(&c.name);
+                let replaced = old_channel.filter(|_| same_answers);
                 match replaced.filter(|o| o.config == *c) {
                     Some(kept) => kept.clone(),
-                    None => Arc::new(Channel::new(
-                        c.clone(),
-                        config.public_url.clone(),
-                        signer.clone(),
-                        &self.inner.metrics,
-                        replaced.map(|o| o.as_ref()),
-                    )),
+                    None => {
+                        let channel = Channel::new(
+                            c.clone(),
+                            config.public_url.clone(),
+                            signer.clone(),
+                            &self.inner.metrics,
+                            replaced.map(|o| o.as_ref()),
+                        );
+                        if let Some(old_channel) = old_channel.filter(|_| !same_answers) {
+                            let cache = self.inner.fetcher.cache();
+                            channel.fall_back_re_signed(old_channel, |job| cache.lookup(&job.key()).ok().flatten());
+                        }
+                        Arc::new(channel)
+                    }
                 }
             })
             .collect();

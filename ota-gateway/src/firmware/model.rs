@@ -191,6 +191,24 @@ impl Channel {
         self.fallback.read().expect("fallback lock").clone()
     }
 
+    /// After the signing key or the public URL changed: what `old` served keeps serving
+    /// in place of this channel's pending releases, its answers prepared again with
+    /// this channel's key and URLs from its payloads still in the cache (`cached`).
+    /// A release no longer cached is left out (it would have to be fetched again).
+    pub(super) fn fall_back_re_signed(&self, old: &Channel, cached: impl Fn(&Job) -> Option<Arc<Payload>>) {
+        let Some(served) = old.served() else { return };
+        let again = |release: &Option<Arc<Release>>| {
+            let release = release.as_ref()?;
+            let payload = cached(&release.job)?;
+            let fresh = Release { pinned: release.pinned.clone(), job: release.job.clone(), ready: OnceLock::new() };
+            let _ = fresh.ready.set(Arc::new(self.prepare(&fresh, payload)));
+            Some(Arc::new(fresh))
+        };
+        let releases =
+            Releases { current: again(&served.releases.current), previous: again(&served.releases.previous) };
+        *self.fallback.write().expect("fallback lock") = Some(Fallback { releases, rollout: served.rollout });
+    }
+
     /// Installs a newly resolved `current` (standalone mode); the old one becomes
     /// `previous`, and what devices got so far keeps serving until the new one is
     /// ready. Returns false when nothing changed.
