@@ -80,8 +80,9 @@ for round in $(seq 1 "$ROUNDS"); do
   row "$round" "downloaded each" "$FILES"
   for _ in $(seq 1 "$LISTS"); do curl -sf -o /dev/null "$URL/filelist/"; done
   row "$round" "listed x$LISTS" "$FILES"
-  for n in $(seq 1 "$FILES"); do echo "url = \"$URL/delete/r$round/f$n.bin\""; echo "output = /dev/null"; echo "header = \"key: $KEY\""; done >"$WORK/deletes.cfg"
-  curl -sf -K "$WORK/deletes.cfg"
+  # (The key goes on the command line: a `header` line per URL in a config file adds up.)
+  for n in $(seq 1 "$FILES"); do echo "url = \"$URL/delete/r$round/f$n.bin\""; echo "output = /dev/null"; done >"$WORK/deletes.cfg"
+  curl -sf -H "key: $KEY" -K "$WORK/deletes.cfg"
   left=$(find "$WORK/store" -path "$WORK/store/.updraft" -prune -o -type f -print | wc -l)
   row "$round" "deleted" "$left"
 done
