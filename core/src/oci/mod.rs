@@ -16,7 +16,7 @@ use oci_client::{Client, Reference};
 use serde::{Deserialize, Serialize};
 
 mod probe;
-pub use probe::{probe, retry_after, Probe};
+pub use probe::{probe, Probe};
 
 /// Why talking to a registry or interpreting its answer failed.
 #[derive(Debug, thiserror::Error)]
