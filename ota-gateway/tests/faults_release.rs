@@ -131,45 +131,51 @@ async fn summary(gw: &Gateway) -> serde_json::Value {
     all.as_array().unwrap().iter().find(|c| c["name"] == "fw").cloned().unwrap()
 }
 
-/// A new release whose 1 MB payload comes at 200 kB/s: while it is fetched every device
-/// request is answered 200 with the previous release; then every one switches to the
-/// new release, none flips back, and the old payload was served meanwhile from cache.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_new_release_keeps_the_previous_one_serving_until_it_is_cached() {
-    let reg = registry();
-    let work = tempfile::tempdir().unwrap();
-    let cache = work.path().join("cache");
-    let repo = unique_repo("switch");
-    let old = Arc::new(Version::push(&repo, "1.0.0", work.path(), 50_000));
-    let new = Arc::new(Version::push(&repo, "1.1.0", work.path(), 1_000_000));
-    let proxy = FaultProxy::start(&reg.addr).await.unwrap();
-    proxy.set_rules(vec![Rule::new(&new.blob_path(), Fault::Bandwidth(200_000)).method("GET")]);
-    let gw = Arc::new(Gateway::start(rendered(&cache, &proxy.addr(), &repo, &old, None)).await);
-    gw.wait_ok("/firmware?device=fw").await;
+/// Two releases in a fresh repository behind the fault proxy: 1.0.0 (50 kB) and 1.1.0
+/// (1 MB), whose blob the proxy sends at 200 kB/s.
+struct SlowSwitch {
+    work: tempfile::TempDir,
+    cache: std::path::PathBuf,
+    repo: String,
+    old: Arc<Version>,
+    new: Arc<Version>,
+    proxy: FaultProxy,
+}
 
-    let (start, stop) = (Instant::now(), Arc::new(AtomicBool::new(false)));
-    let poller = tokio::spawn(poll(gw.clone(), old.clone(), new.clone(), start, stop.clone()));
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let applied = start.elapsed();
-    gw.state.apply(rendered(&cache, &proxy.addr(), &repo, &new, Some(&old))).unwrap();
+impl SlowSwitch {
+    async fn start(name: &str) -> SlowSwitch {
+        let reg = registry();
+        let work = tempfile::tempdir().unwrap();
+        let cache = work.path().join("cache");
+        let repo = unique_repo(name);
+        let old = Arc::new(Version::push(&repo, "1.0.0", work.path(), 50_000));
+        let new = Arc::new(Version::push(&repo, "1.1.0", work.path(), 1_000_000));
+        let proxy = FaultProxy::start(&reg.addr).await.unwrap();
+        proxy.set_rules(vec![Rule::new(&new.blob_path(), Fault::Bandwidth(200_000)).method("GET")]);
+        SlowSwitch { work, cache, repo, old, new, proxy }
+    }
 
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let pending = summary(&gw).await;
-    assert_eq!(pending["version"], "1.1.0", "{pending}");
-    assert_eq!(pending["ready"], false, "the new release is not cached yet: {pending}");
-    assert_eq!(pending["serving"], "1.0.0", "{pending}");
+    /// The rendered config serving `current` (and `previous`).
+    fn rendered(&self, current: &Version, previous: Option<&Version>) -> updraft_core::config::GatewayConfig {
+        rendered(&self.cache, &self.proxy.addr(), &self.repo, current, previous)
+    }
+}
 
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while summary(&gw).await["ready"] != true {
-        assert!(Instant::now() < deadline, "the new release never became ready");
+/// Waits (up to `within`) until the channel's new release is ready.
+async fn wait_ready(gw: &Gateway, within: Duration) {
+    let deadline = Instant::now() + within;
+    while summary(gw).await["ready"] != true {
+        assert!(Instant::now() < deadline, "the new release was not ready within {within:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+}
+
+/// Lets the poller go on for `after`, stops it and returns what it saw: no failure,
+/// and no device back on the old release after the new one.
+async fn stop_polling(poller: tokio::task::JoinHandle<Seen>, stop: &AtomicBool, after: Duration) -> Seen {
+    tokio::time::sleep(after).await;
     stop.store(true, Ordering::Relaxed);
     let seen = poller.await.unwrap();
-    let ready = summary(&gw).await;
-    assert_eq!(ready["serving"], "1.1.0", "{ready}");
-
     assert!(
         seen.failures.is_empty(),
         "{} of {} requests failed: {:?}",
@@ -177,12 +183,41 @@ async fn a_new_release_keeps_the_previous_one_serving_until_it_is_cached() {
         seen.requests,
         seen.failures
     );
+    assert_eq!(seen.back_to_old, 0, "a device got the old release after the new one");
+    seen
+}
+
+/// A new release whose 1 MB payload comes at 200 kB/s: while it is fetched every device
+/// request is answered 200 with the previous release; then every one switches to the
+/// new release, none flips back, and the old payload was served meanwhile from cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_release_keeps_the_previous_one_serving_until_it_is_cached() {
+    let switch = SlowSwitch::start("switch").await;
+    let (old, new) = (&switch.old, &switch.new);
+    let gw = Arc::new(Gateway::start(switch.rendered(old, None)).await);
+    gw.wait_ok("/firmware?device=fw").await;
+
+    let (start, stop) = (Instant::now(), Arc::new(AtomicBool::new(false)));
+    let poller = tokio::spawn(poll(gw.clone(), old.clone(), new.clone(), start, stop.clone()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let applied = start.elapsed();
+    gw.state.apply(switch.rendered(new, Some(old))).unwrap();
+
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let pending = summary(&gw).await;
+    assert_eq!(pending["version"], "1.1.0", "{pending}");
+    assert_eq!(pending["ready"], false, "the new release is not cached yet: {pending}");
+    assert_eq!(pending["serving"], "1.0.0", "{pending}");
+
+    wait_ready(&gw, Duration::from_secs(30)).await;
+    let seen = stop_polling(poller, &stop, Duration::from_millis(1000)).await;
+    assert!(seen.old > 20 && seen.new > 20, "{seen:?}");
+    let ready = summary(&gw).await;
+    assert_eq!(ready["serving"], "1.1.0", "{ready}");
     let switched = seen.first_new.expect("the new release was never served") - applied;
     assert!(switched >= Duration::from_secs(3), "1 MB at 200 kB/s cannot be cached after {switched:?}");
     assert!(switched < Duration::from_secs(15), "switched only after {switched:?}");
-    assert!(seen.old > 20 && seen.new > 20, "{seen:?}");
-    assert_eq!(seen.back_to_old, 0, "a device got the old release after the new one");
-    assert_eq!(proxy.count(&new.blob_path()), 1, "one fetch of the new payload");
+    assert_eq!(switch.proxy.count(&new.blob_path()), 1, "one fetch of the new payload");
     println!(
         "FIGURE new-release-switch: {} device requests (/version, /firmware, JSON manifest) across the switch, 0 failed; \
          {} answered with 1.0.0 while 1.1.0 (1 MB at 200 kB/s) was fetched, {} with 1.1.0 after; switched {switched:?} \
@@ -203,35 +238,29 @@ async fn a_key_rotation_with_a_new_release_keeps_the_previous_one_serving_signed
     use ed25519_dalek::{Signature, SigningKey, Verifier};
     use ota_gateway::firmware::signing::SignedFields;
 
-    let reg = registry();
-    let work = tempfile::tempdir().unwrap();
-    let cache = work.path().join("cache");
-    let repo = unique_repo("rotate");
-    let old = Arc::new(Version::push(&repo, "1.0.0", work.path(), 50_000));
-    let new = Arc::new(Version::push(&repo, "1.1.0", work.path(), 1_000_000));
-    let proxy = FaultProxy::start(&reg.addr).await.unwrap();
-    proxy.set_rules(vec![Rule::new(&new.blob_path(), Fault::Bandwidth(200_000)).method("GET")]);
+    let switch = SlowSwitch::start("rotate").await;
+    let (old, new) = (&switch.old, &switch.new);
     let keys: Vec<(SigningKey, std::path::PathBuf)> = (0..2)
         .map(|i| {
             let key = SigningKey::generate(&mut rand::rngs::OsRng);
-            let file = work.path().join(format!("signing-{i}.pem"));
+            let file = switch.work.path().join(format!("signing-{i}.pem"));
             std::fs::write(&file, key.to_pkcs8_pem(LineEnding::LF).unwrap().as_bytes()).unwrap();
             (key, file)
         })
         .collect();
     let signed = |current: &Version, previous: Option<&Version>, key: usize, url: &str| {
-        let mut cfg = rendered(&cache, &proxy.addr(), &repo, current, previous);
+        let mut cfg = switch.rendered(current, previous);
         cfg.signing_key_file = Some(keys[key].1.clone());
         cfg.public_url = Some(url.to_owned());
         cfg
     };
-    let gw = Arc::new(Gateway::start(signed(&old, None, 0, "https://ota-a.example.com")).await);
+    let gw = Arc::new(Gateway::start(signed(old, None, 0, "https://ota-a.example.com")).await);
     gw.wait_ok("/firmware?device=fw").await;
 
     let (start, stop) = (Instant::now(), Arc::new(AtomicBool::new(false)));
     let poller = tokio::spawn(poll(gw.clone(), old.clone(), new.clone(), start, stop.clone()));
     tokio::time::sleep(Duration::from_millis(500)).await;
-    gw.state.apply(signed(&new, Some(&old), 1, "https://ota-b.example.com")).unwrap();
+    gw.state.apply(signed(new, Some(old), 1, "https://ota-b.example.com")).unwrap();
 
     // Meanwhile: the previous release, signed with the new key, at the new URL.
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -253,23 +282,9 @@ async fn a_key_rotation_with_a_new_release_keeps_the_previous_one_serving_signed
     keys[1].0.verifying_key().verify(&fields.canonical_json(), &signature).expect("signed with the new key");
     assert!(keys[0].0.verifying_key().verify(&fields.canonical_json(), &signature).is_err(), "not the old key");
 
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while summary(&gw).await["ready"] != true {
-        assert!(Instant::now() < deadline, "the new release never became ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.store(true, Ordering::Relaxed);
-    let seen = poller.await.unwrap();
-    assert!(
-        seen.failures.is_empty(),
-        "{} of {} requests failed: {:?}",
-        seen.failures.len(),
-        seen.requests,
-        seen.failures
-    );
+    wait_ready(&gw, Duration::from_secs(30)).await;
+    let seen = stop_polling(poller, &stop, Duration::from_millis(500)).await;
     assert!(seen.old > 20 && seen.new > 20, "{seen:?}");
-    assert_eq!(seen.back_to_old, 0, "a device got the old release after the new one");
     println!(
         "FIGURE key-rotation-switch: {} device requests across a new release applied with a new signing key and \
          public URL, 0 failed; {} answered with 1.0.0 (signed again with the new key) while 1.1.0 was fetched, {} \
@@ -318,24 +333,11 @@ async fn a_failing_new_release_keeps_the_previous_one_serving_and_says_why() {
     let during = start.elapsed();
 
     proxy.clear();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while summary(&gw).await["ready"] != true {
-        assert!(Instant::now() < deadline, "the release never recovered once the registry served the right bytes");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // Once the registry serves the right bytes, the release recovers.
+    wait_ready(&gw, Duration::from_secs(15)).await;
     let recovered = start.elapsed() - during;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.store(true, Ordering::Relaxed);
-    let seen = poller.await.unwrap();
-    assert!(
-        seen.failures.is_empty(),
-        "{} of {} requests failed: {:?}",
-        seen.failures.len(),
-        seen.requests,
-        seen.failures
-    );
+    let seen = stop_polling(poller, &stop, Duration::from_millis(500)).await;
     assert!(seen.new > 0 && seen.old > 50, "{seen:?}");
-    assert_eq!(seen.back_to_old, 0);
     no_partial_files(&cache);
     println!(
         "FIGURE failing-new-release: altered payload for {during:?}: {} device requests, 0 failed, {} with the previous \
