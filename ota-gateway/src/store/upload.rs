@@ -198,6 +198,14 @@ struct HashPipe {
     done: tokio::task::JoinHandle<Sha256>,
 }
 
+/// Uploads whose partial this process keeps open (its data file and range log) and
+/// cached between chunks. Past this many, the uploads nobody is sending to at that
+/// moment are forgotten: their next chunk reads the partial back from disk. Without
+/// it every abandoned upload kept two descriptors until the sweep, and clients that
+/// gave up (or one client with the write key) could exhaust the process's descriptors,
+/// failing every upload and download with "Too many open files".
+const MAX_TRACKED: usize = 256;
+
 /// Checksums of committed files computed after the answer, at once at most.
 const MAX_LATE_SUMS: usize = 4;
 static LATE_SUMS: Semaphore = Semaphore::const_new(MAX_LATE_SUMS);
@@ -409,7 +417,15 @@ impl Uploads {
         self.check_size(chunk.size)?;
         self.target(path, options)?;
         let id = hex::encode(&Sha256::digest(path.as_str().as_bytes())[..20]);
-        let slot = self.tracked.lock().unwrap_or_else(|e| e.into_inner()).entry(id.clone()).or_default().clone();
+        let slot = {
+            let mut tracked = self.tracked.lock().unwrap_or_else(|e| e.into_inner());
+            if tracked.len() >= MAX_TRACKED && !tracked.contains_key(&id) {
+                // A slot only the map holds has no request in flight (requests clone
+                // it under this lock).
+                tracked.retain(|_, slot| Arc::strong_count(slot) > 1);
+            }
+            tracked.entry(id.clone()).or_default().clone()
+        };
         let mut guard = slot.lock().await;
         let dir = self.own("partial").join(&id);
         let info = Info { path: path.as_str().to_owned(), size: chunk.size, time: options.time };
