@@ -6,6 +6,18 @@
 
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
+# gateway_binary: sets BIN to $GATEWAY_BIN when given, else builds the release gateway
+# (a no-op when it is current) and sets BIN to it. Uses the sourcing script's ROOT and say.
+gateway_binary() {
+  if [ -n "${GATEWAY_BIN:-}" ]; then
+    BIN=$GATEWAY_BIN
+  else
+    say "building the release binary"
+    (cd "$ROOT" && cargo build --release -q -p ota-gateway)
+    BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/ota-gateway"
+  fi
+}
+
 # nginx_start PORT ROOT [EXTRA]: serves ROOT on 127.0.0.1:PORT; EXTRA is added inside
 # the server block (locations). Waits until it answers; sets NGINX_PID.
 nginx_start() {

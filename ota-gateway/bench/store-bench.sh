@@ -33,13 +33,7 @@ trap cleanup EXIT
 trap "exit 130" INT TERM
 KEY=bench-key
 
-if [ -n "${GATEWAY_BIN:-}" ]; then
-  BIN=$GATEWAY_BIN
-else
-  say "building the release binary"
-  (cd "$ROOT" && cargo build --release -q -p ota-gateway)
-  BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/ota-gateway"
-fi
+gateway_binary
 have_tools() { for tool in oras skopeo wrk nginx curl; do command -v "$tool" >/dev/null || return 1; done; }
 have_tools || bash "$ROOT/e2e/scripts/cluster.sh" tools
 have_tools || { echo "missing one of: oras skopeo wrk nginx curl" >&2; exit 1; }

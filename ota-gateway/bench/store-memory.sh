@@ -20,21 +20,16 @@ FILES=${FILES:-2000}
 STEP=${STEP:-500}
 LISTS=${LISTS:-50}
 WORK=$(mktemp -d /tmp/updraft-store-memory.XXXXXX)
+# shellcheck source=lib.sh
+source "$ROOT/ota-gateway/bench/lib.sh"
 say() { printf '== %s\n' "$*"; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 pid=""
 cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; rm -rf "$WORK"; }
 trap cleanup EXIT
 trap "exit 130" INT TERM
 KEY=memory-key
 
-if [ -n "${GATEWAY_BIN:-}" ]; then
-  BIN=$GATEWAY_BIN
-else
-  say "building the release binary"
-  (cd "$ROOT" && cargo build --release -q -p ota-gateway)
-  BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/ota-gateway"
-fi
+gateway_binary
 
 port=$(free_port)
 URL="http://127.0.0.1:$port"

@@ -38,13 +38,7 @@ trap "exit 130" INT TERM
 # shellcheck source=lib.sh
 source "$ROOT/ota-gateway/bench/lib.sh"
 
-if [ -n "${GATEWAY_BIN:-}" ]; then
-  BIN=$GATEWAY_BIN
-else
-  say "building the release binary"
-  (cd "$ROOT" && cargo build --release -q -p ota-gateway)
-  BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/ota-gateway"
-fi
+gateway_binary
 have_tools() { for tool in wrk nginx curl python3 mksquashfs; do command -v "$tool" >/dev/null || return 1; done; }
 have_tools || bash "$ROOT/e2e/scripts/cluster.sh" tools
 have_tools || { echo "missing one of: wrk nginx curl python3 mksquashfs" >&2; exit 1; }
