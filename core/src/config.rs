@@ -339,9 +339,35 @@ pub struct HttpStoreConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
     /// File holding the store's key (sent as filuxe's `key` header): the write key
-    /// at a destination, the read key at a source whose reads are not public.
+    /// at a destination, the read key at a source whose reads are not public. Sent to
+    /// an `https://` URL only, unless `allowPlainHttp`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_file: Option<PathBuf>,
+    /// Send the key to a plain `http://` URL too (a store on loopback, or reached over a
+    /// network you trust). Default false.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub allow_plain_http: bool,
+}
+
+impl HttpStoreConfig {
+    /// Why a key would go in the clear: see [`plain_http_key`].
+    pub fn check_key_transport(&self) -> Result<(), String> {
+        plain_http_key(&self.url, self.key_file.is_some(), self.allow_plain_http)
+    }
+}
+
+/// The rule for every store key a mirror sends (the worker's config, the operator's
+/// ArtifactMirror check): a key goes to an `http://` URL only when plain HTTP is
+/// explicitly allowed, so a mirror cannot be pointed at a URL that would read the key
+/// off the wire. The error names the field to set.
+pub fn plain_http_key(url: &str, has_key: bool, allow_plain_http: bool) -> Result<(), String> {
+    let plain = url.get(..7).is_some_and(|scheme| scheme.eq_ignore_ascii_case("http://"));
+    if has_key && plain && !allow_plain_http {
+        return Err(format!(
+            "{url} is plain http://: the store key would be sent in the clear; use https://, or set allowPlainHttp: true"
+        ));
+    }
+    Ok(())
 }
 
 /// How a name yields a version and a group (product), in filuxe's terms, and which
@@ -653,8 +679,8 @@ impl GatewayConfig {
                     return invalid(format!("store {:?}: set writeKey or writeKeyFile, not both", s.name))
                 }
                 (None, None) => return invalid(format!("store {:?}: needs writeKey or writeKeyFile", s.name)),
-                (Some(k), None) if k.trim().is_empty() => {
-                    return invalid(format!("store {:?}: writeKey is empty", s.name))
+                (Some(k), None) if crate::secret::key_str(k).is_none() => {
+                    return invalid(format!("store {:?}: writeKey is empty or only whitespace", s.name))
                 }
                 _ => {}
             }
@@ -675,7 +701,10 @@ impl GatewayConfig {
             for (side, e) in [("source", &m.source), ("destination", &m.destination)] {
                 match (&e.oci, &e.http) {
                     (Some(_), None) => {}
-                    (None, Some(http)) if http.url.starts_with("http://") || http.url.starts_with("https://") => {}
+                    (None, Some(http)) if http.url.starts_with("http://") || http.url.starts_with("https://") => {
+                        http.check_key_transport()
+                            .map_err(|e| ConfigError::Invalid(format!("mirror {:?}: {side}.http: {e}", m.name)))?;
+                    }
                     (None, Some(http)) => return invalid(format!("{side}.http.url {:?} is not http(s)://", http.url)),
                     _ => return invalid(format!("{side} needs exactly one of oci and http")),
                 }
@@ -929,7 +958,7 @@ stores:
 mirrors:
 - name: lan-to-wan
   source: {http: {url: "http://lan:8081", path: releases}}
-  destination: {http: {url: "http://wan:8081", keyFile: /etc/updraft/wan-key}}
+  destination: {http: {url: "http://wan:8081", keyFile: /etc/updraft/wan-key, allowPlainHttp: true}}
   include: ["**/*.zip"]
   exclude: ["**/unversioned_*"]
   version: {regex: ':(\d+\.\d+\.\d+):', groups: ['(.*?):\d+\.\d+\.\d+:(.*)'], range: ">=1"}
@@ -962,6 +991,8 @@ mirrors:
     fn invalid_stores_and_mirrors_are_refused() {
         let cases = [
             ("writeKeyFile: /etc/updraft/key", "", "needs writeKey or writeKeyFile"),
+            ("writeKeyFile: /etc/updraft/key", "writeKey: \" \\t \"", "writeKey is empty or only whitespace"),
+            (", allowPlainHttp: true", "", "destination.http: http://wan:8081 is plain http://"),
             ("listen: 127.0.0.1:8081", "listen: 0.0.0.0:9090", "used by another listener"),
             ("http: {url: \"http://lan:8081\", path: releases}", "http: {url: \"lan:8081\"}", "is not http(s)"),
             ("interval: 30s", "interval: soon", "invalid duration"),

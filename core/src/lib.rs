@@ -14,6 +14,8 @@
 //!   by the gateway and by the operator;
 //! - [`mirror`]: a mirror's rules and plan, and the metadata-only listing of its sides,
 //!   which the forwarding worker acts on and the operator reports in status;
+//! - [`secret`]: what a key or token is (trimmed, never empty), for every key either
+//!   side reads;
 //! - [`telemetry`]: the log set-up both binaries share.
 //!
 //! No server and no Kubernetes client live here: both sides depend on this crate, and it
@@ -27,5 +29,6 @@ pub mod image_metadata;
 pub mod mirror;
 pub mod notify;
 pub mod oci;
+pub mod secret;
 pub mod telemetry;
 pub mod version;

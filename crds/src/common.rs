@@ -33,9 +33,16 @@ impl OciSource {
 pub struct HttpStore {
     /// Base URL of the store, e.g. `https://mirror.example.com/store`.
     pub url: String,
-    /// Name of a Secret in the same namespace whose key `key` is the store's write key.
+    /// Name of a Secret in the same namespace whose key `key` is the store's key (the
+    /// write key at a destination, the read key at a source with private reads). Sent
+    /// only to an `https://` URL unless `allowPlainHttp` is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_secret: Option<String>,
+    /// Send the key to a plain `http://` URL too (a store reached over a network you
+    /// trust, e.g. inside one cluster). Default false: an `http://` URL with a
+    /// `keySecret` is Stalled.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_plain_http: bool,
 }
 
 /// A key of a Secret in the resource's namespace.

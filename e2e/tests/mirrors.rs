@@ -91,7 +91,7 @@ fn mirror_yaml(name: &str, interval: &str) -> String {
 
 fn mirror_with(name: &str, interval: &str, include: &str, key_secret: &str) -> String {
     format!(
-        "apiVersion: updraft.dev/v1alpha1\nkind: ArtifactMirror\nmetadata: {{name: {name}}}\nspec:\n  interval: {interval}\n  dryRun: true\n  include: [\"{include}\"]\n  retention: {{keepLast: 2}}\n  source: {{oci: {{registry: \"127.0.0.1:15000\", repository: e2e/releases, insecure: true}}}}\n  destination: {{http: {{url: \"http://127.0.0.1:18081\", keySecret: {key_secret}}}}}\n"
+        "apiVersion: updraft.dev/v1alpha1\nkind: ArtifactMirror\nmetadata: {{name: {name}}}\nspec:\n  interval: {interval}\n  dryRun: true\n  include: [\"{include}\"]\n  retention: {{keepLast: 2}}\n  source: {{oci: {{registry: \"127.0.0.1:15000\", repository: e2e/releases, insecure: true}}}}\n  destination: {{http: {{url: \"http://127.0.0.1:18081\", keySecret: {key_secret}, allowPlainHttp: true}}}}\n"
     )
 }
 
@@ -343,7 +343,7 @@ fn a_store_to_store_mirror_reports_pending_behind_in_sync_and_unreachable() {
     // A dry run: what would be copied (the range drops 1.0.0, the glob notes.txt), and nothing is.
     let mirror = |dry_run: bool| {
         format!(
-            "apiVersion: updraft.dev/v1alpha1\nkind: ArtifactMirror\nmetadata: {{name: lan-wan}}\nspec:\n  interval: 2s\n  dryRun: {dry_run}\n  include: [\"*.zip\"]\n  version: {{range: \">=1.1\"}}\n  source: {{http: {{url: \"{}\"}}}}\n  destination: {{http: {{url: \"{}\", keySecret: wan-key}}}}\n",
+            "apiVersion: updraft.dev/v1alpha1\nkind: ArtifactMirror\nmetadata: {{name: lan-wan}}\nspec:\n  interval: 2s\n  dryRun: {dry_run}\n  include: [\"*.zip\"]\n  version: {{range: \">=1.1\"}}\n  source: {{http: {{url: \"{}\"}}}}\n  destination: {{http: {{url: \"{}\", keySecret: wan-key, allowPlainHttp: true}}}}\n",
             lan.url, wan.url
         )
     };

@@ -198,7 +198,7 @@ fn planted_secrets_never_appear_in_events_status_or_rendered_objects() {
     apply(&ns, &channel("badcfg", &registry, &repository, "badcred"));
     let mirror = |name: &str, key_secret: &str| {
         format!(
-            "apiVersion: updraft.dev/v1alpha1\nkind: ArtifactMirror\nmetadata: {{name: {name}}}\nspec:\n  interval: 2s\n  dryRun: true\n  include: [\"*.bin\"]\n  source: {{oci: {{registry: \"{registry}\", repository: \"{repository}\", insecure: true, credentialsSecret: regcred}}}}\n  destination: {{http: {{url: \"http://127.0.0.1:1\", keySecret: {key_secret}}}}}\n"
+            "apiVersion: updraft.dev/v1alpha1\nkind: ArtifactMirror\nmetadata: {{name: {name}}}\nspec:\n  interval: 2s\n  dryRun: true\n  include: [\"*.bin\"]\n  source: {{oci: {{registry: \"{registry}\", repository: \"{repository}\", insecure: true, credentialsSecret: regcred}}}}\n  destination: {{http: {{url: \"http://127.0.0.1:1\", keySecret: {key_secret}, allowPlainHttp: true}}}}\n"
         )
     };
     apply(&ns, &mirror("to-wan", "store-key"));

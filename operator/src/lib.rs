@@ -31,5 +31,6 @@ mod resolve;
 pub mod run;
 mod schedule;
 mod secrets;
+mod serve;
 mod status;
 mod stream;

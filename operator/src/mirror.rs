@@ -28,7 +28,7 @@ use kube::{Api, ResourceExt};
 use oci_client::client::ClientProtocol;
 use oci_client::secrets::RegistryAuth;
 use tracing::{info, instrument, warn};
-use updraft_core::config::{HttpStoreConfig, SourceConfig, VersionFilter};
+use updraft_core::config::{plain_http_key, HttpStoreConfig, SourceConfig, VersionFilter};
 use updraft_core::mirror::registry::{Credentials, Repository};
 use updraft_core::mirror::rules::{self, Rules};
 use updraft_core::mirror::store::{Key, Store};
@@ -236,7 +236,8 @@ fn side(endpoint: &Endpoint, secret: Option<&str>, at: &'static str) -> Result<S
         )));
     }
     let http = endpoint.http.as_ref().ok_or_else(|| SpecError::new(at, format!("{at} sets neither oci nor http")))?;
-    let config = HttpStoreConfig { url: http.url.clone(), path: None, key_file: None };
+    let config =
+        HttpStoreConfig { url: http.url.clone(), path: None, key_file: None, allow_plain_http: http.allow_plain_http };
     let key = secret.map_or(Key::None, |k| Key::Value(k.to_owned()));
     Ok(Side::Store(Store::new(&config, key, at, store_client().clone())))
 }
@@ -449,6 +450,8 @@ fn endpoint(endpoint: &Endpoint, at: &str) -> Result<(), SpecError> {
     }
     if let Some(http) = &endpoint.http {
         checks::http_url(&format!("{at}.http.url"), &http.url)?;
+        plain_http_key(&http.url, http.key_secret.is_some(), http.allow_plain_http)
+            .map_err(|e| SpecError::new(&format!("{at}.http.keySecret"), e))?;
     }
     Ok(())
 }
@@ -498,6 +501,17 @@ mod tests {
         );
         assert_eq!(field(spec(oci("a"), oci("b"), serde_json::json!({"exclude": [" "]}))), "exclude[0]");
         validate(&spec(oci("a"), oci("b"), serde_json::json!({"include": ["**/*.bin", "fw-?.img"]}))).unwrap();
+        // A key goes to plain http:// only when that is asked for explicitly.
+        let plain = |allow: bool| serde_json::json!({"http": {"url": "http://wan:8090", "keySecret": "wan-key", "allowPlainHttp": allow}});
+        assert_eq!(field(spec(oci("a"), plain(false), none.clone())), "destination.http.keySecret");
+        assert_eq!(field(spec(plain(false), oci("b"), none.clone())), "source.http.keySecret");
+        let refused = validate(&spec(oci("a"), plain(false), none.clone())).unwrap_err().to_string();
+        assert!(refused.contains("allowPlainHttp"), "{refused}");
+        validate(&spec(oci("a"), plain(true), none.clone())).unwrap();
+        let keyless = serde_json::json!({"http": {"url": "http://wan:8090"}});
+        validate(&spec(oci("a"), keyless, none.clone())).unwrap();
+        let tls = serde_json::json!({"http": {"url": "https://wan:8090", "keySecret": "wan-key"}});
+        validate(&spec(oci("a"), tls, none.clone())).unwrap();
     }
 
     fn seen(observation: Option<MirrorObservation>) -> Seen {

@@ -138,7 +138,7 @@ impl Receiver {
         let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| BindError { addr, source })?;
         info!(%addr, "webhook receiver (POST /webhook)");
         let router = Router::new().route("/webhook", post(webhook)).with_state(self.clone());
-        tokio::spawn(async move { axum::serve(listener, router).await });
+        tokio::spawn(crate::serve::serve(listener, router));
         Ok(())
     }
 
@@ -151,19 +151,14 @@ impl Receiver {
             loop {
                 tick.tick().await;
                 let read = match secrets.get_opt(&name).await {
-                    Ok(Some(secret)) => secret
-                        .data
-                        .and_then(|d| d.get(TOKEN_KEY).map(|t| t.0.clone()))
-                        .filter(|t| !t.is_empty())
-                        .ok_or_else(|| format!("Secret {namespace}/{name} has no non-empty key {TOKEN_KEY:?}")),
-                    Ok(None) => Err(format!("Secret {namespace}/{name} not found")),
+                    Ok(found) => token_of(found.as_ref(), &namespace, &name),
                     Err(e) => {
                         warn!(error = %e, "cannot read the webhook token Secret; keeping the last token");
                         continue;
                     }
                 };
                 let new = match read {
-                    Ok(t) => Some(digest(trim_token(&t))),
+                    Ok(t) => Some(t),
                     Err(message) => {
                         warn!(%message, "webhook receiver rejects every request until the token is set");
                         None
@@ -197,8 +192,9 @@ impl Receiver {
         let given = headers.get(header::AUTHORIZATION).ok_or("missing Authorization header")?;
         let given = given.as_bytes();
         let given = given.strip_prefix(b"Bearer ").unwrap_or(given);
+        let given = updraft_core::secret::key(given).ok_or("empty token")?;
         // Digests have one length, so the comparison time says nothing about the token.
-        if bool::from(digest(trim_token(given)).ct_eq(&expected)) {
+        if bool::from(digest(given).ct_eq(&expected)) {
             Ok(())
         } else {
             Err("wrong token")
@@ -238,8 +234,15 @@ impl Receiver {
     }
 }
 
-fn trim_token(token: &[u8]) -> &[u8] {
-    token.trim_ascii()
+/// The digest of the token in `secret` (key [`TOKEN_KEY`], read as every key is:
+/// trimmed, and refused when empty or only whitespace), or why there is none.
+fn token_of(secret: Option<&Secret>, namespace: &str, name: &str) -> Result<[u8; 32], String> {
+    let secret = secret.ok_or_else(|| format!("Secret {namespace}/{name} not found"))?;
+    let value = secret.data.as_ref().and_then(|d| d.get(TOKEN_KEY));
+    value
+        .and_then(|t| updraft_core::secret::key(&t.0))
+        .map(digest)
+        .ok_or_else(|| format!("Secret {namespace}/{name} has no key {TOKEN_KEY:?}, or it is empty or only whitespace"))
 }
 
 fn digest(token: &[u8]) -> [u8; 32] {
@@ -450,10 +453,29 @@ mod tests {
         assert_eq!(receiver.authorized(&headers(Some("Bearer s3cret"))), Ok(()));
         assert_eq!(receiver.authorized(&headers(Some("s3cret"))), Ok(()), "Harbor sends the header verbatim");
         assert_eq!(receiver.authorized(&headers(Some("Bearer s3cre"))), Err("wrong token"));
-        assert_eq!(receiver.authorized(&headers(Some("Bearer "))), Err("wrong token"));
+        assert_eq!(receiver.authorized(&headers(Some("Bearer "))), Err("empty token"));
         assert_eq!(receiver.authorized(&headers(None)), Err("missing Authorization header"));
         let unset = Receiver::new(false, Metrics::default());
         assert_eq!(unset.authorized(&headers(Some("Bearer s3cret"))), Err("the receiver has no token configured"));
+    }
+
+    /// A token Secret holding only whitespace is no token (it used to be accepted as
+    /// configured and then trim to empty); a newline around a real one is not part of it.
+    #[test]
+    fn a_whitespace_token_secret_configures_no_token() {
+        let secret = |value: &str| Secret {
+            data: Some([(TOKEN_KEY.to_owned(), k8s_openapi::ByteString(value.as_bytes().to_vec()))].into()),
+            ..Default::default()
+        };
+        for blank in ["", " ", "\n", " \t\r\n"] {
+            let refused = token_of(Some(&secret(blank)), "ns", "hook").unwrap_err();
+            assert!(refused.contains("empty or only whitespace"), "{blank:?}: {refused}");
+        }
+        assert!(token_of(None, "ns", "hook").unwrap_err().contains("not found"));
+        assert_eq!(token_of(Some(&secret("s3cret\n")), "ns", "hook"), Ok(digest(b"s3cret")));
+        let receiver = receiver_with("s3cret");
+        assert_eq!(receiver.authorized(&headers(Some("Bearer  s3cret "))), Ok(()));
+        assert_eq!(receiver.authorized(&headers(Some("Bearer   "))), Err("empty token"));
     }
 
     struct NoRegistry;

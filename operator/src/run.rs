@@ -229,7 +229,7 @@ pub async fn run(settings: Settings) -> Result<(), RunError> {
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| RunError::Admin { addr, source })?;
     info!(%addr, "admin server (/metrics, /healthz, /readyz)");
     let admin = admin::router(AdminState { metrics: metrics.clone(), ready: ready.clone() });
-    tokio::spawn(async move { axum::serve(listener, admin).await });
+    tokio::spawn(crate::serve::serve(listener, admin));
 
     // Served from the start: a standby replica answers 503 until it leads.
     let receiver = match &settings.webhook {

@@ -8,7 +8,8 @@
 //! are a [`Connection`] works, so the device listener keeps its `sendfile` writes.
 //!
 //! Every request carries a [`Transport`] extension saying whether its connection was
-//! TLS; write handlers that need TLS take it as an extractor.
+//! TLS; write handlers that need TLS take it as an extractor. A client that half-closes
+//! its connection after its request still gets the answer.
 
 use std::future::Future;
 use std::pin::pin;
@@ -82,7 +83,15 @@ where
 {
     let app = app.layer(axum::Extension(<L::Io as Connection>::TRANSPORT));
     let mut builder = http1::Builder::new();
-    builder.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).max_header_size(MAX_HEAD_BYTES);
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_header_size(MAX_HEAD_BYTES)
+        // A client may shut down its write side once its request is sent and wait for
+        // the answer (netcat does, and so do small TCP stacks); without this hyper
+        // closes the connection at that end of input, unanswered, whenever the answer
+        // was not ready at once.
+        .half_close(true);
     // Told to shut down: the sender sends; every connection task holds a `done` receiver.
     let (stop, stopping) = watch::channel(());
     let (all_done, done) = watch::channel(());
@@ -142,6 +151,34 @@ mod tests {
         }));
         let answer = reqwest::get(format!("http://{addr}/")).await.unwrap().text().await.unwrap();
         assert_eq!(answer, "Plain");
+        let _ = stop.send(());
+        server.await.unwrap();
+    }
+
+    /// A client that shuts down its write side after the request (netcat, small TCP
+    /// stacks) is answered, even when the answer takes a while: hyper's default closes
+    /// such a connection at the end of input, which made `fuzz_http` flaky.
+    #[tokio::test]
+    async fn a_half_closed_connection_is_answered() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let slow = || async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            "late"
+        };
+        let app = Router::new().route("/slow", get(slow));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, app, async move {
+            let _ = stopped.await;
+        }));
+        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+        conn.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        conn.shutdown().await.unwrap();
+        let mut answer = String::new();
+        tokio::time::timeout(Duration::from_secs(5), conn.read_to_string(&mut answer)).await.unwrap().unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "answer: {answer:?}");
+        assert!(answer.ends_with("late"), "answer: {answer:?}");
         let _ = stop.send(());
         server.await.unwrap();
     }

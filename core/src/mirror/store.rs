@@ -83,11 +83,19 @@ impl Store {
     fn key(&self) -> Result<Option<String>, MirrorError> {
         match &self.key {
             Key::None => Ok(None),
-            Key::Value(key) => Ok(Some(key.trim().to_owned())),
+            Key::Value(key) => crate::secret::key_str(key)
+                .map(|k| Some(k.to_owned()))
+                .ok_or_else(|| MirrorError::Config(format!("{} key is empty", self.side))),
             Key::File(path) => {
                 let key = std::fs::read_to_string(path)
                     .map_err(|e| MirrorError::Config(format!("{} key file {}: {e}", self.side, path.display())))?;
-                Ok(Some(key.trim().to_owned()))
+                crate::secret::key_str(&key).map(|k| Some(k.to_owned())).ok_or_else(|| {
+                    MirrorError::Config(format!(
+                        "{} key file {} is empty or only whitespace",
+                        self.side,
+                        path.display()
+                    ))
+                })
             }
         }
     }

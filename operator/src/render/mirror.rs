@@ -71,6 +71,7 @@ fn endpoint(e: &Endpoint) -> MirrorEndpoint {
             url: h.url.clone(),
             path: None,
             key_file: h.key_secret.as_ref().map(|s| format!("{MIRROR_KEYS_DIR}/{s}/{STORE_KEY}").into()),
+            allow_plain_http: h.allow_plain_http,
         }),
     }
 }

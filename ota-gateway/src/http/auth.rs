@@ -20,17 +20,21 @@ use super::Error;
 pub struct Secret(Arc<[u8]>);
 
 impl Secret {
-    pub fn new(secret: impl Into<Vec<u8>>) -> Self {
-        Self(secret.into().into())
+    /// The secret `raw` holds, as `updraft_core::secret::key` reads every key (trimmed;
+    /// whitespace only is no secret and grants nothing).
+    pub fn new(raw: impl AsRef<[u8]>) -> Self {
+        Self(updraft_core::secret::key(raw.as_ref()).unwrap_or_default().into())
     }
 
-    /// The secret in a file (a mounted Secret's key), without a trailing newline.
+    /// The secret in a file (a mounted Secret's key), read by the same rule as an
+    /// inline one.
     pub fn from_file(path: &Path) -> std::io::Result<Self> {
-        let mut bytes = std::fs::read(path)?;
-        while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-            bytes.pop();
-        }
-        Ok(Self::new(bytes))
+        Ok(Self::new(std::fs::read(path)?))
+    }
+
+    /// Whether there is no secret (nothing, or whitespace only, was configured).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 
     /// Whether `presented` is the secret. Takes the same time for every value of
@@ -108,18 +112,35 @@ mod tests {
     }
 
     #[test]
-    fn an_empty_secret_grants_nothing() {
-        assert!(matches!(authorize(&headers("key", ""), &Secret::new("")), Err(Error::Forbidden(_))));
+    fn an_empty_or_whitespace_secret_grants_nothing() {
+        for configured in ["", " ", " \n", "\t\r\n"] {
+            let secret = Secret::new(configured);
+            assert!(secret.is_empty(), "{configured:?}");
+            for presented in ["", " ", "\t"] {
+                let h = HeaderMap::from_iter([(
+                    header::HeaderName::from_static("key"),
+                    HeaderValue::from_str(presented).unwrap(),
+                )]);
+                assert!(matches!(authorize(&h, &secret), Err(Error::Forbidden(_))), "{configured:?} / {presented:?}");
+            }
+        }
     }
 
+    /// A key file and an inline key are read by one rule: a file's newline (or a
+    /// hand-written value's spaces) is not part of the key.
     #[test]
-    fn secrets_from_files_lose_their_newline_and_never_print() {
+    fn file_and_inline_secrets_are_trimmed_alike_and_never_print() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("token");
-        std::fs::write(&path, "tok en\n").unwrap();
-        let secret = Secret::from_file(&path).unwrap();
-        assert!(secret.matches(b"tok en"));
-        assert_eq!(format!("{secret:?}"), "Secret(..)");
+        for written in ["tok en\n", " tok en\r\n", "\ttok en"] {
+            std::fs::write(&path, written).unwrap();
+            let secret = Secret::from_file(&path).unwrap();
+            assert!(secret.matches(b"tok en"), "{written:?}");
+            assert!(Secret::new(written).matches(b"tok en"), "{written:?}");
+            assert_eq!(format!("{secret:?}"), "Secret(..)");
+        }
+        std::fs::write(&path, "  \n").unwrap();
+        assert!(Secret::from_file(&path).unwrap().is_empty());
     }
 
     #[tokio::test]

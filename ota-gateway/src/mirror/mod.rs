@@ -18,7 +18,6 @@ mod http;
 mod oci;
 pub mod status;
 
-use std::future::IntoFuture;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -311,7 +310,9 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("listen {}: {e}", config.admin_listen))?;
     tracing::info!(admin = config.admin_listen, mirrors = config.mirrors.len(), "mirror worker started");
-    tokio::spawn(axum::serve(admin, admin_router(observed.clone())).into_future());
+    // The connection loop of the gateway's own listeners: a header read timeout, so idle
+    // connections cannot pile up on the admin port.
+    tokio::spawn(crate::server::serve(admin, admin_router(observed.clone()), std::future::pending()));
     let client = client();
     let mut running = start(&config, &client, &observed);
     let mut last = text;
