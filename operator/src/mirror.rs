@@ -259,6 +259,8 @@ fn store_client() -> &'static reqwest::Client {
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(30))
             .user_agent(USER_AGENT)
+            // The store key is sent with listings: never to another origin.
+            .redirect(updraft_core::mirror::redirect::policy())
             .build()
             .expect("an HTTP client builds")
     })

@@ -13,6 +13,7 @@
 //! Copying stays in the worker: the operator only observes.
 
 pub mod error;
+pub mod redirect;
 pub mod registry;
 pub mod rules;
 pub mod store;

@@ -280,6 +280,8 @@ pub fn client() -> reqwest::Client {
         .connect_timeout(Duration::from_secs(10))
         .read_timeout(Duration::from_secs(120))
         .user_agent(concat!("updraft-mirror/", env!("CARGO_PKG_VERSION")))
+        // Store keys travel in a header reqwest would carry to another host.
+        .redirect(updraft_core::mirror::redirect::policy())
         .build()
         .expect("an HTTP client builds")
 }
