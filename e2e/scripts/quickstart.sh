@@ -132,6 +132,8 @@ stores:
 EOF_WAN
 "$bin/ota-gateway" --config "$run/wan/gateway.yaml" >"$run/wan.log" 2>&1 &
 echo $! >"$run/wan.pid"
+for _ in $(seq 100); do curl -fs 127.0.0.1:49090/readyz >/dev/null 2>&1 && break; sleep 0.2; done
+curl -fs 127.0.0.1:49090/readyz >/dev/null || die "the WAN gateway did not start; see $run/wan.log"
 echo "ota-gateway --config $run/wan/gateway.yaml  (store: https://127.0.0.1:48081)"
 
 say "applying the samples into namespace $ns, with the gateway's TLS Secret, store volume and store keys"
