@@ -302,7 +302,12 @@ python3 -c 'import hashlib,sys; sys.stdout.buffer.write(b"".join(hashlib.sha256(
 # /upload/<path> with params time=<the file's mtime, a Python float> and force=False, and
 # headers key, Content-Type, Content-length (the whole file's, which requests replaces
 # with the chunk's) and Content-Range; 201 for each chunk.
-python3 - "https://127.0.0.1:38082" "$artifact" "$run/router-1.2.0.bin" "$pod/etc/updraft/store-key/key" "$pki/ca.pem" <<'PY'
+# requests, filuxe's HTTP library: from the venv `cluster.sh tools` fills, else the system's.
+client_python="${UPDRAFT_CACHE:-$HOME/.cache/updraft}/clients-venv/bin/python"
+[ -x "$client_python" ] || client_python=python3
+"$client_python" -c 'import requests' 2>/dev/null \
+  || die "python's requests is missing (cluster.sh tools installs it; or apt-get install python3-requests)"
+"$client_python" - "https://127.0.0.1:38082" "$artifact" "$run/router-1.2.0.bin" "$pod/etc/updraft/store-key/key" "$pki/ca.pem" <<'PY'
 import os, sys, requests
 server, path, filename, key_file, ca = sys.argv[1:6]
 write_key = open(key_file).read().strip()
