@@ -471,3 +471,84 @@ fn gitops_sample_applies_server_side_and_reapplies_without_writes() {
     .ok();
     assert_eq!(beta, "true 20");
 }
+
+/// SECURITY.md's ports table lists exactly the ports that exist, with their numbers: the
+/// operator's, as the chart declares them with every optional port on, and the gateway
+/// pods' and the mirror worker's, as the real operator renders them for a gateway with
+/// TLS, a store and an ArtifactMirror. A port added to the chart or the render and not
+/// to the table (or the other way round, or a number that moved) fails here.
+#[test]
+fn security_md_ports_match_the_chart_and_the_rendered_pods() {
+    use std::collections::BTreeSet;
+    type Ports = BTreeSet<(String, String, i64)>;
+
+    // The table: its first column reads "<component> `<port name>` (<number>...".
+    let doc = std::fs::read_to_string(repo_root().join("SECURITY.md")).unwrap();
+    let section = doc.split("\n## Ports\n").nth(1).expect("SECURITY.md has a Ports section");
+    let section = section.split("\n## ").next().unwrap();
+    let table = section.lines().skip_while(|l| !l.starts_with("| Port |")).skip(2).take_while(|l| l.starts_with('|'));
+    let documented: Ports = table
+        .map(|row| {
+            let cell = row.trim_start_matches('|').split('|').next().unwrap().trim();
+            let parse = || -> Option<(String, String, i64)> {
+                let (component, rest) = cell.split_once('`')?;
+                let (name, rest) = rest.split_once('`')?;
+                let digits: String =
+                    rest.trim_start().strip_prefix('(')?.chars().take_while(char::is_ascii_digit).collect();
+                Some((component.trim().to_owned(), name.to_owned(), digits.parse().ok()?))
+            };
+            parse().unwrap_or_else(|| panic!("SECURITY.md ports row {row:?}: want \"<component> `<name>` (<port>\""))
+        })
+        .collect();
+
+    let container_ports = |component: &str, pod: &serde_json::Value| -> Ports {
+        pod["spec"]["template"]["spec"]["containers"][0]["ports"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{component}: no container ports in {pod}"))
+            .iter()
+            .map(|p| {
+                let name = p["name"].as_str().unwrap_or_else(|| panic!("{component}: unnamed port {p}"));
+                (component.to_owned(), name.to_owned(), p["containerPort"].as_i64().unwrap())
+            })
+            .collect()
+    };
+
+    // The operator's ports, from the chart with the webhook receiver on.
+    install_crds();
+    let ns = namespace("ports");
+    let args = ["template", "updraft", &chart(), "--namespace", &ns];
+    let out = helm(
+        &[&args[..], &["--set", "webhookReceiver.enabled=true", "--set", "webhookReceiver.tokenSecret=t"]].concat(),
+    );
+    assert!(out.success, "helm template failed:\n{}", out.stderr);
+    let operator_pod = out
+        .stdout
+        .split("\n---\n")
+        .filter_map(|doc| serde_yaml::from_str::<serde_json::Value>(doc).ok())
+        .find(|doc| doc["kind"] == "Deployment" && doc["metadata"]["name"] == "updraft")
+        .expect("the chart renders the operator Deployment");
+    let mut actual = container_ports("operator", &operator_pod);
+
+    // The gateway's and the mirror worker's, from the real operator.
+    let dir = TempDir::new("ports");
+    let (operator, _) = e2e::procs::operator(&ns, &dir.0, "operator", &[]);
+    let objects = "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: store}\nspec:\n  accessModes: [ReadWriteOnce]\n  resources: {requests: {storage: 1Gi}}\n---\napiVersion: updraft.dev/v1alpha1\nkind: OtaGateway\nmetadata: {name: default}\nspec:\n  tls: {secretName: cert}\n  store: {claimName: store, writeKeySecret: {name: store-key, key: key}}\n---\napiVersion: updraft.dev/v1alpha1\nkind: ArtifactMirror\nmetadata: {name: out}\nspec:\n  source: {http: {url: \"https://lan.example:8081\"}}\n  destination: {http: {url: \"https://wan.example:8081\"}}\n";
+    kubectl(&["apply", "--server-side", "-n", &ns, "-f", "-"], Some(objects)).ok();
+    for (component, deployment) in [("gateway", "default"), ("mirror worker", "default-mirror")] {
+        let pod = std::panic::catch_unwind(|| {
+            wait_for(Duration::from_secs(60), &format!("deployment {deployment}"), || {
+                let out = kubectl(&["get", "deployment", deployment, "-n", &ns, "-o", "json"], None);
+                out.success.then(|| serde_json::from_str::<serde_json::Value>(&out.stdout).unwrap())
+            })
+        })
+        .unwrap_or_else(|_| panic!("no {deployment} Deployment; operator log:\n{}", operator.output()));
+        actual.extend(container_ports(component, &pod));
+    }
+
+    let missing: Vec<_> = actual.difference(&documented).collect();
+    let stale: Vec<_> = documented.difference(&actual).collect();
+    assert!(
+        missing.is_empty() && stale.is_empty(),
+        "SECURITY.md's ports table is out of step: not in the table {missing:?}; in the table but not served {stale:?}"
+    );
+}
