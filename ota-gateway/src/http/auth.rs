@@ -33,7 +33,8 @@ impl Secret {
     }
 
     /// Whether there is no secret (nothing, or whitespace only, was configured).
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
