@@ -453,7 +453,7 @@ fn endpoint(endpoint: &Endpoint, at: &str) -> Result<(), SpecError> {
     if let Some(http) = &endpoint.http {
         checks::http_url(&format!("{at}.http.url"), &http.url)?;
         plain_http_key(&http.url, http.key_secret.is_some(), http.allow_plain_http)
-            .map_err(|e| SpecError::new(&format!("{at}.http.keySecret"), e))?;
+            .map_err(|e| SpecError::new(format!("{at}.http.keySecret"), e))?;
     }
     Ok(())
 }
