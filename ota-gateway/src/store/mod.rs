@@ -26,6 +26,7 @@ mod error;
 mod files;
 mod path;
 mod sums;
+mod time;
 mod upload;
 
 use std::sync::Arc;

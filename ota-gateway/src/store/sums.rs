@@ -28,9 +28,10 @@ impl Stamp {
         Self { ino: meta.ino(), size: meta.len(), mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec() }
     }
 
-    /// The modification time as filuxe reports it: float seconds since the epoch.
+    /// The modification time as filuxe reports it: float seconds since the epoch (the
+    /// float nearest to it, so the time an upload set comes back exactly).
     pub fn time(&self) -> f64 {
-        self.mtime_ns as f64 / 1e9
+        super::time::seconds(self.mtime_ns)
     }
 }
 
