@@ -84,6 +84,11 @@ impl StoreError {
             StoreError::Mismatch(_) => Err((StatusCode::UNPROCESSABLE_ENTITY, text)),
             StoreError::Full => Err((StatusCode::INSUFFICIENT_STORAGE, text)),
             StoreError::NotCommitted(_) => Err((StatusCode::SERVICE_UNAVAILABLE, text)),
+            // A path the kernel finds too long (the store's root plus a path under
+            // PATH_MAX can still be) is the client's.
+            StoreError::Io(e) if e.raw_os_error() == Some(libc::ENAMETOOLONG) => {
+                Ok(HttpError::BadRequest(format!("bad path: {e}")))
+            }
             StoreError::Io(_) => Err((StatusCode::INTERNAL_SERVER_ERROR, text)),
         }
     }
@@ -121,6 +126,7 @@ mod tests {
         assert_eq!(status(StoreError::Full), 507);
         assert_eq!(status(StoreError::NotCommitted("x".into())), 503);
         assert_eq!(status(StoreError::io(std::io::Error::from_raw_os_error(28))), 507);
+        assert_eq!(status(StoreError::io(std::io::Error::from_raw_os_error(libc::ENAMETOOLONG))), 400);
         assert_eq!(status(HttpError::RangeNotSatisfiable { size: 3 }.into()), 416);
     }
 }

@@ -266,7 +266,10 @@ async fn list_at(
     headers: HeaderMap,
 ) -> Result<Json<files::Listing>, StoreError> {
     store.inner.keys.check_read(&headers)?;
-    let path = StorePath::parse(&raw, true)?;
+    // Repeated slashes merged, as filuxe's server does (werkzeug redirects them away):
+    // its forwarder asks for the root as `/filelist//`.
+    let merged: Vec<&str> = raw.split('/').filter(|part| !part.is_empty()).collect();
+    let path = StorePath::parse(&merged.join("/"), true)?;
     let recursive = flag(param(query.as_deref().unwrap_or(""), "recursive").as_deref(), "recursive")?;
     let inner = store.inner.clone();
     let listing = tokio::task::spawn_blocking(move || files::list(&inner.root, &path, recursive))
