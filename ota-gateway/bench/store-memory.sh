@@ -78,7 +78,7 @@ for round in $(seq 1 "$ROUNDS"); do
   # (The key goes on the command line: a `header` line per URL in a config file adds up.)
   for n in $(seq 1 "$FILES"); do echo "url = \"$URL/delete/r$round/f$n.bin\""; echo "output = /dev/null"; done >"$WORK/deletes.cfg"
   curl -sf -H "key: $KEY" -K "$WORK/deletes.cfg"
-  left=$(find "$WORK/store" -path "$WORK/store/.updraft" -prune -o -type f -print | wc -l)
+  left=$(find "$WORK/store" -type f | wc -l)
   row "$round" "deleted" "$left"
 done
 sleep 5

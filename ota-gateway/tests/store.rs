@@ -354,7 +354,7 @@ async fn plain_writes_are_refused_unless_allowed() {
     }
     assert_eq!(upload_chunked(&gw.url, "rel/chunked.zip", &file, 1 << 20, 1_700_000_000.0, true).await, 403);
     assert!(files_under(&gw.dir).is_empty(), "{:?}", files_under(&gw.dir));
-    assert_eq!(std::fs::read_dir(gw.dir.join(".updraft/partial")).unwrap().count(), 0, "no partial upload kept");
+    assert_eq!(std::fs::read_dir(state_of(&gw.dir).join("partial")).unwrap().count(), 0, "no partial upload kept");
 
     // A file put on the volume by other means: readable, not deletable over plain HTTP.
     std::fs::create_dir_all(gw.dir.join("rel")).unwrap();

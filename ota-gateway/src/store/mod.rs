@@ -16,14 +16,18 @@
 //! Writes need the store's write key; reads are public unless the store says
 //! otherwise (`auth`). Writes must also arrive over TLS (the store's listener speaks
 //! HTTPS when the gateway has a `tls` section), so the key never crosses the network
-//! in the clear, unless the store sets `allowPlainWrites` ([`SecureWrite`]). Files live in the store's directory (the store volume, shared
-//! by the replicas); uploads become visible only when complete (`upload`); paths are
+//! in the clear, unless the store sets `allowPlainWrites` ([`SecureWrite`]). Files live
+//! in the store's directory (the store volume, shared by the replicas), which holds
+//! exactly the users' files: the store's own state (partial uploads, checksums) is
+//! kept beside it on the same volume (`layout`). Uploads become visible only when
+//! complete (`upload`); paths are
 //! checked against traversal and symlink escapes (`path`). Files must only change
 //! through the store, or be replaced by rename: downloads map them, as the cache does.
 
 mod auth;
 mod error;
 mod files;
+mod layout;
 mod path;
 mod sums;
 mod time;
@@ -60,25 +64,25 @@ pub struct Store {
 
 struct Inner {
     config: StoreConfig,
-    /// The canonical store directory.
-    root: std::path::PathBuf,
+    /// The served directory (canonical) and the store's own state beside it.
+    dirs: layout::Dirs,
     keys: Keys,
     uploads: Uploads,
     mappings: Mappings,
 }
 
 impl Store {
-    /// Opens (creating) the store's directory.
+    /// Opens (creating) the store's directory and its state beside it, moving the
+    /// state of an earlier version out of the served directory (`layout`).
     pub fn open(config: StoreConfig) -> std::io::Result<Self> {
-        std::fs::create_dir_all(&config.dir)?;
-        let root = config.dir.canonicalize()?;
-        let uploads = Uploads::new(&root, config.max_upload_bytes)?;
+        let dirs = layout::open(&config.dir)?;
+        let uploads = Uploads::new(&dirs, config.max_upload_bytes);
         let removed = uploads.sweep(upload::ABANDONED);
         if removed > 0 {
             tracing::info!(store = config.name, removed, "removed abandoned uploads");
         }
         let keys = Keys::new(&config);
-        Ok(Self { inner: Arc::new(Inner { config, root, keys, uploads, mappings: Mappings::default() }) })
+        Ok(Self { inner: Arc::new(Inner { config, dirs, keys, uploads, mappings: Mappings::default() }) })
     }
 
     pub fn config(&self) -> &StoreConfig {
@@ -219,7 +223,7 @@ async fn download(
     let inner = &store.inner;
     inner.keys.check_read(&headers)?;
     let path = StorePath::parse(&raw, false)?;
-    let mapped = inner.mappings.get(&inner.root, &path).await?;
+    let mapped = inner.mappings.get(&inner.dirs, &path).await?;
     files::respond(&headers, &mapped)
 }
 
@@ -233,7 +237,7 @@ async fn delete(
     let path = StorePath::parse(&raw, false)?;
     let inner = store.inner.clone();
     let path2 = path.clone();
-    tokio::task::spawn_blocking(move || files::delete(&inner.root, &path2))
+    tokio::task::spawn_blocking(move || files::delete(&inner.dirs, &path2))
         .await
         .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
     store.inner.mappings.forget(&path);
@@ -272,7 +276,7 @@ async fn list_at(
     let path = StorePath::parse(&merged.join("/"), true)?;
     let recursive = flag(param(query.as_deref().unwrap_or(""), "recursive").as_deref(), "recursive")?;
     let inner = store.inner.clone();
-    let listing = tokio::task::spawn_blocking(move || files::list(&inner.root, &path, recursive))
+    let listing = tokio::task::spawn_blocking(move || files::list(&inner.dirs, &path, recursive))
         .await
         .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
     Ok(Json(listing))

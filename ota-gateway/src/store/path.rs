@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 
 use super::error::StoreError;
 
-/// The store's own directory at its root (partial uploads, checksums); never addressable.
+/// The store's own directory inside the served one: where earlier versions kept their
+/// state, and where it stays when no sibling is on the same filesystem (`layout`).
+/// Never addressable.
 pub const RESERVED: &str = ".updraft";
 
 /// The longest store path accepted: the kernel's `PATH_MAX` less its NUL. (The store's

@@ -39,7 +39,7 @@ pub fn to_system_time(seconds: f64) -> SystemTime {
 
 /// The float seconds a listing reports for a modification time of `mtime_ns`
 /// nanoseconds since the epoch: the float nearest to it.
-pub fn seconds(mtime_ns: i64) -> f64 {
+pub fn seconds(mtime_ns: i128) -> f64 {
     let abs = mtime_ns.unsigned_abs();
     let sign = if mtime_ns < 0 { "-" } else { "" };
     format!("{sign}{}.{:09}", abs / 1_000_000_000, abs % 1_000_000_000).parse().expect("a decimal number")
@@ -49,8 +49,8 @@ pub fn seconds(mtime_ns: i64) -> f64 {
 mod tests {
     use super::*;
 
-    fn ns(t: SystemTime) -> i64 {
-        t.duration_since(UNIX_EPOCH).unwrap().as_nanos() as i64
+    fn ns(t: SystemTime) -> i128 {
+        t.duration_since(UNIX_EPOCH).unwrap().as_nanos() as i128
     }
 
     /// Python's `repr(time.time())` values (some of which serde_json's default parser
@@ -86,6 +86,8 @@ mod tests {
         assert_eq!(seconds(1_500_000_000), 1.5);
         assert_eq!(seconds(-1_500_000_000), -1.5);
         assert_eq!(seconds(0), 0.0);
+        // Beyond an i64 of nanoseconds (2262): still exact.
+        assert_eq!(seconds(ns(to_system_time(46_818_641_042.044_6))), 46_818_641_042.044_6);
         assert_eq!(bits(Some(0.0)), None);
         assert_eq!(bits(Some(-0.0)), None);
         assert_eq!(bits(None), None);

@@ -1,8 +1,9 @@
 //! Uploads: a whole body, or filuxe's chunks (`Content-Range: bytes FROM-TO/SIZE`).
 //!
 //! Nothing is visible at a file's path until it is complete and checked. A whole body
-//! streams into `.updraft/tmp/`. Chunks are written at their offsets into one partial
-//! file per target, `.updraft/partial/<id>/data`, and each chunk, once written, is
+//! streams into `tmp/` of the store's state (beside the served directory, see
+//! `layout`). Chunks are written at their offsets into one partial file per target,
+//! `partial/<id>/data` of the state, and each chunk, once written, is
 //! recorded beside it: each process appends a fixed-size record (from, to, check) to
 //! its own log, `ranges/<writer>.log`, so no two processes write the same file and no
 //! chunk costs a new inode. `info.json` says which file (path, size, time) the partial
@@ -38,7 +39,8 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 
 use super::error::StoreError;
-use super::path::{self, StorePath, RESERVED};
+use super::layout::Dirs;
+use super::path::{self, StorePath};
 use super::sums::{self, Stamp};
 use super::time;
 
@@ -318,7 +320,7 @@ enum Overlap {
 
 /// Uploads into one store.
 pub struct Uploads {
-    root: PathBuf,
+    dirs: Dirs,
     max_bytes: u64,
     /// The name of this instance's range log in each partial.
     writer: String,
@@ -335,16 +337,13 @@ pub enum Stored {
 }
 
 impl Uploads {
-    /// Uploads into the store at `root` (canonical), creating its own directories.
-    pub fn new(root: &Path, max_bytes: u64) -> std::io::Result<Self> {
-        for sub in ["partial", "tmp", "committing", "sums"] {
-            fs::create_dir_all(root.join(RESERVED).join(sub))?;
-        }
-        Ok(Self { root: root.to_owned(), max_bytes, writer: new_writer(), tracked: Mutex::default() })
+    /// Uploads into the store whose directories `layout::open` made.
+    pub fn new(dirs: &Dirs, max_bytes: u64) -> Self {
+        Self { dirs: dirs.clone(), max_bytes, writer: new_writer(), tracked: Mutex::default() }
     }
 
     fn own(&self, sub: &str) -> PathBuf {
-        self.root.join(RESERVED).join(sub)
+        self.dirs.own(sub)
     }
 
     /// Removes partial uploads and temp files nobody touched for `older_than` (other
@@ -400,10 +399,10 @@ impl Uploads {
             Some(pipe) => pipe.finish().await,
             None => None,
         };
-        let root = self.root.clone();
+        let dirs = self.dirs.clone();
         let (path2, options) = (path.clone(), options.clone());
         let announced = options.sha256.is_some();
-        let stored = blocking(move || commit(&root, &path2, &target, &tmp, &file, hashed, &options)).await?;
+        let stored = blocking(move || commit(&dirs, &path2, &target, &tmp, &file, hashed, &options)).await?;
         if !announced {
             self.record_sum_later(path);
         }
@@ -415,11 +414,11 @@ impl Uploads {
     /// most [`MAX_LATE_SUMS`] run at once; past that, the first download computes it.
     fn record_sum_later(&self, path: &StorePath) {
         let Ok(running) = LATE_SUMS.try_acquire() else { return };
-        let (root, path) = (self.root.clone(), path.clone());
+        let (dirs, path) = (self.dirs.clone(), path.clone());
         tokio::task::spawn_blocking(move || {
-            if let Ok(target) = path::resolve(&root, &path) {
+            if let Ok(target) = path::resolve(&dirs.root, &path) {
                 if let Ok(file) = File::open(target) {
-                    let _ = sums::of_file(&root, &path, &file);
+                    let _ = sums::of_file(&dirs.state, &path, &file);
                 }
             }
             drop(running);
@@ -516,12 +515,12 @@ impl Uploads {
         };
         let held = tracked.data.take().map(|open| (open.file, open.ino));
         let target = self.target(path, options);
-        let (root, path2, options2) = (self.root.clone(), path.clone(), options.clone());
+        let (dirs, path2, options2) = (self.dirs.clone(), path.clone(), options.clone());
         let committing = self.own("committing");
         let result = match target {
             Ok(target) => {
                 let take = Takeover { dir, committing, id: id.clone(), info, held };
-                blocking(move || take.commit(&root, &path2, &target, hashed, &options2)).await
+                blocking(move || take.commit(&dirs, &path2, &target, hashed, &options2)).await
             }
             Err(e) => Err(e),
         };
@@ -543,7 +542,7 @@ impl Uploads {
 
     /// The target path of an upload, after the path and `force` checks.
     fn target(&self, path: &StorePath, options: &Options) -> Result<PathBuf, StoreError> {
-        let target = path::resolve(&self.root, path)?;
+        let target = path::resolve(&self.dirs.root, path)?;
         match fs::symlink_metadata(&target) {
             Ok(meta) if meta.is_dir() => Err(StoreError::Conflict(format!("{} is a directory", path.as_str()))),
             Ok(_) if !options.force => Err(StoreError::Exists(path.as_str().to_owned())),
@@ -653,7 +652,7 @@ const WINNER_WAIT: Duration = Duration::from_secs(60);
 struct Takeover {
     /// The partial.
     dir: PathBuf,
-    /// `.updraft/committing`, where a partial is taken to be committed.
+    /// `committing/` of the state, where a partial is taken to be committed.
     committing: PathBuf,
     /// The partial's name (the same for every replica).
     id: String,
@@ -673,7 +672,7 @@ impl Takeover {
     /// Blocking.
     fn commit(
         self,
-        root: &Path,
+        dirs: &Dirs,
         path: &StorePath,
         target: &Path,
         hashed: Option<String>,
@@ -716,7 +715,7 @@ impl Takeover {
         }
         let data = taken.join("data");
         let file = OpenOptions::new().read(true).write(true).open(&data).map_err(StoreError::io)?;
-        commit(root, path, target, &data, &file, hashed, options)
+        commit(dirs, path, target, &data, &file, hashed, options)
     }
 
     /// The answer of a request that lost the takeover to another: waits until no
@@ -752,7 +751,7 @@ impl Takeover {
 /// is the SHA-256 computed as the bytes arrived, if it was; when the client announced
 /// one and none was computed, it is read back from `file` here. Blocking.
 fn commit(
-    root: &Path,
+    dirs: &Dirs,
     path: &StorePath,
     target: &Path,
     data: &Path,
@@ -781,15 +780,15 @@ fn commit(
     // checksum (rename and link keep the inode the record names).
     let stamp = Stamp::of(&file.metadata()?);
     if let Some(sha256) = &sha256 {
-        if let Err(e) = sums::write(root, path, stamp, sha256) {
+        if let Err(e) = sums::write(&dirs.state, path, stamp, sha256) {
             tracing::debug!(error = %e, "cannot record a checksum");
         }
     }
     let parent = target.parent().expect("a file path has a parent");
     // Re-resolved now: directories may have changed while the upload ran.
-    path::resolve(root, path)?;
+    path::resolve(&dirs.root, path)?;
     fs::create_dir_all(parent).map_err(StoreError::io)?;
-    path::resolve(root, path)?;
+    path::resolve(&dirs.root, path)?;
     if options.force {
         fs::rename(data, target).map_err(StoreError::io)?;
     } else {
@@ -944,10 +943,11 @@ impl Drop for RemoveOnDrop {
 mod tests {
     use super::*;
 
-    fn setup() -> (tempfile::TempDir, PathBuf) {
+    /// A store at `<tmp>/store`, its state beside it.
+    fn setup() -> (tempfile::TempDir, Dirs) {
         let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().canonicalize().unwrap();
-        (dir, root)
+        let dirs = super::super::layout::open(&dir.path().join("store")).unwrap();
+        (dir, dirs)
     }
 
     fn data(len: usize) -> Vec<u8> {
@@ -991,7 +991,8 @@ mod tests {
     /// count; nothing else in the directory does.
     #[test]
     fn ranges_are_read_from_every_writers_log_and_old_markers() {
-        let (_tmp, root) = setup();
+        let (_tmp, dirs) = setup();
+        let root = dirs.root.clone();
         let ranges = root.join("ranges");
         fs::create_dir_all(&ranges).unwrap();
         let mut a = Record { from: 0, to: 9 }.encode().to_vec();
@@ -1015,8 +1016,9 @@ mod tests {
 
     #[tokio::test]
     async fn chunks_in_any_order_assemble_and_appear_only_when_complete() {
-        let (_d, root) = setup();
-        let u = Uploads::new(&root, 1 << 30).unwrap();
+        let (_d, dirs) = setup();
+        let root = dirs.root.clone();
+        let u = Uploads::new(&dirs, 1 << 30);
         let bytes = data(300_000);
         let o = Options { time: Some(1_600_000_000.5), ..Default::default() };
         assert_eq!(send(&u, "a/f.bin", &bytes, 200_000, 299_999, &o).await.unwrap(), Stored::Partial);
@@ -1035,19 +1037,20 @@ mod tests {
         // No checksum was announced: it is recorded after the answer.
         let expected = hex::encode(Sha256::digest(&bytes));
         for _ in 0..100 {
-            if sums::read(&root, &p("a/f.bin"), stamp).is_some() {
+            if sums::read(&dirs.state, &p("a/f.bin"), stamp).is_some() {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        assert_eq!(sums::read(&root, &p("a/f.bin"), stamp), Some(expected));
-        assert_eq!(fs::read_dir(root.join(".updraft/partial")).unwrap().count(), 0);
+        assert_eq!(sums::read(&dirs.state, &p("a/f.bin"), stamp), Some(expected));
+        assert_eq!(fs::read_dir(dirs.own("partial")).unwrap().count(), 0);
     }
 
     #[tokio::test]
     async fn chunks_reaching_two_replicas_assemble() {
-        let (_d, root) = setup();
-        let (a, b) = (Uploads::new(&root, 1 << 30).unwrap(), Uploads::new(&root, 1 << 30).unwrap());
+        let (_d, dirs) = setup();
+        let root = dirs.root.clone();
+        let (a, b) = (Uploads::new(&dirs, 1 << 30), Uploads::new(&dirs, 1 << 30));
         let bytes = data(1_000_000);
         let o = Options::default();
         let step = 100_000;
@@ -1061,8 +1064,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_different_file_restarts_from_byte_zero_only() {
-        let (_d, root) = setup();
-        let u = Uploads::new(&root, 1 << 30).unwrap();
+        let (_d, dirs) = setup();
+        let root = dirs.root.clone();
+        let u = Uploads::new(&dirs, 1 << 30);
         let old = data(1000);
         let o = Options { time: Some(100.0), ..Default::default() };
         send(&u, "f", &old, 0, 499, &o).await.unwrap();
@@ -1076,8 +1080,9 @@ mod tests {
 
     #[tokio::test]
     async fn force_checksums_and_limits() {
-        let (_d, root) = setup();
-        let u = Uploads::new(&root, 10_000).unwrap();
+        let (_d, dirs) = setup();
+        let root = dirs.root.clone();
+        let u = Uploads::new(&dirs, 10_000);
         let bytes = data(5000);
         let o = Options::default();
         send(&u, "f", &bytes, 0, 4999, &o).await.unwrap();
@@ -1098,7 +1103,7 @@ mod tests {
         assert!(matches!(u.whole(&p("g"), None, &o, Body::from(big.clone())).await, Err(StoreError::TooLarge { .. })));
         assert!(matches!(send(&u, "g", &big, 0, 999, &o).await, Err(StoreError::TooLarge { .. })));
         assert_eq!(visible(&root, "g"), None);
-        assert_eq!(fs::read_dir(root.join(".updraft/tmp")).unwrap().count(), 0);
+        assert_eq!(fs::read_dir(dirs.own("tmp")).unwrap().count(), 0);
     }
 
     /// Times Python's `repr(time.time())` prints, among them values serde_json's
@@ -1138,8 +1143,9 @@ mod tests {
     /// answers Committed, the bytes are there, and the listing's time is the float sent.
     #[tokio::test]
     async fn uploads_with_python_float_times_commit_with_their_last_chunk() {
-        let (_d, root) = setup();
-        let u = Uploads::new(&root, 1 << 30).unwrap();
+        let (_d, dirs) = setup();
+        let root = dirs.root.clone();
+        let u = Uploads::new(&dirs, 1 << 30);
         let bytes = data(250_000);
         for (i, text) in PYTHON_TIMES.iter().enumerate() {
             let time: f64 = text.parse().unwrap();
@@ -1162,8 +1168,9 @@ mod tests {
     /// retries on, and nothing appears.
     #[tokio::test]
     async fn covering_records_that_disagree_with_the_partial_on_disk_are_an_error() {
-        let (_d, root) = setup();
-        let u = Uploads::new(&root, 1 << 30).unwrap();
+        let (_d, dirs) = setup();
+        let root = dirs.root.clone();
+        let u = Uploads::new(&dirs, 1 << 30);
         let bytes = data(300_000);
         let time: f64 = "1796555001.0810335".parse().unwrap();
         let o = Options { time: Some(time), ..Default::default() };
@@ -1171,7 +1178,7 @@ mod tests {
         send(&u, "f", &bytes, 100_000, 199_999, &o).await.unwrap();
         // What a parser that reads the time back as its neighbour would see.
         let id = hex::encode(&Sha256::digest(b"f")[..20]);
-        let info = root.join(".updraft/partial").join(&id).join("info.json");
+        let info = dirs.own("partial").join(&id).join("info.json");
         let misread = Info { time_bits: Some(time.to_bits() + 1), ..Info::new(&p("f"), 300_000, &o) };
         fs::write(&info, serde_json::to_vec(&misread).unwrap()).unwrap();
         let last = send(&u, "f", &bytes, 200_000, 299_999, &o).await;
@@ -1188,7 +1195,8 @@ mod tests {
     /// did: Committed only when the partial's own inode is in place.
     #[test]
     fn the_loser_of_a_takeover_answers_what_the_winner_did() {
-        let (_d, root) = setup();
+        let (_d, dirs) = setup();
+        let root = dirs.root.clone();
         let committing = root.join("committing");
         fs::create_dir_all(&committing).unwrap();
         let data = root.join("data");
@@ -1232,11 +1240,11 @@ mod tests {
 
     #[tokio::test]
     async fn abandoned_partials_are_swept() {
-        let (_d, root) = setup();
-        let u = Uploads::new(&root, 1 << 30).unwrap();
+        let (_d, dirs) = setup();
+        let u = Uploads::new(&dirs, 1 << 30);
         send(&u, "f", &data(1000), 0, 99, &Options::default()).await.unwrap();
         assert_eq!(u.sweep(Duration::from_secs(3600)), 0);
         assert_eq!(u.sweep(Duration::ZERO), 1);
-        assert_eq!(fs::read_dir(root.join(".updraft/partial")).unwrap().count(), 0);
+        assert_eq!(fs::read_dir(dirs.own("partial")).unwrap().count(), 0);
     }
 }
