@@ -22,7 +22,10 @@
 //!   `<parent>` as an earlier store's root. Its entries move down into `<dir>`, then its
 //!   state into the sibling. A marker in the sibling (`moving-in`) says a move is under
 //!   way, so the next open finishes it. An earlier store root whose new served
-//!   directory already holds files and no marker is refused, not merged.
+//!   directory already holds files, with no marker and no sibling state, is refused,
+//!   not merged (it is a user's directory). During a rolling update, replicas of the
+//!   earlier version still write at the earlier root: the store opens its layout
+//!   again every hour (`Store::spawn_sweeper`), which moves such files down.
 
 use std::fs;
 use std::io;
@@ -72,7 +75,10 @@ pub fn open(dir: &Path) -> io::Result<Dirs> {
         let marker = sibling.join(MOVING_IN);
         let moving = marker.exists();
         if moving || is_state(&earlier_root) {
-            if !moving && existed && fs::read_dir(dir)?.next().is_some() {
+            // A sibling state means this layout ran before: what is at the earlier root
+            // now was written there by a replica of the earlier version during a rolling
+            // update, and moves down too. Without one, a non-empty directory is a user's.
+            if !moving && existed && !sibling.exists() && fs::read_dir(dir)?.next().is_some() {
                 return Err(io::Error::other(format!(
                     "{} holds an earlier store's files (its {RESERVED}/) and {} is not empty: \
                      move the files into it by hand, or serve {} itself",
@@ -89,7 +95,11 @@ pub fn open(dir: &Path) -> io::Result<Dirs> {
             if earlier_root.exists() {
                 merge_state(&earlier_root, sibling)?;
             }
-            fs::remove_file(&marker)?;
+            match fs::remove_file(&marker) {
+                // Another replica finished the same move.
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
             sync_dir(sibling);
             tracing::info!(from = %parent.display(), to = %dir.display(), "moved an earlier store root's files into the served directory");
         }
@@ -316,6 +326,23 @@ mod tests {
         assert_eq!(tree(&dirs.root), ["left.zip", "moved.zip"]);
         assert!(!volume.join(".updraft").exists());
         assert!(!dirs.own(MOVING_IN).exists());
+    }
+
+    /// Files an earlier version's replica wrote at the earlier root after the move
+    /// (a rolling update) move down at the next open.
+    #[test]
+    fn files_left_at_an_earlier_root_after_the_move_move_down_later() {
+        let top = tempfile::tempdir().unwrap();
+        let volume = top.path();
+        fs::create_dir_all(volume.join(".updraft/sums")).unwrap();
+        fs::write(volume.join("a.zip"), b"1").unwrap();
+        let dirs = open(&volume.join("files")).unwrap();
+        // The earlier version's replica: recreates its state, stores a file at the root.
+        fs::create_dir_all(volume.join(".updraft/partial")).unwrap();
+        fs::write(volume.join("late.zip"), b"2").unwrap();
+        assert_eq!(open(&volume.join("files")).unwrap(), dirs);
+        assert_eq!(tree(&dirs.root), ["a.zip", "late.zip"]);
+        assert!(!volume.join(".updraft").exists());
     }
 
     /// An earlier root whose new served directory already holds files (a user's own

@@ -89,14 +89,22 @@ impl Store {
         &self.inner.config
     }
 
-    /// Removes abandoned uploads every hour while the store lives.
+    /// Removes abandoned uploads every hour while the store lives, and opens the
+    /// layout again (files an earlier version's replica left at an earlier root during
+    /// a rolling update move into the served directory, see `layout`).
     pub fn spawn_sweeper(&self) {
         let weak = Arc::downgrade(&self.inner);
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_secs(3600)).await;
                 let Some(inner) = weak.upgrade() else { return };
-                let _ = tokio::task::spawn_blocking(move || inner.uploads.sweep(upload::ABANDONED)).await;
+                let _ = tokio::task::spawn_blocking(move || {
+                    if let Err(e) = layout::open(&inner.config.dir) {
+                        tracing::warn!(store = inner.config.name, error = %e, "cannot open the store's layout again");
+                    }
+                    inner.uploads.sweep(upload::ABANDONED)
+                })
+                .await;
             }
         });
     }
