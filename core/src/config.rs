@@ -257,8 +257,11 @@ pub struct StoreConfig {
     pub name: String,
     /// Listener of this store, e.g. `0.0.0.0:8081`. Changes take effect on restart.
     pub listen: String,
-    /// Directory holding the files (the store volume). Its `.updraft/` subdirectory
-    /// holds partial uploads and checksums and is never served.
+    /// Directory holding the files (on the store volume), exactly the users' files. The
+    /// store's own state (partial uploads, checksums) is kept beside it, in
+    /// `.<name>.updraft` of its parent, which must be on the same filesystem: serve a
+    /// subdirectory of a volume, not its mount point (there the state falls back to a
+    /// hidden `.updraft/` inside, as in earlier versions).
     pub dir: PathBuf,
     /// The write key, inline (for hand-written configs). Set this or `writeKeyFile`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -147,7 +147,7 @@ fn the_mirror_worker_exists_only_while_a_mirror_is_attached() {
     let store = &w.config()["stores"][0];
     assert_eq!(
         (store["listen"].as_str(), store["dir"].as_str()),
-        (Some("0.0.0.0:8081"), Some("/var/lib/updraft/store"))
+        (Some("0.0.0.0:8081"), Some("/var/lib/updraft/store/files"))
     );
 
     // A malformed mirror is Stalled naming the field, and renders nothing.

@@ -175,9 +175,12 @@ if [ "${SKIP_UPLOAD:-0}" != 1 ]; then
     "$(echo "$(printf '%s' "$up_dd_all" | median) / $(printf '%s' "$up_one_all" | median)" | bc -l)"
 fi
 
+# The worker's admin port, for the store -> store forward and the OCI one (either may
+# be skipped).
+WORKER_ADMIN=$(free_port)
+
 [ "${SKIP_FORWARD:-0}" = 1 ] || {
 say "worker RssAnon while forwarding the 1 GiB file store -> store"
-WORKER_ADMIN=$(free_port)
 cat >"$WORK/worker-store.yaml" <<YAML
 adminListen: 127.0.0.1:$WORKER_ADMIN
 mirrors:

@@ -4,7 +4,9 @@
 //! (behind `e2e::faults::FaultProxy`) down one second in four, a file uploaded in
 //! filuxe-style chunks (`Content-Range`, the write key) to the gateway's "lan" store
 //! every second, and the mirror worker (`ota-gateway --mirror`, a process of its own)
-//! forwarding them to the gateway's "wan" store. RSS (anonymous), open descriptors and
+//! forwarding them to the gateway's "wan" store. Upload times are floats as filuxe's
+//! client sends them; every upload answered 201 is read back byte for byte and listed
+//! with the float sent, on both stores. RSS (anonymous), open descriptors and
 //! threads (`/proc/<pid>/task`: the gateway exports no tokio task count, and its tasks
 //! run on a fixed pool of worker threads, so the threads bound the blocking pool, not
 //! the async tasks) of the gateway and of the worker are sampled every second; they
@@ -120,6 +122,21 @@ struct Sample {
 fn sample(pid: u32, stores: &Path) -> Sample {
     let (fds, store_fds) = open_fds(pid, stores);
     Sample { rss_anon_kb: status_field(pid, "RssAnon:"), fds, store_fds, threads: status_field(pid, "Threads:") }
+}
+
+/// `path → time` of every file a store lists under `soak/` (times compared as bits).
+async fn listed_times(http: &reqwest::Client, store: &str) -> std::collections::HashMap<String, f64> {
+    let mut times = std::collections::HashMap::new();
+    let Ok(answer) = http.get(format!("{store}/filelist/soak")).send().await else { return times };
+    let Ok(listing) = answer.json::<serde_json::Value>().await else { return times };
+    if let Some(files) = listing["filelist"]["soak"].as_object() {
+        for (name, entry) in files {
+            if let Some(time) = entry["time"].as_f64() {
+                times.insert(format!("soak/{name}"), time);
+            }
+        }
+    }
+    times
 }
 
 fn write_config(path: &Path, cfg: &updraft_core::config::GatewayConfig) {
@@ -283,10 +300,16 @@ async fn soak_mixed_load_stays_flat() {
         }
         proxy_flap.set_down(false);
     });
-    // Chunked uploads to the lan store, one file a second; each file's SHA-256 kept.
+    // Chunked uploads to the lan store, one file a second, with the time as filuxe's
+    // client sends it (Python's repr of `time.time()`: a float, the shortest digits that
+    // read back as it; issue #19 lost uploads on such times, which whole-second times
+    // never showed). Every upload whose last chunk got 201 is read back at once, byte
+    // for byte, and listed with the very float sent; each file's SHA-256 and time kept.
     let (uploads_ok, upload_failures) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let (lost_after_201, times_differ) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let uploader = {
         let (http, stop, ok, bad) = (http.clone(), stop.clone(), uploads_ok.clone(), upload_failures.clone());
+        let (lost, differ) = (lost_after_201.clone(), times_differ.clone());
         let lan = format!("http://127.0.0.1:{lan_port}");
         tokio::spawn(async move {
             let mut sent = Vec::new();
@@ -294,11 +317,12 @@ async fn soak_mixed_load_stays_flat() {
             while !stop.load(Ordering::Relaxed) {
                 n += 1;
                 let (name, data) = (format!("soak/f{n:06}.bin"), random_bytes(UPLOAD_BYTES));
+                let time = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
                 let mut failed = false;
                 for from in (0..UPLOAD_BYTES).step_by(CHUNK_BYTES) {
                     let to = (from + CHUNK_BYTES).min(UPLOAD_BYTES) - 1;
                     let answer = http
-                        .post(format!("{lan}/upload/{name}?time={}&force=False", 1_700_000_000 + n))
+                        .post(format!("{lan}/upload/{name}?time={time}&force=False"))
                         .header("key", STORE_KEY)
                         .header("content-range", format!("bytes {from}-{to}/{UPLOAD_BYTES}"))
                         .body(data[from..=to].to_vec())
@@ -313,7 +337,17 @@ async fn soak_mixed_load_stays_flat() {
                     bad.fetch_add(1, Ordering::Relaxed);
                 } else {
                     ok.fetch_add(1, Ordering::Relaxed);
-                    sent.push((name, sha256_hex(&data)));
+                    let body = match http.get(format!("{lan}/download/{name}")).send().await {
+                        Ok(r) if r.status() == 200 => r.bytes().await.ok(),
+                        _ => None,
+                    };
+                    if body.is_none_or(|b| b[..] != data[..]) {
+                        lost.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if listed_times(&http, &lan).await.get(&name).map(|t| t.to_bits()) != Some(time.to_bits()) {
+                        differ.fetch_add(1, Ordering::Relaxed);
+                    }
+                    sent.push((name, sha256_hex(&data), time));
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
@@ -343,7 +377,7 @@ async fn soak_mixed_load_stays_flat() {
     // Every uploaded file reaches the wan store, byte for byte.
     let wan = format!("http://127.0.0.1:{wan_port}");
     let forwarding = Instant::now();
-    let mut missing = sent.clone();
+    let mut missing: Vec<(String, String)> = sent.iter().map(|(name, sum, _)| (name.clone(), sum.clone())).collect();
     while !missing.is_empty() && forwarding.elapsed() < Duration::from_secs(60) {
         let mut still = Vec::new();
         for (name, sum) in missing {
@@ -361,6 +395,10 @@ async fn soak_mixed_load_stays_flat() {
         }
     }
     let forwarded_after = forwarding.elapsed();
+    // The worker forwards each file's time: the wan store lists the float first sent.
+    let wan_times = listed_times(&http, &wan).await;
+    let forwarded_times_differ =
+        sent.iter().filter(|(name, _, time)| wan_times.get(name).map(|t| t.to_bits()) != Some(time.to_bits())).count();
     // Idle again after the load: on a shared machine the reference is the worse of the
     // two idle runs around the load.
     let idle_url = version_url.clone();
@@ -380,6 +418,7 @@ async fn soak_mixed_load_stays_flat() {
     let min = |f: fn(&Sample) -> u64| samples.iter().map(f).min().unwrap_or(0);
     let (downloads, download_failures) = (downloads.load(Ordering::Relaxed), download_failures.load(Ordering::Relaxed));
     let (uploads, upload_failures) = (uploads_ok.load(Ordering::Relaxed), upload_failures.load(Ordering::Relaxed));
+    let (lost, differ) = (lost_after_201.load(Ordering::Relaxed), times_differ.load(Ordering::Relaxed));
     let wmax = |f: fn(&Sample) -> u64| worker_samples.iter().map(f).max().unwrap_or(0);
     let wmin = |f: fn(&Sample) -> u64| worker_samples.iter().map(f).min().unwrap_or(0);
     let wfifth = (worker_samples.len() / 5).max(1);
@@ -406,9 +445,10 @@ async fn soak_mixed_load_stays_flat() {
         samples.len()
     );
     println!(
-        "FIGURE soak uploads+mirror: {uploads} files of {UPLOAD_BYTES} B uploaded in {CHUNK_BYTES} B chunks, \
-         {upload_failures} failed; {} of {} forwarded to the second store byte for byte ({:.1} s after the load \
-         for the last); mirror worker RssAnon {}..{} kB (second fifth avg {wrss_early}, last fifth avg {wrss_late}); \
+        "FIGURE soak uploads+mirror: {uploads} files of {UPLOAD_BYTES} B uploaded in {CHUNK_BYTES} B chunks with \
+         float times, {upload_failures} failed, {lost} answered 201 but not there byte for byte, {differ} listed \
+         with another time; {} of {} forwarded to the second store byte for byte ({:.1} s after the load \
+         for the last), {forwarded_times_differ} with another time there; mirror worker RssAnon {}..{} kB (second fifth avg {wrss_early}, last fifth avg {wrss_late}); \
          fds {}..{}; threads {}..{}",
         sent.len() - missing.len(),
         sent.len(),
@@ -421,6 +461,9 @@ async fn soak_mixed_load_stays_flat() {
         wmax(|s| s.threads),
     );
     assert_eq!(upload_failures, 0, "chunked uploads failed");
+    assert_eq!(lost, 0, "uploads answered 201 on their last chunk but not there byte for byte");
+    assert_eq!(differ, 0, "uploads listed with another time than the one sent");
+    assert_eq!(forwarded_times_differ, 0, "forwarded files listed with another time than the one first sent");
     assert!(uploads > 0);
     assert!(missing.is_empty(), "not forwarded (or other bytes) within 60 s: {missing:?}");
     assert!(wrss_late <= wrss_early + wrss_early / 5 + 4096, "worker RssAnon grew: {wrss_early} kB → {wrss_late} kB");

@@ -270,7 +270,7 @@ async fn wan_down_then_back_and_a_worker_killed_mid_copy() {
         .await,
         201
     );
-    let partial_dir = wan.dir.join(".updraft/partial");
+    let partial_dir = state_of(&wan.dir).join("partial");
     let mut rss_kb = 0;
     let copying = wait_for(Duration::from_secs(60), || {
         rss_kb = rss_kb.max(worker.rss_anon_kb().unwrap_or(0));

@@ -146,6 +146,60 @@ async fn chunked_uploads_appear_only_when_complete() {
     assert_eq!(files_under(&s.dir), ["r/big.zip", "r/seq.zip"]);
 }
 
+/// filuxe's forwarder starts by listing the root as `/filelist//?recursive=True`
+/// (`fwd_util.get_http_filelist(path='/')`); filuxe's server merges the slashes. Every
+/// spelling of the root lists it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_root_is_listed_however_filuxe_spells_it() {
+    let work = tempfile::tempdir().unwrap();
+    let s = TestStore::start(store_config(&work.path().join("store"), "127.0.0.1:0", 1 << 30)).await;
+    let key = format!("key: {KEY}");
+    let url = format!("{}/upload/{ZIP}?force=False", s.url);
+    assert_eq!(status(&["-X", "POST", "-H", &key, "--data-binary", "zip", &url]).await, 201);
+    for spelling in ["/filelist", "/filelist/", "/filelist//", "/filelist///", "/filelist//first//"] {
+        let out = curl(&["-w", "\n%{http_code}", &format!("{}{spelling}?recursive=True", s.url)]).await;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let (body, code) = text.rsplit_once('\n').unwrap();
+        assert_eq!(code, "200", "{spelling}: {body}");
+        let listing: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(listing["filelist"]["first"]["a:1.2.3:anytrack:anyarch:unknown.zip"]["size"], 3, "{spelling}");
+    }
+}
+
+/// A path longer than PATH_MAX, or short enough itself but too long under the store's
+/// directory (the kernel's ENAMETOOLONG), is the client's error on every route: a 4xx,
+/// with or without the key (reads are public), never a 500.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paths_beyond_path_max_are_a_4xx() {
+    let work = tempfile::tempdir().unwrap();
+    let s = TestStore::start(store_config(&work.path().join("store"), "127.0.0.1:0", 1 << 30)).await;
+    let key = format!("key: {KEY}");
+    let beyond = vec!["x".repeat(250); 17].join("/");
+    // 4,090 bytes: under PATH_MAX alone, beyond it under the store's directory.
+    let under = format!("{}/{}", vec!["y".repeat(200); 20].join("/"), "z".repeat(70));
+    assert!(beyond.len() > 4096 && under.len() < 4096);
+    for path in [&beyond, &under] {
+        let upload = format!("{}/upload/{path}?force=True", s.url);
+        let code = status(&["-X", "POST", "-H", &key, "--data-binary", "x", &upload]).await;
+        assert!((400..500).contains(&code), "upload of {} bytes: {code}", path.len());
+        let range = "Content-Range: bytes 0-0/2";
+        let code = status(&["-X", "POST", "-H", &key, "-H", range, "--data-binary", "x", &upload]).await;
+        assert!((400..500).contains(&code), "chunk of {} bytes: {code}", path.len());
+        for route in ["download", "filelist", "delete"] {
+            for keyed in [false, true] {
+                let url = format!("{}/{route}/{path}", s.url);
+                let mut args = vec![url.as_str()];
+                if keyed {
+                    args.extend(["-H", &key]);
+                }
+                let code = status(&args).await;
+                assert!((400..500).contains(&code), "{route} of {} bytes (key {keyed}): {code}", path.len());
+            }
+        }
+    }
+    assert!(files_under(&s.dir).is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_refused_and_nothing_is_stored() {
     let work = tempfile::tempdir().unwrap();
@@ -300,7 +354,7 @@ async fn plain_writes_are_refused_unless_allowed() {
     }
     assert_eq!(upload_chunked(&gw.url, "rel/chunked.zip", &file, 1 << 20, 1_700_000_000.0, true).await, 403);
     assert!(files_under(&gw.dir).is_empty(), "{:?}", files_under(&gw.dir));
-    assert_eq!(std::fs::read_dir(gw.dir.join(".updraft/partial")).unwrap().count(), 0, "no partial upload kept");
+    assert_eq!(std::fs::read_dir(state_of(&gw.dir).join("partial")).unwrap().count(), 0, "no partial upload kept");
 
     // A file put on the volume by other means: readable, not deletable over plain HTTP.
     std::fs::create_dir_all(gw.dir.join("rel")).unwrap();

@@ -16,8 +16,8 @@ use updraft_crds::gateway::GatewayNotifications;
 use updraft_crds::{FirmwareChannel, ImageStream, OciSource, OtaGateway, ResolvedVersion};
 
 use super::{
-    quantity_bytes, ADMIN_PORT, CACHE_DIR, CREDENTIALS_DIR, HTTPS_PORT, HTTP_PORT, NOTIFY_DIR, SIGNING_DIR, STORE_DIR,
-    STORE_KEY_DIR, TLS_DIR, UPLOAD_TOKEN_DIR, UPSTREAM_CA_DIR, UPSTREAM_CA_KEY, VERIFY_DIR,
+    quantity_bytes, ADMIN_PORT, CACHE_DIR, CREDENTIALS_DIR, HTTPS_PORT, HTTP_PORT, NOTIFY_DIR, SIGNING_DIR,
+    STORE_FILES_DIR, STORE_KEY_DIR, TLS_DIR, UPLOAD_TOKEN_DIR, UPSTREAM_CA_DIR, UPSTREAM_CA_KEY, VERIFY_DIR,
 };
 use crate::attach::device_id;
 
@@ -59,7 +59,7 @@ fn store_config(store: &updraft_crds::gateway::GatewayStore) -> StoreConfig {
     StoreConfig {
         name: "store".into(),
         listen: format!("0.0.0.0:{}", store.port),
-        dir: STORE_DIR.into(),
+        dir: STORE_FILES_DIR.into(),
         write_key: None,
         write_key_file: Some(format!("{STORE_KEY_DIR}/{}", store.write_key_secret.key).into()),
         public_reads: true,
@@ -420,7 +420,9 @@ mod tests {
         let plain = gateway_config(&plain, &[], &[]);
         assert!(plain.stores[0].allow_plain_writes);
         assert!(plain.to_yaml().contains("allowPlainWrites: true"));
-        assert_eq!((store.listen.as_str(), store.dir.to_str()), ("0.0.0.0:8081", Some("/var/lib/updraft/store")));
+        // The volume is mounted at /var/lib/updraft/store; its `files/` is served, the
+        // store's state kept beside it on the volume.
+        assert_eq!((store.listen.as_str(), store.dir.to_str()), ("0.0.0.0:8081", Some("/var/lib/updraft/store/files")));
         assert_eq!(store.write_key_file.as_ref().unwrap().to_str(), Some("/etc/updraft/store-key/write"));
         assert_eq!(store.max_upload_bytes, 16 << 30);
         let pod = crate::render::deployment(&gw, "img", &[]).spec.template.spec.unwrap();

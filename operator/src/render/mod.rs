@@ -62,6 +62,11 @@ const NOTIFY_DIR: &str = "/etc/updraft/notify";
 const MIRROR_KEYS_DIR: &str = "/etc/updraft/mirror-keys";
 /// The `spec.store` volume (the PVC) is mounted here.
 const STORE_DIR: &str = "/var/lib/updraft/store";
+/// The store serves this subdirectory of the volume, so its own state (partial
+/// uploads, checksums) sits beside it on the same volume and the served directory
+/// holds exactly the users' files. A volume whose root an earlier version served is
+/// moved down into it by the gateway at start (`ota-gateway/src/store/layout.rs`).
+const STORE_FILES_DIR: &str = "/var/lib/updraft/store/files";
 /// The `spec.store` write-key Secret is mounted here.
 const STORE_KEY_DIR: &str = "/etc/updraft/store-key";
 

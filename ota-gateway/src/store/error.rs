@@ -1,7 +1,8 @@
 //! The store's errors. Those every surface shares (400, 401, 403, 404, 413, 416) are
 //! answered through the gateway's generic [`crate::http::Error`]; the store's own
-//! (409 a chunk that does not fit, 422 a checksum that does not match, 507 a full
-//! volume, 500) in the same JSON shape, `{"error": "..."}`.
+//! (409 a chunk that does not fit, 422 a checksum that does not match, 503 an upload
+//! whose chunks all arrived but whose file could not be committed, 507 a full volume,
+//! 500) in the same JSON shape, `{"error": "..."}`.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -44,6 +45,11 @@ pub enum StoreError {
     /// The assembled file does not match the SHA-256 the client announced.
     #[error("{0}")]
     Mismatch(String),
+    /// Every chunk of an upload arrived but its file could not be committed (another
+    /// upload of the same path restarted it, or the replica that took it over failed):
+    /// nothing is stored. A 503, which clients (and the mirror worker) retry.
+    #[error("{0}")]
+    NotCommitted(String),
     /// The store volume is full.
     #[error("the store volume is full")]
     Full,
@@ -77,6 +83,12 @@ impl StoreError {
             StoreError::Conflict(_) => Err((StatusCode::CONFLICT, text)),
             StoreError::Mismatch(_) => Err((StatusCode::UNPROCESSABLE_ENTITY, text)),
             StoreError::Full => Err((StatusCode::INSUFFICIENT_STORAGE, text)),
+            StoreError::NotCommitted(_) => Err((StatusCode::SERVICE_UNAVAILABLE, text)),
+            // A path the kernel finds too long (the store's root plus a path under
+            // PATH_MAX can still be) is the client's.
+            StoreError::Io(e) if e.raw_os_error() == Some(libc::ENAMETOOLONG) => {
+                Ok(HttpError::BadRequest(format!("bad path: {e}")))
+            }
             StoreError::Io(_) => Err((StatusCode::INTERNAL_SERVER_ERROR, text)),
         }
     }
@@ -112,7 +124,9 @@ mod tests {
         assert_eq!(status(StoreError::Conflict("x".into())), 409);
         assert_eq!(status(StoreError::Mismatch("x".into())), 422);
         assert_eq!(status(StoreError::Full), 507);
+        assert_eq!(status(StoreError::NotCommitted("x".into())), 503);
         assert_eq!(status(StoreError::io(std::io::Error::from_raw_os_error(28))), 507);
+        assert_eq!(status(StoreError::io(std::io::Error::from_raw_os_error(libc::ENAMETOOLONG))), 400);
         assert_eq!(status(HttpError::RangeNotSatisfiable { size: 3 }.into()), 416);
     }
 }

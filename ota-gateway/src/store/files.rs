@@ -7,7 +7,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use axum::http::{header, HeaderMap, HeaderValue};
@@ -16,6 +15,7 @@ use bytes::Bytes;
 use serde::Serialize;
 
 use super::error::StoreError;
+use super::layout::Dirs;
 use super::path::{self, StorePath, RESERVED};
 use super::sums::{self, Stamp};
 use crate::http::Download;
@@ -37,8 +37,8 @@ pub struct Mappings(Mutex<HashMap<StorePath, Arc<Mapped>>>);
 impl Mappings {
     /// The mapping of `path`'s current version, mapping (and hashing, if no checksum
     /// is recorded) it when needed.
-    pub async fn get(&self, root: &Path, path: &StorePath) -> Result<Arc<Mapped>, StoreError> {
-        let full = path.under(root);
+    pub async fn get(&self, dirs: &Dirs, path: &StorePath) -> Result<Arc<Mapped>, StoreError> {
+        let full = path.under(&dirs.root);
         let not_found = || StoreError::NotFound(path.as_str().to_owned());
         let meta = match std::fs::metadata(&full) {
             Ok(meta) if meta.is_file() => meta,
@@ -53,8 +53,8 @@ impl Mappings {
         if let Some(hit) = self.lock().get(path).filter(|m| m.stamp == stamp) {
             return Ok(hit.clone());
         }
-        let (root, path2) = (root.to_owned(), path.clone());
-        let mapped = tokio::task::spawn_blocking(move || map(&root, &path2))
+        let (dirs, path2) = (dirs.clone(), path.clone());
+        let mapped = tokio::task::spawn_blocking(move || map(&dirs, &path2))
             .await
             .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
         let mapped = Arc::new(mapped);
@@ -77,8 +77,8 @@ impl Mappings {
 }
 
 /// Opens, checks, hashes (if needed) and maps the file at `path`. Blocking.
-fn map(root: &Path, path: &StorePath) -> Result<Mapped, StoreError> {
-    let full = path::resolve(root, path)?;
+fn map(dirs: &Dirs, path: &StorePath) -> Result<Mapped, StoreError> {
+    let full = path::resolve(&dirs.root, path)?;
     let file = File::open(&full).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => StoreError::NotFound(path.as_str().to_owned()),
         _ => StoreError::Io(e),
@@ -86,8 +86,9 @@ fn map(root: &Path, path: &StorePath) -> Result<Mapped, StoreError> {
     if !file.metadata()?.is_file() {
         return Err(StoreError::NotFound(path.as_str().to_owned()));
     }
-    let (stamp, sha256) = sums::of_file(root, path, &file)?;
-    let modified = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(stamp.mtime_ns.max(0) as u64);
+    let (stamp, sha256) = sums::of_file(&dirs.state, path, &file)?;
+    let nanos = u64::try_from(stamp.mtime_ns.max(0)).unwrap_or(u64::MAX);
+    let modified = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(nanos);
     let disposition = format!("attachment; filename=\"{}\"", path.file_name().replace(['"', '\\'], "_"));
     let download = Download {
         body: map_file(file)?,
@@ -104,8 +105,8 @@ fn map(root: &Path, path: &StorePath) -> Result<Mapped, StoreError> {
 
 #[allow(unsafe_code)] // The store's one call of `map_payload`: the promise below is the store's to make.
 fn map_file(file: File) -> std::io::Result<Bytes> {
-    // SAFETY: store files are never written in place. Uploads are assembled in
-    // `.updraft/` and renamed (or linked) into place, deletions unlink: a mapped inode
+    // SAFETY: store files are never written in place. Uploads are assembled in the
+    // store's state (`layout`) and renamed (or linked) into place, deletions unlink: a mapped inode
     // keeps its bytes. The store's contract (module docs) is that files change only
     // through the store or by rename.
     unsafe { crate::sendfile::map_payload(file) }
@@ -120,8 +121,8 @@ pub fn respond(headers: &HeaderMap, mapped: &Mapped) -> Result<Response, StoreEr
 }
 
 /// Removes the file at `path` (not a directory). Blocking.
-pub fn delete(root: &Path, path: &StorePath) -> Result<(), StoreError> {
-    let full = path::resolve(root, path)?;
+pub fn delete(dirs: &Dirs, path: &StorePath) -> Result<(), StoreError> {
+    let full = path::resolve(&dirs.root, path)?;
     match std::fs::symlink_metadata(&full) {
         Ok(meta) if meta.is_file() => {}
         Ok(_) => return Err(StoreError::NotFound(path.as_str().to_owned())),
@@ -131,7 +132,7 @@ pub fn delete(root: &Path, path: &StorePath) -> Result<(), StoreError> {
         Err(e) => return Err(StoreError::Io(e)),
     }
     std::fs::remove_file(&full).map_err(StoreError::io)?;
-    sums::remove(root, path);
+    sums::remove(&dirs.state, path);
     Ok(())
 }
 
@@ -162,8 +163,10 @@ pub struct FileEntry {
 }
 
 /// Lists the directory `path`, and below it when `recursive`. Symlinks are not
-/// followed or listed, nor is the store's own directory. Blocking.
-pub fn list(root: &Path, path: &StorePath, recursive: bool) -> Result<Listing, StoreError> {
+/// followed or listed, nor is the store's own directory when it lives inside (see
+/// `layout`). Blocking.
+pub fn list(dirs: &Dirs, path: &StorePath, recursive: bool) -> Result<Listing, StoreError> {
+    let root = &dirs.root;
     let start = path::resolve(root, path)?;
     if !start.is_dir() {
         return Err(StoreError::NotFound(path.as_str().to_owned()));
@@ -191,7 +194,7 @@ pub fn list(root: &Path, path: &StorePath, recursive: bool) -> Result<Listing, S
             } else if kind.is_file() {
                 let Ok(meta) = entry.metadata() else { continue };
                 let stamp = Stamp::of(&meta);
-                let sha256 = StorePath::parse(&child, false).ok().and_then(|p| sums::read(root, &p, stamp));
+                let sha256 = StorePath::parse(&child, false).ok().and_then(|p| sums::read(&dirs.state, &p, stamp));
                 let file = FileEntry { size: stamp.size, time: stamp.time(), sha256 };
                 listing.filelist.entry(key.clone()).or_default().insert(name, file);
                 listing.info.files += 1;

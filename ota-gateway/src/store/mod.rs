@@ -16,16 +16,21 @@
 //! Writes need the store's write key; reads are public unless the store says
 //! otherwise (`auth`). Writes must also arrive over TLS (the store's listener speaks
 //! HTTPS when the gateway has a `tls` section), so the key never crosses the network
-//! in the clear, unless the store sets `allowPlainWrites` ([`SecureWrite`]). Files live in the store's directory (the store volume, shared
-//! by the replicas); uploads become visible only when complete (`upload`); paths are
+//! in the clear, unless the store sets `allowPlainWrites` ([`SecureWrite`]). Files live
+//! in the store's directory (the store volume, shared by the replicas), which holds
+//! exactly the users' files: the store's own state (partial uploads, checksums) is
+//! kept beside it on the same volume (`layout`). Uploads become visible only when
+//! complete (`upload`); paths are
 //! checked against traversal and symlink escapes (`path`). Files must only change
 //! through the store, or be replaced by rename: downloads map them, as the cache does.
 
 mod auth;
 mod error;
 mod files;
+mod layout;
 mod path;
 mod sums;
+mod time;
 mod upload;
 
 use std::sync::Arc;
@@ -59,39 +64,47 @@ pub struct Store {
 
 struct Inner {
     config: StoreConfig,
-    /// The canonical store directory.
-    root: std::path::PathBuf,
+    /// The served directory (canonical) and the store's own state beside it.
+    dirs: layout::Dirs,
     keys: Keys,
     uploads: Uploads,
     mappings: Mappings,
 }
 
 impl Store {
-    /// Opens (creating) the store's directory.
+    /// Opens (creating) the store's directory and its state beside it, moving the
+    /// state of an earlier version out of the served directory (`layout`).
     pub fn open(config: StoreConfig) -> std::io::Result<Self> {
-        std::fs::create_dir_all(&config.dir)?;
-        let root = config.dir.canonicalize()?;
-        let uploads = Uploads::new(&root, config.max_upload_bytes)?;
+        let dirs = layout::open(&config.dir)?;
+        let uploads = Uploads::new(&dirs, config.max_upload_bytes);
         let removed = uploads.sweep(upload::ABANDONED);
         if removed > 0 {
             tracing::info!(store = config.name, removed, "removed abandoned uploads");
         }
         let keys = Keys::new(&config);
-        Ok(Self { inner: Arc::new(Inner { config, root, keys, uploads, mappings: Mappings::default() }) })
+        Ok(Self { inner: Arc::new(Inner { config, dirs, keys, uploads, mappings: Mappings::default() }) })
     }
 
     pub fn config(&self) -> &StoreConfig {
         &self.inner.config
     }
 
-    /// Removes abandoned uploads every hour while the store lives.
+    /// Removes abandoned uploads every hour while the store lives, and opens the
+    /// layout again (files an earlier version's replica left at an earlier root during
+    /// a rolling update move into the served directory, see `layout`).
     pub fn spawn_sweeper(&self) {
         let weak = Arc::downgrade(&self.inner);
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_secs(3600)).await;
                 let Some(inner) = weak.upgrade() else { return };
-                let _ = tokio::task::spawn_blocking(move || inner.uploads.sweep(upload::ABANDONED)).await;
+                let _ = tokio::task::spawn_blocking(move || {
+                    if let Err(e) = layout::open(&inner.config.dir) {
+                        tracing::warn!(store = inner.config.name, error = %e, "cannot open the store's layout again");
+                    }
+                    inner.uploads.sweep(upload::ABANDONED)
+                })
+                .await;
             }
         });
     }
@@ -218,7 +231,7 @@ async fn download(
     let inner = &store.inner;
     inner.keys.check_read(&headers)?;
     let path = StorePath::parse(&raw, false)?;
-    let mapped = inner.mappings.get(&inner.root, &path).await?;
+    let mapped = inner.mappings.get(&inner.dirs, &path).await?;
     files::respond(&headers, &mapped)
 }
 
@@ -232,7 +245,7 @@ async fn delete(
     let path = StorePath::parse(&raw, false)?;
     let inner = store.inner.clone();
     let path2 = path.clone();
-    tokio::task::spawn_blocking(move || files::delete(&inner.root, &path2))
+    tokio::task::spawn_blocking(move || files::delete(&inner.dirs, &path2))
         .await
         .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
     store.inner.mappings.forget(&path);
@@ -265,10 +278,13 @@ async fn list_at(
     headers: HeaderMap,
 ) -> Result<Json<files::Listing>, StoreError> {
     store.inner.keys.check_read(&headers)?;
-    let path = StorePath::parse(&raw, true)?;
+    // Repeated slashes merged, as filuxe's server does (werkzeug redirects them away):
+    // its forwarder asks for the root as `/filelist//`.
+    let merged: Vec<&str> = raw.split('/').filter(|part| !part.is_empty()).collect();
+    let path = StorePath::parse(&merged.join("/"), true)?;
     let recursive = flag(param(query.as_deref().unwrap_or(""), "recursive").as_deref(), "recursive")?;
     let inner = store.inner.clone();
-    let listing = tokio::task::spawn_blocking(move || files::list(&inner.root, &path, recursive))
+    let listing = tokio::task::spawn_blocking(move || files::list(&inner.dirs, &path, recursive))
         .await
         .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
     Ok(Json(listing))

@@ -11,8 +11,15 @@ use std::path::{Path, PathBuf};
 
 use super::error::StoreError;
 
-/// The store's own directory at its root (partial uploads, checksums); never addressable.
+/// The store's own directory inside the served one: where earlier versions kept their
+/// state, and where it stays when no sibling is on the same filesystem (`layout`).
+/// Never addressable.
 pub const RESERVED: &str = ".updraft";
+
+/// The longest store path accepted: the kernel's `PATH_MAX` less its NUL. (The store's
+/// root adds to it: what still exceeds the kernel's limit fails with `ENAMETOOLONG`,
+/// a client error too, see `error.rs`.)
+pub const MAX_PATH: usize = 4095;
 
 /// A validated relative path inside a store, components joined by `/`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -25,6 +32,9 @@ impl StorePath {
         let bad = |why: &str| Err(StoreError::BadPath(format!("{raw:?}: {why}")));
         if raw.starts_with('/') || raw.starts_with('\\') {
             return bad("absolute paths are not allowed");
+        }
+        if raw.len() > MAX_PATH {
+            return bad("longer than PATH_MAX");
         }
         let trimmed = raw.strip_suffix('/').unwrap_or(raw);
         if trimmed.is_empty() {
@@ -142,6 +152,9 @@ mod tests {
             assert!(StorePath::parse(raw, false).is_err(), "{raw:?} was accepted");
         }
         assert!(StorePath::parse(&"x".repeat(256), false).is_err());
+        let long = vec!["x".repeat(200); 21].join("/");
+        assert!(long.len() > MAX_PATH);
+        assert!(matches!(StorePath::parse(&long, false), Err(StoreError::BadPath(_))));
     }
 
     #[test]

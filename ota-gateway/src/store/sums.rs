@@ -1,6 +1,7 @@
 //! SHA-256 of stored files, computed once and kept beside them.
 //!
-//! Each file's checksum lives in `.updraft/sums/<sha256 of its path>` together with
+//! Each file's checksum lives in the store's state (`layout`), `sums/<sha256 of its
+//! path>`, together with
 //! the file's inode, size and modification time. A checksum is trusted only while all
 //! three still match, so a file replaced or touched behind the store's back is hashed
 //! again instead of being announced with a stale ETag.
@@ -13,24 +14,28 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::path::{StorePath, RESERVED};
+use super::path::StorePath;
 
 /// What identifies one version of a file on disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stamp {
     pub ino: u64,
     pub size: u64,
-    pub mtime_ns: i64,
+    /// Nanoseconds since the epoch. i128: an i64 of nanoseconds ends in 2262, and an
+    /// upload may ask for a later time (the fuzzer's 46818641042.0446 overflowed it).
+    pub mtime_ns: i128,
 }
 
 impl Stamp {
     pub fn of(meta: &Metadata) -> Self {
-        Self { ino: meta.ino(), size: meta.len(), mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec() }
+        let mtime_ns = i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec());
+        Self { ino: meta.ino(), size: meta.len(), mtime_ns }
     }
 
-    /// The modification time as filuxe reports it: float seconds since the epoch.
+    /// The modification time as filuxe reports it: float seconds since the epoch (the
+    /// float nearest to it, so the time an upload set comes back exactly).
     pub fn time(&self) -> f64 {
-        self.mtime_ns as f64 / 1e9
+        super::time::seconds(self.mtime_ns)
     }
 }
 
@@ -41,21 +46,21 @@ struct Record {
     sha256: String,
 }
 
-fn record_path(root: &Path, path: &StorePath) -> PathBuf {
+fn record_path(state: &Path, path: &StorePath) -> PathBuf {
     let name = hex::encode(Sha256::digest(path.as_str().as_bytes()));
-    root.join(RESERVED).join("sums").join(name)
+    state.join("sums").join(name)
 }
 
 /// The recorded checksum of `path`, if it was recorded for exactly this `stamp`.
-pub fn read(root: &Path, path: &StorePath, stamp: Stamp) -> Option<String> {
-    let record: Record = serde_json::from_slice(&fs::read(record_path(root, path)).ok()?).ok()?;
+pub fn read(state: &Path, path: &StorePath, stamp: Stamp) -> Option<String> {
+    let record: Record = serde_json::from_slice(&fs::read(record_path(state, path)).ok()?).ok()?;
     (record.stamp == stamp && record.path == path.as_str()).then_some(record.sha256)
 }
 
 /// Records the checksum of `path` at `stamp` (a cache: written without fsync, checked
 /// against the stamp when read).
-pub fn write(root: &Path, path: &StorePath, stamp: Stamp, sha256: &str) -> io::Result<()> {
-    let target = record_path(root, path);
+pub fn write(state: &Path, path: &StorePath, stamp: Stamp, sha256: &str) -> io::Result<()> {
+    let target = record_path(state, path);
     let tmp = target.with_extension(format!("tmp{}", std::process::id()));
     let record = Record { path: path.as_str().to_owned(), stamp, sha256: sha256.to_owned() };
     fs::write(&tmp, serde_json::to_vec(&record).expect("record serializes"))?;
@@ -63,8 +68,8 @@ pub fn write(root: &Path, path: &StorePath, stamp: Stamp, sha256: &str) -> io::R
 }
 
 /// Forgets the checksum of `path`.
-pub fn remove(root: &Path, path: &StorePath) {
-    let _ = fs::remove_file(record_path(root, path));
+pub fn remove(state: &Path, path: &StorePath) {
+    let _ = fs::remove_file(record_path(state, path));
 }
 
 /// SHA-256 (hex) of everything `file` holds from its current position.
@@ -81,13 +86,13 @@ pub fn hash(mut file: impl Read) -> io::Result<String> {
 
 /// The checksum of the open `file` found at `path`, from the record or computed (and
 /// then recorded). Blocking.
-pub fn of_file(root: &Path, path: &StorePath, file: &File) -> io::Result<(Stamp, String)> {
+pub fn of_file(state: &Path, path: &StorePath, file: &File) -> io::Result<(Stamp, String)> {
     let stamp = Stamp::of(&file.metadata()?);
-    if let Some(sum) = read(root, path, stamp) {
+    if let Some(sum) = read(state, path, stamp) {
         return Ok((stamp, sum));
     }
     let sum = hash(file.try_clone()?)?;
-    if let Err(e) = write(root, path, stamp, &sum) {
+    if let Err(e) = write(state, path, stamp, &sum) {
         tracing::debug!(error = %e, "cannot record a checksum");
     }
     Ok((stamp, sum))

@@ -122,11 +122,18 @@ pub async fn upload_chunked_with(
     last
 }
 
+/// The state directory of the store served from `dir` (see `store/layout.rs`).
+pub fn state_of(dir: &Path) -> PathBuf {
+    let name = dir.file_name().unwrap().to_string_lossy();
+    dir.with_file_name(format!(".{name}.updraft"))
+}
+
 pub fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
 }
 
-/// Every file under `dir` (relative paths), leaving out the store's own `.updraft`.
+/// Every file under `dir` (relative paths). The store keeps its own state beside its
+/// directory, so this is exactly what users uploaded.
 pub fn files_under(dir: &Path) -> Vec<String> {
     let mut found = Vec::new();
     let mut pending = vec![dir.to_owned()];
@@ -134,9 +141,6 @@ pub fn files_under(dir: &Path) -> Vec<String> {
         for entry in std::fs::read_dir(&d).unwrap().flatten() {
             let path = entry.path();
             let rel = path.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
-            if rel == ".updraft" {
-                continue;
-            }
             if entry.file_type().unwrap().is_dir() {
                 pending.push(path);
             } else {
