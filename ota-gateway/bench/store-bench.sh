@@ -186,7 +186,7 @@ adminListen: 127.0.0.1:$WORKER_ADMIN
 mirrors:
 - name: big
   source: {http: {url: "$lan_URL"}}
-  destination: {http: {url: "$wan_URL", keyFile: $WORK/key}}
+  destination: {http: {url: "$wan_URL", keyFile: $WORK/key, allowPlainHttp: true}}
   include: ["f-1G.bin"]
   interval: 1h
 YAML

@@ -190,7 +190,7 @@ async fn soak_mixed_load_stays_flat() {
     std::fs::write(
         &worker_config,
         format!(
-            "adminListen: 127.0.0.1:{}\nlisten: 127.0.0.1:{}\nmirrors:\n- name: soak\n  source: {{http: {{url: \"http://127.0.0.1:{lan_port}\", path: soak}}}}\n  destination: {{http: {{url: \"http://127.0.0.1:{wan_port}\", path: soak, keyFile: {}}}}}\n  interval: 1s\n",
+            "adminListen: 127.0.0.1:{}\nlisten: 127.0.0.1:{}\nmirrors:\n- name: soak\n  source: {{http: {{url: \"http://127.0.0.1:{lan_port}\", path: soak}}}}\n  destination: {{http: {{url: \"http://127.0.0.1:{wan_port}\", path: soak, keyFile: {}, allowPlainHttp: true}}}}\n  interval: 1s\n",
             free_port(),
             free_port(),
             work.path().join("store.key").display()

@@ -16,7 +16,8 @@
 //! (`/filelist//?recursive=True`) must report each file's time as the very float
 //! sent (the forwarder compares them with `!=`). 0 lost.
 //!
-//! Needs python3 with `requests` (Debian: python3-requests).
+//! Needs `requests`: `e2e/scripts/cluster.sh tools` installs it in
+//! `~/.cache/updraft/clients-venv` (`UPDRAFT_CACHE` moves it), whose python runs the script.
 
 mod store_support;
 
@@ -30,7 +31,12 @@ async fn a_thousand_uploads_as_filuxe_sends_them_are_all_there() {
     let work = tempfile::tempdir().unwrap();
     let gateway = Gateway::start(work.path(), "filuxe", free_port()).await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/filuxe/filuxe_upload.py");
-    let out = tokio::process::Command::new("python3")
+    let cache = std::env::var_os("UPDRAFT_CACHE").map(std::path::PathBuf::from).unwrap_or_else(|| {
+        std::path::PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/updraft")
+    });
+    let python = cache.join("clients-venv/bin/python");
+    assert!(python.exists(), "{} is missing: run `bash e2e/scripts/cluster.sh tools`", python.display());
+    let out = tokio::process::Command::new(&python)
         .arg(script)
         .arg(&gateway.url)
         .arg(KEY)
@@ -39,7 +45,7 @@ async fn a_thousand_uploads_as_filuxe_sends_them_are_all_there() {
         .arg(BIG.to_string())
         .output()
         .await
-        .expect("run python3");
+        .expect("run the clients venv's python");
     let figures = String::from_utf8_lossy(&out.stdout);
     let complaints = String::from_utf8_lossy(&out.stderr);
     println!("FIGURE filuxe-client: {}", figures.trim());

@@ -98,7 +98,7 @@ async fn lan_to_wan_with_rules_retention_and_a_dry_run() {
         format!(
             r#"- name: lan-to-wan
   source: {{http: {{url: "{}", path: rel}}}}
-  destination: {{http: {{url: "{}", path: rel, keyFile: {}}}}}
+  destination: {{http: {{url: "{}", path: rel, keyFile: {}, allowPlainHttp: true}}}}
   include: ["*.zip"]
   exclude: ["unversioned_*"]
   version: {{regex: ':(\d+\.\d+\.\d+):', groups: ['(.*?):\d+\.\d+\.\d+:(.*)'], range: ">=0.5"}}
@@ -190,7 +190,7 @@ async fn wan_down_then_back_and_a_worker_killed_mid_copy() {
     let admin = format!("http://127.0.0.1:{admin_port}");
     let config = w.join("worker.yaml");
     let body = format!(
-        "- name: m\n  source: {{http: {{url: \"{}\"}}}}\n  destination: {{http: {{url: \"http://{proxy}\", keyFile: {}}}}}\n  interval: 1s\n",
+        "- name: m\n  source: {{http: {{url: \"{}\"}}}}\n  destination: {{http: {{url: \"http://{proxy}\", keyFile: {}, allowPlainHttp: true}}}}\n  interval: 1s\n",
         lan.url,
         key_file.display()
     );
@@ -385,7 +385,7 @@ async fn store_to_oci_to_store_by_titles() {
     let admin = format!("http://127.0.0.1:{admin_port}");
     let body = format!(
         "- name: lan-to-oci\n  source: {{http: {{url: \"{lan}\"}}}}\n  destination: {{oci: {{registry: \"{reg}\", repository: {repo}, insecure: true}}}}\n  interval: 1s\n\
-         - name: oci-to-wan\n  source: {{oci: {{registry: \"{reg}\", repository: {repo}, insecure: true}}}}\n  destination: {{http: {{url: \"{wan}\", keyFile: {key}}}}}\n  interval: 1s\n",
+         - name: oci-to-wan\n  source: {{oci: {{registry: \"{reg}\", repository: {repo}, insecure: true}}}}\n  destination: {{http: {{url: \"{wan}\", keyFile: {key}, allowPlainHttp: true}}}}\n  interval: 1s\n",
         lan = lan.url,
         wan = wan.url,
         key = key_file.display()
