@@ -502,8 +502,8 @@ mod tests {
             )
         );
         assert_eq!(verified(&status).unwrap().reason, "NoSignature");
-        assert_eq!(skipped(Some(&beside), None), [unsigned.clone()]);
-        assert_eq!(skipped(Some(&beside), Some(&refused)), [unsigned.clone()]);
+        assert_eq!(skipped(Some(&beside), None), std::slice::from_ref(&unsigned));
+        assert_eq!(skipped(Some(&beside), Some(&refused)), std::slice::from_ref(&unsigned));
         assert_eq!(skipped(Some(&beside), Some(&unreachable)), []);
 
         // Without spec.verify there is no Verified condition.
