@@ -265,3 +265,35 @@ async fn a_signature_blob_longer_than_declared_is_cut_off() {
     );
     assert_eq!(proxy.count(&format!("/blobs/{blob}")), 1);
 }
+
+/// What skipping costs: each newer unsigned release is one HEAD and the lookups of the
+/// two places a signature may be (its `.sig` tag, its referrers and the referrers tag
+/// schema), all metadata; nothing is asked twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_skipped_release_costs_a_handful_of_metadata_requests() {
+    let repo = Repo::new("cost");
+    let signed = repo.release("v1.0.0");
+    repo.sign(&signed);
+    let unsigned: Vec<String> = (1..=4).map(|n| repo.release(&format!("v1.{n}.0"))).collect();
+    let proxy = FaultProxy::start(registry()).await.unwrap();
+    let client = oci::build_client("updraft-core-tests", ClientProtocol::HttpsExcept(vec![proxy.addr()]));
+    let (verifier, addr) = (trusted(), proxy.addr());
+    let release =
+        resolve_verified(&client, &addr, &repo.name, true, &RegistryAuth::Anonymous, rule(), &verifier).await.unwrap();
+    assert_eq!(release.resolved.digest, signed);
+    assert_eq!(release.skipped.len(), unsigned.len());
+    let seen = proxy.seen();
+    let per_skipped = |digest: &str| {
+        seen.iter().filter(|s| s.path.contains(&digest.replace(':', "-")) || s.path.contains(digest)).count()
+    };
+    for digest in &unsigned {
+        assert!(per_skipped(digest) <= 4, "{digest}: {:#?}", seen.iter().map(|s| &s.path).collect::<Vec<_>>());
+    }
+    let blobs = seen.iter().filter(|s| s.path.contains("/blobs/")).count();
+    assert_eq!(blobs, 1, "only the verified release's signature payload is read");
+    println!(
+        "FIGURE skip-cost: {} requests for 1 tag list + {} skipped + 1 verified (blobs read: {blobs})",
+        seen.len(),
+        unsigned.len()
+    );
+}
