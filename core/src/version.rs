@@ -1,9 +1,10 @@
 //! Version policy: which tag of a repository is "the latest".
 //!
-//! [`resolve_latest`] is the one resolver: the operator calls it for a
-//! FirmwareChannel's status and the gateway for a standalone channel, so both pick the
-//! same tag from the same list under the same rules (range, pre-releases, `v` prefix,
-//! pin).
+//! [`resolve_latest`] is the one resolver, and [`resolve_verified`] the one resolver
+//! under signature verification: the operator calls them for a FirmwareChannel's status
+//! and the gateway for a standalone channel, so both pick the same tag from the same list
+//! under the same rules (range, pre-releases, `v` prefix, pin; the newest release whose
+//! signature verifies, skipping newer ones that do not).
 
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ use oci_client::Client;
 use semver::{Version, VersionReq};
 use serde::{Deserialize, Serialize};
 
-use crate::cosign::VerifyConfig;
+use crate::cosign::{Verified, Verifier, VerifyConfig, VerifyError};
 use crate::oci::{self, OciError};
 
 /// Standalone resolution policy for a channel in `gateway.yaml`.
@@ -34,8 +35,8 @@ pub struct VersionPolicy {
     /// How often to list tags, e.g. `30s`, `5m`, `1h`. Default `5m`.
     #[serde(default = "default_interval")]
     pub interval: String,
-    /// Pin a resolved release only when its cosign signature verifies with one of these
-    /// keys; otherwise the channel keeps what it has.
+    /// Resolve to the newest release whose cosign signature verifies with one of these
+    /// keys ([`resolve_verified`]); newer releases that do not verify are skipped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verify: Option<VerifyConfig>,
 }
@@ -140,6 +141,37 @@ pub enum ResolveError {
     /// The repository has no tag the rule admits.
     #[error("none of the {tags} tags of {repository} satisfies range {range:?}{}", if *.prerelease { "" } else { " (pre-releases excluded)" })]
     NoMatch { repository: String, range: String, prerelease: bool, tags: usize },
+    /// Under verification: no candidate's signature verifies (the newest
+    /// [`MAX_VERIFY_CANDIDATES`] of `total` were tried; `skipped` says why, newest first).
+    #[error("{}", unverified_message(repository, *total, skipped))]
+    Unverified { repository: String, total: usize, skipped: Vec<Skipped> },
+}
+
+fn unverified_message(repository: &str, total: usize, skipped: &[Skipped]) -> String {
+    let tried = match skipped.len() {
+        n if n < total => format!("the newest {n} of {total} versions"),
+        1 => "its only version".to_owned(),
+        n => format!("all {n} versions"),
+    };
+    format!("no release of {repository} verifies ({tried} tried): {}", describe_skipped(skipped))
+}
+
+/// The first three skipped releases, `; `-separated, and how many more there are: how
+/// messages and conditions name them.
+pub fn describe_skipped(skipped: &[Skipped]) -> String {
+    let mut message: Vec<String> = skipped.iter().take(3).map(Skipped::to_string).collect();
+    if skipped.len() > 3 {
+        message.push(format!("and {} more", skipped.len() - 3));
+    }
+    message.join("; ")
+}
+
+impl ResolveError {
+    /// Whether asking again later may give another answer without anyone changing the
+    /// registry's content or the rule (the registry failed).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, ResolveError::Registry(_))
+    }
 }
 
 /// Resolves a repository's "latest" under `rule`, from registry metadata only: the tag
@@ -153,33 +185,155 @@ pub async fn resolve_latest(
     auth: &RegistryAuth,
     rule: Rule<'_>,
 ) -> Result<Resolved, ResolveError> {
-    rule.validate().map_err(ResolveError::InvalidRule)?;
-    let (version, tag) = match rule.pin {
-        Some(digest) if digest.starts_with("sha256:") => {
-            return Ok(Resolved { version: None, tag: String::new(), digest: digest.to_owned() });
+    let candidates = candidate_list(client, registry, repository, insecure, auth, rule).await?;
+    let newest = candidates.into_iter().next().expect("candidate_list returns at least one");
+    newest.resolve(client, registry, repository, insecure, auth).await
+}
+
+/// At most this many candidates (newest first) are verified in one resolution under
+/// `verify`: past them the repository is not a release line but a flood of refused tags,
+/// and the channel keeps what it has. Each one costs a HEAD and three or four small
+/// signature lookups.
+pub const MAX_VERIFY_CANDIDATES: usize = 100;
+
+/// What [`resolve_verified`] found: the newest release whose signature verifies, and the
+/// newer ones it skipped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifiedRelease {
+    pub resolved: Resolved,
+    pub verified: Verified,
+    /// Releases newer than `resolved` (newest first) whose signature did not verify.
+    pub skipped: Vec<Skipped>,
+}
+
+/// A release left out because its signature did not verify (never because the registry
+/// failed: that stops the resolution, see [`resolve_verified`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Skipped {
+    pub release: Resolved,
+    /// `NoSignature`, `WrongKey`, … ([`VerifyError::reason`]).
+    pub reason: &'static str,
+    /// The verification error, in words.
+    pub error: String,
+}
+
+impl std::fmt::Display for Skipped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Resolved { tag, digest, .. } = &self.release;
+        let version = self.release.display_version();
+        match tag.as_str() {
+            "" => write!(f, "{version} ({digest}) is skipped: {}", self.error),
+            tag => write!(f, "{version} (tag {tag}, {digest}) is skipped: {}", self.error),
         }
-        Some(tag) => (parse_tag(tag, rule.allow_v_prefix).map(|v| v.to_string()), tag.to_owned()),
+    }
+}
+
+/// Resolves a repository's newest release under `rule` whose cosign signature verifies
+/// with `verifier`: the rule's candidates are tried newest first, and each one that does
+/// not verify (unsigned, signed by another key, tampered) is skipped and reported in the
+/// result, never a reason to serve nothing. A registry failure (listing, HEAD or a
+/// signature lookup) stops the resolution: what was verified before stays valid. When
+/// no candidate verifies (among the newest [`MAX_VERIFY_CANDIDATES`]), the error lists
+/// the skipped ones. Reads registry metadata and small signature blobs only.
+pub async fn resolve_verified(
+    client: &Client,
+    registry: &str,
+    repository: &str,
+    insecure: bool,
+    auth: &RegistryAuth,
+    rule: Rule<'_>,
+    verifier: &Verifier,
+) -> Result<VerifiedRelease, ResolveError> {
+    let candidates = candidate_list(client, registry, repository, insecure, auth, rule).await?;
+    let total = candidates.len();
+    let mut skipped: Vec<Skipped> = Vec::new();
+    for candidate in candidates.into_iter().take(MAX_VERIFY_CANDIDATES) {
+        let resolved = candidate.resolve(client, registry, repository, insecure, auth).await?;
+        // `v1.2.0` and `1.2.0` on one digest: one verification.
+        if let Some(earlier) = skipped.iter().find(|s| s.release.digest == resolved.digest) {
+            let (reason, error) = (earlier.reason, earlier.error.clone());
+            skipped.push(Skipped { release: resolved, reason, error });
+            continue;
+        }
+        match verifier.verify(client, registry, repository, auth, &resolved.digest).await {
+            Ok(verified) => return Ok(VerifiedRelease { resolved, verified, skipped }),
+            Err(VerifyError::Registry(e)) => return Err(ResolveError::Registry(e)),
+            Err(e) => skipped.push(Skipped { release: resolved, reason: e.reason(), error: e.to_string() }),
+        }
+    }
+    Err(ResolveError::Unverified { repository: format!("{registry}/{repository}"), total, skipped })
+}
+
+/// One release [`candidate_list`] offers, its digest not known yet (unless pinned by
+/// digest).
+struct Candidate {
+    version: Option<String>,
+    tag: String,
+    digest: Option<String>,
+}
+
+impl Candidate {
+    /// The candidate with its manifest digest, from a HEAD (or a pull of the manifest
+    /// when the registry sends no digest header).
+    async fn resolve(
+        self,
+        client: &Client,
+        registry: &str,
+        repository: &str,
+        insecure: bool,
+        auth: &RegistryAuth,
+    ) -> Result<Resolved, ResolveError> {
+        let Candidate { version, tag, digest } = self;
+        if let Some(digest) = digest {
+            return Ok(Resolved { version, tag, digest });
+        }
+        let reference = oci::tag_reference(registry, repository, &tag);
+        let digest = match oci::probe().manifest_digest(client, &reference, insecure, auth).await? {
+            Some(digest) => digest,
+            // No digest header: oci-client pulls the manifest and hashes it.
+            None => client.fetch_manifest_digest(&reference, auth).await.map_err(oci::registry_error(registry))?,
+        };
+        Ok(Resolved { version, tag, digest })
+    }
+}
+
+/// The releases `rule` admits, newest first (never empty): the pin alone, or the tags
+/// in [`candidates`] order.
+async fn candidate_list(
+    client: &Client,
+    registry: &str,
+    repository: &str,
+    insecure: bool,
+    auth: &RegistryAuth,
+    rule: Rule<'_>,
+) -> Result<Vec<Candidate>, ResolveError> {
+    rule.validate().map_err(ResolveError::InvalidRule)?;
+    match rule.pin {
+        Some(digest) if digest.starts_with("sha256:") => {
+            Ok(vec![Candidate { version: None, tag: String::new(), digest: Some(digest.to_owned()) }])
+        }
+        Some(tag) => Ok(vec![Candidate {
+            version: parse_tag(tag, rule.allow_v_prefix).map(|v| v.to_string()),
+            tag: tag.to_owned(),
+            digest: None,
+        }]),
         None => {
             let image = oci::tag_reference(registry, repository, "latest");
             let tags = oci::list_repository_tags(client, &image, insecure, auth).await?;
             let range = parse_range(rule.range).map_err(ResolveError::InvalidRule)?;
-            let selected = select_latest(tags.iter().map(String::as_str), &range, rule.prerelease, rule.allow_v_prefix)
-                .ok_or_else(|| ResolveError::NoMatch {
+            let admitted = candidates(tags.iter().map(String::as_str), &range, rule.prerelease, rule.allow_v_prefix);
+            if admitted.is_empty() {
+                return Err(ResolveError::NoMatch {
                     repository: format!("{registry}/{repository}"),
                     range: rule.range.to_owned(),
                     prerelease: rule.prerelease,
                     tags: tags.len(),
-                })?;
-            (Some(selected.version.to_string()), selected.tag)
+                });
+            }
+            let candidate = |s: Selected| Candidate { version: Some(s.version.to_string()), tag: s.tag, digest: None };
+            Ok(admitted.into_iter().map(candidate).collect())
         }
-    };
-    let reference = oci::tag_reference(registry, repository, &tag);
-    let digest = match oci::probe().manifest_digest(client, &reference, insecure, auth).await? {
-        Some(digest) => digest,
-        // No digest header: oci-client pulls the manifest and hashes it.
-        None => client.fetch_manifest_digest(&reference, auth).await.map_err(oci::registry_error(registry))?,
-    };
-    Ok(Resolved { version, tag, digest })
+    }
 }
 
 fn default_range() -> String {
@@ -244,19 +398,34 @@ pub fn matches(req: &VersionReq, version: &Version, prerelease: bool) -> bool {
     req.matches(version) || req.matches(&release)
 }
 
-/// The highest version among `tags` that satisfies the policy. Tags that are not
-/// versions are ignored. Between `v1.2.3` and `1.2.3` the bare one wins (stable order).
+/// The highest version among `tags` that satisfies the policy: the first of
+/// [`candidates`].
 pub fn select_latest<'a>(
     tags: impl IntoIterator<Item = &'a str>,
     req: &VersionReq,
     prerelease: bool,
     allow_v_prefix: bool,
 ) -> Option<Selected> {
-    tags.into_iter()
-        .filter_map(|tag| parse_tag(tag, allow_v_prefix).map(|v| (v, tag)))
-        .filter(|(v, _)| matches(req, v, prerelease))
-        .max_by(|(a, ta), (b, tb)| a.cmp(b).then_with(|| tb.len().cmp(&ta.len())))
-        .map(|(version, tag)| Selected { version, tag: tag.to_owned() })
+    candidates(tags, req, prerelease, allow_v_prefix).into_iter().next()
+}
+
+/// Every tag that satisfies the policy, newest first. Tags that are not versions are
+/// ignored. Between `v1.2.3` and `1.2.3` the bare one comes first (stable order).
+pub fn candidates<'a>(
+    tags: impl IntoIterator<Item = &'a str>,
+    req: &VersionReq,
+    prerelease: bool,
+    allow_v_prefix: bool,
+) -> Vec<Selected> {
+    let mut admitted: Vec<Selected> = tags
+        .into_iter()
+        .filter_map(|tag| parse_tag(tag, allow_v_prefix).map(|version| Selected { version, tag: tag.to_owned() }))
+        .filter(|s| matches(req, &s.version, prerelease))
+        .collect();
+    admitted.sort_by(|a, b| {
+        b.version.cmp(&a.version).then_with(|| a.tag.len().cmp(&b.tag.len())).then_with(|| a.tag.cmp(&b.tag))
+    });
+    admitted
 }
 
 /// Parses `90s`, `5m`, `1h`, `1h30m`, `2d`.
@@ -322,6 +491,46 @@ mod tests {
         assert_eq!(pick(">=1.0.0 <1.2.0", false, true).as_deref(), Some("1.1.0"));
         assert_eq!(pick(">= 1.0.0 < 1.2.0", false, true).as_deref(), Some("1.1.0"));
         assert!(parse_range("not a range").unwrap_err().contains("invalid semver range"));
+    }
+
+    #[test]
+    fn candidates_come_newest_first_and_the_first_is_the_latest() {
+        let all: Vec<String> = candidates(TAGS.iter().copied(), &parse_range("*").unwrap(), true, true)
+            .into_iter()
+            .map(|s| s.tag)
+            .collect();
+        assert_eq!(all, ["2.0.0", "v1.3.0-rc.1", "v1.2.0", "1.1.0", "v1.0.0"]);
+        let both = ["v1.2.0", "1.2.0", "1.1.0"];
+        let tags: Vec<String> =
+            candidates(both, &parse_range("*").unwrap(), false, true).into_iter().map(|s| s.tag).collect();
+        assert_eq!(tags, ["1.2.0", "v1.2.0", "1.1.0"], "the bare tag first, as select_latest picks it");
+        assert_eq!(select_latest(both, &parse_range("*").unwrap(), false, true).unwrap().tag, "1.2.0");
+    }
+
+    fn skipped(version: &str, reason: &'static str) -> Skipped {
+        let release = Resolved {
+            version: Some(version.into()),
+            tag: format!("v{version}"),
+            digest: format!("sha256:{}", "ab".repeat(32)),
+        };
+        Skipped { release, reason, error: "no cosign signature".into() }
+    }
+
+    #[test]
+    fn skipped_releases_name_version_tag_digest_and_why() {
+        let digest = format!("sha256:{}", "ab".repeat(32));
+        let one = skipped("1.1.0", "NoSignature");
+        assert_eq!(one.to_string(), format!("1.1.0 (tag v1.1.0, {digest}) is skipped: no cosign signature"));
+        let by_digest =
+            Skipped { release: Resolved { version: None, tag: String::new(), digest: digest.clone() }, ..one };
+        assert_eq!(by_digest.to_string(), format!("abababababab ({digest}) is skipped: no cosign signature"));
+        let five: Vec<Skipped> = (0..5).rev().map(|n| skipped(&format!("1.{n}.0"), "WrongKey")).collect();
+        let described = describe_skipped(&five);
+        assert!(described.starts_with("1.4.0 (tag v1.4.0"), "{described}");
+        assert!(described.ends_with("; and 2 more"), "{described}");
+        let err = ResolveError::Unverified { repository: "r/fw".into(), total: 7, skipped: five[..2].to_vec() };
+        assert!(err.to_string().starts_with("no release of r/fw verifies (the newest 2 of 7 versions tried): 1.4.0"));
+        assert!(!err.is_transient());
     }
 
     #[test]

@@ -233,3 +233,76 @@ impl Repository<'_> {
         self.attach_bundle(digest, &dsse_bundle(key, &statement, &statement));
     }
 }
+
+/// The real `cosign` CLI (Debian's `cosign` package): a key pair it generated and
+/// signatures it pushes itself, with no transparency log (`--tlog-upload=false`) to a
+/// plain-HTTP registry. What Updraft verifies must be what cosign writes, not only what
+/// this module writes from cosign's specs.
+pub struct CosignCli {
+    dir: PathBuf,
+    /// `cosign.pub`, the PEM public key.
+    pub public: PathBuf,
+}
+
+impl CosignCli {
+    /// Whether `cosign` runs here.
+    pub fn available() -> bool {
+        Command::new("cosign").arg("version").output().is_ok_and(|o| o.status.success())
+    }
+
+    /// `COSIGN_PASSWORD= cosign generate-key-pair` in `dir` (writes `cosign.key` and
+    /// `cosign.pub` there).
+    pub fn generate(dir: &Path) -> Self {
+        run(Command::new("cosign").current_dir(dir).env("COSIGN_PASSWORD", "").arg("generate-key-pair"));
+        Self { dir: dir.to_owned(), public: dir.join("cosign.pub") }
+    }
+
+    /// `cosign sign --key cosign.key` of `registry/repository@digest`, with `extra` flags
+    /// (e.g. the bundle format's); cosign 2 writes the tag scheme (`sha256-<hex>.sig`).
+    pub fn sign(&self, registry: &str, repository: &str, digest: &str, extra: &[&str]) {
+        let output = self.try_sign(registry, repository, digest, extra);
+        assert!(
+            output.status.success(),
+            "cosign sign failed:\n{}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    /// [`CosignCli::sign`], its output whether it succeeded or not.
+    pub fn try_sign(&self, registry: &str, repository: &str, digest: &str, extra: &[&str]) -> std::process::Output {
+        let mut cmd = Command::new("cosign");
+        cmd.current_dir(&self.dir)
+            .env("COSIGN_PASSWORD", "")
+            .args(["sign", "--key", "cosign.key", "--tlog-upload=false", "--allow-insecure-registry"])
+            .args(["--allow-http-registry", "--yes"])
+            .args(extra)
+            .arg(format!("{registry}/{repository}@{digest}"));
+        cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+    }
+
+    /// `cosign attest --key cosign.key` of `registry/repository@digest` with `flags`
+    /// (`--predicate`, `--type`, `--new-bundle-format`…).
+    pub fn attest(&self, registry: &str, repository: &str, digest: &str, flags: &[&str]) {
+        let mut cmd = Command::new("cosign");
+        cmd.current_dir(&self.dir)
+            .env("COSIGN_PASSWORD", "")
+            .args(["attest", "--key", "cosign.key", "--tlog-upload=false", "--allow-insecure-registry"])
+            .args(["--allow-http-registry", "--yes"])
+            .args(flags)
+            .arg(format!("{registry}/{repository}@{digest}"));
+        run(&mut cmd);
+    }
+
+    /// `cosign verify --key cosign.pub` of `registry/repository@digest` (no transparency
+    /// log): whether cosign itself accepts what it signed.
+    pub fn verify(&self, registry: &str, repository: &str, digest: &str, extra: &[&str]) -> std::process::Output {
+        let mut cmd = Command::new("cosign");
+        cmd.current_dir(&self.dir)
+            .args(["verify", "--key", "cosign.pub", "--insecure-ignore-tlog=true", "--allow-insecure-registry"])
+            .args(["--allow-http-registry"])
+            .args(extra)
+            .arg(format!("{registry}/{repository}@{digest}"));
+        cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+    }
+}

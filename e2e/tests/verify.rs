@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use e2e::cosign::{Key, Repository};
+use e2e::cosign::{CosignCli, Key, Repository};
 use e2e::procs::{operator, oras_push, wait_for, Proc, TempDir};
 use e2e::{cluster, install_crds, kubectl, namespace};
 use serde_json::Value;
@@ -157,6 +157,48 @@ fn only_signed_releases_are_pinned() {
     assert!(verified(&ch).unwrap()["message"].as_str().unwrap().contains("sigstore bundle"), "{ch:#}");
     assert!(!w.events("Verified").is_empty());
     wait_for(WAIT, "the gateway config pins 1.3.0", || (w.rendered_current()? == signed).then_some(()));
+}
+
+/// Issue #19 on the operator's side, signed by the real `cosign sign --key`: a channel
+/// created after an unsigned v1.1.0 was pushed over a signed v1.0.0 resolves v1.0.0
+/// (`status.latest`, Ready), and `Verified=False` names v1.1.0 as skipped. It used to
+/// resolve nothing for as long as v1.1.0 stayed unsigned.
+#[test]
+fn a_channel_created_after_an_unsigned_push_serves_the_newest_signed_release() {
+    assert!(CosignCli::available(), "needs the cosign CLI (Debian: apt-get install -t trixie cosign)");
+    let w = World::new("op-verify-skip");
+    let keys = TempDir::new("op-verify-skip-keys");
+    let cosign = CosignCli::generate(&keys.0);
+    let public = format!("--from-file=cosign.pub={}", cosign.public.display());
+    kubectl(&["create", "secret", "generic", "cosign", "-n", &w.ns, &public], None).ok();
+    let signed = w.push("v1.0.0");
+    cosign.sign(&cluster().registry, &w.repository, &signed, &[]);
+    let unsigned = w.push("v1.1.0");
+
+    w.apply("apiVersion: updraft.dev/v1alpha1\nkind: OtaGateway\nmetadata: {name: default}\nspec: {}\n");
+    w.apply(&format!(
+        "apiVersion: updraft.dev/v1alpha1\nkind: FirmwareChannel\nmetadata: {{name: esp32}}\nspec:\n  interval: 2s\n  source: {{registry: \"{}\", repository: \"{}\", insecure: true}}\n  verify: {{provider: cosign, publicKeySecret: {{name: cosign}}}}\n",
+        cluster().registry,
+        w.repository
+    ));
+    let ch = w.wait("1.0.0 pinned beside the skipped 1.1.0", |v| {
+        v["status"]["latest"]["digest"] == signed.as_str() && verified_is(v, "False", "NoSignature")
+    });
+    let message = verified(&ch).unwrap()["message"].as_str().unwrap().to_owned();
+    assert!(message.contains("tag v1.1.0") && message.contains(&unsigned) && message.contains("skipped"), "{message}");
+    assert!(message.contains(&format!("serving 1.0.0 ({signed})")), "{message}");
+    assert!(ch["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["type"] == "Ready" && c["status"] == "True"));
+    wait_for(WAIT, "the gateway config pins 1.0.0", || (w.rendered_current()? == signed).then_some(()));
+
+    // cosign signs 1.1.0: picked up, nothing skipped any more.
+    cosign.sign(&cluster().registry, &w.repository, &unsigned, &[]);
+    w.wait("1.1.0 pinned and Verified", |v| {
+        v["status"]["latest"]["digest"] == unsigned.as_str() && verified_is(v, "True", "Verified")
+    });
 }
 
 #[test]

@@ -11,7 +11,7 @@ use kube::runtime::controller::Action;
 use kube::ResourceExt;
 use tracing::{info, instrument, warn};
 use updraft_core::cosign::Verifier;
-use updraft_core::version::parse_range;
+use updraft_core::version::{describe_skipped, parse_range, Skipped};
 use updraft_crds::conditions::{self, set_condition, NewCondition, READY, STALLED};
 use updraft_crds::{FirmwareChannel, FirmwareChannelSpec, FirmwareChannelStatus, ResolvedVersion};
 
@@ -54,14 +54,15 @@ pub(crate) async fn reconcile(channel: Arc<FirmwareChannel>, ctx: Arc<Context>) 
 
     // Ask the registry when due; otherwise (a watch event, or the retry of a status write
     // that failed) report what the last check found, without asking again.
+    let skipped_before = skipped(schedule.last_result(&channel).as_ref(), schedule.last_failure(&channel).as_ref());
     let error = match schedule.due_in(&channel) {
         None if !channel.spec.suspend => check_registry(&channel, &ctx, interval).await.err(),
         _ => None,
     };
-    let result = schedule.last_result(&channel);
+    let (result, failure) = (schedule.last_result(&channel), schedule.last_failure(&channel));
+    announce_skipped(&channel, &ctx, &skipped_before, &skipped(result.as_ref(), failure.as_ref()));
     let new_version = result.clone().and_then(|r| record_resolution(&mut status, r));
     raise_high_water_mark(&mut status);
-    let failure = schedule.last_failure(&channel);
     set_registry_condition(&mut status, failure.as_ref(), generation);
     let verification = set_verified(&channel.spec, &mut status, result.as_ref(), failure.as_ref(), generation);
     set_ready(&channel, &ctx, &mut status, failure.as_ref());
@@ -70,19 +71,6 @@ pub(crate) async fn reconcile(channel: Arc<FirmwareChannel>, ctx: Arc<Context>) 
     schedule.succeeded(&channel);
     if let Some((verified, note)) = verification {
         ctx.event(channel.as_ref(), !verified, if verified { "Verified" } else { "Unverified" }, note).await;
-        if let Some(Error::Unverified { message, version, tag, digest, .. }) = error.as_ref().filter(|_| !verified) {
-            let refused = Refused {
-                namespace: channel.namespace().unwrap_or_default(),
-                channel: Some(channel.name_any()),
-                device: Some(crate::attach::device_id(&channel)),
-                version: version.clone(),
-                tag: tag.clone(),
-                digest: digest.clone(),
-                reason: message.clone(),
-                ..Default::default()
-            };
-            notify::failed_verification(&ctx, ctx.gateways.get(&gateway_of(channel.as_ref())), refused);
-        }
     }
     if let Some(note) = new_version {
         ctx.event(channel.as_ref(), false, "NewVersion", note).await;
@@ -188,6 +176,40 @@ async fn verifier(channel: &FirmwareChannel, ctx: &Context) -> Result<Option<Ver
     secrets::verifier(&secret, verify, None).map(Some)
 }
 
+/// What the last check skipped (its signature did not verify), newest first: beside
+/// the release it resolved, or every release it tried when none verified.
+fn skipped(result: Option<&Resolution>, failure: Option<&Failure>) -> Vec<Skipped> {
+    match (result, failure) {
+        (_, Some(f)) if f.unverified => f.skipped.clone(),
+        (Some(r), None) => r.skipped.clone(),
+        _ => Vec::new(),
+    }
+}
+
+/// Each release the last check skipped that the one before did not (once per digest):
+/// logged, counted, and announced to the gateway's webhooks (`release.failed`). The
+/// `Verified` condition names them; its event is published when it changes.
+fn announce_skipped(channel: &FirmwareChannel, ctx: &Arc<Context>, before: &[Skipped], now: &[Skipped]) {
+    let known: std::collections::BTreeSet<&str> = before.iter().map(|s| s.release.digest.as_str()).collect();
+    let namespace = channel.namespace().unwrap_or_default();
+    for s in now.iter().filter(|s| !known.contains(s.release.digest.as_str())) {
+        let release = &s.release;
+        warn!(version = %release.display_version(), tag = %release.tag, digest = %release.digest, reason = s.reason, error = %s.error, "skipped a release: its signature does not verify");
+        ctx.metrics.skipped_release(&namespace, &channel.name_any(), s.reason);
+        let refused = Refused {
+            namespace: namespace.clone(),
+            channel: Some(channel.name_any()),
+            device: Some(crate::attach::device_id(channel)),
+            version: release.display_version(),
+            tag: release.tag.clone(),
+            digest: release.digest.clone(),
+            reason: s.to_string(),
+            ..Default::default()
+        };
+        notify::failed_verification(ctx, ctx.gateways.get(&gateway_of(channel)), refused);
+    }
+}
+
 /// A new digest moves `latest` to `previous`; returns the note of the `NewVersion` event,
 /// published once the status is written. The same resolution again changes nothing.
 fn record_resolution(status: &mut FirmwareChannelStatus, r: Resolution) -> Option<String> {
@@ -224,8 +246,9 @@ fn raise_high_water_mark(status: &mut FirmwareChannelStatus) {
 }
 
 /// `Verified` under `spec.verify`, from the last check: True naming the key and where
-/// the signature was, False saying why the release was refused; left as it is when the
-/// check failed for another reason. Without `spec.verify` there is no such condition.
+/// the signature was; False naming the newer releases skipped because their signatures
+/// do not verify (beside the verified one served), or every release refused when none
+/// verifies; left as it is when the check failed for another reason. Without `spec.verify` there is no such condition.
 /// Returns the event to publish (verified or not, and its note) when the condition changed.
 fn set_verified(
     spec: &FirmwareChannelSpec,
@@ -244,8 +267,14 @@ fn set_verified(
             (false, f.reason, format!("{}{}", f.message, serving.unwrap_or_default()))
         }
         (None, Some((r, v))) => {
-            let message = format!("{} ({}) is signed: key {} verifies its {}", r.version, r.digest, v.key, v.scheme);
-            (true, "Verified", message)
+            let (release, key, scheme) = (format!("{} ({})", r.version, r.digest), &v.key, v.scheme);
+            match r.skipped.first() {
+                None => (true, "Verified", format!("{release} is signed: key {key} verifies its {scheme}")),
+                Some(newest) => {
+                    let skipped = describe_skipped(&r.skipped);
+                    (false, newest.reason, format!("{skipped}; serving {release}, its {scheme} verified by key {key}"))
+                }
+            }
         }
         _ => return None,
     };
@@ -386,6 +415,7 @@ mod tests {
             digest: digest.into(),
             size: Some(1),
             verified: None,
+            skipped: Vec::new(),
         };
         let mut status = FirmwareChannelStatus::default();
         let note = record_resolution(&mut status, r("1.0.0", DIGEST_A)).unwrap();
@@ -414,13 +444,21 @@ mod tests {
                 scheme: Scheme::Tag,
                 signature: "sha256:5".into(),
             }),
+            skipped: Vec::new(),
+        };
+        let unsigned = Skipped {
+            release: updraft_core::version::Resolved {
+                version: Some("1.1.0".into()),
+                tag: "v1.1.0".into(),
+                digest: DIGEST_B.into(),
+            },
+            reason: "NoSignature",
+            error: format!("no cosign signature for {DIGEST_B}"),
         };
         let refused = Failure::from(&Error::Unverified {
             reason: "NoSignature",
-            message: format!("1.1.0 (tag v1.1.0, {DIGEST_B}) is not pinned: no cosign signature for {DIGEST_B}"),
-            version: "1.1.0".into(),
-            tag: "v1.1.0".into(),
-            digest: DIGEST_B.into(),
+            message: format!("no release of r/fw verifies (its only version tried): {unsigned}"),
+            skipped: vec![unsigned.clone()],
         });
         let unreachable = Failure::from(&Error::RegistryUnreachable("down".into()));
         let mut status = FirmwareChannelStatus::default();
@@ -450,6 +488,23 @@ mod tests {
         // Another kind of failure says nothing about signatures: the condition stays.
         assert_eq!(set_verified(&verifying, &mut status, None, Some(&unreachable), Some(1)), None);
         assert_eq!(verified(&status).unwrap(), condition);
+
+        // 1.0.0 verifies, newer 1.1.0 does not: 1.0.0 is what status serves, and
+        // Verified=False names 1.1.0, as an ImageStream names the versions it leaves out.
+        let beside = Resolution { skipped: vec![unsigned.clone()], ..signed.clone() };
+        let (ok, note) = set_verified(&verifying, &mut status, Some(&beside), None, Some(1)).unwrap();
+        assert!(!ok);
+        assert_eq!(
+            note,
+            format!(
+                "1.1.0 (tag v1.1.0, {DIGEST_B}) is skipped: no cosign signature for {DIGEST_B}; \
+                 serving 1.0.0 ({DIGEST_A}), its tag signature verified by key Secret cosign/cosign.pub"
+            )
+        );
+        assert_eq!(verified(&status).unwrap().reason, "NoSignature");
+        assert_eq!(skipped(Some(&beside), None), std::slice::from_ref(&unsigned));
+        assert_eq!(skipped(Some(&beside), Some(&refused)), std::slice::from_ref(&unsigned));
+        assert_eq!(skipped(Some(&beside), Some(&unreachable)), []);
 
         // Without spec.verify there is no Verified condition.
         let plain = spec(serde_json::json!({}));
@@ -481,6 +536,7 @@ mod tests {
                 digest: DIGEST_A.into(),
                 size: Some(4),
                 verified: None,
+                skipped: Vec::new(),
             };
             Box::pin(async move { Ok(resolution) })
         }

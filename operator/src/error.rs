@@ -34,11 +34,11 @@ pub(crate) enum Error {
     /// The Secret of public keys (`spec.verify`) is missing or holds no usable key.
     #[error("public keys: {0}")]
     PublicKeys(String),
-    /// The resolved release's signature does not verify, so it is not pinned. `reason`
-    /// says why ([`updraft_core::cosign::VerifyError::reason`]); `version`, `tag` and
-    /// `digest` name the release (for the webhook that announces it).
+    /// No release's signature verifies, so nothing new is pinned. `reason` says why for
+    /// the newest ([`updraft_core::cosign::VerifyError::reason`]); `skipped` names each
+    /// release tried (for the webhooks that announce them), newest first.
     #[error("{message}")]
-    Unverified { reason: &'static str, message: String, version: String, tag: String, digest: String },
+    Unverified { reason: &'static str, message: String, skipped: Vec<updraft_core::version::Skipped> },
     /// A mirror's source could not be listed.
     #[error("source: {0}")]
     SourceUnreachable(String),

@@ -18,6 +18,7 @@ pub(crate) struct Metrics {
     mirror_pending: IntGaugeVec,
     mirror_in_sync: IntGaugeVec,
     mirror_behind: IntGaugeVec,
+    skipped_releases: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -73,6 +74,14 @@ impl Default for Metrics {
             "mirror_behind",
             "1 while an ArtifactMirror has had items pending for more than two intervals (Ready=False, Behind)",
         );
+        let skipped_releases = IntCounterVec::new(
+            Opts::new(
+                "channel_skipped_releases_total",
+                "Releases (manifest digests) a FirmwareChannel skipped because their cosign signature did not verify, by reason",
+            ),
+            &["namespace", "channel", "reason"],
+        )
+        .unwrap();
         for m in [
             Box::new(reconcile_duration.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(reconciles.clone()),
@@ -85,6 +94,7 @@ impl Default for Metrics {
             Box::new(mirror_pending.clone()),
             Box::new(mirror_in_sync.clone()),
             Box::new(mirror_behind.clone()),
+            Box::new(skipped_releases.clone()),
         ] {
             registry.register(m).expect("metric names are unique");
         }
@@ -101,6 +111,7 @@ impl Default for Metrics {
             mirror_pending,
             mirror_in_sync,
             mirror_behind,
+            skipped_releases,
         }
     }
 }
@@ -128,6 +139,12 @@ impl Metrics {
     /// Counts an object a notification made check now.
     pub(crate) fn webhook_trigger(&self, kind: &str) {
         self.webhook_triggers.with_label_values(&[kind]).inc();
+    }
+
+    /// Counts a release a channel skipped (once per digest) because its signature did
+    /// not verify.
+    pub(crate) fn skipped_release(&self, namespace: &str, channel: &str, reason: &str) {
+        self.skipped_releases.with_label_values(&[namespace, channel, reason]).inc();
     }
 
     /// Records the version a channel now serves, dropping the series of the one before.

@@ -1,16 +1,17 @@
 //! Version resolution from registry metadata only: the tag list, a HEAD of the
 //! manifest, and the manifest itself when the digest is new (for the layer size and to
 //! check that the artifact has the layer the spec asks for); under `spec.verify`, the
-//! release's cosign signature (small payloads and bundles). Payloads are never pulled.
+//! newest release whose cosign signature verifies (small payloads and bundles), newer
+//! ones that do not being skipped ([`resolve_verified`]). Payloads are never pulled.
 
 use futures::future::BoxFuture;
 use oci_client::client::ClientProtocol;
 use oci_client::secrets::RegistryAuth;
 use oci_client::Client;
 use updraft_core::config::ArtifactConfig;
-use updraft_core::cosign::{Verified, Verifier, VerifyError};
+use updraft_core::cosign::{Verified, Verifier};
 use updraft_core::oci::{self, pull_image_manifest, select_layer, OciError};
-use updraft_core::version::{resolve_latest, ResolveError, Rule};
+use updraft_core::version::{resolve_latest, resolve_verified, ResolveError, Rule, Skipped};
 use updraft_crds::channel::VersionPolicy;
 use updraft_crds::{OciSource, ResolvedVersion};
 
@@ -30,6 +31,20 @@ pub(crate) struct ResolveRequest<'a> {
     pub verifier: Option<&'a Verifier>,
 }
 
+/// The operator's error for what the resolver said.
+fn resolve_error(source: &OciSource, e: ResolveError) -> Error {
+    match e {
+        ResolveError::Registry(e) => Error::registry(&source.reference(), &e),
+        ResolveError::InvalidRule(reason) => Error::InvalidSpec(SpecError::new("version", reason)),
+        no_match @ ResolveError::NoMatch { .. } => Error::NoMatchingVersion(no_match.to_string()),
+        ref unverified @ ResolveError::Unverified { ref skipped, .. } => Error::Unverified {
+            reason: skipped.first().map_or("NoSignature", |s| s.reason),
+            message: unverified.to_string(),
+            skipped: skipped.clone(),
+        },
+    }
+}
+
 /// A resolved artifact.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Resolution {
@@ -39,6 +54,9 @@ pub(crate) struct Resolution {
     pub size: Option<i64>,
     /// The signature that verified, under `spec.verify`.
     pub verified: Option<Verified>,
+    /// Under `spec.verify`: newer releases skipped because their signature did not
+    /// verify, newest first.
+    pub skipped: Vec<Skipped>,
 }
 
 /// Resolves a channel's version. Behind a trait so a unit test can stand in for the
@@ -81,33 +99,6 @@ impl OciResolver {
     }
 
     async fn resolve_now(&self, request: ResolveRequest<'_>) -> Result<Resolution> {
-        let resolution = self.resolve_unverified(&request).await?;
-        let Some(verifier) = request.verifier else { return Ok(resolution) };
-        let source = request.source;
-        let release = || match resolution.tag.as_str() {
-            "" => format!("{} ({})", resolution.version, resolution.digest),
-            tag => format!("{} (tag {tag}, {})", resolution.version, resolution.digest),
-        };
-        let client = self.client(source);
-        let verified = verifier
-            .verify(client, &source.registry, &source.repository, &request.auth, &resolution.digest)
-            .await
-            .map_err(|e| match e {
-                VerifyError::Registry(e) => {
-                    Error::RegistryUnreachable(format!("{}: verifying {}: {e}", source.reference(), release()))
-                }
-                e => Error::Unverified {
-                    reason: e.reason(),
-                    message: format!("{} is not pinned: {e}", release()),
-                    version: resolution.version.clone(),
-                    tag: resolution.tag.clone(),
-                    digest: resolution.digest.clone(),
-                },
-            })?;
-        Ok(Resolution { verified: Some(verified), ..resolution })
-    }
-
-    async fn resolve_unverified(&self, request: &ResolveRequest<'_>) -> Result<Resolution> {
         let (source, policy) = (request.source, request.policy);
         let client = self.client(source);
         let rule = Rule {
@@ -116,19 +107,25 @@ impl OciResolver {
             allow_v_prefix: policy.allow_v_prefix,
             pin: policy.pin.as_deref(),
         };
-        let resolved =
-            resolve_latest(client, &source.registry, &source.repository, source.insecure, &request.auth, rule)
-                .await
-                .map_err(|e| match e {
-                    ResolveError::Registry(e) => Error::registry(&source.reference(), &e),
-                    ResolveError::InvalidRule(reason) => Error::InvalidSpec(SpecError::new("version", reason)),
-                    no_match @ ResolveError::NoMatch { .. } => Error::NoMatchingVersion(no_match.to_string()),
-                })?;
+        let (registry, repository, insecure, auth) =
+            (&source.registry, &source.repository, source.insecure, &request.auth);
+        let (resolved, verified, skipped) = match request.verifier {
+            None => {
+                let resolved = resolve_latest(client, registry, repository, insecure, auth, rule).await;
+                (resolved.map_err(|e| resolve_error(source, e))?, None, Vec::new())
+            }
+            Some(verifier) => {
+                let release = resolve_verified(client, registry, repository, insecure, auth, rule, verifier)
+                    .await
+                    .map_err(|e| resolve_error(source, e))?;
+                (release.resolved, Some(release.verified), release.skipped)
+            }
+        };
         let digest = resolved.digest.clone();
         let tag = resolved.tag.clone();
         if let Some(known) = request.known.filter(|k| k.digest == digest && (tag.is_empty() || k.tag == tag)) {
             let (version, tag, size) = (known.version.clone(), known.tag.clone(), known.size);
-            return Ok(Resolution { version, tag, digest, size, verified: None });
+            return Ok(Resolution { version, tag, digest, size, verified, skipped });
         }
         let (size, annotated_version) =
             self.layer_size(client, source, &request.auth, &digest, &request.artifact).await?;
@@ -137,7 +134,7 @@ impl OciResolver {
             (None, false) => tag.clone(),
             (None, true) => annotated_version.unwrap_or_else(|| resolved.display_version()),
         };
-        Ok(Resolution { version, tag, digest, size: Some(size), verified: None })
+        Ok(Resolution { version, tag, digest, size: Some(size), verified, skipped })
     }
 
     /// Size of the selected layer of the manifest at `digest` (following an image index

@@ -68,6 +68,8 @@ pub(crate) struct Failure {
     pub unreachable: bool,
     /// The release's signature did not verify (what `Verified=False` reports).
     pub unverified: bool,
+    /// When `unverified`: the releases tried, each refused (newest first).
+    pub skipped: Vec<updraft_core::version::Skipped>,
     /// How long the source asked to be left alone (`Retry-After`), if it did.
     pub retry_after: Option<Duration>,
 }
@@ -82,6 +84,10 @@ impl From<&Error> for Failure {
                 Error::RegistryUnreachable(_) | Error::RegistryBusy { .. } | Error::UpstreamUnreachable(_)
             ),
             unverified: matches!(e, Error::Unverified { .. }),
+            skipped: match e {
+                Error::Unverified { skipped, .. } => skipped.clone(),
+                _ => Vec::new(),
+            },
             retry_after: e.retry_after(),
         }
     }

@@ -40,6 +40,7 @@ pub struct Metrics {
     pub stream_index_failures: IntCounterVec,
     pub stream_versions: IntGaugeVec,
     pub stream_unverified: IntCounterVec,
+    pub firmware_unverified: IntCounterVec,
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -104,6 +105,12 @@ impl Metrics {
                 "stream_unverified_total",
                 "Stream versions (manifest digests) left out because their cosign signature did not verify, by reason",
                 &["stream", "reason"],
+            ),
+            firmware_unverified: counter_vec(
+                &r,
+                "firmware_unverified_total",
+                "Firmware releases (manifest digests) a standalone channel skipped because their cosign signature did not verify, by reason",
+                &["channel", "reason"],
             ),
             requests: counter_vec(
                 &r,

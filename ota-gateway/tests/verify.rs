@@ -1,14 +1,16 @@
-//! Standalone channels under `policy.verify`: the gateway pins a resolved release only
-//! when its cosign signature verifies with one of the configured key files (the same
-//! verifier as the operator). Releases are signed as cosign does by [`e2e::cosign`]
-//! (openssl keys and signatures, pushed with oras) against the real registry.
+//! Standalone channels under `policy.verify`: the gateway serves the newest release
+//! whose cosign signature verifies with one of the configured key files (the same
+//! resolver and verifier as the operator); newer ones that do not verify are skipped.
+//! Releases are signed by the real `cosign` CLI ([`e2e::cosign::CosignCli`]) and, for
+//! what it cannot make, as cosign does by [`e2e::cosign`] (openssl keys and signatures,
+//! pushed with oras) against the real registry.
 
 mod common;
 
 use std::time::Duration;
 
 use common::*;
-use e2e::cosign::{Key, Repository};
+use e2e::cosign::{CosignCli, Key, Repository};
 use updraft_core::cosign::VerifyConfig;
 use updraft_core::version::VersionPolicy;
 
@@ -93,12 +95,68 @@ async fn an_unsigned_release_is_served_once_its_signature_arrives() {
 
     wait_resolved_once(&gw, &reg.addr).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (status, body) = version(&gw).await;
-    assert_ne!(status, 200, "an unsigned release is not served: {body}");
+    // Nothing to serve yet: the OtaFlux routes answer as OtaFlux does, in its words and
+    // type, not with the gateway's JSON.
+    for path in ["/version?device=esp32", "/firmware?device=esp32"] {
+        let r = gw.get(path).await;
+        assert_eq!(r.status(), 404, "{path}: an unsigned release is not served");
+        assert_eq!(r.headers()["content-type"], "text/plain; charset=utf-8", "{path}");
+        assert_eq!(r.text().await.unwrap(), "No firmware for device 'esp32'", "{path}");
+    }
+    let metrics = gw.metrics().await;
+    let refused = r#"updraft_gateway_firmware_unverified_total{channel="esp32",reason="NoSignature"} 1"#;
+    assert!(metrics.contains(refused), "refused once, though resolved every second: {metrics}");
 
     Repository { registry: &reg.addr, name: &repo, dir: work.path() }.sign_with_tag(&ours, &digest);
     let body = gw.wait_ok("/version?device=esp32").await.text().await.unwrap();
     assert_eq!(body, format!("2.0.0\n{}\n500", crc32fast::hash(&firmware)));
+}
+
+/// Issue #19: v1.0.0 signed by the real `cosign sign --key`, v1.1.0 pushed unsigned
+/// before the gateway starts. The gateway serves v1.0.0 (it used to serve nothing for
+/// as long as v1.1.0 stayed unsigned, while a replica started earlier kept serving
+/// v1.0.0), reports v1.1.0 once however often it resolves, and moves to v1.1.0 once
+/// cosign signs it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_unsigned_tag_is_skipped_not_a_reason_to_serve_nothing() {
+    assert!(CosignCli::available(), "needs the cosign CLI (Debian: apt-get install -t trixie cosign)");
+    let reg = registry();
+    let work = tempfile::tempdir().unwrap();
+    let repo = unique_repo("verify-skip");
+    let cosign = CosignCli::generate(work.path());
+    let first = random_bytes(700);
+    let d1 = push_file(&reg.addr, &repo, "v1.0.0", work.path(), "a.bin", RAW, &first);
+    cosign.sign(&reg.addr, &repo, &d1, &[]);
+    let newer = random_bytes(900);
+    let d2 = push_file(&reg.addr, &repo, "v1.1.0", work.path(), "b.bin", RAW, &newer);
+
+    let mut c = channel("esp32", &reg.addr, &repo, ("", "", ""));
+    c.current = None;
+    c.policy = Some(VersionPolicy {
+        interval: "1s".into(),
+        verify: Some(VerifyConfig { public_key_files: vec![cosign.public.clone()] }),
+        ..Default::default()
+    });
+    let gw = Gateway::start(config(&work.path().join("cache"), vec![c])).await;
+    let body = gw.wait_ok("/version?device=esp32").await.text().await.unwrap();
+    assert_eq!(body, format!("1.0.0\n{}\n700", crc32fast::hash(&first)));
+
+    // Several resolutions later: still 1.0.0, and 1.1.0 was reported once.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(version(&gw).await, (200, body));
+    let metrics = gw.metrics().await;
+    let refused = r#"updraft_gateway_firmware_unverified_total{channel="esp32",reason="NoSignature"} 1"#;
+    assert!(metrics.contains(refused), "{metrics}");
+
+    cosign.sign(&reg.addr, &repo, &d2, &[]);
+    let expected = format!("1.1.0\n{}\n900", crc32fast::hash(&newer));
+    for _ in 0..200 {
+        if version(&gw).await == (200, expected.clone()) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("1.1.0 was never served once signed: {:?}", version(&gw).await);
 }
 
 #[test]

@@ -43,7 +43,7 @@ pub const SIGNATURE_ANNOTATION: &str = "dev.cosignproject.cosign/signature";
 pub const BUNDLE_MEDIA_TYPE: &str = "application/vnd.dev.sigstore.bundle.v0.3+json";
 
 /// Payloads and bundles are small (a few KiB); a bigger blob is not read.
-const MAX_BLOB: i64 = 1 << 20;
+const MAX_BLOB: usize = 1 << 20;
 /// At most this many bundle referrers are examined for one digest.
 const MAX_REFERRERS: usize = 32;
 
@@ -295,10 +295,12 @@ impl Verifier {
             let found = |check| Found { scheme: Scheme::Bundle, manifest: entry.digest.clone(), check };
             let manifest = match client.pull_manifest(&reference, auth).await {
                 Ok((OciManifest::Image(image), _)) => image,
-                Ok((OciManifest::ImageIndex(_), _)) => {
+                Ok((OciManifest::ImageIndex(_), _)) if says_bundle(entry) => {
                     checks.push(found(Check::Tampered(format!("referrer {} is an index", entry.digest))));
                     continue;
                 }
+                // An index whose entry did not claim to be a bundle is something else.
+                Ok((OciManifest::ImageIndex(_), _)) => continue,
                 Err(e) => return Err(oci::registry_error(registry)(e)),
             };
             for layer in manifest.layers.iter().filter(|l| l.media_type.starts_with(BUNDLE_MEDIA_TYPE_PREFIX)) {
@@ -313,7 +315,21 @@ impl Verifier {
     }
 }
 
+/// The artifact type a referrers index entry gets from a manifest with an empty config
+/// and no `artifactType` of its own, as go-containerregistry computes it.
+const OCI_EMPTY_MEDIA_TYPE: &str = "application/vnd.oci.empty.v1+json";
+
+/// Whether a referrer may be a bundle, by its index entry: its artifact type says so,
+/// or says nothing useful. The referrers tag schema index cosign 2.5 writes (`cosign
+/// attest --new-bundle-format` on a registry without the referrers API) gives its bundle
+/// the config's media type, `application/vnd.oci.empty.v1+json`, the bundle type only
+/// inside the manifest; such a manifest is read, and only its bundle layers count.
 fn is_bundle(entry: &ImageIndexEntry) -> bool {
+    says_bundle(entry) || entry.artifact_type.as_deref().is_none_or(|t| t == OCI_EMPTY_MEDIA_TYPE)
+}
+
+/// Whether a referrers index entry's artifact type is a sigstore bundle's.
+fn says_bundle(entry: &ImageIndexEntry) -> bool {
     entry.artifact_type.as_deref().is_some_and(|t| t.starts_with(BUNDLE_MEDIA_TYPE_PREFIX))
 }
 
@@ -350,28 +366,83 @@ fn conclude(keys: &Keys, found: Vec<Found>, registry: Option<OciError>, digest: 
 
 /// Pulls a payload or bundle blob. The outer error is the registry failing; the inner
 /// one is material that cannot be trusted (too big, or not matching its digest).
+///
+/// The size a descriptor declares is a claim: it caps what is read (at most
+/// [`MAX_BLOB`]), and the buffer grows only with the bytes received. A registry that
+/// sends more than declared is cut off at the first byte past it, not read to the end.
 async fn pull_small_blob(
     client: &Client,
     reference: &Reference,
     layer: &OciDescriptor,
     registry: &str,
 ) -> Result<Result<Vec<u8>, Check>, OciError> {
-    if !(0..=MAX_BLOB).contains(&layer.size) {
-        return Ok(Err(Check::Tampered(format!("blob {} declares {} bytes", layer.digest, layer.size))));
+    let declared = match usize::try_from(layer.size) {
+        Ok(size) if size <= MAX_BLOB => size,
+        _ => return Ok(Err(Check::Tampered(format!("blob {} declares {} bytes", layer.digest, layer.size)))),
+    };
+    let mut sink = Capped::new(declared);
+    let result = client.pull_blob(reference, layer, &mut sink).await;
+    if sink.overflowed {
+        return Ok(Err(Check::Tampered(format!(
+            "blob {} sends more than the {declared} bytes its descriptor declares",
+            layer.digest
+        ))));
     }
-    let mut out = Vec::with_capacity(layer.size as usize);
-    match client.pull_blob(reference, layer, &mut out).await {
-        Ok(()) if out.len() as i64 == layer.size => Ok(Ok(out)),
+    match result {
+        Ok(()) if sink.buf.len() == declared => Ok(Ok(sink.buf)),
         Ok(()) => Ok(Err(Check::Tampered(format!(
-            "blob {} is {} bytes, its descriptor says {}",
+            "blob {} is {} bytes, its descriptor says {declared}",
             layer.digest,
-            out.len(),
-            layer.size
+            sink.buf.len()
         )))),
         Err(OciDistributionError::DigestError(e)) => {
             Ok(Err(Check::Tampered(format!("blob {} does not match its digest: {e}", layer.digest))))
         }
         Err(e) => Err(oci::registry_error(registry)(e)),
+    }
+}
+
+/// An in-memory sink holding at most `limit` bytes; a write past it fails (which ends
+/// the blob's download) and marks the sink `overflowed`.
+struct Capped {
+    buf: Vec<u8>,
+    limit: usize,
+    overflowed: bool,
+}
+
+impl Capped {
+    fn new(limit: usize) -> Self {
+        Self { buf: Vec::new(), limit, overflowed: false }
+    }
+}
+
+impl tokio::io::AsyncWrite for Capped {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if data.len() > self.limit - self.buf.len() {
+            self.overflowed = true;
+            let error = std::io::Error::other("more bytes than the descriptor declares");
+            return std::task::Poll::Ready(Err(error));
+        }
+        self.buf.extend_from_slice(data);
+        std::task::Poll::Ready(Ok(data.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
     }
 }
 
@@ -451,6 +522,19 @@ mod tests {
     fn first_verified_names_key_scheme_and_manifest() {
         let verified = first_verified(&[found(Check::WrongKey), found(Check::Verified { key: "ours".into() })]);
         assert_eq!(verified, Some(Verified { key: "ours".into(), scheme: Scheme::Tag, signature: "sha256:aa".into() }));
+    }
+
+    #[tokio::test]
+    async fn a_capped_sink_holds_what_arrives_and_refuses_a_byte_more() {
+        use tokio::io::AsyncWriteExt as _;
+        let mut sink = Capped::new(5);
+        sink.write_all(b"abc").await.unwrap();
+        assert!(sink.write_all(b"def").await.is_err());
+        assert!(sink.overflowed);
+        assert_eq!(sink.buf, b"abc");
+        let mut exact = Capped::new(3);
+        exact.write_all(b"abc").await.unwrap();
+        assert!(!exact.overflowed);
     }
 
     #[tokio::test]

@@ -1,6 +1,7 @@
 //! What the firmware surface answers other than success. The OtaFlux device API's
 //! errors are plain text, byte for byte what OtaFlux sends (devices parse them); the
-//! rest become the gateway's generic JSON error ([`crate::http::Error`]).
+//! rest become the gateway's generic JSON error ([`crate::http::Error`]), which the
+//! OtaFlux routes turn into plain text too (`otaflux::plain_text`).
 
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -44,9 +45,12 @@ impl IntoResponse for Error {
     }
 }
 
+/// The content type of OtaFlux's answers other than `/version`'s success.
+pub(super) const PLAIN_TEXT: &str = "text/plain; charset=utf-8";
+
 /// An OtaFlux error answer.
 fn plain(status: StatusCode, body: String) -> Response {
-    (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
+    (status, [(header::CONTENT_TYPE, PLAIN_TEXT)], body).into_response()
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ use crate::fetch::Job;
 use crate::http::Download;
 use crate::metrics::Metrics;
 use updraft_core::config::{ChannelConfig, PinnedArtifact};
+use updraft_core::version::Skipped;
 
 /// The channels of one loaded config.
 pub(super) struct Snapshot {
@@ -70,6 +71,9 @@ pub struct Channel {
     /// Standalone mode: when the policy is due to be resolved again (`None`: now).
     /// Kept with the channel, so a reload that keeps it keeps its schedule.
     pub(super) next_resolve: Mutex<Option<Instant>>,
+    /// Standalone mode under `policy.verify`: the digests the last resolution skipped
+    /// (their signature did not verify), with the reason, so each is reported once.
+    skipped: Mutex<HashMap<String, &'static str>>,
 }
 
 /// The two artifacts of a channel.
@@ -169,6 +173,7 @@ impl Channel {
             public_url,
             otaflux_checkins,
             next_resolve: Mutex::new(None),
+            skipped: Mutex::new(HashMap::new()),
             config,
         }
     }
@@ -222,6 +227,16 @@ impl Channel {
         let next = Arc::new(Release::new(&self.config, &pinned));
         releases.previous = releases.current.replace(next);
         true
+    }
+
+    /// Records what a resolution skipped; returns those not skipped (for that reason)
+    /// by the resolution before, which are the ones to report. A digest no longer
+    /// skipped is forgotten, so it is reported again should it be skipped again.
+    pub(super) fn note_skipped<'a>(&self, skipped: &'a [Skipped]) -> Vec<&'a Skipped> {
+        let mut known = self.skipped.lock().expect("skipped lock");
+        let new = skipped.iter().filter(|s| known.get(&s.release.digest) != Some(&s.reason)).collect();
+        *known = skipped.iter().map(|s| (s.release.digest.clone(), s.reason)).collect();
+        new
     }
 
     /// The release a device gets, by the rollout hash of its id.

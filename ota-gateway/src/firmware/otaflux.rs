@@ -14,32 +14,85 @@ use super::model::Ready;
 use super::{Channel, Error, Firmware};
 use crate::http::query;
 
-/// The channel serving `?device=` and what it serves the device with `?id=`.
+/// The channel serving `?device=` and what it serves the device with `?id=`. A channel
+/// with nothing resolved yet (standalone, before its first release verifies) answers
+/// as OtaFlux does for a device it has no firmware for.
 fn target(firmware: &Firmware, uri: &Uri) -> Result<(Arc<Channel>, Arc<Ready>), Error> {
     let query = uri.query().unwrap_or("");
     let device = query::param(query, "device").ok_or(Error::MissingDevice)?;
     let snapshot = firmware.snapshot();
-    let channel = snapshot.device(&device).ok_or_else(|| Error::NoFirmware(device.into_owned()))?.clone();
-    let ready = firmware.serve(&channel, query::param(query, "id").as_deref())?;
+    let no_firmware = || Error::NoFirmware(device.clone().into_owned());
+    let channel = snapshot.device(&device).ok_or_else(no_firmware)?.clone();
+    let ready = match firmware.serve(&channel, query::param(query, "id").as_deref()) {
+        Err(Error::NotResolved(_)) => return Err(no_firmware()),
+        result => result?,
+    };
     Ok((channel, ready))
 }
 
 /// `GET /version?device=ID[&id=UNIQUE]`: `VERSION\nCRC32\nSIZE`.
 #[instrument(level = "debug", skip_all, fields(query = uri.query()))]
-pub(super) async fn version(State(firmware): State<Firmware>, uri: Uri) -> Result<Response, Error> {
-    let (channel, ready) = target(&firmware, &uri)?;
-    channel.otaflux_checkins.inc();
-    Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"))], ready.version_body.clone()).into_response())
+pub(super) async fn version(State(firmware): State<Firmware>, uri: Uri) -> Response {
+    let answer = target(&firmware, &uri).map(|(channel, ready)| {
+        channel.otaflux_checkins.inc();
+        ([(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"))], ready.version_body.clone()).into_response()
+    });
+    answer.unwrap_or_else(plain_text)
 }
 
 /// `GET /firmware?device=ID[&id=UNIQUE]`: the binary.
 #[instrument(level = "debug", skip_all, fields(query = uri.query()))]
-pub(super) async fn firmware(
-    State(firmware): State<Firmware>,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Result<Response, Error> {
-    let (_, ready) = target(&firmware, &uri)?;
-    firmware.touch(&ready);
-    Ok(ready.download.respond(&headers)?)
+pub(super) async fn firmware(State(firmware): State<Firmware>, uri: Uri, headers: HeaderMap) -> Response {
+    let answer = target(&firmware, &uri).and_then(|(_, ready)| {
+        firmware.touch(&ready);
+        Ok(ready.download.respond(&headers)?)
+    });
+    answer.unwrap_or_else(plain_text)
+}
+
+/// An error of the OtaFlux routes, always in text as OtaFlux answers: its own 400 and
+/// 404 byte for byte; the gateway's other answers (503 with `Retry-After` while the
+/// payload is fetched, 502 when the registry fails, 416 for a bad Range) keep their
+/// status and headers, their message as the plain-text body instead of JSON.
+fn plain_text(error: Error) -> Response {
+    let message = error.to_string();
+    let mut response = error.into_response();
+    let headers = response.headers_mut();
+    if headers.get(header::CONTENT_TYPE) != Some(&HeaderValue::from_static(super::error::PLAIN_TEXT)) {
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(super::error::PLAIN_TEXT));
+        headers.remove(header::CONTENT_LENGTH);
+        *response.body_mut() = axum::body::Body::from(message);
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::StatusCode;
+
+    async fn text(r: Response) -> String {
+        String::from_utf8(axum::body::to_bytes(r.into_body(), 1024).await.unwrap().to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn every_error_is_plain_text() {
+        let r = plain_text(Error::NoFirmware("esp32".into()));
+        assert_eq!(
+            (r.status(), r.headers()[header::CONTENT_TYPE].clone()),
+            (StatusCode::NOT_FOUND, "text/plain; charset=utf-8".parse().unwrap())
+        );
+        assert_eq!(text(r).await, "No firmware for device 'esp32'");
+        let r = plain_text(Error::Fetching);
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "5");
+        assert_eq!(r.headers()[header::CONTENT_TYPE], "text/plain; charset=utf-8");
+        assert_eq!(text(r).await, "the firmware is being fetched; retry later");
+        let r = plain_text(crate::http::Error::Upstream("registry down".into()).into());
+        assert_eq!(
+            (r.status(), r.headers()[header::CONTENT_TYPE].to_str().unwrap()),
+            (StatusCode::BAD_GATEWAY, "text/plain; charset=utf-8")
+        );
+        assert_eq!(text(r).await, "upstream: registry down");
+    }
 }

@@ -1,7 +1,9 @@
 //! Standalone mode: channels with a version `policy` instead of a pinned digest get
 //! their `current` from the registry's tags, with the resolver the operator uses
-//! ([`resolve_latest`]); under `policy.verify`, only once its cosign signature verifies,
-//! with the verifier the operator uses ([`updraft_core::cosign`]).
+//! ([`resolve_latest`]); under `policy.verify`, the newest release whose cosign signature
+//! verifies, with the resolver and verifier the operator uses ([`resolve_verified`]):
+//! newer releases that do not verify are skipped and reported once per digest, never a
+//! reason to serve nothing.
 //!
 //! One task per live snapshot starts each of its policy channels' resolutions on the
 //! channel's interval (each resolution runs on its own, so a slow registry holds up
@@ -13,9 +15,9 @@ use std::time::{Duration, Instant};
 
 use super::{Channel, Firmware, Snapshot};
 use updraft_core::config::PinnedArtifact;
-use updraft_core::cosign::{KeyError, VerifyError};
+use updraft_core::cosign::KeyError;
 use updraft_core::oci::{self, OciError};
-use updraft_core::version::{parse_duration, resolve_latest, ResolveError};
+use updraft_core::version::{parse_duration, resolve_latest, resolve_verified, ResolveError, Skipped};
 
 /// Interval of a policy whose own does not parse (validation refuses those).
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(300);
@@ -68,7 +70,10 @@ async fn resolve_logged(firmware: &Firmware, channel: &Channel) {
         if reason.is_registry() {
             firmware.inner.metrics.registry_result(&channel.config.source.registry, false);
         }
-        tracing::warn!(channel = %channel.name(), %reason, "cannot resolve the channel's version; keeping what it has");
+        // When no release verifies, each one was reported as it was skipped (once).
+        if !matches!(reason, StandaloneError::Resolve(ResolveError::Unverified { .. })) {
+            tracing::warn!(channel = %channel.name(), %reason, "cannot resolve the channel's version; keeping what it has");
+        }
     }
 }
 
@@ -79,18 +84,11 @@ enum StandaloneError {
     Resolve(#[from] ResolveError),
     #[error("verification keys: {0}")]
     Keys(#[from] KeyError),
-    /// The newest release's signature did not verify: it is not pinned.
-    #[error("{version} ({digest}) is not pinned: {error}")]
-    Unverified { version: String, digest: String, error: VerifyError },
 }
 
 impl StandaloneError {
     fn is_registry(&self) -> bool {
-        match self {
-            StandaloneError::Resolve(ResolveError::Registry(_)) => true,
-            StandaloneError::Unverified { error, .. } => error.is_transient(),
-            _ => false,
-        }
+        matches!(self, StandaloneError::Resolve(e) if e.is_transient())
     }
 }
 
@@ -100,35 +98,68 @@ impl From<OciError> for StandaloneError {
     }
 }
 
-/// Resolves the channel's policy and, when the result is new (and, under
-/// `policy.verify`, signed), makes it the channel's `current`: pinned in the cache and
-/// fetched at once.
+/// Resolves the channel's policy and, when the result is new, makes it the channel's
+/// `current`: pinned in the cache and fetched at once. Under `policy.verify` that is the
+/// newest release whose signature verifies ([`resolve_verified`]); each newer one it
+/// skips is reported once per digest (log and `updraft_gateway_firmware_unverified_total`).
 async fn resolve_once(firmware: &Firmware, channel: &Channel) -> Result<(), StandaloneError> {
     let Some(policy) = channel.config.policy.as_ref() else { return Ok(()) };
     let source = &channel.config.source;
     let client = firmware.inner.fetcher.client();
     let auth = oci::registry_auth(source)?;
-    let resolved =
-        resolve_latest(&client, &source.registry, &source.repository, source.insecure, &auth, policy.rule()).await?;
-    firmware.inner.metrics.registry_result(&source.registry, true);
+    let (registry, repository, insecure) = (&source.registry, &source.repository, source.insecure);
+    let resolved = match policy.verify.as_ref() {
+        None => resolve_latest(&client, registry, repository, insecure, &auth, policy.rule()).await?,
+        Some(verify) => {
+            let verifier = verify.verifier()?;
+            let result =
+                resolve_verified(&client, registry, repository, insecure, &auth, policy.rule(), &verifier).await;
+            let skipped = match &result {
+                Ok(release) => Some(release.skipped.as_slice()),
+                Err(ResolveError::Unverified { skipped, .. }) => Some(skipped.as_slice()),
+                Err(_) => None,
+            };
+            if skipped.is_some() {
+                firmware.inner.metrics.registry_result(registry, true); // it answered every question
+            }
+            let reported = skipped.map_or(0, |skipped| report_skipped(firmware, channel, skipped));
+            if let (Err(e), 1..) = (&result, reported) {
+                tracing::warn!(channel = %channel.name(), reason = %e, "no release verifies; keeping what the channel has");
+            }
+            let release = result?;
+            if channel.releases().current.is_none_or(|c| c.pinned.digest != release.resolved.digest) {
+                let verified = &release.verified;
+                tracing::info!(channel = %channel.name(), digest = %release.resolved.digest, key = %verified.key, scheme = %verified.scheme, "signature verified");
+            }
+            release.resolved
+        }
+    };
+    firmware.inner.metrics.registry_result(registry, true);
     let pinned = PinnedArtifact { version: resolved.display_version(), tag: resolved.tag, digest: resolved.digest };
-    let current = channel.releases().current.map(|c| c.pinned.digest.clone());
-    if let Some(verify) = policy.verify.as_ref().filter(|_| current.as_deref() != Some(pinned.digest.as_str())) {
-        let verifier = verify.verifier()?;
-        let verified = verifier
-            .verify(&client, &source.registry, &source.repository, &auth, &pinned.digest)
-            .await
-            .map_err(|error| StandaloneError::Unverified {
-                version: pinned.version.clone(),
-                digest: pinned.digest.clone(),
-                error,
-            })?;
-        tracing::info!(channel = %channel.name(), digest = %pinned.digest, key = %verified.key, scheme = %verified.scheme, "signature verified");
-    }
     if channel.advance(pinned.clone()) {
         tracing::info!(channel = %channel.name(), version = %pinned.version, digest = %pinned.digest, "resolved a new version");
         firmware.repin();
         firmware.prefetch();
     }
     Ok(())
+}
+
+/// Logs and counts each skipped release whose digest (and reason) the channel has not
+/// reported yet; returns how many that was.
+fn report_skipped(firmware: &Firmware, channel: &Channel, skipped: &[Skipped]) -> usize {
+    let new = channel.note_skipped(skipped);
+    for s in &new {
+        let release = &s.release;
+        tracing::warn!(
+            channel = %channel.name(),
+            version = %release.display_version(),
+            tag = %release.tag,
+            digest = %release.digest,
+            reason = s.reason,
+            error = %s.error,
+            "skipped a release: its signature does not verify"
+        );
+        firmware.inner.metrics.firmware_unverified.with_label_values(&[channel.name(), s.reason]).inc();
+    }
+    new.len()
 }
