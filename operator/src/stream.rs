@@ -261,6 +261,9 @@ fn readiness(
             };
             let mut message =
                 format!("gateway {:?} serves {versions} versions of {products} products", stream.spec.gateway_ref);
+            if let Some(o) = observation.as_ref().filter(|o| !o.left_out.is_empty()) {
+                message.push_str(&left_out_note(&o.left_out));
+            }
             if let Some(f) = failure {
                 message.push_str(&format!(" (as last seen; the last look at the source failed: {})", f.message));
             }
@@ -272,6 +275,17 @@ fn readiness(
             (true, "Serving", message)
         }
     }
+}
+
+/// What `Ready` adds about tags that are not image versions: how many, and the first
+/// three with their reasons (a metadata tarball refused as a bomb, no metadata layer…).
+fn left_out_note(left_out: &[String]) -> String {
+    let mut note = format!("; {} tags left out of the index: ", left_out.len());
+    note.push_str(&left_out.iter().take(3).map(String::as_str).collect::<Vec<_>>().join("; "));
+    if left_out.len() > 3 {
+        note.push_str(&format!("; and {} more", left_out.len() - 3));
+    }
+    note
 }
 
 /// Under `spec.verify`: the verifier of the key the gateway reads too

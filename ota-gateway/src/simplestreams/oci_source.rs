@@ -27,9 +27,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chrono::DateTime;
-use oci_client::manifest::OciImageManifest;
+use oci_client::manifest::{OciDescriptor, OciImageManifest};
 
-use updraft_core::image_metadata::debian_arch;
+use updraft_core::image_metadata::{self, debian_arch, MetadataError};
 
 use super::index::{ProductKey, ProductProps, Serial};
 use super::metadata::{read_metadata_yaml, ImageMetadata, UploadFile};
@@ -63,7 +63,7 @@ impl Stream {
                 layers.entry(file).or_insert_with(|| layer.clone());
             }
         }
-        let meta = layers.get(&UploadFile::Metadata).cloned().ok_or("the artifact has no metadata tarball layer")?;
+        let meta = layers.get(&UploadFile::Metadata).cloned().ok_or(image_metadata::NO_METADATA_LAYER)?;
         let ann = manifest.annotations.clone().unwrap_or_default();
         let get = |k: &str| ann.get(k).map(String::as_str).filter(|s| !s.is_empty());
         let annotated = match (get(registry::ANN_PRODUCT), get(registry::ANN_SERIAL)) {
@@ -76,8 +76,7 @@ impl Stream {
                 v
             }
             None => {
-                let tarball = self.blob(&meta.digest, meta.size as u64).await.map_err(|e| e.to_string())?;
-                let yaml = read_metadata_yaml(&tarball.bytes).map_err(|e| e.to_string())?;
+                let yaml = self.metadata_yaml(&meta).await?;
                 let product = match get(registry::ANN_PRODUCT) {
                     Some(_) => StoredVersion::from_manifest(manifest).map_err(|e| e.to_string())?.product,
                     None => product_from_metadata(&yaml)?,
@@ -98,6 +97,21 @@ impl Stream {
         };
         self.fill_combined(&mut version).await.map_err(|e| e.to_string())?;
         Ok(version)
+    }
+
+    /// `metadata.yaml` of the metadata tarball `layer`: a tarball over
+    /// [`image_metadata::MAX_TARBALL`] is not fetched; the verified blob is decoded from
+    /// the cache's mapping on a blocking thread, within core's limits.
+    async fn metadata_yaml(self: &Arc<Self>, layer: &OciDescriptor) -> Result<ImageMetadata, String> {
+        let size = u64::try_from(layer.size).map_err(|_| format!("layer {} has a negative size", layer.digest))?;
+        if size > image_metadata::MAX_TARBALL {
+            return Err(MetadataError::TarballTooLarge(size).to_string());
+        }
+        let tarball = self.blob(&layer.digest, size).await.map_err(|e| e.to_string())?;
+        tokio::task::spawn_blocking(move || read_metadata_yaml(&tarball.bytes[..]))
+            .await
+            .map_err(|e| format!("metadata tarball: {e}"))?
+            .map_err(|e| e.to_string())
     }
 }
 
