@@ -63,7 +63,9 @@ pub fn is_metadata_layer(media_type: &str, title: Option<&str>) -> bool {
 /// Whether a file name is a metadata tarball's (see [`is_metadata_layer`]).
 pub fn is_metadata_name(name: &str) -> bool {
     let exported = name.starts_with("meta-") || name.starts_with("metadata");
-    name == "lxd.tar.xz" || name == "incus.tar.xz" || (exported && (name.ends_with(".tar.xz") || name.ends_with(".tar.gz")))
+    name == "lxd.tar.xz"
+        || name == "incus.tar.xz"
+        || (exported && (name.ends_with(".tar.xz") || name.ends_with(".tar.gz")))
 }
 
 /// Why a metadata tarball could not be read.

@@ -581,7 +581,9 @@ fn a_metadata_bomb_is_left_out_with_its_reason_and_the_operator_stays_under_128_
 
     // Still reconciling: an image pushed now is counted.
     push_exported(&w.dir.0, &repository, "20260102", "x86_64", 1767312000);
-    w.wait("imgs/lab", "2 versions", |v| v["status"]["versions"] == 2 && message(v, "Ready").contains("8 tags left out"));
+    w.wait("imgs/lab", "2 versions", |v| {
+        v["status"]["versions"] == 2 && message(v, "Ready").contains("8 tags left out")
+    });
     assert!(rss.samples() > 50, "RSS sampled {} times only", rss.samples());
     let peak = rss.peak();
     eprintln!("operator peak VmRSS with 8 bombs: {:.1} MiB ({} samples)", peak as f64 / 1048576.0, rss.samples());

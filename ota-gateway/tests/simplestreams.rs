@@ -1074,12 +1074,18 @@ fn a_metadata_bomb_is_refused_within_128_mib_and_the_gateway_keeps_serving() {
     let (repo, uploads) = (unique_repo("streams-bomb"), unique_repo("streams-bomb-upload"));
     let reg = &registry().addr;
     let push = |tag: &str, files: &[&str]| {
-        run(Command::new("oras").current_dir(&img).args(["push", "--plain-http", &format!("{reg}/{repo}:{tag}")]).args(files));
+        run(Command::new("oras")
+            .current_dir(&img)
+            .args(["push", "--plain-http", &format!("{reg}/{repo}:{tag}")])
+            .args(files));
     };
-    push("bomb", &[
-        "bomb.tar.xz:application/vnd.updraft.simplestreams.metadata.v1.tar+xz",
-        "root.tar.xz:application/vnd.updraft.simplestreams.rootfs.v1.tar+xz",
-    ]);
+    push(
+        "bomb",
+        &[
+            "bomb.tar.xz:application/vnd.updraft.simplestreams.metadata.v1.tar+xz",
+            "root.tar.xz:application/vnd.updraft.simplestreams.rootfs.v1.tar+xz",
+        ],
+    );
     push("unnamed", &["image-meta.tar.zst", "good.squashfs"]);
     push("good", &["meta-good.tar.xz", "good.squashfs"]);
     std::fs::write(pki.join("token"), format!("{TOKEN}\n")).unwrap();
@@ -1131,7 +1137,8 @@ fn a_metadata_bomb_is_refused_within_128_mib_and_the_gateway_keeps_serving() {
     let (code, body) = upload(&pki, &ubase, &img.join("bomb.tar.xz"), name, Some(TOKEN));
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("no metadata.yaml in the first 16 MiB"), "{body}");
-    let tags = Command::new("oras").args(["repo", "tags", "--plain-http", &format!("{reg}/{uploads}")]).output().unwrap();
+    let tags =
+        Command::new("oras").args(["repo", "tags", "--plain-http", &format!("{reg}/{uploads}")]).output().unwrap();
     assert!(String::from_utf8_lossy(&tags.stdout).trim().is_empty(), "the bomb was stored");
 
     // Still serving, still syncing: rounds go on after the bomb.

@@ -239,10 +239,11 @@ fn from_annotations(manifest: &OciImageManifest) -> Option<Identity> {
 /// The layer holding the metadata tarball: by media type, else by file name (core's
 /// rule, the gateway's).
 fn metadata_layer(manifest: &OciImageManifest) -> Option<&OciDescriptor> {
-    let title = |l: &OciDescriptor| l.annotations.as_ref().and_then(|a| a.get(ANN_TITLE)).map(String::as_str);
-    manifest.layers.iter().find(|l| l.media_type == image_metadata::METADATA_MEDIA_TYPE).or_else(|| {
-        manifest.layers.iter().find(|l| image_metadata::is_metadata_layer(&l.media_type, title(l)))
-    })
+    fn title(l: &OciDescriptor) -> Option<&str> {
+        l.annotations.as_ref().and_then(|a| a.get(ANN_TITLE)).map(String::as_str)
+    }
+    let typed = manifest.layers.iter().find(|l| l.media_type == image_metadata::METADATA_MEDIA_TYPE);
+    typed.or_else(|| manifest.layers.iter().find(|l| image_metadata::is_metadata_layer(&l.media_type, title(l))))
 }
 
 /// The metadata tarball `layer`, verified: `Ok(Err(why))` when it is not one to read
@@ -268,7 +269,8 @@ async fn fetch_tarball(
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| unreachable(&e))?;
         if (tarball.len() + chunk.len()) as u64 > declared {
-            let why = format!("metadata tarball {} is longer than the {declared} bytes its descriptor says", layer.digest);
+            let why =
+                format!("metadata tarball {} is longer than the {declared} bytes its descriptor says", layer.digest);
             return Ok(Err(why));
         }
         tarball.extend_from_slice(&chunk);
