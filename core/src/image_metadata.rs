@@ -4,27 +4,88 @@
 //! properties. Both sides read it when an OCI artifact of an image carries no product
 //! annotations: the gateway to index the version, the operator to count products.
 //!
-//! The xz decoder is `lzma-rs`: pure Rust, so nothing links a C liblzma; speed does not
-//! matter for a tarball of a few KiB read once per version. Decompression stops at
-//! [`MAX_TARBALL`] bytes, so a bomb costs at most that.
+//! Which layer of an artifact is the metadata tarball is decided here too
+//! ([`is_metadata_layer`]), so the gateway and the operator agree.
+//!
+//! A metadata tarball is hostile input (issue #19: 468 KB of `xz -0` holding 3 GiB of
+//! zeros). [`read_metadata_yaml`] streams, and every stage has its limits:
+//!
+//! | stage | bytes it may produce | memory it may hold |
+//! | --- | --- | --- |
+//! | the tarball as stored | [`MAX_TARBALL`] (callers refuse larger blobs before reading) | the caller's buffers |
+//! | xz (liblzma) | [`MAX_TAR_STREAM`] | [`MAX_XZ_MEMORY`] (liblzma's memlimit; the dictionary is only touched as far as output is produced, so at most ~[`MAX_TAR_STREAM`] of it becomes resident) |
+//! | gzip | [`MAX_TAR_STREAM`] | 32 KiB window |
+//! | tar | `metadata.yaml` must start within the first [`MAX_TAR_STREAM`] of the stream | GNU long names and PAX headers, within the same bound |
+//! | `metadata.yaml` | [`MAX_METADATA_YAML`] | the same |
+//!
+//! Decoding is blocking work (call it from `spawn_blocking`), and one decode runs at
+//! a time per process: the operator looks at 8 tags at once and the gateway at every
+//! stream's, and one decoder's worst case is what the memory bound holds, not eight.
+//! A real metadata tarball (a few KiB) decodes in well under a millisecond.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::io::{self, Read};
+use std::sync::Mutex;
 
 use serde::Deserialize;
 
 /// The largest `metadata.yaml` read (a real one is a few KiB).
 pub const MAX_METADATA_YAML: u64 = 1 << 20;
-/// The most bytes decompressed while looking for it.
-pub const MAX_TARBALL: u64 = 256 << 20;
+/// How far into the (decompressed) tar stream `metadata.yaml` must start: real
+/// tarballs hold it first or next to a few templates of KiB each.
+pub const MAX_TAR_STREAM: u64 = 16 << 20;
+/// The memory the xz decoder may use (liblzma's memlimit). `xz -9` (64 MiB dictionary,
+/// the largest preset) needs 65 MiB; images from `incus image export` and distrobuilder
+/// are made with the default `-6` (8 MiB dictionary, 9 MiB to decode). Larger
+/// dictionaries are refused.
+pub const MAX_XZ_MEMORY: u64 = 72 << 20;
+/// The largest metadata tarball (as stored, compressed or not) either side reads.
+pub const MAX_TARBALL: u64 = 16 << 20;
+
+/// The recommended media type of the metadata tarball layer.
+pub const METADATA_MEDIA_TYPE: &str = "application/vnd.updraft.simplestreams.metadata.v1.tar+xz";
+/// Why an artifact is not an image version when none of its layers is a metadata
+/// tarball ([`is_metadata_layer`]): what would have made one.
+pub const NO_METADATA_LAYER: &str = "the artifact has no metadata tarball layer: give it the media type \
+     application/vnd.updraft.simplestreams.metadata.v1.tar+xz, or a file name \
+     (org.opencontainers.image.title, which oras sets from the file pushed) lxd.tar.xz, incus.tar.xz, \
+     meta-*.tar.xz or meta-*.tar.gz";
+
+/// Whether a layer with this media type and title (`org.opencontainers.image.title`) is
+/// the metadata tarball: the media type [`METADATA_MEDIA_TYPE`], else the names
+/// `lxd.tar.xz`, `incus.tar.xz` (uploads, simplestreams) and `meta-*.tar.xz`/`.tar.gz`
+/// (what `incus image export` writes; `metadata*` is taken too).
+pub fn is_metadata_layer(media_type: &str, title: Option<&str>) -> bool {
+    media_type == METADATA_MEDIA_TYPE || title.is_some_and(is_metadata_name)
+}
+
+/// Whether a file name is a metadata tarball's (see [`is_metadata_layer`]).
+pub fn is_metadata_name(name: &str) -> bool {
+    let exported = name.starts_with("meta-") || name.starts_with("metadata");
+    name == "lxd.tar.xz"
+        || name == "incus.tar.xz"
+        || (exported && (name.ends_with(".tar.xz") || name.ends_with(".tar.gz")))
+}
 
 /// Why a metadata tarball could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum MetadataError {
     #[error("metadata tarball: {0}")]
     Io(#[from] io::Error),
-    #[error("metadata tarball: xz: {0}")]
-    Xz(String),
+    #[error(
+        "metadata tarball: the xz stream needs more than {} MiB to decode (a dictionary larger than xz -9's)",
+        MAX_XZ_MEMORY >> 20
+    )]
+    XzMemory,
+    #[error(
+        "metadata tarball: no metadata.yaml in the first {} MiB of the tar stream (decompressed); refused as a \
+         decompression bomb",
+        MAX_TAR_STREAM >> 20
+    )]
+    NotWithin,
+    #[error("metadata tarball of {0} bytes: over the {MAX_TARBALL} bytes read")]
+    TarballTooLarge(u64),
     #[error("metadata tarball has no metadata.yaml")]
     Missing,
     #[error("metadata.yaml is over {MAX_METADATA_YAML} bytes")]
@@ -35,6 +96,18 @@ pub enum MetadataError {
     NoProperty(&'static str),
     #[error("metadata.yaml: {field} {value:?} is not [a-z0-9][a-z0-9.-]{{0,31}}")]
     Component { field: &'static str, value: String },
+}
+
+impl MetadataError {
+    /// The variant as a short label (logs, metrics).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            MetadataError::Io(_) => "Unreadable",
+            MetadataError::XzMemory | MetadataError::NotWithin | MetadataError::TarballTooLarge(_) => "Bomb",
+            MetadataError::Missing | MetadataError::TooLarge | MetadataError::Yaml(_) => "BadMetadata",
+            MetadataError::NoProperty(_) | MetadataError::Component { .. } => "NoProduct",
+        }
+    }
 }
 
 /// The fields of `metadata.yaml` an index uses.
@@ -97,26 +170,43 @@ pub fn debian_arch(arch: &str) -> &str {
 }
 
 /// Reads `metadata.yaml` out of a metadata tarball, compressed with xz or gzip or not
-/// at all (recognised by magic bytes).
-pub fn read_metadata_yaml(tarball: &[u8]) -> Result<ImageMetadata, MetadataError> {
+/// at all (recognised by magic bytes), streaming, within the limits of the module
+/// docs. Blocking: call it from a blocking thread.
+pub fn read_metadata_yaml(tarball: impl Read) -> Result<ImageMetadata, MetadataError> {
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    let _decoding = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let hit = Cell::new(None);
+    let result = read_limited(tarball, &hit);
+    match (result, hit.get()) {
+        (Ok(metadata), _) => Ok(metadata),
+        (Err(_), Some(Limit::TarStream)) => Err(MetadataError::NotWithin),
+        (Err(_), Some(Limit::XzMemory)) => Err(MetadataError::XzMemory),
+        (Err(e), None) => Err(e),
+    }
+}
+
+fn read_limited(mut tarball: impl Read, hit: &Cell<Option<Limit>>) -> Result<ImageMetadata, MetadataError> {
     const XZ: &[u8] = &[0xfd, b'7', b'z', b'X', b'Z', 0];
     const GZIP: &[u8] = &[0x1f, 0x8b];
-    let tar_bytes: Vec<u8>;
-    let reader: Box<dyn Read + '_> = if tarball.starts_with(XZ) {
-        // lzma-rs decodes into a writer; stop once the limit is reached.
-        let mut out = LimitedVec(Vec::new(), MAX_TARBALL);
-        lzma_rs::xz_decompress(&mut io::BufReader::new(tarball), &mut out).map_err(|e| match e {
-            lzma_rs::error::Error::IoError(e) => MetadataError::Io(e),
-            other => MetadataError::Xz(other.to_string()),
-        })?;
-        tar_bytes = out.0;
-        Box::new(&tar_bytes[..])
-    } else if tarball.starts_with(GZIP) {
-        Box::new(flate2::read::GzDecoder::new(tarball).take(MAX_TARBALL))
+    let mut magic = [0u8; 6];
+    let mut have = 0;
+    while have < magic.len() {
+        match tarball.read(&mut magic[have..])? {
+            0 => break,
+            n => have += n,
+        }
+    }
+    let input = (&magic[..have]).chain(tarball);
+    let decompressed: Box<dyn Read + '_> = if magic[..have].starts_with(XZ) {
+        let stream = liblzma::stream::Stream::new_stream_decoder(MAX_XZ_MEMORY, liblzma::stream::CONCATENATED)
+            .map_err(io::Error::from)?;
+        Box::new(XzWatch { inner: liblzma::read::XzDecoder::new_stream(input, stream), hit })
+    } else if magic[..have].starts_with(GZIP) {
+        Box::new(flate2::read::MultiGzDecoder::new(input))
     } else {
-        Box::new(tarball)
+        Box::new(input)
     };
-    let mut archive = tar::Archive::new(reader);
+    let mut archive = tar::Archive::new(Bounded { inner: decompressed, left: MAX_TAR_STREAM, hit });
     for entry in archive.entries()? {
         let entry = entry?;
         let path = entry.path()?;
@@ -133,20 +223,50 @@ pub fn read_metadata_yaml(tarball: &[u8]) -> Result<ImageMetadata, MetadataError
     Err(MetadataError::Missing)
 }
 
-/// A `Vec` writer that fails past a byte limit (a decompression bomb stops there).
-struct LimitedVec(Vec<u8>, u64);
+/// Which limit stopped a decode (the error itself may reach the caller wrapped by tar).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Limit {
+    TarStream,
+    XzMemory,
+}
 
-impl io::Write for LimitedVec {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if self.0.len() as u64 + buf.len() as u64 > self.1 {
-            return Err(io::Error::other("decompressed metadata tarball is too large"));
+/// The tar stream: fails (and says so in `hit`) past `left` bytes.
+struct Bounded<'a, R> {
+    inner: R,
+    left: u64,
+    hit: &'a Cell<Option<Limit>>,
+}
+
+impl<R: Read> Read for Bounded<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
         }
-        self.0.extend_from_slice(buf);
-        Ok(buf.len())
+        if self.left == 0 {
+            self.hit.set(Some(Limit::TarStream));
+            return Err(io::Error::other(MetadataError::NotWithin.to_string()));
+        }
+        let len = buf.len().min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..len])?;
+        self.left -= n as u64;
+        Ok(n)
     }
+}
 
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
+/// The xz decoder, noting in `hit` when liblzma refused the memory a stream asks for.
+struct XzWatch<'a, R> {
+    inner: R,
+    hit: &'a Cell<Option<Limit>>,
+}
+
+impl<R: Read> Read for XzWatch<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf).inspect_err(|e| {
+            let inner = e.get_ref().and_then(|i| i.downcast_ref::<liblzma::stream::Error>());
+            if matches!(inner, Some(liblzma::stream::Error::MemLimit)) {
+                self.hit.set(Some(Limit::XzMemory));
+            }
+        })
     }
 }
 
@@ -172,7 +292,7 @@ mod tests {
     #[test]
     fn reads_plain_gzip_and_xz_tarballs_made_by_the_system_tools() {
         let plain = tar_with(&[("./templates/x.tpl", b"x"), ("./metadata.yaml", YAML)]);
-        let m = read_metadata_yaml(&plain).unwrap();
+        let m = read_metadata_yaml(&plain[..]).unwrap();
         assert_eq!(m.product().unwrap(), "debian:bookworm:amd64:default");
         assert_eq!(m.creation_date, 1767225600);
         let dir = tempfile::tempdir().unwrap();
@@ -184,15 +304,15 @@ mod tests {
                 .status()
                 .unwrap();
             assert!(status.success());
-            let m = read_metadata_yaml(&std::fs::read(dir.path().join(name)).unwrap()).unwrap();
+            let m = read_metadata_yaml(std::fs::File::open(dir.path().join(name)).unwrap()).unwrap();
             assert_eq!(m.product().unwrap(), "debian:bookworm:amd64:default", "{name}");
         }
     }
 
     #[test]
     fn refuses_what_names_no_product() {
-        assert!(matches!(read_metadata_yaml(&tar_with(&[("a", b"b")])), Err(MetadataError::Missing)));
-        assert!(read_metadata_yaml(b"\xfd7zXZ\0garbage").is_err());
+        assert!(matches!(read_metadata_yaml(&tar_with(&[("a", b"b")])[..]), Err(MetadataError::Missing)));
+        assert!(read_metadata_yaml(&b"\xfd7zXZ\0garbage"[..]).is_err());
         let m: ImageMetadata = serde_yaml::from_str("architecture: x86_64\nproperties: {os: Debian}\n").unwrap();
         assert!(matches!(m.product(), Err(MetadataError::NoProperty("release"))));
         let m: ImageMetadata =
@@ -202,6 +322,68 @@ mod tests {
             serde_yaml::from_str("properties: {os: Alpine, release: '3.20', architecture: aarch64, variant: cloud}\n")
                 .unwrap();
         assert_eq!(m.product().unwrap(), "alpine:3.20:arm64:cloud");
+    }
+
+    /// `tar -cf - <files> | xz <xz_args>` (or gzip) in `dir`, with GNU tar and xz-utils.
+    fn system_tarball(dir: &std::path::Path, files: &[&str], compress: &[&str]) -> Vec<u8> {
+        let script = format!("tar -cf - {} | {}", files.join(" "), compress.join(" "));
+        let out = std::process::Command::new("sh").args(["-c", &script]).current_dir(dir).output().unwrap();
+        assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
+        out.stdout
+    }
+
+    /// A sparse file of `size` zeros (tar without --sparse writes every zero).
+    fn zeros(dir: &std::path::Path, name: &str, size: u64) {
+        std::fs::File::create(dir.join(name)).unwrap().set_len(size).unwrap();
+    }
+
+    #[test]
+    fn a_bomb_is_refused_within_the_tar_stream_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("metadata.yaml"), YAML).unwrap();
+        zeros(dir.path(), "zeros", 4 * MAX_TAR_STREAM);
+        for compress in [&["xz", "-0"][..], &["xz", "-9"], &["gzip", "-1"], &["cat"]] {
+            // metadata.yaml after 64 MiB of zeros: refused once 16 MiB are read.
+            let bomb = system_tarball(dir.path(), &["zeros", "metadata.yaml"], compress);
+            let started = std::time::Instant::now();
+            let refused = read_metadata_yaml(&bomb[..]);
+            assert!(matches!(refused, Err(MetadataError::NotWithin)), "{compress:?}: {refused:?}");
+            assert!(refused.unwrap_err().to_string().contains("no metadata.yaml in the first 16 MiB"));
+            assert!(started.elapsed() < std::time::Duration::from_secs(10), "{compress:?}: {:?}", started.elapsed());
+            // The same bytes after metadata.yaml are never read.
+            let fine = system_tarball(dir.path(), &["metadata.yaml", "zeros"], compress);
+            let m = read_metadata_yaml(&fine[..]).unwrap_or_else(|e| panic!("{compress:?}: {e}"));
+            assert_eq!(m.product().unwrap(), "debian:bookworm:amd64:default");
+        }
+    }
+
+    #[test]
+    fn xz_streams_asking_for_more_than_the_memory_limit_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("metadata.yaml"), YAML).unwrap();
+        // xz -9 (64 MiB dictionary, 65 MiB to decode) is the largest preset: accepted.
+        let nine = system_tarball(dir.path(), &["metadata.yaml"], &["xz", "-9"]);
+        assert_eq!(read_metadata_yaml(&nine[..]).unwrap().product().unwrap(), "debian:bookworm:amd64:default");
+        // A 256 MiB dictionary: liblzma refuses it before allocating anything.
+        let big = system_tarball(dir.path(), &["metadata.yaml"], &["xz", "--lzma2=dict=256MiB,mf=hc3"]);
+        let refused = read_metadata_yaml(&big[..]);
+        assert!(matches!(refused, Err(MetadataError::XzMemory)), "{refused:?}");
+        assert!(refused.unwrap_err().to_string().contains("more than 72 MiB"));
+    }
+
+    #[test]
+    fn metadata_layers_by_media_type_or_name() {
+        assert!(is_metadata_layer(METADATA_MEDIA_TYPE, None));
+        for name in ["lxd.tar.xz", "incus.tar.xz", "meta-2a4f36a8.tar.xz", "meta-x.tar.gz", "metadata.tar.xz"] {
+            assert!(is_metadata_layer("application/octet-stream", Some(name)), "{name}");
+        }
+        for name in ["root.tar.xz", "2a4f36a8.tar.xz", "meta-x.squashfs", "lxd.tar.gz", "meta.tar.zst"] {
+            assert!(!is_metadata_layer("application/octet-stream", Some(name)), "{name}");
+        }
+        assert!(!is_metadata_layer("", None));
+        for named in ["lxd.tar.xz", "incus.tar.xz", "meta-*.tar.xz", "meta-*.tar.gz", METADATA_MEDIA_TYPE] {
+            assert!(NO_METADATA_LAYER.contains(named), "{named}");
+        }
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! Property tests of every core parser that takes outside input: `gateway.yaml`, docker
 //! `config.json`, OCI manifests and image indexes (and the layer/manifest choice made
 //! from them), version tags, ranges and durations. No input may panic; valid inputs
-//! must give the answer a reader of the format expects. Each target runs through
+//! must give the answer a reader of the format expects. Image metadata tarballs
+//! (`image_metadata::read_metadata_yaml`): damaged xz/gzip/tar streams, real or
+//! otherwise, fail cleanly and a valid one gives its product. Each target runs through
 //! `e2e::fuzz::check`: proptest's default case count under `cargo test`,
 //! `UPDRAFT_FUZZ_SECS=600` seconds per target by hand (`e2e/scripts/fuzz.sh`).
 
@@ -13,6 +15,7 @@ use oci_client::manifest::{OciImageIndex, OciImageManifest};
 use oci_client::secrets::RegistryAuth;
 use proptest::prelude::*;
 use updraft_core::config::{ArtifactConfig, GatewayConfig};
+use updraft_core::image_metadata::read_metadata_yaml;
 use updraft_core::oci::{auth_from_docker_config, select_layer, select_manifest};
 use updraft_core::version::{parse_duration, parse_range, parse_tag};
 
@@ -269,4 +272,72 @@ fn duration_overflow_is_an_error() {
     assert!(parse_duration("18446744073709551615d").is_err());
     assert!(parse_duration("213503982334601d86400s").is_err());
     assert_eq!(parse_duration("1h30m").unwrap().as_secs(), 5400);
+}
+
+/// A metadata tarball: tar of `metadata.yaml` (plus `padding` bytes of another file
+/// first), compressed by liblzma (xz, any preset) or flate2 (gzip), or plain.
+fn tarball(yaml: &[u8], padding: usize, format: u8, level: u32) -> Vec<u8> {
+    use std::io::Write;
+    let mut builder = tar::Builder::new(Vec::new());
+    for (name, data) in [("templates/hostname.tpl", vec![b'x'; padding]), ("metadata.yaml", yaml.to_vec())] {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        builder.append_data(&mut header, name, &data[..]).unwrap();
+    }
+    let tar = builder.into_inner().unwrap();
+    match format {
+        0 => {
+            let mut e = liblzma::write::XzEncoder::new(Vec::new(), level % 10);
+            e.write_all(&tar).unwrap();
+            e.finish().unwrap()
+        }
+        1 => {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(level % 10));
+            e.write_all(&tar).unwrap();
+            e.finish().unwrap()
+        }
+        _ => tar,
+    }
+}
+
+#[test]
+fn metadata_tarballs_read_or_fail_cleanly() {
+    let yaml = b"architecture: x86_64\ncreation_date: 1767225600\nproperties: {os: Debian, release: bookworm}\n";
+    let strategy = (
+        0usize..20_000,
+        0u8..3,
+        0u32..10,
+        prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
+        prop::option::of(any::<prop::sample::Index>()),
+    );
+    fuzz::check_with("metadata-tarballs", Some(64), strategy, |(padding, format, level, flips, cut)| {
+        let mut input = tarball(yaml, padding, format, level);
+        let intact = flips.is_empty() && cut.is_none();
+        for (at, byte) in flips {
+            let i = at.index(input.len());
+            input[i] ^= byte;
+        }
+        if let Some(cut) = cut {
+            input.truncate(cut.index(input.len()));
+        }
+        let read = read_metadata_yaml(&input[..]);
+        if intact {
+            let product = read.map_err(|e| TestCaseError::fail(e.to_string()))?.product();
+            prop_assert_eq!(product.map_err(|e| TestCaseError::fail(e.to_string()))?, "debian:bookworm:amd64:default");
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn metadata_tarball_bytes_never_panic() {
+    fuzz::check("metadata-tarball-bytes", prop::collection::vec(any::<u8>(), 0..4096), |mut bytes| {
+        for magic in [&b""[..], b"\xfd7zXZ\0", b"\x1f\x8b"] {
+            bytes.splice(0..0, magic.iter().copied());
+            let _ = read_metadata_yaml(&bytes[..]);
+        }
+        Ok(())
+    });
 }

@@ -5,6 +5,7 @@
 //! an OCI registry on loopback; idempotent, so parallel test processes share it) and
 //! exports `KUBECONFIG`, `UPDRAFT_REGISTRY` and the PATH with the matching `kubectl`.
 
+pub mod bomb;
 pub mod cosign;
 pub mod faults;
 pub mod fuzz;

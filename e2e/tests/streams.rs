@@ -542,3 +542,50 @@ fn an_upstream_stream_counts_what_the_upstream_serves_and_keeps_its_counts_when_
     assert!(is(&v, "Ready", "True"), "the gateway keeps serving its last index: {v:#}");
     assert!(message(&v, "Ready").contains("the last look at the source failed"), "{v:#}");
 }
+
+/// Issue #19: the metadata bomb (468 KB of `xz -0`, a tar of 3 GiB of zeros) pushed
+/// with the recommended metadata media type under 8 tags of a watched repository (8
+/// manifests, read 8 at a time), beside an image exported by `incus image export`. The
+/// operator stays under 128 MiB of RSS (sampled every 20 ms throughout), counts the
+/// good image, names each bomb and why in `Ready`, and keeps reconciling: an image
+/// pushed afterwards is counted.
+#[test]
+fn a_metadata_bomb_is_left_out_with_its_reason_and_the_operator_stays_under_128_mib() {
+    let w = World::new("streams-bomb");
+    let rss = e2e::bomb::RssWatch::new(w.operator.child.id());
+    let registry = &cluster().registry;
+    let repository = format!("e2e/{}/bombed", w.ns);
+    w.apply("apiVersion: updraft.dev/v1alpha1\nkind: OtaGateway\nmetadata: {name: default}\nspec: {}\n");
+    let work = w.dir.0.join("bomb");
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::copy(e2e::bomb::metadata_bomb(), work.join("bomb.tar.xz")).unwrap();
+    for i in 1..=8 {
+        run(Command::new("oras").current_dir(&work).args([
+            "push",
+            "--plain-http",
+            &format!("{registry}/{repository}:bomb-{i}"),
+            "--annotation",
+            &format!("copy={i}"),
+            "bomb.tar.xz:application/vnd.updraft.simplestreams.metadata.v1.tar+xz",
+        ]));
+    }
+    push_exported(&w.dir.0, &repository, "20260101", "x86_64", 1767225600);
+    let oci = format!("{{oci: {{registry: \"{registry}\", repository: \"{repository}\", insecure: true}}}}");
+    w.apply(&stream_yaml("lab", &oci, ""));
+    let v = w.wait("imgs/lab", "1 version of 1 product, 8 tags left out", |v| {
+        v["status"]["versions"] == 1 && is(v, "Ready", "True") && message(v, "Ready").contains("8 tags left out")
+    });
+    let ready = message(&v, "Ready");
+    assert!(ready.contains("tag bomb-1 (sha256:") && ready.contains("and 5 more"), "{ready}");
+    assert!(ready.contains("no metadata.yaml in the first 16 MiB of the tar stream"), "{ready}");
+
+    // Still reconciling: an image pushed now is counted.
+    push_exported(&w.dir.0, &repository, "20260102", "x86_64", 1767312000);
+    w.wait("imgs/lab", "2 versions", |v| {
+        v["status"]["versions"] == 2 && message(v, "Ready").contains("8 tags left out")
+    });
+    assert!(rss.samples() > 50, "RSS sampled {} times only", rss.samples());
+    let peak = rss.peak();
+    eprintln!("operator peak VmRSS with 8 bombs: {:.1} MiB ({} samples)", peak as f64 / 1048576.0, rss.samples());
+    assert!(peak < 128 << 20, "operator VmRSS reached {} MiB\n{}", peak >> 20, w.operator.output());
+}

@@ -70,6 +70,9 @@ pub(crate) struct Observation {
     pub versions: usize,
     /// Tags or upstream versions left out: not an image, deleted, or unreadable.
     pub skipped: usize,
+    /// Tags of an OCI or upload source that are not image versions, each with why
+    /// (`tag <tag> (<digest>): <reason>`), sorted.
+    pub left_out: Vec<String>,
     /// Under `spec.verify`: versions whose signature verified.
     pub verified: usize,
     /// Under `spec.verify`: versions left out because their signature did not verify.

@@ -261,6 +261,9 @@ fn readiness(
             };
             let mut message =
                 format!("gateway {:?} serves {versions} versions of {products} products", stream.spec.gateway_ref);
+            if let Some(o) = observation.as_ref().filter(|o| !o.left_out.is_empty()) {
+                message.push_str(&left_out_note(&o.left_out));
+            }
             if let Some(f) = failure {
                 message.push_str(&format!(" (as last seen; the last look at the source failed: {})", f.message));
             }
@@ -272,6 +275,18 @@ fn readiness(
             (true, "Serving", message)
         }
     }
+}
+
+/// What `Ready` adds about tags that are not image versions: how many, and the first
+/// three with their reasons (a metadata tarball refused as a bomb, no metadata layer…).
+fn left_out_note(left_out: &[String]) -> String {
+    let tags = if left_out.len() == 1 { "tag" } else { "tags" };
+    let mut note = format!("; {} {tags} left out of the index: ", left_out.len());
+    note.push_str(&left_out.iter().take(3).map(String::as_str).collect::<Vec<_>>().join("; "));
+    if left_out.len() > 3 {
+        note.push_str(&format!("; and {} more", left_out.len() - 3));
+    }
+    note
 }
 
 /// Under `spec.verify`: the verifier of the key the gateway reads too
@@ -444,6 +459,17 @@ mod tests {
             gw.spec.upload_token_secret = Some(updraft_crds::SecretKeyRef { name: "up".into(), key: "token".into() });
         }
         gw
+    }
+
+    #[test]
+    fn tags_left_out_are_named_with_their_reasons_three_at_most() {
+        let left: Vec<String> = (1..=5).map(|i| format!("tag t{i} (sha256:{i}): why {i}")).collect();
+        assert_eq!(left_out_note(&left[..1]), "; 1 tag left out of the index: tag t1 (sha256:1): why 1");
+        assert_eq!(
+            left_out_note(&left),
+            "; 5 tags left out of the index: tag t1 (sha256:1): why 1; tag t2 (sha256:2): why 2; \
+             tag t3 (sha256:3): why 3; and 2 more"
+        );
     }
 
     #[test]

@@ -5,7 +5,9 @@
 //! a [`Digesting`] writer that computes size, CRC32 and SHA-256 on the way to the
 //! cache's temp file. Memory stays bounded by the channel and decoder buffers, and
 //! what a decoder produces is capped ([`unpack`]'s `max_unpacked`), so a decompression
-//! bomb ends in an error, not a full disk.
+//! bomb ends in an error, not a full disk. Each decoder's own memory is bounded too:
+//! gzip holds a 32 KiB window; zstd's window is at most 2^[`ZSTD_WINDOW_LOG_MAX`] (a
+//! frame asking for more is refused before anything is allocated); tar holds a header.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 
@@ -110,8 +112,7 @@ pub fn unpack<R: Read, W: Write>(
             io::copy(&mut Capped::new(decoder, max_unpacked), out)?;
         }
         Unpack::Zstd => {
-            let decoder = zstd::stream::read::Decoder::with_buffer(&mut input)?;
-            io::copy(&mut Capped::new(decoder, max_unpacked), out)?;
+            io::copy(&mut Capped::new(zstd_decoder(&mut input)?, max_unpacked), out)?;
         }
         Unpack::Tar => {
             let path = artifact.path.as_deref().unwrap_or_default();
@@ -120,6 +121,19 @@ pub fn unpack<R: Read, W: Write>(
     }
     io::copy(&mut input, &mut io::sink())?;
     Ok(())
+}
+
+/// The largest zstd window (log2) a firmware frame may ask for: 64 MiB. Every level up
+/// to 21 stays within it, and so does level 22 (`--ultra -22`, 128 MiB) for payloads of
+/// up to 64 MiB, since encoders shrink the window to the content; zstd's own default
+/// limit is 2^27.
+pub const ZSTD_WINDOW_LOG_MAX: u32 = 26;
+
+/// A zstd decoder whose window is at most 2^[`ZSTD_WINDOW_LOG_MAX`] bytes.
+fn zstd_decoder<'a, R: BufRead>(input: R) -> io::Result<zstd::stream::read::Decoder<'a, R>> {
+    let mut decoder = zstd::stream::read::Decoder::with_buffer(input)?;
+    decoder.window_log_max(ZSTD_WINDOW_LOG_MAX)?;
+    Ok(decoder)
 }
 
 /// A reader that fails once more than `max` bytes were read through it.
@@ -161,7 +175,7 @@ fn extract_from_tar<R: BufRead, W: Write>(input: &mut R, path: &str, max: u64, o
         copy_tar_entry(&mut decoder, path, out)?;
         io::copy(&mut decoder, &mut io::sink()).map(drop)
     } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        let mut decoder = Capped::new(zstd::stream::read::Decoder::with_buffer(input)?, max);
+        let mut decoder = Capped::new(zstd_decoder(input)?, max);
         copy_tar_entry(&mut decoder, path, out)?;
         io::copy(&mut decoder, &mut io::sink()).map(drop)
     } else {
@@ -307,6 +321,29 @@ mod tests {
         let (ok, out) = capped(&gz, Unpack::Gzip, None, zeros.len() as u64);
         ok.expect("exactly at the cap passes");
         assert_eq!(out.len(), zeros.len());
+    }
+
+    #[test]
+    fn zstd_frames_asking_for_a_window_over_the_limit_are_refused() {
+        let data = vec![7u8; 1 << 20];
+        let framed = |window_log: u32| {
+            let mut e = zstd::stream::Encoder::new(Vec::new(), 3).unwrap();
+            e.window_log(window_log).unwrap();
+            e.long_distance_matching(true).unwrap();
+            e.write_all(&data).unwrap();
+            e.finish().unwrap()
+        };
+        // Written by a streaming encoder (no content size): the header keeps the window.
+        assert_eq!(run(&framed(ZSTD_WINDOW_LOG_MAX), Unpack::Zstd, None).unwrap(), data);
+        let err = run(&framed(ZSTD_WINDOW_LOG_MAX + 1), Unpack::Zstd, None).unwrap_err();
+        assert!(err.to_string().contains("memory"), "{err}");
+        let archive = tar_with(&[("fw.bin", &data)]);
+        let mut e = zstd::stream::Encoder::new(Vec::new(), 3).unwrap();
+        e.window_log(27).unwrap();
+        e.long_distance_matching(true).unwrap();
+        e.write_all(&archive).unwrap();
+        let err = run(&e.finish().unwrap(), Unpack::Tar, Some("fw.bin")).unwrap_err();
+        assert!(err.to_string().contains("memory"), "{err}");
     }
 
     use proptest::prelude::*;

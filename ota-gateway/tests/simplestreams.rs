@@ -1048,3 +1048,106 @@ fn an_upload_stream_under_verify_lists_a_version_once_it_is_signed() {
     assert!(images.to_string().contains(&fp), "{images:#}");
     assert!(status(&pki, &base)["rejected"].as_object().unwrap().is_empty());
 }
+
+/// Issue #19: the metadata bomb (468 KB of `xz -0`, a tar of 3 GiB of zeros) pushed
+/// with the recommended media type to a watched repository, and uploaded to an upload
+/// stream. The gateway binary stays under 128 MiB of RSS (sampled every 20 ms
+/// throughout), answers `/health` all along, indexes the good version beside the
+/// bomb, and says why the bomb is left out: in the stream status (OCI) and in the
+/// upload's answer. An artifact whose layers are named otherwise is refused with a
+/// message naming the accepted names and media type.
+#[test]
+fn a_metadata_bomb_is_refused_within_128_mib_and_the_gateway_keeps_serving() {
+    ensure_tools();
+    let bomb = e2e::bomb::metadata_bomb();
+    let tmp = tempfile::tempdir().unwrap();
+    let (pki, img) = (tmp.path().join("pki"), tmp.path().join("img"));
+    std::fs::create_dir_all(&img).unwrap();
+    make_pki(&pki);
+    make_image(&img, &format!("bomb-{}", std::process::id()));
+    std::fs::copy(&bomb, img.join("bomb.tar.xz")).unwrap();
+    for (from, to) in [("incus.tar.xz", "meta-good.tar.xz"), ("rootfs.squashfs", "good.squashfs")] {
+        std::fs::copy(img.join(from), img.join(to)).unwrap();
+    }
+    // A metadata tarball under a name that is not one (and no media type).
+    std::fs::copy(img.join("incus.tar.xz"), img.join("image-meta.tar.zst")).unwrap();
+    let (repo, uploads) = (unique_repo("streams-bomb"), unique_repo("streams-bomb-upload"));
+    let reg = &registry().addr;
+    let push = |tag: &str, files: &[&str]| {
+        run(Command::new("oras")
+            .current_dir(&img)
+            .args(["push", "--plain-http", &format!("{reg}/{repo}:{tag}")])
+            .args(files));
+    };
+    push(
+        "bomb",
+        &[
+            "bomb.tar.xz:application/vnd.updraft.simplestreams.metadata.v1.tar+xz",
+            "root.tar.xz:application/vnd.updraft.simplestreams.rootfs.v1.tar+xz",
+        ],
+    );
+    push("unnamed", &["image-meta.tar.zst", "good.squashfs"]);
+    push("good", &["meta-good.tar.xz", "good.squashfs"]);
+    std::fs::write(pki.join("token"), format!("{TOKEN}\n")).unwrap();
+    let streams = format!(
+        "- name: watched\n  source:\n    oci:\n      registry: {reg}\n      repository: {repo}\n      insecure: true\n      interval: 1s\n\
+         - name: uploads\n  source:\n    upload:\n      registry: {reg}\n      repository: {uploads}\n      insecure: true\n      tokenFile: {token}\n      interval: 1s\n",
+        token = pki.join("token").display()
+    );
+    let gw = start_streams(&tmp.path().join("gw"), &pki, &streams);
+    let rss = e2e::bomb::RssWatch::new(gw.child.id());
+    let health = || curl(&pki, &[&format!("http://127.0.0.1:{}/health", gw.http)]).0;
+    let base = format!("https://127.0.0.1:{}/streams/watched", gw.https);
+
+    // The bomb is left out with its reason; /health answers while the gateway reads it.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let rejected = loop {
+        assert_eq!(health(), 200, "/health while the bomb is read\n{}", plain_log(&gw.log));
+        let (code, body) = curl(&pki, &[&format!("{base}/status")]);
+        let st: serde_json::Value = if code == 200 { serde_json::from_str(&body).unwrap() } else { Default::default() };
+        if st["rejected"]["bomb"].is_string() && st["rejected"]["unnamed"].is_string() {
+            break st["rejected"].clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the bomb was never rejected; status ({code}): {body}; peak RSS {} MiB\n{}",
+            rss.peak() >> 20,
+            plain_log(&gw.log)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let why = rejected["bomb"].as_str().unwrap();
+    assert!(why.contains("no metadata.yaml in the first 16 MiB") && why.contains("decompression bomb"), "{why}");
+    let unnamed = rejected["unnamed"].as_str().unwrap();
+    for named in [
+        "the artifact has no metadata tarball layer",
+        "application/vnd.updraft.simplestreams.metadata.v1.tar+xz",
+        "lxd.tar.xz",
+        "incus.tar.xz",
+        "meta-*.tar.xz",
+    ] {
+        assert!(unnamed.contains(named), "{named} not in {unnamed}");
+    }
+    let images = wait_listed(&pki, &base, "debian:bookworm:amd64:default");
+    assert_eq!(product_keys(&images), ["debian:bookworm:amd64:default"], "{images:#}");
+
+    // The same bomb uploaded as a metadata tarball: refused with the reason, nothing stored.
+    let ubase = format!("https://127.0.0.1:{}/streams/uploads", gw.https);
+    let name = "debian/bookworm/amd64/default/20260101_00:00/lxd.tar.xz";
+    let (code, body) = upload(&pki, &ubase, &img.join("bomb.tar.xz"), name, Some(TOKEN));
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("no metadata.yaml in the first 16 MiB"), "{body}");
+    let tags =
+        Command::new("oras").args(["repo", "tags", "--plain-http", &format!("{reg}/{uploads}")]).output().unwrap();
+    assert!(String::from_utf8_lossy(&tags.stdout).trim().is_empty(), "the bomb was stored");
+
+    // Still serving, still syncing: rounds go on after the bomb.
+    let rounds = status(&pki, &base)["rounds"].as_u64().unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(status(&pki, &base)["rounds"].as_u64().unwrap() > rounds, "the watched stream stopped its rounds");
+    assert_eq!(health(), 200);
+    assert!(rss.samples() > 50, "RSS sampled {} times only", rss.samples());
+    let peak = rss.peak();
+    eprintln!("gateway peak VmRSS with the bomb: {:.1} MiB ({} samples)", peak as f64 / 1048576.0, rss.samples());
+    assert!(peak < 128 << 20, "gateway VmRSS reached {} MiB", peak >> 20);
+}

@@ -7,7 +7,10 @@
 //!   and for a digest not seen before its manifest: the product and serial from the
 //!   annotations the gateway writes on uploads (`dev.updraft.simplestreams.product`,
 //!   `.serial`, `.deleted` for a tombstone), else from `metadata.yaml` in the metadata
-//!   tarball layer (a blob of a few KiB, read with `updraft_core::image_metadata`).
+//!   tarball layer (a blob of a few KiB, read with `updraft_core::image_metadata`
+//!   within its limits: at most `MAX_TARBALL` received whatever the descriptor
+//!   says, two tarballs read at once, decoded on a blocking thread). A tag that is not
+//!   an image version is left out with its reason, which status shows.
 //!   What a digest holds never changes, so it is kept per digest: a steady repository
 //!   costs one tag list and one HEAD per tag per interval. Under `spec.verify` each
 //!   version's digest must carry a cosign signature that verifies
@@ -29,7 +32,7 @@ use oci_client::secrets::RegistryAuth;
 use oci_client::Client;
 use serde_json::Value;
 use updraft_core::cosign::{Verifier, VerifyError};
-use updraft_core::image_metadata::{is_component, read_metadata_yaml};
+use updraft_core::image_metadata::{self, is_component, read_metadata_yaml, MetadataError, MAX_TARBALL};
 use updraft_core::oci;
 use updraft_crds::OciSource;
 
@@ -39,8 +42,9 @@ use crate::error::{Error, Result};
 const USER_AGENT: &str = concat!("updraft-operator/", env!("CARGO_PKG_VERSION"));
 /// Registry requests in flight at once for one stream.
 const CONCURRENCY: usize = 8;
-/// The largest metadata tarball fetched to read `metadata.yaml` (a real one is KiB).
-const MAX_METADATA_BLOB: i64 = 64 << 20;
+/// Metadata tarballs fetched and read at once, across streams (each holds at most
+/// `MAX_TARBALL` bytes while it is read).
+static METADATA_READS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
 /// Digests remembered; beyond this the cache starts again (it only saves requests).
 const CACHE_LIMIT: usize = 200_000;
 
@@ -48,7 +52,6 @@ const ANN_PRODUCT: &str = "dev.updraft.simplestreams.product";
 const ANN_SERIAL: &str = "dev.updraft.simplestreams.serial";
 const ANN_DELETED: &str = "dev.updraft.simplestreams.deleted";
 const ANN_TITLE: &str = "org.opencontainers.image.title";
-const METADATA_MEDIA_TYPE: &str = "application/vnd.updraft.simplestreams.metadata.v1.tar+xz";
 
 /// What one manifest digest holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -131,6 +134,7 @@ pub(super) async fn repository(
             Identity::NotImage(why) => {
                 tracing::debug!(%tag, %digest, %why, "not an image version");
                 observation.skipped += 1;
+                observation.left_out.push(format!("tag {tag} ({digest}): {why}"));
             }
         }
     }
@@ -164,6 +168,7 @@ pub(super) async fn repository(
         }
         observation.unverified.sort_by(|a, b| a.tag.cmp(&b.tag));
     }
+    observation.left_out.sort();
     let (products, count) = tally(versions.into_iter().map(|(product, serial, _, _)| (product, serial)), keep);
     observation.products = products;
     observation.versions = count;
@@ -200,15 +205,13 @@ async fn identify(client: &Client, source: &OciSource, auth: &RegistryAuth, dige
         OciManifest::Image(manifest) => match from_annotations(&manifest) {
             Some(identity) => identity,
             None => match metadata_layer(&manifest) {
-                None => Identity::NotImage("no metadata tarball layer".into()),
-                Some(layer) if layer.size > MAX_METADATA_BLOB => {
-                    Identity::NotImage(format!("metadata tarball of {} bytes", layer.size))
-                }
-                Some(layer) => {
-                    let mut tarball = Vec::with_capacity(usize::try_from(layer.size).unwrap_or(0));
-                    client.pull_blob(&reference, layer, &mut tarball).await.map_err(|e| unreachable(&e))?;
-                    from_metadata(&tarball)
-                }
+                None => Identity::NotImage(image_metadata::NO_METADATA_LAYER.into()),
+                Some(layer) => match fetch_tarball(client, source, auth, &reference, layer).await? {
+                    Ok(tarball) => tokio::task::spawn_blocking(move || from_metadata(&tarball))
+                        .await
+                        .unwrap_or_else(|e| Identity::NotImage(format!("reading the metadata tarball: {e}"))),
+                    Err(why) => Identity::NotImage(why),
+                },
             },
         },
         OciManifest::ImageIndex(_) => Identity::NotImage("an image index".into()),
@@ -233,16 +236,46 @@ fn from_annotations(manifest: &OciImageManifest) -> Option<Identity> {
     })
 }
 
-/// The layer holding the metadata tarball: by media type, else by file name.
+/// The layer holding the metadata tarball: by media type, else by file name (core's
+/// rule, the gateway's).
 fn metadata_layer(manifest: &OciImageManifest) -> Option<&OciDescriptor> {
-    let title = |l: &OciDescriptor| l.annotations.as_ref().and_then(|a| a.get(ANN_TITLE)).cloned().unwrap_or_default();
-    manifest.layers.iter().find(|l| l.media_type == METADATA_MEDIA_TYPE).or_else(|| {
-        manifest.layers.iter().find(|l| {
-            let t = title(l);
-            let named = t == "lxd.tar.xz" || t == "incus.tar.xz" || t.starts_with("meta-") || t.starts_with("metadata");
-            named && (t.ends_with(".tar.xz") || t.ends_with(".tar.gz"))
-        })
-    })
+    fn title(l: &OciDescriptor) -> Option<&str> {
+        l.annotations.as_ref().and_then(|a| a.get(ANN_TITLE)).map(String::as_str)
+    }
+    let typed = manifest.layers.iter().find(|l| l.media_type == image_metadata::METADATA_MEDIA_TYPE);
+    typed.or_else(|| manifest.layers.iter().find(|l| image_metadata::is_metadata_layer(&l.media_type, title(l))))
+}
+
+/// The metadata tarball `layer`, verified: `Ok(Err(why))` when it is not one to read
+/// (declared or received over `MAX_TARBALL`, or longer than declared). What is kept
+/// is bounded by the bytes received, not by the size the descriptor claims.
+async fn fetch_tarball(
+    client: &Client,
+    source: &OciSource,
+    auth: &RegistryAuth,
+    reference: &oci_client::Reference,
+    layer: &OciDescriptor,
+) -> Result<std::result::Result<Vec<u8>, String>> {
+    let unreachable = |e: &dyn std::fmt::Display| Error::RegistryUnreachable(format!("{}: {e}", source.reference()));
+    let declared = match u64::try_from(layer.size) {
+        Ok(size) if size <= MAX_TARBALL => size,
+        _ => return Ok(Err(MetadataError::TarballTooLarge(layer.size.max(0) as u64).to_string())),
+    };
+    let _reading = METADATA_READS.acquire().await.expect("the semaphore is never closed");
+    client.store_auth_if_needed(&source.registry, auth).await;
+    let mut stream = client.pull_blob_stream(reference, layer).await.map_err(|e| unreachable(&e))?;
+    let mut tarball = Vec::new();
+    // The stream verifies the digest at its end: an error there is the registry's.
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| unreachable(&e))?;
+        if (tarball.len() + chunk.len()) as u64 > declared {
+            let why =
+                format!("metadata tarball {} is longer than the {declared} bytes its descriptor says", layer.digest);
+            return Ok(Err(why));
+        }
+        tarball.extend_from_slice(&chunk);
+    }
+    Ok(Ok(tarball))
 }
 
 fn from_metadata(tarball: &[u8]) -> Identity {
@@ -454,7 +487,8 @@ mod tests {
             ]),
         );
         assert_eq!(title_of(metadata_layer(&exported)), "meta-abc.tar.xz");
-        let typed = manifest(serde_json::json!({}), serde_json::json!([layer(METADATA_MEDIA_TYPE, "x")]));
+        let typed =
+            manifest(serde_json::json!({}), serde_json::json!([layer(image_metadata::METADATA_MEDIA_TYPE, "x")]));
         assert_eq!(title_of(metadata_layer(&typed)), "x");
         let none =
             manifest(serde_json::json!({}), serde_json::json!([layer("application/octet-stream", "root.tar.xz")]));

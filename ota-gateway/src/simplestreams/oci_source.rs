@@ -27,9 +27,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chrono::DateTime;
-use oci_client::manifest::OciImageManifest;
+use oci_client::manifest::{OciDescriptor, OciImageManifest};
 
-use updraft_core::image_metadata::debian_arch;
+use updraft_core::image_metadata::{self, debian_arch, MetadataError};
 
 use super::index::{ProductKey, ProductProps, Serial};
 use super::metadata::{read_metadata_yaml, ImageMetadata, UploadFile};
@@ -53,17 +53,49 @@ pub fn serial_from_creation(seconds: i64) -> Result<Serial, String> {
     Serial::parse(&t.format("%Y%m%d_%H:%M").to_string()).map_err(|e| e.to_string())
 }
 
+/// Why an artifact is not indexed. `lasting` when what its manifest digest holds decides
+/// it (no metadata layer, a metadata tarball refused or without a product), not the
+/// registry's state at the time: the sync loop keeps such a verdict per digest and reads
+/// the artifact again only on full rounds, so a bomb is decoded once every
+/// [`super::stream::FULL_EVERY`] intervals, not every round.
+#[derive(Debug)]
+pub(super) struct Unreadable {
+    pub reason: String,
+    pub lasting: bool,
+}
+
+impl Unreadable {
+    fn transient(reason: impl ToString) -> Self {
+        Self { reason: reason.to_string(), lasting: false }
+    }
+}
+
+impl From<String> for Unreadable {
+    fn from(reason: String) -> Self {
+        Self { reason, lasting: true }
+    }
+}
+
+impl From<&str> for Unreadable {
+    fn from(reason: &str) -> Self {
+        reason.to_owned().into()
+    }
+}
+
 impl Stream {
     /// The version an artifact of an OCI-source stream holds, with the combined
     /// fingerprint of each rootfs.
-    pub(super) async fn read_artifact(self: &Arc<Self>, manifest: &OciImageManifest) -> Result<StoredVersion, String> {
+    pub(super) async fn read_artifact(
+        self: &Arc<Self>,
+        manifest: &OciImageManifest,
+    ) -> Result<StoredVersion, Unreadable> {
         let mut layers = BTreeMap::new();
         for layer in &manifest.layers {
             if let Some(file) = layer_file(layer) {
                 layers.entry(file).or_insert_with(|| layer.clone());
             }
         }
-        let meta = layers.get(&UploadFile::Metadata).cloned().ok_or("the artifact has no metadata tarball layer")?;
+        let meta = layers.get(&UploadFile::Metadata).cloned().ok_or(image_metadata::NO_METADATA_LAYER)?;
         let ann = manifest.annotations.clone().unwrap_or_default();
         let get = |k: &str| ann.get(k).map(String::as_str).filter(|s| !s.is_empty());
         let annotated = match (get(registry::ANN_PRODUCT), get(registry::ANN_SERIAL)) {
@@ -76,8 +108,7 @@ impl Stream {
                 v
             }
             None => {
-                let tarball = self.blob(&meta.digest, meta.size as u64).await.map_err(|e| e.to_string())?;
-                let yaml = read_metadata_yaml(&tarball.bytes).map_err(|e| e.to_string())?;
+                let yaml = self.metadata_yaml(&meta).await?;
                 let product = match get(registry::ANN_PRODUCT) {
                     Some(_) => StoredVersion::from_manifest(manifest).map_err(|e| e.to_string())?.product,
                     None => product_from_metadata(&yaml)?,
@@ -96,8 +127,23 @@ impl Stream {
                 StoredVersion { product, props, serial, layers, deleted: false }
             }
         };
-        self.fill_combined(&mut version).await.map_err(|e| e.to_string())?;
+        self.fill_combined(&mut version).await.map_err(Unreadable::transient)?;
         Ok(version)
+    }
+
+    /// `metadata.yaml` of the metadata tarball `layer`: a tarball over
+    /// [`image_metadata::MAX_TARBALL`] is not fetched; the verified blob is decoded from
+    /// the cache's mapping on a blocking thread, within core's limits.
+    async fn metadata_yaml(self: &Arc<Self>, layer: &OciDescriptor) -> Result<ImageMetadata, Unreadable> {
+        let size = u64::try_from(layer.size).map_err(|_| format!("layer {} has a negative size", layer.digest))?;
+        if size > image_metadata::MAX_TARBALL {
+            return Err(MetadataError::TarballTooLarge(size).to_string().into());
+        }
+        let tarball = self.blob(&layer.digest, size).await.map_err(Unreadable::transient)?;
+        let read = tokio::task::spawn_blocking(move || read_metadata_yaml(&tarball.bytes[..]))
+            .await
+            .map_err(|e| Unreadable::transient(format!("metadata tarball: {e}")))?;
+        Ok(read.map_err(|e| e.to_string())?)
     }
 }
 

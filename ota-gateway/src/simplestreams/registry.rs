@@ -20,6 +20,7 @@
 use std::collections::BTreeMap;
 
 use oci_client::manifest::{OciDescriptor, OciImageManifest, IMAGE_MANIFEST_MEDIA_TYPE};
+use updraft_core::image_metadata;
 
 use super::index::{FileRef, ImageVersion, IndexError, ProductKey, ProductProps, RootKind, Rootfs, Serial};
 use super::metadata::{version_dir, UploadFile};
@@ -55,7 +56,7 @@ pub enum ArtifactError {
 /// The recommended media type of each file.
 pub fn media_type(file: UploadFile) -> &'static str {
     match file {
-        UploadFile::Metadata => "application/vnd.updraft.simplestreams.metadata.v1.tar+xz",
+        UploadFile::Metadata => image_metadata::METADATA_MEDIA_TYPE,
         UploadFile::Rootfs(RootKind::Squashfs) => "application/vnd.updraft.simplestreams.rootfs.v1.squashfs",
         UploadFile::Rootfs(RootKind::RootTarXz) => "application/vnd.updraft.simplestreams.rootfs.v1.tar+xz",
         UploadFile::Rootfs(RootKind::DiskKvmImg) => "application/vnd.updraft.simplestreams.disk-kvm.v1.img",
@@ -78,13 +79,13 @@ pub fn layer_file(layer: &OciDescriptor) -> Option<UploadFile> {
 }
 
 /// A file by its name: the upload names, and what `incus image export` writes
-/// (`meta-<fp>.tar.xz`, `<fp>.squashfs`, `<fp>.tar.xz`, `<fp>.img`/`.qcow2`).
+/// (`meta-<fp>.tar.xz`, `<fp>.squashfs`, `<fp>.tar.xz`, `<fp>.img`/`.qcow2`). Which
+/// names are a metadata tarball is core's rule, the one the operator counts with.
 pub fn classify_title(title: &str) -> Option<UploadFile> {
     if let Some(file) = UploadFile::from_name(title) {
         return Some(file);
     }
-    let is_meta = title.starts_with("meta-") || title.starts_with("metadata");
-    if is_meta && (title.ends_with(".tar.xz") || title.ends_with(".tar.gz")) {
+    if image_metadata::is_metadata_name(title) {
         return Some(UploadFile::Metadata);
     }
     if title.ends_with(".squashfs") {

@@ -181,6 +181,9 @@ struct SyncState {
     refused: bool,
     /// Manifest digest → verification verdict (under `verify`).
     verdicts: HashMap<String, Verdict>,
+    /// Manifest digest → why its artifact is not a version, when what it holds decides
+    /// (a refused metadata tarball…): not read again before the next full round.
+    unreadable: HashMap<String, String>,
 }
 
 type BlobFuture = Shared<BoxFuture<'static, Result<Arc<Payload>, String>>>;
@@ -406,11 +409,20 @@ impl Stream {
                 rejected.insert(tag.clone(), reason);
                 continue;
             }
+            if full {
+                st.unreadable.remove(&digest);
+            }
             let version = match manifest {
                 OciManifest::Image(image) if self.upload.is_some() => {
                     StoredVersion::from_manifest(&image).map_err(|e| e.to_string())
                 }
-                OciManifest::Image(image) => self.read_artifact(&image).await,
+                OciManifest::Image(_) if st.unreadable.contains_key(&digest) => Err(st.unreadable[&digest].clone()),
+                OciManifest::Image(image) => self.read_artifact(&image).await.map_err(|e| {
+                    if e.lasting {
+                        st.unreadable.insert(digest.clone(), e.reason.clone());
+                    }
+                    e.reason
+                }),
                 OciManifest::ImageIndex(_) => Err("an image index, not a version manifest".to_owned()),
             };
             if let Some((_, old)) = st.known.remove(tag) {
@@ -450,6 +462,7 @@ impl Stream {
         for digest in stale {
             st.verdicts.remove(&digest);
         }
+        st.unreadable.retain(|d, _| held.contains(d));
         // Each touched product is rendered once, however many of its versions are new.
         st.index.extend(batch).map_err(|e| format!("validated versions refused: {e}"))?;
         self.status.write().unwrap_or_else(|e| e.into_inner()).rejected = rejected;

@@ -37,10 +37,9 @@ use crate::http;
 use crate::server::Transport;
 use crate::unpack::{Digesting, Summary};
 use updraft_core::config::UploadStreamSource;
+use updraft_core::image_metadata::{MetadataError as TarballError, MAX_TARBALL};
 use updraft_core::oci;
 
-/// The largest metadata tarball read for its `metadata.yaml`.
-const MAX_METADATA_TARBALL: u64 = 64 << 20;
 /// The largest `metadata.json` accepted.
 const MAX_METADATA_JSON: u64 = 64 * 1024;
 
@@ -90,9 +89,16 @@ pub async fn upload(
         if path.file == UploadFile::Metadata {
             // The tarball must carry metadata.yaml (the daemon needs it to import the
             // image); its `os` property names the product unless metadata.json does.
-            let mut bytes = Vec::new();
-            file.reopen()?.take(MAX_METADATA_TARBALL).read_to_end(&mut bytes)?;
-            from_tarball = read_metadata_yaml(&bytes).map_err(MetadataError::from)?.property("os").map(String::from);
+            // Read from the received file, streaming, within core's limits.
+            if summary.size > MAX_TARBALL {
+                return Err(MetadataError::from(TarballError::TarballTooLarge(summary.size)).into());
+            }
+            let tarball = file.reopen()?;
+            let yaml = tokio::task::spawn_blocking(move || read_metadata_yaml(tarball))
+                .await
+                .map_err(|e| StreamError::Io(std::io::Error::other(e)))?
+                .map_err(MetadataError::from)?;
+            from_tarball = yaml.property("os").map(String::from);
         }
         let overrides = match path.file {
             UploadFile::MetadataJson => {
