@@ -47,7 +47,16 @@ impl Proc {
 }
 
 impl Drop for Proc {
+    /// Kills the process; when a test is failing, prints the end of its log first, so
+    /// a timeout says what the process was doing (its log is in a directory the test
+    /// removes).
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            let output = self.output();
+            let lines: Vec<&str> = output.lines().collect();
+            let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+            eprintln!("--- the last {} lines of {} ---\n{tail}\n---", lines.len().min(40), self.log.display());
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
