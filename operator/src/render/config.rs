@@ -171,7 +171,7 @@ pub(super) fn stream_config(gateway: &OtaGateway, stream: &ImageStream) -> Optio
 /// Where the Deployment mounts the public key of a stream's `spec.verify`:
 /// `<VERIFY_DIR>/<stream>/<key>` (key default `cosign.pub`, the one file the gateway reads).
 pub(super) fn stream_key_file(stream: &str, verify: &updraft_crds::Verification) -> String {
-    let key = verify.public_key_secret.key.as_deref().unwrap_or(crate::stream::DEFAULT_PUBLIC_KEY);
+    let key = verify.public_key_secret.key.as_deref().unwrap_or(super::DEFAULT_PUBLIC_KEY);
     format!("{VERIFY_DIR}/{stream}/{key}")
 }
 
