@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
 use kube::ResourceExt;
 use tracing::{info, instrument, warn};
 use updraft_core::cosign::Verifier;
@@ -70,10 +71,16 @@ pub(crate) async fn reconcile(channel: Arc<FirmwareChannel>, ctx: Arc<Context>) 
     status::write(&ctx.client, channel.as_ref(), &status).await?;
     schedule.succeeded(&channel);
     if let Some((verified, note)) = verification {
-        ctx.event(channel.as_ref(), !verified, if verified { "Verified" } else { "Unverified" }, note).await;
+        ctx.event(
+            channel.as_ref(),
+            if verified { EventType::Normal } else { EventType::Warning },
+            if verified { "Verified" } else { "Unverified" },
+            note,
+        )
+        .await;
     }
     if let Some(note) = new_version {
-        ctx.event(channel.as_ref(), false, "NewVersion", note).await;
+        ctx.event(channel.as_ref(), EventType::Normal, "NewVersion", note).await;
     }
     if let Some(latest) = &status.latest {
         let old_version = old.latest.as_ref().map(|l| l.version.as_str());
@@ -96,6 +103,7 @@ pub(crate) async fn reconcile(channel: Arc<FirmwareChannel>, ctx: Arc<Context>) 
 /// Retry policy for a failed reconcile (the API server refused a read or the status
 /// write; failed registry checks are not errors, see [`reconcile`]): soon, growing.
 pub(crate) fn error_policy(channel: Arc<FirmwareChannel>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.error(CONTROLLER, error);
     if error.is_permanent() {
         return Action::await_change();
     }
@@ -573,6 +581,11 @@ mod tests {
             retries.push(error_policy(channel.clone(), &error, ctx.clone()));
         }
         assert_eq!(retries, [Action::requeue(Duration::from_secs(1)), Action::requeue(Duration::from_secs(2))]);
+        assert_eq!(
+            ctx.metrics.errors(CONTROLLER, "kube_api"),
+            2,
+            "each failed reconcile is counted, as in every controller"
+        );
 
         reconcile(channel.clone(), ctx.clone()).await.unwrap();
         assert_eq!(registry.0.load(std::sync::atomic::Ordering::SeqCst), 1, "the registry was asked again");

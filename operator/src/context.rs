@@ -1,5 +1,6 @@
-//! What every reconcile shares: the client, the resolver, the shared caches, the
-//! per-object schedules of every kind, metrics and the event recorder.
+//! What every reconcile shares: the Kubernetes client, the network clients, the
+//! resolver, the shared caches, the per-object schedules of every kind, metrics and the
+//! event recorder.
 
 use std::sync::Arc;
 
@@ -8,6 +9,7 @@ use kube::runtime::reflector::Store;
 use kube::{Client, Resource};
 use updraft_crds::{ArtifactMirror, FirmwareChannel, ImageStream, OtaGateway};
 
+use crate::clients::Clients;
 use crate::metrics::Metrics;
 use crate::resolve::{Resolution, Resolver};
 use crate::schedule::Schedule;
@@ -18,6 +20,8 @@ pub(crate) const FIELD_MANAGER: &str = "updraft-operator";
 pub(crate) struct Context {
     pub client: Client,
     pub resolver: Arc<dyn Resolver>,
+    /// Registry and store clients, one per purpose for the whole process.
+    pub clients: Clients,
     pub metrics: Metrics,
     pub recorder: Recorder,
     /// Image of OtaGateways that name none.
@@ -46,15 +50,11 @@ pub(crate) struct Schedules {
 }
 
 impl Context {
-    /// Publishes an event about `obj`; failures are logged, never fatal.
-    pub async fn event<K: Resource<DynamicType = ()>>(&self, obj: &K, warning: bool, reason: &str, note: String) {
-        let event = Event {
-            type_: if warning { EventType::Warning } else { EventType::Normal },
-            reason: reason.into(),
-            note: Some(note),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
+    /// Publishes an event of `type_` (`Normal` or `Warning`) about `obj`; failures are
+    /// logged, never fatal.
+    pub async fn event<K: Resource<DynamicType = ()>>(&self, obj: &K, type_: EventType, reason: &str, note: String) {
+        let event =
+            Event { type_, reason: reason.into(), note: Some(note), action: "Reconcile".into(), secondary: None };
         if let Err(e) = self.recorder.publish(&event, &obj.object_ref(&())).await {
             tracing::warn!(error = %e, reason, "could not publish event");
         }

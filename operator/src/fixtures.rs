@@ -87,6 +87,7 @@ pub fn context(
     crate::context::Context {
         client: client.clone(),
         resolver,
+        clients: crate::clients::Clients::new(),
         metrics: crate::metrics::Metrics::default(),
         recorder: Recorder::new(client, reporter),
         gateway_image: "updraft/ota-gateway:test".into(),

@@ -7,6 +7,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
 use serde::{de::DeserializeOwned, Serialize};
@@ -98,7 +99,7 @@ pub(crate) async fn reconcile(gateway: Arc<OtaGateway>, ctx: Arc<Context>) -> Re
 
     let became_ready = conditions::is_true(&status.conditions, READY) && !conditions::is_true(&old.conditions, READY);
     if status::write(&ctx.client, gateway.as_ref(), &status).await? && became_ready {
-        ctx.event(gateway.as_ref(), false, "Ready", format!("{ready_replicas} replicas ready")).await;
+        ctx.event(gateway.as_ref(), EventType::Normal, "Ready", format!("{ready_replicas} replicas ready")).await;
     }
     ctx.schedules.gateways.succeeded(&gateway);
     Ok(Action::requeue(Duration::from_secs(600)))
@@ -315,7 +316,10 @@ mod tests {
     #[tokio::test]
     async fn failed_reconciles_back_off_growing() {
         let client = crate::fixtures::api(|_, _, _| (500, crate::fixtures::refusal(500)));
-        let ctx = Arc::new(crate::fixtures::context(client, Arc::new(crate::resolve::OciResolver::default())));
+        let ctx = Arc::new(crate::fixtures::context(
+            client,
+            Arc::new(crate::resolve::OciResolver::new(&crate::clients::Clients::new())),
+        ));
         let gateway = Arc::new(crate::fixtures::gateway());
         let mut retries = Vec::new();
         for _ in 0..4 {

@@ -16,6 +16,7 @@ mod admin;
 mod attach;
 mod channel;
 mod checks;
+mod clients;
 mod context;
 mod error;
 #[cfg(test)]

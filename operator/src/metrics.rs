@@ -127,6 +127,12 @@ impl Metrics {
         self.reconcile_errors.with_label_values(&[controller, error.metric_label()]).inc();
     }
 
+    /// Reconcile errors counted so far for `controller` and error kind `label`.
+    #[cfg(test)]
+    pub(crate) fn errors(&self, controller: &str, label: &str) -> u64 {
+        self.reconcile_errors.with_label_values(&[controller, label]).get()
+    }
+
     pub(crate) fn registry_check(&self, ok: bool) {
         self.registry_checks.with_label_values(&[if ok { "ok" } else { "error" }]).inc();
     }

@@ -16,7 +16,7 @@
 //! are published when `Ready`'s reason changes, never on a repeated pass.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
@@ -24,8 +24,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
-use oci_client::client::ClientProtocol;
 use oci_client::secrets::RegistryAuth;
 use tracing::{info, instrument, warn};
 use updraft_core::config::{plain_http_key, HttpStoreConfig, SourceConfig, VersionFilter};
@@ -39,6 +39,7 @@ use updraft_crds::{ArtifactMirror, ArtifactMirrorSpec, ArtifactMirrorStatus};
 
 use crate::attach::gateway_of;
 use crate::checks;
+use crate::clients::Clients;
 use crate::context::{Context, MirrorObservation};
 use crate::error::{Error, Result, SpecError};
 use crate::render::{self, STORE_KEY};
@@ -46,7 +47,6 @@ use crate::schedule::Failure;
 use crate::status::{self, Stall};
 
 pub(crate) const CONTROLLER: &str = "artifactmirror";
-const USER_AGENT: &str = concat!("updraft-operator/", env!("CARGO_PKG_VERSION"));
 /// Names listed in a dry run's plan, each of copy and delete (the totals say the rest).
 const PLAN_CAP: usize = 50;
 
@@ -80,7 +80,7 @@ pub(crate) async fn reconcile(mirror: Arc<ArtifactMirror>, ctx: Arc<Context>) ->
         }
     };
     if !mirror.spec.suspend && schedule.due_in(&mirror).is_none() {
-        let result = observe(&mirror, &secrets).await;
+        let result = observe(&mirror, &secrets, &ctx.clients).await;
         ctx.metrics.registry_check(result.is_ok());
         if let Err(e) = &result {
             ctx.metrics.error(CONTROLLER, e);
@@ -105,7 +105,7 @@ pub(crate) async fn reconcile(mirror: Arc<ArtifactMirror>, ctx: Arc<Context>) ->
     schedule.succeeded(&mirror);
     if let Some(t) = transition {
         info!(reason = t.reason, message = %t.message, "ready changed");
-        ctx.event(mirror.as_ref(), t.warning, t.reason, t.message).await;
+        ctx.event(mirror.as_ref(), t.type_, t.reason, t.message).await;
     }
     if mirror.spec.suspend {
         return Ok(Action::await_change());
@@ -190,13 +190,13 @@ async fn read_secrets(ctx: &Context, mirror: &ArtifactMirror) -> Result<Result<S
 }
 
 /// Lists both sides (metadata only) and plans under the mirror's rules.
-async fn observe(mirror: &ArtifactMirror, secrets: &Secrets) -> Result<MirrorObservation> {
+async fn observe(mirror: &ArtifactMirror, secrets: &Secrets, clients: &Clients) -> Result<MirrorObservation> {
     let spec = &mirror.spec;
     // The rules exactly as the worker gets them.
     let config = render::mirror_configs(&[mirror]).remove(0);
     let rules = Rules::new(&config).map_err(|e| Error::InvalidSpec(SpecError::new("version", e)))?;
-    let source = side(&spec.source, secrets.source.as_deref(), "source")?;
-    let destination = side(&spec.destination, secrets.destination.as_deref(), "destination")?;
+    let source = side(&spec.source, secrets.source.as_deref(), "source", clients)?;
+    let destination = side(&spec.destination, secrets.destination.as_deref(), "destination", clients)?;
     let now = Timestamp::now();
     let at = now.as_second() as f64;
     let plan = updraft_core::mirror::observe(&source, &destination, &rules, at).await.map_err(|e| match e {
@@ -215,7 +215,7 @@ async fn observe(mirror: &ArtifactMirror, secrets: &Secrets) -> Result<MirrorObs
 }
 
 /// One side, ready to list with what its Secret holds.
-fn side(endpoint: &Endpoint, secret: Option<&str>, at: &'static str) -> Result<Side> {
+fn side(endpoint: &Endpoint, secret: Option<&str>, at: &'static str, clients: &Clients) -> Result<Side> {
     if let Some(oci) = &endpoint.oci {
         let auth = match secret {
             Some(text) => updraft_core::oci::auth_from_docker_config(text, &oci.registry)
@@ -232,38 +232,14 @@ fn side(endpoint: &Endpoint, secret: Option<&str>, at: &'static str) -> Result<S
             &source,
             Credentials::Given(auth),
             at,
-            registry_client(oci.insecure),
+            clients.registry(oci.insecure).clone(),
         )));
     }
     let http = endpoint.http.as_ref().ok_or_else(|| SpecError::new(at, format!("{at} sets neither oci nor http")))?;
     let config =
         HttpStoreConfig { url: http.url.clone(), path: None, key_file: None, allow_plain_http: http.allow_plain_http };
     let key = secret.map_or(Key::None, |k| Key::Value(k.to_owned()));
-    Ok(Side::Store(Store::new(&config, key, at, store_client().clone())))
-}
-
-/// One registry client per protocol, shared by every mirror (it caches tokens).
-fn registry_client(insecure: bool) -> oci_client::Client {
-    static HTTPS: OnceLock<oci_client::Client> = OnceLock::new();
-    static HTTP: OnceLock<oci_client::Client> = OnceLock::new();
-    let cell = if insecure { &HTTP } else { &HTTPS };
-    let protocol = if insecure { ClientProtocol::Http } else { ClientProtocol::Https };
-    cell.get_or_init(|| updraft_core::oci::build_client(USER_AGENT, protocol)).clone()
-}
-
-/// The HTTP client of store listings, shared by every mirror.
-fn store_client() -> &'static reqwest::Client {
-    static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
-    CLIENT.get_or_init(|| {
-        reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(30))
-            .user_agent(USER_AGENT)
-            // The store key is sent with listings: never to another origin.
-            .redirect(updraft_core::mirror::redirect::policy())
-            .build()
-            .expect("an HTTP client builds")
-    })
+    Ok(Side::Store(Store::new(&config, key, at, clients.store.clone())))
 }
 
 /// What the reconcile knows when it writes status.
@@ -282,7 +258,7 @@ struct Seen {
 /// An event to publish: `Ready`'s reason changed.
 #[derive(Debug, PartialEq, Eq)]
 struct Transition {
-    warning: bool,
+    type_: EventType,
     reason: &'static str,
     message: String,
 }
@@ -340,7 +316,7 @@ fn assess(
     set_condition(&mut status.conditions, reconciling, generation);
     let was = conditions::find(&old.conditions, READY).map(|c| c.reason.as_str());
     let transition = (was != Some(reason) && reason != "Observing").then_some(Transition {
-        warning: !ready && reason != "Suspended",
+        type_: if !ready && reason != "Suspended" { EventType::Warning } else { EventType::Normal },
         reason,
         message,
     });
@@ -569,7 +545,7 @@ mod tests {
         assert_eq!(ready(&s3), ("False".into(), BEHIND.into()));
         assert_eq!(s3.oldest_pending, Some(time((T0 - 50) as f64)), "a file's own time when the side gives one");
         let e3 = e3.unwrap();
-        assert!(e3.warning && e3.message.contains("2 pending"), "{e3:?}");
+        assert!(e3.type_ == EventType::Warning && e3.message.contains("2 pending"), "{e3:?}");
         assert!(conditions::is_true(&s3.conditions, RECONCILING));
         let (s4, e4) = pass(&s3, &late);
         assert_eq!((s4 == s3, e4), (true, None), "a repeated pass writes nothing and publishes nothing");
@@ -578,7 +554,7 @@ mod tests {
         assert_eq!(ready(&s5), ("True".into(), "InSync".into()));
         assert_eq!((s5.pending, s5.pending_since.clone(), s5.oldest_pending.clone()), (0, None, None));
         assert_eq!(s5.last_sync, Some(time((T0 + 200) as f64)));
-        assert_eq!(e5.map(|e| (e.warning, e.reason)), Some((false, "InSync")));
+        assert_eq!(e5.map(|e| (e.type_, e.reason)), Some((EventType::Normal, "InSync")));
         // New pending work starts a new window.
         let (s6, _) = pass(&s5, &seen(Some(observed(T0 + 300, &[("c-1.0.0.zip", 0.0)]))));
         assert_eq!(s6.pending_since, Some(time((T0 + 300) as f64)));
@@ -593,7 +569,7 @@ mod tests {
         let (s, e) = pass(&synced, &down);
         assert_eq!(ready(&s), ("False".into(), "DestinationUnreachable".into()));
         assert!(conditions::find(&s.conditions, READY).unwrap().message.contains("connection refused"));
-        assert_eq!(e.map(|e| e.warning), Some(true));
+        assert_eq!(e.map(|e| e.type_), Some(EventType::Warning));
         assert_eq!(pass(&s, &down).1, None, "still down: no second event");
         assert_eq!(s.in_sync, 3, "the last observation's counts stay");
 
@@ -608,7 +584,7 @@ mod tests {
         paused.suspended = true;
         let (s, e) = pass(&synced, &paused);
         assert_eq!(ready(&s), ("False".into(), "Suspended".into()));
-        assert_eq!(e.map(|e| (e.warning, e.reason)), Some((false, "Suspended")), "asked for: not a warning");
+        assert_eq!(e.map(|e| (e.type_, e.reason)), Some((EventType::Normal, "Suspended")), "asked for: not a warning");
 
         let mut lost = seen(None);
         lost.gateway = false;

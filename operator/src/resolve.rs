@@ -5,7 +5,6 @@
 //! ones that do not being skipped ([`resolve_verified`]). Payloads are never pulled.
 
 use futures::future::BoxFuture;
-use oci_client::client::ClientProtocol;
 use oci_client::secrets::RegistryAuth;
 use oci_client::Client;
 use updraft_core::config::ArtifactConfig;
@@ -15,6 +14,7 @@ use updraft_core::version::{resolve_latest, resolve_verified, ResolveError, Rule
 use updraft_crds::channel::VersionPolicy;
 use updraft_crds::{OciSource, ResolvedVersion};
 
+use crate::clients::Clients;
 use crate::error::{Error, Result, SpecError};
 
 /// Everything needed to resolve one channel.
@@ -65,22 +65,9 @@ pub(crate) trait Resolver: Send + Sync {
     fn resolve<'a>(&'a self, request: ResolveRequest<'a>) -> BoxFuture<'a, Result<Resolution>>;
 }
 
-/// The registry resolver: one shared client per protocol (the clients cache tokens).
+/// The registry resolver, on the process's shared registry clients (they cache tokens).
 pub(crate) struct OciResolver {
-    https: Client,
-    http: Client,
-}
-
-/// How the operator introduces itself to registries.
-const USER_AGENT: &str = concat!("updraft-operator/", env!("CARGO_PKG_VERSION"));
-
-impl Default for OciResolver {
-    fn default() -> Self {
-        Self {
-            https: oci::build_client(USER_AGENT, ClientProtocol::Https),
-            http: oci::build_client(USER_AGENT, ClientProtocol::Http),
-        }
-    }
+    clients: Clients,
 }
 
 impl Resolver for OciResolver {
@@ -90,12 +77,12 @@ impl Resolver for OciResolver {
 }
 
 impl OciResolver {
+    pub fn new(clients: &Clients) -> Self {
+        Self { clients: clients.clone() }
+    }
+
     fn client(&self, source: &OciSource) -> &Client {
-        if source.insecure {
-            &self.http
-        } else {
-            &self.https
-        }
+        self.clients.registry(source.insecure)
     }
 
     async fn resolve_now(&self, request: ResolveRequest<'_>) -> Result<Resolution> {

@@ -27,6 +27,7 @@ use updraft_crds::{ArtifactMirror, FirmwareChannel, ImageStream, OtaGateway};
 
 use crate::admin::{self, AdminState};
 use crate::attach::{attached_refs, gateway_of};
+use crate::clients::Clients;
 use crate::context::{Context, Schedules};
 use crate::error::Error;
 use crate::leader::LeaderElection;
@@ -302,9 +303,11 @@ async fn controllers(
         Controller::for_shared_stream(mirrors.subscribe(), mirrors.store.clone()).reconcile_on(mirror_pushes);
 
     let reporter = Reporter { controller: "updraft-operator".into(), instance: Some(settings.identity.clone()) };
+    let clients = Clients::new();
     let ctx = Arc::new(Context {
         client: client.clone(),
-        resolver: Arc::new(OciResolver::default()),
+        resolver: Arc::new(OciResolver::new(&clients)),
+        clients,
         metrics,
         recorder: Recorder::new(client.clone(), reporter),
         gateway_image: settings.gateway_image.clone(),

@@ -7,6 +7,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::NamespaceResourceScope;
 use kube::api::{Patch, PatchParams};
 use kube::core::object::HasStatus;
+use kube::runtime::events::EventType;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -109,7 +110,7 @@ pub(crate) async fn stall<K: WithStatus>(
     set_stalled(status.conditions_mut(), &stall, obj.meta().generation);
     write(&ctx.client, obj, &status).await?;
     if !already {
-        ctx.event(obj, true, stall.reason, stall.message).await;
+        ctx.event(obj, EventType::Warning, stall.reason, stall.message).await;
     }
     Ok(())
 }

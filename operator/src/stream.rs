@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
 use sha2::{Digest, Sha256};
 use tracing::{info, instrument, warn};
@@ -43,8 +44,6 @@ pub(crate) const CONTROLLER: &str = "imagestream";
 const FILTER_KEYS: [&str; 4] = ["os", "release", "arch", "variant"];
 /// Condition that reports whether the last look at the source reached it.
 const SOURCE_REACHABLE: &str = "SourceReachable";
-/// The key file the gateway reads from `spec.verify.publicKeySecret` when `key` is unset.
-pub(crate) const DEFAULT_PUBLIC_KEY: &str = "cosign.pub";
 /// How often a stream whose public-key Secret is missing looks again.
 const SECRET_RECHECK: Duration = Duration::from_secs(10);
 
@@ -118,17 +117,23 @@ pub(crate) async fn reconcile(stream: Arc<ImageStream>, ctx: Arc<Context>) -> Re
     schedule.succeeded(&stream);
     if let Some(note) = indexed {
         info!(%note, "indexed");
-        ctx.event(stream.as_ref(), false, "Indexed", note).await;
+        ctx.event(stream.as_ref(), EventType::Normal, "Indexed", note).await;
     }
     if let Some((verified, note)) = verification {
-        ctx.event(stream.as_ref(), !verified, if verified { "Verified" } else { "Unverified" }, note).await;
+        ctx.event(
+            stream.as_ref(),
+            if verified { EventType::Normal } else { EventType::Warning },
+            if verified { "Verified" } else { "Unverified" },
+            note,
+        )
+        .await;
         announce_refused(&ctx, &stream, gateway, before.as_ref(), observation.as_ref());
     }
     if became_ready {
         info!(%message, "ready");
-        ctx.event(stream.as_ref(), false, "Ready", message).await;
+        ctx.event(stream.as_ref(), EventType::Normal, "Ready", message).await;
     } else if !ready && !was_failing && reason != "Observing" {
-        ctx.event(stream.as_ref(), true, reason, message).await;
+        ctx.event(stream.as_ref(), EventType::Warning, reason, message).await;
     }
     if stream.spec.suspend {
         return Ok(Action::await_change());
@@ -290,7 +295,7 @@ fn left_out_note(left_out: &[String]) -> String {
 }
 
 /// Under `spec.verify`: the verifier of the key the gateway reads too
-/// (`publicKeySecret.key`, default [`DEFAULT_PUBLIC_KEY`]), or the stall of a Secret
+/// (`publicKeySecret.key`, default [`render::DEFAULT_PUBLIC_KEY`]), or the stall of a Secret
 /// that is missing or holds no usable key (rechecked every [`SECRET_RECHECK`]).
 async fn verifier(stream: &ImageStream, ctx: &Context) -> Result<Result<Option<(Verifier, String)>, Stall<'static>>> {
     let Some(verify) = &stream.spec.verify else { return Ok(Ok(None)) };
@@ -301,7 +306,7 @@ async fn verifier(stream: &ImageStream, ctx: &Context) -> Result<Result<Option<(
         let message = format!("spec.verify.publicKeySecret: Secret {name:?} not found in namespace {ns:?}");
         return Ok(Err(Stall { reason: "SecretNotFound", message, waiting }));
     };
-    match secrets::verifier(&secret, verify, Some(DEFAULT_PUBLIC_KEY)) {
+    match secrets::verifier(&secret, verify, Some(render::DEFAULT_PUBLIC_KEY)) {
         Ok(verifier) => {
             let mut hash = Sha256::new();
             for (key, value) in secret.data.iter().flatten() {

@@ -64,11 +64,7 @@ fn store_config(store: &updraft_crds::gateway::GatewayStore) -> StoreConfig {
         write_key_file: Some(format!("{STORE_KEY_DIR}/{}", store.write_key_secret.key).into()),
         public_reads: true,
         read_key_file: None,
-        max_upload_bytes: serde_json::from_value::<StoreConfig>(
-            serde_json::json!({"name": "", "listen": "", "dir": ""}),
-        )
-        .expect("a store with its defaults")
-        .max_upload_bytes,
+        max_upload_bytes: StoreConfig::DEFAULT_MAX_UPLOAD_BYTES,
         allow_plain_writes: store.allow_plain_writes,
     }
 }
@@ -100,7 +96,7 @@ pub(crate) fn notifications_config(spec: &GatewayNotifications) -> Notifications
     NotificationsConfig {
         mqtt: spec.mqtt.as_ref().map(|m| MqttConfig {
             url: m.url.clone(),
-            topic_prefix: m.topic_prefix.clone().unwrap_or_else(|| "firmware/updates".into()),
+            topic_prefix: m.topic_prefix.clone().unwrap_or_else(|| MqttConfig::DEFAULT_TOPIC_PREFIX.into()),
             ca_file: m.ca_secret.as_ref().and_then(|_| file(mqtt_ca(), "ca.crt")),
             client_cert_file: m.client_cert_secret.as_ref().and_then(|_| file(mqtt_client(), "tls.crt")),
             client_key_file: m.client_cert_secret.as_ref().and_then(|_| file(mqtt_client(), "tls.key")),
@@ -130,10 +126,6 @@ pub(super) fn stream_config(gateway: &OtaGateway, stream: &ImageStream) -> Optio
         },
         (None, Some(upload), None) => {
             let token = gateway.spec.upload_token_secret.as_ref()?;
-            let defaults: UploadStreamSource = serde_json::from_value(serde_json::json!({
-                "registry": "", "repository": "", "tokenFile": "",
-            }))
-            .expect("an upload source with its defaults");
             StreamSource {
                 upload: Some(UploadStreamSource {
                     repository: repository(&upload.repository),
@@ -142,9 +134,9 @@ pub(super) fn stream_config(gateway: &OtaGateway, stream: &ImageStream) -> Optio
                     allow_delete: upload.allow_delete,
                     max_bytes: match &upload.max_bytes {
                         Some(q) => quantity_bytes(q)?,
-                        None => defaults.max_bytes,
+                        None => UploadStreamSource::DEFAULT_MAX_BYTES,
                     },
-                    interval: defaults.interval,
+                    interval: UploadStreamSource::DEFAULT_INTERVAL.into(),
                     allow_plain_writes: upload.allow_plain_writes,
                 }),
                 ..Default::default()
@@ -179,7 +171,7 @@ pub(super) fn stream_config(gateway: &OtaGateway, stream: &ImageStream) -> Optio
 /// Where the Deployment mounts the public key of a stream's `spec.verify`:
 /// `<VERIFY_DIR>/<stream>/<key>` (key default `cosign.pub`, the one file the gateway reads).
 pub(super) fn stream_key_file(stream: &str, verify: &updraft_crds::Verification) -> String {
-    let key = verify.public_key_secret.key.as_deref().unwrap_or(crate::stream::DEFAULT_PUBLIC_KEY);
+    let key = verify.public_key_secret.key.as_deref().unwrap_or(super::DEFAULT_PUBLIC_KEY);
     format!("{VERIFY_DIR}/{stream}/{key}")
 }
 

@@ -199,7 +199,7 @@ pub(crate) fn mount_stream_files(deployment: &mut Deployment, streams: &[&ImageS
     for stream in streams {
         let (volume, dir) = match (&stream.spec.verify, &stream.spec.source.upstream) {
             (Some(verify), None) => {
-                let key = verify.public_key_secret.key.as_deref().unwrap_or(crate::stream::DEFAULT_PUBLIC_KEY);
+                let key = verify.public_key_secret.key.as_deref().unwrap_or(super::DEFAULT_PUBLIC_KEY);
                 let name = format!("verify-{}", short_hash(&stream.name_any()));
                 (
                     secret_volume(&name, &verify.public_key_secret.name, key),

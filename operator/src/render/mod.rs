@@ -47,6 +47,10 @@ const TLS_DIR: &str = "/etc/updraft/tls";
 /// The public key of each ImageStream's `spec.verify` is mounted at
 /// `<VERIFY_DIR>/<stream>/<key>`.
 const VERIFY_DIR: &str = "/etc/updraft/verify";
+/// The key file of an ImageStream's `spec.verify.publicKeySecret` when `key` is unset:
+/// the one the Deployment mounts and the gateway reads, so the stream controller
+/// verifies with it too.
+pub(crate) const DEFAULT_PUBLIC_KEY: &str = "cosign.pub";
 /// The `ca.crt` of each upstream ImageStream's `caConfigMap` is mounted at
 /// `<UPSTREAM_CA_DIR>/<stream>/ca.crt`.
 const UPSTREAM_CA_DIR: &str = "/etc/updraft/upstream-ca";

@@ -77,7 +77,7 @@ pub(crate) type OnEvent = Arc<dyn Fn(Event) + Send + Sync>;
 #[derive(Debug)]
 pub(crate) enum Event {
     /// The release a channel hands out through the OtaFlux API (`pick` without a device
-    /// id) is now ready to serve: cached, verified, its answers prepared. Sent once per
+    /// id) is now ready to serve: cached, verified, its answers computed. Sent once per
     /// release object: a reload that changes a channel (a new `current`, a rollback)
     /// sends it again for the release it then hands out.
     Ready(ReleaseFacts),
@@ -130,7 +130,7 @@ impl Firmware {
     }
 
     /// Builds the channels of `config`. Channels whose config did not change are kept
-    /// as they are (with their prepared releases, resolved versions and resolution
+    /// as they are (with their ready releases, resolved versions and resolution
     /// schedule).
     pub(crate) fn prepare(&self, config: &GatewayConfig) -> Result<Prepared, SigningKeyError> {
         let signer = match &config.signing_key_file {
@@ -271,7 +271,7 @@ impl Firmware {
                     .ready
                     .get_or_init(|| {
                         fresh = true;
-                        Arc::new(channel.prepare(release, payload))
+                        Arc::new(channel.answers(release, payload))
                     })
                     .clone();
                 if fresh {

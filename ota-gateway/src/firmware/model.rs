@@ -197,7 +197,7 @@ impl Channel {
     }
 
     /// After the signing key or the public URL changed: what `old` served keeps serving
-    /// in place of this channel's pending releases, its answers prepared again with
+    /// in place of this channel's pending releases, its answers computed again with
     /// this channel's key and URLs from its payloads still in the cache (`cached`).
     /// A release no longer cached is left out (it would have to be fetched again).
     pub(super) fn fall_back_re_signed(&self, old: &Channel, cached: impl Fn(&Job) -> Option<Arc<Payload>>) {
@@ -206,7 +206,7 @@ impl Channel {
             let release = release.as_ref()?;
             let payload = cached(&release.job)?;
             let fresh = Release { pinned: release.pinned.clone(), job: release.job.clone(), ready: OnceLock::new() };
-            let _ = fresh.ready.set(Arc::new(self.prepare(&fresh, payload)));
+            let _ = fresh.ready.set(Arc::new(self.answers(&fresh, payload)));
             Some(Arc::new(fresh))
         };
         let releases =
@@ -292,8 +292,9 @@ impl Channel {
         format!("{base}/api/v1/channels/{}/firmware?version={}", self.config.name, version)
     }
 
-    /// Every answer of `release`, from its cached payload.
-    pub(super) fn prepare(&self, release: &Release, payload: Arc<Payload>) -> Ready {
+    /// Every answer of `release`, from its cached payload. (Not the `prepare` of a
+    /// config apply, [`super::Firmware::prepare`]: that builds a whole snapshot.)
+    pub(super) fn answers(&self, release: &Release, payload: Arc<Payload>) -> Ready {
         let summary = &payload.summary;
         let version = release.pinned.version.trim_start_matches('v').to_owned();
         let fields = SignedFields {
@@ -345,7 +346,7 @@ impl Release {
         }
     }
 
-    /// Whether the payload is cached and the answers prepared.
+    /// Whether the payload is cached and the answers computed.
     pub fn is_ready(&self) -> bool {
         self.ready.get().is_some()
     }
