@@ -27,7 +27,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -321,7 +321,8 @@ enum Overlap {
 /// Uploads into one store.
 pub struct Uploads {
     dirs: Dirs,
-    max_bytes: u64,
+    /// The store's `maxUploadBytes`, live (a config reload sets it).
+    max_bytes: AtomicU64,
     /// The name of this instance's range log in each partial.
     writer: String,
     tracked: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Tracked>>>>>,
@@ -339,7 +340,21 @@ pub enum Stored {
 impl Uploads {
     /// Uploads into the store whose directories `layout::open` made.
     pub fn new(dirs: &Dirs, max_bytes: u64) -> Self {
-        Self { dirs: dirs.clone(), max_bytes, writer: new_writer(), tracked: Mutex::default() }
+        Self {
+            dirs: dirs.clone(),
+            max_bytes: AtomicU64::new(max_bytes),
+            writer: new_writer(),
+            tracked: Mutex::default(),
+        }
+    }
+
+    /// The largest file an upload may create from now on.
+    pub fn set_max_bytes(&self, max_bytes: u64) {
+        self.max_bytes.store(max_bytes, Ordering::Relaxed);
+    }
+
+    fn max_bytes(&self) -> u64 {
+        self.max_bytes.load(Ordering::Relaxed)
     }
 
     fn own(&self, sub: &str) -> PathBuf {
@@ -383,11 +398,12 @@ impl Uploads {
         let file = OpenOptions::new().create_new(true).read(true).write(true).open(&tmp).map_err(StoreError::io)?;
         let file = Arc::new(file);
         let _cleanup = RemoveOnDrop(tmp.clone());
-        let limit = declared.unwrap_or(self.max_bytes).min(self.max_bytes);
+        let max_bytes = self.max_bytes();
+        let limit = declared.unwrap_or(max_bytes).min(max_bytes);
         let pipe = if options.sha256.is_some() { HashPipe::start() } else { None };
         let written = write_body(&file, 0, body, limit, pipe.as_ref(), &Arc::default()).await.map_err(|e| {
             if matches!(e, StoreError::TooLarge { .. }) {
-                StoreError::TooLarge { size: limit + 1, limit: self.max_bytes }
+                StoreError::TooLarge { size: limit + 1, limit: max_bytes }
             } else {
                 e
             }
@@ -534,8 +550,9 @@ impl Uploads {
     }
 
     fn check_size(&self, size: u64) -> Result<(), StoreError> {
-        if size > self.max_bytes {
-            return Err(StoreError::TooLarge { size, limit: self.max_bytes });
+        let limit = self.max_bytes();
+        if size > limit {
+            return Err(StoreError::TooLarge { size, limit });
         }
         Ok(())
     }
