@@ -97,7 +97,8 @@ mod tests {
         assert_eq!(RestartSettings::of(&live).hash(), hash);
         assert!(RestartSettings::of(&live).changed(&RestartSettings::of(&base)).is_empty());
         // Bound or opened at start: a restart.
-        let edits: [(&str, fn(&mut GatewayConfig)); 7] = [
+        type Edit = fn(&mut GatewayConfig);
+        let edits: [(&str, Edit); 7] = [
             ("listen", |c| c.listen = "0.0.0.0:1".into()),
             ("adminListen", |c| c.admin_listen = "0.0.0.0:2".into()),
             ("sendfile", |c| c.sendfile = false),
