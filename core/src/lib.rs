@@ -14,6 +14,8 @@
 //!   by the gateway and by the operator;
 //! - [`mirror`]: a mirror's rules and plan, and the metadata-only listing of its sides,
 //!   which the forwarding worker acts on and the operator reports in status;
+//! - [`restart`]: which config settings take a gateway restart (the gateway logs them,
+//!   the operator rolls the pods on them);
 //! - [`secret`]: what a key or token is (trimmed, never empty), for every key either
 //!   side reads;
 //! - [`telemetry`]: the log set-up both binaries share.
@@ -29,6 +31,7 @@ pub mod image_metadata;
 pub mod mirror;
 pub mod notify;
 pub mod oci;
+pub mod restart;
 pub mod secret;
 pub mod telemetry;
 pub mod version;

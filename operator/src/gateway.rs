@@ -80,6 +80,7 @@ pub(crate) async fn reconcile(gateway: Arc<OtaGateway>, ctx: Arc<Context>) -> Re
     apply(&ctx, &ns, &render::service(&gateway)).await?;
     let mut pods = render::deployment(&gateway, &ctx.gateway_image, &secrets);
     render::mount_stream_files(&mut pods, &streams);
+    render::restart_on(&mut pods, &config);
     let deployment = apply(&ctx, &ns, &pods).await?;
     // The forwarding worker runs only while a mirror is attached. Not rendering it is
     // not enough (the owner reference only removes it with the gateway): delete it.

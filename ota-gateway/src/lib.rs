@@ -7,7 +7,8 @@
 //! Layout: one module per surface, each with its `router()` and its part of the live
 //! state ([`firmware`]); `http` (downloads with Range/ETag/sendfile, the generic
 //! error, write authorization, query strings) shared by the surfaces; `cache`,
-//! `fetch` and `unpack` (registry to disk), [`reload`] (the config file), `metrics`,
+//! `fetch` and `unpack` (registry to disk), `watch` (every file followed while running:
+//! config, certificates, keys), [`reload`] (applying the config file), `metrics`,
 //! `admin`, `notify` (MQTT and webhook notifications when a release becomes ready),
 //! [`server`] (the listeners' connection loop: header read timeout, head size limit)
 //! and [`sendfile`] (the zero-copy path, the crate's only `unsafe` code);
@@ -33,6 +34,7 @@ mod state;
 pub mod store;
 mod tls;
 mod unpack;
+mod watch;
 
 use std::path::PathBuf;
 
@@ -73,28 +75,29 @@ pub async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
         Err(e) => tracing::warn!(error = %e, "cannot raise the open file limit"),
     }
     let config = updraft_core::config::GatewayConfig::load(&config_path)?;
+    // Bound here, at start: a reload that changes them is logged (`updraft_core::restart`).
     let (listen, admin_listen, sendfile) = (config.listen.clone(), config.admin_listen.clone(), config.sendfile);
-    let stores = config.stores.clone();
-    // One certificate (and its reload) for the HTTPS listener and the stores' listeners.
-    let tls_config = match &config.tls {
-        Some(t) => {
-            let store = tls::CertStore::load(&t.cert_file, &t.key_file)?;
-            store.spawn_watcher();
-            Some(tls::server_config(store)?)
+    let tls_listen = config.tls.as_ref().map(|t| t.listen.clone());
+    let state = AppState::from_config(config)?;
+    // One certificate (followed, and swapped by a reload) for the HTTPS listener and the
+    // stores' listeners.
+    let tls_config = match state.tls() {
+        Some(certificate) => {
+            certificate.spawn_watcher();
+            Some(tls::server_config(certificate.clone())?)
         }
         None => None,
     };
-    let tls = match (&config.tls, &tls_config) {
-        (Some(t), Some(server_config)) => {
-            let listener = tls::TlsListener::bind(&t.listen, server_config.clone())
+    let tls = match (&tls_listen, &tls_config) {
+        (Some(addr), Some(server_config)) => {
+            let listener = tls::TlsListener::bind(addr, server_config.clone())
                 .await
-                .map_err(|e| anyhow::anyhow!("listen {}: {e}", t.listen))?;
-            tracing::info!(listen = %t.listen, "serving HTTPS");
+                .map_err(|e| anyhow::anyhow!("listen {addr}: {e}"))?;
+            tracing::info!(listen = %addr, "serving HTTPS");
             Some(listener)
         }
         _ => None,
     };
-    let state = AppState::from_config(config)?;
     let public_app = app(state.clone());
     tokio::spawn(reload::Watcher::new(config_path, state.clone()).run());
     let public = DeviceListener::bind(&listen).await.map_err(|e| anyhow::anyhow!("listen {listen}: {e}"))?;
@@ -107,7 +110,7 @@ pub async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
     let stopped = |mut rx: tokio::sync::watch::Receiver<()>| async move {
         let _ = rx.changed().await;
     };
-    let stores = serve_stores(stores, sendfile, tls_config, &state, stop_rx.clone()).await?;
+    let stores = serve_stores(sendfile, tls_config, &state, stop_rx.clone()).await?;
     // Header read timeout and head size limit on every listener (see `server`).
     let https = tls.map(|listener| server::serve(listener, public_app.clone(), stopped(stop_rx.clone())));
     let https = async move {
@@ -126,24 +129,22 @@ pub async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Opens each configured store and binds its listener, HTTPS with the gateway's
-/// certificate when it has one (writes need TLS unless a store allows plain ones);
-/// returns the servers, each ending when `stop` fires. Store settings are read at
-/// start (a reload does not change them yet).
+/// Binds each store's listener, HTTPS with the gateway's certificate when it has one
+/// (writes need TLS unless a store allows plain ones); returns the servers, each ending
+/// when `stop` fires. The stores were opened with the state; their settings follow
+/// config reloads, their listeners are bound once.
 async fn serve_stores(
-    stores: Vec<updraft_core::config::StoreConfig>,
     sendfile: bool,
     tls: Option<std::sync::Arc<rustls::ServerConfig>>,
     state: &AppState,
     stop: tokio::sync::watch::Receiver<()>,
 ) -> anyhow::Result<Vec<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>> {
     let mut servers: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> = Vec::new();
-    for config in stores {
-        let (name, listen) = (config.name.clone(), config.listen.clone());
-        let store = store::Store::open(config).map_err(|e| anyhow::anyhow!("store {name}: {e}"))?;
+    for store in state.stores().all() {
+        let (name, listen) = (store.name().to_owned(), store.listen().to_owned());
         store.spawn_sweeper();
         let metrics = state.metrics().clone();
-        let router = store::router(store).layer(axum::middleware::from_fn_with_state(metrics, metrics::track));
+        let router = store::router(store.clone()).layer(axum::middleware::from_fn_with_state(metrics, metrics::track));
         let mut stop = stop.clone();
         let stopped = async move {
             let _ = stop.changed().await;

@@ -72,7 +72,10 @@ impl Metrics {
         )
         .expect("valid metric");
         r.register(Box::new(registry_up.clone())).expect("unique metric");
+        // Process-wide counters, written where no registry is at hand.
         r.register(Box::new(crate::sendfile::SENT.clone())).expect("unique metric");
+        r.register(Box::new(crate::tls::PLAIN_HTTP_REFUSED.clone())).expect("unique metric");
+        r.register(Box::new(crate::tls::HANDSHAKE_FAILURES.clone())).expect("unique metric");
         let request_duration = HistogramVec::new(
             HistogramOpts::new(
                 "http_request_duration_seconds",
@@ -191,4 +194,30 @@ pub async fn track(State(metrics): State<Arc<Metrics>>, request: Request, next: 
         metrics.bytes_sent.with_label_values(&[route]).inc_by(sent);
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The counters written outside any registry (the TLS listener's, sendfile's) are
+    /// exported too, by every registry.
+    #[test]
+    fn process_wide_counters_are_exported() {
+        crate::tls::PLAIN_HTTP_REFUSED.inc();
+        crate::tls::HANDSHAKE_FAILURES.inc();
+        for text in [Metrics::new().render(), Metrics::new().render()] {
+            for name in [
+                "updraft_gateway_tls_plain_http_refused_total",
+                "updraft_gateway_tls_handshake_failures_total",
+                "updraft_gateway_sendfile_bytes_total",
+            ] {
+                let line =
+                    text.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or_else(|| panic!("{name}"));
+                if !name.contains("sendfile") {
+                    assert!(!line.ends_with(" 0"), "{line}");
+                }
+            }
+        }
+    }
 }

@@ -2,8 +2,12 @@
 //! and its disk cache, the live config) and each surface's own part.
 //!
 //! A config is applied in two phases: every surface first *prepares* its part of the
-//! new config (anything that can fail: reading keys, building indexes), then, only when
-//! all succeeded, each *installs* its part. A bad config therefore changes nothing.
+//! new config (anything that can fail: reading keys, building indexes, loading a TLS
+//! certificate), then, only when all succeeded, each *installs* its part. A bad config
+//! therefore changes nothing. What cannot change while the process runs (listeners, the
+//! cache and store directories: `updraft_core::restart`) is opened once by
+//! [`AppState::from_config`]; a reload that changes it is logged, and the operator rolls
+//! the pods on it.
 //! Each surface pins the cache entries it serves under its own name; the cache spares
 //! the union.
 //!
@@ -25,7 +29,10 @@ use crate::firmware::{self, Firmware, SigningKeyError};
 use crate::metrics::Metrics;
 use crate::notify::{self, Notifier, NotifyError};
 use crate::simplestreams::{StreamError, Streams};
+use crate::store::Stores;
+use crate::tls::{CertStore, TlsError};
 use updraft_core::config::{ConfigError, GatewayConfig, SourceConfig};
+use updraft_core::restart::RestartSettings;
 
 /// Why a config could not be made live; the previous one keeps serving.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +47,10 @@ pub enum ApplyError {
     Stream(#[from] StreamError),
     #[error("cache {}: {source}", dir.display())]
     Cache { dir: PathBuf, source: std::io::Error },
+    #[error("store {name}: {source}")]
+    Store { name: String, source: std::io::Error },
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
 }
 
 /// Shared by every handler and background task; cheap to clone.
@@ -58,26 +69,36 @@ struct Inner {
     streams: Streams,
     /// MQTT and webhooks; told by the surfaces' event callbacks.
     notifier: Notifier,
+    /// The artifact stores, each on its own listener (opened at start).
+    stores: Stores,
+    /// The certificate of every TLS listener, when the gateway started with a `tls` section.
+    tls: Option<Arc<CertStore>>,
 }
 
 impl AppState {
-    /// State over an opened cache, with nothing served until [`AppState::apply`].
-    fn new(cache: Arc<Cache>, metrics: Arc<Metrics>) -> Self {
+    /// State over an opened cache, stores and certificate, with nothing served until
+    /// [`AppState::apply`].
+    fn new(cache: Arc<Cache>, metrics: Arc<Metrics>, stores: Stores, tls: Option<Arc<CertStore>>) -> Self {
         let fetcher = Arc::new(Fetcher::new(cache, metrics.clone()));
         let notifier = Notifier::new();
         let firmware = Firmware::new(metrics.clone(), fetcher.clone(), firmware_events(notifier.clone()));
         let streams = Streams::new(fetcher.cache().clone(), metrics.clone());
         let config = RwLock::new(Arc::new(GatewayConfig::default()));
         let loaded = AtomicBool::new(false);
-        Self { inner: Arc::new(Inner { metrics, fetcher, config, loaded, firmware, streams, notifier }) }
+        let inner = Inner { metrics, fetcher, config, loaded, firmware, streams, notifier, stores, tls };
+        Self { inner: Arc::new(inner) }
     }
 
-    /// Opens the cache the config names and applies the config.
+    /// Opens what the config names and a reload cannot change (the cache, the stores'
+    /// directories, the TLS certificate) and applies the config.
     pub fn from_config(config: GatewayConfig) -> Result<Self, ApplyError> {
+        config.validate()?;
         let metrics = Arc::new(Metrics::new());
         let cache = Cache::open(&config.cache.dir, config.cache.max_bytes, metrics.clone())
             .map_err(|source| ApplyError::Cache { dir: config.cache.dir.clone(), source })?;
-        let state = Self::new(Arc::new(cache), metrics);
+        let stores = Stores::open(&config.stores).map_err(|(name, source)| ApplyError::Store { name, source })?;
+        let tls = config.tls.as_ref().map(|t| CertStore::load(&t.cert_file, &t.key_file)).transpose()?;
+        let state = Self::new(Arc::new(cache), metrics, stores, tls);
         state.apply(config)?;
         Ok(state)
     }
@@ -100,6 +121,16 @@ impl AppState {
         &self.inner.streams
     }
 
+    /// The artifact stores.
+    pub(crate) fn stores(&self) -> &Stores {
+        &self.inner.stores
+    }
+
+    /// The certificate of the TLS listeners, when there are any.
+    pub(crate) fn tls(&self) -> Option<&Arc<CertStore>> {
+        self.inner.tls.as_ref()
+    }
+
     /// The live config.
     pub fn config(&self) -> Arc<GatewayConfig> {
         self.inner.config.read().expect("config lock").clone()
@@ -107,15 +138,25 @@ impl AppState {
 
     /// Makes `config` live. What did not change keeps its state (prepared answers,
     /// resolved versions); the cache and the registry client stay. Every pinned
-    /// artifact not yet cached is prefetched.
+    /// artifact not yet cached is prefetched. What was bound or opened at start
+    /// (`updraft_core::restart`) keeps its start value until a restart; a change of it
+    /// is logged.
     pub fn apply(&self, config: GatewayConfig) -> Result<(), ApplyError> {
         config.validate()?;
         let firmware = self.inner.firmware.prepare(&config)?;
         let notify = self.inner.notifier.prepare(&config)?;
         let streams = self.inner.streams.prepare(&config)?;
+        let stores = self.inner.stores.prepare(&config);
+        let tls = match (&self.inner.tls, &config.tls) {
+            (Some(store), Some(t)) => store.prepare(&t.cert_file, &t.key_file)?.map(|prepared| (store, prepared)),
+            _ => None,
+        };
         // Nothing below fails.
-        if self.is_loaded() && self.config().cache.dir != config.cache.dir {
-            tracing::warn!(dir = %config.cache.dir.display(), "cache.dir changes take effect on restart");
+        if self.is_loaded() {
+            let changed = RestartSettings::of(&config).changed(&RestartSettings::of(&self.config()));
+            if !changed.is_empty() {
+                tracing::warn!(?changed, "these settings take effect on restart; the rest of the new config is live");
+            }
         }
         self.cache().set_max_bytes(config.cache.max_bytes);
         self.inner.fetcher.client_for(registry_sources(&config));
@@ -124,6 +165,10 @@ impl AppState {
         self.inner.notifier.install(notify);
         self.inner.firmware.install(firmware);
         self.inner.streams.install(streams);
+        self.inner.stores.install(stores);
+        if let Some((store, prepared)) = tls {
+            store.install(prepared);
+        }
         self.inner.loaded.store(true, Ordering::Release);
         Ok(())
     }

@@ -3,10 +3,14 @@
 //! LXD and Incus accept only `https://` simplestreams remotes and insist on TLS 1.3;
 //! rustls (aws-lc-rs provider) offers 1.3 and 1.2. The certificate and key are PEM files,
 //! typically a mounted `kubernetes.io/tls` Secret that cert-manager renews: they are
-//! polled like the config file ([`crate::reload`]) and a renewed pair is used for the
+//! followed like the config file ([`crate::watch`]) and a renewed pair is used for the
 //! next handshake, without a restart and without touching open connections. A pair
 //! that does not load (half-written, key not matching) is logged and the previous one
-//! keeps serving.
+//! keeps serving. A reloaded config that names other files swaps them the same way
+//! ([`CertStore::prepare`], then [`CertStore::install`]: files that do not load reject
+//! that config). One [`CertStore`] resolves the handshakes of every TLS listener (the
+//! HTTPS one and the stores'); whether there is a TLS section, and its listener
+//! address, are read at start only.
 //!
 //! Both clients first try each image file over plain HTTP on the same port, and fall
 //! back to HTTPS when that fails. The first byte of a TLS connection is a handshake
@@ -19,12 +23,12 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, LazyLock, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
+use prometheus::IntCounter;
 use rustls::crypto::aws_lc_rs;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -37,8 +41,8 @@ use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
-/// How often the certificate files are checked.
-pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
+use crate::watch;
+
 /// A connection must finish its handshake within this.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Refusals and handshake failures are logged at most this often.
@@ -65,56 +69,79 @@ pub enum TlsError {
     Config(#[from] rustls::Error),
 }
 
-/// Plain-HTTP requests refused on the TLS port since start.
-pub static PLAIN_HTTP_REFUSED: AtomicU64 = AtomicU64::new(0);
-/// Handshakes that failed or timed out since start.
-pub static HANDSHAKE_FAILURES: AtomicU64 = AtomicU64::new(0);
+/// Plain-HTTP requests refused on the TLS port since start. One process-wide counter,
+/// exported by every [`crate::metrics::Metrics`] registry.
+pub(crate) static PLAIN_HTTP_REFUSED: LazyLock<IntCounter> = LazyLock::new(|| {
+    IntCounter::new(
+        "tls_plain_http_refused_total",
+        "Plain-HTTP requests refused on a TLS port (LXD/Incus try one first)",
+    )
+    .expect("valid metric")
+});
+/// Handshakes that failed or timed out since start (exported like [`PLAIN_HTTP_REFUSED`]).
+pub(crate) static HANDSHAKE_FAILURES: LazyLock<IntCounter> = LazyLock::new(|| {
+    IntCounter::new("tls_handshake_failures_total", "TLS handshakes that failed or timed out").expect("valid metric")
+});
 
-/// What identifies one version of a file without reading it.
-type Stamp = Option<(u64, u64, u64, i64, i64)>;
-
-fn stamp(path: &Path) -> Stamp {
-    let m = std::fs::metadata(path).ok()?;
-    Some((m.dev(), m.ino(), m.len(), m.mtime(), m.mtime_nsec()))
-}
-
-/// The live certificate, swapped when its files change. Resolves every handshake.
+/// The live certificate, swapped when its files change or the config names other files.
+/// Resolves every handshake of every TLS listener.
 #[derive(Debug)]
 pub struct CertStore {
-    cert_file: PathBuf,
-    key_file: PathBuf,
     current: RwLock<Arc<CertifiedKey>>,
-    stamps: Mutex<(Stamp, Stamp)>,
+    /// The certificate and key files, followed.
+    files: Mutex<watch::Files>,
+}
+
+/// A pair loaded from other files than the live ones, ready to install.
+pub struct Prepared {
+    key: CertifiedKey,
+    files: watch::Files,
 }
 
 impl CertStore {
     /// Loads the pair; fails when it does not load (at start, the gateway exits).
     pub fn load(cert_file: &Path, key_file: &Path) -> Result<Arc<Self>, TlsError> {
-        let stamps = (stamp(cert_file), stamp(key_file));
-        let key = load_pair(cert_file, key_file)?;
-        Ok(Arc::new(Self {
-            cert_file: cert_file.to_owned(),
-            key_file: key_file.to_owned(),
-            current: RwLock::new(Arc::new(key)),
-            stamps: Mutex::new(stamps),
-        }))
+        let Prepared { key, files } = Self::read(cert_file, key_file)?;
+        Ok(Arc::new(Self { current: RwLock::new(Arc::new(key)), files: Mutex::new(files) }))
+    }
+
+    fn read(cert_file: &Path, key_file: &Path) -> Result<Prepared, TlsError> {
+        let files = watch::Files::new(vec![cert_file.to_owned(), key_file.to_owned()]);
+        Ok(Prepared { key: load_pair(cert_file, key_file)?, files })
+    }
+
+    /// The first phase of a config reload: when the config names other files than the
+    /// live ones, loads them (an error rejects the config); `None` when they are the same
+    /// (their content is followed by [`CertStore::poll`]).
+    pub fn prepare(&self, cert_file: &Path, key_file: &Path) -> Result<Option<Prepared>, TlsError> {
+        let same = self.files.lock().unwrap_or_else(|e| e.into_inner()).paths() == [cert_file, key_file];
+        if same {
+            return Ok(None);
+        }
+        Self::read(cert_file, key_file).map(Some)
+    }
+
+    /// The second phase: the next handshake uses the prepared pair, and its files are
+    /// the ones followed from now on.
+    pub fn install(&self, prepared: Prepared) {
+        let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(prepared.key);
+        *files = prepared.files;
+        tracing::info!(cert = %files.paths()[0].display(), "TLS certificate files changed by the config");
     }
 
     /// One check of the files; returns whether a new pair was loaded. A pair that
     /// fails to load is logged and tried again on the next change.
     pub fn poll(&self) -> bool {
-        let now = (stamp(&self.cert_file), stamp(&self.key_file));
-        {
-            let mut seen = self.stamps.lock().unwrap_or_else(|e| e.into_inner());
-            if *seen == now {
-                return false;
-            }
-            *seen = now;
+        let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+        if !files.changed() {
+            return false;
         }
-        match load_pair(&self.cert_file, &self.key_file) {
+        let (cert_file, key_file) = (&files.paths()[0], &files.paths()[1]);
+        match load_pair(cert_file, key_file) {
             Ok(key) => {
                 *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(key);
-                tracing::info!(cert = %self.cert_file.display(), "TLS certificate reloaded");
+                tracing::info!(cert = %cert_file.display(), "TLS certificate reloaded");
                 true
             }
             Err(e) => {
@@ -127,15 +154,13 @@ impl CertStore {
     /// Polls until the store is dropped.
     pub fn spawn_watcher(self: &Arc<Self>) {
         let weak: Weak<Self> = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(POLL_INTERVAL);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                let Some(store) = weak.upgrade() else { return };
+        tokio::spawn(watch::poll_every(watch::POLL_INTERVAL, move || match weak.upgrade() {
+            Some(store) => {
                 store.poll();
+                true
             }
-        });
+            None => false,
+        }));
     }
 
     /// The certificate chain now served.
@@ -241,15 +266,15 @@ async fn accept_loop(
                 }
                 Ok(Ok(None)) => {}
                 Ok(Err(Refused::PlainHttp)) => {
-                    PLAIN_HTTP_REFUSED.fetch_add(1, Ordering::Relaxed);
+                    PLAIN_HTTP_REFUSED.inc();
                     log.note(addr, "plain HTTP on the TLS port refused (LXD/Incus try it before HTTPS)");
                 }
                 Ok(Err(Refused::Handshake(e))) => {
-                    HANDSHAKE_FAILURES.fetch_add(1, Ordering::Relaxed);
+                    HANDSHAKE_FAILURES.inc();
                     log.note(addr, &format!("TLS handshake failed: {e}"));
                 }
                 Err(_) => {
-                    HANDSHAKE_FAILURES.fetch_add(1, Ordering::Relaxed);
+                    HANDSHAKE_FAILURES.inc();
                     log.note(addr, "TLS handshake timed out");
                 }
             }
@@ -367,5 +392,27 @@ mod tests {
         std::fs::write(dir.path().join("junk"), "not pem").unwrap();
         assert!(CertStore::load(&dir.path().join("junk"), &key).is_err());
         assert!(matches!(CertStore::load(&crt3, &key2), Err(TlsError::Mismatch(_))));
+    }
+
+    #[test]
+    fn a_config_naming_other_files_swaps_the_pair_in_two_phases() {
+        let dir = tempfile::tempdir().unwrap();
+        let (crt, key) = openssl_pair(dir.path(), "a", "first").expect("openssl is needed for this test");
+        let (crt2, key2) = openssl_pair(dir.path(), "b", "second").unwrap();
+        let store = CertStore::load(&crt, &key).unwrap();
+        let first = store.chain();
+        assert!(store.prepare(&crt, &key).unwrap().is_none(), "the same files: nothing to do");
+        // Files that do not load refuse the config; nothing changes.
+        assert!(matches!(store.prepare(&crt, &key2), Err(TlsError::Mismatch(_))));
+        let prepared = store.prepare(&crt2, &key2).unwrap().unwrap();
+        assert_eq!(store.chain(), first, "prepared, not installed");
+        store.install(prepared);
+        assert_ne!(store.chain(), first);
+        // The new files are the ones followed from now on.
+        assert!(store.prepare(&crt2, &key2).unwrap().is_none());
+        std::fs::copy(&crt, &crt2).unwrap();
+        std::fs::copy(&key, &key2).unwrap();
+        assert!(store.poll());
+        assert_eq!(store.chain(), first);
     }
 }

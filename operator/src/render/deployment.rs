@@ -1,5 +1,10 @@
 //! The gateway Deployment: its pods mount the rendered configuration, the cache volume
 //! and the Secrets the configuration points at, and are probed on the admin port.
+//!
+//! The gateway applies a changed config file live, except the settings it bound or
+//! opened at start (`updraft_core::restart`): the pod template carries their hash
+//! ([`RESTART_HASH`]), so a change of one of them rolls the pods, and an edit the
+//! gateway applies live (a store's `allowPlainWrites`, a new release) does not.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -13,6 +18,8 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
+use updraft_core::config::GatewayConfig;
+use updraft_core::restart::RestartSettings;
 use updraft_crds::{FirmwareChannel, ImageStream, OtaGateway};
 
 use super::config::notify_paths;
@@ -33,6 +40,18 @@ pub(crate) fn credential_secrets(served: &[&FirmwareChannel], streams: &[&ImageS
         secrets.extend(repository.and_then(|r| r.credentials_secret.clone()));
     }
     secrets.into_iter().collect()
+}
+
+/// Pod template annotation: the hash of the rendered config's restart-only settings.
+pub(crate) const RESTART_HASH: &str = "updraft.dev/restart-hash";
+
+/// Puts the hash of `config`'s restart-only settings on the pod template of
+/// `deployment` ([`RESTART_HASH`]): the gateway's pods roll when one of them changes.
+pub(crate) fn restart_on(deployment: &mut Deployment, config: &GatewayConfig) {
+    let meta = deployment.spec.template.metadata.get_or_insert_with(Default::default);
+    meta.annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(RESTART_HASH.to_owned(), RestartSettings::of(config).hash());
 }
 
 /// The gateway Deployment. `credential_secrets` are the registry-credential Secrets of
@@ -284,6 +303,46 @@ mod tests {
     use super::*;
     use crate::fixtures::{channel, gateway, resolved, DIGEST_A};
     use crate::render::config::channel_config;
+
+    /// The config rendered for `gw` with nothing attached.
+    fn config_of(gw: &OtaGateway) -> GatewayConfig {
+        crate::render::gateway_config(gw, &[], &[])
+    }
+
+    fn restart_hash(gw: &OtaGateway) -> String {
+        let mut deploy = deployment(gw, "img", &[]);
+        restart_on(&mut deploy, &config_of(gw));
+        let meta = deploy.spec.template.metadata.unwrap();
+        assert_eq!(meta.labels, Some(crate::render::labels(gw)), "labels kept");
+        meta.annotations.unwrap()[RESTART_HASH].clone()
+    }
+
+    /// An edit the gateway applies live leaves the pod template as it was; an edit of a
+    /// setting it reads at start only changes the template, so the pods roll.
+    #[test]
+    fn the_pod_template_changes_exactly_when_a_restart_only_setting_does() {
+        let mut gw = gateway();
+        gw.spec.store = Some(updraft_crds::gateway::GatewayStore {
+            claim_name: "files".into(),
+            port: 8081,
+            write_key_secret: updraft_crds::SecretKeyRef { name: "store".into(), key: "key".into() },
+            allow_plain_writes: false,
+        });
+        let hash = restart_hash(&gw);
+        assert_eq!(hash, RestartSettings::of(&config_of(&gw)).hash());
+        // Applied live by the running gateway: no roll.
+        let mut live = gw.clone();
+        live.spec.store.as_mut().unwrap().allow_plain_writes = true;
+        live.spec.store.as_mut().unwrap().write_key_secret.key = "other".into();
+        assert_eq!(restart_hash(&live), hash);
+        // Bound at start: a new listener, so the pods roll.
+        let mut moved = gw.clone();
+        moved.spec.store.as_mut().unwrap().port = 9000;
+        assert_ne!(restart_hash(&moved), hash);
+        let mut removed = gw.clone();
+        removed.spec.store = None;
+        assert_ne!(restart_hash(&removed), hash);
+    }
 
     #[test]
     fn credentials_are_mounted_where_the_config_points() {

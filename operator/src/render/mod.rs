@@ -22,7 +22,7 @@ use updraft_crds::OtaGateway;
 
 pub(crate) use config::{channel_artifact, gateway_config, notifications_config};
 pub(crate) use configmap::config_map;
-pub(crate) use deployment::{credential_secrets, deployment, mount_stream_files};
+pub(crate) use deployment::{credential_secrets, deployment, mount_stream_files, restart_on};
 pub(crate) use mirror::{mirror_configs, mirror_deployment, mirror_deployment_name, STORE_KEY};
 pub(crate) use service::{service, service_url, stream_url};
 

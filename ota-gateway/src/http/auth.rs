@@ -2,14 +2,12 @@
 //! `Authorization: Bearer <token>` or, as filuxe's clients do, in a `key` header; it
 //! is compared with the configured secret in constant time.
 //!
-//! A handler either calls [`authorize`] or takes the [`Authorized`] extractor, which
-//! finds the [`Secret`] in the router's state through [`FromRef`].
+//! Surfaces check writes through the guard in [`super::write`], which calls
+//! [`authorize`] after its TLS rule.
 
 use std::path::Path;
 use std::sync::Arc;
 
-use axum::extract::{FromRef, FromRequestParts};
-use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
 use subtle::ConstantTimeEq;
 
@@ -70,30 +68,10 @@ pub fn authorize(headers: &HeaderMap, secret: &Secret) -> Result<(), Error> {
     }
 }
 
-/// Extractor: the request carries the write secret of the router's state.
-pub struct Authorized;
-
-impl<S> FromRequestParts<S> for Authorized
-where
-    S: Send + Sync,
-    Secret: FromRef<S>,
-{
-    type Rejection = Error;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Error> {
-        authorize(&parts.headers, &Secret::from_ref(state)).map(|()| Authorized)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::body::Body;
-    use axum::http::{HeaderValue, Request, StatusCode};
-    use axum::response::IntoResponse;
-    use axum::routing::post;
-    use axum::Router;
-    use tower::ServiceExt;
+    use axum::http::HeaderValue;
 
     fn headers(name: &'static str, value: &'static str) -> HeaderMap {
         HeaderMap::from_iter([(header::HeaderName::from_static(name), HeaderValue::from_static(value))])
@@ -142,24 +120,5 @@ mod tests {
         }
         std::fs::write(&path, "  \n").unwrap();
         assert!(Secret::from_file(&path).unwrap().is_empty());
-    }
-
-    #[tokio::test]
-    async fn extractor_guards_a_route() {
-        async fn upload(_: Authorized) -> impl IntoResponse {
-            StatusCode::CREATED
-        }
-        let app = Router::new().route("/upload", post(upload)).with_state(Secret::new("k"));
-        let send = |h: Option<(&'static str, &'static str)>| {
-            let mut request = Request::post("/upload");
-            if let Some((name, value)) = h {
-                request = request.header(name, value);
-            }
-            app.clone().oneshot(request.body(Body::empty()).unwrap())
-        };
-        assert_eq!(send(Some(("key", "k"))).await.unwrap().status(), StatusCode::CREATED);
-        assert_eq!(send(Some(("authorization", "Bearer k"))).await.unwrap().status(), StatusCode::CREATED);
-        assert_eq!(send(None).await.unwrap().status(), StatusCode::UNAUTHORIZED);
-        assert_eq!(send(Some(("key", "x"))).await.unwrap().status(), StatusCode::FORBIDDEN);
     }
 }

@@ -74,16 +74,21 @@ fn etag_matches(if_none_match: &str, etag: &str) -> bool {
     if_none_match.split(',').map(str::trim).any(|t| t == "*" || t.trim_start_matches("W/") == etag)
 }
 
+/// Whether the request's `If-None-Match` matches `etag`, so the answer is a 304: the
+/// one rule of every surface's conditional GET (mapped files here, generated documents
+/// such as a stream's index elsewhere).
+pub fn not_modified(headers: &HeaderMap, etag: &HeaderValue) -> bool {
+    let etag = etag.to_str().unwrap_or_default();
+    headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()).is_some_and(|inm| etag_matches(inm, etag))
+}
+
 impl Download {
     /// The response to a GET or HEAD of this body (axum drops HEAD bodies) under the
     /// request's conditional and Range headers.
     pub fn respond(&self, headers: &HeaderMap) -> Result<Response, Error> {
-        let etag = self.etag.to_str().unwrap_or_default();
-        if let Some(inm) = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) {
-            if etag_matches(inm, etag) {
-                let response = self.common(Response::builder().status(StatusCode::NOT_MODIFIED)).body(Body::empty());
-                return Ok(response.expect("valid response"));
-            }
+        if not_modified(headers, &self.etag) {
+            let response = self.common(Response::builder().status(StatusCode::NOT_MODIFIED)).body(Body::empty());
+            return Ok(response.expect("valid response"));
         }
         let size = self.body.len() as u64;
         let if_range_ok = headers.get(header::IF_RANGE).is_none_or(|v| v.as_bytes() == self.etag.as_bytes());

@@ -29,6 +29,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use updraft_core::config::{GatewayConfig, MirrorConfig, MirrorEndpoint};
 
+use crate::watch::{self, ConfigFile};
 use status::Observed;
 use updraft_core::mirror::error::MirrorError;
 use updraft_core::mirror::rules::{Artifact, Rules};
@@ -37,9 +38,6 @@ use updraft_core::mirror::{files_mode, Side};
 
 /// Attempts of one copy within a pass (the next pass tries again).
 const ATTEMPTS: u32 = 3;
-
-/// How often the config file is checked for changes.
-const RELOAD_CHECK: Duration = Duration::from_secs(5);
 
 /// One side of a mirror, ready to list (shared with the operator) and to copy with.
 fn side(config: &MirrorEndpoint, side: &'static str, client: &reqwest::Client) -> Side {
@@ -302,10 +300,12 @@ pub fn admin_router(observed: Arc<Observed>) -> Router {
 }
 
 /// Runs the mirrors of the config file until SIGTERM or Ctrl-C, restarting them
-/// when the file changes (a file that does not validate is ignored, the running
-/// mirrors kept). Serves the admin routes on the config's `adminListen`.
+/// when the file changes (followed by [`crate::watch`], as the serving gateway follows
+/// it; a file that does not validate is ignored, the running mirrors kept). Serves the
+/// admin routes on the config's `adminListen`.
 pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
-    let text = std::fs::read(&config_path)?;
+    // Followed from before the first read, so a change made meanwhile is seen.
+    let mut file = ConfigFile::new(config_path.clone());
     let config = GatewayConfig::load(&config_path)?;
     let observed = Arc::new(Observed::new());
     let admin = tokio::net::TcpListener::bind(&config.admin_listen)
@@ -317,20 +317,9 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     tokio::spawn(crate::server::serve(admin, admin_router(observed.clone()), std::future::pending()));
     let client = client();
     let mut running = start(&config, &client, &observed);
-    let mut last = text;
-    let shutdown = crate::shutdown_signal();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => break,
-            _ = tokio::time::sleep(RELOAD_CHECK) => {}
-        }
-        let Ok(text) = std::fs::read(&config_path) else { continue };
-        if text == last {
-            continue;
-        }
-        last = text;
-        match GatewayConfig::load(&config_path) {
+    let follow = watch::poll_every(watch::POLL_INTERVAL, || {
+        let Some(content) = file.changed() else { return true };
+        match GatewayConfig::parse(&content).and_then(|config| config.validate().map(|()| config)) {
             Ok(config) => {
                 tracing::info!(mirrors = config.mirrors.len(), "config changed: restarting the mirrors");
                 running.iter().for_each(tokio::task::JoinHandle::abort);
@@ -338,6 +327,11 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
             }
             Err(e) => tracing::warn!(error = %e, "config change ignored"),
         }
+        true
+    });
+    tokio::select! {
+        () = crate::shutdown_signal() => {}
+        () = follow => {}
     }
     tracing::info!("mirror worker stopping");
     running.iter().for_each(tokio::task::JoinHandle::abort);

@@ -52,8 +52,7 @@ pub async fn upload(
     multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> Result<Response, StreamError> {
     let stream = streams.get(&stream)?;
-    let max_bytes = writable(&stream, transport)?.max_bytes;
-    check_token(&stream, &headers)?;
+    let max_bytes = writable(&stream, transport, &headers)?.max_bytes;
     let mut multipart = multipart.map_err(|e| StreamError::bad_request(e.body_text()))?;
     let mut stored = Vec::new();
     // The whole body, every part and the multipart framing, stays within the limit too.
@@ -129,8 +128,7 @@ pub async fn delete(
     headers: HeaderMap,
 ) -> Result<Response, StreamError> {
     let stream = streams.get(&stream)?;
-    let allow = writable(&stream, transport)?.allow_delete;
-    check_token(&stream, &headers)?;
+    let allow = writable(&stream, transport, &headers)?.allow_delete;
     if !allow {
         return Err(StreamError::NotAllowed(format!("stream {:?} does not allow deletes", stream.name)));
     }
@@ -151,26 +149,27 @@ fn no_uploads(stream: &Stream) -> StreamError {
     StreamError::NotAllowed(format!("stream {:?} takes no uploads", stream.name))
 }
 
-/// The stream's upload settings, when it takes writes over `transport`: 405 for a
-/// stream without uploads, 403 for plain HTTP unless `allowPlainWrites`.
-fn writable(stream: &Stream, transport: Transport) -> Result<&UploadStreamSource, StreamError> {
+/// The stream's upload settings, when it takes this write: 405 for a stream without
+/// uploads; then the gateway's write guard ([`http::write`]): 403 for plain HTTP unless
+/// `allowPlainWrites`, then the upload token as a bearer token (or filuxe's `key`
+/// header), 401 without one, 403 when wrong.
+fn writable<'a>(
+    stream: &'a Stream,
+    transport: Transport,
+    headers: &HeaderMap,
+) -> Result<&'a UploadStreamSource, StreamError> {
     let upload = stream.upload.as_ref().ok_or_else(|| no_uploads(stream))?;
-    if !transport.is_tls() && !upload.allow_plain_writes {
-        return Err(http::Error::Forbidden(format!(
-            "stream {:?}: uploads and deletes need TLS (the HTTPS listener); set allowPlainWrites: true on the \
-             stream's upload source to allow them over plain HTTP",
-            stream.name
-        ))
-        .into());
-    }
+    http::write::check(transport, headers, upload.allow_plain_writes, stream.token.as_ref()).map_err(|refused| {
+        match refused {
+            http::write::Refused::PlainHttp => http::Error::Forbidden(format!(
+                "stream {:?}: uploads and deletes need TLS (the HTTPS listener); set allowPlainWrites: true on the \
+                 stream's upload source to allow them over plain HTTP",
+                stream.name
+            )),
+            http::write::Refused::Credential(e) => e,
+        }
+    })?;
     Ok(upload)
-}
-
-/// The stream's upload token, as a bearer token (or filuxe's `key` header): 401
-/// without one, 403 when wrong.
-fn check_token(stream: &Stream, headers: &HeaderMap) -> Result<(), StreamError> {
-    let secret = stream.token.as_ref().ok_or(http::Error::Unauthorized)?;
-    Ok(http::auth::authorize(headers, secret)?)
 }
 
 fn multipart_error(e: MultipartError, max_bytes: u64) -> StreamError {

@@ -1,22 +1,23 @@
 //! The store's keys, checked with the gateway's write authorization
 //! ([`crate::http::auth`]: filuxe's `key` header or `Authorization: Bearer`, constant
-//! time). Key files (mounted Secrets) are re-read when they change.
+//! time). Key files (mounted Secrets) are re-read when their stamp changes
+//! ([`crate::watch::Stamp`]), checked on each request that needs the key.
 
 use std::path::PathBuf;
 use std::sync::Mutex;
-use std::time::SystemTime;
 
 use axum::http::HeaderMap;
 
 use super::error::StoreError;
 use crate::http::auth::{authorize, Secret};
 use crate::http::Error as HttpError;
+use crate::watch::Stamp;
 use updraft_core::config::StoreConfig;
 
 /// A key, inline or read from a file.
 enum Source {
     Inline(Secret),
-    File { path: PathBuf, cached: Mutex<Option<((SystemTime, u64), Secret)>> },
+    File { path: PathBuf, cached: Mutex<Option<(Stamp, Secret)>> },
 }
 
 impl Source {
@@ -29,8 +30,7 @@ impl Source {
         match self {
             Source::Inline(secret) => secret.clone(),
             Source::File { path, cached } => {
-                let stamp = std::fs::metadata(path).ok().and_then(|m| Some((m.modified().ok()?, m.len())));
-                let Some(stamp) = stamp else {
+                let Some(stamp) = Stamp::of(path) else {
                     tracing::warn!(path = %path.display(), "cannot read the key file: nobody is let in");
                     return Secret::new("");
                 };
@@ -70,8 +70,8 @@ impl Keys {
         Self { write, read: config.read_key_file.clone().map(Source::file), public_reads: config.public_reads }
     }
 
-    /// The write key as it is now (what the [`crate::http::auth::Authorized`]
-    /// extractor of the write routes compares with).
+    /// The write key as it is now (what the write guard of the write routes compares
+    /// with).
     pub fn write_secret(&self) -> Secret {
         self.write.current()
     }

@@ -16,7 +16,9 @@
 //! Writes need the store's write key; reads are public unless the store says
 //! otherwise (`auth`). Writes must also arrive over TLS (the store's listener speaks
 //! HTTPS when the gateway has a `tls` section), so the key never crosses the network
-//! in the clear, unless the store sets `allowPlainWrites` ([`SecureWrite`]). Files live
+//! in the clear, unless the store sets `allowPlainWrites` ([`Writable`]). Keys, limits
+//! and `allowPlainWrites` follow a config reload ([`Stores`]); the listener and the
+//! directory are read at start. Files live
 //! in the store's directory (the store volume, shared by the replicas), which holds
 //! exactly the users' files: the store's own state (partial uploads, checksums) is
 //! kept beside it on the same volume (`layout`). Uploads become visible only when
@@ -33,20 +35,20 @@ mod sums;
 mod time;
 mod upload;
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, FromRef, FromRequestParts, Path, RawQuery, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, RawQuery, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{middleware, Json, Router};
 
-use crate::http::auth::{Authorized, Secret};
 use crate::http::query::param;
 use crate::http::unread::read_unread_body;
+use crate::http::write;
 use crate::server::Transport;
 pub use error::StoreError;
 use updraft_core::config::StoreConfig;
@@ -63,12 +65,35 @@ pub struct Store {
 }
 
 struct Inner {
-    config: StoreConfig,
-    /// The served directory (canonical) and the store's own state beside it.
+    /// Name and listener, read at start (another listener takes a restart).
+    name: String,
+    listen: String,
+    /// The served directory (canonical) and the store's own state beside it, opened at
+    /// start (another directory takes a restart).
     dirs: layout::Dirs,
-    keys: Keys,
+    dir: std::path::PathBuf,
+    /// What a config reload changes.
+    settings: RwLock<Arc<Settings>>,
     uploads: Uploads,
     mappings: Mappings,
+}
+
+/// The settings of a store that a config reload applies at once: its keys, whether reads
+/// are public, the upload limit, and whether plain writes are accepted.
+struct Settings {
+    keys: Keys,
+    max_upload_bytes: u64,
+    allow_plain_writes: bool,
+}
+
+impl Settings {
+    fn new(config: &StoreConfig) -> Arc<Self> {
+        Arc::new(Self {
+            keys: Keys::new(config),
+            max_upload_bytes: config.max_upload_bytes,
+            allow_plain_writes: config.allow_plain_writes,
+        })
+    }
 }
 
 impl Store {
@@ -81,12 +106,32 @@ impl Store {
         if removed > 0 {
             tracing::info!(store = config.name, removed, "removed abandoned uploads");
         }
-        let keys = Keys::new(&config);
-        Ok(Self { inner: Arc::new(Inner { config, dirs, keys, uploads, mappings: Mappings::default() }) })
+        let settings = RwLock::new(Settings::new(&config));
+        let StoreConfig { name, listen, dir, .. } = config;
+        Ok(Self {
+            inner: Arc::new(Inner { name, listen, dirs, dir, settings, uploads, mappings: Mappings::default() }),
+        })
     }
 
-    pub fn config(&self) -> &StoreConfig {
-        &self.inner.config
+    /// The store's name in the config.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The listener address it was opened with.
+    pub fn listen(&self) -> &str {
+        &self.inner.listen
+    }
+
+    fn settings(&self) -> Arc<Settings> {
+        self.inner.settings.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The second phase of a config reload ([`Stores`]): the next request obeys
+    /// `settings`.
+    fn install(&self, settings: Arc<Settings>) {
+        self.inner.uploads.set_max_bytes(settings.max_upload_bytes);
+        *self.inner.settings.write().unwrap_or_else(|e| e.into_inner()) = settings;
     }
 
     /// Removes abandoned uploads every hour while the store lives, and opens the
@@ -99,8 +144,8 @@ impl Store {
                 tokio::time::sleep(Duration::from_secs(3600)).await;
                 let Some(inner) = weak.upgrade() else { return };
                 let _ = tokio::task::spawn_blocking(move || {
-                    if let Err(e) = layout::open(&inner.config.dir) {
-                        tracing::warn!(store = inner.config.name, error = %e, "cannot open the store's layout again");
+                    if let Err(e) = layout::open(&inner.dir) {
+                        tracing::warn!(store = inner.name, error = %e, "cannot open the store's layout again");
                     }
                     inner.uploads.sweep(upload::ABANDONED)
                 })
@@ -110,29 +155,73 @@ impl Store {
     }
 }
 
-/// Lets the shared [`Authorized`] extractor guard the write routes with the store's
-/// current write key.
-impl FromRef<Store> for Secret {
-    fn from_ref(store: &Store) -> Secret {
-        store.inner.keys.write_secret()
+/// Every store of a gateway, opened at start; a config reload changes their
+/// [`Settings`]. A store the new config adds, and a new listener or directory of one,
+/// wait for a restart (`updraft_core::restart`); a store it removes keeps its last
+/// settings until then.
+#[derive(Clone, Default)]
+pub(crate) struct Stores {
+    open: Arc<Vec<Store>>,
+}
+
+/// The stores' new settings, ready to install.
+pub(crate) struct Prepared(Vec<(Store, Arc<Settings>)>);
+
+impl Stores {
+    /// Opens every store of `configs`; the error names the store that did not open.
+    pub(crate) fn open(configs: &[StoreConfig]) -> Result<Self, (String, std::io::Error)> {
+        let open: Vec<Store> = configs
+            .iter()
+            .map(|c| Store::open(c.clone()).map_err(|e| (c.name.clone(), e)))
+            .collect::<Result<_, _>>()?;
+        Ok(Self { open: Arc::new(open) })
+    }
+
+    /// The open stores.
+    pub(crate) fn all(&self) -> &[Store] {
+        &self.open
+    }
+
+    /// The first phase of a config reload: the settings `config` gives each open store,
+    /// by name (a new listener or directory waits for a restart; its keys and limits do
+    /// not). Nothing can fail: key files are read when a request needs them.
+    pub(crate) fn prepare(&self, config: &updraft_core::config::GatewayConfig) -> Prepared {
+        Prepared(
+            self.open
+                .iter()
+                .filter_map(|store| {
+                    let config = config.stores.iter().find(|c| c.name == store.inner.name)?;
+                    Some((store.clone(), Settings::new(config)))
+                })
+                .collect(),
+        )
+    }
+
+    pub(crate) fn install(&self, prepared: Prepared) {
+        for (store, settings) in prepared.0 {
+            store.install(settings);
+        }
     }
 }
 
-/// Guards the write routes: the request came over TLS, or the store allows plain
-/// writes. Taken before [`Authorized`], so a plain write is refused (403, naming
-/// `allowPlainWrites`) whatever key it carries.
-struct SecureWrite;
+/// Guards the write routes with the gateway's write guard ([`crate::http::write`]): the
+/// request came over TLS or the store allows plain writes (else 403 naming
+/// `allowPlainWrites`, whatever key it carries), and it carries the write key.
+struct Writable;
 
-impl FromRequestParts<Store> for SecureWrite {
+impl FromRequestParts<Store> for Writable {
     type Rejection = StoreError;
 
     async fn from_request_parts(parts: &mut Parts, store: &Store) -> Result<Self, StoreError> {
         let transport = Transport::from_request_parts(parts, store).await.unwrap_or_default();
-        if transport.is_tls() || store.inner.config.allow_plain_writes {
-            Ok(SecureWrite)
-        } else {
-            Err(StoreError::PlainWrite)
-        }
+        let settings = store.settings();
+        let secret = settings.keys.write_secret();
+        write::check(transport, &parts.headers, settings.allow_plain_writes, Some(&secret)).map(|()| Writable).map_err(
+            |refused| match refused {
+                write::Refused::PlainHttp => StoreError::PlainWrite,
+                write::Refused::Credential(e) => StoreError::Http(e),
+            },
+        )
     }
 }
 
@@ -188,8 +277,7 @@ fn upload_options(query: Option<&str>, headers: &HeaderMap) -> Result<Options, S
 
 #[tracing::instrument(level = "debug", skip_all, fields(path = %raw))]
 async fn upload(
-    _: SecureWrite,
-    _: Authorized,
+    _: Writable,
     State(store): State<Store>,
     Path(raw): Path<String>,
     RawQuery(query): RawQuery,
@@ -197,6 +285,7 @@ async fn upload(
     body: Body,
 ) -> Result<Response, StoreError> {
     let inner = &store.inner;
+    let max_upload_bytes = store.settings().max_upload_bytes;
     let path = StorePath::parse(&raw, false)?;
     let options = upload_options(query.as_deref(), &headers)?;
     let stored = match headers.get(header::CONTENT_RANGE) {
@@ -204,7 +293,7 @@ async fn upload(
             let value = value.to_str().map_err(|_| StoreError::BadRequest("Content-Range is not ASCII".into()))?;
             let chunk = Chunk::parse(value)?;
             inner.uploads.chunk(&path, chunk, &options, body).await.map_err(|e| match e {
-                StoreError::TooLarge { .. } if chunk.size <= inner.config.max_upload_bytes => {
+                StoreError::TooLarge { .. } if chunk.size <= max_upload_bytes => {
                     StoreError::BadRequest(format!("chunk body is longer than Content-Range {value}"))
                 }
                 other => other,
@@ -229,19 +318,14 @@ async fn download(
     headers: HeaderMap,
 ) -> Result<Response, StoreError> {
     let inner = &store.inner;
-    inner.keys.check_read(&headers)?;
+    store.settings().keys.check_read(&headers)?;
     let path = StorePath::parse(&raw, false)?;
     let mapped = inner.mappings.get(&inner.dirs, &path).await?;
     files::respond(&headers, &mapped)
 }
 
 #[tracing::instrument(level = "debug", skip_all, fields(path = %raw))]
-async fn delete(
-    _: SecureWrite,
-    _: Authorized,
-    State(store): State<Store>,
-    Path(raw): Path<String>,
-) -> Result<StatusCode, StoreError> {
+async fn delete(_: Writable, State(store): State<Store>, Path(raw): Path<String>) -> Result<StatusCode, StoreError> {
     let path = StorePath::parse(&raw, false)?;
     let inner = store.inner.clone();
     let path2 = path.clone();
@@ -277,7 +361,7 @@ async fn list_at(
     query: Option<String>,
     headers: HeaderMap,
 ) -> Result<Json<files::Listing>, StoreError> {
-    store.inner.keys.check_read(&headers)?;
+    store.settings().keys.check_read(&headers)?;
     // Repeated slashes merged, as filuxe's server does (werkzeug redirects them away):
     // its forwarder asks for the root as `/filelist//`.
     let merged: Vec<&str> = raw.split('/').filter(|part| !part.is_empty()).collect();
