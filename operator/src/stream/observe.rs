@@ -233,14 +233,14 @@ async fn identify(client: &Client, source: &OciSource, auth: &RegistryAuth, dige
 
 /// What a manifest alone says: the identity, or the metadata tarball layer to read
 /// for it (the gateway's rules: `layout::incomplete`, `Identity::from_annotations`).
-fn from_manifest(manifest: &OciImageManifest) -> std::result::Result<Identity, OciDescriptor> {
+fn from_manifest(manifest: &OciImageManifest) -> std::result::Result<Identity, Box<OciDescriptor>> {
     let layers = layout::layers(manifest);
     if let Some(why) = layout::incomplete(&layers) {
         return Ok(Identity::NotImage(why.into()));
     }
     match Named::from_annotations(manifest.annotations.as_ref().unwrap_or(&Default::default())) {
         Ok(Some(named)) => Ok(Identity::of(named)),
-        Ok(None) => Err(layers[&VersionFile::Metadata].clone()),
+        Ok(None) => Err(Box::new(layers[&VersionFile::Metadata].clone())),
         Err(e) => Ok(Identity::NotImage(e.to_string())),
     }
 }
@@ -466,7 +466,7 @@ mod tests {
 
     #[test]
     fn without_annotations_the_metadata_layer_is_read() {
-        let title = |l: OciDescriptor| l.annotations.unwrap()[layout::ANN_TITLE].clone();
+        let title = |l: Box<OciDescriptor>| l.annotations.unwrap()[layout::ANN_TITLE].clone();
         assert_eq!(title(from_manifest(&manifest(serde_json::json!({}), exported())).unwrap_err()), "meta-abc.tar.xz");
         let typed = manifest(
             serde_json::json!({}),
