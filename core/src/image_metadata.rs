@@ -4,8 +4,8 @@
 //! properties. Both sides read it when an OCI artifact of an image carries no product
 //! annotations: the gateway to index the version, the operator to count products.
 //!
-//! Which layer of an artifact is the metadata tarball is decided here too
-//! ([`is_metadata_layer`]), so the gateway and the operator agree.
+//! Which layer of an artifact is the metadata tarball, and the product key the
+//! properties name, are [`crate::simplestreams`]' rules.
 //!
 //! A metadata tarball is hostile input (issue #19: 468 KB of `xz -0` holding 3 GiB of
 //! zeros). [`read_metadata_yaml`] streams, and every stage has its limits:
@@ -30,6 +30,8 @@ use std::sync::Mutex;
 
 use serde::Deserialize;
 
+use crate::simplestreams::{IndexError, ProductKey};
+
 /// The largest `metadata.yaml` read (a real one is a few KiB).
 pub const MAX_METADATA_YAML: u64 = 1 << 20;
 /// How far into the (decompressed) tar stream `metadata.yaml` must start: real
@@ -46,21 +48,16 @@ pub const MAX_TARBALL: u64 = 16 << 20;
 /// The recommended media type of the metadata tarball layer.
 pub const METADATA_MEDIA_TYPE: &str = "application/vnd.updraft.simplestreams.metadata.v1.tar+xz";
 /// Why an artifact is not an image version when none of its layers is a metadata
-/// tarball ([`is_metadata_layer`]): what would have made one.
+/// tarball: what would have made one.
 pub const NO_METADATA_LAYER: &str = "the artifact has no metadata tarball layer: give it the media type \
      application/vnd.updraft.simplestreams.metadata.v1.tar+xz, or a file name \
      (org.opencontainers.image.title, which oras sets from the file pushed) lxd.tar.xz, incus.tar.xz, \
      meta-*.tar.xz or meta-*.tar.gz";
 
-/// Whether a layer with this media type and title (`org.opencontainers.image.title`) is
-/// the metadata tarball: the media type [`METADATA_MEDIA_TYPE`], else the names
-/// `lxd.tar.xz`, `incus.tar.xz` (uploads, simplestreams) and `meta-*.tar.xz`/`.tar.gz`
-/// (what `incus image export` writes; `metadata*` is taken too).
-pub fn is_metadata_layer(media_type: &str, title: Option<&str>) -> bool {
-    media_type == METADATA_MEDIA_TYPE || title.is_some_and(is_metadata_name)
-}
-
-/// Whether a file name is a metadata tarball's (see [`is_metadata_layer`]).
+/// Whether a file name is a metadata tarball's: `lxd.tar.xz`, `incus.tar.xz` (uploads,
+/// simplestreams) and `meta-*.tar.xz`/`.tar.gz` (what `incus image export` writes;
+/// `metadata*` is taken too). Which layer holds it is
+/// [`crate::simplestreams::VersionFile::of_layer`].
 pub fn is_metadata_name(name: &str) -> bool {
     let exported = name.starts_with("meta-") || name.starts_with("metadata");
     name == "lxd.tar.xz"
@@ -92,10 +89,6 @@ pub enum MetadataError {
     TooLarge,
     #[error("metadata.yaml: {0}")]
     Yaml(#[from] serde_yaml::Error),
-    #[error("metadata.yaml has no properties.{0}")]
-    NoProperty(&'static str),
-    #[error("metadata.yaml: {field} {value:?} is not [a-z0-9][a-z0-9.-]{{0,31}}")]
-    Component { field: &'static str, value: String },
 }
 
 impl MetadataError {
@@ -105,7 +98,6 @@ impl MetadataError {
             MetadataError::Io(_) => "Unreadable",
             MetadataError::XzMemory | MetadataError::NotWithin | MetadataError::TarballTooLarge(_) => "Bomb",
             MetadataError::Missing | MetadataError::TooLarge | MetadataError::Yaml(_) => "BadMetadata",
-            MetadataError::NoProperty(_) | MetadataError::Component { .. } => "NoProduct",
         }
     }
 }
@@ -130,20 +122,10 @@ impl ImageMetadata {
         self.properties.get(name).map(String::as_str).filter(|s| !s.is_empty())
     }
 
-    /// The product `os:release:arch:variant` (lowercase; the architecture as Debian
-    /// names it, from `properties.architecture` or else the top-level kernel name;
-    /// variant `default` when unset).
-    pub fn product(&self) -> Result<String, MetadataError> {
-        let os = self.property("os").ok_or(MetadataError::NoProperty("os"))?.to_ascii_lowercase();
-        let release = self.property("release").ok_or(MetadataError::NoProperty("release"))?.to_ascii_lowercase();
-        let variant = self.property("variant").unwrap_or("default").to_ascii_lowercase();
-        let arch = debian_arch(self.property("architecture").unwrap_or(&self.architecture)).to_owned();
-        for (field, value) in [("os", &os), ("release", &release), ("architecture", &arch), ("variant", &variant)] {
-            if !is_component(value) {
-                return Err(MetadataError::Component { field, value: value.clone() });
-            }
-        }
-        Ok(format!("{os}:{release}:{arch}:{variant}"))
+    /// The product key `os:release:arch:variant` this image names
+    /// ([`ProductKey::from_metadata`], the rule the gateway indexes with).
+    pub fn product(&self) -> Result<String, IndexError> {
+        ProductKey::from_metadata(self).map(|key| key.to_string())
     }
 }
 
@@ -314,10 +296,10 @@ mod tests {
         assert!(matches!(read_metadata_yaml(&tar_with(&[("a", b"b")])[..]), Err(MetadataError::Missing)));
         assert!(read_metadata_yaml(&b"\xfd7zXZ\0garbage"[..]).is_err());
         let m: ImageMetadata = serde_yaml::from_str("architecture: x86_64\nproperties: {os: Debian}\n").unwrap();
-        assert!(matches!(m.product(), Err(MetadataError::NoProperty("release"))));
+        assert!(matches!(m.product(), Err(IndexError::NoProperty("release"))));
         let m: ImageMetadata =
             serde_yaml::from_str("architecture: 'sp arc'\nproperties: {os: x, release: y}\n").unwrap();
-        assert!(matches!(m.product(), Err(MetadataError::Component { field: "architecture", .. })));
+        assert!(matches!(m.product(), Err(IndexError::Component { field: "arch", .. })));
         let m: ImageMetadata =
             serde_yaml::from_str("properties: {os: Alpine, release: '3.20', architecture: aarch64, variant: cloud}\n")
                 .unwrap();
@@ -372,15 +354,13 @@ mod tests {
     }
 
     #[test]
-    fn metadata_layers_by_media_type_or_name() {
-        assert!(is_metadata_layer(METADATA_MEDIA_TYPE, None));
+    fn metadata_tarballs_by_name() {
         for name in ["lxd.tar.xz", "incus.tar.xz", "meta-2a4f36a8.tar.xz", "meta-x.tar.gz", "metadata.tar.xz"] {
-            assert!(is_metadata_layer("application/octet-stream", Some(name)), "{name}");
+            assert!(is_metadata_name(name), "{name}");
         }
         for name in ["root.tar.xz", "2a4f36a8.tar.xz", "meta-x.squashfs", "lxd.tar.gz", "meta.tar.zst"] {
-            assert!(!is_metadata_layer("application/octet-stream", Some(name)), "{name}");
+            assert!(!is_metadata_name(name), "{name}");
         }
-        assert!(!is_metadata_layer("", None));
         for named in ["lxd.tar.xz", "incus.tar.xz", "meta-*.tar.xz", "meta-*.tar.gz", METADATA_MEDIA_TYPE] {
             assert!(NO_METADATA_LAYER.contains(named), "{named}");
         }

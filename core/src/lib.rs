@@ -10,6 +10,9 @@
 //!   both sides run before pinning a release;
 //! - [`image_metadata`]: `metadata.yaml` of an LXD/Incus image, for the product an
 //!   image version belongs to;
+//! - [`simplestreams`]: image products, versions, their layout as OCI artifacts and
+//!   the filtering of an upstream server, which the gateway indexes with and the
+//!   ImageStream controller counts with;
 //! - [`notify`]: signed webhooks (body, HMAC signature, delivery with retries), sent
 //!   by the gateway and by the operator;
 //! - [`mirror`]: a mirror's rules and plan, and the metadata-only listing of its sides,
@@ -33,5 +36,6 @@ pub mod notify;
 pub mod oci;
 pub mod restart;
 pub mod secret;
+pub mod simplestreams;
 pub mod telemetry;
 pub mod version;

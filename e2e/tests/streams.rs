@@ -229,7 +229,8 @@ fn an_upload_stream_on_a_tls_gateway_is_indexed_rendered_and_ready() {
 }
 
 /// Pushes `file` as the metadata layer of a version stored the way the gateway stores
-/// uploads: tag `<os>_<release>_<arch>_<variant>_<YYYYMMDD>_<HHMM>` and the product and
+/// uploads, with a stand-in rootfs layer (a version without one is not listed, so not
+/// counted): tag `<os>_<release>_<arch>_<variant>_<YYYYMMDD>_<HHMM>` and the product and
 /// serial annotations (`deleted`: a tombstone).
 fn push_upload(repository: &str, product: &str, serial: &str, file: &std::path::Path, deleted: bool) -> String {
     let tag = format!("{}_{}", product.replace(':', "_"), serial.replace(':', ""));
@@ -242,7 +243,9 @@ fn push_upload(repository: &str, product: &str, serial: &str, file: &std::path::
         cmd.args(["--annotation", "dev.updraft.simplestreams.deleted=true"]);
     }
     let name = file.file_name().unwrap().to_str().unwrap();
+    std::fs::write(file.with_file_name("rootfs.squashfs"), b"rootfs stand-in").unwrap();
     cmd.arg(format!("{name}:application/vnd.updraft.simplestreams.metadata.v1.tar+xz"));
+    cmd.arg("rootfs.squashfs:application/vnd.updraft.simplestreams.rootfs.v1.squashfs");
     let out = run(&mut cmd);
     out.lines().find_map(|l| l.strip_prefix("Digest: ")).unwrap_or_else(|| panic!("no digest: {out}")).trim().to_owned()
 }
@@ -484,7 +487,10 @@ fn an_upstream_stream_counts_what_the_upstream_serves_and_keeps_its_counts_when_
     let root = w.dir.0.join("www");
     std::fs::create_dir_all(root.join("streams/v1")).unwrap();
     let item = |ftype: &str| serde_json::json!({"ftype": ftype, "path": format!("images/{ftype}"), "sha256": "ab".repeat(32), "size": 4});
-    let version = serde_json::json!({"items": {"lxd.tar.xz": item("lxd.tar.xz"), "root.squashfs": item("squashfs")}});
+    // The combined fingerprint makes the squashfs an image the gateway can list.
+    let mut meta = item("lxd.tar.xz");
+    meta["combined_squashfs_sha256"] = "cd".repeat(32).into();
+    let version = serde_json::json!({"items": {"lxd.tar.xz": meta, "root.squashfs": item("squashfs")}});
     let versions = |n: usize| -> Value {
         (1..=n).map(|d| (format!("202601{d:02}_00:00"), version.clone())).collect::<serde_json::Map<_, _>>().into()
     };
@@ -559,6 +565,7 @@ fn a_metadata_bomb_is_left_out_with_its_reason_and_the_operator_stays_under_128_
     let work = w.dir.0.join("bomb");
     std::fs::create_dir_all(&work).unwrap();
     std::fs::copy(e2e::bomb::metadata_bomb(), work.join("bomb.tar.xz")).unwrap();
+    std::fs::write(work.join("root.squashfs"), b"a root file system").unwrap();
     for i in 1..=8 {
         run(Command::new("oras").current_dir(&work).args([
             "push",
@@ -567,6 +574,7 @@ fn a_metadata_bomb_is_left_out_with_its_reason_and_the_operator_stays_under_128_
             "--annotation",
             &format!("copy={i}"),
             "bomb.tar.xz:application/vnd.updraft.simplestreams.metadata.v1.tar+xz",
+            "root.squashfs:application/vnd.updraft.simplestreams.rootfs.v1.squashfs",
         ]));
     }
     push_exported(&w.dir.0, &repository, "20260101", "x86_64", 1767225600);

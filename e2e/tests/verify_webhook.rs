@@ -194,6 +194,8 @@ fn an_unsigned_image_version_is_posted_once_naming_the_stream() {
     // Two versions stored as the gateway stores uploads (annotations name them); one signed.
     let file = dir.0.join("lxd.tar.xz");
     std::fs::write(&file, b"metadata tarball stand-in: the annotations name the version").unwrap();
+    // A version without a rootfs is not one the gateway lists, so it is not counted.
+    std::fs::write(dir.0.join("rootfs.squashfs"), b"rootfs stand-in").unwrap();
     let push = |serial: &str| {
         let tag = format!("debian_bookworm_amd64_default_{}", serial.replace(':', ""));
         let out = Command::new("oras")
@@ -202,6 +204,7 @@ fn an_unsigned_image_version_is_posted_once_naming_the_stream() {
             .args(["--annotation", "dev.updraft.simplestreams.product=debian:bookworm:amd64:default"])
             .args(["--annotation", &format!("dev.updraft.simplestreams.serial={serial}")])
             .arg("lxd.tar.xz:application/vnd.updraft.simplestreams.metadata.v1.tar+xz")
+            .arg("rootfs.squashfs:application/vnd.updraft.simplestreams.rootfs.v1.squashfs")
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout).into_owned();

@@ -69,8 +69,8 @@ struct State {
     index: HashMap<String, String>,
     total: u64,
     clock: u64,
-    /// Artifact keys in use, by the surface that pins them.
-    protected: HashMap<&'static str, HashSet<String>>,
+    /// Artifact keys in use, by who pins them (a surface, or one stream).
+    protected: HashMap<String, HashSet<String>>,
 }
 
 /// The cache; one per process, shared.
@@ -224,10 +224,16 @@ impl Cache {
         self.metrics.cache_bytes.set(state.total as i64);
     }
 
-    /// The artifact keys `owner` (a surface) serves, replacing what it pinned before.
-    /// Eviction spares the payloads of every owner's keys.
-    pub fn protect(&self, owner: &'static str, keys: HashSet<String>) {
-        self.state.lock().expect("cache lock").protected.insert(owner, keys);
+    /// The artifact keys `owner` (a surface, or one stream) serves, replacing what it
+    /// pinned before. Eviction spares the payloads of every owner's keys.
+    pub fn protect(&self, owner: &str, keys: HashSet<String>) {
+        self.state.lock().expect("cache lock").protected.insert(owner.to_owned(), keys);
+        self.evict();
+    }
+
+    /// Forgets what `owner` pinned (it serves nothing any more).
+    pub fn unprotect(&self, owner: &str) {
+        self.state.lock().expect("cache lock").protected.remove(owner);
         self.evict();
     }
 
@@ -399,6 +405,9 @@ mod tests {
         cache.protect("firmware", HashSet::new());
         assert!(cache.lookup("a").unwrap().is_none(), "unpinned by its owner, then evicted");
         assert!(cache.lookup("b").unwrap().is_some(), "still pinned by the other owner");
+        cache.unprotect("streams");
+        cache.set_max_bytes(2);
+        assert!(cache.lookup("b").unwrap().is_none(), "its owner is gone");
     }
 
     #[test]

@@ -23,7 +23,7 @@ mod payload;
 
 use std::path::PathBuf;
 
-use oci_client::errors::{OciDistributionError, OciErrorCode};
+use oci_client::errors::OciDistributionError;
 use oci_client::manifest::{ImageIndexEntry, OciDescriptor, OciManifest};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
@@ -246,7 +246,7 @@ impl Verifier {
         let reference = oci::tag_reference(registry, repository, &tag);
         let (manifest, manifest_digest) = match client.pull_manifest(&reference, auth).await {
             Ok(m) => m,
-            Err(e) if is_not_found(&e) => return Ok(Vec::new()),
+            Err(e) if crate::oci::is_not_found(&e) => return Ok(Vec::new()),
             Err(e) => return Err(oci::registry_error(registry)(e)),
         };
         let found = |check| Found { scheme: Scheme::Tag, manifest: manifest_digest.clone(), check };
@@ -443,18 +443,6 @@ impl tokio::io::AsyncWrite for Capped {
         _: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
         std::task::Poll::Ready(Ok(()))
-    }
-}
-
-/// Whether a manifest pull failed because there is no such manifest (or repository).
-fn is_not_found(e: &OciDistributionError) -> bool {
-    match e {
-        OciDistributionError::ImageManifestNotFoundError(_) => true,
-        OciDistributionError::ServerError { code: 404, .. } => true,
-        OciDistributionError::RegistryError { envelope, .. } => envelope.errors.iter().any(|e| {
-            matches!(e.code, OciErrorCode::ManifestUnknown | OciErrorCode::NameUnknown | OciErrorCode::NotFound)
-        }),
-        _ => false,
     }
 }
 

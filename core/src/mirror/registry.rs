@@ -1,6 +1,7 @@
 //! An OCI repository as one side of a mirror: its tags with their manifest digests
 //! (HEAD requests only), and, in files mode, the titled layers of their manifests.
-//! Signature and attestation tags of a digest (`sha256-<hex>.sig`, `.att`, …) are not
+//! Signature and attestation tags of a digest (`sha256-<hex>.sig`, `.att`, …:
+//! [`crate::oci::tags`]) are not
 //! artifacts of their own: they are part of the identity of the tag whose digest they
 //! name, so a new signature makes that tag pending.
 
@@ -14,9 +15,9 @@ use serde::Deserialize;
 use super::error::{error_chain, MirrorError};
 use super::rules::Artifact;
 use crate::config::SourceConfig;
+use crate::oci::tags::attached_to;
 use crate::oci::{
-    digest_reference, is_sha256_hex, is_unknown_repository, list_repository_tags, registry_auth, tag_reference,
-    OciError,
+    digest_reference, is_unknown_repository, list_repository_tags, registry_auth, tag_reference, OciError,
 };
 
 /// Manifest media types pulled as they are.
@@ -60,14 +61,6 @@ pub struct Descriptor {
     pub media_type: Option<String>,
     #[serde(default)]
     pub annotations: BTreeMap<String, String>,
-}
-
-/// Whether `tag` is a signature/attestation tag of a digest; returns the digest.
-pub fn attached_to(tag: &str) -> Option<String> {
-    let rest = tag.strip_prefix("sha256-")?;
-    let hex = rest.get(..64)?;
-    let suffix = &rest[64..];
-    (is_sha256_hex(hex) && (suffix.is_empty() || suffix.starts_with('.'))).then(|| format!("sha256:{hex}"))
 }
 
 /// Where a repository's credentials come from.
@@ -272,5 +265,7 @@ mod tests {
         assert_eq!(attached_to("v1.2.3"), None);
         assert_eq!(attached_to(&format!("sha256-{hex}x")), None);
         assert_eq!(attached_to("sha256-abc.sig"), None);
+        // Not a cosign tag: the mirror forwards it as an artifact of its own.
+        assert_eq!(attached_to(&format!("sha256-{hex}.tar")), None);
     }
 }

@@ -2,6 +2,11 @@
 //! `config.json`, and the pure choices of which manifest and which layer hold the
 //! firmware. The operator reuses [`list_repository_tags`], [`pull_image_manifest`]
 //! and [`select_layer`] so both sides agree on what a channel means.
+//!
+//! Two rules every registry caller shares live beside them: [`is_not_found`] (what
+//! "no such manifest or repository" looks like, from the error's structure) and
+//! [`tags::attached_to`] (which tags are cosign's or the referrers fallback's, not
+//! artifacts of their own).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -9,13 +14,15 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use oci_client::client::{ClientConfig, ClientProtocol};
-use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::manifest::{ImageIndexEntry, OciDescriptor, OciImageIndex, OciImageManifest, OciManifest};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use serde::{Deserialize, Serialize};
 
+mod not_found;
 mod probe;
+pub mod tags;
+pub use not_found::{is_not_found, is_unknown_repository};
 pub use probe::{probe, Probe};
 
 /// Why talking to a registry or interpreting its answer failed.
@@ -311,18 +318,6 @@ pub fn select_layer<'a>(
             many.len(),
             media_types()
         ))),
-    }
-}
-
-/// The registry does not know the repository (`NAME_UNKNOWN`, or a bare 404).
-pub fn is_unknown_repository(e: &OciError) -> bool {
-    let OciError::Registry { source, .. } = e else { return false };
-    match source {
-        OciDistributionError::RegistryError { envelope, .. } => {
-            envelope.errors.iter().any(|e| matches!(e.code, OciErrorCode::NameUnknown | OciErrorCode::NotFound))
-        }
-        OciDistributionError::ServerError { code, .. } => *code == 404,
-        _ => false,
     }
 }
 

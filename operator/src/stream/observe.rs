@@ -2,24 +2,28 @@
 //! indexes it: products (`os:release:arch:variant`) and versions, at most
 //! `keepVersions` newest per product.
 //!
+//! Every rule of what counts is the gateway's, from `updraft_core`: which tags are
+//! cosign's (`oci::tags`), which layer is which file, what the annotations and
+//! `metadata.yaml` say (`simplestreams::{layout, product}`), which upstream versions a
+//! mirror keeps (`simplestreams::upstream`). This module only fetches what they read.
+//!
 //! - **OCI and upload sources**: the repository's tags (cosign's `sha256-<hex>.sig`
 //!   and referrer fallback tags are not images), each tag's manifest digest (HEAD),
-//!   and for a digest not seen before its manifest: the product and serial from the
-//!   annotations the gateway writes on uploads (`dev.updraft.simplestreams.product`,
-//!   `.serial`, `.deleted` for a tombstone), else from `metadata.yaml` in the metadata
-//!   tarball layer (a blob of a few KiB, read with `updraft_core::image_metadata`
-//!   within its limits: at most `MAX_TARBALL` received whatever the descriptor
-//!   says, two tarballs read at once, decoded on a blocking thread). A tag that is not
-//!   an image version is left out with its reason, which status shows.
+//!   and for a digest not seen before its manifest: a metadata tarball and a rootfs
+//!   layer, the product and serial from the annotations the gateway writes on uploads,
+//!   the rest from `metadata.yaml` in the metadata tarball layer (a blob of a few KiB,
+//!   read with `updraft_core::image_metadata` within its limits: at most
+//!   `MAX_TARBALL` received whatever the descriptor says, two tarballs read at once,
+//!   decoded on a blocking thread). A tag that is not an image version is left out
+//!   with its reason, which status shows.
 //!   What a digest holds never changes, so it is kept per digest: a steady repository
 //!   costs one tag list and one HEAD per tag per interval. Under `spec.verify` each
 //!   version's digest must carry a cosign signature that verifies
 //!   (`updraft_core::cosign`, the code channels and the gateway run); only successes
 //!   are kept (per digest and key set), so a signature pushed later is found.
 //! - **Upstream sources**: the upstream's `streams/v1/index.json`, the
-//!   `image-downloads` document it names, the products matching every filter (`os`
-//!   compared without case, `variant` default `default`), versions with a metadata
-//!   tarball item.
+//!   `image-downloads` document it names, and the versions the gateway would mirror
+//!   of it (`simplestreams::upstream::mirror`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Mutex, OnceLock};
@@ -32,8 +36,10 @@ use oci_client::secrets::RegistryAuth;
 use oci_client::Client;
 use serde_json::Value;
 use updraft_core::cosign::{Verifier, VerifyError};
-use updraft_core::image_metadata::{self, is_component, read_metadata_yaml, MetadataError, MAX_TARBALL};
+use updraft_core::image_metadata::{read_metadata_yaml, MetadataError, MAX_TARBALL};
 use updraft_core::oci;
+use updraft_core::simplestreams::upstream::{image_downloads_path, mirror, Filters};
+use updraft_core::simplestreams::{layout, Identity as Named, VersionFile};
 use updraft_crds::OciSource;
 
 use crate::context::{Observation, Unverified};
@@ -48,11 +54,6 @@ static METADATA_READS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_ne
 /// Digests remembered; beyond this the cache starts again (it only saves requests).
 const CACHE_LIMIT: usize = 200_000;
 
-const ANN_PRODUCT: &str = "dev.updraft.simplestreams.product";
-const ANN_SERIAL: &str = "dev.updraft.simplestreams.serial";
-const ANN_DELETED: &str = "dev.updraft.simplestreams.deleted";
-const ANN_TITLE: &str = "org.opencontainers.image.title";
-
 /// What one manifest digest holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) enum Identity {
@@ -61,6 +62,16 @@ pub(super) enum Identity {
     Version { product: String, serial: String, deleted: bool },
     /// Not an image version (why, for the logs).
     NotImage(String),
+}
+
+impl Identity {
+    fn of(named: Named) -> Self {
+        Identity::Version {
+            product: named.product.to_string(),
+            serial: named.serial.to_string(),
+            deleted: named.deleted,
+        }
+    }
 }
 
 /// What is known per digest, process-wide: identities, and digests whose signature
@@ -111,10 +122,10 @@ pub(super) async fn repository(
     let tags = match oci::list_repository_tags(client, &reference, source.insecure, auth).await {
         Ok(tags) => tags,
         // No upload yet: the repository does not exist until the first one.
-        Err(e) if updraft_core::oci::is_unknown_repository(&e) => return Ok(Observation::default()),
+        Err(e) if oci::is_unknown_repository(&e) => return Ok(Observation::default()),
         Err(e) => return Err(Error::registry(&source.reference(), &e)),
     };
-    let images = tags.into_iter().filter(|t| !is_cosign_tag(t));
+    let images = image_tags(tags);
     let found: Vec<(String, String, Identity)> = futures::stream::iter(images)
         .map(|tag| async move {
             let reference = oci::tag_reference(&source.registry, &source.repository, &tag);
@@ -202,48 +213,36 @@ async fn identify(client: &Client, source: &OciSource, auth: &RegistryAuth, dige
     let unreachable = |e: &dyn std::fmt::Display| Error::RegistryUnreachable(format!("{}: {e}", source.reference()));
     let reference = oci::digest_reference(&source.registry, &source.repository, digest);
     let identity = match client.pull_manifest(&reference, auth).await.map_err(|e| unreachable(&e))?.0 {
-        OciManifest::Image(manifest) => match from_annotations(&manifest) {
-            Some(identity) => identity,
-            None => match metadata_layer(&manifest) {
-                None => Identity::NotImage(image_metadata::NO_METADATA_LAYER.into()),
-                Some(layer) => match fetch_tarball(client, source, auth, &reference, layer).await? {
-                    Ok(tarball) => tokio::task::spawn_blocking(move || from_metadata(&tarball))
+        OciManifest::Image(manifest) => {
+            let ann = manifest.annotations.clone().unwrap_or_default();
+            match from_manifest(&manifest) {
+                Ok(identity) => identity,
+                Err(layer) => match fetch_tarball(client, source, auth, &reference, &layer).await? {
+                    Ok(tarball) => tokio::task::spawn_blocking(move || from_metadata(&ann, &tarball))
                         .await
                         .unwrap_or_else(|e| Identity::NotImage(format!("reading the metadata tarball: {e}"))),
                     Err(why) => Identity::NotImage(why),
                 },
-            },
-        },
+            }
+        }
         OciManifest::ImageIndex(_) => Identity::NotImage("an image index".into()),
     };
     known().identities.insert(digest.to_owned(), identity.clone());
     Ok(identity)
 }
 
-/// The identity the gateway's annotations give (uploads always carry them).
-fn from_annotations(manifest: &OciImageManifest) -> Option<Identity> {
-    let ann = manifest.annotations.as_ref()?;
-    let get = |k: &str| ann.get(k).map(String::as_str).filter(|s| !s.is_empty());
-    let (product, serial) = (get(ANN_PRODUCT)?, get(ANN_SERIAL)?);
-    let parts: Vec<&str> = product.split(':').collect();
-    if parts.len() != 4 || !parts.iter().all(|p| is_component(p)) {
-        return Some(Identity::NotImage(format!("{ANN_PRODUCT} {product:?} is not os:release:arch:variant")));
+/// What a manifest alone says: the identity, or the metadata tarball layer to read
+/// for it (the gateway's rules: `layout::incomplete`, `Identity::from_annotations`).
+fn from_manifest(manifest: &OciImageManifest) -> std::result::Result<Identity, Box<OciDescriptor>> {
+    let layers = layout::layers(manifest);
+    if let Some(why) = layout::incomplete(&layers) {
+        return Ok(Identity::NotImage(why.into()));
     }
-    Some(Identity::Version {
-        product: product.to_owned(),
-        serial: serial.to_owned(),
-        deleted: get(ANN_DELETED) == Some("true"),
-    })
-}
-
-/// The layer holding the metadata tarball: by media type, else by file name (core's
-/// rule, the gateway's).
-fn metadata_layer(manifest: &OciImageManifest) -> Option<&OciDescriptor> {
-    fn title(l: &OciDescriptor) -> Option<&str> {
-        l.annotations.as_ref().and_then(|a| a.get(ANN_TITLE)).map(String::as_str)
+    match Named::from_annotations(manifest.annotations.as_ref().unwrap_or(&Default::default())) {
+        Ok(Some(named)) => Ok(Identity::of(named)),
+        Ok(None) => Err(Box::new(layers[&VersionFile::Metadata].clone())),
+        Err(e) => Ok(Identity::NotImage(e.to_string())),
     }
-    let typed = manifest.layers.iter().find(|l| l.media_type == image_metadata::METADATA_MEDIA_TYPE);
-    typed.or_else(|| manifest.layers.iter().find(|l| image_metadata::is_metadata_layer(&l.media_type, title(l))))
 }
 
 /// The metadata tarball `layer`, verified: `Ok(Err(why))` when it is not one to read
@@ -278,20 +277,19 @@ async fn fetch_tarball(
     Ok(Ok(tarball))
 }
 
-fn from_metadata(tarball: &[u8]) -> Identity {
-    match read_metadata_yaml(tarball).and_then(|m| Ok((m.product()?, m.creation_date))) {
-        Ok((product, created)) => Identity::Version { product, serial: created.to_string(), deleted: false },
+/// The identity of an artifact whose annotations leave something out, with its
+/// metadata tarball.
+fn from_metadata(ann: &BTreeMap<String, String>, tarball: &[u8]) -> Identity {
+    match read_metadata_yaml(tarball) {
+        Ok(m) => Named::with_metadata(ann, &m).map_or_else(|e| Identity::NotImage(e.to_string()), Identity::of),
         Err(e) => Identity::NotImage(e.to_string()),
     }
 }
 
-/// cosign's tags: `sha256-<64 hex>` (referrers fallback) with an optional suffix
-/// (`.sig`, `.att`, `.sbom`).
-fn is_cosign_tag(tag: &str) -> bool {
-    tag.strip_prefix("sha256-").is_some_and(|rest| {
-        let hex = rest.split('.').next().unwrap_or("");
-        hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())
-    })
+/// The tags that may hold images: every tag but cosign's and the referrers fallback's
+/// ([`oci::tags::attached_to`], the rule the gateway lists with).
+fn image_tags(tags: Vec<String>) -> impl Iterator<Item = String> {
+    tags.into_iter().filter(|t| !oci::tags::is_attached(t))
 }
 
 /// Products with at least one version, and versions (distinct serials, at most `keep`
@@ -344,68 +342,17 @@ pub(super) async fn upstream(url: &str, ca: Option<&[u8]>, filters: &[String], k
         response.json::<Value>().await.map_err(|e| down(&e))
     };
     let index = get("streams/v1/index.json".into()).await?;
-    let path = index["index"]
-        .as_object()
-        .and_then(|entries| entries.values().find(|e| e["datatype"] == "image-downloads"))
-        .and_then(|e| e["path"].as_str())
-        .ok_or_else(|| Error::UpstreamUnreachable(format!("{base}: index.json names no image-downloads document")))?;
-    if path.starts_with('/') || path.split('/').any(|c| c == ".." || c.is_empty()) {
-        return Err(Error::UpstreamUnreachable(format!("{base}: index.json names an unsafe path {path:?}")));
-    }
+    let path = image_downloads_path(&index).map_err(|e| Error::UpstreamUnreachable(format!("{base}: {e}")))?;
     let images = get(path.to_owned()).await?;
     Ok(count_upstream(&images, filters, keep))
 }
 
-/// Counts an upstream `images.json`: the products matching every filter, their
-/// versions with a metadata tarball item.
+/// Counts an upstream `images.json`: the versions the gateway mirrors of it.
 pub(super) fn count_upstream(images: &Value, filters: &[String], keep: usize) -> Observation {
-    let filters: Vec<(&str, &str)> = filters.iter().filter_map(|f| f.split_once('=')).collect();
-    let mut observation = Observation::default();
-    let mut versions = Vec::new();
-    for (name, p) in images["products"].as_object().into_iter().flatten() {
-        let text = |k: &str| p[k].as_str().unwrap_or("");
-        let matches = filters.iter().all(|(k, v)| {
-            let have = match text(k) {
-                "" if *k == "variant" => "default",
-                have => have,
-            };
-            if *k == "os" {
-                have.eq_ignore_ascii_case(v)
-            } else {
-                have == *v
-            }
-        });
-        if !matches {
-            continue;
-        }
-        let variant = match text("variant") {
-            "" => "default",
-            v => v,
-        };
-        let parts =
-            [text("os").to_ascii_lowercase(), text("release").to_owned(), text("arch").to_owned(), variant.into()];
-        let Some(product_versions) = p["versions"].as_object() else { continue };
-        if !parts.iter().all(|c| is_component(c)) {
-            tracing::debug!(product = %name, "upstream product with an invalid key left out");
-            observation.skipped += product_versions.len();
-            continue;
-        }
-        let product = parts.join(":");
-        for (serial, v) in product_versions {
-            let items = v["items"].as_object();
-            let has_metadata =
-                items.is_some_and(|i| i.values().any(|i| i["ftype"] == "incus.tar.xz" || i["ftype"] == "lxd.tar.xz"));
-            if has_metadata {
-                versions.push((product.clone(), serial.clone()));
-            } else {
-                observation.skipped += 1;
-            }
-        }
-    }
+    let mirrored = mirror(images, &Filters::parse(filters), "");
+    let versions = mirrored.versions.iter().map(|(product, _, v)| (product.to_string(), v.serial.to_string()));
     let (products, count) = tally(versions, keep);
-    observation.products = products;
-    observation.versions = count;
-    observation
+    Observation { products, versions: count, skipped: mirrored.skipped, ..Observation::default() }
 }
 
 #[cfg(test)]
@@ -429,13 +376,14 @@ mod tests {
     }
 
     #[test]
-    fn cosign_tags_are_not_images() {
+    fn cosign_tags_are_not_images_and_a_tar_suffixed_digest_tag_is_one() {
         let hex = "a".repeat(64);
-        assert!(is_cosign_tag(&format!("sha256-{hex}.sig")));
-        assert!(is_cosign_tag(&format!("sha256-{hex}")));
-        assert!(is_cosign_tag(&format!("sha256-{hex}.att")));
-        assert!(!is_cosign_tag("sha256-abc.sig"));
-        assert!(!is_cosign_tag("debian_bookworm_amd64_default_20260101_0000"));
+        let tags = ["sig", "att", "sbom", "tar"].map(|suffix| format!("sha256-{hex}.{suffix}"));
+        let listed =
+            [vec![format!("sha256-{hex}"), "debian_bookworm_amd64_default_20260101_0000".to_owned()], tags.to_vec()]
+                .concat();
+        let images: Vec<String> = image_tags(listed).collect();
+        assert_eq!(images, vec!["debian_bookworm_amd64_default_20260101_0000".to_owned(), format!("sha256-{hex}.tar")]);
     }
 
     fn manifest(annotations: serde_json::Value, layers: serde_json::Value) -> OciImageManifest {
@@ -449,67 +397,104 @@ mod tests {
         .unwrap()
     }
 
+    fn layer(media: &str, title: &str) -> serde_json::Value {
+        serde_json::json!({"mediaType": media, "digest": format!("sha256:{}", "1".repeat(64)), "size": 10,
+            "annotations": {layout::ANN_TITLE: title}})
+    }
+
+    fn exported() -> serde_json::Value {
+        serde_json::json!([
+            layer("application/octet-stream", "abc.squashfs"),
+            layer("application/octet-stream", "meta-abc.tar.xz")
+        ])
+    }
+
     #[test]
     fn annotations_name_the_product_serial_and_tombstones() {
+        use layout::{ANN_DELETED, ANN_PRODUCT, ANN_SERIAL};
         let m = manifest(
             serde_json::json!({ANN_PRODUCT: "debian:bookworm:amd64:default", ANN_SERIAL: "20260101_00:00"}),
-            serde_json::json!([]),
+            exported(),
         );
         assert_eq!(
-            from_annotations(&m),
-            Some(Identity::Version {
+            from_manifest(&m).unwrap(),
+            Identity::Version {
                 product: "debian:bookworm:amd64:default".into(),
                 serial: "20260101_00:00".into(),
                 deleted: false
-            })
+            }
         );
         let gone = manifest(
-            serde_json::json!({ANN_PRODUCT: "debian:bookworm:amd64:default", ANN_SERIAL: "1", ANN_DELETED: "true"}),
-            serde_json::json!([]),
+            serde_json::json!({ANN_PRODUCT: "debian:bookworm:amd64:default", ANN_SERIAL: "20260101_00:00", ANN_DELETED: "true"}),
+            exported(),
         );
-        assert!(matches!(from_annotations(&gone), Some(Identity::Version { deleted: true, .. })));
-        let bad = manifest(serde_json::json!({ANN_PRODUCT: "debian", ANN_SERIAL: "1"}), serde_json::json!([]));
-        assert!(matches!(from_annotations(&bad), Some(Identity::NotImage(_))));
-        assert_eq!(from_annotations(&manifest(serde_json::json!({}), serde_json::json!([]))), None);
+        assert!(matches!(from_manifest(&gone), Ok(Identity::Version { deleted: true, .. })));
+        let bad = manifest(serde_json::json!({ANN_PRODUCT: "debian", ANN_SERIAL: "20260101_00:00"}), exported());
+        assert!(matches!(from_manifest(&bad), Ok(Identity::NotImage(_))));
     }
 
     #[test]
-    fn the_metadata_layer_is_found_by_media_type_or_file_name() {
-        let layer = |media: &str, title: &str| {
-            serde_json::json!({"mediaType": media, "digest": format!("sha256:{}", "1".repeat(64)), "size": 10,
-                "annotations": {ANN_TITLE: title}})
-        };
-        let exported = manifest(
-            serde_json::json!({}),
-            serde_json::json!([
-                layer("application/octet-stream", "abc.squashfs"),
-                layer("application/octet-stream", "meta-abc.tar.xz")
-            ]),
-        );
-        assert_eq!(title_of(metadata_layer(&exported)), "meta-abc.tar.xz");
-        let typed =
-            manifest(serde_json::json!({}), serde_json::json!([layer(image_metadata::METADATA_MEDIA_TYPE, "x")]));
-        assert_eq!(title_of(metadata_layer(&typed)), "x");
-        let none =
-            manifest(serde_json::json!({}), serde_json::json!([layer("application/octet-stream", "root.tar.xz")]));
-        assert!(metadata_layer(&none).is_none());
+    fn what_the_gateway_refuses_is_not_counted() {
+        use layout::{ANN_PRODUCT, ANN_SERIAL};
+        // Each was a version here and left out of the gateway's index.
+        let cases = [
+            (
+                "a serial that is not YYYYMMDD_HH:MM",
+                serde_json::json!({ANN_PRODUCT: "debian:bookworm:amd64:default", ANN_SERIAL: "1"}),
+                exported(),
+            ),
+            (
+                "an architecture the clients drop",
+                serde_json::json!({ANN_PRODUCT: "debian:bookworm:sparc:default", ANN_SERIAL: "20260101_00:00"}),
+                exported(),
+            ),
+            (
+                "no metadata tarball",
+                serde_json::json!({ANN_PRODUCT: "debian:bookworm:amd64:default", ANN_SERIAL: "20260101_00:00"}),
+                serde_json::json!([layer("application/octet-stream", "abc.squashfs")]),
+            ),
+            (
+                "no rootfs",
+                serde_json::json!({ANN_PRODUCT: "debian:bookworm:amd64:default", ANN_SERIAL: "20260101_00:00"}),
+                serde_json::json!([layer("application/octet-stream", "meta-abc.tar.xz")]),
+            ),
+        ];
+        for (what, annotations, layers) in cases {
+            assert!(matches!(from_manifest(&manifest(annotations, layers)), Ok(Identity::NotImage(_))), "{what}");
+        }
     }
 
-    fn title_of(layer: Option<&OciDescriptor>) -> String {
-        layer.unwrap().annotations.as_ref().unwrap()[ANN_TITLE].clone()
+    #[test]
+    fn without_annotations_the_metadata_layer_is_read() {
+        let title = |l: Box<OciDescriptor>| l.annotations.unwrap()[layout::ANN_TITLE].clone();
+        assert_eq!(title(from_manifest(&manifest(serde_json::json!({}), exported())).unwrap_err()), "meta-abc.tar.xz");
+        let typed = manifest(
+            serde_json::json!({}),
+            serde_json::json!([
+                layer(VersionFile::Metadata.media_type(), "x"),
+                layer("application/octet-stream", "a.qcow2")
+            ]),
+        );
+        assert_eq!(title(from_manifest(&typed).unwrap_err()), "x");
+        let none =
+            manifest(serde_json::json!({}), serde_json::json!([layer("application/octet-stream", "root.tar.xz")]));
+        assert!(matches!(from_manifest(&none), Ok(Identity::NotImage(_))));
     }
 
     #[test]
     fn upstream_products_are_filtered_and_kept() {
-        let item = |ftype: &str| serde_json::json!({"ftype": ftype, "path": "x", "sha256": "0", "size": 1});
-        let version = serde_json::json!({"items": {"m": item("lxd.tar.xz"), "r": item("squashfs")}});
+        let sha = |c: char| c.to_string().repeat(64);
+        let item = |ftype: &str, c| serde_json::json!({"ftype": ftype, "path": "x", "sha256": sha(c), "size": 1});
+        let mut meta = item("lxd.tar.xz", 'a');
+        meta["combined_squashfs_sha256"] = sha('c').into();
+        let version = serde_json::json!({"items": {"m": meta, "r": item("squashfs", 'b')}});
         let images = serde_json::json!({"products": {
             "debian:bookworm:amd64:default": {"os": "Debian", "release": "bookworm", "arch": "amd64",
                 "versions": {"20260101_00:00": version, "20260102_00:00": version, "20260103_00:00": version}},
             "debian:bookworm:arm64:default": {"os": "Debian", "release": "bookworm", "arch": "arm64",
                 "versions": {"20260101_00:00": version}},
             "alpine:3.20:amd64:cloud": {"os": "Alpine", "release": "3.20", "arch": "amd64", "variant": "cloud",
-                "versions": {"20260101_00:00": version, "20260102_00:00": {"items": {"r": item("squashfs")}}}},
+                "versions": {"20260101_00:00": version, "20260102_00:00": {"items": {"r": item("squashfs", 'b')}}}},
         }});
         let o = count_upstream(&images, &[], 0);
         assert_eq!((o.products, o.versions, o.skipped), (3, 5, 1));
@@ -520,5 +505,19 @@ mod tests {
         let o = count_upstream(&images, &["variant=cloud".into()], 0);
         assert_eq!((o.products, o.versions), (1, 1));
         assert_eq!(count_upstream(&serde_json::json!({}), &[], 3), Observation::default());
+    }
+
+    #[test]
+    fn upstream_versions_the_gateway_cannot_serve_are_not_counted() {
+        // A metadata item was enough here; without hashes or a rootfs the gateway
+        // lists nothing.
+        let item = |ftype: &str| serde_json::json!({"ftype": ftype, "path": "x", "sha256": "0", "size": 1});
+        let version = serde_json::json!({"items": {"m": item("lxd.tar.xz"), "r": item("squashfs")}});
+        let images = serde_json::json!({"products": {
+            "debian:bookworm:amd64:default": {"os": "Debian", "release": "bookworm", "arch": "amd64",
+                "versions": {"20260101_00:00": version, "v2": version}},
+        }});
+        let o = count_upstream(&images, &[], 0);
+        assert_eq!((o.products, o.versions, o.skipped), (0, 0, 2));
     }
 }

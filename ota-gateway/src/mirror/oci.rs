@@ -49,7 +49,7 @@ pub async fn delete_file(repo: &Repository, name: &str) -> Result<(), MirrorErro
     let auth = repo.auth()?;
     let digest = match repo.client().fetch_manifest_digest(&repo.tag(&tag_for(name)), &auth).await {
         Ok(digest) => digest,
-        Err(OciDistributionError::ImageManifestNotFoundError(_)) => return Ok(()),
+        Err(e) if updraft_core::oci::is_not_found(&e) => return Ok(()),
         Err(e) => return Err(repo.error()(e)),
     };
     let artifact = Artifact { name: name.to_owned(), size: 0, time: 0.0, digest: Some(digest) };

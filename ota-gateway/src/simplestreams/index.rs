@@ -15,287 +15,23 @@
 //! rootfs item per image type, and on the metadata item the combined fingerprint of
 //! each type, `sha256(metadata bytes ‖ rootfs bytes)` ([`combined_sha256`]), which is
 //! what the clients list and verify after a download.
+//!
+//! What a product, a version and an item are, and when they are valid, is
+//! [`updraft_core::simplestreams`]' (the ImageStream controller counts with the same
+//! rules); this module renders them.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fmt;
 use std::io::{self, Read};
 
-use chrono::{NaiveDate, NaiveDateTime};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use updraft_core::config::is_sha256_hex;
-use updraft_core::image_metadata::is_component;
+pub use updraft_core::simplestreams::{
+    FileRef, ImageVersion, IndexError, ProductKey, ProductProps, RootKind, Rootfs, Serial,
+};
 
 /// Where `images.json` lives, relative to the stream's base URL (named by index.json).
 pub const IMAGES_PATH: &str = "streams/v1/images.json";
-
-/// Why a version, a product or a whole index is refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum IndexError {
-    #[error("version serial {0:?} is not YYYYMMDD_HH:MM")]
-    Serial(String),
-    #[error("{field} {value:?} must match [a-z0-9][a-z0-9.-]* (at most 32 characters)")]
-    Component { field: &'static str, value: String },
-    #[error("architecture {0:?} is not one LXD and Incus know")]
-    Architecture(String),
-    #[error("alias {0:?} must be non-empty and hold no comma, space or control character")]
-    Alias(String),
-    #[error("{what}: sha256 {value:?} is not 64 lowercase hex digits")]
-    Sha256 { what: String, value: String },
-    #[error("{0}: item path must be relative, without empty, '.' or '..' segments, '\\\\', '%', '?' or '#'")]
-    Path(String),
-    #[error("version {0} has no rootfs (squashfs, root.tar.xz or disk-kvm.img)")]
-    NoRootfs(String),
-    #[error("alias {alias:?} is claimed by products {first} and {second} of the same architecture")]
-    DuplicateAlias { alias: String, first: String, second: String },
-    #[error("text field {field} {value:?} holds a control character")]
-    Text { field: &'static str, value: String },
-}
-
-/// The identity of a product: `os:release:arch:variant`, each part a lowercase name.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ProductKey {
-    pub os: String,
-    pub release: String,
-    pub arch: String,
-    pub variant: String,
-}
-
-impl ProductKey {
-    /// A key whose parts are checked: names of `[a-z0-9][a-z0-9.-]*`, an architecture
-    /// the clients know.
-    pub fn new(os: &str, release: &str, arch: &str, variant: &str) -> Result<Self, IndexError> {
-        for (field, value) in [("os", os), ("release", release), ("arch", arch), ("variant", variant)] {
-            if !is_component(value) {
-                return Err(IndexError::Component { field, value: value.to_owned() });
-            }
-        }
-        if !is_known_arch(arch) {
-            return Err(IndexError::Architecture(arch.to_owned()));
-        }
-        Ok(Self { os: os.into(), release: release.into(), arch: arch.into(), variant: variant.into() })
-    }
-}
-
-impl fmt::Display for ProductKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}:{}", self.os, self.release, self.arch, self.variant)
-    }
-}
-
-/// Architecture names LXD's and Incus's `osarch` accept (both the kernel and the
-/// Debian spelling). A product with another arch is silently dropped by the clients,
-/// so the index refuses it instead.
-pub fn is_known_arch(arch: &str) -> bool {
-    const KNOWN: &[&str] = &[
-        "i686",
-        "i386",
-        "i586",
-        "386",
-        "x86",
-        "x86_64",
-        "amd64",
-        "armv6l",
-        "armel",
-        "arm",
-        "armv7l",
-        "armhf",
-        "armv8l",
-        "aarch64",
-        "arm64",
-        "ppc",
-        "powerpc",
-        "ppc64",
-        "powerpc64",
-        "ppc64le",
-        "ppc64el",
-        "s390x",
-        "mips",
-        "mips64",
-        "mips64el",
-        "riscv32",
-        "riscv64",
-        "loongarch64",
-        "loong64",
-    ];
-    KNOWN.contains(&arch)
-}
-
-/// A version serial, `YYYYMMDD_HH:MM` (a real date and time).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Serial(String);
-
-impl Serial {
-    /// Parses the strict form `YYYYMMDD_HH:MM`.
-    pub fn parse(s: &str) -> Result<Self, IndexError> {
-        Self::datetime(s).map(|_| Self(s.to_owned())).ok_or_else(|| IndexError::Serial(s.to_owned()))
-    }
-
-    /// Also the spellings other servers use: `YYYYMMDDHHMM` (incus-simplestreams) and
-    /// `YYYYMMDD`; the result is always `YYYYMMDD_HH:MM`.
-    pub fn parse_lenient(s: &str) -> Result<Self, IndexError> {
-        let all_digits = s.bytes().all(|b| b.is_ascii_digit());
-        match s.len() {
-            12 if all_digits => Self::parse(&format!("{}_{}:{}", &s[..8], &s[8..10], &s[10..])),
-            8 if all_digits => Self::parse(&format!("{s}_00:00")),
-            _ => Self::parse(s),
-        }
-        .map_err(|_| IndexError::Serial(s.to_owned()))
-    }
-
-    /// `YYYYMMDD_HHMM`.
-    pub fn tag_form(&self) -> String {
-        self.0.replace(':', "")
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    fn datetime(s: &str) -> Option<NaiveDateTime> {
-        let b = s.as_bytes();
-        let digits = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);
-        if b.len() != 14 || b[8] != b'_' || b[11] != b':' || !digits(0..8) || !digits(9..11) || !digits(12..14) {
-            return None;
-        }
-        let num = |r: std::ops::Range<usize>| s[r].parse::<u32>().ok();
-        let date = NaiveDate::from_ymd_opt(num(0..4)? as i32, num(4..6)?, num(6..8)?)?;
-        date.and_hms_opt(num(9..11)?, num(12..14)?, 0)
-    }
-
-    /// The serial as an RFC 2822 date, what simplestreams puts in `updated`.
-    fn rfc2822(&self) -> String {
-        let t = Self::datetime(&self.0).expect("a Serial is always valid");
-        t.format("%a, %d %b %Y %H:%M:%S +0000").to_string()
-    }
-}
-
-impl fmt::Display for Serial {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// The kinds of root filesystem an image version may carry; each one is a separate
-/// image for the clients.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum RootKind {
-    /// A container rootfs as squashfs (`rootfs.squashfs`).
-    Squashfs,
-    /// A container rootfs as a tarball (`root.tar.xz`).
-    RootTarXz,
-    /// A virtual machine disk (`disk-kvm.img`).
-    DiskKvmImg,
-}
-
-impl RootKind {
-    /// The item's `ftype`.
-    pub fn ftype(self) -> &'static str {
-        match self {
-            RootKind::Squashfs => "squashfs",
-            RootKind::RootTarXz => "root.tar.xz",
-            RootKind::DiskKvmImg => "disk-kvm.img",
-        }
-    }
-
-    /// The item's key inside the version's `items`.
-    fn item_name(self) -> &'static str {
-        match self {
-            RootKind::Squashfs => "root.squashfs",
-            RootKind::RootTarXz => "root.tar.xz",
-            RootKind::DiskKvmImg => "disk-kvm.img",
-        }
-    }
-}
-
-/// One file of a version as the index names it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FileRef {
-    /// Relative to the stream's base URL, e.g. `images/debian/…/20260101_00:00/rootfs.squashfs`.
-    pub path: String,
-    /// Lowercase hex SHA-256 of the file.
-    pub sha256: String,
-    pub size: u64,
-}
-
-/// A rootfs file and the combined fingerprint of the metadata with it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rootfs {
-    pub file: FileRef,
-    /// `sha256(metadata bytes ‖ rootfs bytes)`, lowercase hex: the image fingerprint.
-    pub combined_sha256: String,
-}
-
-/// One version of a product: its metadata tarball and one or more rootfs files.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ImageVersion {
-    pub serial: Serial,
-    pub metadata: FileRef,
-    pub rootfs: BTreeMap<RootKind, Rootfs>,
-}
-
-/// What the clients show of a product besides its key.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct ProductProps {
-    /// The `os` field (display name), e.g. `Debian`. Defaults to the key's os.
-    pub os: Option<String>,
-    /// `release_title`. Defaults to the key's release.
-    pub release_title: Option<String>,
-    /// Aliases, each without commas; listed under the newest version.
-    pub aliases: Vec<String>,
-}
-
-/// Validates `version` on its own: paths, hashes, at least one rootfs.
-pub fn validate_version(version: &ImageVersion) -> Result<(), IndexError> {
-    let files = std::iter::once(("metadata", &version.metadata))
-        .chain(version.rootfs.iter().map(|(k, r)| (k.ftype(), &r.file)));
-    for (what, file) in files {
-        if !is_safe_relative_path(&file.path) {
-            return Err(IndexError::Path(file.path.clone()));
-        }
-        check_sha(&format!("{} {what}", version.serial), &file.sha256)?;
-    }
-    if version.rootfs.is_empty() {
-        return Err(IndexError::NoRootfs(version.serial.to_string()));
-    }
-    for (kind, root) in &version.rootfs {
-        check_sha(&format!("{} combined {}", version.serial, kind.ftype()), &root.combined_sha256)?;
-    }
-    Ok(())
-}
-
-/// Validates a product's display fields.
-pub fn validate_props(props: &ProductProps) -> Result<(), IndexError> {
-    for (field, value) in [("os", &props.os), ("release_title", &props.release_title)] {
-        if let Some(v) = value.as_deref().filter(|v| v.chars().any(char::is_control)) {
-            return Err(IndexError::Text { field, value: v.to_owned() });
-        }
-    }
-    for alias in &props.aliases {
-        if alias.is_empty() || alias.chars().any(|c| c == ',' || c.is_whitespace() || c.is_control()) {
-            return Err(IndexError::Alias(alias.clone()));
-        }
-    }
-    Ok(())
-}
-
-fn check_sha(what: &str, value: &str) -> Result<(), IndexError> {
-    if is_sha256_hex(value) {
-        Ok(())
-    } else {
-        Err(IndexError::Sha256 { what: what.to_owned(), value: value.to_owned() })
-    }
-}
-
-/// Whether an item path is safe to join onto the base URL: relative, only plain
-/// segments, nothing a URL or a file system would read specially.
-pub fn is_safe_relative_path(path: &str) -> bool {
-    !path.is_empty()
-        && !path.starts_with('/')
-        && path.split('/').all(|seg| !seg.is_empty() && seg != "." && seg != "..")
-        && !path.chars().any(|c| matches!(c, '\\' | '%' | '?' | '#') || c.is_control() || c.is_whitespace())
-}
 
 /// `sha256(metadata ‖ rootfs)` streamed from two readers: the image fingerprint.
 pub fn combined_sha256(metadata: impl Read, rootfs: impl Read) -> io::Result<String> {
@@ -355,8 +91,8 @@ impl Index {
     ) -> Result<(), IndexError> {
         let entries: Vec<_> = entries.into_iter().collect();
         for (_, props, version) in &entries {
-            validate_props(props)?;
-            validate_version(version)?;
+            props.validate()?;
+            version.validate()?;
         }
         let mut touched = std::collections::BTreeSet::new();
         for (key, props, version) in entries {
@@ -623,50 +359,6 @@ mod tests {
             os: Some("Debian".into()),
             release_title: None,
             aliases: aliases.iter().map(|s| s.to_string()).collect(),
-        }
-    }
-
-    #[test]
-    fn serials_are_strict() {
-        assert!(Serial::parse("20260101_00:00").is_ok());
-        assert!(Serial::parse("20261231_23:59").is_ok());
-        for bad in [
-            "20260101",
-            "2026-01-01",
-            "20260230_00:00",
-            "20260101_24:00",
-            "20260101_00:60",
-            "20260101-00:00",
-            "20260101_0:000",
-            "v1",
-            "２0260101_00:00",
-        ] {
-            assert!(Serial::parse(bad).is_err(), "{bad}");
-        }
-        let s = Serial::parse("20260102_03:04").unwrap();
-        assert_eq!(s.tag_form(), "20260102_0304");
-        assert_eq!(s.rfc2822(), "Fri, 02 Jan 2026 03:04:00 +0000");
-        assert_eq!(Serial::parse_lenient("202601020304").unwrap(), s);
-        assert_eq!(Serial::parse_lenient("20260102").unwrap().as_str(), "20260102_00:00");
-        assert!(Serial::parse_lenient("2026010203041").is_err());
-        assert!(Serial::parse_lenient("v1").is_err());
-    }
-
-    #[test]
-    fn product_keys_refuse_odd_names_and_unknown_arches() {
-        assert!(ProductKey::new("debian", "12.1", "arm64", "cloud-init").is_ok());
-        assert!(ProductKey::new("Debian", "12", "amd64", "default").is_err());
-        assert!(ProductKey::new("debian", "..", "amd64", "default").is_err());
-        assert!(ProductKey::new("debian", "a:b", "amd64", "default").is_err());
-        assert!(ProductKey::new("debian", "12", "sparc", "default").is_err());
-        assert_eq!(key("debian", "bookworm").to_string(), "debian:bookworm:amd64:default");
-    }
-
-    #[test]
-    fn paths_must_stay_relative_and_plain() {
-        assert!(is_safe_relative_path("images/debian/bookworm/amd64/default/20260101_00:00/incus.tar.xz"));
-        for bad in ["", "/abs", "a/../b", "a//b", "./a", "a/%2e%2e/b", "a\\b", "a?b", "a#b", "a b", "a/"] {
-            assert!(!is_safe_relative_path(bad), "{bad}");
         }
     }
 

@@ -11,7 +11,9 @@
 use serde::Deserialize;
 pub use updraft_core::image_metadata::{read_metadata_yaml, ImageMetadata};
 
-use super::index::{IndexError, ProductKey, RootKind, Serial};
+use super::index::{IndexError, ProductKey, Serial};
+pub use updraft_core::simplestreams::layout::version_dir;
+pub use updraft_core::simplestreams::VersionFile;
 
 /// Why a metadata tarball or an upload path is refused.
 #[derive(Debug, thiserror::Error)]
@@ -26,47 +28,12 @@ pub enum MetadataError {
     Index(#[from] IndexError),
 }
 
-/// What one uploaded file is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum UploadFile {
-    /// The metadata tarball (`lxd.tar.xz` or `incus.tar.xz`).
-    Metadata,
-    Rootfs(RootKind),
-    /// `metadata.json`: overrides of `os`, `release_title` and `aliases`.
-    MetadataJson,
-}
-
-impl UploadFile {
-    /// The accepted file names; every other name is refused.
-    pub fn from_name(name: &str) -> Option<Self> {
-        Some(match name {
-            "lxd.tar.xz" | "incus.tar.xz" => UploadFile::Metadata,
-            "rootfs.squashfs" => UploadFile::Rootfs(RootKind::Squashfs),
-            "root.tar.xz" | "rootfs.tar.xz" => UploadFile::Rootfs(RootKind::RootTarXz),
-            "disk-kvm.img" => UploadFile::Rootfs(RootKind::DiskKvmImg),
-            "metadata.json" => UploadFile::MetadataJson,
-            _ => return None,
-        })
-    }
-
-    /// The name the file is served under.
-    pub fn served_name(self) -> &'static str {
-        match self {
-            UploadFile::Metadata => "incus.tar.xz",
-            UploadFile::Rootfs(RootKind::Squashfs) => "rootfs.squashfs",
-            UploadFile::Rootfs(RootKind::RootTarXz) => "root.tar.xz",
-            UploadFile::Rootfs(RootKind::DiskKvmImg) => "disk-kvm.img",
-            UploadFile::MetadataJson => "metadata.json",
-        }
-    }
-}
-
 /// A parsed upload file name: `os/release/arch/variant/YYYYMMDD_HH:MM/<file>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UploadPath {
     pub product: ProductKey,
     pub serial: Serial,
-    pub file: UploadFile,
+    pub file: VersionFile,
 }
 
 impl UploadPath {
@@ -91,7 +58,7 @@ impl UploadPath {
         };
         let product = ProductKey::new(os, release, arch, variant)?;
         let serial = Serial::parse(serial)?;
-        let file = UploadFile::from_name(file).ok_or_else(|| {
+        let file = VersionFile::from_name(file).ok_or_else(|| {
             refuse("file must be lxd.tar.xz, incus.tar.xz, rootfs.squashfs, root.tar.xz, disk-kvm.img or metadata.json")
         })?;
         Ok(Self { product, serial, file })
@@ -101,11 +68,6 @@ impl UploadPath {
     pub fn served_path(&self) -> String {
         version_dir(&self.product, &self.serial) + "/" + self.file.served_name()
     }
-}
-
-/// `images/os/release/arch/variant/serial`: a version's folder under the base URL.
-pub fn version_dir(product: &ProductKey, serial: &Serial) -> String {
-    format!("images/{}/{}/{}/{}/{}", product.os, product.release, product.arch, product.variant, serial)
 }
 
 /// The optional `metadata.json` of an uploaded version.
@@ -143,23 +105,24 @@ fn aliases<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use updraft_core::simplestreams::RootKind;
 
     #[test]
     fn upload_paths() {
         let p = UploadPath::parse("debian/bookworm/amd64/default/20260101_00:00/lxd.tar.xz").unwrap();
         assert_eq!(p.product.to_string(), "debian:bookworm:amd64:default");
         assert_eq!(p.serial.as_str(), "20260101_00:00");
-        assert_eq!(p.file, UploadFile::Metadata);
+        assert_eq!(p.file, VersionFile::Metadata);
         assert_eq!(p.served_path(), "images/debian/bookworm/amd64/default/20260101_00:00/incus.tar.xz");
         let p = UploadPath::parse("ubuntu/22.04/arm64/cloud/20261231_23:59/rootfs.squashfs").unwrap();
-        assert_eq!(p.file, UploadFile::Rootfs(RootKind::Squashfs));
+        assert_eq!(p.file, VersionFile::Rootfs(RootKind::Squashfs));
         assert_eq!(
             UploadPath::parse("a/b/amd64/c/20260101_00:00/disk-kvm.img").unwrap().file,
-            UploadFile::Rootfs(RootKind::DiskKvmImg)
+            VersionFile::Rootfs(RootKind::DiskKvmImg)
         );
         assert_eq!(
             UploadPath::parse("a/b/amd64/c/20260101_00:00/metadata.json").unwrap().file,
-            UploadFile::MetadataJson
+            VersionFile::MetadataJson
         );
     }
 

@@ -21,11 +21,15 @@
 //! - [`oci_source`]: versions from artifacts a person pushed (`incus image export` + `oras push`);
 //! - [`upstream`]: a mirror of another simplestreams server;
 //! - [`stream`]: one stream's live state and its sync loop;
+//! - [`published`]: what a stream serves and reports (documents, file table, status, metrics);
+//! - `blobs`: the verified, cached files behind the index, fetched once per digest;
 //! - [`upload`]: the upload and delete handlers.
 
+mod blobs;
 pub mod index;
 pub mod metadata;
 pub mod oci_source;
+pub mod published;
 pub mod registry;
 pub mod stream;
 pub mod upload;
@@ -46,7 +50,8 @@ use bytes::Bytes;
 use crate::cache::Cache;
 use crate::http::{self, Download};
 use crate::metrics::Metrics;
-pub use stream::{Stream, StreamMetrics};
+pub use published::StreamMetrics;
+pub use stream::Stream;
 use updraft_core::config::GatewayConfig;
 use updraft_core::oci;
 

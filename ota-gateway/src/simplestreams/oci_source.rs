@@ -8,50 +8,28 @@
 //! ```
 //!
 //! Which layer is which: the media type when it is one of
-//! [`registry::media_type`]'s (recommended), else the file name in
+//! [`VersionFile::media_type`]'s (recommended), else the file name in
 //! `org.opencontainers.image.title` (`meta-*.tar.xz` or `lxd.tar.xz`/`incus.tar.xz`
-//! for the metadata; `*.squashfs`, `*.tar.xz`, `*.img`/`*.qcow2` for the rootfs).
+//! for the metadata; `*.squashfs`, `*.tar.xz`, `*.img`/`*.qcow2` for the rootfs):
+//! [`VersionFile::of_layer`].
 //!
-//! Product properties come from the manifest annotations when present
-//! ([`registry::ANN_PRODUCT`] `os:release:arch:variant`, [`registry::ANN_SERIAL`]
-//! `YYYYMMDD_HH:MM`, [`registry::ANN_OS`], [`registry::ANN_RELEASE_TITLE`],
-//! [`registry::ANN_ALIASES`]), else from `metadata.yaml` inside the metadata tarball:
-//! `properties.architecture` or else `architecture` (kernel names mapped to Debian's:
-//! `x86_64` → `amd64`),
-//! `properties.os` / `release` / `variant` (default `default`), and `creation_date`
-//! for the serial. A rootfs layer may carry its combined fingerprint in
-//! [`registry::ANN_COMBINED`]; otherwise the gateway fetches both files by digest
-//! (verified, into the cache it serves them from) and computes it.
+//! Product and serial come from the manifest annotations when present, else from
+//! `metadata.yaml` inside the metadata tarball
+//! ([`updraft_core::simplestreams::Identity::with_metadata`]: the rule the
+//! ImageStream controller counts with). A rootfs layer may carry its combined
+//! fingerprint in [`registry::ANN_COMBINED`]; otherwise the gateway fetches both files
+//! by digest (verified, into the cache it serves them from) and computes it.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use chrono::DateTime;
 use oci_client::manifest::{OciDescriptor, OciImageManifest};
 
-use updraft_core::image_metadata::{self, debian_arch, MetadataError};
+use updraft_core::image_metadata::{self, MetadataError};
+use updraft_core::simplestreams::{layout, Identity};
 
-use super::index::{ProductKey, ProductProps, Serial};
-use super::metadata::{read_metadata_yaml, ImageMetadata, UploadFile};
-use super::registry::{self, layer_file, StoredVersion};
+use super::metadata::{read_metadata_yaml, ImageMetadata, VersionFile};
+use super::registry::{self, StoredVersion};
 use super::Stream;
-
-/// The product key `metadata.yaml` describes.
-pub fn product_from_metadata(m: &ImageMetadata) -> Result<ProductKey, String> {
-    let os = m.property("os").ok_or("metadata.yaml has no properties.os")?.to_ascii_lowercase();
-    let release = m.property("release").ok_or("metadata.yaml has no properties.release")?.to_ascii_lowercase();
-    let variant = m.property("variant").unwrap_or("default").to_ascii_lowercase();
-    // `properties.architecture` (what incus-simplestreams reads), else the top-level
-    // kernel name.
-    let arch = debian_arch(m.property("architecture").unwrap_or(&m.architecture));
-    ProductKey::new(&os, &release, arch, &variant).map_err(|e| format!("metadata.yaml: {e}"))
-}
-
-/// The serial of a `creation_date` (Unix seconds, UTC).
-pub fn serial_from_creation(seconds: i64) -> Result<Serial, String> {
-    let t = DateTime::from_timestamp(seconds, 0).ok_or_else(|| format!("creation_date {seconds} is out of range"))?;
-    Serial::parse(&t.format("%Y%m%d_%H:%M").to_string()).map_err(|e| e.to_string())
-}
 
 /// Why an artifact is not indexed. `lasting` when what its manifest digest holds decides
 /// it (no metadata layer, a metadata tarball refused or without a product), not the
@@ -89,44 +67,20 @@ impl Stream {
         self: &Arc<Self>,
         manifest: &OciImageManifest,
     ) -> Result<StoredVersion, Unreadable> {
-        let mut layers = BTreeMap::new();
-        for layer in &manifest.layers {
-            if let Some(file) = layer_file(layer) {
-                layers.entry(file).or_insert_with(|| layer.clone());
-            }
+        let layers = registry::layers(manifest);
+        if let Some(why) = layout::incomplete(&layers) {
+            return Err(why.into());
         }
-        let meta = layers.get(&UploadFile::Metadata).cloned().ok_or(image_metadata::NO_METADATA_LAYER)?;
+        let meta = layers[&VersionFile::Metadata].clone();
         let ann = manifest.annotations.clone().unwrap_or_default();
-        let get = |k: &str| ann.get(k).map(String::as_str).filter(|s| !s.is_empty());
-        let annotated = match (get(registry::ANN_PRODUCT), get(registry::ANN_SERIAL)) {
-            (Some(_), Some(_)) => Some(StoredVersion::from_manifest(manifest).map_err(|e| e.to_string())?),
-            _ => None,
-        };
-        let mut version = match annotated {
-            Some(mut v) => {
-                v.layers = layers;
-                v
-            }
+        let id = match Identity::from_annotations(&ann).map_err(|e| e.to_string())? {
+            Some(id) => id,
             None => {
                 let yaml = self.metadata_yaml(&meta).await?;
-                let product = match get(registry::ANN_PRODUCT) {
-                    Some(_) => StoredVersion::from_manifest(manifest).map_err(|e| e.to_string())?.product,
-                    None => product_from_metadata(&yaml)?,
-                };
-                let serial = match get(registry::ANN_SERIAL) {
-                    Some(s) => Serial::parse(s).map_err(|e| e.to_string())?,
-                    None => serial_from_creation(yaml.creation_date)?,
-                };
-                let props = ProductProps {
-                    os: get(registry::ANN_OS).or(yaml.property("os")).map(String::from),
-                    release_title: get(registry::ANN_RELEASE_TITLE).or(yaml.property("release")).map(String::from),
-                    aliases: get(registry::ANN_ALIASES)
-                        .map(|a| a.split(',').filter(|s| !s.is_empty()).map(String::from).collect())
-                        .unwrap_or_default(),
-                };
-                StoredVersion { product, props, serial, layers, deleted: false }
+                Identity::with_metadata(&ann, &yaml).map_err(|e| e.to_string())?
             }
         };
+        let mut version = StoredVersion::new(id, layers);
         self.fill_combined(&mut version).await.map_err(Unreadable::transient)?;
         Ok(version)
     }
@@ -144,24 +98,5 @@ impl Stream {
             .await
             .map_err(|e| Unreadable::transient(format!("metadata tarball: {e}")))?;
         Ok(read.map_err(|e| e.to_string())?)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn products_and_serials_from_metadata_yaml() {
-        let m: ImageMetadata = serde_yaml::from_str(
-            "architecture: x86_64\ncreation_date: 1767225600\nproperties: {os: Debian, release: bookworm, description: x}\n",
-        )
-        .unwrap();
-        assert_eq!(product_from_metadata(&m).unwrap().to_string(), "debian:bookworm:amd64:default");
-        assert_eq!(serial_from_creation(m.creation_date).unwrap().as_str(), "20260101_00:00");
-        let odd: ImageMetadata =
-            serde_yaml::from_str("architecture: sparc\nproperties: {os: x, release: y}\n").unwrap();
-        assert!(product_from_metadata(&odd).is_err());
-        assert!(product_from_metadata(&ImageMetadata::default()).is_err());
     }
 }

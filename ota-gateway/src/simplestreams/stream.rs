@@ -1,6 +1,5 @@
-//! One stream's live state: the published documents and file table, the loop that
-//! keeps them in step with the registry, and the verified, cached blobs behind the
-//! files.
+//! One stream's live state and the loop that keeps it in step with its source: what
+//! it publishes is [`super::published`], the files behind it [`super::blobs`].
 //!
 //! Every replica runs the same loop over the same repository: it lists the tags,
 //! reads the manifests of tags it has not seen (and, every [`FULL_EVERY`] rounds,
@@ -18,148 +17,42 @@
 //! and named in the status, and asked about again on the next full round (a signature
 //! pushed later is seen within [`FULL_EVERY`] intervals; a new signed version at once).
 //! Registry errors are not kept: the next round asks again. Cosign's own tags
-//! (`sha256-<hex>.sig`, the referrers tag schema's `sha256-<hex>`) are not versions.
+//! (`sha256-<hex>.sig`, `.att`, `.sbom`, the referrers tag schema's `sha256-<hex>`:
+//! [`oci::tags`]) are not versions.
+//!
+//! Every file the published index lists is pinned in the cache under this stream's
+//! name (`Cache::protect`), like firmware's releases: cache pressure evicts what no
+//! surface lists, never a file a client was just told about. A new index replaces the
+//! pins; a stream removed by a reload drops them.
 
-use std::collections::{BTreeMap, HashMap};
-use std::io::{BufWriter, Write as _};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use axum::http::HeaderValue;
-use bytes::Bytes;
-use futures::future::{BoxFuture, Shared};
-use futures::{FutureExt as _, StreamExt as _};
-use oci_client::manifest::{OciDescriptor, OciManifest};
+use oci_client::manifest::OciManifest;
 use oci_client::secrets::RegistryAuth;
 use oci_client::Client;
-use sha2::{Digest, Sha256};
 use tokio::sync::{watch, Notify};
 
-use super::index::{validate_props, validate_version, FileEntry, Index, ProductKey, Serial};
+use super::blobs::{blob_key, Inflight};
+use super::index::{FileEntry, Index, ProductKey, Serial};
+use super::published::{Published, StreamMetrics, StreamStatus};
 use super::registry::{self, StoredVersion};
 use super::upstream::Upstream;
 use super::StreamError;
-use crate::cache::{Cache, Payload};
+use crate::cache::Cache;
 use crate::http::auth::Secret;
-use crate::metrics::Metrics;
-use crate::unpack::Digesting;
-use prometheus::{IntCounter, IntGauge};
 use updraft_core::config::{SourceConfig, StreamConfig, UploadStreamSource};
 use updraft_core::cosign::Verifier;
 use updraft_core::oci;
 use updraft_core::version::parse_duration;
 
+/// Numbers the streams made in this process (see `Stream::pin_owner`).
+static NEXT_STREAM: AtomicU64 = AtomicU64::new(0);
+
 /// Every this many rounds, all manifests are read again (overwrites, deletes).
 pub const FULL_EVERY: u64 = 12;
-
-/// The documents and the file table one index render produced.
-pub struct Published {
-    pub index_json: Bytes,
-    pub images_json: Bytes,
-    pub index_etag: HeaderValue,
-    pub images_etag: HeaderValue,
-    gzip: OnceLock<(Bytes, Bytes)>,
-    /// Item path (relative to the base URL) → the blob behind it.
-    pub files: HashMap<String, FileEntry>,
-    pub products: usize,
-    pub versions: usize,
-    /// The files of each product's newest version: fetched ahead of the first
-    /// request (the clients give a response 30 s before they give up).
-    pub newest: Vec<FileEntry>,
-}
-
-impl Published {
-    fn new(
-        index_json: String,
-        images_json: String,
-        files: HashMap<String, FileEntry>,
-        newest: Vec<FileEntry>,
-        index: &Index,
-    ) -> Self {
-        let etag = |b: &[u8]| {
-            HeaderValue::from_str(&format!("\"{}\"", &hex::encode(Sha256::digest(b))[..32])).expect("hex is ascii")
-        };
-        Self {
-            index_etag: etag(index_json.as_bytes()),
-            images_etag: etag(images_json.as_bytes()),
-            index_json: Bytes::from(index_json),
-            images_json: Bytes::from(images_json),
-            gzip: OnceLock::new(),
-            files,
-            products: index.product_count(),
-            versions: index.version_count(),
-            newest,
-        }
-    }
-
-    /// The two documents gzip-compressed, made on first request.
-    pub fn gzipped(&self) -> &(Bytes, Bytes) {
-        self.gzip.get_or_init(|| {
-            let gz = |b: &[u8]| {
-                let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-                enc.write_all(b).expect("writing to memory");
-                Bytes::from(enc.finish().expect("writing to memory"))
-            };
-            (gz(&self.index_json), gz(&self.images_json))
-        })
-    }
-}
-
-/// What a stream reports about itself (for status and metrics).
-#[derive(Debug, Clone, Default, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct StreamStatus {
-    pub products: usize,
-    pub versions: usize,
-    /// Why the last render or listing was not published; `None` when it was.
-    pub error: Option<String>,
-    /// Versions left out of the index, by tag, with the reason.
-    pub rejected: BTreeMap<String, String>,
-    /// Rounds completed since start.
-    pub rounds: u64,
-}
-
-/// A stream's metrics, bound to its name.
-#[derive(Clone)]
-pub struct StreamMetrics {
-    valid: IntGauge,
-    failures: IntCounter,
-    versions: IntGauge,
-    unverified: prometheus::IntCounterVec,
-    stream: String,
-}
-
-impl StreamMetrics {
-    pub fn new(metrics: &Metrics, stream: &str) -> Self {
-        Self {
-            valid: metrics.stream_index_valid.with_label_values(&[stream]),
-            failures: metrics.stream_index_failures.with_label_values(&[stream]),
-            versions: metrics.stream_versions.with_label_values(&[stream]),
-            unverified: metrics.stream_unverified.clone(),
-            stream: stream.to_owned(),
-        }
-    }
-
-    /// Drops the series of a stream that is gone.
-    pub fn forget(metrics: &Metrics, stream: &str) {
-        let _ = metrics.stream_index_valid.remove_label_values(&[stream]);
-        let _ = metrics.stream_index_failures.remove_label_values(&[stream]);
-        let _ = metrics.stream_versions.remove_label_values(&[stream]);
-        for reason in UNVERIFIED_REASONS {
-            let _ = metrics.stream_unverified.remove_label_values(&[stream, reason]);
-        }
-    }
-
-    /// One digest newly refused by verification, for `reason`.
-    fn unverified(&self, reason: &str) {
-        self.unverified.with_label_values(&[self.stream.as_str(), reason]).inc();
-    }
-}
-
-/// The `reason` label values of `updraft_gateway_stream_unverified_total`
-/// (`updraft_core::cosign::VerifyError::reason`).
-const UNVERIFIED_REASONS: [&str; 6] =
-    ["NoSignature", "WrongKey", "OtherDigest", "Tampered", "RegistryError", "InvalidDigest"];
 
 /// What verification said about one manifest digest.
 struct Verdict {
@@ -186,8 +79,6 @@ struct SyncState {
     unreadable: HashMap<String, String>,
 }
 
-type BlobFuture = Shared<BoxFuture<'static, Result<Arc<Payload>, String>>>;
-
 /// One stream.
 pub struct Stream {
     pub name: String,
@@ -212,10 +103,20 @@ pub struct Stream {
     pub(super) writes: tokio::sync::Mutex<()>,
     wake: Notify,
     rounds: watch::Sender<u64>,
-    inflight: Mutex<HashMap<String, BlobFuture>>,
+    pub(super) inflight: Inflight,
     /// Tags this replica wrote since the last round: read again whatever they held.
     dirty: Mutex<std::collections::HashSet<String>>,
     metrics: StreamMetrics,
+    /// The name this stream pins its listed files under in the cache (unique per
+    /// stream object: a replaced stream's late round cannot unpin its successor's).
+    pin_owner: String,
+}
+
+impl Drop for Stream {
+    /// A stream that is gone serves nothing: its files may be evicted.
+    fn drop(&mut self) {
+        self.cache.unprotect(&self.pin_owner);
+    }
 }
 
 impl Stream {
@@ -280,7 +181,16 @@ impl Stream {
             inflight: Mutex::new(HashMap::new()),
             dirty: Mutex::new(std::collections::HashSet::new()),
             metrics,
+            pin_owner: format!("simplestreams {} #{}", config.name, NEXT_STREAM.fetch_add(1, Ordering::Relaxed)),
         }))
+    }
+
+    /// Serves `published` from now on, its files pinned in the cache: what the index
+    /// lists is never evicted while it is listed, as firmware pins its releases.
+    fn publish(&self, published: Arc<Published>) {
+        let listed = published.files.values().map(|f| blob_key(&f.digest)).collect();
+        self.cache.protect(&self.pin_owner, listed);
+        *self.published.write().unwrap_or_else(|e| e.into_inner()) = published;
     }
 
     pub fn published(&self) -> Arc<Published> {
@@ -336,7 +246,7 @@ impl Stream {
                 self.metrics.valid.set(1);
                 self.metrics.versions.set(published.versions as i64);
                 self.prefetch(published.newest.clone());
-                *self.published.write().unwrap_or_else(|e| e.into_inner()) = published;
+                self.publish(published);
             }
             Ok(None) => {
                 status.error = None;
@@ -368,7 +278,7 @@ impl Stream {
             Err(e) => return Err(format!("listing {}/{}: {e}", self.source.registry, self.source.repository)),
         };
         // Cosign's signatures and referrer indexes live beside the versions.
-        let tags: Vec<String> = tags.into_iter().filter(|t| !is_signature_tag(t)).collect();
+        let tags = version_tags(tags);
         let mut changed = false;
         let listed: std::collections::HashSet<&String> = tags.iter().collect();
         let gone: Vec<String> = st.known.keys().filter(|t| !listed.contains(t)).cloned().collect();
@@ -439,7 +349,7 @@ impl Stream {
             let props = version.index_props();
             let checked = version.to_index_version().map_err(|e| e.to_string()).and_then(|entry| {
                 let Some(entry) = entry else { return Ok(None) };
-                validate_props(&props).and(validate_version(&entry)).map(|()| Some(entry)).map_err(|e| e.to_string())
+                props.validate().and(entry.validate()).map(|()| Some(entry)).map_err(|e| e.to_string())
             });
             match checked {
                 Ok(Some(entry)) => {
@@ -552,28 +462,6 @@ impl Stream {
         Ok(Some(Arc::new(Published::new(docs.index_json, docs.images_json, files, newest_files, &index))))
     }
 
-    /// Fetches `files` into the cache in the background, two at a time; failures are
-    /// left for the first request to retry.
-    fn prefetch(self: &Arc<Self>, files: Vec<FileEntry>) {
-        let missing: Vec<FileEntry> =
-            files.into_iter().filter(|f| !matches!(self.cache.lookup(&blob_key(&f.digest)), Ok(Some(_)))).collect();
-        if missing.is_empty() {
-            return;
-        }
-        let this = self.clone();
-        tokio::spawn(async move {
-            let fetches = futures::stream::iter(missing).map(|f| {
-                let this = this.clone();
-                async move {
-                    if let Err(e) = this.file_blob(&f).await {
-                        tracing::warn!(stream = %this.name, digest = %f.digest, error = %e, "prefetch failed");
-                    }
-                }
-            });
-            fetches.buffer_unordered(2).collect::<()>().await;
-        });
-    }
-
     /// Marks a tag this replica rewrote, for the next round to read again.
     pub(super) fn mark_dirty(&self, tag: &str) {
         self.dirty.lock().unwrap_or_else(|e| e.into_inner()).insert(tag.to_owned());
@@ -592,154 +480,16 @@ impl Stream {
                 StoredVersion::from_manifest(&image).map(Some).map_err(|e| StreamError::upstream(e.to_string()))
             }
             Ok((OciManifest::ImageIndex(_), _)) => Err(StreamError::upstream(format!("{tag} is an image index"))),
-            Err(e) if is_unknown_manifest(&e) => Ok(None),
+            Err(e) if oci::is_not_found(&e) => Ok(None),
             Err(e) => Err(StreamError::upstream(format!("manifest {tag}: {e}"))),
         }
     }
-
-    /// The verified file behind an index entry (see [`Stream::blob`]).
-    pub async fn file_blob(self: &Arc<Self>, entry: &FileEntry) -> Result<Arc<Payload>, StreamError> {
-        self.blob_at(&entry.digest, entry.size, entry.url.clone()).await
-    }
-
-    /// The verified blob `digest` from the cache, fetched from the registry first
-    /// when needed (one fetch per blob however many requests wait for it).
-    pub async fn blob(self: &Arc<Self>, digest: &str, size: u64) -> Result<Arc<Payload>, StreamError> {
-        self.blob_at(digest, size, None).await
-    }
-
-    async fn blob_at(
-        self: &Arc<Self>,
-        digest: &str,
-        size: u64,
-        url: Option<String>,
-    ) -> Result<Arc<Payload>, StreamError> {
-        let key = blob_key(digest);
-        if let Ok(Some(payload)) = self.cache.lookup(&key) {
-            return Ok(payload);
-        }
-        let fetch = {
-            let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
-            match inflight.get(&key) {
-                Some(running) => running.clone(),
-                None => {
-                    let this = self.clone();
-                    let digest = digest.to_owned();
-                    let task = tokio::spawn(async move {
-                        let result = match &url {
-                            Some(url) => this.fetch_url(url, &digest, size).await,
-                            None => this.fetch_blob(&digest, size).await,
-                        }
-                        .map_err(|e| e.to_string());
-                        this.inflight.lock().unwrap_or_else(|e| e.into_inner()).remove(&blob_key(&digest));
-                        result
-                    });
-                    let shared =
-                        async move { task.await.unwrap_or_else(|e| Err(format!("fetch task: {e}"))) }.boxed().shared();
-                    inflight.insert(key, shared.clone());
-                    shared
-                }
-            }
-        };
-        fetch.await.map_err(StreamError::upstream)
-    }
-
-    /// A mirrored file from its upstream URL, verified against the upstream's sha256.
-    async fn fetch_url(&self, url: &str, digest: &str, size: u64) -> Result<Arc<Payload>, StreamError> {
-        let upstream = self.upstream.as_ref().ok_or_else(|| StreamError::upstream("not a mirror"))?;
-        let mut response =
-            upstream.http.get(url).send().await.map_err(|e| StreamError::upstream(format!("{url}: {e}")))?;
-        if !response.status().is_success() {
-            return Err(StreamError::upstream(format!("{url}: HTTP {}", response.status())));
-        }
-        let file = self.cache.temp_file()?;
-        let mut out = Digesting::new(BufWriter::with_capacity(256 * 1024, file));
-        let mut received = 0u64;
-        while let Some(chunk) = response.chunk().await.map_err(|e| StreamError::upstream(format!("{url}: {e}")))? {
-            received += chunk.len() as u64;
-            if received > size {
-                return Err(StreamError::upstream(format!("{url} is longer than the {size} bytes the index says")));
-            }
-            out.write_all(&chunk)?;
-        }
-        self.commit_verified(out, digest, size).await
-    }
-
-    /// Checks a received file against `digest` and `size` and makes it a cache entry.
-    async fn commit_verified(
-        &self,
-        out: Digesting<BufWriter<tempfile::NamedTempFile>>,
-        digest: &str,
-        size: u64,
-    ) -> Result<Arc<Payload>, StreamError> {
-        let (summary, buffered) = out.finish()?;
-        let file = buffered.into_inner().map_err(|e| e.into_error())?;
-        if summary.size != size || format!("sha256:{}", summary.sha256) != digest {
-            return Err(StreamError::upstream(format!(
-                "{digest} failed verification: got sha256:{} ({} bytes)",
-                summary.sha256, summary.size
-            )));
-        }
-        let cache = self.cache.clone();
-        let key = blob_key(digest);
-        Ok(tokio::task::spawn_blocking(move || cache.commit(&key, file, summary)).await.map_err(io_join)??)
-    }
-
-    async fn fetch_blob(&self, digest: &str, size: u64) -> Result<Arc<Payload>, StreamError> {
-        let reference = oci::digest_reference(&self.source.registry, &self.source.repository, digest);
-        let layer = OciDescriptor {
-            media_type: "application/octet-stream".into(),
-            digest: digest.to_owned(),
-            size: size as i64,
-            urls: None,
-            artifact_type: None,
-            annotations: None,
-        };
-        self.client.store_auth_if_needed(&self.source.registry, &self.auth).await;
-        let mut stream = self
-            .client
-            .pull_blob_stream(&reference, &layer)
-            .await
-            .map_err(|e| StreamError::upstream(format!("blob {digest}: {e}")))?;
-        let file = self.cache.temp_file()?;
-        let mut out = Digesting::new(BufWriter::with_capacity(256 * 1024, file));
-        let mut received = 0u64;
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| StreamError::upstream(format!("blob {digest}: {e}")))?;
-            // Writes land in the page cache; a chunk at a time keeps them short.
-            out.write_all(&chunk)?;
-            received += chunk.len() as u64;
-            if received > size {
-                return Err(StreamError::upstream(format!("blob {digest} is longer than {size} bytes")));
-            }
-        }
-        self.commit_verified(out, digest, size).await
-    }
 }
 
-fn io_join(e: tokio::task::JoinError) -> std::io::Error {
-    std::io::Error::other(e)
-}
-
-/// Whether `tag` is one cosign or the referrers tag schema made: `sha256-<64 hex>`,
-/// alone or with a `.sig`, `.att` or `.sbom` suffix.
-fn is_signature_tag(tag: &str) -> bool {
-    let Some(rest) = tag.strip_prefix("sha256-") else { return false };
-    let hex =
-        rest.split_once('.').map_or(rest, |(h, suffix)| if matches!(suffix, "sig" | "att" | "sbom") { h } else { "" });
-    hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())
-}
-
-/// The cache key of a stream blob.
-pub fn blob_key(digest: &str) -> String {
-    format!("simplestreams-blob {digest}")
-}
-
-fn is_unknown_manifest(e: &oci_client::errors::OciDistributionError) -> bool {
-    let text = e.to_string().to_ascii_lowercase();
-    ["manifest_unknown", "manifest unknown", "name_unknown", "name unknown", "404", "not found"]
-        .iter()
-        .any(|s| text.contains(s))
+/// The tags that may hold versions: every tag but cosign's and the referrers fallback's
+/// ([`oci::tags::attached_to`], the rule the operator counts with).
+fn version_tags(tags: Vec<String>) -> Vec<String> {
+    tags.into_iter().filter(|t| !oci::tags::is_attached(t)).collect()
 }
 
 #[cfg(test)]
@@ -747,19 +497,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cosign_tags_are_not_versions() {
+    fn cosign_tags_are_not_versions_and_a_tar_suffixed_digest_tag_is_one() {
         let hex = "ab".repeat(32);
-        for tag in [format!("sha256-{hex}"), format!("sha256-{hex}.sig"), format!("sha256-{hex}.att")] {
-            assert!(is_signature_tag(&tag), "{tag}");
-        }
-        for tag in [
-            "debian-12".to_owned(),
-            format!("sha256-{}", &hex[..63]),
-            format!("sha256-{hex}.tar"),
-            format!("sha256-{}z", &hex[..63]),
-            "sha256-".to_owned(),
-        ] {
-            assert!(!is_signature_tag(&tag), "{tag}");
-        }
+        let tags = ["sig", "att", "sbom", "tar"].map(|suffix| format!("sha256-{hex}.{suffix}"));
+        let listed = [vec![format!("sha256-{hex}"), "debian-12".to_owned()], tags.to_vec()].concat();
+        assert_eq!(version_tags(listed), vec!["debian-12".to_owned(), format!("sha256-{hex}.tar")]);
     }
 }

@@ -28,10 +28,10 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use oci_client::manifest::{OciDescriptor, OciManifest};
 
-use super::index::{combined_sha256, validate_props, ProductKey, Serial};
-use super::metadata::{read_metadata_yaml, MetadataError, UploadFile, UploadMetadata, UploadPath};
+use super::blobs::blob_key;
+use super::index::{combined_sha256, ProductKey, Serial};
+use super::metadata::{read_metadata_yaml, MetadataError, UploadMetadata, UploadPath, VersionFile};
 use super::registry::{self, StoredVersion, ANN_COMBINED, ANN_TITLE};
-use super::stream::blob_key;
 use super::{Stream, StreamError, Streams};
 use crate::http;
 use crate::server::Transport;
@@ -85,7 +85,7 @@ pub async fn upload(
         let (summary, buffered) = out.finish()?;
         let file = buffered.into_inner().map_err(|e| e.into_error())?;
         let mut from_tarball = None;
-        if path.file == UploadFile::Metadata {
+        if path.file == VersionFile::Metadata {
             // The tarball must carry metadata.yaml (the daemon needs it to import the
             // image); its `os` property names the product unless metadata.json does.
             // Read from the received file, streaming, within core's limits.
@@ -100,7 +100,7 @@ pub async fn upload(
             from_tarball = yaml.property("os").map(String::from);
         }
         let overrides = match path.file {
-            UploadFile::MetadataJson => {
+            VersionFile::MetadataJson => {
                 if summary.size > MAX_METADATA_JSON {
                     return Err(StreamError::bad_request(format!("metadata.json is over {MAX_METADATA_JSON} bytes")));
                 }
@@ -220,7 +220,7 @@ impl Stream {
             if let Some(aliases) = &m.aliases {
                 version.props.aliases.clone_from(aliases);
             }
-            validate_props(&version.props).map_err(|e| StreamError::bad_request(format!("metadata.json: {e}")))?;
+            version.props.validate().map_err(|e| StreamError::bad_request(format!("metadata.json: {e}")))?;
         }
         let digest = format!("sha256:{}", summary.sha256);
         let size = summary.size;
@@ -235,14 +235,14 @@ impl Stream {
         let mut annotations = std::collections::BTreeMap::new();
         annotations.insert(ANN_TITLE.to_owned(), path.file.served_name().to_owned());
         let layer = OciDescriptor {
-            media_type: registry::media_type(path.file).to_owned(),
+            media_type: path.file.media_type().to_owned(),
             digest,
             size: size as i64,
             urls: None,
             artifact_type: None,
             annotations: Some(annotations),
         };
-        if path.file == UploadFile::Metadata {
+        if path.file == VersionFile::Metadata {
             // A new metadata tarball makes every combined fingerprint stale.
             for layer in version.layers.values_mut() {
                 if let Some(a) = layer.annotations.as_mut() {
@@ -270,9 +270,9 @@ impl Stream {
     /// Computes the combined fingerprint of every rootfs that lacks one, once the
     /// version has its metadata tarball.
     pub(super) async fn fill_combined(self: &Arc<Self>, version: &mut StoredVersion) -> Result<(), StreamError> {
-        let Some(meta) = version.layers.get(&UploadFile::Metadata).cloned() else { return Ok(()) };
+        let Some(meta) = version.layers.get(&VersionFile::Metadata).cloned() else { return Ok(()) };
         for (file, layer) in version.layers.iter_mut() {
-            if !matches!(file, UploadFile::Rootfs(_))
+            if !matches!(file, VersionFile::Rootfs(_))
                 || layer.annotations.as_ref().is_some_and(|a| a.contains_key(ANN_COMBINED))
             {
                 continue;
@@ -307,7 +307,7 @@ impl Stream {
         self: &Arc<Self>,
         product: &ProductKey,
         serial: &Serial,
-        file: Option<UploadFile>,
+        file: Option<VersionFile>,
     ) -> Result<(), StreamError> {
         let _writing = self.writes.lock().await;
         let mut version = self

@@ -4,7 +4,9 @@
 //! Each round reads the upstream's `streams/v1/index.json` and the `image-downloads`
 //! document it names, keeps the products that match every filter (`os=`, `release=`,
 //! `arch=`, `variant=`), and builds this stream's own index from them: the same
-//! hashes and combined fingerprints, files under this gateway's paths. A file is
+//! hashes and combined fingerprints, files under this gateway's paths. Which products
+//! and versions those are is [`updraft_core::simplestreams::upstream`]'s rule, the one
+//! the ImageStream controller counts with. A file is
 //! fetched from the upstream on first request (or ahead, for each product's newest
 //! version), verified against the upstream's sha256 and size, and cached. When the
 //! upstream is down the last index keeps serving and the status says why.
@@ -14,19 +16,16 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::index::FileEntry;
-use super::index::{
-    validate_props, validate_version, FileRef, ImageVersion, Index, ProductKey, ProductProps, RootKind, Rootfs, Serial,
-};
-use super::metadata::version_dir;
+use super::index::{FileEntry, ImageVersion, Index, ProductKey, ProductProps};
 use super::StreamError;
 use updraft_core::config::UpstreamStreamSource;
+use updraft_core::simplestreams::upstream::{self as rule, Filters};
 
 /// A mirrored server and how to reach it.
 pub struct Upstream {
     /// Base URL without a trailing `/`.
     pub url: String,
-    pub filters: Vec<(String, String)>,
+    pub filters: Filters,
     pub http: reqwest::Client,
 }
 
@@ -41,11 +40,7 @@ impl Upstream {
             builder = builder.add_root_certificate(cert);
         }
         let http = builder.build().map_err(|e| StreamError::Config(format!("upstream client: {e}")))?;
-        let filters = config
-            .filters
-            .iter()
-            .filter_map(|f| f.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
-            .collect();
+        let filters = Filters::parse(&config.filters);
         Ok(Self { url: config.url.trim_end_matches('/').to_owned(), filters, http })
     }
 
@@ -61,115 +56,24 @@ impl Upstream {
     /// Reads the upstream and builds the mirrored index and its file table.
     pub async fn read(&self) -> Result<Mirrored, String> {
         let index = self.get_json("streams/v1/index.json").await?;
-        let path = index["index"]
-            .as_object()
-            .and_then(|entries| {
-                entries.values().find(|e| e["datatype"] == "image-downloads").and_then(|e| e["path"].as_str())
-            })
-            .ok_or("upstream index.json names no image-downloads document")?
-            .to_owned();
-        if !super::index::is_safe_relative_path(&path) {
-            return Err(format!("upstream index.json names an unsafe path {path:?}"));
-        }
-        let images = self.get_json(&path).await?;
+        let path = rule::image_downloads_path(&index).map_err(|e| format!("upstream {e}"))?;
+        let images = self.get_json(path).await?;
         Ok(self.mirror(&images))
-    }
-
-    fn matches(&self, product: &Value) -> bool {
-        self.filters.iter().all(|(k, v)| {
-            let have = product[k.as_str()].as_str().unwrap_or(if k == "variant" { "default" } else { "" });
-            if k == "os" {
-                have.eq_ignore_ascii_case(v)
-            } else {
-                have == v
-            }
-        })
     }
 
     /// The part of an upstream `images.json` this stream mirrors.
     pub fn mirror(&self, images: &Value) -> Mirrored {
-        let mut out = Mirrored::default();
-        let Some(products) = images["products"].as_object() else { return out };
-        for (name, p) in products {
-            if !self.matches(p) {
-                continue;
-            }
-            let text = |k: &str| p[k].as_str().unwrap_or("").to_owned();
-            let variant = Some(text("variant")).filter(|v| !v.is_empty()).unwrap_or_else(|| "default".into());
-            let key = match ProductKey::new(&text("os").to_ascii_lowercase(), &text("release"), &text("arch"), &variant)
-            {
-                Ok(key) => key,
-                Err(e) => {
-                    out.rejected.insert(name.clone(), e.to_string());
-                    continue;
-                }
-            };
-            let props = ProductProps {
-                os: Some(text("os")).filter(|s| !s.is_empty()),
-                release_title: Some(text("release_title")).filter(|s| !s.is_empty()),
-                aliases: text("aliases").split(',').filter(|a| !a.is_empty()).map(String::from).collect(),
-            };
-            let Some(versions) = p["versions"].as_object() else { continue };
-            for (serial_text, v) in versions {
-                match self.version(&key, serial_text, &v["items"]) {
-                    Ok((version, files)) => match validate_props(&props).and(validate_version(&version)) {
-                        Ok(()) => {
-                            out.files.extend(files);
-                            out.versions.push((key.clone(), props.clone(), version));
-                        }
-                        Err(e) => {
-                            out.rejected.insert(format!("{name} {serial_text}"), e.to_string());
-                        }
-                    },
-                    Err(reason) => {
-                        out.rejected.insert(format!("{name} {serial_text}"), reason);
-                    }
-                }
-            }
-        }
-        out
-    }
-
-    /// One upstream version under this stream's paths.
-    fn version(
-        &self,
-        key: &ProductKey,
-        serial_text: &str,
-        items: &Value,
-    ) -> Result<(ImageVersion, Vec<(String, FileEntry)>), String> {
-        let serial = Serial::parse_lenient(serial_text).map_err(|e| e.to_string())?;
-        let items = items.as_object().ok_or("no items")?;
-        let by_ftype = |ftype: &str| items.values().find(|i| i["ftype"] == ftype);
-        let meta = by_ftype("incus.tar.xz").or_else(|| by_ftype("lxd.tar.xz")).ok_or("no metadata tarball item")?;
-        let dir = version_dir(key, &serial);
-        let mut files = Vec::new();
-        let mut file = |item: &Value, name: &str| -> Result<FileRef, String> {
-            let path = item["path"].as_str().ok_or("item without path")?;
-            if !super::index::is_safe_relative_path(path) {
-                return Err(format!("unsafe item path {path:?}"));
-            }
-            let sha256 = item["sha256"].as_str().ok_or("item without sha256")?.to_owned();
-            let size = item["size"].as_u64().ok_or("item without size")?;
-            let served = format!("{dir}/{name}");
-            files.push((
-                served.clone(),
-                FileEntry { digest: format!("sha256:{sha256}"), size, url: Some(format!("{}/{path}", self.url)) },
-            ));
-            Ok(FileRef { path: served, sha256, size })
+        let mirrored = rule::mirror(images, &self.filters, &self.url);
+        let file = |f: rule::UpstreamFile| FileEntry {
+            digest: format!("sha256:{}", f.sha256),
+            size: f.size,
+            url: Some(f.url),
         };
-        let metadata = file(meta, "incus.tar.xz")?;
-        let combined = |field: &str| meta[field].as_str().filter(|s| !s.is_empty()).map(String::from);
-        let mut rootfs = BTreeMap::new();
-        for (kind, name, fields) in [
-            (RootKind::Squashfs, "rootfs.squashfs", &["combined_squashfs_sha256"][..]),
-            (RootKind::RootTarXz, "root.tar.xz", &["combined_rootxz_sha256", "combined_sha256"][..]),
-            (RootKind::DiskKvmImg, "disk-kvm.img", &["combined_disk-kvm-img_sha256"][..]),
-        ] {
-            let Some(item) = by_ftype(kind.ftype()) else { continue };
-            let Some(combined_sha256) = fields.iter().find_map(|f| combined(f)) else { continue };
-            rootfs.insert(kind, Rootfs { file: file(item, name)?, combined_sha256 });
+        Mirrored {
+            versions: mirrored.versions,
+            files: mirrored.files.into_iter().map(|(path, f)| (path, file(f))).collect(),
+            rejected: mirrored.rejected,
         }
-        Ok((ImageVersion { serial, metadata, rootfs }, files))
     }
 }
 
@@ -205,6 +109,7 @@ impl Mirrored {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::simplestreams::index::RootKind;
 
     fn sha(c: char) -> String {
         std::iter::repeat_n(c, 64).collect()
@@ -255,13 +160,5 @@ mod tests {
         let (index, files) = m.build(1).unwrap();
         assert_eq!(index.version_count(), 1);
         assert!(files.keys().all(|p| p.contains("20260102_00:00")), "{files:?}");
-    }
-
-    #[test]
-    fn filters_and_bad_products() {
-        assert_eq!(upstream(&["os=alpine"]).mirror(&images()).versions.len(), 0);
-        let all = upstream(&[]).mirror(&images());
-        assert!(all.rejected.contains_key("odd:x:sparc:default"), "{:?}", all.rejected);
-        assert_eq!(upstream(&["release=trixie"]).mirror(&images()).versions.len(), 0);
     }
 }
