@@ -39,11 +39,13 @@ started=$(date +%s)
 
 # Local ports. The rendered config says 0.0.0.0:<port> as a pod would listen; each local
 # process gets its own loopback port instead (the pod's port → the local one).
-#   gateway (LAN)   http 8080 → 38080, https 8443 → 38443, store 8081 → 38082, admin 9090 → 39090
-#   mirror worker   admin 9090 → 39091
-#   WAN gateway     http 48080, https 48443, store 48081, admin 49090 (its own config file)
-#   operator        admin 38081
-# crds/samples/artifactmirror.yaml names the two stores at these addresses.
+#   gateway (LAN)   http 8080 → 28080, https 8443 → 28443, store 8081 → 28082, admin 9090 → 29090
+#   mirror worker   admin 9090 → 29091
+#   WAN gateway     http 27080, https 27443, store 27081, admin 27090 (its own config file)
+#   operator        admin 28081
+# crds/samples/artifactmirror.yaml names the two stores at these addresses. All are below
+# 32768, outside Linux's ephemeral range: a fixed port there was once taken by another
+# program's outgoing connection ("the WAN gateway did not start: address in use").
 
 say "starting the local control plane and registry (the first run builds kube-apiserver, ~8 min)"
 bash e2e/scripts/cluster.sh up >/dev/null
@@ -86,7 +88,7 @@ system_roots=/etc/ssl/certs/ca-certificates.crt
 
 say "starting the operator (watching namespace $ns; log $run/operator.log)"
 kubectl create namespace "$ns" --dry-run=client -o yaml | kubectl apply --server-side -f - >/dev/null
-SSL_CERT_FILE="$pki/roots.pem" "$bin/updraft-operator" --namespace "$ns" --admin-addr 127.0.0.1:38081 >"$run/operator.log" 2>&1 &
+SSL_CERT_FILE="$pki/roots.pem" "$bin/updraft-operator" --namespace "$ns" --admin-addr 127.0.0.1:28081 >"$run/operator.log" 2>&1 &
 echo $! >"$run/operator.pid"
 
 say "pushing an Incus image (the two files \`incus image export\` writes) to $UPDRAFT_REGISTRY/images/lab with oras"
@@ -116,25 +118,25 @@ rm -rf "$run/wan" && mkdir -p "$run/wan"
 cat >"$run/wan/gateway.yaml" <<EOF_WAN
 # A gateway outside Kubernetes: no channels, one artifact store, HTTPS with the test
 # certificate (so the store takes writes: the write key never crosses in the clear).
-listen: 127.0.0.1:48080
-adminListen: 127.0.0.1:49090
+listen: 127.0.0.1:27080
+adminListen: 127.0.0.1:27090
 cache:
   dir: $run/wan/cache
 tls:
-  listen: 127.0.0.1:48443
+  listen: 127.0.0.1:27443
   certFile: $pki/tls.crt
   keyFile: $pki/tls.key
 stores:
 - name: wan
-  listen: 127.0.0.1:48081
+  listen: 127.0.0.1:27081
   dir: $run/wan/store
   writeKeyFile: $keys/wan-store.key
 EOF_WAN
 "$bin/ota-gateway" --config "$run/wan/gateway.yaml" >"$run/wan.log" 2>&1 &
 echo $! >"$run/wan.pid"
-for _ in $(seq 100); do curl -fs 127.0.0.1:49090/readyz >/dev/null 2>&1 && break; sleep 0.2; done
-curl -fs 127.0.0.1:49090/readyz >/dev/null || die "the WAN gateway did not start; see $run/wan.log"
-echo "ota-gateway --config $run/wan/gateway.yaml  (store: https://127.0.0.1:48081)"
+for _ in $(seq 100); do curl -fs 127.0.0.1:27090/readyz >/dev/null 2>&1 && break; sleep 0.2; done
+curl -fs 127.0.0.1:27090/readyz >/dev/null || die "the WAN gateway did not start; see $run/wan.log"
+echo "ota-gateway --config $run/wan/gateway.yaml  (store: https://127.0.0.1:27081)"
 
 say "applying the samples into namespace $ns, with the gateway's TLS Secret, store volume and store keys"
 kubectl create secret tls gateway-cert -n "$ns" --cert="$pki/tls.crt" --key="$pki/tls.key" --dry-run=client -o yaml \
@@ -212,8 +214,8 @@ mount_secret store-key key /etc/updraft/store-key
 mount_secret wan-store-key key /etc/updraft/mirror-keys/wan-store-key
 local_config() { # local_config ADMIN_PORT: the rendered gateway.yaml with local paths and ports
   rendered | sed -e "s#: /\(etc\|var\)/#: $pod/\1/#" \
-    -e 's/0\.0\.0\.0:8080$/127.0.0.1:38080/' -e 's/0\.0\.0\.0:8443$/127.0.0.1:38443/' \
-    -e 's/0\.0\.0\.0:8081$/127.0.0.1:38082/' -e "s/0\.0\.0\.0:9090\$/127.0.0.1:$1/"
+    -e 's/0\.0\.0\.0:8080$/127.0.0.1:28080/' -e 's/0\.0\.0\.0:8443$/127.0.0.1:28443/' \
+    -e 's/0\.0\.0\.0:8081$/127.0.0.1:28082/' -e "s/0\.0\.0\.0:9090\$/127.0.0.1:$1/"
 }
 # A kubelet's readiness report: once the local process answers /readyz, the pods of its
 # Deployment are marked Ready (through `kubectl proxy`: kubectl 1.20 cannot write a
@@ -236,7 +238,7 @@ report_ready() { # report_ready DEPLOYMENT ADMIN_PORT
     for p in $pods; do
       read -r container image < <(kubectl get -n "$ns" pod "$p" -o jsonpath='{.spec.containers[0].name} {.spec.containers[0].image}{"\n"}' 2>/dev/null) || continue
       curl -fs -X PATCH -H 'Content-Type: application/merge-patch+json' \
-        "127.0.0.1:38001/api/v1/namespaces/$ns/pods/$p/status" -d "{\"status\":{\"phase\":\"Running\",
+        "127.0.0.1:28001/api/v1/namespaces/$ns/pods/$p/status" -d "{\"status\":{\"phase\":\"Running\",
           \"conditions\":[${conditions%,}],
           \"containerStatuses\":[{\"name\":\"$container\",\"image\":\"$image\",\"imageID\":\"\",\"ready\":true,
             \"started\":true,\"restartCount\":0,\"state\":{\"running\":{\"startedAt\":\"$now\"}}}]}}" >/dev/null || true
@@ -245,27 +247,27 @@ report_ready() { # report_ready DEPLOYMENT ADMIN_PORT
   done
   return 1
 }
-kubectl proxy --port=38001 >"$run/proxy.log" 2>&1 &
+kubectl proxy --port=28001 >"$run/proxy.log" 2>&1 &
 proxy=$!
 trap 'kill $proxy 2>/dev/null || true' EXIT
-for _ in $(seq 50); do curl -fs 127.0.0.1:38001/version >/dev/null 2>&1 && break; sleep 0.2; done
+for _ in $(seq 50); do curl -fs 127.0.0.1:28001/version >/dev/null 2>&1 && break; sleep 0.2; done
 
 say "running the gateway locally from the ConfigMap the operator rendered (no kubelet here)"
-local_config 39090 >"$run/gateway.yaml"
+local_config 29090 >"$run/gateway.yaml"
 "$bin/ota-gateway" --config "$run/gateway.yaml" >"$run/gateway.log" 2>&1 &
 echo $! >"$run/gateway.pid"
-report_ready default 39090 || die "the gateway did not become ready; see $run/gateway.log"
+report_ready default 29090 || die "the gateway did not become ready; see $run/gateway.log"
 
 say "1. firmware: a simulated ESP32 running 0.9.0 checks for an update (OtaFlux API)"
 answer=""
 for _ in $(seq 50); do
-  answer=$(curl -fs "127.0.0.1:38080/version?device=esp32-devkit") && break
+  answer=$(curl -fs "127.0.0.1:28080/version?device=esp32-devkit") && break
   sleep 0.2
 done
 [ -n "$answer" ] || die "the gateway did not answer /version; see $run/gateway.log"
 { read -r version; read -r crc; read -r size; } <<<"$answer"$'\n'
 echo "GET /version?device=esp32-devkit -> version=$version crc32=$crc size=$size"
-curl -fs "127.0.0.1:38080/firmware?device=esp32-devkit" -o "$run/flashed.bin"
+curl -fs "127.0.0.1:28080/firmware?device=esp32-devkit" -o "$run/flashed.bin"
 got_crc=$(python3 -c 'import sys,zlib; print(zlib.crc32(open(sys.argv[1],"rb").read()))' "$run/flashed.bin")
 got_size=$(stat -c %s "$run/flashed.bin")
 [ "$got_crc" = "$crc" ] && [ "$got_size" = "$size" ] || die "downloaded firmware does not match: crc $got_crc size $got_size"
@@ -283,7 +285,7 @@ say "incus lists the image from the gateway over HTTPS (the remote the status na
 conf="$run/incus"
 rm -rf "$conf" && mkdir -p "$conf"
 incus_() { INCUS_CONF="$conf" HOME="$run" SSL_CERT_FILE="$pki/ca.pem" incus "$@"; }
-url=https://127.0.0.1:38443/streams/lab-images
+url=https://127.0.0.1:28443/streams/lab-images
 for _ in $(seq 50); do curl -fs --cacert "$pki/ca.pem" "$url/streams/v1/images.json" | grep -q "$fingerprint" && break; sleep 0.2; done
 incus_ remote add lab "$url" --protocol simplestreams --public >/dev/null || die "incus remote add $url failed; see $run/gateway.log"
 echo "incus remote add lab $url --protocol simplestreams --public"
@@ -307,7 +309,7 @@ client_python="${UPDRAFT_CACHE:-$HOME/.cache/updraft}/clients-venv/bin/python"
 [ -x "$client_python" ] || client_python=python3
 "$client_python" -c 'import requests' 2>/dev/null \
   || die "python's requests is missing (cluster.sh tools installs it; or apt-get install python3-requests)"
-"$client_python" - "https://127.0.0.1:38082" "$artifact" "$run/router-1.2.0.bin" "$pod/etc/updraft/store-key/key" "$pki/ca.pem" <<'PY'
+"$client_python" - "https://127.0.0.1:28082" "$artifact" "$run/router-1.2.0.bin" "$pod/etc/updraft/store-key/key" "$pki/ca.pem" <<'PY'
 import os, sys, requests
 server, path, filename, key_file, ca = sys.argv[1:6]
 write_key = open(key_file).read().strip()
@@ -337,18 +339,18 @@ PY
 sent=$(sha256sum "$run/router-1.2.0.bin" | cut -d' ' -f1)
 
 say "running the mirror worker locally from the same ConfigMap (ota-gateway --mirror)"
-local_config 39091 >"$run/mirror.yaml"
+local_config 29091 >"$run/mirror.yaml"
 SSL_CERT_FILE="$pki/roots.pem" "$bin/ota-gateway" --mirror --config "$run/mirror.yaml" >"$run/mirror.log" 2>&1 &
 echo $! >"$run/mirror.pid"
-report_ready default-mirror 39091 || die "the mirror worker did not become ready; see $run/mirror.log"
+report_ready default-mirror 29091 || die "the mirror worker did not become ready; see $run/mirror.log"
 for _ in $(seq 150); do
-  curl -fs --cacert "$pki/ca.pem" "https://127.0.0.1:48081/download/$artifact" -o "$run/arrived.bin" 2>/dev/null && break
+  curl -fs --cacert "$pki/ca.pem" "https://127.0.0.1:27081/download/$artifact" -o "$run/arrived.bin" 2>/dev/null && break
   sleep 0.2
 done
 [ -s "$run/arrived.bin" ] || die "$artifact did not arrive at the WAN store; see $run/mirror.log"
 arrived=$(sha256sum "$run/arrived.bin" | cut -d' ' -f1)
-echo "uploaded to LAN   https://127.0.0.1:38082/upload/$artifact    sha256 $sent"
-echo "arrived at WAN    https://127.0.0.1:48081/download/$artifact  sha256 $arrived"
+echo "uploaded to LAN   https://127.0.0.1:28082/upload/$artifact    sha256 $sent"
+echo "arrived at WAN    https://127.0.0.1:27081/download/$artifact  sha256 $arrived"
 [ "$arrived" = "$sent" ] && cmp -s "$run/arrived.bin" "$run/router-1.2.0.bin" \
   || die "the file at the WAN store differs from the one uploaded"
 artifacts_line="artifacts  $artifact: uploaded to the LAN store, forwarded to the WAN store, identical (sha256 ${sent:0:12})"
