@@ -21,13 +21,15 @@
 //!   the operator rolls the pods on them);
 //! - [`secret`]: what a key or token is (trimmed, never empty), for every key either
 //!   side reads;
-//! - [`telemetry`]: the log set-up both binaries share.
+//! - [`telemetry`]: the log set-up both binaries share;
+//! - [`backoff`]: the doubling backoff of every retry loop on either side.
 //!
 //! No server and no Kubernetes client live here: both sides depend on this crate, and it
 //! depends on neither.
 
 #![deny(unsafe_code)]
 
+pub mod backoff;
 pub mod config;
 pub mod cosign;
 pub mod image_metadata;

@@ -17,6 +17,8 @@ use serde::Serialize;
 use sha2::Sha256;
 use tokio::sync::{mpsc, Semaphore};
 
+use crate::backoff::Backoff;
+
 /// Deliveries waiting for the worker; beyond this new ones are dropped (and logged).
 const QUEUE: usize = 256;
 /// Deliveries in flight at once (each with its retries).
@@ -239,7 +241,7 @@ async fn work(mut rx: mpsc::Receiver<Delivery>, user_agent: &'static str) {
 /// POSTs until a 2xx, a final refusal (4xx other than 408 and 429), or the last attempt.
 async fn deliver(client: &reqwest::Client, d: &Delivery) {
     let (url, id, kind) = (&d.target.url, &d.id, d.event.kind);
-    let mut backoff = FIRST_BACKOFF;
+    let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
     for attempt in 1..=ATTEMPTS {
         let mut request = client
             .post(url)
@@ -266,9 +268,9 @@ async fn deliver(client: &reqwest::Client, d: &Delivery) {
             tracing::warn!(%url, delivery = %id, error = %outcome, attempt, "webhook undelivered; giving up");
             return;
         }
-        tracing::info!(%url, delivery = %id, error = %outcome, attempt, retry_in = ?backoff, "webhook failed; retrying");
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(MAX_BACKOFF);
+        let wait = backoff.wait();
+        tracing::info!(%url, delivery = %id, error = %outcome, attempt, retry_in = ?wait, "webhook failed; retrying");
+        tokio::time::sleep(wait).await;
     }
 }
 

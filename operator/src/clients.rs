@@ -3,21 +3,38 @@
 //! bearer tokens and an HTTP client pools connections, so one of each per purpose serves
 //! every object (STYLE idiom 10), and a test builds its own context with its own clients.
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use oci_client::client::ClientProtocol;
+use updraft_core::notify::WebhookSender;
 
 /// How the operator introduces itself to registries and stores.
 pub(crate) const USER_AGENT: &str = concat!("updraft-operator/", env!("CARGO_PKG_VERSION"));
 
-/// One registry client per protocol and the HTTP client of store listings.
-/// Cloning shares them (their token caches and connection pools included).
+/// One registry client per protocol, the HTTP clients of store listings and of
+/// upstream simplestreams servers, and the webhook sender.
+/// Cloning shares them (their token caches, connection pools and queue included).
 #[derive(Clone)]
 pub(crate) struct Clients {
     https: oci_client::Client,
     http: oci_client::Client,
     /// Listings of filuxe-compatible stores (ArtifactMirror sides).
     pub store: reqwest::Client,
+    /// Upstream simplestreams servers (ImageStream sources) trusted with the system's
+    /// roots; a stream with its own CA bundle builds from [`upstream_builder`].
+    pub upstream: reqwest::Client,
+    /// Started on first use: its delivery task needs the runtime, a `Clients` does not.
+    webhooks: Arc<OnceLock<WebhookSender>>,
+}
+
+/// The settings of every upstream simplestreams client (the shared one, and those
+/// built per stream to trust a `caConfigMap`).
+pub(crate) fn upstream_builder() -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .user_agent(USER_AGENT)
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(60))
 }
 
 impl Clients {
@@ -33,7 +50,14 @@ impl Clients {
                 .redirect(updraft_core::mirror::redirect::policy())
                 .build()
                 .expect("an HTTP client builds"),
+            upstream: upstream_builder().build().expect("an HTTP client with defaults"),
+            webhooks: Arc::default(),
         }
+    }
+
+    /// The process's webhook sender (`release.failed` announcements).
+    pub fn webhooks(&self) -> &WebhookSender {
+        self.webhooks.get_or_init(|| WebhookSender::start(USER_AGENT))
     }
 
     /// The registry client for a source: plain HTTP when it is `insecure`.

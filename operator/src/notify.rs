@@ -8,10 +8,10 @@
 //! Off the reconcile path: [`failed_verification`] spawns the Secret reads and only
 //! enqueues; a receiver that is down never delays a reconcile.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use kube::ResourceExt;
-use updraft_core::notify::{FailedRelease, WebhookEvent, WebhookSender, WebhookTarget};
+use updraft_core::notify::{FailedRelease, WebhookEvent, WebhookTarget};
 use updraft_crds::OtaGateway;
 
 use crate::context::Context;
@@ -33,12 +33,6 @@ pub(crate) struct Refused {
     pub reason: String,
 }
 
-/// The one sender of the process (started on first use, inside the runtime).
-fn sender() -> &'static WebhookSender {
-    static SENDER: OnceLock<WebhookSender> = OnceLock::new();
-    SENDER.get_or_init(|| WebhookSender::start(concat!("updraft-operator/", env!("CARGO_PKG_VERSION"))))
-}
-
 /// Announces `refused` to `gateway`'s webhooks; returns at once.
 pub(crate) fn failed_verification(ctx: &Arc<Context>, gateway: Option<Arc<OtaGateway>>, refused: Refused) {
     let Some(gateway) = gateway.filter(|gw| !gw.spec.notifications.webhooks.is_empty()) else { return };
@@ -56,7 +50,7 @@ pub(crate) fn failed_verification(ctx: &Arc<Context>, gateway: Option<Arc<OtaGat
             reason: &refused.reason,
         });
         tracing::info!(digest = %refused.digest, receivers = targets.len(), "webhook: release.failed");
-        sender().send_to(&event, &targets);
+        ctx.clients.webhooks().send_to(&event, &targets);
     });
 }
 

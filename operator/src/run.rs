@@ -166,9 +166,8 @@ impl<K: Kind> Shared<K> {
 /// server restart could hide changes for up to a minute (seen in
 /// `e2e/tests/faults_operator.rs`); with 4 s a watch is back within ~8 s, at the cost of
 /// one request per watch every 4 s while the API server is unreachable.
-struct WatchBackoff {
-    next: Duration,
-}
+/// (kube's `Backoff` trait over [`updraft_core::backoff::Backoff`], the one rule.)
+struct WatchBackoff(updraft_core::backoff::Backoff);
 
 impl WatchBackoff {
     const FIRST: Duration = Duration::from_millis(500);
@@ -177,7 +176,7 @@ impl WatchBackoff {
 
 impl Default for WatchBackoff {
     fn default() -> Self {
-        Self { next: Self::FIRST }
+        Self(updraft_core::backoff::Backoff::new(Self::FIRST, Self::CEILING))
     }
 }
 
@@ -185,15 +184,13 @@ impl Iterator for WatchBackoff {
     type Item = Duration;
 
     fn next(&mut self) -> Option<Duration> {
-        let wait = self.next;
-        self.next = (wait * 2).min(Self::CEILING);
-        Some(wait)
+        Some(self.0.wait())
     }
 }
 
 impl Backoff for WatchBackoff {
     fn reset(&mut self) {
-        self.next = Self::FIRST;
+        self.0.reset();
     }
 }
 

@@ -105,7 +105,9 @@ pub(crate) fn retry_backoff(errors: u32) -> Duration {
     doubling(Duration::from_secs(1), errors, Duration::from_secs(30))
 }
 
-/// `first` doubled for every failure after the first, capped at `ceiling`.
+/// `first` doubled for every failure after the first, capped at `ceiling`: the curve of
+/// `updraft_core::backoff::Backoff`, computed from a count because a schedule keeps a
+/// count per object (reset by a success), not a retry loop's state.
 fn doubling(first: Duration, failures: u32, ceiling: Duration) -> Duration {
     first.saturating_mul(1 << failures.saturating_sub(1).min(16)).min(ceiling)
 }

@@ -349,7 +349,7 @@ async fn observe(stream: &ImageStream, ctx: &Context, verifier: Option<&(Verifie
             Some(name) => Some(upstream_ca(ctx, &stream.namespace().unwrap_or_default(), name).await?),
             None => None,
         };
-        return observe::upstream(&upstream.url, ca.as_deref(), &spec.filters, keep).await;
+        return observe::upstream(&ctx.clients, &upstream.url, ca.as_deref(), &spec.filters, keep).await;
     }
     let source = match (&spec.source.oci, &spec.source.upload) {
         (Some(oci), _) => oci,
@@ -358,7 +358,7 @@ async fn observe(stream: &ImageStream, ctx: &Context, verifier: Option<&(Verifie
     };
     let auth = secrets::registry_auth(ctx, &stream.namespace().unwrap_or_default(), source).await?;
     let verify = verifier.map(|(verifier, keys)| observe::Verify { verifier, keys: keys.clone() });
-    observe::repository(source, &auth, keep, verify).await
+    observe::repository(&ctx.clients, source, &auth, keep, verify).await
 }
 
 /// A failed status write is retried soon, growing (1 s… 30 s).

@@ -27,10 +27,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Mutex, OnceLock};
-use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
-use oci_client::client::ClientProtocol;
 use oci_client::manifest::{OciDescriptor, OciImageManifest, OciManifest};
 use oci_client::secrets::RegistryAuth;
 use oci_client::Client;
@@ -42,10 +40,10 @@ use updraft_core::simplestreams::upstream::{image_downloads_path, mirror, Filter
 use updraft_core::simplestreams::{layout, Identity as Named, VersionFile};
 use updraft_crds::OciSource;
 
+use crate::clients::{upstream_builder, Clients};
 use crate::context::{Observation, Unverified};
 use crate::error::{Error, Result};
 
-const USER_AGENT: &str = concat!("updraft-operator/", env!("CARGO_PKG_VERSION"));
 /// Registry requests in flight at once for one stream.
 const CONCURRENCY: usize = 8;
 /// Metadata tarballs fetched and read at once, across streams (each holds at most
@@ -91,17 +89,6 @@ fn known() -> std::sync::MutexGuard<'static, Known> {
     guard
 }
 
-/// One registry client per protocol, shared by every stream (they cache tokens).
-fn client(insecure: bool) -> &'static Client {
-    static HTTPS: OnceLock<Client> = OnceLock::new();
-    static HTTP: OnceLock<Client> = OnceLock::new();
-    if insecure {
-        HTTP.get_or_init(|| oci::build_client(USER_AGENT, ClientProtocol::Http))
-    } else {
-        HTTPS.get_or_init(|| oci::build_client(USER_AGENT, ClientProtocol::Https))
-    }
-}
-
 /// The signature check of a stream: the keys, and a fingerprint of them (what a
 /// remembered success is tied to).
 pub(super) struct Verify<'a> {
@@ -109,14 +96,15 @@ pub(super) struct Verify<'a> {
     pub keys: String,
 }
 
-/// Observes an OCI or upload source's repository.
+/// Observes an OCI or upload source's repository with the process's registry client.
 pub(super) async fn repository(
+    clients: &Clients,
     source: &OciSource,
     auth: &RegistryAuth,
     keep: usize,
     verify: Option<Verify<'_>>,
 ) -> Result<Observation> {
-    let client = client(source.insecure);
+    let client = clients.registry(source.insecure);
     let unreachable = |e: &dyn std::fmt::Display| Error::RegistryUnreachable(format!("{}: {e}", source.reference()));
     let reference = oci::tag_reference(&source.registry, &source.repository, "latest");
     let tags = match oci::list_repository_tags(client, &reference, source.insecure, auth).await {
@@ -303,31 +291,24 @@ pub(super) fn tally(versions: impl IntoIterator<Item = (String, String)>, keep: 
     (products.len(), count)
 }
 
-/// The upstream's HTTP client (shared).
-fn http() -> &'static reqwest::Client {
-    static HTTP: OnceLock<reqwest::Client> = OnceLock::new();
-    HTTP.get_or_init(|| client_builder().build().expect("an HTTP client with defaults"))
-}
-
-fn client_builder() -> reqwest::ClientBuilder {
-    reqwest::Client::builder()
-        .user_agent(USER_AGENT)
-        .connect_timeout(Duration::from_secs(10))
-        .timeout(Duration::from_secs(60))
-}
-
 /// Observes an upstream simplestreams server at `url`, trusting the PEM certificates
 /// of `ca` besides the system's.
-pub(super) async fn upstream(url: &str, ca: Option<&[u8]>, filters: &[String], keep: usize) -> Result<Observation> {
+pub(super) async fn upstream(
+    clients: &Clients,
+    url: &str,
+    ca: Option<&[u8]>,
+    filters: &[String],
+    keep: usize,
+) -> Result<Observation> {
     let base = url.trim_end_matches('/');
     let client = match ca {
-        None => http().clone(),
+        None => clients.upstream.clone(),
         Some(pem) => {
             let certs = reqwest::Certificate::from_pem_bundle(pem)
                 .ok()
                 .filter(|c| !c.is_empty())
                 .ok_or_else(|| Error::CaBundle("caConfigMap: ca.crt holds no PEM certificate".into()))?;
-            let builder = certs.into_iter().fold(client_builder(), |b, cert| b.add_root_certificate(cert));
+            let builder = certs.into_iter().fold(upstream_builder(), |b, cert| b.add_root_certificate(cert));
             builder.build().map_err(|e| Error::CaBundle(format!("caConfigMap: {e}")))?
         }
     };

@@ -27,6 +27,7 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
+use updraft_core::backoff::Backoff;
 use updraft_core::config::{GatewayConfig, MirrorConfig, MirrorEndpoint};
 
 use crate::watch::{self, ConfigFile};
@@ -203,6 +204,7 @@ impl Mirror {
     }
 
     async fn copy_with_retries(&self, artifact: &Artifact, observed: &Observed) -> Result<u64, MirrorError> {
+        // Not `Backoff`: no ceiling needed, ATTEMPTS bounds the doubling (0.5 s, 1 s).
         let mut delay = Duration::from_millis(500);
         let mut attempt = 1;
         loop {
@@ -232,7 +234,7 @@ impl Mirror {
             s.destination = destination;
         });
         let interval = self.interval();
-        let mut backoff = Duration::from_secs(1);
+        let mut backoff = Backoff::new(Duration::from_secs(1), interval);
         loop {
             if self.config.suspend {
                 observed.update(&name, |s| s.suspended = true);
@@ -242,30 +244,24 @@ impl Mirror {
             let wait = match self.pass(&observed).await {
                 Ok(true) => {
                     observed.passes.with_label_values(&[&name, "ok"]).inc();
-                    backoff = Duration::from_secs(1);
+                    backoff.reset();
                     interval
                 }
                 Ok(false) => {
                     observed.passes.with_label_values(&[&name, "incomplete"]).inc();
-                    next_backoff(&mut backoff, interval)
+                    backoff.wait()
                 }
                 Err(e) => {
                     tracing::warn!(mirror = name, error = %e, "pass failed; retrying after a backoff");
                     observed.passes.with_label_values(&[&name, "failed"]).inc();
                     observed.errors.with_label_values(&[&name, e.kind()]).inc();
                     observed.update(&name, |s| s.error = Some(e.to_string()));
-                    next_backoff(&mut backoff, interval)
+                    backoff.wait()
                 }
             };
             tokio::time::sleep(wait).await;
         }
     }
-}
-
-fn next_backoff(backoff: &mut Duration, cap: Duration) -> Duration {
-    let wait = (*backoff).min(cap);
-    *backoff = (*backoff * 2).min(cap);
-    wait
 }
 
 fn now() -> f64 {

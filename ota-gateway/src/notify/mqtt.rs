@@ -12,12 +12,14 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Tr
 use tokio::task::JoinHandle;
 
 use super::{read, read_secret, NotifyError};
+use updraft_core::backoff::Backoff;
 use updraft_core::config::MqttConfig;
 
 /// Requests queued towards the broker before `publish` drops one (the latest message
 /// of its topic is still published on the next connection).
 const QUEUE: usize = 1024;
-/// Reconnection attempts back off from 500 ms up to this.
+/// Reconnection attempts back off from 500 ms, doubling up to 8 s.
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(8);
 
 /// The latest message of each topic.
@@ -154,7 +156,7 @@ impl Publisher {
         let (task_client, task_shared) = (client.clone(), shared.clone());
         let broker = format!("{}:{}", settings.host, settings.port);
         let task = tokio::spawn(async move {
-            let mut backoff = Duration::from_millis(500);
+            let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
             let mut up = false;
             loop {
                 match events.poll().await {
@@ -165,7 +167,8 @@ impl Publisher {
                             send(&task_client, topic.clone(), payload.clone());
                         }
                         shared.connected = true;
-                        (up, backoff) = (true, Duration::from_millis(500));
+                        up = true;
+                        backoff.reset();
                     }
                     Ok(Event::Incoming(Packet::PubAck(ack))) => {
                         tracing::debug!(pkid = ack.pkid, "mqtt publish acknowledged")
@@ -179,8 +182,7 @@ impl Publisher {
                             tracing::debug!(%broker, error = %e, "mqtt broker unreachable; retrying");
                         }
                         up = false;
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                        tokio::time::sleep(backoff.wait()).await;
                     }
                 }
             }
