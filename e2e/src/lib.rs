@@ -11,6 +11,7 @@ pub mod faults;
 pub mod fuzz;
 pub mod helm;
 pub mod images;
+pub mod pki;
 pub mod plane;
 pub mod procs;
 pub mod relay;
