@@ -6,6 +6,7 @@
 //! exports `KUBECONFIG`, `UPDRAFT_REGISTRY` and the PATH with the matching `kubectl`.
 
 pub mod bomb;
+pub mod config_sync;
 pub mod cosign;
 pub mod faults;
 pub mod fuzz;
