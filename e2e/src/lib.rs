@@ -16,6 +16,7 @@ pub mod pki;
 pub mod plane;
 pub mod procs;
 pub mod relay;
+pub mod world;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
