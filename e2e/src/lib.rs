@@ -6,14 +6,17 @@
 //! exports `KUBECONFIG`, `UPDRAFT_REGISTRY` and the PATH with the matching `kubectl`.
 
 pub mod bomb;
+pub mod config_sync;
 pub mod cosign;
 pub mod faults;
 pub mod fuzz;
 pub mod helm;
 pub mod images;
+pub mod pki;
 pub mod plane;
 pub mod procs;
 pub mod relay;
+pub mod world;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

@@ -18,62 +18,19 @@
 use std::process::Command;
 use std::time::Duration;
 
-use e2e::procs::{binary, free_port, operator, wait_for, Proc, TempDir};
-use e2e::{install_crds, kubectl, namespace};
+use e2e::kubectl;
+use e2e::procs::{binary, free_port, wait_for, Proc};
+use e2e::world::World;
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(60);
 
-struct World {
-    ns: String,
-    dir: TempDir,
-    operator: Proc,
-    admin: u16,
+/// The steps only this file takes.
+trait Mirrors {
+    fn config(&self) -> Value;
 }
 
-impl World {
-    fn new(name: &str) -> World {
-        install_crds();
-        let ns = namespace(name);
-        let dir = TempDir::new(name);
-        let (operator, admin) = operator(&ns, &dir.0, "operator", &[]);
-        wait_for(WAIT, "operator /readyz", || {
-            let out = Command::new("curl")
-                .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", &format!("http://127.0.0.1:{admin}/readyz")])
-                .output()
-                .unwrap();
-            (out.stdout == b"200").then_some(())
-        });
-        World { ns, dir, operator, admin }
-    }
-
-    fn apply(&self, yaml: &str) {
-        kubectl(&["apply", "--server-side", "-n", &self.ns, "-f", "-"], Some(yaml)).ok();
-    }
-
-    fn get(&self, what: &str) -> Option<Value> {
-        let out = kubectl(&["get", "-n", &self.ns, what, "-o", "json"], None);
-        out.success.then(|| serde_json::from_str(&out.stdout).unwrap())
-    }
-
-    fn wait_until(&self, description: &str, mut f: impl FnMut() -> bool) {
-        let found = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            wait_for(WAIT, description, || f().then_some(()))
-        }));
-        if found.is_err() {
-            panic!("{description} never happened; operator log:\n{}", self.operator.output());
-        }
-    }
-
-    fn wait(&self, what: &str, description: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let mut last = None;
-        self.wait_until(&format!("{what}: {description}"), || {
-            last = self.get(what);
-            last.as_ref().is_some_and(&pred)
-        });
-        last.unwrap()
-    }
-
+impl Mirrors for World {
     /// The gateway's rendered `gateway.yaml`.
     fn config(&self) -> Value {
         let cm = self.get("configmap/default-config").unwrap_or_default();
@@ -114,7 +71,7 @@ fn not_ready(w: &World, what: &str, reason: &str) -> String {
 
 #[test]
 fn the_mirror_worker_exists_only_while_a_mirror_is_attached() {
-    let w = World::new("mirrors");
+    let w = World::new("mirrors").ready();
     kubectl(&["create", "secret", "generic", "wan-key", "-n", &w.ns, "--from-literal=key=w"], None).ok();
     let gateway = |claim: &str| {
         format!("apiVersion: updraft.dev/v1alpha1\nkind: OtaGateway\nmetadata: {{name: default}}\nspec:\n  replicas: 2\n  store: {{claimName: {claim}, writeKeySecret: {{name: wan-key, key: key}}}}\n")
@@ -318,7 +275,7 @@ fn ready_reason(v: &Value) -> Option<(&str, &str)> {
 
 #[test]
 fn a_store_to_store_mirror_reports_pending_behind_in_sync_and_unreachable() {
-    let w = World::new("mirror-observe");
+    let w = World::new("mirror-observe").ready();
     // kubectl validates against the API server's OpenAPI, which publishes a changed CRD
     // a moment after it is applied (and another checkout may have applied its own).
     wait_for(WAIT, "spec.version in the published ArtifactMirror schema", || {

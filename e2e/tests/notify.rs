@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine;
+use e2e::pki::make_pki;
 use e2e::procs::{binary, free_port, operator, oras_push, wait_for, Proc, TempDir};
 use e2e::{cluster, install_crds, kubectl, namespace, repo_root};
 use serde_json::Value;
@@ -33,25 +34,6 @@ fn ensure_mosquitto() {
         Command::new("bash").arg(repo_root().join("e2e/scripts/cluster.sh")).arg("tools").status().unwrap();
     }
     assert!(have(), "mosquitto is not installed and `cluster.sh tools` did not install it");
-}
-
-/// A test CA, a server certificate for 127.0.0.1 and a client certificate.
-fn make_pki(dir: &Path) {
-    let ssl = |args: &[&str]| run(Command::new("openssl").current_dir(dir).args(args));
-    ssl(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt"]
-        .into_iter()
-        .chain(["-days", "2", "-subj", "/CN=updraft e2e CA"])
-        .collect::<Vec<_>>());
-    for (name, ext) in [("server", "subjectAltName=IP:127.0.0.1"), ("client", "extendedKeyUsage=clientAuth")] {
-        let (key, csr, crt, extfile) =
-            (format!("{name}.key"), format!("{name}.csr"), format!("{name}.crt"), format!("{name}.ext"));
-        ssl(&["req", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &csr, "-subj", &format!("/CN={name}")]);
-        std::fs::write(dir.join(&extfile), format!("{ext}\n")).unwrap();
-        ssl(&["x509", "-req", "-in", &csr, "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial"]
-            .into_iter()
-            .chain(["-out", &crt, "-days", "2", "-extfile", &extfile])
-            .collect::<Vec<_>>());
-    }
 }
 
 /// One request the receiver got: lower-case headers and the raw body.

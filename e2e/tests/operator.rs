@@ -6,62 +6,21 @@ use std::process::Command;
 use std::time::Duration;
 
 use e2e::procs::{binary, free_port, operator, oras_push, wait_for, Proc, TempDir};
+use e2e::world::World;
 use e2e::{cluster, install_crds, kubectl, namespace};
 use serde_json::Value;
 
 const MEDIA_TYPE: &str = "application/vnd.updraft.firmware.v1+octet-stream";
 const WAIT: Duration = Duration::from_secs(60);
 
-/// One test's world: a namespace, an operator watching it, a scratch dir, a repository.
-struct World {
-    ns: String,
-    dir: TempDir,
-    operator: Proc,
-    admin: u16,
-    repository: String,
+/// The steps only this file takes.
+trait Firmware {
+    fn push(&self, tag: &str, size: usize) -> Vec<u8>;
+    fn metric(&self, series: &str) -> f64;
+    fn channel_yaml(&self, name: &str, extra: &str) -> String;
 }
 
-impl World {
-    fn new(name: &str) -> World {
-        install_crds();
-        let ns = namespace(name);
-        let dir = TempDir::new(name);
-        let (operator, admin) = operator(&ns, &dir.0, "operator", &[]);
-        let repository = format!("e2e/{ns}/firmware");
-        // Ready once its caches are filled (without leader election, straight away).
-        wait_for(WAIT, "operator /readyz", || {
-            (curl(&[&format!("http://127.0.0.1:{admin}/readyz")]).0 == 200).then_some(())
-        });
-        World { ns, dir, operator, admin, repository }
-    }
-
-    fn apply(&self, yaml: &str) {
-        kubectl(&["apply", "--server-side", "-n", &self.ns, "-f", "-"], Some(yaml)).ok();
-    }
-
-    fn get(&self, what: &str) -> Option<Value> {
-        let out = kubectl(&["get", "-n", &self.ns, what, "-o", "json"], None);
-        out.success.then(|| serde_json::from_str(&out.stdout).unwrap())
-    }
-
-    /// Waits until `what`'s JSON satisfies `pred`, then returns it.
-    fn wait(&self, what: &str, description: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let mut last = Value::Null;
-        let found = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            wait_for(WAIT, description, || {
-                let v = self.get(what)?;
-                last = v.clone();
-                pred(&v).then_some(v)
-            })
-        }));
-        found.unwrap_or_else(|_| {
-            panic!(
-                "{what}: {description} never happened; last seen:\n{last:#}\noperator log:\n{}",
-                self.operator.output()
-            )
-        })
-    }
-
+impl Firmware for World {
     /// Pushes a firmware file of `size` pseudo-random bytes as `tag`; returns its bytes.
     fn push(&self, tag: &str, size: usize) -> Vec<u8> {
         let bytes: Vec<u8> =
@@ -103,7 +62,7 @@ fn is(v: &Value, type_: &str, status: &str) -> bool {
 
 #[test]
 fn channel_resolves_new_versions_and_pins() {
-    let w = World::new("op-resolve");
+    let w = World::new("op-resolve").ready();
     w.push("v1.0.0", 4096);
     w.push("1.1.0-rc.1", 4096);
     w.push("not-a-version", 64);
@@ -163,7 +122,7 @@ fn channel_resolves_new_versions_and_pins() {
 
 #[test]
 fn invalid_spec_stalls_until_fixed() {
-    let w = World::new("op-invalid");
+    let w = World::new("op-invalid").ready();
     w.push("1.0.0", 100);
     w.apply(GATEWAY);
     w.apply(&w.channel_yaml("bad", "  version: {range: \">=banana\"}\n"));
@@ -182,7 +141,7 @@ fn invalid_spec_stalls_until_fixed() {
 
 #[test]
 fn missing_gateway_and_unreachable_registry_are_explained() {
-    let w = World::new("op-explain");
+    let w = World::new("op-explain").ready();
     w.push("1.0.0", 100);
     w.apply(&w.channel_yaml("orphan", "  gatewayRef: nowhere\n"));
     let ch = w.wait("fwc/orphan", "Ready=False GatewayNotFound", |v| {
@@ -207,7 +166,7 @@ fn missing_gateway_and_unreachable_registry_are_explained() {
 
 #[test]
 fn registry_outage_keeps_the_last_resolved_version() {
-    let w = World::new("op-outage");
+    let w = World::new("op-outage").ready();
     // A registry of this test's own, so stopping it disturbs nobody.
     let (registry, port) = private_registry(&w, "");
     oras_push_to(&w, &format!("127.0.0.1:{port}/fw/outage:1.0.0"), &[]);
@@ -258,7 +217,7 @@ fn oras_push_to(w: &World, reference: &str, flags: &[&str]) {
 
 #[test]
 fn registry_credentials_come_from_the_named_secret() {
-    let w = World::new("op-creds");
+    let w = World::new("op-creds").ready();
     let htpasswd =
         Command::new("htpasswd").args(["-Bbn", "updraft", "s3cret"]).output().expect("htpasswd (apache2-utils)");
     let htpasswd_file = w.dir.0.join("htpasswd");
@@ -309,7 +268,7 @@ fn registry_credentials_come_from_the_named_secret() {
 
 #[test]
 fn workloads_are_owned_and_garbage_collected() {
-    let w = World::new("op-gc");
+    let w = World::new("op-gc").ready();
     w.apply(GATEWAY);
     let gw =
         w.wait("otagw/default", "status written", |v| v["status"]["observedGeneration"] == v["metadata"]["generation"]);
@@ -345,7 +304,7 @@ fn workloads_are_owned_and_garbage_collected() {
 
 #[test]
 fn steady_state_makes_no_writes() {
-    let w = World::new("op-idle");
+    let w = World::new("op-idle").ready();
     w.push("1.0.0", 256);
     w.apply(GATEWAY);
     w.apply(&w.channel_yaml("idle", ""));
@@ -379,7 +338,7 @@ fn steady_state_makes_no_writes() {
 
 #[test]
 fn gateway_serves_what_the_operator_rendered() {
-    let w = World::new("op-serve");
+    let w = World::new("op-serve").ready();
     let firmware = w.push("2.3.4", 70_000);
     w.apply(GATEWAY);
     w.apply(&w.channel_yaml("stm32", ""));
@@ -466,7 +425,7 @@ fn leader_election_lets_one_replica_reconcile_and_hands_over() {
 
 #[test]
 fn deleting_a_channel_or_gateway_is_seen_at_once() {
-    let w = World::new("op-delete");
+    let w = World::new("op-delete").ready();
     w.push("1.0.0", 128);
     w.apply(GATEWAY);
     w.apply(&w.channel_yaml("alpha", ""));
@@ -525,7 +484,7 @@ fn not_ready_for(v: &Value, reasons: &[&str]) -> bool {
 /// (ImageStreams: tests/streams.rs; mirrors in sync: tests/mirrors.rs.)
 #[test]
 fn unreconciled_kinds_say_so_in_their_status() {
-    let w = World::new("op-unreconciled");
+    let w = World::new("op-unreconciled").ready();
     let reasons = ["GatewayNotFound", "DestinationUnreachable"];
     w.apply(ARTIFACT_MIRROR);
     let v = w.wait("amir/releases", "Ready=False, not stalled", |v| not_ready_for(v, &reasons));

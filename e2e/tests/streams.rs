@@ -15,73 +15,19 @@ use std::time::Duration;
 
 use e2e::cosign::{Key, Repository};
 use e2e::images::{image_client, make_image, run, Pki};
-use e2e::procs::{binary, free_port, operator, wait_for, Proc, TempDir};
-use e2e::{cluster, install_crds, kubectl, namespace};
+use e2e::procs::{binary, free_port, wait_for, Proc};
+use e2e::world::{OnUnknownField, World};
+use e2e::{cluster, kubectl};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(60);
 
-struct World {
-    ns: String,
-    dir: TempDir,
-    operator: Proc,
+/// The steps only this file takes.
+trait Streams {
+    fn tls_secret(&self, name: &str);
 }
 
-impl World {
-    fn new(name: &str) -> World {
-        install_crds();
-        let ns = namespace(name);
-        let dir = TempDir::new(name);
-        let (operator, admin) = operator(&ns, &dir.0, "operator", &[]);
-        wait_for(WAIT, "operator /readyz", || {
-            let out = Command::new("curl")
-                .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", &format!("http://127.0.0.1:{admin}/readyz")])
-                .output()
-                .unwrap();
-            (out.stdout == b"200").then_some(())
-        });
-        World { ns, dir, operator }
-    }
-
-    /// Applies `yaml`. The API server is shared: another checkout's tests may have just
-    /// applied older CRDs, so an "unknown field" puts this checkout's CRDs back and
-    /// tries again for a while.
-    fn apply(&self, yaml: &str) {
-        let applied = wait_for(Duration::from_secs(30), "kubectl apply", || {
-            let out = kubectl(&["apply", "--server-side", "-n", &self.ns, "-f", "-"], Some(yaml));
-            if !out.success && out.stderr.contains("unknown field") {
-                let crds = e2e::repo_root().join("crds/crds.yaml");
-                kubectl(&["apply", "--server-side", "--force-conflicts", "-f", crds.to_str().unwrap()], None);
-                std::thread::sleep(Duration::from_millis(500));
-                return None;
-            }
-            Some(out)
-        });
-        applied.ok();
-    }
-
-    fn get(&self, what: &str) -> Option<Value> {
-        let out = kubectl(&["get", "-n", &self.ns, what, "-o", "json"], None);
-        out.success.then(|| serde_json::from_str(&out.stdout).unwrap())
-    }
-
-    fn wait(&self, what: &str, description: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let mut last = Value::Null;
-        let found = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            wait_for(WAIT, description, || {
-                let v = self.get(what)?;
-                last = v.clone();
-                pred(&v).then_some(v)
-            })
-        }));
-        found.unwrap_or_else(|_| {
-            panic!(
-                "{what}: {description} never happened; last seen:\n{last:#}\noperator log:\n{}",
-                self.operator.output()
-            )
-        })
-    }
-
+impl Streams for World {
     /// A self-signed certificate for the gateway's Service name, as a `kubernetes.io/tls`
     /// Secret (what cert-manager writes).
     fn tls_secret(&self, name: &str) {
@@ -97,6 +43,12 @@ impl World {
         let key = format!("--key={}", key.display());
         kubectl(&["create", "secret", "tls", name, "-n", &self.ns, &cert, &key], None).ok();
     }
+}
+
+/// The operator ready; applying puts this checkout's CRDs back for up to 30 s when
+/// kubectl reports an unknown field.
+fn world(name: &str) -> World {
+    World::new(name).ready().on_unknown_field(OnUnknownField::ReinstallCrds(Duration::from_secs(30)))
 }
 
 fn condition<'a>(v: &'a Value, type_: &str) -> Option<&'a Value> {
@@ -115,7 +67,7 @@ fn stream_yaml(name: &str, source: &str, extra: &str) -> String {
 
 #[test]
 fn an_upload_stream_on_a_tls_gateway_is_indexed_rendered_and_ready() {
-    let w = World::new("streams");
+    let w = world("streams");
     let registry = &cluster().registry;
     let repository = format!("e2e/{}/images", w.ns);
     w.tls_secret("gateway-cert");
@@ -252,7 +204,7 @@ fn push_upload(repository: &str, product: &str, serial: &str, file: &std::path::
 
 #[test]
 fn incus_lists_what_is_uploaded_through_the_gateway_the_operator_configured() {
-    let w = World::new("streams-serve");
+    let w = world("streams-serve");
     let registry = &cluster().registry;
     let repository = format!("e2e/{}/uploads", w.ns);
     let pki = w.dir.0.join("pki");
@@ -369,7 +321,7 @@ fn message<'a>(v: &'a Value, type_: &str) -> &'a str {
 
 #[test]
 fn an_oci_stream_counts_exported_images_and_under_verify_only_signed_ones() {
-    let w = World::new("streams-oci");
+    let w = world("streams-oci");
     let registry = &cluster().registry;
     let repository = format!("e2e/{}/exported", w.ns);
     w.apply("apiVersion: updraft.dev/v1alpha1\nkind: OtaGateway\nmetadata: {name: default}\nspec: {}\n");
@@ -481,7 +433,7 @@ fn nginx(dir: &std::path::Path, root: &std::path::Path, port: u16, tls_port: u16
 
 #[test]
 fn an_upstream_stream_counts_what_the_upstream_serves_and_keeps_its_counts_when_it_is_gone() {
-    let w = World::new("streams-upstream");
+    let w = world("streams-upstream");
     w.apply("apiVersion: updraft.dev/v1alpha1\nkind: OtaGateway\nmetadata: {name: default}\nspec: {}\n");
     // A static simplestreams tree: index.json names images.json; three products.
     let root = w.dir.0.join("www");
@@ -557,7 +509,7 @@ fn an_upstream_stream_counts_what_the_upstream_serves_and_keeps_its_counts_when_
 /// pushed afterwards is counted.
 #[test]
 fn a_metadata_bomb_is_left_out_with_its_reason_and_the_operator_stays_under_128_mib() {
-    let w = World::new("streams-bomb");
+    let w = world("streams-bomb");
     let rss = e2e::bomb::RssWatch::new(w.operator.child.id());
     let registry = &cluster().registry;
     let repository = format!("e2e/{}/bombed", w.ns);

@@ -8,41 +8,25 @@
 use std::time::Duration;
 
 use e2e::cosign::{CosignCli, Key, Repository};
-use e2e::procs::{operator, oras_push, wait_for, Proc, TempDir};
-use e2e::{cluster, install_crds, kubectl, namespace};
+use e2e::procs::{oras_push, wait_for, TempDir};
+use e2e::world::{OnUnknownField, World};
+use e2e::{cluster, kubectl};
 use serde_json::Value;
 
 const MEDIA_TYPE: &str = "application/vnd.updraft.firmware.v1+octet-stream";
 const WAIT: Duration = Duration::from_secs(90);
 
-struct World {
-    ns: String,
-    dir: TempDir,
-    operator: Proc,
-    repository: String,
+/// The steps only this file takes.
+trait Signing {
+    fn registry(&self) -> Repository<'_>;
+    fn push(&self, tag: &str) -> String;
+    fn events(&self, reason: &str) -> Vec<String>;
+    fn rendered_current(&self) -> Option<String>;
 }
 
-impl World {
-    fn new(name: &str) -> World {
-        install_crds();
-        let ns = namespace(name);
-        let dir = TempDir::new(name);
-        let (operator, _admin) = operator(&ns, &dir.0, "operator", &[]);
-        World { repository: format!("e2e/{ns}/firmware"), ns, dir, operator }
-    }
-
+impl Signing for World {
     fn registry(&self) -> Repository<'_> {
         Repository { registry: &cluster().registry, name: &self.repository, dir: &self.dir.0 }
-    }
-
-    /// Applies `yaml`, retrying for a while: right after the CRDs change, kubectl's
-    /// validation may still see the API server's previous schema.
-    fn apply(&self, yaml: &str) {
-        let applied = wait_for(Duration::from_secs(20), "kubectl apply", || {
-            let out = kubectl(&["apply", "--server-side", "-n", &self.ns, "-f", "-"], Some(yaml));
-            (out.success || !out.stderr.contains("unknown field")).then_some(out)
-        });
-        applied.ok();
     }
 
     /// Pushes firmware bytes unique to `tag`; returns the manifest digest.
@@ -50,22 +34,6 @@ impl World {
         let file = self.dir.0.join(format!("fw-{tag}.bin"));
         std::fs::write(&file, format!("firmware {tag} of {}", self.ns)).unwrap();
         oras_push(&self.repository, tag, &file, MEDIA_TYPE)
-    }
-
-    /// Waits until the channel's JSON satisfies `pred`, then returns it.
-    fn wait(&self, description: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let mut last = Value::Null;
-        let found = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            wait_for(WAIT, description, || {
-                let out = kubectl(&["get", "-n", &self.ns, "fwc/esp32", "-o", "json"], None);
-                let v: Value = serde_json::from_str(&out.stdout).ok()?;
-                last = v.clone();
-                pred(&v).then_some(v)
-            })
-        }));
-        found.unwrap_or_else(|_| {
-            panic!("{description} never happened; last seen:\n{last:#}\noperator log:\n{}", self.operator.output())
-        })
     }
 
     /// The notes of the channel's events with `reason`.
@@ -90,6 +58,12 @@ impl World {
     }
 }
 
+/// The operator started (not waited for); waits of 90 s; applying retries for up to
+/// 20 s while kubectl reports an unknown field.
+fn world(name: &str) -> World {
+    World::new(name).patience(WAIT).on_unknown_field(OnUnknownField::Retry(Duration::from_secs(20)))
+}
+
 fn verified(v: &Value) -> Option<&Value> {
     v["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == "Verified")
 }
@@ -100,7 +74,7 @@ fn verified_is(v: &Value, status: &str, reason: &str) -> bool {
 
 #[test]
 fn only_signed_releases_are_pinned() {
-    let w = World::new("op-verify");
+    let w = world("op-verify");
     let keys = TempDir::new("op-verify-keys");
     let (ours, theirs) = (Key::generate(&keys.0, "ours"), Key::generate(&keys.0, "theirs"));
     // A Secret with two entries: the trusted key (*.pub) and a note that is not a key.
@@ -120,14 +94,14 @@ fn only_signed_releases_are_pinned() {
         cluster().registry,
         w.repository
     ));
-    let ch = w.wait("1.0.0 pinned and Verified", |v| {
+    let ch = w.wait("fwc/esp32", "1.0.0 pinned and Verified", |v| {
         v["status"]["latest"]["digest"] == first.as_str() && verified_is(v, "True", "Verified")
     });
     assert!(verified(&ch).unwrap()["message"].as_str().unwrap().contains("tag signature"), "{ch:#}");
 
     // An unsigned release is refused; 1.0.0 keeps serving.
     let unsigned = w.push("1.1.0");
-    let ch = w.wait("1.1.0 refused", |v| verified_is(v, "False", "NoSignature"));
+    let ch = w.wait("fwc/esp32", "1.1.0 refused", |v| verified_is(v, "False", "NoSignature"));
     let message = verified(&ch).unwrap()["message"].as_str().unwrap().to_owned();
     assert!(message.contains("tag 1.1.0") && message.contains(&unsigned), "{message}");
     assert_eq!(ch["status"]["latest"]["digest"], first.as_str());
@@ -143,14 +117,14 @@ fn only_signed_releases_are_pinned() {
     // Signed, but with a key the channel does not trust.
     let wrong = w.push("1.2.0");
     w.registry().sign_with_tag(&theirs, &wrong);
-    let ch = w.wait("1.2.0 refused", |v| verified_is(v, "False", "WrongKey"));
+    let ch = w.wait("fwc/esp32", "1.2.0 refused", |v| verified_is(v, "False", "WrongKey"));
     assert!(verified(&ch).unwrap()["message"].as_str().unwrap().contains(&wrong));
     assert_eq!(ch["status"]["latest"]["digest"], first.as_str());
 
     // A release signed as cosign 3 does (a bundle referrer) is picked up.
     let signed = w.push("1.3.0");
     w.registry().sign_with_bundle(&ours, &signed);
-    let ch = w.wait("1.3.0 pinned", |v| {
+    let ch = w.wait("fwc/esp32", "1.3.0 pinned", |v| {
         v["status"]["latest"]["digest"] == signed.as_str() && verified_is(v, "True", "Verified")
     });
     assert_eq!(ch["status"]["previous"]["digest"], first.as_str());
@@ -166,7 +140,7 @@ fn only_signed_releases_are_pinned() {
 #[test]
 fn a_channel_created_after_an_unsigned_push_serves_the_newest_signed_release() {
     assert!(CosignCli::available(), "needs the cosign CLI (Debian: apt-get install -t trixie cosign)");
-    let w = World::new("op-verify-skip");
+    let w = world("op-verify-skip");
     let keys = TempDir::new("op-verify-skip-keys");
     let cosign = CosignCli::generate(&keys.0);
     let public = format!("--from-file=cosign.pub={}", cosign.public.display());
@@ -181,7 +155,7 @@ fn a_channel_created_after_an_unsigned_push_serves_the_newest_signed_release() {
         cluster().registry,
         w.repository
     ));
-    let ch = w.wait("1.0.0 pinned beside the skipped 1.1.0", |v| {
+    let ch = w.wait("fwc/esp32", "1.0.0 pinned beside the skipped 1.1.0", |v| {
         v["status"]["latest"]["digest"] == signed.as_str() && verified_is(v, "False", "NoSignature")
     });
     let message = verified(&ch).unwrap()["message"].as_str().unwrap().to_owned();
@@ -196,14 +170,14 @@ fn a_channel_created_after_an_unsigned_push_serves_the_newest_signed_release() {
 
     // cosign signs 1.1.0: picked up, nothing skipped any more.
     cosign.sign(&cluster().registry, &w.repository, &unsigned, &[]);
-    w.wait("1.1.0 pinned and Verified", |v| {
+    w.wait("fwc/esp32", "1.1.0 pinned and Verified", |v| {
         v["status"]["latest"]["digest"] == unsigned.as_str() && verified_is(v, "True", "Verified")
     });
 }
 
 #[test]
 fn a_missing_key_secret_is_explained() {
-    let w = World::new("op-verify-nokey");
+    let w = world("op-verify-nokey");
     w.push("1.0.0");
     w.apply("apiVersion: updraft.dev/v1alpha1\nkind: OtaGateway\nmetadata: {name: default}\nspec: {}\n");
     w.apply(&format!(
@@ -211,7 +185,7 @@ fn a_missing_key_secret_is_explained() {
         cluster().registry,
         w.repository
     ));
-    let ch = w.wait("Ready=False PublicKeyError", |v| {
+    let ch = w.wait("fwc/esp32", "Ready=False PublicKeyError", |v| {
         v["status"]["conditions"]
             .as_array()
             .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["reason"] == "PublicKeyError"))

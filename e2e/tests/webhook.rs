@@ -11,12 +11,12 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use e2e::procs::{binary, free_port, operator, wait_for, Proc, TempDir};
-use e2e::{install_crds, kubectl, namespace};
+use e2e::config_sync::ConfigSync;
+use e2e::kubectl;
+use e2e::procs::{binary, free_port, wait_for, Proc};
+use e2e::world::World;
 use serde_json::Value;
 
 const MEDIA_TYPE: &str = "application/vnd.updraft.firmware.v1+octet-stream";
@@ -25,63 +25,46 @@ const TOKEN: &str = "e2e-webhook-token-5f1c";
 const TOKEN_SECRET: &str = "registry-hook";
 
 /// A namespace, the operator with its receiver, and a registry that notifies it.
-struct World {
-    ns: String,
-    dir: TempDir,
-    operator: Proc,
-    admin: u16,
+struct Hooked {
+    world: World,
     hook: u16,
     _registry: Proc,
     registry: String,
 }
 
-impl World {
-    fn new(name: &str) -> World {
-        install_crds();
-        let ns = namespace(name);
-        let dir = TempDir::new(name);
-        kubectl(
-            &["create", "secret", "generic", "-n", &ns, TOKEN_SECRET, &format!("--from-literal=token={TOKEN}")],
-            None,
-        )
-        .ok();
+impl std::ops::Deref for Hooked {
+    type Target = World;
+
+    fn deref(&self) -> &World {
+        &self.world
+    }
+}
+
+impl Hooked {
+    fn new(name: &str) -> Hooked {
         let hook = free_port();
         let hook_addr = format!("127.0.0.1:{hook}");
-        let (operator, admin) = operator(
-            &ns,
-            &dir.0,
-            "operator",
-            &[
+        let world = World::with_operator(name, |ns| {
+            kubectl(
+                &["create", "secret", "generic", "-n", ns, TOKEN_SECRET, &format!("--from-literal=token={TOKEN}")],
+                None,
+            )
+            .ok();
+            [
                 "--webhook-addr",
                 &hook_addr,
                 "--webhook-token-secret",
                 TOKEN_SECRET,
                 "--lease-namespace",
-                &ns,
+                ns,
                 "--webhook-match-host",
-            ],
-        );
-        wait_for(WAIT, "operator /readyz", || (http_get(admin, "/readyz").0 == 200).then_some(()));
-        let (registry_proc, registry) = notifying_registry(&dir.0, &format!("http://{hook_addr}/webhook"));
-        World { ns, dir, operator, admin, hook, _registry: registry_proc, registry }
-    }
-
-    fn apply(&self, yaml: &str) {
-        kubectl(&["apply", "--server-side", "-n", &self.ns, "-f", "-"], Some(yaml)).ok();
-    }
-
-    fn get(&self, what: &str) -> Option<Value> {
-        let out = kubectl(&["get", "-n", &self.ns, what, "-o", "json"], None);
-        out.success.then(|| serde_json::from_str(&out.stdout).unwrap())
-    }
-
-    fn wait(&self, what: &str, description: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let found = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            wait_for(WAIT, description, || self.get(what).filter(|v| pred(v)))
-        }));
-        found.unwrap_or_else(|_| {
-            panic!("{what}: {description} never happened; operator log:\n{}", self.operator.output())
+            ]
+            .map(str::to_owned)
+            .to_vec()
         })
+        .ready();
+        let (registry_proc, registry) = notifying_registry(&world.dir.0, &format!("http://{hook_addr}/webhook"));
+        Hooked { world, hook, _registry: registry_proc, registry }
     }
 
     /// Pushes `size` bytes as `repository:tag` with `oras`; returns the bytes and the digest.
@@ -180,50 +163,6 @@ fn envelope(host: &str, repository: &str, tag: &str) -> String {
     .to_string()
 }
 
-/// Emulates kubelet for a gateway run locally: copies the rendered ConfigMap into the
-/// gateway's config file (with local listeners and cache) whenever it changes.
-struct ConfigSync {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl ConfigSync {
-    fn start(ns: &str, config_path: &Path, port: u16, admin: u16, cache: &Path) -> ConfigSync {
-        let stop = Arc::new(AtomicBool::new(false));
-        let (ns, config_path, cache, flag) = (ns.to_owned(), config_path.to_owned(), cache.to_owned(), stop.clone());
-        let thread = std::thread::spawn(move || {
-            let mut last = String::new();
-            while !flag.load(Ordering::Relaxed) {
-                let out = kubectl(
-                    &["get", "-n", &ns, "configmap/default-config", "-o", "jsonpath={.data.gateway\\.yaml}"],
-                    None,
-                );
-                if out.success && !out.stdout.is_empty() && out.stdout != last {
-                    let mut config: Value = serde_yaml::from_str(&out.stdout).unwrap();
-                    config["listen"] = format!("127.0.0.1:{port}").into();
-                    config["adminListen"] = format!("127.0.0.1:{admin}").into();
-                    config["cache"]["dir"] = cache.to_str().unwrap().into();
-                    let tmp = config_path.with_extension("tmp");
-                    std::fs::write(&tmp, serde_yaml::to_string(&config).unwrap()).unwrap();
-                    std::fs::rename(&tmp, &config_path).unwrap();
-                    last = out.stdout;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        });
-        ConfigSync { stop, thread: Some(thread) }
-    }
-}
-
-impl Drop for ConfigSync {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 /// The gateway binary serving what the operator renders for `w`'s namespace.
 fn local_gateway(w: &World) -> (Proc, ConfigSync, u16) {
     let (port, admin) = (free_port(), free_port());
@@ -239,7 +178,7 @@ const GATEWAY: &str = "apiVersion: updraft.dev/v1alpha1\nkind: OtaGateway\nmetad
 
 #[test]
 fn a_push_reaches_status_and_the_gateway_in_seconds_not_at_the_interval() {
-    let w = World::new("hook-push");
+    let w = Hooked::new("hook-push");
     let repository = "fw/hooked";
     let (_, first) = w.push(repository, "1.0.0", 40_000);
     w.apply(GATEWAY);
@@ -277,7 +216,7 @@ fn a_push_reaches_status_and_the_gateway_in_seconds_not_at_the_interval() {
 
 #[test]
 fn anything_without_the_token_gets_401_and_no_work() {
-    let w = World::new("hook-auth");
+    let w = Hooked::new("hook-auth");
     let repository = "fw/guarded";
     w.push(repository, "1.0.0", 1000);
     w.apply(&w.channel_yaml("guarded", repository, ""));
@@ -325,7 +264,7 @@ fn anything_without_the_token_gets_401_and_no_work() {
 
 #[test]
 fn a_flood_of_notifications_coalesces_and_starves_nothing() {
-    let w = World::new("hook-flood");
+    let w = Hooked::new("hook-flood");
     let (flooded, other) = ("fw/flooded", "fw/other");
     w.push(flooded, "1.0.0", 1000);
     w.push(other, "1.0.0", 1000);

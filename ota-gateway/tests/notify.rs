@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, StatusCode};
 use common::*;
+use e2e::pki::make_pki;
 use updraft_core::config::{GatewayConfig, MqttConfig, WebhookConfig};
 
 const RAW: &str = "application/vnd.updraft.firmware.v1";
@@ -339,60 +340,6 @@ async fn mqtt_over_tls_with_client_certificate_and_credentials() {
     let none = Device::subscribe(wrong.port, &format!("{PREFIX}/esp32"), &tls_short);
     assert!(none.lines.recv_timeout(Duration::from_secs(5)).is_err(), "a refused client publishes nothing");
     wrong.stop();
-}
-
-/// A test CA, a server certificate for 127.0.0.1 and a client certificate, by openssl.
-fn make_pki(dir: &Path) {
-    let ssl = |args: &[&str]| run(Command::new("openssl").current_dir(dir).args(args));
-    ssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.crt",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=updraft test CA",
-    ]);
-    for (name, ext) in
-        [("server", "subjectAltName=IP:127.0.0.1,DNS:localhost"), ("client", "extendedKeyUsage=clientAuth")]
-    {
-        ssl(&[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.csr"),
-            "-subj",
-            &format!("/CN={name}"),
-        ]);
-        std::fs::write(dir.join(format!("{name}.ext")), format!("{ext}\n")).unwrap();
-        ssl(&[
-            "x509",
-            "-req",
-            "-in",
-            &format!("{name}.csr"),
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            &format!("{name}.crt"),
-            "-days",
-            "2",
-            "-extfile",
-            &format!("{name}.ext"),
-        ]);
-    }
 }
 
 /// A broker that is down delays the message and loses nothing: serving goes on, and

@@ -20,9 +20,16 @@ use e2e::images::{cached_tool, ensure_tools, fingerprint, image_client, make_ima
 const BIN: &str = env!("CARGO_BIN_EXE_ota-gateway");
 const TOKEN: &str = "s3cret-upload-token";
 
-/// A test CA and a leaf for 127.0.0.1 in `dir`.
-fn make_pki(dir: &Path) {
-    Pki::new(dir);
+/// What the tests here start from: the client tools, a scratch directory (removed on
+/// drop), a test CA with a leaf for 127.0.0.1 in its `pki/` and an empty `img/` for
+/// [`make_image`]. Returns the directory and the two paths.
+fn scratch() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    ensure_tools();
+    let tmp = tempfile::tempdir().unwrap();
+    let (pki, img) = (tmp.path().join("pki"), tmp.path().join("img"));
+    std::fs::create_dir_all(&img).unwrap();
+    Pki::new(&pki);
+    (tmp, pki, img)
 }
 
 /// Runs a client (`incus` or `lxc`) with a throwaway config and cache, trusting the test CA.
@@ -154,12 +161,7 @@ fn images_json(pki: &Path, base: &str) -> serde_json::Value {
 
 #[test]
 fn uploads_are_listed_and_exported_by_incus_and_lxc() {
-    ensure_tools();
-    let tmp = tempfile::tempdir().unwrap();
-    let (pki, img) = (tmp.path().join("pki"), tmp.path().join("img"));
-    std::fs::create_dir_all(&pki).unwrap();
-    std::fs::create_dir_all(&img).unwrap();
-    make_pki(&pki);
+    let (tmp, pki, img) = scratch();
     make_image(&img, &format!("{}", std::process::id()));
     let repo = unique_repo("streams-upload");
     let gw = start_gateway(&tmp.path().join("gw"), "images", &pki, &repo, "      allowDelete: true\n");
@@ -303,12 +305,7 @@ fn uploads_are_listed_and_exported_by_incus_and_lxc() {
 
 #[test]
 fn bad_uploads_are_refused_and_store_nothing() {
-    ensure_tools();
-    let tmp = tempfile::tempdir().unwrap();
-    let (pki, img) = (tmp.path().join("pki"), tmp.path().join("img"));
-    std::fs::create_dir_all(&pki).unwrap();
-    std::fs::create_dir_all(&img).unwrap();
-    make_pki(&pki);
+    let (tmp, pki, img) = scratch();
     make_image(&img, "bad-input");
     std::fs::write(img.join("big"), vec![7u8; 3 << 20]).unwrap();
     std::fs::write(img.join("not.json"), "os: [this is yaml").unwrap();
@@ -463,12 +460,7 @@ fn document(pki: &Path, url: &str) -> (String, String) {
 
 #[test]
 fn replicas_behind_a_load_balancer_serve_the_same_index_and_see_every_upload() {
-    ensure_tools();
-    let tmp = tempfile::tempdir().unwrap();
-    let (pki, img) = (tmp.path().join("pki"), tmp.path().join("img"));
-    std::fs::create_dir_all(&pki).unwrap();
-    std::fs::create_dir_all(&img).unwrap();
-    make_pki(&pki);
+    let (tmp, pki, img) = scratch();
     let repo = unique_repo("streams-scale");
     // Uploads go through the plain-HTTP balancer: allowed by allowPlainWrites.
     let replicas: Vec<Gateway> = (0..3)
@@ -539,12 +531,7 @@ fn wait_listed(pki: &Path, base: &str, product: &str) -> serde_json::Value {
 
 #[test]
 fn oci_artifacts_pushed_with_oras_are_listed_and_exported() {
-    ensure_tools();
-    let tmp = tempfile::tempdir().unwrap();
-    let (pki, img) = (tmp.path().join("pki"), tmp.path().join("img"));
-    std::fs::create_dir_all(&pki).unwrap();
-    std::fs::create_dir_all(&img).unwrap();
-    make_pki(&pki);
+    let (tmp, pki, img) = scratch();
     make_image(&img, &format!("oci-{}", std::process::id()));
     let fp = fingerprint(&img.join("incus.tar.xz"), &img.join("rootfs.squashfs"));
     let rootxz_fp = fingerprint(&img.join("incus.tar.xz"), &img.join("root.tar.xz"));
@@ -639,12 +626,9 @@ fn the_peer_incus_simplestreams_agrees_on_fingerprint_and_properties() {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../e2e/scripts/cluster.sh");
         run(Command::new("bash").arg(script).arg("tools"));
     }
-    let tmp = tempfile::tempdir().unwrap();
-    let (pki, img, tree) = (tmp.path().join("pki"), tmp.path().join("img"), tmp.path().join("peer"));
-    for d in [&pki, &img, &tree] {
-        std::fs::create_dir_all(d).unwrap();
-    }
-    make_pki(&pki);
+    let (tmp, pki, img) = scratch();
+    let tree = tmp.path().join("peer");
+    std::fs::create_dir_all(&tree).unwrap();
     make_image(&img, &format!("peer-{}", std::process::id()));
     // The peer wants properties.architecture too (exported images carry it).
     std::fs::write(
@@ -711,12 +695,7 @@ fn the_peer_incus_simplestreams_agrees_on_fingerprint_and_properties() {
 /// hashes; when the upstream goes away the mirror keeps serving what it had.
 #[test]
 fn a_mirror_of_another_gateway_serves_its_filtered_images_and_outlives_it() {
-    ensure_tools();
-    let tmp = tempfile::tempdir().unwrap();
-    let (pki, img) = (tmp.path().join("pki"), tmp.path().join("img"));
-    std::fs::create_dir_all(&pki).unwrap();
-    std::fs::create_dir_all(&img).unwrap();
-    make_pki(&pki);
+    let (tmp, pki, img) = scratch();
     make_image(&img, &format!("mirror-{}", std::process::id()));
     let fp = fingerprint(&img.join("incus.tar.xz"), &img.join("rootfs.squashfs"));
     let mut origin = start_gateway(&tmp.path().join("origin"), "images", &pki, &unique_repo("streams-origin"), "");
@@ -834,10 +813,7 @@ fn product_keys(images: &serde_json::Value) -> Vec<String> {
 /// keeps its state all along (its sync rounds continue; it is started once).
 #[test]
 fn streams_follow_the_config_file_without_a_restart() {
-    ensure_tools();
-    let tmp = tempfile::tempdir().unwrap();
-    let (pki, img) = (tmp.path().join("pki"), tmp.path().join("img"));
-    make_pki(&pki);
+    let (tmp, pki, img) = scratch();
     make_image(&img, &format!("reload-{}", std::process::id()));
     let repo = unique_repo("streams-reload");
     push_annotated(&img, &repo, "a", "alpha:1:amd64:default", "20260101_00:00");
@@ -921,11 +897,9 @@ fn streams_follow_the_config_file_without_a_restart() {
 #[test]
 fn an_oci_stream_under_verify_lists_only_signed_versions() {
     use e2e::cosign::{dsse_bundle, simple_signing, statement, Key, Repository};
-    ensure_tools();
-    let tmp = tempfile::tempdir().unwrap();
-    let (pki, img, keys) = (tmp.path().join("pki"), tmp.path().join("img"), tmp.path().join("keys"));
+    let (tmp, pki, img) = scratch();
+    let keys = tmp.path().join("keys");
     std::fs::create_dir_all(&keys).unwrap();
-    make_pki(&pki);
     make_image(&img, &format!("verify-{}", std::process::id()));
     let (ours, theirs) = (Key::generate(&keys, "ours"), Key::generate(&keys, "theirs"));
     let repo = unique_repo("streams-verify");
@@ -1015,11 +989,9 @@ fn an_oci_stream_under_verify_lists_only_signed_versions() {
 /// its uploads made is signed: until then it is left out and the status says why.
 #[test]
 fn an_upload_stream_under_verify_lists_a_version_once_it_is_signed() {
-    ensure_tools();
-    let tmp = tempfile::tempdir().unwrap();
-    let (pki, img, keys) = (tmp.path().join("pki"), tmp.path().join("img"), tmp.path().join("keys"));
+    let (tmp, pki, img) = scratch();
+    let keys = tmp.path().join("keys");
     std::fs::create_dir_all(&keys).unwrap();
-    make_pki(&pki);
     make_image(&img, &format!("upload-verify-{}", std::process::id()));
     let key = e2e::cosign::Key::generate(&keys, "release");
     let repo = unique_repo("streams-upload-verify");
@@ -1058,12 +1030,8 @@ fn an_upload_stream_under_verify_lists_a_version_once_it_is_signed() {
 /// message naming the accepted names and media type.
 #[test]
 fn a_metadata_bomb_is_refused_within_128_mib_and_the_gateway_keeps_serving() {
-    ensure_tools();
+    let (tmp, pki, img) = scratch();
     let bomb = e2e::bomb::metadata_bomb();
-    let tmp = tempfile::tempdir().unwrap();
-    let (pki, img) = (tmp.path().join("pki"), tmp.path().join("img"));
-    std::fs::create_dir_all(&img).unwrap();
-    make_pki(&pki);
     make_image(&img, &format!("bomb-{}", std::process::id()));
     std::fs::copy(&bomb, img.join("bomb.tar.xz")).unwrap();
     for (from, to) in [("incus.tar.xz", "meta-good.tar.xz"), ("rootfs.squashfs", "good.squashfs")] {
