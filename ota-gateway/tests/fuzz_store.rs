@@ -236,28 +236,33 @@ fn any_content_range_gets_a_4xx_or_is_well_formed() {
     });
 }
 
+/// The chunks (inclusive byte spans) of a file of `size` bytes cut at `cuts`, plus up
+/// to `max_repeats - 1` of them again (a client retrying), in any order.
+fn chunk_order(
+    size: usize,
+    cuts: &[prop::sample::Index],
+    max_repeats: usize,
+) -> impl Strategy<Value = Vec<(usize, usize)>> {
+    let mut bounds: Vec<usize> = cuts.iter().map(|c| c.index(size)).chain([0, size]).collect();
+    bounds.sort_unstable();
+    bounds.dedup();
+    let spans: Vec<(usize, usize)> = bounds.windows(2).map(|w| (w[0], w[1] - 1)).collect();
+    let repeats = prop::collection::vec(prop::sample::select(spans.clone()), 0..max_repeats);
+    (Just(spans), repeats)
+        .prop_map(|(mut s, r)| {
+            s.extend(r);
+            s
+        })
+        .prop_shuffle()
+}
+
 /// Chunks of a file sent in any order, some sent twice (a client retrying): the file
 /// is absent until every byte arrived, then exactly the file.
 #[test]
 fn chunks_in_any_order_assemble_exactly_the_file() {
     let strategy = (1usize..3000, prop::collection::vec(any::<prop::sample::Index>(), 0..10), any::<u64>())
         .prop_flat_map(|(size, cuts, seed)| {
-            let data = store_support::pseudo_random(size, seed);
-            let mut bounds: Vec<usize> = cuts.iter().map(|c| c.index(size)).chain([0, size]).collect();
-            bounds.sort_unstable();
-            bounds.dedup();
-            let spans: Vec<(usize, usize)> = bounds.windows(2).map(|w| (w[0], w[1] - 1)).collect();
-            let repeats = prop::collection::vec(prop::sample::select(spans.clone()), 0..3);
-            (
-                Just(data),
-                (Just(spans), repeats)
-                    .prop_map(|(mut s, r)| {
-                        s.extend(r);
-                        s
-                    })
-                    .prop_shuffle(),
-                Just(seed),
-            )
+            (Just(store_support::pseudo_random(size, seed)), chunk_order(size, &cuts, 3), Just(seed))
         });
     fuzz::check("store-chunk-order", strategy, |(data, spans, seed)| {
         let f = fixture();
@@ -409,18 +414,7 @@ fn every_upload_answered_201_is_there_byte_for_byte() {
     let strategy = (1usize..3000, prop::collection::vec(any::<prop::sample::Index>(), 0..6), any::<u64>())
         .prop_flat_map(|(size, cuts, seed)| {
             let data = store_support::pseudo_random(size, seed);
-            let mut bounds: Vec<usize> = cuts.iter().map(|c| c.index(size)).chain([0, size]).collect();
-            bounds.sort_unstable();
-            bounds.dedup();
-            let spans: Vec<(usize, usize)> = bounds.windows(2).map(|w| (w[0], w[1] - 1)).collect();
-            let repeats = prop::collection::vec(prop::sample::select(spans.clone()), 0..2);
-            let order = (Just(spans), repeats)
-                .prop_map(|(mut s, r)| {
-                    s.extend(r);
-                    s
-                })
-                .prop_shuffle();
-            (Just(data), order, upload_time(), any::<bool>(), any::<bool>())
+            (Just(data), chunk_order(size, &cuts, 2), upload_time(), any::<bool>(), any::<bool>())
         });
     let committed = AtomicU64::new(0);
     fuzz::check("store-float-times", strategy, |(data, spans, time, exists, force)| {
