@@ -82,7 +82,7 @@ impl AppState {
         let fetcher = Arc::new(Fetcher::new(cache, metrics.clone()));
         let notifier = Notifier::new();
         let firmware = Firmware::new(metrics.clone(), fetcher.clone(), firmware_events(notifier.clone()));
-        let streams = Streams::new(fetcher.cache().clone(), metrics.clone());
+        let streams = Streams::new(fetcher.clone(), metrics.clone());
         let config = RwLock::new(Arc::new(GatewayConfig::default()));
         let loaded = AtomicBool::new(false);
         let inner = Inner { metrics, fetcher, config, loaded, firmware, streams, notifier, stores, tls };
@@ -212,7 +212,11 @@ fn firmware_events(notifier: Notifier) -> firmware::OnEvent {
 }
 
 /// Every registry the config fetches from, whichever surface names it (the shared
-/// client needs to know which speak plain HTTP).
+/// client needs to know which speak plain HTTP): firmware channels, and the
+/// repositories of OCI and upload streams.
 fn registry_sources(config: &GatewayConfig) -> impl Iterator<Item = &SourceConfig> {
-    config.channels.iter().map(|c| &c.source)
+    let streams = config.streams.iter().filter_map(|s| {
+        s.source.oci.as_ref().map(|o| &o.repository).or(s.source.upload.as_ref().map(|u| &u.repository))
+    });
+    config.channels.iter().map(|c| &c.source).chain(streams)
 }

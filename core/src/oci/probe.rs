@@ -1,6 +1,6 @@
 //! The registry requests whose answers' headers matter, sent by us rather than by
-//! oci-client: the manifest HEAD that starts every pull and every resolution, and the
-//! tag list. oci-client keeps a failed answer's headers to itself, and a registry that
+//! oci-client: the manifest HEAD that starts every pull and every resolution, the blob
+//! HEAD before a blob is pulled on its own, and the tag list. oci-client keeps a failed answer's headers to itself, and a registry that
 //! is throttling (429) or unavailable (503) says in `Retry-After` when to come back.
 //!
 //! Bearer tokens come from oci-client's own token dance ([`Client::auth`]), which also
@@ -71,6 +71,20 @@ impl Probe {
         let answer = self.send(client, Method::HEAD, reference, &path, insecure, auth).await?;
         let digest = answer.headers().get("docker-content-digest").and_then(|d| d.to_str().ok());
         Ok(digest.filter(|d| super::is_digest(d)).map(str::to_owned))
+    }
+
+    /// Whether the registry will serve the blob `reference` names (by digest), in one
+    /// HEAD before it is pulled: a throttling registry's `Retry-After` is seen here,
+    /// where oci-client's pull would hide it.
+    pub async fn blob(
+        &self,
+        client: &Client,
+        reference: &Reference,
+        insecure: bool,
+        auth: &RegistryAuth,
+    ) -> Result<(), OciError> {
+        let digest = reference.digest().unwrap_or_default();
+        self.send(client, Method::HEAD, reference, &format!("blobs/{digest}"), insecure, auth).await.map(drop)
     }
 
     /// All tags of `image`'s repository, following the registry's pagination.

@@ -1,29 +1,21 @@
 //! The verified files behind a stream's index: each is fetched by digest (from the
-//! stream's repository, or from the upstream URL of a mirror) into a temp file of the
-//! cache, checked against the SHA-256 and size the index promises while it streams,
-//! and only then committed; one fetch per blob however many requests wait for it.
-//! Each product's newest files are fetched ahead of the first request. What the
-//! published index lists is pinned in the cache (`Stream::publish`).
+//! stream's repository, or from the upstream URL of a mirror) through the gateway's
+//! one [`Fetcher`](crate::fetch::Fetcher), like firmware: one fetch per blob however
+//! many requests wait for it, a bounded number of fetches at once, a failure held
+//! (and a registry's `Retry-After` honoured) before anyone asks again, and nothing
+//! cached before it matched the SHA-256 and size the index promises. Each product's
+//! newest files are fetched ahead of the first request. What the published index
+//! lists is pinned in the cache (`Stream::publish`).
 
-use std::collections::HashMap;
-use std::io::{BufWriter, Write as _};
 use std::sync::Arc;
 
-use futures::future::{BoxFuture, Shared};
-use futures::{FutureExt as _, StreamExt as _};
-use oci_client::manifest::OciDescriptor;
+use futures::StreamExt as _;
 
 use super::index::FileEntry;
 use super::stream::Stream;
 use super::StreamError;
 use crate::cache::Payload;
-use crate::unpack::Digesting;
-use updraft_core::oci;
-
-/// In-flight fetches of one stream, by cache key.
-pub(super) type Inflight = std::sync::Mutex<HashMap<String, BlobFuture>>;
-
-pub(super) type BlobFuture = Shared<BoxFuture<'static, Result<Arc<Payload>, String>>>;
+use crate::fetch::{File, Origin};
 
 impl Stream {
     /// Fetches `files` into the cache in the background, two at a time; failures are
@@ -59,117 +51,18 @@ impl Stream {
         self.blob_at(digest, size, None).await
     }
 
-    async fn blob_at(
-        self: &Arc<Self>,
-        digest: &str,
-        size: u64,
-        url: Option<String>,
-    ) -> Result<Arc<Payload>, StreamError> {
-        let key = blob_key(digest);
-        if let Ok(Some(payload)) = self.cache.lookup(&key) {
-            return Ok(payload);
-        }
-        let fetch = {
-            let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
-            match inflight.get(&key) {
-                Some(running) => running.clone(),
-                None => {
-                    let this = self.clone();
-                    let digest = digest.to_owned();
-                    let task = tokio::spawn(async move {
-                        let result = match &url {
-                            Some(url) => this.fetch_url(url, &digest, size).await,
-                            None => this.fetch_blob(&digest, size).await,
-                        }
-                        .map_err(|e| e.to_string());
-                        this.inflight.lock().unwrap_or_else(|e| e.into_inner()).remove(&blob_key(&digest));
-                        result
-                    });
-                    let shared =
-                        async move { task.await.unwrap_or_else(|e| Err(format!("fetch task: {e}"))) }.boxed().shared();
-                    inflight.insert(key, shared.clone());
-                    shared
-                }
+    /// A file from the stream's repository, or from `url` (a mirror's upstream).
+    async fn blob_at(&self, digest: &str, size: u64, url: Option<String>) -> Result<Arc<Payload>, StreamError> {
+        let from = match url {
+            Some(url) => {
+                let upstream = self.upstream.as_ref().ok_or_else(|| StreamError::upstream("not a mirror"))?;
+                Origin::Url { http: upstream.http.clone(), url }
             }
+            None => Origin::Registry(self.source.clone()),
         };
-        fetch.await.map_err(StreamError::upstream)
+        let file = File { key: blob_key(digest), digest: digest.to_owned(), size, from };
+        self.fetcher.fetch(file).await.map_err(|e| StreamError::upstream(e.to_string()))
     }
-
-    /// A mirrored file from its upstream URL, verified against the upstream's sha256.
-    async fn fetch_url(&self, url: &str, digest: &str, size: u64) -> Result<Arc<Payload>, StreamError> {
-        let upstream = self.upstream.as_ref().ok_or_else(|| StreamError::upstream("not a mirror"))?;
-        let mut response =
-            upstream.http.get(url).send().await.map_err(|e| StreamError::upstream(format!("{url}: {e}")))?;
-        if !response.status().is_success() {
-            return Err(StreamError::upstream(format!("{url}: HTTP {}", response.status())));
-        }
-        let file = self.cache.temp_file()?;
-        let mut out = Digesting::new(BufWriter::with_capacity(256 * 1024, file));
-        let mut received = 0u64;
-        while let Some(chunk) = response.chunk().await.map_err(|e| StreamError::upstream(format!("{url}: {e}")))? {
-            received += chunk.len() as u64;
-            if received > size {
-                return Err(StreamError::upstream(format!("{url} is longer than the {size} bytes the index says")));
-            }
-            out.write_all(&chunk)?;
-        }
-        self.commit_verified(out, digest, size).await
-    }
-
-    /// Checks a received file against `digest` and `size` and makes it a cache entry.
-    async fn commit_verified(
-        &self,
-        out: Digesting<BufWriter<tempfile::NamedTempFile>>,
-        digest: &str,
-        size: u64,
-    ) -> Result<Arc<Payload>, StreamError> {
-        let (summary, buffered) = out.finish()?;
-        let file = buffered.into_inner().map_err(|e| e.into_error())?;
-        if summary.size != size || format!("sha256:{}", summary.sha256) != digest {
-            return Err(StreamError::upstream(format!(
-                "{digest} failed verification: got sha256:{} ({} bytes)",
-                summary.sha256, summary.size
-            )));
-        }
-        let cache = self.cache.clone();
-        let key = blob_key(digest);
-        Ok(tokio::task::spawn_blocking(move || cache.commit(&key, file, summary)).await.map_err(io_join)??)
-    }
-
-    async fn fetch_blob(&self, digest: &str, size: u64) -> Result<Arc<Payload>, StreamError> {
-        let reference = oci::digest_reference(&self.source.registry, &self.source.repository, digest);
-        let layer = OciDescriptor {
-            media_type: "application/octet-stream".into(),
-            digest: digest.to_owned(),
-            size: size as i64,
-            urls: None,
-            artifact_type: None,
-            annotations: None,
-        };
-        self.client.store_auth_if_needed(&self.source.registry, &self.auth).await;
-        let mut stream = self
-            .client
-            .pull_blob_stream(&reference, &layer)
-            .await
-            .map_err(|e| StreamError::upstream(format!("blob {digest}: {e}")))?;
-        let file = self.cache.temp_file()?;
-        let mut out = Digesting::new(BufWriter::with_capacity(256 * 1024, file));
-        let mut received = 0u64;
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| StreamError::upstream(format!("blob {digest}: {e}")))?;
-            // Writes land in the page cache; a chunk at a time keeps them short.
-            out.write_all(&chunk)?;
-            received += chunk.len() as u64;
-            if received > size {
-                return Err(StreamError::upstream(format!("blob {digest} is longer than {size} bytes")));
-            }
-        }
-        self.commit_verified(out, digest, size).await
-    }
-}
-
-fn io_join(e: tokio::task::JoinError) -> std::io::Error {
-    std::io::Error::other(e)
 }
 
 /// The cache key of a stream blob.
@@ -181,8 +74,10 @@ pub fn blob_key(digest: &str) -> String {
 mod tests {
     use super::*;
     use crate::cache::Cache;
+    use crate::fetch::Fetcher;
     use crate::metrics::Metrics;
     use crate::simplestreams::StreamMetrics;
+    use crate::unpack::Digesting;
     use sha2::{Digest, Sha256};
     use std::io::Write;
     use updraft_core::config::StreamConfig;
@@ -226,8 +121,8 @@ mod tests {
             keep_versions: 0,
             verify: None,
         };
-        let client = oci::build_client("test", oci_client::client::ClientProtocol::Https);
-        let stream = Stream::new(&config, client, cache.clone(), StreamMetrics::new(&metrics, "mirror")).unwrap();
+        let fetcher = Arc::new(Fetcher::new(cache.clone(), metrics.clone()));
+        let stream = Stream::new(&config, fetcher, StreamMetrics::new(&metrics, "mirror")).unwrap();
         stream.round().await;
         let listed: Vec<FileEntry> = stream.published().files.values().cloned().collect();
         assert_eq!(listed.len(), 2, "{:?}", stream.status());

@@ -22,7 +22,8 @@
 //! - [`upstream`]: a mirror of another simplestreams server;
 //! - [`stream`]: one stream's live state and its sync loop;
 //! - [`published`]: what a stream serves and reports (documents, file table, status, metrics);
-//! - `blobs`: the verified, cached files behind the index, fetched once per digest;
+//! - `blobs`: the verified, cached files behind the index, fetched by digest through
+//!   the gateway's one [`Fetcher`] (single flight, permits, failure hold);
 //! - [`upload`]: the upload and delete handlers.
 
 mod blobs;
@@ -36,7 +37,7 @@ pub mod upload;
 pub mod upstream;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, State};
@@ -47,13 +48,12 @@ use axum::routing::{get, post};
 use axum::Router;
 use bytes::Bytes;
 
-use crate::cache::Cache;
+use crate::fetch::Fetcher;
 use crate::http::{self, Download};
 use crate::metrics::Metrics;
 pub use published::StreamMetrics;
 pub use stream::Stream;
 use updraft_core::config::GatewayConfig;
-use updraft_core::oci;
 
 /// Every answer of this surface other than success: the shared answers of
 /// [`http::Error`], and the ones only this surface gives.
@@ -132,12 +132,10 @@ pub struct Streams {
 }
 
 struct Live {
-    cache: Arc<Cache>,
+    /// The gateway's fetcher and registry client, shared with firmware.
+    fetcher: Arc<Fetcher>,
     metrics: Arc<Metrics>,
     by_name: RwLock<Arc<HashMap<String, Arc<Stream>>>>,
-    /// The registry client and the plain-HTTP registries it was built for: kept while
-    /// that set does not change (it caches tokens).
-    client: Mutex<Option<(Vec<String>, oci_client::Client)>>,
 }
 
 /// A stream table ready to install.
@@ -149,15 +147,8 @@ pub struct Prepared {
 
 impl Streams {
     /// No streams yet.
-    pub fn new(cache: Arc<Cache>, metrics: Arc<Metrics>) -> Self {
-        Self {
-            inner: Arc::new(Live {
-                cache,
-                metrics,
-                by_name: RwLock::new(Arc::new(HashMap::new())),
-                client: Mutex::new(None),
-            }),
-        }
+    pub fn new(fetcher: Arc<Fetcher>, metrics: Arc<Metrics>) -> Self {
+        Self { inner: Arc::new(Live { fetcher, metrics, by_name: RwLock::new(Arc::new(HashMap::new())) }) }
     }
 
     /// Builds the streams of `config` that differ from the live ones (reading token and
@@ -171,7 +162,7 @@ impl Streams {
                 Some(live) if live.config == *s => live.clone(),
                 _ => {
                     let metrics = StreamMetrics::new(&self.inner.metrics, &s.name);
-                    let stream = Stream::new(s, self.client_for(config), self.inner.cache.clone(), metrics)?;
+                    let stream = Stream::new(s, self.inner.fetcher.clone(), metrics)?;
                     started.push(stream.clone());
                     stream
                 }
@@ -200,24 +191,6 @@ impl Streams {
 
     fn snapshot(&self) -> Arc<HashMap<String, Arc<Stream>>> {
         self.inner.by_name.read().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    /// The registry client for `config`'s streams (one client while the set of
-    /// plain-HTTP registries stays the same).
-    fn client_for(&self, config: &GatewayConfig) -> oci_client::Client {
-        let sources = config.streams.iter().filter_map(|s| {
-            s.source.oci.as_ref().map(|o| &o.repository).or(s.source.upload.as_ref().map(|u| &u.repository))
-        });
-        let insecure = oci::insecure_registries(sources);
-        let mut slot = self.inner.client.lock().unwrap_or_else(|e| e.into_inner());
-        match &*slot {
-            Some((hosts, client)) if *hosts == insecure => client.clone(),
-            _ => {
-                let client = oci::build_client("updraft-gateway", oci::protocol_for(insecure.clone()));
-                *slot = Some((insecure, client.clone()));
-                client
-            }
-        }
     }
 
     /// The live stream `name`; 404 when there is none.

@@ -35,13 +35,14 @@ use oci_client::secrets::RegistryAuth;
 use oci_client::Client;
 use tokio::sync::{watch, Notify};
 
-use super::blobs::{blob_key, Inflight};
+use super::blobs::blob_key;
 use super::index::{FileEntry, Index, ProductKey, Serial};
 use super::published::{Published, StreamMetrics, StreamStatus};
 use super::registry::{self, StoredVersion};
 use super::upstream::Upstream;
 use super::StreamError;
 use crate::cache::Cache;
+use crate::fetch::Fetcher;
 use crate::http::auth::Secret;
 use updraft_core::config::{SourceConfig, StreamConfig, UploadStreamSource};
 use updraft_core::cosign::Verifier;
@@ -93,7 +94,8 @@ pub struct Stream {
     pub interval: Duration,
     /// The upload token, when uploads are on.
     pub token: Option<Secret>,
-    pub(super) client: Client,
+    /// The gateway's fetcher: its registry client, and the one way files are fetched.
+    pub(super) fetcher: Arc<Fetcher>,
     pub(super) auth: RegistryAuth,
     pub(super) cache: Arc<Cache>,
     published: RwLock<Arc<Published>>,
@@ -103,7 +105,6 @@ pub struct Stream {
     pub(super) writes: tokio::sync::Mutex<()>,
     wake: Notify,
     rounds: watch::Sender<u64>,
-    pub(super) inflight: Inflight,
     /// Tags this replica wrote since the last round: read again whatever they held.
     dirty: Mutex<std::collections::HashSet<String>>,
     metrics: StreamMetrics,
@@ -121,12 +122,7 @@ impl Drop for Stream {
 
 impl Stream {
     /// A stream from its config; nothing is contacted yet.
-    pub fn new(
-        config: &StreamConfig,
-        client: Client,
-        cache: Arc<Cache>,
-        metrics: StreamMetrics,
-    ) -> Result<Arc<Self>, StreamError> {
+    pub fn new(config: &StreamConfig, fetcher: Arc<Fetcher>, metrics: StreamMetrics) -> Result<Arc<Self>, StreamError> {
         // A mirror has no repository; its `source` stays empty and unused.
         let no_repository = || SourceConfig {
             registry: String::new(),
@@ -169,20 +165,24 @@ impl Stream {
             upstream,
             interval,
             token,
-            client,
             auth,
-            cache,
+            cache: fetcher.cache().clone(),
+            fetcher,
             published: RwLock::new(Arc::new(published)),
             status: RwLock::new(StreamStatus::default()),
             sync: tokio::sync::Mutex::new(SyncState::default()),
             writes: tokio::sync::Mutex::new(()),
             wake: Notify::new(),
             rounds: watch::channel(0).0,
-            inflight: Mutex::new(HashMap::new()),
             dirty: Mutex::new(std::collections::HashSet::new()),
             metrics,
             pin_owner: format!("simplestreams {} #{}", config.name, NEXT_STREAM.fetch_add(1, Ordering::Relaxed)),
         }))
+    }
+
+    /// The gateway's registry client ([`Fetcher::client`]).
+    pub(super) fn client(&self) -> Client {
+        self.fetcher.client()
     }
 
     /// Serves `published` from now on, its files pinned in the cache: what the index
@@ -272,7 +272,7 @@ impl Stream {
             return self.sync_upstream(upstream).await;
         }
         let repo = oci::tag_reference(&self.source.registry, &self.source.repository, "latest");
-        let tags = match oci::list_repository_tags(&self.client, &repo, self.source.insecure, &self.auth).await {
+        let tags = match oci::list_repository_tags(&self.client(), &repo, self.source.insecure, &self.auth).await {
             Ok(tags) => tags,
             Err(e) if oci::is_unknown_repository(&e) => Vec::new(),
             Err(e) => return Err(format!("listing {}/{}: {e}", self.source.registry, self.source.repository)),
@@ -302,7 +302,7 @@ impl Stream {
                 continue;
             }
             let reference = oci::tag_reference(&self.source.registry, &self.source.repository, tag);
-            let (manifest, digest) = match self.client.pull_manifest(&reference, &self.auth).await {
+            let (manifest, digest) = match self.client().pull_manifest(&reference, &self.auth).await {
                 Ok(m) => m,
                 Err(e) => return Err(format!("manifest {tag}: {e}")),
             };
@@ -419,7 +419,7 @@ impl Stream {
             }
         }
         let result =
-            verifier.verify(&self.client, &self.source.registry, &self.source.repository, &self.auth, digest).await;
+            verifier.verify(&self.client(), &self.source.registry, &self.source.repository, &self.auth, digest).await;
         let verdict = match &result {
             Ok(verified) => {
                 tracing::info!(stream = %self.name, %tag, %digest, key = %verified.key, scheme = %verified.scheme, "signature verified");
@@ -475,7 +475,7 @@ impl Stream {
     ) -> Result<Option<StoredVersion>, StreamError> {
         let tag = registry::version_tag(product, serial);
         let reference = oci::tag_reference(&self.source.registry, &self.source.repository, &tag);
-        match self.client.pull_manifest(&reference, &self.auth).await {
+        match self.client().pull_manifest(&reference, &self.auth).await {
             Ok((OciManifest::Image(image), _)) => {
                 StoredVersion::from_manifest(&image).map(Some).map_err(|e| StreamError::upstream(e.to_string()))
             }

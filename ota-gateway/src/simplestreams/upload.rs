@@ -258,7 +258,7 @@ impl Stream {
             bytes::Bytes::from_static(registry::EMPTY_CONFIG),
         )
         .await?;
-        self.client
+        self.client()
             .push_manifest(&reference, &OciManifest::Image(version.to_manifest()))
             .await
             .map_err(|e| StreamError::upstream(format!("push manifest {tag}: {e}")))?;
@@ -295,9 +295,10 @@ impl Stream {
     ) -> Result<(), StreamError> {
         let upstream =
             |e: oci_client::errors::OciDistributionError| StreamError::upstream(format!("push {digest}: {e}"));
-        self.client.store_auth_if_needed(&self.source.registry, &self.auth).await;
-        if !self.client.blob_exists(reference, digest).await.map_err(upstream)? {
-            self.client.push_blob(reference, data, digest).await.map_err(upstream)?;
+        let client = self.client();
+        client.store_auth_if_needed(&self.source.registry, &self.auth).await;
+        if !client.blob_exists(reference, digest).await.map_err(upstream)? {
+            client.push_blob(reference, data, digest).await.map_err(upstream)?;
         }
         Ok(())
     }
@@ -337,7 +338,7 @@ impl Stream {
             bytes::Bytes::from_static(registry::EMPTY_CONFIG),
         )
         .await?;
-        self.client
+        self.client()
             .push_manifest(&reference, &OciManifest::Image(version.to_manifest()))
             .await
             .map_err(|e| StreamError::upstream(format!("push manifest {tag}: {e}")))?;
