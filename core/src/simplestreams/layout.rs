@@ -24,21 +24,15 @@ use std::collections::BTreeMap;
 
 use oci_client::manifest::{OciDescriptor, OciImageManifest};
 
+use super::annotations::ANN_TITLE;
+#[cfg(doc)]
+use super::annotations::{
+    ANN_ALIASES, ANN_COMBINED, ANN_DELETED, ANN_OS, ANN_PRODUCT, ANN_RELEASE_TITLE, ANN_SERIAL, ARTIFACT_TYPE,
+};
 use super::product::{ProductKey, Serial};
 use super::IndexError;
 use crate::image_metadata::{self, METADATA_MEDIA_TYPE};
 use crate::oci::is_sha256_hex;
-
-pub const ARTIFACT_TYPE: &str = "application/vnd.updraft.simplestreams.version.v1";
-/// The file name of a layer (what `oras push` sets).
-pub const ANN_TITLE: &str = "org.opencontainers.image.title";
-pub const ANN_PRODUCT: &str = "dev.updraft.simplestreams.product";
-pub const ANN_SERIAL: &str = "dev.updraft.simplestreams.serial";
-pub const ANN_OS: &str = "dev.updraft.simplestreams.os";
-pub const ANN_RELEASE_TITLE: &str = "dev.updraft.simplestreams.release-title";
-pub const ANN_ALIASES: &str = "dev.updraft.simplestreams.aliases";
-pub const ANN_DELETED: &str = "dev.updraft.simplestreams.deleted";
-pub const ANN_COMBINED: &str = "dev.updraft.simplestreams.combined-sha256";
 
 /// The kinds of root filesystem an image version may carry; each one is a separate
 /// image for the clients.

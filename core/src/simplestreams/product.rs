@@ -9,7 +9,7 @@ use std::fmt;
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime};
 
-use super::layout::{ANN_ALIASES, ANN_DELETED, ANN_OS, ANN_PRODUCT, ANN_RELEASE_TITLE, ANN_SERIAL};
+use super::annotations::{ANN_ALIASES, ANN_DELETED, ANN_OS, ANN_PRODUCT, ANN_RELEASE_TITLE, ANN_SERIAL};
 use super::IndexError;
 use crate::image_metadata::{debian_arch, is_component, ImageMetadata};
 

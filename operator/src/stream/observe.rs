@@ -339,6 +339,7 @@ pub(super) fn count_upstream(images: &Value, filters: &[String], keep: usize) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+    use updraft_core::simplestreams::annotations;
 
     #[test]
     fn versions_are_distinct_serials_kept_per_product() {
@@ -380,7 +381,7 @@ mod tests {
 
     fn layer(media: &str, title: &str) -> serde_json::Value {
         serde_json::json!({"mediaType": media, "digest": format!("sha256:{}", "1".repeat(64)), "size": 10,
-            "annotations": {layout::ANN_TITLE: title}})
+            "annotations": {annotations::ANN_TITLE: title}})
     }
 
     fn exported() -> serde_json::Value {
@@ -392,7 +393,7 @@ mod tests {
 
     #[test]
     fn annotations_name_the_product_serial_and_tombstones() {
-        use layout::{ANN_DELETED, ANN_PRODUCT, ANN_SERIAL};
+        use annotations::{ANN_DELETED, ANN_PRODUCT, ANN_SERIAL};
         let m = manifest(
             serde_json::json!({ANN_PRODUCT: "debian:bookworm:amd64:default", ANN_SERIAL: "20260101_00:00"}),
             exported(),
@@ -416,7 +417,7 @@ mod tests {
 
     #[test]
     fn what_the_gateway_refuses_is_not_counted() {
-        use layout::{ANN_PRODUCT, ANN_SERIAL};
+        use annotations::{ANN_PRODUCT, ANN_SERIAL};
         // Each was a version here and left out of the gateway's index.
         let cases = [
             (
@@ -447,7 +448,7 @@ mod tests {
 
     #[test]
     fn without_annotations_the_metadata_layer_is_read() {
-        let title = |l: Box<OciDescriptor>| l.annotations.unwrap()[layout::ANN_TITLE].clone();
+        let title = |l: Box<OciDescriptor>| l.annotations.unwrap()[annotations::ANN_TITLE].clone();
         assert_eq!(title(from_manifest(&manifest(serde_json::json!({}), exported())).unwrap_err()), "meta-abc.tar.xz");
         let typed = manifest(
             serde_json::json!({}),

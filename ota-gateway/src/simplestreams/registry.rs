@@ -15,10 +15,11 @@ use updraft_core::simplestreams::Identity;
 use super::index::{FileRef, ImageVersion, IndexError, ProductKey, ProductProps, Rootfs, Serial};
 use super::metadata::{version_dir, VersionFile};
 
-pub use updraft_core::simplestreams::layout::{
-    layers, version_tag, ANN_ALIASES, ANN_COMBINED, ANN_DELETED, ANN_OS, ANN_PRODUCT, ANN_RELEASE_TITLE, ANN_SERIAL,
-    ANN_TITLE, ARTIFACT_TYPE,
+pub use updraft_core::simplestreams::annotations::{
+    ANN_ALIASES, ANN_COMBINED, ANN_DELETED, ANN_OS, ANN_PRODUCT, ANN_RELEASE_TITLE, ANN_SERIAL, ANN_TITLE,
+    ARTIFACT_TYPE,
 };
+pub use updraft_core::simplestreams::layout::{layers, version_tag};
 
 pub const CONFIG_MEDIA_TYPE: &str = "application/vnd.oci.empty.v1+json";
 /// The empty JSON object `{}`, the config blob of every version manifest.
