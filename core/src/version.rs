@@ -13,7 +13,7 @@ use oci_client::Client;
 use semver::{Version, VersionReq};
 use serde::{Deserialize, Serialize};
 
-use crate::cosign::{Verified, Verifier, VerifyConfig, VerifyError};
+use crate::cosign::{KeyError, Verified, Verifier, VerifyConfig, VerifyError};
 use crate::oci::{self, OciError};
 
 /// Standalone resolution policy for a channel in `gateway.yaml`.
@@ -56,11 +56,11 @@ impl Default for VersionPolicy {
 
 impl VersionPolicy {
     /// Checks the rule and the interval, and reads the verification keys.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), PolicyError> {
         self.rule().validate()?;
         parse_duration(&self.interval)?;
         if let Some(verify) = &self.verify {
-            verify.verifier().map_err(|e| format!("verify: {e}"))?;
+            verify.verifier().map_err(PolicyError::Verify)?;
         }
         Ok(())
     }
@@ -90,15 +90,28 @@ pub struct Rule<'a> {
 
 impl Rule<'_> {
     /// Checks the range, and a digest pin's spelling.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), PolicyError> {
         match self.pin {
             Some(pin) if pin.starts_with("sha256:") && !crate::oci::is_digest(pin) => {
-                Err(format!("pin {pin:?} is not sha256:<64 hex>"))
+                Err(PolicyError::DigestPin(pin.to_owned()))
             }
             Some(_) => Ok(()),
             None => parse_range(self.range).map(drop),
         }
     }
+}
+
+/// Why a policy, or one of its parts (a range, a pin, an interval, the keys), is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("invalid semver range {range:?}: {source}")]
+    Range { range: String, source: semver::Error },
+    #[error("pin {0:?} is not sha256:<64 hex>")]
+    DigestPin(String),
+    #[error("invalid duration {0:?}: use e.g. 30s, 5m, 1h30m")]
+    Duration(String),
+    #[error("verify: {0}")]
+    Verify(#[source] KeyError),
 }
 
 /// What [`resolve_latest`] found.
@@ -136,8 +149,8 @@ pub enum ResolveError {
     #[error(transparent)]
     Registry(#[from] OciError),
     /// The rule itself is wrong (a bad range): retrying will not help.
-    #[error("{0}")]
-    InvalidRule(String),
+    #[error(transparent)]
+    InvalidRule(PolicyError),
     /// The repository has no tag the rule admits.
     #[error("none of the {tags} tags of {repository} satisfies range {range:?}{}", if *.prerelease { "" } else { " (pre-releases excluded)" })]
     NoMatch { repository: String, range: String, prerelease: bool, tags: usize },
@@ -358,7 +371,7 @@ pub struct Selected {
 
 /// Parses a semver range. Accepts cargo syntax (`>=1.2, <2`) and npm-style
 /// space-separated comparators (`>=1.2 <2`).
-pub fn parse_range(range: &str) -> Result<VersionReq, String> {
+pub fn parse_range(range: &str) -> Result<VersionReq, PolicyError> {
     let range = range.trim();
     if let Ok(req) = VersionReq::parse(range) {
         return Ok(req);
@@ -372,7 +385,7 @@ pub fn parse_range(range: &str) -> Result<VersionReq, String> {
         }
         joined.push_str(token);
     }
-    VersionReq::parse(&joined).map_err(|e| format!("invalid semver range {range:?}: {e}"))
+    VersionReq::parse(&joined).map_err(|source| PolicyError::Range { range: range.to_owned(), source })
 }
 
 /// Parses a tag as a version: `1.2.3` or, when `allow_v_prefix`, `v1.2.3`.
@@ -429,8 +442,8 @@ pub fn candidates<'a>(
 }
 
 /// Parses `90s`, `5m`, `1h`, `1h30m`, `2d`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let bad = || format!("invalid duration {s:?}: use e.g. 30s, 5m, 1h30m");
+pub fn parse_duration(s: &str) -> Result<Duration, PolicyError> {
+    let bad = || PolicyError::Duration(s.to_owned());
     let mut total = 0u64;
     let mut number = String::new();
     for c in s.trim().chars() {
@@ -490,7 +503,7 @@ mod tests {
     fn npm_style_ranges() {
         assert_eq!(pick(">=1.0.0 <1.2.0", false, true).as_deref(), Some("1.1.0"));
         assert_eq!(pick(">= 1.0.0 < 1.2.0", false, true).as_deref(), Some("1.1.0"));
-        assert!(parse_range("not a range").unwrap_err().contains("invalid semver range"));
+        assert!(parse_range("not a range").unwrap_err().to_string().contains("invalid semver range"));
     }
 
     #[test]
@@ -543,7 +556,7 @@ mod tests {
         let rule = |range, pin| Rule { range, prerelease: false, allow_v_prefix: true, pin };
         assert!(rule("not a range", None).validate().is_err());
         assert!(rule("not a range", Some("v1.0.0")).validate().is_ok());
-        assert!(rule("*", Some("sha256:abc")).validate().unwrap_err().contains("sha256:<64 hex>"));
+        assert!(rule("*", Some("sha256:abc")).validate().unwrap_err().to_string().contains("sha256:<64 hex>"));
         let resolved = Resolved { version: None, tag: String::new(), digest: format!("sha256:{}", "ab".repeat(32)) };
         assert_eq!(resolved.display_version(), "abababababab");
     }

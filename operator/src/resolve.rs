@@ -35,7 +35,7 @@ pub(crate) struct ResolveRequest<'a> {
 fn resolve_error(source: &OciSource, e: ResolveError) -> Error {
     match e {
         ResolveError::Registry(e) => Error::registry(&source.reference(), &e),
-        ResolveError::InvalidRule(reason) => Error::InvalidSpec(SpecError::new("version", reason)),
+        ResolveError::InvalidRule(reason) => Error::InvalidSpec(SpecError::new("version", reason.to_string())),
         no_match @ ResolveError::NoMatch { .. } => Error::NoMatchingVersion(no_match.to_string()),
         ref unverified @ ResolveError::Unverified { ref skipped, .. } => Error::Unverified {
             reason: skipped.first().map_or("NoSignature", |s| s.reason),

@@ -147,7 +147,7 @@ impl VersionFilter {
         }
         if let Some(range) = &self.range {
             if let Err(e) = crate::version::parse_range(range) {
-                return fail("version.range".into(), e);
+                return fail("version.range".into(), e.to_string());
             }
         }
         Ok(())

@@ -78,10 +78,11 @@ impl Rules {
     pub fn new(config: &MirrorConfig) -> Result<Self, String> {
         let version = config.version.clone().unwrap_or_default();
         let compile = |re: &str| Regex::new(re).map_err(|e| format!("regex {re:?}: {e}"));
-        let range = version.range.as_deref().map(crate::version::parse_range).transpose()?;
+        let range = version.range.as_deref().map(crate::version::parse_range).transpose().map_err(|e| e.to_string())?;
         let retention = config.retention.clone().unwrap_or_default();
         let max_age =
-            retention.max_age.as_deref().map(crate::version::parse_duration).transpose()?.map(|d| d.as_secs_f64());
+            retention.max_age.as_deref().map(crate::version::parse_duration).transpose().map_err(|e| e.to_string())?;
+        let max_age = max_age.map(|d| d.as_secs_f64());
         Ok(Self {
             include: config.include.iter().map(|g| Glob::new(g)).collect(),
             exclude: config.exclude.iter().map(|g| Glob::new(g)).collect(),
