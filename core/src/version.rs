@@ -1,10 +1,10 @@
 //! Version policy: which tag of a repository is "the latest".
 //!
 //! [`resolve_latest`] is the one resolver, and [`resolve_verified`] the one resolver
-//! under signature verification: the operator calls them for a FirmwareChannel's status
-//! and the gateway for a standalone channel, so both pick the same tag from the same list
-//! under the same rules (range, pre-releases, `v` prefix, pin; the newest release whose
-//! signature verifies, skipping newer ones that do not).
+//! under signature verification, both of a [`Lookup`]: the operator calls them for a
+//! FirmwareChannel's status and the gateway for a standalone channel, so both pick the
+//! same tag from the same list under the same rules (range, pre-releases, `v` prefix,
+//! pin; the newest release whose signature verifies, skipping newer ones that do not).
 
 use std::time::Duration;
 
@@ -142,6 +142,20 @@ pub fn short_digest(digest: &str) -> String {
     digest.trim_start_matches("sha256:").chars().take(12).collect()
 }
 
+/// What to resolve: a repository, how to reach it, and the rule that picks its
+/// "latest"; the operator fills it from a FirmwareChannel, the gateway from a
+/// standalone channel.
+#[derive(Clone, Copy)]
+pub struct Lookup<'a> {
+    /// Registry host[:port].
+    pub registry: &'a str,
+    pub repository: &'a str,
+    /// Plain HTTP instead of HTTPS.
+    pub insecure: bool,
+    pub auth: &'a RegistryAuth,
+    pub rule: Rule<'a>,
+}
+
 /// Why [`resolve_latest`] found nothing.
 #[derive(Debug, thiserror::Error)]
 pub enum ResolveError {
@@ -187,20 +201,13 @@ impl ResolveError {
     }
 }
 
-/// Resolves a repository's "latest" under `rule`, from registry metadata only: the tag
-/// list (unless pinned) and a HEAD of the chosen tag's manifest (unless pinned by
+/// Resolves a repository's "latest" under its rule, from registry metadata only: the
+/// tag list (unless pinned) and a HEAD of the chosen tag's manifest (unless pinned by
 /// digest). Nothing is pulled.
-pub async fn resolve_latest(
-    client: &Client,
-    registry: &str,
-    repository: &str,
-    insecure: bool,
-    auth: &RegistryAuth,
-    rule: Rule<'_>,
-) -> Result<Resolved, ResolveError> {
-    let candidates = candidate_list(client, registry, repository, insecure, auth, rule).await?;
+pub async fn resolve_latest(client: &Client, lookup: Lookup<'_>) -> Result<Resolved, ResolveError> {
+    let candidates = candidate_list(client, lookup).await?;
     let newest = candidates.into_iter().next().expect("candidate_list returns at least one");
-    newest.resolve(client, registry, repository, insecure, auth).await
+    newest.resolve(client, lookup).await
 }
 
 /// At most this many candidates (newest first) are verified in one resolution under
@@ -241,27 +248,24 @@ impl std::fmt::Display for Skipped {
     }
 }
 
-/// Resolves a repository's newest release under `rule` whose cosign signature verifies
-/// with `verifier`: the rule's candidates are tried newest first, and each one that does
-/// not verify (unsigned, signed by another key, tampered) is skipped and reported in the
-/// result, never a reason to serve nothing. A registry failure (listing, HEAD or a
+/// Resolves a repository's newest release under its rule whose cosign signature
+/// verifies with `verifier`: the rule's candidates are tried newest first, and each one
+/// that does not verify (unsigned, signed by another key, tampered) is skipped and
+/// reported in the result, never a reason to serve nothing. A registry failure (listing, HEAD or a
 /// signature lookup) stops the resolution: what was verified before stays valid. When
 /// no candidate verifies (among the newest [`MAX_VERIFY_CANDIDATES`]), the error lists
 /// the skipped ones. Reads registry metadata and small signature blobs only.
 pub async fn resolve_verified(
     client: &Client,
-    registry: &str,
-    repository: &str,
-    insecure: bool,
-    auth: &RegistryAuth,
-    rule: Rule<'_>,
+    lookup: Lookup<'_>,
     verifier: &Verifier,
 ) -> Result<VerifiedRelease, ResolveError> {
-    let candidates = candidate_list(client, registry, repository, insecure, auth, rule).await?;
+    let Lookup { registry, repository, auth, .. } = lookup;
+    let candidates = candidate_list(client, lookup).await?;
     let total = candidates.len();
     let mut skipped: Vec<Skipped> = Vec::new();
     for candidate in candidates.into_iter().take(MAX_VERIFY_CANDIDATES) {
-        let resolved = candidate.resolve(client, registry, repository, insecure, auth).await?;
+        let resolved = candidate.resolve(client, lookup).await?;
         // `v1.2.0` and `1.2.0` on one digest: one verification.
         if let Some(earlier) = skipped.iter().find(|s| s.release.digest == resolved.digest) {
             let (reason, error) = (earlier.reason, earlier.error.clone());
@@ -288,14 +292,8 @@ struct Candidate {
 impl Candidate {
     /// The candidate with its manifest digest, from a HEAD (or a pull of the manifest
     /// when the registry sends no digest header).
-    async fn resolve(
-        self,
-        client: &Client,
-        registry: &str,
-        repository: &str,
-        insecure: bool,
-        auth: &RegistryAuth,
-    ) -> Result<Resolved, ResolveError> {
+    async fn resolve(self, client: &Client, lookup: Lookup<'_>) -> Result<Resolved, ResolveError> {
+        let Lookup { registry, repository, insecure, auth, .. } = lookup;
         let Candidate { version, tag, digest } = self;
         if let Some(digest) = digest {
             return Ok(Resolved { version, tag, digest });
@@ -310,16 +308,10 @@ impl Candidate {
     }
 }
 
-/// The releases `rule` admits, newest first (never empty): the pin alone, or the tags
-/// in [`candidates`] order.
-async fn candidate_list(
-    client: &Client,
-    registry: &str,
-    repository: &str,
-    insecure: bool,
-    auth: &RegistryAuth,
-    rule: Rule<'_>,
-) -> Result<Vec<Candidate>, ResolveError> {
+/// The releases the lookup's rule admits, newest first (never empty): the pin alone, or
+/// the tags in [`candidates`] order.
+async fn candidate_list(client: &Client, lookup: Lookup<'_>) -> Result<Vec<Candidate>, ResolveError> {
+    let Lookup { registry, repository, insecure, auth, rule } = lookup;
     rule.validate().map_err(ResolveError::InvalidRule)?;
     match rule.pin {
         Some(digest) if digest.starts_with("sha256:") => {
