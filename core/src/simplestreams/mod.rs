@@ -21,7 +21,7 @@ pub mod product;
 pub mod upstream;
 
 pub use layout::{is_safe_relative_path, FileRef, ImageVersion, RootKind, Rootfs, VersionFile};
-pub use product::{Identity, ProductKey, ProductProps, Serial};
+pub use product::{check_aliases, Identity, ProductKey, ProductProps, Serial};
 
 /// Why a product, a version or a whole index is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -65,19 +65,9 @@ impl StoredVersion {
         Self { product: id.product, props: id.props, serial: id.serial, layers, deleted: id.deleted }
     }
 
-    /// The product properties the index shows: the stored ones, and when no aliases
-    /// were given, `os/release/variant` (and `os/release` for the `default` variant),
-    /// as docker-simplestreams-server names them.
+    /// The product properties the index shows ([`ProductProps::served`]).
     pub fn index_props(&self) -> ProductProps {
-        let mut props = self.props.clone();
-        if props.aliases.is_empty() {
-            let p = &self.product;
-            props.aliases.push(format!("{}/{}/{}", p.os, p.release, p.variant));
-            if p.variant == "default" {
-                props.aliases.push(format!("{}/{}", p.os, p.release));
-            }
-        }
-        props
+        self.props.clone().served(&self.product)
     }
 
     /// The manifest of this version.
