@@ -138,7 +138,7 @@ impl Resolved {
 }
 
 /// The first 12 hex digits of a digest.
-pub fn short_digest(digest: &str) -> String {
+pub(crate) fn short_digest(digest: &str) -> String {
     digest.trim_start_matches("sha256:").chars().take(12).collect()
 }
 
@@ -214,7 +214,7 @@ pub async fn resolve_latest(client: &Client, lookup: Lookup<'_>) -> Result<Resol
 /// `verify`: past them the repository is not a release line but a flood of refused tags,
 /// and the channel keeps what it has. Each one costs a HEAD and three or four small
 /// signature lookups.
-pub const MAX_VERIFY_CANDIDATES: usize = 100;
+pub(crate) const MAX_VERIFY_CANDIDATES: usize = 100;
 
 /// What [`resolve_verified`] found: the newest release whose signature verifies, and the
 /// newer ones it skipped.

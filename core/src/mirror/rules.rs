@@ -36,7 +36,7 @@ pub struct Artifact {
 
 impl Artifact {
     /// Whether `other` (at the destination) holds the same content.
-    pub fn same_as(&self, other: &Artifact) -> bool {
+    pub(crate) fn same_as(&self, other: &Artifact) -> bool {
         if self.size != other.size {
             return false;
         }
@@ -115,7 +115,7 @@ impl Rules {
     }
 
     /// The retention group of `name`: directory plus product key.
-    pub fn group_of(&self, name: &str) -> String {
+    pub(crate) fn group_of(&self, name: &str) -> String {
         let (dir, base) = match name.rsplit_once('/') {
             Some((dir, base)) => (dir, base),
             None => ("", name),

@@ -257,7 +257,7 @@ pub fn digest_reference(registry: &str, repository: &str, digest: &str) -> Refer
 }
 
 /// Wraps a client error with the registry it came from.
-pub fn registry_error(registry: &str) -> impl FnOnce(oci_client::errors::OciDistributionError) -> OciError + '_ {
+pub(crate) fn registry_error(registry: &str) -> impl FnOnce(oci_client::errors::OciDistributionError) -> OciError + '_ {
     move |e| OciError::Registry { registry: registry.to_owned(), source: e }
 }
 

@@ -121,7 +121,7 @@ impl VersionFile {
 
     /// A file by its name: the upload names, and what `incus image export` writes.
     /// Which names are a metadata tarball is [`image_metadata::is_metadata_name`].
-    pub fn from_title(title: &str) -> Option<Self> {
+    pub(crate) fn from_title(title: &str) -> Option<Self> {
         if let Some(file) = Self::from_name(title) {
             return Some(file);
         }
@@ -171,7 +171,7 @@ pub fn incomplete(layers: &BTreeMap<VersionFile, OciDescriptor>) -> Option<&'sta
 }
 
 /// Why an artifact is not an image version when none of its layers is a rootfs.
-pub const NO_ROOTFS_LAYER: &str = "the artifact has no rootfs layer: give one the media type of its kind, or a \
+pub(crate) const NO_ROOTFS_LAYER: &str = "the artifact has no rootfs layer: give one the media type of its kind, or a \
      file name (org.opencontainers.image.title) rootfs.squashfs, root.tar.xz, disk-kvm.img, *.squashfs, *.tar.xz, \
      *.img or *.qcow2";
 
@@ -188,7 +188,7 @@ pub fn version_dir(product: &ProductKey, serial: &Serial) -> String {
 /// Whether an item path is safe to join onto a base URL: relative, only plain
 /// segments, nothing a URL or a file system would read specially. Upstream documents
 /// are held to it too: the `images.json` path index.json names, every item path.
-pub fn is_safe_relative_path(path: &str) -> bool {
+pub(crate) fn is_safe_relative_path(path: &str) -> bool {
     !path.is_empty()
         && !path.starts_with('/')
         && path.split('/').all(|seg| !seg.is_empty() && seg != "." && seg != "..")

@@ -20,7 +20,7 @@ pub mod layout;
 pub mod product;
 pub mod upstream;
 
-pub use layout::{is_safe_relative_path, FileRef, ImageVersion, RootKind, Rootfs, VersionFile};
+pub use layout::{FileRef, ImageVersion, RootKind, Rootfs, VersionFile};
 pub use product::{check_aliases, Identity, ProductKey, ProductProps, Serial};
 
 /// Why a product, a version or a whole index is refused.

@@ -68,7 +68,7 @@ impl fmt::Display for ProductKey {
 /// Architecture names LXD's and Incus's `osarch` accept (both the kernel and the
 /// Debian spelling). A product with another arch is silently dropped by the clients,
 /// so it is refused instead.
-pub fn is_known_arch(arch: &str) -> bool {
+pub(crate) fn is_known_arch(arch: &str) -> bool {
     const KNOWN: &[&str] = &[
         "i686",
         "i386",
@@ -115,7 +115,7 @@ impl Serial {
 
     /// Also the spellings other servers use: `YYYYMMDDHHMM` (incus-simplestreams) and
     /// `YYYYMMDD`; the result is always `YYYYMMDD_HH:MM`.
-    pub fn parse_lenient(s: &str) -> Result<Self, IndexError> {
+    pub(crate) fn parse_lenient(s: &str) -> Result<Self, IndexError> {
         let all_digits = s.bytes().all(|b| b.is_ascii_digit());
         match s.len() {
             12 if all_digits => Self::parse(&format!("{}_{}:{}", &s[..8], &s[8..10], &s[10..])),
@@ -126,13 +126,13 @@ impl Serial {
     }
 
     /// The serial of an image's `creation_date` (Unix seconds, UTC), to the minute.
-    pub fn from_creation(seconds: i64) -> Result<Self, IndexError> {
+    pub(crate) fn from_creation(seconds: i64) -> Result<Self, IndexError> {
         let t = DateTime::from_timestamp(seconds, 0).ok_or(IndexError::CreationDate(seconds))?;
         Self::parse(&t.format("%Y%m%d_%H:%M").to_string())
     }
 
     /// `YYYYMMDD_HHMM`.
-    pub fn tag_form(&self) -> String {
+    pub(crate) fn tag_form(&self) -> String {
         self.0.replace(':', "")
     }
 
