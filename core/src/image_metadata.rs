@@ -33,23 +33,23 @@ use serde::Deserialize;
 use crate::simplestreams::{IndexError, ProductKey};
 
 /// The largest `metadata.yaml` read (a real one is a few KiB).
-pub const MAX_METADATA_YAML: u64 = 1 << 20;
+pub(crate) const MAX_METADATA_YAML: u64 = 1 << 20;
 /// How far into the (decompressed) tar stream `metadata.yaml` must start: real
 /// tarballs hold it first or next to a few templates of KiB each.
-pub const MAX_TAR_STREAM: u64 = 16 << 20;
+pub(crate) const MAX_TAR_STREAM: u64 = 16 << 20;
 /// The memory the xz decoder may use (liblzma's memlimit). `xz -9` (64 MiB dictionary,
 /// the largest preset) needs 65 MiB; images from `incus image export` and distrobuilder
 /// are made with the default `-6` (8 MiB dictionary, 9 MiB to decode). Larger
 /// dictionaries are refused.
-pub const MAX_XZ_MEMORY: u64 = 72 << 20;
+pub(crate) const MAX_XZ_MEMORY: u64 = 72 << 20;
 /// The largest metadata tarball (as stored, compressed or not) either side reads.
 pub const MAX_TARBALL: u64 = 16 << 20;
 
 /// The recommended media type of the metadata tarball layer.
-pub const METADATA_MEDIA_TYPE: &str = "application/vnd.updraft.simplestreams.metadata.v1.tar+xz";
+pub(crate) const METADATA_MEDIA_TYPE: &str = "application/vnd.updraft.simplestreams.metadata.v1.tar+xz";
 /// Why an artifact is not an image version when none of its layers is a metadata
 /// tarball: what would have made one.
-pub const NO_METADATA_LAYER: &str = "the artifact has no metadata tarball layer: give it the media type \
+pub(crate) const NO_METADATA_LAYER: &str = "the artifact has no metadata tarball layer: give it the media type \
      application/vnd.updraft.simplestreams.metadata.v1.tar+xz, or a file name \
      (org.opencontainers.image.title, which oras sets from the file pushed) lxd.tar.xz, incus.tar.xz, \
      meta-*.tar.xz or meta-*.tar.gz";
@@ -58,7 +58,7 @@ pub const NO_METADATA_LAYER: &str = "the artifact has no metadata tarball layer:
 /// simplestreams) and `meta-*.tar.xz`/`.tar.gz` (what `incus image export` writes;
 /// `metadata*` is taken too). Which layer holds it is
 /// [`crate::simplestreams::VersionFile::of_layer`].
-pub fn is_metadata_name(name: &str) -> bool {
+pub(crate) fn is_metadata_name(name: &str) -> bool {
     let exported = name.starts_with("meta-") || name.starts_with("metadata");
     name == "lxd.tar.xz"
         || name == "incus.tar.xz"
@@ -130,7 +130,7 @@ impl ImageMetadata {
 }
 
 /// Whether `s` is a product component: `[a-z0-9][a-z0-9.-]{0,31}`.
-pub fn is_component(s: &str) -> bool {
+pub(crate) fn is_component(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
         && b.len() <= 32
@@ -140,7 +140,7 @@ pub fn is_component(s: &str) -> bool {
 
 /// Maps the kernel's architecture names (what `metadata.yaml` says) to the Debian
 /// names product keys use; Debian names pass through.
-pub fn debian_arch(arch: &str) -> &str {
+pub(crate) fn debian_arch(arch: &str) -> &str {
     match arch {
         "x86_64" => "amd64",
         "aarch64" => "arm64",

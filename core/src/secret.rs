@@ -15,7 +15,7 @@ pub fn key(raw: &[u8]) -> Option<&[u8]> {
 }
 
 /// [`key`] of a text value.
-pub fn key_str(raw: &str) -> Option<&str> {
+pub(crate) fn key_str(raw: &str) -> Option<&str> {
     Some(raw.trim_ascii()).filter(|k| !k.is_empty())
 }
 

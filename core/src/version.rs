@@ -1,10 +1,10 @@
 //! Version policy: which tag of a repository is "the latest".
 //!
 //! [`resolve_latest`] is the one resolver, and [`resolve_verified`] the one resolver
-//! under signature verification: the operator calls them for a FirmwareChannel's status
-//! and the gateway for a standalone channel, so both pick the same tag from the same list
-//! under the same rules (range, pre-releases, `v` prefix, pin; the newest release whose
-//! signature verifies, skipping newer ones that do not).
+//! under signature verification, both of a [`Lookup`]: the operator calls them for a
+//! FirmwareChannel's status and the gateway for a standalone channel, so both pick the
+//! same tag from the same list under the same rules (range, pre-releases, `v` prefix,
+//! pin; the newest release whose signature verifies, skipping newer ones that do not).
 
 use std::time::Duration;
 
@@ -13,7 +13,7 @@ use oci_client::Client;
 use semver::{Version, VersionReq};
 use serde::{Deserialize, Serialize};
 
-use crate::cosign::{Verified, Verifier, VerifyConfig, VerifyError};
+use crate::cosign::{KeyError, Verified, Verifier, VerifyConfig, VerifyError};
 use crate::oci::{self, OciError};
 
 /// Standalone resolution policy for a channel in `gateway.yaml`.
@@ -56,11 +56,11 @@ impl Default for VersionPolicy {
 
 impl VersionPolicy {
     /// Checks the rule and the interval, and reads the verification keys.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), PolicyError> {
         self.rule().validate()?;
         parse_duration(&self.interval)?;
         if let Some(verify) = &self.verify {
-            verify.verifier().map_err(|e| format!("verify: {e}"))?;
+            verify.verifier().map_err(PolicyError::Verify)?;
         }
         Ok(())
     }
@@ -90,15 +90,28 @@ pub struct Rule<'a> {
 
 impl Rule<'_> {
     /// Checks the range, and a digest pin's spelling.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), PolicyError> {
         match self.pin {
             Some(pin) if pin.starts_with("sha256:") && !crate::oci::is_digest(pin) => {
-                Err(format!("pin {pin:?} is not sha256:<64 hex>"))
+                Err(PolicyError::DigestPin(pin.to_owned()))
             }
             Some(_) => Ok(()),
             None => parse_range(self.range).map(drop),
         }
     }
+}
+
+/// Why a policy, or one of its parts (a range, a pin, an interval, the keys), is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("invalid semver range {range:?}: {source}")]
+    Range { range: String, source: semver::Error },
+    #[error("pin {0:?} is not sha256:<64 hex>")]
+    DigestPin(String),
+    #[error("invalid duration {0:?}: use e.g. 30s, 5m, 1h30m")]
+    Duration(String),
+    #[error("verify: {0}")]
+    Verify(#[source] KeyError),
 }
 
 /// What [`resolve_latest`] found.
@@ -125,8 +138,22 @@ impl Resolved {
 }
 
 /// The first 12 hex digits of a digest.
-pub fn short_digest(digest: &str) -> String {
+pub(crate) fn short_digest(digest: &str) -> String {
     digest.trim_start_matches("sha256:").chars().take(12).collect()
+}
+
+/// What to resolve: a repository, how to reach it, and the rule that picks its
+/// "latest"; the operator fills it from a FirmwareChannel, the gateway from a
+/// standalone channel.
+#[derive(Clone, Copy)]
+pub struct Lookup<'a> {
+    /// Registry host[:port].
+    pub registry: &'a str,
+    pub repository: &'a str,
+    /// Plain HTTP instead of HTTPS.
+    pub insecure: bool,
+    pub auth: &'a RegistryAuth,
+    pub rule: Rule<'a>,
 }
 
 /// Why [`resolve_latest`] found nothing.
@@ -136,8 +163,8 @@ pub enum ResolveError {
     #[error(transparent)]
     Registry(#[from] OciError),
     /// The rule itself is wrong (a bad range): retrying will not help.
-    #[error("{0}")]
-    InvalidRule(String),
+    #[error(transparent)]
+    InvalidRule(PolicyError),
     /// The repository has no tag the rule admits.
     #[error("none of the {tags} tags of {repository} satisfies range {range:?}{}", if *.prerelease { "" } else { " (pre-releases excluded)" })]
     NoMatch { repository: String, range: String, prerelease: bool, tags: usize },
@@ -174,27 +201,20 @@ impl ResolveError {
     }
 }
 
-/// Resolves a repository's "latest" under `rule`, from registry metadata only: the tag
-/// list (unless pinned) and a HEAD of the chosen tag's manifest (unless pinned by
+/// Resolves a repository's "latest" under its rule, from registry metadata only: the
+/// tag list (unless pinned) and a HEAD of the chosen tag's manifest (unless pinned by
 /// digest). Nothing is pulled.
-pub async fn resolve_latest(
-    client: &Client,
-    registry: &str,
-    repository: &str,
-    insecure: bool,
-    auth: &RegistryAuth,
-    rule: Rule<'_>,
-) -> Result<Resolved, ResolveError> {
-    let candidates = candidate_list(client, registry, repository, insecure, auth, rule).await?;
+pub async fn resolve_latest(client: &Client, lookup: Lookup<'_>) -> Result<Resolved, ResolveError> {
+    let candidates = candidate_list(client, lookup).await?;
     let newest = candidates.into_iter().next().expect("candidate_list returns at least one");
-    newest.resolve(client, registry, repository, insecure, auth).await
+    newest.resolve(client, lookup).await
 }
 
 /// At most this many candidates (newest first) are verified in one resolution under
 /// `verify`: past them the repository is not a release line but a flood of refused tags,
 /// and the channel keeps what it has. Each one costs a HEAD and three or four small
 /// signature lookups.
-pub const MAX_VERIFY_CANDIDATES: usize = 100;
+pub(crate) const MAX_VERIFY_CANDIDATES: usize = 100;
 
 /// What [`resolve_verified`] found: the newest release whose signature verifies, and the
 /// newer ones it skipped.
@@ -228,27 +248,24 @@ impl std::fmt::Display for Skipped {
     }
 }
 
-/// Resolves a repository's newest release under `rule` whose cosign signature verifies
-/// with `verifier`: the rule's candidates are tried newest first, and each one that does
-/// not verify (unsigned, signed by another key, tampered) is skipped and reported in the
-/// result, never a reason to serve nothing. A registry failure (listing, HEAD or a
+/// Resolves a repository's newest release under its rule whose cosign signature
+/// verifies with `verifier`: the rule's candidates are tried newest first, and each one
+/// that does not verify (unsigned, signed by another key, tampered) is skipped and
+/// reported in the result, never a reason to serve nothing. A registry failure (listing, HEAD or a
 /// signature lookup) stops the resolution: what was verified before stays valid. When
 /// no candidate verifies (among the newest [`MAX_VERIFY_CANDIDATES`]), the error lists
 /// the skipped ones. Reads registry metadata and small signature blobs only.
 pub async fn resolve_verified(
     client: &Client,
-    registry: &str,
-    repository: &str,
-    insecure: bool,
-    auth: &RegistryAuth,
-    rule: Rule<'_>,
+    lookup: Lookup<'_>,
     verifier: &Verifier,
 ) -> Result<VerifiedRelease, ResolveError> {
-    let candidates = candidate_list(client, registry, repository, insecure, auth, rule).await?;
+    let Lookup { registry, repository, auth, .. } = lookup;
+    let candidates = candidate_list(client, lookup).await?;
     let total = candidates.len();
     let mut skipped: Vec<Skipped> = Vec::new();
     for candidate in candidates.into_iter().take(MAX_VERIFY_CANDIDATES) {
-        let resolved = candidate.resolve(client, registry, repository, insecure, auth).await?;
+        let resolved = candidate.resolve(client, lookup).await?;
         // `v1.2.0` and `1.2.0` on one digest: one verification.
         if let Some(earlier) = skipped.iter().find(|s| s.release.digest == resolved.digest) {
             let (reason, error) = (earlier.reason, earlier.error.clone());
@@ -275,14 +292,8 @@ struct Candidate {
 impl Candidate {
     /// The candidate with its manifest digest, from a HEAD (or a pull of the manifest
     /// when the registry sends no digest header).
-    async fn resolve(
-        self,
-        client: &Client,
-        registry: &str,
-        repository: &str,
-        insecure: bool,
-        auth: &RegistryAuth,
-    ) -> Result<Resolved, ResolveError> {
+    async fn resolve(self, client: &Client, lookup: Lookup<'_>) -> Result<Resolved, ResolveError> {
+        let Lookup { registry, repository, insecure, auth, .. } = lookup;
         let Candidate { version, tag, digest } = self;
         if let Some(digest) = digest {
             return Ok(Resolved { version, tag, digest });
@@ -297,16 +308,10 @@ impl Candidate {
     }
 }
 
-/// The releases `rule` admits, newest first (never empty): the pin alone, or the tags
-/// in [`candidates`] order.
-async fn candidate_list(
-    client: &Client,
-    registry: &str,
-    repository: &str,
-    insecure: bool,
-    auth: &RegistryAuth,
-    rule: Rule<'_>,
-) -> Result<Vec<Candidate>, ResolveError> {
+/// The releases the lookup's rule admits, newest first (never empty): the pin alone, or
+/// the tags in [`candidates`] order.
+async fn candidate_list(client: &Client, lookup: Lookup<'_>) -> Result<Vec<Candidate>, ResolveError> {
+    let Lookup { registry, repository, insecure, auth, rule } = lookup;
     rule.validate().map_err(ResolveError::InvalidRule)?;
     match rule.pin {
         Some(digest) if digest.starts_with("sha256:") => {
@@ -358,7 +363,7 @@ pub struct Selected {
 
 /// Parses a semver range. Accepts cargo syntax (`>=1.2, <2`) and npm-style
 /// space-separated comparators (`>=1.2 <2`).
-pub fn parse_range(range: &str) -> Result<VersionReq, String> {
+pub fn parse_range(range: &str) -> Result<VersionReq, PolicyError> {
     let range = range.trim();
     if let Ok(req) = VersionReq::parse(range) {
         return Ok(req);
@@ -372,7 +377,7 @@ pub fn parse_range(range: &str) -> Result<VersionReq, String> {
         }
         joined.push_str(token);
     }
-    VersionReq::parse(&joined).map_err(|e| format!("invalid semver range {range:?}: {e}"))
+    VersionReq::parse(&joined).map_err(|source| PolicyError::Range { range: range.to_owned(), source })
 }
 
 /// Parses a tag as a version: `1.2.3` or, when `allow_v_prefix`, `v1.2.3`.
@@ -429,8 +434,8 @@ pub fn candidates<'a>(
 }
 
 /// Parses `90s`, `5m`, `1h`, `1h30m`, `2d`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let bad = || format!("invalid duration {s:?}: use e.g. 30s, 5m, 1h30m");
+pub fn parse_duration(s: &str) -> Result<Duration, PolicyError> {
+    let bad = || PolicyError::Duration(s.to_owned());
     let mut total = 0u64;
     let mut number = String::new();
     for c in s.trim().chars() {
@@ -490,7 +495,7 @@ mod tests {
     fn npm_style_ranges() {
         assert_eq!(pick(">=1.0.0 <1.2.0", false, true).as_deref(), Some("1.1.0"));
         assert_eq!(pick(">= 1.0.0 < 1.2.0", false, true).as_deref(), Some("1.1.0"));
-        assert!(parse_range("not a range").unwrap_err().contains("invalid semver range"));
+        assert!(parse_range("not a range").unwrap_err().to_string().contains("invalid semver range"));
     }
 
     #[test]
@@ -543,7 +548,7 @@ mod tests {
         let rule = |range, pin| Rule { range, prerelease: false, allow_v_prefix: true, pin };
         assert!(rule("not a range", None).validate().is_err());
         assert!(rule("not a range", Some("v1.0.0")).validate().is_ok());
-        assert!(rule("*", Some("sha256:abc")).validate().unwrap_err().contains("sha256:<64 hex>"));
+        assert!(rule("*", Some("sha256:abc")).validate().unwrap_err().to_string().contains("sha256:<64 hex>"));
         let resolved = Resolved { version: None, tag: String::new(), digest: format!("sha256:{}", "ab".repeat(32)) };
         assert_eq!(resolved.display_version(), "abababababab");
     }

@@ -17,7 +17,7 @@ use oci_client::secrets::RegistryAuth;
 use oci_client::Client;
 use updraft_core::cosign::{Scheme, Verifier, VerifyError};
 use updraft_core::oci;
-use updraft_core::version::{resolve_verified, ResolveError, Rule};
+use updraft_core::version::{resolve_verified, Lookup, ResolveError, Rule};
 
 /// The registry's address, started (or reused) through the project script, which also
 /// installs `oras` when missing.
@@ -105,9 +105,14 @@ fn rule() -> Rule<'static> {
     Rule { range: "*", prerelease: false, allow_v_prefix: true, pin: None }
 }
 
+/// Every release of `repo` on `registry`, anonymously, over plain HTTP.
+fn lookup<'a>(registry: &'a str, repo: &'a Repo) -> Lookup<'a> {
+    static ANONYMOUS: RegistryAuth = RegistryAuth::Anonymous;
+    Lookup { registry, repository: &repo.name, insecure: true, auth: &ANONYMOUS, rule: rule() }
+}
+
 async fn resolve(repo: &Repo) -> Result<updraft_core::version::VerifiedRelease, ResolveError> {
-    let auth = RegistryAuth::Anonymous;
-    resolve_verified(&client(), registry(), &repo.name, true, &auth, rule(), &trusted()).await
+    resolve_verified(&client(), lookup(registry(), repo), &trusted()).await
 }
 
 // ---- the tests --------------------------------------------------------------------------------
@@ -278,8 +283,7 @@ async fn each_skipped_release_costs_a_handful_of_metadata_requests() {
     let proxy = FaultProxy::start(registry()).await.unwrap();
     let client = oci::build_client("updraft-core-tests", ClientProtocol::HttpsExcept(vec![proxy.addr()]));
     let (verifier, addr) = (trusted(), proxy.addr());
-    let release =
-        resolve_verified(&client, &addr, &repo.name, true, &RegistryAuth::Anonymous, rule(), &verifier).await.unwrap();
+    let release = resolve_verified(&client, lookup(&addr, &repo), &verifier).await.unwrap();
     assert_eq!(release.resolved.digest, signed);
     assert_eq!(release.skipped.len(), unsigned.len());
     let seen = proxy.seen();

@@ -68,6 +68,10 @@ pub(crate) struct Observation {
     pub products: usize,
     /// Image versions in the index (at most `keepVersions` per product).
     pub versions: usize,
+    /// Why the gateway refuses to publish this index, when it does (an alias two
+    /// products claim, `updraft_core::simplestreams::check_aliases`): it keeps serving
+    /// the last index it published, and these counts are not it.
+    pub refused: Option<String>,
     /// Tags or upstream versions left out: not an image, deleted, or unreadable.
     pub skipped: usize,
     /// Tags of an OCI or upload source that are not image versions, each with why

@@ -10,7 +10,7 @@ use oci_client::Client;
 use updraft_core::config::ArtifactConfig;
 use updraft_core::cosign::{Verified, Verifier};
 use updraft_core::oci::{self, pull_image_manifest, select_layer, OciError};
-use updraft_core::version::{resolve_latest, resolve_verified, ResolveError, Rule, Skipped};
+use updraft_core::version::{resolve_latest, resolve_verified, Lookup, ResolveError, Rule, Skipped};
 use updraft_crds::channel::VersionPolicy;
 use updraft_crds::{OciSource, ResolvedVersion};
 
@@ -35,7 +35,7 @@ pub(crate) struct ResolveRequest<'a> {
 fn resolve_error(source: &OciSource, e: ResolveError) -> Error {
     match e {
         ResolveError::Registry(e) => Error::registry(&source.reference(), &e),
-        ResolveError::InvalidRule(reason) => Error::InvalidSpec(SpecError::new("version", reason)),
+        ResolveError::InvalidRule(reason) => Error::InvalidSpec(SpecError::new("version", reason.to_string())),
         no_match @ ResolveError::NoMatch { .. } => Error::NoMatchingVersion(no_match.to_string()),
         ref unverified @ ResolveError::Unverified { ref skipped, .. } => Error::Unverified {
             reason: skipped.first().map_or("NoSignature", |s| s.reason),
@@ -94,17 +94,20 @@ impl OciResolver {
             allow_v_prefix: policy.allow_v_prefix,
             pin: policy.pin.as_deref(),
         };
-        let (registry, repository, insecure, auth) =
-            (&source.registry, &source.repository, source.insecure, &request.auth);
+        let lookup = Lookup {
+            registry: &source.registry,
+            repository: &source.repository,
+            insecure: source.insecure,
+            auth: &request.auth,
+            rule,
+        };
         let (resolved, verified, skipped) = match request.verifier {
             None => {
-                let resolved = resolve_latest(client, registry, repository, insecure, auth, rule).await;
+                let resolved = resolve_latest(client, lookup).await;
                 (resolved.map_err(|e| resolve_error(source, e))?, None, Vec::new())
             }
             Some(verifier) => {
-                let release = resolve_verified(client, registry, repository, insecure, auth, rule, verifier)
-                    .await
-                    .map_err(|e| resolve_error(source, e))?;
+                let release = resolve_verified(client, lookup, verifier).await.map_err(|e| resolve_error(source, e))?;
                 (release.resolved, Some(release.verified), release.skipped)
             }
         };

@@ -89,7 +89,9 @@ pub(crate) async fn reconcile(stream: Arc<ImageStream>, ctx: Arc<Context>) -> Re
     }
     let observation = schedule.last_result(&stream);
     let failure = schedule.last_failure(&stream);
-    let indexed = observation.as_ref().and_then(|o| record_counts(&ctx, &stream, &mut status, &old, o));
+    // An index the gateway refuses is not what it serves: the last counts are kept.
+    let counted = observation.as_ref().filter(|o| o.refused.is_none());
+    let indexed = counted.and_then(|o| record_counts(&ctx, &stream, &mut status, &old, o));
     set_source_condition(&mut status, failure.as_ref(), observation.is_some(), generation);
     let verification = set_verified(&stream.spec, &mut status, observation.as_ref(), generation);
     let (url, remote_add, https) = match &gateway {
@@ -259,6 +261,14 @@ fn readiness(
             (false, "Suspended", "suspended before the source was looked at".to_owned())
         }
         (true, None, None) => (false, "Observing", "waiting for the first look at the source".to_owned()),
+        (true, _, Some(Observation { refused: Some(why), .. })) => {
+            let message = format!(
+                "gateway {:?} refuses the index: {why}; it keeps serving the last one it published ({} versions of \
+                 {} products)",
+                stream.spec.gateway_ref, old.versions, old.products
+            );
+            (false, "IndexRefused", message)
+        }
         (true, _, _) => {
             let (versions, products) = match observation {
                 Some(o) => (o.versions, o.products),
@@ -580,6 +590,18 @@ mod tests {
         let plain = spec(serde_json::json!({"source": upload()}));
         assert_eq!(set_verified(&plain, &mut status, Some(&refused), Some(1)), None);
         assert!(conditions::find(&status.conditions, VERIFIED).is_none());
+    }
+
+    #[test]
+    fn an_index_the_gateway_refuses_is_not_ready_and_keeps_the_last_counts() {
+        let stream = ImageStream::new("images", spec(serde_json::json!({"source": upload()})));
+        let old =
+            ImageStreamStatus { products: 2, versions: 5, last_indexed: Some(conditions::now()), ..Default::default() };
+        let why = r#"alias "edge" is claimed by products a and b of the same architecture"#;
+        let refused = Observation { products: 3, versions: 6, refused: Some(why.into()), ..Default::default() };
+        let (ready, reason, message) = readiness(&stream, true, true, None, &Some(refused), &old);
+        assert_eq!((ready, reason), (false, "IndexRefused"));
+        assert!(message.contains(why) && message.contains("(5 versions of 2 products)"), "{message}");
     }
 
     #[test]

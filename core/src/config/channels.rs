@@ -69,7 +69,7 @@ impl Downgrade {
 
 impl ChannelConfig {
     /// `rollout` when left out: every device gets `current`.
-    pub const DEFAULT_ROLLOUT: u8 = 100;
+    pub(crate) const DEFAULT_ROLLOUT: u8 = 100;
 
     pub fn device_id(&self) -> &str {
         self.device.as_deref().unwrap_or(&self.name)

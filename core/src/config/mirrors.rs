@@ -84,7 +84,7 @@ pub struct HttpStoreConfig {
 
 impl HttpStoreConfig {
     /// Why a key would go in the clear: see [`plain_http_key`].
-    pub fn check_key_transport(&self) -> Result<(), String> {
+    pub(crate) fn check_key_transport(&self) -> Result<(), String> {
         plain_http_key(&self.url, self.key_file.is_some(), self.allow_plain_http)
     }
 }
@@ -147,7 +147,7 @@ impl VersionFilter {
         }
         if let Some(range) = &self.range {
             if let Err(e) = crate::version::parse_range(range) {
-                return fail("version.range".into(), e);
+                return fail("version.range".into(), e.to_string());
             }
         }
         Ok(())

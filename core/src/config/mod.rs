@@ -104,7 +104,7 @@ impl GatewayConfig {
     /// Public listener when `listen` is left out.
     pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
     /// Admin listener when `adminListen` is left out.
-    pub const DEFAULT_ADMIN_LISTEN: &str = "0.0.0.0:9090";
+    pub(crate) const DEFAULT_ADMIN_LISTEN: &str = "0.0.0.0:9090";
 }
 
 impl Default for GatewayConfig {

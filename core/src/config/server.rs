@@ -19,7 +19,7 @@ pub struct CacheConfig {
 
 impl CacheConfig {
     /// `dir` when left out.
-    pub const DEFAULT_DIR: &str = "/var/cache/updraft";
+    pub(crate) const DEFAULT_DIR: &str = "/var/cache/updraft";
     /// `maxBytes` when left out: 1 GiB.
     pub const DEFAULT_MAX_BYTES: u64 = 1 << 30;
 }
@@ -47,7 +47,7 @@ pub struct TlsConfig {
 
 impl TlsConfig {
     /// `listen` when left out.
-    pub const DEFAULT_LISTEN: &str = "0.0.0.0:8443";
+    pub(crate) const DEFAULT_LISTEN: &str = "0.0.0.0:8443";
 }
 
 fn default_listen() -> String {

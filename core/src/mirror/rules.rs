@@ -36,7 +36,7 @@ pub struct Artifact {
 
 impl Artifact {
     /// Whether `other` (at the destination) holds the same content.
-    pub fn same_as(&self, other: &Artifact) -> bool {
+    pub(crate) fn same_as(&self, other: &Artifact) -> bool {
         if self.size != other.size {
             return false;
         }
@@ -78,10 +78,11 @@ impl Rules {
     pub fn new(config: &MirrorConfig) -> Result<Self, String> {
         let version = config.version.clone().unwrap_or_default();
         let compile = |re: &str| Regex::new(re).map_err(|e| format!("regex {re:?}: {e}"));
-        let range = version.range.as_deref().map(crate::version::parse_range).transpose()?;
+        let range = version.range.as_deref().map(crate::version::parse_range).transpose().map_err(|e| e.to_string())?;
         let retention = config.retention.clone().unwrap_or_default();
         let max_age =
-            retention.max_age.as_deref().map(crate::version::parse_duration).transpose()?.map(|d| d.as_secs_f64());
+            retention.max_age.as_deref().map(crate::version::parse_duration).transpose().map_err(|e| e.to_string())?;
+        let max_age = max_age.map(|d| d.as_secs_f64());
         Ok(Self {
             include: config.include.iter().map(|g| Glob::new(g)).collect(),
             exclude: config.exclude.iter().map(|g| Glob::new(g)).collect(),
@@ -114,7 +115,7 @@ impl Rules {
     }
 
     /// The retention group of `name`: directory plus product key.
-    pub fn group_of(&self, name: &str) -> String {
+    pub(crate) fn group_of(&self, name: &str) -> String {
         let (dir, base) = match name.rsplit_once('/') {
             Some((dir, base)) => (dir, base),
             None => ("", name),

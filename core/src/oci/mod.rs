@@ -30,8 +30,8 @@ pub use probe::{probe, Probe};
 pub enum OciError {
     #[error("registry {registry}: {source}")]
     Registry { registry: String, source: oci_client::errors::OciDistributionError },
-    #[error("docker config {path}: {reason}")]
-    Credentials { path: String, reason: String },
+    #[error("docker config {path}: {source}")]
+    Credentials { path: String, source: DockerConfigError },
     #[error("{0}")]
     Select(String),
     #[error("invalid reference: {0}")]
@@ -40,6 +40,21 @@ pub enum OciError {
     /// `Retry-After` asked for, when it sent one.
     #[error("registry {registry}: answered {status}{}", wait(retry_after))]
     Unavailable { registry: String, status: u16, retry_after: Option<Duration> },
+}
+
+/// Why a docker `config.json` gives no credentials.
+#[derive(Debug, thiserror::Error)]
+pub enum DockerConfigError {
+    #[error("{0}")]
+    Read(#[from] std::io::Error),
+    #[error("{0}")]
+    Json(#[from] serde_json::Error),
+    #[error("auths.{registry}.auth is not base64: {source}")]
+    Base64 { registry: String, source: base64::DecodeError },
+    #[error("auths.{0}.auth is not UTF-8")]
+    Utf8(String),
+    #[error("auths.{0}.auth is not user:password")]
+    NotUserPassword(String),
 }
 
 /// The longest `Retry-After` honoured: a registry asking for an hour is asked again
@@ -192,15 +207,15 @@ struct DockerAuth {
 /// entry for the registry, anonymous otherwise.
 pub fn registry_auth(source: &SourceConfig) -> Result<RegistryAuth, OciError> {
     let Some(path) = &source.docker_config else { return Ok(RegistryAuth::Anonymous) };
-    let fail = |reason: String| OciError::Credentials { path: path.display().to_string(), reason };
-    let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+    let fail = |source| OciError::Credentials { path: path.display().to_string(), source };
+    let text = std::fs::read_to_string(path).map_err(|e| fail(e.into()))?;
     auth_from_docker_config(&text, &source.registry).map_err(fail)
 }
 
 /// Parses a docker config and picks the entry for `registry` (keys may carry a
 /// scheme and a path, e.g. `https://index.docker.io/v1/`).
-pub fn auth_from_docker_config(text: &str, registry: &str) -> Result<RegistryAuth, String> {
-    let config: DockerConfig = serde_json::from_str(text).map_err(|e| e.to_string())?;
+pub fn auth_from_docker_config(text: &str, registry: &str) -> Result<RegistryAuth, DockerConfigError> {
+    let config: DockerConfig = serde_json::from_str(text)?;
     let wanted = normalize_registry(registry);
     let Some(entry) = config.auths.iter().find(|(k, _)| normalize_registry(k) == wanted).map(|(_, v)| v) else {
         return Ok(RegistryAuth::Anonymous);
@@ -214,9 +229,10 @@ pub fn auth_from_docker_config(text: &str, registry: &str) -> Result<RegistryAut
     let Some(encoded) = &entry.auth else { return Ok(RegistryAuth::Anonymous) };
     let decoded = base64::engine::general_purpose::STANDARD
         .decode(encoded.trim())
-        .map_err(|e| format!("auths.{registry}.auth is not base64: {e}"))?;
-    let decoded = String::from_utf8(decoded).map_err(|_| format!("auths.{registry}.auth is not UTF-8"))?;
-    let (user, pass) = decoded.split_once(':').ok_or_else(|| format!("auths.{registry}.auth is not user:password"))?;
+        .map_err(|source| DockerConfigError::Base64 { registry: registry.to_owned(), source })?;
+    let decoded = String::from_utf8(decoded).map_err(|_| DockerConfigError::Utf8(registry.to_owned()))?;
+    let (user, pass) =
+        decoded.split_once(':').ok_or_else(|| DockerConfigError::NotUserPassword(registry.to_owned()))?;
     Ok(RegistryAuth::Basic(user.to_owned(), pass.to_owned()))
 }
 
@@ -241,7 +257,7 @@ pub fn digest_reference(registry: &str, repository: &str, digest: &str) -> Refer
 }
 
 /// Wraps a client error with the registry it came from.
-pub fn registry_error(registry: &str) -> impl FnOnce(oci_client::errors::OciDistributionError) -> OciError + '_ {
+pub(crate) fn registry_error(registry: &str) -> impl FnOnce(oci_client::errors::OciDistributionError) -> OciError + '_ {
     move |e| OciError::Registry { registry: registry.to_owned(), source: e }
 }
 

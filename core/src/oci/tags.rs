@@ -18,7 +18,7 @@
 
 /// cosign's attachment suffixes (`ociremote.SignatureTagSuffix`, `AttestationTagSuffix`,
 /// `SBOMTagSuffix`).
-pub const ATTACHMENT_SUFFIXES: [&str; 3] = [".sig", ".att", ".sbom"];
+pub(crate) const ATTACHMENT_SUFFIXES: [&str; 3] = [".sig", ".att", ".sbom"];
 
 /// The digest (`sha256:<hex>`) `tag` is attached to, when it is a cosign or referrers
 /// fallback tag; `None` for every other tag.

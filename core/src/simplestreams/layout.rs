@@ -24,21 +24,15 @@ use std::collections::BTreeMap;
 
 use oci_client::manifest::{OciDescriptor, OciImageManifest};
 
+use super::annotations::ANN_TITLE;
+#[cfg(doc)]
+use super::annotations::{
+    ANN_ALIASES, ANN_COMBINED, ANN_DELETED, ANN_OS, ANN_PRODUCT, ANN_RELEASE_TITLE, ANN_SERIAL, ARTIFACT_TYPE,
+};
 use super::product::{ProductKey, Serial};
 use super::IndexError;
 use crate::image_metadata::{self, METADATA_MEDIA_TYPE};
 use crate::oci::is_sha256_hex;
-
-pub const ARTIFACT_TYPE: &str = "application/vnd.updraft.simplestreams.version.v1";
-/// The file name of a layer (what `oras push` sets).
-pub const ANN_TITLE: &str = "org.opencontainers.image.title";
-pub const ANN_PRODUCT: &str = "dev.updraft.simplestreams.product";
-pub const ANN_SERIAL: &str = "dev.updraft.simplestreams.serial";
-pub const ANN_OS: &str = "dev.updraft.simplestreams.os";
-pub const ANN_RELEASE_TITLE: &str = "dev.updraft.simplestreams.release-title";
-pub const ANN_ALIASES: &str = "dev.updraft.simplestreams.aliases";
-pub const ANN_DELETED: &str = "dev.updraft.simplestreams.deleted";
-pub const ANN_COMBINED: &str = "dev.updraft.simplestreams.combined-sha256";
 
 /// The kinds of root filesystem an image version may carry; each one is a separate
 /// image for the clients.
@@ -127,7 +121,7 @@ impl VersionFile {
 
     /// A file by its name: the upload names, and what `incus image export` writes.
     /// Which names are a metadata tarball is [`image_metadata::is_metadata_name`].
-    pub fn from_title(title: &str) -> Option<Self> {
+    pub(crate) fn from_title(title: &str) -> Option<Self> {
         if let Some(file) = Self::from_name(title) {
             return Some(file);
         }
@@ -177,7 +171,7 @@ pub fn incomplete(layers: &BTreeMap<VersionFile, OciDescriptor>) -> Option<&'sta
 }
 
 /// Why an artifact is not an image version when none of its layers is a rootfs.
-pub const NO_ROOTFS_LAYER: &str = "the artifact has no rootfs layer: give one the media type of its kind, or a \
+pub(crate) const NO_ROOTFS_LAYER: &str = "the artifact has no rootfs layer: give one the media type of its kind, or a \
      file name (org.opencontainers.image.title) rootfs.squashfs, root.tar.xz, disk-kvm.img, *.squashfs, *.tar.xz, \
      *.img or *.qcow2";
 
@@ -194,7 +188,7 @@ pub fn version_dir(product: &ProductKey, serial: &Serial) -> String {
 /// Whether an item path is safe to join onto a base URL: relative, only plain
 /// segments, nothing a URL or a file system would read specially. Upstream documents
 /// are held to it too: the `images.json` path index.json names, every item path.
-pub fn is_safe_relative_path(path: &str) -> bool {
+pub(crate) fn is_safe_relative_path(path: &str) -> bool {
     !path.is_empty()
         && !path.starts_with('/')
         && path.split('/').all(|seg| !seg.is_empty() && seg != "." && seg != "..")

@@ -7,19 +7,21 @@
 //!
 //! - [`product`]: product keys `os:release:arch:variant`, serials `YYYYMMDD_HH:MM`,
 //!   and a version's identity from its annotations or its `metadata.yaml`;
-//! - [`layout`]: the annotation names, which layer is which file, the paths files are
-//!   served under, and what makes an index entry valid;
+//! - [`annotations`]: the artifact type and annotation names a version carries;
+//! - [`layout`]: which layer is which file, the paths files are served under, and
+//!   what makes an index entry valid;
 //! - [`upstream`]: following another simplestreams server: the products document, the
 //!   filters, the usable versions.
 //!
 //! Rendering the two JSON documents stays in the gateway: only it serves them.
 
+pub mod annotations;
 pub mod layout;
 pub mod product;
 pub mod upstream;
 
-pub use layout::{is_safe_relative_path, FileRef, ImageVersion, RootKind, Rootfs, VersionFile};
-pub use product::{Identity, ProductKey, ProductProps, Serial};
+pub use layout::{FileRef, ImageVersion, RootKind, Rootfs, VersionFile};
+pub use product::{check_aliases, Identity, ProductKey, ProductProps, Serial};
 
 /// Why a product, a version or a whole index is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

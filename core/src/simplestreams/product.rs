@@ -4,12 +4,12 @@
 //! `metadata.yaml`. The gateway indexes with these rules and the ImageStream
 //! controller counts with them, so a version the status counts is one the index lists.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime};
 
-use super::layout::{ANN_ALIASES, ANN_DELETED, ANN_OS, ANN_PRODUCT, ANN_RELEASE_TITLE, ANN_SERIAL};
+use super::annotations::{ANN_ALIASES, ANN_DELETED, ANN_OS, ANN_PRODUCT, ANN_RELEASE_TITLE, ANN_SERIAL};
 use super::IndexError;
 use crate::image_metadata::{debian_arch, is_component, ImageMetadata};
 
@@ -68,7 +68,7 @@ impl fmt::Display for ProductKey {
 /// Architecture names LXD's and Incus's `osarch` accept (both the kernel and the
 /// Debian spelling). A product with another arch is silently dropped by the clients,
 /// so it is refused instead.
-pub fn is_known_arch(arch: &str) -> bool {
+pub(crate) fn is_known_arch(arch: &str) -> bool {
     const KNOWN: &[&str] = &[
         "i686",
         "i386",
@@ -115,7 +115,7 @@ impl Serial {
 
     /// Also the spellings other servers use: `YYYYMMDDHHMM` (incus-simplestreams) and
     /// `YYYYMMDD`; the result is always `YYYYMMDD_HH:MM`.
-    pub fn parse_lenient(s: &str) -> Result<Self, IndexError> {
+    pub(crate) fn parse_lenient(s: &str) -> Result<Self, IndexError> {
         let all_digits = s.bytes().all(|b| b.is_ascii_digit());
         match s.len() {
             12 if all_digits => Self::parse(&format!("{}_{}:{}", &s[..8], &s[8..10], &s[10..])),
@@ -126,13 +126,13 @@ impl Serial {
     }
 
     /// The serial of an image's `creation_date` (Unix seconds, UTC), to the minute.
-    pub fn from_creation(seconds: i64) -> Result<Self, IndexError> {
+    pub(crate) fn from_creation(seconds: i64) -> Result<Self, IndexError> {
         let t = DateTime::from_timestamp(seconds, 0).ok_or(IndexError::CreationDate(seconds))?;
         Self::parse(&t.format("%Y%m%d_%H:%M").to_string())
     }
 
     /// `YYYYMMDD_HHMM`.
-    pub fn tag_form(&self) -> String {
+    pub(crate) fn tag_form(&self) -> String {
         self.0.replace(':', "")
     }
 
@@ -191,6 +191,40 @@ impl ProductProps {
         }
         Ok(())
     }
+
+    /// The props the index shows for a version of `product` stored with these: the
+    /// same, and when no aliases were given, `os/release/variant` (and `os/release` for
+    /// the `default` variant), as docker-simplestreams-server names them.
+    pub fn served(mut self, product: &ProductKey) -> Self {
+        if self.aliases.is_empty() {
+            self.aliases.push(format!("{}/{}/{}", product.os, product.release, product.variant));
+            if product.variant == "default" {
+                self.aliases.push(format!("{}/{}", product.os, product.release));
+            }
+        }
+        self
+    }
+}
+
+/// The rule on aliases across one index: within an architecture an alias names one
+/// product (clients look `debian/12` up per architecture). `products` are the products
+/// of the index with the aliases each claims; the first alias claimed a second time is
+/// the error. The gateway refuses to publish such an index (it keeps serving the last
+/// one it published), and the ImageStream controller says so instead of counting it.
+pub fn check_aliases<'a>(products: impl IntoIterator<Item = (&'a ProductKey, &'a [String])>) -> Result<(), IndexError> {
+    let mut claimed: HashMap<(&str, &str), &ProductKey> = HashMap::new();
+    for (key, aliases) in products {
+        for alias in aliases {
+            if let Some(first) = claimed.insert((alias.as_str(), key.arch.as_str()), key) {
+                return Err(IndexError::DuplicateAlias {
+                    alias: alias.clone(),
+                    first: first.to_string(),
+                    second: key.to_string(),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Which version a manifest holds.
@@ -390,6 +424,37 @@ mod tests {
         assert_eq!(
             (id.product.to_string(), id.serial.as_str()),
             ("alpine:edge:arm64:default".into(), "20260101_00:00")
+        );
+    }
+
+    #[test]
+    fn a_product_without_aliases_is_served_under_its_key() {
+        let served = |key: &str, aliases: &[&str]| {
+            let props = ProductProps { aliases: aliases.iter().map(|s| s.to_string()).collect(), ..Default::default() };
+            props.served(&ProductKey::parse(key).unwrap()).aliases
+        };
+        assert_eq!(served("debian:12:amd64:default", &[]), ["debian/12/default", "debian/12"]);
+        assert_eq!(served("debian:12:amd64:cloud", &[]), ["debian/12/cloud"]);
+        assert_eq!(served("debian:12:amd64:default", &["stable"]), ["stable"]);
+    }
+
+    #[test]
+    fn an_alias_names_one_product_per_architecture() {
+        let key = |k: &str| ProductKey::parse(k).unwrap();
+        let (amd64, arm64, alpine) =
+            (key("debian:12:amd64:default"), key("debian:12:arm64:default"), key("alpine:3.20:amd64:default"));
+        let aliases = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let (debian, edge, both) = (aliases(&["debian/12"]), aliases(&["edge"]), aliases(&["edge", "debian/12"]));
+        // One alias on two architectures: one product each.
+        assert_eq!(check_aliases([(&amd64, &debian[..]), (&arm64, &debian[..])]), Ok(()));
+        assert_eq!(check_aliases([(&amd64, &debian[..]), (&alpine, &edge[..])]), Ok(()));
+        assert_eq!(
+            check_aliases([(&alpine, &both[..]), (&amd64, &debian[..])]),
+            Err(IndexError::DuplicateAlias {
+                alias: "debian/12".into(),
+                first: alpine.to_string(),
+                second: amd64.to_string()
+            })
         );
     }
 

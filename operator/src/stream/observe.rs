@@ -24,8 +24,12 @@
 //! - **Upstream sources**: the upstream's `streams/v1/index.json`, the
 //!   `image-downloads` document it names, and the versions the gateway would mirror
 //!   of it (`simplestreams::upstream::mirror`).
+//!
+//! Whatever the source, the products counted are checked as the gateway checks its index
+//! before publishing it (`simplestreams::check_aliases`): an index it would refuse is
+//! reported as refused, not counted.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Mutex, OnceLock};
 
 use futures::{StreamExt, TryStreamExt};
@@ -37,7 +41,7 @@ use updraft_core::cosign::{Verifier, VerifyError};
 use updraft_core::image_metadata::{read_metadata_yaml, MetadataError, MAX_TARBALL};
 use updraft_core::oci;
 use updraft_core::simplestreams::upstream::{image_downloads_path, mirror, Filters};
-use updraft_core::simplestreams::{layout, Identity as Named, VersionFile};
+use updraft_core::simplestreams::{check_aliases, layout, Identity as Named, ProductKey, VersionFile};
 use updraft_crds::OciSource;
 
 use crate::clients::{upstream_builder, Clients};
@@ -55,20 +59,27 @@ const CACHE_LIMIT: usize = 200_000;
 /// What one manifest digest holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) enum Identity {
-    /// A version of `product`; `serial` orders versions (an annotation or the image's
-    /// `creation_date`); `deleted` for an upload's tombstone.
-    Version { product: String, serial: String, deleted: bool },
+    /// A version; `deleted` for an upload's tombstone.
+    Version { version: Listed, deleted: bool },
     /// Not an image version (why, for the logs).
     NotImage(String),
 }
 
+/// One version as the index lists it: its product, its serial (an annotation or the
+/// image's `creation_date`; orders versions), and the aliases its product is served
+/// under with it (`ProductProps::served`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Listed {
+    pub product: ProductKey,
+    pub serial: String,
+    pub aliases: Vec<String>,
+}
+
 impl Identity {
     fn of(named: Named) -> Self {
-        Identity::Version {
-            product: named.product.to_string(),
-            serial: named.serial.to_string(),
-            deleted: named.deleted,
-        }
+        let aliases = named.props.served(&named.product).aliases;
+        let version = Listed { product: named.product, serial: named.serial.to_string(), aliases };
+        Identity::Version { version, deleted: named.deleted }
     }
 }
 
@@ -125,10 +136,10 @@ pub(super) async fn repository(
         .try_collect()
         .await?;
     let mut observation = Observation::default();
-    let mut versions: Vec<(String, String, String, String)> = Vec::new();
+    let mut versions: Vec<(Listed, String, String)> = Vec::new();
     for (tag, digest, identity) in found {
         match identity {
-            Identity::Version { product, serial, deleted: false } => versions.push((product, serial, tag, digest)),
+            Identity::Version { version, deleted: false } => versions.push((version, tag, digest)),
             Identity::Version { deleted: true, .. } => {}
             Identity::NotImage(why) => {
                 tracing::debug!(%tag, %digest, %why, "not an image version");
@@ -139,22 +150,22 @@ pub(super) async fn repository(
     }
     if let Some(verify) = verify {
         let checked: Vec<_> = futures::stream::iter(versions)
-            .map(|(product, serial, tag, digest)| {
+            .map(|(version, tag, digest)| {
                 let verify = &verify;
                 async move {
                     let outcome = verified(client, source, auth, verify, &digest).await;
-                    (product, serial, tag, digest, outcome)
+                    (version, tag, digest, outcome)
                 }
             })
             .buffer_unordered(CONCURRENCY)
             .collect()
             .await;
         versions = Vec::new();
-        for (product, serial, tag, digest, outcome) in checked {
+        for (version, tag, digest, outcome) in checked {
             match outcome {
                 Ok(()) => {
                     observation.verified += 1;
-                    versions.push((product, serial, tag, digest));
+                    versions.push((version, tag, digest));
                 }
                 Err(VerifyError::Registry(e)) => return Err(unreachable(&e)),
                 Err(e) => observation.unverified.push(Unverified {
@@ -168,10 +179,8 @@ pub(super) async fn repository(
         observation.unverified.sort_by(|a, b| a.tag.cmp(&b.tag));
     }
     observation.left_out.sort();
-    let (products, count) = tally(versions.into_iter().map(|(product, serial, _, _)| (product, serial)), keep);
-    observation.products = products;
-    observation.versions = count;
-    Ok(observation)
+    let counts = tally(versions.into_iter().map(|(version, _, _)| version), keep);
+    Ok(Observation { products: counts.products, versions: counts.versions, refused: counts.refused, ..observation })
 }
 
 /// Whether `digest` carries a signature that verifies with `verify`'s keys (a success
@@ -280,15 +289,28 @@ fn image_tags(tags: Vec<String>) -> impl Iterator<Item = String> {
     tags.into_iter().filter(|t| !oci::tags::is_attached(t))
 }
 
+/// What [`tally`] counts.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct Tally {
+    pub products: usize,
+    pub versions: usize,
+    /// Why the gateway would refuse to publish the index.
+    pub refused: Option<String>,
+}
+
 /// Products with at least one version, and versions (distinct serials, at most `keep`
-/// per product; 0 keeps all).
-pub(super) fn tally(versions: impl IntoIterator<Item = (String, String)>, keep: usize) -> (usize, usize) {
-    let mut products: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for (product, serial) in versions {
-        products.entry(product).or_default().insert(serial);
+/// per product; 0 keeps all); the index refused when two products of one architecture
+/// claim an alias, each product claiming its newest version's aliases.
+pub(super) fn tally(versions: impl IntoIterator<Item = Listed>, keep: usize) -> Tally {
+    let mut products: BTreeMap<ProductKey, BTreeMap<String, Vec<String>>> = BTreeMap::new();
+    for Listed { product, serial, aliases } in versions {
+        products.entry(product).or_default().insert(serial, aliases);
     }
     let count = products.values().map(|s| if keep == 0 { s.len() } else { s.len().min(keep) }).sum();
-    (products.len(), count)
+    let claims =
+        products.iter().map(|(key, serials)| (key, serials.values().next_back().map_or(&[][..], Vec::as_slice)));
+    let refused = check_aliases(claims).err().map(|e| e.to_string());
+    Tally { products: products.len(), versions: count, refused }
 }
 
 /// Observes an upstream simplestreams server at `url`, trusting the PEM certificates
@@ -331,18 +353,28 @@ pub(super) async fn upstream(
 /// Counts an upstream `images.json`: the versions the gateway mirrors of it.
 pub(super) fn count_upstream(images: &Value, filters: &[String], keep: usize) -> Observation {
     let mirrored = mirror(images, &Filters::parse(filters), "");
-    let versions = mirrored.versions.iter().map(|(product, _, v)| (product.to_string(), v.serial.to_string()));
-    let (products, count) = tally(versions, keep);
-    Observation { products, versions: count, skipped: mirrored.skipped, ..Observation::default() }
+    let versions = mirrored.versions.into_iter().map(|(product, props, v)| Listed {
+        product,
+        serial: v.serial.to_string(),
+        aliases: props.aliases,
+    });
+    let Tally { products, versions, refused } = tally(versions, keep);
+    Observation { products, versions, refused, skipped: mirrored.skipped, ..Observation::default() }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use updraft_core::simplestreams::annotations;
+
+    fn listed(product: &str, serial: &str, aliases: &[&str]) -> Listed {
+        let aliases = aliases.iter().map(|a| a.to_string()).collect();
+        Listed { product: ProductKey::parse(product).unwrap(), serial: serial.to_owned(), aliases }
+    }
 
     #[test]
     fn versions_are_distinct_serials_kept_per_product() {
-        let v = |p: &str, s: &str| (p.to_owned(), s.to_owned());
+        let v = |p: &str, s: &str| listed(p, s, &[]);
         let versions = [
             v("debian:12:amd64:default", "1"),
             v("debian:12:amd64:default", "2"),
@@ -350,10 +382,31 @@ mod tests {
             v("debian:12:amd64:default", "3"),
             v("alpine:3.20:amd64:default", "1"),
         ];
-        assert_eq!(tally(versions.clone(), 0), (2, 4));
-        assert_eq!(tally(versions.clone(), 2), (2, 3));
-        assert_eq!(tally(versions, 1), (2, 2));
-        assert_eq!(tally([], 3), (0, 0));
+        let counts = |keep| {
+            let Tally { products, versions, refused } = tally(versions.clone(), keep);
+            assert_eq!(refused, None);
+            (products, versions)
+        };
+        assert_eq!((counts(0), counts(2), counts(1)), ((2, 4), (2, 3), (2, 2)));
+        assert_eq!(tally([], 3), Tally { products: 0, versions: 0, refused: None });
+    }
+
+    #[test]
+    fn an_alias_two_products_claim_refuses_the_index_as_the_gateway_does() {
+        // Two products of one architecture claim `edge`: the gateway does not publish
+        // that index, so it is not counted as served.
+        let clash = [
+            listed("debian:13:amd64:default", "20260101_00:00", &["debian/13", "edge"]),
+            listed("debian:sid:amd64:default", "20260101_00:00", &["debian/sid", "edge"]),
+        ];
+        let refused = tally(clash.clone(), 0).refused.expect("refused");
+        assert!(refused.contains(r#"alias "edge""#) && refused.contains("debian:sid:amd64:default"), "{refused}");
+        // The same alias on another architecture, or given up by the product's newest
+        // version, is served once per architecture: nothing to refuse.
+        let arm = listed("debian:sid:arm64:default", "20260101_00:00", &["debian/sid", "edge"]);
+        assert_eq!(tally([clash[0].clone(), arm], 0).refused, None);
+        let moved = listed("debian:sid:amd64:default", "20260102_00:00", &["debian/sid"]);
+        assert_eq!(tally([clash[0].clone(), clash[1].clone(), moved], 0).refused, None);
     }
 
     #[test]
@@ -380,7 +433,7 @@ mod tests {
 
     fn layer(media: &str, title: &str) -> serde_json::Value {
         serde_json::json!({"mediaType": media, "digest": format!("sha256:{}", "1".repeat(64)), "size": 10,
-            "annotations": {layout::ANN_TITLE: title}})
+            "annotations": {annotations::ANN_TITLE: title}})
     }
 
     fn exported() -> serde_json::Value {
@@ -392,7 +445,7 @@ mod tests {
 
     #[test]
     fn annotations_name_the_product_serial_and_tombstones() {
-        use layout::{ANN_DELETED, ANN_PRODUCT, ANN_SERIAL};
+        use annotations::{ANN_DELETED, ANN_PRODUCT, ANN_SERIAL};
         let m = manifest(
             serde_json::json!({ANN_PRODUCT: "debian:bookworm:amd64:default", ANN_SERIAL: "20260101_00:00"}),
             exported(),
@@ -400,8 +453,11 @@ mod tests {
         assert_eq!(
             from_manifest(&m).unwrap(),
             Identity::Version {
-                product: "debian:bookworm:amd64:default".into(),
-                serial: "20260101_00:00".into(),
+                version: listed(
+                    "debian:bookworm:amd64:default",
+                    "20260101_00:00",
+                    &["debian/bookworm/default", "debian/bookworm"]
+                ),
                 deleted: false
             }
         );
@@ -416,7 +472,7 @@ mod tests {
 
     #[test]
     fn what_the_gateway_refuses_is_not_counted() {
-        use layout::{ANN_PRODUCT, ANN_SERIAL};
+        use annotations::{ANN_PRODUCT, ANN_SERIAL};
         // Each was a version here and left out of the gateway's index.
         let cases = [
             (
@@ -447,7 +503,7 @@ mod tests {
 
     #[test]
     fn without_annotations_the_metadata_layer_is_read() {
-        let title = |l: Box<OciDescriptor>| l.annotations.unwrap()[layout::ANN_TITLE].clone();
+        let title = |l: Box<OciDescriptor>| l.annotations.unwrap()[annotations::ANN_TITLE].clone();
         assert_eq!(title(from_manifest(&manifest(serde_json::json!({}), exported())).unwrap_err()), "meta-abc.tar.xz");
         let typed = manifest(
             serde_json::json!({}),

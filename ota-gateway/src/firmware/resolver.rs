@@ -17,7 +17,7 @@ use super::{Channel, Firmware, Snapshot};
 use updraft_core::config::PinnedArtifact;
 use updraft_core::cosign::KeyError;
 use updraft_core::oci::{self, OciError};
-use updraft_core::version::{parse_duration, resolve_latest, resolve_verified, ResolveError, Skipped};
+use updraft_core::version::{parse_duration, resolve_latest, resolve_verified, Lookup, ResolveError, Skipped};
 
 /// Interval of a policy whose own does not parse (validation refuses those).
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(300);
@@ -107,13 +107,19 @@ async fn resolve_once(firmware: &Firmware, channel: &Channel) -> Result<(), Stan
     let source = &channel.config.source;
     let client = firmware.inner.fetcher.client();
     let auth = oci::registry_auth(source)?;
-    let (registry, repository, insecure) = (&source.registry, &source.repository, source.insecure);
+    let registry = &source.registry;
+    let lookup = Lookup {
+        registry,
+        repository: &source.repository,
+        insecure: source.insecure,
+        auth: &auth,
+        rule: policy.rule(),
+    };
     let resolved = match policy.verify.as_ref() {
-        None => resolve_latest(&client, registry, repository, insecure, &auth, policy.rule()).await?,
+        None => resolve_latest(&client, lookup).await?,
         Some(verify) => {
             let verifier = verify.verifier()?;
-            let result =
-                resolve_verified(&client, registry, repository, insecure, &auth, policy.rule(), &verifier).await;
+            let result = resolve_verified(&client, lookup, &verifier).await;
             let skipped = match &result {
                 Ok(release) => Some(release.skipped.as_slice()),
                 Err(ResolveError::Unverified { skipped, .. }) => Some(skipped.as_slice()),

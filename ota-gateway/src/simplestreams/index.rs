@@ -20,14 +20,14 @@
 //! [`updraft_core::simplestreams`]' (the ImageStream controller counts with the same
 //! rules); this module renders them.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::{self, Read};
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 pub use updraft_core::simplestreams::{
-    FileRef, ImageVersion, IndexError, ProductKey, ProductProps, RootKind, Rootfs, Serial,
+    check_aliases, FileRef, ImageVersion, IndexError, ProductKey, ProductProps, RootKind, Rootfs, Serial,
 };
 
 /// Where `images.json` lives, relative to the stream's base URL (named by index.json).
@@ -161,20 +161,9 @@ impl Index {
     }
 
     /// The two documents, or why this index must not be published (checks that span
-    /// products: an alias claimed twice for one architecture).
+    /// products: an alias claimed twice for one architecture, [`check_aliases`]).
     pub fn render(&self) -> Result<Documents, IndexError> {
-        let mut claimed: HashMap<(&str, &str), &ProductKey> = HashMap::new();
-        for (key, product) in &self.products {
-            for alias in &product.props.aliases {
-                if let Some(first) = claimed.insert((alias.as_str(), key.arch.as_str()), key) {
-                    return Err(IndexError::DuplicateAlias {
-                        alias: alias.clone(),
-                        first: first.to_string(),
-                        second: key.to_string(),
-                    });
-                }
-            }
-        }
+        check_aliases(self.products.iter().map(|(key, product)| (key, product.props.aliases.as_slice())))?;
         let updated = self
             .products
             .values()

@@ -15,10 +15,11 @@ use updraft_core::simplestreams::Identity;
 use super::index::{FileRef, ImageVersion, IndexError, ProductKey, ProductProps, Rootfs, Serial};
 use super::metadata::{version_dir, VersionFile};
 
-pub use updraft_core::simplestreams::layout::{
-    layers, version_tag, ANN_ALIASES, ANN_COMBINED, ANN_DELETED, ANN_OS, ANN_PRODUCT, ANN_RELEASE_TITLE, ANN_SERIAL,
-    ANN_TITLE, ARTIFACT_TYPE,
+pub use updraft_core::simplestreams::annotations::{
+    ANN_ALIASES, ANN_COMBINED, ANN_DELETED, ANN_OS, ANN_PRODUCT, ANN_RELEASE_TITLE, ANN_SERIAL, ANN_TITLE,
+    ARTIFACT_TYPE,
 };
+pub use updraft_core::simplestreams::layout::{layers, version_tag};
 
 pub const CONFIG_MEDIA_TYPE: &str = "application/vnd.oci.empty.v1+json";
 /// The empty JSON object `{}`, the config blob of every version manifest.
@@ -64,19 +65,9 @@ impl StoredVersion {
         Self { product: id.product, props: id.props, serial: id.serial, layers, deleted: id.deleted }
     }
 
-    /// The product properties the index shows: the stored ones, and when no aliases
-    /// were given, `os/release/variant` (and `os/release` for the `default` variant),
-    /// as docker-simplestreams-server names them.
+    /// The product properties the index shows ([`ProductProps::served`]).
     pub fn index_props(&self) -> ProductProps {
-        let mut props = self.props.clone();
-        if props.aliases.is_empty() {
-            let p = &self.product;
-            props.aliases.push(format!("{}/{}/{}", p.os, p.release, p.variant));
-            if p.variant == "default" {
-                props.aliases.push(format!("{}/{}", p.os, p.release));
-            }
-        }
-        props
+        self.props.clone().served(&self.product)
     }
 
     /// The manifest of this version.

@@ -137,7 +137,7 @@ impl Stream {
                 (None, None, Some(u)) => (no_repository(), u.interval.clone(), None, Some(Upstream::new(u)?)),
                 _ => return Err(StreamError::Config(format!("stream {:?}: needs exactly one source", config.name))),
             };
-        let interval = parse_duration(&interval).map_err(StreamError::Config)?;
+        let interval = parse_duration(&interval).map_err(|e| StreamError::Config(e.to_string()))?;
         // An empty token file leaves uploads closed: an empty secret matches nothing.
         let token = match &upload {
             Some(u) => Some(
