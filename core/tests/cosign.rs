@@ -7,27 +7,13 @@
 //! referrers tag schema and the verifier reads it back).
 
 use std::process::Command;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
-use e2e::cosign::{dsse_bundle, message_bundle, simple_signing, statement, Key, Repository};
+use e2e::cosign::{dsse_bundle, message_bundle, simple_signing, statement, test_registry as registry, Key, TestRepo};
 use oci_client::client::ClientProtocol;
 use oci_client::secrets::RegistryAuth;
 use updraft_core::cosign::{Scheme, Verified, Verifier, VerifyError};
 use updraft_core::oci;
-
-/// The registry's address, started (or reused) through the project script, which also
-/// installs `oras` when missing.
-fn registry() -> &'static str {
-    static ADDR: OnceLock<String> = OnceLock::new();
-    ADDR.get_or_init(|| {
-        let exports = e2e::cluster_script("registry");
-        if !Command::new("oras").arg("version").output().is_ok_and(|o| o.status.success()) {
-            e2e::cluster_script("tools");
-        }
-        exports.into_iter().find(|(k, _)| k == "UPDRAFT_REGISTRY").expect("cluster.sh printed UPDRAFT_REGISTRY").1
-    })
-}
 
 /// Two keys for the whole test process: ours (trusted) and theirs (not).
 struct Keys {
@@ -56,39 +42,19 @@ fn verifier(trusted: &[(&str, &Key)]) -> Verifier {
     Verifier::from_pems(trusted.iter().map(|(name, key)| (*name, key.public_pem.as_str()))).unwrap()
 }
 
-/// A fresh repository with its scratch directory.
-struct Repo {
-    name: String,
-    dir: tempfile::TempDir,
+/// A fresh repository ([`TestRepo`]) and what these tests do with it.
+struct Repo(TestRepo);
+
+impl std::ops::Deref for Repo {
+    type Target = TestRepo;
+    fn deref(&self) -> &TestRepo {
+        &self.0
+    }
 }
 
 impl Repo {
     fn new(test: &str) -> Self {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        Self {
-            name: format!("test/cosign-{test}-{}-{nanos}-{n}", std::process::id()),
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    fn at(&self) -> Repository<'_> {
-        Repository { registry: registry(), name: &self.name, dir: self.dir.path() }
-    }
-
-    /// Pushes a release (firmware bytes unique to this repository and tag) at `tag`;
-    /// returns its manifest digest.
-    fn release(&self, tag: &str) -> String {
-        std::fs::write(self.dir.path().join("firmware.bin"), format!("{} {tag}", self.name)).unwrap();
-        let reference = self.at().reference(tag);
-        let out = Command::new("oras")
-            .current_dir(self.dir.path())
-            .args(["push", "--plain-http", &reference, "firmware.bin:application/vnd.updraft.firmware.v1"])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "oras push: {}", String::from_utf8_lossy(&out.stderr));
-        self.at().resolve(tag)
+        Self(TestRepo::new(&format!("cosign-{test}")))
     }
 
     /// `registry/name`, the reference payloads and statements name.
@@ -104,9 +70,7 @@ impl Repo {
 
 /// Runs `cmd`; its trimmed stdout.
 fn text(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    e2e::run(cmd).trim().to_owned()
 }
 
 // ---- the tests --------------------------------------------------------------------------------

@@ -6,11 +6,10 @@
 //! that sends more signature bytes than the descriptor declares.
 
 use std::process::Command;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use e2e::cosign::{simple_signing, CosignCli, Repository, SIGN_PREDICATE_TYPE};
+use e2e::cosign::{simple_signing, test_registry as registry, CosignCli, TestRepo, SIGN_PREDICATE_TYPE};
 use e2e::faults::{Fault, FaultProxy, Rule as FaultRule};
 use oci_client::client::ClientProtocol;
 use oci_client::secrets::RegistryAuth;
@@ -18,19 +17,6 @@ use oci_client::Client;
 use updraft_core::cosign::{Scheme, Verifier, VerifyError};
 use updraft_core::oci;
 use updraft_core::version::{resolve_verified, Lookup, ResolveError, Rule};
-
-/// The registry's address, started (or reused) through the project script, which also
-/// installs `oras` when missing.
-fn registry() -> &'static str {
-    static ADDR: OnceLock<String> = OnceLock::new();
-    ADDR.get_or_init(|| {
-        let exports = e2e::cluster_script("registry");
-        if !Command::new("oras").arg("version").output().is_ok_and(|o| o.status.success()) {
-            e2e::cluster_script("tools");
-        }
-        exports.into_iter().find(|(k, _)| k == "UPDRAFT_REGISTRY").expect("cluster.sh printed UPDRAFT_REGISTRY").1
-    })
-}
 
 /// One key pair made by `cosign generate-key-pair` for the whole test process.
 fn cosign() -> &'static CosignCli {
@@ -48,39 +34,19 @@ fn trusted() -> Verifier {
     Verifier::from_pems([("cosign.pub", std::fs::read_to_string(&cosign().public).unwrap().as_str())]).unwrap()
 }
 
-/// A fresh repository with its scratch directory.
-struct Repo {
-    name: String,
-    dir: tempfile::TempDir,
+/// A fresh repository ([`TestRepo`]) and what these tests do with it.
+struct Repo(TestRepo);
+
+impl std::ops::Deref for Repo {
+    type Target = TestRepo;
+    fn deref(&self) -> &TestRepo {
+        &self.0
+    }
 }
 
 impl Repo {
     fn new(test: &str) -> Self {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        Self {
-            name: format!("test/cosign-cli-{test}-{}-{nanos}-{n}", std::process::id()),
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    fn at(&self) -> Repository<'_> {
-        Repository { registry: registry(), name: &self.name, dir: self.dir.path() }
-    }
-
-    /// Pushes a release (bytes unique to this repository and tag) at `tag`; returns its
-    /// manifest digest.
-    fn release(&self, tag: &str) -> String {
-        std::fs::write(self.dir.path().join("firmware.bin"), format!("{} {tag}", self.name)).unwrap();
-        let out = Command::new("oras")
-            .current_dir(self.dir.path())
-            .args(["push", "--plain-http", &self.at().reference(tag)])
-            .arg("firmware.bin:application/vnd.updraft.firmware.v1")
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "oras push: {}", String::from_utf8_lossy(&out.stderr));
-        self.at().resolve(tag)
+        Self(TestRepo::new(&format!("cosign-cli-{test}")))
     }
 
     /// `cosign sign --key` of `digest` (tag scheme).
@@ -196,8 +162,8 @@ async fn when_nothing_verifies_the_error_names_what_was_tried() {
 async fn cosign_attest_new_bundle_format_verifies_through_the_referrers_tag_schema() {
     let repo = Repo::new("bundle");
     let digest = repo.release("v1.0.0");
-    std::fs::write(repo.dir.path().join("empty.json"), "{}").unwrap();
-    let predicate = repo.dir.path().join("empty.json");
+    std::fs::write(repo.dir().join("empty.json"), "{}").unwrap();
+    let predicate = repo.dir().join("empty.json");
     let predicate = predicate.to_str().unwrap();
     cosign().attest(
         registry(),
@@ -219,8 +185,8 @@ async fn cosign_attest_new_bundle_format_verifies_through_the_referrers_tag_sche
 async fn a_cosign_attestation_of_another_type_is_not_a_signature() {
     let repo = Repo::new("attestation");
     let digest = repo.release("v1.0.0");
-    std::fs::write(repo.dir.path().join("sbom.json"), r#"{"packages":[]}"#).unwrap();
-    let predicate = repo.dir.path().join("sbom.json");
+    std::fs::write(repo.dir().join("sbom.json"), r#"{"packages":[]}"#).unwrap();
+    let predicate = repo.dir().join("sbom.json");
     let flags = ["--new-bundle-format", "--type", "spdxjson", "--predicate", predicate.to_str().unwrap()];
     cosign().attest(registry(), &repo.name, &digest, &flags);
     let verified = trusted().verify(&client(), registry(), &repo.name, &RegistryAuth::Anonymous, &digest).await;
@@ -245,7 +211,7 @@ async fn a_signature_blob_longer_than_declared_is_cut_off() {
     let mut manifest: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
     let blob = manifest["layers"][0]["digest"].as_str().unwrap().to_owned();
     manifest["layers"][0]["size"] = 200.into();
-    let file = repo.dir.path().join("lying.json");
+    let file = repo.dir().join("lying.json");
     std::fs::write(&file, serde_json::to_vec(&manifest).unwrap()).unwrap();
     let out = Command::new("oras")
         .args(["manifest", "push", "--plain-http", "--media-type", "application/vnd.oci.image.manifest.v1+json"])

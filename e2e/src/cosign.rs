@@ -11,9 +11,13 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 
 use base64::Engine as _;
 use serde_json::{json, Value};
+
+use crate::procs::TempDir;
+use crate::run_bytes;
 
 /// Media type of a simple-signing payload layer.
 pub const SIMPLE_SIGNING_MEDIA_TYPE: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
@@ -27,18 +31,6 @@ static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 fn unique() -> u64 {
     COUNTER.fetch_add(1, Ordering::Relaxed)
-}
-
-/// Runs `cmd`, panicking with its output when it fails; returns its stdout.
-fn run(cmd: &mut Command) -> Vec<u8> {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
 }
 
 /// Base64, standard alphabet, padded: how cosign and protobuf JSON write bytes.
@@ -60,11 +52,11 @@ impl Key {
     /// Generates `dir/name.key` and `dir/name.pub`.
     pub fn generate(dir: &Path, name: &str) -> Self {
         let private = dir.join(format!("{name}.key"));
-        run(Command::new("openssl")
-            .args(["ecparam", "-genkey", "-name", "prime256v1", "-noout", "-out"])
-            .arg(&private));
+        run_bytes(
+            Command::new("openssl").args(["ecparam", "-genkey", "-name", "prime256v1", "-noout", "-out"]).arg(&private),
+        );
         let public = dir.join(format!("{name}.pub"));
-        run(Command::new("openssl").args(["ec", "-pubout", "-in"]).arg(&private).arg("-out").arg(&public));
+        run_bytes(Command::new("openssl").args(["ec", "-pubout", "-in"]).arg(&private).arg("-out").arg(&public));
         let public_pem = std::fs::read_to_string(&public).unwrap();
         Self { dir: dir.to_owned(), private, public, public_pem }
     }
@@ -78,7 +70,7 @@ impl Key {
     pub fn sign(&self, data: &[u8]) -> String {
         let input = self.dir.join(format!("to-sign-{}-{}", std::process::id(), unique()));
         std::fs::write(&input, data).unwrap();
-        let der = run(Command::new("openssl").args(["dgst", "-sha256", "-sign"]).arg(&self.private).arg(&input));
+        let der = run_bytes(Command::new("openssl").args(["dgst", "-sha256", "-sign"]).arg(&self.private).arg(&input));
         let _ = std::fs::remove_file(input);
         b64(&der)
     }
@@ -87,12 +79,14 @@ impl Key {
     /// it: base64(SHA-256(DER SPKI)), by `openssl pkey -outform DER | openssl dgst`.
     pub fn hint(&self) -> String {
         let der = self.dir.join(format!("hint-{}-{}.der", std::process::id(), unique()));
-        run(Command::new("openssl")
-            .args(["pkey", "-pubin", "-in"])
-            .arg(&self.public)
-            .args(["-outform", "DER", "-out"])
-            .arg(&der));
-        let sha = run(Command::new("openssl").args(["dgst", "-sha256", "-binary"]).arg(&der));
+        run_bytes(
+            Command::new("openssl")
+                .args(["pkey", "-pubin", "-in"])
+                .arg(&self.public)
+                .args(["-outform", "DER", "-out"])
+                .arg(&der),
+        );
+        let sha = run_bytes(Command::new("openssl").args(["dgst", "-sha256", "-binary"]).arg(&der));
         let _ = std::fs::remove_file(der);
         b64(&sha)
     }
@@ -158,6 +152,55 @@ pub fn dsse_bundle(key: &Key, payload: &[u8], signed_payload: &[u8]) -> Value {
     bundle(key, "dsseEnvelope", value)
 }
 
+/// The address of the project's test registry, started (or reused) through
+/// `cluster.sh registry`, which also installs `oras` when missing; once per test process.
+pub fn test_registry() -> &'static str {
+    static ADDR: OnceLock<String> = OnceLock::new();
+    ADDR.get_or_init(|| {
+        let exports = crate::cluster_script("registry");
+        if !Command::new("oras").arg("version").output().is_ok_and(|o| o.status.success()) {
+            crate::cluster_script("tools");
+        }
+        exports.into_iter().find(|(k, _)| k == "UPDRAFT_REGISTRY").expect("cluster.sh printed UPDRAFT_REGISTRY").1
+    })
+}
+
+/// A fresh repository of [`test_registry`], `test/<prefix>-<pid>-<time>-<n>`, with a
+/// scratch directory of its own.
+pub struct TestRepo {
+    pub name: String,
+    dir: TempDir,
+}
+
+impl TestRepo {
+    pub fn new(prefix: &str) -> Self {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+        Self { name: format!("test/{prefix}-{}-{nanos}-{}", std::process::id(), unique()), dir: TempDir::new("repo") }
+    }
+
+    /// The scratch directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir.0
+    }
+
+    pub fn at(&self) -> Repository<'_> {
+        Repository { registry: test_registry(), name: &self.name, dir: self.dir() }
+    }
+
+    /// Pushes a release (bytes unique to this repository and tag) at `tag`; returns its
+    /// manifest digest.
+    pub fn release(&self, tag: &str) -> String {
+        std::fs::write(self.dir().join("firmware.bin"), format!("{} {tag}", self.name)).unwrap();
+        run_bytes(Command::new("oras").current_dir(self.dir()).args([
+            "push",
+            "--plain-http",
+            &self.at().reference(tag),
+            "firmware.bin:application/vnd.updraft.firmware.v1",
+        ]));
+        self.at().resolve(tag)
+    }
+}
+
 /// A repository of a plain-HTTP registry that tests push signatures to, with a scratch
 /// directory for the files `oras` uploads.
 pub struct Repository<'a> {
@@ -175,12 +218,12 @@ impl Repository<'_> {
 
     /// The raw manifest bytes at `digest`, by `oras manifest fetch`.
     pub fn manifest(&self, digest: &str) -> Vec<u8> {
-        run(Command::new("oras").args(["manifest", "fetch", "--plain-http", &self.reference(digest)]))
+        run_bytes(Command::new("oras").args(["manifest", "fetch", "--plain-http", &self.reference(digest)]))
     }
 
     /// The digest `tag` points at, by `oras resolve`.
     pub fn resolve(&self, tag: &str) -> String {
-        let out = run(Command::new("oras").args(["resolve", "--plain-http", &self.reference(tag)]));
+        let out = run_bytes(Command::new("oras").args(["resolve", "--plain-http", &self.reference(tag)]));
         String::from_utf8(out).unwrap().trim().to_owned()
     }
 
@@ -197,7 +240,7 @@ impl Repository<'_> {
         }
         std::fs::write(self.dir.join(&annotations_file), annotations.to_string()).unwrap();
         let tag = format!("{}.sig", signed.replace(':', "-"));
-        run(Command::new("oras").current_dir(self.dir).args([
+        run_bytes(Command::new("oras").current_dir(self.dir).args([
             "push",
             "--plain-http",
             "--annotation-file",
@@ -217,7 +260,7 @@ impl Repository<'_> {
     pub fn attach_bundle(&self, subject: &str, bundle: &Value) {
         let file = format!("bundle-{}.sigstore.json", unique());
         std::fs::write(self.dir.join(&file), serde_json::to_vec(bundle).unwrap()).unwrap();
-        run(Command::new("oras").current_dir(self.dir).args([
+        run_bytes(Command::new("oras").current_dir(self.dir).args([
             "attach",
             "--plain-http",
             "--artifact-type",
@@ -253,7 +296,7 @@ impl CosignCli {
     /// `COSIGN_PASSWORD= cosign generate-key-pair` in `dir` (writes `cosign.key` and
     /// `cosign.pub` there).
     pub fn generate(dir: &Path) -> Self {
-        run(Command::new("cosign").current_dir(dir).env("COSIGN_PASSWORD", "").arg("generate-key-pair"));
+        run_bytes(Command::new("cosign").current_dir(dir).env("COSIGN_PASSWORD", "").arg("generate-key-pair"));
         Self { dir: dir.to_owned(), public: dir.join("cosign.pub") }
     }
 
@@ -291,7 +334,7 @@ impl CosignCli {
             .args(["--allow-http-registry", "--yes"])
             .args(flags)
             .arg(format!("{registry}/{repository}@{digest}"));
-        run(&mut cmd);
+        run_bytes(&mut cmd);
     }
 
     /// `cosign verify --key cosign.pub` of `registry/repository@digest` (no transparency

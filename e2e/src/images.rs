@@ -11,13 +11,7 @@ use std::process::Command;
 
 use sha2::{Digest, Sha256};
 
-/// Runs `cmd`, panicking with its output when it fails; returns its stdout.
-pub fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    assert!(out.status.success(), "{cmd:?} failed:\n{}\n{}", text(&out.stdout), text(&out.stderr));
-    text(&out.stdout)
-}
+use crate::run;
 
 /// A test CA in a directory, and leaves it signs.
 pub struct Pki {

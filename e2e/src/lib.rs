@@ -6,6 +6,7 @@
 //! exports `KUBECONFIG`, `UPDRAFT_REGISTRY` and the PATH with the matching `kubectl`.
 
 pub mod bomb;
+pub mod conditions;
 pub mod config_sync;
 pub mod cosign;
 pub mod faults;
@@ -82,6 +83,33 @@ pub fn cluster() -> &'static Cluster {
             registry_dir: get("UPDRAFT_REGISTRY_DIR").into(),
         }
     })
+}
+
+/// Runs `cmd`, panicking with its stdout and stderr when it fails; returns its stdout.
+pub fn run_bytes(cmd: &mut Command) -> Vec<u8> {
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    assert!(out.status.success(), "{cmd:?} failed:\n{}\n{}", text(&out.stdout), text(&out.stderr));
+    out.stdout
+}
+
+/// [`run_bytes`], its stdout as text.
+pub fn run(cmd: &mut Command) -> String {
+    String::from_utf8_lossy(&run_bytes(cmd)).into_owned()
+}
+
+/// `curl -s ARGS` as a device would: the HTTP status (0 when there was none) and the body.
+pub fn curl(args: &[&str]) -> (u16, Vec<u8>) {
+    let out_file = std::env::temp_dir().join(format!("updraft-curl-{:08x}", rand::random::<u32>()));
+    let out = Command::new("curl")
+        .args(["-s", "-o", out_file.to_str().unwrap(), "-w", "%{http_code}"])
+        .args(args)
+        .output()
+        .unwrap();
+    let status = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0);
+    let body = std::fs::read(&out_file).unwrap_or_default();
+    let _ = std::fs::remove_file(&out_file);
+    (status, body)
 }
 
 /// The result of a `kubectl` run.

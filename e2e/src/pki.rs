@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use crate::images::run;
+use crate::run;
 
 /// Writes into `dir` (which must exist) `ca.crt`/`ca.key`, `server.crt`/`server.key`
 /// (subjectAltName 127.0.0.1 and localhost) and `client.crt`/`client.key`

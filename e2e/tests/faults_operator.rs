@@ -19,6 +19,7 @@ use std::process::Command;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
+use e2e::conditions::{condition, has_status};
 use e2e::faults::{Fault, FaultProxy, Rule};
 use e2e::plane::{Audited, Daemon, Plane};
 use e2e::procs::{free_port, Proc, TempDir};
@@ -130,10 +131,6 @@ fn set_pin(plane: &Plane, ns: &str, channel: &str, pin: &str) {
     plane.kubectl_ok(&["patch", "-n", ns, "fwc", channel, "--type", "merge", "-p", &patch], None);
 }
 
-fn condition(obj: &Value, kind: &str) -> Option<String> {
-    obj["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == kind)?["status"].as_str().map(str::to_owned)
-}
-
 /// Channels of `ns` (by name) whose status resolved `version` and is Ready.
 fn ready_at(plane: &Plane, ns: &str, version: &str) -> BTreeMap<String, bool> {
     let Some(list) = plane.get_json(&["fwc", "-n", ns]) else { return BTreeMap::new() };
@@ -143,8 +140,7 @@ fn ready_at(plane: &Plane, ns: &str, version: &str) -> BTreeMap<String, bool> {
             items
                 .iter()
                 .map(|c| {
-                    let ok =
-                        c["status"]["latest"]["version"] == version && condition(c, "Ready").as_deref() == Some("True");
+                    let ok = c["status"]["latest"]["version"] == version && has_status(c, "Ready", "True");
                     (c["metadata"]["name"].as_str().unwrap_or_default().to_owned(), ok)
                 })
                 .collect()
@@ -611,10 +607,7 @@ fn many_channels_while_the_registry_flaps_bounded_writes_events_and_memory() {
         let items = list["items"].as_array().unwrap();
         let healthy = items
             .iter()
-            .filter(|c| {
-                condition(c, "RegistryReachable").as_deref() == Some("True")
-                    && condition(c, "Ready").as_deref() == Some("True")
-            })
+            .filter(|c| has_status(c, "RegistryReachable", "True") && has_status(c, "Ready", "True"))
             .count();
         if healthy == count || back.elapsed() > Duration::from_secs(180) {
             break (back.elapsed(), healthy);
@@ -695,10 +688,9 @@ fn a_registry_asking_to_wait_is_not_asked_sooner() {
         std::thread::sleep(Duration::from_millis(250));
     }
     let channel = plane.get_json(&["fwc", "ch-0", "-n", &ns]).unwrap();
-    let reachable =
-        channel["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "RegistryReachable");
+    let reachable = condition(&channel, "RegistryReachable");
     let message = reachable.map(|c| c["message"].to_string()).unwrap_or_default();
-    assert_eq!(condition(&channel, "RegistryReachable").as_deref(), Some("False"), "{channel}");
+    assert!(has_status(&channel, "RegistryReachable", "False"), "{channel}");
     assert!(message.contains("429") && message.contains("retry after 30 s"), "the condition says why: {message}");
     let seen: Vec<Instant> = registry.seen().iter().map(|s| s.at).collect();
     let gaps: Vec<u128> = seen.windows(2).map(|w| (w[1] - w[0]).as_millis()).collect();
@@ -714,7 +706,7 @@ fn a_registry_asking_to_wait_is_not_asked_sooner() {
     let back = Instant::now();
     loop {
         let channel = plane.get_json(&["fwc", "ch-0", "-n", &ns]).unwrap();
-        if condition(&channel, "RegistryReachable").as_deref() == Some("True") {
+        if has_status(&channel, "RegistryReachable", "True") {
             break;
         }
         assert!(back.elapsed() < ASKED + INTERVAL + Duration::from_secs(15), "not reachable again: {channel}");

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use e2e::helm::{chart_dir, helm};
 use e2e::procs::{free_port, wait_for, Proc, TempDir};
-use e2e::{cluster, install_crds, kubectl, namespace, repo_root};
+use e2e::{cluster, install_crds, kubectl, namespace, repo_root, run};
 
 /// One line of `images.sh` output.
 #[derive(Debug, Clone, PartialEq)]
@@ -49,17 +49,6 @@ fn images_sh() -> Vec<Image> {
             }
         })
         .collect()
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 fn read_json(path: &Path) -> serde_json::Value {

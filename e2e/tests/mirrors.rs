@@ -18,6 +18,7 @@
 use std::process::Command;
 use std::time::Duration;
 
+use e2e::conditions::condition;
 use e2e::kubectl;
 use e2e::procs::{binary, free_port, wait_for, Proc};
 use e2e::world::World;
@@ -36,10 +37,6 @@ impl Mirrors for World {
         let cm = self.get("configmap/default-config").unwrap_or_default();
         serde_yaml::from_str(cm["data"]["gateway.yaml"].as_str().unwrap_or("{}")).unwrap()
     }
-}
-
-fn condition<'a>(v: &'a Value, type_: &str) -> Option<&'a Value> {
-    v["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == type_)
 }
 
 fn mirror_yaml(name: &str, interval: &str) -> String {

@@ -16,17 +16,11 @@ use std::time::Duration;
 use base64::Engine;
 use e2e::pki::make_pki;
 use e2e::procs::{binary, free_port, operator, oras_push, wait_for, Proc, TempDir};
-use e2e::{cluster, install_crds, kubectl, namespace, repo_root};
+use e2e::{cluster, install_crds, kubectl, namespace, repo_root, run};
 use serde_json::Value;
 
 const MEDIA_TYPE: &str = "application/vnd.updraft.firmware.v1+octet-stream";
 const WAIT: Duration = Duration::from_secs(60);
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(out.status.success(), "{cmd:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 fn ensure_mosquitto() {
     let have = || Path::new("/usr/sbin/mosquitto").exists();

@@ -5,9 +5,10 @@
 use std::process::Command;
 use std::time::Duration;
 
+use e2e::conditions::{condition, is};
 use e2e::procs::{binary, free_port, operator, oras_push, wait_for, Proc, TempDir};
 use e2e::world::World;
-use e2e::{cluster, install_crds, kubectl, namespace};
+use e2e::{cluster, curl, install_crds, kubectl, namespace};
 use serde_json::Value;
 
 const MEDIA_TYPE: &str = "application/vnd.updraft.firmware.v1+octet-stream";
@@ -51,14 +52,6 @@ impl Firmware for World {
 }
 
 const GATEWAY: &str = "apiVersion: updraft.dev/v1alpha1\nkind: OtaGateway\nmetadata: {name: default}\nspec: {}\n";
-
-fn condition<'a>(v: &'a Value, type_: &str) -> Option<&'a Value> {
-    v["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == type_)
-}
-
-fn is(v: &Value, type_: &str, status: &str) -> bool {
-    condition(v, type_).is_some_and(|c| c["status"] == status && c["observedGeneration"] == v["metadata"]["generation"])
-}
 
 #[test]
 fn channel_resolves_new_versions_and_pins() {
@@ -531,18 +524,4 @@ fn unreconciled_kinds_say_so_in_their_status() {
     let before = version("amir/releases");
     std::thread::sleep(Duration::from_secs(5));
     assert_eq!(before, version("amir/releases"), "status rewritten while nothing changed");
-}
-
-/// A simulated device: `curl`, returning the status and body.
-fn curl(args: &[&str]) -> (u16, Vec<u8>) {
-    let out_file = std::env::temp_dir().join(format!("updraft-curl-{:08x}", rand::random::<u32>()));
-    let out = Command::new("curl")
-        .args(["-s", "-o", out_file.to_str().unwrap(), "-w", "%{http_code}"])
-        .args(args)
-        .output()
-        .unwrap();
-    let status = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0);
-    let body = std::fs::read(&out_file).unwrap_or_default();
-    let _ = std::fs::remove_file(&out_file);
-    (status, body)
 }

@@ -12,25 +12,11 @@ use std::time::Duration;
 
 use e2e::config_sync::ConfigSync;
 use e2e::procs::{binary, free_port, operator, oras_push, wait_for, Proc, TempDir};
-use e2e::{cluster, install_crds, kubectl, namespace};
+use e2e::{cluster, curl, install_crds, kubectl, namespace};
 use serde_json::Value;
 
 const MEDIA_TYPE: &str = "application/vnd.updraft.firmware.v1+octet-stream";
 const WAIT: Duration = Duration::from_secs(60);
-
-/// `curl` as a device: the status and the body.
-fn curl(args: &[&str]) -> (u16, Vec<u8>) {
-    let out_file = std::env::temp_dir().join(format!("updraft-curl-{:08x}", rand::random::<u32>()));
-    let out = Command::new("curl")
-        .args(["-s", "-o", out_file.to_str().unwrap(), "-w", "%{http_code}"])
-        .args(args)
-        .output()
-        .unwrap();
-    let status = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0);
-    let body = std::fs::read(&out_file).unwrap_or_default();
-    let _ = std::fs::remove_file(&out_file);
-    (status, body)
-}
 
 /// `POST /api/v1/channels/{channel}/check` as a device running `version`.
 fn check(base: &str, channel: &str, version: &str) -> (u16, Value) {

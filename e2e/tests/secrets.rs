@@ -16,6 +16,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use base64::Engine;
+use e2e::conditions::condition;
 use e2e::procs::{free_port, operator, oras_push, wait_for, TempDir};
 use e2e::{cluster, install_crds, kubectl, namespace};
 use serde_json::Value;
@@ -71,10 +72,6 @@ fn apply(ns: &str, yaml: &str) {
 fn get(ns: &str, what: &str) -> Option<Value> {
     let out = kubectl(&["get", "-n", ns, what, "-o", "json"], None);
     out.success.then(|| serde_json::from_str(&out.stdout).unwrap())
-}
-
-fn condition<'a>(v: &'a Value, type_: &str) -> Option<&'a Value> {
-    v["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == type_)
 }
 
 /// Waits until `what` satisfies `pred`; returns it.

@@ -13,9 +13,11 @@
 use std::process::Command;
 use std::time::Duration;
 
+use e2e::conditions::{condition, is};
 use e2e::cosign::{Key, Repository};
-use e2e::images::{image_client, make_image, run, Pki};
+use e2e::images::{image_client, make_image, Pki};
 use e2e::procs::{binary, free_port, wait_for, Proc};
+use e2e::run;
 use e2e::world::{OnUnknownField, World};
 use e2e::{cluster, kubectl};
 use serde_json::Value;
@@ -49,14 +51,6 @@ impl Streams for World {
 /// kubectl reports an unknown field.
 fn world(name: &str) -> World {
     World::new(name).ready().on_unknown_field(OnUnknownField::ReinstallCrds(Duration::from_secs(30)))
-}
-
-fn condition<'a>(v: &'a Value, type_: &str) -> Option<&'a Value> {
-    v["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == type_)
-}
-
-fn is(v: &Value, type_: &str, status: &str) -> bool {
-    condition(v, type_).is_some_and(|c| c["status"] == status && c["observedGeneration"] == v["metadata"]["generation"])
 }
 
 fn stream_yaml(name: &str, source: &str, extra: &str) -> String {

@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use e2e::conditions::{condition, has_status};
 use e2e::cosign::{CosignCli, Key, Repository};
 use e2e::procs::{oras_push, wait_for, TempDir};
 use e2e::world::{OnUnknownField, World};
@@ -65,7 +66,7 @@ fn world(name: &str) -> World {
 }
 
 fn verified(v: &Value) -> Option<&Value> {
-    v["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == "Verified")
+    condition(v, "Verified")
 }
 
 fn verified_is(v: &Value, status: &str, reason: &str) -> bool {
@@ -105,11 +106,7 @@ fn only_signed_releases_are_pinned() {
     let message = verified(&ch).unwrap()["message"].as_str().unwrap().to_owned();
     assert!(message.contains("tag 1.1.0") && message.contains(&unsigned), "{message}");
     assert_eq!(ch["status"]["latest"]["digest"], first.as_str());
-    assert!(ch["status"]["conditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|c| c["type"] == "Ready" && c["status"] == "True"));
+    assert!(has_status(&ch, "Ready", "True"), "{ch:#}");
     let refusals = w.events("Unverified");
     assert!(refusals.iter().any(|n| n.contains("tag 1.1.0") && n.contains(&unsigned)), "{refusals:?}");
     wait_for(WAIT, "the gateway config still pins 1.0.0", || (w.rendered_current()? == first).then_some(()));
@@ -161,11 +158,7 @@ fn a_channel_created_after_an_unsigned_push_serves_the_newest_signed_release() {
     let message = verified(&ch).unwrap()["message"].as_str().unwrap().to_owned();
     assert!(message.contains("tag v1.1.0") && message.contains(&unsigned) && message.contains("skipped"), "{message}");
     assert!(message.contains(&format!("serving 1.0.0 ({signed})")), "{message}");
-    assert!(ch["status"]["conditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|c| c["type"] == "Ready" && c["status"] == "True"));
+    assert!(has_status(&ch, "Ready", "True"), "{ch:#}");
     wait_for(WAIT, "the gateway config pins 1.0.0", || (w.rendered_current()? == signed).then_some(()));
 
     // cosign signs 1.1.0: picked up, nothing skipped any more.
@@ -186,9 +179,7 @@ fn a_missing_key_secret_is_explained() {
         w.repository
     ));
     let ch = w.wait("fwc/esp32", "Ready=False PublicKeyError", |v| {
-        v["status"]["conditions"]
-            .as_array()
-            .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["reason"] == "PublicKeyError"))
+        condition(v, "Ready").is_some_and(|c| c["reason"] == "PublicKeyError")
     });
     assert!(ch["status"]["latest"].is_null(), "nothing pinned without keys: {ch:#}");
 }

@@ -14,6 +14,7 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use e2e::conditions::has_status;
 use e2e::cosign::{Key, Repository};
 use e2e::procs::{operator, oras_push, wait_for, Proc, TempDir};
 use e2e::{cluster, install_crds, kubectl, namespace};
@@ -149,11 +150,7 @@ fn an_unsigned_release_is_posted_once_with_a_signature_the_receiver_can_check() 
         }));
         found.unwrap_or_else(|_| panic!("{what} never happened; operator log:\n{}", operator.output()))
     };
-    let verified = |v: &Value, status: &str| {
-        v["status"]["conditions"]
-            .as_array()
-            .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Verified" && c["status"] == status))
-    };
+    let verified = |v: &Value, status: &str| has_status(v, "Verified", status);
     channel(&|v| v["status"]["latest"]["digest"] == first.as_str() && verified(v, "True"), "1.0.0 pinned");
     assert!(seen.lock().unwrap().is_empty(), "a verified release posts nothing from the operator");
 

@@ -220,3 +220,82 @@ fn registry_sources(config: &GatewayConfig) -> impl Iterator<Item = &SourceConfi
     });
     config.channels.iter().map(|c| &c.source).chain(streams)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DIGEST: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+
+    /// A config caching in `cache` with one channel per name, pulled from a registry
+    /// nothing listens on.
+    fn config(cache: &std::path::Path, channels: &[&str]) -> GatewayConfig {
+        let mut yaml = format!("cache: {{dir: {}, maxBytes: 1000000}}\nchannels:\n", cache.display());
+        for name in channels {
+            yaml += &format!(
+                "- name: {name}\n  source: {{registry: 127.0.0.1:1, repository: fw/{name}, insecure: true}}\n  current: {{version: 1.0.0, tag: v1.0.0, digest: \"{DIGEST}\"}}\n"
+            );
+        }
+        GatewayConfig::parse(yaml.as_bytes()).unwrap()
+    }
+
+    fn channel_names(state: &AppState) -> Vec<String> {
+        state.config().channels.iter().map(|c| c.name.clone()).collect()
+    }
+
+    #[tokio::test]
+    async fn a_started_gateway_serves_its_config_and_is_ready() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = AppState::from_config(config(dir.path(), &["esp32"])).unwrap();
+        assert_eq!(channel_names(&state), ["esp32"]);
+        assert!(state.firmware().channel("esp32").is_some());
+        assert!(state.is_ready());
+    }
+
+    #[tokio::test]
+    async fn an_applied_config_becomes_live_as_a_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = AppState::from_config(config(dir.path(), &["esp32"])).unwrap();
+        let mut next = config(dir.path(), &["rp2040"]);
+        next.cache.max_bytes = 2_000_000;
+        state.apply(next).unwrap();
+        assert_eq!(channel_names(&state), ["rp2040"]);
+        assert!(state.firmware().channel("esp32").is_none());
+        assert!(state.firmware().channel("rp2040").is_some());
+        assert_eq!(state.cache().max_bytes(), 2_000_000);
+    }
+
+    #[tokio::test]
+    async fn a_config_a_surface_cannot_prepare_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = AppState::from_config(config(dir.path(), &["esp32"])).unwrap();
+        let mut bad = config(dir.path(), &["rp2040"]);
+        bad.cache.max_bytes = 2_000_000;
+        bad.signing_key_file = Some(dir.path().join("missing.pem"));
+        assert!(matches!(state.apply(bad), Err(ApplyError::SigningKey(_))));
+        assert_eq!(channel_names(&state), ["esp32"]);
+        assert!(state.firmware().channel("esp32").is_some());
+        assert!(state.firmware().channel("rp2040").is_none());
+        assert_eq!(state.cache().max_bytes(), 1_000_000);
+    }
+
+    #[tokio::test]
+    async fn a_config_that_does_not_validate_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = AppState::from_config(config(dir.path(), &["esp32"])).unwrap();
+        let twice = config(dir.path(), &["rp2040", "rp2040"]);
+        assert!(matches!(state.apply(twice), Err(ApplyError::Config(_))));
+        assert_eq!(channel_names(&state), ["esp32"]);
+        assert!(state.firmware().channel("rp2040").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_cache_directory_that_cannot_be_opened_fails_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"not a directory").unwrap();
+        let error = AppState::from_config(config(&file.join("cache"), &["esp32"])).err().expect("no cache");
+        assert!(matches!(error, ApplyError::Cache { .. }), "{error}");
+        assert!(error.to_string().starts_with(&format!("cache {}: ", file.join("cache").display())), "{error}");
+    }
+}

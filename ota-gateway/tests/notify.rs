@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use axum::http::{HeaderMap, StatusCode};
 use common::*;
 use e2e::pki::make_pki;
+use e2e::run;
 use updraft_core::config::{GatewayConfig, MqttConfig, WebhookConfig};
 
 const RAW: &str = "application/vnd.updraft.firmware.v1";
@@ -42,12 +43,6 @@ fn ensure_mosquitto() {
 
 fn which(cmd: &str) -> bool {
     Command::new("sh").args(["-c", &format!("command -v {cmd}")]).output().is_ok_and(|o| o.status.success())
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(out.status.success(), "{cmd:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// A mosquitto process of the test's own, killed on drop. No persistence: a restarted

@@ -5,11 +5,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::free_port;
+use common::{curl, free_port, served_cn, GatewayProcess};
 use e2e::images::Pki;
 
 /// The binary under test; `UPDRAFT_TEST_GATEWAY_BIN` runs another build (an earlier
@@ -21,57 +21,35 @@ fn bin() -> String {
 /// How long a reload may take to show (the file is polled every second).
 const RELOAD_WITHIN: Duration = Duration::from_secs(15);
 
+/// The binary on a config file, and the admin port its config names.
 struct Gateway {
-    child: Child,
-    dir: PathBuf,
+    process: GatewayProcess,
     admin: u16,
-    log: PathBuf,
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Gateway {
     /// Runs the binary on `config` (written to `dir/gateway.yaml`) and waits for `port`.
     fn start(dir: &Path, config: &str, port: u16) -> Self {
         std::fs::write(dir.join("gateway.yaml"), config).unwrap();
-        let log = dir.join("gateway.log");
-        let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new(bin())
-            .arg("--config")
-            .arg(dir.join("gateway.yaml"))
-            .env("RUST_LOG", "info")
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .unwrap();
+        let mut cmd = Command::new(bin());
+        cmd.env("RUST_LOG", "info");
         let admin = config
             .lines()
             .find_map(|l| l.strip_prefix("adminListen: 127.0.0.1:"))
             .and_then(|p| p.parse().ok())
             .expect("the config names adminListen");
-        let gateway = Self { child, dir: dir.to_owned(), admin, log };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "gateway did not listen: {}", gateway.log_text());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        gateway
+        Self { process: GatewayProcess::start(cmd, dir, port), admin }
     }
 
     /// Rewrites the config file the way kubelet does (a new file renamed over it).
     fn rewrite(&self, config: &str) {
-        let next = self.dir.join("gateway.yaml.next");
+        let next = self.process.dir.join("gateway.yaml.next");
         std::fs::write(&next, config).unwrap();
-        std::fs::rename(&next, self.dir.join("gateway.yaml")).unwrap();
+        std::fs::rename(&next, self.process.dir.join("gateway.yaml")).unwrap();
     }
 
     fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.process.log_text()
     }
 
     /// `updraft_gateway_config_reloads_total{result="applied"}` on the admin port.
@@ -97,11 +75,6 @@ impl Gateway {
     }
 }
 
-fn curl(args: &[&str]) -> (String, String) {
-    let out = Command::new("curl").args(["-sS", "-m", "10"]).args(args).stderr(Stdio::piped()).output().unwrap();
-    (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
-}
-
 /// Uploads `size` bytes to `path` on the store at `base` with `key`; the status.
 fn upload(base: &str, key: &str, path: &str, size: usize, extra: &[&str]) -> u16 {
     let dir = tempfile::tempdir().unwrap();
@@ -114,18 +87,6 @@ fn upload(base: &str, key: &str, path: &str, size: usize, extra: &[&str]) -> u16
     args.push(&url);
     let (code, err) = curl(&args);
     code.parse().unwrap_or_else(|_| panic!("curl: {err}"))
-}
-
-/// The subject CN of the certificate served on `port`.
-fn served_cn(port: u16) -> String {
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "openssl s_client -connect 127.0.0.1:{port} -servername localhost </dev/null 2>/dev/null | openssl x509 -noout -subject"
-        ))
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
 fn store_config(http: u16, admin: u16, store: u16, dir: &Path, settings: &str) -> String {

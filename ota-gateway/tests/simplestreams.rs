@@ -15,7 +15,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{free_port, registry, sha256_hex, unique_repo};
-use e2e::images::{cached_tool, ensure_tools, fingerprint, image_client, make_image, run, Pki};
+use e2e::images::{cached_tool, ensure_tools, fingerprint, image_client, make_image, Pki};
+use e2e::run;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ota-gateway");
 const TOKEN: &str = "s3cret-upload-token";

@@ -5,30 +5,23 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::free_port;
+use common::{curl, free_port, served_cn, GatewayProcess};
 use e2e::images::Pki;
 use rustls::pki_types::pem::PemObject;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ota-gateway");
 
+/// The binary on a config file, and the ports its config names.
 struct Gateway {
-    child: Child,
+    process: GatewayProcess,
     http: u16,
     https: u16,
-    log: PathBuf,
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn start(dir: &Path, cert: &Path, key: &Path) -> Gateway {
@@ -40,43 +33,7 @@ fn start(dir: &Path, cert: &Path, key: &Path) -> Gateway {
         key.display()
     );
     std::fs::write(dir.join("gateway.yaml"), config).unwrap();
-    let log = dir.join("gateway.log");
-    let out = std::fs::File::create(&log).unwrap();
-    let child = Command::new(BIN)
-        .arg("--config")
-        .arg(dir.join("gateway.yaml"))
-        .stdout(out.try_clone().unwrap())
-        .stderr(out)
-        .spawn()
-        .unwrap();
-    let gateway = Gateway { child, http, https, log };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", https)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "gateway did not listen: {}",
-            std::fs::read_to_string(&gateway.log).unwrap()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    gateway
-}
-
-fn curl(args: &[&str]) -> (String, String) {
-    let out = Command::new("curl").args(["-sS", "-m", "10"]).args(args).stderr(Stdio::piped()).output().unwrap();
-    (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
-}
-
-/// The subject CN of the certificate the server presents now.
-fn served_cn(port: u16) -> String {
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "openssl s_client -connect 127.0.0.1:{port} -servername localhost </dev/null 2>/dev/null | openssl x509 -noout -subject"
-        ))
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    Gateway { process: GatewayProcess::start(Command::new(BIN), dir, https), http, https }
 }
 
 /// Sends one HTTP/1.1 request on an open stream and returns the status line.
@@ -134,7 +91,7 @@ async fn https_beside_http_with_tls13_plain_refusal_and_renewal() {
         assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
     }
     // ... and logged once, not twenty times.
-    let log = std::fs::read_to_string(&gw.log).unwrap();
+    let log = gw.process.log_text();
     assert_eq!(log.matches("plain HTTP on the TLS port refused").count(), 1, "{log}");
 
     // An open TLS connection, made with rustls against the same CA.

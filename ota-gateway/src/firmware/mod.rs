@@ -330,3 +330,179 @@ impl Firmware {
         self.inner.fetcher.cache().touch(&ready.payload.summary.sha256);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::cache::{artifact_key, Cache};
+    use crate::unpack::Digesting;
+    use updraft_core::config::ArtifactConfig;
+
+    const V1: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+    const V2: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
+
+    /// A firmware surface over a cache of its own; its events are recorded as
+    /// `ready esp32 1.0.0 URL` or `failed esp32 1.0.0`.
+    struct Surface {
+        firmware: Firmware,
+        events: Arc<Mutex<Vec<String>>>,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Surface {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let metrics = Arc::new(Metrics::new());
+            let cache = Arc::new(Cache::open(dir.path(), 1 << 20, metrics.clone()).unwrap());
+            let fetcher = Arc::new(Fetcher::new(cache, metrics.clone()));
+            let events = Arc::new(Mutex::new(Vec::new()));
+            let seen = events.clone();
+            let on_event: OnEvent = Arc::new(move |event| {
+                seen.lock().unwrap().push(match event {
+                    Event::Ready(f) => format!("ready {} {} {}", f.channel, f.version, f.url),
+                    Event::Failed(f, _) => format!("failed {} {}", f.channel, f.version),
+                })
+            });
+            Self { firmware: Firmware::new(metrics, fetcher, on_event), events, _dir: dir }
+        }
+
+        /// Prepares and installs `config`.
+        fn apply(&self, config: &GatewayConfig) {
+            let prepared = self.firmware.prepare(config).unwrap();
+            self.firmware.install(prepared);
+        }
+
+        /// Puts `data` in the cache as the payload of the manifest `digest`.
+        fn cache(&self, digest: &str, data: &[u8]) {
+            let cache = self.firmware.inner.fetcher.cache();
+            let mut writer = Digesting::new(cache.temp_file().unwrap());
+            writer.write_all(data).unwrap();
+            let (summary, file) = writer.finish().unwrap();
+            cache.commit(&artifact_key(digest, &ArtifactConfig::default()), file, summary).unwrap();
+        }
+
+        fn serve(&self, name: &str) -> Result<Arc<Ready>, Error> {
+            self.firmware.serve(&self.firmware.channel(name).unwrap(), None)
+        }
+
+        fn events(&self) -> Vec<String> {
+            self.events.lock().unwrap().clone()
+        }
+    }
+
+    /// Channels `(name, version, digest)` pulled from a registry nothing listens on.
+    fn config(channels: &[(&str, &str, &str)]) -> GatewayConfig {
+        let mut yaml = String::from("publicUrl: https://gw.example/\nchannels:\n");
+        for (name, version, digest) in channels {
+            yaml += &format!(
+                "- name: {name}\n  device: dev-{name}\n  source: {{registry: 127.0.0.1:1, repository: fw/{name}, insecure: true}}\n  current: {{version: \"{version}\", tag: v{version}, digest: \"{digest}\"}}\n"
+            );
+        }
+        let config = GatewayConfig::parse(yaml.as_bytes()).unwrap();
+        config.validate().unwrap();
+        config
+    }
+
+    /// Lets the surface's spawned tasks (prefetches) run.
+    async fn settle() {
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reload_keeps_a_channel_whose_config_did_not_change() {
+        let surface = Surface::new();
+        surface.apply(&config(&[("esp32", "1.0.0", V1)]));
+        let before = surface.firmware.channel("esp32").unwrap();
+        surface.apply(&config(&[("esp32", "1.0.0", V1), ("rp2040", "1.0.0", V2)]));
+        assert!(Arc::ptr_eq(&surface.firmware.channel("esp32").unwrap(), &before));
+        assert!(surface.firmware.channel("rp2040").is_some());
+    }
+
+    #[tokio::test]
+    async fn a_reload_drops_a_channel_no_longer_configured() {
+        let surface = Surface::new();
+        surface.apply(&config(&[("esp32", "1.0.0", V1), ("rp2040", "1.0.0", V2)]));
+        surface.apply(&config(&[("esp32", "1.0.0", V1)]));
+        assert!(surface.firmware.channel("rp2040").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_prepared_config_changes_nothing_until_it_is_installed() {
+        let surface = Surface::new();
+        surface.apply(&config(&[("esp32", "1.0.0", V1)]));
+        let prepared = surface.firmware.prepare(&config(&[("rp2040", "1.0.0", V2)])).unwrap();
+        assert!(surface.firmware.channel("esp32").is_some());
+        assert!(surface.firmware.channel("rp2040").is_none());
+        surface.firmware.install(prepared);
+        assert!(surface.firmware.channel("esp32").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_signing_key_that_cannot_be_read_fails_the_prepare() {
+        let surface = Surface::new();
+        let mut bad = config(&[("esp32", "1.0.0", V1)]);
+        bad.signing_key_file = Some("/nonexistent/signing.pem".into());
+        let error = surface.firmware.prepare(&bad).err().expect("the key cannot be read");
+        assert!(error.to_string().starts_with("signing key /nonexistent/signing.pem: "), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_cached_release_is_served_and_announced_once() {
+        let surface = Surface::new();
+        surface.cache(V1, b"firmware");
+        surface.apply(&config(&[("esp32", "1.0.0", V1)]));
+        let ready = surface.serve("esp32").unwrap();
+        assert_eq!(&ready.download.body[..], b"firmware");
+        surface.serve("esp32").unwrap();
+        settle().await;
+        assert_eq!(surface.events(), ["ready esp32 1.0.0 https://gw.example/firmware?device=dev-esp32"]);
+    }
+
+    #[tokio::test]
+    async fn a_release_not_cached_is_fetching_until_its_fetch_fails() {
+        let surface = Surface::new();
+        surface.apply(&config(&[("esp32", "1.0.0", V1)]));
+        assert!(matches!(surface.serve("esp32"), Err(Error::Fetching)));
+        let channel = surface.firmware.channel("esp32").unwrap();
+        let started = std::time::Instant::now();
+        while surface.events().is_empty() {
+            assert!(started.elapsed() < Duration::from_secs(30), "no failure reported");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(surface.events(), ["failed esp32 1.0.0"]);
+        assert!(surface.firmware.failure(&channel).is_some(), "the failure is what devices are told");
+        assert!(matches!(surface.serve("esp32"), Err(Error::Http(_))));
+    }
+
+    #[tokio::test]
+    async fn a_new_release_serves_the_previous_one_until_it_is_cached() {
+        let surface = Surface::new();
+        surface.cache(V1, b"one");
+        surface.apply(&config(&[("esp32", "1.0.0", V1)]));
+        surface.serve("esp32").unwrap();
+        surface.apply(&config(&[("esp32", "2.0.0", V2)]));
+        assert_eq!(&surface.serve("esp32").unwrap().download.body[..], b"one");
+        let key = |digest| artifact_key(digest, &ArtifactConfig::default());
+        assert_eq!(surface.firmware.pinned(), HashSet::from([key(V1), key(V2)]), "both stay in the cache");
+        surface.cache(V2, b"two");
+        assert_eq!(&surface.serve("esp32").unwrap().download.body[..], b"two");
+        assert_eq!(surface.firmware.pinned(), HashSet::from([key(V2)]), "1.0.0 may now be evicted");
+    }
+
+    #[tokio::test]
+    async fn a_release_of_a_replaced_channel_is_not_announced() {
+        let surface = Surface::new();
+        surface.apply(&config(&[("esp32", "1.0.0", V1)]));
+        let replaced = surface.firmware.channel("esp32").unwrap();
+        surface.apply(&config(&[("esp32", "2.0.0", V2)]));
+        surface.cache(V1, b"one");
+        surface.firmware.serve(&replaced, None).unwrap();
+        settle().await;
+        assert!(!surface.events().iter().any(|e| e.starts_with("ready esp32 1.0.0")), "{:?}", surface.events());
+    }
+}

@@ -351,3 +351,253 @@ impl Release {
         self.ready.get().is_some()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::unpack::Summary;
+    use updraft_core::version::Resolved;
+
+    const OLD: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+    const NEW: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
+
+    fn pinned(version: &str, digest: &str) -> PinnedArtifact {
+        PinnedArtifact { version: version.into(), tag: format!("v{version}"), digest: digest.into() }
+    }
+
+    /// The config of channel `esp32` (device `dev-7`) with `extra` YAML lines.
+    fn config(extra: &str) -> ChannelConfig {
+        let yaml =
+            format!("name: esp32\ndevice: dev-7\nsource: {{registry: 127.0.0.1:5000, repository: fw/esp32}}\n{extra}");
+        serde_yaml::from_str(&yaml).unwrap()
+    }
+
+    fn current(version: &str, digest: &str) -> String {
+        format!("current: {{version: \"{version}\", tag: v{version}, digest: \"{digest}\"}}\n")
+    }
+
+    fn channel(extra: &str, public_url: Option<&str>, replaces: Option<&Channel>) -> Channel {
+        Channel::new(config(extra), public_url.map(str::to_owned), None, &Metrics::new(), replaces)
+    }
+
+    fn payload(data: &'static [u8], crc32: u32) -> Arc<Payload> {
+        let summary = Summary { size: data.len() as u64, crc32, sha256: "ab".repeat(32) };
+        Arc::new(Payload { summary, bytes: Bytes::from_static(data) })
+    }
+
+    /// Marks `release` as cached, with its answers as `channel` computes them.
+    fn make_ready(channel: &Channel, release: &Release) {
+        let _ = release.ready.set(Arc::new(channel.answers(release, payload(b"firmware", 42))));
+    }
+
+    fn json(bytes: &Bytes) -> serde_json::Value {
+        serde_json::from_slice(bytes).unwrap()
+    }
+
+    #[test]
+    fn a_ready_release_answers_otaflux_with_version_crc_and_size() {
+        let c = channel(&current("1.2.0", OLD), None, None);
+        let release = c.releases().current.unwrap();
+        let ready = c.answers(&release, payload(b"firmware", 42));
+        assert_eq!(&ready.version_body[..], b"1.2.0\n42\n8");
+        assert_eq!(ready.version, "1.2.0");
+    }
+
+    #[test]
+    fn the_manifest_describes_the_release_and_its_download_under_the_public_url() {
+        let c = channel(&current("1.2.0", OLD), Some("https://gw.example/"), None);
+        let ready = c.answers(&c.releases().current.unwrap(), payload(b"firmware", 42));
+        let info = json(&ready.info_json);
+        let expected = serde_json::json!({"channel": "esp32", "version": "1.2.0", "tag": "v1.2.0", "digest": OLD,
+            "size": 8, "sha256": "ab".repeat(32), "crc32": 42,
+            "url": "https://gw.example/api/v1/channels/esp32/firmware?version=1.2.0"});
+        assert_eq!(info, expected, "no signing key: no signature; not a downgrade");
+        let relative = channel(&current("1.2.0", OLD), None, None);
+        let info = json(&relative.answers(&relative.releases().current.unwrap(), payload(b"x", 1)).info_json);
+        assert_eq!(info["url"], "/api/v1/channels/esp32/firmware?version=1.2.0");
+    }
+
+    #[test]
+    fn the_downgrade_manifest_is_the_manifest_marked_downgrade() {
+        let c = channel(&current("1.2.0", OLD), None, None);
+        let ready = c.answers(&c.releases().current.unwrap(), payload(b"firmware", 42));
+        let mut downgrade = json(&ready.downgrade_json);
+        assert_eq!(downgrade["downgrade"], true);
+        downgrade.as_object_mut().unwrap().remove("downgrade");
+        assert_eq!(downgrade, json(&ready.info_json));
+    }
+
+    #[test]
+    fn a_signing_key_signs_the_manifest() {
+        use ed25519_dalek::pkcs8::{spki::der::pem::LineEnding, EncodePrivateKey};
+        let key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+        let signer = Arc::new(Signer25519::from_pem(&key.to_pkcs8_pem(LineEnding::LF).unwrap()).unwrap());
+        let c = Channel::new(config(&current("1.2.0", OLD)), None, Some(signer.clone()), &Metrics::new(), None);
+        let ready = c.answers(&c.releases().current.unwrap(), payload(b"firmware", 42));
+        let signed = SignedFields { channel: "esp32", crc32: 42, sha256: &"ab".repeat(32), size: 8, version: "1.2.0" };
+        assert_eq!(json(&ready.info_json)["signature"], signer.sign(&signed));
+    }
+
+    #[test]
+    fn the_download_is_named_after_channel_and_version_and_tagged_by_sha256() {
+        let c = channel(&current("v1.2.0", OLD), None, None);
+        let ready = c.answers(&c.releases().current.unwrap(), payload(b"firmware", 42));
+        assert_eq!(&ready.download.body[..], b"firmware");
+        assert_eq!(ready.download.etag, format!("\"{}\"", "ab".repeat(32)));
+        assert_eq!(ready.download.disposition.unwrap(), "attachment; filename=\"esp32-1.2.0.bin\"");
+    }
+
+    #[test]
+    fn a_channel_without_a_release_picks_nothing() {
+        let c = channel("policy: {range: '*'}\n", None, None);
+        assert!(matches!(c.pick(Some("device-1")), Err(Error::NotResolved(name)) if name == "esp32"));
+        assert!(c.fallback_pick(None).is_none());
+    }
+
+    #[test]
+    fn a_full_rollout_hands_every_device_the_current_release() {
+        let c = channel(
+            &format!("{}previous: {{version: 1.0.0, tag: v1.0.0, digest: \"{OLD}\"}}\n", current("1.2.0", NEW)),
+            None,
+            None,
+        );
+        for id in [None, Some("a"), Some("b"), Some("c"), Some("d")] {
+            assert_eq!(c.pick(id).unwrap().pinned.digest, NEW, "device {id:?}");
+        }
+    }
+
+    #[test]
+    fn a_zero_rollout_hands_every_device_the_previous_release() {
+        let previous = format!("previous: {{version: 1.0.0, tag: v1.0.0, digest: \"{OLD}\"}}\nrollout: 0\n");
+        let c = channel(&format!("{}{previous}", current("1.2.0", NEW)), None, None);
+        for id in [Some("a"), Some("b"), Some("c"), Some("d")] {
+            assert_eq!(c.pick(id).unwrap().pinned.digest, OLD, "device {id:?}");
+        }
+    }
+
+    #[test]
+    fn a_new_channel_serves_what_the_one_it_replaces_served_until_its_releases_are_ready() {
+        let old = channel(&current("1.0.0", OLD), None, None);
+        make_ready(&old, &old.releases().current.unwrap());
+        let new = channel(&current("1.2.0", NEW), None, Some(&old));
+        assert_eq!(new.fallback_pick(Some("device-1")).unwrap().pinned.digest, OLD);
+        assert!(!new.settle(), "the new release is not ready yet");
+        make_ready(&new, &new.releases().current.unwrap());
+        assert!(new.settle(), "every release is ready: the fallback goes");
+        assert!(new.fallback_pick(Some("device-1")).is_none());
+        assert!(new.fallback_releases().is_empty());
+    }
+
+    #[test]
+    fn a_replaced_channel_that_served_nothing_ready_leaves_no_fallback() {
+        let old = channel(&current("1.0.0", OLD), None, None);
+        let new = channel(&current("1.2.0", NEW), None, Some(&old));
+        assert!(new.fallback_pick(None).is_none());
+        assert!(new.fallback_releases().is_empty());
+    }
+
+    #[test]
+    fn advancing_makes_the_current_release_previous_and_keeps_serving_it_meanwhile() {
+        let c = channel("policy: {range: '*'}\n", None, None);
+        assert!(c.advance(pinned("1.0.0", OLD)));
+        make_ready(&c, &c.releases().current.unwrap());
+        assert!(c.advance(pinned("1.2.0", NEW)));
+        let releases = c.releases();
+        assert_eq!(releases.current.unwrap().pinned.digest, NEW);
+        assert_eq!(releases.previous.unwrap().pinned.digest, OLD);
+        assert_eq!(c.fallback_pick(None).unwrap().pinned.digest, OLD, "1.0.0 serves until 1.2.0 is cached");
+    }
+
+    #[test]
+    fn advancing_to_the_current_release_changes_nothing() {
+        let c = channel("policy: {range: '*'}\n", None, None);
+        assert!(c.advance(pinned("1.0.0", OLD)));
+        let before = c.releases().current.unwrap();
+        assert!(!c.advance(pinned("1.0.0", OLD)));
+        assert!(Arc::ptr_eq(&c.releases().current.unwrap(), &before));
+        assert!(c.releases().previous.is_none());
+    }
+
+    #[test]
+    fn each_skipped_release_is_reported_once_until_it_is_no_longer_skipped() {
+        let skipped = |digest: &str, reason| Skipped {
+            release: Resolved { version: Some("1.0.0".into()), tag: "v1.0.0".into(), digest: digest.into() },
+            reason,
+            error: "no".into(),
+        };
+        let digests = |new: Vec<&Skipped>| new.iter().map(|s| s.release.digest.clone()).collect::<Vec<_>>();
+        let c = channel("policy: {range: '*'}\n", None, None);
+        let first = [skipped(OLD, "NoSignature")];
+        assert_eq!(digests(c.note_skipped(&first)), [OLD]);
+        assert!(c.note_skipped(&first).is_empty(), "reported already");
+        let other_reason = [skipped(OLD, "WrongKey"), skipped(NEW, "NoSignature")];
+        assert_eq!(digests(c.note_skipped(&other_reason)), [OLD, NEW], "a new reason is news");
+        assert!(c.note_skipped(&[]).is_empty());
+        assert_eq!(digests(c.note_skipped(&first)), [OLD], "forgotten once it verified");
+    }
+
+    #[test]
+    fn the_highest_served_version_is_the_mark_or_a_higher_release() {
+        let two = format!("{}previous: {{version: 1.3.0, tag: v1.3.0, digest: \"{OLD}\"}}\n", current("1.2.0", NEW));
+        assert_eq!(channel(&two, None, None).highest_served(), Some(semver::Version::new(1, 3, 0)));
+        let marked = format!("{two}highestServed: v2.0.0\n");
+        assert_eq!(channel(&marked, None, None).highest_served(), Some(semver::Version::new(2, 0, 0)));
+        let below = format!("{two}highestServed: 1.0.0\n");
+        assert_eq!(channel(&below, None, None).highest_served(), Some(semver::Version::new(1, 3, 0)));
+        assert_eq!(channel(&current("build-7", OLD), None, None).highest_served(), None, "not a version");
+    }
+
+    #[test]
+    fn a_version_is_found_among_releases_and_what_still_serves_for_them() {
+        let old = channel(&current("1.0.0", OLD), None, None);
+        make_ready(&old, &old.releases().current.unwrap());
+        let new = channel(&current("1.2.0", NEW), None, Some(&old));
+        assert_eq!(new.by_version("1.2.0").unwrap().pinned.digest, NEW);
+        let fallback = new.by_version("1.0.0").unwrap();
+        assert_eq!(fallback.pinned.digest, OLD);
+        assert!(fallback.is_ready());
+        assert!(new.by_version("1.1.0").is_none());
+    }
+
+    #[test]
+    fn a_version_held_twice_is_found_ready_first() {
+        let old = channel(&current("1.0.0", OLD), None, None);
+        make_ready(&old, &old.releases().current.unwrap());
+        // Same version, other artifact: the new release is pending, the old one ready.
+        let new = channel(&format!("{}artifact: {{path: fw.bin}}\n", current("1.0.0", OLD)), None, Some(&old));
+        assert!(!new.releases().current.unwrap().is_ready());
+        assert!(new.by_version("1.0.0").unwrap().is_ready());
+    }
+
+    #[test]
+    fn re_signing_what_was_served_answers_with_the_new_urls_from_cached_payloads() {
+        let old = channel(&current("1.0.0", OLD), Some("https://old.example"), None);
+        make_ready(&old, &old.releases().current.unwrap());
+        let new = channel(&current("1.2.0", NEW), Some("https://new.example"), None);
+        new.fall_back_re_signed(&old, |_| Some(payload(b"firmware", 42)));
+        let served = new.fallback_pick(None).unwrap();
+        assert_eq!(served.pinned.digest, OLD);
+        let info = json(&served.ready.get().unwrap().info_json);
+        assert_eq!(info["url"], "https://new.example/api/v1/channels/esp32/firmware?version=1.0.0");
+    }
+
+    #[test]
+    fn re_signing_leaves_out_a_release_no_longer_cached() {
+        let old = channel(&current("1.0.0", OLD), Some("https://old.example"), None);
+        make_ready(&old, &old.releases().current.unwrap());
+        let new = channel(&current("1.2.0", NEW), Some("https://new.example"), None);
+        new.fall_back_re_signed(&old, |_| None);
+        assert!(new.fallback_pick(None).is_none());
+        assert!(new.fallback_releases().is_empty());
+    }
+
+    #[test]
+    fn a_snapshot_finds_channels_by_name_and_by_device() {
+        let c = Arc::new(channel(&current("1.0.0", OLD), None, None));
+        let snapshot = Snapshot::new(vec![c.clone()], None, None);
+        assert!(Arc::ptr_eq(snapshot.channel("esp32").unwrap(), &c));
+        assert!(Arc::ptr_eq(snapshot.device("dev-7").unwrap(), &c));
+        assert!(snapshot.channel("dev-7").is_none(), "a device id is not a channel name");
+        assert!(snapshot.device("esp32").is_none());
+    }
+}

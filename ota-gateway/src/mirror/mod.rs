@@ -353,3 +353,155 @@ fn start(
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{self, Store};
+    use tower::ServiceExt;
+    use updraft_core::config::StoreConfig;
+
+    const KEY: &str = "write-key";
+
+    /// A real artifact store (the gateway's own), served on a loopback port.
+    struct TestStore {
+        url: String,
+        dir: tempfile::TempDir,
+    }
+
+    impl TestStore {
+        async fn start(files: &[(&str, &[u8])]) -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let config: StoreConfig = serde_yaml::from_str(&format!(
+                "{{name: s, listen: '127.0.0.1:0', dir: {}, writeKey: {KEY}, allowPlainWrites: true}}",
+                dir.path().join("files").display()
+            ))
+            .unwrap();
+            let store = Store::open(config).unwrap();
+            // Same bytes at the same time: the same file on either side, checksums or not.
+            let time = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+            for (name, data) in files {
+                let path = dir.path().join("files").join(name);
+                std::fs::write(&path, data).unwrap();
+                std::fs::File::options().write(true).open(&path).unwrap().set_modified(time).unwrap();
+            }
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let url = format!("http://{}", listener.local_addr().unwrap());
+            tokio::spawn(async move { axum::serve(listener, store::router(store)).await });
+            Self { url, dir }
+        }
+
+        fn file(&self, name: &str) -> Option<Vec<u8>> {
+            std::fs::read(self.dir.path().join("files").join(name)).ok()
+        }
+    }
+
+    /// A mirror from the store at `source` to the one at `destination` (which it
+    /// writes with [`KEY`]), with `extra` YAML fields.
+    fn mirror(source: &str, destination: &str, extra: &str) -> Mirror {
+        static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+        let dir = DIR.get_or_init(|| {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join("key"), KEY).unwrap();
+            dir
+        });
+        let key = dir.path().join("key");
+        let config: MirrorConfig = serde_yaml::from_str(&format!(
+            "name: m\nsource: {{http: {{url: '{source}'}}}}\ndestination: {{http: {{url: '{destination}', keyFile: {}, allowPlainHttp: true}}}}\n{extra}",
+            key.display()
+        ))
+        .unwrap();
+        Mirror::new(config, &client()).unwrap()
+    }
+
+    /// Where nothing listens.
+    const DOWN: &str = "http://127.0.0.1:1";
+
+    fn metric(observed: &Observed, line_start: &str) -> String {
+        let text = observed.render();
+        text.lines().find(|l| l.starts_with(line_start)).unwrap_or_else(|| panic!("no {line_start} in\n{text}")).into()
+    }
+
+    #[tokio::test]
+    async fn a_pass_copies_what_the_destination_lacks() {
+        let source = TestStore::start(&[("a-1.0.0.bin", b"one"), ("a-1.1.0.bin", b"two")]).await;
+        let destination = TestStore::start(&[("a-1.0.0.bin", b"one")]).await;
+        let observed = Observed::new();
+        let done = mirror(&source.url, &destination.url, "").pass(&observed).await.unwrap();
+        assert!(done, "{:?}", observed.status("m"));
+        assert_eq!(destination.file("a-1.1.0.bin").as_deref(), Some(&b"two"[..]));
+        let status = observed.status("m").unwrap();
+        assert_eq!((status.in_sync, status.pending, status.failed, status.copied), (2, 0, 0, 1));
+        assert!(status.to_copy.is_empty() && status.last_success.is_some());
+    }
+
+    #[tokio::test]
+    async fn a_dry_run_reports_what_it_would_copy_and_copies_nothing() {
+        let source = TestStore::start(&[("a-1.0.0.bin", b"one")]).await;
+        let destination = TestStore::start(&[]).await;
+        let observed = Observed::new();
+        assert!(mirror(&source.url, &destination.url, "dryRun: true\n").pass(&observed).await.unwrap());
+        assert_eq!(destination.file("a-1.0.0.bin"), None);
+        let status = observed.status("m").unwrap();
+        assert!(status.dry_run);
+        assert_eq!((status.pending, status.to_copy), (1, vec!["a-1.0.0.bin".to_owned()]));
+    }
+
+    #[tokio::test]
+    async fn retention_deletes_the_oldest_versions_at_the_destination_only() {
+        let files: &[(&str, &[u8])] = &[("a-1.0.0.bin", b"one"), ("a-1.1.0.bin", b"two")];
+        let source = TestStore::start(files).await;
+        let destination = TestStore::start(files).await;
+        let observed = Observed::new();
+        let keep_one = mirror(&source.url, &destination.url, "retention: {keepLast: 1}\n");
+        assert!(keep_one.pass(&observed).await.unwrap(), "{:?}", observed.status("m"));
+        assert_eq!(destination.file("a-1.0.0.bin"), None);
+        assert!(destination.file("a-1.1.0.bin").is_some());
+        assert!(source.file("a-1.0.0.bin").is_some(), "the source is never changed");
+        assert_eq!(observed.status("m").unwrap().deleted, 1);
+    }
+
+    #[tokio::test]
+    async fn a_source_that_does_not_answer_fails_the_pass_and_is_marked_down() {
+        let destination = TestStore::start(&[]).await;
+        let observed = Observed::new();
+        assert!(mirror(DOWN, &destination.url, "").pass(&observed).await.is_err());
+        assert!(metric(&observed, "updraft_mirror_up{mirror=\"m\",side=\"source\"}").ends_with(" 0"));
+    }
+
+    #[tokio::test]
+    async fn with_the_destination_down_what_it_last_showed_decides_what_is_pending() {
+        let source = TestStore::start(&[("a-1.0.0.bin", b"one"), ("a-1.1.0.bin", b"two")]).await;
+        let destination = TestStore::start(&[("a-1.0.0.bin", b"one")]).await;
+        let observed = Observed::new();
+        let m = mirror(&source.url, &destination.url, "dryRun: true\n");
+        m.pass(&observed).await.unwrap();
+        // The same mirror, its destination now gone.
+        let down = Mirror { destination: mirror(&source.url, DOWN, "").destination, ..m };
+        assert!(down.pass(&observed).await.is_err());
+        let status = observed.status("m").unwrap();
+        assert_eq!((status.pending, status.to_copy), (1, vec!["a-1.1.0.bin".to_owned()]));
+        assert!(metric(&observed, "updraft_mirror_up{mirror=\"m\",side=\"destination\"}").ends_with(" 0"));
+    }
+
+    #[tokio::test]
+    async fn a_mirror_whose_version_pattern_does_not_compile_is_not_built() {
+        let config: MirrorConfig = serde_yaml::from_str(
+            "name: m\nsource: {http: {url: 'http://a'}}\ndestination: {http: {url: 'http://b'}}\nversion: {regex: '('}\n",
+        )
+        .unwrap();
+        assert!(matches!(Mirror::new(config, &client()), Err(MirrorError::Config(_))));
+    }
+
+    #[tokio::test]
+    async fn the_admin_port_serves_each_mirror_status_as_json() {
+        let observed = Arc::new(Observed::new());
+        observed.update("m", |s| s.pending = 3);
+        let request = axum::http::Request::get("/mirrors").body(axum::body::Body::empty()).unwrap();
+        let response = admin_router(observed).oneshot(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+        let statuses: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!((&statuses[0]["name"], &statuses[0]["pending"]), (&"m".into(), &3.into()));
+    }
+}

@@ -1,15 +1,17 @@
 //! Shared helpers of the integration tests: the real registry (started once per
 //! test process through the project script), pushing with the real `oras` CLI,
-//! an in-process gateway, and a throttling TCP proxy for slow-registry cases.
+//! an in-process gateway, the gateway binary run on a config file, and a throttling
+//! TCP proxy for slow-registry cases.
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use e2e::run;
 use ota_gateway::AppState;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -78,17 +80,6 @@ pub fn random_bytes(len: usize) -> Vec<u8> {
     let mut data = vec![0u8; len];
     rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut data);
     data
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// `oras push --plain-http REGISTRY/REPO:TAG file:mediatype…` from `dir`; returns
@@ -489,4 +480,65 @@ pub async fn download_resuming(
         }
     }
     (hex::encode(sha.finalize()), resumes)
+}
+
+/// The gateway binary running on the config file `dir/gateway.yaml`, its output in
+/// `dir/gateway.log`; killed on drop.
+pub struct GatewayProcess {
+    pub child: Child,
+    pub dir: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl GatewayProcess {
+    /// Runs `cmd` (the binary and its environment) with `--config dir/gateway.yaml`,
+    /// already written, and waits up to 20 s until it listens on `port`.
+    pub fn start(mut cmd: Command, dir: &Path, port: u16) -> Self {
+        let log = dir.join("gateway.log");
+        let out = std::fs::File::create(&log).unwrap();
+        let child = cmd
+            .arg("--config")
+            .arg(dir.join("gateway.yaml"))
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        let gateway = Self { child, dir: dir.to_owned(), log };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "gateway did not listen: {}", gateway.log_text());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        gateway
+    }
+
+    /// What it logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// `curl -sS -m 10 ARGS`: its stdout and stderr, whatever its exit status.
+pub fn curl(args: &[&str]) -> (String, String) {
+    let out = Command::new("curl").args(["-sS", "-m", "10"]).args(args).stderr(Stdio::piped()).output().unwrap();
+    (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// The subject of the certificate served on `port` now, per `openssl s_client`.
+pub fn served_cn(port: u16) -> String {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl s_client -connect 127.0.0.1:{port} -servername localhost </dev/null 2>/dev/null | openssl x509 -noout -subject"
+        ))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
