@@ -15,7 +15,7 @@ const RAW: &str = "application/vnd.updraft.firmware.v1";
 
 /// The registry's read timeout the gateway's client uses (`core::oci::build_client`).
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a fetch whose blob sends nothing keeps its slot (`fetch::RELEASE_SLOT_AFTER`).
+/// How long a fetch whose blob sends nothing keeps its slot (`fetch::verified::RELEASE_SLOT_AFTER`).
 const SLOT_RELEASE: Duration = Duration::from_secs(5);
 /// How long the gateway reports a failed fetch before a request retries it.
 const FAILURE_HOLD: Duration = Duration::from_secs(5);
