@@ -221,6 +221,18 @@ fn registry_sources(config: &GatewayConfig) -> impl Iterator<Item = &SourceConfi
     config.channels.iter().map(|c| &c.source).chain(streams)
 }
 
+/// One artifact store served on a loopback port by the gateway's own store router; its
+/// URL. For the unit tests of what talks to stores (the mirror worker): they reach a
+/// store through the state, which owns the stores, not through the store surface.
+#[cfg(test)]
+pub(crate) async fn serve_store(config: updraft_core::config::StoreConfig) -> String {
+    let store = crate::store::Store::open(config).expect("test store opens");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("loopback port");
+    let url = format!("http://{}", listener.local_addr().expect("bound address"));
+    tokio::spawn(async move { axum::serve(listener, crate::store::router(store)).await });
+    url
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -357,7 +357,6 @@ fn start(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{self, Store};
     use tower::ServiceExt;
     use updraft_core::config::StoreConfig;
 
@@ -377,7 +376,7 @@ mod tests {
                 dir.path().join("files").display()
             ))
             .unwrap();
-            let store = Store::open(config).unwrap();
+            let url = crate::state::serve_store(config).await;
             // Same bytes at the same time: the same file on either side, checksums or not.
             let time = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
             for (name, data) in files {
@@ -385,9 +384,6 @@ mod tests {
                 std::fs::write(&path, data).unwrap();
                 std::fs::File::options().write(true).open(&path).unwrap().set_modified(time).unwrap();
             }
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let url = format!("http://{}", listener.local_addr().unwrap());
-            tokio::spawn(async move { axum::serve(listener, store::router(store)).await });
             Self { url, dir }
         }
 
