@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{free_port, registry, sha256_hex, unique_repo};
+use common::{free_port, registry, sha256_hex, unique_repo, GatewayProcess};
 use e2e::images::{cached_tool, ensure_tools, fingerprint, image_client, make_image, Pki};
 use e2e::run;
 
@@ -42,20 +42,13 @@ fn sstream_query() -> PathBuf {
     cached_tool("sstream-query")
 }
 
+/// A running gateway (killed on drop) and where it listens.
 struct Gateway {
-    child: Child,
+    process: GatewayProcess,
     http: u16,
     https: u16,
     admin: u16,
-    log: PathBuf,
     config: GatewayConfig,
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn start_gateway(dir: &Path, name: &str, pki: &Path, repo: &str, extra: &str) -> Gateway {
@@ -77,24 +70,10 @@ fn start_gateway_with(dir: &Path, name: &str, pki: &Path, source: &str) -> Gatew
 fn start_streams(dir: &Path, pki: &Path, streams: &str) -> Gateway {
     let (http, admin, https) = (free_port(), free_port(), free_port());
     std::fs::create_dir_all(dir).unwrap();
-    let log = dir.join("gateway.log");
     let config = GatewayConfig { dir: dir.to_owned(), pki: pki.to_owned(), http, https, admin };
     config.write(streams);
-    let out = std::fs::File::create(&log).unwrap();
-    let child = Command::new(BIN)
-        .arg("--config")
-        .arg(dir.join("gateway.yaml"))
-        .stdout(out.try_clone().unwrap())
-        .stderr(out)
-        .spawn()
-        .unwrap();
-    let gateway = Gateway { child, http, https, admin, log, config };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", https)).is_err() {
-        assert!(Instant::now() < deadline, "gateway did not start: {}", std::fs::read_to_string(&gateway.log).unwrap());
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    gateway
+    let process = GatewayProcess::start(Command::new(BIN), dir, https);
+    Gateway { process, http, https, admin, config }
 }
 
 /// Where a test gateway listens and keeps its files: enough to write its config again.
@@ -205,7 +184,7 @@ fn uploads_are_listed_and_exported_by_incus_and_lxc() {
         items["incus.tar.xz"]["combined_squashfs_sha256"],
         squash_fp.as_str(),
         "{images:#}\n{}",
-        std::fs::read_to_string(&gw.log).unwrap()
+        std::fs::read_to_string(&gw.process.log).unwrap()
     );
     assert_eq!(items["lxd.tar.xz"]["combined_rootxz_sha256"], rootxz_fp.as_str());
     assert_eq!(
@@ -733,8 +712,8 @@ fn a_mirror_of_another_gateway_serves_its_filtered_images_and_outlives_it() {
 
     // The upstream goes away: the mirror keeps its index and says why in its status.
     let before = images_json(&pki, &base);
-    let _ = origin.child.kill();
-    let _ = origin.child.wait();
+    let _ = origin.process.child.kill();
+    let _ = origin.process.child.wait();
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let (_, status) = curl(&pki, &[&format!("{base}/status")]);
@@ -853,18 +832,18 @@ fn streams_follow_the_config_file_without_a_restart() {
     });
     // A config that cannot be applied (an unreadable caFile) changes nothing, not even
     // the stream that was valid in it.
-    let log_len = std::fs::read_to_string(&gw.log).unwrap().len();
+    let log_len = std::fs::read_to_string(&gw.process.log).unwrap().len();
     gw.config.write(&format!(
         "{oci}{}{}",
         mirror("os=alpha", &ca),
         mirror("os=alpha", Path::new("/nonexistent/ca.pem")).replace("name: mirror", "name: broken")
     ));
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !std::fs::read_to_string(&gw.log).unwrap()[log_len..].contains("new config rejected") {
+    while !std::fs::read_to_string(&gw.process.log).unwrap()[log_len..].contains("new config rejected") {
         assert!(
             Instant::now() < deadline,
             "the bad config was not refused: {}",
-            std::fs::read_to_string(&gw.log).unwrap()
+            std::fs::read_to_string(&gw.process.log).unwrap()
         );
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -881,7 +860,7 @@ fn streams_follow_the_config_file_without_a_restart() {
     // The unchanged stream kept its state through all of it: started once, its rounds
     // counted on (a new stream would start again from 1).
     assert!(rounds(&pki) > before, "rounds went from {before} to {}", rounds(&pki));
-    let log = plain_log(&gw.log);
+    let log = plain_log(&gw.process.log);
     let started = |name: &str| log.lines().filter(|l| l.contains("stream started") && l.contains(name)).count();
     assert_eq!(started("stream=oci"), 1, "{log}");
     assert_eq!(started("stream=mirror"), 2, "added, then replaced by the changed filter:\n{log}");
@@ -955,7 +934,7 @@ fn an_oci_stream_under_verify_lists_only_signed_versions() {
     while status(&pki, &base)["rounds"].as_u64().unwrap() < rounds + 4 {
         std::thread::sleep(Duration::from_millis(200));
     }
-    let log = plain_log(&gw.log);
+    let log = plain_log(&gw.process.log);
     for (tag, digest, reason) in want {
         let lines: Vec<&str> = log.lines().filter(|l| l.contains("version left out") && l.contains(digest)).collect();
         assert_eq!(lines.len(), 1, "{tag}: {lines:#?}");
@@ -1064,14 +1043,14 @@ fn a_metadata_bomb_is_refused_within_128_mib_and_the_gateway_keeps_serving() {
         token = pki.join("token").display()
     );
     let gw = start_streams(&tmp.path().join("gw"), &pki, &streams);
-    let rss = e2e::bomb::RssWatch::new(gw.child.id());
+    let rss = e2e::bomb::RssWatch::new(gw.process.child.id());
     let health = || curl(&pki, &[&format!("http://127.0.0.1:{}/health", gw.http)]).0;
     let base = format!("https://127.0.0.1:{}/streams/watched", gw.https);
 
     // The bomb is left out with its reason; /health answers while the gateway reads it.
     let deadline = Instant::now() + Duration::from_secs(60);
     let rejected = loop {
-        assert_eq!(health(), 200, "/health while the bomb is read\n{}", plain_log(&gw.log));
+        assert_eq!(health(), 200, "/health while the bomb is read\n{}", plain_log(&gw.process.log));
         let (code, body) = curl(&pki, &[&format!("{base}/status")]);
         let st: serde_json::Value = if code == 200 { serde_json::from_str(&body).unwrap() } else { Default::default() };
         if st["rejected"]["bomb"].is_string() && st["rejected"]["unnamed"].is_string() {
@@ -1081,7 +1060,7 @@ fn a_metadata_bomb_is_refused_within_128_mib_and_the_gateway_keeps_serving() {
             Instant::now() < deadline,
             "the bomb was never rejected; status ({code}): {body}; peak RSS {} MiB\n{}",
             rss.peak() >> 20,
-            plain_log(&gw.log)
+            plain_log(&gw.process.log)
         );
         std::thread::sleep(Duration::from_millis(200));
     };
