@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use futures::StreamExt as _;
 
-use super::index::FileEntry;
+use super::index::{blob_key, FileEntry};
 use super::stream::Stream;
 use super::StreamError;
 use crate::cache::Payload;
@@ -63,11 +63,6 @@ impl Stream {
         let file = File { key: blob_key(digest), digest: digest.to_owned(), size, from };
         self.fetcher.fetch(file).await.map_err(|e| StreamError::upstream(e.to_string()))
     }
-}
-
-/// The cache key of a stream blob.
-pub fn blob_key(digest: &str) -> String {
-    format!("simplestreams-blob {digest}")
 }
 
 #[cfg(test)]

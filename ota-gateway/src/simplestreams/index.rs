@@ -329,6 +329,12 @@ pub struct FileEntry {
     pub url: Option<String>,
 }
 
+/// The cache key a stream's file is kept under: its digest (fetched, uploaded or
+/// pinned, by whichever part of the surface).
+pub fn blob_key(digest: &str) -> String {
+    format!("simplestreams-blob {digest}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

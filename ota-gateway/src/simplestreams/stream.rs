@@ -35,8 +35,7 @@ use oci_client::secrets::RegistryAuth;
 use oci_client::Client;
 use tokio::sync::{watch, Notify};
 
-use super::blobs::blob_key;
-use super::index::{FileEntry, Index, ProductKey, Serial};
+use super::index::{blob_key, FileEntry, Index, ProductKey, Serial};
 use super::published::{Published, StreamMetrics, StreamStatus};
 use super::registry::{self, StoredVersion};
 use super::upstream::Upstream;

@@ -28,8 +28,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use oci_client::manifest::{OciDescriptor, OciManifest};
 
-use super::blobs::blob_key;
-use super::index::{combined_sha256, ProductKey, Serial};
+use super::index::{blob_key, combined_sha256, ProductKey, Serial};
 use super::metadata::{read_metadata_yaml, MetadataError, UploadMetadata, UploadPath, VersionFile};
 use super::registry::{self, StoredVersion, ANN_COMBINED, ANN_TITLE};
 use super::{Stream, StreamError, Streams};
