@@ -30,15 +30,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use oci_client::errors::OciDistributionError;
 use oci_client::manifest::OciManifest;
 use oci_client::secrets::RegistryAuth;
 use oci_client::Client;
 use tokio::sync::{watch, Notify};
 
-use super::index::{blob_key, FileEntry, Index, ProductKey, Serial};
+use super::index::{blob_key, FileEntry, Index, IndexError, ProductKey, Serial};
 use super::published::{Published, StreamMetrics, StreamStatus};
 use super::registry::{self, StoredVersion};
-use super::upstream::Upstream;
+use super::upstream::{Upstream, UpstreamError};
 use super::StreamError;
 use crate::cache::Cache;
 use crate::fetch::Fetcher;
@@ -54,10 +55,53 @@ static NEXT_STREAM: AtomicU64 = AtomicU64::new(0);
 /// Every this many rounds, all manifests are read again (overwrites, deletes).
 pub const FULL_EVERY: u64 = 12;
 
+/// Why a round published nothing (the previous index keeps serving); the status shows
+/// the message, [`SyncError::reason`] names the kind.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// The repository's tags could not be listed.
+    #[error("listing {repository}: {source}")]
+    List { repository: String, source: oci::OciError },
+    /// A tag's manifest could not be read.
+    #[error("manifest {tag}: {source}")]
+    Manifest { tag: String, source: OciDistributionError },
+    /// A mirror's upstream could not be read.
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    /// Versions that passed validation were refused by the index (a bug if ever seen).
+    #[error("validated versions refused: {0}")]
+    Versions(IndexError),
+    /// The index must not be published (an alias claimed twice, …).
+    #[error(transparent)]
+    Index(IndexError),
+}
+
+impl SyncError {
+    /// A short label for the kind of failure.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            SyncError::List { .. } => "ListFailed",
+            SyncError::Manifest { .. } => "ManifestFailed",
+            SyncError::Upstream(e) => e.reason(),
+            SyncError::Versions(_) => "VersionsRefused",
+            SyncError::Index(_) => "IndexRefused",
+        }
+    }
+}
+
+/// Why `verify` leaves a manifest digest out: the kind is the verifier's own label
+/// ([`updraft_core::cosign::VerifyError::reason`], so it is named in one place).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not verified ({reason}): {detail}")]
+pub struct Unverified {
+    pub reason: &'static str,
+    pub detail: String,
+}
+
 /// What verification said about one manifest digest.
 struct Verdict {
     /// `None` when verified; otherwise why not.
-    refused: Option<String>,
+    refused: Option<Unverified>,
     /// Ask again next round (a registry error), rather than on the next full round.
     transient: bool,
 }
@@ -251,13 +295,15 @@ impl Stream {
                 status.error = None;
                 self.metrics.valid.set(1);
             }
-            Err(reason) => {
+            Err(error) => {
                 self.metrics.valid.set(0);
                 self.metrics.failures.inc();
-                if status.error.as_ref() != Some(&reason) {
-                    tracing::warn!(stream = %self.name, %reason, "index not published; the previous one keeps serving");
+                let message = error.to_string();
+                if status.error.as_ref() != Some(&message) {
+                    tracing::warn!(stream = %self.name, reason = error.reason(), error = %message,
+                        "index not published; the previous one keeps serving");
                 }
-                status.error = Some(reason);
+                status.error = Some(message);
             }
         }
         drop(status);
@@ -266,7 +312,7 @@ impl Stream {
     }
 
     /// Lists, reads what is new, renders; `Ok(None)` when nothing changed.
-    async fn sync_once(self: &Arc<Self>, st: &mut SyncState, full: bool) -> Result<Option<Arc<Published>>, String> {
+    async fn sync_once(self: &Arc<Self>, st: &mut SyncState, full: bool) -> Result<Option<Arc<Published>>, SyncError> {
         if let Some(upstream) = &self.upstream {
             return self.sync_upstream(upstream).await;
         }
@@ -274,7 +320,10 @@ impl Stream {
         let tags = match oci::list_repository_tags(&self.client(), &repo, self.source.insecure, &self.auth).await {
             Ok(tags) => tags,
             Err(e) if oci::is_unknown_repository(&e) => Vec::new(),
-            Err(e) => return Err(format!("listing {}/{}: {e}", self.source.registry, self.source.repository)),
+            Err(source) => {
+                let repository = format!("{}/{}", self.source.registry, self.source.repository);
+                return Err(SyncError::List { repository, source });
+            }
         };
         // Cosign's signatures and referrer indexes live beside the versions.
         let tags = version_tags(tags);
@@ -303,7 +352,7 @@ impl Stream {
             let reference = oci::tag_reference(&self.source.registry, &self.source.repository, tag);
             let (manifest, digest) = match self.client().pull_manifest(&reference, &self.auth).await {
                 Ok(m) => m,
-                Err(e) => return Err(format!("manifest {tag}: {e}")),
+                Err(source) => return Err(SyncError::Manifest { tag: tag.clone(), source }),
             };
             pulled.insert(digest.clone());
             if st.known.get(tag).is_some_and(|(d, _)| *d == digest) {
@@ -315,7 +364,7 @@ impl Stream {
                     st.index.remove(&old.product, &old.serial);
                     changed = true;
                 }
-                rejected.insert(tag.clone(), reason);
+                rejected.insert(tag.clone(), reason.to_string());
                 continue;
             }
             if full {
@@ -373,7 +422,7 @@ impl Stream {
         }
         st.unreadable.retain(|d, _| held.contains(d));
         // Each touched product is rendered once, however many of its versions are new.
-        st.index.extend(batch).map_err(|e| format!("validated versions refused: {e}"))?;
+        st.index.extend(batch).map_err(SyncError::Versions)?;
         self.status.write().unwrap_or_else(|e| e.into_inner()).rejected = rejected;
         if !changed && st.round > 1 && !st.refused {
             return Ok(None);
@@ -381,7 +430,7 @@ impl Stream {
         if self.keep_versions > 0 {
             st.index.retain_newest(self.keep_versions as usize);
         }
-        let docs = st.index.render().map_err(|e| e.to_string());
+        let docs = st.index.render().map_err(SyncError::Index);
         st.refused = docs.is_err();
         let docs = docs?;
         let mut files = HashMap::new();
@@ -409,7 +458,7 @@ impl Stream {
     /// Under `verify`, whether `digest` (held by `tag`) is signed by a trusted key:
     /// `Err` with the reason the status shows when not. Kept per digest (see the module
     /// docs); logged and counted once per digest and reason.
-    async fn check_signature(&self, st: &mut SyncState, tag: &str, digest: &str, full: bool) -> Result<(), String> {
+    async fn check_signature(&self, st: &mut SyncState, tag: &str, digest: &str, full: bool) -> Result<(), Unverified> {
         let Some(verifier) = &self.verifier else { return Ok(()) };
         if let Some(v) = st.verdicts.get(digest) {
             let ask_again = v.refused.is_some() && (v.transient || full);
@@ -425,7 +474,7 @@ impl Stream {
                 Verdict { refused: None, transient: false }
             }
             Err(e) => {
-                let reason = format!("not verified ({}): {e}", e.reason());
+                let reason = Unverified { reason: e.reason(), detail: e.to_string() };
                 let before = st.verdicts.get(digest).and_then(|v| v.refused.as_ref());
                 if before != Some(&reason) {
                     tracing::warn!(stream = %self.name, %tag, %digest, reason = %e.reason(), error = %e, "version left out: its signature does not verify");
@@ -441,11 +490,11 @@ impl Stream {
 
     /// One round of a mirror: the whole upstream index is read and rebuilt (it is one
     /// document anyway); published when it differs from what is served.
-    async fn sync_upstream(&self, upstream: &Upstream) -> Result<Option<Arc<Published>>, String> {
+    async fn sync_upstream(&self, upstream: &Upstream) -> Result<Option<Arc<Published>>, SyncError> {
         let mirrored = upstream.read().await?;
         self.status.write().unwrap_or_else(|e| e.into_inner()).rejected = mirrored.rejected.clone();
         let (index, files) = mirrored.build(self.keep_versions)?;
-        let docs = index.render().map_err(|e| e.to_string())?;
+        let docs = index.render().map_err(SyncError::Index)?;
         if self.published().images_json == docs.images_json.as_bytes() {
             return Ok(None);
         }
