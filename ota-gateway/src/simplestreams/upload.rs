@@ -8,7 +8,11 @@
 //! ```
 //!
 //! Each file is received into the cache's temp directory while it is hashed; only a
-//! complete part is stored (a truncated body stores nothing). It is pushed as a blob to
+//! complete part is stored (a truncated body stores nothing). It is not written through
+//! [`crate::fetch::verified::temp_file`]: that path checks a body against an exact size
+//! and digest a source promised and answers with fetch errors, while an upload promises
+//! nothing, is bounded by the stream's `maxBytes` (and the whole body with it), and must
+//! answer 413 when over it. It is pushed as a blob to
 //! the stream's repository and the version's manifest is rewritten with it: the
 //! registry is the store, so every replica lists it after its next sync round, and
 //! the replica that took the upload before it answers. Once a version has its
