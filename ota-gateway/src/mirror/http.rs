@@ -16,7 +16,7 @@ use updraft_core::mirror::store::Store;
 use super::CopyError;
 
 /// Bytes per upload request: one ranged download and one chunked upload each.
-pub const CHUNK: u64 = 8 << 20;
+pub(crate) const CHUNK: u64 = 8 << 20;
 
 /// The error of a store's unexpected answer (`status`, `headers`) to `what`: throttled
 /// when it is a 429 or 503 naming a `Retry-After`, else as the store classifies it.
@@ -30,7 +30,7 @@ fn refused(store: &Store, status: reqwest::StatusCode, headers: &header::HeaderM
 
 /// The SHA-256 a store announces for `name` in its ETag (an Updraft store does;
 /// a filuxe server does not).
-pub async fn etag(store: &Store, name: &str) -> Result<Option<String>, CopyError> {
+pub(crate) async fn etag(store: &Store, name: &str) -> Result<Option<String>, CopyError> {
     let response =
         store.request(reqwest::Method::HEAD, store.url("download", name))?.send().await.map_err(store.unreachable())?;
     if !response.status().is_success() {
@@ -44,7 +44,7 @@ pub async fn etag(store: &Store, name: &str) -> Result<Option<String>, CopyError
 }
 
 /// The body of `name` as a stream (OCI pushes read it).
-pub async fn download_stream(
+pub(crate) async fn download_stream(
     store: &Store,
     name: &str,
 ) -> Result<impl futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Send + 'static, CopyError> {
@@ -58,7 +58,7 @@ pub async fn download_stream(
 
 /// Uploads `body` (`size` bytes, SHA-256 `sha256`) as `name` in one request,
 /// replacing what is there; the store checks the checksum before the file appears.
-pub async fn upload_whole(
+pub(crate) async fn upload_whole(
     store: &Store,
     name: &str,
     body: reqwest::Body,
@@ -83,7 +83,7 @@ pub async fn upload_whole(
 }
 
 /// Deletes `name` (absent already counts as deleted).
-pub async fn delete(store: &Store, name: &str) -> Result<(), CopyError> {
+pub(crate) async fn delete(store: &Store, name: &str) -> Result<(), CopyError> {
     let response =
         store.request(reqwest::Method::GET, store.url("delete", name))?.send().await.map_err(store.unreachable())?;
     match response.status().as_u16() {
@@ -95,7 +95,7 @@ pub async fn delete(store: &Store, name: &str) -> Result<(), CopyError> {
 /// Copies `artifact` from `src` to `dst` in [`CHUNK`]s, each a ranged download
 /// streamed into a chunked upload, and checks the SHA-256 end to end. Returns the
 /// bytes sent.
-pub async fn copy(src: &Store, dst: &Store, artifact: &Artifact) -> Result<u64, CopyError> {
+pub(crate) async fn copy(src: &Store, dst: &Store, artifact: &Artifact) -> Result<u64, CopyError> {
     let name = &artifact.name;
     let announced = match &artifact.digest {
         Some(sum) => Some(sum.clone()),

@@ -22,7 +22,7 @@
 
 mod http;
 mod oci;
-pub mod status;
+pub(crate) mod status;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -49,7 +49,7 @@ const ATTEMPTS: u32 = 3;
 /// Why a copy or a delete failed: a [`MirrorError`], or a side asking to be left alone
 /// for a while. Variants double as metric labels ([`CopyError::kind`]).
 #[derive(Debug, thiserror::Error)]
-pub enum CopyError {
+pub(crate) enum CopyError {
     #[error(transparent)]
     Mirror(#[from] MirrorError),
     /// A side answered 429 or 503 with a `Retry-After`: nothing more is asked of it
@@ -60,7 +60,7 @@ pub enum CopyError {
 
 impl CopyError {
     /// The metric label of this error.
-    pub fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             CopyError::Mirror(e) => e.kind(),
             CopyError::Throttled { .. } => "throttled",
@@ -68,7 +68,7 @@ impl CopyError {
     }
 
     /// How long the side asked to be left alone, if it did.
-    pub fn retry_after(&self) -> Option<Duration> {
+    pub(crate) fn retry_after(&self) -> Option<Duration> {
         match self {
             CopyError::Throttled { retry_after, .. } => Some(*retry_after),
             CopyError::Mirror(_) => None,
@@ -78,7 +78,7 @@ impl CopyError {
 
 /// The outcome of a pass that listed both sides.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pass {
+pub(crate) enum Pass {
     /// Everything planned was done (or, in a dry run, reported).
     Done,
     /// Something is left for the next pass; `retry_after` when a side asked to wait.
@@ -98,7 +98,7 @@ fn side(config: &MirrorEndpoint, side: &'static str, client: &reqwest::Client) -
 }
 
 /// A mirror ready to run.
-pub struct Mirror {
+pub(crate) struct Mirror {
     config: MirrorConfig,
     rules: Rules,
     source: Side,
@@ -109,7 +109,7 @@ pub struct Mirror {
 
 impl Mirror {
     /// Builds a mirror from its (validated) config.
-    pub fn new(config: MirrorConfig, client: &reqwest::Client) -> Result<Self, MirrorError> {
+    pub(crate) fn new(config: MirrorConfig, client: &reqwest::Client) -> Result<Self, MirrorError> {
         let rules = Rules::new(&config).map_err(MirrorError::Config)?;
         let source = side(&config.source, "source", client);
         let destination = side(&config.destination, "destination", client);
@@ -144,7 +144,7 @@ impl Mirror {
     }
 
     /// One pass: list, plan, copy, delete, report. A side that asks to wait ends it.
-    pub async fn pass(&self, observed: &Observed) -> Result<Pass, MirrorError> {
+    pub(crate) async fn pass(&self, observed: &Observed) -> Result<Pass, MirrorError> {
         let name = self.config.name.as_str();
         let listed = |side: &'static str, ok: bool| observed.up.with_label_values(&[name, side]).set(i64::from(ok));
         let source = self.source.list(self.files()).await;
@@ -285,7 +285,7 @@ impl Mirror {
     /// Runs passes forever: at the interval when a pass leaves nothing to do, after a
     /// backoff doubling from one second (capped at the interval) when it does, and no
     /// sooner than a side asked ([`held`]).
-    pub async fn run(self, observed: Arc<Observed>) {
+    pub(crate) async fn run(self, observed: Arc<Observed>) {
         let name = self.config.name.clone();
         let (source, destination) = (self.config.source.describe(), self.config.destination.describe());
         observed.update(&name, |s| {
@@ -335,7 +335,7 @@ fn now() -> f64 {
 }
 
 /// The HTTP client every mirror shares.
-pub fn client() -> reqwest::Client {
+pub(crate) fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         .read_timeout(Duration::from_secs(120))
@@ -347,7 +347,7 @@ pub fn client() -> reqwest::Client {
 }
 
 /// The worker's admin routes: `/healthz`, `/readyz`, `/metrics`, `/mirrors`.
-pub fn admin_router(observed: Arc<Observed>) -> Router {
+pub(crate) fn admin_router(observed: Arc<Observed>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(|| async { "ready" }))

@@ -41,13 +41,13 @@ impl Stream {
     }
 
     /// The verified file behind an index entry (see [`Stream::blob`]).
-    pub async fn file_blob(self: &Arc<Self>, entry: &FileEntry) -> Result<Arc<Payload>, StreamError> {
+    pub(crate) async fn file_blob(self: &Arc<Self>, entry: &FileEntry) -> Result<Arc<Payload>, StreamError> {
         self.blob_at(&entry.digest, entry.size, entry.url.clone()).await
     }
 
     /// The verified blob `digest` from the cache, fetched from the registry first
     /// when needed (one fetch per blob however many requests wait for it).
-    pub async fn blob(self: &Arc<Self>, digest: &str, size: u64) -> Result<Arc<Payload>, StreamError> {
+    pub(crate) async fn blob(self: &Arc<Self>, digest: &str, size: u64) -> Result<Arc<Payload>, StreamError> {
         self.blob_at(digest, size, None).await
     }
 

@@ -31,15 +31,15 @@ use std::io::{self, Read};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-pub use updraft_core::simplestreams::{
+pub(crate) use updraft_core::simplestreams::{
     check_aliases, FileRef, ImageVersion, IndexError, ProductKey, ProductProps, RootKind, Rootfs, Serial,
 };
 
 /// Where `images.json` lives, relative to the stream's base URL (named by index.json).
-pub const IMAGES_PATH: &str = "streams/v1/images.json";
+pub(crate) const IMAGES_PATH: &str = "streams/v1/images.json";
 
 /// `sha256(metadata ‖ rootfs)` streamed from two readers: the image fingerprint.
-pub fn combined_sha256(metadata: impl Read, rootfs: impl Read) -> io::Result<String> {
+pub(crate) fn combined_sha256(metadata: impl Read, rootfs: impl Read) -> io::Result<String> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 256 * 1024];
     for mut reader in [Box::new(metadata) as Box<dyn Read>, Box::new(rootfs)] {
@@ -71,19 +71,19 @@ impl Product {
 
 /// The index of one stream. Cheap to update a version at a time.
 #[derive(Debug, Clone, Default)]
-pub struct Index {
+pub(crate) struct Index {
     products: BTreeMap<ProductKey, Product>,
 }
 
 /// The two rendered documents.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Documents {
-    pub index_json: String,
-    pub images_json: String,
+pub(crate) struct Documents {
+    pub(crate) index_json: String,
+    pub(crate) images_json: String,
 }
 
 impl Index {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
@@ -91,14 +91,19 @@ impl Index {
     /// its newest version's). Only that product is re-rendered. Nothing changes when
     /// validation fails.
     #[cfg(test)]
-    pub fn upsert(&mut self, key: &ProductKey, props: ProductProps, version: ImageVersion) -> Result<(), IndexError> {
+    pub(crate) fn upsert(
+        &mut self,
+        key: &ProductKey,
+        props: ProductProps,
+        version: ImageVersion,
+    ) -> Result<(), IndexError> {
         self.extend([(key.clone(), props, version)])
     }
 
     /// Adds (or replaces) versions, rendering each touched product once (a full build
     /// from a listing, or one new version). Every entry is validated first: when one
     /// fails, nothing changes.
-    pub fn extend(
+    pub(crate) fn extend(
         &mut self,
         entries: impl IntoIterator<Item = (ProductKey, ProductProps, ImageVersion)>,
     ) -> Result<(), IndexError> {
@@ -124,7 +129,7 @@ impl Index {
     }
 
     /// Removes one version (and the product once it has none). Returns whether it was there.
-    pub fn remove(&mut self, key: &ProductKey, serial: &Serial) -> bool {
+    pub(crate) fn remove(&mut self, key: &ProductKey, serial: &Serial) -> bool {
         let Some(product) = self.products.get_mut(key) else { return false };
         let removed = product.versions.remove(serial).is_some();
         if product.versions.is_empty() {
@@ -136,7 +141,7 @@ impl Index {
     }
 
     /// Keeps the newest `keep` versions of every product.
-    pub fn retain_newest(&mut self, keep: usize) {
+    pub(crate) fn retain_newest(&mut self, keep: usize) {
         for (key, product) in &mut self.products {
             if product.versions.len() > keep {
                 let drop: Vec<Serial> = product.versions.keys().rev().skip(keep).cloned().collect();
@@ -149,31 +154,31 @@ impl Index {
         self.products.retain(|_, p| !p.versions.is_empty());
     }
 
-    pub fn version(&self, key: &ProductKey, serial: &Serial) -> Option<&ImageVersion> {
+    pub(crate) fn version(&self, key: &ProductKey, serial: &Serial) -> Option<&ImageVersion> {
         self.products.get(key)?.versions.get(serial).map(|(_, v)| v)
     }
 
     /// Each product's newest version.
-    pub fn products_newest(&self) -> impl Iterator<Item = (&ProductKey, &ImageVersion)> {
+    pub(crate) fn products_newest(&self) -> impl Iterator<Item = (&ProductKey, &ImageVersion)> {
         self.products.iter().filter_map(|(k, p)| p.versions.values().next_back().map(|(_, v)| (k, v)))
     }
 
     /// Every version of every product.
-    pub fn all_versions(&self) -> impl Iterator<Item = &ImageVersion> {
+    pub(crate) fn all_versions(&self) -> impl Iterator<Item = &ImageVersion> {
         self.products.values().flat_map(|p| p.versions.values().map(|(_, v)| v))
     }
 
-    pub fn product_count(&self) -> usize {
+    pub(crate) fn product_count(&self) -> usize {
         self.products.len()
     }
 
-    pub fn version_count(&self) -> usize {
+    pub(crate) fn version_count(&self) -> usize {
         self.products.values().map(|p| p.versions.len()).sum()
     }
 
     /// The two documents, or why this index must not be published (checks that span
     /// products: an alias claimed twice for one architecture, [`check_aliases`]).
-    pub fn render(&self) -> Result<Documents, IndexError> {
+    pub(crate) fn render(&self) -> Result<Documents, IndexError> {
         check_aliases(self.products.iter().map(|(key, product)| (key, product.props().aliases.as_slice())))?;
         let updated = self
             .products
@@ -321,17 +326,17 @@ fn render_product(key: &ProductKey, product: &Product) -> String {
 
 /// One servable file.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FileEntry {
+pub(crate) struct FileEntry {
     /// `sha256:<hex>`: the layer digest, and the file's own hash.
-    pub digest: String,
-    pub size: u64,
+    pub(crate) digest: String,
+    pub(crate) size: u64,
     /// Where an upstream serves it (mirrors); `None`: a blob of the stream's repository.
-    pub url: Option<String>,
+    pub(crate) url: Option<String>,
 }
 
 /// The cache key a stream's file is kept under: its digest (fetched, uploaded or
 /// pinned, by whichever part of the surface).
-pub fn blob_key(digest: &str) -> String {
+pub(crate) fn blob_key(digest: &str) -> String {
     format!("simplestreams-blob {digest}")
 }
 

@@ -53,12 +53,12 @@ use updraft_core::version::parse_duration;
 static NEXT_STREAM: AtomicU64 = AtomicU64::new(0);
 
 /// Every this many rounds, all manifests are read again (overwrites, deletes).
-pub const FULL_EVERY: u64 = 12;
+pub(crate) const FULL_EVERY: u64 = 12;
 
 /// Why a round published nothing (the previous index keeps serving); the status shows
 /// the message, [`SyncError::reason`] names the kind.
 #[derive(Debug, thiserror::Error)]
-pub enum SyncError {
+pub(crate) enum SyncError {
     /// The repository's tags could not be listed.
     #[error("listing {repository}: {source}")]
     List { repository: String, source: oci::OciError },
@@ -78,7 +78,7 @@ pub enum SyncError {
 
 impl SyncError {
     /// A short label for the kind of failure.
-    pub fn reason(&self) -> &'static str {
+    pub(crate) fn reason(&self) -> &'static str {
         match self {
             SyncError::List { .. } => "ListFailed",
             SyncError::Manifest { .. } => "ManifestFailed",
@@ -93,9 +93,9 @@ impl SyncError {
 /// ([`updraft_core::cosign::VerifyError::reason`], so it is named in one place).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("not verified ({reason}): {detail}")]
-pub struct Unverified {
-    pub reason: &'static str,
-    pub detail: String,
+pub(crate) struct Unverified {
+    pub(crate) reason: &'static str,
+    pub(crate) detail: String,
 }
 
 /// What verification said about one manifest digest.
@@ -124,19 +124,19 @@ struct SyncState {
 }
 
 /// One stream.
-pub struct Stream {
-    pub name: String,
+pub(crate) struct Stream {
+    pub(crate) name: String,
     /// The config it was made from (a reload with the same config keeps the stream).
-    pub config: StreamConfig,
+    pub(crate) config: StreamConfig,
     /// The signature check of `verify`, when set.
     verifier: Option<Verifier>,
-    pub keep_versions: u32,
-    pub source: SourceConfig,
-    pub upload: Option<UploadStreamSource>,
-    pub upstream: Option<Upstream>,
-    pub interval: Duration,
+    pub(crate) keep_versions: u32,
+    pub(crate) source: SourceConfig,
+    pub(crate) upload: Option<UploadStreamSource>,
+    pub(crate) upstream: Option<Upstream>,
+    pub(crate) interval: Duration,
     /// The upload token, when uploads are on.
-    pub token: Option<Secret>,
+    pub(crate) token: Option<Secret>,
     /// The gateway's fetcher: its registry client, and the one way files are fetched.
     pub(super) fetcher: Arc<Fetcher>,
     pub(super) auth: RegistryAuth,
@@ -165,7 +165,11 @@ impl Drop for Stream {
 
 impl Stream {
     /// A stream from its config; nothing is contacted yet.
-    pub fn new(config: &StreamConfig, fetcher: Arc<Fetcher>, metrics: StreamMetrics) -> Result<Arc<Self>, StreamError> {
+    pub(crate) fn new(
+        config: &StreamConfig,
+        fetcher: Arc<Fetcher>,
+        metrics: StreamMetrics,
+    ) -> Result<Arc<Self>, StreamError> {
         // A mirror has no repository; its `source` stays empty and unused.
         let no_repository = || SourceConfig {
             registry: String::new(),
@@ -236,16 +240,16 @@ impl Stream {
         *self.published.write().unwrap_or_else(|e| e.into_inner()) = published;
     }
 
-    pub fn published(&self) -> Arc<Published> {
+    pub(crate) fn published(&self) -> Arc<Published> {
         self.published.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    pub fn status(&self) -> StreamStatus {
+    pub(crate) fn status(&self) -> StreamStatus {
         self.status.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Runs the sync loop until the stream is dropped.
-    pub fn spawn(self: &Arc<Self>) {
+    pub(crate) fn spawn(self: &Arc<Self>) {
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
             loop {
@@ -264,7 +268,7 @@ impl Stream {
     }
 
     /// Asks for a round now and waits until one that started after this call ends.
-    pub async fn sync_now(&self) {
+    pub(crate) async fn sync_now(&self) {
         let mut rounds = self.rounds.subscribe();
         let target = *rounds.borrow_and_update() + 2;
         self.wake.notify_one();
@@ -272,7 +276,7 @@ impl Stream {
     }
 
     /// One round; errors land in the status.
-    pub async fn round(self: &Arc<Self>) {
+    pub(crate) async fn round(self: &Arc<Self>) {
         let mut st = self.sync.lock().await;
         let full = st.round % FULL_EVERY == 0;
         st.round += 1;

@@ -47,7 +47,7 @@ use updraft_core::oci;
 const MAX_METADATA_JSON: u64 = 64 * 1024;
 
 /// `POST /streams/{stream}/images/`: one or more `upload` parts.
-pub async fn upload(
+pub(crate) async fn upload(
     State(streams): State<Streams>,
     Path(stream): Path<String>,
     transport: Transport,
@@ -124,7 +124,7 @@ pub async fn upload(
 }
 
 /// `DELETE /streams/{stream}/images/os/release/arch/variant/serial[/file]`.
-pub async fn delete(
+pub(crate) async fn delete(
     State(streams): State<Streams>,
     Path((stream, path)): Path<(String, String)>,
     transport: Transport,

@@ -24,7 +24,7 @@ use updraft_core::simplestreams::upstream::{self as rule, Filters};
 /// Why the upstream could not be read, or its versions not indexed. The variant names
 /// the kind of failure ([`UpstreamError::reason`]); the message says the rest.
 #[derive(Debug, thiserror::Error)]
-pub enum UpstreamError {
+pub(crate) enum UpstreamError {
     /// No answer (connection, TLS, timeout).
     #[error("upstream {url}: {source}")]
     Unreachable { url: String, source: reqwest::Error },
@@ -44,7 +44,7 @@ pub enum UpstreamError {
 
 impl UpstreamError {
     /// A short label for the kind of failure.
-    pub fn reason(&self) -> &'static str {
+    pub(crate) fn reason(&self) -> &'static str {
         match self {
             UpstreamError::Unreachable { .. } => "Unreachable",
             UpstreamError::Status { .. } => "HttpStatus",
@@ -56,15 +56,15 @@ impl UpstreamError {
 }
 
 /// A mirrored server and how to reach it.
-pub struct Upstream {
+pub(crate) struct Upstream {
     /// Base URL without a trailing `/`.
-    pub url: String,
-    pub filters: Filters,
-    pub http: reqwest::Client,
+    pub(crate) url: String,
+    pub(crate) filters: Filters,
+    pub(crate) http: reqwest::Client,
 }
 
 impl Upstream {
-    pub fn new(config: &UpstreamStreamSource) -> Result<Self, StreamError> {
+    pub(crate) fn new(config: &UpstreamStreamSource) -> Result<Self, StreamError> {
         let mut builder =
             reqwest::Client::builder().user_agent("updraft-gateway").connect_timeout(Duration::from_secs(10));
         if let Some(ca) = &config.ca_file {
@@ -91,7 +91,7 @@ impl Upstream {
     }
 
     /// Reads the upstream and builds the mirrored index and its file table.
-    pub async fn read(&self) -> Result<Mirrored, UpstreamError> {
+    pub(crate) async fn read(&self) -> Result<Mirrored, UpstreamError> {
         let index = self.get_json("streams/v1/index.json").await?;
         let path = rule::image_downloads_path(&index).map_err(|e| UpstreamError::Index(e.to_string()))?;
         let images = self.get_json(path).await?;
@@ -99,7 +99,7 @@ impl Upstream {
     }
 
     /// The part of an upstream `images.json` this stream mirrors.
-    pub fn mirror(&self, images: &Value) -> Mirrored {
+    pub(crate) fn mirror(&self, images: &Value) -> Mirrored {
         let mirrored = rule::mirror(images, &self.filters, &self.url);
         let file = |f: rule::UpstreamFile| FileEntry {
             digest: format!("sha256:{}", f.sha256),
@@ -116,17 +116,17 @@ impl Upstream {
 
 /// What one read of the upstream gave.
 #[derive(Default)]
-pub struct Mirrored {
-    pub versions: Vec<(ProductKey, ProductProps, ImageVersion)>,
-    pub files: HashMap<String, FileEntry>,
+pub(crate) struct Mirrored {
+    pub(crate) versions: Vec<(ProductKey, ProductProps, ImageVersion)>,
+    pub(crate) files: HashMap<String, FileEntry>,
     /// Products or versions left out, with the reason.
-    pub rejected: BTreeMap<String, String>,
+    pub(crate) rejected: BTreeMap<String, String>,
 }
 
 impl Mirrored {
     /// The index of these versions (newest `keep` per product when `keep > 0`) and
     /// the files it names.
-    pub fn build(self, keep: u32) -> Result<(Index, HashMap<String, FileEntry>), UpstreamError> {
+    pub(crate) fn build(self, keep: u32) -> Result<(Index, HashMap<String, FileEntry>), UpstreamError> {
         let mut index = Index::new();
         index.extend(self.versions)?;
         if keep > 0 {
