@@ -37,6 +37,8 @@ impl Stream {
                 }
             });
             fetches.buffer_unordered(2).collect::<()>().await;
+            // Each fetch wrote through a buffer on a blocking thread (its own arena).
+            crate::memory::release_freed();
         });
     }
 

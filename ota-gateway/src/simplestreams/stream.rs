@@ -294,6 +294,8 @@ impl Stream {
                 self.metrics.versions.set(published.versions as i64);
                 self.prefetch(published.newest.clone());
                 self.publish(published);
+                // The round's parse and render buffers are garbage now.
+                crate::memory::release_freed();
             }
             Ok(None) => {
                 status.error = None;
