@@ -341,7 +341,12 @@ impl Fetcher {
                 let failed = |e: reqwest::Error| FetchError::Http(format!("{url}: {e}"));
                 let response = http.get(url).send().await.map_err(failed)?;
                 if !response.status().is_success() {
-                    return Err(FetchError::Http(format!("{url}: HTTP {}", response.status())));
+                    let retry_after = oci::retry_after(response.headers(), std::time::SystemTime::now());
+                    return Err(FetchError::Refused {
+                        url: url.clone(),
+                        status: response.status().as_u16(),
+                        retry_after,
+                    });
                 }
                 let body = response.bytes_stream().map(|chunk| chunk.map_err(io::Error::other));
                 verified::temp_file(&self.cache, body, expected, &raw, slot).await
@@ -375,6 +380,9 @@ pub(crate) enum FetchError {
     /// A file from a URL (a mirrored server) that could not be had.
     #[error("{0}")]
     Http(String),
+    /// A mirrored server answered something other than success, perhaps asking to wait.
+    #[error("{url}: HTTP {status}")]
+    Refused { url: String, status: u16, retry_after: Option<Duration> },
     #[error("unpack or cache: {0}")]
     Io(#[from] io::Error),
     #[error("task: {0}")]
@@ -386,7 +394,53 @@ impl FetchError {
     pub(crate) fn retry_after(&self) -> Option<Duration> {
         match self {
             FetchError::Oci(e) => e.retry_after(),
+            FetchError::Refused { retry_after, .. } => *retry_after,
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A mirrored server that answers every request 429 with `Retry-After: 7`, counting them.
+    async fn throttling_upstream() -> (String, Arc<AtomicUsize>) {
+        let asked = Arc::new(AtomicUsize::new(0));
+        let counter = asked.clone();
+        let app = axum::Router::new().fallback(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+            async { (axum::http::StatusCode::TOO_MANY_REQUESTS, [("retry-after", "7")], "slow down") }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/file", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (url, asked)
+    }
+
+    #[tokio::test]
+    async fn a_mirrored_file_refused_with_retry_after_is_held_that_long() {
+        let (url, asked) = throttling_upstream().await;
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let cache = Arc::new(Cache::open(dir.path(), 120, metrics.clone()).unwrap());
+        let fetcher = Arc::new(Fetcher::new(cache, metrics));
+        let file = File {
+            key: "upstream-file".into(),
+            digest: format!("sha256:{}", "0".repeat(64)),
+            size: 3,
+            from: Origin::Url { http: reqwest::Client::new(), url },
+        };
+
+        let refused = fetcher.fetch(file.clone()).await.unwrap_err();
+        assert_eq!(refused.retry_after(), Some(Duration::from_secs(7)), "{refused}");
+        match fetcher.status(file.clone()) {
+            Status::Failed(_, left) => assert!(left > Duration::from_secs(6), "held only {left:?}, not the 7 s asked"),
+            _ => panic!("the refusal is not held"),
+        }
+        // Within the hold, a request gets the held failure; the server is not asked again.
+        assert!(fetcher.fetch(file).await.is_err());
+        assert_eq!(asked.load(Ordering::SeqCst), 1);
     }
 }
