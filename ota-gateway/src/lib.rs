@@ -22,6 +22,8 @@ mod cache;
 mod fetch;
 pub mod firmware;
 mod http;
+#[allow(unsafe_code)]
+mod memory;
 mod metrics;
 pub mod mirror;
 mod notify;

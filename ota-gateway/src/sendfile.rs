@@ -14,8 +14,9 @@
 //! Soundness rests on two facts: a mapped file is never modified while mapped (the
 //! promise each caller of the `unsafe` `map_payload` makes), and a slice handed to
 //! a write borrows the mapping, so the mapping and the descriptor registered with it
-//! outlive the `sendfile` call. This is the one module of the crate with `unsafe`
-//! code (and `map_payload` the one `unsafe fn` others call).
+//! outlive the `sendfile` call. This module and [`crate::memory`] (one call to
+//! `malloc_trim`) hold the crate's `unsafe` code; `map_payload` is the one `unsafe fn`
+//! others call.
 
 use std::collections::BTreeMap;
 use std::fs::File;

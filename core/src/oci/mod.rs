@@ -23,7 +23,7 @@ mod not_found;
 mod probe;
 pub mod tags;
 pub use not_found::{is_not_found, is_unknown_repository};
-pub use probe::{probe, Probe};
+pub use probe::{probe, retry_after, Probe};
 
 /// Why talking to a registry or interpreting its answer failed.
 #[derive(Debug, thiserror::Error)]

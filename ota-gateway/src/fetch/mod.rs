@@ -24,7 +24,7 @@
 //! tokens): every surface uses [`Fetcher::client`]. It is rebuilt only when the set
 //! of plain-HTTP registries the config names changes ([`Fetcher::client_for`]).
 
-pub mod verified;
+pub(crate) mod verified;
 
 use std::collections::HashMap;
 use std::io;
@@ -45,20 +45,20 @@ use verified::{Expected, Slot, Written};
 
 /// How long a failed fetch is reported before the next request retries it, unless
 /// the registry's `Retry-After` asked for longer.
-pub const RETRY_FAILED_AFTER: Duration = Duration::from_secs(5);
+pub(crate) const RETRY_FAILED_AFTER: Duration = Duration::from_secs(5);
 /// Concurrent fetches (prefetch of a large config must not starve the registry).
-pub const MAX_CONCURRENT_FETCHES: usize = 4;
+pub(crate) const MAX_CONCURRENT_FETCHES: usize = 4;
 
 /// One artifact to fetch: where, which manifest, and how to take the payload out.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Job {
-    pub source: SourceConfig,
-    pub digest: String,
-    pub artifact: ArtifactConfig,
+    pub(crate) source: SourceConfig,
+    pub(crate) digest: String,
+    pub(crate) artifact: ArtifactConfig,
 }
 
 impl Job {
-    pub fn new(source: &SourceConfig, pinned: &PinnedArtifact, artifact: &ArtifactConfig) -> Self {
+    pub(crate) fn new(source: &SourceConfig, pinned: &PinnedArtifact, artifact: &ArtifactConfig) -> Self {
         Self { source: source.clone(), digest: pinned.digest.clone(), artifact: artifact.clone() }
     }
 
@@ -70,17 +70,17 @@ impl Job {
 
 /// One raw file to fetch by its digest, cached under `key` as it is.
 #[derive(Clone, Debug)]
-pub struct File {
-    pub key: String,
+pub(crate) struct File {
+    pub(crate) key: String,
     /// `sha256:<hex>`.
-    pub digest: String,
-    pub size: u64,
-    pub from: Origin,
+    pub(crate) digest: String,
+    pub(crate) size: u64,
+    pub(crate) from: Origin,
 }
 
 /// Where a [`File`] comes from.
 #[derive(Clone, Debug)]
-pub enum Origin {
+pub(crate) enum Origin {
     /// The blob `digest` of this repository.
     Registry(SourceConfig),
     /// This URL, over the given client (a mirrored server's CA and timeouts).
@@ -89,7 +89,7 @@ pub enum Origin {
 
 /// Anything a fetcher fetches.
 #[derive(Clone, Debug)]
-pub enum Work {
+pub(crate) enum Work {
     Artifact(Job),
     File(File),
 }
@@ -138,7 +138,7 @@ impl Work {
 }
 
 /// Where a payload stands.
-pub enum Status {
+pub(crate) enum Status {
     Ready(Arc<Payload>),
     Fetching,
     /// The last fetch failed, recently: why, and how long until a request retries it.
@@ -159,7 +159,7 @@ const USER_AGENT: &str = concat!("updraft-ota-gateway/", env!("CARGO_PKG_VERSION
 
 /// Fetches into the cache, sharing one client and one fetch per key (see the module
 /// docs for what it promises).
-pub struct Fetcher {
+pub(crate) struct Fetcher {
     client: RwLock<(Vec<String>, Client)>,
     cache: Arc<Cache>,
     metrics: Arc<Metrics>,
@@ -170,7 +170,7 @@ pub struct Fetcher {
 }
 
 impl Fetcher {
-    pub fn new(cache: Arc<Cache>, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(cache: Arc<Cache>, metrics: Arc<Metrics>) -> Self {
         Self {
             client: RwLock::new((Vec::new(), oci::build_client(USER_AGENT, oci::protocol_for(Vec::new())))),
             cache,
@@ -181,13 +181,13 @@ impl Fetcher {
         }
     }
 
-    pub fn cache(&self) -> &Arc<Cache> {
+    pub(crate) fn cache(&self) -> &Arc<Cache> {
         &self.cache
     }
 
     /// The shared client, rebuilt only when the set of plain-HTTP registries changes
     /// (a reload that adds one), so tokens and connections survive reloads.
-    pub fn client_for<'a>(&self, sources: impl IntoIterator<Item = &'a SourceConfig>) -> Client {
+    pub(crate) fn client_for<'a>(&self, sources: impl IntoIterator<Item = &'a SourceConfig>) -> Client {
         let insecure = oci::insecure_registries(sources);
         if let Some(client) = self.client.read().ok().filter(|c| c.0 == insecure).map(|c| c.1.clone()) {
             return client;
@@ -200,13 +200,13 @@ impl Fetcher {
     }
 
     /// The shared client as last built.
-    pub fn client(&self) -> Client {
+    pub(crate) fn client(&self) -> Client {
         self.client.read().expect("client lock").1.clone()
     }
 
     /// Where the payload stands, starting a fetch when it is neither cached, nor
     /// being fetched, nor recently failed. Never waits.
-    pub fn status(self: &Arc<Self>, work: impl Into<Work>) -> Status {
+    pub(crate) fn status(self: &Arc<Self>, work: impl Into<Work>) -> Status {
         match self.stage(work.into()) {
             Stage::Ready(payload) => Status::Ready(payload),
             Stage::Running(_) => Status::Fetching,
@@ -216,7 +216,7 @@ impl Fetcher {
 
     /// The payload, fetched first (or the fetch under way joined) when it is not
     /// cached; a failure still held is returned at once, without asking again.
-    pub async fn fetch(self: &Arc<Self>, work: impl Into<Work>) -> Result<Arc<Payload>, Arc<FetchError>> {
+    pub(crate) async fn fetch(self: &Arc<Self>, work: impl Into<Work>) -> Result<Arc<Payload>, Arc<FetchError>> {
         match self.stage(work.into()) {
             Stage::Ready(payload) => Ok(payload),
             Stage::Running(fetch) => fetch.await,
@@ -341,7 +341,12 @@ impl Fetcher {
                 let failed = |e: reqwest::Error| FetchError::Http(format!("{url}: {e}"));
                 let response = http.get(url).send().await.map_err(failed)?;
                 if !response.status().is_success() {
-                    return Err(FetchError::Http(format!("{url}: HTTP {}", response.status())));
+                    let retry_after = oci::retry_after(response.headers(), std::time::SystemTime::now());
+                    return Err(FetchError::Refused {
+                        url: url.clone(),
+                        status: response.status().as_u16(),
+                        retry_after,
+                    });
                 }
                 let body = response.bytes_stream().map(|chunk| chunk.map_err(io::Error::other));
                 verified::temp_file(&self.cache, body, expected, &raw, slot).await
@@ -367,7 +372,7 @@ impl Fetcher {
 
 /// Why a fetch failed.
 #[derive(Debug, thiserror::Error)]
-pub enum FetchError {
+pub(crate) enum FetchError {
     #[error(transparent)]
     Oci(#[from] OciError),
     #[error("blob: {0}")]
@@ -375,6 +380,9 @@ pub enum FetchError {
     /// A file from a URL (a mirrored server) that could not be had.
     #[error("{0}")]
     Http(String),
+    /// A mirrored server answered something other than success, perhaps asking to wait.
+    #[error("{url}: HTTP {status}")]
+    Refused { url: String, status: u16, retry_after: Option<Duration> },
     #[error("unpack or cache: {0}")]
     Io(#[from] io::Error),
     #[error("task: {0}")]
@@ -383,10 +391,56 @@ pub enum FetchError {
 
 impl FetchError {
     /// How long the registry asked to wait before the next attempt, if it did.
-    pub fn retry_after(&self) -> Option<Duration> {
+    pub(crate) fn retry_after(&self) -> Option<Duration> {
         match self {
             FetchError::Oci(e) => e.retry_after(),
+            FetchError::Refused { retry_after, .. } => *retry_after,
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A mirrored server that answers every request 429 with `Retry-After: 7`, counting them.
+    async fn throttling_upstream() -> (String, Arc<AtomicUsize>) {
+        let asked = Arc::new(AtomicUsize::new(0));
+        let counter = asked.clone();
+        let app = axum::Router::new().fallback(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+            async { (axum::http::StatusCode::TOO_MANY_REQUESTS, [("retry-after", "7")], "slow down") }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/file", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (url, asked)
+    }
+
+    #[tokio::test]
+    async fn a_mirrored_file_refused_with_retry_after_is_held_that_long() {
+        let (url, asked) = throttling_upstream().await;
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let cache = Arc::new(Cache::open(dir.path(), 120, metrics.clone()).unwrap());
+        let fetcher = Arc::new(Fetcher::new(cache, metrics));
+        let file = File {
+            key: "upstream-file".into(),
+            digest: format!("sha256:{}", "0".repeat(64)),
+            size: 3,
+            from: Origin::Url { http: reqwest::Client::new(), url },
+        };
+
+        let refused = fetcher.fetch(file.clone()).await.unwrap_err();
+        assert_eq!(refused.retry_after(), Some(Duration::from_secs(7)), "{refused}");
+        match fetcher.status(file.clone()) {
+            Status::Failed(_, left) => assert!(left > Duration::from_secs(6), "held only {left:?}, not the 7 s asked"),
+            _ => panic!("the refusal is not held"),
+        }
+        // Within the hold, a request gets the held failure; the server is not asked again.
+        assert!(fetcher.fetch(file).await.is_err());
+        assert_eq!(asked.load(Ordering::SeqCst), 1);
     }
 }

@@ -29,26 +29,26 @@ use updraft_core::config::ArtifactConfig;
 
 /// A fetch whose body sends nothing for this long gives its slot to the next fetch
 /// while it waits out the client's read timeout: stalled fetches never hold up others.
-pub const RELEASE_SLOT_AFTER: Duration = Duration::from_secs(5);
+pub(crate) const RELEASE_SLOT_AFTER: Duration = Duration::from_secs(5);
 
 /// A fetch's place among the concurrent fetches, given up when its body stalls.
-pub struct Slot(pub(super) Option<OwnedSemaphorePermit>);
+pub(crate) struct Slot(pub(super) Option<OwnedSemaphorePermit>);
 
 /// A verified temp file and the summary of what it holds.
-pub type Written = (tempfile::NamedTempFile, Summary);
+pub(crate) type Written = (tempfile::NamedTempFile, Summary);
 
 /// What the bytes received must be.
-pub struct Expected<'a> {
+pub(crate) struct Expected<'a> {
     /// Bytes the body has, exactly.
-    pub size: u64,
+    pub(crate) size: u64,
     /// `sha256:<hex>` of the bytes written, for a raw file; `None` when the source
     /// verified the digest itself and the payload is unpacked (a firmware layer).
-    pub digest: Option<&'a str>,
+    pub(crate) digest: Option<&'a str>,
 }
 
 /// Streams `body` into a temp file of `cache`, unpacked as `artifact` says, and
 /// checks it against `expected`: the file is returned only when every check passed.
-pub async fn temp_file<S>(
+pub(crate) async fn temp_file<S>(
     cache: &Cache,
     body: S,
     expected: Expected<'_>,

@@ -1,8 +1,10 @@
 //! A filuxe-compatible artifact store as one side of a mirror (listed by
 //! [`updraft_core::mirror::store`]): streaming copies in chunks (a ranged download piped into a chunked upload, so memory stays
-//! flat in the file's size), deletion.
+//! flat in the file's size), deletion. A store that answers 429 or 503 with a
+//! `Retry-After` is [`CopyError::Throttled`]: the worker asks it nothing more before then.
 
 use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use futures::StreamExt;
 use reqwest::header;
@@ -11,43 +13,58 @@ use updraft_core::mirror::error::MirrorError;
 use updraft_core::mirror::rules::Artifact;
 use updraft_core::mirror::store::Store;
 
+use super::CopyError;
+
 /// Bytes per upload request: one ranged download and one chunked upload each.
-pub const CHUNK: u64 = 8 << 20;
+pub(crate) const CHUNK: u64 = 8 << 20;
+
+/// The error of a store's unexpected answer (`status`, `headers`) to `what`: throttled
+/// when it is a 429 or 503 naming a `Retry-After`, else as the store classifies it.
+fn refused(store: &Store, status: reqwest::StatusCode, headers: &header::HeaderMap, what: String) -> CopyError {
+    let asks_to_wait = matches!(status.as_u16(), 429 | 503);
+    match updraft_core::oci::retry_after(headers, SystemTime::now()).filter(|_| asks_to_wait) {
+        Some(retry_after) => CopyError::Throttled { side: store.side(), status: status.as_u16(), what, retry_after },
+        None => store.refused(status, what).into(),
+    }
+}
 
 /// The SHA-256 a store announces for `name` in its ETag (an Updraft store does;
 /// a filuxe server does not).
-pub async fn etag(store: &Store, name: &str) -> Result<Option<String>, MirrorError> {
+pub(crate) async fn etag(store: &Store, name: &str) -> Result<Option<String>, CopyError> {
     let response =
         store.request(reqwest::Method::HEAD, store.url("download", name))?.send().await.map_err(store.unreachable())?;
     if !response.status().is_success() {
-        return Ok(None);
+        return match refused(store, response.status(), response.headers(), format!("checking {name}")) {
+            throttled @ CopyError::Throttled { .. } => Err(throttled),
+            _ => Ok(None),
+        };
     }
     let etag = response.headers().get(header::ETAG).and_then(|v| v.to_str().ok()).map(|v| v.trim_matches('"'));
     Ok(etag.filter(|e| updraft_core::config::is_sha256_hex(e)).map(str::to_owned))
 }
 
 /// The body of `name` as a stream (OCI pushes read it).
-pub async fn download_stream(
+pub(crate) async fn download_stream(
     store: &Store,
     name: &str,
-) -> Result<impl futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Send + 'static, MirrorError> {
+) -> Result<impl futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Send + 'static, CopyError> {
     let response =
         store.request(reqwest::Method::GET, store.url("download", name))?.send().await.map_err(store.unreachable())?;
     if !response.status().is_success() {
-        return Err(store.refused(response.status(), format!("downloading {name}")));
+        return Err(refused(store, response.status(), response.headers(), format!("downloading {name}")));
     }
     Ok(response.bytes_stream())
 }
 
 /// Uploads `body` (`size` bytes, SHA-256 `sha256`) as `name` in one request,
 /// replacing what is there; the store checks the checksum before the file appears.
-pub async fn upload_whole(
+pub(crate) async fn upload_whole(
     store: &Store,
     name: &str,
     body: reqwest::Body,
     size: u64,
     sha256: &str,
-) -> Result<(), MirrorError> {
+) -> Result<(), CopyError> {
     let response = store
         .request(reqwest::Method::POST, store.url("upload", name))?
         .query(&[("force", "true"), ("sha256", sha256)])
@@ -58,27 +75,27 @@ pub async fn upload_whole(
         .await
         .map_err(store.unreachable())?;
     if response.status() != reqwest::StatusCode::CREATED {
-        let status = response.status();
+        let (status, headers) = (response.status(), response.headers().clone());
         let text = response.text().await.unwrap_or_default();
-        return Err(store.refused(status, format!("uploading {name}: {}", text.trim())));
+        return Err(refused(store, status, &headers, format!("uploading {name}: {}", text.trim())));
     }
     Ok(())
 }
 
 /// Deletes `name` (absent already counts as deleted).
-pub async fn delete(store: &Store, name: &str) -> Result<(), MirrorError> {
+pub(crate) async fn delete(store: &Store, name: &str) -> Result<(), CopyError> {
     let response =
         store.request(reqwest::Method::GET, store.url("delete", name))?.send().await.map_err(store.unreachable())?;
     match response.status().as_u16() {
         200 | 204 | 404 => Ok(()),
-        _ => Err(store.refused(response.status(), format!("deleting {name}"))),
+        _ => Err(refused(store, response.status(), response.headers(), format!("deleting {name}"))),
     }
 }
 
 /// Copies `artifact` from `src` to `dst` in [`CHUNK`]s, each a ranged download
 /// streamed into a chunked upload, and checks the SHA-256 end to end. Returns the
 /// bytes sent.
-pub async fn copy(src: &Store, dst: &Store, artifact: &Artifact) -> Result<u64, MirrorError> {
+pub(crate) async fn copy(src: &Store, dst: &Store, artifact: &Artifact) -> Result<u64, CopyError> {
     let name = &artifact.name;
     let announced = match &artifact.digest {
         Some(sum) => Some(sum.clone()),
@@ -102,11 +119,11 @@ pub async fn copy(src: &Store, dst: &Store, artifact: &Artifact) -> Result<u64, 
         match response.status().as_u16() {
             206 => {}
             200 if whole => {}
-            200 | 404 | 416 => return Err(MirrorError::Changed(name.clone())),
-            _ => return Err(src.refused(response.status(), format!("downloading {name}"))),
+            200 | 404 | 416 => return Err(MirrorError::Changed(name.clone()).into()),
+            _ => return Err(refused(src, response.status(), response.headers(), format!("downloading {name}"))),
         }
         if response.content_length().is_some_and(|len| len != to + 1 - from) && size > 0 {
-            return Err(MirrorError::Changed(name.clone()));
+            return Err(MirrorError::Changed(name.clone()).into());
         }
         let feed = hasher.clone();
         let body = response.bytes_stream().map(move |piece| {
@@ -130,9 +147,9 @@ pub async fn copy(src: &Store, dst: &Store, artifact: &Artifact) -> Result<u64, 
         }
         let response = upload.body(reqwest::Body::wrap_stream(body)).send().await.map_err(dst.unreachable())?;
         if response.status() != reqwest::StatusCode::CREATED {
-            let status = response.status();
+            let (status, headers) = (response.status(), response.headers().clone());
             let text = response.text().await.unwrap_or_default();
-            return Err(dst.refused(status, format!("uploading {name} bytes {from}-{to}: {}", text.trim())));
+            return Err(refused(dst, status, &headers, format!("uploading {name} bytes {from}-{to}: {}", text.trim())));
         }
         sent += if size > 0 { to + 1 - from } else { 0 };
         from = to + 1;
@@ -143,11 +160,15 @@ pub async fn copy(src: &Store, dst: &Store, artifact: &Artifact) -> Result<u64, 
     let computed = hex::encode(hasher.lock().unwrap_or_else(|e| e.into_inner()).clone().finalize());
     if let Some(sum) = &announced {
         if *sum != computed {
-            return Err(MirrorError::Verify(format!("{name}: the source sent sha256 {computed}, it announced {sum}")));
+            return Err(
+                MirrorError::Verify(format!("{name}: the source sent sha256 {computed}, it announced {sum}")).into()
+            );
         }
     } else if let Some(at_dst) = etag(dst, name).await? {
         if at_dst != computed {
-            return Err(MirrorError::Verify(format!("{name}: the destination holds sha256 {at_dst}, sent {computed}")));
+            return Err(
+                MirrorError::Verify(format!("{name}: the destination holds sha256 {at_dst}, sent {computed}")).into()
+            );
         }
     }
     Ok(sent)

@@ -11,12 +11,18 @@
 //! leaves nothing visible at a store destination (uploads appear only when
 //! complete) and is redone by the next pass.
 //!
+//! A store that answers a copy or a delete 429 or 503 with a `Retry-After`
+//! ([`CopyError::Throttled`]) ends the pass at once, and the next pass waits at least
+//! as long as it asked, up to the ceiling the gateway's fetcher holds registries to
+//! ([`held`]). Listings are core's ([`Side::list`]): their `MirrorError` carries no
+//! `Retry-After` yet, so a pass that fails listing backs off as before.
+//!
 //! What the worker observed is served on the admin listener: `/mirrors` (JSON, one
 //! [`status::MirrorStatus`] per mirror), `/metrics` (`updraft_mirror_*`), `/healthz`.
 
 mod http;
 mod oci;
-pub mod status;
+pub(crate) mod status;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -40,6 +46,45 @@ use updraft_core::mirror::{files_mode, Side};
 /// Attempts of one copy within a pass (the next pass tries again).
 const ATTEMPTS: u32 = 3;
 
+/// Why a copy or a delete failed: a [`MirrorError`], or a side asking to be left alone
+/// for a while. Variants double as metric labels ([`CopyError::kind`]).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CopyError {
+    #[error(transparent)]
+    Mirror(#[from] MirrorError),
+    /// A side answered 429 or 503 with a `Retry-After`: nothing more is asked of it
+    /// before `retry_after` has passed.
+    #[error("{side} answered {status} to {what}, asking to retry after {} s", retry_after.as_secs())]
+    Throttled { side: &'static str, status: u16, what: String, retry_after: Duration },
+}
+
+impl CopyError {
+    /// The metric label of this error.
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            CopyError::Mirror(e) => e.kind(),
+            CopyError::Throttled { .. } => "throttled",
+        }
+    }
+
+    /// How long the side asked to be left alone, if it did.
+    pub(crate) fn retry_after(&self) -> Option<Duration> {
+        match self {
+            CopyError::Throttled { retry_after, .. } => Some(*retry_after),
+            CopyError::Mirror(_) => None,
+        }
+    }
+}
+
+/// The outcome of a pass that listed both sides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pass {
+    /// Everything planned was done (or, in a dry run, reported).
+    Done,
+    /// Something is left for the next pass; `retry_after` when a side asked to wait.
+    Incomplete { retry_after: Option<Duration> },
+}
+
 /// One side of a mirror, ready to list (shared with the operator) and to copy with.
 fn side(config: &MirrorEndpoint, side: &'static str, client: &reqwest::Client) -> Side {
     match (&config.oci, &config.http) {
@@ -53,7 +98,7 @@ fn side(config: &MirrorEndpoint, side: &'static str, client: &reqwest::Client) -
 }
 
 /// A mirror ready to run.
-pub struct Mirror {
+pub(crate) struct Mirror {
     config: MirrorConfig,
     rules: Rules,
     source: Side,
@@ -64,7 +109,7 @@ pub struct Mirror {
 
 impl Mirror {
     /// Builds a mirror from its (validated) config.
-    pub fn new(config: MirrorConfig, client: &reqwest::Client) -> Result<Self, MirrorError> {
+    pub(crate) fn new(config: MirrorConfig, client: &reqwest::Client) -> Result<Self, MirrorError> {
         let rules = Rules::new(&config).map_err(MirrorError::Config)?;
         let source = side(&config.source, "source", client);
         let destination = side(&config.destination, "destination", client);
@@ -75,10 +120,10 @@ impl Mirror {
         updraft_core::version::parse_duration(&self.config.interval).unwrap_or(Duration::from_secs(600))
     }
 
-    async fn copy(&self, artifact: &Artifact) -> Result<u64, MirrorError> {
+    async fn copy(&self, artifact: &Artifact) -> Result<u64, CopyError> {
         match (&self.source, &self.destination) {
             (Side::Store(src), Side::Store(dst)) => http::copy(src, dst, artifact).await,
-            (Side::Registry(src), Side::Registry(dst)) => oci::copy(src, dst, artifact).await,
+            (Side::Registry(src), Side::Registry(dst)) => Ok(oci::copy(src, dst, artifact).await?),
             (Side::Registry(src), Side::Store(dst)) => oci::copy_to_store(src, dst, artifact).await,
             (Side::Store(src), Side::Registry(dst)) => oci::copy_from_store(src, dst, artifact).await,
         }
@@ -90,16 +135,16 @@ impl Mirror {
     }
 
     /// Deletes `artifact` at the destination.
-    async fn delete(&self, artifact: &Artifact) -> Result<(), MirrorError> {
+    async fn delete(&self, artifact: &Artifact) -> Result<(), CopyError> {
         match &self.destination {
             Side::Store(s) => http::delete(s, &artifact.name).await,
-            Side::Registry(r) if self.files() => oci::delete_file(r, &artifact.name).await,
-            Side::Registry(r) => oci::delete(r, artifact).await,
+            Side::Registry(r) if self.files() => Ok(oci::delete_file(r, &artifact.name).await?),
+            Side::Registry(r) => Ok(oci::delete(r, artifact).await?),
         }
     }
 
-    /// One pass: list, plan, copy, delete, report. `Ok(true)` when nothing is left.
-    pub async fn pass(&self, observed: &Observed) -> Result<bool, MirrorError> {
+    /// One pass: list, plan, copy, delete, report. A side that asks to wait ends it.
+    pub(crate) async fn pass(&self, observed: &Observed) -> Result<Pass, MirrorError> {
         let name = self.config.name.as_str();
         let listed = |side: &'static str, ok: bool| observed.up.with_label_values(&[name, side]).set(i64::from(ok));
         let source = self.source.list(self.files()).await;
@@ -140,10 +185,14 @@ impl Mirror {
         if dry_run {
             tracing::info!(mirror = name, copy = ?plan.copy.iter().map(|a| &a.name).collect::<Vec<_>>(),
                 delete = ?plan.delete.iter().map(|a| &a.name).collect::<Vec<_>>(), "dry run: nothing changed");
-            return Ok(true);
+            return Ok(Pass::Done);
         }
         let mut failed = 0;
+        let mut retry_after = None;
         for artifact in &plan.copy {
+            if retry_after.is_some() {
+                break;
+            }
             match self.copy_with_retries(artifact, observed).await {
                 Ok(bytes) => {
                     tracing::info!(mirror = name, artifact = artifact.name, bytes, "copied");
@@ -162,6 +211,7 @@ impl Mirror {
                 }
                 Err(e) => {
                     failed += 1;
+                    retry_after = e.retry_after();
                     tracing::warn!(mirror = name, artifact = artifact.name, error = %e, "copy failed; the next pass retries");
                     observed.update(name, |s| {
                         s.failed += 1;
@@ -171,6 +221,9 @@ impl Mirror {
             }
         }
         for artifact in &plan.delete {
+            if retry_after.is_some() {
+                break;
+            }
             match self.delete(artifact).await {
                 Ok(()) => {
                     tracing::info!(mirror = name, artifact = artifact.name, "deleted at the destination (retention)");
@@ -184,6 +237,7 @@ impl Mirror {
                 }
                 Err(e) => {
                     failed += 1;
+                    retry_after = e.retry_after();
                     observed.errors.with_label_values(&[name, e.kind()]).inc();
                     observed.update(name, |s| {
                         s.failed += 1;
@@ -192,10 +246,11 @@ impl Mirror {
                 }
             }
         }
-        if failed == 0 {
-            observed.update(name, |s| s.last_success = Some(now()));
+        if failed > 0 || retry_after.is_some() {
+            return Ok(Pass::Incomplete { retry_after });
         }
-        Ok(failed == 0)
+        observed.update(name, |s| s.last_success = Some(now()));
+        Ok(Pass::Done)
     }
 
     /// Updates what the destination is known to hold.
@@ -203,7 +258,9 @@ impl Mirror {
         change(&mut self.last_destination.lock().unwrap_or_else(|e| e.into_inner()));
     }
 
-    async fn copy_with_retries(&self, artifact: &Artifact, observed: &Observed) -> Result<u64, MirrorError> {
+    /// A copy, tried again within the pass unless the config is at fault or a side
+    /// asked to wait.
+    async fn copy_with_retries(&self, artifact: &Artifact, observed: &Observed) -> Result<u64, CopyError> {
         // Not `Backoff`: no ceiling needed, ATTEMPTS bounds the doubling (0.5 s, 1 s).
         let mut delay = Duration::from_millis(500);
         let mut attempt = 1;
@@ -212,7 +269,8 @@ impl Mirror {
                 Ok(bytes) => return Ok(bytes),
                 Err(e) => {
                     observed.errors.with_label_values(&[&self.config.name, e.kind()]).inc();
-                    if attempt >= ATTEMPTS || matches!(e, MirrorError::Config(_)) {
+                    let hopeless = matches!(e, CopyError::Mirror(MirrorError::Config(_)) | CopyError::Throttled { .. });
+                    if attempt >= ATTEMPTS || hopeless {
                         return Err(e);
                     }
                     tracing::debug!(artifact = artifact.name, attempt, error = %e, "copy failed, retrying");
@@ -225,8 +283,9 @@ impl Mirror {
     }
 
     /// Runs passes forever: at the interval when a pass leaves nothing to do, after a
-    /// backoff doubling from one second (capped at the interval) when it does.
-    pub async fn run(self, observed: Arc<Observed>) {
+    /// backoff doubling from one second (capped at the interval) when it does, and no
+    /// sooner than a side asked ([`held`]).
+    pub(crate) async fn run(self, observed: Arc<Observed>) {
         let name = self.config.name.clone();
         let (source, destination) = (self.config.source.describe(), self.config.destination.describe());
         observed.update(&name, |s| {
@@ -242,14 +301,14 @@ impl Mirror {
                 continue;
             }
             let wait = match self.pass(&observed).await {
-                Ok(true) => {
+                Ok(Pass::Done) => {
                     observed.passes.with_label_values(&[&name, "ok"]).inc();
                     backoff.reset();
                     interval
                 }
-                Ok(false) => {
+                Ok(Pass::Incomplete { retry_after }) => {
                     observed.passes.with_label_values(&[&name, "incomplete"]).inc();
-                    backoff.wait()
+                    held(backoff.wait(), retry_after)
                 }
                 Err(e) => {
                     tracing::warn!(mirror = name, error = %e, "pass failed; retrying after a backoff");
@@ -264,12 +323,19 @@ impl Mirror {
     }
 }
 
+/// The wait before the next pass: the backoff, or what a side asked when longer, up
+/// to [`oci::MAX_RETRY_AFTER`](updraft_core::oci::MAX_RETRY_AFTER) (a side asking for
+/// an hour is asked again after ten minutes, as the fetcher does with registries).
+fn held(backoff: Duration, retry_after: Option<Duration>) -> Duration {
+    retry_after.map_or(backoff, |asked| backoff.max(asked.min(updraft_core::oci::MAX_RETRY_AFTER)))
+}
+
 fn now() -> f64 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
 
 /// The HTTP client every mirror shares.
-pub fn client() -> reqwest::Client {
+pub(crate) fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         .read_timeout(Duration::from_secs(120))
@@ -281,7 +347,7 @@ pub fn client() -> reqwest::Client {
 }
 
 /// The worker's admin routes: `/healthz`, `/readyz`, `/metrics`, `/mirrors`.
-pub fn admin_router(observed: Arc<Observed>) -> Router {
+pub(crate) fn admin_router(observed: Arc<Observed>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(|| async { "ready" }))
@@ -423,8 +489,8 @@ mod tests {
         let source = TestStore::start(&[("a-1.0.0.bin", b"one"), ("a-1.1.0.bin", b"two")]).await;
         let destination = TestStore::start(&[("a-1.0.0.bin", b"one")]).await;
         let observed = Observed::new();
-        let done = mirror(&source.url, &destination.url, "").pass(&observed).await.unwrap();
-        assert!(done, "{:?}", observed.status("m"));
+        let pass = mirror(&source.url, &destination.url, "").pass(&observed).await.unwrap();
+        assert_eq!(pass, Pass::Done, "{:?}", observed.status("m"));
         assert_eq!(destination.file("a-1.1.0.bin").as_deref(), Some(&b"two"[..]));
         let status = observed.status("m").unwrap();
         assert_eq!((status.in_sync, status.pending, status.failed, status.copied), (2, 0, 0, 1));
@@ -436,7 +502,7 @@ mod tests {
         let source = TestStore::start(&[("a-1.0.0.bin", b"one")]).await;
         let destination = TestStore::start(&[]).await;
         let observed = Observed::new();
-        assert!(mirror(&source.url, &destination.url, "dryRun: true\n").pass(&observed).await.unwrap());
+        assert_eq!(mirror(&source.url, &destination.url, "dryRun: true\n").pass(&observed).await.unwrap(), Pass::Done);
         assert_eq!(destination.file("a-1.0.0.bin"), None);
         let status = observed.status("m").unwrap();
         assert!(status.dry_run);
@@ -450,7 +516,7 @@ mod tests {
         let destination = TestStore::start(files).await;
         let observed = Observed::new();
         let keep_one = mirror(&source.url, &destination.url, "retention: {keepLast: 1}\n");
-        assert!(keep_one.pass(&observed).await.unwrap(), "{:?}", observed.status("m"));
+        assert_eq!(keep_one.pass(&observed).await.unwrap(), Pass::Done, "{:?}", observed.status("m"));
         assert_eq!(destination.file("a-1.0.0.bin"), None);
         assert!(destination.file("a-1.1.0.bin").is_some());
         assert!(source.file("a-1.0.0.bin").is_some(), "the source is never changed");
@@ -478,6 +544,85 @@ mod tests {
         let status = observed.status("m").unwrap();
         assert_eq!((status.pending, status.to_copy), (1, vec!["a-1.1.0.bin".to_owned()]));
         assert!(metric(&observed, "updraft_mirror_up{mirror=\"m\",side=\"destination\"}").ends_with(" 0"));
+    }
+
+    /// What [`ThrottledStore`] was asked, and when (as it saw it).
+    type Seen = Arc<std::sync::Mutex<Vec<(std::time::Instant, String)>>>;
+
+    /// A source store that lists two files and answers every download 503 with
+    /// `Retry-After: {retry_after}`, noting each request it gets.
+    async fn throttled_store(retry_after: Duration) -> (String, Seen) {
+        use axum::http::{StatusCode, Uri};
+        let seen = Seen::default();
+        let noted = seen.clone();
+        let app = Router::new().fallback(move |uri: Uri| {
+            let noted = noted.clone();
+            async move {
+                noted.lock().unwrap().push((std::time::Instant::now(), uri.path().to_owned()));
+                if uri.path().starts_with("/filelist") {
+                    let file = serde_json::json!({"size": 3, "time": 1_700_000_000.0, "sha256": "ab".repeat(32)});
+                    let listing = serde_json::json!({"filelist": {".": {"a-1.0.0.bin": file, "a-1.1.0.bin": file}}});
+                    return Json(listing).into_response();
+                }
+                let wait = retry_after.as_secs().to_string();
+                (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, wait)], "busy").into_response()
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (url, seen)
+    }
+
+    /// The worker's own retries (within a pass after half a second, the next pass after
+    /// a one-second backoff) would ask a throttling source again within its
+    /// `Retry-After`; the source is asked nothing more until that has passed, then is
+    /// asked again.
+    #[tokio::test]
+    async fn a_source_answering_503_with_retry_after_is_left_alone_that_long() {
+        const ASKED: Duration = Duration::from_secs(3);
+        let (source, seen) = throttled_store(ASKED).await;
+        let destination = TestStore::start(&[]).await;
+        let observed = Arc::new(Observed::new());
+        let worker = tokio::spawn(mirror(&source, &destination.url, "interval: 1m\n").run(observed.clone()));
+
+        let first_refusal = |seen: &Seen| {
+            seen.lock().unwrap().iter().find(|(_, path)| path.starts_with("/download")).map(|(at, _)| *at)
+        };
+        let started = std::time::Instant::now();
+        let refused_at = loop {
+            if let Some(at) = first_refusal(&seen) {
+                break at;
+            }
+            assert!(started.elapsed() < Duration::from_secs(10), "no download was asked for: {:?}", seen.lock());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let asked_since = |seen: &Seen| seen.lock().unwrap().iter().filter(|(at, _)| *at > refused_at).count();
+
+        // Most of the wait: the worker would have asked three times by now.
+        tokio::time::sleep_until((refused_at + ASKED - Duration::from_millis(500)).into()).await;
+        assert_eq!(asked_since(&seen), 0, "asked within the Retry-After: {:?}", seen.lock());
+        let status = observed.status("m").unwrap();
+        assert!(status.failures.iter().any(|f| f.contains("503")), "the status names the refusal: {status:?}");
+        assert_eq!(status.pending, 2, "both files are left for later: {status:?}");
+
+        while asked_since(&seen) == 0 {
+            assert!(refused_at.elapsed() < ASKED + Duration::from_secs(10), "never asked again");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let again = seen.lock().unwrap().iter().map(|(at, _)| *at).find(|at| *at > refused_at).unwrap();
+        assert!(again - refused_at >= ASKED, "asked again after {:?}", again - refused_at);
+        worker.abort();
+    }
+
+    #[test]
+    fn the_wait_after_a_pass_is_the_backoff_or_what_a_side_asked_up_to_the_ceiling() {
+        let second = Duration::from_secs(1);
+        assert_eq!(held(second, None), second);
+        assert_eq!(held(second, Some(Duration::from_secs(3))), Duration::from_secs(3));
+        assert_eq!(held(Duration::from_secs(8), Some(Duration::from_secs(3))), Duration::from_secs(8));
+        let an_hour = Some(Duration::from_secs(3600));
+        assert_eq!(held(second, an_hour), updraft_core::oci::MAX_RETRY_AFTER);
     }
 
     #[tokio::test]

@@ -19,6 +19,8 @@ use updraft_core::mirror::registry::{Credentials, Descriptor, Raw, Repository, M
 use updraft_core::mirror::rules::Artifact;
 use updraft_core::mirror::store::Store;
 
+use super::CopyError;
+
 /// The config blob of the one-file artifacts this worker pushes: `{}`.
 const EMPTY_CONFIG: &[u8] = b"{}";
 const EMPTY_TYPE: &str = "application/vnd.oci.empty.v1+json";
@@ -26,7 +28,7 @@ const EMPTY_TYPE: &str = "application/vnd.oci.empty.v1+json";
 const FILE_ARTIFACT: &str = "application/vnd.updraft.file.v1";
 
 /// The worker's registry client for `source`: timeouts, and monolithic pushes.
-pub fn repository(source: &SourceConfig, side: &'static str) -> Repository {
+pub(crate) fn repository(source: &SourceConfig, side: &'static str) -> Repository {
     let protocol = if source.insecure {
         ClientProtocol::HttpsExcept(vec![source.registry.clone()])
     } else {
@@ -45,7 +47,7 @@ pub fn repository(source: &SourceConfig, side: &'static str) -> Repository {
 }
 
 /// Files mode: deletes the one-file artifact this worker pushed for `name`.
-pub async fn delete_file(repo: &Repository, name: &str) -> Result<(), MirrorError> {
+pub(crate) async fn delete_file(repo: &Repository, name: &str) -> Result<(), MirrorError> {
     let auth = repo.auth()?;
     let digest = match repo.client().fetch_manifest_digest(&repo.tag(&tag_for(name)), &auth).await {
         Ok(digest) => digest,
@@ -57,7 +59,7 @@ pub async fn delete_file(repo: &Repository, name: &str) -> Result<(), MirrorErro
 }
 
 /// Deletes the manifest a tag points at (the registry must allow deletes).
-pub async fn delete(repo: &Repository, artifact: &Artifact) -> Result<(), MirrorError> {
+pub(crate) async fn delete(repo: &Repository, artifact: &Artifact) -> Result<(), MirrorError> {
     let digest = artifact.digest.as_deref().and_then(|d| d.split(' ').next()).unwrap_or_default();
     let source = repo.source();
     let scheme = if source.insecure { "http" } else { "https" };
@@ -77,7 +79,7 @@ pub async fn delete(repo: &Repository, artifact: &Artifact) -> Result<(), Mirror
 
 /// The tag a file is pushed under: its name with what a tag cannot hold replaced,
 /// plus a hash of the name when anything was replaced or cut (names stay distinct).
-pub fn tag_for(name: &str) -> String {
+pub(crate) fn tag_for(name: &str) -> String {
     let mut tag: String =
         name.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') { c } else { '_' }).collect();
     if tag.starts_with(['.', '-']) {
@@ -93,7 +95,7 @@ pub fn tag_for(name: &str) -> String {
 
 /// OCI to store: streams the blob of `file` (listed by [`Repository::list_files`]) into
 /// the store under its title, verified by digest on the way and by SHA-256 at the store.
-pub async fn copy_to_store(src: &Repository, dst: &Store, file: &Artifact) -> Result<u64, MirrorError> {
+pub(crate) async fn copy_to_store(src: &Repository, dst: &Store, file: &Artifact) -> Result<u64, CopyError> {
     let hex = file.digest.as_deref().ok_or_else(|| MirrorError::Changed(file.name.clone()))?;
     let digest = format!("sha256:{hex}");
     let descriptor = oci_client::manifest::OciDescriptor {
@@ -110,7 +112,7 @@ pub async fn copy_to_store(src: &Repository, dst: &Store, file: &Artifact) -> Re
 
 /// Store to OCI: pushes `file` as a one-layer artifact (an empty config, the file as
 /// its layer titled with its name) tagged [`tag_for`] its name.
-pub async fn copy_from_store(src: &Store, dst: &Repository, file: &Artifact) -> Result<u64, MirrorError> {
+pub(crate) async fn copy_from_store(src: &Store, dst: &Repository, file: &Artifact) -> Result<u64, CopyError> {
     let auth = dst.auth()?;
     let tag = dst.tag(&tag_for(&file.name));
     dst.client().store_auth_if_needed(&dst.source().registry, &auth).await;
@@ -154,7 +156,7 @@ pub async fn copy_from_store(src: &Store, dst: &Repository, file: &Artifact) -> 
 
 /// Copies the tag `artifact` (its manifest or index, everything it references, and
 /// its signature tags) from `src` to `dst`, keeping digests. Returns the blob bytes sent.
-pub async fn copy(src: &Repository, dst: &Repository, artifact: &Artifact) -> Result<u64, MirrorError> {
+pub(crate) async fn copy(src: &Repository, dst: &Repository, artifact: &Artifact) -> Result<u64, MirrorError> {
     let identity = artifact.digest.as_deref().ok_or_else(|| MirrorError::Changed(artifact.name.clone()))?;
     let mut parts = identity.split(' ');
     let digest = parts.next().unwrap_or_default().to_owned();

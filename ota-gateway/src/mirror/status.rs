@@ -10,56 +10,56 @@ use serde::Serialize;
 /// One mirror's last observations.
 #[derive(Clone, Debug, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct MirrorStatus {
-    pub name: String,
-    pub source: String,
-    pub destination: String,
-    pub suspended: bool,
-    pub dry_run: bool,
+pub(crate) struct MirrorStatus {
+    pub(crate) name: String,
+    pub(crate) source: String,
+    pub(crate) destination: String,
+    pub(crate) suspended: bool,
+    pub(crate) dry_run: bool,
     /// Selected artifacts present and identical at the destination.
-    pub in_sync: usize,
+    pub(crate) in_sync: usize,
     /// Copies and deletions still to do (including failed ones).
-    pub pending: usize,
+    pub(crate) pending: usize,
     /// Copies and deletions that failed in the last pass.
-    pub failed: usize,
+    pub(crate) failed: usize,
     /// Newest version the destination keeps.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub latest_version: Option<String>,
+    pub(crate) latest_version: Option<String>,
     /// Seconds since the epoch of the last pass that listed both sides.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub last_sync: Option<f64>,
+    pub(crate) last_sync: Option<f64>,
     /// Seconds since the epoch of the last pass with nothing left to do.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub last_success: Option<f64>,
+    pub(crate) last_success: Option<f64>,
     /// Why the last pass did not finish, if it did not.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
+    pub(crate) error: Option<String>,
     /// Names still to copy (in a dry run: that would be copied).
-    pub to_copy: Vec<String>,
+    pub(crate) to_copy: Vec<String>,
     /// Names still to delete at the destination (in a dry run: that would be deleted).
-    pub to_delete: Vec<String>,
+    pub(crate) to_delete: Vec<String>,
     /// `name: reason` of what failed in the last pass.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub failures: Vec<String>,
+    pub(crate) failures: Vec<String>,
     /// Copies and deletions done since the worker started.
-    pub copied: u64,
-    pub deleted: u64,
+    pub(crate) copied: u64,
+    pub(crate) deleted: u64,
 }
 
 /// The worker's statuses and metrics.
-pub struct Observed {
+pub(crate) struct Observed {
     statuses: Mutex<BTreeMap<String, MirrorStatus>>,
     registry: Registry,
-    pub pending: IntGaugeVec,
-    pub in_sync: IntGaugeVec,
-    pub failed: IntGaugeVec,
-    pub up: IntGaugeVec,
-    pub copied: IntCounterVec,
-    pub copied_bytes: IntCounterVec,
-    pub deleted: IntCounterVec,
-    pub passes: IntCounterVec,
-    pub errors: IntCounterVec,
-    pub last_success: GaugeVec,
+    pub(crate) pending: IntGaugeVec,
+    pub(crate) in_sync: IntGaugeVec,
+    pub(crate) failed: IntGaugeVec,
+    pub(crate) up: IntGaugeVec,
+    pub(crate) copied: IntCounterVec,
+    pub(crate) copied_bytes: IntCounterVec,
+    pub(crate) deleted: IntCounterVec,
+    pub(crate) passes: IntCounterVec,
+    pub(crate) errors: IntCounterVec,
+    pub(crate) last_success: GaugeVec,
 }
 
 impl Default for Observed {
@@ -69,7 +69,7 @@ impl Default for Observed {
 }
 
 impl Observed {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let registry = Registry::new_custom(Some("updraft_mirror".into()), None).expect("valid prefix");
         let gauge = |name: &str, help: &str, labels: &[&str]| {
             let m = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
@@ -104,7 +104,7 @@ impl Observed {
     }
 
     /// Applies `change` to the status of `name` and mirrors it into the gauges.
-    pub fn update(&self, name: &str, change: impl FnOnce(&mut MirrorStatus)) {
+    pub(crate) fn update(&self, name: &str, change: impl FnOnce(&mut MirrorStatus)) {
         let mut statuses = self.statuses.lock().unwrap_or_else(|e| e.into_inner());
         let status =
             statuses.entry(name.to_owned()).or_insert_with(|| MirrorStatus { name: name.into(), ..Default::default() });
@@ -118,20 +118,21 @@ impl Observed {
     }
 
     /// Keeps only the statuses of `names` (after a reload).
-    pub fn retain(&self, names: &[String]) {
+    pub(crate) fn retain(&self, names: &[String]) {
         self.statuses.lock().unwrap_or_else(|e| e.into_inner()).retain(|k, _| names.contains(k));
     }
 
-    pub fn statuses(&self) -> Vec<MirrorStatus> {
+    pub(crate) fn statuses(&self) -> Vec<MirrorStatus> {
         self.statuses.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
     }
 
-    pub fn status(&self, name: &str) -> Option<MirrorStatus> {
+    #[cfg(test)]
+    pub(crate) fn status(&self, name: &str) -> Option<MirrorStatus> {
         self.statuses.lock().unwrap_or_else(|e| e.into_inner()).get(name).cloned()
     }
 
     /// The Prometheus text exposition.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut buf = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding cannot fail");
         String::from_utf8(buf).expect("text exposition is UTF-8")

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use futures::StreamExt as _;
 
-use super::index::FileEntry;
+use super::index::{blob_key, FileEntry};
 use super::stream::Stream;
 use super::StreamError;
 use crate::cache::Payload;
@@ -37,17 +37,19 @@ impl Stream {
                 }
             });
             fetches.buffer_unordered(2).collect::<()>().await;
+            // Each fetch wrote through a buffer on a blocking thread (its own arena).
+            crate::memory::release_freed();
         });
     }
 
     /// The verified file behind an index entry (see [`Stream::blob`]).
-    pub async fn file_blob(self: &Arc<Self>, entry: &FileEntry) -> Result<Arc<Payload>, StreamError> {
+    pub(crate) async fn file_blob(self: &Arc<Self>, entry: &FileEntry) -> Result<Arc<Payload>, StreamError> {
         self.blob_at(&entry.digest, entry.size, entry.url.clone()).await
     }
 
     /// The verified blob `digest` from the cache, fetched from the registry first
     /// when needed (one fetch per blob however many requests wait for it).
-    pub async fn blob(self: &Arc<Self>, digest: &str, size: u64) -> Result<Arc<Payload>, StreamError> {
+    pub(crate) async fn blob(self: &Arc<Self>, digest: &str, size: u64) -> Result<Arc<Payload>, StreamError> {
         self.blob_at(digest, size, None).await
     }
 
@@ -63,11 +65,6 @@ impl Stream {
         let file = File { key: blob_key(digest), digest: digest.to_owned(), size, from };
         self.fetcher.fetch(file).await.map_err(|e| StreamError::upstream(e.to_string()))
     }
-}
-
-/// The cache key of a stream blob.
-pub fn blob_key(digest: &str) -> String {
-    format!("simplestreams-blob {digest}")
 }
 
 #[cfg(test)]

@@ -10,6 +10,11 @@
 //! Each product keeps its rendered JSON fragment: adding or removing a version
 //! re-renders that product only, and [`Index::render`] concatenates the fragments.
 //!
+//! A product's props (display names, aliases) are those of its newest version by
+//! serial, whatever order the versions arrived in: each version keeps the props it came
+//! with, so removing the newest shows the next newest's. The ImageStream controller
+//! counts aliases the same way (the newest version's).
+//!
 //! What the clients need is in `shared/simplestreams-clients.md`: a metadata item under
 //! both ftypes `incus.tar.xz` (read by `incus`) and `lxd.tar.xz` (read by `lxc`), one
 //! rootfs item per image type, and on the metadata item the combined fingerprint of
@@ -26,15 +31,15 @@ use std::io::{self, Read};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-pub use updraft_core::simplestreams::{
+pub(crate) use updraft_core::simplestreams::{
     check_aliases, FileRef, ImageVersion, IndexError, ProductKey, ProductProps, RootKind, Rootfs, Serial,
 };
 
 /// Where `images.json` lives, relative to the stream's base URL (named by index.json).
-pub const IMAGES_PATH: &str = "streams/v1/images.json";
+pub(crate) const IMAGES_PATH: &str = "streams/v1/images.json";
 
 /// `sha256(metadata ‖ rootfs)` streamed from two readers: the image fingerprint.
-pub fn combined_sha256(metadata: impl Read, rootfs: impl Read) -> io::Result<String> {
+pub(crate) fn combined_sha256(metadata: impl Read, rootfs: impl Read) -> io::Result<String> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 256 * 1024];
     for mut reader in [Box::new(metadata) as Box<dyn Read>, Box::new(rootfs)] {
@@ -49,43 +54,56 @@ pub fn combined_sha256(metadata: impl Read, rootfs: impl Read) -> io::Result<Str
     Ok(hex::encode(hasher.finalize()))
 }
 
-/// One product with its versions and its rendered fragment of `images.json`.
+/// One product with its versions (each with the props it came with) and its rendered
+/// fragment of `images.json`.
 #[derive(Debug, Clone)]
 struct Product {
-    props: ProductProps,
-    versions: BTreeMap<Serial, ImageVersion>,
+    versions: BTreeMap<Serial, (ProductProps, ImageVersion)>,
     json: String,
+}
+
+impl Product {
+    /// The product's props: its newest version's. A product always has a version.
+    fn props(&self) -> &ProductProps {
+        &self.versions.values().next_back().expect("a product has a version").0
+    }
 }
 
 /// The index of one stream. Cheap to update a version at a time.
 #[derive(Debug, Clone, Default)]
-pub struct Index {
+pub(crate) struct Index {
     products: BTreeMap<ProductKey, Product>,
 }
 
 /// The two rendered documents.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Documents {
-    pub index_json: String,
-    pub images_json: String,
+pub(crate) struct Documents {
+    pub(crate) index_json: String,
+    pub(crate) images_json: String,
 }
 
 impl Index {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
-    /// Adds (or replaces) one version of a product and sets the product's props.
-    /// Only that product is re-rendered. Nothing changes when validation fails.
+    /// Adds (or replaces) one version of a product with its props (the product shows
+    /// its newest version's). Only that product is re-rendered. Nothing changes when
+    /// validation fails.
     #[cfg(test)]
-    pub fn upsert(&mut self, key: &ProductKey, props: ProductProps, version: ImageVersion) -> Result<(), IndexError> {
+    pub(crate) fn upsert(
+        &mut self,
+        key: &ProductKey,
+        props: ProductProps,
+        version: ImageVersion,
+    ) -> Result<(), IndexError> {
         self.extend([(key.clone(), props, version)])
     }
 
     /// Adds (or replaces) versions, rendering each touched product once (a full build
     /// from a listing, or one new version). Every entry is validated first: when one
     /// fails, nothing changes.
-    pub fn extend(
+    pub(crate) fn extend(
         &mut self,
         entries: impl IntoIterator<Item = (ProductKey, ProductProps, ImageVersion)>,
     ) -> Result<(), IndexError> {
@@ -96,13 +114,11 @@ impl Index {
         }
         let mut touched = std::collections::BTreeSet::new();
         for (key, props, version) in entries {
-            let product = self.products.entry(key.clone()).or_insert_with(|| Product {
-                props: props.clone(),
-                versions: BTreeMap::new(),
-                json: String::new(),
-            });
-            product.props = props;
-            product.versions.insert(version.serial.clone(), version);
+            let product = self
+                .products
+                .entry(key.clone())
+                .or_insert_with(|| Product { versions: BTreeMap::new(), json: String::new() });
+            product.versions.insert(version.serial.clone(), (props, version));
             touched.insert(key);
         }
         for key in touched {
@@ -113,7 +129,7 @@ impl Index {
     }
 
     /// Removes one version (and the product once it has none). Returns whether it was there.
-    pub fn remove(&mut self, key: &ProductKey, serial: &Serial) -> bool {
+    pub(crate) fn remove(&mut self, key: &ProductKey, serial: &Serial) -> bool {
         let Some(product) = self.products.get_mut(key) else { return false };
         let removed = product.versions.remove(serial).is_some();
         if product.versions.is_empty() {
@@ -125,7 +141,7 @@ impl Index {
     }
 
     /// Keeps the newest `keep` versions of every product.
-    pub fn retain_newest(&mut self, keep: usize) {
+    pub(crate) fn retain_newest(&mut self, keep: usize) {
         for (key, product) in &mut self.products {
             if product.versions.len() > keep {
                 let drop: Vec<Serial> = product.versions.keys().rev().skip(keep).cloned().collect();
@@ -138,32 +154,32 @@ impl Index {
         self.products.retain(|_, p| !p.versions.is_empty());
     }
 
-    pub fn version(&self, key: &ProductKey, serial: &Serial) -> Option<&ImageVersion> {
-        self.products.get(key)?.versions.get(serial)
+    pub(crate) fn version(&self, key: &ProductKey, serial: &Serial) -> Option<&ImageVersion> {
+        self.products.get(key)?.versions.get(serial).map(|(_, v)| v)
     }
 
     /// Each product's newest version.
-    pub fn products_newest(&self) -> impl Iterator<Item = (&ProductKey, &ImageVersion)> {
-        self.products.iter().filter_map(|(k, p)| p.versions.values().next_back().map(|v| (k, v)))
+    pub(crate) fn products_newest(&self) -> impl Iterator<Item = (&ProductKey, &ImageVersion)> {
+        self.products.iter().filter_map(|(k, p)| p.versions.values().next_back().map(|(_, v)| (k, v)))
     }
 
     /// Every version of every product.
-    pub fn all_versions(&self) -> impl Iterator<Item = &ImageVersion> {
-        self.products.values().flat_map(|p| p.versions.values())
+    pub(crate) fn all_versions(&self) -> impl Iterator<Item = &ImageVersion> {
+        self.products.values().flat_map(|p| p.versions.values().map(|(_, v)| v))
     }
 
-    pub fn product_count(&self) -> usize {
+    pub(crate) fn product_count(&self) -> usize {
         self.products.len()
     }
 
-    pub fn version_count(&self) -> usize {
+    pub(crate) fn version_count(&self) -> usize {
         self.products.values().map(|p| p.versions.len()).sum()
     }
 
     /// The two documents, or why this index must not be published (checks that span
     /// products: an alias claimed twice for one architecture, [`check_aliases`]).
-    pub fn render(&self) -> Result<Documents, IndexError> {
-        check_aliases(self.products.iter().map(|(key, product)| (key, product.props.aliases.as_slice())))?;
+    pub(crate) fn render(&self) -> Result<Documents, IndexError> {
+        check_aliases(self.products.iter().map(|(key, product)| (key, product.props().aliases.as_slice())))?;
         let updated = self
             .products
             .values()
@@ -264,7 +280,7 @@ fn render_product(key: &ProductKey, product: &Product) -> String {
     let versions = product
         .versions
         .values()
-        .map(|v| {
+        .map(|(_, v)| {
             let mut items = BTreeMap::new();
             let combined = |kind| v.rootfs.get(&kind).map(|r: &Rootfs| r.combined_sha256.as_str());
             let meta = |ftype| ItemDoc {
@@ -295,12 +311,13 @@ fn render_product(key: &ProductKey, product: &Product) -> String {
             (v.serial.as_str(), VersionDoc { items })
         })
         .collect();
+    let props = product.props();
     let doc = ProductDoc {
-        aliases: product.props.aliases.join(","),
+        aliases: props.aliases.join(","),
         arch: &key.arch,
-        os: product.props.os.as_deref().unwrap_or(&key.os),
+        os: props.os.as_deref().unwrap_or(&key.os),
         release: &key.release,
-        release_title: product.props.release_title.as_deref().unwrap_or(&key.release),
+        release_title: props.release_title.as_deref().unwrap_or(&key.release),
         variant: &key.variant,
         versions,
     };
@@ -309,12 +326,18 @@ fn render_product(key: &ProductKey, product: &Product) -> String {
 
 /// One servable file.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FileEntry {
+pub(crate) struct FileEntry {
     /// `sha256:<hex>`: the layer digest, and the file's own hash.
-    pub digest: String,
-    pub size: u64,
+    pub(crate) digest: String,
+    pub(crate) size: u64,
     /// Where an upstream serves it (mirrors); `None`: a blob of the stream's repository.
-    pub url: Option<String>,
+    pub(crate) url: Option<String>,
+}
+
+/// The cache key a stream's file is kept under: its digest (fetched, uploaded or
+/// pinned, by whichever part of the surface).
+pub(crate) fn blob_key(digest: &str) -> String {
+    format!("simplestreams-blob {digest}")
 }
 
 #[cfg(test)]
@@ -414,6 +437,68 @@ mod tests {
         let value: serde_json::Value = serde_json::from_str(&d1.index_json).unwrap();
         assert_eq!(serde_json::to_string(&value).unwrap(), d1.index_json);
         assert!(d1.index_json.contains("Mon, 02 Feb 2026 12:30:00 +0000"));
+    }
+
+    fn aliases_of(index: &Index, key: &ProductKey) -> serde_json::Value {
+        let images: serde_json::Value = serde_json::from_str(&index.render().unwrap().images_json).unwrap();
+        images["products"][key.to_string()]["aliases"].clone()
+    }
+
+    #[test]
+    fn a_product_shows_its_newest_versions_props_when_an_older_version_arrives_last() {
+        let k = key("debian", "bookworm");
+        let mut index = Index::new();
+        index.upsert(&k, props(&["debian/13"]), version("20260202_00:00", &[RootKind::Squashfs])).unwrap();
+        index.upsert(&k, props(&["debian/12"]), version("20260101_00:00", &[RootKind::Squashfs])).unwrap();
+        assert_eq!(aliases_of(&index, &k), "debian/13");
+    }
+
+    #[test]
+    fn replicas_that_saw_versions_in_different_orders_serve_the_same_bytes() {
+        let k = key("debian", "bookworm");
+        let old = (k.clone(), props(&["old"]), version("20260101_00:00", &[RootKind::Squashfs]));
+        let new = (k.clone(), props(&["new"]), version("20260202_00:00", &[RootKind::Squashfs]));
+        let mut in_order = Index::new();
+        in_order.extend([old.clone()]).unwrap();
+        in_order.extend([new.clone()]).unwrap();
+        let mut newest_first = Index::new();
+        newest_first.extend([new.clone()]).unwrap();
+        newest_first.extend([old.clone()]).unwrap();
+        let mut one_batch = Index::new();
+        one_batch.extend([new, old]).unwrap();
+        let expected = in_order.render().unwrap();
+        assert_eq!(newest_first.render().unwrap(), expected);
+        assert_eq!(one_batch.render().unwrap(), expected);
+        assert_eq!(aliases_of(&in_order, &k), "new");
+    }
+
+    #[test]
+    fn removing_the_newest_version_shows_the_next_newest_props() {
+        let k = key("debian", "bookworm");
+        let mut index = Index::new();
+        for (serial, alias) in [("20260101_00:00", "first"), ("20260303_00:00", "third"), ("20260202_00:00", "second")]
+        {
+            index.upsert(&k, props(&[alias]), version(serial, &[RootKind::Squashfs])).unwrap();
+        }
+        assert_eq!(aliases_of(&index, &k), "third");
+        assert!(index.remove(&k, &Serial::parse("20260303_00:00").unwrap()));
+        assert_eq!(aliases_of(&index, &k), "second");
+        // Removing an older version leaves the newest's props.
+        assert!(index.remove(&k, &Serial::parse("20260101_00:00").unwrap()));
+        assert_eq!(aliases_of(&index, &k), "second");
+    }
+
+    #[test]
+    fn an_alias_the_newest_version_dropped_is_free_for_another_product() {
+        // Were the older version's props kept, `stable` would be claimed twice.
+        let (bookworm, trixie) = (key("debian", "bookworm"), key("debian", "trixie"));
+        let mut index = Index::new();
+        index.upsert(&bookworm, props(&["stable"]), version("20260101_00:00", &[RootKind::Squashfs])).unwrap();
+        index.upsert(&bookworm, props(&["oldstable"]), version("20260202_00:00", &[RootKind::Squashfs])).unwrap();
+        index.upsert(&trixie, props(&["stable"]), version("20260101_00:00", &[RootKind::Squashfs])).unwrap();
+        index.upsert(&bookworm, props(&["stable"]), version("20260102_00:00", &[RootKind::Squashfs])).unwrap();
+        assert_eq!(aliases_of(&index, &bookworm), "oldstable");
+        assert_eq!(aliases_of(&index, &trixie), "stable");
     }
 
     #[test]

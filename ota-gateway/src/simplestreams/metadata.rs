@@ -9,15 +9,15 @@
 //! - [`UploadMetadata`]: the optional `metadata.json` of a version folder.
 
 use serde::Deserialize;
-pub use updraft_core::image_metadata::{read_metadata_yaml, ImageMetadata};
+pub(crate) use updraft_core::image_metadata::{read_metadata_yaml, ImageMetadata};
 
 use super::index::{IndexError, ProductKey, Serial};
-pub use updraft_core::simplestreams::layout::version_dir;
-pub use updraft_core::simplestreams::VersionFile;
+pub(crate) use updraft_core::simplestreams::layout::version_dir;
+pub(crate) use updraft_core::simplestreams::VersionFile;
 
 /// Why a metadata tarball or an upload path is refused.
 #[derive(Debug, thiserror::Error)]
-pub enum MetadataError {
+pub(crate) enum MetadataError {
     #[error(transparent)]
     Tarball(#[from] updraft_core::image_metadata::MetadataError),
     #[error("metadata.json: {0}")]
@@ -30,10 +30,10 @@ pub enum MetadataError {
 
 /// A parsed upload file name: `os/release/arch/variant/YYYYMMDD_HH:MM/<file>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UploadPath {
-    pub product: ProductKey,
-    pub serial: Serial,
-    pub file: VersionFile,
+pub(crate) struct UploadPath {
+    pub(crate) product: ProductKey,
+    pub(crate) serial: Serial,
+    pub(crate) file: VersionFile,
 }
 
 impl UploadPath {
@@ -41,7 +41,7 @@ impl UploadPath {
     /// date serial, a known file name. Percent signs, backslashes, `.`/`..`, empty
     /// segments and a leading `/` are refused before anything else is looked at, so
     /// neither a literal nor an encoded escape gets through.
-    pub fn parse(path: &str) -> Result<Self, MetadataError> {
+    pub(crate) fn parse(path: &str) -> Result<Self, MetadataError> {
         let refuse = |reason: &str| MetadataError::Path { path: path.to_owned(), reason: reason.to_owned() };
         if path.starts_with('/') {
             return Err(refuse("must be relative"));
@@ -65,25 +65,25 @@ impl UploadPath {
     }
 
     /// The path the file is served under, relative to the stream's base URL.
-    pub fn served_path(&self) -> String {
+    pub(crate) fn served_path(&self) -> String {
         version_dir(&self.product, &self.serial) + "/" + self.file.served_name()
     }
 }
 
 /// The optional `metadata.json` of an uploaded version.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-pub struct UploadMetadata {
+pub(crate) struct UploadMetadata {
     #[serde(default)]
-    pub os: Option<String>,
+    pub(crate) os: Option<String>,
     #[serde(default)]
-    pub release_title: Option<String>,
+    pub(crate) release_title: Option<String>,
     /// An array or a comma-separated string.
     #[serde(default, deserialize_with = "aliases")]
-    pub aliases: Option<Vec<String>>,
+    pub(crate) aliases: Option<Vec<String>>,
 }
 
 impl UploadMetadata {
-    pub fn parse(bytes: &[u8]) -> Result<Self, MetadataError> {
+    pub(crate) fn parse(bytes: &[u8]) -> Result<Self, MetadataError> {
         Ok(serde_json::from_slice(bytes)?)
     }
 }

@@ -27,14 +27,14 @@
 //! - [`upload`]: the upload and delete handlers.
 
 mod blobs;
-pub mod index;
-pub mod metadata;
-pub mod oci_source;
-pub mod published;
-pub mod registry;
-pub mod stream;
-pub mod upload;
-pub mod upstream;
+pub(crate) mod index;
+pub(crate) mod metadata;
+pub(crate) mod oci_source;
+pub(crate) mod published;
+pub(crate) mod registry;
+pub(crate) mod stream;
+pub(crate) mod upload;
+pub(crate) mod upstream;
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -51,8 +51,8 @@ use bytes::Bytes;
 use crate::fetch::Fetcher;
 use crate::http::{self, Download};
 use crate::metrics::Metrics;
-pub use published::StreamMetrics;
-pub use stream::Stream;
+pub(crate) use published::StreamMetrics;
+pub(crate) use stream::Stream;
 use updraft_core::config::GatewayConfig;
 
 /// Every answer of this surface other than success: the shared answers of
@@ -127,7 +127,7 @@ impl StreamError {
 /// (its index, upload state and verification verdicts stay); a removed or replaced
 /// stream's loop ends once the last request holding it finishes.
 #[derive(Clone)]
-pub struct Streams {
+pub(crate) struct Streams {
     inner: Arc<Live>,
 }
 
@@ -139,7 +139,7 @@ struct Live {
 }
 
 /// A stream table ready to install.
-pub struct Prepared {
+pub(crate) struct Prepared {
     by_name: HashMap<String, Arc<Stream>>,
     /// The streams made for this config (new or changed): their loops start at install.
     started: Vec<Arc<Stream>>,
@@ -147,13 +147,13 @@ pub struct Prepared {
 
 impl Streams {
     /// No streams yet.
-    pub fn new(fetcher: Arc<Fetcher>, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(fetcher: Arc<Fetcher>, metrics: Arc<Metrics>) -> Self {
         Self { inner: Arc::new(Live { fetcher, metrics, by_name: RwLock::new(Arc::new(HashMap::new())) }) }
     }
 
     /// Builds the streams of `config` that differ from the live ones (reading token and
     /// key files); changes nothing.
-    pub fn prepare(&self, config: &GatewayConfig) -> Result<Prepared, StreamError> {
+    pub(crate) fn prepare(&self, config: &GatewayConfig) -> Result<Prepared, StreamError> {
         let current = self.snapshot();
         let mut by_name = HashMap::new();
         let mut started = Vec::new();
@@ -173,7 +173,7 @@ impl Streams {
     }
 
     /// Makes `prepared` the live table and starts the new streams.
-    pub fn install(&self, prepared: Prepared) {
+    pub(crate) fn install(&self, prepared: Prepared) {
         let old = std::mem::replace(
             &mut *self.inner.by_name.write().unwrap_or_else(|e| e.into_inner()),
             Arc::new(prepared.by_name),
@@ -194,14 +194,14 @@ impl Streams {
     }
 
     /// The live stream `name`; 404 when there is none.
-    pub fn get(&self, name: &str) -> Result<Arc<Stream>, StreamError> {
+    pub(crate) fn get(&self, name: &str) -> Result<Arc<Stream>, StreamError> {
         self.snapshot().get(name).cloned().ok_or_else(|| StreamError::not_found(format!("unknown stream {name:?}")))
     }
 }
 
 /// The routes of every stream. Upload bodies are limited per stream by the handler
 /// (`maxBytes`, which a reload may change), not by a router-wide limit.
-pub fn router(streams: Streams) -> Router {
+pub(crate) fn router(streams: Streams) -> Router {
     let upload = post(upload::upload).layer(from_fn(http::unread::read_unread_body));
     Router::new()
         .route("/streams/{stream}/status", get(status))

@@ -38,8 +38,8 @@ use super::Stream;
 /// [`super::stream::FULL_EVERY`] intervals, not every round.
 #[derive(Debug)]
 pub(super) struct Unreadable {
-    pub reason: String,
-    pub lasting: bool,
+    pub(crate) reason: String,
+    pub(crate) lasting: bool,
 }
 
 impl Unreadable {

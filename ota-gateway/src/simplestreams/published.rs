@@ -16,19 +16,19 @@ use super::index::{FileEntry, Index};
 use crate::metrics::Metrics;
 
 /// The documents and the file table one index render produced.
-pub struct Published {
-    pub index_json: Bytes,
-    pub images_json: Bytes,
-    pub index_etag: HeaderValue,
-    pub images_etag: HeaderValue,
+pub(crate) struct Published {
+    pub(crate) index_json: Bytes,
+    pub(crate) images_json: Bytes,
+    pub(crate) index_etag: HeaderValue,
+    pub(crate) images_etag: HeaderValue,
     gzip: OnceLock<(Bytes, Bytes)>,
     /// Item path (relative to the base URL) → the blob behind it.
-    pub files: HashMap<String, FileEntry>,
-    pub products: usize,
-    pub versions: usize,
+    pub(crate) files: HashMap<String, FileEntry>,
+    pub(crate) products: usize,
+    pub(crate) versions: usize,
     /// The files of each product's newest version: fetched ahead of the first
     /// request (the clients give a response 30 s before they give up).
-    pub newest: Vec<FileEntry>,
+    pub(crate) newest: Vec<FileEntry>,
 }
 
 impl Published {
@@ -56,7 +56,7 @@ impl Published {
     }
 
     /// The two documents gzip-compressed, made on first request.
-    pub fn gzipped(&self) -> &(Bytes, Bytes) {
+    pub(crate) fn gzipped(&self) -> &(Bytes, Bytes) {
         self.gzip.get_or_init(|| {
             let gz = |b: &[u8]| {
                 let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
@@ -71,20 +71,20 @@ impl Published {
 /// What a stream reports about itself (for status and metrics).
 #[derive(Debug, Clone, Default, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct StreamStatus {
-    pub products: usize,
-    pub versions: usize,
+pub(crate) struct StreamStatus {
+    pub(crate) products: usize,
+    pub(crate) versions: usize,
     /// Why the last render or listing was not published; `None` when it was.
-    pub error: Option<String>,
+    pub(crate) error: Option<String>,
     /// Versions left out of the index, by tag, with the reason.
-    pub rejected: BTreeMap<String, String>,
+    pub(crate) rejected: BTreeMap<String, String>,
     /// Rounds completed since start.
-    pub rounds: u64,
+    pub(crate) rounds: u64,
 }
 
 /// A stream's metrics, bound to its name.
 #[derive(Clone)]
-pub struct StreamMetrics {
+pub(crate) struct StreamMetrics {
     pub(super) valid: IntGauge,
     pub(super) failures: IntCounter,
     pub(super) versions: IntGauge,
@@ -93,7 +93,7 @@ pub struct StreamMetrics {
 }
 
 impl StreamMetrics {
-    pub fn new(metrics: &Metrics, stream: &str) -> Self {
+    pub(crate) fn new(metrics: &Metrics, stream: &str) -> Self {
         Self {
             valid: metrics.stream_index_valid.with_label_values(&[stream]),
             failures: metrics.stream_index_failures.with_label_values(&[stream]),
@@ -104,7 +104,7 @@ impl StreamMetrics {
     }
 
     /// Drops the series of a stream that is gone.
-    pub fn forget(metrics: &Metrics, stream: &str) {
+    pub(crate) fn forget(metrics: &Metrics, stream: &str) {
         let _ = metrics.stream_index_valid.remove_label_values(&[stream]);
         let _ = metrics.stream_index_failures.remove_label_values(&[stream]);
         let _ = metrics.stream_versions.remove_label_values(&[stream]);

@@ -15,20 +15,20 @@ use updraft_core::simplestreams::Identity;
 use super::index::{FileRef, ImageVersion, IndexError, ProductKey, ProductProps, Rootfs, Serial};
 use super::metadata::{version_dir, VersionFile};
 
-pub use updraft_core::simplestreams::annotations::{
+pub(crate) use updraft_core::simplestreams::annotations::{
     ANN_ALIASES, ANN_COMBINED, ANN_DELETED, ANN_OS, ANN_PRODUCT, ANN_RELEASE_TITLE, ANN_SERIAL, ANN_TITLE,
     ARTIFACT_TYPE,
 };
-pub use updraft_core::simplestreams::layout::{layers, version_tag};
+pub(crate) use updraft_core::simplestreams::layout::{layers, version_tag};
 
-pub const CONFIG_MEDIA_TYPE: &str = "application/vnd.oci.empty.v1+json";
+pub(crate) const CONFIG_MEDIA_TYPE: &str = "application/vnd.oci.empty.v1+json";
 /// The empty JSON object `{}`, the config blob of every version manifest.
-pub const EMPTY_CONFIG: &[u8] = b"{}";
-pub const EMPTY_CONFIG_DIGEST: &str = "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a";
+pub(crate) const EMPTY_CONFIG: &[u8] = b"{}";
+pub(crate) const EMPTY_CONFIG_DIGEST: &str = "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a";
 
 /// Why a manifest is not a version of this stream.
 #[derive(Debug, thiserror::Error)]
-pub enum ArtifactError {
+pub(crate) enum ArtifactError {
     #[error("manifest lacks annotation {0}")]
     Missing(&'static str),
     #[error("layer {0}: digest is not sha256")]
@@ -39,19 +39,19 @@ pub enum ArtifactError {
 
 /// A version as read from its manifest.
 #[derive(Debug, Clone)]
-pub struct StoredVersion {
-    pub product: ProductKey,
-    pub props: ProductProps,
-    pub serial: Serial,
+pub(crate) struct StoredVersion {
+    pub(crate) product: ProductKey,
+    pub(crate) props: ProductProps,
+    pub(crate) serial: Serial,
     /// Every file layer, by kind.
-    pub layers: BTreeMap<VersionFile, OciDescriptor>,
-    pub deleted: bool,
+    pub(crate) layers: BTreeMap<VersionFile, OciDescriptor>,
+    pub(crate) deleted: bool,
 }
 
 impl StoredVersion {
     /// Reads a version manifest the gateway wrote: product and serial from its
     /// annotations ([`Identity::from_annotations`]).
-    pub fn from_manifest(manifest: &OciImageManifest) -> Result<Self, ArtifactError> {
+    pub(crate) fn from_manifest(manifest: &OciImageManifest) -> Result<Self, ArtifactError> {
         let ann = manifest.annotations.clone().unwrap_or_default();
         let Some(id) = Identity::from_annotations(&ann)? else {
             let missing = if ann.get(ANN_PRODUCT).is_none_or(|p| p.is_empty()) { ANN_PRODUCT } else { ANN_SERIAL };
@@ -61,17 +61,17 @@ impl StoredVersion {
     }
 
     /// A version of `id` with these layers.
-    pub fn new(id: Identity, layers: BTreeMap<VersionFile, OciDescriptor>) -> Self {
+    pub(crate) fn new(id: Identity, layers: BTreeMap<VersionFile, OciDescriptor>) -> Self {
         Self { product: id.product, props: id.props, serial: id.serial, layers, deleted: id.deleted }
     }
 
     /// The product properties the index shows ([`ProductProps::served`]).
-    pub fn index_props(&self) -> ProductProps {
+    pub(crate) fn index_props(&self) -> ProductProps {
         self.props.clone().served(&self.product)
     }
 
     /// The manifest of this version.
-    pub fn to_manifest(&self) -> OciImageManifest {
+    pub(crate) fn to_manifest(&self) -> OciImageManifest {
         let mut ann = BTreeMap::new();
         ann.insert(ANN_PRODUCT.to_owned(), self.product.to_string());
         ann.insert(ANN_SERIAL.to_owned(), self.serial.to_string());
@@ -108,7 +108,7 @@ impl StoredVersion {
     /// The index entry of this version, when it is complete: a metadata tarball, at
     /// least one rootfs, and each rootfs's combined fingerprint. `Ok(None)` while
     /// parts are missing (an upload in progress) or after a delete.
-    pub fn to_index_version(&self) -> Result<Option<ImageVersion>, ArtifactError> {
+    pub(crate) fn to_index_version(&self) -> Result<Option<ImageVersion>, ArtifactError> {
         if self.deleted {
             return Ok(None);
         }

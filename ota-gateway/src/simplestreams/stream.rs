@@ -30,16 +30,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use oci_client::errors::OciDistributionError;
 use oci_client::manifest::OciManifest;
 use oci_client::secrets::RegistryAuth;
 use oci_client::Client;
 use tokio::sync::{watch, Notify};
 
-use super::blobs::blob_key;
-use super::index::{FileEntry, Index, ProductKey, Serial};
+use super::index::{blob_key, FileEntry, Index, IndexError, ProductKey, Serial};
 use super::published::{Published, StreamMetrics, StreamStatus};
 use super::registry::{self, StoredVersion};
-use super::upstream::Upstream;
+use super::upstream::{Upstream, UpstreamError};
 use super::StreamError;
 use crate::cache::Cache;
 use crate::fetch::Fetcher;
@@ -53,12 +53,55 @@ use updraft_core::version::parse_duration;
 static NEXT_STREAM: AtomicU64 = AtomicU64::new(0);
 
 /// Every this many rounds, all manifests are read again (overwrites, deletes).
-pub const FULL_EVERY: u64 = 12;
+pub(crate) const FULL_EVERY: u64 = 12;
+
+/// Why a round published nothing (the previous index keeps serving); the status shows
+/// the message, [`SyncError::reason`] names the kind.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SyncError {
+    /// The repository's tags could not be listed.
+    #[error("listing {repository}: {source}")]
+    List { repository: String, source: oci::OciError },
+    /// A tag's manifest could not be read.
+    #[error("manifest {tag}: {source}")]
+    Manifest { tag: String, source: OciDistributionError },
+    /// A mirror's upstream could not be read.
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    /// Versions that passed validation were refused by the index (a bug if ever seen).
+    #[error("validated versions refused: {0}")]
+    Versions(IndexError),
+    /// The index must not be published (an alias claimed twice, …).
+    #[error(transparent)]
+    Index(IndexError),
+}
+
+impl SyncError {
+    /// A short label for the kind of failure.
+    pub(crate) fn reason(&self) -> &'static str {
+        match self {
+            SyncError::List { .. } => "ListFailed",
+            SyncError::Manifest { .. } => "ManifestFailed",
+            SyncError::Upstream(e) => e.reason(),
+            SyncError::Versions(_) => "VersionsRefused",
+            SyncError::Index(_) => "IndexRefused",
+        }
+    }
+}
+
+/// Why `verify` leaves a manifest digest out: the kind is the verifier's own label
+/// ([`updraft_core::cosign::VerifyError::reason`], so it is named in one place).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not verified ({reason}): {detail}")]
+pub(crate) struct Unverified {
+    pub(crate) reason: &'static str,
+    pub(crate) detail: String,
+}
 
 /// What verification said about one manifest digest.
 struct Verdict {
     /// `None` when verified; otherwise why not.
-    refused: Option<String>,
+    refused: Option<Unverified>,
     /// Ask again next round (a registry error), rather than on the next full round.
     transient: bool,
 }
@@ -81,19 +124,19 @@ struct SyncState {
 }
 
 /// One stream.
-pub struct Stream {
-    pub name: String,
+pub(crate) struct Stream {
+    pub(crate) name: String,
     /// The config it was made from (a reload with the same config keeps the stream).
-    pub config: StreamConfig,
+    pub(crate) config: StreamConfig,
     /// The signature check of `verify`, when set.
     verifier: Option<Verifier>,
-    pub keep_versions: u32,
-    pub source: SourceConfig,
-    pub upload: Option<UploadStreamSource>,
-    pub upstream: Option<Upstream>,
-    pub interval: Duration,
+    pub(crate) keep_versions: u32,
+    pub(crate) source: SourceConfig,
+    pub(crate) upload: Option<UploadStreamSource>,
+    pub(crate) upstream: Option<Upstream>,
+    pub(crate) interval: Duration,
     /// The upload token, when uploads are on.
-    pub token: Option<Secret>,
+    pub(crate) token: Option<Secret>,
     /// The gateway's fetcher: its registry client, and the one way files are fetched.
     pub(super) fetcher: Arc<Fetcher>,
     pub(super) auth: RegistryAuth,
@@ -122,7 +165,11 @@ impl Drop for Stream {
 
 impl Stream {
     /// A stream from its config; nothing is contacted yet.
-    pub fn new(config: &StreamConfig, fetcher: Arc<Fetcher>, metrics: StreamMetrics) -> Result<Arc<Self>, StreamError> {
+    pub(crate) fn new(
+        config: &StreamConfig,
+        fetcher: Arc<Fetcher>,
+        metrics: StreamMetrics,
+    ) -> Result<Arc<Self>, StreamError> {
         // A mirror has no repository; its `source` stays empty and unused.
         let no_repository = || SourceConfig {
             registry: String::new(),
@@ -193,16 +240,16 @@ impl Stream {
         *self.published.write().unwrap_or_else(|e| e.into_inner()) = published;
     }
 
-    pub fn published(&self) -> Arc<Published> {
+    pub(crate) fn published(&self) -> Arc<Published> {
         self.published.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    pub fn status(&self) -> StreamStatus {
+    pub(crate) fn status(&self) -> StreamStatus {
         self.status.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Runs the sync loop until the stream is dropped.
-    pub fn spawn(self: &Arc<Self>) {
+    pub(crate) fn spawn(self: &Arc<Self>) {
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
             loop {
@@ -221,7 +268,7 @@ impl Stream {
     }
 
     /// Asks for a round now and waits until one that started after this call ends.
-    pub async fn sync_now(&self) {
+    pub(crate) async fn sync_now(&self) {
         let mut rounds = self.rounds.subscribe();
         let target = *rounds.borrow_and_update() + 2;
         self.wake.notify_one();
@@ -229,7 +276,7 @@ impl Stream {
     }
 
     /// One round; errors land in the status.
-    pub async fn round(self: &Arc<Self>) {
+    pub(crate) async fn round(self: &Arc<Self>) {
         let mut st = self.sync.lock().await;
         let full = st.round % FULL_EVERY == 0;
         st.round += 1;
@@ -247,18 +294,22 @@ impl Stream {
                 self.metrics.versions.set(published.versions as i64);
                 self.prefetch(published.newest.clone());
                 self.publish(published);
+                // The round's parse and render buffers are garbage now.
+                crate::memory::release_freed();
             }
             Ok(None) => {
                 status.error = None;
                 self.metrics.valid.set(1);
             }
-            Err(reason) => {
+            Err(error) => {
                 self.metrics.valid.set(0);
                 self.metrics.failures.inc();
-                if status.error.as_ref() != Some(&reason) {
-                    tracing::warn!(stream = %self.name, %reason, "index not published; the previous one keeps serving");
+                let message = error.to_string();
+                if status.error.as_ref() != Some(&message) {
+                    tracing::warn!(stream = %self.name, reason = error.reason(), error = %message,
+                        "index not published; the previous one keeps serving");
                 }
-                status.error = Some(reason);
+                status.error = Some(message);
             }
         }
         drop(status);
@@ -267,7 +318,7 @@ impl Stream {
     }
 
     /// Lists, reads what is new, renders; `Ok(None)` when nothing changed.
-    async fn sync_once(self: &Arc<Self>, st: &mut SyncState, full: bool) -> Result<Option<Arc<Published>>, String> {
+    async fn sync_once(self: &Arc<Self>, st: &mut SyncState, full: bool) -> Result<Option<Arc<Published>>, SyncError> {
         if let Some(upstream) = &self.upstream {
             return self.sync_upstream(upstream).await;
         }
@@ -275,7 +326,10 @@ impl Stream {
         let tags = match oci::list_repository_tags(&self.client(), &repo, self.source.insecure, &self.auth).await {
             Ok(tags) => tags,
             Err(e) if oci::is_unknown_repository(&e) => Vec::new(),
-            Err(e) => return Err(format!("listing {}/{}: {e}", self.source.registry, self.source.repository)),
+            Err(source) => {
+                let repository = format!("{}/{}", self.source.registry, self.source.repository);
+                return Err(SyncError::List { repository, source });
+            }
         };
         // Cosign's signatures and referrer indexes live beside the versions.
         let tags = version_tags(tags);
@@ -304,7 +358,7 @@ impl Stream {
             let reference = oci::tag_reference(&self.source.registry, &self.source.repository, tag);
             let (manifest, digest) = match self.client().pull_manifest(&reference, &self.auth).await {
                 Ok(m) => m,
-                Err(e) => return Err(format!("manifest {tag}: {e}")),
+                Err(source) => return Err(SyncError::Manifest { tag: tag.clone(), source }),
             };
             pulled.insert(digest.clone());
             if st.known.get(tag).is_some_and(|(d, _)| *d == digest) {
@@ -316,7 +370,7 @@ impl Stream {
                     st.index.remove(&old.product, &old.serial);
                     changed = true;
                 }
-                rejected.insert(tag.clone(), reason);
+                rejected.insert(tag.clone(), reason.to_string());
                 continue;
             }
             if full {
@@ -374,7 +428,7 @@ impl Stream {
         }
         st.unreadable.retain(|d, _| held.contains(d));
         // Each touched product is rendered once, however many of its versions are new.
-        st.index.extend(batch).map_err(|e| format!("validated versions refused: {e}"))?;
+        st.index.extend(batch).map_err(SyncError::Versions)?;
         self.status.write().unwrap_or_else(|e| e.into_inner()).rejected = rejected;
         if !changed && st.round > 1 && !st.refused {
             return Ok(None);
@@ -382,7 +436,7 @@ impl Stream {
         if self.keep_versions > 0 {
             st.index.retain_newest(self.keep_versions as usize);
         }
-        let docs = st.index.render().map_err(|e| e.to_string());
+        let docs = st.index.render().map_err(SyncError::Index);
         st.refused = docs.is_err();
         let docs = docs?;
         let mut files = HashMap::new();
@@ -410,7 +464,7 @@ impl Stream {
     /// Under `verify`, whether `digest` (held by `tag`) is signed by a trusted key:
     /// `Err` with the reason the status shows when not. Kept per digest (see the module
     /// docs); logged and counted once per digest and reason.
-    async fn check_signature(&self, st: &mut SyncState, tag: &str, digest: &str, full: bool) -> Result<(), String> {
+    async fn check_signature(&self, st: &mut SyncState, tag: &str, digest: &str, full: bool) -> Result<(), Unverified> {
         let Some(verifier) = &self.verifier else { return Ok(()) };
         if let Some(v) = st.verdicts.get(digest) {
             let ask_again = v.refused.is_some() && (v.transient || full);
@@ -426,7 +480,7 @@ impl Stream {
                 Verdict { refused: None, transient: false }
             }
             Err(e) => {
-                let reason = format!("not verified ({}): {e}", e.reason());
+                let reason = Unverified { reason: e.reason(), detail: e.to_string() };
                 let before = st.verdicts.get(digest).and_then(|v| v.refused.as_ref());
                 if before != Some(&reason) {
                     tracing::warn!(stream = %self.name, %tag, %digest, reason = %e.reason(), error = %e, "version left out: its signature does not verify");
@@ -442,11 +496,11 @@ impl Stream {
 
     /// One round of a mirror: the whole upstream index is read and rebuilt (it is one
     /// document anyway); published when it differs from what is served.
-    async fn sync_upstream(&self, upstream: &Upstream) -> Result<Option<Arc<Published>>, String> {
+    async fn sync_upstream(&self, upstream: &Upstream) -> Result<Option<Arc<Published>>, SyncError> {
         let mirrored = upstream.read().await?;
         self.status.write().unwrap_or_else(|e| e.into_inner()).rejected = mirrored.rejected.clone();
         let (index, files) = mirrored.build(self.keep_versions)?;
-        let docs = index.render().map_err(|e| e.to_string())?;
+        let docs = index.render().map_err(SyncError::Index)?;
         if self.published().images_json == docs.images_json.as_bytes() {
             return Ok(None);
         }

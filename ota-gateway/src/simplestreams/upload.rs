@@ -8,7 +8,11 @@
 //! ```
 //!
 //! Each file is received into the cache's temp directory while it is hashed; only a
-//! complete part is stored (a truncated body stores nothing). It is pushed as a blob to
+//! complete part is stored (a truncated body stores nothing). It is not written through
+//! [`crate::fetch::verified::temp_file`]: that path checks a body against an exact size
+//! and digest a source promised and answers with fetch errors, while an upload promises
+//! nothing, is bounded by the stream's `maxBytes` (and the whole body with it), and must
+//! answer 413 when over it. It is pushed as a blob to
 //! the stream's repository and the version's manifest is rewritten with it: the
 //! registry is the store, so every replica lists it after its next sync round, and
 //! the replica that took the upload before it answers. Once a version has its
@@ -28,8 +32,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use oci_client::manifest::{OciDescriptor, OciManifest};
 
-use super::blobs::blob_key;
-use super::index::{combined_sha256, ProductKey, Serial};
+use super::index::{blob_key, combined_sha256, ProductKey, Serial};
 use super::metadata::{read_metadata_yaml, MetadataError, UploadMetadata, UploadPath, VersionFile};
 use super::registry::{self, StoredVersion, ANN_COMBINED, ANN_TITLE};
 use super::{Stream, StreamError, Streams};
@@ -44,7 +47,7 @@ use updraft_core::oci;
 const MAX_METADATA_JSON: u64 = 64 * 1024;
 
 /// `POST /streams/{stream}/images/`: one or more `upload` parts.
-pub async fn upload(
+pub(crate) async fn upload(
     State(streams): State<Streams>,
     Path(stream): Path<String>,
     transport: Transport,
@@ -121,7 +124,7 @@ pub async fn upload(
 }
 
 /// `DELETE /streams/{stream}/images/os/release/arch/variant/serial[/file]`.
-pub async fn delete(
+pub(crate) async fn delete(
     State(streams): State<Streams>,
     Path((stream, path)): Path<(String, String)>,
     transport: Transport,

@@ -16,21 +16,55 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::index::{FileEntry, ImageVersion, Index, ProductKey, ProductProps};
+use super::index::{FileEntry, ImageVersion, Index, IndexError, ProductKey, ProductProps};
 use super::StreamError;
 use updraft_core::config::UpstreamStreamSource;
 use updraft_core::simplestreams::upstream::{self as rule, Filters};
 
+/// Why the upstream could not be read, or its versions not indexed. The variant names
+/// the kind of failure ([`UpstreamError::reason`]); the message says the rest.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum UpstreamError {
+    /// No answer (connection, TLS, timeout).
+    #[error("upstream {url}: {source}")]
+    Unreachable { url: String, source: reqwest::Error },
+    /// An answer other than success.
+    #[error("upstream {url}: HTTP {status}")]
+    Status { url: String, status: reqwest::StatusCode },
+    /// A body that is not the JSON document asked for.
+    #[error("upstream {url}: {source}")]
+    Json { url: String, source: reqwest::Error },
+    /// `index.json` names no usable `image-downloads` document.
+    #[error("upstream {0}")]
+    Index(String),
+    /// Versions the mirror rule let through and the index refused.
+    #[error("upstream versions refused: {0}")]
+    Versions(#[from] IndexError),
+}
+
+impl UpstreamError {
+    /// A short label for the kind of failure.
+    pub(crate) fn reason(&self) -> &'static str {
+        match self {
+            UpstreamError::Unreachable { .. } => "Unreachable",
+            UpstreamError::Status { .. } => "HttpStatus",
+            UpstreamError::Json { .. } => "NotJson",
+            UpstreamError::Index(_) => "NoImageDownloads",
+            UpstreamError::Versions(_) => "VersionsRefused",
+        }
+    }
+}
+
 /// A mirrored server and how to reach it.
-pub struct Upstream {
+pub(crate) struct Upstream {
     /// Base URL without a trailing `/`.
-    pub url: String,
-    pub filters: Filters,
-    pub http: reqwest::Client,
+    pub(crate) url: String,
+    pub(crate) filters: Filters,
+    pub(crate) http: reqwest::Client,
 }
 
 impl Upstream {
-    pub fn new(config: &UpstreamStreamSource) -> Result<Self, StreamError> {
+    pub(crate) fn new(config: &UpstreamStreamSource) -> Result<Self, StreamError> {
         let mut builder =
             reqwest::Client::builder().user_agent("updraft-gateway").connect_timeout(Duration::from_secs(10));
         if let Some(ca) = &config.ca_file {
@@ -44,25 +78,28 @@ impl Upstream {
         Ok(Self { url: config.url.trim_end_matches('/').to_owned(), filters, http })
     }
 
-    async fn get_json(&self, path: &str) -> Result<Value, String> {
+    async fn get_json(&self, path: &str) -> Result<Value, UpstreamError> {
         let url = format!("{}/{path}", self.url);
-        let response = self.http.get(&url).send().await.map_err(|e| format!("upstream {url}: {e}"))?;
+        let response = match self.http.get(&url).send().await {
+            Ok(response) => response,
+            Err(source) => return Err(UpstreamError::Unreachable { url, source }),
+        };
         if !response.status().is_success() {
-            return Err(format!("upstream {url}: HTTP {}", response.status()));
+            return Err(UpstreamError::Status { url, status: response.status() });
         }
-        response.json().await.map_err(|e| format!("upstream {url}: {e}"))
+        response.json().await.map_err(|source| UpstreamError::Json { url, source })
     }
 
     /// Reads the upstream and builds the mirrored index and its file table.
-    pub async fn read(&self) -> Result<Mirrored, String> {
+    pub(crate) async fn read(&self) -> Result<Mirrored, UpstreamError> {
         let index = self.get_json("streams/v1/index.json").await?;
-        let path = rule::image_downloads_path(&index).map_err(|e| format!("upstream {e}"))?;
+        let path = rule::image_downloads_path(&index).map_err(|e| UpstreamError::Index(e.to_string()))?;
         let images = self.get_json(path).await?;
         Ok(self.mirror(&images))
     }
 
     /// The part of an upstream `images.json` this stream mirrors.
-    pub fn mirror(&self, images: &Value) -> Mirrored {
+    pub(crate) fn mirror(&self, images: &Value) -> Mirrored {
         let mirrored = rule::mirror(images, &self.filters, &self.url);
         let file = |f: rule::UpstreamFile| FileEntry {
             digest: format!("sha256:{}", f.sha256),
@@ -79,19 +116,19 @@ impl Upstream {
 
 /// What one read of the upstream gave.
 #[derive(Default)]
-pub struct Mirrored {
-    pub versions: Vec<(ProductKey, ProductProps, ImageVersion)>,
-    pub files: HashMap<String, FileEntry>,
+pub(crate) struct Mirrored {
+    pub(crate) versions: Vec<(ProductKey, ProductProps, ImageVersion)>,
+    pub(crate) files: HashMap<String, FileEntry>,
     /// Products or versions left out, with the reason.
-    pub rejected: BTreeMap<String, String>,
+    pub(crate) rejected: BTreeMap<String, String>,
 }
 
 impl Mirrored {
     /// The index of these versions (newest `keep` per product when `keep > 0`) and
     /// the files it names.
-    pub fn build(self, keep: u32) -> Result<(Index, HashMap<String, FileEntry>), String> {
+    pub(crate) fn build(self, keep: u32) -> Result<(Index, HashMap<String, FileEntry>), UpstreamError> {
         let mut index = Index::new();
-        index.extend(self.versions).map_err(|e| e.to_string())?;
+        index.extend(self.versions)?;
         if keep > 0 {
             index.retain_newest(keep as usize);
         }
