@@ -84,7 +84,7 @@ pub struct HttpStoreConfig {
 
 impl HttpStoreConfig {
     /// Why a key would go in the clear: see [`plain_http_key`].
-    pub(crate) fn check_key_transport(&self) -> Result<(), String> {
+    pub(crate) fn check_key_transport(&self) -> Result<(), PlainHttpKeyError> {
         plain_http_key(&self.url, self.key_file.is_some(), self.allow_plain_http)
     }
 }
@@ -93,14 +93,19 @@ impl HttpStoreConfig {
 /// ArtifactMirror check): a key goes to an `http://` URL only when plain HTTP is
 /// explicitly allowed, so a mirror cannot be pointed at a URL that would read the key
 /// off the wire. The error names the field to set.
-pub fn plain_http_key(url: &str, has_key: bool, allow_plain_http: bool) -> Result<(), String> {
+pub fn plain_http_key(url: &str, has_key: bool, allow_plain_http: bool) -> Result<(), PlainHttpKeyError> {
     let plain = url.get(..7).is_some_and(|scheme| scheme.eq_ignore_ascii_case("http://"));
     if has_key && plain && !allow_plain_http {
-        return Err(format!(
-            "{url} is plain http://: the store key would be sent in the clear; use https://, or set allowPlainHttp: true"
-        ));
+        return Err(PlainHttpKeyError { url: url.to_owned() });
     }
     Ok(())
+}
+
+/// A store key that would go to a plain `http://` URL ([`plain_http_key`]).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{url} is plain http://: the store key would be sent in the clear; use https://, or set allowPlainHttp: true")]
+pub struct PlainHttpKeyError {
+    pub url: String,
 }
 
 /// How a name yields a version and a group (product), in filuxe's terms, and which

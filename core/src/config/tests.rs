@@ -198,6 +198,19 @@ fn notifications_are_omitted_while_empty_and_checked() {
     assert!(bad("caFile: /etc/ca.crt", "topicPrefix: \"a/#\"").contains("wildcards"));
 }
 
+/// The one rule for store keys, used by the gateway's config and the operator's check:
+/// only a key bound for a plain `http://` URL (any case) without `allowPlainHttp` is
+/// refused, and the refusal names the URL.
+#[test]
+fn a_store_key_goes_to_plain_http_only_when_allowed() {
+    let url = "HTTP://wan:8081";
+    assert_eq!(plain_http_key(url, true, false), Err(PlainHttpKeyError { url: url.into() }));
+    assert!(plain_http_key(url, true, false).unwrap_err().to_string().starts_with("HTTP://wan:8081 is plain http://"));
+    assert_eq!(plain_http_key(url, true, true), Ok(()), "allowPlainHttp");
+    assert_eq!(plain_http_key(url, false, false), Ok(()), "no key to send");
+    assert_eq!(plain_http_key("https://wan:8081", true, false), Ok(()));
+}
+
 #[test]
 fn rejects_duplicate_devices() {
     let mut c: GatewayConfig = serde_yaml::from_str(&pinned_yaml()).unwrap();
