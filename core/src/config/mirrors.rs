@@ -195,8 +195,8 @@ impl MirrorEndpoint {
 }
 
 impl GatewayConfig {
-    /// Unique names, exactly one kind per side, keys never sent in the clear, filters and
-    /// durations that parse.
+    /// Unique names, exactly one kind per side, keys never sent in the clear, globs
+    /// matched as meant, filters and durations that parse.
     pub(super) fn validate_mirrors(&self) -> Result<(), ConfigError> {
         let mut names = std::collections::HashSet::new();
         for m in &self.mirrors {
@@ -217,6 +217,13 @@ impl GatewayConfig {
             }
             if m.source == m.destination {
                 return invalid("source and destination are the same".into());
+            }
+            for (list, globs) in [("include", &m.include), ("exclude", &m.exclude)] {
+                for (i, glob) in globs.iter().enumerate() {
+                    if let Err(e) = crate::mirror::rules::check_glob(glob) {
+                        return invalid(format!("{list}[{i}] {e}"));
+                    }
+                }
             }
             crate::version::parse_duration(&m.interval)
                 .map_err(|e| ConfigError::Invalid(format!("mirror {:?}: {e}", m.name)))?;

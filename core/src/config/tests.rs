@@ -121,6 +121,9 @@ fn invalid_stores_and_mirrors_are_refused() {
         ("http: {url: \"http://lan:8081\", path: releases}", "http: {url: \"lan:8081\"}", "is not http(s)"),
         ("interval: 30s", "interval: soon", "invalid duration"),
         ("keepLast: 2", "keepLast: 0", "at least 1"),
+        // The operator refused these globs; a hand-written file used to match them literally.
+        ("include: [\"**/*.zip\"]", "include: [\"**/*.{zip,tar}\"]", "include[0] \"**/*.{zip,tar}\": '{' is not"),
+        ("exclude: [\"**/unversioned_*\"]", "exclude: [\" \"]", "exclude[0] is empty"),
         ("regex: ':(\\d+\\.\\d+\\.\\d+):'", "regex: ':\\d+:'", "needs a capture group"),
         ("range: \">=1\"", "range: \"banana\"", "invalid semver range"),
     ];
