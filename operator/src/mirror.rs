@@ -194,7 +194,7 @@ async fn observe(mirror: &ArtifactMirror, secrets: &Secrets, clients: &Clients) 
     let spec = &mirror.spec;
     // The rules exactly as the worker gets them.
     let config = render::mirror_configs(&[mirror]).remove(0);
-    let rules = Rules::new(&config).map_err(|e| Error::InvalidSpec(SpecError::new("version", e)))?;
+    let rules = Rules::new(&config).map_err(|e| Error::InvalidSpec(SpecError::new("version", e.to_string())))?;
     let source = side(&spec.source, secrets.source.as_deref(), "source", clients)?;
     let destination = side(&spec.destination, secrets.destination.as_deref(), "destination", clients)?;
     let now = Timestamp::now();
@@ -429,7 +429,7 @@ fn endpoint(endpoint: &Endpoint, at: &str) -> Result<(), SpecError> {
     if let Some(http) = &endpoint.http {
         checks::http_url(&format!("{at}.http.url"), &http.url)?;
         plain_http_key(&http.url, http.key_secret.is_some(), http.allow_plain_http)
-            .map_err(|e| SpecError::new(format!("{at}.http.keySecret"), e))?;
+            .map_err(|e| SpecError::new(format!("{at}.http.keySecret"), e.to_string()))?;
     }
     Ok(())
 }

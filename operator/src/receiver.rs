@@ -234,15 +234,26 @@ impl Receiver {
     }
 }
 
+/// Why the receiver has no token: every request is refused until the Secret is fixed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+enum TokenError {
+    #[error("Secret {namespace}/{name} not found")]
+    NotFound { namespace: String, name: String },
+    #[error("Secret {namespace}/{name} has no key {TOKEN_KEY:?}, or it is empty or only whitespace")]
+    NoToken { namespace: String, name: String },
+}
+
 /// The digest of the token in `secret` (key [`TOKEN_KEY`], read as every key is:
 /// trimmed, and refused when empty or only whitespace), or why there is none.
-fn token_of(secret: Option<&Secret>, namespace: &str, name: &str) -> Result<[u8; 32], String> {
-    let secret = secret.ok_or_else(|| format!("Secret {namespace}/{name} not found"))?;
+fn token_of(secret: Option<&Secret>, namespace: &str, name: &str) -> Result<[u8; 32], TokenError> {
+    let Some(secret) = secret else {
+        return Err(TokenError::NotFound { namespace: namespace.to_owned(), name: name.to_owned() });
+    };
     let value = secret.data.as_ref().and_then(|d| d.get(TOKEN_KEY));
     value
         .and_then(|t| updraft_core::secret::key(&t.0))
         .map(digest)
-        .ok_or_else(|| format!("Secret {namespace}/{name} has no key {TOKEN_KEY:?}, or it is empty or only whitespace"))
+        .ok_or_else(|| TokenError::NoToken { namespace: namespace.to_owned(), name: name.to_owned() })
 }
 
 fn digest(token: &[u8]) -> [u8; 32] {
@@ -467,11 +478,17 @@ mod tests {
             data: Some([(TOKEN_KEY.to_owned(), k8s_openapi::ByteString(value.as_bytes().to_vec()))].into()),
             ..Default::default()
         };
+        let no_token = TokenError::NoToken { namespace: "ns".into(), name: "hook".into() };
         for blank in ["", " ", "\n", " \t\r\n"] {
-            let refused = token_of(Some(&secret(blank)), "ns", "hook").unwrap_err();
-            assert!(refused.contains("empty or only whitespace"), "{blank:?}: {refused}");
+            assert_eq!(token_of(Some(&secret(blank)), "ns", "hook"), Err(no_token.clone()), "{blank:?}");
         }
-        assert!(token_of(None, "ns", "hook").unwrap_err().contains("not found"));
+        assert_eq!(token_of(Some(&Secret::default()), "ns", "hook"), Err(no_token.clone()), "no data");
+        assert!(
+            no_token.to_string().ends_with("has no key \"token\", or it is empty or only whitespace"),
+            "{no_token}"
+        );
+        let not_found = token_of(None, "ns", "hook").unwrap_err();
+        assert_eq!(not_found.to_string(), "Secret ns/hook not found");
         assert_eq!(token_of(Some(&secret("s3cret\n")), "ns", "hook"), Ok(digest(b"s3cret")));
         let receiver = receiver_with("s3cret");
         assert_eq!(receiver.authorized(&headers(Some("Bearer  s3cret "))), Ok(()));

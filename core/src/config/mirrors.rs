@@ -84,7 +84,7 @@ pub struct HttpStoreConfig {
 
 impl HttpStoreConfig {
     /// Why a key would go in the clear: see [`plain_http_key`].
-    pub(crate) fn check_key_transport(&self) -> Result<(), String> {
+    pub(crate) fn check_key_transport(&self) -> Result<(), PlainHttpKeyError> {
         plain_http_key(&self.url, self.key_file.is_some(), self.allow_plain_http)
     }
 }
@@ -93,14 +93,19 @@ impl HttpStoreConfig {
 /// ArtifactMirror check): a key goes to an `http://` URL only when plain HTTP is
 /// explicitly allowed, so a mirror cannot be pointed at a URL that would read the key
 /// off the wire. The error names the field to set.
-pub fn plain_http_key(url: &str, has_key: bool, allow_plain_http: bool) -> Result<(), String> {
+pub fn plain_http_key(url: &str, has_key: bool, allow_plain_http: bool) -> Result<(), PlainHttpKeyError> {
     let plain = url.get(..7).is_some_and(|scheme| scheme.eq_ignore_ascii_case("http://"));
     if has_key && plain && !allow_plain_http {
-        return Err(format!(
-            "{url} is plain http://: the store key would be sent in the clear; use https://, or set allowPlainHttp: true"
-        ));
+        return Err(PlainHttpKeyError { url: url.to_owned() });
     }
     Ok(())
+}
+
+/// A store key that would go to a plain `http://` URL ([`plain_http_key`]).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{url} is plain http://: the store key would be sent in the clear; use https://, or set allowPlainHttp: true")]
+pub struct PlainHttpKeyError {
+    pub url: String,
 }
 
 /// How a name yields a version and a group (product), in filuxe's terms, and which
@@ -190,8 +195,8 @@ impl MirrorEndpoint {
 }
 
 impl GatewayConfig {
-    /// Unique names, exactly one kind per side, keys never sent in the clear, filters and
-    /// durations that parse.
+    /// Unique names, exactly one kind per side, keys never sent in the clear, globs
+    /// matched as meant, filters and durations that parse.
     pub(super) fn validate_mirrors(&self) -> Result<(), ConfigError> {
         let mut names = std::collections::HashSet::new();
         for m in &self.mirrors {
@@ -212,6 +217,13 @@ impl GatewayConfig {
             }
             if m.source == m.destination {
                 return invalid("source and destination are the same".into());
+            }
+            for (list, globs) in [("include", &m.include), ("exclude", &m.exclude)] {
+                for (i, glob) in globs.iter().enumerate() {
+                    if let Err(e) = crate::mirror::rules::check_glob(glob) {
+                        return invalid(format!("{list}[{i}] {e}"));
+                    }
+                }
             }
             crate::version::parse_duration(&m.interval)
                 .map_err(|e| ConfigError::Invalid(format!("mirror {:?}: {e}", m.name)))?;

@@ -39,7 +39,8 @@ mod tests;
 
 pub use channels::{ChannelConfig, Downgrade, PinnedArtifact};
 pub use mirrors::{
-    plain_http_key, FilterError, HttpStoreConfig, MirrorConfig, MirrorEndpoint, RetentionConfig, VersionFilter,
+    plain_http_key, FilterError, HttpStoreConfig, MirrorConfig, MirrorEndpoint, PlainHttpKeyError, RetentionConfig,
+    VersionFilter,
 };
 pub use notifications::{MqttConfig, NotificationsConfig, WebhookConfig};
 pub use server::{CacheConfig, TlsConfig};

@@ -121,6 +121,9 @@ fn invalid_stores_and_mirrors_are_refused() {
         ("http: {url: \"http://lan:8081\", path: releases}", "http: {url: \"lan:8081\"}", "is not http(s)"),
         ("interval: 30s", "interval: soon", "invalid duration"),
         ("keepLast: 2", "keepLast: 0", "at least 1"),
+        // The operator refused these globs; a hand-written file used to match them literally.
+        ("include: [\"**/*.zip\"]", "include: [\"**/*.{zip,tar}\"]", "include[0] \"**/*.{zip,tar}\": '{' is not"),
+        ("exclude: [\"**/unversioned_*\"]", "exclude: [\" \"]", "exclude[0] is empty"),
         ("regex: ':(\\d+\\.\\d+\\.\\d+):'", "regex: ':\\d+:'", "needs a capture group"),
         ("range: \">=1\"", "range: \"banana\"", "invalid semver range"),
     ];
@@ -196,6 +199,19 @@ fn notifications_are_omitted_while_empty_and_checked() {
     assert!(bad("https://ci", "ftp://ci").contains("http://"));
     assert!(bad("caFile: /etc/ca.crt", "clientCertFile: /c").contains("go together"));
     assert!(bad("caFile: /etc/ca.crt", "topicPrefix: \"a/#\"").contains("wildcards"));
+}
+
+/// The one rule for store keys, used by the gateway's config and the operator's check:
+/// only a key bound for a plain `http://` URL (any case) without `allowPlainHttp` is
+/// refused, and the refusal names the URL.
+#[test]
+fn a_store_key_goes_to_plain_http_only_when_allowed() {
+    let url = "HTTP://wan:8081";
+    assert_eq!(plain_http_key(url, true, false), Err(PlainHttpKeyError { url: url.into() }));
+    assert!(plain_http_key(url, true, false).unwrap_err().to_string().starts_with("HTTP://wan:8081 is plain http://"));
+    assert_eq!(plain_http_key(url, true, true), Ok(()), "allowPlainHttp");
+    assert_eq!(plain_http_key(url, false, false), Ok(()), "no key to send");
+    assert_eq!(plain_http_key("https://wan:8081", true, false), Ok(()));
 }
 
 #[test]

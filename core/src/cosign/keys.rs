@@ -119,22 +119,31 @@ impl Keys {
     }
 }
 
+/// Why a piece of signature material (a signature, a digest, a payload) does not read.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub(super) enum MaterialError {
+    #[error("not base64: {0}")]
+    Base64(#[source] base64::DecodeError),
+    #[error("the signature is not an ASN.1 DER ECDSA P-256 signature")]
+    NotDer,
+}
+
 /// Decodes base64 as cosign and protobuf JSON write it: standard alphabet, padded or
 /// not; the URL-safe alphabet is accepted too (protobuf JSON parsers do).
-pub(super) fn decode_base64(text: &str) -> Result<Vec<u8>, String> {
+pub(super) fn decode_base64(text: &str) -> Result<Vec<u8>, MaterialError> {
     use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
     const LENIENT: GeneralPurposeConfig =
         GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent);
     const STANDARD: GeneralPurpose = GeneralPurpose::new(&base64::alphabet::STANDARD, LENIENT);
     const URL_SAFE: GeneralPurpose = GeneralPurpose::new(&base64::alphabet::URL_SAFE, LENIENT);
     let text = text.trim();
-    STANDARD.decode(text).or_else(|_| URL_SAFE.decode(text)).map_err(|e| format!("not base64: {e}"))
+    STANDARD.decode(text).or_else(|_| URL_SAFE.decode(text)).map_err(MaterialError::Base64)
 }
 
 /// Parses a base64 ASN.1 DER ECDSA signature, as cosign stores them.
-pub(super) fn parse_signature(text: &str) -> Result<Signature, String> {
+pub(super) fn parse_signature(text: &str) -> Result<Signature, MaterialError> {
     let der = decode_base64(text)?;
-    Signature::from_der(&der).map_err(|_| "the signature is not an ASN.1 DER ECDSA P-256 signature".to_owned())
+    Signature::from_der(&der).map_err(|_| MaterialError::NotDer)
 }
 
 /// SHA-256 of `data`, the prehash every cosign signature is over.
@@ -226,7 +235,15 @@ mod tests {
         assert_eq!(decode_base64("+/8=").unwrap(), vec![0xfb, 0xff]);
         assert_eq!(decode_base64("+/8").unwrap(), vec![0xfb, 0xff]);
         assert_eq!(decode_base64("-_8=").unwrap(), vec![0xfb, 0xff]);
-        assert!(decode_base64("!!").is_err());
-        assert!(parse_signature("AAAA").unwrap_err().contains("DER"));
+        assert!(matches!(decode_base64("!!"), Err(MaterialError::Base64(_))));
+    }
+
+    #[test]
+    fn a_signature_that_does_not_read_says_which_layer_failed() {
+        assert!(matches!(parse_signature("!!"), Err(MaterialError::Base64(_))));
+        assert_eq!(parse_signature("AAAA"), Err(MaterialError::NotDer), "base64, but not DER");
+        assert!(MaterialError::NotDer.to_string().contains("DER"));
+        let key = TestKey::new(1);
+        assert!(parse_signature(&key.sign(b"payload")).is_ok());
     }
 }

@@ -75,7 +75,7 @@ pub(super) fn check_simple_signing(keys: &Keys, payload: &[u8], signature: Optio
     };
     let signature = match parse_signature(signature) {
         Ok(s) => s,
-        Err(e) => return Check::Tampered(e),
+        Err(e) => return Check::Tampered(e.to_string()),
     };
     let parsed: SimpleSigning = match serde_json::from_slice(payload) {
         Ok(p) => p,
@@ -202,7 +202,7 @@ fn check_message_signature(keys: &Keys, message: &MessageSignature, wanted: &str
     };
     let signature = match parse_signature(&message.signature) {
         Ok(s) => s,
-        Err(e) => return Some(Check::Tampered(e)),
+        Err(e) => return Some(Check::Tampered(e.to_string())),
     };
     // The signature is over the message (the manifest) itself; its SHA-256 is the
     // messageDigest, so the digest is the prehash.
@@ -244,7 +244,7 @@ fn check_dsse(keys: &Keys, envelope: &DsseEnvelope, wanted: &str) -> Option<Chec
     for signature in &envelope.signatures {
         match parse_signature(&signature.sig) {
             Ok(s) => key = key.or_else(|| keys.verifying(&prehash, &s)),
-            Err(e) => return Some(Check::Tampered(e)),
+            Err(e) => return Some(Check::Tampered(e.to_string())),
         }
     }
     let key = key?;

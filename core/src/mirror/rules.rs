@@ -15,6 +15,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::config::MirrorConfig;
+use crate::version::PolicyError;
 use regex::Regex;
 use semver::{Version, VersionReq};
 use serde::Serialize;
@@ -60,6 +61,25 @@ pub struct Rules {
     max_age: Option<f64>,
 }
 
+/// Why a mirror's rules do not compile, or a glob would not match as meant.
+#[derive(Debug, thiserror::Error)]
+pub enum RuleError {
+    /// The version regex or a group regex.
+    #[error("regex {pattern:?}: {source}")]
+    Regex { pattern: String, source: regex::Error },
+    /// `version.range`.
+    #[error(transparent)]
+    Range(PolicyError),
+    /// `retention.maxAge`.
+    #[error(transparent)]
+    MaxAge(PolicyError),
+    #[error("is empty")]
+    EmptyGlob,
+    /// A glob holding a class or brace character, which would be matched literally.
+    #[error("{pattern:?}: {found:?} is not supported (globs have only *, ? and **)")]
+    GlobSyntax { pattern: String, found: char },
+}
+
 /// What one pass does.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Plan {
@@ -75,13 +95,13 @@ pub struct Plan {
 
 impl Rules {
     /// Compiles a mirror's rules (the config was validated: patterns compile).
-    pub fn new(config: &MirrorConfig) -> Result<Self, String> {
+    pub fn new(config: &MirrorConfig) -> Result<Self, RuleError> {
         let version = config.version.clone().unwrap_or_default();
-        let compile = |re: &str| Regex::new(re).map_err(|e| format!("regex {re:?}: {e}"));
-        let range = version.range.as_deref().map(crate::version::parse_range).transpose().map_err(|e| e.to_string())?;
+        let compile = |re: &str| Regex::new(re).map_err(|source| RuleError::Regex { pattern: re.to_owned(), source });
+        let range = version.range.as_deref().map(crate::version::parse_range).transpose().map_err(RuleError::Range)?;
         let retention = config.retention.clone().unwrap_or_default();
         let max_age =
-            retention.max_age.as_deref().map(crate::version::parse_duration).transpose().map_err(|e| e.to_string())?;
+            retention.max_age.as_deref().map(crate::version::parse_duration).transpose().map_err(RuleError::MaxAge)?;
         let max_age = max_age.map(|d| d.as_secs_f64());
         Ok(Self {
             include: config.include.iter().map(|g| Glob::new(g)).collect(),
@@ -199,12 +219,12 @@ fn base_name(name: &str) -> &str {
 
 /// Checks a glob is matched as meant: `*`, `?` and `**` only. Classes and braces
 /// would be matched literally, never as the user meant, so they are refused.
-pub fn check_glob(pattern: &str) -> Result<(), String> {
+pub fn check_glob(pattern: &str) -> Result<(), RuleError> {
     if pattern.trim().is_empty() {
-        return Err("is empty".into());
+        return Err(RuleError::EmptyGlob);
     }
-    if let Some(c) = pattern.chars().find(|c| matches!(c, '[' | ']' | '{' | '}')) {
-        return Err(format!("{pattern:?}: {c:?} is not supported (globs have only *, ? and **)"));
+    if let Some(found) = pattern.chars().find(|c| matches!(c, '[' | ']' | '{' | '}')) {
+        return Err(RuleError::GlobSyntax { pattern: pattern.to_owned(), found });
     }
     Ok(())
 }
@@ -291,6 +311,38 @@ mod tests {
         }
         .check()
         .unwrap();
+    }
+
+    #[test]
+    fn rules_that_do_not_compile_say_which_part() {
+        let refused = |version: Option<VersionFilter>, max_age: Option<&str>| {
+            let mut c = config();
+            c.version = version;
+            c.retention = Some(RetentionConfig { keep_last: None, max_age: max_age.map(str::to_owned) });
+            Rules::new(&c).err().expect("refused")
+        };
+        let groups = Some(VersionFilter { groups: vec!["(.*)".into(), "(".into()], ..Default::default() });
+        assert!(matches!(refused(groups, None), RuleError::Regex { ref pattern, .. } if pattern == "("));
+        let range = Some(VersionFilter { range: Some("newest".into()), ..Default::default() });
+        assert!(matches!(refused(range, None), RuleError::Range(PolicyError::Range { .. })));
+        assert!(matches!(refused(None, Some("a while")), RuleError::MaxAge(PolicyError::Duration(_))));
+    }
+
+    #[test]
+    fn globs_other_than_star_question_mark_and_double_star_are_refused_by_name() {
+        for pattern in ["*.zip", "first/*.zip", "**/unversioned_?.zip", "a+b(c)"] {
+            check_glob(pattern).unwrap();
+        }
+        assert!(matches!(check_glob(" "), Err(RuleError::EmptyGlob)));
+        for (pattern, bad) in [("app-[0-9].zip", '['), ("*.{zip,tar}", '{'), ("a]", ']')] {
+            let refused = check_glob(pattern).unwrap_err();
+            assert!(
+                matches!(refused, RuleError::GlobSyntax { pattern: ref p, found } if p == pattern && found == bad),
+                "{pattern}: {refused:?}"
+            );
+        }
+        let text = check_glob("app-[0-9].zip").unwrap_err().to_string();
+        assert_eq!(text, "\"app-[0-9].zip\": '[' is not supported (globs have only *, ? and **)");
     }
 
     #[test]

@@ -20,16 +20,39 @@ use serde_json::Value;
 
 use super::layout::{is_safe_relative_path, version_dir, FileRef, ImageVersion, RootKind, Rootfs};
 use super::product::{ProductKey, ProductProps, Serial};
+use super::IndexError;
+
+/// Why an upstream's `index.json` names no usable products document, or why one of its
+/// versions is left out (the reason [`Mirrored::rejected`] records).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("index.json names no image-downloads document")]
+    NoImageDownloads,
+    #[error("index.json names an unsafe path {0:?}")]
+    UnsafeIndexPath(String),
+    #[error("no items")]
+    NoItems,
+    #[error("no metadata tarball item")]
+    NoMetadata,
+    /// An item lacks `path`, `sha256` or `size` (the field named).
+    #[error("item without {0}")]
+    ItemWithout(&'static str),
+    #[error("unsafe item path {0:?}")]
+    UnsafeItemPath(String),
+    /// The version or its product breaks a rule of the index ([`IndexError`]).
+    #[error(transparent)]
+    Index(#[from] IndexError),
+}
 
 /// The path of the products document an upstream `index.json` names.
-pub fn image_downloads_path(index: &Value) -> Result<&str, String> {
+pub fn image_downloads_path(index: &Value) -> Result<&str, UpstreamError> {
     let path = index["index"]
         .as_object()
         .and_then(|entries| entries.values().find(|e| e["datatype"] == "image-downloads"))
         .and_then(|e| e["path"].as_str())
-        .ok_or("index.json names no image-downloads document")?;
+        .ok_or(UpstreamError::NoImageDownloads)?;
     if !is_safe_relative_path(path) {
-        return Err(format!("index.json names an unsafe path {path:?}"));
+        return Err(UpstreamError::UnsafeIndexPath(path.to_owned()));
     }
     Ok(path)
 }
@@ -120,7 +143,7 @@ pub fn mirror(images: &Value, filters: &Filters, base_url: &str) -> Mirrored {
         };
         for (serial_text, v) in versions.into_iter().flatten() {
             let usable = version(&key, serial_text, &v["items"], base_url).and_then(|(version, files)| {
-                props.validate().and(version.validate()).map_err(|e| e.to_string())?;
+                props.validate().and(version.validate())?;
                 Ok((version, files))
             });
             match usable {
@@ -129,7 +152,7 @@ pub fn mirror(images: &Value, filters: &Filters, base_url: &str) -> Mirrored {
                     out.versions.push((key.clone(), props.clone(), version));
                 }
                 Err(reason) => {
-                    out.rejected.insert(format!("{name} {serial_text}"), reason);
+                    out.rejected.insert(format!("{name} {serial_text}"), reason.to_string());
                     out.skipped += 1;
                 }
             }
@@ -144,20 +167,20 @@ fn version(
     serial_text: &str,
     items: &Value,
     base_url: &str,
-) -> Result<(ImageVersion, Vec<(String, UpstreamFile)>), String> {
-    let serial = Serial::parse_lenient(serial_text).map_err(|e| e.to_string())?;
-    let items = items.as_object().ok_or("no items")?;
+) -> Result<(ImageVersion, Vec<(String, UpstreamFile)>), UpstreamError> {
+    let serial = Serial::parse_lenient(serial_text)?;
+    let items = items.as_object().ok_or(UpstreamError::NoItems)?;
     let by_ftype = |ftype: &str| items.values().find(|i| i["ftype"] == ftype);
-    let meta = by_ftype("incus.tar.xz").or_else(|| by_ftype("lxd.tar.xz")).ok_or("no metadata tarball item")?;
+    let meta = by_ftype("incus.tar.xz").or_else(|| by_ftype("lxd.tar.xz")).ok_or(UpstreamError::NoMetadata)?;
     let dir = version_dir(key, &serial);
     let mut files = Vec::new();
-    let mut file = |item: &Value, name: &str| -> Result<FileRef, String> {
-        let path = item["path"].as_str().ok_or("item without path")?;
+    let mut file = |item: &Value, name: &str| -> Result<FileRef, UpstreamError> {
+        let path = item["path"].as_str().ok_or(UpstreamError::ItemWithout("path"))?;
         if !is_safe_relative_path(path) {
-            return Err(format!("unsafe item path {path:?}"));
+            return Err(UpstreamError::UnsafeItemPath(path.to_owned()));
         }
-        let sha256 = item["sha256"].as_str().ok_or("item without sha256")?.to_owned();
-        let size = item["size"].as_u64().ok_or("item without size")?;
+        let sha256 = item["sha256"].as_str().ok_or(UpstreamError::ItemWithout("sha256"))?.to_owned();
+        let size = item["size"].as_u64().ok_or(UpstreamError::ItemWithout("size"))?;
         let served = format!("{dir}/{name}");
         files.push((served.clone(), UpstreamFile { url: format!("{base_url}/{path}"), sha256: sha256.clone(), size }));
         Ok(FileRef { path: served, sha256, size })
@@ -214,9 +237,34 @@ mod tests {
         assert_eq!(image_downloads_path(&index("streams/v1/images.json")).unwrap(), "streams/v1/images.json");
         // The operator let `./x`, `a\b` and `%2e%2e` through; the gateway refused them.
         for unsafe_path in ["/etc/passwd", "streams/../../x", "./images.json", "a\\b", "%2e%2e/x", "a?b"] {
-            assert!(image_downloads_path(&index(unsafe_path)).is_err(), "{unsafe_path}");
+            let refused = UpstreamError::UnsafeIndexPath(unsafe_path.into());
+            assert_eq!(image_downloads_path(&index(unsafe_path)), Err(refused), "{unsafe_path}");
         }
-        assert!(image_downloads_path(&serde_json::json!({"index": {}})).is_err());
+        assert_eq!(image_downloads_path(&serde_json::json!({"index": {}})), Err(UpstreamError::NoImageDownloads));
+        let other = serde_json::json!({"index": {"x": {"datatype": "content-download", "path": "streams/v1/x.json"}}});
+        assert_eq!(image_downloads_path(&other), Err(UpstreamError::NoImageDownloads));
+    }
+
+    #[test]
+    fn a_version_left_out_says_why() {
+        let key = ProductKey::new("debian", "12", "amd64", "default").unwrap();
+        let why = |serial: &str, items: Value| version(&key, serial, &items, "u").unwrap_err();
+        let meta = |path: &str| serde_json::json!({"ftype": "lxd.tar.xz", "path": path, "sha256": sha('a'), "size": 1});
+        let serial = "20260101_00:00";
+        assert_eq!(why("v1", serde_json::json!({})), UpstreamError::Index(IndexError::Serial("v1".into())));
+        assert_eq!(why(serial, serde_json::json!([])), UpstreamError::NoItems);
+        assert_eq!(why(serial, serde_json::json!({"r": {"ftype": "squashfs"}})), UpstreamError::NoMetadata);
+        assert_eq!(why(serial, serde_json::json!({"m": meta("../m")})), UpstreamError::UnsafeItemPath("../m".into()));
+        for field in ["path", "sha256", "size"] {
+            let mut item = meta("m");
+            item.as_object_mut().unwrap().remove(field);
+            assert_eq!(why(serial, serde_json::json!({ "m": item })), UpstreamError::ItemWithout(field));
+        }
+        // The reason recorded is the error's text.
+        let product = serde_json::json!({"products": {"p": {"os": "debian", "release": "12", "arch": "amd64",
+            "versions": {(serial): {"items": {"m": meta("m")}}}}}});
+        let m = mirror(&product, &Filters::default(), "u");
+        assert!(m.rejected[&format!("p {serial}")].contains("has no rootfs"), "{:?}", m.rejected);
     }
 
     #[test]

@@ -110,7 +110,7 @@ pub(crate) struct Mirror {
 impl Mirror {
     /// Builds a mirror from its (validated) config.
     pub(crate) fn new(config: MirrorConfig, client: &reqwest::Client) -> Result<Self, MirrorError> {
-        let rules = Rules::new(&config).map_err(MirrorError::Config)?;
+        let rules = Rules::new(&config).map_err(|e| MirrorError::Config(e.to_string()))?;
         let source = side(&config.source, "source", client);
         let destination = side(&config.destination, "destination", client);
         Ok(Self { config, rules, source, destination, last_destination: Default::default() })
