@@ -220,7 +220,7 @@ impl GatewayConfig {
             }
             for (list, globs) in [("include", &m.include), ("exclude", &m.exclude)] {
                 for (i, glob) in globs.iter().enumerate() {
-                    if let Err(e) = crate::mirror::rules::check_glob(glob) {
+                    if let Err(e) = check_glob(glob) {
                         return invalid(format!("{list}[{i}] {e}"));
                     }
                 }
@@ -241,5 +241,50 @@ impl GatewayConfig {
             }
         }
         Ok(())
+    }
+}
+
+/// A glob of `include`/`exclude` that would not match as meant.
+#[derive(Debug, thiserror::Error)]
+pub enum GlobError {
+    #[error("is empty")]
+    Empty,
+    /// A class or brace character, which would be matched literally.
+    #[error("{pattern:?}: {found:?} is not supported (globs have only *, ? and **)")]
+    Syntax { pattern: String, found: char },
+}
+
+/// Checks a glob is matched as meant: `*`, `?` and `**` only. Classes and braces
+/// would be matched literally, never as the user meant, so they are refused. The
+/// gateway's config check and the operator's ArtifactMirror check both call this.
+pub fn check_glob(pattern: &str) -> Result<(), GlobError> {
+    if pattern.trim().is_empty() {
+        return Err(GlobError::Empty);
+    }
+    if let Some(found) = pattern.chars().find(|c| matches!(c, '[' | ']' | '{' | '}')) {
+        return Err(GlobError::Syntax { pattern: pattern.to_owned(), found });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs_other_than_star_question_mark_and_double_star_are_refused_by_name() {
+        for pattern in ["*.zip", "first/*.zip", "**/unversioned_?.zip", "a+b(c)"] {
+            check_glob(pattern).unwrap();
+        }
+        assert!(matches!(check_glob(" "), Err(GlobError::Empty)));
+        for (pattern, bad) in [("app-[0-9].zip", '['), ("*.{zip,tar}", '{'), ("a]", ']')] {
+            let refused = check_glob(pattern).unwrap_err();
+            assert!(
+                matches!(refused, GlobError::Syntax { pattern: ref p, found } if p == pattern && found == bad),
+                "{pattern}: {refused:?}"
+            );
+        }
+        let text = check_glob("app-[0-9].zip").unwrap_err().to_string();
+        assert_eq!(text, "\"app-[0-9].zip\": '[' is not supported (globs have only *, ? and **)");
     }
 }

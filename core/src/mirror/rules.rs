@@ -14,6 +14,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+pub use crate::config::mirrors::{check_glob, GlobError};
 use crate::config::MirrorConfig;
 use crate::version::PolicyError;
 use regex::Regex;
@@ -61,7 +62,7 @@ pub struct Rules {
     max_age: Option<f64>,
 }
 
-/// Why a mirror's rules do not compile, or a glob would not match as meant.
+/// Why a mirror's rules do not compile.
 #[derive(Debug, thiserror::Error)]
 pub enum RuleError {
     /// The version regex or a group regex.
@@ -73,11 +74,6 @@ pub enum RuleError {
     /// `retention.maxAge`.
     #[error(transparent)]
     MaxAge(PolicyError),
-    #[error("is empty")]
-    EmptyGlob,
-    /// A glob holding a class or brace character, which would be matched literally.
-    #[error("{pattern:?}: {found:?} is not supported (globs have only *, ? and **)")]
-    GlobSyntax { pattern: String, found: char },
 }
 
 /// What one pass does.
@@ -217,18 +213,6 @@ fn base_name(name: &str) -> &str {
     name.rsplit('/').next().unwrap_or(name)
 }
 
-/// Checks a glob is matched as meant: `*`, `?` and `**` only. Classes and braces
-/// would be matched literally, never as the user meant, so they are refused.
-pub fn check_glob(pattern: &str) -> Result<(), RuleError> {
-    if pattern.trim().is_empty() {
-        return Err(RuleError::EmptyGlob);
-    }
-    if let Some(found) = pattern.chars().find(|c| matches!(c, '[' | ']' | '{' | '}')) {
-        return Err(RuleError::GlobSyntax { pattern: pattern.to_owned(), found });
-    }
-    Ok(())
-}
-
 /// A glob: `*` and `?` within a path component, `**` across components. Without a
 /// `/` it matches the file name, with one the whole path.
 struct Glob {
@@ -326,23 +310,6 @@ mod tests {
         let range = Some(VersionFilter { range: Some("newest".into()), ..Default::default() });
         assert!(matches!(refused(range, None), RuleError::Range(PolicyError::Range { .. })));
         assert!(matches!(refused(None, Some("a while")), RuleError::MaxAge(PolicyError::Duration(_))));
-    }
-
-    #[test]
-    fn globs_other_than_star_question_mark_and_double_star_are_refused_by_name() {
-        for pattern in ["*.zip", "first/*.zip", "**/unversioned_?.zip", "a+b(c)"] {
-            check_glob(pattern).unwrap();
-        }
-        assert!(matches!(check_glob(" "), Err(RuleError::EmptyGlob)));
-        for (pattern, bad) in [("app-[0-9].zip", '['), ("*.{zip,tar}", '{'), ("a]", ']')] {
-            let refused = check_glob(pattern).unwrap_err();
-            assert!(
-                matches!(refused, RuleError::GlobSyntax { pattern: ref p, found } if p == pattern && found == bad),
-                "{pattern}: {refused:?}"
-            );
-        }
-        let text = check_glob("app-[0-9].zip").unwrap_err().to_string();
-        assert_eq!(text, "\"app-[0-9].zip\": '[' is not supported (globs have only *, ? and **)");
     }
 
     #[test]
