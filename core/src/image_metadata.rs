@@ -30,8 +30,6 @@ use std::sync::Mutex;
 
 use serde::Deserialize;
 
-use crate::simplestreams::{IndexError, ProductKey};
-
 /// The largest `metadata.yaml` read (a real one is a few KiB).
 pub(crate) const MAX_METADATA_YAML: u64 = 1 << 20;
 /// How far into the (decompressed) tar stream `metadata.yaml` must start: real
@@ -120,12 +118,6 @@ impl ImageMetadata {
     /// A property, unless empty.
     pub fn property(&self, name: &str) -> Option<&str> {
         self.properties.get(name).map(String::as_str).filter(|s| !s.is_empty())
-    }
-
-    /// The product key `os:release:arch:variant` this image names
-    /// ([`ProductKey::from_metadata`], the rule the gateway indexes with).
-    pub fn product(&self) -> Result<String, IndexError> {
-        ProductKey::from_metadata(self).map(|key| key.to_string())
     }
 }
 
@@ -268,6 +260,11 @@ mod tests {
         builder.into_inner().unwrap()
     }
 
+    /// What YAML names (which product that makes is `simplestreams::ProductKey`'s rule).
+    fn bookworm(m: &ImageMetadata) -> (Option<&str>, Option<&str>) {
+        (m.property("os"), m.property("release"))
+    }
+
     const YAML: &[u8] =
         b"architecture: x86_64\ncreation_date: 1767225600\nproperties: {os: Debian, release: bookworm}\n";
 
@@ -275,7 +272,7 @@ mod tests {
     fn reads_plain_gzip_and_xz_tarballs_made_by_the_system_tools() {
         let plain = tar_with(&[("./templates/x.tpl", b"x"), ("./metadata.yaml", YAML)]);
         let m = read_metadata_yaml(&plain[..]).unwrap();
-        assert_eq!(m.product().unwrap(), "debian:bookworm:amd64:default");
+        assert_eq!(bookworm(&m), (Some("Debian"), Some("bookworm")));
         assert_eq!(m.creation_date, 1767225600);
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("metadata.yaml"), YAML).unwrap();
@@ -287,23 +284,14 @@ mod tests {
                 .unwrap();
             assert!(status.success());
             let m = read_metadata_yaml(std::fs::File::open(dir.path().join(name)).unwrap()).unwrap();
-            assert_eq!(m.product().unwrap(), "debian:bookworm:amd64:default", "{name}");
+            assert_eq!(bookworm(&m), (Some("Debian"), Some("bookworm")), "{name}");
         }
     }
 
     #[test]
-    fn refuses_what_names_no_product() {
+    fn refuses_what_holds_no_metadata_yaml() {
         assert!(matches!(read_metadata_yaml(&tar_with(&[("a", b"b")])[..]), Err(MetadataError::Missing)));
         assert!(read_metadata_yaml(&b"\xfd7zXZ\0garbage"[..]).is_err());
-        let m: ImageMetadata = serde_yaml::from_str("architecture: x86_64\nproperties: {os: Debian}\n").unwrap();
-        assert!(matches!(m.product(), Err(IndexError::NoProperty("release"))));
-        let m: ImageMetadata =
-            serde_yaml::from_str("architecture: 'sp arc'\nproperties: {os: x, release: y}\n").unwrap();
-        assert!(matches!(m.product(), Err(IndexError::Component { field: "arch", .. })));
-        let m: ImageMetadata =
-            serde_yaml::from_str("properties: {os: Alpine, release: '3.20', architecture: aarch64, variant: cloud}\n")
-                .unwrap();
-        assert_eq!(m.product().unwrap(), "alpine:3.20:arm64:cloud");
     }
 
     /// `tar -cf - <files> | xz <xz_args>` (or gzip) in `dir`, with GNU tar and xz-utils.
@@ -335,7 +323,7 @@ mod tests {
             // The same bytes after metadata.yaml are never read.
             let fine = system_tarball(dir.path(), &["metadata.yaml", "zeros"], compress);
             let m = read_metadata_yaml(&fine[..]).unwrap_or_else(|e| panic!("{compress:?}: {e}"));
-            assert_eq!(m.product().unwrap(), "debian:bookworm:amd64:default");
+            assert_eq!(bookworm(&m), (Some("Debian"), Some("bookworm")));
         }
     }
 
@@ -345,7 +333,7 @@ mod tests {
         std::fs::write(dir.path().join("metadata.yaml"), YAML).unwrap();
         // xz -9 (64 MiB dictionary, 65 MiB to decode) is the largest preset: accepted.
         let nine = system_tarball(dir.path(), &["metadata.yaml"], &["xz", "-9"]);
-        assert_eq!(read_metadata_yaml(&nine[..]).unwrap().product().unwrap(), "debian:bookworm:amd64:default");
+        assert_eq!(bookworm(&read_metadata_yaml(&nine[..]).unwrap()), (Some("Debian"), Some("bookworm")));
         // A 256 MiB dictionary: liblzma refuses it before allocating anything.
         let big = system_tarball(dir.path(), &["metadata.yaml"], &["xz", "--lzma2=dict=256MiB,mf=hc3"]);
         let refused = read_metadata_yaml(&big[..]);

@@ -17,6 +17,7 @@ use proptest::prelude::*;
 use updraft_core::config::{ArtifactConfig, GatewayConfig};
 use updraft_core::image_metadata::read_metadata_yaml;
 use updraft_core::oci::{auth_from_docker_config, select_layer, select_manifest};
+use updraft_core::simplestreams::ProductKey;
 use updraft_core::version::{parse_duration, parse_range, parse_tag};
 
 const VALID_CONFIG: &str = r#"
@@ -324,8 +325,9 @@ fn metadata_tarballs_read_or_fail_cleanly() {
         }
         let read = read_metadata_yaml(&input[..]);
         if intact {
-            let product = read.map_err(|e| TestCaseError::fail(e.to_string()))?.product();
-            prop_assert_eq!(product.map_err(|e| TestCaseError::fail(e.to_string()))?, "debian:bookworm:amd64:default");
+            let metadata = read.map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let product = ProductKey::from_metadata(&metadata).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert_eq!(product.to_string(), "debian:bookworm:amd64:default");
         }
         Ok(())
     });

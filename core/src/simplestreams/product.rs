@@ -371,6 +371,10 @@ mod tests {
         assert_eq!(ProductKey::from_metadata(&m).unwrap().to_string(), "alpine:3.20:arm64:cloud");
         assert!(ProductKey::from_metadata(&metadata("architecture: sparc\nproperties: {os: x, release: y}\n")).is_err());
         assert!(matches!(ProductKey::from_metadata(&ImageMetadata::default()), Err(IndexError::NoProperty("os"))));
+        let no_release = metadata("architecture: x86_64\nproperties: {os: Debian}\n");
+        assert!(matches!(ProductKey::from_metadata(&no_release), Err(IndexError::NoProperty("release"))));
+        let spaced = metadata("architecture: 'sp arc'\nproperties: {os: x, release: y}\n");
+        assert!(matches!(ProductKey::from_metadata(&spaced), Err(IndexError::Component { field: "arch", .. })));
     }
 
     #[test]
