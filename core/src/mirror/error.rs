@@ -1,5 +1,7 @@
 //! Why a pass, or one copy, did not succeed. Variants double as metric labels.
 
+use std::time::Duration;
+
 /// A forwarding failure.
 #[derive(Debug, thiserror::Error)]
 pub enum MirrorError {
@@ -9,6 +11,10 @@ pub enum MirrorError {
     /// A side answered a request with an unexpected status.
     #[error("{side} answered {status} to {what}")]
     Refused { side: &'static str, status: u16, what: String },
+    /// A side answered 429 or 503 with a `Retry-After`: nothing more is asked of it
+    /// before `retry_after` has passed.
+    #[error("{side} answered {status} to {what}, asking to retry after {} s", retry_after.as_secs())]
+    Throttled { side: &'static str, status: u16, what: String, retry_after: Duration },
     /// Bytes that arrived differ from what the source announced.
     #[error("{0}")]
     Verify(String),
@@ -29,10 +35,19 @@ impl MirrorError {
         match self {
             MirrorError::Unreachable { .. } => "unreachable",
             MirrorError::Refused { .. } => "refused",
+            MirrorError::Throttled { .. } => "throttled",
             MirrorError::Verify(_) => "verify",
             MirrorError::Changed(_) => "changed",
             MirrorError::Registry(_) => "registry",
             MirrorError::Config(_) => "config",
+        }
+    }
+
+    /// How long the side asked to be left alone, if it did.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            MirrorError::Throttled { retry_after, .. } => Some(*retry_after),
+            _ => None,
         }
     }
 

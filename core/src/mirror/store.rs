@@ -121,9 +121,21 @@ impl Store {
         MirrorError::http(self.side)
     }
 
-    /// The error of an unexpected answer: a server error counts as unreachable
-    /// (transient), anything else as refused.
-    pub fn refused(&self, status: reqwest::StatusCode, what: String) -> MirrorError {
+    /// The error of an unexpected answer (`status`, `headers`) to `what`: throttled when
+    /// it is a 429 or 503 naming a `Retry-After`, else a server error counts as
+    /// unreachable (transient) and anything else as refused.
+    pub fn refused(
+        &self,
+        status: reqwest::StatusCode,
+        headers: &reqwest::header::HeaderMap,
+        what: String,
+    ) -> MirrorError {
+        let asks_to_wait = matches!(status.as_u16(), 429 | 503);
+        if let Some(retry_after) =
+            crate::oci::retry_after(headers, std::time::SystemTime::now()).filter(|_| asks_to_wait)
+        {
+            return MirrorError::Throttled { side: self.side, status: status.as_u16(), what, retry_after };
+        }
         if status.is_server_error() {
             MirrorError::Unreachable { side: self.side, message: format!("{status} to {what}") }
         } else {
@@ -140,7 +152,7 @@ impl Store {
             return Ok(Vec::new());
         }
         if !response.status().is_success() {
-            return Err(self.refused(response.status(), "the file list".into()));
+            return Err(self.refused(response.status(), response.headers(), "the file list".into()));
         }
         let listing: Listing = response.json().await.map_err(self.unreachable())?;
         let mut found = Vec::new();

@@ -1,10 +1,9 @@
 //! A filuxe-compatible artifact store as one side of a mirror (listed by
 //! [`updraft_core::mirror::store`]): streaming copies in chunks (a ranged download piped into a chunked upload, so memory stays
 //! flat in the file's size), deletion. A store that answers 429 or 503 with a
-//! `Retry-After` is [`CopyError::Throttled`]: the worker asks it nothing more before then.
+//! `Retry-After` is [`MirrorError::Throttled`]: the worker asks it nothing more before then.
 
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
 
 use futures::StreamExt;
 use reqwest::header;
@@ -13,29 +12,17 @@ use updraft_core::mirror::error::MirrorError;
 use updraft_core::mirror::rules::Artifact;
 use updraft_core::mirror::store::Store;
 
-use super::CopyError;
-
 /// Bytes per upload request: one ranged download and one chunked upload each.
 pub(crate) const CHUNK: u64 = 8 << 20;
 
-/// The error of a store's unexpected answer (`status`, `headers`) to `what`: throttled
-/// when it is a 429 or 503 naming a `Retry-After`, else as the store classifies it.
-fn refused(store: &Store, status: reqwest::StatusCode, headers: &header::HeaderMap, what: String) -> CopyError {
-    let asks_to_wait = matches!(status.as_u16(), 429 | 503);
-    match updraft_core::oci::retry_after(headers, SystemTime::now()).filter(|_| asks_to_wait) {
-        Some(retry_after) => CopyError::Throttled { side: store.side(), status: status.as_u16(), what, retry_after },
-        None => store.refused(status, what).into(),
-    }
-}
-
 /// The SHA-256 a store announces for `name` in its ETag (an Updraft store does;
 /// a filuxe server does not).
-pub(crate) async fn etag(store: &Store, name: &str) -> Result<Option<String>, CopyError> {
+pub(crate) async fn etag(store: &Store, name: &str) -> Result<Option<String>, MirrorError> {
     let response =
         store.request(reqwest::Method::HEAD, store.url("download", name))?.send().await.map_err(store.unreachable())?;
     if !response.status().is_success() {
-        return match refused(store, response.status(), response.headers(), format!("checking {name}")) {
-            throttled @ CopyError::Throttled { .. } => Err(throttled),
+        return match store.refused(response.status(), response.headers(), format!("checking {name}")) {
+            throttled @ MirrorError::Throttled { .. } => Err(throttled),
             _ => Ok(None),
         };
     }
@@ -47,11 +34,11 @@ pub(crate) async fn etag(store: &Store, name: &str) -> Result<Option<String>, Co
 pub(crate) async fn download_stream(
     store: &Store,
     name: &str,
-) -> Result<impl futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Send + 'static, CopyError> {
+) -> Result<impl futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Send + 'static, MirrorError> {
     let response =
         store.request(reqwest::Method::GET, store.url("download", name))?.send().await.map_err(store.unreachable())?;
     if !response.status().is_success() {
-        return Err(refused(store, response.status(), response.headers(), format!("downloading {name}")));
+        return Err(store.refused(response.status(), response.headers(), format!("downloading {name}")));
     }
     Ok(response.bytes_stream())
 }
@@ -64,7 +51,7 @@ pub(crate) async fn upload_whole(
     body: reqwest::Body,
     size: u64,
     sha256: &str,
-) -> Result<(), CopyError> {
+) -> Result<(), MirrorError> {
     let response = store
         .request(reqwest::Method::POST, store.url("upload", name))?
         .query(&[("force", "true"), ("sha256", sha256)])
@@ -77,25 +64,25 @@ pub(crate) async fn upload_whole(
     if response.status() != reqwest::StatusCode::CREATED {
         let (status, headers) = (response.status(), response.headers().clone());
         let text = response.text().await.unwrap_or_default();
-        return Err(refused(store, status, &headers, format!("uploading {name}: {}", text.trim())));
+        return Err(store.refused(status, &headers, format!("uploading {name}: {}", text.trim())));
     }
     Ok(())
 }
 
 /// Deletes `name` (absent already counts as deleted).
-pub(crate) async fn delete(store: &Store, name: &str) -> Result<(), CopyError> {
+pub(crate) async fn delete(store: &Store, name: &str) -> Result<(), MirrorError> {
     let response =
         store.request(reqwest::Method::GET, store.url("delete", name))?.send().await.map_err(store.unreachable())?;
     match response.status().as_u16() {
         200 | 204 | 404 => Ok(()),
-        _ => Err(refused(store, response.status(), response.headers(), format!("deleting {name}"))),
+        _ => Err(store.refused(response.status(), response.headers(), format!("deleting {name}"))),
     }
 }
 
 /// Copies `artifact` from `src` to `dst` in [`CHUNK`]s, each a ranged download
 /// streamed into a chunked upload, and checks the SHA-256 end to end. Returns the
 /// bytes sent.
-pub(crate) async fn copy(src: &Store, dst: &Store, artifact: &Artifact) -> Result<u64, CopyError> {
+pub(crate) async fn copy(src: &Store, dst: &Store, artifact: &Artifact) -> Result<u64, MirrorError> {
     let name = &artifact.name;
     let announced = match &artifact.digest {
         Some(sum) => Some(sum.clone()),
@@ -119,11 +106,11 @@ pub(crate) async fn copy(src: &Store, dst: &Store, artifact: &Artifact) -> Resul
         match response.status().as_u16() {
             206 => {}
             200 if whole => {}
-            200 | 404 | 416 => return Err(MirrorError::Changed(name.clone()).into()),
-            _ => return Err(refused(src, response.status(), response.headers(), format!("downloading {name}"))),
+            200 | 404 | 416 => return Err(MirrorError::Changed(name.clone())),
+            _ => return Err(src.refused(response.status(), response.headers(), format!("downloading {name}"))),
         }
         if response.content_length().is_some_and(|len| len != to + 1 - from) && size > 0 {
-            return Err(MirrorError::Changed(name.clone()).into());
+            return Err(MirrorError::Changed(name.clone()));
         }
         let feed = hasher.clone();
         let body = response.bytes_stream().map(move |piece| {
@@ -149,7 +136,7 @@ pub(crate) async fn copy(src: &Store, dst: &Store, artifact: &Artifact) -> Resul
         if response.status() != reqwest::StatusCode::CREATED {
             let (status, headers) = (response.status(), response.headers().clone());
             let text = response.text().await.unwrap_or_default();
-            return Err(refused(dst, status, &headers, format!("uploading {name} bytes {from}-{to}: {}", text.trim())));
+            return Err(dst.refused(status, &headers, format!("uploading {name} bytes {from}-{to}: {}", text.trim())));
         }
         sent += if size > 0 { to + 1 - from } else { 0 };
         from = to + 1;
@@ -160,15 +147,11 @@ pub(crate) async fn copy(src: &Store, dst: &Store, artifact: &Artifact) -> Resul
     let computed = hex::encode(hasher.lock().unwrap_or_else(|e| e.into_inner()).clone().finalize());
     if let Some(sum) = &announced {
         if *sum != computed {
-            return Err(
-                MirrorError::Verify(format!("{name}: the source sent sha256 {computed}, it announced {sum}")).into()
-            );
+            return Err(MirrorError::Verify(format!("{name}: the source sent sha256 {computed}, it announced {sum}")));
         }
     } else if let Some(at_dst) = etag(dst, name).await? {
         if at_dst != computed {
-            return Err(
-                MirrorError::Verify(format!("{name}: the destination holds sha256 {at_dst}, sent {computed}")).into()
-            );
+            return Err(MirrorError::Verify(format!("{name}: the destination holds sha256 {at_dst}, sent {computed}")));
         }
     }
     Ok(sent)

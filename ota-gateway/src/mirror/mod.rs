@@ -12,7 +12,7 @@
 //! complete) and is redone by the next pass.
 //!
 //! A store that answers a copy or a delete 429 or 503 with a `Retry-After`
-//! ([`CopyError::Throttled`]) ends the pass at once, and the next pass waits at least
+//! ([`MirrorError::Throttled`]) ends the pass at once, and the next pass waits at least
 //! as long as it asked, up to the ceiling the gateway's fetcher holds registries to
 //! ([`held`]). Listings are core's ([`Side::list`]): their `MirrorError` carries no
 //! `Retry-After` yet, so a pass that fails listing backs off as before.
@@ -45,36 +45,6 @@ use updraft_core::mirror::{files_mode, Side};
 
 /// Attempts of one copy within a pass (the next pass tries again).
 const ATTEMPTS: u32 = 3;
-
-/// Why a copy or a delete failed: a [`MirrorError`], or a side asking to be left alone
-/// for a while. Variants double as metric labels ([`CopyError::kind`]).
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum CopyError {
-    #[error(transparent)]
-    Mirror(#[from] MirrorError),
-    /// A side answered 429 or 503 with a `Retry-After`: nothing more is asked of it
-    /// before `retry_after` has passed.
-    #[error("{side} answered {status} to {what}, asking to retry after {} s", retry_after.as_secs())]
-    Throttled { side: &'static str, status: u16, what: String, retry_after: Duration },
-}
-
-impl CopyError {
-    /// The metric label of this error.
-    pub(crate) fn kind(&self) -> &'static str {
-        match self {
-            CopyError::Mirror(e) => e.kind(),
-            CopyError::Throttled { .. } => "throttled",
-        }
-    }
-
-    /// How long the side asked to be left alone, if it did.
-    pub(crate) fn retry_after(&self) -> Option<Duration> {
-        match self {
-            CopyError::Throttled { retry_after, .. } => Some(*retry_after),
-            CopyError::Mirror(_) => None,
-        }
-    }
-}
 
 /// The outcome of a pass that listed both sides.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,7 +90,7 @@ impl Mirror {
         updraft_core::version::parse_duration(&self.config.interval).unwrap_or(Duration::from_secs(600))
     }
 
-    async fn copy(&self, artifact: &Artifact) -> Result<u64, CopyError> {
+    async fn copy(&self, artifact: &Artifact) -> Result<u64, MirrorError> {
         match (&self.source, &self.destination) {
             (Side::Store(src), Side::Store(dst)) => http::copy(src, dst, artifact).await,
             (Side::Registry(src), Side::Registry(dst)) => Ok(oci::copy(src, dst, artifact).await?),
@@ -135,7 +105,7 @@ impl Mirror {
     }
 
     /// Deletes `artifact` at the destination.
-    async fn delete(&self, artifact: &Artifact) -> Result<(), CopyError> {
+    async fn delete(&self, artifact: &Artifact) -> Result<(), MirrorError> {
         match &self.destination {
             Side::Store(s) => http::delete(s, &artifact.name).await,
             Side::Registry(r) if self.files() => Ok(oci::delete_file(r, &artifact.name).await?),
@@ -260,7 +230,7 @@ impl Mirror {
 
     /// A copy, tried again within the pass unless the config is at fault or a side
     /// asked to wait.
-    async fn copy_with_retries(&self, artifact: &Artifact, observed: &Observed) -> Result<u64, CopyError> {
+    async fn copy_with_retries(&self, artifact: &Artifact, observed: &Observed) -> Result<u64, MirrorError> {
         // Not `Backoff`: no ceiling needed, ATTEMPTS bounds the doubling (0.5 s, 1 s).
         let mut delay = Duration::from_millis(500);
         let mut attempt = 1;
@@ -269,7 +239,7 @@ impl Mirror {
                 Ok(bytes) => return Ok(bytes),
                 Err(e) => {
                     observed.errors.with_label_values(&[&self.config.name, e.kind()]).inc();
-                    let hopeless = matches!(e, CopyError::Mirror(MirrorError::Config(_)) | CopyError::Throttled { .. });
+                    let hopeless = matches!(e, MirrorError::Config(_) | MirrorError::Throttled { .. });
                     if attempt >= ATTEMPTS || hopeless {
                         return Err(e);
                     }
@@ -315,7 +285,8 @@ impl Mirror {
                     observed.passes.with_label_values(&[&name, "failed"]).inc();
                     observed.errors.with_label_values(&[&name, e.kind()]).inc();
                     observed.update(&name, |s| s.error = Some(e.to_string()));
-                    backoff.wait()
+                    // A side that throttles its listing is left alone as long as it asked.
+                    held(backoff.wait(), e.retry_after())
                 }
             };
             tokio::time::sleep(wait).await;
@@ -549,9 +520,10 @@ mod tests {
     /// What [`ThrottledStore`] was asked, and when (as it saw it).
     type Seen = Arc<std::sync::Mutex<Vec<(std::time::Instant, String)>>>;
 
-    /// A source store that lists two files and answers every download 503 with
-    /// `Retry-After: {retry_after}`, noting each request it gets.
-    async fn throttled_store(retry_after: Duration) -> (String, Seen) {
+    /// A source store that lists two files (or, with `listing` throttled too, answers
+    /// that 503 as well) and answers every download 503 with `Retry-After:
+    /// {retry_after}`, noting each request it gets.
+    async fn throttled_store(retry_after: Duration, listing: bool) -> (String, Seen) {
         use axum::http::{StatusCode, Uri};
         let seen = Seen::default();
         let noted = seen.clone();
@@ -559,7 +531,7 @@ mod tests {
             let noted = noted.clone();
             async move {
                 noted.lock().unwrap().push((std::time::Instant::now(), uri.path().to_owned()));
-                if uri.path().starts_with("/filelist") {
+                if uri.path().starts_with("/filelist") && !listing {
                     let file = serde_json::json!({"size": 3, "time": 1_700_000_000.0, "sha256": "ab".repeat(32)});
                     let listing = serde_json::json!({"filelist": {".": {"a-1.0.0.bin": file, "a-1.1.0.bin": file}}});
                     return Json(listing).into_response();
@@ -581,7 +553,7 @@ mod tests {
     #[tokio::test]
     async fn a_source_answering_503_with_retry_after_is_left_alone_that_long() {
         const ASKED: Duration = Duration::from_secs(3);
-        let (source, seen) = throttled_store(ASKED).await;
+        let (source, seen) = throttled_store(ASKED, false).await;
         let destination = TestStore::start(&[]).await;
         let observed = Arc::new(Observed::new());
         let worker = tokio::spawn(mirror(&source, &destination.url, "interval: 1m\n").run(observed.clone()));
@@ -612,6 +584,30 @@ mod tests {
         }
         let again = seen.lock().unwrap().iter().map(|(at, _)| *at).find(|at| *at > refused_at).unwrap();
         assert!(again - refused_at >= ASKED, "asked again after {:?}", again - refused_at);
+        worker.abort();
+    }
+
+    /// The same for a side that throttles its listing: the pass fails at once, and the
+    /// next one waits for the `Retry-After` (3 s), not the one-second backoff.
+    #[tokio::test]
+    async fn a_source_throttling_its_listing_is_listed_again_only_after_its_retry_after() {
+        const ASKED: Duration = Duration::from_secs(3);
+        let (source, seen) = throttled_store(ASKED, true).await;
+        let destination = TestStore::start(&[]).await;
+        let observed = Arc::new(Observed::new());
+        let worker = tokio::spawn(mirror(&source, &destination.url, "interval: 1m\n").run(observed.clone()));
+        let listings = |seen: &Seen| -> Vec<std::time::Instant> {
+            seen.lock().unwrap().iter().filter(|(_, path)| path.starts_with("/filelist")).map(|(at, _)| *at).collect()
+        };
+        let started = std::time::Instant::now();
+        while listings(&seen).len() < 2 {
+            assert!(started.elapsed() < ASKED + Duration::from_secs(10), "never listed again: {:?}", seen.lock());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let at = listings(&seen);
+        assert!(at[1] - at[0] >= ASKED, "listed again after {:?}", at[1] - at[0]);
+        let status = observed.status("m").unwrap();
+        assert!(status.error.as_deref().is_some_and(|e| e.contains("retry after 3 s")), "{status:?}");
         worker.abort();
     }
 

@@ -19,8 +19,6 @@ use updraft_core::mirror::registry::{Credentials, Descriptor, Raw, Repository, M
 use updraft_core::mirror::rules::Artifact;
 use updraft_core::mirror::store::Store;
 
-use super::CopyError;
-
 /// The config blob of the one-file artifacts this worker pushes: `{}`.
 const EMPTY_CONFIG: &[u8] = b"{}";
 const EMPTY_TYPE: &str = "application/vnd.oci.empty.v1+json";
@@ -95,7 +93,7 @@ pub(crate) fn tag_for(name: &str) -> String {
 
 /// OCI to store: streams the blob of `file` (listed by [`Repository::list_files`]) into
 /// the store under its title, verified by digest on the way and by SHA-256 at the store.
-pub(crate) async fn copy_to_store(src: &Repository, dst: &Store, file: &Artifact) -> Result<u64, CopyError> {
+pub(crate) async fn copy_to_store(src: &Repository, dst: &Store, file: &Artifact) -> Result<u64, MirrorError> {
     let hex = file.digest.as_deref().ok_or_else(|| MirrorError::Changed(file.name.clone()))?;
     let digest = format!("sha256:{hex}");
     let descriptor = oci_client::manifest::OciDescriptor {
@@ -112,7 +110,7 @@ pub(crate) async fn copy_to_store(src: &Repository, dst: &Store, file: &Artifact
 
 /// Store to OCI: pushes `file` as a one-layer artifact (an empty config, the file as
 /// its layer titled with its name) tagged [`tag_for`] its name.
-pub(crate) async fn copy_from_store(src: &Store, dst: &Repository, file: &Artifact) -> Result<u64, CopyError> {
+pub(crate) async fn copy_from_store(src: &Store, dst: &Repository, file: &Artifact) -> Result<u64, MirrorError> {
     let auth = dst.auth()?;
     let tag = dst.tag(&tag_for(&file.name));
     dst.client().store_auth_if_needed(&dst.source().registry, &auth).await;
