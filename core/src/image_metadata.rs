@@ -81,6 +81,9 @@ pub enum MetadataError {
     NotWithin,
     #[error("metadata tarball of {0} bytes: over the {MAX_TARBALL} bytes read")]
     TarballTooLarge(u64),
+    /// More bytes arrived than the layer's descriptor declared (a claim, not the fact).
+    #[error("metadata tarball {digest} is longer than the {declared} bytes its descriptor says")]
+    LongerThanDeclared { digest: String, declared: u64 },
     #[error("metadata tarball has no metadata.yaml")]
     Missing,
     #[error("metadata.yaml is over {MAX_METADATA_YAML} bytes")]
@@ -95,6 +98,7 @@ impl MetadataError {
         match self {
             MetadataError::Io(_) => "Unreadable",
             MetadataError::XzMemory | MetadataError::NotWithin | MetadataError::TarballTooLarge(_) => "Bomb",
+            MetadataError::LongerThanDeclared { .. } => "Unreadable",
             MetadataError::Missing | MetadataError::TooLarge | MetadataError::Yaml(_) => "BadMetadata",
         }
     }

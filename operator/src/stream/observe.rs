@@ -218,7 +218,7 @@ async fn identify(client: &Client, source: &OciSource, auth: &RegistryAuth, dige
                     Ok(tarball) => tokio::task::spawn_blocking(move || from_metadata(&ann, &tarball))
                         .await
                         .unwrap_or_else(|e| Identity::NotImage(format!("reading the metadata tarball: {e}"))),
-                    Err(why) => Identity::NotImage(why),
+                    Err(why) => Identity::NotImage(why.to_string()),
                 },
             }
         }
@@ -251,11 +251,11 @@ async fn fetch_tarball(
     auth: &RegistryAuth,
     reference: &oci_client::Reference,
     layer: &OciDescriptor,
-) -> Result<std::result::Result<Vec<u8>, String>> {
+) -> Result<std::result::Result<Vec<u8>, MetadataError>> {
     let unreachable = |e: &dyn std::fmt::Display| Error::RegistryUnreachable(format!("{}: {e}", source.reference()));
     let declared = match u64::try_from(layer.size) {
         Ok(size) if size <= MAX_TARBALL => size,
-        _ => return Ok(Err(MetadataError::TarballTooLarge(layer.size.max(0) as u64).to_string())),
+        _ => return Ok(Err(MetadataError::TarballTooLarge(layer.size.max(0) as u64))),
     };
     let _reading = METADATA_READS.acquire().await.expect("the semaphore is never closed");
     client.store_auth_if_needed(&source.registry, auth).await;
@@ -265,9 +265,7 @@ async fn fetch_tarball(
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| unreachable(&e))?;
         if (tarball.len() + chunk.len()) as u64 > declared {
-            let why =
-                format!("metadata tarball {} is longer than the {declared} bytes its descriptor says", layer.digest);
-            return Ok(Err(why));
+            return Ok(Err(MetadataError::LongerThanDeclared { digest: layer.digest.clone(), declared }));
         }
         tarball.extend_from_slice(&chunk);
     }
