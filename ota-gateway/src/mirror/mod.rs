@@ -14,8 +14,9 @@
 //! A store that answers a copy or a delete 429 or 503 with a `Retry-After`
 //! ([`MirrorError::Throttled`]) ends the pass at once, and the next pass waits at least
 //! as long as it asked, up to the ceiling the gateway's fetcher holds registries to
-//! ([`held`]). Listings are core's ([`Side::list`]): their `MirrorError` carries no
-//! `Retry-After` yet, so a pass that fails listing backs off as before.
+//! ([`held`]). A store that throttles its listing the same way (core's
+//! [`Store::refused`], the one rule for both) fails the pass, and the next one waits
+//! as long too. An OCI side's `Retry-After` is not seen: oci-client hides the headers.
 //!
 //! What the worker observed is served on the admin listener: `/mirrors` (JSON, one
 //! [`status::MirrorStatus`] per mirror), `/metrics` (`updraft_mirror_*`), `/healthz`.
@@ -93,7 +94,7 @@ impl Mirror {
     async fn copy(&self, artifact: &Artifact) -> Result<u64, MirrorError> {
         match (&self.source, &self.destination) {
             (Side::Store(src), Side::Store(dst)) => http::copy(src, dst, artifact).await,
-            (Side::Registry(src), Side::Registry(dst)) => Ok(oci::copy(src, dst, artifact).await?),
+            (Side::Registry(src), Side::Registry(dst)) => oci::copy(src, dst, artifact).await,
             (Side::Registry(src), Side::Store(dst)) => oci::copy_to_store(src, dst, artifact).await,
             (Side::Store(src), Side::Registry(dst)) => oci::copy_from_store(src, dst, artifact).await,
         }
@@ -108,8 +109,8 @@ impl Mirror {
     async fn delete(&self, artifact: &Artifact) -> Result<(), MirrorError> {
         match &self.destination {
             Side::Store(s) => http::delete(s, &artifact.name).await,
-            Side::Registry(r) if self.files() => Ok(oci::delete_file(r, &artifact.name).await?),
-            Side::Registry(r) => Ok(oci::delete(r, artifact).await?),
+            Side::Registry(r) if self.files() => oci::delete_file(r, &artifact.name).await,
+            Side::Registry(r) => oci::delete(r, artifact).await,
         }
     }
 

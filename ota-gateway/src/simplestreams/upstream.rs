@@ -34,9 +34,9 @@ pub(crate) enum UpstreamError {
     /// A body that is not the JSON document asked for.
     #[error("upstream {url}: {source}")]
     Json { url: String, source: reqwest::Error },
-    /// `index.json` names no usable `image-downloads` document.
+    /// `index.json` names no usable `image-downloads` document (core's rule says why).
     #[error("upstream {0}")]
-    Index(String),
+    Index(#[source] rule::UpstreamError),
     /// Versions the mirror rule let through and the index refused.
     #[error("upstream versions refused: {0}")]
     Versions(#[from] IndexError),
@@ -49,6 +49,7 @@ impl UpstreamError {
             UpstreamError::Unreachable { .. } => "Unreachable",
             UpstreamError::Status { .. } => "HttpStatus",
             UpstreamError::Json { .. } => "NotJson",
+            UpstreamError::Index(rule::UpstreamError::UnsafeIndexPath(_)) => "UnsafeIndexPath",
             UpstreamError::Index(_) => "NoImageDownloads",
             UpstreamError::Versions(_) => "VersionsRefused",
         }
@@ -93,7 +94,7 @@ impl Upstream {
     /// Reads the upstream and builds the mirrored index and its file table.
     pub(crate) async fn read(&self) -> Result<Mirrored, UpstreamError> {
         let index = self.get_json("streams/v1/index.json").await?;
-        let path = rule::image_downloads_path(&index).map_err(|e| UpstreamError::Index(e.to_string()))?;
+        let path = rule::image_downloads_path(&index).map_err(UpstreamError::Index)?;
         let images = self.get_json(path).await?;
         Ok(self.mirror(&images))
     }
