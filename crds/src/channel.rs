@@ -24,7 +24,14 @@ use crate::common::{default_gateway, OciSource, Verification};
     printcolumn(name = "Device", type_ = "string", json_path = ".spec.device", priority = 1),
     printcolumn(name = "Latest", type_ = "string", json_path = ".status.latest.version"),
     printcolumn(name = "Previous", type_ = "string", json_path = ".status.previous.version", priority = 1),
-    printcolumn(name = "Rollout", type_ = "integer", json_path = ".spec.rollout.percentage"),
+    printcolumn(name = "Rollout", type_ = "integer", json_path = ".status.rollout.percentage"),
+    printcolumn(name = "Step", type_ = "integer", json_path = ".status.rollout.step", priority = 1),
+    printcolumn(
+        name = "Paused",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"RolloutPaused\")].status"
+    ),
+    printcolumn(name = "Devices", type_ = "integer", json_path = ".status.devices.total", priority = 1),
     printcolumn(name = "Gateway", type_ = "string", json_path = ".spec.gatewayRef", priority = 1),
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
@@ -137,21 +144,104 @@ pub enum Unpack {
     Tar,
 }
 
-/// Staged rollout of the latest version.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+/// Staged rollout of the latest version: a fixed `percentage`, or `steps` the operator
+/// raises by itself while devices that downloaded the new version report running it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Rollout {
     /// Percentage of devices (by a stable hash of their unique id) that get `latest`;
-    /// the others, and devices without an id until 100, get `previous`. Default 100.
-    #[serde(default = "default_percentage")]
+    /// the others, and devices without an id until 100, get `previous`. Default 100;
+    /// leave unset with `steps`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 100))]
-    pub percentage: i32,
+    pub percentage: Option<i32>,
+    /// Shares of devices that get a new `latest`, step by step, e.g. `[5, 25, 50, 100]`:
+    /// rising, each 1-100, the last 100. The first applies when a new version resolves;
+    /// each next one after `dwell`, once at least `successThreshold` percent of the
+    /// devices that downloaded the new version report running it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<i32>,
+    /// How long each step lasts at least, e.g. `30m`, `1h`. Default `1h`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dwell: Option<String>,
+    /// How long a step may wait for its devices to report the new version before the
+    /// rollout pauses (`RolloutPaused`). Default `24h`; at least `dwell`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    /// Percentage of the devices that downloaded the new version during the step that
+    /// must report running it for the step to pass (1-100). Default 95.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub success_threshold: Option<i32>,
+    /// Fewest devices that must have downloaded the new version during a step before it
+    /// is judged; fewer by `timeout` pause the rollout. Default 10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub min_devices: Option<i64>,
 }
 
-impl Default for Rollout {
-    fn default() -> Self {
-        Self { percentage: default_percentage() }
-    }
+/// Where the rollout of `latest` stands.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutStatus {
+    /// The version being rolled out (`latest`).
+    pub version: String,
+    /// Share of devices (by id) that get it now.
+    pub percentage: i32,
+    /// With `spec.rollout.steps`: the step reached, from 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<i32>,
+    /// When the current step began.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_started: Option<Time>,
+    /// Unique devices (census estimate) that downloaded `version` since the step began.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downloaded: Option<i64>,
+    /// Unique devices (census estimate) that reported running `version` since the step began.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running: Option<i64>,
+    /// `running` as a percentage of `downloaded` (at most 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adoption: Option<i32>,
+    /// The rollout stopped at its step until the spec changes (see the `RolloutPaused`
+    /// condition for why).
+    #[serde(default)]
+    pub paused: bool,
+    /// The `metadata.generation` the pause was decided at; a later edit resumes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused_generation: Option<i64>,
+}
+
+/// Unique devices seen by the channel's gateway replicas (a mergeable estimate; no
+/// device id is stored).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceCensus {
+    /// The window the figures cover, e.g. `24h` (the last 24 hours).
+    pub window: String,
+    /// Unique devices that asked for, downloaded or reported a version in the window.
+    pub total: i64,
+    /// The figures of each version, newest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub by_version: Vec<VersionDevices>,
+    /// Gateway replicas whose figures were merged.
+    pub replicas: i32,
+    /// When the figures were gathered.
+    pub observed_at: Time,
+}
+
+/// Unique devices of one version in the census window.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VersionDevices {
+    /// The firmware version.
+    pub version: String,
+    /// Devices offered it (`/version`, the channel API, the check API).
+    pub offered: i64,
+    /// Devices that downloaded it.
+    pub downloaded: i64,
+    /// Devices that reported running it (`current=` on the OtaFlux routes, the check API).
+    pub running: i64,
 }
 
 /// What the operator resolved for the channel.
@@ -171,10 +261,17 @@ pub struct FirmwareChannelStatus {
     /// pin back does not lower): devices running up to it were served it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub highest_served: Option<String>,
+    /// Where the rollout of `latest` stands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutStatus>,
+    /// Unique devices per version, merged from every gateway replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub devices: Option<DeviceCensus>,
     /// URL devices use to check for this channel's firmware.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
-    /// `Ready`, `Reconciling` and `Stalled` (kstatus).
+    /// `Ready`, `Reconciling` and `Stalled` (kstatus), `Verified`, `RegistryReachable`
+    /// and `RolloutPaused`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }
@@ -204,7 +301,4 @@ fn default_true() -> bool {
 }
 fn default_interval() -> String {
     "5m".into()
-}
-fn default_percentage() -> i32 {
-    100
 }

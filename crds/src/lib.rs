@@ -13,7 +13,10 @@ pub mod gateway;
 pub mod mirror;
 pub mod stream;
 
-pub use channel::{FirmwareChannel, FirmwareChannelSpec, FirmwareChannelStatus, ResolvedVersion};
+pub use channel::{
+    DeviceCensus, FirmwareChannel, FirmwareChannelSpec, FirmwareChannelStatus, ResolvedVersion, Rollout, RolloutStatus,
+    VersionDevices,
+};
 pub use common::{HttpStore, OciSource, PublicKeySecret, SecretKeyRef, Verification, VerifyProvider};
 pub use gateway::{AttachedResource, OtaGateway, OtaGatewaySpec, OtaGatewayStatus};
 pub use mirror::{ArtifactMirror, ArtifactMirrorSpec, ArtifactMirrorStatus};

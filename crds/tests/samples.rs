@@ -33,7 +33,7 @@ fn channel_sample_and_defaults() {
     )
     .unwrap();
     assert_eq!(minimal.spec.interval, "5m");
-    assert_eq!(minimal.spec.rollout.percentage, 100);
+    assert_eq!((minimal.spec.rollout.percentage, minimal.spec.rollout.steps.len()), (None, 0));
     assert_eq!(minimal.spec.version.range, "*");
 }
 

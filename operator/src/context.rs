@@ -9,6 +9,7 @@ use kube::runtime::reflector::Store;
 use kube::{Client, Resource};
 use updraft_crds::{ArtifactMirror, FirmwareChannel, ImageStream, OtaGateway};
 
+use crate::census::Census;
 use crate::clients::Clients;
 use crate::metrics::Metrics;
 use crate::resolve::{Resolution, Resolver};
@@ -35,6 +36,9 @@ pub(crate) struct Context {
     /// The shared ArtifactMirror cache (the gateway controller renders from it).
     pub mirrors: Store<ArtifactMirror>,
     pub schedules: Schedules,
+    /// The device census merged from every gateway's replicas.
+    #[allow(dead_code)] // read by the channel controller (next commits)
+    pub census: Census,
 }
 
 /// One [`Schedule`] per kind: registry checks and retries of each object.

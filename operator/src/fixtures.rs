@@ -96,5 +96,6 @@ pub fn context(
         streams: reflector::store().0,
         mirrors: reflector::store().0,
         schedules: Default::default(),
+        census: Default::default(),
     }
 }

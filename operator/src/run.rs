@@ -313,6 +313,7 @@ async fn controllers(
         streams: streams.store.clone(),
         mirrors: mirrors.store.clone(),
         schedules: Schedules::default(),
+        census: Default::default(),
     });
 
     if let Some(receiver) = &receiver {

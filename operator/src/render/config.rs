@@ -208,7 +208,7 @@ pub(super) fn channel_config(channel: &FirmwareChannel) -> Option<ChannelConfig>
         current: Some(pinned(status.latest.as_ref()?)),
         previous: status.previous.as_ref().map(pinned),
         policy: None,
-        rollout: spec.rollout.percentage.clamp(0, 100) as u8,
+        rollout: crate::rollout::share(channel),
         highest_served: status.highest_served.clone(),
         downgrade: match spec.downgrade.unwrap_or_default() {
             SpecDowngrade::Never => Downgrade::Never,
