@@ -24,8 +24,15 @@ impl ConfigSync {
     /// every 100 ms, with `listen` on 127.0.0.1:`port`, `adminListen` on
     /// 127.0.0.1:`admin` and the cache in `cache`.
     pub fn start(ns: &str, config_path: &Path, port: u16, admin: u16, cache: &Path) -> ConfigSync {
+        Self::start_on(ns, "127.0.0.1", config_path, port, admin, cache)
+    }
+
+    /// [`ConfigSync::start`] with the listeners on `host` (another loopback address,
+    /// e.g. `127.0.0.2`, for a second replica with the same ports).
+    pub fn start_on(ns: &str, host: &str, config_path: &Path, port: u16, admin: u16, cache: &Path) -> ConfigSync {
         let stop = Arc::new(AtomicBool::new(false));
         let (ns, config_path, cache, flag) = (ns.to_owned(), config_path.to_owned(), cache.to_owned(), stop.clone());
+        let host = host.to_owned();
         let thread = std::thread::spawn(move || {
             let mut last = String::new();
             while !flag.load(Ordering::Relaxed) {
@@ -35,8 +42,8 @@ impl ConfigSync {
                 );
                 if out.success && !out.stdout.is_empty() && out.stdout != last {
                     let mut config: Value = serde_yaml::from_str(&out.stdout).unwrap();
-                    config["listen"] = format!("127.0.0.1:{port}").into();
-                    config["adminListen"] = format!("127.0.0.1:{admin}").into();
+                    config["listen"] = format!("{host}:{port}").into();
+                    config["adminListen"] = format!("{host}:{admin}").into();
                     config["cache"]["dir"] = cache.to_str().unwrap().into();
                     let tmp = config_path.with_extension("tmp");
                     std::fs::write(&tmp, serde_yaml::to_string(&config).unwrap()).unwrap();

@@ -14,8 +14,7 @@
 
 mod admin;
 mod attach;
-#[allow(dead_code)] // the gatherer and its readers land in the next commits
-mod census;
+pub mod census;
 mod channel;
 mod checks;
 mod clients;

@@ -43,12 +43,28 @@ struct Args {
     /// of Harbor's `resource_url`), not only its repository, against `source.registry`.
     #[arg(long, env = "UPDRAFT_WEBHOOK_MATCH_HOST", default_value_t = false)]
     webhook_match_host: bool,
+    /// How often the device census is read from every gateway replica's admin port and
+    /// merged into `status.devices` (e.g. `30s`, `1m`).
+    #[arg(long, env = "UPDRAFT_CENSUS_INTERVAL", default_value = "60s", value_parser = parse_interval)]
+    census_interval: std::time::Duration,
+    /// Gateway replicas to read the census from instead of the gateway Service's
+    /// EndpointSlices, for gateways that run without pods:
+    /// `namespace/gateway=host:port[,host:port...][;...]` (the admin port).
+    #[arg(long, env = "UPDRAFT_CENSUS_REPLICAS", value_parser = updraft_operator::census::parse_overrides)]
+    census_replicas: Option<updraft_operator::census::Overrides>,
     /// Log format.
     #[arg(long, env = "UPDRAFT_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
     /// Log level, when RUST_LOG is unset (error, warn, info, debug, trace).
     #[arg(long, env = "UPDRAFT_LOG_LEVEL", default_value = "info")]
     log_level: String,
+}
+
+/// A census interval: a duration longer than zero.
+fn parse_interval(text: &str) -> anyhow::Result<std::time::Duration> {
+    let interval = updraft_core::version::parse_duration(text)?;
+    anyhow::ensure!(!interval.is_zero(), "must be longer than 0s");
+    Ok(interval)
 }
 
 #[tokio::main]
@@ -76,6 +92,8 @@ async fn main() -> anyhow::Result<()> {
         leader_election: args.leader_elect.then_some(args.lease_namespace),
         identity,
         webhook,
+        census_interval: args.census_interval,
+        census_replicas: args.census_replicas.unwrap_or_default(),
     })
     .await?;
     Ok(())

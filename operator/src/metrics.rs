@@ -191,6 +191,11 @@ impl Metrics {
         }
     }
 
+    /// Registers a collector another module owns (the census's series).
+    pub(crate) fn register(&self, collector: Box<dyn prometheus::core::Collector>) {
+        self.registry.register(collector).expect("metric names are unique");
+    }
+
     /// The Prometheus text exposition of every metric.
     pub(crate) fn render(&self) -> String {
         let mut buf = Vec::new();

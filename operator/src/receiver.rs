@@ -96,6 +96,12 @@ pub(crate) struct Queue<K: Resource<DynamicType = ()>> {
     queued: Arc<Mutex<HashSet<ObjectRef<K>>>>,
 }
 
+impl<K: Resource<DynamicType = ()>> Clone for Queue<K> {
+    fn clone(&self) -> Self {
+        Self { tx: self.tx.clone(), queued: self.queued.clone() }
+    }
+}
+
 impl<K: Resource<DynamicType = ()> + 'static> Queue<K>
 where
     ObjectRef<K>: Hash + Eq,
@@ -112,7 +118,7 @@ where
     }
 
     /// Queues `r` unless it is queued already.
-    fn push(&self, r: ObjectRef<K>) {
+    pub(crate) fn push(&self, r: ObjectRef<K>) {
         if self.queued.lock().expect("trigger queue").insert(r.clone()) {
             let _ = self.tx.unbounded_send(r);
         }

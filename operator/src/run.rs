@@ -34,7 +34,7 @@ use crate::leader::LeaderElection;
 use crate::metrics::Metrics;
 use crate::receiver::{BindError, Queue, Receiver, WebhookSettings};
 use crate::resolve::OciResolver;
-use crate::{channel, gateway, mirror, stream};
+use crate::{census, channel, gateway, mirror, stream};
 
 /// What `main` hands over after parsing flags.
 pub struct Settings {
@@ -50,6 +50,10 @@ pub struct Settings {
     pub identity: String,
     /// The registry notification receiver; none when `None`.
     pub webhook: Option<WebhookSettings>,
+    /// How often the gateways' census is gathered.
+    pub census_interval: Duration,
+    /// Census replicas named instead of found through EndpointSlices.
+    pub census_replicas: census::Overrides,
 }
 
 /// Why the operator stopped.
@@ -316,6 +320,12 @@ async fn controllers(
         census: Default::default(),
     });
 
+    tokio::spawn(census::run(
+        ctx.clone(),
+        channel_queue.clone(),
+        settings.census_interval,
+        settings.census_replicas.clone(),
+    ));
     if let Some(receiver) = &receiver {
         let stores = (streams.store.clone(), mirrors.store.clone());
         receiver.start(ctx.clone(), stores, (channel_queue, stream_queue, mirror_queue));

@@ -9,6 +9,10 @@
 # Env: DURATION (wrk seconds, default 10), THREADS (wrk threads, default 2),
 #      ROUNDS (default 3: gateway and nginx alternate, the table shows medians),
 #      MEMORY=0 to skip the 1 GiB memory run.
+#
+# It also measures what the device census costs: the same requests carrying a device
+# id (a new one on most requests, from a pool of 1,000,000) and the running version,
+# to this gateway and to a second one started with --no-census, alternating.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -20,7 +24,7 @@ SIZES="1M 64M"; [ "$MEMORY" = 1 ] && SIZES="$SIZES 1G"
 WORK="$(mktemp -d /tmp/updraft-bench.XXXXXX)"
 # shellcheck source=lib.sh
 source "$ROOT/ota-gateway/bench/lib.sh"
-GW_PORT=$(free_port) GW_ADMIN=$(free_port) NGINX_PORT=$(free_port)
+GW_PORT=$(free_port) GW_ADMIN=$(free_port) NGINX_PORT=$(free_port) OFF_PORT=$(free_port) OFF_ADMIN=$(free_port)
 say() { printf '\033[1m[bench]\033[0m %s\n' "$*" >&2; }
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
@@ -69,6 +73,30 @@ for size in $SIZES; do
   done
 done
 
+say "starting a second gateway with --no-census (1 MiB channel only, its own cache)"
+awk -v p="$OFF_PORT" -v a="$OFF_ADMIN" -v w="$WORK" '
+  /^listen:/ {print "listen: 127.0.0.1:" p; next}
+  /^adminListen:/ {print "adminListen: 127.0.0.1:" a; next}
+  /^cache:/ {print "cache: {dir: " w "/cache-off, maxBytes: 4294967296}"; next}
+  /^- name:/ {keep = ($3 == "fw-1M")}
+  /^(listen|adminListen|cache|channels)/ || keep {print}' "$WORK/gateway.yaml" >"$WORK/gateway-off.yaml"
+RUST_LOG=warn "$BIN" --config "$WORK/gateway-off.yaml" --no-census >"$WORK/gateway-off.log" 2>&1 &
+OFF_PID=$!; pids+=("$OFF_PID")
+until [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$OFF_PORT/version?device=fw-1M")" = 200 ]; do
+  kill -0 "$OFF_PID" 2>/dev/null || { cat "$WORK/gateway-off.log" >&2; exit 1; }
+  sleep 0.5
+done
+[ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$OFF_ADMIN/census")" = 404 ] || { echo "--no-census still serves /census" >&2; exit 1; }
+# A device id on every request, most of them new, and the version the device runs.
+cat >"$WORK/ids.lua" <<'LUA'
+local n = 0
+request = function()
+  n = n + 1
+  local id = (n * 7919 + math.random(0, 999999)) % 1000000
+  return wrk.format(nil, wrk.path .. "&id=device-" .. id .. "&current=0.9.0")
+end
+LUA
+
 say "starting nginx over the gateway's cached payload files"
 mkdir -p "$WORK/www" "$WORK/nginx"
 for size in $SIZES; do
@@ -93,7 +121,15 @@ for round in $(seq "$ROUNDS"); do
   bench version "http://127.0.0.1:$GW_PORT/version?device=fw-1M" "http://127.0.0.1:$NGINX_PORT/version.txt" 64
   bench 1MiB "http://127.0.0.1:$GW_PORT/firmware?device=fw-1M" "http://127.0.0.1:$NGINX_PORT/fw-1M.bin" 64
   bench 64MiB "http://127.0.0.1:$GW_PORT/firmware?device=fw-64M" "http://127.0.0.1:$NGINX_PORT/fw-64M.bin" 64
+  for what in version firmware; do
+    url="/$what?device=fw-1M"
+    say "round $round/$ROUNDS, wrk $what with device ids: census on"
+    RESULT[census-$what-gw]+="$(run_wrk "http://127.0.0.1:$GW_PORT$url" 64 "$THREADS" "$WORK/ids.lua")"$'\n'
+    say "round $round/$ROUNDS, wrk $what with device ids: census off"
+    RESULT[census-$what-ng]+="$(run_wrk "http://127.0.0.1:$OFF_PORT$url" 64 "$THREADS" "$WORK/ids.lua")"$'\n'
+  done
 done
+census_series=$(curl -s "http://127.0.0.1:$GW_ADMIN/metrics" | awk '$1 == "updraft_gateway_census_bytes" {print $2}')
 
 max_anon=- max_file=- max_rss=- before_anon=-
 if [ "$MEMORY" = 1 ]; then
@@ -131,6 +167,12 @@ row() { # label key field(1=req/s,2=bytes/s) unit-divisor unit
 row "/version, 64 connections (nginx: same body as a static file)" version 1 1 "req/s"
 row "/firmware 1 MiB, 64 connections" 1MiB 2 1048576 "MiB/s"
 row "/firmware 64 MiB, 64 connections" 64MiB 2 1048576 "MiB/s"
+echo
+echo "| the census's cost (same requests with ?id=&current=, 64 connections) | census on | census off | on / off | per round |"
+echo "|---|---|---|---|---|"
+row "/version" census-version 1 1 "req/s"
+row "/firmware 1 MiB" census-firmware 2 1048576 "MiB/s"
+echo "The census held ${census_series:-?} bytes after the runs."
 echo
 echo "Gateway memory, 32 concurrent downloads of a 1 GiB payload (peak, /proc/PID/status):"
 echo "RssAnon ${max_anon} kB (before: ${before_anon} kB), RssFile ${max_file} kB, VmRSS ${max_rss} kB"

@@ -57,9 +57,9 @@ CONF
   done
 }
 
-# run_wrk URL CONNECTIONS [THREADS] -> "requests/s bytes/s"
+# run_wrk URL CONNECTIONS [THREADS] [LUA-SCRIPT] -> "requests/s bytes/s"
 run_wrk() {
-  wrk -t"${3:-2}" -c"$2" -d"${DURATION:-10}s" "$1" | awk '
+  wrk -t"${3:-2}" -c"$2" -d"${DURATION:-10}s" ${4:+-s "$4"} "$1" | awk '
     /Requests\/sec/ {r=$2}
     /Transfer\/sec/ {v=$2; u=substr(v, length(v)-1); n=substr(v, 1, length(v)-2);
       m = (u=="GB") ? 1073741824 : (u=="MB") ? 1048576 : (u=="KB") ? 1024 : 1; b=n*m}
