@@ -22,7 +22,9 @@
 //! - [`secret`]: what a key or token is (trimmed, never empty), for every key either
 //!   side reads;
 //! - [`telemetry`]: the log set-up both binaries share;
-//! - [`backoff`]: the doubling backoff of every retry loop on either side.
+//! - [`backoff`]: the doubling backoff of every retry loop on either side;
+//! - [`census`]: the device census, sliding-window HyperLogLog sketches the gateway
+//!   records and the operator merges.
 //!
 //! No server and no Kubernetes client live here: both sides depend on this crate, and it
 //! depends on neither.
@@ -30,6 +32,7 @@
 #![deny(unsafe_code)]
 
 pub mod backoff;
+pub mod census;
 pub mod config;
 pub mod cosign;
 pub mod image_metadata;
