@@ -37,7 +37,6 @@ pub(crate) struct Context {
     pub mirrors: Store<ArtifactMirror>,
     pub schedules: Schedules,
     /// The device census merged from every gateway's replicas.
-    #[allow(dead_code)] // read by the channel controller (next commits)
     pub census: Census,
 }
 

@@ -534,12 +534,8 @@ mod tests {
         let status = status.unwrap();
         assert_eq!((status.version.as_str(), status.percentage, status.complete), ("1.0.0", 100, true));
         // A higher version after it rolls out in steps again.
-        let (status, happened) = assess(&Seen {
-            latest: Some("1.2.0"),
-            previous: Some("1.0.0"),
-            old: Some(&status),
-            ..pin_back.clone()
-        });
+        let (status, happened) =
+            assess(&Seen { latest: Some("1.2.0"), previous: Some("1.0.0"), old: Some(&status), ..pin_back.clone() });
         assert_eq!((happened, status.unwrap().percentage), (Happened::Started, 5));
     }
 
@@ -693,10 +689,7 @@ mod tests {
     fn figures_are_read_since_the_step_began() {
         let steps = plan();
         let status = started(&steps);
-        assert_eq!(
-            figures_since(Some(&status), Some("1.1.0")),
-            Some(UNIX_EPOCH + Duration::from_secs(T0 as u64))
-        );
+        assert_eq!(figures_since(Some(&status), Some("1.1.0")), Some(UNIX_EPOCH + Duration::from_secs(T0 as u64)));
         assert_eq!(figures_since(Some(&status), Some("1.2.0")), None, "a new version starts its step now");
         assert_eq!(figures_since(None, Some("1.1.0")), None);
     }
@@ -730,7 +723,10 @@ mod tests {
         let status = started(&steps);
         assert_eq!(describe(&Happened::Started, &status, &steps, "gw"), "1.1.0 starts at step 1 (5 %)");
         let (next, happened) = pass(&steps, Some(&status), 1, 600, figures(10, 10));
-        assert_eq!(describe(&happened, &next, &steps, "gw"), "1.1.0 advances from 5 % to step 2 (25 %): the step before passed");
+        assert_eq!(
+            describe(&happened, &next, &steps, "gw"),
+            "1.1.0 advances from 5 % to step 2 (25 %): the step before passed"
+        );
         assert_eq!(progress_message(&next, &steps), "1.1.0 at step 2 (25 %) of 4 since 08:10 UTC");
         assert!(happened.is_transition() && !Happened::Waiting.is_transition());
     }
