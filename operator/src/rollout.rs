@@ -22,10 +22,17 @@
 //!   The share stays at the step's.
 //! - **A pause is sticky for the generation it was decided at**: figures that wobble
 //!   around the threshold afterwards change nothing (no flapping, no status churn: the
-//!   figures of the decision stay in status). An edit of the spec (a new generation:
-//!   a lower threshold, other steps, a longer timeout) resumes at the same step with
-//!   `stepStarted` = now; a new `latest` starts again at step 1. Resuming or rolling
-//!   back is an edit in Git, like any other.
+//!   figures of the decision stay in status). An edit of the spec (a new generation)
+//!   judges the same step again under the new spec, over the same figures (since the
+//!   step began, `stepStarted` unchanged): a lower `successThreshold` or `minDevices`
+//!   the figures meet advances at once; a longer `timeout` resumes the wait; an edit
+//!   that changes nothing for the step leaves it paused (no new event). A new `latest`
+//!   starts again at step 1. Resuming or rolling back is an edit in Git, like any other.
+//!
+//!   Why not a fresh step (`stepStarted` = now) on resume: the devices inside the share
+//!   downloaded the version during the step already, and the share does not change on
+//!   resume, so a fresh window would see almost no downloads and pause again
+//!   (`TooFewDevices`) however low the threshold was set.
 //! - **Steps added to a channel whose version was already out** at a fixed percentage
 //!   continue at the first step at least as high (the share never drops on its own).
 //!
@@ -165,7 +172,8 @@ pub(crate) enum Happened {
     Advanced { from: i32, to: i32 },
     /// The step timed out: the rollout stops here.
     Paused { reason: PauseReason, figures: Option<Adoption> },
-    /// A spec edit resumed a paused rollout at its step.
+    /// A spec edit resumed a paused rollout at its step (it waits again, until the
+    /// edited timeout).
     Resumed,
     /// The last step passed, or the version went to 100 at once (see [`Completion`]).
     Completed(Completion),
@@ -265,19 +273,21 @@ pub(crate) fn assess(seen: &Seen<'_>) -> (Option<RolloutStatus>, Happened) {
     if old.complete {
         return (Some(status), Happened::StillComplete);
     }
-    if old.paused {
+    let resumed = old.paused;
+    if resumed {
         if old.paused_generation == seen.generation {
             return (Some(status), Happened::StillPaused);
         }
-        return (Some(at_step(step, false)), Happened::Resumed);
+        (status.paused, status.paused_generation) = (false, None);
     }
+    let waiting = if resumed { Happened::Resumed } else { Happened::Waiting };
     let started = old.step_started.clone().unwrap_or_else(|| now.clone());
     status.step_started = Some(started.clone());
     let elapsed = seen.now.as_second().saturating_sub(started.0.as_second());
     let elapsed = Duration::from_secs(u64::try_from(elapsed).unwrap_or(0));
     show(&mut status, seen.figures);
     if elapsed < steps.dwell {
-        return (Some(status), Happened::Waiting);
+        return (Some(status), waiting);
     }
     let passed = seen.figures.is_some_and(|f| {
         f.downloaded >= steps.min_devices.unsigned_abs()
@@ -293,7 +303,7 @@ pub(crate) fn assess(seen: &Seen<'_>) -> (Option<RolloutStatus>, Happened) {
         return (Some(next), Happened::Advanced { from, to });
     }
     if elapsed < steps.timeout {
-        return (Some(status), Happened::Waiting);
+        return (Some(status), waiting);
     }
     let reason = match seen.figures {
         None => PauseReason::NoFigures,
@@ -302,6 +312,10 @@ pub(crate) fn assess(seen: &Seen<'_>) -> (Option<RolloutStatus>, Happened) {
     };
     status.paused = true;
     status.paused_generation = seen.generation;
+    if resumed {
+        // Judged again under an edited spec, still not passing: the pause stands.
+        return (Some(status), Happened::StillPaused);
+    }
     (Some(status), Happened::Paused { reason, figures: seen.figures })
 }
 
@@ -627,20 +641,39 @@ mod tests {
     }
 
     #[test]
-    fn an_edit_of_the_spec_resumes_at_the_same_step() {
+    fn an_edit_of_the_spec_judges_the_paused_step_again() {
         let steps = plan();
         let (advanced, _) = pass(&steps, Some(&started(&steps)), 1, 600, figures(10, 10));
         let (paused, _) = pass(&steps, Some(&advanced), 1, 4200, figures(10, 7));
         assert_eq!((paused.step, paused.percentage, paused.paused), (Some(2), 25, true));
+
+        // A lower threshold the step's figures meet: the next step at once.
         let lower = Steps { threshold: 70, ..steps.clone() };
-        let (resumed, happened) = pass(&lower, Some(&paused), 2, 4300, figures(10, 7));
+        let (next, happened) = pass(&lower, Some(&paused), 2, 4300, figures(10, 7));
+        assert_eq!(happened, Happened::Advanced { from: 25, to: 50 });
+        assert_eq!((next.step, next.percentage, next.paused), (Some(3), 50, false));
+        assert_eq!(next.step_started, Some(Time(at(4300))));
+
+        // A longer timeout: the step waits again, its figures still counted from its start.
+        let longer = Steps { timeout: Duration::from_secs(7200), ..steps.clone() };
+        let (resumed, happened) = pass(&longer, Some(&paused), 2, 4300, figures(10, 7));
         assert_eq!(happened, Happened::Resumed);
         assert_eq!((resumed.step, resumed.percentage), (Some(2), 25));
-        assert_eq!(resumed.step_started, Some(Time(at(4300))), "the step begins again");
-        assert!(!resumed.paused && resumed.paused_generation.is_none() && resumed.downloaded.is_none());
-        // The resumed step is judged afresh after its dwell, with the lower threshold.
-        let (next, happened) = pass(&lower, Some(&resumed), 2, 4900, figures(10, 7));
-        assert_eq!((happened, next.percentage), (Happened::Advanced { from: 25, to: 50 }, 50));
+        assert_eq!(resumed.step_started, advanced.step_started, "the step's window stays");
+        assert!(!resumed.paused && resumed.paused_generation.is_none());
+        assert_eq!(figures_since(Some(&resumed), Some("1.1.0")), figures_since(Some(&advanced), Some("1.1.0")));
+        assert!(next_look(Some(&resumed), Some(&longer), at(4300)).is_some());
+        let (done, happened) = pass(&longer, Some(&resumed), 2, 4400, figures(20, 19));
+        assert_eq!((happened, done.percentage), (Happened::Advanced { from: 25, to: 50 }, 50));
+
+        // An edit that changes nothing for the step: still paused, no new event.
+        let (still, happened) = pass(&steps, Some(&paused), 2, 4300, figures(10, 7));
+        assert_eq!(happened, Happened::StillPaused);
+        assert!(!happened.is_transition());
+        assert_eq!((still.paused, still.paused_generation, still.step), (true, Some(2), Some(2)));
+        // ... and sticky for the new generation.
+        let (again, happened) = pass(&steps, Some(&still), 2, 4400, figures(10, 10));
+        assert_eq!((happened, again), (Happened::StillPaused, still));
     }
 
     #[test]
