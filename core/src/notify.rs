@@ -4,8 +4,11 @@
 //! bounded queue drained by a background task that retries with growing backoff.
 //! Callers only enqueue ([`WebhookSender::send`] never waits).
 //!
-//! Headers: `Content-Type: application/json`, `X-Updraft-Event` (`release.ready` or
-//! `release.failed`), `X-Updraft-Delivery` (a random UUID, the same on every retry of
+//! The operator also announces a staged rollout that paused (`rollout.paused`, with
+//! the step and the adoption figures that stopped it).
+//!
+//! Headers: `Content-Type: application/json`, `X-Updraft-Event` (`release.ready`,
+//! `release.failed` or `rollout.paused`), `X-Updraft-Delivery` (a random UUID, the same on every retry of
 //! one delivery) and, when the receiver has a key, `X-Updraft-Signature:
 //! sha256=<hex HMAC-SHA256 of the body>`.
 
@@ -73,6 +76,51 @@ pub struct FailedRelease<'a> {
     pub reason: &'a str,
 }
 
+/// A staged rollout that stopped at its step (the operator): too few of the devices
+/// that downloaded the version report running it, too few downloaded it, or the
+/// census gave no figures.
+#[derive(Clone, Debug, Default)]
+pub struct PausedRollout<'a> {
+    pub namespace: &'a str,
+    pub channel: &'a str,
+    pub device: &'a str,
+    pub version: &'a str,
+    pub tag: &'a str,
+    pub digest: &'a str,
+    /// The step it stopped at (from 1) and its share of devices (percent).
+    pub step: i32,
+    pub percentage: i32,
+    /// `BelowThreshold`, `TooFewDevices` or `NoFigures`.
+    pub reason: &'a str,
+    /// The same, in words, with the figures.
+    pub message: &'a str,
+    /// Unique devices (estimates) that downloaded the version during the step and that
+    /// report running it; none without a census.
+    pub downloaded: Option<u64>,
+    pub running: Option<u64>,
+    /// `spec.rollout.successThreshold` and `minDevices`.
+    pub threshold: i32,
+    pub min_devices: i64,
+    /// When the step began (seconds since the Unix epoch).
+    pub since: i64,
+}
+
+/// What a `rollout.paused` body adds to the common fields.
+#[derive(Serialize)]
+struct RolloutFigures<'a> {
+    step: i32,
+    percentage: i32,
+    message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    downloaded: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    running: Option<u64>,
+    threshold: i32,
+    #[serde(rename = "minDevices")]
+    min_devices: i64,
+    since: i64,
+}
+
 /// The JSON body of every event.
 #[derive(Serialize)]
 struct Body<'a> {
@@ -103,6 +151,9 @@ struct Body<'a> {
     /// `release.ready` of a lower version than the channel announced before.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     rollback: bool,
+    /// `rollout.paused`: where and why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rollout: Option<RolloutFigures<'a>>,
 }
 
 /// One event, serialized once for every receiver.
@@ -131,6 +182,7 @@ impl WebhookEvent {
             url: Some(r.url),
             reason: None,
             rollback: r.rollback,
+            rollout: None,
         })
     }
 
@@ -152,6 +204,38 @@ impl WebhookEvent {
             url: None,
             reason: Some(f.reason),
             rollback: false,
+            rollout: None,
+        })
+    }
+
+    /// `rollout.paused`: a staged rollout stopped at its step, with its figures.
+    pub fn rollout_paused(p: &PausedRollout<'_>) -> Self {
+        Self::new(Body {
+            event: "rollout.paused",
+            time: now(),
+            namespace: Some(p.namespace),
+            channel: Some(p.channel),
+            stream: None,
+            device: Some(p.device),
+            version: p.version,
+            tag: p.tag,
+            digest: p.digest,
+            size: None,
+            sha256: None,
+            crc32: None,
+            url: None,
+            reason: Some(p.reason),
+            rollback: false,
+            rollout: Some(RolloutFigures {
+                step: p.step,
+                percentage: p.percentage,
+                message: p.message,
+                downloaded: p.downloaded,
+                running: p.running,
+                threshold: p.threshold,
+                min_devices: p.min_devices,
+                since: p.since,
+            }),
         })
     }
 
@@ -159,7 +243,7 @@ impl WebhookEvent {
         Self { kind: body.event, body: serde_json::to_vec(&body).expect("body serializes").into() }
     }
 
-    /// `release.ready` or `release.failed`.
+    /// `release.ready`, `release.failed` or `rollout.paused`.
     pub fn kind(&self) -> &'static str {
         self.kind
     }
@@ -344,5 +428,37 @@ mod tests {
         assert_eq!((body["event"].as_str(), body["size"].as_u64()), (Some("release.ready"), Some(4)));
         assert_eq!(body["rollback"], true);
         assert!(body.get("namespace").is_none() && body.get("reason").is_none(), "{body}");
+        assert!(body.get("rollout").is_none(), "{body}");
+    }
+
+    #[test]
+    fn a_paused_rollout_carries_its_step_and_figures() {
+        let paused = WebhookEvent::rollout_paused(&PausedRollout {
+            namespace: "fleet",
+            channel: "esp32",
+            device: "esp32",
+            version: "1.1.0",
+            tag: "v1.1.0",
+            digest: "sha256:ab",
+            step: 2,
+            percentage: 25,
+            reason: "BelowThreshold",
+            message: "paused at step 2 (25 %): 7 of 10 devices that downloaded 1.1.0 since 12:00 UTC run it",
+            downloaded: Some(10),
+            running: Some(7),
+            threshold: 95,
+            min_devices: 10,
+            since: 1_800_000_000,
+        });
+        assert_eq!(paused.kind(), "rollout.paused");
+        let body: serde_json::Value = serde_json::from_slice(paused.body()).unwrap();
+        assert_eq!((body["event"].as_str(), body["reason"].as_str()), (Some("rollout.paused"), Some("BelowThreshold")));
+        assert_eq!((body["namespace"].as_str(), body["version"].as_str()), (Some("fleet"), Some("1.1.0")));
+        let rollout = &body["rollout"];
+        assert_eq!((rollout["step"].as_i64(), rollout["percentage"].as_i64()), (Some(2), Some(25)));
+        assert_eq!((rollout["downloaded"].as_u64(), rollout["running"].as_u64()), (Some(10), Some(7)));
+        assert_eq!((rollout["threshold"].as_i64(), rollout["minDevices"].as_i64()), (Some(95), Some(10)));
+        assert!(rollout["message"].as_str().unwrap().starts_with("paused at step 2"));
+        assert!(body.get("size").is_none() && body.get("url").is_none(), "{body}");
     }
 }

@@ -207,6 +207,10 @@ pub struct RolloutStatus {
     /// condition for why).
     #[serde(default)]
     pub paused: bool,
+    /// Every device gets `version` and the last step passed (or it went to 100 at once:
+    /// a first release, or a version lower than the one before); nothing more to judge.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub complete: bool,
     /// The `metadata.generation` the pause was decided at; a later edit resumes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paused_generation: Option<i64>,

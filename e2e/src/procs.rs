@@ -99,6 +99,12 @@ impl Drop for TempDir {
 /// The operator binary against the local cluster, watching one namespace; `extra`
 /// adds flags. Returns the process and its admin port.
 pub fn operator(namespace: &str, dir: &Path, name: &str, extra: &[&str]) -> (Proc, u16) {
+    operator_with_env(namespace, dir, name, extra, &[])
+}
+
+/// [`operator`] with environment variables besides (e.g. `UPDRAFT_CENSUS_REPLICAS`, the
+/// gateway replicas a test runs as local processes).
+pub fn operator_with_env(namespace: &str, dir: &Path, name: &str, extra: &[&str], env: &[(&str, &str)]) -> (Proc, u16) {
     let cluster = cluster();
     let admin = free_port();
     let mut cmd = Command::new(binary("updraft-operator"));
@@ -106,7 +112,8 @@ pub fn operator(namespace: &str, dir: &Path, name: &str, extra: &[&str]) -> (Pro
         .args(["--gateway-image", "updraft/ota-gateway:e2e"])
         .args(extra)
         .env("KUBECONFIG", &cluster.kubeconfig)
-        .env("RUST_LOG", "info,updraft_operator=debug");
+        .env("RUST_LOG", "info,updraft_operator=debug")
+        .envs(env.iter().copied());
     (Proc::spawn(cmd, &dir.join(format!("{name}.log"))), admin)
 }
 

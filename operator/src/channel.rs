@@ -1,8 +1,9 @@
 //! FirmwareChannel controller: read → validate → resolve (registry metadata, on the
-//! channel's schedule; under `spec.verify`, the release's signature) → status. The
-//! OtaGateway controller renders the resolved digests into gateway configuration. A
-//! release refused because its signature did not verify is announced to the gateway's
-//! webhooks (`notify`).
+//! channel's schedule; under `spec.verify`, the release's signature) → rollout (the
+//! step `rollout::assess` decides from the gateway's device census) → status. The
+//! OtaGateway controller renders the resolved digests, and the rollout's share, into
+//! gateway configuration. A release refused because its signature did not verify, and
+//! a rollout that paused, are announced to the gateway's webhooks (`notify`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,9 +21,10 @@ use crate::attach::{self, gateway_of};
 use crate::checks;
 use crate::context::Context;
 use crate::error::{Error, Result, SpecError};
-use crate::notify::{self, Refused};
+use crate::notify::{self, Paused, Refused};
 use crate::render;
 use crate::resolve::{Resolution, ResolveRequest};
+use crate::rollout::{self, Happened, Steps};
 use crate::schedule::Failure;
 use crate::secrets;
 use crate::status::{self, VERIFIED};
@@ -30,6 +32,11 @@ use crate::status::{self, VERIFIED};
 pub(crate) const CONTROLLER: &str = "firmwarechannel";
 /// Condition that reports whether the last registry check reached the registry.
 const REGISTRY_REACHABLE: &str = "RegistryReachable";
+/// Condition that reports, with `spec.rollout.steps`, whether the rollout stopped at its
+/// step (True, with the figures) or goes on (False: `Progressing` or `Complete`).
+const ROLLOUT_PAUSED: &str = "RolloutPaused";
+/// The longest a rolling channel waits before it looks at its census again.
+const ROLLOUT_LOOK: Duration = Duration::from_secs(60);
 
 #[instrument(skip_all, fields(namespace = channel.namespace().unwrap_or_default(), name = channel.name_any()))]
 pub(crate) async fn reconcile(channel: Arc<FirmwareChannel>, ctx: Arc<Context>) -> Result<Action> {
@@ -39,8 +46,8 @@ pub(crate) async fn reconcile(channel: Arc<FirmwareChannel>, ctx: Arc<Context>) 
     let generation = channel.metadata.generation;
     let mut status = FirmwareChannelStatus { observed_generation: generation, ..old.clone() };
 
-    let interval = match validate(&channel.spec) {
-        Ok(interval) => interval,
+    let (interval, steps) = match validate(&channel.spec) {
+        Ok(valid) => valid,
         Err(e) => {
             status::invalid_spec(&ctx, channel.as_ref(), status, e, CONTROLLER).await?;
             schedule.forget(channel.as_ref());
@@ -67,6 +74,8 @@ pub(crate) async fn reconcile(channel: Arc<FirmwareChannel>, ctx: Arc<Context>) 
     set_registry_condition(&mut status, failure.as_ref(), generation);
     let verification = set_verified(&channel.spec, &mut status, result.as_ref(), failure.as_ref(), generation);
     set_ready(&channel, &ctx, &mut status, failure.as_ref());
+    let now = conditions::now();
+    let happened = set_rollout(&channel, &ctx, &mut status, steps.as_ref(), now.clone());
 
     status::write(&ctx.client, channel.as_ref(), &status).await?;
     schedule.succeeded(&channel);
@@ -82,6 +91,7 @@ pub(crate) async fn reconcile(channel: Arc<FirmwareChannel>, ctx: Arc<Context>) 
     if let Some(note) = new_version {
         ctx.event(channel.as_ref(), EventType::Normal, "NewVersion", note).await;
     }
+    announce_rollout(&channel, &ctx, &status, steps.as_ref(), &happened).await;
     if let Some(latest) = &status.latest {
         let old_version = old.latest.as_ref().map(|l| l.version.as_str());
         ctx.metrics.resolved(
@@ -93,10 +103,18 @@ pub(crate) async fn reconcile(channel: Arc<FirmwareChannel>, ctx: Arc<Context>) 
     }
     // A failed check is reported in status and retried on the schedule's backoff (a spec
     // the registry shows to be unworkable waits for a change); it is not a failed reconcile.
-    match error {
-        Some(e) if e.is_permanent() => Ok(Action::await_change()),
-        None if channel.spec.suspend => Ok(Action::await_change()),
-        _ => Ok(Action::requeue(schedule.due_in(&channel).unwrap_or(interval))),
+    // A rolling channel looks at its census again when its step's dwell or timeout
+    // ends, and at least every minute after the dwell (figures can pass at any time).
+    let look = rollout::next_look(status.rollout.as_ref(), steps.as_ref(), now.0).map(|d| d.min(ROLLOUT_LOOK));
+    match (error, look) {
+        (Some(e), None) if e.is_permanent() => Ok(Action::await_change()),
+        (None, None) if channel.spec.suspend => Ok(Action::await_change()),
+        (Some(e), Some(look)) if e.is_permanent() => Ok(Action::requeue(look)),
+        (None, Some(look)) if channel.spec.suspend => Ok(Action::requeue(look)),
+        (_, look) => {
+            let check = schedule.due_in(&channel).unwrap_or(interval);
+            Ok(Action::requeue(look.map_or(check, |l| l.min(check))))
+        }
     }
 }
 
@@ -111,8 +129,9 @@ pub(crate) fn error_policy(channel: Arc<FirmwareChannel>, error: &Error, ctx: Ar
     Action::requeue(ctx.schedules.channels.failed(&channel))
 }
 
-/// Checks what the schema cannot; returns the registry check interval.
-fn validate(spec: &FirmwareChannelSpec) -> Result<Duration, SpecError> {
+/// Checks what the schema cannot; returns the registry check interval and the rollout's
+/// steps (none with a fixed share).
+fn validate(spec: &FirmwareChannelSpec) -> Result<(Duration, Option<Steps>), SpecError> {
     checks::oci_source(&spec.source, "source")?;
     parse_range(&spec.version.range).map_err(|e| SpecError::new("version.range", format!("version.range: {e}")))?;
     let interval = checks::duration("interval", &spec.interval)?;
@@ -145,7 +164,109 @@ fn validate(spec: &FirmwareChannelSpec) -> Result<Duration, SpecError> {
             return Err(SpecError::new("device", message));
         }
     }
-    Ok(interval)
+    let steps = rollout::steps(&spec.rollout)?;
+    Ok((interval, steps))
+}
+
+/// `status.devices` and `status.rollout` from the gateway's census, and the
+/// `RolloutPaused` condition (with steps only); returns what happened to the rollout
+/// (its event and webhook are published once the status is written).
+fn set_rollout(
+    channel: &FirmwareChannel,
+    ctx: &Context,
+    status: &mut FirmwareChannelStatus,
+    steps: Option<&Steps>,
+    now: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+) -> Happened {
+    let gateway = (channel.namespace().unwrap_or_default(), channel.spec.gateway_ref.clone());
+    let name = channel.name_any();
+    let generation = channel.metadata.generation;
+    status.devices = ctx.census.devices(&gateway, &name).or(status.devices.take());
+    let latest = status.latest.as_ref().map(|l| l.version.as_str());
+    let old = status.rollout.as_ref();
+    let figures = rollout::figures_since(old, latest)
+        .and_then(|since| ctx.census.adoption(&gateway, &name, latest.unwrap_or_default(), since));
+    let seen = rollout::Seen {
+        steps,
+        percentage: channel.spec.rollout.percentage,
+        old,
+        latest,
+        previous: status.previous.as_ref().map(|p| p.version.as_str()),
+        generation,
+        now: now.0,
+        figures,
+    };
+    let (rollout, happened) = rollout::assess(&seen);
+    status.rollout = rollout;
+    let condition = match (steps, &status.rollout) {
+        (Some(steps), Some(r)) if r.paused => {
+            let reason = rollout::pause_reason(r, steps);
+            Some(NewCondition::new(
+                ROLLOUT_PAUSED,
+                true,
+                reason.as_str(),
+                rollout::paused_message(r, reason, steps, &gateway.1),
+            ))
+        }
+        (Some(steps), Some(r)) => {
+            let reason = if r.complete { "Complete" } else { "Progressing" };
+            Some(NewCondition::new(ROLLOUT_PAUSED, false, reason, rollout::progress_message(r, steps)))
+        }
+        _ => None,
+    };
+    match condition {
+        Some(c) => {
+            set_condition(&mut status.conditions, c, generation);
+        }
+        None => status.conditions.retain(|c| c.type_ != ROLLOUT_PAUSED),
+    }
+    happened
+}
+
+/// The rollout's metrics, and for a transition its event (and, for a pause, the
+/// `rollout.paused` webhook to the gateway's receivers).
+async fn announce_rollout(
+    channel: &FirmwareChannel,
+    ctx: &Arc<Context>,
+    status: &FirmwareChannelStatus,
+    steps: Option<&Steps>,
+    happened: &Happened,
+) {
+    let Some(r) = &status.rollout else { return };
+    let namespace = channel.namespace().unwrap_or_default();
+    ctx.metrics.rollout(&namespace, &channel.name_any(), r.percentage, r.step.unwrap_or(0), r.paused);
+    let Some(steps) = steps.filter(|_| happened.is_transition()) else { return };
+    let note = rollout::describe(happened, r, steps, &channel.spec.gateway_ref);
+    let (type_, reason) = match happened {
+        Happened::Paused { .. } => (EventType::Warning, "RolloutPaused"),
+        Happened::Advanced { .. } => (EventType::Normal, "RolloutAdvanced"),
+        Happened::Resumed => (EventType::Normal, "RolloutResumed"),
+        Happened::Completed(_) => (EventType::Normal, "RolloutComplete"),
+        _ => (EventType::Normal, "RolloutStarted"),
+    };
+    info!(version = %r.version, step = r.step, percentage = r.percentage, reason, "{note}");
+    if let Happened::Paused { reason, figures } = happened {
+        let latest = status.latest.as_ref();
+        let paused = Paused {
+            namespace,
+            channel: channel.name_any(),
+            device: attach::device_id(channel),
+            version: r.version.clone(),
+            tag: latest.map(|l| l.tag.clone()).unwrap_or_default(),
+            digest: latest.map(|l| l.digest.clone()).unwrap_or_default(),
+            step: r.step.unwrap_or(0),
+            percentage: r.percentage,
+            reason: reason.as_str(),
+            message: note.clone(),
+            downloaded: figures.map(|f| f.downloaded),
+            running: figures.map(|f| f.running),
+            threshold: steps.threshold,
+            min_devices: steps.min_devices,
+            since: r.step_started.as_ref().map_or(0, |t| t.0.as_second()),
+        };
+        notify::rollout_paused(ctx, ctx.gateways.get(&gateway_of(channel)), paused);
+    }
+    ctx.event(channel, type_, reason, note).await;
 }
 
 /// Asks the registry which artifact the channel should serve now, and records the
@@ -364,8 +485,8 @@ mod tests {
 
     #[test]
     fn valid_specs_give_their_interval() {
-        assert_eq!(validate(&spec(serde_json::json!({}))).unwrap(), Duration::from_secs(300));
-        assert_eq!(validate(&spec(serde_json::json!({"interval": "30s"}))).unwrap(), Duration::from_secs(30));
+        assert_eq!(validate(&spec(serde_json::json!({}))).unwrap(), (Duration::from_secs(300), None));
+        assert_eq!(validate(&spec(serde_json::json!({"interval": "30s"}))).unwrap().0, Duration::from_secs(30));
         validate(&spec(serde_json::json!({"version": {"pin": "v1.2.3"}}))).unwrap();
     }
 
@@ -391,6 +512,16 @@ mod tests {
         assert_eq!(field(serde_json::json!({"version": {"pin": "a/b"}})), "version.pin");
         assert_eq!(field(serde_json::json!({"source": {"registry": "r", "repository": "UPPER"}})), "source.repository");
         assert_eq!(field(serde_json::json!({"artifact": {"platform": "linux"}})), "artifact.platform");
+        assert_eq!(field(serde_json::json!({"rollout": {"steps": [5, 50]}})), "rollout.steps");
+        assert_eq!(field(serde_json::json!({"rollout": {"steps": [100], "percentage": 5}})), "rollout.steps");
+        assert_eq!(
+            field(serde_json::json!({"rollout": {"steps": [100], "dwell": "1h", "timeout": "5m"}})),
+            "rollout.timeout"
+        );
+        let (_, steps) =
+            validate(&spec(serde_json::json!({"rollout": {"steps": [5, 100], "dwell": "5s", "timeout": "30s"}})))
+                .unwrap();
+        assert_eq!(steps.unwrap().shares, [5, 100]);
     }
 
     #[test]

@@ -19,6 +19,9 @@ pub(crate) struct Metrics {
     mirror_in_sync: IntGaugeVec,
     mirror_behind: IntGaugeVec,
     skipped_releases: IntCounterVec,
+    rollout_percentage: IntGaugeVec,
+    rollout_step: IntGaugeVec,
+    rollout_paused: IntGaugeVec,
 }
 
 impl Default for Metrics {
@@ -82,6 +85,19 @@ impl Default for Metrics {
             &["namespace", "channel", "reason"],
         )
         .unwrap();
+        let channel_gauge = |name: &str, help: &str| {
+            IntGaugeVec::new(Opts::new(name, help), &["namespace", "channel"]).expect("valid metric")
+        };
+        let rollout_percentage = channel_gauge(
+            "channel_rollout_percentage",
+            "Share of devices (percent) each FirmwareChannel gives its latest version",
+        );
+        let rollout_step = channel_gauge(
+            "channel_rollout_step",
+            "The step (from 1) each FirmwareChannel's staged rollout reached; 0 without steps",
+        );
+        let rollout_paused =
+            channel_gauge("channel_rollout_paused", "1 while a FirmwareChannel's staged rollout is paused at its step");
         for m in [
             Box::new(reconcile_duration.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(reconciles.clone()),
@@ -95,6 +111,9 @@ impl Default for Metrics {
             Box::new(mirror_in_sync.clone()),
             Box::new(mirror_behind.clone()),
             Box::new(skipped_releases.clone()),
+            Box::new(rollout_percentage.clone()),
+            Box::new(rollout_step.clone()),
+            Box::new(rollout_paused.clone()),
         ] {
             registry.register(m).expect("metric names are unique");
         }
@@ -112,6 +131,9 @@ impl Default for Metrics {
             mirror_in_sync,
             mirror_behind,
             skipped_releases,
+            rollout_percentage,
+            rollout_step,
+            rollout_paused,
         }
     }
 }
@@ -159,6 +181,20 @@ impl Metrics {
             let _ = self.resolved_version.remove_label_values(&[namespace, channel, old]);
         }
         self.resolved_version.with_label_values(&[namespace, channel, new]).set(1);
+    }
+
+    /// Records where a channel's rollout stands (`step` 0 without steps).
+    pub(crate) fn rollout(&self, namespace: &str, channel: &str, percentage: i32, step: i32, paused: bool) {
+        self.rollout_percentage.with_label_values(&[namespace, channel]).set(percentage.into());
+        self.rollout_step.with_label_values(&[namespace, channel]).set(step.into());
+        self.rollout_paused.with_label_values(&[namespace, channel]).set(paused.into());
+    }
+
+    /// Drops the series of a deleted FirmwareChannel's rollout.
+    pub(crate) fn forget_channel(&self, namespace: &str, channel: &str) {
+        for gauge in [&self.rollout_percentage, &self.rollout_step, &self.rollout_paused] {
+            let _ = gauge.remove_label_values(&[namespace, channel]);
+        }
     }
 
     /// Records what an ImageStream's source holds (`count` is `versions` or `products`).

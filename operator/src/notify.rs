@@ -3,7 +3,8 @@
 //! announced as `release.failed` to the webhooks of the OtaGateway the resource is
 //! attached to (`spec.notifications.webhooks`, each with its HMAC key Secret), in the
 //! body, signature and delivery (id, retries with backoff) the gateway uses:
-//! [`updraft_core::notify`].
+//! [`updraft_core::notify`]. A staged rollout that paused at its step is announced
+//! there too, as `rollout.paused` with the figures that stopped it.
 //!
 //! Off the reconcile path: [`failed_verification`] spawns the Secret reads and only
 //! enqueues; a receiver that is down never delays a reconcile.
@@ -11,7 +12,7 @@
 use std::sync::Arc;
 
 use kube::ResourceExt;
-use updraft_core::notify::{FailedRelease, WebhookEvent, WebhookTarget};
+use updraft_core::notify::{FailedRelease, PausedRollout, WebhookEvent, WebhookTarget};
 use updraft_crds::OtaGateway;
 
 use crate::context::Context;
@@ -50,6 +51,55 @@ pub(crate) fn failed_verification(ctx: &Arc<Context>, gateway: Option<Arc<OtaGat
             reason: &refused.reason,
         });
         tracing::info!(digest = %refused.digest, receivers = targets.len(), "webhook: release.failed");
+        ctx.clients.webhooks().send_to(&event, &targets);
+    });
+}
+
+/// A rollout that paused: what [`rollout_paused`] sends.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Paused {
+    pub namespace: String,
+    pub channel: String,
+    pub device: String,
+    pub version: String,
+    pub tag: String,
+    pub digest: String,
+    pub step: i32,
+    pub percentage: i32,
+    pub reason: &'static str,
+    pub message: String,
+    pub downloaded: Option<u64>,
+    pub running: Option<u64>,
+    pub threshold: i32,
+    pub min_devices: i64,
+    pub since: i64,
+}
+
+/// Announces a paused rollout to `gateway`'s webhooks (`rollout.paused`); returns at once.
+pub(crate) fn rollout_paused(ctx: &Arc<Context>, gateway: Option<Arc<OtaGateway>>, paused: Paused) {
+    let Some(gateway) = gateway.filter(|gw| !gw.spec.notifications.webhooks.is_empty()) else { return };
+    let ctx = ctx.clone();
+    tokio::spawn(async move {
+        let targets = targets(&ctx, &gateway).await;
+        let p = &paused;
+        let event = WebhookEvent::rollout_paused(&PausedRollout {
+            namespace: &p.namespace,
+            channel: &p.channel,
+            device: &p.device,
+            version: &p.version,
+            tag: &p.tag,
+            digest: &p.digest,
+            step: p.step,
+            percentage: p.percentage,
+            reason: p.reason,
+            message: &p.message,
+            downloaded: p.downloaded,
+            running: p.running,
+            threshold: p.threshold,
+            min_devices: p.min_devices,
+            since: p.since,
+        });
+        tracing::info!(version = %p.version, step = p.step, reason = p.reason, receivers = targets.len(), "webhook: rollout.paused");
         ctx.clients.webhooks().send_to(&event, &targets);
     });
 }

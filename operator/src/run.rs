@@ -360,7 +360,10 @@ async fn controllers(
         }),
         channels.on_delete({
             let ctx = ctx.clone();
-            move |o| ctx.schedules.channels.forget(o)
+            move |o| {
+                ctx.schedules.channels.forget(o);
+                ctx.metrics.forget_channel(&o.namespace().unwrap_or_default(), &o.name_any());
+            }
         }),
         streams.on_delete({
             let ctx = ctx.clone();
