@@ -3,7 +3,7 @@
 //! that poll the OtaFlux routes with their unique id and the version they run
 //! (`/version?device=D&id=X&current=V`, then `/firmware?...` when offered another), as
 //! the gateway's device census counts them. The operator reads that census from the
-//! gateway's admin port (`UPDRAFT_CENSUS_REPLICAS`, every 2 s).
+//! gateway's admin port (`UPDRAFT_CENSUS_REPLICAS=<ns>/default=host:port`, every 2 s).
 //!
 //! One channel, steps `[25, 50, 100]`, `dwell: 5s`, `timeout: 30s`, `minDevices: 2`:
 //!
@@ -234,7 +234,7 @@ fn rollout_steps_advance_pause_without_flapping_and_resume_on_an_edit() {
     push("1.0.0");
     let (hook_port, hooks) = receiver();
     let (port, gw_admin) = (free_port(), free_port());
-    let replicas = format!("127.0.0.1:{gw_admin}");
+    let replicas = format!("{ns}/default=127.0.0.1:{gw_admin}");
     let env = [("UPDRAFT_CENSUS_REPLICAS", replicas.as_str()), ("UPDRAFT_CENSUS_INTERVAL", "2s")];
     let (operator, _admin) = operator_with_env(&ns, &dir.0, "operator", &[], &env);
     let apply = |yaml: &str| kubectl(&["apply", "--server-side", "-n", &ns, "-f", "-"], Some(yaml)).ok();
