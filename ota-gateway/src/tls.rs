@@ -35,7 +35,7 @@ use std::sync::{Arc, LazyLock, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use der::asn1::{AnyRef, GeneralizedTime, UtcTime};
-use der::{Decode, Reader, SliceReader, Tag, TagNumber};
+use der::{Decode, Reader, SliceReader, Tag, TagNumber, Tagged};
 use prometheus::{IntCounter, IntGauge};
 use rustls::crypto::aws_lc_rs;
 use rustls::pki_types::pem::PemObject;
