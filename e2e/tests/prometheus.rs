@@ -9,7 +9,7 @@
 //!   rules rendered with `for: 5s` (the real durations are promtool's to test). Devices
 //!   and failures are made for real: a channel whose newest release is unsigned (the
 //!   operator's FirmwareChannel and the gateway's standalone channel both skip it), a
-//!   channel whose registry does not answer (5xx), a stream whose upstream does not
+//!   channel whose registry does not answer (502), a stream whose upstream does not
 //!   answer (stale index), a certificate that expires in three days, an ArtifactMirror.
 //!   Every dashboard query returns data, except those reading metrics other work is
 //!   adding ([`PENDING`]) while the binaries do not export them yet; four alerts fire.
@@ -126,7 +126,7 @@ fn the_rules_pass_promtool_check_and_the_alert_unit_tests() {
     let loose = render_rules(&["monitoring.rules.gateway5xxMinRate=0".into()]);
     std::fs::write(dir.0.join("rules.yaml"), loose).unwrap();
     let out = Command::new("promtool").args(["test", "rules"]).arg(dir.0.join("alerts.test.yaml")).output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(!out.status.success() && text.contains("/api/v1/channels/{name}/check"), "{text}");
 }
 
@@ -272,14 +272,16 @@ fn a_real_prometheus_scrapes_both_binaries_and_the_alerts_fire() {
             && condition(v, "Verified").is_some_and(|c| c["status"] == "False" && c["reason"] == "NoSignature")
     });
 
-    // The gateway: the verifying channel, a channel whose registry does not answer, a
-    // stream whose upstream does not answer, TLS with a certificate for three days.
+    // The gateway: the verifying channel, a channel pinned to a release in a registry
+    // that does not answer (its downloads answer 502), a stream whose upstream does not
+    // answer, TLS with a certificate for three days.
     let (crt, tls_key) = certificate(&w.dir.0, 3);
     let (http, https, admin) = (free_port(), free_port(), free_port());
     let config = format!(
-        "listen: 127.0.0.1:{http}\nadminListen: 127.0.0.1:{admin}\ncache: {{dir: \"{cache}\"}}\ntls: {{listen: \"127.0.0.1:{https}\", certFile: \"{crt}\", keyFile: \"{tls_key}\"}}\nchannels:\n  - name: esp32\n    source: {{registry: \"{registry}\", repository: \"{repo}\", insecure: true}}\n    policy: {{interval: 1s, verify: {{publicKeyFiles: [\"{public}\"]}}}}\n  - name: dark\n    source: {{registry: \"127.0.0.1:{nobody}\", repository: dark/firmware, insecure: true}}\n    policy: {{interval: 1s}}\nstreams:\n  - name: lab\n    source: {{upstream: {{url: \"http://127.0.0.1:{nobody}\", interval: 1s}}}}\n",
+        "listen: 127.0.0.1:{http}\nadminListen: 127.0.0.1:{admin}\ncache: {{dir: \"{cache}\"}}\ntls: {{listen: \"127.0.0.1:{https}\", certFile: \"{crt}\", keyFile: \"{tls_key}\"}}\nchannels:\n  - name: esp32\n    source: {{registry: \"{registry}\", repository: \"{repo}\", insecure: true}}\n    policy: {{interval: 1s, verify: {{publicKeyFiles: [\"{public}\"]}}}}\n  - name: dark\n    source: {{registry: \"127.0.0.1:{nobody}\", repository: dark/firmware, insecure: true}}\n    current: {{version: 1.0.0, tag: v1.0.0, digest: \"sha256:{zeros}\"}}\nstreams:\n  - name: lab\n    source: {{upstream: {{url: \"http://127.0.0.1:{nobody}\", interval: 1s}}}}\n",
         cache = w.dir.0.join("cache").display(),
         repo = w.repository,
+        zeros = "0".repeat(64),
     );
     let config_file = w.dir.0.join("gateway.yaml");
     std::fs::write(&config_file, config).unwrap();
@@ -309,7 +311,7 @@ fn a_real_prometheus_scrapes_both_binaries_and_the_alerts_fire() {
         })
     };
     let dark = curl(&[&format!("{base}/firmware?device=dark")]).0;
-    assert!((500..600).contains(&dark), "the unresolvable channel answers {dark}");
+    assert_eq!(dark, 502, "the channel whose registry does not answer");
 
     // Prometheus: both binaries every second, the rules with `for: 5s`.
     tools();
