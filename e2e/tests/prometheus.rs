@@ -366,17 +366,15 @@ fn a_real_prometheus_scrapes_both_binaries_and_the_alerts_fire() {
     let mut answered = 0;
     let mut waiting = Vec::new();
     for (title, expr) in dashboard_queries() {
-        let missing: Vec<String> = metrics_read(&expr).into_iter().filter(|m| !exported.contains(m)).collect();
-        if !missing.is_empty() {
-            assert!(missing.iter().all(|m| PENDING.contains(&m.as_str())), "{title}: {missing:?} not exported");
+        let pending: Vec<String> =
+            metrics_read(&expr).into_iter().filter(|m| PENDING.contains(&m.as_str()) && !exported.contains(m)).collect();
+        if !pending.is_empty() && prom.query(&expr).is_empty() {
             waiting.push(title);
             continue;
         }
-        let result = wait_for(Duration::from_secs(30), &format!("data for {title}: {expr}"), || {
-            let result = prom.query(&expr);
-            (!result.is_empty()).then_some(result)
+        wait_for(Duration::from_secs(30), &format!("data for {title}: {expr}"), || {
+            (!prom.query(&expr).is_empty()).then_some(())
         });
-        assert!(!result.is_empty());
         answered += 1;
     }
     eprintln!("{answered} dashboard queries answered; waiting for metrics being added: {waiting:?}");
