@@ -331,9 +331,9 @@ fn a_real_prometheus_scrapes_both_binaries_and_the_alerts_fire() {
     let firing = wait_for(WAIT, "the live alerts firing", || {
         let alerts = prom.api("alerts", None)["alerts"].as_array().cloned().unwrap_or_default();
         let all = LIVE_ALERTS.iter().all(|(name, label, value)| {
-            alerts.iter().any(|a| {
-                a["labels"]["alertname"] == *name && a["labels"][*label] == *value && a["state"] == "firing"
-            })
+            alerts
+                .iter()
+                .any(|a| a["labels"]["alertname"] == *name && a["labels"][*label] == *value && a["state"] == "firing")
         });
         all.then_some(alerts)
     });
@@ -347,7 +347,9 @@ fn a_real_prometheus_scrapes_both_binaries_and_the_alerts_fire() {
     // The operator's channel (with its namespace) and the gateway's standalone one.
     for namespace in [Value::from(w.ns.as_str()), Value::Null] {
         assert!(
-            verification.iter().any(|a| a["labels"]["namespace"] == namespace && a["labels"]["reason"] == "NoSignature"),
+            verification
+                .iter()
+                .any(|a| a["labels"]["namespace"] == namespace && a["labels"]["reason"] == "NoSignature"),
             "{verification:#?}"
         );
     }
@@ -357,7 +359,8 @@ fn a_real_prometheus_scrapes_both_binaries_and_the_alerts_fire() {
 
     // Every dashboard query returns data (metrics still being added excepted while no
     // binary exports them).
-    let exported: BTreeSet<String> = prom.api("label/__name__/values", None)
+    let exported: BTreeSet<String> = prom
+        .api("label/__name__/values", None)
         .as_array()
         .unwrap()
         .iter()
@@ -366,8 +369,10 @@ fn a_real_prometheus_scrapes_both_binaries_and_the_alerts_fire() {
     let mut answered = 0;
     let mut waiting = Vec::new();
     for (title, expr) in dashboard_queries() {
-        let pending: Vec<String> =
-            metrics_read(&expr).into_iter().filter(|m| PENDING.contains(&m.as_str()) && !exported.contains(m)).collect();
+        let pending: Vec<String> = metrics_read(&expr)
+            .into_iter()
+            .filter(|m| PENDING.contains(&m.as_str()) && !exported.contains(m))
+            .collect();
         if !pending.is_empty() && prom.query(&expr).is_empty() {
             waiting.push(title);
             continue;

@@ -226,8 +226,7 @@ fn load_pair(cert_file: &Path, key_file: &Path) -> Result<Pair, TlsError> {
     if certs.is_empty() {
         return Err(TlsError::NoCertificate(cert_file.to_owned()));
     }
-    let not_after =
-        not_after(&certs[0]).map_err(|reason| TlsError::Validity { path: cert_file.to_owned(), reason })?;
+    let not_after = not_after(&certs[0]).map_err(|reason| TlsError::Validity { path: cert_file.to_owned(), reason })?;
     let key = PrivateKeyDer::from_pem_slice(&read(key_file)?).map_err(pem_err(key_file))?;
     let signing = aws_lc_rs::sign::any_supported_type(&key)
         .map_err(|e| TlsError::Key { path: key_file.to_owned(), reason: e.to_string() })?;
