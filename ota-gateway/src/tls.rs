@@ -127,10 +127,15 @@ struct Pair {
 }
 
 impl Pair {
+    /// Exports its expiry and returns the key to serve.
+    fn export(self) -> Arc<CertifiedKey> {
+        CERT_EXPIRY.set(i64::try_from(self.not_after).unwrap_or(i64::MAX));
+        Arc::new(self.key)
+    }
+
     /// Installs the pair as the live one and exports its expiry.
     fn serve(self, current: &RwLock<Arc<CertifiedKey>>) {
-        *current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(self.key);
-        CERT_EXPIRY.set(i64::try_from(self.not_after).unwrap_or(i64::MAX));
+        *current.write().unwrap_or_else(|e| e.into_inner()) = self.export();
     }
 }
 
@@ -138,10 +143,7 @@ impl CertStore {
     /// Loads the pair; fails when it does not load (at start, the gateway exits).
     pub fn load(cert_file: &Path, key_file: &Path) -> Result<Arc<Self>, TlsError> {
         let Prepared { pair, files } = Self::read(cert_file, key_file)?;
-        let not_after = pair.not_after;
-        let store = Arc::new(Self { current: RwLock::new(Arc::new(pair.key)), files: Mutex::new(files) });
-        CERT_EXPIRY.set(i64::try_from(not_after).unwrap_or(i64::MAX));
-        Ok(store)
+        Ok(Arc::new(Self { current: RwLock::new(pair.export()), files: Mutex::new(files) }))
     }
 
     fn read(cert_file: &Path, key_file: &Path) -> Result<Prepared, TlsError> {
