@@ -417,9 +417,14 @@ fn rendered_chart_passes_a_server_side_dry_run() {
 
     // Optional objects appear only when asked for.
     let defaults = template(&[]);
-    for kind in
-        ["kind: ServiceMonitor", "kind: NetworkPolicy", "kind: OtaGateway", "kind: PrometheusRule", "kind: ConfigMap"]
-    {
+    for kind in [
+        "kind: ServiceMonitor",
+        "kind: NetworkPolicy",
+        "kind: OtaGateway",
+        "kind: PrometheusRule",
+        "kind: PodMonitor",
+        "kind: ConfigMap",
+    ] {
         assert!(!defaults.contains(kind), "{kind} rendered by default");
     }
     let monitored = template(&[
@@ -429,8 +434,10 @@ fn rendered_chart_passes_a_server_side_dry_run() {
         "monitoring.rules.enabled=true",
         "--set",
         "monitoring.dashboard.enabled=true",
+        "--set",
+        "monitoring.podMonitor.enabled=true",
     ]);
-    for kind in ["kind: ServiceMonitor", "kind: PrometheusRule"] {
+    for kind in ["kind: ServiceMonitor", "kind: PrometheusRule", "kind: PodMonitor"] {
         assert!(monitored.contains(kind), "{kind} not rendered");
     }
     assert!(monitored.contains("apiVersion: monitoring.coreos.com/v1"));
