@@ -12,7 +12,7 @@
 #   cluster.sh install   only install packages and build the binaries
 #   cluster.sh tools     install the client tools tests use (oras, cosign, skopeo, wrk, nginx, helm,
 #                        mosquitto, incus and lxc clients, sstream-query, incus-simplestreams,
-#                        mksquashfs, python requests for filuxe's requests)
+#                        mksquashfs, python requests for filuxe's requests, prometheus and promtool)
 #
 # Idempotent: a second `up` reuses the cache and the running processes.
 set -euo pipefail
@@ -186,7 +186,7 @@ install_incus_simplestreams() {
 install_tools() {
   mkdir -p "$CACHE"
   apt_install skopeo wrk nginx-light unzip zstd python3-venv apache2-utils mosquitto mosquitto-clients \
-    lxd-client squashfs-tools xz-utils
+    lxd-client squashfs-tools xz-utils prometheus
   install_incus_client
   install_sstream_query
   install_incus_simplestreams

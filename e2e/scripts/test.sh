@@ -14,7 +14,7 @@ cargo fmt --all --check
 
 step "local control plane and registry"
 bash e2e/scripts/cluster.sh up >/dev/null
-step "client tools (oras, skopeo, nginx, wrk, helm)"
+step "client tools (oras, skopeo, nginx, wrk, helm, prometheus)"
 bash e2e/scripts/cluster.sh tools
 eval "$(bash e2e/scripts/cluster.sh env)"
 

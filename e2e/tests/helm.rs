@@ -345,8 +345,16 @@ fn rendered_chart_passes_a_server_side_dry_run() {
         assert!(out.success, "helm template failed:\n{}", out.stderr);
         out.stdout
     };
-    let all_on =
-        ["--set", "defaultGateway.enabled=true", "--set", "networkPolicy.enabled=true", "--set", "replicaCount=2"];
+    let all_on = [
+        "--set",
+        "defaultGateway.enabled=true",
+        "--set",
+        "networkPolicy.enabled=true",
+        "--set",
+        "replicaCount=2",
+        "--set",
+        "monitoring.dashboard.enabled=true",
+    ];
     let rendered = template(&all_on);
     let out = kubectl(&["apply", "--dry-run=server", "-f", "-"], Some(&rendered)).ok();
     for kind in [
@@ -359,6 +367,7 @@ fn rendered_chart_passes_a_server_side_dry_run() {
         "deployment.apps/",
         "networkpolicy.networking.k8s.io/",
         "otagateway.updraft.dev/",
+        "configmap/updraft-dashboard",
     ] {
         assert!(
             out.lines().any(|l| l.starts_with(kind) && l.ends_with("(server dry run)")),
@@ -408,11 +417,31 @@ fn rendered_chart_passes_a_server_side_dry_run() {
 
     // Optional objects appear only when asked for.
     let defaults = template(&[]);
-    for kind in ["kind: ServiceMonitor", "kind: NetworkPolicy", "kind: OtaGateway"] {
+    for kind in [
+        "kind: ServiceMonitor",
+        "kind: NetworkPolicy",
+        "kind: OtaGateway",
+        "kind: PrometheusRule",
+        "kind: PodMonitor",
+        "kind: ConfigMap",
+    ] {
         assert!(!defaults.contains(kind), "{kind} rendered by default");
     }
-    let monitored = template(&["--set", "serviceMonitor.enabled=true"]);
-    assert!(monitored.contains("kind: ServiceMonitor") && monitored.contains("apiVersion: monitoring.coreos.com/v1"));
+    let monitored = template(&[
+        "--set",
+        "serviceMonitor.enabled=true",
+        "--set",
+        "monitoring.rules.enabled=true",
+        "--set",
+        "monitoring.dashboard.enabled=true",
+        "--set",
+        "monitoring.podMonitor.enabled=true",
+    ]);
+    for kind in ["kind: ServiceMonitor", "kind: PrometheusRule", "kind: PodMonitor"] {
+        assert!(monitored.contains(kind), "{kind} not rendered");
+    }
+    assert!(monitored.contains("apiVersion: monitoring.coreos.com/v1"));
+    assert!(monitored.contains("grafana_dashboard: \"1\"") && monitored.contains("\"uid\": \"updraft-overview\""));
     let no_leader = template(&["--set", "leaderElection.enabled=false"]);
     assert!(!no_leader.contains("--leader-elect") && !no_leader.contains("kind: Role\n"), "{no_leader}");
 }

@@ -76,6 +76,7 @@ impl Metrics {
         r.register(Box::new(crate::sendfile::SENT.clone())).expect("unique metric");
         r.register(Box::new(crate::tls::PLAIN_HTTP_REFUSED.clone())).expect("unique metric");
         r.register(Box::new(crate::tls::HANDSHAKE_FAILURES.clone())).expect("unique metric");
+        r.register(Box::new(crate::tls::CERT_EXPIRY.clone())).expect("unique metric");
         let request_duration = HistogramVec::new(
             HistogramOpts::new(
                 "http_request_duration_seconds",

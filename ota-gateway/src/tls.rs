@@ -20,6 +20,12 @@
 //!
 //! Handshakes run in their own tasks, so a slow or silent client never delays
 //! another's accept.
+//!
+//! The served certificate's notAfter is exported
+//! (`updraft_gateway_tls_certificate_expiry_timestamp_seconds`), set whenever a pair is
+//! loaded or swapped, so an alert can say a renewal did not happen before devices refuse
+//! the handshake. A certificate whose validity cannot be read is refused like a
+//! malformed one: clients would refuse it too.
 
 use std::io;
 use std::net::SocketAddr;
@@ -28,7 +34,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
-use prometheus::IntCounter;
+use der::asn1::{AnyRef, GeneralizedTime, UtcTime};
+use der::{Decode, Reader, SliceReader, Tag, TagNumber, Tagged};
+use prometheus::{IntCounter, IntGauge};
 use rustls::crypto::aws_lc_rs;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -61,6 +69,8 @@ pub enum TlsError {
     Pem { path: PathBuf, reason: String },
     #[error("{0} holds no certificate")]
     NoCertificate(PathBuf),
+    #[error("{path}: cannot read the certificate's validity: {reason}")]
+    Validity { path: PathBuf, reason: der::Error },
     #[error("{path}: unsupported private key: {reason}")]
     Key { path: PathBuf, reason: String },
     #[error("the private key does not match the certificate: {0}")]
@@ -83,6 +93,17 @@ pub(crate) static HANDSHAKE_FAILURES: LazyLock<IntCounter> = LazyLock::new(|| {
     IntCounter::new("tls_handshake_failures_total", "TLS handshakes that failed or timed out").expect("valid metric")
 });
 
+/// The served certificate's notAfter in Unix seconds; 0 until one is loaded (no TLS
+/// section). Process-wide like [`PLAIN_HTTP_REFUSED`]: one [`CertStore`] serves every
+/// TLS listener.
+pub(crate) static CERT_EXPIRY: LazyLock<IntGauge> = LazyLock::new(|| {
+    IntGauge::new(
+        "tls_certificate_expiry_timestamp_seconds",
+        "When the served TLS certificate expires (its notAfter), in Unix seconds; 0 without TLS",
+    )
+    .expect("valid metric")
+});
+
 /// The live certificate, swapped when its files change or the config names other files.
 /// Resolves every handshake of every TLS listener.
 #[derive(Debug)]
@@ -94,20 +115,40 @@ pub struct CertStore {
 
 /// A pair loaded from other files than the live ones, ready to install.
 pub struct Prepared {
-    key: CertifiedKey,
+    pair: Pair,
     files: watch::Files,
+}
+
+/// A loaded pair and its certificate's notAfter (Unix seconds).
+#[derive(Debug)]
+struct Pair {
+    key: CertifiedKey,
+    not_after: u64,
+}
+
+impl Pair {
+    /// Exports its expiry and returns the key to serve.
+    fn export(self) -> Arc<CertifiedKey> {
+        CERT_EXPIRY.set(i64::try_from(self.not_after).unwrap_or(i64::MAX));
+        Arc::new(self.key)
+    }
+
+    /// Installs the pair as the live one and exports its expiry.
+    fn serve(self, current: &RwLock<Arc<CertifiedKey>>) {
+        *current.write().unwrap_or_else(|e| e.into_inner()) = self.export();
+    }
 }
 
 impl CertStore {
     /// Loads the pair; fails when it does not load (at start, the gateway exits).
     pub fn load(cert_file: &Path, key_file: &Path) -> Result<Arc<Self>, TlsError> {
-        let Prepared { key, files } = Self::read(cert_file, key_file)?;
-        Ok(Arc::new(Self { current: RwLock::new(Arc::new(key)), files: Mutex::new(files) }))
+        let Prepared { pair, files } = Self::read(cert_file, key_file)?;
+        Ok(Arc::new(Self { current: RwLock::new(pair.export()), files: Mutex::new(files) }))
     }
 
     fn read(cert_file: &Path, key_file: &Path) -> Result<Prepared, TlsError> {
         let files = watch::Files::new(vec![cert_file.to_owned(), key_file.to_owned()]);
-        Ok(Prepared { key: load_pair(cert_file, key_file)?, files })
+        Ok(Prepared { pair: load_pair(cert_file, key_file)?, files })
     }
 
     /// The first phase of a config reload: when the config names other files than the
@@ -125,7 +166,7 @@ impl CertStore {
     /// the ones followed from now on.
     pub fn install(&self, prepared: Prepared) {
         let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(prepared.key);
+        prepared.pair.serve(&self.current);
         *files = prepared.files;
         tracing::info!(cert = %files.paths()[0].display(), "TLS certificate files changed by the config");
     }
@@ -139,8 +180,8 @@ impl CertStore {
         }
         let (cert_file, key_file) = (&files.paths()[0], &files.paths()[1]);
         match load_pair(cert_file, key_file) {
-            Ok(key) => {
-                *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(key);
+            Ok(pair) => {
+                pair.serve(&self.current);
                 tracing::info!(cert = %cert_file.display(), "TLS certificate reloaded");
                 true
             }
@@ -176,7 +217,7 @@ impl ResolvesServerCert for CertStore {
     }
 }
 
-fn load_pair(cert_file: &Path, key_file: &Path) -> Result<CertifiedKey, TlsError> {
+fn load_pair(cert_file: &Path, key_file: &Path) -> Result<Pair, TlsError> {
     let read = |path: &Path| std::fs::read(path).map_err(|source| TlsError::Read { path: path.to_owned(), source });
     let pem_err = |path: &Path| {
         let path = path.to_owned();
@@ -187,12 +228,44 @@ fn load_pair(cert_file: &Path, key_file: &Path) -> Result<CertifiedKey, TlsError
     if certs.is_empty() {
         return Err(TlsError::NoCertificate(cert_file.to_owned()));
     }
+    let not_after = not_after(&certs[0]).map_err(|reason| TlsError::Validity { path: cert_file.to_owned(), reason })?;
     let key = PrivateKeyDer::from_pem_slice(&read(key_file)?).map_err(pem_err(key_file))?;
     let signing = aws_lc_rs::sign::any_supported_type(&key)
         .map_err(|e| TlsError::Key { path: key_file.to_owned(), reason: e.to_string() })?;
     let certified = CertifiedKey::new(certs, signing);
     certified.keys_match().map_err(|e| TlsError::Mismatch(e.to_string()))?;
-    Ok(certified)
+    Ok(Pair { key: certified, not_after })
+}
+
+/// The notAfter of a DER certificate, in Unix seconds. Walks RFC 5280's
+/// `Certificate ::= SEQUENCE { tbsCertificate SEQUENCE { [0] version OPTIONAL,
+/// serialNumber, signature, issuer, validity SEQUENCE { notBefore, notAfter }, … }, … }`
+/// with `der` (already in the tree through the key parsers) rather than adding an X.509
+/// crate for one field.
+fn not_after(cert: &[u8]) -> Result<u64, der::Error> {
+    let sequence = |any: AnyRef<'_>| any.tag().assert_eq(Tag::Sequence).map(|_| ());
+    let cert = AnyRef::from_der(cert)?;
+    sequence(cert)?;
+    let tbs = AnyRef::decode(&mut SliceReader::new(cert.value())?)?;
+    sequence(tbs)?;
+    let mut fields = SliceReader::new(tbs.value())?;
+    if fields.peek_tag()? == (Tag::ContextSpecific { constructed: true, number: TagNumber::N0 }) {
+        AnyRef::decode(&mut fields)?;
+    }
+    // serialNumber, signature, issuer
+    for _ in 0..3 {
+        AnyRef::decode(&mut fields)?;
+    }
+    let validity = AnyRef::decode(&mut fields)?;
+    sequence(validity)?;
+    let mut times = SliceReader::new(validity.value())?;
+    AnyRef::decode(&mut times)?;
+    let not_after = AnyRef::decode(&mut times)?;
+    let since_epoch = match not_after.tag() {
+        Tag::UtcTime => not_after.decode_as::<UtcTime>()?.to_unix_duration(),
+        _ => not_after.decode_as::<GeneralizedTime>()?.to_unix_duration(),
+    };
+    Ok(since_epoch.as_secs())
 }
 
 /// The rustls server configuration: TLS 1.3 and 1.2, HTTP/1.1, certificates from `store`.
@@ -360,6 +433,61 @@ mod tests {
         ok.then_some((crt, key))
     }
 
+    /// The store tests load pairs, which sets the process-wide expiry gauge: one at a time.
+    static STORES: Mutex<()> = Mutex::new(());
+
+    /// openssl's reading of a certificate's notAfter, in Unix seconds.
+    fn openssl_not_after(crt: &Path) -> u64 {
+        let out = std::process::Command::new("openssl")
+            .args(["x509", "-noout", "-enddate", "-dateopt", "iso_8601", "-in"])
+            .arg(crt)
+            .output()
+            .unwrap();
+        let text = String::from_utf8(out.stdout).unwrap();
+        let date = text.trim().strip_prefix("notAfter=").unwrap_or_else(|| panic!("{text}"));
+        let parsed = chrono::NaiveDateTime::parse_from_str(date, "%Y-%m-%d %H:%M:%SZ").unwrap();
+        u64::try_from(parsed.and_utc().timestamp()).unwrap()
+    }
+
+    /// The notAfter read from the DER is openssl's, for a UTCTime (before 2050) and a
+    /// GeneralizedTime (after) certificate; loading a pair exports it, and a reload
+    /// exports the new one.
+    #[test]
+    fn the_served_certificates_expiry_is_exported() {
+        let _serial = STORES.lock().unwrap_or_else(|e| e.into_inner());
+        let dir = tempfile::tempdir().unwrap();
+        let (crt, key) = openssl_pair(dir.path(), "a", "soon").expect("openssl is needed for this test");
+        let soon = openssl_not_after(&crt);
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        assert!(soon > now + 86_400 && soon <= now + 2 * 86_400 + 60, "{soon} vs {now}");
+        let store = CertStore::load(&crt, &key).unwrap();
+        assert_eq!(CERT_EXPIRY.get(), i64::try_from(soon).unwrap());
+        let metrics = crate::metrics::Metrics::new().render();
+        assert!(metrics.contains(&format!("updraft_gateway_tls_certificate_expiry_timestamp_seconds {soon}")));
+
+        let (far_crt, far_key) = (dir.path().join("far.crt"), dir.path().join("far.key"));
+        let ok = std::process::Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"])
+            .args(["-days", "36500", "-subj", "/CN=far", "-keyout"])
+            .arg(&far_key)
+            .arg("-out")
+            .arg(&far_crt)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+        let far = openssl_not_after(&far_crt);
+        assert!(far > 2_524_608_000, "after 2050, a GeneralizedTime: {far}");
+        std::fs::copy(&far_crt, &crt).unwrap();
+        std::fs::copy(&far_key, &key).unwrap();
+        assert!(store.poll());
+        assert_eq!(CERT_EXPIRY.get(), i64::try_from(far).unwrap());
+
+        // A SEQUENCE holding an INTEGER is no certificate: no validity to read.
+        let garbage = [0x30, 0x03, 0x02, 0x01, 0x01];
+        assert!(not_after(&garbage).is_err());
+    }
+
     #[test]
     fn the_plain_http_answer_is_well_framed() {
         let text = std::str::from_utf8(PLAIN_HTTP_ANSWER).unwrap();
@@ -369,6 +497,7 @@ mod tests {
 
     #[test]
     fn loads_reloads_and_keeps_the_last_good_pair() {
+        let _serial = STORES.lock().unwrap_or_else(|e| e.into_inner());
         let dir = tempfile::tempdir().unwrap();
         let Some((crt, key)) = openssl_pair(dir.path(), "a", "first") else {
             panic!("openssl is needed for this test");
@@ -396,6 +525,7 @@ mod tests {
 
     #[test]
     fn a_config_naming_other_files_swaps_the_pair_in_two_phases() {
+        let _serial = STORES.lock().unwrap_or_else(|e| e.into_inner());
         let dir = tempfile::tempdir().unwrap();
         let (crt, key) = openssl_pair(dir.path(), "a", "first").expect("openssl is needed for this test");
         let (crt2, key2) = openssl_pair(dir.path(), "b", "second").unwrap();
