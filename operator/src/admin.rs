@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::get;
 use axum::response::Response;
+use axum::routing::get;
 use axum::Router;
 
 use crate::metrics::Metrics;

@@ -147,8 +147,9 @@ pub(crate) fn render(view: &View) -> String {
     };
     let _ = write!(
         html,
-        "<header class=\"top\"><h1>Updraft status</h1><p>Operator view of {scope} · generated {} · refreshes every 30 s</p></header><main>",
-        esc(&format_time(view.now))
+        "<header class=\"top\"><h1>Updraft status</h1><p>Operator view of {scope} · generated <time datetime=\"{}\">{}</time> · refreshes every 30 s</p></header><main>",
+        view.now,
+        format_time(view.now)
     );
     summary(&mut html, view);
     if groups.is_empty() {
@@ -315,7 +316,7 @@ fn channel_detail(html: &mut String, c: &FirmwareChannel, now: Timestamp) {
                 census.total,
                 esc(&census.window),
                 census.replicas,
-                esc(&ago(&census.observed_at, now))
+                time(&census.observed_at, now)
             );
             html.push_str("<table class=\"figures\"><thead><tr><th>Version</th><th class=\"num\">Offered</th><th class=\"num\">Downloaded</th><th class=\"num\">Running</th></tr></thead><tbody>");
             for v in &census.by_version {
@@ -392,7 +393,9 @@ fn streams(html: &mut String, streams: &[&ImageStream], now: Timestamp) {
     for s in streams {
         let status = s.status.clone().unwrap_or_default();
         let rejected = match condition(&status.conditions, VERIFIED) {
-            Some(c) if c.status == "False" => format!("<span class=\"badge bad\">Rejected</span><span class=\"why\">{}</span>", esc(&c.message)),
+            Some(c) if c.status == "False" => {
+                format!("<span class=\"badge bad\">Rejected</span><span class=\"why\">{}</span>", esc(&c.message))
+            }
             Some(_) => "<span class=\"muted\">none</span>".into(),
             None => "<span class=\"muted\">— (not verified)</span>".into(),
         };
@@ -403,7 +406,7 @@ fn streams(html: &mut String, streams: &[&ImageStream], now: Timestamp) {
             esc(&s.name_any()),
             status.products,
             status.versions,
-            status.last_indexed.as_ref().map(|t| esc(&ago(t, now))).unwrap_or_else(|| "<span class=\"muted\">never</span>".into()),
+            status.last_indexed.as_ref().map(|t| time(t, now)).unwrap_or_else(|| "<span class=\"muted\">never</span>".into()),
             ready(&status.conditions)
         );
     }
@@ -419,7 +422,8 @@ fn mirrors(html: &mut String, mirrors: &[&ArtifactMirror], now: Timestamp) {
     html.push_str("<table class=\"mirrors\"><thead><tr><th>Mirror</th><th class=\"num\">In sync</th><th class=\"num\">Pending</th><th>Oldest pending</th><th>Latest version</th><th>Last in sync</th><th>Ready</th></tr></thead><tbody>");
     for m in mirrors {
         let status = m.status.clone().unwrap_or_default();
-        let time = |t: Option<&Time>| t.map(|t| esc(&ago(t, now))).unwrap_or_else(|| "<span class=\"muted\">—</span>".into());
+        let time =
+            |t: Option<&Time>| t.map(|t| time(t, now)).unwrap_or_else(|| "<span class=\"muted\">—</span>".into());
         let dry = if m.spec.dry_run { " <span class=\"badge warn\">dry run</span>" } else { "" };
         let _ = write!(
             html,
@@ -448,13 +452,14 @@ fn events(html: &mut String, events: &Events, now: Timestamp) {
             html.push_str("<table class=\"events\"><thead><tr><th>When</th><th>Type</th><th>Object</th><th>Reason</th><th>Message</th></tr></thead><tbody>");
             for e in lines {
                 let badge = if e.type_ == "Warning" { "warn" } else { "ok" };
-                let when = e.time.map(|t| ago(&Time(t), now)).unwrap_or_default();
-                let count = if e.count > 1 { format!(" <span class=\"muted\">×{}</span>", e.count) } else { String::new() };
+                let when = e.time.map(|t| time(&Time(t), now)).unwrap_or_default();
+                let count =
+                    if e.count > 1 { format!(" <span class=\"muted\">×{}</span>", e.count) } else { String::new() };
                 let _ = write!(
                     html,
                     "<tr data-reason=\"{}\"><td>{}{count}</td><td><span class=\"badge {badge}\">{}</span></td><td>{}/{} <span class=\"muted\">in {}</span></td><td>{}</td><td>{}</td></tr>",
                     esc(&e.reason),
-                    esc(&when),
+                    when,
                     esc(&e.type_),
                     esc(&e.kind),
                     esc(&e.name),
@@ -477,12 +482,14 @@ fn condition<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Conditi
 fn ready(conditions: &[Condition]) -> String {
     match condition(conditions, READY) {
         Some(c) if c.status == "True" => "<span class=\"badge ok\">Ready</span>".into(),
-        Some(c) if c.status == "False" => format!(
-            "<span class=\"badge bad\">{}</span><span class=\"why\">{}</span>",
+        Some(c) if c.status == "False" => {
+            format!("<span class=\"badge bad\">{}</span><span class=\"why\">{}</span>", esc(&c.reason), esc(&c.message))
+        }
+        Some(c) => format!(
+            "<span class=\"badge warn\">{}</span><span class=\"why\">{}</span>",
             esc(&c.reason),
             esc(&c.message)
         ),
-        Some(c) => format!("<span class=\"badge warn\">{}</span><span class=\"why\">{}</span>", esc(&c.reason), esc(&c.message)),
         None => "<span class=\"badge warn\">Pending</span>".into(),
     }
 }
@@ -491,7 +498,9 @@ fn ready(conditions: &[Condition]) -> String {
 fn verified(conditions: &[Condition]) -> String {
     match condition(conditions, VERIFIED) {
         Some(c) if c.status == "True" => "<span class=\"badge ok\">Verified</span>".into(),
-        Some(c) => format!("<span class=\"badge bad\">{}</span><span class=\"why\">{}</span>", esc(&c.reason), esc(&c.message)),
+        Some(c) => {
+            format!("<span class=\"badge bad\">{}</span><span class=\"why\">{}</span>", esc(&c.reason), esc(&c.message))
+        }
         None => "<span class=\"muted\">—</span>".into(),
     }
 }
@@ -501,8 +510,13 @@ fn format_time(t: Timestamp) -> String {
     t.strftime("%Y-%m-%d %H:%M:%S UTC").to_string()
 }
 
+/// `t` as a `<time>` element reading `2026-12-06 23:40:05 UTC (3 min ago)`.
+fn time(t: &Time, now: Timestamp) -> String {
+    format!("<time datetime=\"{}\">{}</time>", t.0, ago(t, now))
+}
+
 /// `2026-12-06 23:40:05 UTC (3 min ago)`.
-pub(crate) fn ago(t: &Time, now: Timestamp) -> String {
+fn ago(t: &Time, now: Timestamp) -> String {
     let secs = now.as_second() - t.0.as_second();
     let rel = match secs {
         s if s < 0 => "in the future".to_owned(),
@@ -647,11 +661,17 @@ mod tests {
     }
 
     #[test]
-    fn the_page_has_no_script_and_no_url() {
+    fn the_page_has_no_script_and_loads_nothing() {
         let html = render(&view());
-        for absent in ["<script", "http://", "https://", "src=", "href=", "@import", "url("] {
+        for absent in ["<script", "http://", "https://", "src=", "href=", "<link", "@import", "url("] {
             assert!(!html.contains(absent), "{absent} in the page");
         }
+        // A URL in status is text, never an attribute.
+        let mut v = view();
+        v.gateways[0].status = Some(serde_json::from_value(json!({"url": "http://default.fleet.svc:8080"})).unwrap());
+        let html = render(&v);
+        assert!(html.contains("<code>http://default.fleet.svc:8080</code>"));
+        assert!(!html.contains("=\"http"));
         // Not the mirror's store URL, nor the Secret it names, nor the registry.
         for absent in ["store.example", "wan-key", "127.0.0.1"] {
             assert!(!html.contains(absent), "{absent} in the page");
@@ -672,7 +692,7 @@ mod tests {
             "<tr data-stream=\"images\"><td>images</td><td class=\"num\">3</td><td class=\"num\">7</td><td><span class=\"badge bad\">Rejected</span><span class=\"why\">1 of 7 image versions refused</span>"
         ));
         assert!(html.contains(
-            "<tr data-mirror=\"to-wan\"><td>to-wan</td><td class=\"num\">4</td><td class=\"num\">2</td><td>2026-12-06 20:00:00 UTC ("
+            "<tr data-mirror=\"to-wan\"><td>to-wan</td><td class=\"num\">4</td><td class=\"num\">2</td><td><time datetime=\"2026-12-06T20:00:00Z\">2026-12-06 20:00:00 UTC ("
         ));
         assert!(html.contains("<tr data-reason=\"NewVersion\">"));
     }
