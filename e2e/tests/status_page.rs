@@ -172,19 +172,19 @@ fn a_browser_shows_the_fleet_as_the_status_says() {
             json!({"version": version, "offered": offered, "downloaded": downloaded, "running": running})
         })
         .collect();
-    let stamp = "2026-01-01T00:00:00Z";
+    let stamp = e2e::run(Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])).trim().to_owned();
     json_patch(
         &format!("/apis/updraft.dev/v1alpha1/namespaces/{ns}/firmwarechannels/esp32/status"),
         &json!([
             {"op": "add", "path": "/status/devices", "value": {
-                "window": "24h", "total": 130, "byVersion": census, "replicas": 2, "observedAt": stamp}},
+                "window": "24h", "total": 130, "byVersion": census, "replicas": 2, "observedAt": &stamp}},
             {"op": "add", "path": "/status/rollout", "value": {
                 "version": "1.1.0", "percentage": 25, "step": 2, "downloaded": 36, "running": 12,
                 "adoption": 33, "paused": true, "pausedGeneration": 1}},
             {"op": "add", "path": "/status/conditions/-", "value": {
                 "type": "RolloutPaused", "status": "True", "reason": "TooFewRunning",
                 "message": format!("12 of 36 devices run 1.1.0 (33 %), below 95 % {XSS}"),
-                "lastTransitionTime": stamp}},
+                "lastTransitionTime": &stamp}},
         ]),
     );
     // The operator saw the change (a watch event, a reconcile) and left the figures alone.

@@ -86,7 +86,9 @@ h3 { font-size: 13px; margin: 20px 0 6px; color: #52606d; text-transform: upperc
 h4 { font-size: 15px; margin: 0 0 6px; font-weight: 600; }
 table { border-collapse: collapse; width: 100%; }
 th, td { text-align: left; padding: 6px 10px 6px 0; border-bottom: 1px solid #eef0f3; vertical-align: top; }
-th { font-size: 12px; color: #616e7c; font-weight: 600; border-bottom: 1px solid #d9dde2; }
+th { font-size: 12px; color: #616e7c; font-weight: 600; border-bottom: 1px solid #d9dde2; white-space: nowrap; }
+td { overflow-wrap: anywhere; }
+td.when { white-space: nowrap; overflow-wrap: normal; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; padding-right: 18px; }
 .muted { color: #7b8794; }
 .badge { display: inline-block; padding: 1px 8px; border-radius: 10px; font-size: 12px; font-weight: 600; white-space: nowrap; }
@@ -452,12 +454,12 @@ fn events(html: &mut String, events: &Events, now: Timestamp) {
             html.push_str("<table class=\"events\"><thead><tr><th>When</th><th>Type</th><th>Object</th><th>Reason</th><th>Message</th></tr></thead><tbody>");
             for e in lines {
                 let badge = if e.type_ == "Warning" { "warn" } else { "ok" };
-                let when = e.time.map(|t| time(&Time(t), now)).unwrap_or_default();
+                let when = e.time.map(|t| since(t, now)).unwrap_or_default();
                 let count =
                     if e.count > 1 { format!(" <span class=\"muted\">×{}</span>", e.count) } else { String::new() };
                 let _ = write!(
                     html,
-                    "<tr data-reason=\"{}\"><td>{}{count}</td><td><span class=\"badge {badge}\">{}</span></td><td>{}/{} <span class=\"muted\">in {}</span></td><td>{}</td><td>{}</td></tr>",
+                    "<tr data-reason=\"{}\"><td class=\"when\">{}{count}</td><td><span class=\"badge {badge}\">{}</span></td><td>{}/{} <span class=\"muted\">in {}</span></td><td class=\"when\">{}</td><td>{}</td></tr>",
                     esc(&e.reason),
                     when,
                     esc(&e.type_),
@@ -515,17 +517,25 @@ fn time(t: &Time, now: Timestamp) -> String {
     format!("<time datetime=\"{}\">{}</time>", t.0, ago(t, now))
 }
 
+/// `t` as a `<time>` element reading `3 min ago`, the full time as its tooltip.
+fn since(t: Timestamp, now: Timestamp) -> String {
+    format!("<time datetime=\"{t}\" title=\"{}\">{}</time>", format_time(t), relative(now.as_second() - t.as_second()))
+}
+
 /// `2026-12-06 23:40:05 UTC (3 min ago)`.
 fn ago(t: &Time, now: Timestamp) -> String {
-    let secs = now.as_second() - t.0.as_second();
-    let rel = match secs {
+    format!("{} ({})", format_time(t.0), relative(now.as_second() - t.0.as_second()))
+}
+
+/// `secs` seconds in the past, in words.
+fn relative(secs: i64) -> String {
+    match secs {
         s if s < 0 => "in the future".to_owned(),
         s if s < 60 => format!("{s} s ago"),
         s if s < 3600 => format!("{} min ago", s / 60),
         s if s < 86400 => format!("{} h {} min ago", s / 3600, s % 3600 / 60),
         s => format!("{} d ago", s / 86400),
-    };
-    format!("{} ({rel})", format_time(t.0))
+    }
 }
 
 #[cfg(test)]
