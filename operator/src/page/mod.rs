@@ -99,7 +99,7 @@ async fn recent_events(client: &Client, namespace: Option<&str>) -> Events {
 
 /// The first [`RECENT_EVENTS`] of `lines`, newest first.
 fn newest(mut lines: Vec<EventLine>) -> Vec<EventLine> {
-    lines.sort_by(|a, b| b.time.cmp(&a.time));
+    lines.sort_by_key(|l| std::cmp::Reverse(l.time));
     lines.truncate(RECENT_EVENTS);
     lines
 }
