@@ -162,6 +162,52 @@ mod tests {
         assert_eq!(lines[0].time, Some(Timestamp::from_second(3_000).unwrap()));
     }
 
+    /// Before the controllers run (or on a standby replica) there is nothing to show.
+    #[tokio::test]
+    async fn the_page_answers_503_until_the_caches_are_filled() {
+        let slot = Slot::default();
+        for ready in [false, true] {
+            let answer = page(&slot, ready).await;
+            assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(answer.headers()[header::CONTENT_SECURITY_POLICY].to_str().unwrap(), HEADERS[2].1);
+        }
+    }
+
+    /// Once filled and ready: the page, with the events the API server lists for the
+    /// selector on Updraft's API version.
+    #[tokio::test]
+    async fn the_page_lists_events_by_the_api_version_of_updrafts_kinds() {
+        use kube::runtime::reflector;
+        let client = crate::fixtures::api(|method, uri, _| {
+            assert_eq!(method, "GET");
+            assert!(
+                uri.starts_with("/api/v1/namespaces/fleet/events?")
+                    && uri.contains("fieldSelector=involvedObject.apiVersion%3Dupdraft.dev%2Fv1alpha1"),
+                "{uri}"
+            );
+            let list = serde_json::json!({"kind": "EventList", "apiVersion": "v1", "metadata": {}, "items": [
+                event("updraft.dev/v1alpha1", "NewVersion", 1_000, None),
+            ]});
+            (200, serde_json::to_vec(&list).unwrap())
+        });
+        let slot = Slot::default();
+        let _ = slot.set(Source {
+            client,
+            namespace: Some("fleet".into()),
+            gateways: reflector::store().0,
+            channels: reflector::store().0,
+            streams: reflector::store().0,
+            mirrors: reflector::store().0,
+        });
+        assert_eq!(page(&slot, false).await.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let answer = page(&slot, true).await;
+        assert_eq!(answer.status(), StatusCode::OK);
+        let body = axum::body::to_bytes(answer.into_body(), 1 << 20).await.unwrap();
+        let html = String::from_utf8(body.to_vec()).unwrap();
+        assert!(html.contains("<tr data-reason=\"NewVersion\">"), "{html}");
+        assert!(html.contains("id=\"no-gateways\""));
+    }
+
     #[test]
     fn at_most_the_newest_twenty_events_are_shown() {
         let events: Vec<Event> =
