@@ -28,7 +28,10 @@ pub(crate) use render::{EventLine, Events, View};
 
 /// Events shown, newest first.
 const RECENT_EVENTS: usize = 20;
-/// Events read from the API server per page (the newest [`RECENT_EVENTS`] of them are shown).
+/// Events read from the API server per page, the newest [`RECENT_EVENTS`] of them shown.
+/// The API server lists in key order (namespace, name), not by time, so in a namespace
+/// holding more Updraft events than this (events live an hour by default) a newer one
+/// past the first page can be missed; one page keeps the cost of a view bounded.
 const EVENTS_READ: u32 = 500;
 
 /// What the page reads: the client (for Events) and the controllers' caches.
