@@ -88,7 +88,7 @@ table { border-collapse: collapse; width: 100%; }
 th, td { text-align: left; padding: 6px 10px 6px 0; border-bottom: 1px solid #eef0f3; vertical-align: top; }
 th { font-size: 12px; color: #616e7c; font-weight: 600; border-bottom: 1px solid #d9dde2; white-space: nowrap; }
 td { overflow-wrap: anywhere; }
-td.when { white-space: nowrap; overflow-wrap: normal; }
+td.when, .nowrap { white-space: nowrap; overflow-wrap: normal; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; padding-right: 18px; }
 .muted { color: #7b8794; }
 .badge { display: inline-block; padding: 1px 8px; border-radius: 10px; font-size: 12px; font-weight: 600; white-space: nowrap; }
@@ -459,7 +459,7 @@ fn events(html: &mut String, events: &Events, now: Timestamp) {
                     if e.count > 1 { format!(" <span class=\"muted\">×{}</span>", e.count) } else { String::new() };
                 let _ = write!(
                     html,
-                    "<tr data-reason=\"{}\"><td class=\"when\">{}{count}</td><td><span class=\"badge {badge}\">{}</span></td><td>{}/{} <span class=\"muted\">in {}</span></td><td class=\"when\">{}</td><td>{}</td></tr>",
+                    "<tr data-reason=\"{}\"><td class=\"when\">{}{count}</td><td><span class=\"badge {badge}\">{}</span></td><td><span class=\"nowrap\">{}/{}</span><span class=\"why\">in {}</span></td><td class=\"when\">{}</td><td>{}</td></tr>",
                     esc(&e.reason),
                     when,
                     esc(&e.type_),
