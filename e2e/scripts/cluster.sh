@@ -187,6 +187,9 @@ install_tools() {
   mkdir -p "$CACHE"
   apt_install skopeo wrk nginx-light unzip zstd python3-venv apache2-utils mosquitto mosquitto-clients \
     lxd-client squashfs-tools xz-utils prometheus
+  # The browser that loads the operator's status page (e2e/tests/status_page.rs), and a
+  # font it can draw text with.
+  apt_install chromium fonts-dejavu-core
   install_incus_client
   install_sstream_query
   install_incus_simplestreams

@@ -122,6 +122,8 @@ fn install_from_directory_grants_least_privilege_upgrades_and_uninstalls_keeping
             &["create", "events.events.k8s.io"],
             &["patch", "events.events.k8s.io"],
             &["create", "events"],
+            // The status page's recent events.
+            &["list", "events"],
             &["create", "deployments.apps"],
             &["patch", "deployments.apps"],
             &["watch", "deployments.apps"],

@@ -99,3 +99,65 @@ pub fn context(
         census: Default::default(),
     }
 }
+
+/// `channel`, rolling out 1.1.0 (after 1.0.0) in steps `[5, 25, 50, 100]`, at step 2
+/// (25 %), with a census of `by_version` (`version`, offered, downloaded, running).
+pub fn channel_with_census(name: &str, by_version: &[(&str, i64, i64, i64)]) -> FirmwareChannel {
+    use updraft_crds::{DeviceCensus, RolloutStatus, VersionDevices};
+    let mut ch = channel(name, None, Some(resolved("1.1.0", DIGEST_A)));
+    ch.spec.rollout = serde_json::from_value(serde_json::json!({"steps": [5, 25, 50, 100]})).unwrap();
+    let status = ch.status.as_mut().unwrap();
+    status.previous = Some(resolved("1.0.0", DIGEST_B));
+    status.rollout = Some(RolloutStatus {
+        version: "1.1.0".into(),
+        percentage: 25,
+        step: Some(2),
+        downloaded: Some(40),
+        running: Some(30),
+        adoption: Some(75),
+        ..Default::default()
+    });
+    status.devices = Some(DeviceCensus {
+        window: "24h".into(),
+        total: by_version.iter().map(|v| v.1).sum(),
+        by_version: by_version
+            .iter()
+            .map(|&(version, offered, downloaded, running)| VersionDevices {
+                version: version.into(),
+                offered,
+                downloaded,
+                running,
+            })
+            .collect(),
+        replicas: 2,
+        observed_at: updraft_crds::conditions::now(),
+    });
+    ch
+}
+
+/// An ImageStream of gateway `default` in `fleet`, with `status`.
+pub fn stream(name: &str, status: serde_json::Value) -> updraft_crds::ImageStream {
+    let mut s: updraft_crds::ImageStream = serde_json::from_value(serde_json::json!({
+        "apiVersion": "updraft.dev/v1alpha1", "kind": "ImageStream",
+        "metadata": {"name": name, "namespace": "fleet"},
+        "spec": {"source": {"oci": {"registry": "127.0.0.1:15000", "repository": "images", "insecure": true}}},
+    }))
+    .unwrap();
+    s.status = Some(serde_json::from_value(status).unwrap());
+    s
+}
+
+/// An ArtifactMirror of gateway `default` in `fleet`, with `status`.
+pub fn mirror(name: &str, status: serde_json::Value) -> updraft_crds::ArtifactMirror {
+    let mut m: updraft_crds::ArtifactMirror = serde_json::from_value(serde_json::json!({
+        "apiVersion": "updraft.dev/v1alpha1", "kind": "ArtifactMirror",
+        "metadata": {"name": name, "namespace": "fleet"},
+        "spec": {
+            "source": {"oci": {"registry": "127.0.0.1:15000", "repository": "releases", "insecure": true}},
+            "destination": {"http": {"url": "https://store.example/", "keySecret": "wan-key"}},
+        },
+    }))
+    .unwrap();
+    m.status = Some(serde_json::from_value(status).unwrap());
+    m
+}

@@ -8,7 +8,7 @@
 //! sources (counts, signatures); `notify` sends the webhooks of refused releases. `receiver` turns registry
 //! push notifications into immediate reconciles of the objects whose source was
 //! pushed. Registry checks and retries run on a per-object `schedule`, generic over
-//! the kind; `status` writes every status.
+//! the kind; `status` writes every status; `page` is the read-only status page on the admin port.
 
 #![deny(unsafe_code)]
 
@@ -27,6 +27,7 @@ mod leader;
 mod metrics;
 mod mirror;
 mod notify;
+mod page;
 pub mod receiver;
 mod render;
 mod resolve;

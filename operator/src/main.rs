@@ -16,7 +16,8 @@ struct Args {
     /// Image of the gateway containers, for OtaGateways that name none.
     #[arg(long, env = "UPDRAFT_GATEWAY_IMAGE", default_value = concat!("ghcr.io/updraft-dev/ota-gateway:", env!("CARGO_PKG_VERSION")))]
     gateway_image: String,
-    /// Address of the admin server (/metrics, /healthz, /readyz).
+    /// Address of the admin server (/metrics, /healthz, /readyz, and the read-only status
+    /// page at / and /status).
     #[arg(long, env = "UPDRAFT_ADMIN_ADDR", default_value = "0.0.0.0:8081")]
     admin_addr: std::net::SocketAddr,
     /// Watch only this namespace (default: all namespaces).

@@ -34,13 +34,13 @@ use crate::leader::LeaderElection;
 use crate::metrics::Metrics;
 use crate::receiver::{BindError, Queue, Receiver, WebhookSettings};
 use crate::resolve::OciResolver;
-use crate::{census, channel, gateway, mirror, stream};
+use crate::{census, channel, gateway, mirror, page, stream};
 
 /// What `main` hands over after parsing flags.
 pub struct Settings {
     /// Image of OtaGateways that name none.
     pub gateway_image: String,
-    /// Address of the admin server (`/metrics`, `/healthz`, `/readyz`).
+    /// Address of the admin server (`/metrics`, `/healthz`, `/readyz`, the status page).
     pub admin_addr: std::net::SocketAddr,
     /// Watch one namespace only; all namespaces when `None`.
     pub namespace: Option<String>,
@@ -229,8 +229,9 @@ pub async fn run(settings: Settings) -> Result<(), RunError> {
 
     let addr = settings.admin_addr;
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| RunError::Admin { addr, source })?;
-    info!(%addr, "admin server (/metrics, /healthz, /readyz)");
-    let admin = admin::router(AdminState { metrics: metrics.clone(), ready: ready.clone() });
+    info!(%addr, "admin server (/metrics, /healthz, /readyz, the status page at /)");
+    let page = page::Slot::default();
+    let admin = admin::router(AdminState { metrics: metrics.clone(), ready: ready.clone(), page: page.clone() });
     tokio::spawn(crate::serve::serve(listener, admin));
 
     // Served from the start: a standby replica answers 503 until it leads.
@@ -249,11 +250,11 @@ pub async fn run(settings: Settings) -> Result<(), RunError> {
         ready.store(true, Ordering::Relaxed); // a standby replica is healthy and ready
         election.acquire().await;
         tokio::select! {
-            () = controllers(client, metrics, ready, receiver, &settings) => Ok(()),
+            () = controllers(client, metrics, ready, receiver, page, &settings) => Ok(()),
             () = election.hold() => Err(RunError::LostLeadership),
         }
     } else {
-        controllers(client, metrics, ready, receiver, &settings).await;
+        controllers(client, metrics, ready, receiver, page, &settings).await;
         Ok(())
     }
 }
@@ -263,6 +264,7 @@ async fn controllers(
     metrics: Metrics,
     ready: Arc<AtomicBool>,
     receiver: Option<Receiver>,
+    page: page::Slot,
     settings: &Settings,
 ) {
     let ns = &settings.namespace;
@@ -318,6 +320,16 @@ async fn controllers(
         mirrors: mirrors.store.clone(),
         schedules: Schedules::default(),
         census: Default::default(),
+    });
+
+    // The status page reads the same caches (set once: a replica runs its controllers once).
+    let _ = page.set(page::Source {
+        client: client.clone(),
+        namespace: ns.clone(),
+        gateways: gateways.store.clone(),
+        channels: channels.store.clone(),
+        streams: streams.store.clone(),
+        mirrors: mirrors.store.clone(),
     });
 
     tokio::spawn(census::run(
