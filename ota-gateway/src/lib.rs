@@ -9,7 +9,8 @@
 //! error, write authorization, query strings) shared by the surfaces; `cache`,
 //! `fetch` and `unpack` (registry to disk), `watch` (every file followed while running:
 //! config, certificates, keys), [`reload`] (applying the config file), `metrics`,
-//! `admin`, `notify` (MQTT and webhook notifications when a release becomes ready),
+//! `admin` (with `/census`), [`census`] (the device census's limits and expiry),
+//! `notify` (MQTT and webhook notifications when a release becomes ready),
 //! [`server`] (the listeners' connection loop: header read timeout, head size limit)
 //! and [`sendfile`] (the zero-copy path, the crate's only `unsafe` code);
 //! `simplestreams` (image streams for LXD and Incus) and `tls` (the HTTPS listener
@@ -19,6 +20,7 @@
 
 mod admin;
 mod cache;
+pub mod census;
 mod fetch;
 pub mod firmware;
 mod http;
@@ -64,14 +66,15 @@ async fn health() -> StatusCode {
     StatusCode::OK
 }
 
-/// The admin router: `/healthz`, `/readyz`, `/metrics`.
+/// The admin router: `/healthz`, `/readyz`, `/metrics`, `/census`.
 pub fn admin_app(state: AppState) -> Router {
     admin::router().with_state(state)
 }
 
 /// Loads the config file, then serves the public and admin listeners until
-/// SIGTERM or Ctrl-C, reloading the file when it changes.
-pub async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
+/// SIGTERM or Ctrl-C, reloading the file when it changes. `census`: the device census's
+/// memory budget in bytes, `None` for no census.
+pub async fn serve(config_path: PathBuf, census: Option<usize>) -> anyhow::Result<()> {
     match sendfile::raise_open_file_limit() {
         Ok(limit) => tracing::debug!(limit, "open file limit"),
         Err(e) => tracing::warn!(error = %e, "cannot raise the open file limit"),
@@ -80,7 +83,11 @@ pub async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
     // Bound here, at start: a reload that changes them is logged (`updraft_core::restart`).
     let (listen, admin_listen, sendfile) = (config.listen.clone(), config.admin_listen.clone(), config.sendfile);
     let tls_listen = config.tls.as_ref().map(|t| t.listen.clone());
-    let state = AppState::from_config(config)?;
+    let census = census.map(|limit| std::sync::Arc::new(updraft_core::census::Census::new(limit)));
+    if let Some(census) = &census {
+        crate::census::spawn_expiry(census.clone());
+    }
+    let state = AppState::from_config_with_census(config, census)?;
     // One certificate (followed, and swapped by a reload) for the HTTPS listener and the
     // stores' listeners.
     let tls_config = match state.tls() {

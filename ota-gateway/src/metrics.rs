@@ -41,6 +41,13 @@ pub struct Metrics {
     pub stream_versions: IntGaugeVec,
     pub stream_unverified: IntCounterVec,
     pub firmware_unverified: IntCounterVec,
+    /// Polls of devices that sent no id (or one too long to record), by channel: the
+    /// devices the census cannot count.
+    pub anonymous_polls: IntCounterVec,
+    /// The census's memory, series and refused pairs, read from it at each scrape.
+    pub census_bytes: IntGauge,
+    pub census_series: IntGauge,
+    pub census_refused: IntCounter,
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -95,7 +102,27 @@ impl Metrics {
         let stream_index_valid =
             gauge_vec("stream_index_valid", "1 when the stream serves its newest index, 0 when that failed validation");
         let stream_versions = gauge_vec("stream_versions", "Image versions in the index a stream serves");
+        let gauge = |name: &str, help: &str| {
+            let metric = IntGauge::new(name, help).expect("valid metric");
+            r.register(Box::new(metric.clone())).expect("unique metric");
+            metric
+        };
+        let census_bytes = gauge("census_bytes", "Bytes the device census holds (within --census-memory)");
+        let census_series = gauge("census_series", "Census series (channel x version x state) with devices");
         Self {
+            anonymous_polls: counter_vec(
+                &r,
+                "anonymous_polls_total",
+                "Device requests without an id (or with one over 256 bytes), which the census cannot count, by channel",
+                &["channel"],
+            ),
+            census_bytes,
+            census_series,
+            census_refused: counter(
+                &r,
+                "census_refused_total",
+                "Census pairs refused because the census memory budget was reached",
+            ),
             stream_index_failures: counter_vec(
                 &r,
                 "stream_index_failures_total",
@@ -151,6 +178,13 @@ impl Metrics {
         let mut buf = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding cannot fail");
         String::from_utf8(buf).expect("text exposition is UTF-8")
+    }
+
+    /// Copies the census's figures into its metrics (before a scrape).
+    pub fn census(&self, census: &updraft_core::census::Census) {
+        self.census_bytes.set(i64::try_from(census.bytes()).unwrap_or(i64::MAX));
+        self.census_series.set(i64::try_from(census.series()).unwrap_or(i64::MAX));
+        self.census_refused.inc_by(census.refused().saturating_sub(self.census_refused.get()));
     }
 
     /// Records whether a registry answered.

@@ -23,6 +23,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
+use updraft_core::census::Census;
+
 use crate::cache::Cache;
 use crate::fetch::Fetcher;
 use crate::firmware::{self, Firmware, SigningKeyError};
@@ -73,32 +75,48 @@ struct Inner {
     stores: Stores,
     /// The certificate of every TLS listener, when the gateway started with a `tls` section.
     tls: Option<Arc<CertStore>>,
+    /// The device census (`GET /census` on the admin port), unless turned off.
+    census: Option<Arc<Census>>,
 }
 
 impl AppState {
     /// State over an opened cache, stores and certificate, with nothing served until
     /// [`AppState::apply`].
-    fn new(cache: Arc<Cache>, metrics: Arc<Metrics>, stores: Stores, tls: Option<Arc<CertStore>>) -> Self {
+    fn new(
+        cache: Arc<Cache>,
+        metrics: Arc<Metrics>,
+        stores: Stores,
+        tls: Option<Arc<CertStore>>,
+        census: Option<Arc<Census>>,
+    ) -> Self {
         let fetcher = Arc::new(Fetcher::new(cache, metrics.clone()));
         let notifier = Notifier::new();
-        let firmware = Firmware::new(metrics.clone(), fetcher.clone(), firmware_events(notifier.clone()));
+        let firmware =
+            Firmware::new(metrics.clone(), fetcher.clone(), census.clone(), firmware_events(notifier.clone()));
         let streams = Streams::new(fetcher.clone(), metrics.clone());
         let config = RwLock::new(Arc::new(GatewayConfig::default()));
         let loaded = AtomicBool::new(false);
-        let inner = Inner { metrics, fetcher, config, loaded, firmware, streams, notifier, stores, tls };
+        let inner = Inner { metrics, fetcher, config, loaded, firmware, streams, notifier, stores, tls, census };
         Self { inner: Arc::new(inner) }
     }
 
-    /// Opens what the config names and a reload cannot change (the cache, the stores'
-    /// directories, the TLS certificate) and applies the config.
+    /// [`AppState::from_config_with_census`] with a census of the default budget
+    /// ([`crate::census::DEFAULT_MEMORY`]).
     pub fn from_config(config: GatewayConfig) -> Result<Self, ApplyError> {
+        Self::from_config_with_census(config, Some(Arc::new(Census::new(crate::census::DEFAULT_MEMORY))))
+    }
+
+    /// Opens what the config names and a reload cannot change (the cache, the stores'
+    /// directories, the TLS certificate) and applies the config; records the device
+    /// census in `census` (`None`: no census, `/census` answers 404).
+    pub fn from_config_with_census(config: GatewayConfig, census: Option<Arc<Census>>) -> Result<Self, ApplyError> {
         config.validate()?;
         let metrics = Arc::new(Metrics::new());
         let cache = Cache::open(&config.cache.dir, config.cache.max_bytes, metrics.clone())
             .map_err(|source| ApplyError::Cache { dir: config.cache.dir.clone(), source })?;
         let stores = Stores::open(&config.stores).map_err(|(name, source)| ApplyError::Store { name, source })?;
         let tls = config.tls.as_ref().map(|t| CertStore::load(&t.cert_file, &t.key_file)).transpose()?;
-        let state = Self::new(Arc::new(cache), metrics, stores, tls);
+        let state = Self::new(Arc::new(cache), metrics, stores, tls, census);
         state.apply(config)?;
         Ok(state)
     }
@@ -114,6 +132,11 @@ impl AppState {
     /// The firmware surface.
     pub fn firmware(&self) -> &Firmware {
         &self.inner.firmware
+    }
+
+    /// The device census, unless turned off.
+    pub fn census(&self) -> Option<&Arc<Census>> {
+        self.inner.census.as_ref()
     }
 
     /// The simplestreams surface.

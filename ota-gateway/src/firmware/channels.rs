@@ -6,13 +6,13 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use tracing::instrument;
 
-use super::{Channel, Error, Firmware, Release, RETRY_AFTER};
+use super::{Channel, Error, Firmware, Release, Seen, RETRY_AFTER};
 use crate::http::{self, query};
 use updraft_core::config::Downgrade;
 
@@ -69,7 +69,8 @@ fn json_bytes(body: Bytes) -> Response {
     ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
 }
 
-/// `GET /api/v1/channels/{name}[?id=UNIQUE]`: the release this device gets.
+/// `GET /api/v1/channels/{name}[?id=UNIQUE]`: the release this device gets (counted
+/// in the census as offered to it).
 #[instrument(level = "debug", skip(firmware, uri))]
 pub(super) async fn info(
     State(firmware): State<Firmware>,
@@ -77,16 +78,21 @@ pub(super) async fn info(
     uri: Uri,
 ) -> Result<Response, Error> {
     let channel = named(&firmware, &name)?;
-    let ready = firmware.serve(&channel, query::param(uri.query().unwrap_or(""), "id").as_deref())?;
+    let id = query::param(uri.query().unwrap_or(""), "id");
+    let ready = firmware.serve(&channel, id.as_deref())?;
+    firmware.census(channel.name(), id.as_deref(), &[(Seen::Offered, ready.version.as_str())]);
     Ok(json_bytes(ready.info_json.clone()))
 }
 
 /// `GET /api/v1/channels/{name}/firmware[?version=V|?id=UNIQUE]`: the binary. The
-/// URLs in JSON answers name the version, so a device downloads what it was told.
-#[instrument(level = "debug", skip(firmware, uri, headers))]
+/// URLs in JSON answers name the version, so a device downloads what it was told. With
+/// an `id` (beside `version` or alone), a GET answered with the body counts the device
+/// in the census as having downloaded the version served (as `/firmware` does).
+#[instrument(level = "debug", skip(firmware, method, uri, headers))]
 pub(super) async fn firmware(
     State(firmware): State<Firmware>,
     Path(name): Path<String>,
+    method: Method,
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, Error> {
@@ -102,7 +108,12 @@ pub(super) async fn firmware(
         None => firmware.serve(&channel, query::param(query, "id").as_deref())?,
     };
     firmware.touch(&ready);
-    Ok(ready.download.respond(&headers)?)
+    let response = ready.download.respond(&headers)?;
+    if super::otaflux::served_a_body(&method, response.status()) {
+        let id = query::param(query, "id");
+        firmware.census(channel.name(), id.as_deref(), &[(Seen::Downloaded, ready.version.as_str())]);
+    }
+    Ok(response)
 }
 
 /// Body of `POST /api/v1/channels/{name}/check`: what the device runs.
@@ -175,9 +186,15 @@ pub(super) async fn check(
     firmware.inner.metrics.checkin(&name, Some(request.version.trim()));
     let ready = match firmware.serve(&channel, request.id.as_deref()) {
         Ok(ready) => ready,
-        Err(Error::Fetching) => return Ok(accepted()),
+        Err(Error::Fetching) => {
+            firmware.census(channel.name(), request.id.as_deref(), &[(Seen::Running, request.version.as_str())]);
+            return Ok(accepted());
+        }
         Err(e) => return Err(e),
     };
+    // The version it runs, and the one it is offered (or up to date with).
+    let seen = [(Seen::Running, request.version.as_str()), (Seen::Offered, ready.version.as_str())];
+    firmware.census(channel.name(), request.id.as_deref(), &seen);
     let highest = channel.highest_served();
     Ok(match offer(&request.version, &ready.version, channel.config.downgrade, highest.as_ref()) {
         Offer::UpToDate => StatusCode::NO_CONTENT.into_response(),

@@ -22,7 +22,7 @@ pub mod signing;
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use axum::routing::{get, post};
 use axum::Router;
@@ -31,6 +31,7 @@ use tokio::sync::watch;
 use crate::fetch::{Fetcher, Status};
 use crate::metrics::Metrics;
 use signing::{KeyError, Signer25519};
+use updraft_core::census::{Census, DeviceHash, State as Seen};
 use updraft_core::config::GatewayConfig;
 
 pub(crate) use error::Error;
@@ -64,6 +65,8 @@ pub struct Firmware {
 struct Inner {
     metrics: Arc<Metrics>,
     fetcher: Arc<Fetcher>,
+    /// The device census, unless turned off (`--no-census`).
+    census: Option<Arc<Census>>,
     on_event: OnEvent,
     live: RwLock<Arc<Snapshot>>,
     /// Ticks on every install; resolver tasks of older snapshots then stop.
@@ -113,10 +116,37 @@ pub struct SigningKeyError {
 }
 
 impl Firmware {
-    /// A surface with no channels yet.
-    pub(crate) fn new(metrics: Arc<Metrics>, fetcher: Arc<Fetcher>, on_event: OnEvent) -> Self {
+    /// A surface with no channels yet, recording in `census` when there is one.
+    pub(crate) fn new(
+        metrics: Arc<Metrics>,
+        fetcher: Arc<Fetcher>,
+        census: Option<Arc<Census>>,
+        on_event: OnEvent,
+    ) -> Self {
         let live = RwLock::new(Arc::new(Snapshot::new(Vec::new(), None, None)));
-        Self { inner: Arc::new(Inner { metrics, fetcher, on_event, live, installed: watch::Sender::new(()) }) }
+        let installed = watch::Sender::new(());
+        Self { inner: Arc::new(Inner { metrics, fetcher, census, on_event, live, installed }) }
+    }
+
+    /// Records in the census what the device `id` of `channel` was seen doing (each
+    /// `(state, version)`), hashing the id once; without an id (or with one longer than
+    /// [`crate::census::MAX_ID`] bytes, which is not recorded) counts an anonymous
+    /// poll. A version longer than [`crate::census::MAX_VERSION`] bytes is left out.
+    /// Nothing when the census is off.
+    fn census(&self, channel: &str, id: Option<&str>, seen: &[(Seen, &str)]) {
+        let Some(census) = &self.inner.census else { return };
+        match id.filter(|id| id.len() <= crate::census::MAX_ID) {
+            Some(id) => {
+                let (device, now) = (DeviceHash::of(id), SystemTime::now());
+                for (state, version) in seen {
+                    let version = version.trim().trim_start_matches('v');
+                    if !version.is_empty() && version.len() <= crate::census::MAX_VERSION {
+                        census.record_hash(channel, version, *state, device, now);
+                    }
+                }
+            }
+            None => self.inner.metrics.anonymous_polls.with_label_values(&[channel]).inc(),
+        }
     }
 
     /// The live channels, as one consistent snapshot.
@@ -366,7 +396,7 @@ mod tests {
                     Event::Failed(f, _) => format!("failed {} {}", f.channel, f.version),
                 })
             });
-            Self { firmware: Firmware::new(metrics, fetcher, on_event), events, _dir: dir }
+            Self { firmware: Firmware::new(metrics, fetcher, None, on_event), events, _dir: dir }
         }
 
         /// Prepares and installs `config`.

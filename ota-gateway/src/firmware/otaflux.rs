@@ -1,17 +1,20 @@
 //! The OtaFlux-compatible device API, byte for byte: `GET /version?device=ID` answers
 //! `VERSION\nCRC32\nSIZE` (text/plain, CRC32 IEEE in decimal, no trailing newline),
 //! `GET /firmware?device=ID` the binary. `&id=UNIQUE` places the device in the
-//! channel's staged rollout.
+//! channel's staged rollout and counts it in the census (offered the version answered,
+//! downloaded the binary served); `&current=VERSION`, the version the device runs,
+//! counts it running that version. The answers do not depend on `current`, and a
+//! device sending neither is served as before, counted only as an anonymous poll.
 
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{header, HeaderMap, HeaderValue, Uri};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use tracing::instrument;
 
 use super::model::Ready;
-use super::{Channel, Error, Firmware};
+use super::{Channel, Error, Firmware, Seen};
 use crate::http::query;
 
 /// The channel serving `?device=` and what it serves the device with `?id=`. A channel
@@ -30,24 +33,49 @@ fn target(firmware: &Firmware, uri: &Uri) -> Result<(Arc<Channel>, Arc<Ready>), 
     Ok((channel, ready))
 }
 
-/// `GET /version?device=ID[&id=UNIQUE]`: `VERSION\nCRC32\nSIZE`.
-#[instrument(level = "debug", skip_all, fields(query = uri.query()))]
+/// `GET /version?device=ID[&id=UNIQUE][&current=VERSION]`: `VERSION\nCRC32\nSIZE`.
+/// The query is logged (at debug level) without the id.
+#[instrument(level = "debug", skip_all, fields(query = %query::redacted(uri.query().unwrap_or(""))))]
 pub(super) async fn version(State(firmware): State<Firmware>, uri: Uri) -> Response {
     let answer = target(&firmware, &uri).map(|(channel, ready)| {
         channel.otaflux_checkins.inc();
+        let query = uri.query().unwrap_or("");
+        let (id, current) = (query::param(query, "id"), query::param(query, "current"));
+        let offered = (Seen::Offered, ready.version.as_str());
+        match current.as_deref() {
+            Some(current) => firmware.census(channel.name(), id.as_deref(), &[offered, (Seen::Running, current)]),
+            None => firmware.census(channel.name(), id.as_deref(), &[offered]),
+        }
         ([(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"))], ready.version_body.clone()).into_response()
     });
     answer.unwrap_or_else(plain_text)
 }
 
-/// `GET /firmware?device=ID[&id=UNIQUE]`: the binary.
-#[instrument(level = "debug", skip_all, fields(query = uri.query()))]
-pub(super) async fn firmware(State(firmware): State<Firmware>, uri: Uri, headers: HeaderMap) -> Response {
-    let answer = target(&firmware, &uri).and_then(|(_, ready)| {
+/// `GET /firmware?device=ID[&id=UNIQUE]`: the binary. A GET answered with the body
+/// (200, or 206 for a range) counts the device as having downloaded the version; HEAD
+/// and 304 do not (no binary was served).
+#[instrument(level = "debug", skip_all, fields(query = %query::redacted(uri.query().unwrap_or(""))))]
+pub(super) async fn firmware(
+    State(firmware): State<Firmware>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let answer = target(&firmware, &uri).and_then(|(channel, ready)| {
         firmware.touch(&ready);
-        Ok(ready.download.respond(&headers)?)
+        let response = ready.download.respond(&headers)?;
+        if served_a_body(&method, response.status()) {
+            let id = query::param(uri.query().unwrap_or(""), "id");
+            firmware.census(channel.name(), id.as_deref(), &[(Seen::Downloaded, ready.version.as_str())]);
+        }
+        Ok(response)
     });
     answer.unwrap_or_else(plain_text)
+}
+
+/// Whether a download answer carried (part of) the binary: what counts as downloaded.
+pub(super) fn served_a_body(method: &Method, status: StatusCode) -> bool {
+    method == Method::GET && matches!(status, StatusCode::OK | StatusCode::PARTIAL_CONTENT)
 }
 
 /// An error of the OtaFlux routes, always in text as OtaFlux answers: its own 400 and

@@ -13,9 +13,27 @@ pub fn param<'a>(query: &'a str, name: &str) -> Option<Cow<'a, str>> {
         .filter(|v| !v.is_empty())
 }
 
+/// `query` as logs may show it: the value of every `id` parameter (a device's unique
+/// id, which is never logged) replaced by `REDACTED`, keys decoded as [`param`] does.
+pub fn redacted(query: &str) -> String {
+    let mut out = form_urlencoded::Serializer::new(String::new());
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        out.append_pair(&key, if key == "id" { "REDACTED" } else { &value });
+    }
+    out.finish()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redacted_queries_keep_no_id() {
+        assert_eq!(redacted("device=esp32&id=serial-42&current=1.0.0"), "device=esp32&id=REDACTED&current=1.0.0");
+        // However the key is spelled, as `param` would read it.
+        assert_eq!(redacted("%69d=serial-42&id=a&id=b"), "id=REDACTED&id=REDACTED&id=REDACTED");
+        assert_eq!(redacted(""), "");
+    }
 
     #[test]
     fn params() {
