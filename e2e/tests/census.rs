@@ -26,9 +26,10 @@ const MEDIA_TYPE: &str = "application/vnd.updraft.firmware.v1+octet-stream";
 const WAIT: Duration = Duration::from_secs(90);
 const REPLICAS: [&str; 3] = ["127.0.0.1", "127.0.0.2", "127.0.0.3"];
 
-/// One plain HTTP/1.1 GET (a device's request); returns the status and body.
+/// One plain HTTP/1.1 GET (a device's request); returns the status and body (status 0
+/// when nothing listens yet).
 fn get(host: &str, port: u16, path: &str) -> (u16, Vec<u8>) {
-    let mut stream = TcpStream::connect((host, port)).unwrap();
+    let Ok(mut stream) = TcpStream::connect((host, port)) else { return (0, Vec::new()) };
     write!(stream, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").unwrap();
     let mut reply = Vec::new();
     stream.read_to_end(&mut reply).unwrap();
