@@ -165,7 +165,9 @@ pub struct Rollout {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dwell: Option<String>,
     /// How long a step may wait for its devices to report the new version before the
-    /// rollout pauses (`RolloutPaused`). Default `24h`; at least `dwell`.
+    /// rollout pauses (`RolloutPaused`). Default `24h`; at least `dwell`. A pause holds
+    /// until the spec changes: the step is then judged again under the new spec over
+    /// the same figures (a lower threshold they meet advances, a longer timeout waits).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,
     /// Percentage of the devices that downloaded the new version during the step that

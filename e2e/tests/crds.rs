@@ -51,10 +51,15 @@ fn printer_columns_and_short_names() {
     kubectl(&["apply", "--server-side", "-n", &ns, "-f", "-"], Some(MINIMAL_CHANNEL)).ok();
     let table = kubectl(&["get", "-n", &ns, "fwc"], None).ok();
     let header = table.lines().next().unwrap();
-    for column in ["NAME", "LATEST", "ROLLOUT", "READY", "AGE"] {
+    for column in ["NAME", "LATEST", "ROLLOUT", "PAUSED", "READY", "AGE"] {
         assert!(header.contains(column), "column {column} missing: {header}");
     }
-    assert!(table.contains("minimal") && table.contains("100"), "{table}");
+    // Rollout reads `status.rollout.percentage`: empty until an operator resolves it.
+    assert!(table.lines().nth(1).is_some_and(|row| row.starts_with("minimal ")), "{table}");
+    let wide = kubectl(&["get", "-n", &ns, "fwc", "-o", "wide"], None).ok();
+    for column in ["DEVICE", "PREVIOUS", "STEP", "DEVICES", "GATEWAY"] {
+        assert!(wide.lines().next().unwrap().contains(column), "column {column} missing: {wide}");
+    }
     for short in ["otagw", "imgs", "amir"] {
         kubectl(&["get", "-n", &ns, short], None).ok();
     }

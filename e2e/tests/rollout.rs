@@ -189,23 +189,30 @@ impl Drop for Devices {
     }
 }
 
-/// The reasons of the events about the channel, oldest first.
-fn events(ns: &str) -> Vec<(String, String, String)> {
-    let out =
-        kubectl(&["get", "events", "-n", ns, "--field-selector", "involvedObject.name=steps", "-o", "json"], None);
+/// The events about the channel, oldest first: (reason, type, note, how often). kube's
+/// recorder publishes an event of the same reason again as a series of the first one
+/// (`series.count`, the first note), so occurrences are counted from the series.
+fn events(ns: &str) -> Vec<(String, String, String, i64)> {
+    let out = kubectl(&["get", "events.v1.events.k8s.io", "-n", ns, "-o", "json"], None);
     let list: Value = serde_json::from_str(&out.stdout).unwrap_or(Value::Null);
-    let mut events: Vec<(String, String, String, String)> = list["items"]
+    let mut events: Vec<(String, (String, String, String, i64))> = list["items"]
         .as_array()
         .into_iter()
         .flatten()
+        .filter(|e| e["regarding"]["kind"] == "FirmwareChannel" && e["regarding"]["name"] == "steps")
         .map(|e| {
-            let at = e["eventTime"].as_str().or(e["firstTimestamp"].as_str()).unwrap_or_default().to_owned();
             let field = |k: &str| e[k].as_str().unwrap_or_default().to_owned();
-            (at, field("reason"), field("type"), e["note"].as_str().or(e["message"].as_str()).unwrap_or("").into())
+            let count = e["series"]["count"].as_i64().unwrap_or(1);
+            (field("eventTime"), (field("reason"), field("type"), field("note"), count))
         })
         .collect();
     events.sort();
-    events.into_iter().map(|(_, reason, type_, note)| (reason, type_, note)).collect()
+    events.into_iter().map(|(_, e)| e).collect()
+}
+
+/// How often an event of `reason` was published about the channel.
+fn occurrences(ns: &str, reason: &str) -> i64 {
+    events(ns).iter().filter(|e| e.0 == reason).map(|e| e.3).sum()
 }
 
 /// The rollout as status shows it: (version, step, percentage, paused, complete).
@@ -319,11 +326,12 @@ fn rollout_steps_advance_pause_without_flapping_and_resume_on_an_edit() {
     let by_version = census["byVersion"].as_array().cloned().unwrap_or_default();
     let newest = by_version.iter().find(|b| b["version"] == "1.1.0").unwrap_or_else(|| panic!("{census}"));
     assert!(newest["running"].as_i64().unwrap_or(0) >= 39, "every device runs 1.1.0: {census}");
-    let reasons: Vec<String> = events(&ns).into_iter().map(|e| e.0).collect();
-    for reason in ["RolloutStarted", "RolloutAdvanced", "RolloutComplete"] {
-        assert!(reasons.contains(&reason.to_owned()), "event {reason}: {reasons:?}");
-    }
-    assert!(!reasons.contains(&"RolloutPaused".to_owned()), "{reasons:?}");
+    let counts: Vec<i64> = ["RolloutStarted", "RolloutAdvanced", "RolloutComplete", "RolloutPaused"]
+        .iter()
+        .map(|reason| occurrences(&ns, reason))
+        .collect();
+    // Complete twice: 1.0.0 (a first release) and 1.1.0.
+    assert_eq!(counts, [1, 2, 2, 0], "Started, Advanced, Complete, Paused: {:?}", events(&ns));
 
     // (b) Half the devices first offered 1.2.0 at step 2 fail: it pauses at step 2.
     devices.fleet.lock().unwrap().failing_from = Some("1.2.0".into());
@@ -365,7 +373,7 @@ fn rollout_steps_advance_pause_without_flapping_and_resume_on_an_edit() {
         assert_eq!(current, before, "the pause moved after {:?}", still.elapsed());
         std::thread::sleep(Duration::from_millis(500));
     }
-    let pauses = events(&ns).into_iter().filter(|e| e.0 == "RolloutPaused").count();
+    let pauses = occurrences(&ns, "RolloutPaused");
     let posts = hooks.lock().unwrap().iter().filter(|h| h.event.as_deref() == Some("rollout.paused")).count();
     assert_eq!((pauses, posts), (1, 1), "one event and one webhook for one pause");
     println!(
@@ -381,8 +389,8 @@ fn rollout_steps_advance_pause_without_flapping_and_resume_on_an_edit() {
     assert!(stages.iter().any(|s| (s.1, s.2) == (100, false)), "{stages:?}");
     let paused = condition(&v, "RolloutPaused").expect("RolloutPaused");
     assert_eq!((paused["status"].as_str(), paused["reason"].as_str()), (Some("False"), Some("Complete")));
-    let reasons: Vec<String> = events(&ns).into_iter().map(|e| e.0).collect();
-    assert_eq!(reasons.iter().filter(|r| *r == "RolloutComplete").count(), 3, "1.0.0, 1.1.0, 1.2.0: {reasons:?}");
+    assert_eq!(occurrences(&ns, "RolloutComplete"), 3, "1.0.0, 1.1.0, 1.2.0: {:?}", events(&ns));
+    assert_eq!(occurrences(&ns, "RolloutPaused"), 1, "{:?}", events(&ns));
     let failed = devices.fleet.lock().unwrap().failures;
     assert!(failed <= FAILERS, "{failed}");
     let done = stages.last().map_or(0.0, |s| s.0);

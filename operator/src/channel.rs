@@ -662,6 +662,49 @@ mod tests {
         validate(&ok).unwrap();
     }
 
+    #[tokio::test]
+    async fn the_rollout_paused_condition_follows_the_steps() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+        use k8s_openapi::jiff::Timestamp;
+        let client = crate::fixtures::api(|_, _, body| (201, body.to_vec()));
+        let ctx = crate::fixtures::context(client, Arc::new(CountingRegistry::default()));
+        let mut channel = crate::fixtures::channel("esp32", None, Some(crate::fixtures::resolved("1.1.0", DIGEST_A)));
+        channel.metadata.generation = Some(1);
+        channel.spec.rollout = serde_json::from_value(serde_json::json!({
+            "steps": [50, 100], "dwell": "5s", "timeout": "30s"
+        }))
+        .unwrap();
+        let (_, steps) = validate(&channel.spec).unwrap();
+        let mut status = channel.status.clone().unwrap();
+        let at = |secs: i64| Time(Timestamp::from_second(1_800_000_000 + secs).unwrap());
+        let paused = |s: &FirmwareChannelStatus| conditions::find(&s.conditions, ROLLOUT_PAUSED).cloned();
+
+        assert_eq!(set_rollout(&channel, &ctx, &mut status, steps.as_ref(), at(0)), Happened::Started);
+        let condition = paused(&status).unwrap();
+        assert_eq!((condition.status.as_str(), condition.reason.as_str()), ("False", "Progressing"));
+        assert_eq!(condition.message, "1.1.0 at step 1 (50 %) of 2 since 08:00 UTC");
+        assert_eq!(status.rollout.as_ref().map(|r| r.percentage), Some(50));
+
+        // No census for the gateway: after the timeout the rollout pauses, saying so.
+        channel.status = Some(status.clone());
+        let happened = set_rollout(&channel, &ctx, &mut status, steps.as_ref(), at(30));
+        assert_eq!(happened, Happened::Paused { reason: rollout::PauseReason::NoFigures, figures: None });
+        let condition = paused(&status).unwrap();
+        assert_eq!((condition.status.as_str(), condition.reason.as_str()), ("True", "NoFigures"));
+        assert!(condition.message.starts_with("paused at step 1 (50 %): no device census"), "{}", condition.message);
+        channel.status = Some(status.clone());
+        let before = status.clone();
+        assert_eq!(set_rollout(&channel, &ctx, &mut status, steps.as_ref(), at(90)), Happened::StillPaused);
+        assert_eq!(status, before, "a held pause writes nothing");
+
+        // A fixed share has no such condition.
+        channel.spec.rollout = Default::default();
+        let (_, steps) = validate(&channel.spec).unwrap();
+        assert_eq!(set_rollout(&channel, &ctx, &mut status, steps.as_ref(), at(120)), Happened::Fixed);
+        assert_eq!(paused(&status), None);
+        assert_eq!(status.rollout.map(|r| (r.percentage, r.step)), Some((100, None)));
+    }
+
     /// A registry that always resolves the same artifact, counting how often it is asked.
     #[derive(Default)]
     struct CountingRegistry(std::sync::atomic::AtomicUsize);
