@@ -87,10 +87,8 @@ fn three_replicas_merge_to_what_one_would_count() {
 
     // The gateway Service's endpoints, as the EndpointSlice controller writes them for
     // three ready pods: what the operator discovers the replicas through.
-    let endpoints: Vec<String> = REPLICAS
-        .iter()
-        .map(|h| format!("  - addresses: [\"{h}\"]\n    conditions: {{ready: true}}\n"))
-        .collect();
+    let endpoints: Vec<String> =
+        REPLICAS.iter().map(|h| format!("  - addresses: [\"{h}\"]\n    conditions: {{ready: true}}\n")).collect();
     apply(&format!(
         "apiVersion: discovery.k8s.io/v1beta1\nkind: EndpointSlice\nmetadata:\n  name: default-replicas\n  labels: {{kubernetes.io/service-name: default}}\naddressType: IPv4\nports:\n  - {{name: admin, port: {admin}, protocol: TCP}}\n  - {{name: http, port: {port}, protocol: TCP}}\nendpoints:\n{}",
         endpoints.concat()
@@ -138,7 +136,10 @@ fn three_replicas_merge_to_what_one_would_count() {
         expect("1.0.0", State::Downloaded),
         expect("0.9.0", State::Running),
     );
-    println!("one replica's estimate: total {}, offered {}, downloaded {}, running 0.9.0 {}", expected.0, expected.1, expected.2, expected.3);
+    println!(
+        "one replica's estimate: total {}, offered {}, downloaded {}, running 0.9.0 {}",
+        expected.0, expected.1, expected.2, expected.3
+    );
     assert!((2940..=3060).contains(&expected.0), "the sketch is within 2 % of 3,000: {expected:?}");
 
     let figures = |v: &Value| -> Option<(i64, i64, i64, i64, i64)> {
@@ -161,8 +162,12 @@ fn three_replicas_merge_to_what_one_would_count() {
     assert!(found.is_ok(), "status: {:#}\nwant {want:?}\noperator log:\n{}", fwc()["status"], operator.output());
     let status = fwc();
     assert_eq!(status["status"]["devices"]["window"], "24h");
-    let versions: Vec<&str> =
-        status["status"]["devices"]["byVersion"].as_array().unwrap().iter().map(|v| v["version"].as_str().unwrap()).collect();
+    let versions: Vec<&str> = status["status"]["devices"]["byVersion"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["version"].as_str().unwrap())
+        .collect();
     assert_eq!(versions, ["1.0.0", "0.9.0"], "newest first");
     println!("status.devices: {:#}", status["status"]["devices"]);
 
@@ -177,7 +182,9 @@ fn three_replicas_merge_to_what_one_would_count() {
     // And each replica counted its own anonymous poll.
     let gateway_metrics = String::from_utf8(get("127.0.0.2", admin, "/metrics").1).unwrap();
     assert!(
-        gateway_metrics.lines().any(|l| l.starts_with("updraft_gateway_anonymous_polls_total{channel=\"esp32\"}") && !l.ends_with(" 0")),
+        gateway_metrics
+            .lines()
+            .any(|l| l.starts_with("updraft_gateway_anonymous_polls_total{channel=\"esp32\"}") && !l.ends_with(" 0")),
         "{gateway_metrics}"
     );
     // /census is on the admin port only.

@@ -74,13 +74,16 @@ pub fn parse_overrides(text: &str) -> Result<Overrides, OverridesError> {
     for entry in text.split(';').map(str::trim).filter(|e| !e.is_empty()) {
         let error = |reason| OverridesError { entry: entry.to_owned(), reason };
         let (gateway, addresses) = entry.split_once('=').ok_or_else(|| error("no '='"))?;
-        let (namespace, name) = gateway.trim().split_once('/').ok_or_else(|| error("the gateway is not namespace/name"))?;
+        let (namespace, name) =
+            gateway.trim().split_once('/').ok_or_else(|| error("the gateway is not namespace/name"))?;
         if namespace.is_empty() || name.is_empty() {
             return Err(error("the gateway is not namespace/name"));
         }
         let addresses: Vec<String> =
             addresses.split(',').map(str::trim).filter(|a| !a.is_empty()).map(str::to_owned).collect();
-        if addresses.is_empty() || addresses.iter().any(|a| a.rsplit_once(':').is_none_or(|(_, p)| p.parse::<u16>().is_err())) {
+        if addresses.is_empty()
+            || addresses.iter().any(|a| a.rsplit_once(':').is_none_or(|(_, p)| p.parse::<u16>().is_err()))
+        {
             return Err(error("every replica must be host:port"));
         }
         overrides.insert((namespace.to_owned(), name.to_owned()), addresses);
@@ -203,6 +206,9 @@ fn newest_first(a: &str, b: &str) -> std::cmp::Ordering {
 const STATES: [(State, &str); 3] =
     [(State::Offered, "offered"), (State::Downloaded, "downloaded"), (State::Running, "running")];
 
+/// The labels of one `channel_devices` series: namespace, channel, version, state, window.
+type SeriesLabels = [String; 5];
+
 /// The census's Prometheus series.
 pub(crate) struct CensusMetrics {
     devices: IntGaugeVec,
@@ -211,7 +217,7 @@ pub(crate) struct CensusMetrics {
     errors: IntCounterVec,
     /// The `channel_devices` label sets each channel published last, so versions that
     /// leave the windows leave the metrics too.
-    published: std::sync::Mutex<HashMap<(String, String), Vec<[String; 5]>>>,
+    published: std::sync::Mutex<HashMap<(String, String), Vec<SeriesLabels>>>,
 }
 
 impl CensusMetrics {
@@ -235,10 +241,7 @@ impl CensusMetrics {
         )
         .expect("valid metric");
         let errors = IntCounterVec::new(
-            Opts::new(
-                "census_errors_total",
-                "Census gathers that failed, by reason (discovery, unreachable, invalid)",
-            ),
+            Opts::new("census_errors_total", "Census gathers that failed, by reason (discovery, unreachable, invalid)"),
             &["namespace", "gateway", "reason"],
         )
         .expect("valid metric");
@@ -330,7 +333,12 @@ fn key(gateway: &OtaGateway) -> GatewayKey {
 }
 
 /// Reads and merges the reports of `addresses`; `None` when none could be read.
-async fn gather(http: &reqwest::Client, gateway: &GatewayKey, addresses: &[String], metrics: &CensusMetrics) -> Option<Gathered> {
+async fn gather(
+    http: &reqwest::Client,
+    gateway: &GatewayKey,
+    addresses: &[String],
+    metrics: &CensusMetrics,
+) -> Option<Gathered> {
     let at = SystemTime::now();
     let reports = join_all(addresses.iter().map(|a| report(http, a))).await;
     let mut merged = Merged::default();
@@ -408,12 +416,8 @@ impl SliceApi {
 /// `host:port` of every ready endpoint of one EndpointSlice (`v1` and `v1beta1` share
 /// these fields), at its port named `admin`.
 fn admin_addresses(slice: &Value) -> Vec<String> {
-    let Some(port) = slice["ports"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|p| p["name"] == "admin")
-        .and_then(|p| p["port"].as_u64())
+    let Some(port) =
+        slice["ports"].as_array().into_iter().flatten().find(|p| p["name"] == "admin").and_then(|p| p["port"].as_u64())
     else {
         return Vec::new();
     };
@@ -465,7 +469,10 @@ mod tests {
             ]
         });
         assert_eq!(admin_addresses(&slice), ["10.0.0.1:9090", "10.0.0.2:9090", "[fd00::4]:9090"]);
-        assert!(admin_addresses(&json!({"ports": [{"name": "http", "port": 1}], "endpoints": [{"addresses": ["10.0.0.1"]}]})).is_empty());
+        assert!(admin_addresses(
+            &json!({"ports": [{"name": "http", "port": 1}], "endpoints": [{"addresses": ["10.0.0.1"]}]})
+        )
+        .is_empty());
         assert!(admin_addresses(&json!({})).is_empty());
     }
 
@@ -496,7 +503,7 @@ mod tests {
                 devices.push((id.as_str(), "1.1.0", State::Downloaded));
             }
             // 270 of the 300 run it; 100 others run it without a download in the window.
-            if i < 270 || i >= 300 {
+            if !(270..300).contains(&i) {
                 devices.push((id.as_str(), "1.1.0", State::Running));
             }
             if (270..300).contains(&i) {
