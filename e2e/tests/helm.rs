@@ -403,7 +403,13 @@ fn rendered_chart_passes_a_server_side_dry_run() {
             })
             .collect()
     };
-    assert_eq!(ports("updraft-gateways"), ["http", "https", "store", "admin"]);
+    // The admin port twice: from metricsFrom (Prometheus), and from the operator's own pods,
+    // which gather the device census there.
+    assert_eq!(ports("updraft-gateways"), ["http", "https", "store", "admin", "admin"]);
+    let gateways = policies.iter().find(|p| p["metadata"]["name"] == "updraft-gateways").unwrap();
+    let census = &gateways["spec"]["ingress"][3]["from"][0];
+    assert_eq!(census["podSelector"]["matchLabels"]["app.kubernetes.io/name"], "updraft", "{census:?}");
+    assert!(census["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"].is_string(), "{census:?}");
     assert_eq!(ports("updraft-mirror-workers"), ["admin"]);
     let watched = template(&["--set", "networkPolicy.enabled=true", "--set", "watchNamespace=fleet"]);
     let in_fleet: Vec<_> = network_policies(&watched)

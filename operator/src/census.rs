@@ -19,7 +19,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::future::join_all;
 use futures::StreamExt;
@@ -152,8 +152,9 @@ impl Census {
         Some(devices)
     }
 
-    /// Of the devices that downloaded `version` of `channel` since `since`, how many
-    /// there are and how many report running it since then, when the gateway's replicas
+    /// Of the devices that downloaded `version` of `channel` since `since` (from the
+    /// start of its minute: the census counts whole minutes), how many there are and how
+    /// many report running it since then, when the gateway's replicas
     /// were read. "Downloaded and running" is |D| + |R| - |D ∪ R| of the two sketches:
     /// near exact while the counts are small next to the sketch's 16,384 registers,
     /// which is where rollout steps are judged.
@@ -166,7 +167,12 @@ impl Census {
     ) -> Option<Adoption> {
         let gathered = self.get(gateway)?;
         let (merged, at) = (&gathered.merged, gathered.at);
-        let window = at.duration_since(since).unwrap_or_default().clamp(Duration::from_secs(60), WINDOWS[2].1);
+        // The census keeps whole minutes and a window holds the minutes after its start:
+        // cover the minute `since` falls in (a download a few seconds after the step
+        // began is in it), so also up to a minute before.
+        let minute = |t: SystemTime| t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() / 60);
+        let minutes = minute(at).saturating_sub(minute(since)) + 1;
+        let window = Duration::from_secs(minutes * 60).min(WINDOWS[2].1);
         let downloaded = merged.devices(channel, version, State::Downloaded, window, at);
         let running = merged.devices(channel, version, State::Running, window, at);
         let either = merged.union(channel, &[(version, State::Downloaded), (version, State::Running)], window, at);
@@ -491,6 +497,26 @@ mod tests {
         let mut merged = Merged::default();
         merged.add(&census.report(at)).unwrap();
         merged
+    }
+
+    #[test]
+    fn adoption_counts_a_download_in_the_minute_the_step_began() {
+        let minute = |m: u64, s: u64| UNIX_EPOCH + Duration::from_secs(29_000_000 * 60 + m * 60 + s);
+        let (since, download, at) = (minute(0, 10), minute(0, 20), minute(1, 5));
+        let census = updraft_core::census::Census::new(16 << 20);
+        census.record("esp32", "1.1.0", State::Downloaded, "device-1", download);
+        census.record("esp32", "1.1.0", State::Running, "device-1", minute(1, 0));
+        // Ten seconds before the step began, in the same minute: counted too (a whole minute).
+        census.record("esp32", "1.1.0", State::Downloaded, "device-2", minute(0, 0));
+        let mut merged = Merged::default();
+        merged.add(&census.report(at)).unwrap();
+        let gateway: GatewayKey = ("ns".into(), "gw".into());
+        let figures = Census::default();
+        figures.keep(&gateway, Some(Gathered { merged, replicas: 1, at }));
+        let adoption = figures.adoption(&gateway, "esp32", "1.1.0", since).unwrap();
+        assert_eq!((adoption.downloaded, adoption.running), (2, 1), "both downloads are in the step's minute");
+        let later = figures.adoption(&gateway, "esp32", "1.1.0", minute(1, 0)).unwrap();
+        assert_eq!(later, Adoption { downloaded: 0, running: 0 }, "a step that began a minute later saw none");
     }
 
     #[test]
