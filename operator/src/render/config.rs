@@ -46,6 +46,8 @@ pub(crate) fn gateway_config(
             listen: format!("0.0.0.0:{HTTPS_PORT}"),
             cert_file: format!("{TLS_DIR}/tls.crt").into(),
             key_file: format!("{TLS_DIR}/tls.key").into(),
+            client_ca_file: None,
+            client_auth: None,
         }),
         streams: streams.iter().filter_map(|s| stream_config(gateway, s)).collect(),
         stores: gateway.spec.store.iter().map(store_config).collect(),
