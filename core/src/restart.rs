@@ -25,6 +25,11 @@ pub struct RestartSettings {
     cache_dir: PathBuf,
     /// The HTTPS listener, when there is one (its certificate files are live).
     tls_listen: Option<String>,
+    /// Mutual TLS: the client CA bundle and whether a certificate is required, read
+    /// when the listener starts. Omitted while unset, so that a config without mutual
+    /// TLS keeps the hash it had before the field existed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls_client_auth: Option<(PathBuf, crate::config::ClientAuth)>,
     /// Each store's listener and directory, by name (its keys and limits are live).
     stores: Vec<(String, String, PathBuf)>,
 }
@@ -41,6 +46,7 @@ impl RestartSettings {
             sendfile: config.sendfile,
             cache_dir: config.cache.dir.clone(),
             tls_listen: config.tls.as_ref().map(|t| t.listen.clone()),
+            tls_client_auth: config.tls.as_ref().and_then(|t| Some((t.client_ca_file.clone()?, t.client_auth()?))),
             stores,
         }
     }
@@ -59,6 +65,7 @@ impl RestartSettings {
         check(self.sendfile != other.sendfile, "sendfile");
         check(self.cache_dir != other.cache_dir, "cache.dir");
         check(self.tls_listen != other.tls_listen, "tls (added, removed or its listen)");
+        check(self.tls_client_auth != other.tls_client_auth, "tls.clientCaFile or tls.clientAuth");
         check(self.stores != other.stores, "stores (added, removed, or a listen or dir)");
         changed
     }
@@ -83,6 +90,39 @@ mod tests {
         GatewayConfig { stores: vec![store], ..Default::default() }
     }
 
+    fn tls(cert_file: &str) -> TlsConfig {
+        TlsConfig {
+            listen: "0.0.0.0:8443".into(),
+            cert_file: cert_file.into(),
+            key_file: "k".into(),
+            client_ca_file: None,
+            client_auth: None,
+        }
+    }
+
+    /// The hash of a config without mutual TLS is the one it had before the client CA
+    /// settings existed (no pod rolls on upgrade); adding or changing them is a restart.
+    #[test]
+    fn client_ca_settings_are_restart_settings_and_absent_ones_keep_the_old_hash() {
+        let mut base = config();
+        base.tls = Some(tls("c"));
+        let json = serde_json::to_string(&RestartSettings::of(&base)).unwrap();
+        assert!(!json.contains("tlsClientAuth"), "{json}");
+        let mut mtls = base.clone();
+        mtls.tls.as_mut().unwrap().client_ca_file = Some("/ca/ca.crt".into());
+        assert_eq!(
+            RestartSettings::of(&mtls).changed(&RestartSettings::of(&base)),
+            ["tls.clientCaFile or tls.clientAuth"]
+        );
+        let mut required = mtls.clone();
+        required.tls.as_mut().unwrap().client_auth = Some(crate::config::ClientAuth::Required);
+        assert_ne!(RestartSettings::of(&required).hash(), RestartSettings::of(&mtls).hash());
+        // `optional` spelled out or left out is the same setting.
+        let mut spelled = mtls.clone();
+        spelled.tls.as_mut().unwrap().client_auth = Some(crate::config::ClientAuth::Optional);
+        assert_eq!(RestartSettings::of(&spelled).hash(), RestartSettings::of(&mtls).hash());
+    }
+
     #[test]
     fn live_settings_leave_the_hash_alone_and_restart_settings_change_it() {
         let base = config();
@@ -103,9 +143,7 @@ mod tests {
             ("adminListen", |c| c.admin_listen = "0.0.0.0:2".into()),
             ("sendfile", |c| c.sendfile = false),
             ("cache.dir", |c| c.cache.dir = "/elsewhere".into()),
-            ("tls (added, removed or its listen)", |c| {
-                c.tls = Some(TlsConfig { listen: "0.0.0.0:8443".into(), cert_file: "c".into(), key_file: "k".into() })
-            }),
+            ("tls (added, removed or its listen)", |c| c.tls = Some(tls("c"))),
             ("stores (added, removed, or a listen or dir)", |c| c.stores[0].listen = "0.0.0.0:9".into()),
             ("stores (added, removed, or a listen or dir)", |c| c.stores[0].dir = "/srv/other".into()),
         ];
@@ -117,7 +155,7 @@ mod tests {
         }
         // Certificate files are live.
         let mut with_tls = base.clone();
-        with_tls.tls = Some(TlsConfig { listen: "0.0.0.0:8443".into(), cert_file: "c".into(), key_file: "k".into() });
+        with_tls.tls = Some(tls("c"));
         let mut renamed = with_tls.clone();
         renamed.tls.as_mut().unwrap().cert_file = "other".into();
         assert_eq!(RestartSettings::of(&renamed).hash(), RestartSettings::of(&with_tls).hash());

@@ -101,6 +101,31 @@ pub struct GatewayTls {
     /// Name of a `kubernetes.io/tls` Secret (keys `tls.crt`, `tls.key`) in the gateway's
     /// namespace.
     pub secret_name: String,
+    /// Name of a Secret whose key `ca.crt` is the PEM bundle of the CAs device
+    /// certificates are issued by: the HTTPS port then asks devices for a client
+    /// certificate (mutual TLS), and a device that names no `id` is counted in the
+    /// census by its certificate's subject. Read when a pod starts: a changed bundle
+    /// reaches the gateway with its next restart. No client certificates when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca_secret: Option<String>,
+    /// `optional` (default): a device without a certificate is served too; `required`:
+    /// its handshake is refused. A certificate that does not verify is always refused.
+    /// Needs `clientCaSecret`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_auth: Option<GatewayClientAuth>,
+}
+
+/// Whether the HTTPS port requires a client certificate: `optional` (default), a device
+/// without one is served too; `required`, its handshake is refused. A certificate that
+/// does not verify is always refused. Needs `clientCaSecret`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum GatewayClientAuth {
+    /// Devices may present a certificate.
+    #[default]
+    Optional,
+    /// Devices must present one.
+    Required,
 }
 
 /// Notifications a gateway sends. Every replica sends them: MQTT messages are retained

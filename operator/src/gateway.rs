@@ -12,6 +12,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
 use serde::{de::DeserializeOwned, Serialize};
 use tracing::instrument;
+use updraft_core::config::TlsConfigError;
 use updraft_crds::conditions::{self, set_condition, NewCondition, READY, RECONCILING, STALLED};
 use updraft_crds::gateway::GatewayStore;
 use updraft_crds::{OtaGateway, OtaGatewaySpec, OtaGatewayStatus};
@@ -130,6 +131,18 @@ fn validate(spec: &OtaGatewaySpec) -> Result<(), SpecError> {
     }
     if let Err(e) = render::notifications_config(&spec.notifications).validate() {
         return Err(SpecError::new("notifications", e.to_string()));
+    }
+    // The gateway's own check of its `tls` section, told in the spec's field names.
+    if let Some(Err(e)) = spec.tls.as_ref().map(|tls| render::tls_config(tls).check()) {
+        let message = match e {
+            TlsConfigError::ClientAuthWithoutCa(mode) => {
+                format!(
+                    "tls.clientAuth {mode} needs tls.clientCaSecret (the CA bundle device certificates verify against)"
+                )
+            }
+            other => format!("tls: {other}"),
+        };
+        return Err(SpecError::new("tls.clientAuth", message));
     }
     if let Some(store) = &spec.store {
         if [8080, 8443, 9090].contains(&store.port) {
@@ -270,6 +283,18 @@ mod tests {
             .webhooks
             .push(updraft_crds::gateway::GatewayWebhook { url: "ftp://x".into(), secret_ref: None });
         assert_eq!(validate(&hooked).unwrap_err().field, "notifications");
+        let mut mtls = spec.clone();
+        mtls.cache.size = Quantity("1Gi".into());
+        mtls.tls = Some(updraft_crds::gateway::GatewayTls {
+            secret_name: "gw-cert".into(),
+            client_ca_secret: None,
+            client_auth: Some(updraft_crds::gateway::GatewayClientAuth::Required),
+        });
+        let err = validate(&mtls).unwrap_err();
+        assert_eq!(err.field, "tls.clientAuth");
+        assert!(err.to_string().starts_with("tls.clientAuth required needs tls.clientCaSecret"), "{err}");
+        mtls.tls.as_mut().unwrap().client_ca_secret = Some("device-ca".into());
+        validate(&mtls).unwrap();
         spec.service.type_ = "Ingress".into();
         let err = validate(&spec).unwrap_err();
         assert_eq!(err.field, "service.type");

@@ -10,9 +10,10 @@
 //!   channel's `firmware`, 200 or 206; not HEAD, not 304);
 //! - *running*: the OtaFlux routes' `current=`, the check's `version`.
 //!
-//! Only requests with a device id (`id=`, the check's `id`) are recorded; the others,
-//! and ids over [`MAX_ID`] bytes, are counted as anonymous polls per channel
-//! (`updraft_gateway_anonymous_polls_total`). Answers never depend on the census. The id
+//! Only requests with a device id (`id=`, the check's `id`, else the subject of a
+//! verified client certificate on the HTTPS port, `server::ClientSubject`) are
+//! recorded; the others, and ids over [`MAX_ID`] bytes, are counted as anonymous polls
+//! per channel (`updraft_gateway_anonymous_polls_total`). Answers never depend on the census. The id
 //! is hashed at once and never stored, logged (the OtaFlux handlers log their query with
 //! `id` redacted) or exported.
 

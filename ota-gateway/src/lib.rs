@@ -83,21 +83,30 @@ pub async fn serve(config_path: PathBuf, census: Option<usize>) -> anyhow::Resul
     // Bound here, at start: a reload that changes them is logged (`updraft_core::restart`).
     let (listen, admin_listen, sendfile) = (config.listen.clone(), config.admin_listen.clone(), config.sendfile);
     let tls_listen = config.tls.as_ref().map(|t| t.listen.clone());
+    // Mutual TLS on the HTTPS listener only, read at start.
+    let client_ca = config.tls.as_ref().and_then(|t| Some((t.client_ca_file.clone()?, t.client_auth()?)));
     let census = census.map(|limit| std::sync::Arc::new(updraft_core::census::Census::new(limit)));
     if let Some(census) = &census {
         crate::census::spawn_expiry(census.clone());
     }
     let state = AppState::from_config_with_census(config, census)?;
     // One certificate (followed, and swapped by a reload) for the HTTPS listener and the
-    // stores' listeners.
-    let tls_config = match state.tls() {
+    // stores' listeners; client certificates are asked for on the HTTPS listener only.
+    let (tls_config, https_config) = match state.tls() {
         Some(certificate) => {
             certificate.spawn_watcher();
-            Some(tls::server_config(certificate.clone())?)
+            let client_ca = client_ca.as_ref().map(|(file, mode)| (file.as_path(), *mode));
+            if let Some((_, mode)) = client_ca {
+                tracing::info!(client_auth = %mode, "HTTPS asks for client certificates (mutual TLS)");
+            }
+            (
+                Some(tls::server_config(certificate.clone(), None)?),
+                Some(tls::server_config(certificate.clone(), client_ca)?),
+            )
         }
-        None => None,
+        None => (None, None),
     };
-    let tls = match (&tls_listen, &tls_config) {
+    let tls = match (&tls_listen, &https_config) {
         (Some(addr), Some(server_config)) => {
             let listener = tls::TlsListener::bind(addr, server_config.clone())
                 .await

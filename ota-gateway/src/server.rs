@@ -8,7 +8,9 @@
 //! are a [`Connection`] works, so the device listener keeps its `sendfile` writes.
 //!
 //! Every request carries a [`Transport`] extension saying whether its connection was
-//! TLS; write handlers that need TLS take it as an extractor. A client that half-closes
+//! TLS; write handlers that need TLS take it as an extractor. A request on a connection
+//! whose client presented a verified certificate (mutual TLS) carries its subject, a
+//! [`ClientSubject`]. A client that half-closes
 //! its connection after its request still gets the answer.
 
 use std::future::Future;
@@ -56,9 +58,49 @@ impl<S: Send + Sync> FromRequestParts<S> for Transport {
     }
 }
 
+/// The subject (RFC 4514) of the verified client certificate of a request's
+/// connection, when its client presented one (mutual TLS); the census counts it as the
+/// device when the request names no `id`. As an extractor it is never missing (empty
+/// without a certificate). Its `Debug` never shows the subject: it identifies a device
+/// and must not reach a log.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct ClientSubject(Option<std::sync::Arc<str>>);
+
+impl ClientSubject {
+    /// A subject; an empty one (a certificate naming its device only in an extension)
+    /// is no subject.
+    pub fn new(subject: String) -> Self {
+        Self((!subject.is_empty()).then(|| subject.into()))
+    }
+
+    /// The subject, when the client presented a verified certificate.
+    pub fn get(&self) -> Option<&str> {
+        self.0.as_deref()
+    }
+}
+
+impl std::fmt::Debug for ClientSubject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "ClientSubject(<redacted>)" } else { "ClientSubject(None)" })
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientSubject {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(parts.extensions.get::<ClientSubject>().cloned().unwrap_or_default())
+    }
+}
+
 /// A connection type a listener hands out, and which [`Transport`] it is.
 pub trait Connection {
     const TRANSPORT: Transport;
+
+    /// The subject of the client's verified certificate, read once per connection.
+    fn client_subject(&self) -> ClientSubject {
+        ClientSubject::default()
+    }
 }
 
 impl Connection for tokio::net::TcpStream {
@@ -71,6 +113,13 @@ impl Connection for crate::sendfile::DeviceStream {
 
 impl Connection for tokio_rustls::server::TlsStream<tokio::net::TcpStream> {
     const TRANSPORT: Transport = Transport::Tls;
+
+    /// rustls hands out the peer's chain only once the verifier accepted it, leaf
+    /// first. A subject that does not parse counts as none.
+    fn client_subject(&self) -> ClientSubject {
+        let leaf = self.get_ref().1.peer_certificates().and_then(|chain| chain.first());
+        leaf.and_then(|cert| crate::tls::subject(cert).ok()).map(ClientSubject::new).unwrap_or_default()
+    }
 }
 
 /// Serves `app` on every connection `listener` accepts until `shutdown` resolves, then
@@ -101,7 +150,15 @@ where
             accepted = listener.accept() => accepted,
             () = &mut shutdown => break,
         };
-        let conn = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(app.clone())).with_upgrades();
+        // The client's certificate subject, when it has one, on each of its requests.
+        let subject = io.client_subject();
+        let service = tower::util::MapRequest::new(app.clone(), move |mut request: axum::http::Request<_>| {
+            if subject.get().is_some() {
+                request.extensions_mut().insert(subject.clone());
+            }
+            request
+        });
+        let conn = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(service)).with_upgrades();
         let (mut stopping, done) = (stopping.clone(), done.clone());
         tokio::spawn(async move {
             let mut conn = pin!(conn);

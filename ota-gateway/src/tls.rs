@@ -21,6 +21,17 @@
 //! Handshakes run in their own tasks, so a slow or silent client never delays
 //! another's accept.
 //!
+//! **Mutual TLS.** With a client CA bundle (`tls.clientCaFile`) the HTTPS listener asks
+//! for a client certificate and verifies it with rustls's `WebPkiClientVerifier`
+//! against that bundle; `clientAuth: optional` (the default) also serves a client that
+//! sends none, `required` refuses its handshake. A certificate that does not verify is
+//! always refused. The verified certificate's subject ([`subject`], RFC 4514) is what
+//! the firmware surface counts as the device in the census when a request names no
+//! `id` (see [`crate::server::ClientSubject`]); it is hashed there and never stored or
+//! logged. The bundle and the mode are read at start (a change is logged as waiting
+//! for a restart, `updraft_core::restart`); the stores' listeners never ask for a
+//! client certificate (their writes are authorized by key).
+//!
 //! The served certificate's notAfter is exported
 //! (`updraft_gateway_tls_certificate_expiry_timestamp_seconds`), set whenever a pair is
 //! loaded or swapped, so an alert can say a renewal did not happen before devices refuse
@@ -34,20 +45,23 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
+use der::asn1::ObjectIdentifier;
 use der::asn1::{AnyRef, GeneralizedTime, UtcTime};
-use der::{Decode, Reader, SliceReader, Tag, TagNumber, Tagged};
+use der::{Decode, Encode, Reader, SliceReader, Tag, TagNumber, Tagged};
 use prometheus::{IntCounter, IntGauge};
 use rustls::crypto::aws_lc_rs;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::server::danger::ClientCertVerifier;
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
-use rustls::ServerConfig;
+use rustls::{RootCertStore, ServerConfig};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
+use updraft_core::config::ClientAuth;
 
 use crate::watch;
 
@@ -77,6 +91,8 @@ pub enum TlsError {
     Mismatch(String),
     #[error("TLS configuration: {0}")]
     Config(#[from] rustls::Error),
+    #[error("client CA bundle {path}: {reason}")]
+    ClientCa { path: PathBuf, reason: String },
 }
 
 /// Plain-HTTP requests refused on the TLS port since start. One process-wide counter,
@@ -237,13 +253,12 @@ fn load_pair(cert_file: &Path, key_file: &Path) -> Result<Pair, TlsError> {
     Ok(Pair { key: certified, not_after })
 }
 
-/// The notAfter of a DER certificate, in Unix seconds. Walks RFC 5280's
-/// `Certificate ::= SEQUENCE { tbsCertificate SEQUENCE { [0] version OPTIONAL,
-/// serialNumber, signature, issuer, validity SEQUENCE { notBefore, notAfter }, … }, … }`
-/// with `der` (already in the tree through the key parsers) rather than adding an X.509
-/// crate for one field.
-fn not_after(cert: &[u8]) -> Result<u64, der::Error> {
-    let sequence = |any: AnyRef<'_>| any.tag().assert_eq(Tag::Sequence).map(|_| ());
+/// The fields of a DER certificate's tbsCertificate after its optional version:
+/// RFC 5280's `Certificate ::= SEQUENCE { tbsCertificate SEQUENCE { [0] version
+/// OPTIONAL, serialNumber, signature, issuer, validity, subject, … }, … }`, walked with
+/// `der` (already in the tree through the key parsers) rather than adding an X.509
+/// crate for two fields.
+fn tbs_fields(cert: &[u8]) -> Result<SliceReader<'_>, der::Error> {
     let cert = AnyRef::from_der(cert)?;
     sequence(cert)?;
     let tbs = AnyRef::decode(&mut SliceReader::new(cert.value())?)?;
@@ -252,6 +267,16 @@ fn not_after(cert: &[u8]) -> Result<u64, der::Error> {
     if fields.peek_tag()? == (Tag::ContextSpecific { constructed: true, number: TagNumber::N0 }) {
         AnyRef::decode(&mut fields)?;
     }
+    Ok(fields)
+}
+
+fn sequence(any: AnyRef<'_>) -> Result<(), der::Error> {
+    any.tag().assert_eq(Tag::Sequence).map(|_| ())
+}
+
+/// The notAfter of a DER certificate, in Unix seconds.
+fn not_after(cert: &[u8]) -> Result<u64, der::Error> {
+    let mut fields = tbs_fields(cert)?;
     // serialNumber, signature, issuer
     for _ in 0..3 {
         AnyRef::decode(&mut fields)?;
@@ -268,12 +293,133 @@ fn not_after(cert: &[u8]) -> Result<u64, der::Error> {
     Ok(since_epoch.as_secs())
 }
 
-/// The rustls server configuration: TLS 1.3 and 1.2, HTTP/1.1, certificates from `store`.
-pub fn server_config(store: Arc<CertStore>) -> Result<Arc<ServerConfig>, TlsError> {
-    let mut config = ServerConfig::builder_with_provider(Arc::new(aws_lc_rs::default_provider()))
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-        .with_no_client_auth()
-        .with_cert_resolver(store);
+/// The subject of a DER certificate as an RFC 4514 string (`CN=dev-42,O=Acme`): the
+/// RDNs last first, joined by `,`, the attributes of a multi-valued RDN by `+` (last
+/// first as well, as openssl prints them); the
+/// usual attribute types by name (CN, L, ST, O, OU, C, STREET, DC, UID), others as a
+/// dotted OID with the value as `#` and its DER in hex, as are values that are not a
+/// UTF8String, PrintableString, IA5String or BMPString. An empty subject is "".
+pub(crate) fn subject(cert: &[u8]) -> Result<String, der::Error> {
+    let mut fields = tbs_fields(cert)?;
+    // serialNumber, signature, issuer, validity
+    for _ in 0..4 {
+        AnyRef::decode(&mut fields)?;
+    }
+    let name = AnyRef::decode(&mut fields)?;
+    sequence(name)?;
+    let mut rdns = Vec::new();
+    let mut reader = SliceReader::new(name.value())?;
+    while !reader.is_finished() {
+        let rdn = AnyRef::decode(&mut reader)?;
+        rdn.tag().assert_eq(Tag::Set)?;
+        let mut attributes = Vec::new();
+        let mut inner = SliceReader::new(rdn.value())?;
+        while !inner.is_finished() {
+            let attribute = AnyRef::decode(&mut inner)?;
+            sequence(attribute)?;
+            let mut parts = SliceReader::new(attribute.value())?;
+            let oid = ObjectIdentifier::decode(&mut parts)?;
+            let value = AnyRef::decode(&mut parts)?;
+            attributes.push(attribute_text(&oid, value)?);
+        }
+        // RFC 4514 allows any order within an RDN; openssl's (last first too) lets
+        // an operator compare with `openssl x509 -subject -nameopt RFC2253`.
+        attributes.reverse();
+        rdns.push(attributes.join("+"));
+    }
+    rdns.reverse();
+    Ok(rdns.join(","))
+}
+
+/// `TYPE=value` of one attribute (RFC 4514 §2.3, §2.4).
+fn attribute_text(oid: &ObjectIdentifier, value: AnyRef<'_>) -> Result<String, der::Error> {
+    const NAMES: [(&str, &str); 9] = [
+        ("2.5.4.3", "CN"),
+        ("2.5.4.7", "L"),
+        ("2.5.4.8", "ST"),
+        ("2.5.4.10", "O"),
+        ("2.5.4.11", "OU"),
+        ("2.5.4.6", "C"),
+        ("2.5.4.9", "STREET"),
+        ("0.9.2342.19200300.100.1.25", "DC"),
+        ("0.9.2342.19200300.100.1.1", "UID"),
+    ];
+    let dotted = oid.to_string();
+    let name = NAMES.iter().find(|(o, _)| *o == dotted).map(|(_, n)| *n);
+    let text = match value.tag() {
+        Tag::Utf8String | Tag::PrintableString | Tag::Ia5String => {
+            std::str::from_utf8(value.value()).ok().map(str::to_owned)
+        }
+        Tag::BmpString => {
+            let units: Vec<u16> = value.value().chunks_exact(2).map(|b| u16::from_be_bytes([b[0], b[1]])).collect();
+            (value.value().len() % 2 == 0).then(|| String::from_utf16(&units).ok()).flatten()
+        }
+        _ => None,
+    };
+    Ok(match (name, text) {
+        (Some(name), Some(text)) => format!("{name}={}", escape(&text)),
+        (name, _) => {
+            let mut der = Vec::new();
+            value.encode_to_vec(&mut der)?;
+            format!("{}=#{}", name.unwrap_or(&dotted), hex::encode_upper(der))
+        }
+    })
+}
+
+/// RFC 4514 §2.4: `"+,;<>\` escaped with a backslash, and a leading `#` or space, a
+/// trailing space; NUL as `\00`.
+fn escape(value: &str) -> String {
+    let last = value.chars().count().saturating_sub(1);
+    let mut out = String::with_capacity(value.len());
+    for (i, c) in value.chars().enumerate() {
+        match c {
+            '"' | '+' | ',' | ';' | '<' | '>' | '\\' => out.push('\\'),
+            '#' if i == 0 => out.push('\\'),
+            ' ' if i == 0 || i == last => out.push('\\'),
+            '\0' => {
+                out.push_str("\\00");
+                continue;
+            }
+            _ => {}
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The verifier of client certificates: the CAs of `file` (PEM), a certificate
+/// optional or required.
+fn client_verifier(file: &Path, mode: ClientAuth) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
+    let invalid = |reason: String| TlsError::ClientCa { path: file.to_owned(), reason };
+    let pem = std::fs::read(file).map_err(|source| TlsError::Read { path: file.to_owned(), source })?;
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        roots.add(cert.map_err(|e| invalid(e.to_string()))?).map_err(|e| invalid(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(TlsError::NoCertificate(file.to_owned()));
+    }
+    let builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::new(aws_lc_rs::default_provider()));
+    let builder = match mode {
+        ClientAuth::Optional => builder.allow_unauthenticated(),
+        ClientAuth::Required => builder,
+    };
+    builder.build().map_err(|e| invalid(e.to_string()))
+}
+
+/// The rustls server configuration: TLS 1.3 and 1.2, HTTP/1.1, certificates from
+/// `store`; with `client_ca` (the bundle and the mode), mutual TLS.
+pub fn server_config(
+    store: Arc<CertStore>,
+    client_ca: Option<(&Path, ClientAuth)>,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let builder = ServerConfig::builder_with_provider(Arc::new(aws_lc_rs::default_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
+    let builder = match client_ca {
+        Some((file, mode)) => builder.with_client_cert_verifier(client_verifier(file, mode)?),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(store);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
@@ -486,6 +632,63 @@ mod tests {
         // A SEQUENCE holding an INTEGER is no certificate: no validity to read.
         let garbage = [0x30, 0x03, 0x02, 0x01, 0x01];
         assert!(not_after(&garbage).is_err());
+    }
+
+    /// The subject of `crt` as openssl prints it in RFC 2253 form (RFC 4514's
+    /// predecessor, the same string here), UTF-8 left as is.
+    fn openssl_subject(crt: &Path) -> String {
+        let out = std::process::Command::new("openssl")
+            .args(["x509", "-noout", "-subject", "-nameopt", "RFC2253,-esc_msb", "-in"])
+            .arg(crt)
+            .output()
+            .unwrap();
+        let text = String::from_utf8(out.stdout).unwrap();
+        text.trim_end_matches('\n').strip_prefix("subject=").unwrap_or_else(|| panic!("{text}")).to_owned()
+    }
+
+    /// The subject string is openssl's RFC 2253 rendering: RDNs last first, a
+    /// multi-valued RDN joined by `+`, special characters escaped, UTF-8 kept; an
+    /// attribute type without a name is a dotted OID with its value's DER in hex.
+    #[test]
+    fn client_certificate_subjects_read_as_rfc_4514() {
+        let dir = tempfile::tempdir().unwrap();
+        let subjects = [
+            ("/C=DE/O=Acme, Inc./OU=fleet/CN=dev-42", "CN=dev-42,OU=fleet,O=Acme\\, Inc.,C=DE"),
+            ("/O=Acme/CN=dev-7+UID=7", "UID=7+CN=dev-7,O=Acme"),
+            ("/CN=#lead;<x>\"q\"\\\\b", "CN=\\#lead\\;\\<x\\>\\\"q\\\"\\\\b"),
+            ("/DC=example/CN=dév", "CN=dév,DC=example"),
+            ("/ST=Bayern/L=München/CN=a b", "CN=a b,L=München,ST=Bayern"),
+        ];
+        for (i, (subj, expected)) in subjects.into_iter().enumerate() {
+            let (crt, key) = (dir.path().join(format!("{i}.crt")), dir.path().join(format!("{i}.key")));
+            let ok = std::process::Command::new("openssl")
+                .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1"])
+                .args(["-multivalue-rdn", "-utf8", "-subj", subj, "-keyout"])
+                .arg(&key)
+                .arg("-out")
+                .arg(&crt)
+                .status()
+                .expect("openssl is needed for this test")
+                .success();
+            assert!(ok, "{subj}");
+            let der = CertificateDer::from_pem_file(&crt).unwrap();
+            assert_eq!(openssl_subject(&crt), expected, "openssl's reading of {subj}");
+            assert_eq!(subject(&der).unwrap(), expected, "{subj}");
+        }
+        // What openssl(1) cannot make: an attribute type without a name, a value that is
+        // not a string, spaces at either end.
+        let oid = ObjectIdentifier::new_unwrap("1.2.3.4");
+        let utf8 = AnyRef::new(Tag::Utf8String, b"xyz").unwrap();
+        assert_eq!(attribute_text(&oid, utf8).unwrap(), "1.2.3.4=#0C0378797A");
+        let cn = ObjectIdentifier::new_unwrap("2.5.4.3");
+        let octets = AnyRef::new(Tag::OctetString, &[1, 2]).unwrap();
+        assert_eq!(attribute_text(&cn, octets).unwrap(), "CN=#04020102");
+        assert_eq!(escape(" a b "), "\\ a b\\ ");
+        assert_eq!(escape("a\0b"), "a\\00b");
+        let bmp = AnyRef::new(Tag::BmpString, &[0, b'h', 0, b'i']).unwrap();
+        assert_eq!(attribute_text(&cn, bmp).unwrap(), "CN=hi");
+        // Not a certificate: no subject.
+        assert!(subject(&[0x30, 0x03, 0x02, 0x01, 0x01]).is_err());
     }
 
     #[test]

@@ -43,7 +43,7 @@ pub use mirrors::{
     VersionFilter,
 };
 pub use notifications::{MqttConfig, NotificationsConfig, WebhookConfig};
-pub use server::{CacheConfig, TlsConfig};
+pub use server::{CacheConfig, ClientAuth, TlsConfig, TlsConfigError};
 pub use stores::StoreConfig;
 pub use streams::{OciStreamSource, StreamConfig, StreamSource, UploadStreamSource, UpstreamStreamSource};
 
@@ -180,7 +180,11 @@ impl GatewayConfig {
         self.notifications.validate()?;
         self.validate_streams()?;
         self.validate_stores()?;
-        self.validate_mirrors()
+        self.validate_mirrors()?;
+        if let Some(tls) = &self.tls {
+            tls.check().map_err(|e| ConfigError::Invalid(format!("tls: {e}")))?;
+        }
+        Ok(())
     }
 }
 

@@ -282,3 +282,41 @@ fn omitted_fields_are_the_defaults_code_builds_with() {
     let upstream: UpstreamStreamSource = omitted("{url: 'https://images.example'}");
     assert_eq!(upstream.interval, UpstreamStreamSource::DEFAULT_INTERVAL);
 }
+
+/// Mutual TLS: `clientAuth` defaults to optional once a CA is given, needs one, and both
+/// are omitted from the file while unset.
+#[test]
+fn client_certificate_settings_are_read_checked_and_omitted_when_unset() {
+    let tls = |extra: &str| {
+        let yaml = format!("{}tls: {{certFile: /tls/tls.crt, keyFile: /tls/tls.key{extra}}}\n", pinned_yaml());
+        GatewayConfig::parse(yaml.as_bytes()).unwrap()
+    };
+    let plain = tls("");
+    plain.validate().unwrap();
+    assert_eq!(plain.tls.as_ref().unwrap().client_auth(), None);
+    assert!(!plain.to_yaml().contains("client"), "{}", plain.to_yaml());
+
+    let optional = tls(", clientCaFile: /ca/ca.crt");
+    optional.validate().unwrap();
+    assert_eq!(optional.tls.as_ref().unwrap().client_auth(), Some(ClientAuth::Optional));
+    assert_eq!(GatewayConfig::parse(optional.to_yaml().as_bytes()).unwrap(), optional);
+
+    let required = tls(", clientCaFile: /ca/ca.crt, clientAuth: required");
+    required.validate().unwrap();
+    assert_eq!(required.tls.as_ref().unwrap().client_auth(), Some(ClientAuth::Required));
+    assert!(required.to_yaml().contains("clientAuth: required"));
+
+    let without_ca = tls(", clientAuth: required");
+    assert_eq!(
+        without_ca.tls.as_ref().unwrap().check(),
+        Err(TlsConfigError::ClientAuthWithoutCa(ClientAuth::Required))
+    );
+    let err = without_ca.validate().unwrap_err().to_string();
+    assert!(err.contains("tls: clientAuth: required needs a clientCaFile"), "{err}");
+    let empty = tls(", clientCaFile: ''");
+    assert_eq!(empty.tls.as_ref().unwrap().check(), Err(TlsConfigError::EmptyClientCaFile));
+    assert!(empty.validate().is_err());
+    let unknown =
+        format!("{}tls: {{certFile: /c, keyFile: /k, clientCaFile: /ca, clientAuth: sometimes}}\n", pinned_yaml());
+    assert!(GatewayConfig::parse(unknown.as_bytes()).is_err());
+}

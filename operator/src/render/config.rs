@@ -6,18 +6,19 @@ use std::collections::BTreeMap;
 
 use kube::ResourceExt;
 use updraft_core::config::{
-    ArtifactConfig, CacheConfig, ChannelConfig, Downgrade, GatewayConfig, MqttConfig, NotificationsConfig,
+    ArtifactConfig, CacheConfig, ChannelConfig, ClientAuth, Downgrade, GatewayConfig, MqttConfig, NotificationsConfig,
     OciStreamSource, PinnedArtifact, SourceConfig, StoreConfig, StreamConfig, StreamSource, TlsConfig, Unpack,
     UploadStreamSource, UpstreamStreamSource, WebhookConfig, CONFIG_VERSION,
 };
 use updraft_core::cosign::VerifyConfig;
 use updraft_crds::channel::{ArtifactSelector, Downgrade as SpecDowngrade, Unpack as SpecUnpack};
-use updraft_crds::gateway::GatewayNotifications;
+use updraft_crds::gateway::{GatewayClientAuth, GatewayNotifications, GatewayTls};
 use updraft_crds::{FirmwareChannel, ImageStream, OciSource, OtaGateway, ResolvedVersion};
 
 use super::{
-    quantity_bytes, ADMIN_PORT, CACHE_DIR, CREDENTIALS_DIR, HTTPS_PORT, HTTP_PORT, NOTIFY_DIR, SIGNING_DIR,
-    STORE_FILES_DIR, STORE_KEY_DIR, TLS_DIR, UPLOAD_TOKEN_DIR, UPSTREAM_CA_DIR, UPSTREAM_CA_KEY, VERIFY_DIR,
+    quantity_bytes, ADMIN_PORT, CACHE_DIR, CLIENT_CA_DIR, CREDENTIALS_DIR, HTTPS_PORT, HTTP_PORT, NOTIFY_DIR,
+    SIGNING_DIR, STORE_FILES_DIR, STORE_KEY_DIR, TLS_DIR, UPLOAD_TOKEN_DIR, UPSTREAM_CA_DIR, UPSTREAM_CA_KEY,
+    VERIFY_DIR,
 };
 use crate::attach::device_id;
 
@@ -42,11 +43,7 @@ pub(crate) fn gateway_config(
         signing_key_file: gateway.spec.signing_key_secret.as_ref().map(|k| format!("{SIGNING_DIR}/{}", k.key).into()),
         channels: served.iter().filter_map(|c| channel_config(c)).collect(),
         notifications: notifications_config(&gateway.spec.notifications),
-        tls: gateway.spec.tls.as_ref().map(|_| TlsConfig {
-            listen: format!("0.0.0.0:{HTTPS_PORT}"),
-            cert_file: format!("{TLS_DIR}/tls.crt").into(),
-            key_file: format!("{TLS_DIR}/tls.key").into(),
-        }),
+        tls: gateway.spec.tls.as_ref().map(tls_config),
         streams: streams.iter().filter_map(|s| stream_config(gateway, s)).collect(),
         stores: gateway.spec.store.iter().map(store_config).collect(),
         ..Default::default()
@@ -85,6 +82,21 @@ pub(super) mod notify_paths {
     }
     pub(crate) fn webhook(index: usize) -> String {
         format!("{NOTIFY_DIR}/webhook-{index}")
+    }
+}
+
+/// The `tls` section: the certificate Secret and the client CA Secret (mutual TLS)
+/// become the files the Deployment mounts.
+pub(crate) fn tls_config(tls: &GatewayTls) -> TlsConfig {
+    TlsConfig {
+        listen: format!("0.0.0.0:{HTTPS_PORT}"),
+        cert_file: format!("{TLS_DIR}/tls.crt").into(),
+        key_file: format!("{TLS_DIR}/tls.key").into(),
+        client_ca_file: tls.client_ca_secret.as_ref().map(|_| format!("{CLIENT_CA_DIR}/ca.crt").into()),
+        client_auth: tls.client_auth.map(|mode| match mode {
+            GatewayClientAuth::Optional => ClientAuth::Optional,
+            GatewayClientAuth::Required => ClientAuth::Required,
+        }),
     }
 }
 
@@ -288,6 +300,31 @@ mod tests {
         .unwrap()
     }
 
+    /// `spec.tls.clientCaSecret` becomes the mounted `ca.crt`, `clientAuth` the mode; a
+    /// mode without a CA is what the gateway refuses (the operator's validation says so).
+    #[test]
+    fn client_certificate_settings_are_rendered_where_the_secret_is_mounted() {
+        use updraft_crds::gateway::GatewayTls;
+        let mut gw = gateway();
+        gw.spec.tls = Some(GatewayTls {
+            secret_name: "gw-cert".into(),
+            client_ca_secret: Some("device-ca".into()),
+            client_auth: None,
+        });
+        let config = gateway_config(&gw, &[], &[]);
+        config.validate().unwrap();
+        let tls = config.tls.as_ref().unwrap();
+        assert_eq!(tls.client_ca_file.as_deref().and_then(|p| p.to_str()), Some("/etc/updraft/client-ca/ca.crt"));
+        assert_eq!(tls.client_auth(), Some(ClientAuth::Optional));
+        assert!(config.to_yaml().contains("clientCaFile: /etc/updraft/client-ca/ca.crt"), "{}", config.to_yaml());
+        gw.spec.tls.as_mut().unwrap().client_auth = Some(GatewayClientAuth::Required);
+        let config = gateway_config(&gw, &[], &[]);
+        assert_eq!(config.tls.as_ref().unwrap().client_auth(), Some(ClientAuth::Required));
+        assert!(config.to_yaml().contains("clientAuth: required"));
+        gw.spec.tls.as_mut().unwrap().client_ca_secret = None;
+        assert!(gateway_config(&gw, &[], &[]).validate().is_err());
+    }
+
     #[test]
     fn streams_and_tls_are_rendered_as_sources_the_gateway_accepts() {
         use updraft_crds::gateway::GatewayTls;
@@ -295,7 +332,7 @@ mod tests {
         let mut gw = gateway();
         let plain = gateway_config(&gw, &[], &[]).to_yaml();
         assert!(!plain.contains("tls") && !plain.contains("streams"), "{plain}");
-        gw.spec.tls = Some(GatewayTls { secret_name: "gw-cert".into() });
+        gw.spec.tls = Some(GatewayTls { secret_name: "gw-cert".into(), ..Default::default() });
         gw.spec.upload_token_secret = Some(SecretKeyRef { name: "upload".into(), key: "token".into() });
         let up = stream(
             "images",
@@ -311,6 +348,7 @@ mod tests {
         assert_eq!(tls.listen, "0.0.0.0:8443");
         assert_eq!(tls.cert_file.to_str(), Some("/etc/updraft/tls/tls.crt"));
         assert_eq!(tls.key_file.to_str(), Some("/etc/updraft/tls/tls.key"));
+        assert_eq!((tls.client_ca_file.as_ref(), tls.client_auth), (None, None), "no mutual TLS unless asked");
         let upload = config.streams[0].source.upload.as_ref().unwrap();
         assert_eq!(upload.token_file.to_str(), Some("/etc/updraft/upload-token/token"));
         assert_eq!((upload.max_bytes, upload.allow_delete, upload.allow_overwrite), (8 << 30, true, false));

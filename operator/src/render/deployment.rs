@@ -25,8 +25,9 @@ use updraft_crds::{FirmwareChannel, ImageStream, OtaGateway};
 use super::config::notify_paths;
 use super::configmap::config_map_name;
 use super::{
-    labels, meta, selector, ADMIN_PORT, CACHE_DIR, CONFIG_DIR, CONFIG_KEY, CREDENTIALS_DIR, HTTPS_PORT, HTTP_PORT,
-    SIGNING_DIR, STORE_DIR, STORE_KEY_DIR, TLS_DIR, UPLOAD_TOKEN_DIR, UPSTREAM_CA_DIR, UPSTREAM_CA_KEY, VERIFY_DIR,
+    labels, meta, selector, ADMIN_PORT, CACHE_DIR, CLIENT_CA_DIR, CONFIG_DIR, CONFIG_KEY, CREDENTIALS_DIR, HTTPS_PORT,
+    HTTP_PORT, SIGNING_DIR, STORE_DIR, STORE_KEY_DIR, TLS_DIR, UPLOAD_TOKEN_DIR, UPSTREAM_CA_DIR, UPSTREAM_CA_KEY,
+    VERIFY_DIR,
 };
 
 /// The registry-credential Secrets of `served` channels and `streams`, each once,
@@ -80,6 +81,10 @@ pub(crate) fn deployment(gateway: &OtaGateway, default_image: &str, credential_s
     if let Some(tls) = &spec.tls {
         volumes.push(secret_volume_keys("tls", &tls.secret_name, &["tls.crt".into(), "tls.key".into()]));
         mounts.push(mount("tls", TLS_DIR));
+        if let Some(ca) = &tls.client_ca_secret {
+            volumes.push(secret_volume_keys("client-ca", ca, &["ca.crt".into()]));
+            mounts.push(mount("client-ca", CLIENT_CA_DIR));
+        }
     }
     if let Some(token) = &spec.upload_token_secret {
         volumes.push(secret_volume("upload-token", &token.name, &token.key));
@@ -409,7 +414,7 @@ mod tests {
         use updraft_crds::gateway::{GatewayStore, GatewayTls};
         let chart = include_str!("../../../charts/updraft/templates/networkpolicy.yaml");
         let mut gw = gateway();
-        gw.spec.tls = Some(GatewayTls { secret_name: "gw-cert".into() });
+        gw.spec.tls = Some(GatewayTls { secret_name: "gw-cert".into(), ..Default::default() });
         gw.spec.store = Some(
             serde_json::from_value::<GatewayStore>(serde_json::json!({
                 "claimName": "artifacts", "writeKeySecret": {"name": "k", "key": "write"},
@@ -449,14 +454,17 @@ mod tests {
     }
 
     #[test]
-    fn tls_and_the_upload_token_are_mounted_where_the_config_points() {
+    fn tls_the_client_ca_and_the_upload_token_are_mounted_where_the_config_points() {
         use updraft_crds::gateway::GatewayTls;
         use updraft_crds::SecretKeyRef;
         let mut gw = crate::fixtures::gateway();
         let plain = deployment(&gw, "img", &[]).spec.template.spec.unwrap();
         assert!(plain.volumes.unwrap().iter().all(|v| v.name != "tls" && v.name != "upload-token"));
         assert_eq!(plain.containers[0].ports.as_ref().unwrap().len(), 2);
-        gw.spec.tls = Some(GatewayTls { secret_name: "gw-cert".into() });
+        gw.spec.tls = Some(GatewayTls { secret_name: "gw-cert".into(), ..Default::default() });
+        let without_ca = deployment(&gw, "img", &[]).spec.template.spec.unwrap();
+        assert!(without_ca.volumes.unwrap().iter().all(|v| v.name != "client-ca"));
+        gw.spec.tls.as_mut().unwrap().client_ca_secret = Some("device-ca".into());
         gw.spec.upload_token_secret = Some(SecretKeyRef { name: "upload".into(), key: "token".into() });
         let pod = deployment(&gw, "img", &[]).spec.template.spec.unwrap();
         let container = &pod.containers[0];
@@ -466,6 +474,7 @@ mod tests {
         let mounts = container.volume_mounts.as_ref().unwrap();
         for (name, secret, dir, keys) in [
             ("tls", "gw-cert", "/etc/updraft/tls", vec!["tls.crt", "tls.key"]),
+            ("client-ca", "device-ca", "/etc/updraft/client-ca", vec!["ca.crt"]),
             ("upload-token", "upload", "/etc/updraft/upload-token", vec!["token"]),
         ] {
             let volume = volumes.iter().find(|v| v.name == name).unwrap().secret.as_ref().unwrap();

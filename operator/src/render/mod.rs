@@ -20,7 +20,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use kube::{Resource, ResourceExt};
 use updraft_crds::OtaGateway;
 
-pub(crate) use config::{channel_artifact, gateway_config, notifications_config};
+pub(crate) use config::{channel_artifact, gateway_config, notifications_config, tls_config};
 pub(crate) use configmap::config_map;
 pub(crate) use deployment::{credential_secrets, deployment, mount_stream_files, restart_on};
 pub(crate) use mirror::{mirror_configs, mirror_deployment, mirror_deployment_name, STORE_KEY};
@@ -44,6 +44,8 @@ const CREDENTIALS_DIR: &str = "/etc/updraft/credentials";
 const SIGNING_DIR: &str = "/etc/updraft/signing";
 /// The `spec.tls` Secret (`tls.crt`, `tls.key`) is mounted here.
 const TLS_DIR: &str = "/etc/updraft/tls";
+/// The `spec.tls.clientCaSecret` Secret (`ca.crt`) is mounted here.
+const CLIENT_CA_DIR: &str = "/etc/updraft/client-ca";
 /// The public key of each ImageStream's `spec.verify` is mounted at
 /// `<VERIFY_DIR>/<stream>/<key>`.
 const VERIFY_DIR: &str = "/etc/updraft/verify";

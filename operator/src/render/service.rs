@@ -77,7 +77,7 @@ mod tests {
     #[test]
     fn tls_adds_the_https_port_and_streams_use_it() {
         let mut gw = gateway();
-        gw.spec.tls = Some(updraft_crds::gateway::GatewayTls { secret_name: "gw-cert".into() });
+        gw.spec.tls = Some(updraft_crds::gateway::GatewayTls { secret_name: "gw-cert".into(), ..Default::default() });
         let ports = service(&gw).spec.unwrap().ports.unwrap();
         let https = ports.iter().find(|p| p.name.as_deref() == Some("https")).unwrap();
         assert_eq!((https.port, https.protocol.as_deref()), (8443, Some("TCP")));

@@ -166,6 +166,53 @@ async fn the_channel_api_and_the_check_count_offered_and_running() {
     );
 }
 
+/// A request on a connection with a verified client certificate (mutual TLS) carries
+/// its subject (`server::ClientSubject`, put there by the connection loop): every
+/// device route counts the device by it when the request names no `id`, and an `id`
+/// wins over it.
+#[tokio::test]
+async fn a_client_certificate_subject_counts_as_the_device_unless_an_id_is_given() {
+    use crate::server::ClientSubject;
+    let gateway = Gateway::with_census();
+    let app = || crate::app(gateway.state.clone());
+    let as_client = |request: axum::http::request::Builder, subject: &str| {
+        request.extension(ClientSubject::new(subject.to_owned()))
+    };
+    let get = |uri: &str, subject: &str| as_client(Request::get(uri), subject).body(Body::empty()).unwrap();
+    for (uri, subject) in [
+        ("/version?device=dev-esp32", "CN=dev-a,O=Acme"),
+        ("/version?device=dev-esp32", "CN=dev-a,O=Acme"),
+        ("/api/v1/channels/esp32", "CN=dev-b,O=Acme"),
+        // An explicit id wins: a third device, not dev-a again.
+        ("/version?device=dev-esp32&id=dev-c", "CN=dev-a,O=Acme"),
+    ] {
+        let (status, _, _) = Gateway::send(app(), get(uri, subject)).await;
+        assert_eq!(status, StatusCode::OK, "{uri}");
+    }
+    assert_eq!(gateway.devices("1.0.0", State::Offered).await, 3);
+    let (status, _, _) = Gateway::send(app(), get("/firmware?device=dev-esp32", "CN=dev-a,O=Acme")).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, _) = Gateway::send(app(), get("/api/v1/channels/esp32/firmware", "CN=dev-b,O=Acme")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(gateway.devices("1.0.0", State::Downloaded).await, 2);
+    let check = as_client(Request::post("/api/v1/channels/esp32/check"), "CN=dev-d,O=Acme")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(r#"{"version":"0.9.0"}"#))
+        .unwrap();
+    assert_eq!(Gateway::send(app(), check).await.0, StatusCode::OK);
+    assert_eq!(gateway.devices("0.9.0", State::Running).await, 1);
+    assert_eq!(gateway.devices("1.0.0", State::Offered).await, 4);
+    // An empty subject is none: anonymous.
+    let (status, _, _) = Gateway::send(app(), get("/version?device=dev-esp32", "")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        gateway.metric("updraft_gateway_anonymous_polls_total{").await,
+        r#"updraft_gateway_anonymous_polls_total{channel="esp32"} 1"#
+    );
+    // Its Debug, the form a log would take, never shows it.
+    assert_eq!(format!("{:?}", ClientSubject::new("CN=dev-a".into())), "ClientSubject(<redacted>)");
+}
+
 #[tokio::test]
 async fn an_id_over_256_bytes_is_not_recorded_but_counted_anonymous() {
     let gateway = Gateway::with_census();

@@ -14,6 +14,7 @@ use tracing::instrument;
 
 use super::{Channel, Error, Firmware, Release, Seen, RETRY_AFTER};
 use crate::http::{self, query};
+use crate::server::ClientSubject;
 use updraft_core::config::Downgrade;
 
 /// One line of `GET /api/v1/channels`.
@@ -70,17 +71,19 @@ fn json_bytes(body: Bytes) -> Response {
 }
 
 /// `GET /api/v1/channels/{name}[?id=UNIQUE]`: the release this device gets (counted
-/// in the census as offered to it).
-#[instrument(level = "debug", skip(firmware, uri))]
+/// in the census as offered to it: by `id`, else by its client certificate's subject).
+#[instrument(level = "debug", skip(firmware, client, uri))]
 pub(super) async fn info(
     State(firmware): State<Firmware>,
     Path(name): Path<String>,
+    client: ClientSubject,
     uri: Uri,
 ) -> Result<Response, Error> {
     let channel = named(&firmware, &name)?;
     let id = query::param(uri.query().unwrap_or(""), "id");
     let ready = firmware.serve(&channel, id.as_deref())?;
-    firmware.census(channel.name(), id.as_deref(), &[(Seen::Offered, ready.version.as_str())]);
+    let device = id.as_deref().or(client.get());
+    firmware.census(channel.name(), device, &[(Seen::Offered, ready.version.as_str())]);
     Ok(json_bytes(ready.info_json.clone()))
 }
 
@@ -88,10 +91,11 @@ pub(super) async fn info(
 /// URLs in JSON answers name the version, so a device downloads what it was told. With
 /// an `id` (beside `version` or alone), a GET answered with the body counts the device
 /// in the census as having downloaded the version served (as `/firmware` does).
-#[instrument(level = "debug", skip(firmware, method, uri, headers))]
+#[instrument(level = "debug", skip(firmware, client, method, uri, headers))]
 pub(super) async fn firmware(
     State(firmware): State<Firmware>,
     Path(name): Path<String>,
+    client: ClientSubject,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -111,7 +115,8 @@ pub(super) async fn firmware(
     let response = ready.download.respond(&headers)?;
     if super::otaflux::served_a_body(&method, response.status()) {
         let id = query::param(query, "id");
-        firmware.census(channel.name(), id.as_deref(), &[(Seen::Downloaded, ready.version.as_str())]);
+        let device = id.as_deref().or(client.get());
+        firmware.census(channel.name(), device, &[(Seen::Downloaded, ready.version.as_str())]);
     }
     Ok(response)
 }
@@ -171,10 +176,11 @@ fn offer(running: &str, offered: &str, policy: Downgrade, highest: Option<&semve
 /// device running a newer version than it should (the channel was pinned back, or its
 /// rollout lowered) gets the older release with `"downgrade": true`, as the channel's
 /// `downgrade` policy allows (see [`offer`]).
-#[instrument(level = "debug", skip(firmware, body))]
+#[instrument(level = "debug", skip(firmware, client, body))]
 pub(super) async fn check(
     State(firmware): State<Firmware>,
     Path(name): Path<String>,
+    client: ClientSubject,
     body: Bytes,
 ) -> Result<Response, Error> {
     let channel = named(&firmware, &name)?;
@@ -184,17 +190,19 @@ pub(super) async fn check(
         return Err(http::Error::BadRequest("version must not be empty".into()).into());
     }
     firmware.inner.metrics.checkin(&name, Some(request.version.trim()));
+    // The census counts the device by its `id`, else by its client certificate.
+    let device = request.id.as_deref().or(client.get());
     let ready = match firmware.serve(&channel, request.id.as_deref()) {
         Ok(ready) => ready,
         Err(Error::Fetching) => {
-            firmware.census(channel.name(), request.id.as_deref(), &[(Seen::Running, request.version.as_str())]);
+            firmware.census(channel.name(), device, &[(Seen::Running, request.version.as_str())]);
             return Ok(accepted());
         }
         Err(e) => return Err(e),
     };
     // The version it runs, and the one it is offered (or up to date with).
     let seen = [(Seen::Running, request.version.as_str()), (Seen::Offered, ready.version.as_str())];
-    firmware.census(channel.name(), request.id.as_deref(), &seen);
+    firmware.census(channel.name(), device, &seen);
     let highest = channel.highest_served();
     Ok(match offer(&request.version, &ready.version, channel.config.downgrade, highest.as_ref()) {
         Offer::UpToDate => StatusCode::NO_CONTENT.into_response(),

@@ -3,8 +3,10 @@
 //! `GET /firmware?device=ID` the binary. `&id=UNIQUE` places the device in the
 //! channel's staged rollout and counts it in the census (offered the version answered,
 //! downloaded the binary served); `&current=VERSION`, the version the device runs,
-//! counts it running that version. The answers do not depend on `current`, and a
-//! device sending neither is served as before, counted only as an anonymous poll.
+//! counts it running that version. Without `id`, a device that presented a verified
+//! client certificate (mutual TLS) is counted by its certificate's subject (the rollout
+//! does not use it). The answers do not depend on `current`, and a device sending
+//! neither is served as before, counted only as an anonymous poll.
 
 use std::sync::Arc;
 
@@ -16,6 +18,7 @@ use tracing::instrument;
 use super::model::Ready;
 use super::{Channel, Error, Firmware, Seen};
 use crate::http::query;
+use crate::server::ClientSubject;
 
 /// The channel serving `?device=` and what it serves the device with `?id=`. A channel
 /// with nothing resolved yet (standalone, before its first release verifies) answers
@@ -34,17 +37,18 @@ fn target(firmware: &Firmware, uri: &Uri) -> Result<(Arc<Channel>, Arc<Ready>), 
 }
 
 /// `GET /version?device=ID[&id=UNIQUE][&current=VERSION]`: `VERSION\nCRC32\nSIZE`.
-/// The query is logged (at debug level) without the id.
+/// The query is logged (at debug level) without the id; the client subject never.
 #[instrument(level = "debug", skip_all, fields(query = %query::redacted(uri.query().unwrap_or(""))))]
-pub(super) async fn version(State(firmware): State<Firmware>, uri: Uri) -> Response {
+pub(super) async fn version(State(firmware): State<Firmware>, client: ClientSubject, uri: Uri) -> Response {
     let answer = target(&firmware, &uri).map(|(channel, ready)| {
         channel.otaflux_checkins.inc();
         let query = uri.query().unwrap_or("");
         let (id, current) = (query::param(query, "id"), query::param(query, "current"));
+        let id = id.as_deref().or(client.get());
         let offered = (Seen::Offered, ready.version.as_str());
         match current.as_deref() {
-            Some(current) => firmware.census(channel.name(), id.as_deref(), &[offered, (Seen::Running, current)]),
-            None => firmware.census(channel.name(), id.as_deref(), &[offered]),
+            Some(current) => firmware.census(channel.name(), id, &[offered, (Seen::Running, current)]),
+            None => firmware.census(channel.name(), id, &[offered]),
         }
         ([(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"))], ready.version_body.clone()).into_response()
     });
@@ -57,6 +61,7 @@ pub(super) async fn version(State(firmware): State<Firmware>, uri: Uri) -> Respo
 #[instrument(level = "debug", skip_all, fields(query = %query::redacted(uri.query().unwrap_or(""))))]
 pub(super) async fn firmware(
     State(firmware): State<Firmware>,
+    client: ClientSubject,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -66,7 +71,8 @@ pub(super) async fn firmware(
         let response = ready.download.respond(&headers)?;
         if served_a_body(&method, response.status()) {
             let id = query::param(uri.query().unwrap_or(""), "id");
-            firmware.census(channel.name(), id.as_deref(), &[(Seen::Downloaded, ready.version.as_str())]);
+            let id = id.as_deref().or(client.get());
+            firmware.census(channel.name(), id, &[(Seen::Downloaded, ready.version.as_str())]);
         }
         Ok(response)
     });
