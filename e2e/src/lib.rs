@@ -12,6 +12,7 @@ pub mod cosign;
 pub mod faults;
 pub mod fuzz;
 pub mod helm;
+pub mod hooks;
 pub mod images;
 pub mod pki;
 pub mod plane;

@@ -21,8 +21,6 @@
 
 use std::cell::RefCell;
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -30,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use e2e::conditions::condition;
 use e2e::config_sync::ConfigSync;
+use e2e::hooks::receiver;
 use e2e::procs::{binary, free_port, operator_with_env, oras_push, wait_for, Proc, TempDir};
 use e2e::{cluster, curl, install_crds, kubectl, namespace};
 use serde_json::Value;
@@ -40,50 +39,6 @@ const DEVICES: usize = 40;
 /// At most this many devices fail an update (scenario b and c).
 const FAILERS: usize = 10;
 const WAIT: Duration = Duration::from_secs(60);
-
-/// One webhook POST.
-struct Hook {
-    event: Option<String>,
-    body: Value,
-}
-
-/// A receiver answering 204 to everything, recording each POST. Returns its port.
-fn receiver() -> (u16, Arc<Mutex<Vec<Hook>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let record = seen.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut line = String::new();
-            if reader.read_line(&mut line).is_err() {
-                continue;
-            }
-            let (mut event, mut length) = (None, 0);
-            loop {
-                let mut h = String::new();
-                if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
-                    break;
-                }
-                if let Some((n, v)) = h.trim_end().split_once(':') {
-                    match n.trim().to_ascii_lowercase().as_str() {
-                        "x-updraft-event" => event = Some(v.trim().to_owned()),
-                        "content-length" => length = v.trim().parse().unwrap_or(0),
-                        _ => {}
-                    }
-                }
-            }
-            let mut body = vec![0; length];
-            let _ = reader.read_exact(&mut body);
-            let body = serde_json::from_slice(&body).unwrap_or(Value::Null);
-            record.lock().unwrap().push(Hook { event, body });
-            let _ = stream.write_all(b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n");
-        }
-    });
-    (port, seen)
-}
 
 fn firmware(tag: &str, size: usize) -> Vec<u8> {
     (0..size).map(|i| (i as u32).wrapping_mul(2654435761).rotate_left(tag.len() as u32 + 3) as u8 ^ 0x5a).collect()
@@ -355,7 +310,7 @@ fn rollout_steps_advance_pause_without_flapping_and_resume_on_an_edit() {
     );
     let hook = wait_for(Duration::from_secs(20), "the rollout.paused webhook", || {
         let hooks = hooks.lock().unwrap();
-        hooks.iter().find(|h| h.event.as_deref() == Some("rollout.paused")).map(|h| h.body.clone())
+        hooks.iter().find(|h| h.event() == Some("rollout.paused")).map(|h| h.json())
     });
     assert_eq!((hook["version"].as_str(), hook["reason"].as_str()), (Some("1.2.0"), Some("BelowThreshold")), "{hook}");
     assert_eq!((hook["rollout"]["step"].as_i64(), hook["rollout"]["percentage"].as_i64()), (Some(2), Some(50)));
@@ -374,7 +329,7 @@ fn rollout_steps_advance_pause_without_flapping_and_resume_on_an_edit() {
         std::thread::sleep(Duration::from_millis(500));
     }
     let pauses = occurrences(&ns, "RolloutPaused");
-    let posts = hooks.lock().unwrap().iter().filter(|h| h.event.as_deref() == Some("rollout.paused")).count();
+    let posts = hooks.lock().unwrap().iter().filter(|h| h.event() == Some("rollout.paused")).count();
     assert_eq!((pauses, posts), (1, 1), "one event and one webhook for one pause");
     println!(
         "1.2.0: held at 50 % for 12 s over 6 census intervals; {} downloads in all",

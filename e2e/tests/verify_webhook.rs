@@ -8,14 +8,13 @@
 //! ImageStream: each image version left out of the index for its signature is posted
 //! once, naming the stream, tag and digest.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use e2e::conditions::has_status;
 use e2e::cosign::{Key, Repository};
+use e2e::hooks::{receiver, Request};
 use e2e::procs::{operator, oras_push, wait_for, Proc, TempDir};
 use e2e::{cluster, install_crds, kubectl, namespace};
 use serde_json::Value;
@@ -23,53 +22,6 @@ use serde_json::Value;
 const WAIT: Duration = Duration::from_secs(90);
 const MEDIA_TYPE: &str = "application/vnd.updraft.firmware.v1+octet-stream";
 const HMAC_KEY: &str = "hook-s3cret";
-
-/// One recorded request: lower-case headers and the body.
-#[derive(Clone, Debug)]
-struct Request {
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Request {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
-    }
-}
-
-/// A receiver answering 204 to everything, recording each request. Returns its port.
-fn receiver() -> (u16, Arc<Mutex<Vec<Request>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let record = seen.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut line = String::new();
-            if reader.read_line(&mut line).is_err() {
-                continue;
-            }
-            let mut headers = Vec::new();
-            loop {
-                let mut h = String::new();
-                if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
-                    break;
-                }
-                if let Some((n, v)) = h.trim_end().split_once(':') {
-                    headers.push((n.trim().to_ascii_lowercase(), v.trim().to_owned()));
-                }
-            }
-            let length = headers.iter().find(|(n, _)| n == "content-length").and_then(|(_, v)| v.parse().ok());
-            let mut body = vec![0; length.unwrap_or(0)];
-            let _ = reader.read_exact(&mut body);
-            record.lock().unwrap().push(Request { headers, body });
-            let _ = stream.write_all(b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n");
-        }
-    });
-    (port, seen)
-}
 
 /// `sha256=<hex>` by `openssl dgst -sha256 -hmac`.
 fn openssl_hmac(dir: &std::path::Path, key: &str, body: &[u8]) -> String {
