@@ -114,7 +114,7 @@ PY
 # kind keeps, per object, its events and whether it is Ready, and writes a summary.
 cat >"$work/follow.py" <<'PY'
 import json, sys, time
-kind, out = sys.argv[1:]
+kind, source, out = sys.argv[1:]
 objs = {}  # name -> [added, modified, ready, message]
 events = {"ADDED": 0, "MODIFIED": 0, "DELETED": 0}
 first_ready = {}
@@ -135,7 +135,16 @@ def dump(force=False):
     import os; os.replace(out + ".tmp", out)
 dec = json.JSONDecoder()
 buf = ""
-for line in sys.stdin:
+def lines(path):  # the file kubectl writes, followed as it grows
+    with open(path) as f:
+        while True:
+            line = f.readline()
+            if line:
+                yield line
+            else:
+                dump(force=True)
+                time.sleep(0.2)
+for line in lines(source):
     buf += line
     while True:
         buf = buf.lstrip()
@@ -165,9 +174,12 @@ for line in sys.stdin:
 dump(force=True)
 PY
 kinds=(firmwarechannels imagestreams artifactmirrors otagateways configmaps deployments services)
+# kubectl writes straight to a file: a watcher that reads slowly (a follower starved of
+# CPU on a busy machine) is closed by the API server, and the count would stop.
 for kind in "${kinds[@]}"; do
-  kubectl get "$kind" -n "$ns" --watch --output-watch-events -o json 2>/dev/null \
-    | python3 "$work/follow.py" "$kind" "$work/$kind.json" &
+  kubectl get "$kind" -n "$ns" --watch --output-watch-events -o json >"$work/watch-$kind.json" 2>"$work/watch-$kind.err" &
+  pids+=($!)
+  python3 "$work/follow.py" "$kind" "$work/watch-$kind.json" "$work/$kind.json" &
   pids+=($!)
 done
 sleep 2
