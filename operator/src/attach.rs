@@ -85,17 +85,37 @@ pub(crate) fn channels<'a>(
     for channel in mine {
         let device = device_id(channel);
         if let Some(owner) = devices.get(&device) {
-            let why = format!(
-                "device id {device:?} is already served by FirmwareChannel {owner:?} on gateway {:?}",
-                gateway.name
-            );
-            attachment.conflicts.insert(channel.name_any(), why);
+            attachment.conflicts.insert(channel.name_any(), conflict_message(&device, owner, &gateway.name));
             continue;
         }
         devices.insert(device, channel.name_any());
         attachment.served.push(channel);
     }
     attachment
+}
+
+/// Why `channel` is left out of its gateway, if it is: [`channels`]'s rule (the channel
+/// first by name serves a device id), answered for one channel. A channel reconcile asks
+/// this of a cache that may hold 10,000 channels, so it scans without sorting or copying
+/// them (sorting every sibling on every reconcile made status writes quadratic; see
+/// `e2e/scripts/scale.sh`): a conflict is an earlier-named sibling with the same device
+/// id, and the one served is the first of those by name.
+pub(crate) fn conflict(store: &Store<FirmwareChannel>, channel: &FirmwareChannel) -> Option<String> {
+    let name = channel.metadata.name.as_deref().unwrap_or_default();
+    let device = channel.spec.device.as_deref().unwrap_or(name);
+    let earlier = store.state_filter(|c| {
+        let c_name = c.metadata.name.as_deref().unwrap_or_default();
+        c.spec.gateway_ref == channel.spec.gateway_ref
+            && c.metadata.namespace == channel.metadata.namespace
+            && c_name < name
+            && c.spec.device.as_deref().unwrap_or(c_name) == device
+    });
+    let owner = earlier.iter().filter_map(|c| c.metadata.name.as_deref()).min()?;
+    Some(conflict_message(device, owner, &channel.spec.gateway_ref))
+}
+
+fn conflict_message(device: &str, owner: &str, gateway: &str) -> String {
+    format!("device id {device:?} is already served by FirmwareChannel {owner:?} on gateway {gateway:?}")
 }
 
 /// The OtaFlux device id of a channel: `spec.device`, else its name.
@@ -126,6 +146,38 @@ mod tests {
         assert_eq!(names, ["a", "c"]);
         assert!(attachment.conflicts["b"].contains("already served by FirmwareChannel \"a\""));
         assert_eq!(attachment.conflicts.len(), 1);
+    }
+
+    #[test]
+    fn one_channels_conflict_is_what_the_whole_attachment_says() {
+        let mut other = channel("a-other-gw", Some("esp32"), None);
+        other.spec.gateway_ref = "lab".into();
+        let mut elsewhere = channel("a-elsewhere", Some("esp32"), None);
+        elsewhere.metadata.namespace = Some("other-namespace".into());
+        let named_like_a_device = channel("stm32", None, None);
+        let channels = [
+            channel("d", Some("esp32"), None),
+            channel("b", Some("esp32"), None),
+            channel("c", Some("esp32"), None),
+            channel("e", Some("stm32"), None),
+            channel("f", None, None),
+            named_like_a_device,
+            other,
+            elsewhere,
+        ];
+        let (store, mut writer) = kube::runtime::reflector::store();
+        for c in &channels {
+            writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(c.clone()));
+        }
+        let whole = super::channels(&ObjectRef::from(&gateway()), channels.iter());
+        for c in &channels {
+            let expected = match is_attached(c, &ObjectRef::from(&gateway())) {
+                true => whole.conflicts.get(&c.name_any()).cloned(),
+                false => None,
+            };
+            assert_eq!(conflict(&store, c), expected, "channel {}", c.name_any());
+        }
+        assert_eq!(whole.conflicts.len(), 3, "c and d (esp32, served by b), stm32 (served by e): {whole:?}");
     }
 
     #[test]

@@ -432,9 +432,7 @@ fn set_ready(channel: &FirmwareChannel, ctx: &Context, status: &mut FirmwareChan
     let gateway = ctx.gateways.get(&gateway_ref);
     status.url =
         gateway.as_ref().map(|gw| format!("{}/api/v1/channels/{}", render::service_url(gw), channel.name_any()));
-    let siblings = ctx.channels.state();
-    let conflict =
-        attach::channels(&gateway_ref, siblings.iter().map(|c| c.as_ref())).conflicts.remove(&channel.name_any());
+    let conflict = attach::conflict(&ctx.channels, channel);
     let (ready, reason, message) = match (&status.latest, failure, gateway, conflict) {
         (None, Some(f), _, _) => (false, f.reason, f.message.clone()),
         (None, None, _, _) if channel.spec.suspend => {

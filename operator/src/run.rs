@@ -1,6 +1,7 @@
 //! Wiring: one shared cache per kind, the four controllers on them, the admin server,
 //! the registry notification receiver and leader election.
 
+use std::collections::HashMap;
 use std::fmt::Debug;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -133,6 +134,36 @@ impl<K: Kind> Shared<K> {
         let on_delete = mapper.clone();
         controller
             .watches_shared_stream(self.subscribe(), move |obj| mapper(&obj))
+            .watches_stream(self.deletions(), move |obj| on_delete(&obj))
+    }
+
+    /// As [`Shared::trigger`], but only when an object appears, goes away or its spec
+    /// changes (a new `metadata.generation`), not when only its status or metadata is
+    /// written: what an attached resource's status takes from its gateway (that it
+    /// exists, its Service URL, TLS, upload token) is all spec. A gateway rewrites its
+    /// own status as its channels resolve; at 1,000 channels a gateway, re-reconciling
+    /// them all on each of those writes cost more than the channels' own work (measured
+    /// with `e2e/scripts/scale.sh`).
+    fn trigger_on_spec<C: Kind, I>(
+        &self,
+        controller: Controller<C>,
+        mapper: impl Fn(&K) -> I + Clone + Send + Sync + 'static,
+    ) -> Controller<C>
+    where
+        I: IntoIterator<Item = ObjectRef<C>> + 'static,
+        I::IntoIter: Send,
+    {
+        let on_delete = mapper.clone();
+        // The (uid, generation) each object was last passed on with; a namesake created
+        // after a deletion has another uid. One entry per object name ever seen.
+        let mut seen: HashMap<ObjectRef<K>, (Option<String>, Option<i64>)> = HashMap::new();
+        let changed_specs = self.subscribe().filter(move |obj| {
+            let now = (obj.meta().uid.clone(), obj.meta().generation);
+            let changed = seen.insert(ObjectRef::from_obj(obj.as_ref()), now.clone()).as_ref() != Some(&now);
+            futures::future::ready(changed)
+        });
+        controller
+            .watches_shared_stream(changed_specs, move |obj| mapper(&obj))
             .watches_stream(self.deletions(), move |obj| on_delete(&obj))
     }
 
@@ -278,11 +309,11 @@ async fn controllers(
     let ((channel_queue, channel_pushes), (stream_queue, stream_pushes), (mirror_queue, mirror_pushes)) =
         (Queue::new(), Queue::new(), Queue::new());
 
-    // A gateway appearing, changing or going away changes its channels' readiness.
+    // A gateway appearing, its spec changing or going away changes its channels' readiness.
     let channel_controller =
         Controller::for_shared_stream(channels.subscribe(), channels.store.clone()).reconcile_on(channel_pushes);
     let channel_store = channels.store.clone();
-    let channel_controller = gateways.trigger(channel_controller, move |gw| attached_refs(&channel_store, gw));
+    let channel_controller = gateways.trigger_on_spec(channel_controller, move |gw| attached_refs(&channel_store, gw));
 
     let managed = || config.clone().labels("app.kubernetes.io/managed-by=updraft-operator");
     let gateway_controller = Controller::for_shared_stream(gateways.subscribe(), gateways.store.clone())
@@ -301,7 +332,7 @@ async fn controllers(
     let stream_controller =
         Controller::for_shared_stream(streams.subscribe(), streams.store.clone()).reconcile_on(stream_pushes);
     let stream_store = streams.store.clone();
-    let stream_controller = gateways.trigger(stream_controller, move |gw| attached_refs(&stream_store, gw));
+    let stream_controller = gateways.trigger_on_spec(stream_controller, move |gw| attached_refs(&stream_store, gw));
     let mirror_controller =
         Controller::for_shared_stream(mirrors.subscribe(), mirrors.store.clone()).reconcile_on(mirror_pushes);
 
