@@ -365,7 +365,7 @@ fn push_and_pin_are_served_by_every_replica_within_two_seconds() {
     let all_serve = |want: &str, since: Instant| -> Duration {
         let mut pending: Vec<&str> = REPLICAS.to_vec();
         while !pending.is_empty() {
-            pending.retain(|host| serving(*host) != want);
+            pending.retain(|host| serving(host) != want);
             assert!(since.elapsed() < Duration::from_secs(30), "{want} not served by {pending:?}\n{}", logs());
             std::thread::sleep(Duration::from_millis(20));
         }
