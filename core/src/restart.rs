@@ -32,6 +32,10 @@ pub struct RestartSettings {
     tls_client_auth: Option<(PathBuf, crate::config::ClientAuth)>,
     /// Each store's listener and directory, by name (its keys and limits are live).
     stores: Vec<(String, String, PathBuf)>,
+    /// The operator endpoint the gateway long-polls (`crate::config::delivery`), started
+    /// once. Omitted while unset, so a config without it keeps its hash.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    operator: Option<crate::config::OperatorSource>,
 }
 
 impl RestartSettings {
@@ -48,6 +52,7 @@ impl RestartSettings {
             tls_listen: config.tls.as_ref().map(|t| t.listen.clone()),
             tls_client_auth: config.tls.as_ref().and_then(|t| Some((t.client_ca_file.clone()?, t.client_auth()?))),
             stores,
+            operator: config.operator.clone(),
         }
     }
 
@@ -67,6 +72,7 @@ impl RestartSettings {
         check(self.tls_listen != other.tls_listen, "tls (added, removed or its listen)");
         check(self.tls_client_auth != other.tls_client_auth, "tls.clientCaFile or tls.clientAuth");
         check(self.stores != other.stores, "stores (added, removed, or a listen or dir)");
+        check(self.operator != other.operator, "operator");
         changed
     }
 

@@ -117,6 +117,14 @@ pub fn operator_with_env(namespace: &str, dir: &Path, name: &str, extra: &[&str]
     (Proc::spawn(cmd, &dir.join(format!("{name}.log"))), admin)
 }
 
+/// Flags that start the operator's gateway config endpoint on a free local port: the
+/// gateways a test runs locally long-poll it (what [`crate::config_sync::ConfigSync`]
+/// writes names it), as gateway pods do in a cluster.
+pub fn config_endpoint() -> Vec<String> {
+    let port = free_port();
+    vec!["--config-addr".into(), format!("127.0.0.1:{port}"), "--config-url".into(), format!("http://127.0.0.1:{port}")]
+}
+
 /// Pushes `file` as a single-layer OCI artifact to `repository:tag` of the cluster's
 /// registry with the real `oras` client; returns the manifest digest.
 pub fn oras_push(repository: &str, tag: &str, file: &Path, media_type: &str) -> String {

@@ -52,7 +52,10 @@ fn three_replicas_merge_to_what_one_would_count() {
     std::fs::write(&file, firmware(20_000)).unwrap();
     oras_push(&repository, "1.0.0", &file, MEDIA_TYPE);
 
-    let (operator, op_admin) = operator(&ns, &dir.0, "operator", &["--census-interval", "2s"]);
+    let mut flags = e2e::procs::config_endpoint();
+    flags.extend(["--census-interval".to_owned(), "2s".to_owned()]);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let (operator, op_admin) = operator(&ns, &dir.0, "operator", &flags);
     let apply = |yaml: &str| kubectl(&["apply", "--server-side", "-n", &ns, "-f", "-"], Some(yaml)).ok();
     let fwc = || -> Value {
         let out = kubectl(&["get", "-n", &ns, "fwc/esp32", "-o", "json"], None);

@@ -132,6 +132,8 @@ fn install_from_directory_grants_least_privilege_upgrades_and_uninstalls_keeping
             &["create", "configmaps"],
             &["patch", "services"],
             &["get", "secrets/registry-credentials"],
+            // A gateway's config token, made once when missing (configEndpoint.enabled).
+            &["create", "secrets"],
             // A gateway's store claim: exists, ReadWriteMany when replicas > 1.
             &["get", "persistentvolumeclaims/artifacts"],
         ] {
@@ -143,7 +145,6 @@ fn install_from_directory_grants_least_privilege_upgrades_and_uninstalls_keeping
         for question in [
             &["list", "secrets"][..],
             &["watch", "secrets"],
-            &["create", "secrets"],
             &["update", "secrets/registry-credentials"],
             &["patch", "secrets/registry-credentials"],
             &["delete", "secrets/registry-credentials"],

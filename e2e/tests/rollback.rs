@@ -68,7 +68,9 @@ fn pinning_back_reaches_devices_that_ran_the_newer_version() {
         images.push(bytes);
     }
     let (_broker, mqtt) = broker(&dir.0);
-    let (operator, _admin) = operator(&ns, &dir.0, "operator", &[]);
+    let endpoint = e2e::procs::config_endpoint();
+    let endpoint: Vec<&str> = endpoint.iter().map(String::as_str).collect();
+    let (operator, _admin) = operator(&ns, &dir.0, "operator", &endpoint);
     let apply = |yaml: &str| kubectl(&["apply", "--server-side", "-n", &ns, "-f", "-"], Some(yaml)).ok();
     let get = |what: &str| -> Value {
         let out = kubectl(&["get", "-n", &ns, what, "-o", "json"], None);

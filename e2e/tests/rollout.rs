@@ -198,7 +198,9 @@ fn rollout_steps_advance_pause_without_flapping_and_resume_on_an_edit() {
     let (port, gw_admin) = (free_port(), free_port());
     let replicas = format!("{ns}/default=127.0.0.1:{gw_admin}");
     let env = [("UPDRAFT_CENSUS_REPLICAS", replicas.as_str()), ("UPDRAFT_CENSUS_INTERVAL", "2s")];
-    let (operator, _admin) = operator_with_env(&ns, &dir.0, "operator", &[], &env);
+    let endpoint = e2e::procs::config_endpoint();
+    let endpoint: Vec<&str> = endpoint.iter().map(String::as_str).collect();
+    let (operator, _admin) = operator_with_env(&ns, &dir.0, "operator", &endpoint, &env);
     let apply = |yaml: &str| kubectl(&["apply", "--server-side", "-n", &ns, "-f", "-"], Some(yaml)).ok();
     let get = || -> Value {
         let out = kubectl(&["get", "-n", &ns, "fwc/steps", "-o", "json"], None);

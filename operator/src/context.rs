@@ -38,6 +38,8 @@ pub(crate) struct Context {
     pub schedules: Schedules,
     /// The device census merged from every gateway's replicas.
     pub census: Census,
+    /// The gateways' config endpoint, when it runs (`--config-addr`).
+    pub delivery: Option<crate::delivery::Delivery>,
 }
 
 /// One [`Schedule`] per kind: registry checks and retries of each object.

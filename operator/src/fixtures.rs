@@ -97,6 +97,7 @@ pub fn context(
         mirrors: reflector::store().0,
         schedules: Default::default(),
         census: Default::default(),
+        delivery: None,
     }
 }
 

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
@@ -12,7 +12,8 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
 use serde::{de::DeserializeOwned, Serialize};
 use tracing::instrument;
-use updraft_core::config::TlsConfigError;
+use updraft_core::config::delivery::next_revision;
+use updraft_core::config::{GatewayConfig, TlsConfigError};
 use updraft_crds::conditions::{self, set_condition, NewCondition, READY, RECONCILING, STALLED};
 use updraft_crds::gateway::GatewayStore;
 use updraft_crds::{OtaGateway, OtaGatewaySpec, OtaGatewayStatus};
@@ -76,10 +77,37 @@ pub(crate) async fn reconcile(gateway: Arc<OtaGateway>, ctx: Arc<Context>) -> Re
     let mut config = render::gateway_config(&gateway, &attachment.served, &streams);
     config.mirrors = render::mirror_configs(&mirrors);
     let secrets = render::credential_secrets(&attachment.served, &streams);
+    let token = match &ctx.delivery {
+        Some(delivery) => {
+            config.operator = Some(render::operator_source(&gateway, &delivery.url));
+            Some(crate::delivery::token(&ctx.client, &gateway).await?)
+        }
+        None => None,
+    };
 
-    apply(&ctx, &ns, &render::config_map(&gateway, &config)).await?;
+    config.revision = next_revision(stored_config(&ctx, &ns, &gateway).await?.as_ref(), &config);
+    let config_map = match render::config_map(&gateway, &config) {
+        Ok(map) => map,
+        Err(too_large) => {
+            let message = format!("{} channels: {too_large}", config.channels.len());
+            let stalled = Stall { reason: "ConfigTooLarge", message, waiting: "waiting for fewer channels" };
+            tracing::warn!(reason = stalled.reason, message = %stalled.message, "gateway config");
+            status::stall(&ctx, gateway.as_ref(), status, stalled).await?;
+            ctx.schedules.gateways.succeeded(&gateway);
+            // A channel detaching triggers this reconcile again.
+            return Ok(Action::await_change());
+        }
+    };
+    apply(&ctx, &ns, &config_map).await?;
+    // The same rendering, now that the ConfigMap holds it, to the gateways' long-polls.
+    if let (Some(delivery), Some(token)) = (&ctx.delivery, &token) {
+        delivery.published.publish(&ns, &gateway.name_any(), token.as_bytes(), config.revision, config.to_yaml());
+    }
     apply(&ctx, &ns, &render::service(&gateway)).await?;
     let mut pods = render::deployment(&gateway, &ctx.gateway_image, &secrets);
+    if ctx.delivery.is_some() {
+        render::mount_config_token(&mut pods, &gateway);
+    }
     render::mount_stream_files(&mut pods, &streams);
     render::restart_on(&mut pods, &config);
     let deployment = apply(&ctx, &ns, &pods).await?;
@@ -225,6 +253,24 @@ async fn delete_mirror_worker(ctx: &Context, ns: &str, gateway: &updraft_crds::O
         }
     }
     Ok(())
+}
+
+/// The config the gateway's ConfigMap holds now (`None` when there is none), for the
+/// next revision. A ConfigMap that does not parse as a config (edited by hand, or by a
+/// newer operator) still gives its `revision`, with default content: the rendering that
+/// replaces it then counts on from there, never back below what gateways serve.
+async fn stored_config(ctx: &Context, ns: &str, gateway: &OtaGateway) -> Result<Option<GatewayConfig>> {
+    let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
+    let Some(live) = api.get_opt(&render::config_map_name(gateway)).await? else { return Ok(None) };
+    let Some(text) = render::stored_text(&live) else { return Ok(None) };
+    Ok(Some(GatewayConfig::parse(text).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "the gateway's ConfigMap does not parse as a config; replacing it");
+        let revision = serde_yaml::from_slice::<serde_yaml::Value>(text)
+            .ok()
+            .and_then(|v| v.get("revision").and_then(serde_yaml::Value::as_u64))
+            .unwrap_or(0);
+        GatewayConfig { revision, ..Default::default() }
+    })))
 }
 
 /// Annotation holding a hash of the applied object, so an unchanged object is not

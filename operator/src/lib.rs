@@ -19,6 +19,7 @@ mod channel;
 mod checks;
 mod clients;
 mod context;
+mod delivery;
 mod error;
 #[cfg(test)]
 mod fixtures;

@@ -6,7 +6,7 @@
 use clap::Parser;
 use updraft_core::telemetry::{self, LogFormat};
 use updraft_operator::receiver::WebhookSettings;
-use updraft_operator::run::{run, Settings};
+use updraft_operator::run::{run, ConfigEndpoint, Settings};
 
 /// Updraft's Kubernetes operator: resolves FirmwareChannel versions from OCI registry
 /// metadata and runs an ota-gateway Deployment for every OtaGateway.
@@ -53,6 +53,16 @@ struct Args {
     /// `namespace/gateway=host:port[,host:port...][;...]` (the admin port).
     #[arg(long, env = "UPDRAFT_CENSUS_REPLICAS", value_parser = updraft_operator::census::parse_overrides)]
     census_replicas: Option<updraft_operator::census::Overrides>,
+    /// Address of the gateways' config endpoint (`GET /v1/gateways/NS/NAME/config`,
+    /// long-polled by gateway pods so a new release or rollback is served within a
+    /// second, not at kubelet's next ConfigMap sync); none when unset. Needs
+    /// `--config-url`.
+    #[arg(long, env = "UPDRAFT_CONFIG_ADDR", requires = "config_url")]
+    config_addr: Option<std::net::SocketAddr>,
+    /// The config endpoint's URL as gateway pods reach it, e.g.
+    /// `http://updraft-operator.updraft-system.svc:8082`.
+    #[arg(long, env = "UPDRAFT_CONFIG_URL", requires = "config_addr")]
+    config_url: Option<String>,
     /// Log format.
     #[arg(long, env = "UPDRAFT_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -95,6 +105,7 @@ async fn main() -> anyhow::Result<()> {
         webhook,
         census_interval: args.census_interval,
         census_replicas: args.census_replicas.unwrap_or_default(),
+        config_endpoint: args.config_addr.zip(args.config_url).map(|(addr, url)| ConfigEndpoint { addr, url }),
     })
     .await?;
     Ok(())

@@ -55,6 +55,16 @@ pub struct Settings {
     pub census_interval: Duration,
     /// Census replicas named instead of found through EndpointSlices.
     pub census_replicas: census::Overrides,
+    /// The gateways' config endpoint (`delivery`); none when `None`, and gateways then
+    /// learn of new configs from their mounted ConfigMap alone.
+    pub config_endpoint: Option<ConfigEndpoint>,
+}
+
+/// Where the gateways' config endpoint listens and how gateway pods reach it.
+pub struct ConfigEndpoint {
+    pub addr: std::net::SocketAddr,
+    /// E.g. `http://updraft-operator.updraft-system.svc:8082`.
+    pub url: String,
 }
 
 /// Why the operator stopped.
@@ -69,6 +79,9 @@ pub enum RunError {
     /// The webhook receiver's port could not be bound.
     #[error(transparent)]
     Webhook(#[from] BindError),
+    /// The gateways' config endpoint could not be bound.
+    #[error("cannot listen on the config address {addr}: {source}")]
+    ConfigEndpoint { addr: std::net::SocketAddr, source: std::io::Error },
     /// Another replica took the Lease (or it could not be renewed in time).
     #[error("lost leadership; exiting so a fresh replica can take over")]
     LostLeadership,
@@ -276,16 +289,28 @@ pub async fn run(settings: Settings) -> Result<(), RunError> {
         None => None,
     };
 
+    // Served from the start too: a standby replica has published nothing and answers
+    // 404, and its gateways keep what they serve and follow their ConfigMap.
+    let delivery = match &settings.config_endpoint {
+        Some(endpoint) => {
+            let published = crate::delivery::Published::new(&metrics);
+            let addr = endpoint.addr;
+            published.serve(addr).await.map_err(|source| RunError::ConfigEndpoint { addr, source })?;
+            Some(crate::delivery::Delivery { published, url: endpoint.url.clone() })
+        }
+        None => None,
+    };
+
     if let Some(lease_ns) = &settings.leader_election {
         let election = LeaderElection::new(client.clone(), lease_ns, "updraft-operator", settings.identity.clone());
         ready.store(true, Ordering::Relaxed); // a standby replica is healthy and ready
         election.acquire().await;
         tokio::select! {
-            () = controllers(client, metrics, ready, receiver, page, &settings) => Ok(()),
+            () = controllers(client, metrics, ready, receiver, delivery, page, &settings) => Ok(()),
             () = election.hold() => Err(RunError::LostLeadership),
         }
     } else {
-        controllers(client, metrics, ready, receiver, page, &settings).await;
+        controllers(client, metrics, ready, receiver, delivery, page, &settings).await;
         Ok(())
     }
 }
@@ -295,6 +320,7 @@ async fn controllers(
     metrics: Metrics,
     ready: Arc<AtomicBool>,
     receiver: Option<Receiver>,
+    delivery: Option<crate::delivery::Delivery>,
     page: page::Slot,
     settings: &Settings,
 ) {
@@ -351,6 +377,7 @@ async fn controllers(
         mirrors: mirrors.store.clone(),
         schedules: Schedules::default(),
         census: Default::default(),
+        delivery,
     });
 
     // The status page reads the same caches (set once: a replica runs its controllers once).

@@ -8,7 +8,8 @@
 //! state ([`firmware`]); `http` (downloads with Range/ETag/sendfile, the generic
 //! error, write authorization, query strings) shared by the surfaces; `cache`,
 //! `fetch` and `unpack` (registry to disk), `watch` (every file followed while running:
-//! config, certificates, keys), [`reload`] (applying the config file), `metrics`,
+//! config, certificates, keys), [`reload`] (the one gate new configs pass),
+//! [`delivery`] (long-polling the operator for the config), `metrics`,
 //! `admin` (with `/census`), [`census`] (the device census's limits and expiry),
 //! `notify` (MQTT and webhook notifications when a release becomes ready),
 //! [`server`] (the listeners' connection loop: header read timeout, head size limit)
@@ -21,6 +22,7 @@
 mod admin;
 mod cache;
 pub mod census;
+pub mod delivery;
 mod fetch;
 pub mod firmware;
 mod http;
@@ -85,6 +87,8 @@ pub async fn serve(config_path: PathBuf, census: Option<usize>) -> anyhow::Resul
     let tls_listen = config.tls.as_ref().map(|t| t.listen.clone());
     // Mutual TLS on the HTTPS listener only, read at start.
     let client_ca = config.tls.as_ref().and_then(|t| Some((t.client_ca_file.clone()?, t.client_auth()?)));
+    // Read at start, like the listeners (`updraft_core::restart`).
+    let operator = config.operator.clone();
     let census = census.map(|limit| std::sync::Arc::new(updraft_core::census::Census::new(limit)));
     if let Some(census) = &census {
         crate::census::spawn_expiry(census.clone());
@@ -117,7 +121,12 @@ pub async fn serve(config_path: PathBuf, census: Option<usize>) -> anyhow::Resul
         _ => None,
     };
     let public_app = app(state.clone());
-    tokio::spawn(reload::Watcher::new(config_path, state.clone()).run());
+    // The file and the operator's endpoint offer new configs through one gate.
+    let applier = reload::Applier::new(state.clone());
+    tokio::spawn(reload::Watcher::with_applier(config_path, applier.clone()).run());
+    if let Some(source) = operator {
+        tokio::spawn(delivery::Poller::new(source, applier).run());
+    }
     let public = DeviceListener::bind(&listen).await.map_err(|e| anyhow::anyhow!("listen {listen}: {e}"))?;
     let public = public.with_sendfile(sendfile);
     let admin = tokio::net::TcpListener::bind(&admin_listen)

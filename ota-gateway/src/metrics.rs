@@ -33,6 +33,12 @@ pub struct Metrics {
     pub fetch_errors: IntCounterVec,
     pub registry_up: IntGaugeVec,
     pub config_reloads: IntCounterVec,
+    /// Configs offered by each source (`file`, `operator`), by what came of them.
+    pub config_updates: IntCounterVec,
+    /// The revision of the config served (0: a hand-written file).
+    pub config_revision: IntGauge,
+    /// Requests to the operator's config endpoint that failed (unreachable, refused).
+    pub config_poll_errors: IntCounter,
     pub checkins: IntCounterVec,
     /// Per simplestreams stream: 1 while the served index is the newest, 0 when the
     /// last one built failed validation (the previous one keeps serving).
@@ -109,7 +115,21 @@ impl Metrics {
         };
         let census_bytes = gauge("census_bytes", "Bytes the device census holds (within --census-memory)");
         let census_series = gauge("census_series", "Census series (channel x version x state) with devices");
+        let config_revision = gauge("config_revision", "Revision of the config served (0: a hand-written file)");
         Self {
+            config_updates: counter_vec(
+                &r,
+                "config_updates_total",
+                "Configs offered by the mounted file or the operator's endpoint, by source and result \
+                 (applied, unchanged, stale, rejected)",
+                &["source", "result"],
+            ),
+            config_revision,
+            config_poll_errors: counter(
+                &r,
+                "config_poll_errors_total",
+                "Requests to the operator's config endpoint that failed; the gateway keeps serving and follows its file",
+            ),
             anonymous_polls: counter_vec(
                 &r,
                 "anonymous_polls_total",

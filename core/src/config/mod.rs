@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 pub use crate::oci::{is_digest, is_sha256_hex, ArtifactConfig, SourceConfig, Unpack};
 
 pub mod channels;
+pub mod delivery;
 pub mod mirrors;
 pub mod notifications;
 pub mod server;
@@ -38,6 +39,7 @@ pub mod streams;
 mod tests;
 
 pub use channels::{ChannelConfig, Downgrade, PinnedArtifact};
+pub use delivery::OperatorSource;
 pub use mirrors::{
     plain_http_key, FilterError, HttpStoreConfig, MirrorConfig, MirrorEndpoint, PlainHttpKeyError, RetentionConfig,
     VersionFilter,
@@ -62,6 +64,17 @@ pub const CONFIG_VERSION: u32 = 1;
 pub struct GatewayConfig {
     /// Format version of this file ([`CONFIG_VERSION`]). Default 1.
     pub version: u32,
+    /// Which of the operator's renderings this is: the operator raises it whenever the
+    /// content changes, so a gateway never replaces a config by an older one however
+    /// late it arrives ([`delivery::supersedes`]). 0 (omitted) in a hand-written file.
+    #[serde(skip_serializing_if = "is_zero_u64")]
+    pub revision: u64,
+    /// Where the gateway long-polls the operator for its config, so a new release or a
+    /// rollback is served in about a second instead of at kubelet's next sync of the
+    /// mounted file (which the gateway still follows). Read at start only. Omitted when
+    /// absent: the gateway follows its file alone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub operator: Option<OperatorSource>,
     /// Public listener (device API, downloads). Default `0.0.0.0:8080`.
     pub listen: String,
     /// Admin listener (`/healthz`, `/readyz`, `/metrics`). Default `0.0.0.0:9090`.
@@ -112,6 +125,8 @@ impl Default for GatewayConfig {
     fn default() -> Self {
         Self {
             version: CONFIG_VERSION,
+            revision: 0,
+            operator: None,
             listen: Self::DEFAULT_LISTEN.into(),
             admin_listen: Self::DEFAULT_ADMIN_LISTEN.into(),
             public_url: None,
@@ -159,8 +174,12 @@ impl GatewayConfig {
 
     /// Parses a config (not yet validated). A file of a newer format is refused by its
     /// version before an unknown key could make the message obscure.
+    /// A gzip-compressed config (a large one, as the operator stores it in its
+    /// ConfigMap: [`delivery::store`]) is read the same, decompressed within
+    /// [`delivery::MAX_CONFIG_BYTES`].
     pub fn parse(text: &[u8]) -> Result<Self, ConfigError> {
-        let value: serde_yaml::Value = serde_yaml::from_slice(text).map_err(ConfigError::Syntax)?;
+        let text = delivery::inflate(text)?;
+        let value: serde_yaml::Value = serde_yaml::from_slice(&text).map_err(ConfigError::Syntax)?;
         if let Some(found) = value.get("version").and_then(serde_yaml::Value::as_u64) {
             if found > u64::from(CONFIG_VERSION) {
                 return Err(ConfigError::TooNew { found });
@@ -193,6 +212,9 @@ fn is_true(b: &bool) -> bool {
 }
 fn is_false(b: &bool) -> bool {
     !*b
+}
+fn is_zero_u64(n: &u64) -> bool {
+    *n == 0
 }
 fn is_zero(n: &u32) -> bool {
     *n == 0

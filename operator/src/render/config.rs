@@ -259,6 +259,76 @@ mod tests {
     use crate::attach;
     use crate::fixtures::{channel, gateway, resolved, DIGEST_A};
 
+    /// Where the ConfigMap limit bites: channels named and pinned as a real fleet's are
+    /// (model, region and stage in the name, a registry host with a port, distinct
+    /// random digests, a previous release, a rollout share, the high-water mark),
+    /// rendered and stored as the operator stores them. The figures are the chart
+    /// README's ("The ConfigMap limit").
+    #[test]
+    fn how_many_channels_a_configmap_holds() {
+        use sha2::{Digest, Sha256};
+        use updraft_core::config::delivery::{store, Stored, CONFIGMAP_LIMIT};
+        let digest = |seed: String| format!("sha256:{}", hex::encode(Sha256::digest(seed.as_bytes())));
+        let fleet = |n: usize| -> Vec<FirmwareChannel> {
+            (0..n)
+                .map(|i| {
+                    let name = format!("esp32-s3-devkitc-{:04}-eu-west-prod", i);
+                    let mut ch = channel(&name, Some(&format!("acme-sensor-v2-{i:04}")), None);
+                    ch.spec.source.registry = "registry.firmware.example.com:5000".into();
+                    ch.spec.source.repository = format!("acme/sensors/esp32-s3/{name}");
+                    let mut status = updraft_crds::FirmwareChannelStatus {
+                        latest: Some(resolved("2.14.3", &digest(format!("{i}-latest")))),
+                        previous: Some(resolved("2.14.2", &digest(format!("{i}-previous")))),
+                        highest_served: Some("2.14.3".into()),
+                        ..Default::default()
+                    };
+                    status.latest.as_mut().unwrap().size = Some(1_572_864);
+                    ch.status = Some(status);
+                    ch
+                })
+                .collect()
+        };
+        let gw = gateway();
+        let rendered = |n: usize| {
+            let channels = fleet(n);
+            let served: Vec<&FirmwareChannel> = channels.iter().collect();
+            gateway_config(&gw, &served, &[]).to_yaml()
+        };
+        let per_channel = (rendered(1000).len() - rendered(0).len()) as f64 / 1000.0;
+        // The first count whose text no longer fits, found by bisection.
+        let first_over = |fits: &dyn Fn(usize) -> bool| {
+            let mut high = 1000usize;
+            while fits(high) {
+                high *= 2;
+            }
+            let mut low = high / 2;
+            while low < high {
+                let mid = (low + high) / 2;
+                if fits(mid) {
+                    low = mid + 1
+                } else {
+                    high = mid
+                }
+            }
+            low
+        };
+        let text_over = first_over(&|n| rendered(n).len() + "gateway.yaml".len() <= CONFIGMAP_LIMIT);
+        let over_at = rendered(text_over);
+        let compressed = match store("gateway.yaml", over_at.clone()).unwrap() {
+            Stored::Gzip(bytes) => bytes.len(),
+            Stored::Text(_) => panic!("{text_over} channels stored as text"),
+        };
+        let gzip_over = first_over(&|n| store("gateway.yaml", rendered(n)).is_ok());
+        println!(
+            "{per_channel:.0} bytes a channel; text over {CONFIGMAP_LIMIT} bytes at {text_over} channels \
+             ({compressed} bytes compressed, {:.1}x); over even compressed at {gzip_over} channels",
+            over_at.len() as f64 / compressed as f64
+        );
+        // Measured: 555 bytes a channel, text over at 1,890, compressed 5.9x, over at 11,187.
+        assert!((1_700..2_100).contains(&text_over), "text limit at {text_over} channels");
+        assert!(gzip_over > 5 * text_over, "compressed limit at {gzip_over} channels");
+    }
+
     #[test]
     fn notifications_point_at_the_mounted_secrets() {
         use updraft_crds::gateway::{GatewayMqtt, GatewayWebhook};

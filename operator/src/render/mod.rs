@@ -9,6 +9,7 @@
 
 mod config;
 mod configmap;
+mod delivery;
 mod deployment;
 mod mirror;
 mod service;
@@ -21,7 +22,8 @@ use kube::{Resource, ResourceExt};
 use updraft_crds::OtaGateway;
 
 pub(crate) use config::{channel_artifact, gateway_config, notifications_config, tls_config};
-pub(crate) use configmap::config_map;
+pub(crate) use configmap::{config_map, config_map_name, stored_text};
+pub(crate) use delivery::{config_token_secret, mount_config_token, operator_source};
 pub(crate) use deployment::{credential_secrets, deployment, mount_stream_files, restart_on};
 pub(crate) use mirror::{mirror_configs, mirror_deployment, mirror_deployment_name, STORE_KEY};
 pub(crate) use service::{service, service_url, stream_url};
@@ -75,6 +77,8 @@ const STORE_DIR: &str = "/var/lib/updraft/store";
 const STORE_FILES_DIR: &str = "/var/lib/updraft/store/files";
 /// The `spec.store` write-key Secret is mounted here.
 const STORE_KEY_DIR: &str = "/etc/updraft/store-key";
+/// The gateway's config-endpoint token Secret is mounted here.
+const OPERATOR_TOKEN_DIR: &str = "/etc/updraft/operator-token";
 
 /// Labels on everything the operator creates for a gateway.
 fn labels(gateway: &OtaGateway) -> BTreeMap<String, String> {
