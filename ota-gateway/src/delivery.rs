@@ -20,6 +20,10 @@ use crate::reload::{Applier, Outcome, Source};
 /// How long one request may take: the operator holds it 30 s; more for slow networks.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(90);
 
+/// The wait before polling again after the operator sent a config older than the one
+/// served (the operator's hold: what a poll takes when nothing changes).
+const STALE_PAUSE: Duration = Duration::from_secs(30);
+
 /// The largest config accepted (the operator's rendering of thousands of channels is a
 /// few MiB: see the operator's `render::config` size test).
 const MAX_CONFIG_BYTES: usize = 64 << 20;
@@ -80,6 +84,15 @@ impl Poller {
                     failures = 0;
                     if let Some(outcome) = outcome {
                         tracing::debug!(?outcome, revision = self.seen, "config from the operator");
+                    }
+                    if outcome == Some(Outcome::Stale) {
+                        // The operator's rendering is older than the config served (its
+                        // ConfigMap was re-created, counting from 1 again): it answers at
+                        // once while the revisions differ, so asking again at once would
+                        // spin. Ask again after the operator's hold instead.
+                        let serving = self.applier.revision();
+                        tracing::warn!(serving, "the operator's config is older than the one served; ignored");
+                        tokio::time::sleep(STALE_PAUSE).await;
                     }
                 }
                 Err(error) => {

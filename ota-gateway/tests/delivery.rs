@@ -73,3 +73,59 @@ fn without_the_operator_the_gateway_serves_and_follows_its_file_never_backwards(
     assert_eq!(metric(admin, "updraft_gateway_config_revision", &[]), 6.0);
     assert!(log().contains("config older than the one served; ignored"), "{}", log());
 }
+
+/// An operator whose rendering is older than what the gateway serves (its ConfigMap was
+/// re-created, counting from 1 again) answers every poll at once: the gateway ignores
+/// that config and asks again only after a pause, instead of spinning on the endpoint.
+/// The stand-in answers as the operator does while revisions differ: 200 with the YAML.
+#[test]
+fn an_older_config_from_the_operator_is_ignored_without_spinning() {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (port, admin) = (free_port(), free_port());
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let operator = listener.local_addr().unwrap().port();
+    let older = config(dir.path(), port, admin, operator, 3, "https://three");
+    let polls = Arc::new(AtomicUsize::new(0));
+    let counted = polls.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut request = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+            }
+            counted.fetch_add(1, Ordering::SeqCst);
+            let head = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/yaml\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                older.len()
+            );
+            let _ = stream.write_all(head.as_bytes()).and_then(|()| stream.write_all(older.as_bytes()));
+        }
+    });
+    std::fs::write(dir.path().join("token"), "t0k\n").unwrap();
+    std::fs::write(dir.path().join("gateway.yaml"), config(dir.path(), port, admin, operator, 5, "https://five"))
+        .unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ota-gateway"));
+    cmd.env("RUST_LOG", "info");
+    let gw = GatewayProcess::start(cmd, dir.path(), port);
+    let log = || gw.log_text();
+
+    let stale = ["source=\"operator\"", "result=\"stale\""];
+    wait_until("the operator's older config seen", &log, || {
+        metric(admin, "updraft_gateway_config_updates_total", &stale) >= 1.0
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    // Without the pause this was a request per round trip: thousands in 3 s.
+    let asked = polls.load(Ordering::SeqCst);
+    assert!(asked <= 2, "{asked} polls in about 3 s after an older config\n{}", log());
+    assert_eq!(metric(admin, "updraft_gateway_config_revision", &[]), 5.0);
+    assert!(log().contains("the operator's config is older than the one served; ignored"), "{}", log());
+}
