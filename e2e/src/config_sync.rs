@@ -43,11 +43,16 @@ struct Mount {
 }
 
 impl Mount {
-    /// Copies what the API server holds now; returns whether the config was there.
+    /// Copies what the API server holds now; returns whether the config was there, and
+    /// its token when it names the operator's endpoint (a pod starts once its volumes
+    /// are there: the token Secret is created just before the ConfigMap, and reading the
+    /// Secret first could miss it and mount the config alone, leaving the gateway
+    /// without its token until the next sync a minute later).
     fn sync(&self) -> bool {
         let token =
             kubectl(&["get", "-n", &self.ns, "secret/default-config-token", "-o", "jsonpath={.data.token}"], None);
-        if token.success && !token.stdout.is_empty() {
+        let have_token = token.success && !token.stdout.is_empty();
+        if have_token {
             use base64::Engine;
             let bytes = base64::engine::general_purpose::STANDARD.decode(token.stdout.trim()).unwrap();
             replace(&self.token_path, &bytes);
@@ -64,6 +69,9 @@ impl Mount {
         config["adminListen"] = format!("{}:{}", self.host, self.admin).into();
         config["cache"]["dir"] = self.cache.to_str().unwrap().into();
         if config.get("operator").is_some() {
+            if !have_token {
+                return false;
+            }
             config["operator"]["tokenFile"] = self.token_path.to_str().unwrap().into();
         }
         let text = serde_yaml::to_string(&config).unwrap();
