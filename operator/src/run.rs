@@ -144,10 +144,7 @@ impl<K: Kind> Shared<K> {
         I: IntoIterator<Item = ObjectRef<C>> + 'static,
         I::IntoIter: Send,
     {
-        let on_delete = mapper.clone();
-        controller
-            .watches_shared_stream(self.subscribe(), move |obj| mapper(&obj))
-            .watches_stream(self.deletions(), move |obj| on_delete(&obj))
+        self.trigger_when(controller, mapper, |_| true)
     }
 
     /// As [`Shared::trigger`], but only when an object appears, goes away or its spec
@@ -166,17 +163,31 @@ impl<K: Kind> Shared<K> {
         I: IntoIterator<Item = ObjectRef<C>> + 'static,
         I::IntoIter: Send,
     {
-        let on_delete = mapper.clone();
         // The (uid, generation) each object was last passed on with; a namesake created
         // after a deletion has another uid. One entry per object name ever seen.
         let mut seen: HashMap<ObjectRef<K>, (Option<String>, Option<i64>)> = HashMap::new();
-        let changed_specs = self.subscribe().filter(move |obj| {
+        self.trigger_when(controller, mapper, move |obj| {
             let now = (obj.meta().uid.clone(), obj.meta().generation);
-            let changed = seen.insert(ObjectRef::from_obj(obj.as_ref()), now.clone()).as_ref() != Some(&now);
-            futures::future::ready(changed)
-        });
+            seen.insert(ObjectRef::from_obj(obj), now.clone()).as_ref() != Some(&now)
+        })
+    }
+
+    /// The one wiring of both triggers: changed objects `pass` lets through, and every
+    /// deletion, reconcile what `mapper` names.
+    fn trigger_when<C: Kind, I>(
+        &self,
+        controller: Controller<C>,
+        mapper: impl Fn(&K) -> I + Clone + Send + Sync + 'static,
+        mut pass: impl FnMut(&K) -> bool + Send + 'static,
+    ) -> Controller<C>
+    where
+        I: IntoIterator<Item = ObjectRef<C>> + 'static,
+        I::IntoIter: Send,
+    {
+        let on_delete = mapper.clone();
+        let changed = self.subscribe().filter(move |obj| futures::future::ready(pass(obj)));
         controller
-            .watches_shared_stream(changed_specs, move |obj| mapper(&obj))
+            .watches_shared_stream(changed, move |obj| mapper(&obj))
             .watches_stream(self.deletions(), move |obj| on_delete(&obj))
     }
 
