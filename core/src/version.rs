@@ -205,10 +205,29 @@ impl ResolveError {
 /// tag list (unless pinned) and a HEAD of the chosen tag's manifest (unless pinned by
 /// digest). Nothing is pulled.
 pub async fn resolve_latest(client: &Client, lookup: Lookup<'_>) -> Result<Resolved, ResolveError> {
-    let candidates = candidate_list(client, lookup).await?;
-    let newest = candidates.into_iter().next().expect("candidate_list returns at least one");
-    newest.resolve(client, lookup).await
+    let mut gone = None;
+    for candidate in candidate_list(client, lookup).await? {
+        match candidate.resolve(client, lookup).await? {
+            Head::Found(resolved) => return Ok(resolved),
+            Head::Gone(not_found) => gone = Some(not_found),
+        }
+    }
+    Err(ResolveError::Registry(gone.expect("candidate_list returns at least one")))
 }
+
+/// How long a tag the list names is asked for again while its manifest is not found:
+/// 50 ms, then twice as long each time, 1.55 s in all. A registry lists a tag before it
+/// resolves, and notifies a push before either: distribution sends the push event, then
+/// links the tag into its index (the tag list sees it), then links the manifest (a HEAD
+/// finds it). A check the notification started lands in that gap about one push in 25
+/// on a quiet machine; taking it for an outage waited out the 5 s check backoff.
+const LISTED_TAG_RETRIES: [Duration; 5] = [
+    Duration::from_millis(50),
+    Duration::from_millis(100),
+    Duration::from_millis(200),
+    Duration::from_millis(400),
+    Duration::from_millis(800),
+];
 
 /// At most this many candidates (newest first) are verified in one resolution under
 /// `verify`: past them the repository is not a release line but a flood of refused tags,
@@ -265,7 +284,8 @@ pub async fn resolve_verified(
     let total = candidates.len();
     let mut skipped: Vec<Skipped> = Vec::new();
     for candidate in candidates.into_iter().take(MAX_VERIFY_CANDIDATES) {
-        let resolved = candidate.resolve(client, lookup).await?;
+        // A tag deleted since the list is no release: the next one is tried.
+        let Head::Found(resolved) = candidate.resolve(client, lookup).await? else { continue };
         // `v1.2.0` and `1.2.0` on one digest: one verification.
         if let Some(earlier) = skipped.iter().find(|s| s.release.digest == resolved.digest) {
             let (reason, error) = (earlier.reason, earlier.error.clone());
@@ -287,24 +307,52 @@ struct Candidate {
     version: Option<String>,
     tag: String,
     digest: Option<String>,
+    /// Read from the tag list (not a pin): a manifest not found may be one the registry
+    /// is still linking, or a tag deleted since.
+    listed: bool,
+}
+
+/// What a candidate's HEAD found.
+enum Head {
+    Found(Resolved),
+    /// A listed tag the registry no longer finds (deleted since the list): the next
+    /// candidate is the newest.
+    Gone(OciError),
 }
 
 impl Candidate {
     /// The candidate with its manifest digest, from a HEAD (or a pull of the manifest
-    /// when the registry sends no digest header).
-    async fn resolve(self, client: &Client, lookup: Lookup<'_>) -> Result<Resolved, ResolveError> {
+    /// when the registry sends no digest header). A listed tag whose manifest is still
+    /// not found after [`LISTED_TAG_RETRIES`] is [`Head::Gone`]; a pin that is not found
+    /// is an error.
+    async fn resolve(self, client: &Client, lookup: Lookup<'_>) -> Result<Head, ResolveError> {
         let Lookup { registry, repository, insecure, auth, .. } = lookup;
-        let Candidate { version, tag, digest } = self;
+        let Candidate { version, tag, digest, listed } = self;
         if let Some(digest) = digest {
-            return Ok(Resolved { version, tag, digest });
+            return Ok(Head::Found(Resolved { version, tag, digest }));
         }
         let reference = oci::tag_reference(registry, repository, &tag);
-        let digest = match oci::probe().manifest_digest(client, &reference, insecure, auth).await? {
-            Some(digest) => digest,
-            // No digest header: oci-client pulls the manifest and hashes it.
-            None => client.fetch_manifest_digest(&reference, auth).await.map_err(oci::registry_error(registry))?,
+        let head = || async {
+            match oci::probe().manifest_digest(client, &reference, insecure, auth).await? {
+                Some(digest) => Ok(digest),
+                // No digest header: oci-client pulls the manifest and hashes it.
+                None => client.fetch_manifest_digest(&reference, auth).await.map_err(oci::registry_error(registry)),
+            }
         };
-        Ok(Resolved { version, tag, digest })
+        let mut waits = LISTED_TAG_RETRIES.iter().filter(|_| listed);
+        loop {
+            match head().await {
+                Ok(digest) => return Ok(Head::Found(Resolved { version, tag, digest })),
+                Err(e) if listed && oci::is_unknown_repository(&e) => match waits.next() {
+                    Some(wait) => {
+                        tracing::debug!(%reference, "a listed tag not found yet; asking again");
+                        tokio::time::sleep(*wait).await
+                    }
+                    None => return Ok(Head::Gone(e)),
+                },
+                Err(e) => return Err(ResolveError::Registry(e)),
+            }
+        }
     }
 }
 
@@ -315,12 +363,13 @@ async fn candidate_list(client: &Client, lookup: Lookup<'_>) -> Result<Vec<Candi
     rule.validate().map_err(ResolveError::InvalidRule)?;
     match rule.pin {
         Some(digest) if digest.starts_with("sha256:") => {
-            Ok(vec![Candidate { version: None, tag: String::new(), digest: Some(digest.to_owned()) }])
+            Ok(vec![Candidate { version: None, tag: String::new(), digest: Some(digest.to_owned()), listed: false }])
         }
         Some(tag) => Ok(vec![Candidate {
             version: parse_tag(tag, rule.allow_v_prefix).map(|v| v.to_string()),
             tag: tag.to_owned(),
             digest: None,
+            listed: false,
         }]),
         None => {
             let image = oci::tag_reference(registry, repository, "latest");
@@ -335,7 +384,12 @@ async fn candidate_list(client: &Client, lookup: Lookup<'_>) -> Result<Vec<Candi
                     tags: tags.len(),
                 });
             }
-            let candidate = |s: Selected| Candidate { version: Some(s.version.to_string()), tag: s.tag, digest: None };
+            let candidate = |s: Selected| Candidate {
+                version: Some(s.version.to_string()),
+                tag: s.tag,
+                digest: None,
+                listed: true,
+            };
             Ok(admitted.into_iter().map(candidate).collect())
         }
     }
