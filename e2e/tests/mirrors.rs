@@ -43,9 +43,17 @@ fn mirror_yaml(name: &str, interval: &str) -> String {
     mirror_with(name, interval, "*.bin", "wan-key")
 }
 
+/// A loopback port nothing listens on, for a destination that must stay unreachable
+/// (a fixed one, 18081, was taken by a gateway left running on the machine).
+fn closed_port() -> u16 {
+    static PORT: std::sync::OnceLock<u16> = std::sync::OnceLock::new();
+    *PORT.get_or_init(free_port)
+}
+
 fn mirror_with(name: &str, interval: &str, include: &str, key_secret: &str) -> String {
+    let closed = closed_port();
     format!(
-        "apiVersion: updraft.dev/v1alpha1\nkind: ArtifactMirror\nmetadata: {{name: {name}}}\nspec:\n  interval: {interval}\n  dryRun: true\n  include: [\"{include}\"]\n  retention: {{keepLast: 2}}\n  source: {{oci: {{registry: \"127.0.0.1:15000\", repository: e2e/releases, insecure: true}}}}\n  destination: {{http: {{url: \"http://127.0.0.1:18081\", keySecret: {key_secret}, allowPlainHttp: true}}}}\n"
+        "apiVersion: updraft.dev/v1alpha1\nkind: ArtifactMirror\nmetadata: {{name: {name}}}\nspec:\n  interval: {interval}\n  dryRun: true\n  include: [\"{include}\"]\n  retention: {{keepLast: 2}}\n  source: {{oci: {{registry: \"127.0.0.1:15000\", repository: e2e/releases, insecure: true}}}}\n  destination: {{http: {{url: \"http://127.0.0.1:{closed}\", keySecret: {key_secret}, allowPlainHttp: true}}}}\n"
     )
 }
 
