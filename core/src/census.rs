@@ -48,17 +48,19 @@
 //! per device seen in the week and at most 51 per register, so at most
 //! 16,384 × 51 × 4 B ≈ 3.2 MiB. Measured (test `memory_figures`, devices spread over a
 //! day, each offered one version, downloaded one, running one): one series of 1 M ids,
-//! 59,409 pairs, 0.31 MiB; 100 channels × 5 versions × 3 states (700 series used) with
-//! 1,000 devices a channel, 1.93 MiB; with 10,000 devices a channel, 11.63 MiB, nothing
-//! refused. 16 MiB hold about 4 M pairs (device × state × version seen in the week);
+//! 59,409 pairs, 0.33 MiB; 100 channels × 5 versions × 3 states (700 series used) with
+//! 1,000 devices a channel, 1.97 MiB; with 10,000 devices a channel, 11.67 MiB, nothing
+//! refused. A busy series (over 16,384 pairs: a million ids in a minute) takes 16 KiB
+//! more for the ranks of the current minute ([`Recent`]), which let a record that changes
+//! nothing skip the search. 16 MiB hold about 4 M pairs (device × state × version seen in the week);
 //! beyond that the estimates undercount and `refused` says so.
 //!
 //! **Privacy.** Only (register, minute, rank) is kept and exported ([`Report`]), never an
 //! id or its full hash.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Mutex, PoisonError, RwLock};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -254,6 +256,10 @@ impl Series {
         self.blocks.iter().map(|b| b.capacity() * 4).sum()
     }
 
+    fn len(&self) -> usize {
+        self.blocks.iter().map(Vec::len).sum()
+    }
+
     /// The offset of `minute`, moving the base when it does not fit; `None` for a
     /// minute more than [`MAX_OFFSET`] before the newest pair (more than 45 days: past
     /// every window), which is not recorded.
@@ -373,8 +379,87 @@ fn reserve(block: &mut Vec<u32>, mut grow: impl FnMut(usize) -> bool) -> bool {
     false
 }
 
+/// A series holding this many pairs (64 KiB) is busy: it gets a [`Recent`] (16 KiB more,
+/// from the budget) so that a device seen again this minute costs one byte's load, not a
+/// search. A million ids polling within a minute make about 80,000 pairs; 10,000
+/// devices a channel spread over a day stay below it (`memory_figures`).
+const BUSY_PAIRS: usize = 16_384;
+
+/// One series, and the ranks it took this minute once it is busy.
+#[derive(Default)]
+struct Cell {
+    series: Mutex<Series>,
+    recent: Recent,
+}
+
+impl Cell {
+    fn lock(&self) -> MutexGuard<'_, Series> {
+        self.series.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Bytes held: the pair lists by capacity and the [`Recent`] ranks.
+    fn bytes(&self, series: &Series) -> usize {
+        series.capacity_bytes() + self.recent.bytes()
+    }
+}
+
+/// The largest rank each register took in the newest minute recorded, read without the
+/// series' lock. In the gateway most records change nothing (at 90,000 polls a second
+/// over a million ids, each register sees hundreds a minute and keeps the few that raise
+/// its rank), yet each one searched its register's pairs under the lock: cache misses
+/// measured as most of the census's cost (`ota-gateway/bench/RESULTS.md`). A record of
+/// (minute, rank) this filter holds a rank `>= rank` for is covered by a pair already
+/// kept (minute at least as new, rank at least as high: what [`Series::insert`] keeps),
+/// so skipping it changes nothing. Any doubt (another minute, no filter) takes the lock.
+#[derive(Default)]
+struct Recent {
+    /// The minute `ranks` holds (0 before the first).
+    minute: AtomicU32,
+    /// One rank per register, allocated once the series is busy ([`BUSY_PAIRS`]).
+    ranks: OnceLock<Box<[AtomicU8]>>,
+}
+
+impl Recent {
+    fn bytes(&self) -> usize {
+        self.ranks.get().map_or(0, |r| r.len())
+    }
+
+    /// Whether a pair kept already covers (register, minute, rank).
+    fn covers(&self, register: usize, minute: u32, rank: u8) -> bool {
+        let Some(ranks) = self.ranks.get() else { return false };
+        // Acquire: a minute seen here was stored after its ranks were cleared.
+        self.minute.load(Ordering::Acquire) == minute && ranks[register].load(Ordering::Relaxed) >= rank
+    }
+
+    /// Notes (register, minute, rank) once the series holds it; under the series' lock,
+    /// so one writer at a time.
+    fn note(&self, register: usize, minute: u32, rank: u8) {
+        let Some(ranks) = self.ranks.get() else { return };
+        let current = self.minute.load(Ordering::Relaxed);
+        if minute < current {
+            return;
+        }
+        if minute > current {
+            // A reader still on the old minute may see a cleared rank (it takes the lock)
+            // or one of the new minute (a newer pair with that rank covers its record).
+            ranks.iter().for_each(|r| r.store(0, Ordering::Relaxed));
+            self.minute.store(minute, Ordering::Release);
+        }
+        ranks[register].fetch_max(rank, Ordering::Relaxed);
+    }
+
+    /// Forgets a minute not newer than `horizon`: its pairs are expired.
+    fn forget(&self, horizon: u32) {
+        let Some(ranks) = self.ranks.get() else { return };
+        if self.minute.load(Ordering::Relaxed) <= horizon {
+            self.minute.store(0, Ordering::Release);
+            ranks.iter().for_each(|r| r.store(0, Ordering::Relaxed));
+        }
+    }
+}
+
 /// The three series of one version of one channel.
-type Versions = [Mutex<Series>; 3];
+type Versions = [Cell; 3];
 
 /// One replica's sketches. `record` takes `&self`: a read lock on the map of series and
 /// a lock on the one series written.
@@ -400,6 +485,32 @@ impl Census {
     /// Records that `device` was in `state` of `version` of `channel` at `at`.
     pub fn record(&self, channel: &str, version: &str, state: State, device: &str, at: SystemTime) {
         self.record_hash(channel, version, state, DeviceHash::of(device), at);
+    }
+
+    /// What `device` was seen doing in `channel` at `at`, each `(state, version)` as
+    /// [`Census::record_hash`] records it, under one lock and one lookup of the channel
+    /// (a `/version` poll is offered one version and runs another).
+    pub fn record_seen(&self, channel: &str, device: DeviceHash, at: SystemTime, seen: &[(State, &str)]) {
+        let (register, rank) = device.split();
+        let minute = minute(at);
+        let mut missing = false;
+        {
+            let channels = self.channels.read().unwrap_or_else(PoisonError::into_inner);
+            let versions = channels.get(channel);
+            for &(state, version) in seen {
+                match versions.and_then(|c| c.get(version)) {
+                    Some(cells) => self.insert(&cells[state.index()], register, minute, rank),
+                    None => missing = true,
+                }
+            }
+        }
+        // A version seen for the first time: the slow way, for all (recording one again
+        // changes nothing).
+        if missing {
+            for &(state, version) in seen {
+                self.record_hash(channel, version, state, device, at);
+            }
+        }
     }
 
     /// [`Census::record`] with the id hashed already (one hash for several states).
@@ -428,8 +539,11 @@ impl Census {
         }
     }
 
-    fn insert(&self, series: &Mutex<Series>, register: usize, minute: u32, rank: u8) {
-        let mut series = series.lock().unwrap_or_else(PoisonError::into_inner);
+    fn insert(&self, cell: &Cell, register: usize, minute: u32, rank: u8) {
+        if cell.recent.covers(register, minute, rank) {
+            return;
+        }
+        let mut series = cell.lock();
         let before = series.capacity_bytes();
         let mut claimed = 0;
         let inserted = series.insert(register, minute, rank, |bytes| {
@@ -439,7 +553,12 @@ impl Census {
             }
             granted
         });
-        if !inserted {
+        if inserted {
+            if cell.recent.ranks.get().is_none() && series.len() >= BUSY_PAIRS && self.claim(M) {
+                cell.recent.ranks.get_or_init(|| (0..M).map(|_| AtomicU8::new(0)).collect());
+            }
+            cell.recent.note(register, minute, rank);
+        } else {
             self.refused.fetch_add(1, Ordering::Relaxed);
         }
         // The allocator may give more than asked (or fail after the claim): settle.
@@ -467,8 +586,9 @@ impl Census {
             let channels = self.channels.read().unwrap_or_else(PoisonError::into_inner);
             for versions in channels.values().flat_map(HashMap::values) {
                 let mut all_empty = true;
-                for series in versions {
-                    let mut series = series.lock().unwrap_or_else(PoisonError::into_inner);
+                for cell in versions {
+                    let mut series = cell.lock();
+                    cell.recent.forget(horizon);
                     self.settle(series.expire(horizon));
                     all_empty &= series.is_empty();
                 }
@@ -479,13 +599,12 @@ impl Census {
             let mut channels = self.channels.write().unwrap_or_else(PoisonError::into_inner);
             let mut freed = 0;
             channels.retain(|channel, versions| {
-                versions.retain(|version, series| {
-                    let series = series.iter().map(|s| s.lock().unwrap_or_else(PoisonError::into_inner));
-                    let series: Vec<_> = series.collect();
+                versions.retain(|version, cells| {
+                    let series: Vec<_> = cells.iter().map(Cell::lock).collect();
                     let keep = series.iter().any(|s| !s.is_empty());
                     if !keep {
-                        freed +=
-                            VERSION_OVERHEAD + version.len() + series.iter().map(|s| s.capacity_bytes()).sum::<usize>();
+                        let held: usize = cells.iter().zip(&series).map(|(c, s)| c.bytes(s)).sum();
+                        freed += VERSION_OVERHEAD + version.len() + held;
                     }
                     keep
                 });
@@ -514,7 +633,7 @@ impl Census {
         for (channel, versions) in channels.iter() {
             for (version, states) in versions {
                 for state in State::ALL {
-                    let pairs = states[state.index()].lock().unwrap_or_else(PoisonError::into_inner).pairs();
+                    let pairs = states[state.index()].lock().pairs();
                     if !pairs.is_empty() {
                         series.push(ReportSeries { channel: channel.clone(), version: version.clone(), state, pairs });
                     }
@@ -533,12 +652,7 @@ impl Census {
     /// Series (channel × version × state) holding at least one pair.
     pub fn series(&self) -> usize {
         let channels = self.channels.read().unwrap_or_else(PoisonError::into_inner);
-        channels
-            .values()
-            .flat_map(HashMap::values)
-            .flatten()
-            .filter(|s| !s.lock().unwrap_or_else(PoisonError::into_inner).is_empty())
-            .count()
+        channels.values().flat_map(HashMap::values).flatten().filter(|c| !c.lock().is_empty()).count()
     }
 
     /// Pairs refused since start because the budget was reached.
@@ -979,6 +1093,37 @@ mod tests {
         normalise(&mut all);
         let report = census.report(t0() + HOUR);
         assert_eq!(report.series[0].pairs, all);
+    }
+
+    /// The gateway's pattern: a busy series (so it gets its [`Recent`] ranks) sees every
+    /// device many times a minute, minutes advance, and a few records arrive a minute
+    /// late (another thread's clock read). Skipping what the ranks cover keeps the exact
+    /// lists, and the ranks' 16 KiB count in the budget until the series expires.
+    #[test]
+    fn skipping_what_this_minute_covers_keeps_the_exact_lists() {
+        let census = Census::new(usize::MAX);
+        let mut all = Vec::new();
+        for i in 0..300_000u64 {
+            let mut minute_offset = i / 20_000;
+            if i % 20_000 < 50 && minute_offset > 0 {
+                minute_offset -= 1;
+            }
+            let at = t0() + Duration::from_secs(60 * minute_offset);
+            let hash = DeviceHash::of(&id((i * 7919) % 100_000));
+            let (register, rank) = hash.split();
+            all.push(pack(register, minute(at), rank));
+            census.record_hash("c", "v", State::Offered, hash, at);
+        }
+        normalise(&mut all);
+        let channels = census.channels.read().unwrap();
+        let cell = &channels["c"]["v"][State::Offered.index()];
+        assert_eq!(cell.recent.bytes(), M, "a busy series gets its ranks");
+        assert!(census.bytes() >= cell.lock().capacity_bytes() + M);
+        drop(channels);
+        let report = census.report(t0() + HOUR);
+        assert_eq!(report.series[0].pairs, all);
+        census.expire(t0() + 8 * DAY);
+        assert_eq!(census.bytes(), 0, "the ranks are given back with the series");
     }
 
     /// Minutes are kept as 16-bit offsets from a base: a record 50 days later moves the

@@ -129,7 +129,7 @@ impl Firmware {
     }
 
     /// Records in the census what the device `id` of `channel` was seen doing (each
-    /// `(state, version)`), hashing the id once; without an id (or with one longer than
+    /// `(state, version)`, each state at most once), hashing the id once; without an id (or with one longer than
     /// [`crate::census::MAX_ID`] bytes, which is not recorded) counts an anonymous
     /// poll. A version longer than [`crate::census::MAX_VERSION`] bytes is left out.
     /// Nothing when the census is off.
@@ -137,13 +137,16 @@ impl Firmware {
         let Some(census) = &self.inner.census else { return };
         match id.filter(|id| id.len() <= crate::census::MAX_ID) {
             Some(id) => {
-                let (device, now) = (DeviceHash::of(id), SystemTime::now());
+                let mut kept = [(Seen::Offered, ""); 3];
+                let mut n = 0;
                 for (state, version) in seen {
                     let version = version.trim().trim_start_matches('v');
-                    if !version.is_empty() && version.len() <= crate::census::MAX_VERSION {
-                        census.record_hash(channel, version, *state, device, now);
+                    if !version.is_empty() && version.len() <= crate::census::MAX_VERSION && n < kept.len() {
+                        kept[n] = (*state, version);
+                        n += 1;
                     }
                 }
+                census.record_seen(channel, DeviceHash::of(id), SystemTime::now(), &kept[..n]);
             }
             None => self.inner.metrics.anonymous_polls.with_label_values(&[channel]).inc(),
         }
