@@ -24,7 +24,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -40,6 +40,7 @@ use tracing::{debug, info};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::PostParams;
 use kube::{Api, Client, ResourceExt};
+use updraft_core::config::GatewayConfig;
 use updraft_crds::OtaGateway;
 
 use crate::metrics::Metrics;
@@ -68,6 +69,33 @@ pub(crate) struct Delivery {
     pub published: Published,
     /// The endpoint's URL as gateway pods reach it (rendered into their config).
     pub url: String,
+    /// When each gateway's ConfigMap and status were last written, and at which
+    /// generation of its spec ([`Delivery::hold_writes`]).
+    pub written: Arc<Mutex<HashMap<(String, String), (Instant, Option<i64>)>>>,
+}
+
+/// While a gateway's channels keep changing (thousands created at once), its ConfigMap
+/// and status are written at most this often; every rendering still reaches its pods at
+/// once through the endpoint. The ConfigMap is the boot config and the fallback, read by
+/// kubelet once a minute: a rendering 30 s older there loses nothing. Without this, a
+/// gateway of 1,000 channels arriving at the API server's pace rewrote a 500 kB
+/// ConfigMap about every 3 s (`e2e/scripts/scale.sh`).
+pub(crate) const WRITE_EVERY: Duration = Duration::from_secs(30);
+
+impl Delivery {
+    /// How long gateway `key`'s writes wait, when its last ones were less than
+    /// [`WRITE_EVERY`] ago at the same `generation` (a change of its own spec is written
+    /// at once).
+    pub(crate) fn hold_writes(&self, key: &(String, String), generation: Option<i64>) -> Option<Duration> {
+        let written = self.written.lock().expect("written lock");
+        let &(at, was) = written.get(key)?;
+        WRITE_EVERY.checked_sub(at.elapsed()).filter(|_| was == generation)
+    }
+
+    /// Notes that gateway `key`'s ConfigMap and status were written now.
+    pub(crate) fn wrote(&self, key: (String, String), generation: Option<i64>) {
+        self.written.lock().expect("written lock").insert(key, (Instant::now(), generation));
+    }
 }
 
 /// Gateway `gateway`'s token: from its Secret, created with a new random token when
@@ -145,6 +173,17 @@ impl Published {
 
     /// Makes `yaml` (revision `revision`) what gateway `namespace/name` gets, with
     /// `token` as its credential; wakes the requests it holds when the revision changed.
+    /// The revision `config` takes after what gateway (`namespace`, `name`) was last
+    /// given: the same when only the revision differs, the next one otherwise; `None`
+    /// when nothing was published to it yet.
+    pub(crate) fn next_revision(&self, namespace: &str, name: &str, config: &GatewayConfig) -> Option<u64> {
+        let entries = self.entries.lock().expect("published lock");
+        let last = entries.get(&(namespace.to_owned(), name.to_owned()))?.rendering.borrow().clone();
+        drop(entries);
+        let same = GatewayConfig { revision: last.revision, ..config.clone() }.to_yaml() == last.yaml;
+        Some(if same { last.revision } else { last.revision + 1 })
+    }
+
     pub(crate) fn publish(&self, namespace: &str, name: &str, token: &[u8], revision: u64, yaml: String) {
         let token = digest(token);
         let mut entries = self.entries.lock().expect("published lock");
@@ -301,6 +340,37 @@ mod tests {
 
     async fn body(response: Response) -> String {
         String::from_utf8(axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap().to_vec()).unwrap()
+    }
+
+    #[test]
+    fn a_rendering_counts_on_from_the_one_published() {
+        let published = Published::new(&Metrics::default());
+        let config = GatewayConfig { public_url: Some("http://a".into()), ..Default::default() };
+        assert_eq!(published.next_revision("ns", "gw", &config), None, "nothing published yet");
+        let at_7 = GatewayConfig { revision: 7, ..config.clone() };
+        published.publish("ns", "gw", b"t0k", 7, at_7.to_yaml());
+        assert_eq!(published.next_revision("ns", "gw", &config), Some(7), "the same content keeps its revision");
+        let other = GatewayConfig { public_url: Some("http://b".into()), ..config };
+        assert_eq!(published.next_revision("ns", "gw", &other), Some(8));
+        assert_eq!(published.next_revision("ns", "other-gw", &other), None);
+    }
+
+    #[test]
+    fn writes_wait_while_the_last_ones_are_recent_unless_the_spec_changed() {
+        let delivery = Delivery {
+            published: Published::new(&Metrics::default()),
+            url: "http://operator".into(),
+            written: Default::default(),
+        };
+        let key = ("ns".to_owned(), "gw".to_owned());
+        assert_eq!(delivery.hold_writes(&key, Some(1)), None, "never written: at once");
+        delivery.wrote(key.clone(), Some(1));
+        let wait = delivery.hold_writes(&key, Some(1)).expect("written just now: wait");
+        assert!(wait > WRITE_EVERY - Duration::from_secs(5) && wait <= WRITE_EVERY, "{wait:?}");
+        assert_eq!(delivery.hold_writes(&key, Some(2)), None, "a spec change is written at once");
+        let long_ago = Instant::now().checked_sub(WRITE_EVERY + Duration::from_secs(1)).unwrap();
+        delivery.written.lock().unwrap().insert(key.clone(), (long_ago, Some(1)));
+        assert_eq!(delivery.hold_writes(&key, Some(1)), None, "written long ago: at once");
     }
 
     #[tokio::test]

@@ -85,7 +85,28 @@ pub(crate) async fn reconcile(gateway: Arc<OtaGateway>, ctx: Arc<Context>) -> Re
         None => None,
     };
 
+    let key = (ns.clone(), gateway.name_any());
+    // While its channels keep changing, the gateway gets each rendering at once through
+    // the endpoint, and its ConfigMap and status at most every `WRITE_EVERY`.
+    if let (Some(delivery), Some(token)) = (&ctx.delivery, &token) {
+        let hold = delivery.hold_writes(&key, generation);
+        if let (Some(wait), Some(revision)) = (hold, delivery.published.next_revision(&ns, &key.1, &config)) {
+            config.revision = revision;
+            // One too large for its ConfigMap takes the full pass, which stalls.
+            if render::config_map(&gateway, &config).is_ok() {
+                delivery.published.publish(&ns, &key.1, token.as_bytes(), revision, config.to_yaml());
+                ctx.schedules.gateways.succeeded(&gateway);
+                return Ok(Action::requeue(wait));
+            }
+        }
+    }
+
+    // Counting on from what the ConfigMap holds and what the endpoint served, whichever
+    // is newer: a revision never goes back below one the gateways were given.
     config.revision = next_revision(stored_config(&ctx, &ns, &gateway).await?.as_ref(), &config);
+    if let Some(delivery) = &ctx.delivery {
+        config.revision = config.revision.max(delivery.published.next_revision(&ns, &key.1, &config).unwrap_or(0));
+    }
     let config_map = match render::config_map(&gateway, &config) {
         Ok(map) => map,
         Err(too_large) => {
@@ -130,6 +151,9 @@ pub(crate) async fn reconcile(gateway: Arc<OtaGateway>, ctx: Arc<Context>) -> Re
     let became_ready = conditions::is_true(&status.conditions, READY) && !conditions::is_true(&old.conditions, READY);
     if status::write(&ctx.client, gateway.as_ref(), &status).await? && became_ready {
         ctx.event(gateway.as_ref(), EventType::Normal, "Ready", format!("{ready_replicas} replicas ready")).await;
+    }
+    if let Some(delivery) = &ctx.delivery {
+        delivery.wrote(key, generation);
     }
     ctx.schedules.gateways.succeeded(&gateway);
     Ok(Action::requeue(Duration::from_secs(600)))

@@ -307,7 +307,7 @@ pub async fn run(settings: Settings) -> Result<(), RunError> {
             let published = crate::delivery::Published::new(&metrics);
             let addr = endpoint.addr;
             published.serve(addr).await.map_err(|source| RunError::ConfigEndpoint { addr, source })?;
-            Some(crate::delivery::Delivery { published, url: endpoint.url.clone() })
+            Some(crate::delivery::Delivery { published, url: endpoint.url.clone(), written: Default::default() })
         }
         None => None,
     };
