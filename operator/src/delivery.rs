@@ -71,8 +71,11 @@ pub(crate) struct Delivery {
     pub url: String,
     /// When each gateway's ConfigMap and status were last written, and at which
     /// generation of its spec ([`Delivery::hold_writes`]).
-    pub written: Arc<Mutex<HashMap<(String, String), (Instant, Option<i64>)>>>,
+    pub written: Arc<Mutex<HashMap<GatewayKey, (Instant, Option<i64>)>>>,
 }
+
+/// A gateway by (namespace, name).
+pub(crate) type GatewayKey = (String, String);
 
 /// While a gateway's channels keep changing (thousands created at once), its ConfigMap
 /// and status are written at most this often; every rendering still reaches its pods at
@@ -86,14 +89,14 @@ impl Delivery {
     /// How long gateway `key`'s writes wait, when its last ones were less than
     /// [`WRITE_EVERY`] ago at the same `generation` (a change of its own spec is written
     /// at once).
-    pub(crate) fn hold_writes(&self, key: &(String, String), generation: Option<i64>) -> Option<Duration> {
+    pub(crate) fn hold_writes(&self, key: &GatewayKey, generation: Option<i64>) -> Option<Duration> {
         let written = self.written.lock().expect("written lock");
         let &(at, was) = written.get(key)?;
         WRITE_EVERY.checked_sub(at.elapsed()).filter(|_| was == generation)
     }
 
     /// Notes that gateway `key`'s ConfigMap and status were written now.
-    pub(crate) fn wrote(&self, key: (String, String), generation: Option<i64>) {
+    pub(crate) fn wrote(&self, key: GatewayKey, generation: Option<i64>) {
         self.written.lock().expect("written lock").insert(key, (Instant::now(), generation));
     }
 }
