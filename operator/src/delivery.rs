@@ -71,11 +71,14 @@ pub(crate) struct Delivery {
     pub url: String,
     /// When each gateway's ConfigMap and status were last written, and at which
     /// generation of its spec ([`Delivery::hold_writes`]).
-    pub written: Arc<Mutex<HashMap<GatewayKey, (Instant, Option<i64>)>>>,
+    pub written: Arc<Mutex<Written>>,
 }
 
 /// A gateway by (namespace, name).
 pub(crate) type GatewayKey = (String, String);
+
+/// When each gateway's ConfigMap and status were last written, at which generation.
+pub(crate) type Written = HashMap<GatewayKey, (Instant, Option<i64>)>;
 
 /// While a gateway's channels keep changing (thousands created at once), its ConfigMap
 /// and status are written at most this often; every rendering still reaches its pods at
