@@ -28,6 +28,8 @@ const TOKEN_SECRET: &str = "registry-hook";
 struct Hooked {
     world: World,
     hook: u16,
+    /// The operator's gateway config endpoint.
+    config_port: u16,
     _registry: Proc,
     registry: String,
 }
@@ -44,6 +46,8 @@ impl Hooked {
     fn new(name: &str) -> Hooked {
         let hook = free_port();
         let hook_addr = format!("127.0.0.1:{hook}");
+        let endpoint = e2e::procs::config_endpoint();
+        let config_port = endpoint[1].rsplit(':').next().and_then(|p| p.parse().ok()).expect("--config-addr HOST:PORT");
         let world = World::with_operator(name, |ns| {
             kubectl(
                 &["create", "secret", "generic", "-n", ns, TOKEN_SECRET, &format!("--from-literal=token={TOKEN}")],
@@ -61,12 +65,12 @@ impl Hooked {
             ]
             .map(str::to_owned)
             .to_vec();
-            flags.extend(e2e::procs::config_endpoint());
+            flags.extend(endpoint.iter().cloned());
             flags
         })
         .ready();
         let (registry_proc, registry) = notifying_registry(&world.dir.0, &format!("http://{hook_addr}/webhook"));
-        Hooked { world, hook, _registry: registry_proc, registry }
+        Hooked { world, hook, config_port, _registry: registry_proc, registry }
     }
 
     /// Pushes `size` bytes as `repository:tag` with `oras`; returns the bytes and the digest.
@@ -437,30 +441,42 @@ fn push_and_pin_are_served_by_every_replica_within_two_seconds() {
 fn a_re_created_configmap_counts_on_from_what_the_gateways_were_given() {
     let w = Hooked::new("hook-recreate");
     let repository = "fw/recreate";
-    for i in 0..3 {
-        w.push(repository, &format!("1.{i}.0"), 4_000 + i);
-    }
+    let digests: Vec<String> = (0..3).map(|i| w.push(repository, &format!("1.{i}.0"), 4_000 + i).1).collect();
     w.apply(GATEWAY);
-    let revision = || -> Option<u64> {
+    let patience = Duration::from_secs(90);
+    // The endpoint, as a gateway pod asks it, with the token the operator made for it.
+    let token = wait_for(patience, "the gateway's config token", || {
+        let template = "go-template={{.data.token | base64decode}}";
+        let out = kubectl(&["get", "secret", "default-config-token", "-n", &w.ns, "-o", template], None);
+        (out.success && !out.stdout.trim().is_empty()).then(|| out.stdout.trim().to_owned())
+    });
+    let bearer = format!("Bearer {token}");
+    let path = format!("/v1/gateways/{}/default/config", w.ns);
+    let served = || -> Option<(u64, String)> {
+        let (status, body) = http_on("127.0.0.1", w.config_port, "GET", &path, &[("Authorization", &bearer)], "");
+        let revision = serde_yaml::from_str::<Value>(&body).ok()?["revision"].as_u64()?;
+        (status == 200).then_some((revision, body))
+    };
+    let stored = || -> Option<u64> {
         let map = w.get("configmap/default-config")?;
         let text = map["data"]["gateway.yaml"].as_str()?;
         serde_yaml::from_str::<Value>(text).ok()?["revision"].as_u64()
     };
-    // Three renderings: the channel's newest release, then two pins.
-    for (pin, version) in [(None, "1.2.0"), (Some("1.1.0"), "1.1.0"), (Some("1.0.0"), "1.0.0")] {
+    // Three renderings, each served before the next: the newest release, two pins.
+    let mut given = 0;
+    for (pin, digest) in [(None, &digests[2]), (Some("1.1.0"), &digests[1]), (Some("1.0.0"), &digests[0])] {
         let pin = pin.map(|p| format!("  version: {{pin: \"{p}\"}}\n")).unwrap_or_default();
         w.apply(&w.channel_yaml("recreate", repository, &pin));
-        w.wait("fwc/recreate", version, |v| v["status"]["latest"]["version"] == version);
+        given = wait_for(patience, "the endpoint serves the rendering", || {
+            served().filter(|(_, body)| body.contains(digest.as_str())).map(|(revision, _)| revision)
+        });
     }
-    let patience = Duration::from_secs(90);
-    let given = wait_for(patience, "the ConfigMap at its newest revision", || revision().filter(|r| *r >= 3));
-    // Settled: nothing changes any more, so the revision stays what the gateways hold.
-    std::thread::sleep(Duration::from_secs(2));
-    let given = revision().unwrap_or(given);
+    assert!(given >= 3, "three renderings served, the last at revision {given}");
+    wait_for(patience, "the ConfigMap at the revision served", || (stored() == Some(given)).then_some(()));
 
     let out = kubectl(&["delete", "configmap", "default-config", "-n", &w.ns], None);
     assert!(out.success, "{}", out.stderr);
-    let again = wait_for(patience, "the ConfigMap re-created", revision);
-    println!("revision before the delete: {given}; re-created at: {again}");
+    let again = wait_for(patience, "the ConfigMap re-created", stored);
+    println!("revision served and stored before the delete: {given}; re-created at: {again}");
     assert!(again >= given, "re-created at revision {again}, below the {given} the gateways were given");
 }
