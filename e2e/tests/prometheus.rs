@@ -11,8 +11,9 @@
 //!   operator's FirmwareChannel and the gateway's standalone channel both skip it), a
 //!   channel whose registry does not answer (502), a stream whose upstream does not
 //!   answer (stale index), a certificate that expires in three days, an ArtifactMirror.
-//!   Every dashboard query returns data, except those reading metrics other work is
-//!   adding ([`PENDING`]) while the binaries do not export them yet; four alerts fire.
+//!   Devices send their ids, so the census panels have data (the operator merges the
+//!   gateway's census, found through an EndpointSlice), and a channel rolls out to half
+//!   its devices: every dashboard query returns data. Four alerts fire.
 //!   UpdraftMirrorBehind, UpdraftRolloutPaused and UpdraftCensusDropping are promtool's
 //!   only (a mirror behind for two intervals, a paused rollout and a falling census
 //!   are not made here).
@@ -34,18 +35,6 @@ use serde_json::Value;
 
 const MEDIA_TYPE: &str = "application/vnd.updraft.firmware.v1+octet-stream";
 const WAIT: Duration = Duration::from_secs(90);
-
-/// Metrics the dashboard and rules read that are being added elsewhere (census,
-/// rollout steps). A query reading one of them may come back empty while no scraped
-/// binary exports it; once one does, its queries must return data like the others.
-const PENDING: &[&str] = &[
-    "updraft_operator_channel_rollout_paused",
-    "updraft_operator_channel_rollout_percentage",
-    "updraft_operator_channel_unique_devices",
-    "updraft_operator_channel_devices",
-    "updraft_gateway_census_bytes",
-    "updraft_gateway_anonymous_polls_total",
-];
 
 /// The alerts made to fire live, with a label each must carry.
 const LIVE_ALERTS: &[(&str, &str, &str)] = &[
@@ -222,23 +211,15 @@ fn dashboard_queries() -> Vec<(String, String)> {
         .collect()
 }
 
-/// The metric names (`updraft_…`) a query reads.
-fn metrics_read(expr: &str) -> BTreeSet<String> {
-    let mut names = BTreeSet::new();
-    let mut rest = expr;
-    while let Some(at) = rest.find("updraft_") {
-        let tail = &rest[at..];
-        let end = tail.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(tail.len());
-        let name = tail[..end].trim_end_matches("_bucket");
-        names.insert(name.to_owned());
-        rest = &tail[end..];
-    }
-    names
-}
-
 #[test]
 fn a_real_prometheus_scrapes_both_binaries_and_the_alerts_fire() {
-    let w = World::new("prom").patience(WAIT).on_unknown_field(OnUnknownField::Retry(Duration::from_secs(20))).ready();
+    // The operator merges the gateway's census every 2 s (its replicas found through the
+    // Service's EndpointSlice, written below).
+    let census = |_: &str| vec!["--census-interval".to_owned(), "2s".to_owned()];
+    let w = World::with_operator("prom", census)
+        .patience(WAIT)
+        .on_unknown_field(OnUnknownField::Retry(Duration::from_secs(20)))
+        .ready();
     let registry = cluster().registry.clone();
 
     // Releases: 1.0.0 signed, 1.1.0 not. The operator's channel and the gateway's
@@ -258,6 +239,11 @@ fn a_real_prometheus_scrapes_both_binaries_and_the_alerts_fire() {
     w.apply("apiVersion: updraft.dev/v1alpha1\nkind: OtaGateway\nmetadata: {name: default}\nspec: {}\n");
     w.apply(&format!(
         "apiVersion: updraft.dev/v1alpha1\nkind: FirmwareChannel\nmetadata: {{name: esp32}}\nspec:\n  interval: 2s\n  source: {{registry: \"{registry}\", repository: \"{}\", insecure: true}}\n  verify: {{provider: cosign, publicKeySecret: {{name: cosign}}}}\n",
+        w.repository
+    ));
+    // A channel rolling out to half its devices: the rollout panels' series.
+    w.apply(&format!(
+        "apiVersion: updraft.dev/v1alpha1\nkind: FirmwareChannel\nmetadata: {{name: canary}}\nspec:\n  interval: 1h\n  rollout: {{percentage: 50}}\n  source: {{registry: \"{registry}\", repository: \"{}\", insecure: true}}\n",
         w.repository
     ));
     // A mirror whose destination does not answer: the operator observes it.
@@ -294,18 +280,29 @@ fn a_real_prometheus_scrapes_both_binaries_and_the_alerts_fire() {
         (status == 200 && body.starts_with(b"1.0.0\n")).then_some(())
     });
 
-    // Devices: version checks, downloads (a miss, then hits), check-ins, and requests
-    // for the channel nobody can resolve; over TLS too.
+    // The gateway Service's endpoints, as Kubernetes' EndpointSlice controller writes
+    // them for a ready pod: how the operator finds the replicas whose census it merges.
+    w.apply(&format!(
+        "apiVersion: discovery.k8s.io/v1beta1\nkind: EndpointSlice\nmetadata:\n  name: default-replicas\n  labels: {{kubernetes.io/service-name: default}}\naddressType: IPv4\nports:\n  - {{name: admin, port: {admin}, protocol: TCP}}\n  - {{name: http, port: {http}, protocol: TCP}}\nendpoints:\n  - addresses: [\"127.0.0.1\"]\n    conditions: {{ready: true}}\n"
+    ));
+
+    // Devices, each with its id (the census): version checks (one in two reporting the
+    // version it runs), downloads (a miss, then hits), check-ins, and requests for the
+    // channel nobody can resolve; over TLS too.
     let stop = Arc::new(AtomicBool::new(false));
     let devices = {
         let (stop, base) = (stop.clone(), base.clone());
         std::thread::spawn(move || {
+            let mut n = 0;
             while !stop.load(Ordering::Relaxed) {
-                curl(&[&format!("{base}/version?device=esp32")]);
-                curl(&[&format!("{base}/firmware?device=esp32")]);
-                curl(&["-X", "POST", "-d", r#"{"version":"1.0.0"}"#, &format!("{base}/api/v1/channels/esp32/check")]);
+                n += 1;
+                let (id, running) = (format!("dev-{}", n % 40), if n % 2 == 0 { "1.0.0" } else { "0.9.0" });
+                curl(&[&format!("{base}/version?device=esp32&id={id}&current={running}")]);
+                curl(&[&format!("{base}/firmware?device=esp32&id={id}")]);
+                let check = format!(r#"{{"version":"1.0.0","id":"{id}"}}"#);
+                curl(&["-X", "POST", "-d", &check, &format!("{base}/api/v1/channels/esp32/check")]);
                 curl(&[&format!("{base}/firmware?device=dark")]);
-                curl(&["-k", &format!("https://127.0.0.1:{https}/version?device=esp32")]);
+                curl(&["-k", &format!("https://127.0.0.1:{https}/version?device=esp32&id={id}")]);
                 std::thread::sleep(Duration::from_millis(100));
             }
         })
@@ -357,32 +354,15 @@ fn a_real_prometheus_scrapes_both_binaries_and_the_alerts_fire() {
     let left: f64 = cert["value"].as_str().unwrap().parse().unwrap();
     assert!(left > 2.0 * 86_400.0 && left <= 3.0 * 86_400.0, "{cert:#}");
 
-    // Every dashboard query returns data (metrics still being added excepted while no
-    // binary exports them).
-    let exported: BTreeSet<String> = prom
-        .api("label/__name__/values", None)
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|v| v.as_str().map(str::to_owned))
-        .collect();
+    // Every dashboard query returns data.
     let mut answered = 0;
-    let mut waiting = Vec::new();
     for (title, expr) in dashboard_queries() {
-        let pending: Vec<String> = metrics_read(&expr)
-            .into_iter()
-            .filter(|m| PENDING.contains(&m.as_str()) && !exported.contains(m))
-            .collect();
-        if !pending.is_empty() && prom.query(&expr).is_empty() {
-            waiting.push(title);
-            continue;
-        }
         wait_for(Duration::from_secs(30), &format!("data for {title}: {expr}"), || {
             (!prom.query(&expr).is_empty()).then_some(())
         });
         answered += 1;
     }
-    eprintln!("{answered} dashboard queries answered; waiting for metrics being added: {waiting:?}");
+    eprintln!("{answered} dashboard queries answered, all of them");
     assert!(answered >= 20, "{answered}");
     // The template variables' values come from the operator's series.
     let namespaces = prom.api("label/namespace/values", None);
