@@ -177,8 +177,6 @@ impl Published {
         Self { entries: Arc::default(), requests, waiting }
     }
 
-    /// Makes `yaml` (revision `revision`) what gateway `namespace/name` gets, with
-    /// `token` as its credential; wakes the requests it holds when the revision changed.
     /// The revision `config` takes after what gateway (`namespace`, `name`) was last
     /// given: the same when only the revision differs, the next one otherwise; `None`
     /// when nothing was published to it yet.
@@ -190,6 +188,8 @@ impl Published {
         Some(if same { last.revision } else { last.revision + 1 })
     }
 
+    /// Makes `yaml` (revision `revision`) what gateway `namespace/name` gets, with
+    /// `token` as its credential; wakes the requests it holds when the revision changed.
     pub(crate) fn publish(&self, namespace: &str, name: &str, token: &[u8], revision: u64, yaml: String) {
         let token = digest(token);
         let mut entries = self.entries.lock().expect("published lock");
