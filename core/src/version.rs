@@ -206,7 +206,7 @@ impl ResolveError {
 /// digest). Nothing is pulled.
 pub async fn resolve_latest(client: &Client, lookup: Lookup<'_>) -> Result<Resolved, ResolveError> {
     let mut gone = None;
-    for candidate in candidate_list(client, lookup).await? {
+    for candidate in candidate_list(client, lookup).await?.into_iter().take(MAX_GONE) {
         match candidate.resolve(client, lookup).await? {
             Head::Found(resolved) => return Ok(resolved),
             Head::Gone(not_found) => gone = Some(not_found),
@@ -215,12 +215,17 @@ pub async fn resolve_latest(client: &Client, lookup: Lookup<'_>) -> Result<Resol
     Err(ResolveError::Registry(gone.expect("candidate_list returns at least one")))
 }
 
+/// Listed tags tried, newest first, while each is not found: a tag deleted since the
+/// list gives way to the next, but a registry that finds none of the tags it lists is
+/// failing, and is not asked about every one ([`LISTED_TAG_RETRIES`] each).
+const MAX_GONE: usize = 3;
+
 /// How long a tag the list names is asked for again while its manifest is not found:
 /// 50 ms, then twice as long each time, 1.55 s in all. A registry lists a tag before it
 /// resolves, and notifies a push before either: distribution sends the push event, then
 /// links the tag into its index (the tag list sees it), then links the manifest (a HEAD
-/// finds it). A check the notification started lands in that gap about one push in 25
-/// on a quiet machine; taking it for an outage waited out the 5 s check backoff.
+/// finds it). A check the notification started landed in that gap about one push in 90
+/// in the webhook e2e test; taking it for an outage waited out the 5 s check backoff.
 const LISTED_TAG_RETRIES: [Duration; 5] = [
     Duration::from_millis(50),
     Duration::from_millis(100),
@@ -283,9 +288,17 @@ pub async fn resolve_verified(
     let candidates = candidate_list(client, lookup).await?;
     let total = candidates.len();
     let mut skipped: Vec<Skipped> = Vec::new();
+    let mut gone = 0;
     for candidate in candidates.into_iter().take(MAX_VERIFY_CANDIDATES) {
         // A tag deleted since the list is no release: the next one is tried.
-        let Head::Found(resolved) = candidate.resolve(client, lookup).await? else { continue };
+        let resolved = match candidate.resolve(client, lookup).await? {
+            Head::Found(resolved) => resolved,
+            Head::Gone(not_found) if gone + 1 >= MAX_GONE => return Err(ResolveError::Registry(not_found)),
+            Head::Gone(_) => {
+                gone += 1;
+                continue;
+            }
+        };
         // `v1.2.0` and `1.2.0` on one digest: one verification.
         if let Some(earlier) = skipped.iter().find(|s| s.release.digest == resolved.digest) {
             let (reason, error) = (earlier.reason, earlier.error.clone());

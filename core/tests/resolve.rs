@@ -1,7 +1,7 @@
 //! The resolver against the real registry (`e2e/scripts/cluster.sh registry`) behind
 //! the fault proxy: a listed tag whose manifest is not found yet. CNCF distribution
 //! sends a push's notification, then lists the tag, then resolves it; a check the
-//! notification started could land in that gap (about one push in 25 in the webhook
+//! notification started could land in that gap (about one push in 90 in the webhook
 //! e2e test) and waited out the 5 s check backoff. The proxy answers the HEADs of the
 //! tag with the bare 404 the registry gives in the gap.
 
@@ -22,10 +22,11 @@ async fn two_releases(test: &str, misses: u64) -> (TestRepo, [String; 2], FaultP
     let repo = TestRepo::new(&format!("resolve-{test}"));
     let releases = [repo.release("v1.0.0"), repo.release("v1.1.0")];
     let proxy = FaultProxy::start(registry()).await.unwrap();
-    let not_found = Fault::Status { code: 404, retry_after: None };
-    proxy.set_rules(vec![FaultRule::new("/manifests/v1.1.0", not_found).method("HEAD").times(misses)]);
+    proxy.set_rules(vec![FaultRule::new("/manifests/v1.1.0", NOT_FOUND).method("HEAD").times(misses)]);
     (repo, releases, proxy)
 }
+
+const NOT_FOUND: Fault = Fault::Status { code: 404, retry_after: None };
 
 async fn resolve(proxy: &FaultProxy, repo: &TestRepo, pin: Option<&str>) -> Result<(String, String), ResolveError> {
     let addr = proxy.addr();
@@ -60,4 +61,18 @@ async fn a_pinned_tag_that_is_not_found_is_an_error_at_once() {
     let err = resolve(&proxy, &repo, Some("v1.1.0")).await.expect_err("a missing pin is no release");
     assert!(matches!(&err, ResolveError::Registry(e) if oci::is_unknown_repository(e)), "{err}");
     assert_eq!(proxy.count("/manifests/v1.1.0"), 1, "a pin is not a listed tag: no retries");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_that_finds_none_of_its_tags_is_not_asked_about_every_one() {
+    let repo = TestRepo::new("resolve-none");
+    for minor in 0..6 {
+        repo.release(&format!("v1.{minor}.0"));
+    }
+    let proxy = FaultProxy::start(registry()).await.unwrap();
+    proxy.set_rules(vec![FaultRule::new("/manifests/", NOT_FOUND).method("HEAD")]);
+    let err = resolve(&proxy, &repo, None).await.expect_err("no tag resolves");
+    assert!(matches!(&err, ResolveError::Registry(e) if oci::is_unknown_repository(e)), "{err}");
+    let heads = proxy.seen().iter().filter(|s| s.method == "HEAD" && s.path.contains("/manifests/")).count();
+    assert_eq!(heads, 3 * 6, "the three newest tags, six HEADs each; not all six tags");
 }

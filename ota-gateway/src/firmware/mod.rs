@@ -129,9 +129,9 @@ impl Firmware {
     }
 
     /// Records in the census what the device `id` of `channel` was seen doing (each
-    /// `(state, version)`, each state at most once), hashing the id once; without an id (or with one longer than
-    /// [`crate::census::MAX_ID`] bytes, which is not recorded) counts an anonymous
-    /// poll. A version longer than [`crate::census::MAX_VERSION`] bytes is left out.
+    /// `(state, version)`, each state at most once), hashing the id once; without an id
+    /// (or with one longer than [`crate::census::MAX_ID`] bytes, which is not recorded)
+    /// counts an anonymous poll. A version longer than [`crate::census::MAX_VERSION`] bytes is left out.
     /// Nothing when the census is off.
     fn census(&self, channel: &str, id: Option<&str>, seen: &[(Seen, &str)]) {
         let Some(census) = &self.inner.census else { return };
