@@ -17,6 +17,7 @@ pub mod images;
 pub mod pki;
 pub mod plane;
 pub mod procs;
+pub mod prometheus;
 pub mod relay;
 pub mod world;
 

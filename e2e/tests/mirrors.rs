@@ -13,14 +13,17 @@
 //! loopback reports what is pending (and in a dry run the plan, with nothing copied),
 //! turns `Behind` when nothing forwards it for two intervals, goes in sync once the
 //! real worker runs the rendered config, and reports the destination unreachable when
-//! it stops.
+//! it stops. A real Prometheus scrapes that operator and evaluates the chart's rules
+//! (`for: 5s`): UpdraftMirrorBehind fires while the mirror is behind and resolves once
+//! it is in sync.
 
 use std::process::Command;
 use std::time::Duration;
 
 use e2e::conditions::condition;
 use e2e::kubectl;
-use e2e::procs::{binary, free_port, wait_for, Proc};
+use e2e::procs::{binary, free_port, wait_for, Proc, TempDir};
+use e2e::prometheus::{rules_with_for, tools, Prometheus};
 use e2e::world::World;
 use serde_json::Value;
 
@@ -321,9 +324,16 @@ fn a_store_to_store_mirror_reports_pending_behind_in_sync_and_unreachable() {
     assert!(wan.files().is_empty(), "a dry run copies nothing");
     eprintln!("{}", kubectl(&["get", "artifactmirrors", "-n", &w.ns], None).stdout);
 
-    // Not a dry run, and nothing forwards yet: Behind once pending outlasts two intervals.
+    // Not a dry run, and nothing forwards yet: Behind once pending outlasts two
+    // intervals, and the alert fires once that has lasted its `for`.
+    tools();
+    let prom_dir = TempDir::new("mirror-prometheus");
+    let prom = Prometheus::start(&prom_dir.0, &[("operator", format!("127.0.0.1:{}", w.admin))], &rules_with_for("5s"));
+    let behind_alert = [("namespace", w.ns.as_str()), ("mirror", "lan-wan")];
     w.apply(&mirror(false));
     let v = w.wait("amir/lan-wan", "Behind", |v| ready_reason(v) == Some(("False", "Behind")));
+    let alert = prom.wait_firing(WAIT, "UpdraftMirrorBehind", &behind_alert);
+    assert_eq!(alert["labels"]["severity"], "warning", "{alert:#}");
     assert!(v["status"]["plan"].is_null(), "the plan is a dry run's: {:#}", v["status"]);
     let since = v["status"]["pendingSince"].as_str().unwrap().to_owned();
 
@@ -363,6 +373,7 @@ fn a_store_to_store_mirror_reports_pending_behind_in_sync_and_unreachable() {
     let metrics = String::from_utf8_lossy(&metrics.stdout);
     let series = format!("updraft_operator_mirror_pending{{mirror=\"lan-wan\",namespace=\"{}\"}} 0", w.ns);
     assert!(metrics.contains(&series), "{series} in\n{metrics}");
+    prom.wait_resolved(WAIT, "UpdraftMirrorBehind", &behind_alert);
 
     // The destination stops, then the source: each reported with the error, one event each.
     drop(worker);

@@ -13,10 +13,13 @@
 //!   answer (stale index), a certificate that expires in three days, an ArtifactMirror.
 //!   Devices send their ids, so the census panels have data (the operator merges the
 //!   gateway's census, found through an EndpointSlice), and a channel rolls out to half
-//!   its devices: every dashboard query returns data. Four alerts fire.
-//!   UpdraftMirrorBehind, UpdraftRolloutPaused and UpdraftCensusDropping are promtool's
-//!   only (a mirror behind for two intervals, a paused rollout and a falling census
-//!   are not made here).
+//!   its devices: every dashboard query returns data. Five alerts fire. For
+//!   UpdraftCensusDropping the hour before is written into Prometheus's storage with
+//!   `promtool tsdb create-blocks-from openmetrics` (100 devices an hour ago; the live
+//!   census sees the 40 still polling): no test can wait an hour.
+//!   UpdraftMirrorBehind fires in `mirrors.rs` (a mirror nothing forwards) and
+//!   UpdraftRolloutPaused in `rollout.rs` (devices that fail a release), each with a
+//!   Prometheus of its own.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -29,8 +32,9 @@ use e2e::conditions::condition;
 use e2e::cosign::{Key, Repository};
 use e2e::helm::chart_dir;
 use e2e::procs::{binary, free_port, oras_push, wait_for, Proc, TempDir};
+use e2e::prometheus::{alert_names, backfill, render_rules, rules_with_for, tools, Prometheus};
 use e2e::world::{OnUnknownField, World};
-use e2e::{cluster, cluster_script, curl, kubectl, run};
+use e2e::{cluster, curl, kubectl, run};
 use serde_json::Value;
 
 const MEDIA_TYPE: &str = "application/vnd.updraft.firmware.v1+octet-stream";
@@ -42,40 +46,8 @@ const LIVE_ALERTS: &[(&str, &str, &str)] = &[
     ("UpdraftReleaseFailedVerification", "channel", "esp32"),
     ("UpdraftStreamIndexInvalid", "stream", "lab"),
     ("UpdraftCertificateExpiring", "job", "gateway"),
+    ("UpdraftCensusDropping", "channel", "esp32"),
 ];
-
-/// `helm` and `promtool` on PATH, without the control plane.
-fn tools() {
-    cluster_script("tools");
-    cluster_script("env");
-}
-
-/// The chart's PrometheusRule rendered by `helm template` with `sets`, as a Prometheus
-/// rules file (its `spec`).
-fn render_rules(sets: &[String]) -> String {
-    let chart = chart_dir();
-    let mut cmd = Command::new("helm");
-    cmd.args(["template", "updraft", chart.to_str().unwrap(), "--show-only", "templates/prometheusrule.yaml"])
-        .args(["--set", "monitoring.rules.enabled=true"]);
-    for set in sets {
-        cmd.args(["--set", set]);
-    }
-    let rendered: Value = serde_yaml::from_str(&run(&mut cmd)).unwrap();
-    assert_eq!(rendered["kind"], "PrometheusRule", "{rendered:#}");
-    serde_yaml::to_string(&rendered["spec"]).unwrap()
-}
-
-/// The alert names in a rules file.
-fn alert_names(rules: &str) -> BTreeSet<String> {
-    let rules: Value = serde_yaml::from_str(rules).unwrap();
-    rules["groups"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|g| g["rules"].as_array().unwrap().iter())
-        .filter_map(|r| r["alert"].as_str().map(str::to_owned))
-        .collect()
-}
 
 #[test]
 fn the_rules_pass_promtool_check_and_the_alert_unit_tests() {
@@ -117,57 +89,6 @@ fn the_rules_pass_promtool_check_and_the_alert_unit_tests() {
     let out = Command::new("promtool").args(["test", "rules"]).arg(dir.0.join("alerts.test.yaml")).output().unwrap();
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(!out.status.success() && text.contains("/api/v1/channels/{name}/check"), "{text}");
-}
-
-/// A Prometheus on loopback and its HTTP API.
-struct Prometheus {
-    proc: Proc,
-    url: String,
-}
-
-impl Prometheus {
-    /// Scrapes `targets` (job name, `host:port`) every second and evaluates `rules`
-    /// every second.
-    fn start(dir: &Path, targets: &[(&str, String)], rules: &str) -> Prometheus {
-        std::fs::write(dir.join("rules.yaml"), rules).unwrap();
-        let mut config = String::from(
-            "global: {scrape_interval: 1s, scrape_timeout: 900ms, evaluation_interval: 1s}\nrule_files: [rules.yaml]\nscrape_configs:\n",
-        );
-        for (job, target) in targets {
-            config.push_str(&format!("  - job_name: {job}\n    static_configs: [{{targets: [\"{target}\"]}}]\n"));
-        }
-        let file = dir.join("prometheus.yml");
-        std::fs::write(&file, config).unwrap();
-        run(Command::new("promtool").arg("check").arg("config").arg(&file));
-        let port = free_port();
-        let mut cmd = Command::new("prometheus");
-        cmd.arg(format!("--config.file={}", file.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .arg("--log.level=warn");
-        let proc = Proc::spawn(cmd, &dir.join("prometheus.log"));
-        let url = format!("http://127.0.0.1:{port}");
-        wait_for(WAIT, "prometheus ready", || (curl(&[&format!("{url}/-/ready")]).0 == 200).then_some(()));
-        Prometheus { proc, url }
-    }
-
-    /// `GET /api/v1/<path>` with `query` form-encoded; the `data` of a success.
-    fn api(&self, path: &str, query: Option<&str>) -> Value {
-        let mut args = vec!["-G".to_owned(), format!("{}/api/v1/{path}", self.url)];
-        if let Some(q) = query {
-            args.extend(["--data-urlencode".to_owned(), format!("query={q}")]);
-        }
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let (status, body) = curl(&args);
-        let v: Value = serde_json::from_slice(&body).unwrap_or_default();
-        assert!(status == 200 && v["status"] == "success", "{path} {query:?}: {status} {v}\n{}", self.proc.output());
-        v["data"].clone()
-    }
-
-    /// The series an instant query returns now.
-    fn query(&self, q: &str) -> Vec<Value> {
-        self.api("query", Some(q))["result"].as_array().cloned().unwrap_or_default()
-    }
 }
 
 /// A self-signed certificate for 127.0.0.1 expiring in `days`.
@@ -310,23 +231,33 @@ fn a_real_prometheus_scrapes_both_binaries_and_the_alerts_fire() {
     let dark = curl(&[&format!("{base}/firmware?device=dark")]).0;
     assert_eq!(dark, 502, "the channel whose registry does not answer");
 
+    // The census an hour ago, before 60 of the channel's 100 devices went dark: a
+    // sample every 15 s from 75 to 45 minutes ago (what `offset 1h` reads while the
+    // test runs), with the labels the operator gives the series.
+    let prom_dir = TempDir::new("prometheus");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let mut history = String::from("# TYPE updraft_operator_channel_unique_devices gauge\n");
+    for at in (now - 75 * 60..now - 45 * 60).step_by(15) {
+        history.push_str(&format!(
+            "updraft_operator_channel_unique_devices{{channel=\"esp32\",namespace=\"{}\",window=\"1h\"}} 100 {at}\n",
+            w.ns
+        ));
+    }
+    history.push_str("# EOF\n");
+    backfill(&prom_dir.0, &history);
+
     // Prometheus: both binaries every second, the rules with `for: 5s`.
     tools();
-    let mut sets = Vec::new();
-    for name in alert_names(&render_rules(&[])) {
-        sets.push(format!("monitoring.rules.for.{name}=5s"));
-    }
-    let prom_dir = TempDir::new("prometheus");
     let prom = Prometheus::start(
         &prom_dir.0,
         &[("gateway", format!("127.0.0.1:{admin}")), ("operator", format!("127.0.0.1:{}", w.admin))],
-        &render_rules(&sets),
+        &rules_with_for("5s"),
     );
     wait_for(WAIT, "both targets up", || (prom.query("up == 1").len() == 2).then_some(()));
 
     // Every alert that can be made here fires, with the labels of its scenario.
     let firing = wait_for(WAIT, "the live alerts firing", || {
-        let alerts = prom.api("alerts", None)["alerts"].as_array().cloned().unwrap_or_default();
+        let alerts = prom.alerts();
         let all = LIVE_ALERTS.iter().all(|(name, label, value)| {
             alerts
                 .iter()
@@ -336,7 +267,7 @@ fn a_real_prometheus_scrapes_both_binaries_and_the_alerts_fire() {
     });
     let names: BTreeSet<&str> = firing.iter().filter_map(|a| a["labels"]["alertname"].as_str()).collect();
     eprintln!("alerts firing or pending: {names:?}");
-    for quiet in ["UpdraftMirrorBehind", "UpdraftRolloutPaused", "UpdraftCensusDropping"] {
+    for quiet in ["UpdraftMirrorBehind", "UpdraftRolloutPaused"] {
         assert!(!names.contains(quiet), "{quiet} fired: {firing:#?}");
     }
     let verification: Vec<&Value> =
@@ -353,6 +284,12 @@ fn a_real_prometheus_scrapes_both_binaries_and_the_alerts_fire() {
     let cert = firing.iter().find(|a| a["labels"]["alertname"] == "UpdraftCertificateExpiring").unwrap();
     let left: f64 = cert["value"].as_str().unwrap().parse().unwrap();
     assert!(left > 2.0 * 86_400.0 && left <= 3.0 * 86_400.0, "{cert:#}");
+    // Only the channel with a past: its value is the census now, the 40 devices polling.
+    let dropping: Vec<&Value> = firing.iter().filter(|a| a["labels"]["alertname"] == "UpdraftCensusDropping").collect();
+    assert_eq!(dropping.len(), 1, "{dropping:#?}");
+    assert_eq!(dropping[0]["labels"]["namespace"], w.ns.as_str(), "{dropping:#?}");
+    let now_seen: f64 = dropping[0]["value"].as_str().unwrap().parse().unwrap();
+    assert!((39.0..=41.0).contains(&now_seen), "the census of 40 devices: {dropping:#?}");
 
     // Every dashboard query returns data.
     let mut answered = 0;

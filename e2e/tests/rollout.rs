@@ -17,6 +17,9 @@
 //! - (c) an edit of the spec (`successThreshold: 30`) judges step 2 again: it advances,
 //!   and the rollout completes.
 //!
+//! A real Prometheus scrapes the operator and evaluates the chart's rules (`for: 5s`):
+//! UpdraftRolloutPaused fires for the channel while it is paused, and only then.
+//!
 //! Timings are printed. No device id is printed or written anywhere.
 
 use std::cell::RefCell;
@@ -30,6 +33,7 @@ use e2e::conditions::condition;
 use e2e::config_sync::ConfigSync;
 use e2e::hooks::receiver;
 use e2e::procs::{binary, free_port, operator_with_env, oras_push, wait_for, Proc, TempDir};
+use e2e::prometheus::{rules_with_for, tools, Prometheus};
 use e2e::{cluster, curl, install_crds, kubectl, namespace};
 use serde_json::Value;
 
@@ -200,7 +204,11 @@ fn rollout_steps_advance_pause_without_flapping_and_resume_on_an_edit() {
     let env = [("UPDRAFT_CENSUS_REPLICAS", replicas.as_str()), ("UPDRAFT_CENSUS_INTERVAL", "2s")];
     let endpoint = e2e::procs::config_endpoint();
     let endpoint: Vec<&str> = endpoint.iter().map(String::as_str).collect();
-    let (operator, _admin) = operator_with_env(&ns, &dir.0, "operator", &endpoint, &env);
+    let (operator, admin) = operator_with_env(&ns, &dir.0, "operator", &endpoint, &env);
+    tools();
+    let prom_dir = TempDir::new("rollout-prometheus");
+    let prom = Prometheus::start(&prom_dir.0, &[("operator", format!("127.0.0.1:{admin}"))], &rules_with_for("5s"));
+    let paused_alert = [("namespace", ns.as_str()), ("channel", "steps")];
     let apply = |yaml: &str| kubectl(&["apply", "--server-side", "-n", &ns, "-f", "-"], Some(yaml)).ok();
     let get = || -> Value {
         let out = kubectl(&["get", "-n", &ns, "fwc/steps", "-o", "json"], None);
@@ -290,6 +298,9 @@ fn rollout_steps_advance_pause_without_flapping_and_resume_on_an_edit() {
     // Complete twice: 1.0.0 (a first release) and 1.1.0.
     assert_eq!(counts, [1, 2, 2, 0], "Started, Advanced, Complete, Paused: {:?}", events(&ns));
 
+    wait_for(WAIT, "the operator scraped", || (prom.query("up == 1").len() == 1).then_some(()));
+    assert_eq!(prom.alert("UpdraftRolloutPaused", &paused_alert), None, "no alert for a rollout that completed");
+
     // (b) Half the devices first offered 1.2.0 at step 2 fail: it pauses at step 2.
     devices.fleet.lock().unwrap().failing_from = Some("1.2.0".into());
     push("1.2.0");
@@ -337,6 +348,9 @@ fn rollout_steps_advance_pause_without_flapping_and_resume_on_an_edit() {
         "1.2.0: held at 50 % for 12 s over 6 census intervals; {} downloads in all",
         devices.fleet.lock().unwrap().downloads
     );
+    // The alert people act on: the pause has lasted longer than the rule's `for`.
+    let alert = prom.wait_firing(Duration::from_secs(20), "UpdraftRolloutPaused", &paused_alert);
+    assert_eq!(alert["labels"]["severity"], "warning", "{alert:#}");
 
     // (c) A lower threshold in the spec: step 2 is judged again and passes; it completes.
     apply(&channel(30));
@@ -348,6 +362,7 @@ fn rollout_steps_advance_pause_without_flapping_and_resume_on_an_edit() {
     assert_eq!((paused["status"].as_str(), paused["reason"].as_str()), (Some("False"), Some("Complete")));
     assert_eq!(occurrences(&ns, "RolloutComplete"), 3, "1.0.0, 1.1.0, 1.2.0: {:?}", events(&ns));
     assert_eq!(occurrences(&ns, "RolloutPaused"), 1, "{:?}", events(&ns));
+    prom.wait_resolved(Duration::from_secs(20), "UpdraftRolloutPaused", &paused_alert);
     let failed = devices.fleet.lock().unwrap().failures;
     assert!(failed <= FAILERS, "{failed}");
     let done = stages.last().map_or(0.0, |s| s.0);
