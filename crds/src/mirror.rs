@@ -140,7 +140,8 @@ pub struct ArtifactMirrorStatus {
     /// Newest version the destination keeps (per the version filter).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latest_version: Option<String>,
-    /// When source and destination were last observed with nothing pending.
+    /// When the destination last caught up with the source: the first pass that found
+    /// nothing pending after something was (kept while it stays in sync).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_sync: Option<Time>,
     /// What the next pass copies and deletes; set while `spec.dryRun` (where nothing is

@@ -286,7 +286,10 @@ fn assess(
         if pending == 0 {
             status.pending_since = None;
             status.oldest_pending = None;
-            status.last_sync = Some(at);
+            // When it caught up: kept while it stays in sync, so a steady mirror's
+            // passes write nothing.
+            let caught_up = old.last_sync.clone().filter(|_| old.pending == 0);
+            status.last_sync = Some(caught_up.unwrap_or(at));
         } else {
             let since = old.pending_since.clone().filter(|_| old.pending > 0).unwrap_or(at);
             // Items whose side gives no time count from when pending began.
@@ -555,6 +558,9 @@ mod tests {
         assert_eq!((s5.pending, s5.pending_since.clone(), s5.oldest_pending.clone()), (0, None, None));
         assert_eq!(s5.last_sync, Some(time((T0 + 200) as f64)));
         assert_eq!(e5.map(|e| (e.type_, e.reason)), Some((EventType::Normal, "InSync")));
+        // Still in sync a pass later: lastSync is when it caught up; nothing to write.
+        let (s5b, e5b) = pass(&s5, &seen(Some(observed(T0 + 260, &[]))));
+        assert_eq!((s5b == s5, e5b), (true, None), "a steady mirror's pass writes nothing");
         // New pending work starts a new window.
         let (s6, _) = pass(&s5, &seen(Some(observed(T0 + 300, &[("c-1.0.0.zip", 0.0)]))));
         assert_eq!(s6.pending_since, Some(time((T0 + 300) as f64)));

@@ -208,6 +208,9 @@ impl<K: Kind> Shared<K> {
         let deleted = self.deleted;
         watcher(api, config)
             .backoff(WatchBackoff::default())
+            // `managedFields` (which manager set which field, as a JSON tree) is read by
+            // nothing here and is the bulk of a small object: not kept in the cache.
+            .modify(|obj| obj.managed_fields_mut().clear())
             .reflect_shared(self.writer)
             .for_each(move |event| {
                 if let Ok(watcher::Event::Delete(obj)) = event {
