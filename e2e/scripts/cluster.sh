@@ -7,12 +7,17 @@
 #   cluster.sh up        install what is missing, start what is not running, print env
 #   cluster.sh down      stop the processes this script started (by PID)
 #   cluster.sh status    show what runs
-#   cluster.sh env       print the exports (KUBECONFIG, UPDRAFT_REGISTRY)
+#   cluster.sh env       print the exports (KUBECONFIG, UPDRAFT_REGISTRY, UPDRAFT_AUDIT_LOG)
 #   cluster.sh registry  only the OCI registry (gateway tests need nothing else)
 #   cluster.sh install   only install packages and build the binaries
 #   cluster.sh tools     install the client tools tests use (oras, cosign, skopeo, wrk, nginx, helm,
 #                        mosquitto, incus and lxc clients, sstream-query, incus-simplestreams,
 #                        mksquashfs, python requests for filuxe's requests, prometheus and promtool)
+#
+# The API server keeps an audit log of every write (create, update, patch, delete) to
+# Updraft's kinds and to the ConfigMaps, Services and Deployments the operator applies
+# (metadata only, one JSON line each, `$UPDRAFT_AUDIT_LOG`): how `scale.sh` and
+# `e2e/tests/scale.rs` count writes per object, exactly, without watching.
 #
 # Idempotent: a second `up` reuses the cache and the running processes.
 set -euo pipefail
@@ -285,6 +290,24 @@ current-context: updraft-local
 EOF
 }
 
+write_audit_policy() {
+  cat >"$STATE/audit-policy.yaml" <<EOF
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived, ResponseStarted]
+rules:
+  - level: Metadata
+    verbs: [create, update, patch, delete]
+    resources:
+      - group: updraft.dev
+      - group: ""
+        resources: [configmaps, services]
+      - group: apps
+        resources: [deployments]
+  - level: None
+EOF
+}
+
 write_registry_config() {
   cat >"$STATE/registry.yml" <<EOF
 version: 0.1
@@ -306,6 +329,7 @@ up() {
   make_pki
   write_kubeconfig
   write_registry_config
+  write_audit_policy
 
   start etcd etcd --name updraft --data-dir "$STATE/etcd" \
     --listen-client-urls "http://127.0.0.1:$ETCD_PORT" --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
@@ -324,7 +348,8 @@ up() {
     --service-account-key-file "$STATE/pki/sa.pub" --service-account-signing-key-file "$STATE/pki/sa.key" \
     --service-account-issuer https://kubernetes.default.svc --api-audiences https://kubernetes.default.svc \
     --service-cluster-ip-range 10.96.0.0/16 --endpoint-reconciler-type none \
-    --allow-privileged --cert-dir "$STATE/pki"
+    --allow-privileged --cert-dir "$STATE/pki" \
+    --audit-policy-file "$STATE/audit-policy.yaml" --audit-log-path "$LOG/audit.log"
   wait_for kube-apiserver 60 "$KUBE_BIN/kubectl" --kubeconfig "$STATE/kubeconfig" get --raw /readyz
 
   start kube-controller-manager "$KUBE_BIN/kube-controller-manager" \
@@ -375,6 +400,7 @@ print_env() {
   echo "export KUBECONFIG=$STATE/kubeconfig"
   echo "export UPDRAFT_REGISTRY=127.0.0.1:$REGISTRY_PORT"
   echo "export UPDRAFT_REGISTRY_DIR=$STATE/registry"
+  echo "export UPDRAFT_AUDIT_LOG=$LOG/audit.log"
   echo "export PATH=$KUBE_BIN:$CACHE/bin:\$PATH"
 }
 

@@ -6,8 +6,9 @@
 #   - the time until every channel, stream and mirror is Ready, and until every gateway's
 #     config renders all its channels (from the first object created; objects are
 #     created by CREATORS parallel `kubectl apply --server-side`, timed separately);
-#   - writes per object, by kind: watch events (every write to a watched object is one
-#     event: ADDED for a creation, MODIFIED after), so nothing polls the API server;
+#   - writes per object, by kind: write requests (create, update, patch) in the API
+#     server's audit log (`cluster.sh` turns it on), so nothing polls the API server and
+#     a write is counted even when it changed nothing;
 #   - writes during IDLE_SECONDS of idle (every object re-checks its source each minute);
 #   - the operator's peak RSS (VmHWM) and RSS after idle;
 #   - CPU seconds of the operator, kube-apiserver, etcd and the registry over the run,
@@ -46,6 +47,7 @@ ns=scale-$(date +%s)
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  pkill -f "namespaces/$ns/.*watch=1" 2>/dev/null || true
   kubectl delete ns "$ns" --wait=false >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
@@ -110,14 +112,17 @@ for i in range(shards):
         f.write("---\n".join(docs[i::shards]))
 PY
 
-# --- the watches: every write to a watched object is one watch event. A follower per
-# kind keeps, per object, its events and whether it is Ready, and writes a summary.
+# --- readiness: a watch per kind, curl writing the API server's event stream (one JSON
+# line an event) straight to a file, and a small reader following the file that keeps,
+# per object, whether it is Ready. (kubectl's watch was closed by the API server for
+# reading too slowly, re-encoding thousands of events on a busy machine, and the count
+# stopped.) A watch that ends is started again: its first events list every object.
+[[ -n "${UPDRAFT_AUDIT_LOG:-}" && -f "$UPDRAFT_AUDIT_LOG" ]] \
+  || { say "no API server audit log: restart the control plane (bash e2e/scripts/cluster.sh down; bash e2e/scripts/cluster.sh up)"; exit 1; }
 cat >"$work/follow.py" <<'PY'
 import json, sys, time
 kind, source, out = sys.argv[1:]
-objs = {}  # name -> [added, modified, ready, message]
-events = {"ADDED": 0, "MODIFIED": 0, "DELETED": 0}
-first_ready = {}
+objs = {}  # name -> [ready, message]
 last = 0.0
 def dump(force=False):
     global last
@@ -125,59 +130,83 @@ def dump(force=False):
     if not force and now - last < 0.25:
         return
     last = now
-    ready = sum(1 for o in objs.values() if o[2])
-    summary = {"kind": kind, "objects": len(objs), "ready": ready, "events": events,
-               "modified_max": max((o[1] for o in objs.values()), default=0),
-               "ready_at": max(first_ready.values(), default=0),
-               "messages": [o[3] for o in objs.values()] if kind == "otagateways" else []}
+    summary = {"kind": kind, "objects": len(objs), "ready": sum(1 for o in objs.values() if o[0]),
+               "messages": [o[1] for o in objs.values()] if kind == "otagateways" else []}
     with open(out + ".tmp", "w") as f:
         json.dump(summary, f)
     import os; os.replace(out + ".tmp", out)
-dec = json.JSONDecoder()
-buf = ""
-def lines(path):  # the file kubectl writes, followed as it grows
-    with open(path) as f:
+def lines(path):  # the file curl writes, followed as it grows
+    with open(path, "rb") as f:
         while True:
             line = f.readline()
-            if line:
+            if line.endswith(b"\n"):
                 yield line
             else:
+                if line:  # half written: read again once the rest is there
+                    f.seek(-len(line), 1)
                 dump(force=True)
                 time.sleep(0.2)
 for line in lines(source):
-    buf += line
-    while True:
-        buf = buf.lstrip()
-        if not buf:
-            break
-        try:
-            ev, end = dec.raw_decode(buf)
-        except ValueError:
-            break
-        buf = buf[end:]
-        t, obj = ev.get("type"), ev.get("object", {})
-        name = obj.get("metadata", {}).get("name")
-        if t not in events or name is None:
-            continue
-        events[t] += 1
-        o = objs.setdefault(name, [0, 0, False, ""])
-        if t == "ADDED": o[0] += 1
-        if t == "MODIFIED": o[1] += 1
-        if t == "DELETED":
-            objs.pop(name, None); continue
-        cond = next((c for c in obj.get("status", {}).get("conditions", []) if c.get("type") == "Ready"), None)
-        o[2] = bool(cond and cond.get("status") == "True")
-        o[3] = cond.get("message", "") if cond else ""
-        if o[2] and name not in first_ready:
-            first_ready[name] = time.time()
+    try:
+        ev = json.loads(line)
+    except ValueError:
+        continue  # a line a closed watch cut short
+    t, obj = ev.get("type"), ev.get("object", {})
+    name = obj.get("metadata", {}).get("name")
+    if name is None:
+        continue
+    if t == "DELETED":
+        objs.pop(name, None)
+        continue
+    cond = next((c for c in obj.get("status", {}).get("conditions", []) if c.get("type") == "Ready"), None)
+    objs[name] = [bool(cond and cond.get("status") == "True"), cond.get("message", "") if cond else ""]
     dump()
-dump(force=True)
+PY
+# --- writes: the audit log's write requests in this namespace, from the offset where
+# the run began, by kind: objects, creations, updates, most updates on one object.
+audit_from=$(stat -c %s "$UPDRAFT_AUDIT_LOG")
+cat >"$work/writes.py" <<'PY'
+import json, sys
+log, ns, offset = sys.argv[1], sys.argv[2], int(sys.argv[3])
+kinds = sys.argv[4:]
+per = {k: {} for k in kinds}  # kind -> name -> [creations, updates]
+with open(log, "rb") as f:
+    f.seek(offset)
+    for line in f:
+        try:
+            e = json.loads(line)
+        except ValueError:
+            continue
+        ref, code = e.get("objectRef", {}), e.get("responseStatus", {}).get("code", 0)
+        if ref.get("namespace") != ns or ref.get("resource") not in per or not 200 <= code < 300:
+            continue
+        if e.get("verb") not in ("create", "update", "patch"):
+            continue
+        o = per[ref["resource"]].setdefault(ref.get("name", ""), [0, 0])
+        # 201 is a creation, by a create or by a server-side apply (a patch) alike.
+        o[0 if code == 201 else 1] += 1
+for k in kinds:
+    objs = per[k].values()
+    print(k, len(per[k]), sum(o[0] for o in objs), sum(o[1] for o in objs), max((o[1] for o in objs), default=0))
 PY
 kinds=(firmwarechannels imagestreams artifactmirrors otagateways configmaps deployments services)
-# kubectl writes straight to a file: a watcher that reads slowly (a follower starved of
-# CPU on a busy machine) is closed by the API server, and the count would stop.
+api=$(kubectl config view --raw --minify -o jsonpath='{.clusters[0].cluster.server}')
+ca=$(kubectl config view --raw --minify -o jsonpath='{.clusters[0].cluster.certificate-authority}')
+token=$(kubectl config view --raw --minify -o jsonpath='{.users[0].user.token}')
+watch_kind() {
+  local group=apis/updraft.dev/v1alpha1
+  case $1 in configmaps | services) group=api/v1 ;; deployments) group=apis/apps/v1 ;; esac
+  while true; do
+    curl -sS -N --cacert "$ca" -H "Authorization: Bearer $token" "$api/$group/namespaces/$ns/$1?watch=1" \
+      >>"$work/watch-$1.json" 2>>"$work/watch-$1.err" || true
+    echo >>"$work/watch-$1.json" # ends a line the closed watch cut short
+    echo "$(date +%T.%N) the watch of $1 ended; watching again" >>"$work/watch-$1.err"
+    sleep 0.2
+  done
+}
 for kind in "${kinds[@]}"; do
-  kubectl get "$kind" -n "$ns" --watch --output-watch-events -o json >"$work/watch-$kind.json" 2>"$work/watch-$kind.err" &
+  : >"$work/watch-$kind.json"
+  watch_kind "$kind" &
   pids+=($!)
   python3 "$work/follow.py" "$kind" "$work/watch-$kind.json" "$work/$kind.json" &
   pids+=($!)
@@ -195,7 +224,11 @@ cpu0=("$(cpu "$apiserver")" "$(cpu "$etcd")" "$(cpu "$registry")")
 
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 admin=$(free_port)
-"$OPERATOR_BIN" --namespace "$ns" --admin-addr "127.0.0.1:$admin" --log-level warn >"$work/operator.log" 2>&1 &
+# As the chart runs it: with the gateways' config endpoint (which holds a gateway's
+# ConfigMap and status writes to one per 30 s while its channels keep changing).
+config_port=$(free_port)
+endpoint=(--config-addr "127.0.0.1:$config_port" --config-url "http://127.0.0.1:$config_port")
+"$OPERATOR_BIN" --namespace "$ns" --admin-addr "127.0.0.1:$admin" "${endpoint[@]}" --log-level warn >"$work/operator.log" 2>&1 &
 op=$!; pids+=($op)
 sleep 1
 start=$(date +%s.%N)
@@ -243,12 +276,7 @@ echo >&2
 ready_s=$(python3 -c "import time; print(f'{time.time() - $start:.1f}')")
 cpu_ready=("$(cpu "$op")" "$(cpu "$apiserver")" "$(cpu "$etcd")" "$(cpu "$registry")")
 sleep 5 # the last re-render lands (the gateway controller debounces)
-snapshot() { python3 -c "
-import json, sys
-for k in sys.argv[2:]:
-    d = json.load(open(f'{sys.argv[1]}/{k}.json'))
-    print(k, d['objects'], d['events']['ADDED'], d['events']['MODIFIED'], d['modified_max'])
-" "$work" "${kinds[@]}"; }
+snapshot() { python3 "$work/writes.py" "$UPDRAFT_AUDIT_LOG" "$ns" "$audit_from" "${kinds[@]}"; }
 snapshot >"$work/at-ready.txt"
 rss_peak_kib=$(awk '/VmHWM/ {print $2}' "/proc/$op/status")
 
@@ -268,7 +296,7 @@ if [[ "${RESTART:-1}" == 1 ]]; then
   snapshot >"$work/before-restart.txt"
   admin=$(free_port)
   restarted=$(date +%s.%N)
-  "$OPERATOR_BIN" --namespace "$ns" --admin-addr "127.0.0.1:$admin" --log-level warn >"$work/operator-restart.log" 2>&1 &
+  "$OPERATOR_BIN" --namespace "$ns" --admin-addr "127.0.0.1:$admin" "${endpoint[@]}" --log-level warn >"$work/operator-restart.log" 2>&1 &
   op=$!; pids+=($op)
   want=$(( CHANNELS + STREAMS + MIRRORS ))
   checks=0

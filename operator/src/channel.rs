@@ -40,6 +40,7 @@ const ROLLOUT_LOOK: Duration = Duration::from_secs(60);
 
 #[instrument(skip_all, fields(namespace = channel.namespace().unwrap_or_default(), name = channel.name_any()))]
 pub(crate) async fn reconcile(channel: Arc<FirmwareChannel>, ctx: Arc<Context>) -> Result<Action> {
+    ctx.synced().await;
     let _timer = ctx.metrics.reconcile(CONTROLLER);
     let schedule = &ctx.schedules.channels;
     let old = channel.status.clone().unwrap_or_default();

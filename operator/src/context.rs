@@ -40,6 +40,8 @@ pub(crate) struct Context {
     pub census: Census,
     /// The gateways' config endpoint, when it runs (`--config-addr`).
     pub delivery: Option<crate::delivery::Delivery>,
+    /// True once all four caches hold what the API server listed ([`Context::synced`]).
+    pub synced: tokio::sync::watch::Receiver<bool>,
 }
 
 /// One [`Schedule`] per kind: registry checks and retries of each object.
@@ -55,6 +57,16 @@ pub(crate) struct Schedules {
 }
 
 impl Context {
+    /// Waits until the four caches are filled. Every reconcile starts with it: each
+    /// controller waits for its own cache only, and one that reads another before it is
+    /// filled acts on a part of it. A restarted operator rendered every gateway with
+    /// `channels: []` (its gateway cache was filled, its 10,000 channels were not yet)
+    /// and wrote that to each ConfigMap before the full one, in `e2e/scripts/scale.sh`.
+    pub async fn synced(&self) {
+        // An error is a dropped sender: the controllers are stopping.
+        let _ = self.synced.clone().wait_for(|synced| *synced).await;
+    }
+
     /// Publishes an event of `type_` (`Normal` or `Warning`) about `obj`; failures are
     /// logged, never fatal.
     pub async fn event<K: Resource<DynamicType = ()>>(&self, obj: &K, type_: EventType, reason: &str, note: String) {

@@ -98,6 +98,7 @@ pub fn context(
         schedules: Default::default(),
         census: Default::default(),
         delivery: None,
+        synced: tokio::sync::watch::channel(true).1,
     }
 }
 

@@ -28,6 +28,7 @@ pub(crate) const CONTROLLER: &str = "otagateway";
 
 #[instrument(skip_all, fields(namespace = gateway.namespace().unwrap_or_default(), name = gateway.name_any()))]
 pub(crate) async fn reconcile(gateway: Arc<OtaGateway>, ctx: Arc<Context>) -> Result<Action> {
+    ctx.synced().await;
     let _timer = ctx.metrics.reconcile(CONTROLLER);
     let ns = gateway.namespace().unwrap_or_default();
     let old = gateway.status.clone().unwrap_or_default();

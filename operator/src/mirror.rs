@@ -52,6 +52,7 @@ const PLAN_CAP: usize = 50;
 
 #[instrument(skip_all, fields(namespace = mirror.namespace().unwrap_or_default(), name = mirror.name_any()))]
 pub(crate) async fn reconcile(mirror: Arc<ArtifactMirror>, ctx: Arc<Context>) -> Result<Action> {
+    ctx.synced().await;
     let _timer = ctx.metrics.reconcile(CONTROLLER);
     let schedule = &ctx.schedules.mirrors;
     let old = mirror.status.clone().unwrap_or_default();

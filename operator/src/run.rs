@@ -329,6 +329,11 @@ pub async fn run(settings: Settings) -> Result<(), RunError> {
     }
 }
 
+/// Reconciles of one kind (channels, streams, mirrors) running at once, each of which may
+/// be asking a registry. Unbounded, thousands of objects arriving together (a restart, a
+/// GitOps sync) each held a request and its buffers at once.
+const CHECKS_AT_ONCE: u16 = 64;
+
 async fn controllers(
     client: Client,
     metrics: Metrics,
@@ -350,8 +355,10 @@ async fn controllers(
         (Queue::new(), Queue::new(), Queue::new());
 
     // A gateway appearing, its spec changing or going away changes its channels' readiness.
-    let channel_controller =
-        Controller::for_shared_stream(channels.subscribe(), channels.store.clone()).reconcile_on(channel_pushes);
+    let checks = || ControllerConfig::default().concurrency(CHECKS_AT_ONCE);
+    let channel_controller = Controller::for_shared_stream(channels.subscribe(), channels.store.clone())
+        .reconcile_on(channel_pushes)
+        .with_config(checks());
     let channel_store = channels.store.clone();
     let channel_controller = gateways.trigger_on_spec(channel_controller, move |gw| attached_refs(&channel_store, gw));
 
@@ -369,15 +376,18 @@ async fn controllers(
     let gateway_controller = streams.trigger(gateway_controller, |s| Some(gateway_of(s)));
     // And of an attached mirror (its worker Deployment exists only while one is).
     let gateway_controller = mirrors.trigger(gateway_controller, |m| Some(gateway_of(m)));
-    let stream_controller =
-        Controller::for_shared_stream(streams.subscribe(), streams.store.clone()).reconcile_on(stream_pushes);
+    let stream_controller = Controller::for_shared_stream(streams.subscribe(), streams.store.clone())
+        .reconcile_on(stream_pushes)
+        .with_config(checks());
     let stream_store = streams.store.clone();
     let stream_controller = gateways.trigger_on_spec(stream_controller, move |gw| attached_refs(&stream_store, gw));
-    let mirror_controller =
-        Controller::for_shared_stream(mirrors.subscribe(), mirrors.store.clone()).reconcile_on(mirror_pushes);
+    let mirror_controller = Controller::for_shared_stream(mirrors.subscribe(), mirrors.store.clone())
+        .reconcile_on(mirror_pushes)
+        .with_config(checks());
 
     let reporter = Reporter { controller: "updraft-operator".into(), instance: Some(settings.identity.clone()) };
     let clients = Clients::new();
+    let (synced, synced_rx) = tokio::sync::watch::channel(false);
     let ctx = Arc::new(Context {
         client: client.clone(),
         resolver: Arc::new(OciResolver::new(&clients)),
@@ -392,6 +402,7 @@ async fn controllers(
         schedules: Schedules::default(),
         census: Default::default(),
         delivery,
+        synced: synced_rx,
     });
 
     // The status page reads the same caches (set once: a replica runs its controllers once).
@@ -433,6 +444,7 @@ async fn controllers(
             }
         }
         info!("caches synced");
+        synced.send_replace(true);
         ready.store(true, Ordering::Relaxed);
     });
 

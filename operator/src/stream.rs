@@ -49,6 +49,7 @@ const SECRET_RECHECK: Duration = Duration::from_secs(10);
 
 #[instrument(skip_all, fields(namespace = stream.namespace().unwrap_or_default(), name = stream.name_any()))]
 pub(crate) async fn reconcile(stream: Arc<ImageStream>, ctx: Arc<Context>) -> Result<Action> {
+    ctx.synced().await;
     let _timer = ctx.metrics.reconcile(CONTROLLER);
     let schedule = &ctx.schedules.streams;
     let old = stream.status.clone().unwrap_or_default();
