@@ -209,7 +209,7 @@ impl<K: Kind> Shared<K> {
         watcher(api, config)
             .backoff(WatchBackoff::default())
             // `managedFields` (which manager set which field, as a JSON tree) is read by
-            // nothing here and is the bulk of a small object: not kept in the cache.
+            // nothing here: not kept in the cache.
             .modify(|obj| obj.managed_fields_mut().clear())
             .reflect_shared(self.writer)
             .for_each(move |event| {
