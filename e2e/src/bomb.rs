@@ -96,7 +96,13 @@ impl Drop for RssWatch {
 
 /// `VmRSS` of `pid` in KiB, `None` once the process is gone.
 pub fn vm_rss_kib(pid: u32) -> Option<u64> {
+    status_kib(pid, "VmRSS:")
+}
+
+/// A size `field` (`VmRSS:`, `VmHWM:`…) of `/proc/<pid>/status` in KiB, `None` once
+/// the process is gone.
+pub fn status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
     line.split_whitespace().nth(1)?.parse().ok()
 }

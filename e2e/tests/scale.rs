@@ -182,14 +182,6 @@ fn push_sources(w: &World) -> String {
     prefix
 }
 
-fn rss_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.trim().strip_suffix("kB")?.trim().parse().ok())
-        .unwrap_or(0)
-}
-
 #[test]
 fn hundreds_of_objects_become_ready_with_few_writes_and_none_while_idle() {
     let mut w = World::new("scale").ready().patience(Duration::from_secs(120));
@@ -219,7 +211,7 @@ fn hundreds_of_objects_become_ready_with_few_writes_and_none_while_idle() {
     });
     std::thread::sleep(Duration::from_secs(3)); // the gateways' last render lands (debounced)
     let at_ready = audit.writes(&w.ns);
-    let peak_kib = rss_kib(w.operator.child.id(), "VmHWM:");
+    let peak_kib = e2e::bomb::status_kib(w.operator.child.id(), "VmHWM:").unwrap_or(0);
 
     std::thread::sleep(IDLE);
     let after_idle = audit.writes(&w.ns);
@@ -253,6 +245,8 @@ fn hundreds_of_objects_become_ready_with_few_writes_and_none_while_idle() {
          {created:.1?}, all Ready and rendered {ready:.1?} after the first; operator peak RSS {:.1} MiB\n",
         peak_kib as f64 / 1024.0
     );
+    // Writes of every object of a kind, creations included.
+    let total = |t: &BTreeMap<String, Writes>| t.values().map(|w| w.created + w.updated).sum::<usize>();
     let mut idle_writes = BTreeMap::new();
     for kind in KINDS {
         let objects = &at_ready[kind];
@@ -264,7 +258,6 @@ fn hundreds_of_objects_become_ready_with_few_writes_and_none_while_idle() {
             objects.len(),
             updates as f64 / objects.len().max(1) as f64
         );
-        let total = |t: &BTreeMap<String, Writes>| t.values().map(|w| w.created + w.updated).sum::<usize>();
         let idle = total(&after_idle[kind]) - total(objects);
         if idle > 0 {
             idle_writes.insert(kind, idle);
@@ -272,7 +265,6 @@ fn hundreds_of_objects_become_ready_with_few_writes_and_none_while_idle() {
     }
     let mut restart_writes = BTreeMap::new();
     for kind in KINDS {
-        let total = |t: &BTreeMap<String, Writes>| t.values().map(|w| w.created + w.updated).sum::<usize>();
         let written = total(&after_restart[kind]) - total(&after_idle[kind]);
         if written > 0 {
             restart_writes.insert(kind, written);
