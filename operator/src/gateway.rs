@@ -93,9 +93,10 @@ pub(crate) async fn reconcile(gateway: Arc<OtaGateway>, ctx: Arc<Context>) -> Re
         let hold = delivery.hold_writes(&key, generation);
         if let (Some(wait), Some(revision)) = (hold, delivery.published.next_revision(&ns, &key.1, &config)) {
             config.revision = revision;
+            let yaml = config.to_yaml();
             // One too large for its ConfigMap takes the full pass, which stalls.
-            if render::config_map(&gateway, &config).is_ok() {
-                delivery.published.publish(&ns, &key.1, token.as_bytes(), revision, config.to_yaml());
+            if render::config_map(&gateway, yaml.clone()).is_ok() {
+                delivery.published.publish(&ns, &key.1, token.as_bytes(), revision, yaml);
                 ctx.schedules.gateways.succeeded(&gateway);
                 return Ok(Action::requeue(wait));
             }
@@ -108,7 +109,8 @@ pub(crate) async fn reconcile(gateway: Arc<OtaGateway>, ctx: Arc<Context>) -> Re
     if let Some(delivery) = &ctx.delivery {
         config.revision = config.revision.max(delivery.published.next_revision(&ns, &key.1, &config).unwrap_or(0));
     }
-    let config_map = match render::config_map(&gateway, &config) {
+    let yaml = config.to_yaml();
+    let config_map = match render::config_map(&gateway, yaml.clone()) {
         Ok(map) => map,
         Err(too_large) => {
             let message = format!("{} channels: {too_large}", config.channels.len());
@@ -123,7 +125,7 @@ pub(crate) async fn reconcile(gateway: Arc<OtaGateway>, ctx: Arc<Context>) -> Re
     apply(&ctx, &ns, &config_map).await?;
     // The same rendering, now that the ConfigMap holds it, to the gateways' long-polls.
     if let (Some(delivery), Some(token)) = (&ctx.delivery, &token) {
-        delivery.published.publish(&ns, &gateway.name_any(), token.as_bytes(), config.revision, config.to_yaml());
+        delivery.published.publish(&ns, &key.1, token.as_bytes(), config.revision, yaml);
     }
     apply(&ctx, &ns, &render::service(&gateway)).await?;
     let mut pods = render::deployment(&gateway, &ctx.gateway_image, &secrets);

@@ -8,7 +8,6 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::ByteString;
 use kube::ResourceExt;
 use updraft_core::config::delivery::{store, Stored, TooLarge};
-use updraft_core::config::GatewayConfig;
 use updraft_crds::OtaGateway;
 
 use super::{meta, CONFIG_KEY};
@@ -18,9 +17,11 @@ pub(crate) fn config_map_name(gateway: &OtaGateway) -> String {
     format!("{}-config", gateway.name_any())
 }
 
-pub(crate) fn config_map(gateway: &OtaGateway, config: &GatewayConfig) -> Result<ConfigMap, TooLarge> {
+/// The ConfigMap holding `yaml`, a rendering's `GatewayConfig::to_yaml` (serialized once
+/// by the caller, which also publishes it to the config endpoint).
+pub(crate) fn config_map(gateway: &OtaGateway, yaml: String) -> Result<ConfigMap, TooLarge> {
     let mut map = ConfigMap { metadata: meta(gateway, config_map_name(gateway)), ..Default::default() };
-    match store(CONFIG_KEY, config.to_yaml())? {
+    match store(CONFIG_KEY, yaml)? {
         Stored::Text(text) => map.data = Some(BTreeMap::from([(CONFIG_KEY.to_owned(), text)])),
         Stored::Gzip(bytes) => map.binary_data = Some(BTreeMap::from([(CONFIG_KEY.to_owned(), ByteString(bytes))])),
     }
@@ -39,12 +40,13 @@ mod tests {
     use super::*;
     use crate::fixtures::gateway;
     use crate::render::gateway_config;
+    use updraft_core::config::GatewayConfig;
 
     #[test]
     fn config_map_is_named_after_the_gateway_and_holds_the_config() {
         let gw = gateway();
         let config = gateway_config(&gw, &[], &[]);
-        let cm = config_map(&gw, &config).unwrap();
+        let cm = config_map(&gw, config.to_yaml()).unwrap();
         assert_eq!(cm.metadata.name.as_deref(), Some("default-config"));
         assert_eq!(cm.metadata.owner_references.as_ref().unwrap()[0].uid, "uid-1");
         assert_eq!(GatewayConfig::parse(stored_text(&cm).unwrap()).unwrap(), config);
