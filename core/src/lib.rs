@@ -23,6 +23,8 @@
 //!   side reads;
 //! - [`telemetry`]: the log set-up both binaries share;
 //! - [`backoff`]: the doubling backoff of every retry loop on either side;
+//! - [`delta`]: how a delta patch is stored as an OCI artifact (tag, media types,
+//!   annotations), which the building worker writes and the operator and gateway read;
 //! - [`census`]: the device census, sliding-window HyperLogLog sketches the gateway
 //!   records and the operator merges.
 //!
@@ -35,6 +37,7 @@ pub mod backoff;
 pub mod census;
 pub mod config;
 pub mod cosign;
+pub mod delta;
 pub mod image_metadata;
 pub mod mirror;
 pub mod notify;

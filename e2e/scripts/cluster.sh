@@ -160,6 +160,20 @@ install_clients_venv() {
     || die "could not install requests (see $CACHE/pip.log)"
 }
 
+# The reference implementations deltas are checked against (PyPI; no Debian package):
+# detools (the patch tool ESP-IDF's esp_delta_ota is built on) and esptool (reads an ESP
+# app image's appended hash, the base digest a device reports). Commands in $CACHE/bin.
+install_delta_tools() {
+  [ -x "$CACHE/bin/detools" ] && [ -x "$CACHE/bin/esptool.py" ] && return 0
+  say "installing detools and esptool into $CACHE/delta-venv"
+  python3 -m venv "$CACHE/delta-venv" || die "python3 -m venv failed"
+  "$CACHE/delta-venv/bin/pip" install -q detools esptool >>"$CACHE/pip.log" 2>&1 \
+    || die "could not install detools and esptool (see $CACHE/pip.log)"
+  mkdir -p "$CACHE/bin"
+  ln -sf "$CACHE/delta-venv/bin/detools" "$CACHE/bin/detools"
+  ln -sf "$CACHE/delta-venv/bin/esptool.py" "$CACHE/bin/esptool.py"
+}
+
 # From trixie (pinned low, so nothing else comes from there): a Debian package named
 # $1, unless its command $2 is on PATH.
 install_from_trixie() {
@@ -191,7 +205,7 @@ install_incus_simplestreams() {
 install_tools() {
   mkdir -p "$CACHE"
   apt_install skopeo wrk nginx-light unzip zstd python3-venv apache2-utils mosquitto mosquitto-clients \
-    lxd-client squashfs-tools xz-utils prometheus
+    lxd-client squashfs-tools xz-utils prometheus xdelta3
   # The browser that loads the operator's status page (e2e/tests/status_page.rs), and a
   # font it can draw text with.
   apt_install chromium fonts-dejavu-core
@@ -199,6 +213,7 @@ install_tools() {
   install_sstream_query
   install_incus_simplestreams
   install_clients_venv
+  install_delta_tools
   install_from_trixie oras oras
   install_from_trixie cosign cosign
   if [ ! -x "$CACHE/bin/helm" ]; then

@@ -43,6 +43,49 @@ pub struct ChannelConfig {
     /// Default `pinnedBack` (omitted while default).
     #[serde(default, skip_serializing_if = "Downgrade::is_default")]
     pub downgrade: Downgrade,
+    /// Delta patches (esp_delta_ota) to this channel's releases: which the worker builds
+    /// and which gateways serve (see [`crate::delta`] for how they are stored).
+    #[serde(default, skip_serializing_if = "Deltas::is_empty")]
+    pub deltas: Deltas,
+}
+
+/// A channel's delta patches. The operator chooses the bases from the census and finds
+/// the patches built in the registry; a hand-written config may list either.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Deltas {
+    /// Releases devices run that should get a patch to `current`. The mirror worker
+    /// builds each (base, current) pair once and pushes it to the channel's repository,
+    /// unless the registry already holds it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub build: Vec<PinnedArtifact>,
+    /// Patches built, pinned by their artifact's manifest digest: gateways serve each to
+    /// devices that report running `base` with the image digest `baseSha256` when they
+    /// are offered the release `target`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub patches: Vec<DeltaPatch>,
+}
+
+impl Deltas {
+    pub fn is_empty(&self) -> bool {
+        self.build.is_empty() && self.patches.is_empty()
+    }
+}
+
+/// One patch built from `base` to `target`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DeltaPatch {
+    /// The release the patch applies to.
+    pub base: PinnedArtifact,
+    /// What a device running `base` reports as its image's SHA-256 (64 hex): the
+    /// `esp_delta_ota` header's digest. A device reporting anything else gets the full
+    /// image.
+    pub base_sha256: String,
+    /// The release the patch produces.
+    pub target: PinnedArtifact,
+    /// The patch artifact's manifest digest, `sha256:…`.
+    pub digest: String,
 }
 
 /// When `POST /api/v1/channels/{name}/check` answers a device running a newer version
@@ -120,9 +163,25 @@ impl GatewayConfig {
                 }
                 _ => {}
             }
-            for pinned in c.current.iter().chain(&c.previous) {
+            let patches = c.deltas.patches.iter();
+            let pinned_deltas = c.deltas.build.iter().chain(patches.clone().flat_map(|p| [&p.base, &p.target]));
+            for pinned in c.current.iter().chain(&c.previous).chain(pinned_deltas) {
                 if !is_digest(&pinned.digest) {
                     return invalid(format!("channel {:?}: digest {:?} is not sha256:<64 hex>", c.name, pinned.digest));
+                }
+            }
+            for p in patches {
+                if !is_digest(&p.digest) {
+                    return invalid(format!(
+                        "channel {:?}: delta digest {:?} is not sha256:<64 hex>",
+                        c.name, p.digest
+                    ));
+                }
+                if !super::is_sha256_hex(&p.base_sha256) {
+                    return invalid(format!(
+                        "channel {:?}: delta baseSha256 {:?} is not 64 hex digits",
+                        c.name, p.base_sha256
+                    ));
                 }
             }
             if let Some(policy) = &c.policy {

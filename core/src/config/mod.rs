@@ -38,7 +38,7 @@ pub mod streams;
 #[cfg(test)]
 mod tests;
 
-pub use channels::{ChannelConfig, Downgrade, PinnedArtifact};
+pub use channels::{ChannelConfig, DeltaPatch, Deltas, Downgrade, PinnedArtifact};
 pub use delivery::OperatorSource;
 pub use mirrors::{
     plain_http_key, FilterError, HttpStoreConfig, MirrorConfig, MirrorEndpoint, PlainHttpKeyError, RetentionConfig,

@@ -227,6 +227,7 @@ pub(super) fn channel_config(channel: &FirmwareChannel) -> Option<ChannelConfig>
             SpecDowngrade::PinnedBack => Downgrade::PinnedBack,
             SpecDowngrade::Always => Downgrade::Always,
         },
+        deltas: Default::default(),
     })
 }
 
