@@ -187,6 +187,7 @@ pub fn channel(name: &str, registry: &str, repo: &str, current: (&str, &str, &st
         rollout: 100,
         highest_served: None,
         downgrade: Default::default(),
+        deltas: Default::default(),
     }
 }
 
