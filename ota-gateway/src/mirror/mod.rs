@@ -18,9 +18,13 @@
 //! [`Store::refused`], the one rule for both) fails the pass, and the next one waits
 //! as long too. An OCI side's `Retry-After` is not seen: oci-client hides the headers.
 //!
+//! The worker also builds the config's delta patches ([`deltas`]).
+//!
 //! What the worker observed is served on the admin listener: `/mirrors` (JSON, one
-//! [`status::MirrorStatus`] per mirror), `/metrics` (`updraft_mirror_*`), `/healthz`.
+//! [`status::MirrorStatus`] per mirror), `/deltas` (JSON, one [`deltas::DeltaStatus`]
+//! per patch), `/metrics` (`updraft_mirror_*`, `updraft_delta_*`), `/healthz`.
 
+pub(crate) mod deltas;
 mod http;
 mod oci;
 pub(crate) mod status;
@@ -38,6 +42,7 @@ use updraft_core::backoff::Backoff;
 use updraft_core::config::{GatewayConfig, MirrorConfig, MirrorEndpoint};
 
 use crate::watch::{self, ConfigFile};
+use deltas::Builder;
 use status::Observed;
 use updraft_core::mirror::error::MirrorError;
 use updraft_core::mirror::rules::{Artifact, Rules};
@@ -318,19 +323,24 @@ pub(crate) fn client() -> reqwest::Client {
         .expect("an HTTP client builds")
 }
 
-/// The worker's admin routes: `/healthz`, `/readyz`, `/metrics`, `/mirrors`.
-pub(crate) fn admin_router(observed: Arc<Observed>) -> Router {
+/// What the admin routes read.
+type Admin = (Arc<Observed>, Arc<Builder>);
+
+/// The worker's admin routes: `/healthz`, `/readyz`, `/metrics`, `/mirrors`, `/deltas`.
+pub(crate) fn admin_router(observed: Arc<Observed>, deltas: Arc<Builder>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(|| async { "ready" }))
         .route(
             "/metrics",
-            get(|State(o): State<Arc<Observed>>| async move {
-                ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], o.render()).into_response()
+            get(|State((o, d)): State<Admin>| async move {
+                let text = o.render() + &d.render();
+                ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
             }),
         )
-        .route("/mirrors", get(|State(o): State<Arc<Observed>>| async move { Json(o.statuses()) }))
-        .with_state(observed)
+        .route("/mirrors", get(|State((o, _)): State<Admin>| async move { Json(o.statuses()) }))
+        .route("/deltas", get(|State((_, d)): State<Admin>| async move { Json(d.statuses()) }))
+        .with_state((observed, deltas))
 }
 
 /// Runs the mirrors of the config file until SIGTERM or Ctrl-C, restarting them
@@ -348,16 +358,20 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     tracing::info!(admin = config.admin_listen, mirrors = config.mirrors.len(), "mirror worker started");
     // The connection loop of the gateway's own listeners: a header read timeout, so idle
     // connections cannot pile up on the admin port.
-    tokio::spawn(crate::server::serve(admin, admin_router(observed.clone()), std::future::pending()));
+    // Payloads for delta builds are cached beside the gateway's own (a directory its
+    // cache never reads), so a worker and a gateway sharing a cache dir do not collide.
+    let deltas = Arc::new(Builder::new(config.cache.dir.join("deltas"), config.cache.max_bytes));
+    let router = admin_router(observed.clone(), deltas.clone());
+    tokio::spawn(crate::server::serve(admin, router, std::future::pending()));
     let client = client();
-    let mut running = start(&config, &client, &observed);
+    let mut running = start(&config, &client, &observed, &deltas);
     let follow = watch::poll_every(watch::POLL_INTERVAL, || {
         let Some(content) = file.changed() else { return true };
         match GatewayConfig::parse(&content).and_then(|config| config.validate().map(|()| config)) {
             Ok(config) => {
                 tracing::info!(mirrors = config.mirrors.len(), "config changed: restarting the mirrors");
                 running.iter().for_each(tokio::task::JoinHandle::abort);
-                running = start(&config, &client, &observed);
+                running = start(&config, &client, &observed, &deltas);
             }
             Err(e) => tracing::warn!(error = %e, "config change ignored"),
         }
@@ -372,12 +386,15 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Starts every mirror of `config`, and the delta builder on its channels.
 fn start(
     config: &GatewayConfig,
     client: &reqwest::Client,
     observed: &Arc<Observed>,
+    deltas: &Arc<Builder>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     observed.retain(&config.mirrors.iter().map(|m| m.name.clone()).collect::<Vec<_>>());
+    let builder = tokio::spawn(deltas.clone().run(Arc::new(config.clone())));
     config
         .mirrors
         .iter()
@@ -389,6 +406,7 @@ fn start(
                 None
             }
         })
+        .chain(std::iter::once(builder))
         .collect()
 }
 
@@ -636,7 +654,8 @@ mod tests {
         let observed = Arc::new(Observed::new());
         observed.update("m", |s| s.pending = 3);
         let request = axum::http::Request::get("/mirrors").body(axum::body::Body::empty()).unwrap();
-        let response = admin_router(observed).oneshot(request).await.unwrap();
+        let deltas = Arc::new(Builder::new(std::env::temp_dir().join("unused"), 1));
+        let response = admin_router(observed, deltas).oneshot(request).await.unwrap();
         assert_eq!(response.status(), 200);
         let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
         let statuses: serde_json::Value = serde_json::from_slice(&body).unwrap();

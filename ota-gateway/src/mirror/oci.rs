@@ -20,8 +20,8 @@ use updraft_core::mirror::rules::Artifact;
 use updraft_core::mirror::store::Store;
 
 /// The config blob of the one-file artifacts this worker pushes: `{}`.
-const EMPTY_CONFIG: &[u8] = b"{}";
-const EMPTY_TYPE: &str = "application/vnd.oci.empty.v1+json";
+pub(super) const EMPTY_CONFIG: &[u8] = b"{}";
+pub(super) const EMPTY_TYPE: &str = "application/vnd.oci.empty.v1+json";
 /// `artifactType` of the one-file artifacts this worker pushes.
 const FILE_ARTIFACT: &str = "application/vnd.updraft.file.v1";
 
