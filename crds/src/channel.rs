@@ -72,6 +72,39 @@ pub struct FirmwareChannelSpec {
     /// them and development builds are left alone; `Never`; or `Always`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub downgrade: Option<Downgrade>,
+    /// Delta updates (esp_delta_ota patches) to `latest` from the versions the fleet
+    /// runs. Absent: no deltas. Present, even empty (`delta: {}`): the operator picks
+    /// the bases from the device census (each version at least `minShare` percent of
+    /// the channel's running devices run, at most `maxDeltas`; without a census,
+    /// `previous`), the gateway builds each patch once and serves it to devices that
+    /// report running its base.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta: Option<DeltaPolicy>,
+}
+
+/// Which versions get a delta patch to `latest`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeltaPolicy {
+    /// Least share, in percent (0-100) of the channel's devices reporting a running
+    /// version in the census window, that a version must have to get a patch. Default 5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
+    pub min_share: Option<i32>,
+    /// Most base versions (1-16) that get a patch to each release, the most run first.
+    /// Default 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 16))]
+    pub max_deltas: Option<i32>,
+}
+
+impl DeltaPolicy {
+    /// `minShare` when left out.
+    pub const DEFAULT_MIN_SHARE: i32 = 5;
+    /// `maxDeltas` when left out.
+    pub const DEFAULT_MAX_DELTAS: i32 = 3;
+    /// The highest `maxDeltas`.
+    pub const MAX_DELTAS: i32 = 16;
 }
 
 /// When the check API offers a device an older version than the one it runs.
@@ -276,6 +309,11 @@ pub struct FirmwareChannelStatus {
     /// URL devices use to check for this channel's firmware.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// With `spec.delta`: one entry per base version chosen for a patch to `latest`, the
+    /// most run first; `digest` is set once the patch is built (found in the registry),
+    /// absent while the gateway has yet to build it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deltas: Vec<ChannelDelta>,
     /// `Ready`, `Reconciling` and `Stalled` (kstatus), `Verified`, `RegistryReachable`
     /// and `RolloutPaused`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -297,6 +335,33 @@ pub struct ResolvedVersion {
     pub size: Option<i64>,
     /// When the operator first resolved this version.
     pub resolved_at: Time,
+}
+
+/// A delta patch from a base release to `latest`, built or to be built.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ChannelDelta {
+    /// The base version (what devices run).
+    pub from: String,
+    /// The base's tag.
+    pub from_tag: String,
+    /// The base's manifest digest, `sha256:…`.
+    pub from_digest: String,
+    /// The target version (`latest` when the registry was checked).
+    pub to: String,
+    /// The target's manifest digest, `sha256:…`.
+    pub to_digest: String,
+    /// The patch artifact's tag in the channel's repository (`delta-<base>-<target>`).
+    pub tag: String,
+    /// The patch artifact's manifest digest, `sha256:…`; absent until it is built.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// SHA-256 (64 hex) of the base image, as devices running it report it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_sha256: Option<String>,
+    /// Size in bytes of the patch, as its manifest reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<i64>,
 }
 
 fn default_range() -> String {

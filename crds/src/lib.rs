@@ -14,8 +14,8 @@ pub mod mirror;
 pub mod stream;
 
 pub use channel::{
-    DeviceCensus, FirmwareChannel, FirmwareChannelSpec, FirmwareChannelStatus, ResolvedVersion, Rollout, RolloutStatus,
-    VersionDevices,
+    ChannelDelta, DeltaPolicy, DeviceCensus, FirmwareChannel, FirmwareChannelSpec, FirmwareChannelStatus,
+    ResolvedVersion, Rollout, RolloutStatus, VersionDevices,
 };
 pub use common::{HttpStore, OciSource, PublicKeySecret, SecretKeyRef, Verification, VerifyProvider};
 pub use gateway::{AttachedResource, OtaGateway, OtaGatewaySpec, OtaGatewayStatus};

@@ -1,6 +1,7 @@
 //! FirmwareChannel controller: read → validate → resolve (registry metadata, on the
 //! channel's schedule; under `spec.verify`, the release's signature) → rollout (the
-//! step `rollout::assess` decides from the gateway's device census) → status. The
+//! step `rollout::assess` decides from the gateway's device census) → deltas (with
+//! `spec.delta`, after a check: the patches to build and those built, see `delta`) → status. The
 //! OtaGateway controller renders the resolved digests, and the rollout's share, into
 //! gateway configuration. A release refused because its signature did not verify, and
 //! a rollout that paused, are announced to the gateway's webhooks (`notify`).
@@ -20,10 +21,11 @@ use updraft_crds::{FirmwareChannel, FirmwareChannelSpec, FirmwareChannelStatus, 
 use crate::attach::{self, gateway_of};
 use crate::checks;
 use crate::context::Context;
+use crate::delta;
 use crate::error::{Error, Result, SpecError};
 use crate::notify::{self, Paused, Refused};
 use crate::render;
-use crate::resolve::{Resolution, ResolveRequest};
+use crate::resolve::{DeltaRequest, Resolution, ResolveRequest};
 use crate::rollout::{self, Happened, Steps};
 use crate::schedule::Failure;
 use crate::secrets;
@@ -64,10 +66,8 @@ pub(crate) async fn reconcile(channel: Arc<FirmwareChannel>, ctx: Arc<Context>) 
     // Ask the registry when due; otherwise (a watch event, or the retry of a status write
     // that failed) report what the last check found, without asking again.
     let skipped_before = skipped(schedule.last_result(&channel).as_ref(), schedule.last_failure(&channel).as_ref());
-    let error = match schedule.due_in(&channel) {
-        None if !channel.spec.suspend => check_registry(&channel, &ctx, interval).await.err(),
-        _ => None,
-    };
+    let asked = schedule.due_in(&channel).is_none() && !channel.spec.suspend;
+    let error = if asked { check_registry(&channel, &ctx, interval).await.err() } else { None };
     let (result, failure) = (schedule.last_result(&channel), schedule.last_failure(&channel));
     announce_skipped(&channel, &ctx, &skipped_before, &skipped(result.as_ref(), failure.as_ref()));
     let new_version = result.clone().and_then(|r| record_resolution(&mut status, r));
@@ -77,6 +77,7 @@ pub(crate) async fn reconcile(channel: Arc<FirmwareChannel>, ctx: Arc<Context>) 
     set_ready(&channel, &ctx, &mut status, failure.as_ref());
     let now = conditions::now();
     let happened = set_rollout(&channel, &ctx, &mut status, steps.as_ref(), now.clone());
+    set_deltas(&channel, &ctx, &mut status, asked && error.is_none()).await;
 
     status::write(&ctx.client, channel.as_ref(), &status).await?;
     schedule.succeeded(&channel);
@@ -166,7 +167,48 @@ fn validate(spec: &FirmwareChannelSpec) -> Result<(Duration, Option<Steps>), Spe
         }
     }
     let steps = rollout::steps(&spec.rollout)?;
+    delta::policy(spec.delta.as_ref())?;
     Ok((interval, steps))
+}
+
+/// `status.deltas` with `spec.delta` (cleared without): after a registry check that
+/// succeeded, one entry per base chosen from the census ([`delta::choose_bases`]) with
+/// what the registry holds for it; between checks, what the last check found. A lookup
+/// that fails keeps what was found for the same target, and is tried at the next check.
+async fn set_deltas(channel: &FirmwareChannel, ctx: &Context, status: &mut FirmwareChannelStatus, checked: bool) {
+    let policy = delta::policy(channel.spec.delta.as_ref()).ok().flatten();
+    let (Some(policy), Some(latest)) = (policy, status.latest.clone()) else {
+        status.deltas.clear();
+        return;
+    };
+    if !checked {
+        return;
+    }
+    let previous = status.previous.as_ref().map(|p| p.version.as_str());
+    let chosen = delta::choose_bases(status.devices.as_ref(), &latest.version, previous, policy);
+    let bases = delta::known_bases(chosen, status);
+    let spec = &channel.spec;
+    let found = match secrets::registry_auth(ctx, &channel.namespace().unwrap_or_default(), &spec.source).await {
+        Ok(auth) => {
+            let request = DeltaRequest {
+                source: &spec.source,
+                auth,
+                allow_v_prefix: spec.version.allow_v_prefix,
+                bases,
+                target: &latest,
+                known: &status.deltas,
+            };
+            ctx.resolver.deltas(request).await
+        }
+        Err(e) => Err(e),
+    };
+    match found {
+        Ok(deltas) => status.deltas = deltas,
+        Err(e) => {
+            warn!(error = %e, "delta patches not looked up; trying again at the next check");
+            status.deltas.retain(|d| d.to_digest == latest.digest);
+        }
+    }
 }
 
 /// `status.devices` and `status.rollout` from the gateway's census, and the
@@ -512,6 +554,11 @@ mod tests {
         assert_eq!(field(serde_json::json!({"source": {"registry": "r", "repository": "UPPER"}})), "source.repository");
         assert_eq!(field(serde_json::json!({"artifact": {"platform": "linux"}})), "artifact.platform");
         assert_eq!(field(serde_json::json!({"rollout": {"steps": [5, 50]}})), "rollout.steps");
+        assert_eq!(field(serde_json::json!({"delta": {"minShare": 101}})), "delta.minShare");
+        assert_eq!(field(serde_json::json!({"delta": {"maxDeltas": 0}})), "delta.maxDeltas");
+        assert_eq!(field(serde_json::json!({"delta": {"maxDeltas": 17}})), "delta.maxDeltas");
+        validate(&spec(serde_json::json!({"delta": {}}))).unwrap();
+        validate(&spec(serde_json::json!({"delta": {"minShare": 0, "maxDeltas": 16}}))).unwrap();
         assert_eq!(field(serde_json::json!({"rollout": {"steps": [100], "percentage": 5}})), "rollout.steps");
         assert_eq!(
             field(serde_json::json!({"rollout": {"steps": [100], "dwell": "1h", "timeout": "5m"}})),

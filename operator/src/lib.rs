@@ -20,6 +20,7 @@ mod checks;
 mod clients;
 mod context;
 mod delivery;
+mod delta;
 mod error;
 #[cfg(test)]
 mod fixtures;

@@ -5,16 +5,19 @@
 //! ones that do not being skipped ([`resolve_verified`]). Payloads are never pulled.
 
 use futures::future::BoxFuture;
+use oci_client::manifest::OciManifest;
 use oci_client::secrets::RegistryAuth;
 use oci_client::Client;
+use tracing::{info, warn};
 use updraft_core::config::ArtifactConfig;
 use updraft_core::cosign::{Verified, Verifier};
 use updraft_core::oci::{self, pull_image_manifest, select_layer, OciError};
 use updraft_core::version::{resolve_latest, resolve_verified, Lookup, ResolveError, Rule, Skipped};
 use updraft_crds::channel::VersionPolicy;
-use updraft_crds::{OciSource, ResolvedVersion};
+use updraft_crds::{ChannelDelta, OciSource, ResolvedVersion};
 
 use crate::clients::Clients;
+use crate::delta::{self, Base};
 use crate::error::{Error, Result, SpecError};
 
 /// Everything needed to resolve one channel.
@@ -59,10 +62,32 @@ pub(crate) struct Resolution {
     pub skipped: Vec<Skipped>,
 }
 
-/// Resolves a channel's version. Behind a trait so a unit test can stand in for the
-/// registry; everything above unit tests uses [`OciResolver`] against a real one.
+/// What to look for of a channel's delta patches (`spec.delta`).
+pub(crate) struct DeltaRequest<'a> {
+    pub source: &'a OciSource,
+    pub auth: RegistryAuth,
+    pub allow_v_prefix: bool,
+    /// The bases chosen, the most run first.
+    pub bases: Vec<Base>,
+    /// The release the patches produce (`status.latest`).
+    pub target: &'a ResolvedVersion,
+    /// `status.deltas` now: a patch found before is not read again.
+    pub known: &'a [ChannelDelta],
+}
+
+/// Resolves a channel's version and finds its delta patches. Behind a trait so a unit
+/// test can stand in for the registry; everything above unit tests uses [`OciResolver`]
+/// against a real one.
 pub(crate) trait Resolver: Send + Sync {
     fn resolve<'a>(&'a self, request: ResolveRequest<'a>) -> BoxFuture<'a, Result<Resolution>>;
+
+    /// One `status.deltas` entry per base found in the registry (pending, or with the
+    /// patch's digest once built), in the request's order; bases the registry does not
+    /// hold are left out. A stand-in registry holds none.
+    fn deltas<'a>(&'a self, request: DeltaRequest<'a>) -> BoxFuture<'a, Result<Vec<ChannelDelta>>> {
+        let _ = request;
+        Box::pin(async { Ok(Vec::new()) })
+    }
 }
 
 /// The registry resolver, on the process's shared registry clients (they cache tokens).
@@ -73,6 +98,10 @@ pub(crate) struct OciResolver {
 impl Resolver for OciResolver {
     fn resolve<'a>(&'a self, request: ResolveRequest<'a>) -> BoxFuture<'a, Result<Resolution>> {
         Box::pin(self.resolve_now(request))
+    }
+
+    fn deltas<'a>(&'a self, request: DeltaRequest<'a>) -> BoxFuture<'a, Result<Vec<ChannelDelta>>> {
+        Box::pin(self.deltas_now(request))
     }
 }
 
@@ -125,6 +154,90 @@ impl OciResolver {
             (None, true) => annotated_version.unwrap_or_else(|| resolved.display_version()),
         };
         Ok(Resolution { version, tag, digest, size: Some(size), verified, skipped })
+    }
+
+    /// The tag list once; for each base not pinned yet its tag and a HEAD of its
+    /// manifest; for each patch tag listed and not known, its manifest (see [`delta`]).
+    async fn deltas_now(&self, request: DeltaRequest<'_>) -> Result<Vec<ChannelDelta>> {
+        let DeltaRequest { source, auth, allow_v_prefix, bases, target, known } = request;
+        let client = self.client(source);
+        let failed = |e: OciError| Error::registry(&source.reference(), &e);
+        let (registry, repository) = (&source.registry, &source.repository);
+        let image = oci::tag_reference(registry, repository, "latest");
+        let tags = oci::list_repository_tags(client, &image, source.insecure, &auth).await.map_err(failed)?;
+        let mut deltas = Vec::new();
+        for Base { version, pinned } in bases {
+            let listed = |tag: &str| tags.iter().any(|t| t == tag);
+            let (from_tag, from_digest) = match pinned {
+                Some(pinned) => pinned,
+                None => {
+                    let Some(tag) = delta::base_tag(&tags, &version, allow_v_prefix) else {
+                        info!(base = %version, "no tag of the registry is this version: no delta from it");
+                        continue;
+                    };
+                    let reference = oci::tag_reference(registry, repository, tag);
+                    let digest = match oci::probe().manifest_digest(client, &reference, source.insecure, &auth).await {
+                        Ok(Some(digest)) => digest,
+                        Ok(None) => client
+                            .fetch_manifest_digest(&reference, &auth)
+                            .await
+                            .map_err(|e| failed(OciError::Registry { registry: registry.clone(), source: e }))?,
+                        Err(e) if oci::is_unknown_repository(&e) => continue,
+                        Err(e) => return Err(failed(e)),
+                    };
+                    (tag.to_owned(), digest)
+                }
+            };
+            if from_digest == target.digest {
+                continue;
+            }
+            let entry = ChannelDelta {
+                tag: updraft_core::delta::tag(&from_digest, &target.digest),
+                from: version,
+                from_tag,
+                from_digest,
+                to: target.version.clone(),
+                to_digest: target.digest.clone(),
+                ..Default::default()
+            };
+            let before =
+                known.iter().find(|k| k.digest.is_some() && k.tag == entry.tag && k.to_digest == entry.to_digest);
+            let entry = match before {
+                Some(before) if listed(&entry.tag) => ChannelDelta { from: entry.from, ..before.clone() },
+                _ if listed(&entry.tag) => self.read_patch(client, source, &auth, entry).await?,
+                _ => entry,
+            };
+            deltas.push(entry);
+        }
+        Ok(deltas)
+    }
+
+    /// `entry` with its patch's digest, when the manifest tagged `entry.tag` is one;
+    /// unchanged (still to build) otherwise, with a warning.
+    async fn read_patch(
+        &self,
+        client: &Client,
+        source: &OciSource,
+        auth: &RegistryAuth,
+        entry: ChannelDelta,
+    ) -> Result<ChannelDelta> {
+        let reference = oci::tag_reference(&source.registry, &source.repository, &entry.tag);
+        let (manifest, digest) = match client.pull_manifest(&reference, auth).await {
+            Ok(pulled) => pulled,
+            Err(e) if updraft_core::oci::is_not_found(&e) => return Ok(entry),
+            Err(e) => {
+                let e = OciError::Registry { registry: source.registry.clone(), source: e };
+                return Err(Error::registry(&source.reference(), &e));
+            }
+        };
+        let checked = match &manifest {
+            OciManifest::Image(image) => delta::built(&entry, image, &digest),
+            OciManifest::ImageIndex(_) => Err("an image index, not a patch".to_owned()),
+        };
+        Ok(checked.unwrap_or_else(|why| {
+            warn!(tag = %entry.tag, %digest, "not taken for the delta from {} to {}: {why}", entry.from, entry.to);
+            entry
+        }))
     }
 
     /// Size of the selected layer of the manifest at `digest` (following an image index

@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 
 use kube::ResourceExt;
 use updraft_core::config::{
-    ArtifactConfig, CacheConfig, ChannelConfig, ClientAuth, Downgrade, GatewayConfig, MqttConfig, NotificationsConfig,
-    OciStreamSource, PinnedArtifact, SourceConfig, StoreConfig, StreamConfig, StreamSource, TlsConfig, Unpack,
-    UploadStreamSource, UpstreamStreamSource, WebhookConfig, CONFIG_VERSION,
+    ArtifactConfig, CacheConfig, ChannelConfig, ClientAuth, DeltaPatch, Deltas, Downgrade, GatewayConfig, MqttConfig,
+    NotificationsConfig, OciStreamSource, PinnedArtifact, SourceConfig, StoreConfig, StreamConfig, StreamSource,
+    TlsConfig, Unpack, UploadStreamSource, UpstreamStreamSource, WebhookConfig, CONFIG_VERSION,
 };
 use updraft_core::cosign::VerifyConfig;
 use updraft_crds::channel::{ArtifactSelector, Downgrade as SpecDowngrade, Unpack as SpecUnpack};
@@ -227,8 +227,36 @@ pub(super) fn channel_config(channel: &FirmwareChannel) -> Option<ChannelConfig>
             SpecDowngrade::PinnedBack => Downgrade::PinnedBack,
             SpecDowngrade::Always => Downgrade::Always,
         },
-        deltas: Default::default(),
+        deltas: deltas(channel),
     })
+}
+
+/// With `spec.delta`, `status.deltas` to `latest` (never an entry left from another
+/// target): built ones are served, the others built by the gateway's worker.
+fn deltas(channel: &FirmwareChannel) -> Deltas {
+    let status = channel.status.as_ref();
+    let Some(latest) = status.and_then(|s| s.latest.as_ref()).filter(|_| channel.spec.delta.is_some()) else {
+        return Deltas::default();
+    };
+    let mut deltas = Deltas::default();
+    for entry in status.map(|s| s.deltas.as_slice()).unwrap_or_default().iter().filter(|d| d.to_digest == latest.digest)
+    {
+        let base = PinnedArtifact {
+            version: entry.from.clone(),
+            tag: entry.from_tag.clone(),
+            digest: entry.from_digest.clone(),
+        };
+        match (&entry.digest, &entry.base_sha256) {
+            (Some(digest), Some(base_sha256)) => deltas.patches.push(DeltaPatch {
+                base,
+                base_sha256: base_sha256.clone(),
+                target: pinned(latest),
+                digest: digest.clone(),
+            }),
+            _ => deltas.build.push(base),
+        }
+    }
+    deltas
 }
 
 /// The gateway's view of a channel's artifact selector (the resolver uses it too, so
@@ -258,7 +286,7 @@ mod tests {
 
     use super::*;
     use crate::attach;
-    use crate::fixtures::{channel, gateway, resolved, DIGEST_A};
+    use crate::fixtures::{channel, gateway, resolved, DIGEST_A, DIGEST_B};
 
     /// Where the ConfigMap limit bites: channels named and pinned as a real fleet's are
     /// (model, region and stage in the name, a registry host with a port, distinct
@@ -562,6 +590,55 @@ mod tests {
         assert_eq!((c.highest_served.as_deref(), c.downgrade), (Some("1.1.0"), Downgrade::Always));
         ch.spec.downgrade = Some(SpecDowngrade::Never);
         assert_eq!(channel_config(&ch).unwrap().downgrade, Downgrade::Never);
+    }
+
+    #[test]
+    fn delta_patches_are_rendered_built_or_to_build_for_latest_only() {
+        use updraft_crds::{ChannelDelta, DeltaPolicy};
+        let (base_a, base_b, patch) = (
+            format!("sha256:{}", "0a".repeat(32)),
+            format!("sha256:{}", "0b".repeat(32)),
+            format!("sha256:{}", "0c".repeat(32)),
+        );
+        let mut ch = channel("esp32", None, Some(resolved("1.2.0", DIGEST_A)));
+        let entry = |from: &str, digest: &str| ChannelDelta {
+            from: from.into(),
+            from_tag: format!("v{from}"),
+            from_digest: digest.into(),
+            to: "1.2.0".into(),
+            to_digest: DIGEST_A.into(),
+            tag: updraft_core::delta::tag(digest, DIGEST_A),
+            ..Default::default()
+        };
+        let built = ChannelDelta {
+            digest: Some(patch.clone()),
+            base_sha256: Some("ee".repeat(32)),
+            size: Some(4096),
+            ..entry("1.1.0", &base_a)
+        };
+        let stale = ChannelDelta { to_digest: DIGEST_B.into(), ..entry("1.0.0", &base_a) };
+        ch.status.as_mut().unwrap().deltas = vec![built, entry("1.0.0", &base_b), stale];
+
+        // Without spec.delta nothing is rendered, whatever status holds.
+        assert_eq!(channel_config(&ch).unwrap().deltas, Deltas::default());
+
+        ch.spec.delta = Some(DeltaPolicy::default());
+        let c = channel_config(&ch).unwrap();
+        let pin = |version: &str, digest: &str| PinnedArtifact {
+            version: version.into(),
+            tag: format!("v{version}"),
+            digest: digest.into(),
+        };
+        assert_eq!(c.deltas.build, [pin("1.0.0", &base_b)], "the entry to another target is left out");
+        let target = pin("1.2.0", DIGEST_A);
+        assert_eq!(
+            c.deltas.patches,
+            [DeltaPatch { base: pin("1.1.0", &base_a), base_sha256: "ee".repeat(32), target, digest: patch }]
+        );
+        // What the operator renders, the gateway accepts.
+        let gw = gateway();
+        let config = gateway_config(&gw, &[&ch], &[]);
+        updraft_core::config::GatewayConfig::parse(config.to_yaml().as_bytes()).unwrap();
     }
 
     #[test]
