@@ -1,6 +1,7 @@
 //! Named channels with JSON answers: the list, a channel's release for a device, its
 //! download by version, the upgrade check (200 with the update, 204 up to date, 202
-//! while fetching), and the public key that verifies the manifests' signatures.
+//! while fetching) with a delta patch when one matches what the device runs, the patch's
+//! download, and the public key that verifies the manifests' signatures.
 
 use std::sync::Arc;
 
@@ -12,6 +13,7 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use tracing::instrument;
 
+use super::deltas::{self, DeltaInfo, Running};
 use super::{Channel, Error, Firmware, Release, Seen, RETRY_AFTER};
 use crate::http::{self, query};
 use crate::server::ClientSubject;
@@ -128,6 +130,10 @@ struct CheckRequest {
     version: String,
     #[serde(default)]
     id: Option<String>,
+    /// SHA-256 (hex) of the running image, as `esp_partition_get_sha256` gives it: asks
+    /// for a delta patch beside the full image.
+    #[serde(default)]
+    sha256: Option<String>,
 }
 
 /// What the check answers a device running `running` when it should run `offered`.
@@ -171,8 +177,10 @@ fn offer(running: &str, offered: &str, policy: Downgrade, highest: Option<&semve
     }
 }
 
-/// `POST /api/v1/channels/{name}/check` with `{"version": "...", "id": "..."}`: 200
-/// with the update, 204 when up to date, 202 while the update is being fetched. A
+/// `POST /api/v1/channels/{name}/check` with `{"version": "...", "id": "...", "sha256":
+/// "..."}`: 200 with the update, 204 when up to date, 202 while the update is being
+/// fetched. With `sha256`, the 200 carries `"delta"` when a cached patch turns what the
+/// device runs into the update (see [`deltas`]); the full image fields stay. A
 /// device running a newer version than it should (the channel was pinned back, or its
 /// rollout lowered) gets the older release with `"downgrade": true`, as the channel's
 /// `downgrade` policy allows (see [`offer`]).
@@ -204,11 +212,81 @@ pub(super) async fn check(
     let seen = [(Seen::Running, request.version.as_str()), (Seen::Offered, ready.version.as_str())];
     firmware.census(channel.name(), device, &seen);
     let highest = channel.highest_served();
-    Ok(match offer(&request.version, &ready.version, channel.config.downgrade, highest.as_ref()) {
-        Offer::UpToDate => StatusCode::NO_CONTENT.into_response(),
-        Offer::Update => json_bytes(ready.info_json.clone()),
-        Offer::Downgrade => json_bytes(ready.downgrade_json.clone()),
-    })
+    let info = match offer(&request.version, &ready.version, channel.config.downgrade, highest.as_ref()) {
+        Offer::UpToDate => return Ok(StatusCode::NO_CONTENT.into_response()),
+        Offer::Update => ready.info_json.clone(),
+        Offer::Downgrade => ready.downgrade_json.clone(),
+    };
+    let Some(sha256) = request.sha256.as_deref() else { return Ok(json_bytes(info)) };
+    let running = Running { version: &request.version, sha256 };
+    let Some(patch) = deltas::matching(&channel.patches, &ready.digest, running) else { return Ok(json_bytes(info)) };
+    let Some(cached) = firmware.delta(&channel, &ready, running) else { return Ok(json_bytes(info)) };
+    let delta = DeltaInfo {
+        url: firmware.delta_url(&channel, patch),
+        size: cached.size,
+        sha256: &cached.sha256,
+        base_sha256: patch.config.base_sha256.to_ascii_lowercase(),
+    };
+    Ok(json_bytes(with_delta(&info, &delta)))
+}
+
+/// The precomputed answer `info` (a JSON object) with `"delta"` added last, the bytes
+/// before it unchanged (its signature covers the full image's fields only).
+fn with_delta(info: &[u8], delta: &DeltaInfo<'_>) -> Bytes {
+    let end = info.iter().rposition(|b| *b == b'}').expect("an answer is a JSON object");
+    let mut out = Vec::with_capacity(info.len() + 256);
+    out.extend_from_slice(&info[..end]);
+    out.extend_from_slice(b",\"delta\":");
+    serde_json::to_writer(&mut out, delta).expect("delta serializes");
+    out.push(b'}');
+    Bytes::from(out)
+}
+
+/// `GET /api/v1/channels/{name}/delta?from=BASE&sha256=HEX[&to=TARGET][&id=UNIQUE]`: the
+/// patch file from the base version `from` whose image digest is `sha256` to `to` (by
+/// default the release this device is offered), with Range and ETag as firmware
+/// downloads. 404 when no patch matches, 503 while it is fetched.
+#[instrument(level = "debug", skip(firmware, client, method, uri, headers))]
+pub(super) async fn delta(
+    State(firmware): State<Firmware>,
+    Path(name): Path<String>,
+    client: ClientSubject,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, Error> {
+    let channel = named(&firmware, &name)?;
+    let query = uri.query().unwrap_or("");
+    let required = |key: &str| {
+        query::param(query, key).ok_or_else(|| http::Error::BadRequest(format!("query parameter {key:?} is required")))
+    };
+    let (from, sha256) = (required("from")?, required("sha256")?);
+    let running = Running { version: &from, sha256: &sha256 };
+    let id = query::param(query, "id");
+    let patch = match query::param(query, "to") {
+        Some(to) => {
+            let to = to.trim_start_matches('v');
+            channel
+                .patches
+                .iter()
+                .find(|p| p.target_version() == to && deltas::applies(&p.config, &p.config.target.digest, running))
+        }
+        None => {
+            let offered = channel.pick(id.as_deref())?;
+            deltas::matching(&channel.patches, &offered.pinned.digest, running)
+        }
+    };
+    let patch = patch.ok_or_else(|| {
+        http::Error::NotFound(format!("channel {name:?} has no delta patch from {from:?} with that image digest"))
+    })?;
+    let ready = firmware.patch_ready(&channel, patch)?;
+    firmware.inner.fetcher.cache().touch(&ready.sha256);
+    let response = ready.download.respond(&headers)?;
+    if super::otaflux::served_a_body(&method, response.status()) {
+        let device = id.as_deref().or(client.get());
+        firmware.census(channel.name(), device, &[(Seen::Downloaded, patch.target_version())]);
+    }
+    Ok(response)
 }
 
 /// 202: the update exists but is still being fetched.
@@ -260,6 +338,17 @@ mod tests {
         assert_eq!(pinned_back("1.2.0"), Offer::UpToDate, "a development build newer than anything served");
         assert_eq!(pinned_back("1.1.1-dev"), Offer::UpToDate);
         assert_eq!(pinned_back("0.9.0"), Offer::Update);
+    }
+
+    #[test]
+    fn a_delta_is_added_last_and_the_answer_before_it_is_unchanged() {
+        let info = br#"{"channel":"esp32","version":"1.1.0"}"#;
+        let delta = DeltaInfo { url: "/d".into(), size: 7, sha256: "ab", base_sha256: "cd".into() };
+        let out = with_delta(info, &delta);
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            r#"{"channel":"esp32","version":"1.1.0","delta":{"url":"/d","size":7,"sha256":"ab","baseSha256":"cd"}}"#
+        );
     }
 
     #[test]

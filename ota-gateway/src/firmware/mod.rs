@@ -12,6 +12,7 @@
 //! of the state hands it, and knows nothing of who listens.
 
 mod channels;
+mod deltas;
 mod error;
 mod model;
 mod otaflux;
@@ -53,6 +54,7 @@ pub(crate) fn router() -> Router<Firmware> {
         .route("/api/v1/channels/{name}", get(channels::info))
         .route("/api/v1/channels/{name}/firmware", get(channels::firmware))
         .route("/api/v1/channels/{name}/check", post(channels::check))
+        .route("/api/v1/channels/{name}/delta", get(channels::delta))
         .route("/.well-known/updraft/signing-key.pub", get(channels::public_key))
 }
 
@@ -225,12 +227,16 @@ impl Firmware {
     }
 
     /// The cache keys of every release the live channels hand out (and of those they
-    /// still serve until their new releases are ready).
+    /// still serve until their new releases are ready), and of their delta patches.
     pub(crate) fn pinned(&self) -> HashSet<String> {
         self.snapshot()
             .channels
             .iter()
-            .flat_map(|c| c.releases().iter().chain(&c.fallback_releases()).map(|r| r.job.key()).collect::<Vec<_>>())
+            .flat_map(|c| {
+                let releases =
+                    c.releases().iter().chain(&c.fallback_releases()).map(|r| r.job.key()).collect::<Vec<_>>();
+                releases.into_iter().chain(c.patches.iter().map(|p| p.job.key()))
+            })
             .collect()
     }
 
@@ -243,6 +249,11 @@ impl Firmware {
     /// answers as soon as it is, so steady state never waits for a registry.
     fn prefetch(&self) {
         for channel in self.snapshot().channels.iter() {
+            for patch in channel.patches.iter().filter(|p| p.ready.get().is_none()).cloned() {
+                let fetcher = self.inner.fetcher.clone();
+                // A failure is logged and held by the fetcher; devices get full images meanwhile.
+                tokio::spawn(async move { fetcher.fetch(patch.job.clone()).await });
+            }
             for release in channel.releases().iter().filter(|r| !r.is_ready()).cloned() {
                 let (firmware, channel) = (self.clone(), channel.clone());
                 tokio::spawn(async move {
@@ -356,6 +367,40 @@ impl Firmware {
             digest: release.pinned.digest.clone(),
             payload,
         }
+    }
+
+    /// The patch of `channel` that turns what the device runs into the release `ready`,
+    /// when one matches and is cached; never waits (a patch being fetched is no patch).
+    fn delta(&self, channel: &Channel, ready: &Ready, running: deltas::Running<'_>) -> Option<Arc<deltas::PatchReady>> {
+        let patch = deltas::matching(&channel.patches, &ready.digest, running)?;
+        self.patch_ready(channel, patch).ok()
+    }
+
+    /// A patch's answers, or why there are none yet (as [`Self::ready`] says it).
+    fn patch_ready(&self, channel: &Channel, patch: &deltas::Patch) -> Result<Arc<deltas::PatchReady>, Error> {
+        if let Some(ready) = patch.ready.get() {
+            return Ok(ready.clone());
+        }
+        match self.inner.fetcher.status(&patch.job) {
+            Status::Ready(payload) => Ok(patch.answers(channel.name(), payload)),
+            Status::Fetching => Err(Error::Fetching),
+            Status::Failed(reason, left) if reason.retry_after().is_some() => {
+                Err(crate::http::Error::Unavailable { message: reason.to_string(), retry_after: left }.into())
+            }
+            Status::Failed(reason, _) => Err(crate::http::Error::Upstream(reason.to_string()).into()),
+        }
+    }
+
+    /// Where a device downloads `patch` (named by both versions and the base's digest,
+    /// so the URL keeps meaning the same file when the channel moves on).
+    fn delta_url(&self, channel: &Channel, patch: &deltas::Patch) -> String {
+        let base = self.snapshot().public_url.clone().unwrap_or_default();
+        let query: String = form_urlencoded::Serializer::new(String::new())
+            .append_pair("from", patch.base_version())
+            .append_pair("sha256", &patch.config.base_sha256.to_ascii_lowercase())
+            .append_pair("to", patch.target_version())
+            .finish();
+        format!("{}/api/v1/channels/{}/delta?{query}", base.trim_end_matches('/'), channel.name())
     }
 
     /// Marks a download's payload as just used, for the cache's LRU order.

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use prometheus::IntCounter;
 use serde::Serialize;
 
+use super::deltas::Patch;
 use super::error::Error;
 use super::rollout::{self, Side};
 use super::signing::{SignedFields, Signer25519};
@@ -68,6 +69,8 @@ pub struct Channel {
     public_url: Option<String>,
     /// Check-ins through the OtaFlux API, which carry no device version.
     pub(super) otaflux_checkins: IntCounter,
+    /// The delta patches this channel serves (`deltas.patches`).
+    pub(super) patches: Vec<Arc<Patch>>,
     /// Standalone mode: when the policy is due to be resolved again (`None`: now).
     /// Kept with the channel, so a reload that keeps it keeps its schedule.
     pub(super) next_resolve: Mutex<Option<Instant>>,
@@ -132,6 +135,8 @@ pub(super) struct Ready {
     /// runs a newer version than this one (a channel pinned back).
     pub(super) downgrade_json: Bytes,
     pub(super) version: String,
+    /// The release's manifest digest: what a delta patch must produce to be offered.
+    pub(super) digest: String,
     /// The binary, as `<channel>-<version>.bin`, ETag the payload's SHA-256.
     pub(super) download: Download,
 }
@@ -166,7 +171,9 @@ impl Channel {
         let release = |p: &Option<PinnedArtifact>| p.as_ref().map(|p| Arc::new(Release::new(&config, p)));
         let releases = Releases { current: release(&config.current), previous: release(&config.previous) };
         let otaflux_checkins = metrics.checkins.with_label_values(&[config.name.as_str(), "unknown"]);
+        let patches = config.deltas.patches.iter().map(|p| Arc::new(Patch::new(&config, p))).collect();
         Self {
+            patches,
             releases: RwLock::new(releases),
             fallback: RwLock::new(replaces.and_then(Channel::served)),
             signer,
@@ -331,6 +338,7 @@ impl Channel {
             info_json,
             downgrade_json,
             version,
+            digest: release.pinned.digest.clone(),
             download,
             payload,
         }

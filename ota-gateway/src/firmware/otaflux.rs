@@ -7,6 +7,13 @@
 //! client certificate (mutual TLS) is counted by its certificate's subject (the rollout
 //! does not use it). The answers do not depend on `current`, and a device sending
 //! neither is served as before, counted only as an anonymous poll.
+//!
+//! Delta patches are an opt-in of `/firmware` alone: a device that sends both
+//! `current=VERSION` and `sha256=HEX` (its running image's `esp_partition_get_sha256`)
+//! gets the `esp_delta_ota` patch from that image to the release `/version` names, with
+//! the header `X-Updraft-Delta: <base version>`, when a cached patch matches exactly
+//! (see [`super::deltas`]); otherwise the full image, as without them. `current=` alone
+//! changes nothing (OtaFlux devices send it for the census), nor does `/version`.
 
 use std::sync::Arc;
 
@@ -15,6 +22,7 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use tracing::instrument;
 
+use super::deltas::Running;
 use super::model::Ready;
 use super::{Channel, Error, Firmware, Seen};
 use crate::http::query;
@@ -55,9 +63,11 @@ pub(super) async fn version(State(firmware): State<Firmware>, client: ClientSubj
     answer.unwrap_or_else(plain_text)
 }
 
-/// `GET /firmware?device=ID[&id=UNIQUE]`: the binary. A GET answered with the body
-/// (200, or 206 for a range) counts the device as having downloaded the version; HEAD
-/// and 304 do not (no binary was served).
+/// `GET /firmware?device=ID[&id=UNIQUE][&current=VERSION&sha256=HEX]`: the binary, or
+/// the delta patch from what the device runs when it asks for one with both `current`
+/// and `sha256` and one matches (marked `X-Updraft-Delta`). A GET answered with the
+/// body (200, or 206 for a range) counts the device as having downloaded the version;
+/// HEAD and 304 do not (no binary was served).
 #[instrument(level = "debug", skip_all, fields(query = %query::redacted(uri.query().unwrap_or(""))))]
 pub(super) async fn firmware(
     State(firmware): State<Firmware>,
@@ -67,8 +77,28 @@ pub(super) async fn firmware(
     headers: HeaderMap,
 ) -> Response {
     let answer = target(&firmware, &uri).and_then(|(channel, ready)| {
-        firmware.touch(&ready);
-        let response = ready.download.respond(&headers)?;
+        let query = uri.query().unwrap_or("");
+        let (current, sha256) = (query::param(query, "current"), query::param(query, "sha256"));
+        let delta = match (current.as_deref(), sha256.as_deref()) {
+            (Some(version), Some(sha256)) => firmware
+                .delta(&channel, &ready, Running { version, sha256 })
+                .map(|patch| (patch, version.trim().trim_start_matches('v').to_owned())),
+            _ => None,
+        };
+        let response = match delta {
+            Some((patch, base)) => {
+                firmware.inner.fetcher.cache().touch(&patch.sha256);
+                let mut response = patch.download.respond(&headers)?;
+                let base =
+                    HeaderValue::from_str(&base).map_err(|_| crate::http::Error::BadRequest("bad current".into()))?;
+                response.headers_mut().insert(DELTA_HEADER, base);
+                response
+            }
+            None => {
+                firmware.touch(&ready);
+                ready.download.respond(&headers)?
+            }
+        };
         if served_a_body(&method, response.status()) {
             let id = query::param(uri.query().unwrap_or(""), "id");
             let id = id.as_deref().or(client.get());
@@ -78,6 +108,9 @@ pub(super) async fn firmware(
     });
     answer.unwrap_or_else(plain_text)
 }
+
+/// Marks a `/firmware` answer that is a delta patch; its value is the base version.
+pub(super) const DELTA_HEADER: &str = "x-updraft-delta";
 
 /// Whether a download answer carried (part of) the binary: what counts as downloaded.
 pub(super) fn served_a_body(method: &Method, status: StatusCode) -> bool {
