@@ -59,7 +59,50 @@ pub(crate) fn combined_sha256(metadata: impl Read, rootfs: impl Read) -> io::Res
 #[derive(Debug, Clone)]
 struct Product {
     versions: BTreeMap<Serial, (ProductProps, ImageVersion)>,
+    /// The delta items listed with a version ([`Index::set_deltas`]).
+    deltas: BTreeMap<Serial, Vec<Delta>>,
     json: String,
+}
+
+/// A `.vcdiff` item: the VCDIFF (RFC 3284) that turns the `base` version's root file
+/// system of `kind` into this version's, as lxd-imagebuilder's `--diff-products` lists
+/// them (`ftype` `squashfs.vcdiff` or `disk-kvm.img.vcdiff`, `delta_base` the base's
+/// version name). Incus and LXD download it instead of the full file when they hold the
+/// base image, apply it with `xdelta3`, and check the result's hash against the full
+/// item's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Delta {
+    pub(crate) kind: RootKind,
+    pub(crate) base: Serial,
+    pub(crate) file: FileRef,
+}
+
+impl Delta {
+    /// The kinds of root file system deltas are made for (the ones lxd-imagebuilder
+    /// diffs; a root.tar.xz is recompressed whole by any change).
+    pub(crate) const KINDS: [RootKind; 2] = [RootKind::Squashfs, RootKind::DiskKvmImg];
+
+    pub(crate) fn ftype(&self) -> &'static str {
+        match self.kind {
+            RootKind::Squashfs => "squashfs.vcdiff",
+            RootKind::DiskKvmImg => "disk-kvm.img.vcdiff",
+            RootKind::RootTarXz => "root.tar.xz.vcdiff",
+        }
+    }
+
+    /// The item's key: `delta-<base>` for a squashfs (as images.linuxcontainers.org
+    /// names them), `disk-kvm-delta-<base>` for a VM disk; the clients go by `ftype`.
+    fn item_name(&self) -> String {
+        match self.kind {
+            RootKind::Squashfs => format!("delta-{}", self.base.as_str()),
+            _ => format!("{}-delta-{}", self.kind.item_name().trim_end_matches(".img"), self.base.as_str()),
+        }
+    }
+
+    /// Where the delta is served: beside the target file, named after the base.
+    pub(crate) fn path(target: &FileRef, base: &Serial) -> String {
+        format!("{}.{}.vcdiff", target.path, base.as_str().replace(':', ""))
+    }
 }
 
 impl Product {
@@ -114,10 +157,11 @@ impl Index {
         }
         let mut touched = std::collections::BTreeSet::new();
         for (key, props, version) in entries {
-            let product = self
-                .products
-                .entry(key.clone())
-                .or_insert_with(|| Product { versions: BTreeMap::new(), json: String::new() });
+            let product = self.products.entry(key.clone()).or_insert_with(|| Product {
+                versions: BTreeMap::new(),
+                deltas: BTreeMap::new(),
+                json: String::new(),
+            });
             product.versions.insert(version.serial.clone(), (props, version));
             touched.insert(key);
         }
@@ -132,6 +176,7 @@ impl Index {
     pub(crate) fn remove(&mut self, key: &ProductKey, serial: &Serial) -> bool {
         let Some(product) = self.products.get_mut(key) else { return false };
         let removed = product.versions.remove(serial).is_some();
+        product.deltas.remove(serial);
         if product.versions.is_empty() {
             self.products.remove(key);
         } else if removed {
@@ -147,11 +192,40 @@ impl Index {
                 let drop: Vec<Serial> = product.versions.keys().rev().skip(keep).cloned().collect();
                 for serial in drop {
                     product.versions.remove(&serial);
+                    product.deltas.remove(&serial);
                 }
                 product.json = render_product(key, product);
             }
         }
         self.products.retain(|_, p| !p.versions.is_empty());
+    }
+
+    /// Lists `deltas` (by version) with `key`'s versions instead of what it listed;
+    /// deltas of versions it does not hold are dropped. Re-renders the product only
+    /// when something changed, and says whether it did.
+    pub(crate) fn set_deltas(&mut self, key: &ProductKey, mut deltas: BTreeMap<Serial, Vec<Delta>>) -> bool {
+        let Some(product) = self.products.get_mut(key) else { return false };
+        deltas.retain(|serial, d| !d.is_empty() && product.versions.contains_key(serial));
+        if product.deltas == deltas {
+            return false;
+        }
+        product.deltas = deltas;
+        product.json = render_product(key, product);
+        true
+    }
+
+    /// Each product's two newest versions, older first: the pairs deltas are made for.
+    pub(crate) fn newest_pairs(&self) -> impl Iterator<Item = (&ProductKey, &ImageVersion, &ImageVersion)> {
+        self.products.iter().filter_map(|(k, p)| {
+            let mut newest = p.versions.values().rev().map(|(_, v)| v);
+            let target = newest.next()?;
+            Some((k, newest.next()?, target))
+        })
+    }
+
+    /// Every delta listed.
+    pub(crate) fn deltas(&self) -> impl Iterator<Item = &Delta> {
+        self.products.values().flat_map(|p| p.deltas.values().flatten())
     }
 
     pub(crate) fn version(&self, key: &ProductKey, serial: &Serial) -> Option<&ImageVersion> {
@@ -255,7 +329,7 @@ struct ProductDoc<'a> {
 
 #[derive(Serialize)]
 struct VersionDoc<'a> {
-    items: BTreeMap<&'static str, ItemDoc<'a>>,
+    items: BTreeMap<String, ItemDoc<'a>>,
 }
 
 /// An item; fields in key order.
@@ -269,6 +343,8 @@ struct ItemDoc<'a> {
     combined_sha256: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     combined_squashfs_sha256: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    delta_base: Option<&'a str>,
     ftype: &'static str,
     path: &'a str,
     sha256: &'a str,
@@ -289,16 +365,30 @@ fn render_product(key: &ProductKey, product: &Product) -> String {
                 // LXD's older field for the root.tar.xz image.
                 combined_sha256: combined(RootKind::RootTarXz),
                 combined_squashfs_sha256: combined(RootKind::Squashfs),
+                delta_base: None,
                 ftype,
                 path: &v.metadata.path,
                 sha256: &v.metadata.sha256,
                 size: v.metadata.size,
             };
-            items.insert("incus.tar.xz", meta("incus.tar.xz"));
-            items.insert("lxd.tar.xz", meta("lxd.tar.xz"));
+            items.insert("incus.tar.xz".to_owned(), meta("incus.tar.xz"));
+            items.insert("lxd.tar.xz".to_owned(), meta("lxd.tar.xz"));
+            for delta in product.deltas.get(&v.serial).into_iter().flatten() {
+                items.insert(
+                    delta.item_name(),
+                    ItemDoc {
+                        delta_base: Some(delta.base.as_str()),
+                        ftype: delta.ftype(),
+                        path: &delta.file.path,
+                        sha256: &delta.file.sha256,
+                        size: delta.file.size,
+                        ..ItemDoc::default()
+                    },
+                );
+            }
             for (kind, root) in &v.rootfs {
                 items.insert(
-                    kind.item_name(),
+                    kind.item_name().to_owned(),
                     ItemDoc {
                         ftype: kind.ftype(),
                         path: &root.file.path,
@@ -558,6 +648,45 @@ mod tests {
         assert_eq!(index.product_count(), 0);
         let empty = index.render().unwrap();
         assert!(empty.images_json.contains(r#""products":{}"#));
+    }
+
+    #[test]
+    fn a_delta_is_listed_with_its_base_and_leaves_with_its_version() {
+        let k = key("debian", "bookworm");
+        let (old, new) = ("20260101_00:00", "20260102_00:00");
+        let mut index = Index::new();
+        for s in [old, new] {
+            index.upsert(&k, props(&[]), version(s, &[RootKind::Squashfs])).unwrap();
+        }
+        let (base, target) = index.newest_pairs().map(|(_, b, t)| (b.clone(), t.clone())).next().unwrap();
+        assert_eq!((base.serial.as_str(), target.serial.as_str()), (old, new));
+        let root = &target.rootfs[&RootKind::Squashfs].file;
+        let path = Delta::path(root, &base.serial);
+        assert_eq!(path, format!("{}.20260101_0000.vcdiff", root.path));
+        let delta = Delta {
+            kind: RootKind::Squashfs,
+            base: base.serial.clone(),
+            file: FileRef { path, sha256: sha("d"), size: 3 },
+        };
+        let before = index.render().unwrap();
+        assert!(index.set_deltas(&k, BTreeMap::from([(target.serial.clone(), vec![delta.clone()])])));
+        assert!(!index.set_deltas(&k, BTreeMap::from([(target.serial.clone(), vec![delta.clone()])])), "no change");
+        let images: serde_json::Value = serde_json::from_str(&index.render().unwrap().images_json).unwrap();
+        let items = &images["products"][k.to_string()]["versions"][new]["items"];
+        assert_eq!(
+            items["delta-20260101_00:00"],
+            serde_json::json!({"delta_base": old, "ftype": "squashfs.vcdiff", "path": delta.file.path, "sha256": sha("d"), "size": 3})
+        );
+        assert_eq!(index.deltas().count(), 1);
+        // Everything else is as it was without the delta.
+        let mut without = images.clone();
+        without["products"][k.to_string()]["versions"][new]["items"]
+            .as_object_mut()
+            .unwrap()
+            .remove("delta-20260101_00:00");
+        assert_eq!(without, serde_json::from_str::<serde_json::Value>(&before.images_json).unwrap());
+        assert!(index.remove(&k, &Serial::parse(new).unwrap()));
+        assert_eq!(index.deltas().count(), 0);
     }
 
     #[test]

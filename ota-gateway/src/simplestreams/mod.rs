@@ -22,11 +22,14 @@
 //! - [`upstream`]: a mirror of another simplestreams server;
 //! - [`stream`]: one stream's live state and its sync loop;
 //! - [`published`]: what a stream serves and reports (documents, file table, status, metrics);
+//! - [`deltas`]: `.vcdiff` items from each product's previous version to its newest,
+//!   built in the background and kept in the cache;
 //! - `blobs`: the verified, cached files behind the index, fetched by digest through
 //!   the gateway's one [`Fetcher`] (single flight, permits, failure hold);
 //! - [`upload`]: the upload and delete handlers.
 
 mod blobs;
+pub(crate) mod deltas;
 pub(crate) mod index;
 pub(crate) mod metadata;
 pub(crate) mod oci_source;

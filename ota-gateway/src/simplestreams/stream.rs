@@ -146,7 +146,10 @@ pub(crate) struct Stream {
     sync: tokio::sync::Mutex<SyncState>,
     /// Serialises this replica's writes to the repository.
     pub(super) writes: tokio::sync::Mutex<()>,
-    wake: Notify,
+    /// Wakes the sync loop for a round now (a delta was built, …).
+    pub(super) wake: Notify,
+    /// The `.vcdiff` items of the newest versions ([`super::deltas`]).
+    pub(super) deltas: super::deltas::Deltas,
     rounds: watch::Sender<u64>,
     /// Tags this replica wrote since the last round: read again whatever they held.
     dirty: Mutex<std::collections::HashSet<String>>,
@@ -220,6 +223,7 @@ impl Stream {
             sync: tokio::sync::Mutex::new(SyncState::default()),
             writes: tokio::sync::Mutex::new(()),
             wake: Notify::new(),
+            deltas: super::deltas::Deltas::new(),
             rounds: watch::channel(0).0,
             dirty: Mutex::new(std::collections::HashSet::new()),
             metrics,
@@ -430,11 +434,19 @@ impl Stream {
         // Each touched product is rendered once, however many of its versions are new.
         st.index.extend(batch).map_err(SyncError::Versions)?;
         self.status.write().unwrap_or_else(|e| e.into_inner()).rejected = rejected;
-        if !changed && st.round > 1 && !st.refused {
-            return Ok(None);
-        }
         if self.keep_versions > 0 {
             st.index.retain_newest(self.keep_versions as usize);
+        }
+        // The deltas built so far are listed; the missing ones start building and are
+        // listed by the round their build wakes (`super::deltas`).
+        let mut deltas: HashMap<ProductKey, _> = self.deltas_ready(&st.index).into_iter().collect();
+        let keys: Vec<ProductKey> = st.index.products_newest().map(|(k, _)| k.clone()).collect();
+        for key in keys {
+            let listed = deltas.remove(&key).unwrap_or_default();
+            changed |= st.index.set_deltas(&key, listed);
+        }
+        if !changed && st.round > 1 && !st.refused {
+            return Ok(None);
         }
         let docs = st.index.render().map_err(SyncError::Index);
         st.refused = docs.is_err();
@@ -456,6 +468,10 @@ impl Stream {
                 *slot = (&v.serial, entries.iter().map(|(_, e)| e.clone()).collect());
             }
             files.extend(entries);
+        }
+        for delta in st.index.deltas() {
+            let entry = FileEntry { digest: format!("sha256:{}", delta.file.sha256), size: delta.file.size, url: None };
+            files.insert(delta.file.path.clone(), entry);
         }
         let newest = newest.into_values().flat_map(|(_, files)| files).collect();
         Ok(Some(Arc::new(Published::new(docs.index_json, docs.images_json, files, newest, &st.index))))
