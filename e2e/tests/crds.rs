@@ -81,6 +81,9 @@ fn explain_reads_like_documentation() {
     assert!(text.contains("The OCI repository whose tags are the firmware versions"), "{text}");
     assert!(text.contains("credentialsSecret\t<string>"), "{text}");
     assert!(text.contains("registry\t<string> -required-"), "{text}");
+    let delta = kubectl(&["explain", "firmwarechannel.spec.delta"], None).ok();
+    assert!(delta.contains("Absent: no deltas") && delta.contains("maxDeltas\t<integer>"), "{delta}");
+    assert!(delta.contains("Default 5.") && delta.contains("Default 3."), "{delta}");
 }
 
 fn rejected(ns: &str, yaml: &str) -> String {
@@ -101,6 +104,13 @@ fn schema_rejects_malformed_resources() {
     let out_of_range = MINIMAL_CHANNEL.replace("  source:", "  rollout: {percentage: 150}\n  source:");
     let err = rejected(&ns, &out_of_range);
     assert!(err.contains("spec.rollout.percentage") && err.contains("less than or equal to 100"), "{err}");
+
+    let too_many_deltas = MINIMAL_CHANNEL.replace("  source:", "  delta: {maxDeltas: 17}\n  source:");
+    let err = rejected(&ns, &too_many_deltas);
+    assert!(err.contains("spec.delta.maxDeltas") && err.contains("less than or equal to 16"), "{err}");
+    let negative_share = MINIMAL_CHANNEL.replace("  source:", "  delta: {minShare: -1}\n  source:");
+    let err = rejected(&ns, &negative_share);
+    assert!(err.contains("spec.delta.minShare") && err.contains("greater than or equal to 0"), "{err}");
 
     let missing_source =
         "apiVersion: updraft.dev/v1alpha1\nkind: FirmwareChannel\nmetadata: {name: nosource}\nspec: {device: esp32}\n";
