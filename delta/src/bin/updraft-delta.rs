@@ -20,6 +20,12 @@ USAGE:
         Print in hex the SHA-256 a device reports for IMAGE (esp_partition_get_sha256):
         an ESP-IDF app image's appended hash when it verifies, else the file's SHA-256.
 
+    updraft-delta vcdiff SOURCE TARGET OUT
+        Write to OUT the VCDIFF (RFC 3284) delta turning SOURCE into TARGET, as the
+        gateway serves simplestreams .vcdiff items: no secondary compression, the
+        default code table. Check it with `xdelta3 -d -s SOURCE OUT NEW`. Both files
+        are read whole into memory. Sizes and build time go to stderr.
+
     updraft-delta --help | -h
         Print this help.
 ";
@@ -34,7 +40,7 @@ fn main() -> ExitCode {
         }
         ["esp", base, target, out] => esp(base, target, out),
         ["digest", image] => digest(image),
-        // The vcdiff subcommand goes here: ["vcdiff", source, target, out] => ...
+        ["vcdiff", source, target, out] => vcdiff(source, target, out),
         _ => Err(format!("unexpected arguments: {}\n\n{HELP}", args.join(" "))),
     };
     match result {
@@ -56,15 +62,27 @@ fn esp(base: &str, target: &str, out: &str) -> Result<(), String> {
     let patch = updraft_delta::esp::patch(&base_bytes, &target_bytes);
     let elapsed = started.elapsed();
     fs::write(out, &patch).map_err(|e| format!("writing {out}: {e}"))?;
-    eprintln!(
-        "esp: base {} B, target {} B, patch {} B ({:.2} % of target), built in {:.3} s",
-        base_bytes.len(),
-        target_bytes.len(),
-        patch.len(),
-        100.0 * patch.len() as f64 / target_bytes.len().max(1) as f64,
-        elapsed.as_secs_f64()
-    );
+    report("esp", base_bytes.len(), target_bytes.len(), patch.len(), elapsed.as_secs_f64());
     Ok(())
+}
+
+fn vcdiff(source: &str, target: &str, out: &str) -> Result<(), String> {
+    let (source_bytes, target_bytes) = (read(source)?, read(target)?);
+    let started = Instant::now();
+    let mut delta = Vec::new();
+    updraft_delta::vcdiff::encode(&source_bytes, &target_bytes, &mut delta).map_err(|e| format!("encoding: {e}"))?;
+    let elapsed = started.elapsed();
+    fs::write(out, &delta).map_err(|e| format!("writing {out}: {e}"))?;
+    report("vcdiff", source_bytes.len(), target_bytes.len(), delta.len(), elapsed.as_secs_f64());
+    Ok(())
+}
+
+/// One line on stderr: what was built from what, and how long it took.
+fn report(what: &str, base: usize, target: usize, delta: usize, seconds: f64) {
+    eprintln!(
+        "{what}: base {base} B, target {target} B, delta {delta} B ({:.2} % of target), built in {seconds:.3} s",
+        100.0 * delta as f64 / target.max(1) as f64,
+    );
 }
 
 fn digest(image: &str) -> Result<(), String> {
