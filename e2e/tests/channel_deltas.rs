@@ -108,6 +108,10 @@ fn the_previous_release_is_built_and_a_pushed_patch_is_served() {
     let entry = &ch["status"]["deltas"][0];
     assert_eq!((&entry["baseSha256"], &entry["size"]), (&sha.clone().into(), &300.into()));
     assert!(is(&ch, "Ready", "True"));
+    w.wait_until("a DeltaBuilt event", || {
+        let events = kubectl(&["get", "events", "-n", &w.ns, "-o", "json"], None).ok();
+        events.contains("DeltaBuilt") && events.contains(&format!("found: {patch_tag} ({patch}, 300 bytes)"))
+    });
     let cm = w.wait("configmap/default-config", "deltas.patches rendered", |v| {
         rendered(v)["channels"][0]["deltas"]["patches"][0]["digest"] == patch.as_str()
     });

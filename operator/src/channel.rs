@@ -77,7 +77,7 @@ pub(crate) async fn reconcile(channel: Arc<FirmwareChannel>, ctx: Arc<Context>) 
     set_ready(&channel, &ctx, &mut status, failure.as_ref());
     let now = conditions::now();
     let happened = set_rollout(&channel, &ctx, &mut status, steps.as_ref(), now.clone());
-    set_deltas(&channel, &ctx, &mut status, asked && error.is_none()).await;
+    let built = set_deltas(&channel, &ctx, &mut status, asked && error.is_none()).await;
 
     status::write(&ctx.client, channel.as_ref(), &status).await?;
     schedule.succeeded(&channel);
@@ -92,6 +92,9 @@ pub(crate) async fn reconcile(channel: Arc<FirmwareChannel>, ctx: Arc<Context>) 
     }
     if let Some(note) = new_version {
         ctx.event(channel.as_ref(), EventType::Normal, "NewVersion", note).await;
+    }
+    for note in built {
+        ctx.event(channel.as_ref(), EventType::Normal, "DeltaBuilt", note).await;
     }
     announce_rollout(&channel, &ctx, &status, steps.as_ref(), &happened).await;
     if let Some(latest) = &status.latest {
@@ -175,14 +178,20 @@ fn validate(spec: &FirmwareChannelSpec) -> Result<(Duration, Option<Steps>), Spe
 /// succeeded, one entry per base chosen from the census ([`delta::choose_bases`]) with
 /// what the registry holds for it; between checks, what the last check found. A lookup
 /// that fails keeps what was found for the same target, and is tried at the next check.
-async fn set_deltas(channel: &FirmwareChannel, ctx: &Context, status: &mut FirmwareChannelStatus, checked: bool) {
+/// Returns a note for each patch found that was not before (its `DeltaBuilt` event).
+async fn set_deltas(
+    channel: &FirmwareChannel,
+    ctx: &Context,
+    status: &mut FirmwareChannelStatus,
+    checked: bool,
+) -> Vec<String> {
     let policy = delta::policy(channel.spec.delta.as_ref()).ok().flatten();
     let (Some(policy), Some(latest)) = (policy, status.latest.clone()) else {
         status.deltas.clear();
-        return;
+        return Vec::new();
     };
     if !checked {
-        return;
+        return Vec::new();
     }
     let previous = status.previous.as_ref().map(|p| p.version.as_str());
     let chosen = delta::choose_bases(status.devices.as_ref(), &latest.version, previous, policy);
@@ -203,10 +212,15 @@ async fn set_deltas(channel: &FirmwareChannel, ctx: &Context, status: &mut Firmw
         Err(e) => Err(e),
     };
     match found {
-        Ok(deltas) => status.deltas = deltas,
+        Ok(deltas) => {
+            let notes = delta::newly_built(&status.deltas, &deltas);
+            status.deltas = deltas;
+            notes
+        }
         Err(e) => {
             warn!(error = %e, "delta patches not looked up; trying again at the next check");
             status.deltas.retain(|d| d.to_digest == latest.digest);
+            Vec::new()
         }
     }
 }

@@ -146,6 +146,18 @@ pub(crate) fn built(entry: &ChannelDelta, manifest: &OciImageManifest, digest: &
     })
 }
 
+/// A note for each patch built in `new` that `old` did not show built: what the
+/// `DeltaBuilt` event says.
+pub(crate) fn newly_built(old: &[ChannelDelta], new: &[ChannelDelta]) -> Vec<String> {
+    new.iter()
+        .filter(|d| d.digest.is_some() && !old.iter().any(|o| o.tag == d.tag && o.digest == d.digest))
+        .map(|d| {
+            let size = d.size.map(|s| format!(", {s} bytes")).unwrap_or_default();
+            format!("delta {} -> {} found: {} ({}{size})", d.from, d.to, d.tag, d.digest.as_deref().unwrap_or_default())
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -280,7 +292,11 @@ mod tests {
         assert_eq!(found.digest.as_deref(), Some(patch_digest.as_str()));
         assert_eq!(found.base_sha256.as_deref(), Some(sha.as_str()));
         assert_eq!(found.size, Some(1234));
-        assert_eq!(ChannelDelta { digest: None, base_sha256: None, size: None, ..found }, entry);
+        assert_eq!(ChannelDelta { digest: None, base_sha256: None, size: None, ..found.clone() }, entry);
+
+        let notes = newly_built(std::slice::from_ref(&entry), std::slice::from_ref(&found));
+        assert_eq!(notes, [format!("delta 1.0.0 -> 1.1.0 found: {} ({patch_digest}, 1234 bytes)", entry.tag)]);
+        assert!(newly_built(std::slice::from_ref(&found), std::slice::from_ref(&found)).is_empty());
 
         let why = built(&entry, &manifest(DIGEST_B, DIGEST_B, &sha), &patch_digest).unwrap_err();
         assert!(why.contains(delta::ANNOTATION_BASE_DIGEST), "{why}");
