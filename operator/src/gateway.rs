@@ -135,9 +135,10 @@ pub(crate) async fn reconcile(gateway: Arc<OtaGateway>, ctx: Arc<Context>) -> Re
     render::mount_stream_files(&mut pods, &streams);
     render::restart_on(&mut pods, &config);
     let deployment = apply(&ctx, &ns, &pods).await?;
-    // The forwarding worker runs only while a mirror is attached. Not rendering it is
-    // not enough (the owner reference only removes it with the gateway): delete it.
-    if mirrors.is_empty() {
+    // The worker runs only while a mirror is attached or a channel has deltas. Not
+    // rendering it is not enough (the owner reference only removes it with the gateway):
+    // delete it.
+    if !render::needs_worker(&config) {
         delete_mirror_worker(&ctx, &ns, &gateway).await?;
     } else {
         apply(&ctx, &ns, &render::mirror_deployment(&gateway, &ctx.gateway_image, &secrets, &mirrors)).await?;

@@ -18,8 +18,9 @@ struct Args {
     /// Path of the gateway config file (gateway.yaml); see ota-gateway/README.md.
     #[arg(long, short, env = "UPDRAFT_GATEWAY_CONFIG", value_name = "FILE")]
     config: PathBuf,
-    /// Run the forwarding worker (the config's `mirrors`) instead of serving. Exactly
-    /// one such process runs per gateway.
+    /// Run the worker instead of serving: it forwards the config's `mirrors` and builds
+    /// the channels' delta patches (`deltas.build`). Exactly one such process runs per
+    /// gateway.
     #[arg(long, env = "UPDRAFT_MIRROR_MODE")]
     mirror: bool,
     /// Log line format.

@@ -1,7 +1,8 @@
 //! The forwarding side of a gateway: the `mirrors` section of `gateway.yaml` from the
 //! ArtifactMirrors attached to it, and the singleton worker Deployment
-//! (`<gateway>-mirror`, replicas 1, strategy Recreate) that runs them with `--mirror`.
-//! The worker uses the gateway's image, ConfigMap and pod hardening; it serves only
+//! (`<gateway>-mirror`, replicas 1, strategy Recreate) that runs them with `--mirror`
+//! and builds the channels' delta patches ([`needs_worker`]). The worker uses the
+//! gateway's image, ConfigMap, registry credentials and pod hardening; it serves only
 //! its admin port and never talks to the Kubernetes API.
 
 use std::collections::BTreeSet;
@@ -10,7 +11,7 @@ use k8s_openapi::api::apps::v1::{Deployment, DeploymentStrategy};
 use k8s_openapi::api::core::v1::{KeyToPath, SecretVolumeSource, Volume, VolumeMount};
 use kube::ResourceExt;
 use updraft_core::config::{
-    HttpStoreConfig, MirrorConfig, MirrorEndpoint, RetentionConfig, SourceConfig, VersionFilter,
+    GatewayConfig, HttpStoreConfig, MirrorConfig, MirrorEndpoint, RetentionConfig, SourceConfig, VersionFilter,
 };
 use updraft_crds::mirror::Endpoint;
 use updraft_crds::{ArtifactMirror, OtaGateway};
@@ -19,6 +20,13 @@ use super::{deployment, CREDENTIALS_DIR, MIRROR_KEYS_DIR};
 
 /// The key of a store's key Secret (`HttpStore::key_secret`) the worker reads.
 pub(crate) const STORE_KEY: &str = "key";
+
+/// Whether a gateway with `config` needs its worker: a mirror to run, or a channel with
+/// delta patches (to build, or built: kept while the channel has deltas, so a new release
+/// does not create the worker anew each time).
+pub(crate) fn needs_worker(config: &GatewayConfig) -> bool {
+    !config.mirrors.is_empty() || config.channels.iter().any(|c| !c.deltas.is_empty())
+}
 
 /// Name of a gateway's mirror worker Deployment.
 pub(crate) fn mirror_deployment_name(gateway: &OtaGateway) -> String {
@@ -174,6 +182,30 @@ mod tests {
         let wan = serde_json::json!({"http": {"url": "https://wan.example:8081", "keySecret": "wan-key"}});
         let lan = serde_json::json!({"http": {"url": "http://lan:8081"}});
         (mirror("to-wan", oci, wan.clone()), mirror("lan-wan", lan, wan))
+    }
+
+    #[test]
+    fn the_worker_is_needed_for_a_mirror_or_a_channel_with_deltas() {
+        let mut config = crate::render::gateway_config(&gateway(), &[], &[]);
+        assert!(!needs_worker(&config), "nothing to forward or build");
+        let (a, _) = two();
+        config.mirrors = mirror_configs(&[&a]);
+        assert!(needs_worker(&config));
+        config.mirrors.clear();
+        let channel = |deltas| {
+            let yaml = "name: esp32\nsource: {registry: r, repository: fw}\npolicy: {}\n";
+            updraft_core::config::ChannelConfig { deltas, ..serde_yaml::from_str(yaml).unwrap() }
+        };
+        config.channels = vec![channel(Default::default())];
+        assert!(!needs_worker(&config), "a channel without deltas");
+        let base = updraft_core::config::PinnedArtifact {
+            version: "1.0.0".into(),
+            tag: "v1.0.0".into(),
+            digest: format!("sha256:{}", "a".repeat(64)),
+        };
+        let deltas = updraft_core::config::Deltas { build: vec![base], patches: vec![] };
+        config.channels = vec![channel(deltas)];
+        assert!(needs_worker(&config), "a patch to build");
     }
 
     #[test]

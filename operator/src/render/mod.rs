@@ -25,7 +25,7 @@ pub(crate) use config::{channel_artifact, gateway_config, notifications_config, 
 pub(crate) use configmap::{config_map, config_map_name, stored_text};
 pub(crate) use delivery::{config_token_secret, mount_config_token, operator_source};
 pub(crate) use deployment::{credential_secrets, deployment, mount_stream_files, restart_on};
-pub(crate) use mirror::{mirror_configs, mirror_deployment, mirror_deployment_name, STORE_KEY};
+pub(crate) use mirror::{mirror_configs, mirror_deployment, mirror_deployment_name, needs_worker, STORE_KEY};
 pub(crate) use service::{service, service_url, stream_url};
 
 /// Port the gateway container serves devices on.
