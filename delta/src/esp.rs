@@ -11,10 +11,13 @@
 //!         (`detools create_patch -c heatshrink`; esp::detools)
 //! ```
 
+mod apply;
 mod bsdiff;
 mod detools;
 mod heatshrink;
 mod image;
+
+pub use apply::{apply, ApplyError};
 
 /// Length of the `esp_delta_ota` header before the detools patch.
 pub const HEADER_LEN: usize = 64;

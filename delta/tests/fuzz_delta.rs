@@ -5,6 +5,8 @@
 //!   header byte, the target size, the heatshrink stream, then pack_size-framed
 //!   (diff, extra, adjustment) chunks), so hundreds of pairs run in a second;
 //!   `tests/esp.rs` holds the same writer to `detools apply_patch` itself on chosen pairs.
+//! - `esp::apply`, the applier gateways check patches with, agrees with that one on
+//!   every patch, and damaged or truncated patches are refused or applied, never a panic;
 //! - `esp::image_digest` on arbitrary bytes and on damaged app images: the appended hash
 //!   only when it verifies, else the whole file's SHA-256, never a panic.
 //! - `vcdiff::encode` of any pair, decoded by Debian's `xdelta3 -d` (fewer cases: each
@@ -133,7 +135,23 @@ proptest! {
         let patch = esp::patch(&base, &target);
         prop_assert_eq!(&patch[4..36], &esp::image_digest(&base)[..]);
         prop_assert!(patch[36..64].iter().all(|&b| b == 0));
-        prop_assert_eq!(apply(&base, &patch), target);
+        prop_assert_eq!(&apply(&base, &patch), &target);
+        prop_assert_eq!(esp::apply(&base, &patch, target.len()), Ok(target));
+    }
+
+    #[test]
+    fn a_damaged_patch_is_refused_or_applied_never_a_panic(
+        (base, target) in pair(),
+        damage in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6),
+        cut in any::<prop::sample::Index>(),
+    ) {
+        let mut patch = esp::patch(&base, &target);
+        for (at, byte) in damage {
+            let i = at.index(patch.len());
+            patch[i] = byte;
+        }
+        let _ = esp::apply(&base, &patch, 1 << 16);
+        let _ = esp::apply(&base, &patch[..cut.index(patch.len())], 1 << 16);
     }
 
     #[test]

@@ -5,6 +5,8 @@ use std::process::ExitCode;
 use std::time::Instant;
 use std::{env, fs};
 
+use sha2::{Digest, Sha256};
+
 const HELP: &str = "\
 updraft-delta: build the delta patches Updraft serves
 
@@ -15,6 +17,11 @@ USAGE:
         patch, heatshrink window 2^8 lookahead 2^7. Check it with
         `detools apply_patch BASE <(tail -c +65 OUT) NEW`. Sizes and build time go
         to stderr.
+
+    updraft-delta apply BASE PATCH OUT
+        Apply an esp_delta_ota patch to BASE as a device does, writing the result to
+        OUT; refuses a patch whose header names another base image. Prints the
+        result's SHA-256.
 
     updraft-delta digest IMAGE
         Print in hex the SHA-256 a device reports for IMAGE (esp_partition_get_sha256):
@@ -39,6 +46,7 @@ fn main() -> ExitCode {
             Ok(())
         }
         ["esp", base, target, out] => esp(base, target, out),
+        ["apply", base, patch, out] => apply(base, patch, out),
         ["digest", image] => digest(image),
         ["vcdiff", source, target, out] => vcdiff(source, target, out),
         _ => Err(format!("unexpected arguments: {}\n\n{HELP}", args.join(" "))),
@@ -83,6 +91,17 @@ fn report(what: &str, base: usize, target: usize, delta: usize, seconds: f64) {
         "{what}: base {base} B, target {target} B, delta {delta} B ({:.2} % of target), built in {seconds:.3} s",
         100.0 * delta as f64 / target.max(1) as f64,
     );
+}
+
+fn apply(base: &str, patch: &str, out: &str) -> Result<(), String> {
+    let (base_bytes, patch_bytes) = (read(base)?, read(patch)?);
+    // Every byte of the result is in the patch's stream, which heatshrink shrinks at best
+    // 64 times (a 16-bit token for 128 bytes).
+    let limit = patch_bytes.len().saturating_mul(64);
+    let target = updraft_delta::esp::apply(&base_bytes, &patch_bytes, limit).map_err(|e| format!("{patch}: {e}"))?;
+    fs::write(out, &target).map_err(|e| format!("writing {out}: {e}"))?;
+    println!("{}", hex(&Sha256::digest(&target)));
+    Ok(())
 }
 
 fn digest(image: &str) -> Result<(), String> {
