@@ -244,3 +244,59 @@ async fn a_worker_builds_the_patch_once_and_a_gateway_offers_and_serves_it() {
     let version = gw.get(&format!("/version?device=esp32&current=1.0.0&sha256={base_sha256}")).await;
     assert_eq!(version.text().await.unwrap(), format!("1.1.0\n{}\n{}", crc32fast::hash(&target), target.len()));
 }
+
+/// A patch is offered only after the gateway applied it to the base it names and got the
+/// target it names: a file pushed under the pair's tag by anyone who may push there
+/// (here a real patch, but to another release) is refused, and devices get the full image.
+#[tokio::test]
+async fn a_patch_that_does_not_give_its_target_is_never_offered() {
+    let reg = registry();
+    let repo = unique_repo("delta-forged");
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path();
+    let (base, target) = firmware_pair();
+    let media = "application/vnd.espressif.esp32.app";
+    let base_digest = push_file(&reg.addr, &repo, "v1.0.0", dir, "fw-1.0.0.bin", media, &base);
+    let target_digest = push_file(&reg.addr, &repo, "v1.1.0", dir, "fw-1.1.0.bin", media, &target);
+    let base_sha256 = hex::encode(updraft_delta::esp::image_digest(&base));
+    let mut other = target.clone();
+    other[1000..1100].fill(0x5a);
+    let forged = updraft_delta::esp::patch(&base, &other);
+    let tag = delta::tag(&base_digest, &target_digest);
+    let forged_digest = push_file(&reg.addr, &repo, &tag, dir, "forged.patch", delta::ESP_PATCH_MEDIA_TYPE, &forged);
+
+    let mut ch = channel("esp32", &reg.addr, &repo, ("1.1.0", "v1.1.0", &target_digest));
+    ch.deltas.patches = vec![DeltaPatch {
+        base: pinned(("1.0.0", "v1.0.0", &base_digest)),
+        base_sha256: base_sha256.clone(),
+        target: pinned(("1.1.0", "v1.1.0", &target_digest)),
+        digest: forged_digest,
+    }];
+    let gw = Gateway::start(config(&dir.join("gateway-cache"), vec![ch])).await;
+    gw.wait_ok("/firmware?device=esp32").await;
+    let url = format!("/api/v1/channels/esp32/delta?from=1.0.0&sha256={base_sha256}&to=1.1.0");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let refused = loop {
+        let r = gw.get(&url).await;
+        if r.status() == 502 {
+            break r.text().await.unwrap();
+        }
+        assert!(Instant::now() < deadline, "the forged patch was not refused in 60 s: {}", r.status());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(refused.contains("refused") && refused.contains("SHA-256"), "{refused}");
+    let r = gw.http.post(format!("{}/api/v1/channels/esp32/check", gw.url));
+    let answer: serde_json::Value = r
+        .json(&serde_json::json!({"version": "1.0.0", "sha256": base_sha256}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["version"], "1.1.0");
+    assert!(answer.get("delta").is_none(), "a refused patch offered: {answer}");
+    let otaflux = gw.get(&format!("/firmware?device=esp32&current=1.0.0&sha256={base_sha256}")).await;
+    assert!(otaflux.headers().get("x-updraft-delta").is_none());
+    assert_eq!(otaflux.bytes().await.unwrap(), target);
+}

@@ -279,7 +279,7 @@ pub(super) async fn delta(
     let patch = patch.ok_or_else(|| {
         http::Error::NotFound(format!("channel {name:?} has no delta patch from {from:?} with that image digest"))
     })?;
-    let ready = firmware.patch_ready(&channel, patch)?;
+    let ready = firmware.patch_ready(patch)?;
     firmware.inner.fetcher.cache().touch(&ready.sha256);
     let response = ready.download.respond(&headers)?;
     if super::otaflux::served_a_body(&method, response.status()) {

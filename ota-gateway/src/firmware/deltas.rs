@@ -17,9 +17,12 @@ use serde::Serialize;
 use updraft_core::config::{ArtifactConfig, ChannelConfig, DeltaPatch, PinnedArtifact};
 use updraft_core::delta::ESP_PATCH_MEDIA_TYPE;
 
+use sha2::{Digest, Sha256};
+
 use crate::cache::Payload;
 use crate::fetch::Job;
 use crate::http::Download;
+use crate::unpack::Summary;
 
 /// One patch a channel serves.
 pub(crate) struct Patch {
@@ -27,6 +30,8 @@ pub(crate) struct Patch {
     /// What to fetch: the layer of the patch artifact, raw.
     pub(crate) job: Job,
     pub(super) ready: OnceLock<Arc<PatchReady>>,
+    /// Why the patch is never offered: applied to its base it does not give its target.
+    pub(super) refused: OnceLock<String>,
 }
 
 /// A patch whose file is cached: its download and what the check API says of it.
@@ -59,6 +64,7 @@ impl Patch {
             job: Job::new(&channel.source, &artifact, &patch_layer()),
             config: config.clone(),
             ready: OnceLock::new(),
+            refused: OnceLock::new(),
         }
     }
 
@@ -91,6 +97,31 @@ impl Patch {
             })
             .clone()
     }
+}
+
+/// Whether `patch` (the file) is what `config` says: applied to `base` as the device
+/// applies it, it gives `target` byte for byte, and `baseSha256` is the digest a device
+/// running `base` reports. A patch comes from a registry, where anyone who may push
+/// could have put a file under the pair's tag, so a gateway offers one only after this.
+pub(super) fn check(config: &DeltaPatch, base: &[u8], patch: &[u8], target: &Summary) -> Result<(), String> {
+    let reported = hex::encode(updraft_delta::esp::image_digest(base));
+    if !config.base_sha256.eq_ignore_ascii_case(&reported) {
+        return Err(format!("baseSha256 {} is not the base image's digest {reported}", config.base_sha256));
+    }
+    let max_len = usize::try_from(target.size).unwrap_or(usize::MAX);
+    let made = updraft_delta::esp::apply(base, patch, max_len).map_err(|e| format!("the patch does not apply: {e}"))?;
+    let sha256 = hex::encode(Sha256::digest(&made));
+    if made.len() as u64 != target.size || sha256 != target.sha256 {
+        return Err(format!(
+            "applied to {}, the patch gives {} bytes with SHA-256 {sha256}, not {} ({} bytes, {})",
+            config.base.version,
+            made.len(),
+            config.target.version,
+            target.size,
+            target.sha256
+        ));
+    }
+    Ok(())
 }
 
 /// What a device reports running.
@@ -152,6 +183,34 @@ mod tests {
         assert!(!applies(&patch(), TARGET, running("1.0.0", "")), "no digest");
         assert!(!applies(&patch(), OTHER, running("1.0.0", &sha)), "the device is offered another release");
         assert!(!applies(&patch(), BASE, running("1.0.0", &sha)), "its base is not its target");
+    }
+
+    #[test]
+    fn a_patch_is_offered_only_when_it_gives_its_target_from_its_base() {
+        let base: Vec<u8> = (0..4000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let mut target = base.clone();
+        target[10] = 0;
+        target.extend_from_slice(b"new");
+        let summary =
+            |data: &[u8]| Summary { size: data.len() as u64, crc32: 0, sha256: hex::encode(Sha256::digest(data)) };
+        let file = updraft_delta::esp::patch(&base, &target);
+        let config = DeltaPatch { base_sha256: hex::encode(updraft_delta::esp::image_digest(&base)), ..patch() };
+        assert_eq!(check(&config, &base, &file, &summary(&target)), Ok(()));
+        // Another target (the tag holds a patch to something else).
+        let err = check(&config, &base, &file, &summary(b"another release")).unwrap_err();
+        assert!(err.contains("does not apply") || err.contains("not 1.1.0"), "{err}");
+        // A baseSha256 that is not the base's: devices would match a patch for another image.
+        let lying = DeltaPatch { base_sha256: "ab".repeat(32), ..config.clone() };
+        assert!(check(&lying, &base, &file, &summary(&target)).unwrap_err().contains("is not the base image's digest"));
+        // Another base: the header names it.
+        let other = updraft_delta::esp::patch(&target, &target);
+        assert!(check(&config, &base, &other, &summary(&target)).unwrap_err().contains("another base"));
+        // A damaged file.
+        let mut damaged = file.clone();
+        let last = damaged.len() - 1;
+        damaged[last] ^= 0xff;
+        damaged.truncate(last - 3);
+        assert!(check(&config, &base, &damaged, &summary(&target)).is_err());
     }
 
     #[test]

@@ -249,10 +249,8 @@ impl Firmware {
     /// answers as soon as it is, so steady state never waits for a registry.
     fn prefetch(&self) {
         for channel in self.snapshot().channels.iter() {
-            for patch in channel.patches.iter().filter(|p| p.ready.get().is_none()).cloned() {
-                let fetcher = self.inner.fetcher.clone();
-                // A failure is logged and held by the fetcher; devices get full images meanwhile.
-                tokio::spawn(async move { fetcher.fetch(patch.job.clone()).await });
+            for patch in channel.patches.iter().filter(|p| p.ready.get().is_none() && p.refused.get().is_none()) {
+                tokio::spawn(self.clone().verify_patch(channel.clone(), patch.clone()));
             }
             for release in channel.releases().iter().filter(|r| !r.is_ready()).cloned() {
                 let (firmware, channel) = (self.clone(), channel.clone());
@@ -373,17 +371,68 @@ impl Firmware {
     /// when one matches and is cached; never waits (a patch being fetched is no patch).
     fn delta(&self, channel: &Channel, ready: &Ready, running: deltas::Running<'_>) -> Option<Arc<deltas::PatchReady>> {
         let patch = deltas::matching(&channel.patches, &ready.digest, running)?;
-        self.patch_ready(channel, patch).ok()
+        self.patch_ready(patch).ok()
     }
 
-    /// A patch's answers, or why there are none yet (as [`Self::ready`] says it).
-    fn patch_ready(&self, channel: &Channel, patch: &deltas::Patch) -> Result<Arc<deltas::PatchReady>, Error> {
+    /// Fetches `patch` and the base and target it names, and checks that it gives the
+    /// one from the other ([`deltas::check`], on a blocking thread); only then is it
+    /// offered. A fetch that fails is tried again (1 s doubling to a minute) while the
+    /// channel is live, devices getting full images meanwhile; a patch that does not
+    /// give its target is refused for good, with an error log naming both releases.
+    async fn verify_patch(self, channel: Arc<Channel>, patch: Arc<deltas::Patch>) {
+        let (source, artifact) = (&channel.config.source, &channel.config.artifact);
+        let base_job = crate::fetch::Job::new(source, &patch.config.base, artifact);
+        let target_job = crate::fetch::Job::new(source, &patch.config.target, artifact);
+        let fetcher = self.inner.fetcher.clone();
+        let mut backoff = updraft_core::backoff::Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+        let (file, base, target) = loop {
+            let fetched = async {
+                Ok::<_, Arc<crate::fetch::FetchError>>((
+                    fetcher.fetch(patch.job.clone()).await?,
+                    fetcher.fetch(base_job.clone()).await?,
+                    fetcher.fetch(target_job.clone()).await?,
+                ))
+            };
+            match fetched.await {
+                Ok(payloads) => break payloads,
+                Err(_) if !self.is_live_channel(&channel) => return,
+                Err(e) => {
+                    let wait = backoff.wait();
+                    tracing::warn!(channel = channel.name(), base = %patch.config.base.version,
+                        target = %patch.config.target.version, error = %e, retry_in = ?wait, "delta patch not checked yet");
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        };
+        let config = patch.config.clone();
+        let (patch_bytes, summary) = (file.bytes.clone(), target.summary.clone());
+        let checked = tokio::task::spawn_blocking(move || deltas::check(&config, &base.bytes, &patch_bytes, &summary));
+        match checked.await.unwrap_or_else(|e| Err(format!("the check failed: {e}"))) {
+            Ok(()) => {
+                let ready = patch.answers(channel.name(), file);
+                tracing::info!(channel = channel.name(), base = %patch.config.base.version,
+                    target = %patch.config.target.version, bytes = ready.size, "delta patch checked, offered");
+            }
+            Err(reason) => {
+                tracing::error!(channel = channel.name(), base = %patch.config.base.version,
+                    target = %patch.config.target.version, digest = %patch.config.digest, %reason,
+                    "delta patch refused: devices get the full image");
+                let _ = patch.refused.set(reason);
+            }
+        }
+    }
+
+    /// A patch's answers, or why there are none yet (as [`Self::ready`] says it): it is
+    /// offered only once [`Self::verify_patch`] checked it.
+    fn patch_ready(&self, patch: &deltas::Patch) -> Result<Arc<deltas::PatchReady>, Error> {
         if let Some(ready) = patch.ready.get() {
             return Ok(ready.clone());
         }
+        if let Some(reason) = patch.refused.get() {
+            return Err(crate::http::Error::Upstream(format!("delta patch refused: {reason}")).into());
+        }
         match self.inner.fetcher.status(&patch.job) {
-            Status::Ready(payload) => Ok(patch.answers(channel.name(), payload)),
-            Status::Fetching => Err(Error::Fetching),
+            Status::Ready(_) | Status::Fetching => Err(Error::Fetching),
             Status::Failed(reason, left) if reason.retry_after().is_some() => {
                 Err(crate::http::Error::Unavailable { message: reason.to_string(), retry_after: left }.into())
             }
