@@ -46,6 +46,10 @@ pub struct Metrics {
     pub stream_index_failures: IntCounterVec,
     pub stream_versions: IntGaugeVec,
     pub stream_unverified: IntCounterVec,
+    /// `.vcdiff` deltas a stream built, by result (`built`, `failed`), and the bytes of
+    /// those built (`simplestreams::deltas`).
+    pub stream_delta_builds: IntCounterVec,
+    pub stream_delta_bytes: IntCounterVec,
     pub firmware_unverified: IntCounterVec,
     /// Polls of devices that sent no id (or one too long to record), by channel: the
     /// devices the census cannot count.
@@ -156,6 +160,18 @@ impl Metrics {
                 "stream_unverified_total",
                 "Stream versions (manifest digests) left out because their cosign signature did not verify, by reason",
                 &["stream", "reason"],
+            ),
+            stream_delta_builds: counter_vec(
+                &r,
+                "stream_delta_builds_total",
+                "Simplestreams .vcdiff deltas built in the background, by stream and result (built, failed)",
+                &["stream", "result"],
+            ),
+            stream_delta_bytes: counter_vec(
+                &r,
+                "stream_delta_bytes_total",
+                "Bytes of the simplestreams .vcdiff deltas built, by stream",
+                &["stream"],
             ),
             firmware_unverified: counter_vec(
                 &r,

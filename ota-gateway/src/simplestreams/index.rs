@@ -90,8 +90,25 @@ impl Delta {
         }
     }
 
-    /// The item's key: `delta-<base>` for a squashfs (as images.linuxcontainers.org
-    /// names them), `disk-kvm-delta-<base>` for a VM disk; the clients go by `ftype`.
+    /// Whether a delta of `kind` from `base` may be listed at all. A `disk-kvm.img.vcdiff`
+    /// is not when the base version also has a squashfs: Incus (6.x,
+    /// `shared/simplestreams/products.go`) names the source of *every* delta by the base
+    /// metadata item's `combined_squashfs_sha256`, so a host holding the base container
+    /// image would apply the VM disk's delta to that container's squashfs and fail the
+    /// download (the client does not fall back to the full file when `xdelta3` or the
+    /// hash check fails). Without a squashfs in the base, Incus finds no source and skips
+    /// the delta, and LXD (which takes `combined_disk-kvm-img_sha256` for it) uses it.
+    pub(crate) fn offered(kind: RootKind, base: &ImageVersion) -> bool {
+        match kind {
+            RootKind::Squashfs => true,
+            RootKind::DiskKvmImg => !base.rootfs.contains_key(&RootKind::Squashfs),
+            RootKind::RootTarXz => false,
+        }
+    }
+
+    /// The item's key: `delta-<base>` for a squashfs, `disk-kvm-delta-<base>` for a VM
+    /// disk. Clients never read it (they go by `ftype` and `delta_base`); lxd-imagebuilder
+    /// keys its delta items by file name (`disk.<base>.qcow2.vcdiff`, `rootfs.<base>.vcdiff`).
     fn item_name(&self) -> String {
         match self.kind {
             RootKind::Squashfs => format!("delta-{}", self.base.as_str()),
@@ -106,6 +123,16 @@ impl Delta {
 }
 
 impl Product {
+    /// Drops the deltas of versions it no longer holds, and those from bases it no longer
+    /// holds (no client can use them: they look the base up among the product's versions).
+    fn prune_deltas(&mut self) {
+        let versions = &self.versions;
+        for listed in self.deltas.values_mut() {
+            listed.retain(|d| versions.contains_key(&d.base));
+        }
+        self.deltas.retain(|serial, listed| !listed.is_empty() && versions.contains_key(serial));
+    }
+
     /// The product's props: its newest version's. A product always has a version.
     fn props(&self) -> &ProductProps {
         &self.versions.values().next_back().expect("a product has a version").0
@@ -176,7 +203,7 @@ impl Index {
     pub(crate) fn remove(&mut self, key: &ProductKey, serial: &Serial) -> bool {
         let Some(product) = self.products.get_mut(key) else { return false };
         let removed = product.versions.remove(serial).is_some();
-        product.deltas.remove(serial);
+        product.prune_deltas();
         if product.versions.is_empty() {
             self.products.remove(key);
         } else if removed {
@@ -192,8 +219,8 @@ impl Index {
                 let drop: Vec<Serial> = product.versions.keys().rev().skip(keep).cloned().collect();
                 for serial in drop {
                     product.versions.remove(&serial);
-                    product.deltas.remove(&serial);
                 }
+                product.prune_deltas();
                 product.json = render_product(key, product);
             }
         }
@@ -201,15 +228,15 @@ impl Index {
     }
 
     /// Lists `deltas` (by version) with `key`'s versions instead of what it listed;
-    /// deltas of versions it does not hold are dropped. Re-renders the product only
-    /// when something changed, and says whether it did.
-    pub(crate) fn set_deltas(&mut self, key: &ProductKey, mut deltas: BTreeMap<Serial, Vec<Delta>>) -> bool {
+    /// deltas of versions it does not hold, or from bases it does not hold, are dropped.
+    /// Re-renders the product only when something changed, and says whether it did.
+    pub(crate) fn set_deltas(&mut self, key: &ProductKey, deltas: BTreeMap<Serial, Vec<Delta>>) -> bool {
         let Some(product) = self.products.get_mut(key) else { return false };
-        deltas.retain(|serial, d| !d.is_empty() && product.versions.contains_key(serial));
-        if product.deltas == deltas {
+        let before = std::mem::replace(&mut product.deltas, deltas);
+        product.prune_deltas();
+        if product.deltas == before {
             return false;
         }
-        product.deltas = deltas;
         product.json = render_product(key, product);
         true
     }
@@ -687,6 +714,54 @@ mod tests {
         assert_eq!(without, serde_json::from_str::<serde_json::Value>(&before.images_json).unwrap());
         assert!(index.remove(&k, &Serial::parse(new).unwrap()));
         assert_eq!(index.deltas().count(), 0);
+    }
+
+    /// What Incus and LXD do with a delta item: look `delta_base` up among the product's
+    /// versions and take the source fingerprint from that version's metadata item
+    /// (`incus.tar.xz` for Incus, `lxd.tar.xz` for LXD): `combined_squashfs_sha256`, or
+    /// for LXD's VM deltas `combined_disk-kvm-img_sha256`. A delta whose base left is not
+    /// listed.
+    #[test]
+    fn the_base_of_a_listed_delta_carries_what_the_clients_look_it_up_by() {
+        let k = key("debian", "bookworm");
+        let serials = ["20260101_00:00", "20260102_00:00"];
+        let mut index = Index::new();
+        for s in serials {
+            index.upsert(&k, props(&[]), version(s, &[RootKind::Squashfs])).unwrap();
+        }
+        let (base, target) = index.newest_pairs().map(|(_, b, t)| (b.clone(), t.clone())).next().unwrap();
+        let file = FileRef {
+            path: Delta::path(&target.rootfs[&RootKind::Squashfs].file, &base.serial),
+            sha256: sha("d"),
+            size: 3,
+        };
+        let delta = Delta { kind: RootKind::Squashfs, base: base.serial.clone(), file };
+        assert!(index.set_deltas(&k, BTreeMap::from([(target.serial.clone(), vec![delta.clone()])])));
+        let images: serde_json::Value = serde_json::from_str(&index.render().unwrap().images_json).unwrap();
+        let versions = &images["products"][k.to_string()]["versions"];
+        let item = versions[serials[1]]["items"]
+            .as_object()
+            .unwrap()
+            .values()
+            .find(|i| i["ftype"] == "squashfs.vcdiff")
+            .unwrap();
+        let base_items = &versions[item["delta_base"].as_str().unwrap()]["items"];
+        for ftype in ["incus.tar.xz", "lxd.tar.xz"] {
+            let meta = base_items.as_object().unwrap().values().find(|i| i["ftype"] == ftype).unwrap();
+            assert_eq!(meta["combined_squashfs_sha256"], base.rootfs[&RootKind::Squashfs].combined_sha256.as_str());
+        }
+        // A delta from a base the product does not hold is refused...
+        let mut orphan = delta.clone();
+        orphan.base = Serial::parse("20251231_00:00").unwrap();
+        assert!(
+            !index.set_deltas(&k, BTreeMap::from([(target.serial.clone(), vec![delta.clone(), orphan])])),
+            "no change"
+        );
+        // ...and one whose base leaves (keep 1) goes with it, its version staying.
+        index.retain_newest(1);
+        assert!(index.version(&k, &target.serial).is_some());
+        assert_eq!(index.deltas().count(), 0);
+        assert!(!index.render().unwrap().images_json.contains("vcdiff"));
     }
 
     #[test]

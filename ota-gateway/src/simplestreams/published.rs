@@ -89,6 +89,9 @@ pub(crate) struct StreamMetrics {
     pub(super) failures: IntCounter,
     pub(super) versions: IntGauge,
     unverified: prometheus::IntCounterVec,
+    pub(super) delta_built: IntCounter,
+    pub(super) delta_failed: IntCounter,
+    pub(super) delta_bytes: IntCounter,
     stream: String,
 }
 
@@ -99,6 +102,9 @@ impl StreamMetrics {
             failures: metrics.stream_index_failures.with_label_values(&[stream]),
             versions: metrics.stream_versions.with_label_values(&[stream]),
             unverified: metrics.stream_unverified.clone(),
+            delta_built: metrics.stream_delta_builds.with_label_values(&[stream, "built"]),
+            delta_failed: metrics.stream_delta_builds.with_label_values(&[stream, "failed"]),
+            delta_bytes: metrics.stream_delta_bytes.with_label_values(&[stream]),
             stream: stream.to_owned(),
         }
     }
@@ -108,6 +114,10 @@ impl StreamMetrics {
         let _ = metrics.stream_index_valid.remove_label_values(&[stream]);
         let _ = metrics.stream_index_failures.remove_label_values(&[stream]);
         let _ = metrics.stream_versions.remove_label_values(&[stream]);
+        let _ = metrics.stream_delta_bytes.remove_label_values(&[stream]);
+        for result in ["built", "failed"] {
+            let _ = metrics.stream_delta_builds.remove_label_values(&[stream, result]);
+        }
         for reason in UNVERIFIED_REASONS {
             let _ = metrics.stream_unverified.remove_label_values(&[stream, reason]);
         }

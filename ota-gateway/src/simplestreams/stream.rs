@@ -153,7 +153,7 @@ pub(crate) struct Stream {
     rounds: watch::Sender<u64>,
     /// Tags this replica wrote since the last round: read again whatever they held.
     dirty: Mutex<std::collections::HashSet<String>>,
-    metrics: StreamMetrics,
+    pub(super) metrics: StreamMetrics,
     /// The name this stream pins its listed files under in the cache (unique per
     /// stream object: a replaced stream's late round cannot unpin its successor's).
     pin_owner: String,
