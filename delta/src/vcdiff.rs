@@ -25,8 +25,15 @@
 //!
 //! Instructions use the default code table with its address cache (near 4, same 3) and
 //! its combined ADD+COPY / COPY+ADD opcodes where they apply.
+//!
+//! [`verify`] decodes a delta (one window in memory at a time) and gives the size and
+//! SHA-256 of what it makes, so a delta is checked before anyone is offered it.
 
 use std::io::{self, Write};
+
+mod decode;
+
+pub use decode::{verify, DecodeError, Decoded, MAX_WINDOW};
 
 /// The VCDIFF magic and version byte.
 const MAGIC: [u8; 4] = [0xD6, 0xC3, 0xC4, 0x00];

@@ -209,3 +209,30 @@ proptest! {
         prop_assert_eq!(std::fs::read(&out).unwrap(), target);
     }
 }
+
+proptest! {
+    #[test]
+    fn every_vcdiff_verifies_to_its_targets_size_and_hash((source, target) in pair()) {
+        let mut delta = Vec::new();
+        vcdiff::encode(&source, &target, &mut delta).unwrap();
+        let decoded = vcdiff::verify(&source, &delta).unwrap();
+        prop_assert_eq!(decoded.len, target.len() as u64);
+        prop_assert_eq!(decoded.sha256, <[u8; 32]>::from(Sha256::digest(&target)));
+    }
+
+    #[test]
+    fn a_damaged_vcdiff_is_refused_or_decoded_never_a_panic(
+        (source, target) in pair(),
+        damage in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6),
+        cut in any::<prop::sample::Index>(),
+    ) {
+        let mut delta = Vec::new();
+        vcdiff::encode(&source, &target, &mut delta).unwrap();
+        for (at, byte) in damage {
+            let i = at.index(delta.len());
+            delta[i] = byte;
+        }
+        let _ = vcdiff::verify(&source, &delta);
+        let _ = vcdiff::verify(&source, &delta[..cut.index(delta.len())]);
+    }
+}

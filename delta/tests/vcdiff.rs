@@ -61,7 +61,7 @@ struct Sizes {
 }
 
 /// Encodes, decodes with `xdelta3 -d` and checks the result; encodes the same pair with
-/// `xdelta3 -e -9 -S none` for comparison.
+/// `xdelta3 -e -9 -S none` for comparison; `vcdiff::verify` decodes both deltas.
 fn roundtrip(name: &str, source: &[u8], target: &[u8]) -> Sizes {
     let dir = tempfile::tempdir().unwrap();
     let (src, tgt) = (dir.path().join("source"), dir.path().join("target"));
@@ -89,6 +89,11 @@ fn roundtrip(name: &str, source: &[u8], target: &[u8]) -> Sizes {
         .status()
         .unwrap();
     assert!(status.success(), "{name}: xdelta3 -e failed: {status}");
+    // Our decoder (what the gateway checks a delta with before listing it) agrees with
+    // xdelta3 on our deltas, and decodes the reference encoder's too.
+    let want = vcdiff::Decoded { len: target.len() as u64, sha256: Sha256::digest(target).into() };
+    assert_eq!(vcdiff::verify(source, &std::fs::read(&delta).unwrap()), Ok(want.clone()), "{name}: verify ours");
+    assert_eq!(vcdiff::verify(source, &std::fs::read(&reference).unwrap()), Ok(want), "{name}: verify xdelta3's");
     let sizes =
         Sizes { ours: std::fs::metadata(&delta).unwrap().len(), xdelta3: std::fs::metadata(&reference).unwrap().len() };
     println!(

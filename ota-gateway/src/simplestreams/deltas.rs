@@ -17,7 +17,9 @@
 //! ([`updraft_delta::vcdiff`]), and the delta streams through a 1 MiB buffer into a temp
 //! file of the cache.
 //!
-//! A delta is listed only when it is smaller than the file it rebuilds, and a
+//! A delta is listed only once it decodes ([`updraft_delta::vcdiff::verify`], one window
+//! in memory at a time) to the target's size and SHA-256, only when it is smaller than
+//! the file it rebuilds, and a
 //! `disk-kvm.img.vcdiff` only where no client can mistake its base ([`Delta::offered`]).
 //! Builds are counted in `updraft_gateway_stream_delta_builds_total{stream,result}` and
 //! their bytes in `updraft_gateway_stream_delta_bytes_total{stream}`.
@@ -221,7 +223,21 @@ impl Stream {
             let (summary, writer) = out.finish()?;
             let file = writer.into_inner().map_err(|e| e.into_error())?;
             let (sha256, size) = (summary.sha256.clone(), summary.size);
-            cache.commit(&blob_key(&format!("sha256:{sha256}")), file, summary)?;
+            let delta = cache.commit(&blob_key(&format!("sha256:{sha256}")), file, summary)?;
+            // Decoded before it is listed: a client has no fallback when xdelta3 fails.
+            // A delta that does not decode to the target stays unlisted (and unpinned).
+            let made = updraft_delta::vcdiff::verify(&base.bytes, &delta.bytes)
+                .map_err(|e| std::io::Error::other(format!("the delta {sha256} does not decode: {e}")))?;
+            let wanted = &target.summary;
+            if made.len != wanted.size || hex::encode(made.sha256) != wanted.sha256 {
+                return Err(std::io::Error::other(format!(
+                    "the delta {sha256} decodes to {} bytes with SHA-256 {}, not the target's {} bytes, {}",
+                    made.len,
+                    hex::encode(made.sha256),
+                    wanted.size,
+                    wanted.sha256
+                )));
+            }
             Ok((sha256, size))
         })
         .await
