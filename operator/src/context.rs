@@ -2,9 +2,12 @@
 //! resolver, the shared caches, the per-object schedules of every kind, metrics and the
 //! event recorder.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use kube::runtime::events::{Event, EventType, Recorder};
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::Store;
 use kube::{Client, Resource};
 use updraft_crds::{ArtifactMirror, FirmwareChannel, ImageStream, OtaGateway};
@@ -24,7 +27,7 @@ pub(crate) struct Context {
     /// Registry and store clients, one per purpose for the whole process.
     pub clients: Clients,
     pub metrics: Metrics,
-    pub recorder: Recorder,
+    pub recorder: Events,
     /// Image of OtaGateways that name none.
     pub gateway_image: String,
     /// The shared FirmwareChannel cache (the one that triggers both controllers).
@@ -78,6 +81,46 @@ impl Context {
     }
 }
 
+/// How long a note's recorder is kept after its last event: kube's series window (its
+/// recorder's `CACHE_TTL`, 6 minutes).
+const SERIES_WINDOW: Duration = Duration::from_secs(6 * 60);
+
+/// The event recorder, keyed by note as well. kube's [`Recorder`] takes an event of the
+/// same object, type, reason and action within 6 minutes for a repeat of the last one
+/// (its note is not in its key) and only counts it (`series.count`), so a second
+/// transition was lost: the second patch found (`DeltaBuilt`, `e2e/tests/deltas.rs`),
+/// the next release resolved soon after one (`NewVersion`). As client-go's events/v1
+/// recorder (kubernetes#112365), the note is part of the key here: one kube recorder
+/// per note, so repeats of one note still form a series and another note is an event
+/// of its own; a note's recorder goes once its window has passed.
+pub(crate) struct Events {
+    client: Client,
+    reporter: Reporter,
+    by_note: Mutex<HashMap<String, (Recorder, Instant)>>,
+}
+
+impl Events {
+    pub fn new(client: Client, reporter: Reporter) -> Self {
+        Self { client, reporter, by_note: Mutex::default() }
+    }
+
+    pub async fn publish(&self, event: &Event, regarding: &ObjectReference) -> Result<(), kube::Error> {
+        let recorder = self.recorder(event.note.as_deref().unwrap_or_default(), Instant::now());
+        recorder.publish(event, regarding).await
+    }
+
+    /// The recorder of `note` (a new one when none published it within the window).
+    fn recorder(&self, note: &str, now: Instant) -> Recorder {
+        let mut by_note = self.by_note.lock().expect("the recorders' lock is never poisoned");
+        by_note.retain(|_, (_, used)| now.duration_since(*used) < SERIES_WINDOW);
+        let (recorder, used) = by_note
+            .entry(note.to_owned())
+            .or_insert_with(|| (Recorder::new(self.client.clone(), self.reporter.clone()), now));
+        *used = now;
+        recorder.clone()
+    }
+}
+
 /// What one look at an ImageStream's source found (the result its schedule keeps).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Observation {
@@ -125,4 +168,60 @@ pub(crate) struct MirrorObservation {
     pub latest_version: Option<String>,
     /// When it was observed (seconds since the epoch).
     pub at: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use kube::runtime::events::{EventType, Reporter};
+    use kube::Resource;
+
+    use super::*;
+    use crate::fixtures;
+
+    #[tokio::test]
+    async fn another_note_is_another_event_and_a_repeated_one_a_series() {
+        // The API server: each request's method, the event's name and note, and its series count.
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let client = fixtures::api(move |method, _, body| {
+            let event: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+            let name = event["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+            let note = event["note"].as_str().unwrap_or_default().to_owned();
+            log.lock().unwrap().push((method.to_owned(), name, note, event["series"]["count"].as_i64()));
+            (if method == "POST" { 201 } else { 200 }, body.to_vec())
+        });
+        let events = Events::new(client, Reporter { controller: "updraft-operator".into(), instance: None });
+        let channel = fixtures::channel("esp32", None, None);
+        let regarding = channel.object_ref(&());
+        let event = |note: &str| Event {
+            type_: EventType::Normal,
+            reason: "DeltaBuilt".into(),
+            note: Some(note.into()),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        for note in ["delta 1.0.0 -> 1.2.0 found", "delta 1.1.0 -> 1.2.0 found", "delta 1.0.0 -> 1.2.0 found"] {
+            events.publish(&event(note), &regarding).await.unwrap();
+        }
+        let seen = seen.lock().unwrap().clone();
+        let calls: Vec<(&str, &str, Option<i64>)> =
+            seen.iter().map(|(m, _, note, count)| (m.as_str(), note.as_str(), *count)).collect();
+        assert_eq!(
+            calls,
+            [
+                ("POST", "delta 1.0.0 -> 1.2.0 found", None),
+                ("POST", "delta 1.1.0 -> 1.2.0 found", None),
+                ("PATCH", "delta 1.0.0 -> 1.2.0 found", Some(2)),
+            ],
+            "kube's recorder alone sends POST, PATCH (count 2), PATCH (count 3) with the first note"
+        );
+        assert_eq!(seen[2].1, seen[0].1, "the repeat counts on the first event");
+
+        // A note's recorder goes once its window has passed.
+        let later = Instant::now() + SERIES_WINDOW;
+        events.recorder("another", later);
+        assert_eq!(events.by_note.lock().unwrap().len(), 1);
+    }
 }

@@ -81,7 +81,7 @@ pub fn context(
     client: kube::Client,
     resolver: std::sync::Arc<dyn crate::resolve::Resolver>,
 ) -> crate::context::Context {
-    use kube::runtime::events::{Recorder, Reporter};
+    use kube::runtime::events::Reporter;
     use kube::runtime::reflector;
     let reporter = Reporter { controller: "updraft-operator".into(), instance: None };
     crate::context::Context {
@@ -89,7 +89,7 @@ pub fn context(
         resolver,
         clients: crate::clients::Clients::new(),
         metrics: crate::metrics::Metrics::default(),
-        recorder: Recorder::new(client, reporter),
+        recorder: crate::context::Events::new(client, reporter),
         gateway_image: "updraft/ota-gateway:test".into(),
         channels: reflector::store().0,
         gateways: reflector::store().0,

@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::NamespaceResourceScope;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use kube::runtime::reflector::{self, ObjectRef, ReflectHandle, Store};
 use kube::runtime::utils::Backoff;
 use kube::runtime::watcher::{self, watcher};
@@ -393,7 +393,7 @@ async fn controllers(
         resolver: Arc::new(OciResolver::new(&clients)),
         clients,
         metrics,
-        recorder: Recorder::new(client.clone(), reporter),
+        recorder: crate::context::Events::new(client.clone(), reporter),
         gateway_image: settings.gateway_image.clone(),
         channels: channels.store.clone(),
         gateways: gateways.store.clone(),
