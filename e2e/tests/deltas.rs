@@ -1,8 +1,9 @@
 //! ESP32 delta patches (#23), the whole loop as production runs it, against kube-apiserver
 //! 1.20 and the real registry: the real operator, a real gateway run from the config it
 //! renders (found through the gateway Service's EndpointSlice, as in `census.rs`, and fed
-//! new renderings through the operator's config endpoint), the real `--mirror` worker from
-//! the same rendering, and `detools` (the reference implementation) on the device's side.
+//! new renderings through the operator's config endpoint), the real `--mirror` worker
+//! (started from the ConfigMap as kubelet mounts it, and fed the new renderings through the
+//! endpoint too), and `detools` (the reference implementation) on the device's side.
 //!
 //! "Aimed by the census at the versions devices really run": 60 devices report running
 //! 1.0.0, 30 run 1.1.0 and 2 run 0.9.0 (below `minShare: 10`). Once 1.2.0 is pushed the
@@ -228,26 +229,15 @@ fn the_census_aims_the_patches_the_worker_builds_and_the_gateway_serves() {
         assert_eq!((&entry["to"], &entry["tag"]), (&json!("1.2.0"), &json!(delta::tag(digest, &d120))), "{entry:#}");
         assert!(entry["digest"].is_null() && entry["size"].is_null(), "not built yet: {entry:#}");
     }
-    let cm = w.wait("configmap/default-config", "deltas.build from 1.0.0 and 1.1.0", |cm| {
-        let build = &rendered(cm)["channels"][0]["deltas"]["build"];
-        build[0]["digest"] == d100.as_str() && build[1]["digest"] == d110.as_str()
-    });
-    let config_now = rendered(&cm);
-    let deltas = &config_now["channels"][0]["deltas"];
-    assert_eq!(deltas["build"].as_array().unwrap().len(), 2, "{deltas:#}");
-    assert!(deltas["patches"].is_null(), "{deltas:#}");
-    assert_eq!(config_now["channels"][0]["current"]["digest"], d120.as_str());
     lap("1.2.0 resolved, two patches asked for");
 
-    // The worker, from the same rendering (its admin port and cache moved to local ones,
-    // as a pod would have its own).
-    let mut worker_config = config_now.clone();
-    let worker_admin = free_port();
-    worker_config["adminListen"] = format!("127.0.0.1:{worker_admin}").into();
-    worker_config["listen"] = format!("127.0.0.1:{}", free_port()).into();
-    worker_config["cache"]["dir"] = w.dir.0.join("worker-cache").to_str().unwrap().into();
-    let worker_file = w.dir.0.join("worker.yaml");
-    std::fs::write(&worker_file, serde_yaml::to_string(&worker_config).unwrap()).unwrap();
+    // The worker, started now from what kubelet mounts (the ConfigMap, written at most
+    // every 30 s while the channel changes: it may not ask for these patches yet), with
+    // its own admin port and cache as a pod would have; the operator's endpoint brings it
+    // the rendering that does.
+    let (worker_admin, worker_file) = (free_port(), w.dir.0.join("worker.yaml"));
+    let worker_sync = ConfigSync::start(&w.ns, &worker_file, free_port(), worker_admin, &w.dir.0.join("worker-cache"));
+    wait_for(w.patience, "the worker's mounted config", || worker_file.exists().then_some(()));
     let mut cmd = Command::new(binary("ota-gateway"));
     cmd.args(["--mirror", "--config", worker_file.to_str().unwrap()]);
     let worker = Proc::spawn(cmd, &w.dir.0.join("worker.log"));
@@ -267,7 +257,12 @@ fn the_census_aims_the_patches_the_worker_builds_and_the_gateway_serves() {
         assert!(entry["size"].as_i64().is_some_and(|s| s > 64), "{entry:#}");
     }
     let worker_view: Value = serde_json::from_slice(&get(worker_admin, "/deltas").1).unwrap_or_default();
-    drop(worker);
+    let views = worker_view.as_array().cloned().unwrap_or_default();
+    assert!(views.len() == 2 && views.iter().all(|d| d["target"] == "1.2.0"), "the worker's view: {worker_view}");
+    let metrics = String::from_utf8_lossy(&get(worker_admin, "/metrics").1).into_owned();
+    let updates: Vec<&str> = metrics.lines().filter(|l| l.starts_with("updraft_mirror_config_updates_total")).collect();
+    println!("the worker's config updates: {updates:?}");
+    drop((worker, worker_sync));
     w.wait_until("a DeltaBuilt event for each patch, a NewVersion for each release", || {
         let events = kubectl(&["get", "events", "-n", &w.ns, "-o", "json"], None);
         let events: Value = serde_json::from_str(&events.stdout).unwrap_or_default();

@@ -141,7 +141,13 @@ pub(crate) async fn reconcile(gateway: Arc<OtaGateway>, ctx: Arc<Context>) -> Re
     if !render::needs_worker(&config) {
         delete_mirror_worker(&ctx, &ns, &gateway).await?;
     } else {
-        apply(&ctx, &ns, &render::mirror_deployment(&gateway, &ctx.gateway_image, &secrets, &mirrors)).await?;
+        let mut worker = render::mirror_deployment(&gateway, &ctx.gateway_image, &secrets, &mirrors);
+        // The worker follows the config endpoint too (a release's `deltas.build` within a
+        // second, not at kubelet's sync).
+        if ctx.delivery.is_some() {
+            render::mount_config_token(&mut worker, &gateway);
+        }
+        apply(&ctx, &ns, &worker).await?;
     }
 
     let ready_replicas = deployment.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0);

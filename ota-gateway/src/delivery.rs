@@ -6,10 +6,11 @@
 //! `GET <url>?revision=R` with the token of `tokenFile`: the operator answers at once
 //! when its rendering is not revision R, else holds the request and answers when one is
 //! published (200) or after its hold (304). What arrives is offered to the same gate as
-//! the file ([`Applier::offer`]): refused whole when invalid, ignored when older than
-//! what is served. The endpoint is a shortcut, never a dependency: while it cannot be
-//! reached (or refuses the token) the gateway keeps serving and follows its file, and
-//! polls again on a backoff ([`retry_after`]).
+//! the file ([`Gate::offer`]: the serving gateway's [`Applier`], the mirror worker's
+//! `crate::mirror::reload::Reloader`): refused whole when invalid, ignored when older than
+//! what is in use. The endpoint is a shortcut, never a dependency: while it cannot be
+//! reached (or refuses the token) the process keeps running on its current config and
+//! follows its file, and polls again on a backoff ([`retry_after`]).
 
 use std::time::Duration;
 
@@ -49,18 +50,43 @@ pub(crate) fn retry_after(failures: u32) -> Duration {
     Duration::from_secs(1u64 << failures.saturating_sub(1).min(5)).min(Duration::from_secs(30))
 }
 
-/// Long-polls one gateway's config endpoint.
-pub struct Poller {
+/// Where a [`Poller`] offers what the operator sends: the one gate its file goes through
+/// too, with the same rules (`updraft_core::config::delivery::supersedes`).
+pub trait Gate: Send + 'static {
+    /// The revision of the config in use.
+    fn revision(&self) -> u64;
+    /// Offers a config from `source` (invalid, older or the same: not applied).
+    fn offer(&self, content: &[u8], source: Source) -> Outcome;
+    /// Counts a request to the endpoint that failed.
+    fn poll_failed(&self);
+}
+
+impl Gate for Applier {
+    fn revision(&self) -> u64 {
+        Applier::revision(self)
+    }
+
+    fn offer(&self, content: &[u8], source: Source) -> Outcome {
+        Applier::offer(self, content, source)
+    }
+
+    fn poll_failed(&self) {
+        self.metrics().config_poll_errors.inc();
+    }
+}
+
+/// Long-polls one gateway's config endpoint, offering what it sends to `G`.
+pub struct Poller<G: Gate = Applier> {
     source: OperatorSource,
-    applier: Applier,
+    applier: G,
     http: reqwest::Client,
     /// The revision of the last config received (applied or not), so a refused config
     /// is not sent again at once: the next request waits for a newer one.
     seen: u64,
 }
 
-impl Poller {
-    pub fn new(source: OperatorSource, applier: Applier) -> Self {
+impl<G: Gate> Poller<G> {
+    pub fn new(source: OperatorSource, applier: G) -> Self {
         let http = reqwest::Client::builder()
             .user_agent("updraft-gateway")
             .connect_timeout(Duration::from_secs(5))
@@ -97,11 +123,11 @@ impl Poller {
                 }
                 Err(error) => {
                     failures += 1;
-                    self.applier.metrics().config_poll_errors.inc();
+                    self.applier.poll_failed();
                     // Told on the first failure and then every 10th, not every retry.
                     if failures % 10 == 1 {
                         tracing::warn!(%error, failures, url = %self.source.url,
-                            "cannot get the config from the operator; serving the current config and following the file");
+                            "cannot get the config from the operator; keeping the current config and following the file");
                     }
                     tokio::time::sleep(retry_after(failures)).await;
                 }

@@ -37,7 +37,7 @@ pub enum Source {
 }
 
 impl Source {
-    fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Source::File => "file",
             Source::Operator => "operator",
@@ -58,7 +58,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Outcome::Applied => "applied",
             Outcome::Unchanged => "unchanged",

@@ -435,6 +435,12 @@ mod tests {
             }
         }
         assert!(chart.contains("app.kubernetes.io/managed-by: updraft-operator"));
+        // Both long-poll the operator's config endpoint.
+        let config_rule = chart.split("- port: config\n").nth(1).and_then(|r| r.split("{{-").next()).unwrap();
+        for name in ["ota-gateway", "ota-gateway-mirror"] {
+            let selector = format!("app.kubernetes.io/name: {name}\n");
+            assert!(config_rule.contains(&selector), "{name} may not reach the config endpoint");
+        }
     }
 
     #[test]

@@ -2,8 +2,10 @@
 //! ArtifactMirrors attached to it, and the singleton worker Deployment
 //! (`<gateway>-mirror`, replicas 1, strategy Recreate) that runs them with `--mirror`
 //! and builds the channels' delta patches ([`needs_worker`]). The worker uses the
-//! gateway's image, ConfigMap, registry credentials and pod hardening; it serves only
-//! its admin port and never talks to the Kubernetes API.
+//! gateway's image, ConfigMap, registry credentials and pod hardening (and, when the
+//! config endpoint is on, the gateway's config token: `gateway.rs` mounts it, as in the
+//! gateway's pods, and the worker long-polls the endpoint as they do); it serves only its
+//! admin port and never talks to the Kubernetes API.
 
 use std::collections::BTreeSet;
 
@@ -267,5 +269,26 @@ mod tests {
         assert_eq!(secret_of("/etc/updraft/mirror-keys/wan-key"), "wan-key");
         assert_eq!(secret_of("/etc/updraft/credentials/regcred"), "regcred");
         assert!(volumes.iter().any(|v| v.config_map.is_some()), "the gateway's ConfigMap");
+        assert!(!volumes.iter().any(|v| v.name == "operator-token"), "no config endpoint, no token");
+    }
+
+    /// With the config endpoint on, the worker mounts the gateway's config token where
+    /// the rendered `operator.tokenFile` names it, as the gateway's pods do (`gateway.rs`).
+    #[test]
+    fn with_the_config_endpoint_on_the_worker_mounts_the_config_token() {
+        let (a, _) = two();
+        let gw = gateway();
+        let mut d = mirror_deployment(&gw, "updraft/ota-gateway:dev", &[], &[&a]);
+        crate::render::mount_config_token(&mut d, &gw);
+        let pod = d.spec.template.spec.unwrap();
+        let c = &pod.containers[0];
+        assert_eq!(c.name, "mirror");
+        let token_file = crate::render::operator_source(&gw, "http://op:8082").token_file;
+        let mount = c.volume_mounts.iter().flatten().find(|m| token_file.starts_with(&m.mount_path)).unwrap();
+        assert_eq!(mount.read_only, Some(true));
+        let volume = pod.volumes.iter().flatten().find(|v| v.name == mount.name).unwrap();
+        let secret = volume.secret.as_ref().unwrap();
+        assert_eq!(secret.secret_name.as_deref(), Some("default-config-token"));
+        assert_eq!(secret.optional, Some(true), "a worker started before its token follows its file");
     }
 }

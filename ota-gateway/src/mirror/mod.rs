@@ -18,15 +18,18 @@
 //! [`Store::refused`], the one rule for both) fails the pass, and the next one waits
 //! as long too. An OCI side's `Retry-After` is not seen: oci-client hides the headers.
 //!
-//! The worker also builds the config's delta patches ([`deltas`]).
+//! The worker also builds the config's delta patches ([`deltas`]). It follows its config
+//! as the serving gateway does, from its file and the operator's endpoint ([`reload`]).
 //!
 //! What the worker observed is served on the admin listener: `/mirrors` (JSON, one
 //! [`status::MirrorStatus`] per mirror), `/deltas` (JSON, one [`deltas::DeltaStatus`]
-//! per patch), `/metrics` (`updraft_mirror_*`, `updraft_delta_*`), `/healthz`.
+//! per patch), `/metrics` (`updraft_mirror_*`, `updraft_mirror_config_*`,
+//! `updraft_delta_*`), `/healthz`.
 
 pub(crate) mod deltas;
 mod http;
 mod oci;
+mod reload;
 pub(crate) mod status;
 
 use std::path::PathBuf;
@@ -41,8 +44,10 @@ use axum::{Json, Router};
 use updraft_core::backoff::Backoff;
 use updraft_core::config::{GatewayConfig, MirrorConfig, MirrorEndpoint};
 
+use crate::reload::Source;
 use crate::watch::{self, ConfigFile};
 use deltas::Builder;
+use reload::Reloader;
 use status::Observed;
 use updraft_core::mirror::error::MirrorError;
 use updraft_core::mirror::rules::{Artifact, Rules};
@@ -343,10 +348,12 @@ pub(crate) fn admin_router(observed: Arc<Observed>, deltas: Arc<Builder>) -> Rou
         .with_state((observed, deltas))
 }
 
-/// Runs the mirrors of the config file until SIGTERM or Ctrl-C, restarting them
-/// when the file changes (followed by [`crate::watch`], as the serving gateway follows
-/// it; a file that does not validate is ignored, the running mirrors kept). Serves the
-/// admin routes on the config's `adminListen`.
+/// Runs the mirrors of the config file until SIGTERM or Ctrl-C, restarting them (and the
+/// delta builder) when the config changes ([`reload`]: the file, followed by
+/// [`crate::watch`], and the operator's config endpoint when the config names one, as the
+/// serving gateway follows them; a config that does not validate or is older than the
+/// one in use is ignored, the running mirrors kept). Serves the admin routes on the
+/// config's `adminListen`.
 pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     // Followed from before the first read, so a change made meanwhile is seen.
     let mut file = ConfigFile::new(config_path.clone());
@@ -363,17 +370,16 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     let deltas = Arc::new(Builder::new(config.cache.dir.join("deltas"), config.cache.max_bytes));
     let router = admin_router(observed.clone(), deltas.clone());
     tokio::spawn(crate::server::serve(admin, router, std::future::pending()));
-    let client = client();
-    let mut running = start(&config, &client, &observed, &deltas);
+    let operator = config.operator.clone();
+    // The file and the operator's endpoint offer new configs through one gate.
+    let reloader = Reloader::start(config, client(), observed, deltas);
+    if let Some(source) = operator {
+        tokio::spawn(crate::delivery::Poller::new(source, reloader.clone()).run());
+    }
     let follow = watch::poll_every(watch::POLL_INTERVAL, || {
-        let Some(content) = file.changed() else { return true };
-        match GatewayConfig::parse(&content).and_then(|config| config.validate().map(|()| config)) {
-            Ok(config) => {
-                tracing::info!(mirrors = config.mirrors.len(), "config changed: restarting the mirrors");
-                running.iter().for_each(tokio::task::JoinHandle::abort);
-                running = start(&config, &client, &observed, &deltas);
-            }
-            Err(e) => tracing::warn!(error = %e, "config change ignored"),
+        if let Some(content) = file.changed() {
+            let outcome = reloader.offer(&content, Source::File);
+            tracing::debug!(path = %file.path().display(), ?outcome, "config file changed");
         }
         true
     });
@@ -382,32 +388,8 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         () = follow => {}
     }
     tracing::info!("mirror worker stopping");
-    running.iter().for_each(tokio::task::JoinHandle::abort);
+    reloader.stop();
     Ok(())
-}
-
-/// Starts every mirror of `config`, and the delta builder on its channels.
-fn start(
-    config: &GatewayConfig,
-    client: &reqwest::Client,
-    observed: &Arc<Observed>,
-    deltas: &Arc<Builder>,
-) -> Vec<tokio::task::JoinHandle<()>> {
-    observed.retain(&config.mirrors.iter().map(|m| m.name.clone()).collect::<Vec<_>>());
-    let builder = tokio::spawn(deltas.clone().run(Arc::new(config.clone())));
-    config
-        .mirrors
-        .iter()
-        .filter_map(|m| match Mirror::new(m.clone(), client) {
-            Ok(mirror) => Some(tokio::spawn(mirror.run(observed.clone()))),
-            Err(e) => {
-                tracing::error!(mirror = m.name, error = %e, "cannot start the mirror");
-                observed.update(&m.name, |s| s.error = Some(e.to_string()));
-                None
-            }
-        })
-        .chain(std::iter::once(builder))
-        .collect()
 }
 
 #[cfg(test)]

@@ -1,10 +1,11 @@
 //! What the worker observed, per mirror: the JSON at the admin port's `/mirrors`
-//! (what the operator reads into ArtifactMirror status) and Prometheus metrics.
+//! (what the operator reads into ArtifactMirror status) and Prometheus metrics, with
+//! those of the worker's config (where new configs came from and what came of them).
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use prometheus::{Encoder, GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{Encoder, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 use serde::Serialize;
 
 /// One mirror's last observations.
@@ -60,6 +61,9 @@ pub(crate) struct Observed {
     pub(crate) passes: IntCounterVec,
     pub(crate) errors: IntCounterVec,
     pub(crate) last_success: GaugeVec,
+    pub(crate) config_updates: IntCounterVec,
+    pub(crate) config_revision: IntGauge,
+    pub(crate) config_poll_errors: IntCounter,
 }
 
 impl Default for Observed {
@@ -87,6 +91,16 @@ impl Observed {
         )
         .expect("valid metric");
         registry.register(Box::new(last_success.clone())).expect("unique metric");
+        let config_revision =
+            IntGauge::new("config_revision", "Revision of the config in use (0: a hand-written file)")
+                .expect("valid metric");
+        registry.register(Box::new(config_revision.clone())).expect("unique metric");
+        let config_poll_errors = IntCounter::new(
+            "config_poll_errors_total",
+            "Requests to the operator's config endpoint that failed; the worker keeps its config and follows its file",
+        )
+        .expect("valid metric");
+        registry.register(Box::new(config_poll_errors.clone())).expect("unique metric");
         Self {
             statuses: Mutex::default(),
             pending: gauge("pending", "Copies and deletions still to do", &["mirror"]),
@@ -99,6 +113,14 @@ impl Observed {
             passes: counter("passes_total", "Passes by result", &["mirror", "result"]),
             errors: counter("errors_total", "Failures by kind", &["mirror", "kind"]),
             last_success,
+            config_updates: counter(
+                "config_updates_total",
+                "Configs offered by the mounted file or the operator's endpoint, by source and result \
+                 (applied, unchanged, stale, rejected)",
+                &["source", "result"],
+            ),
+            config_revision,
+            config_poll_errors,
             registry,
         }
     }
