@@ -7,10 +7,13 @@
 //! Both tools come from `bash e2e/scripts/cluster.sh tools`; `eval "$(bash
 //! e2e/scripts/cluster.sh env)"` puts them on PATH. Without them these tests fail.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
+use common::{tool, Rng};
 use sha2::{Digest, Sha256};
 use updraft_delta::esp::{image_digest, patch, HEADER_LEN};
 
@@ -19,17 +22,6 @@ use updraft_delta::esp::{image_digest, patch, HEADER_LEN};
 /// detools may start with a back-reference into the decoder's zeroed window, which we do
 /// not (a byte at most).
 const MAX_RATIO_TO_DETOOLS: f64 = 1.01;
-
-fn tool(name: &str) -> PathBuf {
-    let found = std::env::var_os("PATH")
-        .and_then(|path| std::env::split_paths(&path).map(|dir| dir.join(name)).find(|candidate| candidate.is_file()));
-    found.unwrap_or_else(|| {
-        panic!(
-            "`{name}` is not on PATH: run `bash e2e/scripts/cluster.sh tools`, then \
-             `eval \"$(bash e2e/scripts/cluster.sh env)\"`"
-        )
-    })
-}
 
 fn run(command: &mut Command) -> String {
     let output = command.output().expect("start the tool");
@@ -40,24 +32,6 @@ fn run(command: &mut Command) -> String {
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-/// Deterministic bytes (xorshift64*), no dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| (self.next() >> 56) as u8).collect()
-    }
 }
 
 struct Sizes {

@@ -6,54 +6,15 @@
 //! xdelta3 and mksquashfs come from `bash e2e/scripts/cluster.sh tools`; a test FAILS
 //! when one is missing.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
+use common::{tool, Rng};
 use sha2::{Digest, Sha256};
 use updraft_delta::vcdiff;
-
-fn tool(name: &str) -> PathBuf {
-    for dir in ["/usr/bin", "/usr/sbin", "/usr/local/bin"] {
-        let p = Path::new(dir).join(name);
-        if p.exists() {
-            return p;
-        }
-    }
-    panic!("{name} is not installed: run `bash e2e/scripts/cluster.sh tools`");
-}
-
-/// Deterministic pseudo-random bytes (xorshift64*).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    /// Compressible text: words from a small vocabulary.
-    fn text(&mut self, n: usize) -> Vec<u8> {
-        const WORDS: [&str; 16] = [
-            "package", "version", "depends", "libc6", "squashfs", "image", "kernel", "the", "of", "and", "/usr/lib",
-            "x86_64", "amd64", "0.1.2", "config", "\n",
-        ];
-        let mut out = Vec::with_capacity(n + 16);
-        while out.len() < n {
-            out.extend_from_slice(WORDS[self.below(WORDS.len())].as_bytes());
-            out.push(b' ');
-        }
-        out.truncate(n);
-        out
-    }
-}
 
 struct Sizes {
     ours: u64,

@@ -96,6 +96,23 @@ pub fn tar_xz(out: &str, what: &[&str], cwd: &Path) {
         .current_dir(cwd));
 }
 
+/// `root` as a squashfs image at `out`, as LXD images are made (xz), reproducibly (owners
+/// root, fixed times), so the same tree gives the same bytes.
+pub fn mksquashfs(root: &Path, out: &Path) {
+    run(Command::new("mksquashfs").arg(root).arg(out).args([
+        "-noappend",
+        "-all-root",
+        "-comp",
+        "xz",
+        "-mkfs-time",
+        "1767225600",
+        "-all-time",
+        "1767225600",
+        "-no-progress",
+        "-quiet",
+    ]));
+}
+
 /// In `dir` (created): `incus.tar.xz` (the metadata tarball, holding `metadata.yaml`),
 /// `rootfs.squashfs` and `root.tar.xz`, made reproducibly; `seed` makes the root file
 /// system, and so the fingerprints, unique.
@@ -105,17 +122,7 @@ pub fn make_image(dir: &Path, seed: &str) {
     std::fs::write(dir.join("metadata.yaml"), METADATA_YAML).unwrap();
     tar_xz("incus.tar.xz", &["metadata.yaml"], dir);
     tar_xz("../root.tar.xz", &["."], &dir.join("rootdir"));
-    run(Command::new("mksquashfs").arg(dir.join("rootdir")).arg(dir.join("rootfs.squashfs")).args([
-        "-noappend",
-        "-all-root",
-        "-comp",
-        "xz",
-        "-mkfs-time",
-        "1767225600",
-        "-all-time",
-        "1767225600",
-        "-quiet",
-    ]));
+    mksquashfs(&dir.join("rootdir"), &dir.join("rootfs.squashfs"));
 }
 
 /// The fingerprint Incus and LXD give an image: sha256 of the metadata tarball

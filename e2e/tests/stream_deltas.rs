@@ -85,18 +85,7 @@ fn image(dir: &Path, upgraded: bool) {
         "{}",
         "+",
     ]));
-    run(Command::new("mksquashfs").arg(dir.join("rootdir")).arg(dir.join("rootfs.squashfs")).args([
-        "-noappend",
-        "-all-root",
-        "-comp",
-        "xz",
-        "-mkfs-time",
-        "1767225600",
-        "-all-time",
-        "1767225600",
-        "-no-progress",
-        "-quiet",
-    ]));
+    e2e::images::mksquashfs(&dir.join("rootdir"), &dir.join("rootfs.squashfs"));
 }
 
 /// The items `sstream-query --json` lists for the stream at `index_url`, trusting `ca`.

@@ -51,6 +51,34 @@ fn firmware_pair() -> (Vec<u8>, Vec<u8>) {
     (base, target)
 }
 
+/// 1.0.0 and 1.1.0 of [`firmware_pair`] pushed to a new repository of the registry.
+struct Pair {
+    reg: &'static Registry,
+    repo: String,
+    work: tempfile::TempDir,
+    base: Vec<u8>,
+    target: Vec<u8>,
+    base_digest: String,
+    target_digest: String,
+    /// What a device running 1.0.0 reports (`esp_partition_get_sha256`).
+    base_sha256: String,
+}
+
+impl Pair {
+    fn pushed(name: &str) -> Pair {
+        let reg = registry();
+        let repo = unique_repo(name);
+        let work = tempfile::tempdir().unwrap();
+        let dir = work.path();
+        let (base, target) = firmware_pair();
+        let media = "application/vnd.espressif.esp32.app";
+        let base_digest = push_file(&reg.addr, &repo, "v1.0.0", dir, "fw-1.0.0.bin", media, &base);
+        let target_digest = push_file(&reg.addr, &repo, "v1.1.0", dir, "fw-1.1.0.bin", media, &target);
+        let base_sha256 = hex::encode(updraft_delta::esp::image_digest(&base));
+        Pair { reg, repo, work, base, target, base_digest, target_digest, base_sha256 }
+    }
+}
+
 fn oras(args: &[&str]) -> std::process::Output {
     Command::new("oras").args(args).output().expect("run oras")
 }
@@ -74,15 +102,8 @@ where
 
 #[tokio::test]
 async fn a_worker_builds_the_patch_once_and_a_gateway_offers_and_serves_it() {
-    let reg = registry();
-    let repo = unique_repo("delta");
-    let work = tempfile::tempdir().unwrap();
+    let Pair { reg, repo, work, base, target, base_digest, target_digest, base_sha256 } = Pair::pushed("delta");
     let dir = work.path();
-    let (base, target) = firmware_pair();
-    let media = "application/vnd.espressif.esp32.app";
-    let base_digest = push_file(&reg.addr, &repo, "v1.0.0", dir, "fw-1.0.0.bin", media, &base);
-    let target_digest = push_file(&reg.addr, &repo, "v1.1.0", dir, "fw-1.1.0.bin", media, &target);
-    let base_sha256 = hex::encode(updraft_delta::esp::image_digest(&base));
 
     // The worker, told to build 1.0.0 -> 1.1.0.
     let mut ch = channel("esp32", &reg.addr, &repo, ("1.1.0", "v1.1.0", &target_digest));
@@ -250,15 +271,8 @@ async fn a_worker_builds_the_patch_once_and_a_gateway_offers_and_serves_it() {
 /// (here a real patch, but to another release) is refused, and devices get the full image.
 #[tokio::test]
 async fn a_patch_that_does_not_give_its_target_is_never_offered() {
-    let reg = registry();
-    let repo = unique_repo("delta-forged");
-    let work = tempfile::tempdir().unwrap();
+    let Pair { reg, repo, work, base, target, base_digest, target_digest, base_sha256 } = Pair::pushed("delta-forged");
     let dir = work.path();
-    let (base, target) = firmware_pair();
-    let media = "application/vnd.espressif.esp32.app";
-    let base_digest = push_file(&reg.addr, &repo, "v1.0.0", dir, "fw-1.0.0.bin", media, &base);
-    let target_digest = push_file(&reg.addr, &repo, "v1.1.0", dir, "fw-1.1.0.bin", media, &target);
-    let base_sha256 = hex::encode(updraft_delta::esp::image_digest(&base));
     let mut other = target.clone();
     other[1000..1100].fill(0x5a);
     let forged = updraft_delta::esp::patch(&base, &other);
