@@ -228,7 +228,7 @@ async fn rollout_splits_devices_stably() {
     c.rollout = 30;
     let gw = Gateway::start(config(&work.path().join("cache"), vec![c])).await;
     // Both artifacts cached: every answer below is immediate.
-    wait_ready(&gw, "stm32").await;
+    wait_ready(&gw, "stm32", &["1.0.0", "1.1.0"]).await;
     let mut newer = 0;
     for i in 0..1000 {
         let body = gw.wait_ok(&format!("/version?device=stm32&id=device-{i}")).await.text().await.unwrap();
@@ -245,15 +245,27 @@ async fn rollout_splits_devices_stably() {
     assert!(anonymous.starts_with("1.0.0\n"), "{anonymous}");
 }
 
-/// Waits until both releases of a channel are cached and prepared.
-async fn wait_ready(gw: &Gateway, name: &str) {
+/// Waits until both releases of a channel are cached and prepared, asking for each by
+/// version (HEAD) as a device would: the gateway fetches a release at install, and a
+/// fetch that failed (a registry hiccup) is tried again only when something asks for it,
+/// after its 5 s hold. Once failed in CI (2026-12-07) by waiting without asking.
+async fn wait_ready(gw: &Gateway, name: &str, versions: &[&str]) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut statuses = Vec::new();
     loop {
         let releases = gw.state.firmware().channel(name).unwrap().releases();
         if [releases.current, releases.previous].into_iter().flatten().all(|r| r.is_ready()) {
             return;
         }
-        assert!(std::time::Instant::now() < deadline, "channel {name} not ready after 60 s");
+        statuses.clear();
+        for version in versions {
+            let url = format!("{}/api/v1/channels/{name}/firmware?version={version}", gw.url);
+            statuses.push(gw.http.head(url).send().await.map(|r| r.status().as_u16()).unwrap_or(0));
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "channel {name} not ready after 60 s (last answers {statuses:?})"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
