@@ -219,8 +219,7 @@ pub(super) async fn check(
     };
     let Some(sha256) = request.sha256.as_deref() else { return Ok(json_bytes(info)) };
     let running = Running { version: &request.version, sha256 };
-    let Some(patch) = deltas::matching(&channel.patches, &ready.digest, running) else { return Ok(json_bytes(info)) };
-    let Some(cached) = firmware.delta(&channel, &ready, running) else { return Ok(json_bytes(info)) };
+    let Some((patch, cached)) = firmware.delta(&channel, &ready, running) else { return Ok(json_bytes(info)) };
     let delta = DeltaInfo {
         url: firmware.delta_url(&channel, patch),
         size: cached.size,

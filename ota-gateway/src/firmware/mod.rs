@@ -369,9 +369,14 @@ impl Firmware {
 
     /// The patch of `channel` that turns what the device runs into the release `ready`,
     /// when one matches and is cached; never waits (a patch being fetched is no patch).
-    fn delta(&self, channel: &Channel, ready: &Ready, running: deltas::Running<'_>) -> Option<Arc<deltas::PatchReady>> {
+    fn delta<'c>(
+        &self,
+        channel: &'c Channel,
+        ready: &Ready,
+        running: deltas::Running<'_>,
+    ) -> Option<(&'c Arc<deltas::Patch>, Arc<deltas::PatchReady>)> {
         let patch = deltas::matching(&channel.patches, &ready.digest, running)?;
-        self.patch_ready(patch).ok()
+        Some((patch, self.patch_ready(patch).ok()?))
     }
 
     /// Fetches `patch` and the base and target it names, and checks that it gives the

@@ -82,15 +82,16 @@ pub(super) async fn firmware(
         let delta = match (current.as_deref(), sha256.as_deref()) {
             (Some(version), Some(sha256)) => firmware
                 .delta(&channel, &ready, Running { version, sha256 })
-                .map(|patch| (patch, version.trim().trim_start_matches('v').to_owned())),
+                .map(|(patch, cached)| (cached, patch.base_version().to_owned())),
             _ => None,
         };
         let response = match delta {
             Some((patch, base)) => {
                 firmware.inner.fetcher.cache().touch(&patch.sha256);
                 let mut response = patch.download.respond(&headers)?;
-                let base =
-                    HeaderValue::from_str(&base).map_err(|_| crate::http::Error::BadRequest("bad current".into()))?;
+                let base = HeaderValue::from_str(&base).map_err(|_| {
+                    crate::http::Error::Upstream(format!("base version {base:?} is not a header value"))
+                })?;
                 response.headers_mut().insert(DELTA_HEADER, base);
                 response
             }
