@@ -256,6 +256,20 @@ pub fn digest_reference(registry: &str, repository: &str, digest: &str) -> Refer
     Reference::with_digest(registry.to_owned(), repository.to_owned(), digest.to_owned())
 }
 
+/// Pushes `data` as the blob `digest` of `reference`'s repository unless the registry
+/// already holds it (a HEAD first: the same bytes are never sent twice).
+pub async fn push_blob_once(
+    client: &Client,
+    reference: &Reference,
+    digest: &str,
+    data: impl Into<bytes::Bytes>,
+) -> Result<(), oci_client::errors::OciDistributionError> {
+    if !client.blob_exists(reference, digest).await? {
+        client.push_blob(reference, data, digest).await?;
+    }
+    Ok(())
+}
+
 /// Wraps a client error with the registry it came from.
 pub(crate) fn registry_error(registry: &str) -> impl FnOnce(oci_client::errors::OciDistributionError) -> OciError + '_ {
     move |e| OciError::Registry { registry: registry.to_owned(), source: e }

@@ -404,7 +404,7 @@ impl Artifact<'_> {
             "schemaVersion": 2,
             "mediaType": MANIFEST_TYPES[0],
             "artifactType": delta::ESP_ARTIFACT_TYPE,
-            "config": {"mediaType": super::oci::EMPTY_TYPE, "digest": empty_digest(), "size": super::oci::EMPTY_CONFIG.len()},
+            "config": {"mediaType": super::oci::EMPTY_TYPE, "digest": super::oci::empty_config_digest(), "size": super::oci::EMPTY_CONFIG.len()},
             "layers": [{
                 "mediaType": delta::ESP_PATCH_MEDIA_TYPE,
                 "digest": layer,
@@ -424,10 +424,6 @@ impl Artifact<'_> {
     }
 }
 
-fn empty_digest() -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(super::oci::EMPTY_CONFIG)))
-}
-
 /// Pushes the patch layer, the empty config, then the manifest under the pair's tag.
 async fn push(source: &SourceConfig, artifact: &Artifact<'_>, patch: Vec<u8>) -> Result<(), DeltaError> {
     let failed = |e: &dyn std::fmt::Display| DeltaError::Push(e.to_string());
@@ -439,13 +435,9 @@ async fn push(source: &SourceConfig, artifact: &Artifact<'_>, patch: Vec<u8>) ->
     client.auth(&tag, &auth, oci_client::RegistryOperation::Push).await.map_err(|e| failed(&e))?;
     let size = patch.len() as u64;
     let layer = format!("sha256:{}", hex::encode(Sha256::digest(&patch)));
-    if !client.blob_exists(&repo.at(&layer), &layer).await.map_err(|e| failed(&e))? {
-        client.push_blob(&repo.at(&layer), patch, &layer).await.map_err(|e| failed(&e))?;
-    }
-    let empty = empty_digest();
-    if !client.blob_exists(&repo.at(&empty), &empty).await.map_err(|e| failed(&e))? {
-        client.push_blob(&repo.at(&empty), super::oci::EMPTY_CONFIG.to_vec(), &empty).await.map_err(|e| failed(&e))?;
-    }
+    oci::push_blob_once(client, &repo.at(&layer), &layer, patch).await.map_err(|e| failed(&e))?;
+    let empty = super::oci::empty_config_digest();
+    oci::push_blob_once(client, &repo.at(&empty), &empty, super::oci::EMPTY_CONFIG).await.map_err(|e| failed(&e))?;
     let body = serde_json::to_vec(&artifact.manifest(&layer, size)).expect("a manifest serializes");
     let content_type = MANIFEST_TYPES[0].parse().expect("a valid header");
     client.push_manifest_raw(&tag, body, content_type).await.map_err(|e| failed(&e))?;

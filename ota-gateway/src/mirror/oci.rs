@@ -22,6 +22,11 @@ use updraft_core::mirror::store::Store;
 /// The config blob of the one-file artifacts this worker pushes: `{}`.
 pub(super) const EMPTY_CONFIG: &[u8] = b"{}";
 pub(super) const EMPTY_TYPE: &str = "application/vnd.oci.empty.v1+json";
+
+/// The digest of [`EMPTY_CONFIG`].
+pub(super) fn empty_config_digest() -> String {
+    format!("sha256:{}", hex::encode(<sha2::Sha256 as sha2::Digest>::digest(EMPTY_CONFIG)))
+}
 /// `artifactType` of the one-file artifacts this worker pushes.
 const FILE_ARTIFACT: &str = "application/vnd.updraft.file.v1";
 
@@ -130,10 +135,10 @@ pub(crate) async fn copy_from_store(src: &Store, dst: &Repository, file: &Artifa
         dst.client().push_blob_stream(&dst.at(&layer), stream, &layer, Some(file.size)).await.map_err(dst.error())?;
         file.size
     };
-    let empty = format!("sha256:{}", hex::encode(<sha2::Sha256 as sha2::Digest>::digest(EMPTY_CONFIG)));
-    if !dst.client().blob_exists(&dst.at(&empty), &empty).await.map_err(dst.error())? {
-        dst.client().push_blob(&dst.at(&empty), EMPTY_CONFIG.to_vec(), &empty).await.map_err(dst.error())?;
-    }
+    let empty = empty_config_digest();
+    updraft_core::oci::push_blob_once(dst.client(), &dst.at(&empty), &empty, EMPTY_CONFIG)
+        .await
+        .map_err(dst.error())?;
     let manifest = serde_json::json!({
         "schemaVersion": 2,
         "mediaType": MANIFEST_TYPES[0],

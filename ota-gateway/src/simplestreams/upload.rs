@@ -300,10 +300,7 @@ impl Stream {
             |e: oci_client::errors::OciDistributionError| StreamError::upstream(format!("push {digest}: {e}"));
         let client = self.client();
         client.store_auth_if_needed(&self.source.registry, &self.auth).await;
-        if !client.blob_exists(reference, digest).await.map_err(upstream)? {
-            client.push_blob(reference, data, digest).await.map_err(upstream)?;
-        }
-        Ok(())
+        updraft_core::oci::push_blob_once(&client, reference, digest, data).await.map_err(upstream)
     }
 
     /// Deletes a version (a tombstone manifest under its tag) or one of its files.
