@@ -138,7 +138,8 @@ impl Applier {
     }
 }
 
-fn revision_gauge(revision: u64) -> i64 {
+/// A config revision as a gauge's value (a revision past `i64::MAX` shows as the maximum).
+pub(crate) fn revision_gauge(revision: u64) -> i64 {
     revision.try_into().unwrap_or(i64::MAX)
 }
 

@@ -23,7 +23,7 @@ use super::deltas::{self, Builder};
 use super::status::Observed;
 use super::Mirror;
 use crate::delivery::Gate;
-use crate::reload::{Outcome, Source};
+use crate::reload::{revision_gauge, Outcome, Source};
 
 /// The worker's one gate for new configs; cheap to clone.
 #[derive(Clone)]
@@ -156,10 +156,6 @@ fn start_mirrors(config: &GatewayConfig, client: &reqwest::Client, observed: &Ar
 /// Starts the delta builder on the channels of `config`.
 fn start_builder(config: &GatewayConfig, deltas: &Arc<Builder>) -> JoinHandle<()> {
     tokio::spawn(deltas.clone().run(Arc::new(config.clone())))
-}
-
-fn revision_gauge(revision: u64) -> i64 {
-    revision.try_into().unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]
