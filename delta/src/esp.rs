@@ -63,18 +63,3 @@ pub fn patch(base: &[u8], target: &[u8]) -> Vec<u8> {
 pub fn image_digest(image: &[u8]) -> [u8; 32] {
     image::appended_hash(image).unwrap_or_else(|| image::sha256(image))
 }
-
-/// Length of the common prefix of `a` and `b`, compared a block at a time (a slice
-/// comparison is a `memcmp`, fast even in an unoptimised build).
-fn common_prefix(a: &[u8], b: &[u8]) -> usize {
-    const BLOCK: usize = 32;
-    let n = a.len().min(b.len());
-    let mut k = 0;
-    while k + BLOCK <= n && a[k..k + BLOCK] == b[k..k + BLOCK] {
-        k += BLOCK;
-    }
-    while k < n && a[k] == b[k] {
-        k += 1;
-    }
-    k
-}

@@ -31,6 +31,8 @@
 
 use std::io::{self, Write};
 
+use crate::common_prefix;
+
 mod decode;
 
 pub use decode::{verify, DecodeError, Decoded, MAX_WINDOW};
@@ -216,24 +218,6 @@ impl<'a> Index<'a> {
 
 fn hash(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0u64, |h, &b| h.wrapping_mul(MUL).wrapping_add(u64::from(b)))
-}
-
-/// The number of equal leading bytes of `a` and `b`.
-fn common_prefix(a: &[u8], b: &[u8]) -> usize {
-    let n = a.len().min(b.len());
-    let mut i = 0;
-    while i + 8 <= n {
-        let x = u64::from_le_bytes(a[i..i + 8].try_into().unwrap());
-        let y = u64::from_le_bytes(b[i..i + 8].try_into().unwrap());
-        if x != y {
-            return i + ((x ^ y).trailing_zeros() / 8) as usize;
-        }
-        i += 8;
-    }
-    while i < n && a[i] == b[i] {
-        i += 1;
-    }
-    i
 }
 
 /// The number of equal trailing bytes of `a` and `b`.

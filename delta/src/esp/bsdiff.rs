@@ -8,7 +8,7 @@
 
 use std::cmp::Ordering;
 
-use super::common_prefix;
+use crate::common_prefix;
 
 /// One step of the patch: `diff.len()` bytes of the target matched against the base from
 /// `base_pos`, then `extra` copied verbatim, then the base read position (which is at

@@ -15,7 +15,7 @@
 //! literal 9, so the parse is chosen optimally by dynamic programming over the longest
 //! match at each position (see [`compress`]).
 
-use super::common_prefix;
+use crate::common_prefix;
 
 const WINDOW_BITS: u32 = 8;
 const LOOKAHEAD_BITS: u32 = 7;
