@@ -159,6 +159,19 @@ pub fn ensure_tools() {
     }
 }
 
+/// [`cached_tool`] as a command, once it answers `--version`: a test that needs a
+/// reference tool (detools, …) fails saying how to install it, not with a spawn error.
+pub fn required_tool(name: &str) -> Command {
+    let tool = cached_tool(name);
+    let found = Command::new(&tool).arg("--version").output().is_ok_and(|o| o.status.success());
+    assert!(
+        found,
+        "{name} (a reference implementation the tests run) is not installed; install it with \
+         `bash e2e/scripts/cluster.sh tools` (it puts it in ~/.cache/updraft/bin)"
+    );
+    Command::new(tool)
+}
+
 /// A tool `cluster.sh tools` keeps in `~/.cache/updraft/bin`, else from the PATH.
 pub fn cached_tool(name: &str) -> PathBuf {
     let cached = Path::new(&std::env::var("HOME").unwrap()).join(".cache/updraft/bin").join(name);

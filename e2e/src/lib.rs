@@ -140,6 +140,12 @@ impl Kubectl {
     }
 }
 
+/// The gateway config a rendered ConfigMap (as JSON from `kubectl get -o json`) holds
+/// (`{}` when it holds none yet).
+pub fn rendered_config(config_map: &serde_json::Value) -> serde_json::Value {
+    serde_yaml::from_str(config_map["data"]["gateway.yaml"].as_str().unwrap_or("{}")).unwrap()
+}
+
 /// Runs the cluster's `kubectl` (1.20, from the cache) with `args`, feeding `stdin`.
 pub fn kubectl(args: &[&str], stdin: Option<&str>) -> Kubectl {
     let cluster = cluster();

@@ -10,7 +10,7 @@ use std::process::Command;
 use e2e::conditions::is;
 use e2e::procs::oras_push;
 use e2e::world::World;
-use e2e::{cluster, kubectl};
+use e2e::{cluster, kubectl, rendered_config};
 use serde_json::Value;
 use updraft_core::delta;
 
@@ -50,10 +50,6 @@ fn push_patch(w: &World, target: &str, tag: &str, annotations: &[(&str, &str)]) 
     digest
 }
 
-fn rendered(cm: &Value) -> Value {
-    serde_yaml::from_str(cm["data"]["gateway.yaml"].as_str().unwrap_or("{}")).unwrap()
-}
-
 #[test]
 fn the_previous_release_is_built_and_a_pushed_patch_is_served() {
     let w = World::new("op-deltas").ready();
@@ -80,9 +76,9 @@ fn the_previous_release_is_built_and_a_pushed_patch_is_served() {
     );
     assert!(entry["digest"].is_null(), "not built yet: {entry:#}");
     let cm = w.wait("configmap/default-config", "deltas.build rendered", |v| {
-        rendered(v)["channels"][0]["deltas"]["build"][0]["digest"] == base.as_str()
+        rendered_config(v)["channels"][0]["deltas"]["build"][0]["digest"] == base.as_str()
     });
-    let build = &rendered(&cm)["channels"][0]["deltas"];
+    let build = &rendered_config(&cm)["channels"][0]["deltas"];
     assert_eq!(build["build"][0]["version"], "1.0.0");
     assert_eq!(build["build"][0]["tag"], "v1.0.0");
     assert!(build["patches"].is_null(), "{build:#}");
@@ -113,9 +109,9 @@ fn the_previous_release_is_built_and_a_pushed_patch_is_served() {
         events.contains("DeltaBuilt") && events.contains(&format!("found: {patch_tag} ({patch}, 300 bytes)"))
     });
     let cm = w.wait("configmap/default-config", "deltas.patches rendered", |v| {
-        rendered(v)["channels"][0]["deltas"]["patches"][0]["digest"] == patch.as_str()
+        rendered_config(v)["channels"][0]["deltas"]["patches"][0]["digest"] == patch.as_str()
     });
-    let deltas = &rendered(&cm)["channels"][0]["deltas"];
+    let deltas = &rendered_config(&cm)["channels"][0]["deltas"];
     assert!(deltas["build"].is_null(), "built: nothing left to build: {deltas:#}");
     let served = &deltas["patches"][0];
     assert_eq!((&served["base"]["digest"], &served["target"]["digest"]), (&base.into(), &target.into()));
@@ -134,5 +130,7 @@ fn the_previous_release_is_built_and_a_pushed_patch_is_served() {
     )
     .ok();
     w.wait("fwc/esp32", "deltas cleared", |v| v["status"]["deltas"].is_null());
-    w.wait("configmap/default-config", "deltas no longer rendered", |v| rendered(v)["channels"][0]["deltas"].is_null());
+    w.wait("configmap/default-config", "deltas no longer rendered", |v| {
+        rendered_config(v)["channels"][0]["deltas"].is_null()
+    });
 }

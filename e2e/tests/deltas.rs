@@ -23,7 +23,7 @@ use std::time::{Duration, Instant, SystemTime};
 use e2e::config_sync::ConfigSync;
 use e2e::procs::{binary, config_endpoint, free_port, oras_push, wait_for, Proc};
 use e2e::world::World;
-use e2e::{cluster, curl, kubectl};
+use e2e::{cluster, curl, kubectl, rendered_config};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use updraft_core::census::{Census, Merged, State, WINDOWS};
@@ -105,22 +105,6 @@ fn check(port: u16, body: &Value) -> (u16, Value) {
     let body = body.to_string();
     let (status, answer) = curl(&["-X", "POST", "-H", "content-type: application/json", "-d", &body, &url]);
     (status, serde_json::from_slice(&answer).unwrap_or(Value::Null))
-}
-
-/// `detools` (the reference implementation), on PATH once `cluster.sh tools` ran.
-fn detools() -> Command {
-    let found = Command::new("detools").arg("--version").output().is_ok_and(|o| o.status.success());
-    assert!(
-        found,
-        "detools (the reference implementation) is not on PATH; install it with `bash e2e/scripts/cluster.sh tools` \
-         (it puts it in ~/.cache/updraft/bin, which `cluster.sh env` adds to PATH)"
-    );
-    Command::new("detools")
-}
-
-/// The gateway config in the rendered ConfigMap.
-fn rendered(cm: &Value) -> Value {
-    serde_yaml::from_str(cm["data"]["gateway.yaml"].as_str().unwrap_or("{}")).unwrap()
 }
 
 /// The `from` versions of `status.deltas`, in order.
@@ -325,7 +309,7 @@ fn the_census_aims_the_patches_the_worker_builds_and_the_gateway_serves() {
         std::fs::write(dir.join("body.patch"), &patch[64..]).unwrap();
         let out = dir.join("applied.bin");
         let _ = std::fs::remove_file(&out);
-        let applied = detools()
+        let applied = e2e::images::required_tool("detools")
             .arg("apply_patch")
             .args([dir.join("running.bin"), dir.join("body.patch"), out.clone()])
             .output()
@@ -354,10 +338,10 @@ fn the_census_aims_the_patches_the_worker_builds_and_the_gateway_serves() {
     // The ConfigMap (the gateways' boot config, and the worker's) follows: written at most
     // every 30 s while the channel keeps changing (`delivery::WRITE_EVERY`), so last.
     let cm = w.wait("configmap/default-config", "deltas.patches rendered", |cm| {
-        let deltas = &rendered(cm)["channels"][0]["deltas"];
+        let deltas = &rendered_config(cm)["channels"][0]["deltas"];
         deltas["patches"].as_array().is_some_and(|p| p.len() == 2) && deltas["build"].is_null()
     });
-    let patches = rendered(&cm)["channels"][0]["deltas"]["patches"].as_array().unwrap().clone();
+    let patches = rendered_config(&cm)["channels"][0]["deltas"]["patches"].as_array().unwrap().clone();
     for (entry, patch) in entries.iter().zip(&patches) {
         assert_eq!(
             (&patch["digest"], &patch["baseSha256"], &patch["base"]["digest"], &patch["target"]["digest"]),

@@ -37,8 +37,7 @@ trait Mirrors {
 impl Mirrors for World {
     /// The gateway's rendered `gateway.yaml`.
     fn config(&self) -> Value {
-        let cm = self.get("configmap/default-config").unwrap_or_default();
-        serde_yaml::from_str(cm["data"]["gateway.yaml"].as_str().unwrap_or("{}")).unwrap()
+        e2e::rendered_config(&self.get("configmap/default-config").unwrap_or_default())
     }
 }
 
@@ -339,7 +338,7 @@ fn a_store_to_store_mirror_reports_pending_behind_in_sync_and_unreachable() {
 
     // The real worker runs the rendered config (the key where the Deployment would mount it moved to a local file).
     let config = w.wait("configmap/default-config", "the mirror rendered without dryRun", |cm| {
-        let c: Value = serde_yaml::from_str(cm["data"]["gateway.yaml"].as_str().unwrap_or("{}")).unwrap();
+        let c = e2e::rendered_config(cm);
         c["mirrors"][0]["dryRun"].is_null() && c["mirrors"][0]["version"]["range"] == ">=1.1"
     });
     let mut rendered: Value = serde_yaml::from_str(config["data"]["gateway.yaml"].as_str().unwrap()).unwrap();

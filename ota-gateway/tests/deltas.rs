@@ -8,31 +8,12 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
 use updraft_core::config::{DeltaPatch, GatewayConfig};
 use updraft_core::delta;
-
-/// `detools`, from PATH or where `cluster.sh tools` installs it; the test fails without it.
-fn detools() -> Command {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../e2e/scripts/cluster.sh");
-    let env =
-        Command::new("bash").arg(&script).arg("env").output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
-    let extra =
-        env.unwrap_or_default().lines().find_map(|l| l.strip_prefix("export PATH=")).map(|p| p.replace("$PATH", ""));
-    let path = format!("{}{}", extra.unwrap_or_default(), std::env::var("PATH").unwrap_or_default());
-    let found = Command::new("detools").arg("--version").env("PATH", &path).output().is_ok_and(|o| o.status.success());
-    assert!(
-        found,
-        "detools (the reference implementation) is not on PATH; install it with `bash e2e/scripts/cluster.sh tools`"
-    );
-    let mut cmd = Command::new("detools");
-    cmd.env("PATH", path);
-    cmd
-}
 
 /// A 256 KiB "firmware" and its next build: the same image with a few small edits (a
 /// changed constant table, a string, a function grown by 64 bytes in the middle).
@@ -223,7 +204,7 @@ async fn a_worker_builds_the_patch_once_and_a_gateway_offers_and_serves_it() {
     assert_eq!(hex::encode(&patch[4..36]), base_sha256);
     std::fs::write(dir.join("base.bin"), &base).unwrap();
     std::fs::write(dir.join("body.patch"), &patch[64..]).unwrap();
-    let applied = detools()
+    let applied = e2e::images::required_tool("detools")
         .arg("apply_patch")
         .args([dir.join("base.bin"), dir.join("body.patch"), dir.join("out.bin")])
         .output()
